@@ -1,1 +1,23 @@
-//! placeholder
+//! meshgate discovery: the gRPC Discovery API, the node registry (a pure state
+//! machine), tunnel IP allocation, the embedded on-disk store, the server and
+//! a small client helper.
+//!
+//! Layout: [`model`] (plain types + proto conversions + validation),
+//! [`alloc`] (tunnel IPs), [`registry`] (state machine, time passed in),
+//! [`store`] (persistence), [`server`] (tonic shell), [`client`].
+
+pub mod alloc;
+pub mod client;
+mod error;
+pub mod model;
+pub mod registry;
+pub mod server;
+pub mod store;
+
+pub use error::Error;
+
+/// Generated protobuf/gRPC types for `meshgate.discovery.v1`.
+pub mod pb {
+    #![allow(clippy::all, clippy::pedantic, clippy::unwrap_used)]
+    tonic::include_proto!("meshgate.discovery.v1");
+}

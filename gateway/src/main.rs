@@ -1,1 +1,25 @@
-fn main() {}
+//! The `meshgate` binary: parses the command line and starts the part asked for.
+
+mod agent;
+mod cli;
+mod discovery_cmd;
+mod lab_cmd;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match cli::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("meshgate: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,29 @@
-//! placeholder
+//! meshgate lab: scenario YAML and the runner that builds multi-node,
+//! multi-cluster worlds from Linux network namespaces on one machine
+//! (docs/contracts.md, "Lab addressing"), starts discovery and agents in
+//! them, and tears everything down again.
+//!
+//! Pure parts: [`scenario`] (parse + validate) and [`plan`] (names and
+//! addresses). The shell: [`world`] (`ip` commands, processes, world.json)
+//! and the per-target commands in [`control`].
+
+pub mod control;
+pub mod error;
+pub mod host;
+pub mod plan;
+mod procs;
+pub mod report;
+pub mod scenario;
+pub mod status;
+pub mod target;
+pub mod world;
+
+pub use control::{agent_status, exec, ip, restart, rotate_key, start, status, stop};
+pub use error::LabError;
+pub use host::check_host;
+pub use plan::Plan;
+pub use report::{NodeRow, Summary};
+pub use scenario::Scenario;
+pub use status::AgentStatus;
+pub use target::{resolve, Target, TargetKind};
+pub use world::{build_world_only, down, up, worlds, UpOptions};

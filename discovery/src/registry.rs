@@ -1,0 +1,337 @@
+//! The node registry: a pure state machine. No I/O; time comes in as `now`
+//! (unix milliseconds). Every change bumps the revision by one and is
+//! returned as an [`Event`] for the caller to persist and broadcast.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::alloc::{AllocError, Allocations, Allocator};
+use crate::model::{first_overlap, short_key, Event, ModelError, Node, RemoveReason, Snapshot};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryConfig {
+    pub cluster: String,
+    pub cluster_id: u8,
+    pub lease_ttl_ms: u64,
+}
+
+/// What is persisted: nodes, tunnel IP allocations and the revision.
+/// Leases are not stored; they restart when the state is loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryState {
+    pub cluster: String,
+    pub cluster_id: u8,
+    pub revision: u64,
+    pub nodes: BTreeMap<String, Node>,
+    pub allocations: Allocations,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Invalid(#[from] ModelError),
+    #[error(
+        "node {node}: pod CIDR {cidr} overlaps pod CIDR {other_cidr} of registered node {other}; \
+         give each node its own range (or deregister {other})"
+    )]
+    PodCidrOverlap {
+        node: String,
+        cidr: IpNet,
+        other: String,
+        other_cidr: IpNet,
+    },
+    #[error(
+        "node {node}: WireGuard public key {key_prefix}... is already used by registered node \
+         {other}; every node needs its own key"
+    )]
+    DuplicateKey {
+        node: String,
+        key_prefix: String,
+        other: String,
+    },
+    #[error(transparent)]
+    Alloc(#[from] AllocError),
+    #[error("node {name} of cluster {cluster} is not registered (never registered, deregistered or lease expired); register again")]
+    NotRegistered { name: String, cluster: String },
+    #[error("node {name} names cluster {cluster} but this discovery serves {server_cluster}")]
+    WrongCluster {
+        name: String,
+        cluster: String,
+        server_cluster: String,
+    },
+    #[error(
+        "stored state belongs to cluster {stored} (id {stored_id}) but this discovery serves \
+         {cluster} (id {cluster_id}); use another state dir or the right --cluster/--cluster-id"
+    )]
+    StateOfOtherCluster {
+        stored: String,
+        stored_id: u8,
+        cluster: String,
+        cluster_id: u8,
+    },
+    #[error("stored state is inconsistent at node {node}: {reason}")]
+    StateInconsistent { node: String, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    node: Node,
+    expires_at_ms: u64,
+}
+
+/// The result of a registration: the node as stored (with its tunnel IP)
+/// and the events (empty when nothing changed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    pub node: Node,
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registry {
+    cfg: RegistryConfig,
+    nodes: BTreeMap<String, Entry>,
+    alloc: Allocator,
+    revision: u64,
+}
+
+impl Registry {
+    pub fn new(cfg: RegistryConfig) -> Result<Self, RegistryError> {
+        let alloc = Allocator::new(cfg.cluster_id)?;
+        Ok(Registry {
+            cfg,
+            nodes: BTreeMap::new(),
+            alloc,
+            revision: 0,
+        })
+    }
+
+    /// Restores a stored state; every node's lease restarts at `now`.
+    pub fn from_state(
+        cfg: RegistryConfig,
+        state: RegistryState,
+        now: u64,
+    ) -> Result<Self, RegistryError> {
+        if state.cluster != cfg.cluster || state.cluster_id != cfg.cluster_id {
+            return Err(RegistryError::StateOfOtherCluster {
+                stored: state.cluster,
+                stored_id: state.cluster_id,
+                cluster: cfg.cluster,
+                cluster_id: cfg.cluster_id,
+            });
+        }
+        let alloc = Allocator::from_allocations(cfg.cluster_id, &state.allocations)?;
+        let mut nodes = BTreeMap::new();
+        for (name, node) in state.nodes {
+            let bad = |reason: String| RegistryError::StateInconsistent {
+                node: name.clone(),
+                reason,
+            };
+            if node.name != name {
+                return Err(bad(format!(
+                    "stored under a different name {:?}",
+                    node.name
+                )));
+            }
+            node.validate()?;
+            node.check_cluster(&cfg.cluster, cfg.cluster_id)?;
+            if node.tunnel_ip.is_none() || node.tunnel_ip != alloc.get(&name) {
+                return Err(bad(format!(
+                    "tunnel IP {:?} does not match its allocation {:?}",
+                    node.tunnel_ip,
+                    alloc.get(&name)
+                )));
+            }
+            let expires_at_ms = now.saturating_add(cfg.lease_ttl_ms);
+            nodes.insert(
+                name,
+                Entry {
+                    node,
+                    expires_at_ms,
+                },
+            );
+        }
+        Ok(Registry {
+            cfg,
+            nodes,
+            alloc,
+            revision: state.revision,
+        })
+    }
+
+    pub fn state(&self) -> RegistryState {
+        RegistryState {
+            cluster: self.cfg.cluster.clone(),
+            cluster_id: self.cfg.cluster_id,
+            revision: self.revision,
+            nodes: self
+                .nodes
+                .iter()
+                .map(|(k, e)| (k.clone(), e.node.clone()))
+                .collect(),
+            allocations: self.alloc.allocations().clone(),
+        }
+    }
+
+    pub fn config(&self) -> &RegistryConfig {
+        &self.cfg
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            revision: self.revision,
+            nodes: self.nodes.values().map(|e| e.node.clone()).collect(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name).map(|e| &e.node)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// When `name`'s lease runs out (unix ms).
+    pub fn lease_expires_at(&self, name: &str) -> Option<u64> {
+        self.nodes.get(name).map(|e| e.expires_at_ms)
+    }
+
+    /// The earliest lease end, for a caller that wants to sleep until then.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.nodes.values().map(|e| e.expires_at_ms).min()
+    }
+
+    /// Registers or re-registers a node (idempotent). The tunnel IP is
+    /// allocated here (sticky per name); an incoming `tunnel_ip` is ignored.
+    /// Emits an upsert only when something changed; always restarts the lease.
+    pub fn register(&mut self, mut node: Node, now: u64) -> Result<Registered, RegistryError> {
+        node.validate()?;
+        node.check_cluster(&self.cfg.cluster, self.cfg.cluster_id)?;
+        for (other, entry) in &self.nodes {
+            if *other == node.name {
+                continue;
+            }
+            if let Some((cidr, other_cidr)) = first_overlap(&node.pod_cidrs, &entry.node.pod_cidrs)
+            {
+                return Err(RegistryError::PodCidrOverlap {
+                    node: node.name.clone(),
+                    cidr,
+                    other: other.clone(),
+                    other_cidr,
+                });
+            }
+            if entry.node.wg_public_key == node.wg_public_key {
+                return Err(RegistryError::DuplicateKey {
+                    node: node.name.clone(),
+                    key_prefix: short_key(&node.wg_public_key).to_string(),
+                    other: other.clone(),
+                });
+            }
+        }
+        node.tunnel_ip = Some(self.alloc.allocate(&node.name)?);
+        let expires_at_ms = now.saturating_add(self.cfg.lease_ttl_ms);
+        if let Some(entry) = self.nodes.get_mut(&node.name) {
+            entry.expires_at_ms = expires_at_ms;
+            if entry.node == node {
+                return Ok(Registered {
+                    node,
+                    events: Vec::new(),
+                });
+            }
+        }
+        self.revision += 1;
+        self.nodes.insert(
+            node.name.clone(),
+            Entry {
+                node: node.clone(),
+                expires_at_ms,
+            },
+        );
+        let event = Event::Upserted {
+            revision: self.revision,
+            node: node.clone(),
+        };
+        Ok(Registered {
+            node,
+            events: vec![event],
+        })
+    }
+
+    fn check_cluster_name(&self, name: &str, cluster: &str) -> Result<(), RegistryError> {
+        if !cluster.is_empty() && cluster != self.cfg.cluster {
+            return Err(RegistryError::WrongCluster {
+                name: name.to_string(),
+                cluster: cluster.to_string(),
+                server_cluster: self.cfg.cluster.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Restarts `name`'s lease. An empty `cluster` means this cluster.
+    /// A node whose lease already ran out is not renewed: it must register again.
+    pub fn renew(&mut self, name: &str, cluster: &str, now: u64) -> Result<(), RegistryError> {
+        self.check_cluster_name(name, cluster)?;
+        match self.nodes.get_mut(name) {
+            Some(entry) if entry.expires_at_ms > now => {
+                entry.expires_at_ms = now.saturating_add(self.cfg.lease_ttl_ms);
+                Ok(())
+            }
+            _ => Err(RegistryError::NotRegistered {
+                name: name.to_string(),
+                cluster: self.cfg.cluster.clone(),
+            }),
+        }
+    }
+
+    /// Removes `name` and frees its tunnel IP. Idempotent: an unknown name
+    /// gives no events.
+    pub fn deregister(&mut self, name: &str, cluster: &str) -> Result<Vec<Event>, RegistryError> {
+        self.check_cluster_name(name, cluster)?;
+        Ok(self
+            .remove(name, RemoveReason::Deregistered)
+            .into_iter()
+            .collect())
+    }
+
+    /// Removes every node whose lease ran out (`expires_at <= now`).
+    pub fn expire(&mut self, now: u64) -> Vec<Event> {
+        let expired: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, e)| e.expires_at_ms <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        expired
+            .iter()
+            .filter_map(|n| self.remove(n, RemoveReason::LeaseExpired))
+            .collect()
+    }
+
+    fn remove(&mut self, name: &str, reason: RemoveReason) -> Option<Event> {
+        let entry = self.nodes.remove(name)?;
+        self.alloc.release(name);
+        self.revision += 1;
+        Some(Event::Removed {
+            revision: self.revision,
+            name: entry.node.name,
+            cluster: entry.node.cluster,
+            reason,
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "registry_tests.rs"]
+mod tests;

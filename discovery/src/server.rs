@@ -1,0 +1,394 @@
+//! The tonic shell around the [`Registry`]: gRPC handlers, persistence after
+//! every change, the expiry sweeper, and the push stream of changes to
+//! watchers (a tokio broadcast channel).
+//!
+//! Ordering: every change is applied, saved and broadcast while one mutex is
+//! held, so the broadcast order is the revision order. Leases are measured on
+//! a monotonic clock (ms since the server started), so wall-clock jumps do not
+//! expire nodes; leases are not persisted and restart when the server starts.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{debug, info, warn};
+
+use crate::model::{short_key, Event, ModelError, Node};
+use crate::pb;
+use crate::pb::discovery_server::{Discovery, DiscoveryServer};
+use crate::registry::{Registry, RegistryConfig, RegistryError};
+use crate::store::{EmbeddedStore, Store, StoreError};
+use crate::Error;
+
+/// How often leases are checked.
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(200);
+/// Events buffered per watcher before it counts as lagging (and gets a snapshot).
+const BROADCAST_CAPACITY: usize = 1024;
+const WATCH_BUFFER: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub cluster: String,
+    pub cluster_id: u8,
+    pub state_dir: PathBuf,
+    pub lease_ttl: Duration,
+}
+
+/// Binds `cfg.listen` and serves until `shutdown` completes.
+pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    serve_with_listener(cfg, listener, shutdown).await
+}
+
+/// Serves on an already bound listener (`cfg.listen` is only used in
+/// messages). Tests bind `127.0.0.1:0` and pass the listener here.
+pub async fn serve_with_listener(
+    cfg: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let addr = listener.local_addr().unwrap_or(cfg.listen);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shared = Arc::new(Shared::open(&cfg, stop_rx)?);
+    let sweeper = tokio::spawn(sweep_loop(shared.clone()));
+    info!(
+        %addr,
+        cluster = %cfg.cluster,
+        cluster_id = cfg.cluster_id,
+        lease_ttl_ms = shared.lease_ttl_ms,
+        "discovery listening"
+    );
+    let signal = async move {
+        shutdown.await;
+        info!("discovery shutting down");
+        // Ends watch streams and the sweeper, so graceful shutdown can finish.
+        let _ = stop_tx.send(true);
+    };
+    let result = tonic::transport::Server::builder()
+        .add_service(DiscoveryServer::new(Service {
+            shared: shared.clone(),
+        }))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            signal,
+        )
+        .await;
+    sweeper.abort();
+    result.map_err(|source| Error::Serve { addr, source })
+}
+
+struct Core {
+    registry: Registry,
+    store: Box<dyn Store>,
+}
+
+struct Shared {
+    core: Mutex<Core>,
+    events: broadcast::Sender<Event>,
+    stop: watch::Receiver<bool>,
+    start: Instant,
+    lease_ttl_ms: u32,
+}
+
+impl Shared {
+    fn open(cfg: &ServerConfig, stop: watch::Receiver<bool>) -> Result<Self, Error> {
+        if cfg.cluster.is_empty() {
+            return Err(Error::Config(
+                "cluster name is empty; pass --cluster".into(),
+            ));
+        }
+        if cfg.cluster_id == 0 {
+            return Err(Error::Config(
+                "cluster id 0 is not valid; pass --cluster-id 1..=255".into(),
+            ));
+        }
+        let lease_ttl_ms = u32::try_from(cfg.lease_ttl.as_millis())
+            .ok()
+            .filter(|ms| *ms > 0)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "lease TTL {:?} is out of range; use 1 ms ..= 49 days",
+                    cfg.lease_ttl
+                ))
+            })?;
+        let store = EmbeddedStore::open(&cfg.state_dir)?;
+        let rcfg = RegistryConfig {
+            cluster: cfg.cluster.clone(),
+            cluster_id: cfg.cluster_id,
+            lease_ttl_ms: u64::from(lease_ttl_ms),
+        };
+        let registry = match store.load()? {
+            Some(state) => Registry::from_state(rcfg, state, 0)?,
+            None => Registry::new(rcfg)?,
+        };
+        info!(
+            state = %store.describe(),
+            nodes = registry.len(),
+            revision = registry.revision(),
+            "discovery state loaded; leases restarted"
+        );
+        let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        Ok(Shared {
+            core: Mutex::new(Core {
+                registry,
+                store: Box::new(store),
+            }),
+            events,
+            stop,
+            start: Instant::now(),
+            lease_ttl_ms,
+        })
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        // A panic while holding the lock leaves the registry consistent
+        // (changes are applied on a clone-backed commit), so keep going.
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Saves and broadcasts `events`; on a failed save restores `backup`.
+    fn commit(
+        &self,
+        core: &mut Core,
+        backup: Registry,
+        events: Vec<Event>,
+    ) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = core.store.save(&core.registry.state()) {
+            core.registry = backup;
+            return Err(e);
+        }
+        for event in events {
+            log_event(&event);
+            // No receivers is fine.
+            let _ = self.events.send(event);
+        }
+        Ok(())
+    }
+
+    /// Expires leases that ran out by `now`.
+    fn sweep(&self, core: &mut Core, now: u64) -> Result<(), StoreError> {
+        if core.registry.next_expiry().is_none_or(|t| t > now) {
+            return Ok(());
+        }
+        let backup = core.registry.clone();
+        let events = core.registry.expire(now);
+        self.commit(core, backup, events)
+    }
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::Upserted { revision, node } => info!(
+            node = %node.name,
+            tunnel_ip = ?node.tunnel_ip,
+            underlay = %node.underlay_ip,
+            port = node.listen_port,
+            key = short_key(&node.wg_public_key),
+            revision,
+            "node registered"
+        ),
+        Event::Removed {
+            revision,
+            name,
+            reason,
+            ..
+        } => info!(node = %name, %reason, revision, "node removed"),
+    }
+}
+
+async fn sweep_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stop = shared.stop.clone();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let now = shared.now();
+        let mut core = shared.lock();
+        if let Err(e) = shared.sweep(&mut core, now) {
+            warn!(error = %e, "lease expiry not saved; will retry");
+        }
+    }
+}
+
+fn store_status(e: StoreError) -> Status {
+    Status::unavailable(format!(
+        "discovery could not save the change, so it was not applied: {e}"
+    ))
+}
+
+fn registry_status(e: RegistryError) -> Status {
+    let msg = e.to_string();
+    match e {
+        RegistryError::Invalid(ModelError::WrongCluster { .. })
+        | RegistryError::WrongCluster { .. }
+        | RegistryError::PodCidrOverlap { .. }
+        | RegistryError::DuplicateKey { .. } => Status::failed_precondition(msg),
+        RegistryError::Invalid(_) => Status::invalid_argument(msg),
+        RegistryError::Alloc(_) => Status::resource_exhausted(msg),
+        RegistryError::NotRegistered { .. } => Status::not_found(msg),
+        RegistryError::StateOfOtherCluster { .. } | RegistryError::StateInconsistent { .. } => {
+            Status::internal(msg)
+        }
+    }
+}
+
+struct Service {
+    shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl Discovery for Service {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let node = request
+            .into_inner()
+            .node
+            .ok_or_else(|| Status::invalid_argument("RegisterRequest.node is missing"))?;
+        let node = Node::try_from(node).map_err(|e| registry_status(e.into()))?;
+        let shared = &self.shared;
+        let now = shared.now();
+        let mut core = shared.lock();
+        shared.sweep(&mut core, now).map_err(store_status)?;
+        let backup = core.registry.clone();
+        let out = core.registry.register(node, now).map_err(|e| {
+            warn!(error = %e, "registration rejected");
+            registry_status(e)
+        })?;
+        if out.events.is_empty() {
+            debug!(node = %out.node.name, "node re-registered unchanged");
+        }
+        shared
+            .commit(&mut core, backup, out.events)
+            .map_err(store_status)?;
+        Ok(Response::new(pb::RegisterResponse {
+            node: Some((&out.node).into()),
+            lease_ttl_ms: shared.lease_ttl_ms,
+        }))
+    }
+
+    async fn renew(
+        &self,
+        request: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewResponse>, Status> {
+        let req = request.into_inner();
+        let shared = &self.shared;
+        let now = shared.now();
+        let mut core = shared.lock();
+        shared.sweep(&mut core, now).map_err(store_status)?;
+        core.registry
+            .renew(&req.name, &req.cluster, now)
+            .map_err(registry_status)?;
+        Ok(Response::new(pb::RenewResponse {
+            lease_ttl_ms: shared.lease_ttl_ms,
+        }))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<pb::DeregisterRequest>,
+    ) -> Result<Response<pb::DeregisterResponse>, Status> {
+        let req = request.into_inner();
+        let shared = &self.shared;
+        let now = shared.now();
+        let mut core = shared.lock();
+        shared.sweep(&mut core, now).map_err(store_status)?;
+        let backup = core.registry.clone();
+        let events = core
+            .registry
+            .deregister(&req.name, &req.cluster)
+            .map_err(registry_status)?;
+        if events.is_empty() {
+            debug!(node = %req.name, "deregister of unknown node (already gone)");
+        }
+        shared
+            .commit(&mut core, backup, events)
+            .map_err(store_status)?;
+        Ok(Response::new(pb::DeregisterResponse {}))
+    }
+
+    type WatchStream = ReceiverStream<Result<pb::WatchEvent, Status>>;
+
+    async fn watch(
+        &self,
+        _request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(watch_task(self.shared.clone(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+type WatchTx = mpsc::Sender<Result<pb::WatchEvent, Status>>;
+
+/// Sends a snapshot; returns its revision, or `None` if the watcher is gone.
+async fn send_snapshot(shared: &Shared, tx: &WatchTx) -> Option<u64> {
+    let snapshot = shared.lock().registry.snapshot();
+    let revision = snapshot.revision;
+    tx.send(Ok((&snapshot).into())).await.ok()?;
+    Some(revision)
+}
+
+async fn watch_task(shared: Arc<Shared>, tx: WatchTx) {
+    let mut stop = shared.stop.clone();
+    if *stop.borrow() {
+        return;
+    }
+    // Subscribe before the snapshot; queued deltas up to its revision are skipped.
+    let mut events = shared.events.subscribe();
+    let Some(mut last) = send_snapshot(&shared, &tx).await else {
+        return;
+    };
+    debug!(revision = last, "watcher started");
+    loop {
+        let received = tokio::select! {
+            r = events.recv() => r,
+            _ = tx.closed() => break,
+            _ = stop.changed() => break,
+        };
+        match received {
+            Ok(event) => {
+                if event.revision() <= last {
+                    continue;
+                }
+                last = event.revision();
+                if tx.send(Ok((&event).into())).await.is_err() {
+                    break;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                warn!(missed, "watcher lagged; sending a fresh snapshot");
+                events = events.resubscribe();
+                match send_snapshot(&shared, &tx).await {
+                    Some(rev) => last = rev,
+                    None => break,
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        }
+    }
+    debug!("watcher ended");
+}

@@ -1,0 +1,208 @@
+//! Persistence of the registry state. [`Store`] is the seam for an etcd
+//! store later; [`EmbeddedStore`] keeps `<state_dir>/state.json`, written by
+//! write-to-temp + fsync + rename (+ fsync of the directory) after every change.
+//! A corrupt file is an error naming the file; it is never overwritten silently.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::registry::RegistryState;
+
+/// Version of the `state.json` layout.
+pub const STATE_FORMAT: u32 = 1;
+pub const STATE_FILE: &str = "state.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create state dir {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read state file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "state file {path} is corrupt ({reason}); it was left untouched: repair it, or move it \
+         away to start with an empty registry"
+    )]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("state file {path} has format {found}, this discovery reads format {STATE_FORMAT}; use a matching meshgate version")]
+    Format { path: PathBuf, found: u32 },
+    #[error("cannot write state file {path} while {step}: {source}")]
+    Write {
+        path: PathBuf,
+        step: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cannot encode state for {path}: {source}")]
+    Encode {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+/// Where the registry state lives.
+pub trait Store: Send + Sync {
+    /// The stored state, or `None` when nothing was stored yet.
+    fn load(&self) -> Result<Option<RegistryState>, StoreError>;
+    /// Stores `state` durably before returning.
+    fn save(&self, state: &RegistryState) -> Result<(), StoreError>;
+    /// Where the state is kept, for messages.
+    fn describe(&self) -> String;
+}
+
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    format: u32,
+    #[serde(flatten)]
+    state: RegistryState,
+}
+
+#[derive(Deserialize)]
+struct FormatOnly {
+    format: u32,
+}
+
+/// The default store: one JSON file in a directory.
+#[derive(Debug, Clone)]
+pub struct EmbeddedStore {
+    dir: PathBuf,
+}
+
+impl EmbeddedStore {
+    /// Uses `dir` (created if missing).
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(EmbeddedStore {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+}
+
+impl Store for EmbeddedStore {
+    fn load(&self) -> Result<Option<RegistryState>, StoreError> {
+        let path = self.path();
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StoreError::Read { path, source }),
+        };
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let FormatOnly { format } = serde_json::from_str(&text).map_err(corrupt)?;
+        if format != STATE_FORMAT {
+            return Err(StoreError::Format {
+                path,
+                found: format,
+            });
+        }
+        let file: StateFile = serde_json::from_str(&text).map_err(corrupt)?;
+        Ok(Some(file.state))
+    }
+
+    fn save(&self, state: &RegistryState) -> Result<(), StoreError> {
+        let path = self.path();
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        let doc = StateFile {
+            format: STATE_FORMAT,
+            state: state.clone(),
+        };
+        let mut bytes = serde_json::to_vec_pretty(&doc).map_err(|source| StoreError::Encode {
+            path: path.clone(),
+            source,
+        })?;
+        bytes.push(b'\n');
+        let write = |step: &'static str| {
+            let path = path.clone();
+            move |source| StoreError::Write { path, step, source }
+        };
+        let mut f = fs::File::create(&tmp).map_err(write("creating the temp file"))?;
+        f.write_all(&bytes)
+            .map_err(write("writing the temp file"))?;
+        f.sync_all().map_err(write("syncing the temp file"))?;
+        drop(f);
+        fs::rename(&tmp, &path).map_err(write("renaming the temp file into place"))?;
+        // Make the rename durable.
+        fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(write("syncing the state dir"))?;
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.path().display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::model::tests::pb_node;
+    use crate::model::Node;
+    use crate::registry::{Registry, RegistryConfig};
+
+    fn sample() -> RegistryState {
+        let mut r = Registry::new(RegistryConfig {
+            cluster: "c1".into(),
+            cluster_id: 1,
+            lease_ttl_ms: 1000,
+        })
+        .unwrap();
+        r.register(Node::try_from(pb_node("n1", "10.1.0.0/24")).unwrap(), 0)
+            .unwrap();
+        r.state()
+    }
+
+    #[test]
+    fn missing_file_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(&dir.path().join("sub")).unwrap();
+        assert!(s.load().unwrap().is_none());
+    }
+
+    #[test]
+    fn save_then_load_roundtrips() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        let state = sample();
+        s.save(&state).unwrap();
+        s.save(&state).unwrap();
+        assert_eq!(s.load().unwrap(), Some(state));
+        assert!(!dir.path().join("state.json.tmp").exists());
+        let text = fs::read_to_string(s.path()).unwrap();
+        assert!(text.contains("\"format\": 1"), "{text}");
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_naming_it_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        fs::write(s.path(), "{not json").unwrap();
+        let e = s.load().unwrap_err().to_string();
+        assert!(
+            e.contains(&s.path().display().to_string()) && e.contains("corrupt"),
+            "{e}"
+        );
+        assert_eq!(fs::read_to_string(s.path()).unwrap(), "{not json");
+        fs::write(s.path(), r#"{"format":1,"cluster":"c1"}"#).unwrap();
+        assert!(matches!(s.load(), Err(StoreError::Corrupt { .. })));
+        fs::write(s.path(), r#"{"format":7}"#).unwrap();
+        assert!(matches!(s.load(), Err(StoreError::Format { found: 7, .. })));
+    }
+}

@@ -1,0 +1,184 @@
+//! `meshgate agent`: the node agent. It owns the node key, starts the
+//! WireGuard backend, keeps the peers in step with discovery and writes its
+//! status for `meshgate status` and the lab.
+//!
+//! Signals: SIGTERM/SIGINT leave the mesh (deregister, remove the interface);
+//! SIGUSR2 exits for a restart (interface, routes and registration stay);
+//! SIGUSR1 rotates the key now.
+
+mod config;
+mod mesh;
+mod persist;
+mod sync;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use meshgate_tunnel::{backend, NodeKey};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+pub use config::AgentArgs;
+use config::AgentConfig;
+use mesh::Mesh;
+
+/// Everything the agent's tasks share.
+pub struct Agent {
+    pub cfg: AgentConfig,
+    pub backend: Arc<dyn meshgate_tunnel::Backend>,
+    pub key: Mutex<NodeKey>,
+    pub mesh: Mutex<Mesh>,
+    /// Woken when the node must register again (its key changed).
+    pub reregister: tokio::sync::Notify,
+}
+
+impl Agent {
+    pub fn key(&self) -> NodeKey {
+        self.key.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn mesh(&self) -> std::sync::MutexGuard<'_, Mesh> {
+        self.mesh.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes a new key, saves it, switches the tunnel to it and publishes it.
+    pub fn rotate_key(&self) -> anyhow::Result<()> {
+        let new = NodeKey::generate();
+        new.save(&self.cfg.key_path())
+            .context("saving the rotated key")?;
+        self.backend
+            .rotate_key(&new)
+            .context("switching the tunnel to the rotated key")?;
+        info!(public_key = %new.public().short(), "key rotated; publishing it");
+        *self.key.lock().unwrap_or_else(|p| p.into_inner()) = new;
+        self.mesh().key_rotations += 1;
+        self.reregister.notify_one();
+        Ok(())
+    }
+}
+
+pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let cfg = args.resolve()?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
+    let key = NodeKey::load_or_generate(&cfg.key_path()).context("loading the node key")?;
+    let saved = persist::load(&cfg.state_dir).context("loading the agent's saved state")?;
+    let (backend, fallback) = backend::start(cfg.backend, &cfg.interface, &key, cfg.listen_port)
+        .context("starting the WireGuard backend")?;
+    if let Some(reason) = &fallback {
+        info!(reason = %reason, "kernel WireGuard unavailable; using the userspace backend");
+    }
+    info!(
+        node = %cfg.node, cluster = %cfg.cluster, backend = %backend.kind(),
+        interface = %cfg.interface, public_key = %key.public().short(), "agent starting"
+    );
+    let agent = Arc::new(Agent {
+        backend: Arc::from(backend),
+        key: Mutex::new(key),
+        mesh: Mutex::new(Mesh::default()),
+        reregister: tokio::sync::Notify::new(),
+        cfg,
+    });
+    // Resume from what we last knew, before discovery answers: after a
+    // restart this puts every peer back and starts handshakes at once.
+    if let Some(saved) = saved {
+        mesh::resume(&agent, saved).context("restoring the last known peers")?;
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(main_loop(agent))
+}
+
+async fn main_loop(agent: Arc<Agent>) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut usr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
+    let mut usr2 = signal(SignalKind::user_defined2()).context("installing SIGUSR2 handler")?;
+    tokio::spawn(sync::run(agent.clone()));
+    tokio::spawn(persist::status_loop(agent.clone()));
+    let rotate_every = agent.cfg.rotate_interval;
+    let mut rotation = tokio::time::interval(rotate_every.unwrap_or(Duration::from_secs(86_400)));
+    rotation.tick().await;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return leave(&agent).await,
+            _ = int.recv() => return leave(&agent).await,
+            _ = usr2.recv() => {
+                persist::write_status(&agent);
+                info!("exiting for a restart: interface, routes and registration stay");
+                // Exit at once: the TUN device is persistent, so dropping
+                // nothing more keeps the interface and its routes in place.
+                std::process::exit(0);
+            }
+            _ = usr1.recv() => {
+                if let Err(e) = agent.rotate_key() {
+                    warn!(error = %format!("{e:#}"), "key rotation failed");
+                }
+            }
+            _ = rotation.tick(), if rotate_every.is_some() => {
+                if let Err(e) = agent.rotate_key() {
+                    warn!(error = %format!("{e:#}"), "scheduled key rotation failed");
+                }
+            }
+        }
+    }
+}
+
+/// Leaves the mesh: deregisters, removes the interface and its routes.
+async fn leave(agent: &Agent) -> anyhow::Result<()> {
+    info!("leaving the mesh");
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(2), sync::deregister(agent)).await {
+        warn!(error = %e, "deregistration timed out; discovery will expire the lease");
+    }
+    agent
+        .backend
+        .shutdown(true)
+        .context("removing the tunnel interface")?;
+    persist::forget(&agent.cfg.state_dir);
+    info!("left the mesh");
+    Ok(())
+}
+
+/// `meshgate status`: prints the agent's last status.
+pub fn print_status(state_dir: &Path) -> anyhow::Result<ExitCode> {
+    let path = state_dir.join("status.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading {} (is the agent running with --state-dir {}?)",
+            path.display(),
+            state_dir.display()
+        )
+    })?;
+    let status: meshgate_discovery::model::AgentStatus =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let mut out = format!(
+        "node {}/{}  backend {}  tunnel {}  key {}  discovery {}\n",
+        status.cluster,
+        status.node,
+        status.backend,
+        status.tunnel_ip,
+        status.public_key.chars().take(8).collect::<String>(),
+        if status.discovery_connected {
+            "connected"
+        } else {
+            "DISCONNECTED"
+        }
+    );
+    for p in &status.peers {
+        let hs = p
+            .last_handshake_age_ms
+            .map(|ms| format!("{:.1}s ago", ms as f64 / 1000.0))
+            .unwrap_or_else(|| "never".into());
+        out.push_str(&format!(
+            "  peer {:<20} {:<22} handshake {:<10} tx {} rx {}\n",
+            p.node, p.endpoint, hs, p.tx_bytes, p.rx_bytes
+        ));
+    }
+    #[allow(clippy::print_stdout)]
+    {
+        print!("{out}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

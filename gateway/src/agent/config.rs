@@ -1,0 +1,216 @@
+//! The agent's configuration: flags, or a YAML file with the same names.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use ipnet::Ipv4Net;
+use meshgate_tunnel::BackendChoice;
+use serde::Deserialize;
+
+#[derive(Debug, Args, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentArgs {
+    /// YAML file with the settings below (snake_case names); flags win.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// This node's name, unique in its cluster.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// The cluster's name.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// The cluster's ID, 1..=255.
+    #[arg(long)]
+    pub cluster_id: Option<u8>,
+    /// Discovery endpoint, e.g. http://198.18.1.2:7100.
+    #[arg(long)]
+    pub discovery: Option<String>,
+    /// This node's underlay address, where peers reach its WireGuard port.
+    #[arg(long)]
+    pub underlay_ip: Option<Ipv4Addr>,
+    /// The pod CIDR of this node.
+    #[arg(long)]
+    pub pod_cidr: Option<Ipv4Net>,
+    /// Directory for the key, the last known peers and status.json.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// WireGuard UDP port.
+    #[arg(long)]
+    pub listen_port: Option<u16>,
+    /// auto (kernel if present, else userspace), kernel or userspace.
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Rotate the key every this many seconds (off by default).
+    #[arg(long)]
+    pub rotate_interval: Option<u64>,
+    /// Name of the tunnel interface.
+    #[arg(long)]
+    pub interface: Option<String>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node: String,
+    pub cluster: String,
+    pub cluster_id: u8,
+    pub discovery: String,
+    pub underlay_ip: Ipv4Addr,
+    pub pod_cidr: Ipv4Net,
+    pub state_dir: PathBuf,
+    pub listen_port: u16,
+    pub backend: BackendChoice,
+    pub rotate_interval: Option<Duration>,
+    pub interface: String,
+}
+
+impl AgentConfig {
+    pub fn key_path(&self) -> PathBuf {
+        self.state_dir.join("private.key")
+    }
+
+    /// The mesh-wide name of this node.
+    pub fn mesh_name(&self) -> String {
+        format!("{}/{}", self.cluster, self.node)
+    }
+}
+
+fn load_file(path: &Path) -> anyhow::Result<AgentArgs> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading agent config {}", path.display()))?;
+    serde_yaml::from_str(&text)
+        .with_context(|| format!("agent config {} is not valid", path.display()))
+}
+
+impl AgentArgs {
+    /// Merges the file (if any) under the flags and checks every value.
+    pub fn resolve(self) -> anyhow::Result<AgentConfig> {
+        let file = match &self.config {
+            Some(path) => load_file(path)?,
+            None => AgentArgs::default(),
+        };
+        macro_rules! pick {
+            ($field:ident) => {
+                self.$field.or(file.$field)
+            };
+        }
+        macro_rules! need {
+            ($field:ident, $flag:literal) => {
+                match pick!($field) {
+                    Some(v) => v,
+                    None => bail!(concat!(
+                        "the agent needs ",
+                        $flag,
+                        " (flag, or the same name in snake_case in --config)"
+                    )),
+                }
+            };
+        }
+        let node = need!(node, "--node");
+        let cluster = need!(cluster, "--cluster");
+        let cluster_id = need!(cluster_id, "--cluster-id");
+        if cluster_id == 0 {
+            bail!("--cluster-id 0 is not valid: use 1..=255");
+        }
+        let discovery = need!(discovery, "--discovery");
+        if !discovery.starts_with("http://") && !discovery.starts_with("https://") {
+            bail!("--discovery {discovery:?} must be a URL like http://198.18.1.2:7100");
+        }
+        let backend: BackendChoice = pick!(backend)
+            .unwrap_or_else(|| "auto".into())
+            .parse()
+            .map_err(anyhow::Error::msg)?;
+        let rotate_interval = match pick!(rotate_interval) {
+            Some(0) => bail!("--rotate-interval 0 is not valid: give seconds, or leave it out"),
+            other => other.map(Duration::from_secs),
+        };
+        Ok(AgentConfig {
+            node,
+            cluster,
+            cluster_id,
+            discovery,
+            underlay_ip: need!(underlay_ip, "--underlay-ip"),
+            pod_cidr: need!(pod_cidr, "--pod-cidr"),
+            state_dir: pick!(state_dir).unwrap_or_else(|| PathBuf::from("/var/lib/meshgate")),
+            listen_port: pick!(listen_port).unwrap_or(51820),
+            backend,
+            rotate_interval,
+            interface: pick!(interface).unwrap_or_else(|| "mg-wg0".into()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn full() -> AgentArgs {
+        AgentArgs {
+            node: Some("n1".into()),
+            cluster: Some("c1".into()),
+            cluster_id: Some(1),
+            discovery: Some("http://198.18.1.2:7100".into()),
+            underlay_ip: Some("198.18.1.10".parse().unwrap()),
+            pod_cidr: Some("10.1.0.0/24".parse().unwrap()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_fill_the_rest() {
+        let cfg = full().resolve().unwrap();
+        assert_eq!(cfg.listen_port, 51820);
+        assert_eq!(cfg.interface, "mg-wg0");
+        assert_eq!(cfg.backend, BackendChoice::Auto);
+        assert_eq!(cfg.mesh_name(), "c1/n1");
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let mut a = full();
+        a.pod_cidr = None;
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(err.contains("--pod-cidr"), "{err}");
+    }
+
+    #[test]
+    fn bad_backend_is_explained() {
+        let mut a = full();
+        a.backend = Some("ipsec".into());
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(err.contains("auto, kernel or userspace"), "{err}");
+    }
+
+    #[test]
+    fn file_fills_what_flags_leave_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, "node: n9\ncluster: c1\ncluster_id: 1\ndiscovery: http://198.18.1.2:7100\nunderlay_ip: 198.18.1.10\npod_cidr: 10.1.0.0/24\nlisten_port: 51999\n").unwrap();
+        let args = AgentArgs {
+            config: Some(path),
+            node: Some("n1".into()),
+            ..Default::default()
+        };
+        let cfg = args.resolve().unwrap();
+        assert_eq!(cfg.node, "n1");
+        assert_eq!(cfg.listen_port, 51999);
+    }
+
+    #[test]
+    fn unknown_file_field_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, "nodename: n1\n").unwrap();
+        let args = AgentArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        let err = format!("{:#}", args.resolve().unwrap_err());
+        assert!(err.contains("nodename"), "{err}");
+    }
+}

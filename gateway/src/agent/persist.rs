@@ -1,0 +1,125 @@
+//! What the agent keeps on disk: its last known peers (so a restart or a
+//! discovery outage never tears the mesh down) and its status file.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use meshgate_discovery::model::{AgentStatus, PeerStatus};
+use meshgate_tunnel::PeerConfig;
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use super::Agent;
+
+const PEERS_FILE: &str = "peers.json";
+const STATUS_FILE: &str = "status.json";
+
+/// The last state the agent applied.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Saved {
+    pub tunnel_ip: Option<Ipv4Addr>,
+    pub peers: BTreeMap<String, PeerConfig>,
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+pub fn load(dir: &Path) -> anyhow::Result<Option<Saved>> {
+    let path = dir.join(PEERS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    serde_json::from_str(&text).map(Some).with_context(|| {
+        format!(
+            "{} is corrupt: delete it and the agent will relearn its peers from discovery",
+            path.display()
+        )
+    })
+}
+
+pub fn save(dir: &Path, saved: &Saved) -> anyhow::Result<()> {
+    let path = dir.join(PEERS_FILE);
+    let bytes = serde_json::to_vec_pretty(saved).context("encoding the peers")?;
+    write_atomic(&path, &bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Forgets the peers and status, when the node leaves the mesh.
+pub fn forget(dir: &Path) {
+    for f in [PEERS_FILE, STATUS_FILE] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+pub fn status(agent: &Agent) -> AgentStatus {
+    let stats = agent.backend.stats();
+    let mesh = agent.mesh();
+    let cfg = &agent.cfg;
+    AgentStatus {
+        node: cfg.node.clone(),
+        cluster: cfg.cluster.clone(),
+        cluster_id: cfg.cluster_id,
+        backend: agent.backend.kind().to_string(),
+        public_key: agent.key().public().to_base64(),
+        tunnel_ip: mesh.tunnel_ip.map(|i| i.to_string()).unwrap_or_default(),
+        underlay_ip: cfg.underlay_ip.to_string(),
+        listen_port: cfg.listen_port,
+        pod_cidr: cfg.pod_cidr.to_string(),
+        discovery_connected: mesh.discovery_connected,
+        pid: std::process::id(),
+        updated_unix_ms: now_ms(),
+        key_rotations: mesh.key_rotations,
+        peers: stats
+            .into_iter()
+            .map(|s| {
+                let (cluster, node) = s
+                    .name
+                    .split_once('/')
+                    .map(|(c, n)| (c.to_string(), n.to_string()))
+                    .unwrap_or_default();
+                PeerStatus {
+                    node,
+                    cluster,
+                    public_key: s.public_key,
+                    endpoint: s.endpoint,
+                    allowed_ips: s.allowed_ips,
+                    last_handshake_age_ms: s.last_handshake_age_ms,
+                    tx_bytes: s.tx_bytes,
+                    rx_bytes: s.rx_bytes,
+                }
+            })
+            .collect(),
+    }
+}
+
+pub fn write_status(agent: &Agent) {
+    let path = agent.cfg.state_dir.join(STATUS_FILE);
+    let result = serde_json::to_vec_pretty(&status(agent))
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| write_atomic(&path, &bytes));
+    if let Err(e) = result {
+        warn!(path = %path.display(), error = %e, "writing status failed");
+    }
+}
+
+pub async fn status_loop(agent: std::sync::Arc<Agent>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        write_status(&agent);
+    }
+}

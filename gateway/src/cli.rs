@@ -1,0 +1,45 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::agent::AgentArgs;
+use crate::discovery_cmd::DiscoveryArgs;
+use crate::lab_cmd::LabCommand;
+
+/// meshgate: encrypted multi-cluster mesh for Kubernetes nodes.
+#[derive(Debug, Parser)]
+#[command(name = "meshgate", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the discovery service of one cluster.
+    Discovery(DiscoveryArgs),
+    /// Run the node agent.
+    Agent(Box<AgentArgs>),
+    /// Build and drive lab worlds made of network namespaces.
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+    },
+    /// Print the status of the agent whose state directory is given.
+    Status {
+        #[arg(long, default_value = "/var/lib/meshgate")]
+        state_dir: PathBuf,
+    },
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Discovery(args) => crate::discovery_cmd::run(args).map(|_| ExitCode::SUCCESS),
+        Command::Agent(args) => crate::agent::run(*args).map(|_| ExitCode::SUCCESS),
+        Command::Lab { command } => crate::lab_cmd::run(command),
+        Command::Status { state_dir } => crate::agent::print_status(&state_dir),
+    }
+}

@@ -1,0 +1,67 @@
+//! `meshgate discovery`: runs the discovery server until SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct DiscoveryArgs {
+    /// Address and port to serve gRPC on.
+    #[arg(long, default_value = "0.0.0.0:7100")]
+    pub listen: SocketAddr,
+    /// Name of the cluster this discovery serves.
+    #[arg(long)]
+    pub cluster: String,
+    /// Cluster ID, 1..=255, unique in the mesh.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..))]
+    pub cluster_id: u8,
+    /// Where the embedded store keeps its state.
+    #[arg(long, default_value = "/var/lib/meshgate-discovery")]
+    pub state_dir: PathBuf,
+    /// Seconds after which a node that stopped renewing its lease is removed.
+    #[arg(long, default_value_t = 10.0)]
+    pub lease_ttl: f64,
+}
+
+pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
+    if !(args.lease_ttl > 0.0 && args.lease_ttl < 86_400.0) {
+        anyhow::bail!(
+            "--lease-ttl {} is out of range: give seconds between 0 and 86400",
+            args.lease_ttl
+        );
+    }
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let cfg = meshgate_discovery::server::ServerConfig {
+            listen: args.listen,
+            cluster: args.cluster,
+            cluster_id: args.cluster_id,
+            state_dir: args.state_dir,
+            lease_ttl: Duration::from_secs_f64(args.lease_ttl),
+        };
+        meshgate_discovery::server::serve(cfg, shutdown_signal())
+            .await
+            .context("discovery server failed")
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("discovery shutting down");
+}

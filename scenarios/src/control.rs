@@ -1,0 +1,215 @@
+//! Commands on one target of a world that is up: ip, exec, stop, start,
+//! restart, rotate-key, status.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::error::{LabError, Result};
+use crate::plan::agent_dir;
+use crate::procs::{self, SIGTERM, SIGUSR1, SIGUSR2};
+use crate::status::{self, short_key, AgentStatus};
+use crate::target::{self, Target, TargetKind};
+use crate::world::record::{Component, ProcessRecord, WorldRecord};
+use crate::world::{self, pick_world};
+
+/// How long an agent may take to leave (SIGTERM) before SIGKILL.
+const LEAVE_GRACE: Duration = Duration::from_secs(10);
+/// How long an agent may take to exit for a restart (SIGUSR2).
+const RESTART_GRACE: Duration = Duration::from_secs(5);
+const ROTATE_TIMEOUT: Duration = Duration::from_secs(10);
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The address of a target.
+pub fn ip(target: &str) -> Result<IpAddr> {
+    Ok(IpAddr::V4(target::resolve(target)?.ip))
+}
+
+/// Runs `ip netns exec NS ARGV...` with inherited stdio; returns its exit
+/// code (128 + signal if it was killed).
+pub fn exec(target: &str, argv: &[String]) -> Result<i32> {
+    let t = target::resolve(target)?;
+    if argv.is_empty() {
+        return Err(LabError::Target {
+            target: target.to_string(),
+            problem: "no command given to run".to_string(),
+        });
+    }
+    let status = Command::new("ip")
+        .args(["netns", "exec", &t.netns])
+        .args(argv)
+        .status()
+        .map_err(|source| LabError::Io {
+            what: format!("running `ip netns exec {} {}`", t.netns, argv.join(" ")),
+            source,
+        })?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1))
+}
+
+/// The status of a world (the only one up if `name` is `None`).
+pub fn status(name: Option<&str>) -> Result<String> {
+    let world = pick_world(name)?;
+    let rec = WorldRecord::load_up(&world)?;
+    crate::report::status_text(&rec)
+}
+
+/// An agent's `status.json`.
+pub fn agent_status(world: &str, cluster: &str, node: &str) -> Result<AgentStatus> {
+    status::read(&agent_dir(world, cluster, node).join("status.json"))
+}
+
+/// The record and the process of a target that has one.
+fn with_process(target: &str) -> Result<(WorldRecord, Target, Component)> {
+    let t = target::resolve(target)?;
+    let Some(component) = t.component() else {
+        let what = match &t.kind {
+            TargetKind::Pod { node } => {
+                format!("a pod has no process; its node is {}/{node}", t.cluster)
+            }
+            _ => "an external host has no meshgate process".to_string(),
+        };
+        return Err(LabError::Target {
+            target: target.to_string(),
+            problem: what,
+        });
+    };
+    let rec = WorldRecord::load_up(&t.world)?;
+    Ok((rec, t, component))
+}
+
+fn running_pid(rec: &WorldRecord, component: &Component) -> Option<u32> {
+    rec.process(component)
+        .and_then(|p| p.pid)
+        .filter(|pid| procs::is_meshgate(*pid))
+}
+
+fn require_running(rec: &WorldRecord, component: &Component) -> Result<u32> {
+    running_pid(rec, component).ok_or_else(|| LabError::NotRunning {
+        component: component.to_string(),
+    })
+}
+
+/// Sends `sig`, waits up to `grace` (then SIGKILL), records it stopped.
+fn stop_with(
+    rec: &mut WorldRecord,
+    component: &Component,
+    sig: i32,
+    grace: Duration,
+) -> Result<String> {
+    let pid = require_running(rec, component)?;
+    let killed = procs::stop(pid, sig, grace)?;
+    rec.set_pid(component, None)?;
+    Ok(if killed {
+        format!(
+            "{component} (pid {pid}) did not exit within {} s; killed it",
+            grace.as_secs()
+        )
+    } else {
+        format!("{component} (pid {pid}) stopped")
+    })
+}
+
+/// Stops a node's agent (SIGTERM: it leaves the mesh) or a discovery.
+pub fn stop(target: &str) -> Result<String> {
+    let (mut rec, _, component) = with_process(target)?;
+    stop_with(&mut rec, &component, SIGTERM, LEAVE_GRACE)
+}
+
+fn start_in(
+    rec: &mut WorldRecord,
+    t: &Target,
+    component: &Component,
+    bin: &Path,
+) -> Result<String> {
+    if let Some(pid) = running_pid(rec, component) {
+        return Err(LabError::AlreadyRunning {
+            component: component.to_string(),
+            pid,
+        });
+    }
+    let c = rec
+        .plan
+        .cluster(&t.cluster)
+        .cloned()
+        .ok_or_else(|| LabError::Target {
+            target: format!("{}/{}", t.cluster, t.name),
+            problem: "cluster vanished from the world record".to_string(),
+        })?;
+    let p: ProcessRecord = match rec.process(component) {
+        Some(p) => p.clone(),
+        None => match &t.kind {
+            TargetKind::Discovery => world::discovery_record(&c, Duration::from_secs(10)),
+            _ => {
+                let n = c.node(&t.name).ok_or_else(|| LabError::Target {
+                    target: format!("{}/{}", t.cluster, t.name),
+                    problem: "node vanished from the world record".to_string(),
+                })?;
+                world::agent_record(&c, n)
+            }
+        },
+    };
+    let pid = world::spawn_recorded(rec, p, bin)?;
+    if t.kind == TargetKind::Discovery {
+        world::wait_listening(rec, &c, LISTEN_TIMEOUT)?;
+    }
+    Ok(format!("{component} started (pid {pid})"))
+}
+
+/// Starts a stopped agent or discovery again with its recorded arguments.
+pub fn start(target: &str, meshgate_bin: &Path) -> Result<String> {
+    let (mut rec, t, component) = with_process(target)?;
+    start_in(&mut rec, &t, &component, meshgate_bin)
+}
+
+/// Node: SIGUSR2 (exit keeping interface, routes and registration), then
+/// start again at once. Discovery: SIGTERM, then start again.
+pub fn restart(target: &str, meshgate_bin: &Path) -> Result<String> {
+    let (mut rec, t, component) = with_process(target)?;
+    let stopped = match t.kind {
+        TargetKind::Node => stop_with(&mut rec, &component, SIGUSR2, RESTART_GRACE)?,
+        _ => stop_with(&mut rec, &component, SIGTERM, LEAVE_GRACE)?,
+    };
+    let started = start_in(&mut rec, &t, &component, meshgate_bin)?;
+    Ok(format!("{stopped}; {started}"))
+}
+
+/// Asks a node's agent to rotate its WireGuard key now (SIGUSR1) and waits
+/// until its status shows the new key. Returns `old… → new…`.
+pub fn rotate_key(target: &str) -> Result<String> {
+    let (rec, t, component) = with_process(target)?;
+    if t.kind != TargetKind::Node {
+        return Err(LabError::Target {
+            target: target.to_string(),
+            problem: "only nodes have keys to rotate".to_string(),
+        });
+    }
+    let pid = require_running(&rec, &component)?;
+    let old = agent_status(&t.world, &t.cluster, &t.name)?.public_key;
+    procs::signal(pid, SIGUSR1)?;
+    let deadline = Instant::now() + ROTATE_TIMEOUT;
+    loop {
+        if let Ok(s) = agent_status(&t.world, &t.cluster, &t.name) {
+            if s.public_key != old {
+                return Ok(format!(
+                    "{}/{}: {} → {}",
+                    t.cluster,
+                    t.name,
+                    short_key(&old),
+                    short_key(&s.public_key)
+                ));
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::Timeout {
+                what: format!("{component} did not show a new public key after SIGUSR1"),
+                timeout: ROTATE_TIMEOUT,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,283 @@
+//! The world plan: every name and address of a lab world, computed from a
+//! validated scenario without touching the system (docs/contracts.md, "Lab
+//! addressing").
+
+mod steps;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::scenario::{Role, Scenario};
+
+pub use steps::Step;
+
+/// The underlay every node, discovery and external is attached to.
+pub const UNDERLAY_NET: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(198, 18, 0, 0), 15);
+/// Tunnel IPs, allocated by discovery.
+pub const TUNNEL_NET: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(100, 64, 0, 0), 10);
+/// Link-local range; pods route via 169.254.1.1.
+pub const LINK_LOCAL: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(169, 254, 0, 0), 16);
+/// Every pod's default gateway (answered by the node).
+pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+pub const DISCOVERY_PORT: u16 = 7100;
+pub const POD_MTU: u32 = 1420;
+/// Name of the bridge in the underlay namespace.
+pub const BRIDGE: &str = "br0";
+/// Where world state lives: `<LAB_ROOT>/<world>/`.
+pub const LAB_ROOT: &str = "/run/meshgate/lab";
+
+/// The state directory of a world.
+pub fn world_dir(world: &str) -> PathBuf {
+    Path::new(LAB_ROOT).join(world)
+}
+
+/// The state directory of a node's agent.
+pub fn agent_dir(world: &str, cluster: &str, node: &str) -> PathBuf {
+    world_dir(world).join(cluster).join("nodes").join(node)
+}
+
+/// The state directory of a cluster's discovery.
+pub fn discovery_dir(world: &str, cluster: &str) -> PathBuf {
+    world_dir(world).join(cluster).join("discovery")
+}
+
+/// Prefix shared by every namespace of a world.
+pub fn ns_prefix(world: &str) -> String {
+    format!("mg-{world}-")
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub world: String,
+    /// Namespace holding the bridge `br0`.
+    pub underlay_ns: String,
+    pub state_dir: PathBuf,
+    pub clusters: Vec<ClusterPlan>,
+    pub externals: Vec<ExternalPlan>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterPlan {
+    pub name: String,
+    pub id: u8,
+    pub pod_cidr: Ipv4Net,
+    pub discovery: DiscoveryPlan,
+    pub nodes: Vec<NodePlan>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiscoveryPlan {
+    pub netns: String,
+    /// The bridge-side end of its veth, in the underlay namespace.
+    pub ul_veth: String,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodePlan {
+    pub name: String,
+    pub netns: String,
+    pub ul_veth: String,
+    pub underlay_ip: Ipv4Addr,
+    /// This node's /24 of the cluster's podCIDR.
+    pub pod_cidr: Ipv4Net,
+    #[serde(default)]
+    pub roles: Vec<Role>,
+    pub state_dir: PathBuf,
+    pub pods: Vec<PodPlan>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodPlan {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub netns: String,
+    /// The node-side end of the pod's veth (`pod<j>`).
+    pub node_veth: String,
+    pub ip: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExternalPlan {
+    pub name: String,
+    pub netns: String,
+    pub ul_veth: String,
+    pub ip: Ipv4Addr,
+}
+
+/// What the plan could not compute: only for scenarios that skipped
+/// validation.
+#[derive(Debug, thiserror::Error)]
+#[error("scenario not validated: {0}")]
+pub struct PlanError(String);
+
+fn offset(addr: Ipv4Addr, by: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(addr).wrapping_add(by))
+}
+
+impl Plan {
+    /// Computes the plan of a scenario returned by [`Scenario::load`] or
+    /// [`Scenario::parse`] (which validate it).
+    pub fn new(s: &Scenario) -> Result<Plan, PlanError> {
+        let world = s.name.as_str();
+        let mut clusters = Vec::with_capacity(s.clusters.len());
+        for c in &s.clusters {
+            let id = u8::try_from(c.id)
+                .map_err(|_| PlanError(format!("cluster {} id {}", c.name, c.id)))?;
+            let pod_cidr = Scenario::pod_net(c)
+                .ok_or_else(|| PlanError(format!("cluster {} podCIDR {}", c.name, c.pod_cidr)))?;
+            let prefix = format!("mg-{world}-{}", c.name);
+            let discovery = DiscoveryPlan {
+                netns: format!("{prefix}-d"),
+                ul_veth: format!("d{id}"),
+                ip: Ipv4Addr::new(198, 18, id, 2),
+                port: DISCOVERY_PORT,
+                state_dir: discovery_dir(world, &c.name),
+            };
+            let mut nodes = Vec::with_capacity(c.nodes.len());
+            for (i, n) in c.nodes.iter().enumerate() {
+                let i = u32::try_from(i).map_err(|_| PlanError("too many nodes".into()))?;
+                let host = u8::try_from(10 + i)
+                    .map_err(|_| PlanError(format!("cluster {}: too many nodes", c.name)))?;
+                let base = offset(pod_cidr.network(), i << 8);
+                let node_cidr = Ipv4Net::new(base, 24)
+                    .map_err(|_| PlanError(format!("cluster {} /24 {i}", c.name)))?;
+                if !pod_cidr.contains(&base) {
+                    return Err(PlanError(format!("cluster {}: podCIDR too small", c.name)));
+                }
+                let pods = n
+                    .pods
+                    .iter()
+                    .enumerate()
+                    .map(|(j, p)| PodPlan {
+                        name: p.name.clone(),
+                        labels: p.labels.clone(),
+                        netns: format!("{prefix}-p-{}", p.name),
+                        node_veth: format!("pod{j}"),
+                        ip: offset(base, 10 + j as u32),
+                    })
+                    .collect();
+                nodes.push(NodePlan {
+                    name: n.name.clone(),
+                    netns: format!("{prefix}-n-{}", n.name),
+                    ul_veth: format!("n{id}-{i}"),
+                    underlay_ip: Ipv4Addr::new(198, 18, id, host),
+                    pod_cidr: node_cidr,
+                    roles: n.roles.clone(),
+                    state_dir: agent_dir(world, &c.name, &n.name),
+                    pods,
+                });
+            }
+            clusters.push(ClusterPlan {
+                name: c.name.clone(),
+                id,
+                pod_cidr,
+                discovery,
+                nodes,
+            });
+        }
+        let externals = s
+            .externals
+            .iter()
+            .enumerate()
+            .map(|(k, x)| ExternalPlan {
+                name: x.name.clone(),
+                netns: format!("mg-{world}-x-{}", x.name),
+                ul_veth: format!("x{k}"),
+                ip: x.ip,
+            })
+            .collect();
+        Ok(Plan {
+            world: world.to_string(),
+            underlay_ns: format!("mg-{world}-ul"),
+            state_dir: world_dir(world),
+            clusters,
+            externals,
+        })
+    }
+
+    /// Every namespace of the world, in creation order.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut all = vec![self.underlay_ns.clone()];
+        for c in &self.clusters {
+            all.push(c.discovery.netns.clone());
+            for n in &c.nodes {
+                all.push(n.netns.clone());
+                all.extend(n.pods.iter().map(|p| p.netns.clone()));
+            }
+        }
+        all.extend(self.externals.iter().map(|x| x.netns.clone()));
+        all
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&ClusterPlan> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+
+    /// The `ip` commands that build this world, in order.
+    pub fn steps(&self) -> Vec<Step> {
+        steps::build(self)
+    }
+}
+
+impl ClusterPlan {
+    pub fn node(&self, name: &str) -> Option<&NodePlan> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The pod and the node it runs on.
+    pub fn pod(&self, name: &str) -> Option<(&NodePlan, &PodPlan)> {
+        self.nodes
+            .iter()
+            .find_map(|n| n.pods.iter().find(|p| p.name == name).map(|p| (n, p)))
+    }
+
+    /// `meshgate` arguments of this cluster's discovery.
+    pub fn discovery_args(&self, lease_ttl: Duration) -> Vec<String> {
+        vec![
+            "discovery".into(),
+            "--listen".into(),
+            format!("{}:{}", self.discovery.ip, self.discovery.port),
+            "--cluster".into(),
+            self.name.clone(),
+            "--cluster-id".into(),
+            self.id.to_string(),
+            "--state-dir".into(),
+            self.discovery.state_dir.display().to_string(),
+            "--lease-ttl".into(),
+            lease_ttl.as_secs().max(1).to_string(),
+        ]
+    }
+
+    /// `meshgate` arguments of a node's agent.
+    pub fn agent_args(&self, node: &NodePlan) -> Vec<String> {
+        vec![
+            "agent".into(),
+            "--node".into(),
+            node.name.clone(),
+            "--cluster".into(),
+            self.name.clone(),
+            "--cluster-id".into(),
+            self.id.to_string(),
+            "--discovery".into(),
+            format!("http://{}:{}", self.discovery.ip, self.discovery.port),
+            "--underlay-ip".into(),
+            node.underlay_ip.to_string(),
+            "--pod-cidr".into(),
+            node.pod_cidr.to_string(),
+            "--state-dir".into(),
+            node.state_dir.display().to_string(),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,139 @@
+//! The `ip` commands that build a planned world, as data.
+
+use std::net::Ipv4Addr;
+
+use super::{Plan, BRIDGE, POD_GATEWAY, POD_MTU, UNDERLAY_NET};
+
+/// One step of building a world.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// `ip netns add NAME` (recorded before it runs, so `down` finds it).
+    AddNamespace(String),
+    /// `ip ARGS...`
+    Ip(Vec<String>),
+}
+
+impl Step {
+    /// The full argument list given to `ip`.
+    pub fn ip_args(&self) -> Vec<String> {
+        match self {
+            Step::AddNamespace(ns) => vec!["netns".into(), "add".into(), ns.clone()],
+            Step::Ip(args) => args.clone(),
+        }
+    }
+}
+
+struct Steps(Vec<Step>);
+
+impl Steps {
+    fn ip(&mut self, args: &[&str]) {
+        self.0
+            .push(Step::Ip(args.iter().map(|a| a.to_string()).collect()));
+    }
+
+    fn sysctl(&mut self, ns: &str, setting: &str) {
+        self.ip(&["netns", "exec", ns, "sysctl", "-qw", setting]);
+    }
+
+    /// A fresh namespace with `lo` up and reverse-path filtering off (the
+    /// host's setting is inherited otherwise); `router` turns forwarding on.
+    fn namespace(&mut self, ns: &str, router: bool) {
+        self.0.push(Step::AddNamespace(ns.to_string()));
+        self.sysctl(ns, "net.ipv4.conf.all.rp_filter=0");
+        self.sysctl(ns, "net.ipv4.conf.default.rp_filter=0");
+        if router {
+            self.sysctl(ns, "net.ipv4.ip_forward=1");
+        }
+        self.ip(&["-n", ns, "link", "set", "lo", "up"]);
+    }
+
+    /// `eth0` in `ns`, its peer `ul_veth` on the underlay bridge.
+    fn attach(&mut self, ul: &str, ns: &str, ul_veth: &str, addr: &str) {
+        self.ip(&[
+            "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", ul_veth, "netns",
+            ul,
+        ]);
+        self.ip(&["-n", ul, "link", "set", ul_veth, "master", BRIDGE, "up"]);
+        self.ip(&["-n", ns, "addr", "add", addr, "dev", "eth0"]);
+        self.ip(&["-n", ns, "link", "set", "eth0", "up"]);
+    }
+}
+
+fn with_len(ip: Ipv4Addr, len: u8) -> String {
+    format!("{ip}/{len}")
+}
+
+pub fn build(plan: &Plan) -> Vec<Step> {
+    let mut s = Steps(Vec::new());
+    let ul = plan.underlay_ns.as_str();
+    let mtu = POD_MTU.to_string();
+    let gw = POD_GATEWAY.to_string();
+    let underlay = UNDERLAY_NET.to_string();
+    let ul_len = UNDERLAY_NET.prefix_len();
+
+    s.namespace(ul, false);
+    s.ip(&["-n", ul, "link", "add", BRIDGE, "type", "bridge"]);
+    s.ip(&["-n", ul, "link", "set", BRIDGE, "up"]);
+
+    for c in &plan.clusters {
+        let d = &c.discovery;
+        s.namespace(&d.netns, false);
+        s.attach(ul, &d.netns, &d.ul_veth, &with_len(d.ip, ul_len));
+
+        for n in &c.nodes {
+            let node = n.netns.as_str();
+            s.namespace(node, true);
+            s.attach(ul, node, &n.ul_veth, &with_len(n.underlay_ip, ul_len));
+            // The pods' gateway: a local address answers their ARP and ping.
+            s.ip(&[
+                "-n",
+                node,
+                "addr",
+                "add",
+                &with_len(POD_GATEWAY, 32),
+                "dev",
+                "lo",
+                "scope",
+                "link",
+            ]);
+            for x in &plan.externals {
+                let ip = with_len(x.ip, 32);
+                s.ip(&[
+                    "-n", node, "route", "add", &ip, "dev", "eth0", "scope", "link",
+                ]);
+            }
+            for p in &n.pods {
+                let pod = p.netns.as_str();
+                let ip = with_len(p.ip, 32);
+                let veth = p.node_veth.as_str();
+                s.namespace(pod, false);
+                s.ip(&[
+                    "link", "add", "eth0", "netns", pod, "type", "veth", "peer", "name", veth,
+                    "netns", node,
+                ]);
+                s.ip(&["-n", pod, "link", "set", "eth0", "mtu", &mtu, "up"]);
+                s.ip(&["-n", pod, "addr", "add", &ip, "dev", "eth0"]);
+                s.ip(&[
+                    "-n", pod, "route", "add", &gw, "dev", "eth0", "scope", "link",
+                ]);
+                s.ip(&[
+                    "-n", pod, "route", "add", "default", "via", &gw, "dev", "eth0", "onlink",
+                ]);
+                s.sysctl(node, &format!("net.ipv4.conf.{veth}.proxy_arp=1"));
+                s.sysctl(node, &format!("net.ipv4.conf.{veth}.rp_filter=0"));
+                s.ip(&["-n", node, "link", "set", veth, "mtu", &mtu, "up"]);
+                s.ip(&["-n", node, "route", "add", &ip, "dev", veth]);
+            }
+        }
+    }
+
+    for x in &plan.externals {
+        let ns = x.netns.as_str();
+        s.namespace(ns, false);
+        s.attach(ul, ns, &x.ul_veth, &with_len(x.ip, 32));
+        s.ip(&[
+            "-n", ns, "route", "add", &underlay, "dev", "eth0", "scope", "link",
+        ]);
+    }
+    s.0
+}

@@ -1,0 +1,185 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+const TWO: &str = r#"
+name: lab
+clusters:
+  - name: c1
+    id: 1
+    podCIDR: 10.1.0.0/16
+    nodes:
+      - name: n1
+        pods:
+          - name: a
+          - name: b
+      - name: n2
+        pods:
+          - name: c
+  - name: c2
+    id: 7
+    podCIDR: 10.7.0.0/16
+    nodes:
+      - name: n1
+externals:
+  - name: internet
+    ip: 203.0.113.10
+"#;
+
+fn plan() -> Plan {
+    Plan::new(&Scenario::parse("two.yaml", TWO).unwrap()).unwrap()
+}
+
+#[test]
+fn names_and_addresses_follow_the_contract() {
+    let p = plan();
+    assert_eq!(p.underlay_ns, "mg-lab-ul");
+    assert_eq!(p.state_dir, PathBuf::from("/run/meshgate/lab/lab"));
+
+    let c1 = &p.clusters[0];
+    assert_eq!(c1.discovery.netns, "mg-lab-c1-d");
+    assert_eq!(c1.discovery.ip, Ipv4Addr::new(198, 18, 1, 2));
+    assert_eq!(c1.discovery.port, 7100);
+    assert_eq!(
+        c1.discovery.state_dir,
+        PathBuf::from("/run/meshgate/lab/lab/c1/discovery")
+    );
+
+    let n1 = &c1.nodes[0];
+    assert_eq!(n1.netns, "mg-lab-c1-n-n1");
+    assert_eq!(n1.underlay_ip, Ipv4Addr::new(198, 18, 1, 10));
+    assert_eq!(n1.pod_cidr.to_string(), "10.1.0.0/24");
+    assert_eq!(
+        n1.state_dir,
+        PathBuf::from("/run/meshgate/lab/lab/c1/nodes/n1")
+    );
+    assert_eq!(n1.pods[0].netns, "mg-lab-c1-p-a");
+    assert_eq!(n1.pods[0].ip, Ipv4Addr::new(10, 1, 0, 10));
+    assert_eq!(n1.pods[1].ip, Ipv4Addr::new(10, 1, 0, 11));
+    assert_eq!(n1.pods[1].node_veth, "pod1");
+
+    let n2 = &c1.nodes[1];
+    assert_eq!(n2.underlay_ip, Ipv4Addr::new(198, 18, 1, 11));
+    assert_eq!(n2.pod_cidr.to_string(), "10.1.1.0/24");
+    assert_eq!(n2.pods[0].ip, Ipv4Addr::new(10, 1, 1, 10));
+    assert_eq!(n2.pods[0].node_veth, "pod0");
+
+    let c2 = &p.clusters[1];
+    assert_eq!(c2.discovery.ip, Ipv4Addr::new(198, 18, 7, 2));
+    assert_eq!(c2.nodes[0].netns, "mg-lab-c2-n-n1");
+    assert_eq!(c2.nodes[0].underlay_ip, Ipv4Addr::new(198, 18, 7, 10));
+
+    assert_eq!(p.externals[0].netns, "mg-lab-x-internet");
+    assert_eq!(p.externals[0].ip, Ipv4Addr::new(203, 0, 113, 10));
+}
+
+#[test]
+fn interface_names_fit_and_are_unique_on_the_bridge() {
+    let p = plan();
+    let mut ul: Vec<&str> = Vec::new();
+    for c in &p.clusters {
+        ul.push(&c.discovery.ul_veth);
+        ul.extend(c.nodes.iter().map(|n| n.ul_veth.as_str()));
+    }
+    ul.extend(p.externals.iter().map(|x| x.ul_veth.as_str()));
+    let n = ul.len();
+    ul.sort();
+    ul.dedup();
+    assert_eq!(ul.len(), n, "{ul:?}");
+    assert!(ul.iter().all(|v| v.len() <= 15));
+    assert_eq!(p.clusters[1].nodes[0].ul_veth, "n7-0");
+}
+
+#[test]
+fn namespaces_in_creation_order_and_unique() {
+    let ns = plan().namespaces();
+    assert_eq!(
+        ns,
+        [
+            "mg-lab-ul",
+            "mg-lab-c1-d",
+            "mg-lab-c1-n-n1",
+            "mg-lab-c1-p-a",
+            "mg-lab-c1-p-b",
+            "mg-lab-c1-n-n2",
+            "mg-lab-c1-p-c",
+            "mg-lab-c2-d",
+            "mg-lab-c2-n-n1",
+            "mg-lab-x-internet",
+        ]
+    );
+    assert!(ns.iter().all(|n| n.starts_with(&ns_prefix("lab"))));
+}
+
+#[test]
+fn process_arguments_follow_the_contract() {
+    let p = plan();
+    let c1 = &p.clusters[0];
+    assert_eq!(
+        c1.discovery_args(Duration::from_secs(10)).join(" "),
+        "discovery --listen 198.18.1.2:7100 --cluster c1 --cluster-id 1 \
+         --state-dir /run/meshgate/lab/lab/c1/discovery --lease-ttl 10"
+    );
+    assert_eq!(
+        c1.agent_args(&c1.nodes[1]).join(" "),
+        "agent --node n2 --cluster c1 --cluster-id 1 --discovery http://198.18.1.2:7100 \
+         --underlay-ip 198.18.1.11 --pod-cidr 10.1.1.0/24 --state-dir /run/meshgate/lab/lab/c1/nodes/n2"
+    );
+}
+
+#[test]
+fn steps_create_every_namespace_first_and_wire_pods() {
+    let p = plan();
+    let steps = p.steps();
+    let created: Vec<String> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::AddNamespace(ns) => Some(ns.clone()),
+            Step::Ip(_) => None,
+        })
+        .collect();
+    assert_eq!(created, p.namespaces());
+    let lines: Vec<String> = steps.iter().map(|s| s.ip_args().join(" ")).collect();
+    let has = |l: &str| assert!(lines.iter().any(|x| x == l), "missing `ip {l}`");
+    has("netns add mg-lab-ul");
+    has("-n mg-lab-ul link add br0 type bridge");
+    has("link add eth0 netns mg-lab-c1-n-n1 type veth peer name n1-0 netns mg-lab-ul");
+    has("-n mg-lab-c1-n-n1 addr add 198.18.1.10/15 dev eth0");
+    has("netns exec mg-lab-c1-n-n1 sysctl -qw net.ipv4.ip_forward=1");
+    has("link add eth0 netns mg-lab-c1-p-b type veth peer name pod1 netns mg-lab-c1-n-n1");
+    has("-n mg-lab-c1-p-b link set eth0 mtu 1420 up");
+    has("-n mg-lab-c1-p-b addr add 10.1.0.11/32 dev eth0");
+    has("-n mg-lab-c1-p-b route add default via 169.254.1.1 dev eth0 onlink");
+    has("netns exec mg-lab-c1-n-n1 sysctl -qw net.ipv4.conf.pod1.proxy_arp=1");
+    has("-n mg-lab-c1-n-n1 route add 10.1.0.11/32 dev pod1");
+    has("-n mg-lab-x-internet addr add 203.0.113.10/32 dev eth0");
+    has("-n mg-lab-x-internet route add 198.18.0.0/15 dev eth0 scope link");
+    has("-n mg-lab-c2-n-n1 route add 203.0.113.10/32 dev eth0 scope link");
+    // Every command in a namespace comes after that namespace is created.
+    for (i, l) in lines.iter().enumerate() {
+        for ns in p.namespaces() {
+            if l.split(' ').any(|w| w == ns) {
+                let made = lines
+                    .iter()
+                    .position(|x| *x == format!("netns add {ns}"))
+                    .unwrap();
+                assert!(made <= i, "`{l}` before `netns add {ns}`");
+            }
+        }
+    }
+}
+
+#[test]
+fn last_node_of_a_full_cluster() {
+    let mut yaml =
+        "name: w\nclusters:\n  - name: big\n    id: 255\n    podCIDR: 10.0.0.0/8\n    nodes:\n"
+            .to_string();
+    for i in 0..239 {
+        yaml.push_str(&format!("      - name: n{i}\n"));
+    }
+    let p = Plan::new(&Scenario::parse("t.yaml", &yaml).unwrap()).unwrap();
+    let last = p.clusters[0].nodes.last().unwrap();
+    assert_eq!(last.underlay_ip, Ipv4Addr::new(198, 18, 255, 248));
+    assert_eq!(last.pod_cidr.to_string(), "10.0.238.0/24");
+    assert_eq!(last.ul_veth, "n255-238");
+}

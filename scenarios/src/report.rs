@@ -1,0 +1,241 @@
+//! What the lab tells its user: the `up` summary and the `status` text.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::plan::ClusterPlan;
+use crate::procs;
+use crate::status::{self, short_key, AgentStatus};
+use crate::world::record::{Component, WorldRecord};
+
+/// One node in the `up` summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRow {
+    pub cluster: String,
+    pub node: String,
+    pub backend: String,
+    pub tunnel_ip: String,
+    pub peers: usize,
+    /// `cluster/node` of each peer and its handshake age.
+    pub handshakes: Vec<(String, Option<u64>)>,
+}
+
+impl NodeRow {
+    pub fn from_status(s: &AgentStatus) -> NodeRow {
+        NodeRow {
+            cluster: s.cluster.clone(),
+            node: s.node.clone(),
+            backend: s.backend.clone(),
+            tunnel_ip: s.tunnel_ip.clone(),
+            peers: s.peers.len(),
+            handshakes: s
+                .peers
+                .iter()
+                .map(|p| (format!("{}/{}", p.cluster, p.node), p.last_handshake_age_ms))
+                .collect(),
+        }
+    }
+}
+
+/// The result of `up`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub world: String,
+    pub nodes: Vec<NodeRow>,
+    pub took: Duration,
+}
+
+pub(crate) fn age(ms: Option<u64>) -> String {
+    match ms {
+        Some(ms) => format!("{:.1}s", ms as f64 / 1000.0),
+        None => "never".to_string(),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 20 => format!("{:.1}MiB", n as f64 / f64::from(1u32 << 20)),
+        n if n >= 1 << 10 => format!("{:.1}KiB", n as f64 / 1024.0),
+        n => format!("{n}B"),
+    }
+}
+
+/// Left-aligned columns separated by two spaces.
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    rows.iter()
+        .map(|r| {
+            let cells: Vec<String> = r
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+                .collect();
+            cells.join("  ").trim_end().to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "world {} is up: {} nodes, all handshakes done in {:.1} s",
+            self.world,
+            self.nodes.len(),
+            self.took.as_secs_f64()
+        )?;
+        let mut rows = vec![[
+            "CLUSTER",
+            "NODE",
+            "BACKEND",
+            "TUNNEL IP",
+            "PEERS",
+            "HANDSHAKES",
+        ]
+        .map(String::from)
+        .to_vec()];
+        for n in &self.nodes {
+            let hs: Vec<String> = n
+                .handshakes
+                .iter()
+                .map(|(peer, ms)| format!("{peer} {}", age(*ms)))
+                .collect();
+            rows.push(vec![
+                n.cluster.clone(),
+                n.node.clone(),
+                n.backend.clone(),
+                n.tunnel_ip.clone(),
+                n.peers.to_string(),
+                hs.join(", "),
+            ]);
+        }
+        f.write_str(&table(&rows))
+    }
+}
+
+fn process_state(rec: &WorldRecord, component: &Component) -> String {
+    match rec.process(component).and_then(|p| p.pid) {
+        Some(pid) if procs::alive(pid) => format!("pid {pid} alive"),
+        Some(pid) => format!("pid {pid} DEAD"),
+        None => "stopped".to_string(),
+    }
+}
+
+fn cluster_text(rec: &WorldRecord, c: &ClusterPlan, out: &mut Vec<String>) {
+    let d = Component::Discovery {
+        cluster: c.name.clone(),
+    };
+    out.push(format!(
+        "cluster {} (id {}, podCIDR {}): discovery {}:{} {}",
+        c.name,
+        c.id,
+        c.pod_cidr,
+        c.discovery.ip,
+        c.discovery.port,
+        process_state(rec, &d)
+    ));
+    for n in &c.nodes {
+        let a = Component::Agent {
+            cluster: c.name.clone(),
+            node: n.name.clone(),
+        };
+        let state = process_state(rec, &a);
+        match status::read(&n.state_dir.join("status.json")) {
+            Ok(s) => {
+                out.push(format!(
+                    "  node {} ({}): agent {state}, backend {}, key {}, tunnel {}, discovery {}",
+                    n.name,
+                    n.underlay_ip,
+                    s.backend,
+                    short_key(&s.public_key),
+                    s.tunnel_ip,
+                    if s.discovery_connected {
+                        "connected"
+                    } else {
+                        "DISCONNECTED"
+                    },
+                ));
+                for p in &s.peers {
+                    out.push(format!(
+                        "    peer {}/{} {}: handshake {}, tx {} rx {}",
+                        p.cluster,
+                        p.node,
+                        p.endpoint,
+                        if p.last_handshake_age_ms.is_some() {
+                            format!("{} ago", age(p.last_handshake_age_ms))
+                        } else {
+                            "never".to_string()
+                        },
+                        bytes(p.tx_bytes),
+                        bytes(p.rx_bytes)
+                    ));
+                }
+            }
+            Err(e) => out.push(format!(
+                "  node {} ({}): agent {state}, no status: {e}",
+                n.name, n.underlay_ip
+            )),
+        }
+    }
+}
+
+/// The `status` text of a world.
+pub fn status_text(rec: &WorldRecord) -> Result<String> {
+    let mut out = vec![format!(
+        "world {} (from {})",
+        rec.plan.world,
+        rec.scenario.display()
+    )];
+    for c in &rec.plan.clusters {
+        cluster_text(rec, c, &mut out);
+    }
+    for x in &rec.plan.externals {
+        out.push(format!("external {}: {}", x.name, x.ip));
+    }
+    Ok(out.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_table_lines_up() {
+        let s = Summary {
+            world: "one".into(),
+            took: Duration::from_millis(2100),
+            nodes: vec![NodeRow {
+                cluster: "c1".into(),
+                node: "n1".into(),
+                backend: "userspace".into(),
+                tunnel_ip: "100.64.4.1".into(),
+                peers: 2,
+                handshakes: vec![("c1/n2".into(), Some(400)), ("c1/n3".into(), None)],
+            }],
+        };
+        let text = s.to_string();
+        assert!(text.starts_with("world one is up: 1 nodes"), "{text}");
+        assert!(
+            text.contains("c1       n1    userspace  100.64.4.1  2      c1/n2 0.4s, c1/n3 never"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn byte_units() {
+        assert_eq!(bytes(10), "10B");
+        assert_eq!(bytes(2048), "2.0KiB");
+        assert_eq!(bytes(3 << 20), "3.0MiB");
+    }
+}

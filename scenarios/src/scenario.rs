@@ -1,0 +1,168 @@
+//! Scenario YAML: the topology of a lab world (clusters, nodes, pods,
+//! externals), parsed with serde and validated before anything is built.
+
+mod validate;
+
+pub use validate::{
+    DISCOVERY_WORD, EXTERNAL_WORD, MAX_NAME, MAX_NODES_PER_CLUSTER, MAX_PODS_PER_NODE,
+    MAX_SHORT_NAME,
+};
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// A whole scenario file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Scenario {
+    /// World name: `[a-z0-9-]`, at most 12 characters (it goes into
+    /// namespace and state-dir names).
+    pub name: String,
+    /// Free text, shown nowhere but kept for readers of the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub clusters: Vec<Cluster>,
+    /// Hosts outside every cluster ("the internet"), on the underlay.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub externals: Vec<External>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Cluster {
+    pub name: String,
+    /// Cluster ID, 1..=255, unique in the world.
+    pub id: u32,
+    /// IPv4 CIDR, prefix at most /24; node i gets the i-th /24 of it.
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: String,
+    #[serde(default)]
+    pub nodes: Vec<Node>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Node {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<Role>,
+    #[serde(default)]
+    pub pods: Vec<Pod>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    EgressGateway,
+    ClusterGateway,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::EgressGateway => "egress-gateway",
+            Role::ClusterGateway => "cluster-gateway",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Pod {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct External {
+    pub name: String,
+    pub ip: Ipv4Addr,
+}
+
+/// One problem in a scenario, at one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the field, e.g. `clusters[1].id`.
+    pub field: String,
+    pub problem: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.problem)
+    }
+}
+
+/// A scenario file that could not be read, parsed or validated.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("cannot read scenario {file}: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{}", join_field_errors(file, errors))]
+    Invalid {
+        file: String,
+        errors: Vec<FieldError>,
+    },
+}
+
+fn join_field_errors(file: &str, errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("{file}: {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Scenario {
+    /// Reads, parses and validates a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        let label = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or(file);
+        Scenario::parse(&label, &text)
+    }
+
+    /// Parses and validates scenario text; `file` names it in errors.
+    pub fn parse(file: &str, yaml: &str) -> Result<Scenario, ScenarioError> {
+        let scenario: Scenario = serde_yaml::from_str(yaml).map_err(|e| ScenarioError::Parse {
+            file: file.to_string(),
+            message: e.to_string(),
+        })?;
+        let errors = validate::validate(&scenario);
+        if errors.is_empty() {
+            Ok(scenario)
+        } else {
+            Err(ScenarioError::Invalid {
+                file: file.to_string(),
+                errors,
+            })
+        }
+    }
+
+    /// The pod CIDR of a cluster, once validated.
+    pub(crate) fn pod_net(cluster: &Cluster) -> Option<Ipv4Net> {
+        cluster.pod_cidr.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests;

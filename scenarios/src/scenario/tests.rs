@@ -1,0 +1,302 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+const BASE: &str = r#"
+name: w
+clusters:
+  - name: west
+    id: 3
+    podCIDR: 10.1.0.0/16
+    nodes:
+      - name: n1
+        roles: [egress-gateway, cluster-gateway]
+        pods:
+          - name: a
+            labels: {app: web}
+      - name: n2
+"#;
+
+fn errors(yaml: &str) -> Vec<String> {
+    match Scenario::parse("t.yaml", yaml) {
+        Ok(_) => panic!("expected errors for:\n{yaml}"),
+        Err(ScenarioError::Invalid { errors, .. }) => {
+            errors.iter().map(|e| e.to_string()).collect()
+        }
+        Err(e) => vec![e.to_string()],
+    }
+}
+
+fn has(yaml: &str, needle: &str) {
+    let errs = errors(yaml);
+    assert!(
+        errs.iter().any(|e| e.contains(needle)),
+        "no error containing {needle:?} in {errs:#?}"
+    );
+}
+
+#[test]
+fn parses_a_good_scenario() {
+    let s = Scenario::parse("t.yaml", BASE).unwrap();
+    assert_eq!(s.name, "w");
+    assert_eq!(
+        s.clusters[0].nodes[0].roles,
+        vec![Role::EgressGateway, Role::ClusterGateway]
+    );
+    assert_eq!(s.clusters[0].nodes[0].pods[0].labels["app"], "web");
+    assert!(s.clusters[0].nodes[1].pods.is_empty());
+}
+
+#[test]
+fn shipped_one_cluster_file_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("one-cluster.yaml");
+    let s = Scenario::load(&path).unwrap();
+    assert_eq!(s.name, "one");
+    assert_eq!(s.clusters.len(), 1);
+    assert_eq!(s.clusters[0].nodes.len(), 3);
+    assert!(s.clusters[0].nodes.iter().all(|n| n.pods.len() == 2));
+}
+
+#[test]
+fn message_names_file_and_field() {
+    let yaml = format!("{BASE}  - name: east\n    id: 3\n    podCIDR: 10.2.0.0/16\n");
+    let e = Scenario::parse("one-cluster.yaml", &yaml)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "one-cluster.yaml: clusters[1].id: 3 is already used by cluster \"west\""
+    );
+}
+
+#[test]
+fn unknown_fields_are_rejected_with_their_path() {
+    let e = errors(&BASE.replace("    id: 3", "    id: 3\n    colour: red"));
+    assert!(e[0].starts_with("t.yaml: "), "{e:?}");
+    assert!(e[0].contains("unknown field `colour`"), "{e:?}");
+    has(&format!("{BASE}extra: 1\n"), "unknown field `extra`");
+    has(
+        &BASE.replace("labels: {app: web}", "label: {app: web}"),
+        "unknown field `label`",
+    );
+}
+
+#[test]
+fn unknown_role_is_rejected() {
+    has(
+        &BASE.replace("cluster-gateway]", "router]"),
+        "unknown variant `router`",
+    );
+}
+
+#[test]
+fn bad_names() {
+    has(
+        &BASE.replace("name: w\n", "name: W\n"),
+        "name: \"W\" contains 'W'",
+    );
+    has(
+        &BASE.replace("name: w\n", "name: thirteen-char\n"),
+        "name: \"thirteen-char\" is 13 characters long",
+    );
+    has(
+        &BASE.replace("name: w\n", "name: \"\"\n"),
+        "name: must not be empty",
+    );
+    has(
+        &BASE.replace("name: west", "name: we_st"),
+        "clusters[0].name: \"we_st\" contains '_'",
+    );
+    has(
+        &BASE.replace("name: west", "name: x"),
+        "clusters[0].name: \"x\" is reserved",
+    );
+    has(
+        &BASE.replace("name: n2", "name: -n2"),
+        "clusters[0].nodes[1].name: \"-n2\" must not start or end",
+    );
+    has(
+        &BASE.replace("name: a\n", "name: A\n"),
+        "clusters[0].nodes[0].pods[0].name",
+    );
+}
+
+#[test]
+fn duplicate_cluster_names_and_ids() {
+    let yaml = format!("{BASE}  - name: west\n    id: 4\n    podCIDR: 10.2.0.0/16\n");
+    has(
+        &yaml,
+        "clusters[1].name: \"west\" is already used by clusters[0]",
+    );
+    let yaml = format!("{BASE}  - name: east\n    id: 3\n    podCIDR: 10.2.0.0/16\n");
+    has(
+        &yaml,
+        "clusters[1].id: 3 is already used by cluster \"west\"",
+    );
+}
+
+#[test]
+fn cluster_id_range() {
+    has(
+        &BASE.replace("id: 3", "id: 0"),
+        "clusters[0].id: 0 is not in 1..=255",
+    );
+    has(
+        &BASE.replace("id: 3", "id: 256"),
+        "clusters[0].id: 256 is not in 1..=255",
+    );
+}
+
+#[test]
+fn no_clusters() {
+    has(
+        "name: w\nclusters: []\n",
+        "clusters: at least one cluster is needed",
+    );
+}
+
+#[test]
+fn pod_cidr_problems() {
+    has(
+        &BASE.replace("10.1.0.0/16", "10.1.0.0"),
+        "clusters[0].podCIDR: \"10.1.0.0\" is not an IPv4 CIDR",
+    );
+    has(
+        &BASE.replace("10.1.0.0/16", "fd00::/64"),
+        "is not an IPv4 CIDR",
+    );
+    has(
+        &BASE.replace("10.1.0.0/16", "10.1.0.0/25"),
+        "prefix /25 is longer than /24",
+    );
+    has(
+        &BASE.replace("10.1.0.0/16", "10.1.2.3/16"),
+        "has host bits set; did you mean 10.1.0.0/16?",
+    );
+    has(
+        &BASE.replace("10.1.0.0/16", "10.1.0.0/24"),
+        "has room for 1 node /24s but cluster \"west\" has 2 nodes",
+    );
+    has(
+        &BASE.replace("10.1.0.0/16", "198.18.0.0/16"),
+        "overlaps 198.18.0.0/15, the lab underlay",
+    );
+    has(
+        &BASE.replace("10.1.0.0/16", "100.64.0.0/16"),
+        "the tunnel IP range",
+    );
+    has(&BASE.replace("10.1.0.0/16", "169.254.0.0/16"), "link-local");
+}
+
+#[test]
+fn overlapping_pod_cidrs() {
+    let yaml = format!("{BASE}  - name: east\n    id: 4\n    podCIDR: 10.0.0.0/8\n");
+    has(
+        &yaml,
+        "clusters[1].podCIDR: 10.0.0.0/8 overlaps 10.1.0.0/16, the podCIDR of cluster \"west\"",
+    );
+    let yaml = format!("{BASE}  - name: east\n    id: 4\n    podCIDR: 10.2.0.0/16\n");
+    assert!(Scenario::parse("t.yaml", &yaml).is_ok());
+}
+
+#[test]
+fn duplicate_nodes_and_pods() {
+    has(
+        &BASE.replace("name: n2", "name: n1"),
+        "clusters[0].nodes[1].name: \"n1\" is already used by clusters[0].nodes[0]",
+    );
+    let yaml = BASE.replace(
+        "      - name: n2\n",
+        "      - name: n2\n        pods:\n          - name: a\n",
+    );
+    has(
+        &yaml,
+        "clusters[0].nodes[1].pods[0].name: \"a\" is already used by clusters[0].nodes[0].pods[0]",
+    );
+    let yaml = BASE.replace(
+        "      - name: n2\n",
+        "      - name: n2\n        pods:\n          - name: n1\n",
+    );
+    has(&yaml, "\"n1\" is already the name of clusters[0].nodes[0]");
+    has(
+        &BASE.replace("name: n2", "name: discovery"),
+        "\"discovery\" is reserved",
+    );
+}
+
+#[test]
+fn same_pod_name_in_two_clusters_is_fine() {
+    let yaml = format!(
+        "{BASE}  - name: east\n    id: 4\n    podCIDR: 10.2.0.0/16\n    nodes:\n      - name: n1\n        pods:\n          - name: a\n"
+    );
+    assert!(Scenario::parse("t.yaml", &yaml).is_ok());
+}
+
+#[test]
+fn too_many_nodes() {
+    let mut yaml =
+        "name: w\nclusters:\n  - name: big\n    id: 1\n    podCIDR: 10.0.0.0/8\n    nodes:\n"
+            .to_string();
+    for i in 0..240 {
+        yaml.push_str(&format!("      - name: n{i}\n"));
+    }
+    has(
+        &yaml,
+        "clusters[0].nodes: 240 nodes; at most 239 per cluster",
+    );
+    let fine = yaml.replace("      - name: n239\n", "");
+    assert!(Scenario::parse("t.yaml", &fine).is_ok());
+}
+
+#[test]
+fn too_many_pods_on_a_node() {
+    let mut yaml = "name: w\nclusters:\n  - name: c\n    id: 1\n    podCIDR: 10.0.0.0/16\n    nodes:\n      - name: n\n        pods:\n".to_string();
+    for i in 0..240 {
+        yaml.push_str(&format!("          - name: p{i}\n"));
+    }
+    has(
+        &yaml,
+        "clusters[0].nodes[0].pods: 240 pods; at most 239 per node",
+    );
+}
+
+#[test]
+fn externals() {
+    let ok = format!("{BASE}externals:\n  - name: internet\n    ip: 203.0.113.10\n");
+    let s = Scenario::parse("t.yaml", &ok).unwrap();
+    assert_eq!(s.externals[0].ip, std::net::Ipv4Addr::new(203, 0, 113, 10));
+
+    has(
+        &format!("{BASE}externals:\n  - name: e\n    ip: 10.1.2.3\n"),
+        "externals[0].ip: 10.1.2.3 is inside 10.1.0.0/16, the podCIDR of cluster \"west\"",
+    );
+    has(
+        &format!("{BASE}externals:\n  - name: e\n    ip: 198.19.0.1\n"),
+        "externals[0].ip: 198.19.0.1 is inside 198.18.0.0/15, the lab underlay",
+    );
+    has(
+        &format!("{BASE}externals:\n  - name: e\n    ip: 127.0.0.1\n"),
+        "not a unicast host address",
+    );
+    has(
+        &format!("{BASE}externals:\n  - name: e\n    ip: nope\n"),
+        "externals[0].ip",
+    );
+    has(
+        &format!("{BASE}externals:\n  - name: e\n    ip: 203.0.113.1\n  - name: e\n    ip: 203.0.113.1\n"),
+        "externals[1].name: \"e\" is already used by externals[0]",
+    );
+    has(
+        &format!("{BASE}externals:\n  - name: e\n    ip: 203.0.113.1\n  - name: f\n    ip: 203.0.113.1\n"),
+        "externals[1].ip: 203.0.113.1 is already used by externals[0]",
+    );
+}
+
+#[test]
+fn all_errors_are_reported_at_once() {
+    let yaml = BASE
+        .replace("id: 3", "id: 0")
+        .replace("name: n2", "name: n1");
+    let errs = errors(&yaml);
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+}

@@ -1,0 +1,297 @@
+//! Checks on a parsed scenario; every problem is reported with its field.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use super::{FieldError, Scenario};
+use crate::plan::{LINK_LOCAL, TUNNEL_NET, UNDERLAY_NET};
+
+/// Longest world and cluster names (they go into namespace names).
+pub const MAX_SHORT_NAME: usize = 12;
+/// Longest node, pod and external names.
+pub const MAX_NAME: usize = 63;
+/// Node i sits at underlay host .(10+i), pod j at host .(10+j) of its /24.
+pub const MAX_NODES_PER_CLUSTER: usize = 239;
+pub const MAX_PODS_PER_NODE: usize = 239;
+/// Target word naming a cluster's discovery; no node or pod may use it.
+pub const DISCOVERY_WORD: &str = "discovery";
+/// Cluster name reserved: externals live in `mg-<world>-x-<name>`.
+pub const EXTERNAL_WORD: &str = "x";
+
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn add(&mut self, field: impl Into<String>, problem: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.into(),
+            problem: problem.into(),
+        });
+    }
+}
+
+fn name_problem(name: &str, max: usize) -> Option<String> {
+    if name.is_empty() {
+        return Some("must not be empty".to_string());
+    }
+    if name.len() > max {
+        return Some(format!(
+            "\"{name}\" is {} characters long; at most {max} are allowed",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Some(format!(
+            "\"{name}\" contains {c:?}; only a-z, 0-9 and - are allowed"
+        ));
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Some(format!("\"{name}\" must not start or end with -"));
+    }
+    None
+}
+
+fn check_name(errors: &mut Errors, field: String, name: &str, max: usize) {
+    if let Some(problem) = name_problem(name, max) {
+        errors.add(field, problem);
+    }
+}
+
+/// Ranges the lab uses itself; pod CIDRs and externals must stay out.
+fn reserved_ranges() -> [(Ipv4Net, &'static str); 3] {
+    [
+        (UNDERLAY_NET, "the lab underlay"),
+        (TUNNEL_NET, "the tunnel IP range"),
+        (
+            LINK_LOCAL,
+            "link-local addresses (the pods' gateway 169.254.1.1)",
+        ),
+    ]
+}
+
+fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+pub fn validate(s: &Scenario) -> Vec<FieldError> {
+    let mut errors = Errors(Vec::new());
+    check_name(&mut errors, "name".into(), &s.name, MAX_SHORT_NAME);
+    if s.clusters.is_empty() {
+        errors.add("clusters", "at least one cluster is needed");
+    }
+
+    let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut ids: BTreeMap<u32, &str> = BTreeMap::new();
+    let mut nets: Vec<(Ipv4Net, usize)> = Vec::new();
+    for (ci, c) in s.clusters.iter().enumerate() {
+        let at = format!("clusters[{ci}]");
+        check_name(&mut errors, format!("{at}.name"), &c.name, MAX_SHORT_NAME);
+        if c.name == EXTERNAL_WORD {
+            errors.add(
+                format!("{at}.name"),
+                "\"x\" is reserved (externals live in mg-<world>-x-<name>)",
+            );
+        }
+        if let Some(first) = names.get(c.name.as_str()) {
+            errors.add(
+                format!("{at}.name"),
+                format!("\"{}\" is already used by clusters[{first}]", c.name),
+            );
+        } else {
+            names.insert(&c.name, ci);
+        }
+        if !(1..=255).contains(&c.id) {
+            errors.add(format!("{at}.id"), format!("{} is not in 1..=255", c.id));
+        } else if let Some(other) = ids.get(&c.id) {
+            errors.add(
+                format!("{at}.id"),
+                format!("{} is already used by cluster \"{other}\"", c.id),
+            );
+        } else {
+            ids.insert(c.id, &c.name);
+        }
+        check_pod_cidr(&mut errors, s, ci, &mut nets);
+        check_nodes(&mut errors, s, ci);
+    }
+    check_externals(&mut errors, s, &nets);
+    errors.0
+}
+
+fn check_pod_cidr(errors: &mut Errors, s: &Scenario, ci: usize, nets: &mut Vec<(Ipv4Net, usize)>) {
+    let c = &s.clusters[ci];
+    let field = format!("clusters[{ci}].podCIDR");
+    let net: Ipv4Net = match c.pod_cidr.parse() {
+        Ok(net) => net,
+        Err(_) => {
+            errors.add(
+                field,
+                format!("\"{}\" is not an IPv4 CIDR like 10.1.0.0/16", c.pod_cidr),
+            );
+            return;
+        }
+    };
+    if net.network() != net.addr() {
+        errors.add(
+            field,
+            format!("{net} has host bits set; did you mean {}?", net.trunc()),
+        );
+        return;
+    }
+    if net.prefix_len() > 24 {
+        errors.add(
+            field,
+            format!(
+                "{net}: prefix /{} is longer than /24 (each node gets a /24)",
+                net.prefix_len()
+            ),
+        );
+        return;
+    }
+    let room = 1usize << (24 - net.prefix_len());
+    if c.nodes.len() > room {
+        errors.add(
+            field.clone(),
+            format!(
+                "{net} has room for {room} node /24s but cluster \"{}\" has {} nodes",
+                c.name,
+                c.nodes.len()
+            ),
+        );
+    }
+    for (range, what) in reserved_ranges() {
+        if overlaps(&net, &range) {
+            errors.add(field.clone(), format!("{net} overlaps {range}, {what}"));
+        }
+    }
+    for (other, oi) in nets.iter() {
+        if overlaps(&net, other) {
+            errors.add(
+                field.clone(),
+                format!(
+                    "{net} overlaps {other}, the podCIDR of cluster \"{}\"",
+                    s.clusters[*oi].name
+                ),
+            );
+        }
+    }
+    nets.push((net, ci));
+}
+
+fn check_nodes(errors: &mut Errors, s: &Scenario, ci: usize) {
+    let c = &s.clusters[ci];
+    let at = format!("clusters[{ci}]");
+    if c.nodes.len() > MAX_NODES_PER_CLUSTER {
+        errors.add(
+            format!("{at}.nodes"),
+            format!(
+                "{} nodes; at most {MAX_NODES_PER_CLUSTER} per cluster",
+                c.nodes.len()
+            ),
+        );
+    }
+    // Node and pod names share one target namespace: `cluster/name`.
+    let mut node_names: BTreeMap<&str, usize> = BTreeMap::new();
+    for (ni, n) in c.nodes.iter().enumerate() {
+        let field = format!("{at}.nodes[{ni}].name");
+        check_name(errors, field.clone(), &n.name, MAX_NAME);
+        if n.name == DISCOVERY_WORD {
+            errors.add(
+                field.clone(),
+                "\"discovery\" is reserved for the cluster's discovery",
+            );
+        }
+        if let Some(first) = node_names.get(n.name.as_str()) {
+            errors.add(
+                field,
+                format!("\"{}\" is already used by {at}.nodes[{first}]", n.name),
+            );
+        } else {
+            node_names.insert(&n.name, ni);
+        }
+    }
+    let mut pod_names: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for (ni, n) in c.nodes.iter().enumerate() {
+        if n.pods.len() > MAX_PODS_PER_NODE {
+            errors.add(
+                format!("{at}.nodes[{ni}].pods"),
+                format!(
+                    "{} pods; at most {MAX_PODS_PER_NODE} per node",
+                    n.pods.len()
+                ),
+            );
+        }
+        for (pi, p) in n.pods.iter().enumerate() {
+            let field = format!("{at}.nodes[{ni}].pods[{pi}].name");
+            check_name(errors, field.clone(), &p.name, MAX_NAME);
+            if p.name == DISCOVERY_WORD {
+                errors.add(
+                    field.clone(),
+                    "\"discovery\" is reserved for the cluster's discovery",
+                );
+            }
+            if let Some((fn_, fp)) = pod_names.get(p.name.as_str()) {
+                errors.add(
+                    field,
+                    format!(
+                        "\"{}\" is already used by {at}.nodes[{fn_}].pods[{fp}] (pod names are unique per cluster)",
+                        p.name
+                    ),
+                );
+            } else if let Some(node) = node_names.get(p.name.as_str()) {
+                errors.add(
+                    field,
+                    format!("\"{}\" is already the name of {at}.nodes[{node}]", p.name),
+                );
+            } else {
+                pod_names.insert(&p.name, (ni, pi));
+            }
+        }
+    }
+}
+
+fn check_externals(errors: &mut Errors, s: &Scenario, nets: &[(Ipv4Net, usize)]) {
+    let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut ips: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+    for (xi, x) in s.externals.iter().enumerate() {
+        let at = format!("externals[{xi}]");
+        check_name(errors, format!("{at}.name"), &x.name, MAX_NAME);
+        if let Some(first) = names.get(x.name.as_str()) {
+            errors.add(
+                format!("{at}.name"),
+                format!("\"{}\" is already used by externals[{first}]", x.name),
+            );
+        } else {
+            names.insert(&x.name, xi);
+        }
+        let field = format!("{at}.ip");
+        let ip = x.ip;
+        if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
+            errors.add(field.clone(), format!("{ip} is not a unicast host address"));
+        }
+        for (range, what) in reserved_ranges() {
+            if range.contains(&ip) {
+                errors.add(field.clone(), format!("{ip} is inside {range}, {what}"));
+            }
+        }
+        for (net, ci) in nets {
+            if net.contains(&ip) {
+                errors.add(
+                    field.clone(),
+                    format!(
+                        "{ip} is inside {net}, the podCIDR of cluster \"{}\"",
+                        s.clusters[*ci].name
+                    ),
+                );
+            }
+        }
+        if let Some(first) = ips.get(&ip) {
+            errors.add(field, format!("{ip} is already used by externals[{first}]"));
+        } else {
+            ips.insert(ip, xi);
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! The shell around the plan: builds a world with `ip`, starts and stops its
+//! processes, and tears it down.
+
+pub(crate) mod ip;
+pub(crate) mod record;
+mod wait;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::error::{LabError, Result};
+use crate::plan::{ns_prefix, world_dir, ClusterPlan, NodePlan, Plan, Step, LAB_ROOT};
+use crate::procs;
+use crate::report::Summary;
+use crate::scenario::Scenario;
+use record::{Component, ProcessRecord, WorldRecord};
+
+/// How `up` runs the world's processes.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// The `meshgate` binary (the CLI passes `std::env::current_exe()`).
+    pub meshgate_bin: PathBuf,
+    /// How long to wait for every pair of nodes to complete a handshake.
+    pub timeout: Duration,
+    /// `--lease-ttl` of the discoveries.
+    pub lease_ttl: Duration,
+}
+
+impl UpOptions {
+    pub fn new(meshgate_bin: impl Into<PathBuf>) -> UpOptions {
+        UpOptions {
+            meshgate_bin: meshgate_bin.into(),
+            timeout: Duration::from_secs(30),
+            lease_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+/// SIGTERM grace before SIGKILL in `down`.
+const DOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Builds the world of a scenario file, starts one discovery per cluster
+/// and one agent per node, and waits until every node has a handshake with
+/// every other. On failure everything made is torn down.
+pub fn up(file: &Path, opts: &UpOptions) -> Result<Summary> {
+    crate::host::check_host()?;
+    if !opts.meshgate_bin.is_file() {
+        return Err(LabError::HostMissing {
+            missing: format!("meshgate binary {}", opts.meshgate_bin.display()),
+            fix: "build it (cargo build -p meshgate-gateway) or pass its path".to_string(),
+        });
+    }
+    let started = Instant::now();
+    let mut rec = begin(file)?;
+    let result = build(&mut rec)
+        .and_then(|()| start_all(&mut rec, opts))
+        .and_then(|()| wait::handshakes(&rec, opts.timeout));
+    match result {
+        Ok(nodes) => Ok(Summary {
+            world: rec.plan.world.clone(),
+            nodes,
+            took: started.elapsed(),
+        }),
+        Err(e) => Err(tear_down_after(e, &rec.plan.world)),
+    }
+}
+
+/// Builds only the namespaces, links and addresses of a world (no
+/// processes); `down` removes it. On failure everything made is torn down.
+pub fn build_world_only(file: &Path) -> Result<Plan> {
+    crate::host::check_host()?;
+    let mut rec = begin(file)?;
+    match build(&mut rec) {
+        Ok(()) => Ok(rec.plan),
+        Err(e) => Err(tear_down_after(e, &rec.plan.world)),
+    }
+}
+
+fn tear_down_after(error: LabError, world: &str) -> LabError {
+    tracing::warn!(world, %error, "up failed; tearing the world down");
+    match down(Some(world)) {
+        Ok(_) => error,
+        Err(cleanup) => LabError::UpFailed {
+            error: Box::new(error),
+            cleanup: Box::new(cleanup),
+        },
+    }
+}
+
+/// Loads the scenario, checks the world is not up nor left over, and writes
+/// the first record.
+fn begin(file: &Path) -> Result<WorldRecord> {
+    let scenario = Scenario::load(file)?;
+    let plan = Plan::new(&scenario)?;
+    let world = plan.world.clone();
+    if world_dir(&world).join(record::RECORD_FILE).exists() {
+        return Err(LabError::WorldUp { world });
+    }
+    let leftovers = world_namespaces(&world)?;
+    if !leftovers.is_empty() {
+        return Err(LabError::Leftovers {
+            world,
+            namespaces: leftovers,
+        });
+    }
+    let dir = world_dir(&world);
+    std::fs::create_dir_all(&dir).map_err(|source| LabError::Io {
+        what: format!("creating {}", dir.display()),
+        source,
+    })?;
+    let scenario_path = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let rec = WorldRecord::new(plan, &scenario_path);
+    rec.save()?;
+    Ok(rec)
+}
+
+fn build(rec: &mut WorldRecord) -> Result<()> {
+    for step in rec.plan.steps() {
+        if let Step::AddNamespace(ns) = &step {
+            rec.namespaces.push(ns.clone());
+            rec.save()?;
+        }
+        ip::ip(&step.ip_args())?;
+    }
+    Ok(())
+}
+
+fn start_all(rec: &mut WorldRecord, opts: &UpOptions) -> Result<()> {
+    let deadline = Instant::now() + opts.timeout;
+    let clusters = rec.plan.clusters.clone();
+    for c in &clusters {
+        start_discovery(rec, c, &opts.meshgate_bin, opts.lease_ttl)?;
+    }
+    for c in &clusters {
+        wait_listening(rec, c, deadline.saturating_duration_since(Instant::now()))?;
+    }
+    for c in &clusters {
+        for n in &c.nodes {
+            start_agent(rec, c, n, &opts.meshgate_bin)?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn discovery_record(c: &ClusterPlan, lease_ttl: Duration) -> ProcessRecord {
+    ProcessRecord {
+        component: Component::Discovery {
+            cluster: c.name.clone(),
+        },
+        netns: c.discovery.netns.clone(),
+        args: c.discovery_args(lease_ttl),
+        log: c.discovery.state_dir.join("discovery.log"),
+        pid: None,
+    }
+}
+
+pub(crate) fn agent_record(c: &ClusterPlan, n: &NodePlan) -> ProcessRecord {
+    ProcessRecord {
+        component: Component::Agent {
+            cluster: c.name.clone(),
+            node: n.name.clone(),
+        },
+        netns: n.netns.clone(),
+        args: c.agent_args(n),
+        log: n.state_dir.join("agent.log"),
+        pid: None,
+    }
+}
+
+fn start_discovery(
+    rec: &mut WorldRecord,
+    c: &ClusterPlan,
+    bin: &Path,
+    ttl: Duration,
+) -> Result<()> {
+    spawn_recorded(rec, discovery_record(c, ttl), bin).map(|_| ())
+}
+
+fn start_agent(rec: &mut WorldRecord, c: &ClusterPlan, n: &NodePlan, bin: &Path) -> Result<()> {
+    spawn_recorded(rec, agent_record(c, n), bin).map(|_| ())
+}
+
+/// Spawns a recorded process and records its pid.
+pub(crate) fn spawn_recorded(
+    rec: &mut WorldRecord,
+    mut p: ProcessRecord,
+    bin: &Path,
+) -> Result<u32> {
+    let pid = procs::spawn(bin, &p.netns, &p.args, &p.log)?;
+    tracing::info!(component = %p.component, pid, "started");
+    p.pid = Some(pid);
+    rec.set_process(p)?;
+    Ok(pid)
+}
+
+/// Waits until a cluster's discovery listens on its address.
+pub(crate) fn wait_listening(rec: &WorldRecord, c: &ClusterPlan, timeout: Duration) -> Result<()> {
+    let component = Component::Discovery {
+        cluster: c.name.clone(),
+    };
+    let Some(p) = rec.process(&component) else {
+        return Err(LabError::NotRunning {
+            component: component.to_string(),
+        });
+    };
+    let pid = p.pid.unwrap_or(0);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if !procs::alive(pid) {
+            return Err(LabError::ProcessDied {
+                component: component.to_string(),
+                pid,
+                log: p.log.clone(),
+                tail: procs::log_tail(&p.log, 10),
+            });
+        }
+        if procs::listening(pid, c.discovery.ip, c.discovery.port) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::Timeout {
+                what: format!(
+                    "{component} did not listen on {}:{} (log {}:\n{})",
+                    c.discovery.ip,
+                    c.discovery.port,
+                    p.log.display(),
+                    procs::log_tail(&p.log, 10)
+                ),
+                timeout,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Names of the worlds that are up (directories under the lab root).
+pub fn worlds() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(LAB_ROOT)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The world a command is about: the named one, or the only one up.
+pub(crate) fn pick_world(name: Option<&str>) -> Result<String> {
+    if let Some(name) = name {
+        return Ok(name.to_string());
+    }
+    let mut up = worlds();
+    match up.len() {
+        0 => Err(LabError::NoWorldUp),
+        1 => Ok(up.remove(0)),
+        _ => Err(LabError::SeveralWorlds { worlds: up }),
+    }
+}
+
+/// Existing namespaces named `mg-<world>-*` that do not belong to another
+/// world whose name extends this one (`a` vs `a-b`).
+fn world_namespaces(world: &str) -> Result<Vec<String>> {
+    let prefix = ns_prefix(world);
+    let longer: Vec<String> = worlds()
+        .into_iter()
+        .filter(|w| w != world)
+        .map(|w| ns_prefix(&w))
+        .filter(|p| p.len() > prefix.len() && p.starts_with(&prefix))
+        .collect();
+    Ok(ip::netns_list()?
+        .into_iter()
+        .filter(|ns| ns.starts_with(&prefix) && !longer.iter().any(|p| ns.starts_with(p)))
+        .collect())
+}
+
+fn check_world_name(world: &str) -> Result<()> {
+    let ok = !world.is_empty()
+        && world
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(LabError::WorldNotUp {
+            world: world.to_string(),
+            up: worlds(),
+        })
+    }
+}
+
+/// Tears a world down: stops its processes (agents, then discoveries),
+/// deletes its namespaces and its state directory. Idempotent.
+pub fn down(name: Option<&str>) -> Result<String> {
+    let world = match pick_world(name) {
+        Ok(w) => w,
+        Err(LabError::NoWorldUp) => return Ok("no lab world is up; nothing to do".to_string()),
+        Err(e) => return Err(e),
+    };
+    check_world_name(&world)?;
+    let dir = world_dir(&world);
+    let rec = match WorldRecord::load(&world) {
+        Ok(rec) => rec,
+        Err(e) => {
+            tracing::warn!(world, error = %e, "unreadable world record; cleaning up by name");
+            None
+        }
+    };
+
+    let mut namespaces: Vec<String> = Vec::new();
+    if let Some(rec) = &rec {
+        namespaces.extend(rec.namespaces.iter().rev().cloned());
+    }
+    let existing: BTreeSet<String> = ip::netns_list()?.into_iter().collect();
+    for ns in world_namespaces(&world)? {
+        if !namespaces.contains(&ns) {
+            namespaces.push(ns);
+        }
+    }
+    namespaces.retain(|ns| existing.contains(ns));
+
+    // Recorded processes, then any meshgate process found in the namespaces.
+    let mut agents: Vec<u32> = Vec::new();
+    let mut discoveries: Vec<u32> = Vec::new();
+    if let Some(rec) = &rec {
+        for p in &rec.processes {
+            match (&p.component, p.pid) {
+                (Component::Agent { .. }, Some(pid)) => agents.push(pid),
+                (Component::Discovery { .. }, Some(pid)) => discoveries.push(pid),
+                _ => {}
+            }
+        }
+    }
+    for ns in &namespaces {
+        for pid in ip::netns_pids(ns).unwrap_or_default() {
+            if !agents.contains(&pid) && !discoveries.contains(&pid) {
+                agents.push(pid);
+            }
+        }
+    }
+    let stopped =
+        procs::terminate(&agents, DOWN_GRACE) + procs::terminate(&discoveries, DOWN_GRACE);
+
+    let mut failures = Vec::new();
+    let mut deleted = 0;
+    for ns in &namespaces {
+        match ip::netns_delete(ns) {
+            Ok(()) => deleted += 1,
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    let had_dir = dir.exists();
+    if had_dir {
+        if let Err(source) = std::fs::remove_dir_all(&dir) {
+            failures.push(
+                LabError::Io {
+                    what: format!("removing {}", dir.display()),
+                    source,
+                }
+                .to_string(),
+            );
+        }
+    }
+    if !failures.is_empty() {
+        return Err(LabError::Command {
+            cmd: format!("lab down {world}"),
+            status: format!("{} failures", failures.len()),
+            stderr: failures.join("\n"),
+        });
+    }
+    if !had_dir && deleted == 0 && stopped == 0 {
+        return Ok(format!("world {world} is not up; nothing to do"));
+    }
+    Ok(format!(
+        "world {world} is down: stopped {stopped} processes, deleted {deleted} namespaces"
+    ))
+}

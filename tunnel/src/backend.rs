@@ -1,0 +1,149 @@
+//! The interface both WireGuard backends offer, and the choice between them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::keys::NodeKey;
+use crate::peers::PeerChange;
+
+/// Which backend carries the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Kernel,
+    Userspace,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Kernel => "kernel",
+            BackendKind::Userspace => "userspace",
+        })
+    }
+}
+
+/// What the configuration asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// Kernel WireGuard when the kernel has it, userspace otherwise.
+    #[default]
+    Auto,
+    Kernel,
+    Userspace,
+}
+
+impl FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(BackendChoice::Auto),
+            "kernel" => Ok(BackendChoice::Kernel),
+            "userspace" => Ok(BackendChoice::Userspace),
+            other => Err(format!(
+                "backend {other:?} is not known: use auto, kernel or userspace"
+            )),
+        }
+    }
+}
+
+/// Counters and handshake state of one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStats {
+    pub name: String,
+    pub public_key: String,
+    pub endpoint: String,
+    pub allowed_ips: Vec<String>,
+    /// Milliseconds since the last completed handshake; `None` before the first.
+    pub last_handshake_age_ms: Option<u64>,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+}
+
+/// Errors of the backends.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Tun(#[from] crate::tun::TunError),
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyError),
+    #[error("binding the WireGuard UDP port {port}: {source} (is another agent or WireGuard listening on it?)")]
+    Bind { port: u16, source: std::io::Error },
+    #[error(
+        "the kernel WireGuard backend is unavailable: {reason}; use --backend userspace (or auto)"
+    )]
+    KernelUnavailable { reason: String },
+    #[error("{action}: {detail}")]
+    Command { action: String, detail: String },
+    #[error("starting the {what} thread: {source}")]
+    Thread {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// A WireGuard device the agent drives. Peers are changed one at a time.
+pub trait Backend: Send + Sync {
+    fn kind(&self) -> BackendKind;
+    /// The network interface carrying the tunnel.
+    fn interface(&self) -> &str;
+    /// Applies one peer change without touching the other peers.
+    fn apply(&self, change: &PeerChange) -> Result<(), BackendError>;
+    /// Switches to a new static key. Established sessions keep carrying
+    /// traffic until sessions under the new key are up, so nothing is lost.
+    fn rotate_key(&self, key: &NodeKey) -> Result<(), BackendError>;
+    /// Per-peer counters and handshake ages, in name order.
+    fn stats(&self) -> Vec<PeerStats>;
+    /// Stops the backend. With `remove_device` the interface (and so its
+    /// routes) goes too, as when the node leaves; without it, the interface
+    /// stays so a restarted agent resumes forwarding on it.
+    fn shutdown(&self, remove_device: bool) -> Result<(), BackendError>;
+}
+
+/// Starts the backend the configuration asks for.
+pub fn start(
+    choice: BackendChoice,
+    interface: &str,
+    key: &NodeKey,
+    listen_port: u16,
+) -> Result<(Box<dyn Backend>, Option<String>), BackendError> {
+    match choice {
+        BackendChoice::Userspace => Ok((
+            Box::new(crate::userspace::UserspaceDevice::start(
+                interface,
+                key,
+                listen_port,
+            )?),
+            None,
+        )),
+        BackendChoice::Kernel => {
+            crate::kernel::probe()?;
+            Ok((
+                Box::new(crate::kernel::KernelDevice::start(
+                    interface,
+                    key,
+                    listen_port,
+                )?),
+                None,
+            ))
+        }
+        BackendChoice::Auto => match crate::kernel::probe() {
+            Ok(()) => Ok((
+                Box::new(crate::kernel::KernelDevice::start(
+                    interface,
+                    key,
+                    listen_port,
+                )?),
+                None,
+            )),
+            Err(BackendError::KernelUnavailable { reason }) => Ok((
+                Box::new(crate::userspace::UserspaceDevice::start(
+                    interface,
+                    key,
+                    listen_port,
+                )?),
+                Some(reason),
+            )),
+            Err(other) => Err(other),
+        },
+    }
+}

@@ -1,0 +1,573 @@
+//! Userspace WireGuard: boringtun's protocol over a persistent TUN device
+//! and one UDP socket.
+//!
+//! Three threads: TUN → encrypt → UDP, UDP → decrypt → TUN, and a timer
+//! thread that drives boringtun's timers and retires replaced slots. The
+//! device survives the agent: the TUN device is persistent, so on restart
+//! the agent re-attaches and handshakes again with every peer at once.
+
+mod peer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519::{PublicKey as XPublic, StaticSecret};
+use rand_core::RngCore;
+use tracing::{debug, info, trace, warn};
+
+use crate::backend::{Backend, BackendError, BackendKind, PeerStats};
+use crate::keys::NodeKey;
+use crate::lpm::Lpm;
+use crate::peers::{PeerChange, PeerConfig};
+use crate::tun::Tun;
+use peer::{Peer, Slot};
+
+const BUF: usize = 65_536 + 256;
+const POLL: Duration = Duration::from_millis(200);
+const TIMER_TICK: Duration = Duration::from_millis(100);
+
+struct LocalKey {
+    id: u32,
+    secret: StaticSecret,
+    public: XPublic,
+}
+
+type PeerRef = Arc<Mutex<Peer>>;
+
+#[derive(Default)]
+struct State {
+    /// Newest first; older keys stay while a slot still uses them.
+    keys: Vec<Arc<LocalKey>>,
+    peers: BTreeMap<String, PeerRef>,
+    by_key: HashMap<[u8; 32], PeerRef>,
+    by_index: HashMap<u32, PeerRef>,
+    routes: Lpm<PeerRef>,
+}
+
+struct Shared {
+    iface: String,
+    tun: Tun,
+    udp: UdpSocket,
+    stop: AtomicBool,
+    state: RwLock<State>,
+    next_index: AtomicU32,
+    next_key_id: AtomicU32,
+}
+
+fn lock(peer: &PeerRef) -> MutexGuard<'_, Peer> {
+    peer.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send_udp(&self, packet: &[u8], to: SocketAddr) {
+        if let Err(e) = self.udp.send_to(packet, to) {
+            trace!(%to, error = %e, "udp send failed");
+        }
+    }
+
+    fn new_slot(&self, key: &LocalKey, peer_public: [u8; 32]) -> Slot {
+        let index = self.next_index.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
+        let tunn = Tunn::new(
+            key.secret.clone(),
+            XPublic::from(peer_public),
+            None,
+            None,
+            index,
+            None,
+        );
+        Slot {
+            index,
+            key_id: key.id,
+            peer_public,
+            tunn,
+            created: Instant::now(),
+            established: None,
+        }
+    }
+
+    /// Starts a handshake on the peer's newest slot.
+    fn initiate(&self, peer: &mut Peer, buf: &mut [u8]) {
+        let endpoint = peer.endpoint;
+        if let Some(slot) = peer.slots.first_mut() {
+            if let TunnResult::WriteToNetwork(pkt) =
+                slot.tunn.format_handshake_initiation(buf, false)
+            {
+                self.send_udp(pkt, endpoint);
+            }
+        }
+    }
+
+    /// Sends one IP packet read from the TUN device to its peer.
+    fn outbound(&self, packet: &[u8], buf: &mut [u8]) {
+        let Some(dst) = ipv4_dst(packet) else {
+            trace!("dropping a non-IPv4 packet from the tunnel interface");
+            return;
+        };
+        let Some(peer) = self.read().routes.lookup(dst).cloned() else {
+            trace!(%dst, "no peer for destination");
+            return;
+        };
+        let mut peer = lock(&peer);
+        let endpoint = peer.endpoint;
+        match peer.sending_slot() {
+            Some(i) => {
+                if let TunnResult::WriteToNetwork(pkt) = peer.slots[i].tunn.encapsulate(packet, buf)
+                {
+                    self.send_udp(pkt, endpoint);
+                }
+                if i != 0 {
+                    // A newer slot is waiting for its handshake: nudge it.
+                    self.initiate(&mut peer, buf);
+                }
+            }
+            None => {
+                if let Some(slot) = peer.slots.first_mut() {
+                    // Queued inside boringtun until the handshake completes.
+                    if let TunnResult::WriteToNetwork(pkt) = slot.tunn.encapsulate(packet, buf) {
+                        self.send_udp(pkt, endpoint);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one datagram from the underlay.
+    fn inbound(&self, datagram: &[u8], from: SocketAddr, buf: &mut [u8]) {
+        let parsed = match Tunn::parse_incoming_packet(datagram) {
+            Ok(p) => p,
+            Err(e) => {
+                trace!(%from, error = ?e, "not a WireGuard packet");
+                return;
+            }
+        };
+        let (peer, index) = match parsed {
+            Packet::HandshakeInit(ref init) => {
+                let state = self.read();
+                let found = state.keys.iter().find_map(|k| {
+                    parse_handshake_anon(&k.secret, &k.public, init)
+                        .ok()
+                        .map(|half| (k.id, half.peer_static_public))
+                });
+                let Some((key_id, peer_pub)) = found else {
+                    debug!(%from, "handshake initiation for none of our keys");
+                    return;
+                };
+                let Some(peer) = state.by_key.get(&peer_pub).cloned() else {
+                    debug!(%from, "handshake initiation from an unknown key");
+                    return;
+                };
+                drop(state);
+                let index = lock(&peer)
+                    .slots
+                    .iter()
+                    .find(|s| s.key_id == key_id && s.peer_public == peer_pub)
+                    .map(|s| s.index);
+                let Some(index) = index else {
+                    debug!(%from, "handshake initiation for a retired key pair");
+                    return;
+                };
+                Some((peer, index))
+            }
+            Packet::HandshakeResponse(ref r) => self.by_index(r.receiver_idx, from),
+            Packet::PacketCookieReply(ref r) => self.by_index(r.receiver_idx, from),
+            Packet::PacketData(ref d) => self.by_index(d.receiver_idx, from),
+        }
+        .map_or_else(|| (None, 0), |(p, i)| (Some(p), i));
+        let Some(peer) = peer else { return };
+        let mut guard = lock(&peer);
+        let Peer {
+            slots,
+            allowed,
+            endpoint,
+            ..
+        } = &mut *guard;
+        let endpoint = *endpoint;
+        let Some(slot) = slots.iter_mut().find(|s| s.index == index) else {
+            return;
+        };
+        let src_ip = Some(from.ip());
+        let mut result = slot.tunn.decapsulate(src_ip, datagram, buf);
+        loop {
+            match result {
+                TunnResult::WriteToNetwork(pkt) => {
+                    self.send_udp(pkt, endpoint);
+                    // Flush packets boringtun queued while the handshake ran.
+                    result = slot.tunn.decapsulate(None, &[], buf);
+                    continue;
+                }
+                TunnResult::WriteToTunnelV4(pkt, src) => {
+                    if allowed.iter().any(|n| n.contains(&src)) {
+                        if let Err(e) = self.tun.send(pkt) {
+                            trace!(error = %e, "tun write failed");
+                        }
+                    } else {
+                        debug!(%src, "dropping a packet from a source the peer may not use");
+                    }
+                }
+                TunnResult::WriteToTunnelV6(..) => trace!("dropping an IPv6 packet"),
+                TunnResult::Err(e) => trace!(%from, error = ?e, "decapsulation failed"),
+                TunnResult::Done => {}
+            }
+            break;
+        }
+        slot.note_session(Instant::now());
+    }
+
+    fn by_index(&self, receiver_idx: u32, from: SocketAddr) -> Option<(PeerRef, u32)> {
+        let index = receiver_idx >> 8;
+        match self.read().by_index.get(&index) {
+            Some(p) => Some((p.clone(), index)),
+            None => {
+                trace!(%from, index, "packet for an unknown session index");
+                None
+            }
+        }
+    }
+
+    fn tick(&self, buf: &mut [u8]) {
+        let now = Instant::now();
+        let peers: Vec<PeerRef> = self.read().peers.values().cloned().collect();
+        let mut retired = Vec::new();
+        for peer in &peers {
+            let mut peer = lock(peer);
+            let endpoint = peer.endpoint;
+            for slot in peer.slots.iter_mut() {
+                if let TunnResult::WriteToNetwork(pkt) = slot.tunn.update_timers(buf) {
+                    self.send_udp(pkt, endpoint);
+                }
+                slot.note_session(now);
+            }
+            let dropped = peer.prune(now);
+            if !dropped.is_empty() {
+                debug!(peer = %peer.name, slots = dropped.len(), "retired replaced tunnel slots");
+                let pubs: Vec<[u8; 32]> = peer.slots.iter().map(|s| s.peer_public).collect();
+                retired.push((dropped, pubs));
+            }
+        }
+        if retired.is_empty() {
+            return;
+        }
+        let mut state = self.write();
+        for (dropped, _) in &retired {
+            for index in dropped {
+                state.by_index.remove(index);
+            }
+        }
+        state.retire_unused();
+    }
+}
+
+impl State {
+    /// Forgets local keys and peer keys that no slot uses any more.
+    fn retire_unused(&mut self) {
+        let mut used_keys = std::collections::HashSet::new();
+        let mut used_pubs = std::collections::HashSet::new();
+        for peer in self.peers.values() {
+            for slot in &lock(peer).slots {
+                used_keys.insert(slot.key_id);
+                used_pubs.insert(slot.peer_public);
+            }
+        }
+        let newest = self.keys.first().map(|k| k.id);
+        self.keys
+            .retain(|k| Some(k.id) == newest || used_keys.contains(&k.id));
+        self.by_key.retain(|k, _| used_pubs.contains(k));
+    }
+}
+
+fn ipv4_dst(packet: &[u8]) -> Option<Ipv4Addr> {
+    if packet.len() >= 20 && packet[0] >> 4 == 4 {
+        Some(Ipv4Addr::new(
+            packet[16], packet[17], packet[18], packet[19],
+        ))
+    } else {
+        None
+    }
+}
+
+/// The userspace WireGuard device.
+pub struct UserspaceDevice {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl UserspaceDevice {
+    /// Attaches to (or creates) the persistent TUN device `iface`, binds
+    /// the WireGuard UDP port and starts forwarding.
+    pub fn start(iface: &str, key: &NodeKey, listen_port: u16) -> Result<Self, BackendError> {
+        let tun = Tun::attach(iface)?;
+        let udp = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, listen_port))).map_err(
+            |source| BackendError::Bind {
+                port: listen_port,
+                source,
+            },
+        )?;
+        udp.set_read_timeout(Some(POLL))
+            .map_err(|source| BackendError::Bind {
+                port: listen_port,
+                source,
+            })?;
+        let shared = Arc::new(Shared {
+            iface: iface.to_string(),
+            tun,
+            udp,
+            stop: AtomicBool::new(false),
+            state: RwLock::new(State::default()),
+            next_index: AtomicU32::new(rand_core::OsRng.next_u32()),
+            next_key_id: AtomicU32::new(1),
+        });
+        shared.write().keys.push(Arc::new(LocalKey {
+            id: 0,
+            secret: key.secret().clone(),
+            public: XPublic::from(key.public().0),
+        }));
+        let device = UserspaceDevice {
+            shared,
+            threads: Mutex::new(Vec::new()),
+        };
+        device.spawn("tun-rx", |s| {
+            let mut pkt = vec![0u8; BUF];
+            let mut out = vec![0u8; BUF];
+            while !s.stop.load(Ordering::Relaxed) {
+                match s.tun.recv(&mut pkt, POLL) {
+                    Ok(Some(n)) => s.outbound(&pkt[..n], &mut out),
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(error = %e, "reading the TUN device failed");
+                        std::thread::sleep(POLL);
+                    }
+                }
+            }
+        })?;
+        device.spawn("udp-rx", |s| {
+            let mut pkt = vec![0u8; BUF];
+            let mut out = vec![0u8; BUF];
+            while !s.stop.load(Ordering::Relaxed) {
+                match s.udp.recv_from(&mut pkt) {
+                    Ok((n, from)) => s.inbound(&pkt[..n], from, &mut out),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(e) => {
+                        trace!(error = %e, "udp receive failed");
+                    }
+                }
+            }
+        })?;
+        device.spawn("wg-timers", |s| {
+            let mut out = vec![0u8; BUF];
+            while !s.stop.load(Ordering::Relaxed) {
+                s.tick(&mut out);
+                std::thread::sleep(TIMER_TICK);
+            }
+        })?;
+        info!(
+            interface = iface,
+            port = listen_port,
+            backend = "userspace",
+            "WireGuard device up"
+        );
+        Ok(device)
+    }
+
+    fn spawn(
+        &self,
+        what: &'static str,
+        body: impl FnOnce(Arc<Shared>) + Send + 'static,
+    ) -> Result<(), BackendError> {
+        let shared = self.shared.clone();
+        let handle = std::thread::Builder::new()
+            .name(what.to_string())
+            .spawn(move || body(shared))
+            .map_err(|source| BackendError::Thread { what, source })?;
+        self.threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(handle);
+        Ok(())
+    }
+
+    fn add(&self, cfg: &PeerConfig) -> Result<(), BackendError> {
+        let key = cfg.key()?;
+        let mut state = self.shared.write();
+        let Some(local) = state.keys.first().cloned() else {
+            return Ok(());
+        };
+        let slot = self.shared.new_slot(&local, key.0);
+        let index = slot.index;
+        let peer = Arc::new(Mutex::new(Peer {
+            name: cfg.name.clone(),
+            public_key: cfg.public_key.clone(),
+            endpoint: cfg.endpoint,
+            allowed: cfg.allowed_ips.clone(),
+            slots: vec![slot],
+            retired_tx: 0,
+            retired_rx: 0,
+        }));
+        for net in &cfg.allowed_ips {
+            state.routes.insert(*net, peer.clone());
+        }
+        state.by_key.insert(key.0, peer.clone());
+        state.by_index.insert(index, peer.clone());
+        state.peers.insert(cfg.name.clone(), peer.clone());
+        drop(state);
+        let mut buf = vec![0u8; BUF];
+        self.shared.initiate(&mut lock(&peer), &mut buf);
+        info!(peer = %cfg.name, endpoint = %cfg.endpoint, "peer added");
+        Ok(())
+    }
+
+    fn update(&self, old: &PeerConfig, new: &PeerConfig) -> Result<(), BackendError> {
+        let key = new.key()?;
+        let mut state = self.shared.write();
+        let Some(peer) = state.peers.get(&new.name).cloned() else {
+            drop(state);
+            return self.add(new);
+        };
+        for net in &old.allowed_ips {
+            state.routes.remove(net);
+        }
+        for net in &new.allowed_ips {
+            state.routes.insert(*net, peer.clone());
+        }
+        let mut p = lock(&peer);
+        p.endpoint = new.endpoint;
+        p.allowed = new.allowed_ips.clone();
+        let key_changed = p.public_key != new.public_key;
+        if key_changed {
+            p.public_key = new.public_key.clone();
+            if let Some(local) = state.keys.first().cloned() {
+                let slot = self.shared.new_slot(&local, key.0);
+                state.by_index.insert(slot.index, peer.clone());
+                p.slots.insert(0, slot);
+            }
+            state.by_key.insert(key.0, peer.clone());
+        }
+        drop(state);
+        if key_changed {
+            let mut buf = vec![0u8; BUF];
+            self.shared.initiate(&mut p, &mut buf);
+            info!(peer = %new.name, "peer key changed: new session under way, old one kept meanwhile");
+        } else {
+            info!(peer = %new.name, endpoint = %new.endpoint, "peer updated");
+        }
+        Ok(())
+    }
+
+    fn remove(&self, old: &PeerConfig) {
+        let mut state = self.shared.write();
+        let Some(peer) = state.peers.remove(&old.name) else {
+            return;
+        };
+        for net in &old.allowed_ips {
+            state.routes.remove(net);
+        }
+        let indices: Vec<u32> = lock(&peer).slots.iter().map(|s| s.index).collect();
+        for index in indices {
+            state.by_index.remove(&index);
+        }
+        state.by_key.retain(|_, p| !Arc::ptr_eq(p, &peer));
+        info!(peer = %old.name, "peer removed");
+    }
+}
+
+impl Backend for UserspaceDevice {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Userspace
+    }
+
+    fn interface(&self) -> &str {
+        &self.shared.iface
+    }
+
+    fn apply(&self, change: &PeerChange) -> Result<(), BackendError> {
+        match change {
+            PeerChange::Add(cfg) => self.add(cfg),
+            PeerChange::Update { old, new } => self.update(old, new),
+            PeerChange::Remove(old) => {
+                self.remove(old);
+                Ok(())
+            }
+        }
+    }
+
+    fn rotate_key(&self, key: &NodeKey) -> Result<(), BackendError> {
+        let local = Arc::new(LocalKey {
+            id: self.shared.next_key_id.fetch_add(1, Ordering::Relaxed),
+            secret: key.secret().clone(),
+            public: XPublic::from(key.public().0),
+        });
+        let mut state = self.shared.write();
+        state.keys.insert(0, local.clone());
+        let peers: Vec<PeerRef> = state.peers.values().cloned().collect();
+        let mut buf = vec![0u8; BUF];
+        for peer in peers {
+            let mut p = lock(&peer);
+            let Some(peer_public) = p.slots.first().map(|s| s.peer_public) else {
+                continue;
+            };
+            let slot = self.shared.new_slot(&local, peer_public);
+            state.by_index.insert(slot.index, peer.clone());
+            p.slots.insert(0, slot);
+            self.shared.initiate(&mut p, &mut buf);
+        }
+        info!(public_key = %key.public().short(), "local key rotated; old sessions carry traffic until new ones are up");
+        Ok(())
+    }
+
+    fn stats(&self) -> Vec<PeerStats> {
+        let state = self.shared.read();
+        state
+            .peers
+            .values()
+            .map(|peer| {
+                let p = lock(peer);
+                let (tx, rx) = p.bytes();
+                PeerStats {
+                    name: p.name.clone(),
+                    public_key: p.public_key.clone(),
+                    endpoint: p.endpoint.to_string(),
+                    allowed_ips: p.allowed.iter().map(|n| n.to_string()).collect(),
+                    last_handshake_age_ms: p.handshake_age_ms(),
+                    tx_bytes: tx,
+                    rx_bytes: rx,
+                }
+            })
+            .collect()
+    }
+
+    fn shutdown(&self, remove_device: bool) -> Result<(), BackendError> {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+        if remove_device {
+            let _ = self.shared.tun.unpersist();
+            crate::routes::delete_interface(&self.shared.iface)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for UserspaceDevice {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
+}
