@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::agent::AgentArgs;
 use crate::discovery_cmd::DiscoveryArgs;
 use crate::lab_cmd::LabCommand;
+use crate::nodes_cmd::NodesArgs;
 
 /// meshgate: encrypted multi-cluster mesh for Kubernetes nodes.
 #[derive(Debug, Parser)]
@@ -28,6 +29,8 @@ pub enum Command {
         #[command(subcommand)]
         command: LabCommand,
     },
+    /// List the nodes a discovery knows.
+    Nodes(NodesArgs),
     /// Print the status of the agent whose state directory is given.
     Status {
         #[arg(long, default_value = "/var/lib/meshgate")]
@@ -40,6 +43,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Discovery(args) => crate::discovery_cmd::run(args).map(|_| ExitCode::SUCCESS),
         Command::Agent(args) => crate::agent::run(*args).map(|_| ExitCode::SUCCESS),
         Command::Lab { command } => crate::lab_cmd::run(command),
+        Command::Nodes(args) => crate::nodes_cmd::run(args).map(|_| ExitCode::SUCCESS),
         Command::Status { state_dir } => crate::agent::print_status(&state_dir),
     }
 }

@@ -1,10 +1,84 @@
-//! `meshgate lab ...`: placeholder until the lab crate lands.
-use clap::Subcommand;
+//! `meshgate lab ...`: build and drive lab worlds (see scenarios/README.md).
+
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
-    Status,
+    /// Build the world of a scenario file and wait for a full mesh.
+    Up {
+        file: PathBuf,
+        /// Seconds to wait for every node to handshake with every other.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        /// Lease TTL of the discoveries, in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        lease_ttl: f64,
+    },
+    /// Remove everything a world made (idempotent).
+    Down { name: Option<String> },
+    /// Show discoveries, agents, peers and handshake ages.
+    Status { name: Option<String> },
+    /// Print the IP address of a pod, node or discovery.
+    Ip { target: String },
+    /// Run a command inside a pod's or node's namespace.
+    Exec {
+        target: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Stop a node's agent (it leaves the mesh) or a discovery.
+    Stop { target: String },
+    /// Start a stopped agent or discovery again.
+    Start { target: String },
+    /// Restart a node's agent (forwarding resumes at once) or a discovery.
+    Restart { target: String },
+    /// Rotate a node's WireGuard key now.
+    RotateKey { target: String },
 }
-pub fn run(_c: LabCommand) -> anyhow::Result<ExitCode> {
+
+fn bin() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("finding the meshgate binary to start agents with")
+}
+
+#[allow(clippy::print_stdout)]
+fn say(text: impl std::fmt::Display) {
+    println!("{text}");
+}
+
+pub fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        LabCommand::Up {
+            file,
+            timeout,
+            lease_ttl,
+        } => {
+            let mut opts = meshgate_lab::UpOptions::new(bin()?);
+            opts.timeout = Duration::from_secs(timeout);
+            if !(lease_ttl > 0.0 && lease_ttl < 86_400.0) {
+                anyhow::bail!(
+                    "--lease-ttl {lease_ttl} is out of range: give seconds between 0 and 86400"
+                );
+            }
+            opts.lease_ttl = Duration::from_secs_f64(lease_ttl);
+            let summary = meshgate_lab::up(&file, &opts)?;
+            say(summary);
+        }
+        LabCommand::Down { name } => say(meshgate_lab::down(name.as_deref())?),
+        LabCommand::Status { name } => say(meshgate_lab::status(name.as_deref())?),
+        LabCommand::Ip { target } => say(meshgate_lab::ip(&target)?),
+        LabCommand::Exec { target, command } => {
+            let code = meshgate_lab::exec(&target, &command)?;
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+        }
+        LabCommand::Stop { target } => say(meshgate_lab::stop(&target)?),
+        LabCommand::Start { target } => say(meshgate_lab::start(&target, &bin()?)?),
+        LabCommand::Restart { target } => say(meshgate_lab::restart(&target, &bin()?)?),
+        LabCommand::RotateKey { target } => say(meshgate_lab::rotate_key(&target)?),
+    }
     Ok(ExitCode::SUCCESS)
 }

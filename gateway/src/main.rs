@@ -4,6 +4,7 @@ mod agent;
 mod cli;
 mod discovery_cmd;
 mod lab_cmd;
+mod nodes_cmd;
 
 use clap::Parser;
 

@@ -121,7 +121,10 @@ mod tests {
     fn removal_comes_first() {
         let a = peer("c1/n2", "k2", "198.18.1.11", &["10.1.1.0/24"]);
         let b = peer("c1/n3", "k3", "198.18.1.12", &["10.1.2.0/24"]);
-        let changes = diff(&map(std::slice::from_ref(&a)), &map(std::slice::from_ref(&b)));
+        let changes = diff(
+            &map(std::slice::from_ref(&a)),
+            &map(std::slice::from_ref(&b)),
+        );
         assert_eq!(changes, vec![PeerChange::Remove(a), PeerChange::Add(b)]);
         assert!(diff(&map(&[]), &map(&[])).is_empty());
     }

@@ -41,6 +41,10 @@ impl Steps {
         self.0.push(Step::AddNamespace(ns.to_string()));
         self.sysctl(ns, "net.ipv4.conf.all.rp_filter=0");
         self.sysctl(ns, "net.ipv4.conf.default.rp_filter=0");
+        // The lab is IPv4 only: without this, IPv6 autoconfiguration chatter
+        // (router solicitations, MLD reports) would cross the underlay.
+        self.sysctl(ns, "net.ipv6.conf.all.disable_ipv6=1");
+        self.sysctl(ns, "net.ipv6.conf.default.disable_ipv6=1");
         if router {
             self.sysctl(ns, "net.ipv4.ip_forward=1");
         }

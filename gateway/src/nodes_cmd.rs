@@ -1,0 +1,71 @@
+//! `meshgate nodes`: lists the nodes a discovery knows, from its watch
+//! snapshot (what every agent of the cluster is told).
+
+use anyhow::{anyhow, Context};
+use clap::Args;
+use meshgate_discovery::pb;
+
+#[derive(Debug, Args)]
+pub struct NodesArgs {
+    /// Discovery endpoint, e.g. http://198.18.1.2:7100.
+    #[arg(long)]
+    pub discovery: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: NodesArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let nodes = runtime.block_on(async {
+        let mut client = meshgate_discovery::client::connect(&args.discovery).await?;
+        let mut stream = client
+            .watch(pb::WatchRequest {})
+            .await
+            .map_err(|s| anyhow!("watch refused: {}", s.message()))?
+            .into_inner();
+        let first = tokio::time::timeout(std::time::Duration::from_secs(5), stream.message())
+            .await
+            .context("no snapshot from discovery within 5 s")?
+            .map_err(|s| anyhow!("watch failed: {}", s.message()))?;
+        match first.and_then(|e| e.event) {
+            Some(pb::watch_event::Event::Snapshot(s)) => Ok::<_, anyhow::Error>(s.nodes),
+            _ => Err(anyhow!("discovery did not start the watch with a snapshot")),
+        }
+    })?;
+    let mut out = String::new();
+    if args.json {
+        let rows: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "name": n.name, "cluster": n.cluster, "cluster_id": n.cluster_id,
+                    "underlay_ip": n.underlay_ip, "listen_port": n.listen_port,
+                    "public_key": n.wg_public_key, "tunnel_ip": n.tunnel_ip,
+                    "pod_cidrs": n.pod_cidrs, "roles": n.roles,
+                })
+            })
+            .collect();
+        out = serde_json::to_string_pretty(&rows).context("encoding nodes")?;
+    } else {
+        out.push_str(
+            "CLUSTER  NODE          UNDERLAY         TUNNEL IP       POD CIDRS        KEY\n",
+        );
+        for n in &nodes {
+            out.push_str(&format!(
+                "{:<8} {:<13} {:<16} {:<15} {:<16} {}\n",
+                n.cluster,
+                n.name,
+                format!("{}:{}", n.underlay_ip, n.listen_port),
+                n.tunnel_ip,
+                n.pod_cidrs.join(","),
+                n.wg_public_key.chars().take(8).collect::<String>()
+            ));
+        }
+    }
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{}", out.trim_end());
+    }
+    Ok(())
+}
