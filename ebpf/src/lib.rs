@@ -1,1 +1,1 @@
-//! placeholder
+//! eBPF datapath: not built yet (see README.md).

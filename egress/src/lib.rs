@@ -1,1 +1,1 @@
-//! placeholder
+//! Egress gateway and FQDN policy: not built yet (see README.md).
