@@ -174,3 +174,52 @@ fn the_agent_names_a_missing_setting() {
     assert!(!out.status.success());
     assert!(err.contains("--cluster-id"), "{err}");
 }
+
+#[test]
+fn a_second_agent_on_a_node_is_refused_and_the_first_keeps_running() {
+    let world = meshgate_e2e::World::up("e2e-busy", &one_cluster("e2e-busy", 2));
+    let first = world.status("c1", "n1");
+    let dir = tempfile::tempdir().unwrap();
+    let out = world.in_ns(
+        &world.node_ns("c1", "n1"),
+        &[
+            meshgate_bin().to_str().unwrap(),
+            "agent",
+            "--node",
+            "n1",
+            "--cluster",
+            "c1",
+            "--cluster-id",
+            "1",
+            "--discovery",
+            "http://198.18.1.2:7100",
+            "--underlay-ip",
+            "198.18.1.10",
+            "--pod-cidr",
+            "10.1.0.0/24",
+            "--state-dir",
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second agent started: {err}");
+    assert!(err.contains("another agent still running"), "{err}");
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let after = world.status("c1", "n1");
+    assert_eq!(after.pid, first.pid);
+    assert!(after.peers[0].last_handshake_age_ms.is_some());
+    let s = world.in_ns(
+        &world.pod_ns("c1", "n1-a"),
+        &[
+            "ping",
+            "-c",
+            "2",
+            "-i",
+            "0.1",
+            "-W",
+            "1",
+            &world.ip("c1/n2-a"),
+        ],
+    );
+    assert!(s.status.success(), "the first agent stopped forwarding");
+}

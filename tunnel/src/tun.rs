@@ -28,6 +28,11 @@ pub enum TunError {
          delete it with `ip link del {name}` or pick another --interface)"
     )]
     Attach { name: String, source: io::Error },
+    #[error(
+        "TUN device {name} is held by another process (is another agent still running on this node?): \
+         stop it first"
+    )]
+    Busy { name: String },
     #[error("making TUN device {name} persistent: {source}")]
     Persist { name: String, source: io::Error },
 }
@@ -78,9 +83,15 @@ impl Tun {
         req.name[..name.len()].copy_from_slice(name.as_bytes());
         // SAFETY: TUNSETIFF reads and writes an ifreq, which IfReq lays out.
         if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
+            let source = io::Error::last_os_error();
+            if source.raw_os_error() == Some(libc::EBUSY) {
+                return Err(TunError::Busy {
+                    name: name.to_string(),
+                });
+            }
             return Err(TunError::Attach {
                 name: name.to_string(),
-                source: io::Error::last_os_error(),
+                source,
             });
         }
         // SAFETY: TUNSETPERSIST takes an integer argument.

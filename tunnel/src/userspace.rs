@@ -254,18 +254,15 @@ impl Shared {
             let dropped = peer.prune(now);
             if !dropped.is_empty() {
                 debug!(peer = %peer.name, slots = dropped.len(), "retired replaced tunnel slots");
-                let pubs: Vec<[u8; 32]> = peer.slots.iter().map(|s| s.peer_public).collect();
-                retired.push((dropped, pubs));
+                retired.extend(dropped);
             }
         }
         if retired.is_empty() {
             return;
         }
         let mut state = self.write();
-        for (dropped, _) in &retired {
-            for index in dropped {
-                state.by_index.remove(index);
-            }
+        for index in &retired {
+            state.by_index.remove(index);
         }
         state.retire_unused();
     }
