@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Labels are maps; BTreeMap keeps their order stable.
+        .btree_map(".")
         .compile_protos(&["proto/discovery.proto"], &["proto"])?;
     Ok(())
 }

@@ -1,14 +1,18 @@
-//! meshgate discovery: the gRPC Discovery API, the node registry (a pure state
-//! machine), tunnel IP allocation, the embedded on-disk store, the server and
-//! a small client helper.
+//! meshgate discovery: the gRPC Discovery API, the node and endpoint registry
+//! (a pure state machine), tunnel IP and security identity allocation, the
+//! embedded on-disk store, the server and a small client helper.
 //!
 //! Layout: [`model`] (plain types + proto conversions + validation),
-//! [`alloc`] (tunnel IPs), [`registry`] (state machine, time passed in),
+//! [`endpoint`] (endpoints and identities as plain types),
+//! [`alloc`] (tunnel IPs), [`identity`] (security identities),
+//! [`registry`] (state machine, time passed in),
 //! [`store`] (persistence), [`server`] (tonic shell), [`client`].
 
 pub mod alloc;
 pub mod client;
+pub mod endpoint;
 mod error;
+pub mod identity;
 pub mod model;
 pub mod registry;
 pub mod server;

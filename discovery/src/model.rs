@@ -9,6 +9,7 @@ use base64::Engine as _;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::endpoint::{Endpoint, EndpointError, Identity};
 use crate::pb;
 
 /// Longest node name accepted (a DNS name, as Kubernetes node names are).
@@ -62,21 +63,47 @@ pub enum Event {
         cluster: String,
         reason: RemoveReason,
     },
+    /// An endpoint appeared or changed (an ipcache entry).
+    EndpointUpserted {
+        revision: u64,
+        endpoint: Endpoint,
+    },
+    /// An endpoint is gone (its node stopped reporting it, or left).
+    EndpointRemoved {
+        revision: u64,
+        ip: IpAddr,
+        node: String,
+        cluster: String,
+    },
+    /// A new identity was allocated (identities are never removed).
+    IdentityAdded {
+        revision: u64,
+        identity: Identity,
+    },
 }
 
 impl Event {
     pub fn revision(&self) -> u64 {
         match self {
-            Event::Upserted { revision, .. } | Event::Removed { revision, .. } => *revision,
+            Event::Upserted { revision, .. }
+            | Event::Removed { revision, .. }
+            | Event::EndpointUpserted { revision, .. }
+            | Event::EndpointRemoved { revision, .. }
+            | Event::IdentityAdded { revision, .. } => *revision,
         }
     }
 }
 
-/// All nodes at one revision (the first message of a watch).
+/// All nodes, endpoints and identities at one revision (the first message
+/// of a watch).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub revision: u64,
     pub nodes: Vec<Node>,
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    #[serde(default)]
+    pub identities: Vec<Identity>,
 }
 
 /// What a watcher receives: a snapshot or a single change.
@@ -363,6 +390,29 @@ impl From<&Event> for pb::WatchEvent {
                 cluster: cluster.clone(),
                 reason: pb::RemoveReason::from(*reason).into(),
             }),
+            Event::EndpointUpserted { revision, endpoint } => {
+                pb::watch_event::Event::EndpointUpserted(pb::EndpointUpserted {
+                    revision: *revision,
+                    endpoint: Some(endpoint.into()),
+                })
+            }
+            Event::EndpointRemoved {
+                revision,
+                ip,
+                node,
+                cluster,
+            } => pb::watch_event::Event::EndpointRemoved(pb::EndpointRemoved {
+                revision: *revision,
+                ip: ip.to_string(),
+                node: node.clone(),
+                cluster: cluster.clone(),
+            }),
+            Event::IdentityAdded { revision, identity } => {
+                pb::watch_event::Event::IdentityAdded(pb::IdentityAdded {
+                    revision: *revision,
+                    identity: Some(identity.into()),
+                })
+            }
         };
         pb::WatchEvent { event: Some(event) }
     }
@@ -374,6 +424,8 @@ impl From<&Snapshot> for pb::WatchEvent {
             event: Some(pb::watch_event::Event::Snapshot(pb::Snapshot {
                 revision: s.revision,
                 nodes: s.nodes.iter().map(pb::Node::from).collect(),
+                endpoints: s.endpoints.iter().map(pb::Endpoint::from).collect(),
+                identities: s.identities.iter().map(pb::Identity::from).collect(),
             })),
         }
     }
@@ -390,6 +442,12 @@ pub enum WatchDecodeError {
     UnknownReason { name: String, code: i32 },
     #[error("watch event carries an invalid node: {0}")]
     Node(#[from] ModelError),
+    #[error("watch event at revision {revision} has no {what}")]
+    Missing { revision: u64, what: &'static str },
+    #[error("watch event carries an invalid endpoint: {0}")]
+    Endpoint(#[from] EndpointError),
+    #[error("watch event removal of endpoint {ip:?} of node {node}: not an IP address")]
+    EndpointIp { ip: String, node: String },
 }
 
 impl TryFrom<pb::WatchEvent> for WatchItem {
@@ -404,7 +462,45 @@ impl TryFrom<pb::WatchEvent> for WatchItem {
                     .into_iter()
                     .map(Node::try_from)
                     .collect::<Result<_, _>>()?,
+                endpoints: s
+                    .endpoints
+                    .into_iter()
+                    .map(Endpoint::try_from)
+                    .collect::<Result<_, _>>()?,
+                identities: s.identities.into_iter().map(Identity::from).collect(),
             })),
+            pb::watch_event::Event::EndpointUpserted(u) => {
+                let endpoint = u.endpoint.ok_or(WatchDecodeError::Missing {
+                    revision: u.revision,
+                    what: "endpoint",
+                })?;
+                Ok(WatchItem::Event(Event::EndpointUpserted {
+                    revision: u.revision,
+                    endpoint: Endpoint::try_from(endpoint)?,
+                }))
+            }
+            pb::watch_event::Event::EndpointRemoved(r) => {
+                let ip = r.ip.parse().map_err(|_| WatchDecodeError::EndpointIp {
+                    ip: r.ip.clone(),
+                    node: r.node.clone(),
+                })?;
+                Ok(WatchItem::Event(Event::EndpointRemoved {
+                    revision: r.revision,
+                    ip,
+                    node: r.node,
+                    cluster: r.cluster,
+                }))
+            }
+            pb::watch_event::Event::IdentityAdded(a) => {
+                let identity = a.identity.ok_or(WatchDecodeError::Missing {
+                    revision: a.revision,
+                    what: "identity",
+                })?;
+                Ok(WatchItem::Event(Event::IdentityAdded {
+                    revision: a.revision,
+                    identity: identity.into(),
+                }))
+            }
             pb::watch_event::Event::Upserted(u) => {
                 let node = u.node.ok_or(WatchDecodeError::MissingNode {
                     revision: u.revision,
@@ -453,6 +549,12 @@ pub struct AgentStatus {
     pub updated_unix_ms: u64,
     pub key_rotations: u64,
     pub peers: Vec<PeerStatus>,
+    /// Entries in the agent's ipcache (every endpoint of the mesh it knows).
+    #[serde(default)]
+    pub ipcache_entries: usize,
+    /// Identities the agent knows the labels of.
+    #[serde(default)]
+    pub identities: usize,
 }
 
 /// One peer in [`AgentStatus`].
@@ -567,9 +669,43 @@ pub(crate) mod tests {
             let back = WatchItem::try_from(pb::WatchEvent::from(&e)).unwrap();
             assert_eq!(back, WatchItem::Event(e));
         }
+        let ep = crate::endpoint::Endpoint {
+            ip: "10.1.0.10".parse().unwrap(),
+            name: "a".into(),
+            namespace: "default".into(),
+            labels: [("app".to_string(), "web".to_string())].into(),
+            node: "n1".into(),
+            cluster: "c1".into(),
+            identity: 65_792,
+        };
+        let id = Identity {
+            id: 65_792,
+            labels: ep.labels.clone(),
+        };
+        for e in [
+            Event::EndpointUpserted {
+                revision: 10,
+                endpoint: ep.clone(),
+            },
+            Event::EndpointRemoved {
+                revision: 11,
+                ip: ep.ip,
+                node: "n1".into(),
+                cluster: "c1".into(),
+            },
+            Event::IdentityAdded {
+                revision: 12,
+                identity: id.clone(),
+            },
+        ] {
+            let back = WatchItem::try_from(pb::WatchEvent::from(&e)).unwrap();
+            assert_eq!(back, WatchItem::Event(e));
+        }
         let s = Snapshot {
             revision: 9,
             nodes: vec![n],
+            endpoints: vec![ep],
+            identities: vec![id],
         };
         let back = WatchItem::try_from(pb::WatchEvent::from(&s)).unwrap();
         assert_eq!(back, WatchItem::Snapshot(s));
@@ -585,6 +721,10 @@ pub(crate) mod tests {
            "tx_bytes":0,"rx_bytes":0}]}"#;
         let s: AgentStatus = serde_json::from_str(json).unwrap();
         assert_eq!(s.peers[0].last_handshake_age_ms, None);
+        assert_eq!(
+            s.ipcache_entries, 0,
+            "older status files have no ipcache count"
+        );
         assert_eq!(s.listen_port, 51820);
         let again: AgentStatus = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(again, s);

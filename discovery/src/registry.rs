@@ -1,13 +1,23 @@
 //! The node registry: a pure state machine. No I/O; time comes in as `now`
 //! (unix milliseconds). Every change bumps the revision by one and is
 //! returned as an [`Event`] for the caller to persist and broadcast.
+//!
+//! It also holds each node's endpoints (the ipcache) and the cluster's
+//! security identities; reporting them is in [`endpoints`].
+
+mod endpoints;
+
+pub use endpoints::Reported;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::alloc::{AllocError, Allocations, Allocator};
+use crate::endpoint::{Endpoint, EndpointError, Identity};
+use crate::identity::{IdentityAllocations, IdentityAllocator, IdentityError};
 use crate::model::{first_overlap, short_key, Event, ModelError, Node, RemoveReason, Snapshot};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,8 +27,10 @@ pub struct RegistryConfig {
     pub lease_ttl_ms: u64,
 }
 
-/// What is persisted: nodes, tunnel IP allocations and the revision.
-/// Leases are not stored; they restart when the state is loaded.
+/// What is persisted: nodes, tunnel IP allocations, endpoints, identity
+/// allocations and the revision. Leases are not stored; they restart when
+/// the state is loaded. `endpoints` and `identities` default to empty, so
+/// state files written before they existed still load.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegistryState {
     pub cluster: String,
@@ -26,6 +38,14 @@ pub struct RegistryState {
     pub revision: u64,
     pub nodes: BTreeMap<String, Node>,
     pub allocations: Allocations,
+    /// Allocated identities and their label sets, in ID order; never freed
+    /// (see [`crate::identity`]). A list, not a map: the store flattens this
+    /// struct, and serde's flatten cannot read integer map keys.
+    #[serde(default)]
+    pub identities: Vec<Identity>,
+    /// Every node's endpoints, in IP order.
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,6 +93,31 @@ pub enum RegistryError {
     },
     #[error("stored state is inconsistent at node {node}: {reason}")]
     StateInconsistent { node: String, reason: String },
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(
+        "node {node}: endpoint {endpoint} has IP {ip}, which is outside the node's pod CIDRs \
+         {cidrs}; report only this node's pods (or fix the pod's IP or the node's --pod-cidr)"
+    )]
+    EndpointOutsidePodCidr {
+        node: String,
+        endpoint: String,
+        ip: IpAddr,
+        cidrs: String,
+    },
+    #[error(
+        "node {node}: endpoint {endpoint} claims IP {ip}, which endpoint {other_endpoint} of \
+         node {other_node} already has; an IP belongs to one endpoint"
+    )]
+    EndpointIpTaken {
+        node: String,
+        endpoint: String,
+        ip: IpAddr,
+        other_node: String,
+        other_endpoint: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,16 +140,21 @@ pub struct Registry {
     nodes: BTreeMap<String, Entry>,
     alloc: Allocator,
     revision: u64,
+    endpoints: BTreeMap<IpAddr, Endpoint>,
+    identities: IdentityAllocator,
 }
 
 impl Registry {
     pub fn new(cfg: RegistryConfig) -> Result<Self, RegistryError> {
         let alloc = Allocator::new(cfg.cluster_id)?;
+        let identities = IdentityAllocator::new(cfg.cluster_id)?;
         Ok(Registry {
             cfg,
             nodes: BTreeMap::new(),
             alloc,
             revision: 0,
+            endpoints: BTreeMap::new(),
+            identities,
         })
     }
 
@@ -153,11 +203,20 @@ impl Registry {
                 },
             );
         }
+        let stored: IdentityAllocations = state
+            .identities
+            .into_iter()
+            .map(|i| (i.id, i.labels))
+            .collect();
+        let identities = IdentityAllocator::from_allocations(cfg.cluster_id, &stored)?;
+        let endpoints = endpoints::restore(&nodes, &identities, state.endpoints)?;
         Ok(Registry {
             cfg,
             nodes,
             alloc,
             revision: state.revision,
+            endpoints,
+            identities,
         })
     }
 
@@ -172,7 +231,20 @@ impl Registry {
                 .map(|(k, e)| (k.clone(), e.node.clone()))
                 .collect(),
             allocations: self.alloc.allocations().clone(),
+            identities: self.identity_list(),
+            endpoints: self.endpoints.values().cloned().collect(),
         }
+    }
+
+    fn identity_list(&self) -> Vec<Identity> {
+        self.identities
+            .allocations()
+            .iter()
+            .map(|(id, labels)| Identity {
+                id: *id,
+                labels: labels.clone(),
+            })
+            .collect()
     }
 
     pub fn config(&self) -> &RegistryConfig {
@@ -187,7 +259,27 @@ impl Registry {
         Snapshot {
             revision: self.revision,
             nodes: self.nodes.values().map(|e| e.node.clone()).collect(),
+            endpoints: self.endpoints.values().cloned().collect(),
+            identities: self.identity_list(),
         }
+    }
+
+    /// The endpoint with this IP.
+    pub fn endpoint(&self, ip: &IpAddr) -> Option<&Endpoint> {
+        self.endpoints.get(ip)
+    }
+
+    /// The endpoints of a node, in IP order.
+    pub fn endpoints_of(&self, node: &str) -> Vec<Endpoint> {
+        self.endpoints
+            .values()
+            .filter(|e| e.node == node)
+            .cloned()
+            .collect()
+    }
+
+    pub fn identities(&self) -> &IdentityAllocator {
+        &self.identities
     }
 
     pub fn get(&self, name: &str) -> Option<&Node> {
@@ -258,14 +350,15 @@ impl Registry {
                 expires_at_ms,
             },
         );
-        let event = Event::Upserted {
+        let mut events = vec![Event::Upserted {
             revision: self.revision,
             node: node.clone(),
-        };
-        Ok(Registered {
-            node,
-            events: vec![event],
-        })
+        }];
+        // A node whose pod CIDRs changed keeps only the endpoints still inside.
+        events.extend(self.remove_endpoints(&node.name, |e| {
+            !node.pod_cidrs.iter().any(|c| c.contains(&e.ip))
+        }));
+        Ok(Registered { node, events })
     }
 
     fn check_cluster_name(&self, name: &str, cluster: &str) -> Result<(), RegistryError> {
@@ -299,10 +392,7 @@ impl Registry {
     /// gives no events.
     pub fn deregister(&mut self, name: &str, cluster: &str) -> Result<Vec<Event>, RegistryError> {
         self.check_cluster_name(name, cluster)?;
-        Ok(self
-            .remove(name, RemoveReason::Deregistered)
-            .into_iter()
-            .collect())
+        Ok(self.remove(name, RemoveReason::Deregistered))
     }
 
     /// Removes every node whose lease ran out (`expires_at <= now`).
@@ -315,23 +405,35 @@ impl Registry {
             .collect();
         expired
             .iter()
-            .filter_map(|n| self.remove(n, RemoveReason::LeaseExpired))
+            .flat_map(|n| self.remove(n, RemoveReason::LeaseExpired))
             .collect()
     }
 
-    fn remove(&mut self, name: &str, reason: RemoveReason) -> Option<Event> {
-        let entry = self.nodes.remove(name)?;
-        self.alloc.release(name);
-        self.revision += 1;
-        Some(Event::Removed {
-            revision: self.revision,
-            name: entry.node.name,
-            cluster: entry.node.cluster,
-            reason,
-        })
+    /// Removes a node and its endpoints: one event per endpoint, then the
+    /// node's removal. Nothing if the node is unknown.
+    fn remove(&mut self, name: &str, reason: RemoveReason) -> Vec<Event> {
+        if !self.nodes.contains_key(name) {
+            return Vec::new();
+        }
+        let mut events = self.remove_endpoints(name, |_| true);
+        if let Some(entry) = self.nodes.remove(name) {
+            self.alloc.release(name);
+            self.revision += 1;
+            events.push(Event::Removed {
+                revision: self.revision,
+                name: entry.node.name,
+                cluster: entry.node.cluster,
+                reason,
+            });
+        }
+        events
     }
 }
 
 #[cfg(test)]
 #[path = "registry_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "registry/endpoint_tests.rs"]
+mod endpoint_tests;

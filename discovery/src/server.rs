@@ -1,4 +1,5 @@
-//! The tonic shell around the [`Registry`]: gRPC handlers, persistence after
+//! The tonic shell around the [`Registry`]: gRPC handlers (nodes and their
+//! endpoints), persistence after
 //! every change, the expiry sweeper, and the push stream of changes to
 //! watchers (a tokio broadcast channel).
 //!
@@ -19,6 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
+use crate::identity::IdentityError;
 use crate::model::{short_key, Event, ModelError, Node};
 use crate::pb;
 use crate::pb::discovery_server::{Discovery, DiscoveryServer};
@@ -212,6 +214,23 @@ fn log_event(event: &Event) {
             reason,
             ..
         } => info!(node = %name, %reason, revision, "node removed"),
+        Event::EndpointUpserted { revision, endpoint } => info!(
+            endpoint = %endpoint.full_name(),
+            ip = %endpoint.ip,
+            node = %endpoint.node,
+            identity = endpoint.identity,
+            revision,
+            "endpoint upserted"
+        ),
+        Event::EndpointRemoved {
+            revision, ip, node, ..
+        } => info!(%ip, node = %node, revision, "endpoint removed"),
+        Event::IdentityAdded { revision, identity } => info!(
+            identity = identity.id,
+            labels = %crate::identity::canonical_key(&identity.labels),
+            revision,
+            "identity allocated"
+        ),
     }
 }
 
@@ -244,9 +263,14 @@ fn registry_status(e: RegistryError) -> Status {
         RegistryError::Invalid(ModelError::WrongCluster { .. })
         | RegistryError::WrongCluster { .. }
         | RegistryError::PodCidrOverlap { .. }
-        | RegistryError::DuplicateKey { .. } => Status::failed_precondition(msg),
-        RegistryError::Invalid(_) => Status::invalid_argument(msg),
-        RegistryError::Alloc(_) => Status::resource_exhausted(msg),
+        | RegistryError::DuplicateKey { .. }
+        | RegistryError::EndpointOutsidePodCidr { .. }
+        | RegistryError::EndpointIpTaken { .. } => Status::failed_precondition(msg),
+        RegistryError::Invalid(_) | RegistryError::Endpoint(_) => Status::invalid_argument(msg),
+        RegistryError::Alloc(_) | RegistryError::Identity(IdentityError::Exhausted { .. }) => {
+            Status::resource_exhausted(msg)
+        }
+        RegistryError::Identity(_) => Status::internal(msg),
         RegistryError::NotRegistered { .. } => Status::not_found(msg),
         RegistryError::StateOfOtherCluster { .. } | RegistryError::StateInconsistent { .. } => {
             Status::internal(msg)
@@ -328,6 +352,34 @@ impl Discovery for Service {
             .commit(&mut core, backup, events)
             .map_err(store_status)?;
         Ok(Response::new(pb::DeregisterResponse {}))
+    }
+
+    async fn report_endpoints(
+        &self,
+        request: Request<pb::ReportEndpointsRequest>,
+    ) -> Result<Response<pb::ReportEndpointsResponse>, Status> {
+        let req = request.into_inner();
+        let shared = &self.shared;
+        let now = shared.now();
+        let mut core = shared.lock();
+        shared.sweep(&mut core, now).map_err(store_status)?;
+        let backup = core.registry.clone();
+        let out = core
+            .registry
+            .report_endpoints(&req.node, &req.cluster, req.endpoints)
+            .map_err(|e| {
+                warn!(node = %req.node, error = %e, "endpoint report rejected");
+                registry_status(e)
+            })?;
+        if out.events.is_empty() {
+            debug!(node = %req.node, "endpoints re-reported unchanged");
+        }
+        shared
+            .commit(&mut core, backup, out.events)
+            .map_err(store_status)?;
+        Ok(Response::new(pb::ReportEndpointsResponse {
+            endpoints: out.endpoints.iter().map(pb::Endpoint::from).collect(),
+        }))
     }
 
     type WatchStream = ReceiverStream<Result<pb::WatchEvent, Status>>;

@@ -166,6 +166,13 @@ mod tests {
         .unwrap();
         r.register(Node::try_from(pb_node("n1", "10.1.0.0/24")).unwrap(), 0)
             .unwrap();
+        let ep = crate::pb::Endpoint {
+            ip: "10.1.0.10".into(),
+            name: "a".into(),
+            labels: [("app".to_string(), "web".to_string())].into(),
+            ..Default::default()
+        };
+        r.report_endpoints("n1", "c1", vec![ep]).unwrap();
         r.state()
     }
 
@@ -181,6 +188,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path()).unwrap();
         let state = sample();
+        assert_eq!(state.identities.len(), 1);
+        assert_eq!(state.endpoints.len(), 1);
         s.save(&state).unwrap();
         s.save(&state).unwrap();
         assert_eq!(s.load().unwrap(), Some(state));

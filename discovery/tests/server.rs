@@ -335,3 +335,114 @@ async fn connect_to_nothing_fails_fast_with_the_endpoint() {
     let e = connect("not a uri").await.unwrap_err().to_string();
     assert!(e.contains("http://IP:PORT"), "{e}");
 }
+
+fn pb_ep(name: &str, ip: &str, app: &str) -> pb::Endpoint {
+    pb::Endpoint {
+        ip: ip.into(),
+        name: name.into(),
+        labels: [("app".to_string(), app.to_string())].into(),
+        ..Default::default()
+    }
+}
+
+async fn report(
+    c: &mut DiscoveryClient<Channel>,
+    node: &str,
+    endpoints: Vec<pb::Endpoint>,
+) -> Result<pb::ReportEndpointsResponse, tonic::Status> {
+    c.report_endpoints(pb::ReportEndpointsRequest {
+        node: node.into(),
+        cluster: "c1".into(),
+        endpoints,
+    })
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_get_identities_pushed_incrementally_and_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), Duration::from_secs(30)).await;
+    let mut c = server.client().await;
+    register(&mut c, pb_node("n1", "10.1.0.0/24", 1)).await;
+    let mut stream = watch(&mut c).await;
+    snapshot(&mut stream).await;
+
+    let out = report(
+        &mut c,
+        "n1",
+        vec![
+            pb_ep("a", "10.1.0.10", "web"),
+            pb_ep("b", "10.1.0.11", "db"),
+        ],
+    )
+    .await
+    .expect("report");
+    let ids: Vec<u32> = out.endpoints.iter().map(|e| e.identity).collect();
+    assert_eq!(ids, [65_792, 65_793]);
+    let mut kinds = Vec::new();
+    for _ in 0..4 {
+        kinds.push(match next(&mut stream, Duration::from_secs(2)).await {
+            WatchItem::Event(Event::IdentityAdded { .. }) => "id+",
+            WatchItem::Event(Event::EndpointUpserted { .. }) => "ep+",
+            other => panic!("unexpected {other:?}"),
+        });
+    }
+    assert_eq!(kinds, ["id+", "id+", "ep+", "ep+"]);
+
+    // one endpoint changes: exactly one upsert is pushed
+    report(
+        &mut c,
+        "n1",
+        vec![
+            pb_ep("a", "10.1.0.10", "web"),
+            pb_ep("b", "10.1.0.11", "web"),
+        ],
+    )
+    .await
+    .expect("re-report");
+    match next(&mut stream, Duration::from_secs(2)).await {
+        WatchItem::Event(Event::EndpointUpserted { endpoint, .. }) => {
+            assert_eq!(endpoint.ip.to_string(), "10.1.0.11");
+            assert_eq!(endpoint.identity, 65_792);
+        }
+        other => panic!("expected one endpoint upsert, got {other:?}"),
+    }
+
+    // an IP outside the node's pod CIDR is refused, naming it
+    let e = report(&mut c, "n1", vec![pb_ep("x", "10.9.0.1", "web")])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        e.message().contains("default/x")
+            && e.message().contains("10.9.0.1")
+            && e.message().contains("10.1.0.0/24"),
+        "{}",
+        e.message()
+    );
+    let e = report(&mut c, "ghost", vec![]).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+
+    drop(stream);
+    server.stop().await;
+    let server = start(dir.path(), Duration::from_secs(30)).await;
+    let mut c = server.client().await;
+    let mut stream = watch(&mut c).await;
+    let snap = snapshot(&mut stream).await;
+    let eps: Vec<(String, u32)> = snap
+        .endpoints
+        .iter()
+        .map(|e| (e.ip.to_string(), e.identity))
+        .collect();
+    assert_eq!(
+        eps,
+        [
+            ("10.1.0.10".to_string(), 65_792),
+            ("10.1.0.11".to_string(), 65_792)
+        ]
+    );
+    let ids: Vec<u32> = snap.identities.iter().map(|i| i.id).collect();
+    assert_eq!(ids, [65_792, 65_793], "identities survive the restart");
+    server.stop().await;
+}

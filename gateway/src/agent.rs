@@ -7,6 +7,8 @@
 //! SIGUSR1 rotates the key now.
 
 mod config;
+mod endpoints;
+pub(crate) mod ipcache;
 mod mesh;
 mod persist;
 mod sync;
@@ -17,12 +19,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use meshgate_discovery::pb;
 use meshgate_tunnel::{backend, NodeKey};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 pub use config::AgentArgs;
 use config::AgentConfig;
+use ipcache::IpCache;
 use mesh::Mesh;
 
 /// Everything the agent's tasks share.
@@ -33,6 +37,10 @@ pub struct Agent {
     pub mesh: Mutex<Mesh>,
     /// Woken when the node must register again (its key changed).
     pub reregister: tokio::sync::Notify,
+    /// This node's endpoints (from `--endpoints`), reported after registering.
+    pub endpoints: Vec<pb::Endpoint>,
+    /// The mesh-wide ipcache as last seen on the watch stream.
+    pub ipcache: Mutex<IpCache>,
 }
 
 impl Agent {
@@ -42,6 +50,10 @@ impl Agent {
 
     pub fn mesh(&self) -> std::sync::MutexGuard<'_, Mesh> {
         self.mesh.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn ipcache(&self) -> std::sync::MutexGuard<'_, IpCache> {
+        self.ipcache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes a new key, saves it, switches the tunnel to it and publishes it.
@@ -66,6 +78,15 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
     let key = NodeKey::load_or_generate(&cfg.key_path()).context("loading the node key")?;
     let saved = persist::load(&cfg.state_dir).context("loading the agent's saved state")?;
+    let endpoints = match &cfg.endpoints {
+        Some(path) => endpoints::load(path, cfg.pod_cidr)?,
+        None => Vec::new(),
+    };
+    // The last ipcache seen, until discovery sends a fresh snapshot.
+    let cache = ipcache::load(&cfg.state_dir).unwrap_or_else(|e| {
+        warn!(error = %format!("{e:#}"), "ignoring the saved ipcache; discovery will resend it");
+        None
+    });
     let (backend, fallback) = backend::start(cfg.backend, &cfg.interface, &key, cfg.listen_port)
         .context("starting the WireGuard backend")?;
     if let Some(reason) = &fallback {
@@ -73,13 +94,16 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     info!(
         node = %cfg.node, cluster = %cfg.cluster, backend = %backend.kind(),
-        interface = %cfg.interface, public_key = %key.public().short(), "agent starting"
+        interface = %cfg.interface, public_key = %key.public().short(),
+        endpoints = endpoints.len(), "agent starting"
     );
     let agent = Arc::new(Agent {
         backend: Arc::from(backend),
         key: Mutex::new(key),
         mesh: Mutex::new(Mesh::default()),
         reregister: tokio::sync::Notify::new(),
+        endpoints: endpoints.iter().map(|e| e.to_pb()).collect(),
+        ipcache: Mutex::new(cache.unwrap_or_default()),
         cfg,
     });
     // Resume from what we last knew, before discovery answers: after a
@@ -154,7 +178,7 @@ pub fn print_status(state_dir: &Path) -> anyhow::Result<ExitCode> {
     let status: meshgate_discovery::model::AgentStatus =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let mut out = format!(
-        "node {}/{}  backend {}  tunnel {}  key {}  discovery {}\n",
+        "node {}/{}  backend {}  tunnel {}  key {}  discovery {}  ipcache {} entries\n",
         status.cluster,
         status.node,
         status.backend,
@@ -164,7 +188,8 @@ pub fn print_status(state_dir: &Path) -> anyhow::Result<ExitCode> {
             "connected"
         } else {
             "DISCONNECTED"
-        }
+        },
+        status.ipcache_entries
     );
     for p in &status.peers {
         let hs = p

@@ -36,6 +36,11 @@ pub enum Command {
         #[arg(long, default_value = "/var/lib/meshgate")]
         state_dir: PathBuf,
     },
+    /// Print the ipcache (IP → identity, node) of the agent whose state directory is given.
+    Ipcache {
+        #[arg(long, default_value = "/var/lib/meshgate")]
+        state_dir: PathBuf,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -45,5 +50,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lab { command } => crate::lab_cmd::run(command),
         Command::Nodes(args) => crate::nodes_cmd::run(args).map(|_| ExitCode::SUCCESS),
         Command::Status { state_dir } => crate::agent::print_status(&state_dir),
+        Command::Ipcache { state_dir } => crate::ipcache_cmd::run(&state_dir),
     }
 }

@@ -3,6 +3,7 @@
 mod agent;
 mod cli;
 mod discovery_cmd;
+mod ipcache_cmd;
 mod lab_cmd;
 mod nodes_cmd;
 

@@ -149,6 +149,7 @@ fn start_in(
                     target: format!("{}/{}", t.cluster, t.name),
                     problem: "node vanished from the world record".to_string(),
                 })?;
+                world::write_endpoints_file(n)?;
                 world::agent_record(&c, n)
             }
         },

@@ -5,11 +5,12 @@
 mod steps;
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
+use meshgate_discovery::endpoint::{EndpointSpec, DEFAULT_NAMESPACE};
 use serde::{Deserialize, Serialize};
 
 use crate::scenario::{Role, Scenario};
@@ -275,7 +276,33 @@ impl ClusterPlan {
             node.pod_cidr.to_string(),
             "--state-dir".into(),
             node.state_dir.display().to_string(),
+            "--endpoints".into(),
+            node.endpoints_file().display().to_string(),
         ]
+    }
+}
+
+/// Name of the endpoints file the lab writes into each node's state dir.
+pub const ENDPOINTS_FILE: &str = "endpoints.yaml";
+
+impl NodePlan {
+    /// Where the lab writes this node's endpoints file.
+    pub fn endpoints_file(&self) -> PathBuf {
+        self.state_dir.join(ENDPOINTS_FILE)
+    }
+
+    /// This node's pods as the agent's `--endpoints` entries (namespace
+    /// `default`, the scenario's labels).
+    pub fn endpoint_specs(&self) -> Vec<EndpointSpec> {
+        self.pods
+            .iter()
+            .map(|p| EndpointSpec {
+                name: p.name.clone(),
+                namespace: DEFAULT_NAMESPACE.to_string(),
+                ip: IpAddr::V4(p.ip),
+                labels: p.labels.clone(),
+            })
+            .collect()
     }
 }
 

@@ -154,7 +154,8 @@ fn cluster_text(rec: &WorldRecord, c: &ClusterPlan, out: &mut Vec<String>) {
         match status::read(&n.state_dir.join("status.json")) {
             Ok(s) => {
                 out.push(format!(
-                    "  node {} ({}): agent {state}, backend {}, key {}, tunnel {}, discovery {}",
+                    "  node {} ({}): agent {state}, backend {}, key {}, tunnel {}, discovery {}, \
+                     ipcache {} entries",
                     n.name,
                     n.underlay_ip,
                     s.backend,
@@ -165,6 +166,7 @@ fn cluster_text(rec: &WorldRecord, c: &ClusterPlan, out: &mut Vec<String>) {
                     } else {
                         "DISCONNECTED"
                     },
+                    s.ipcache_entries,
                 ));
                 for p in &s.peers {
                     out.push(format!(

@@ -178,7 +178,21 @@ fn start_discovery(
 }
 
 fn start_agent(rec: &mut WorldRecord, c: &ClusterPlan, n: &NodePlan, bin: &Path) -> Result<()> {
+    write_endpoints_file(n)?;
     spawn_recorded(rec, agent_record(c, n), bin).map(|_| ())
+}
+
+/// Writes the node's pods into its state dir for the agent's `--endpoints`.
+pub(crate) fn write_endpoints_file(n: &NodePlan) -> Result<()> {
+    let path = n.endpoints_file();
+    let io = |what: String| move |source| LabError::Io { what, source };
+    std::fs::create_dir_all(&n.state_dir)
+        .map_err(io(format!("creating {}", n.state_dir.display())))?;
+    let text = serde_yaml::to_string(&n.endpoint_specs()).map_err(|e| LabError::BadFile {
+        path: path.clone(),
+        problem: e.to_string(),
+    })?;
+    std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))
 }
 
 /// Spawns a recorded process and records its pid.

@@ -50,6 +50,10 @@ pub struct AgentArgs {
     /// Name of the tunnel interface.
     #[arg(long)]
     pub interface: Option<String>,
+    /// YAML list of this node's pods (`{name, namespace, ip, labels}`),
+    /// reported to discovery after every registration.
+    #[arg(long)]
+    pub endpoints: Option<PathBuf>,
 }
 
 /// The resolved configuration.
@@ -66,6 +70,7 @@ pub struct AgentConfig {
     pub backend: BackendChoice,
     pub rotate_interval: Option<Duration>,
     pub interface: String,
+    pub endpoints: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -140,6 +145,7 @@ impl AgentArgs {
             backend,
             rotate_interval,
             interface: pick!(interface).unwrap_or_else(|| "mg-wg0".into()),
+            endpoints: pick!(endpoints),
         })
     }
 }

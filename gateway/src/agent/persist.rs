@@ -24,7 +24,7 @@ pub struct Saved {
     pub peers: BTreeMap<String, PeerConfig>,
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
@@ -51,9 +51,9 @@ pub fn save(dir: &Path, saved: &Saved) -> anyhow::Result<()> {
     write_atomic(&path, &bytes).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Forgets the peers and status, when the node leaves the mesh.
+/// Forgets the peers, status and ipcache, when the node leaves the mesh.
 pub fn forget(dir: &Path) {
-    for f in [PEERS_FILE, STATUS_FILE] {
+    for f in [PEERS_FILE, STATUS_FILE, super::ipcache::IPCACHE_FILE] {
         let _ = std::fs::remove_file(dir.join(f));
     }
 }
@@ -67,6 +67,10 @@ fn now_ms() -> u64 {
 
 pub fn status(agent: &Agent) -> AgentStatus {
     let stats = agent.backend.stats();
+    let (ipcache_entries, identities) = {
+        let cache = agent.ipcache();
+        (cache.entries.len(), cache.identities.len())
+    };
     let mesh = agent.mesh();
     let cfg = &agent.cfg;
     AgentStatus {
@@ -83,6 +87,8 @@ pub fn status(agent: &Agent) -> AgentStatus {
         pid: std::process::id(),
         updated_unix_ms: now_ms(),
         key_rotations: mesh.key_rotations,
+        ipcache_entries,
+        identities,
         peers: stats
             .into_iter()
             .map(|s| {

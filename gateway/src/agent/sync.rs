@@ -1,6 +1,7 @@
-//! The agent's link to discovery: register, watch the stream of node
-//! changes, renew the lease. When discovery is unreachable the agent keeps
-//! its last known peers and retries with backoff; nothing is torn down.
+//! The agent's link to discovery: register and report this node's
+//! endpoints, watch the stream of node, endpoint and identity changes, renew
+//! the lease. When discovery is unreachable the agent keeps its last known
+//! peers and ipcache and retries with backoff; nothing is torn down.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -13,6 +14,7 @@ use meshgate_discovery::pb;
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
+use super::ipcache;
 use super::mesh::{desired_peers, reconcile, set_tunnel_ip};
 use super::Agent;
 
@@ -74,7 +76,42 @@ async fn register(
     set_tunnel_ip(agent, ip)?;
     let ttl = Duration::from_millis(u64::from(resp.lease_ttl_ms.max(300)));
     info!(tunnel_ip = %ip, lease_ms = ttl.as_millis() as u64, "registered with discovery");
+    report_endpoints(agent, client).await;
     Ok(ttl)
+}
+
+/// Reports this node's endpoints (the full set). A refusal is logged, not
+/// fatal: the mesh keeps working without them.
+async fn report_endpoints(agent: &Agent, client: &mut DiscoveryClient<Channel>) {
+    let req = pb::ReportEndpointsRequest {
+        node: agent.cfg.node.clone(),
+        cluster: agent.cfg.cluster.clone(),
+        endpoints: agent.endpoints.clone(),
+    };
+    match tokio::time::timeout(CALL_TIMEOUT, client.report_endpoints(req)).await {
+        Ok(Ok(resp)) => {
+            let n = resp.into_inner().endpoints.len();
+            info!(endpoints = n, "endpoints reported");
+        }
+        Ok(Err(s)) => warn!(error = %s.message(), "discovery refused this node's endpoints"),
+        Err(_) => {
+            warn!("reporting endpoints timed out; they are sent again on the next registration")
+        }
+    }
+}
+
+/// Applies an event to the ipcache and writes `ipcache.json` if it changed.
+fn update_ipcache(agent: &Agent, event: &pb::watch_event::Event) {
+    let mut cache = agent.ipcache();
+    match cache.apply(event) {
+        Ok(true) => {
+            if let Err(e) = ipcache::save(&agent.cfg.state_dir, &cache) {
+                warn!(error = %format!("{e:#}"), "writing the ipcache failed");
+            }
+        }
+        Ok(false) => {}
+        Err(problem) => warn!(%problem, "ignoring an unusable ipcache record"),
+    }
 }
 
 async fn session(agent: &Agent, backoff: &mut Duration) -> anyhow::Result<()> {
@@ -98,6 +135,9 @@ async fn session(agent: &Agent, backoff: &mut Duration) -> anyhow::Result<()> {
                 let event = msg
                     .map_err(|s| anyhow!("watch stream broke: {}", s.message()))?
                     .ok_or_else(|| anyhow!("discovery closed the watch stream"))?;
+                if let Some(e) = &event.event {
+                    update_ipcache(agent, e);
+                }
                 match event.event {
                     Some(pb::watch_event::Event::Snapshot(s)) => {
                         nodes = s.nodes.into_iter().map(|n| (format!("{}/{}", n.cluster, n.name), n)).collect();
@@ -113,7 +153,11 @@ async fn session(agent: &Agent, backoff: &mut Duration) -> anyhow::Result<()> {
                         nodes.remove(&format!("{}/{}", r.cluster, r.name));
                         info!(node = %r.name, cluster = %r.cluster, reason = r.reason, "node left");
                     }
-                    None => continue,
+                    // ipcache only: applied above, peers unchanged
+                    Some(pb::watch_event::Event::EndpointUpserted(_))
+                    | Some(pb::watch_event::Event::EndpointRemoved(_))
+                    | Some(pb::watch_event::Event::IdentityAdded(_))
+                    | None => continue,
                 }
                 if have_snapshot {
                     let (desired, problems) = desired_peers(&self_name, &nodes);

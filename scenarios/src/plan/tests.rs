@@ -123,8 +123,21 @@ fn process_arguments_follow_the_contract() {
     assert_eq!(
         c1.agent_args(&c1.nodes[1]).join(" "),
         "agent --node n2 --cluster c1 --cluster-id 1 --discovery http://198.18.1.2:7100 \
-         --underlay-ip 198.18.1.11 --pod-cidr 10.1.1.0/24 --state-dir /run/meshgate/lab/lab/c1/nodes/n2"
+         --underlay-ip 198.18.1.11 --pod-cidr 10.1.1.0/24 --state-dir /run/meshgate/lab/lab/c1/nodes/n2 \
+         --endpoints /run/meshgate/lab/lab/c1/nodes/n2/endpoints.yaml"
     );
+}
+
+#[test]
+fn endpoint_specs_are_the_nodes_pods() {
+    let p = plan();
+    let n1 = &p.clusters[0].nodes[0];
+    let specs = n1.endpoint_specs();
+    assert_eq!(specs.len(), n1.pods.len());
+    assert_eq!(specs[0].name, n1.pods[0].name);
+    assert_eq!(specs[0].namespace, "default");
+    assert_eq!(specs[0].ip, std::net::IpAddr::V4(n1.pods[0].ip));
+    assert_eq!(specs[0].labels, n1.pods[0].labels);
 }
 
 #[test]
