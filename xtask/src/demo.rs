@@ -1,0 +1,224 @@
+//! `cargo xtask demo`: one cluster of three nodes; pods talk across nodes, and
+//! the underlay carries nothing but WireGuard, the control plane and ARP.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::lab::World;
+use crate::util::{self, in_netns, output, ChildGuard, Steps};
+
+const WORLD: &str = "one";
+const SCENARIO: &str = "scenarios/one-cluster.yaml";
+const POD_NET: &str = "10.1.0.0/16";
+
+/// Pod pairs across nodes: every ordered pair of nodes once.
+const PAIRS: &[(&str, &str)] = &[
+    ("n1-a", "n2-a"),
+    ("n2-b", "n3-a"),
+    ("n3-b", "n1-b"),
+    ("n2-a", "n1-b"),
+    ("n3-a", "n2-b"),
+    ("n1-b", "n3-b"),
+];
+
+pub fn run() -> Result<()> {
+    let mut steps = Steps::new(6);
+    steps.step("deps", crate::deps::run)?;
+    steps.step("build meshgate (release)", || {
+        util::run(util::cargo().args(["build", "-p", "meshgate-gateway", "--release"]))
+    })?;
+    let bin = util::meshgate_bin();
+    let scenario = util::repo_root().join(SCENARIO);
+    // Dropped last: the world goes down whatever happens below.
+    let world = steps.step("lab up", || World::up(&bin, WORLD, &scenario, &[]))?;
+    steps.step("lab status", || {
+        util::run(world.cmd().args(["lab", "status", WORLD]))
+    })?;
+    steps.step("pods ping across nodes", || ping_pairs(&world))?;
+    steps.step("underlay capture on n1", || capture(&world))?;
+    drop(world);
+    eprintln!("\ndemo done: pods reach each other across nodes, and n1's underlay carried no clear pod packet");
+    Ok(())
+}
+
+fn ping_pairs(world: &World) -> Result<()> {
+    for (from, to) in PAIRS {
+        let ip = world.ip(&format!("c1/{to}"))?;
+        println!("\n--- c1/{from} -> c1/{to} ({ip})");
+        util::run(
+            world
+                .cmd()
+                .args(["lab", "exec", &world.target(&format!("c1/{from}")), "--"])
+                .args(["ping", "-c", "3", "-i", "0.2", "-W", "1", &ip]),
+        )
+        .with_context(|| format!("c1/{from} cannot ping c1/{to} at {ip}"))?;
+    }
+    Ok(())
+}
+
+/// The namespace of a node or pod of cluster c1 (docs/contracts.md, "Lab addressing").
+fn node_ns(node: &str) -> String {
+    format!("mg-{WORLD}-c1-n-{node}")
+}
+
+fn pod_ns(pod: &str) -> String {
+    format!("mg-{WORLD}-c1-p-{pod}")
+}
+
+/// Removes the capture folder when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn capture(world: &World) -> Result<()> {
+    let dir = TempDir(std::env::temp_dir().join(format!("meshgate-demo-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).with_context(|| format!("creating {}", dir.0.display()))?;
+    let file = dir.0.join("n1-eth0.pcap");
+    let file_arg = file.to_string_lossy().into_owned();
+
+    // Listen on node n1's underlay.
+    let capture_ns = node_ns("n1");
+    let mut tcpdump = ChildGuard::spawn(
+        in_netns(&capture_ns, "tcpdump")
+            .args(["-ni", "eth0", "-U", "-Z", "root", "-w", &file_arg])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+        "tcpdump on n1's eth0",
+    )?;
+    wait_listening(&mut tcpdump)?;
+
+    let n2a = world.ip("c1/n2-a")?;
+    let n2b = world.ip("c1/n2-b")?;
+    // iperf3 server on n2-b for one test, client on n1-b: a little TCP at 10 Mbit/s.
+    let mut server = ChildGuard::spawn(
+        in_netns(&pod_ns("n2-b"), "iperf3")
+            .args(["-s", "-1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null()),
+        "iperf3 server in c1/n2-b",
+    )?;
+    util::wait_tcp_listen(&pod_ns("n2-b"), 5201, &mut server)?;
+    println!("\n--- traffic while capturing: ping c1/n1-a -> c1/n2-a, iperf3 c1/n1-b -> c1/n2-b (2 s, 10 Mbit/s)");
+    let mut iperf = ChildGuard::spawn(
+        world
+            .cmd()
+            .args(["lab", "exec", &world.target("c1/n1-b"), "--"])
+            .args(["iperf3", "-c", &n2b, "-t", "2", "-b", "10M"])
+            .stdout(Stdio::null()),
+        "iperf3 client in c1/n1-b",
+    )?;
+    util::run(
+        world
+            .cmd()
+            .args(["lab", "exec", &world.target("c1/n1-a"), "--"])
+            .args(["ping", "-c", "10", "-i", "0.2", "-W", "1", &n2a]),
+    )?;
+    let status = iperf.wait(Duration::from_secs(10))?;
+    if !status.success() {
+        bail!("the iperf3 client in c1/n1-b failed ({status})");
+    }
+    drop(server);
+    std::thread::sleep(Duration::from_millis(300));
+    let status = tcpdump.stop(libc::SIGINT, Duration::from_secs(5))?;
+    if !status.success() {
+        bail!("tcpdump in {capture_ns} ended with {status}");
+    }
+
+    report(&file)
+}
+
+/// Waits for tcpdump's "listening on eth0" line, so no packet is missed.
+fn wait_listening(tcpdump: &mut ChildGuard) -> Result<()> {
+    let stderr = tcpdump
+        .child_mut()
+        .and_then(|c| c.stderr.take())
+        .context("tcpdump's stderr is not ours to read")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            if line.contains("listening on") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .context("tcpdump did not start listening on n1's eth0 within 10 s")
+}
+
+/// Packet lines `tcpdump -nr FILE FILTER` prints.
+fn read(file: &Path, filter: &str) -> Result<Vec<String>> {
+    let mut cmd = Command::new("tcpdump");
+    cmd.arg("-nr").arg(file);
+    if !filter.is_empty() {
+        cmd.arg(filter);
+    }
+    let text = output(&mut cmd)?;
+    Ok(text.lines().map(str::to_string).collect())
+}
+
+fn report(file: &Path) -> Result<()> {
+    let all = read(file, "")?;
+    let wireguard = read(file, "udp port 51820")?;
+    let discovery = read(file, "tcp port 7100")?;
+    let arp = read(file, "arp")?;
+    let other = read(file, "not (udp port 51820 or tcp port 7100 or arp)")?;
+    let clear = read(file, &format!("net {POD_NET}"))?;
+
+    println!("\n--- what crossed n1's underlay (eth0) during the capture");
+    let rows = [
+        ("total packets".to_string(), all.len()),
+        ("WireGuard (UDP 51820)".to_string(), wireguard.len()),
+        (
+            "discovery control plane (TCP 7100)".to_string(),
+            discovery.len(),
+        ),
+        ("ARP".to_string(), arp.len()),
+        ("anything else (must be 0)".to_string(), other.len()),
+        (
+            format!("pod addresses ({POD_NET}) in clear (must be 0)"),
+            clear.len(),
+        ),
+    ];
+    for (what, count) in rows {
+        println!("  {what:<50}{count:>7}");
+    }
+    println!("\nsample WireGuard packets:");
+    for line in wireguard.iter().take(5) {
+        println!("  {line}");
+    }
+    if wireguard.is_empty() {
+        bail!("no WireGuard packet crossed n1's underlay while pods on n1 talked to pods on n2");
+    }
+    if !clear.is_empty() {
+        println!("\npod packets in clear:");
+        for line in clear.iter().take(20) {
+            println!("  {line}");
+        }
+        bail!(
+            "{} packets with pod addresses crossed n1's underlay in clear",
+            clear.len()
+        );
+    }
+    if !other.is_empty() {
+        println!("\nother packets:");
+        for line in other.iter().take(20) {
+            println!("  {line}");
+        }
+        bail!(
+            "{} packets that are neither WireGuard, discovery nor ARP crossed n1's underlay",
+            other.len()
+        );
+    }
+    Ok(())
+}
