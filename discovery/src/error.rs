@@ -38,6 +38,10 @@ pub enum Error {
         /// The error and its causes, joined with ": ".
         reason: String,
     },
+    #[error(transparent)]
+    TlsFiles(#[from] crate::tls::TlsError),
+    #[error("{explanation} ({reason})")]
+    Tls { explanation: String, reason: String },
 }
 
 /// `err` and its sources, joined with ": " (transport errors hide the cause otherwise).

@@ -6,17 +6,21 @@
 //! [`endpoint`] (endpoints and identities as plain types),
 //! [`alloc`] (tunnel IPs), [`identity`] (security identities),
 //! [`registry`] (state machine, time passed in),
-//! [`store`] (persistence), [`server`] (tonic shell), [`client`].
+//! [`store`] (persistence), [`server`] (tonic shell), [`client`],
+//! [`certs`] (mesh CA and certificates), [`tls`] (mutual TLS).
 
 pub mod alloc;
+pub mod certs;
 pub mod client;
 pub mod endpoint;
 mod error;
+pub mod federation;
 pub mod identity;
 pub mod model;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 pub use error::Error;
 

@@ -426,6 +426,9 @@ impl From<&Snapshot> for pb::WatchEvent {
                 nodes: s.nodes.iter().map(pb::Node::from).collect(),
                 endpoints: s.endpoints.iter().map(pb::Endpoint::from).collect(),
                 identities: s.identities.iter().map(pb::Identity::from).collect(),
+                // set by the server, which knows its cluster
+                cluster: String::new(),
+                cluster_id: 0,
             })),
         }
     }

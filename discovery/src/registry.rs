@@ -264,6 +264,18 @@ impl Registry {
         }
     }
 
+    /// The registered nodes, in name order.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values().map(|e| &e.node)
+    }
+
+    /// Takes the next revision for a change that is not the registry's own
+    /// (state imported from a remote cluster), so one sequence orders all.
+    pub fn next_revision(&mut self) -> u64 {
+        self.revision += 1;
+        self.revision
+    }
+
     /// The endpoint with this IP.
     pub fn endpoint(&self, ip: &IpAddr) -> Option<&Endpoint> {
         self.endpoints.get(ip)

@@ -20,12 +20,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
+use crate::federation::{FederationConfig, Imports};
 use crate::identity::IdentityError;
 use crate::model::{short_key, Event, ModelError, Node};
 use crate::pb;
 use crate::pb::discovery_server::{Discovery, DiscoveryServer};
 use crate::registry::{Registry, RegistryConfig, RegistryError};
 use crate::store::{EmbeddedStore, Store, StoreError};
+use crate::tls::ServerTls;
 use crate::Error;
 
 /// How often leases are checked.
@@ -41,17 +43,32 @@ pub struct ServerConfig {
     pub cluster_id: u8,
     pub state_dir: PathBuf,
     pub lease_ttl: Duration,
+    /// Remote clusters to import from (none by default).
+    pub federation: FederationConfig,
 }
+
+mod federation;
 
 /// Binds `cfg.listen` and serves until `shutdown` completes.
 pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    serve_with_tls(cfg, None, shutdown).await
+}
+
+/// Like [`serve`]; with `tls`, gRPC is served over TLS only to clients
+/// whose certificate chains to the client CA, and agents may act only for
+/// the node their certificate names (see [`crate::tls::authorize`]).
+pub async fn serve_with_tls(
+    cfg: ServerConfig,
+    tls: Option<ServerTls>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| Error::Bind {
             addr: cfg.listen,
             source,
         })?;
-    serve_with_listener(cfg, listener, shutdown).await
+    serve_with_listener_tls(cfg, tls, listener, shutdown).await
 }
 
 /// Serves on an already bound listener (`cfg.listen` is only used in
@@ -61,15 +78,27 @@ pub async fn serve_with_listener(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    serve_with_listener_tls(cfg, None, listener, shutdown).await
+}
+
+/// [`serve_with_listener`] with optional mutual TLS.
+pub async fn serve_with_listener_tls(
+    cfg: ServerConfig,
+    tls: Option<ServerTls>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let addr = listener.local_addr().unwrap_or(cfg.listen);
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared::open(&cfg, stop_rx)?);
     let sweeper = tokio::spawn(sweep_loop(shared.clone()));
+    let links = federation::spawn(&shared, &cfg.federation, tls.as_ref());
     info!(
         %addr,
         cluster = %cfg.cluster,
         cluster_id = cfg.cluster_id,
         lease_ttl_ms = shared.lease_ttl_ms,
+        tls = tls.is_some(),
         "discovery listening"
     );
     let signal = async move {
@@ -78,9 +107,16 @@ pub async fn serve_with_listener(
         // Ends watch streams and the sweeper, so graceful shutdown can finish.
         let _ = stop_tx.send(true);
     };
-    let result = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        builder = builder
+            .tls_config(tls.config())
+            .map_err(|source| Error::Serve { addr, source })?;
+    }
+    let result = builder
         .add_service(DiscoveryServer::new(Service {
             shared: shared.clone(),
+            tls_cluster: tls.as_ref().map(|_| cfg.cluster.clone()),
         }))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),
@@ -88,12 +124,15 @@ pub async fn serve_with_listener(
         )
         .await;
     sweeper.abort();
+    links.iter().for_each(tokio::task::JoinHandle::abort);
     result.map_err(|source| Error::Serve { addr, source })
 }
 
 struct Core {
     registry: Registry,
     store: Box<dyn Store>,
+    /// State imported from remote clusters.
+    imports: Imports,
 }
 
 struct Shared {
@@ -125,6 +164,9 @@ impl Shared {
                     cfg.lease_ttl
                 ))
             })?;
+        cfg.federation
+            .validate(&cfg.cluster)
+            .map_err(|e| Error::Config(e.to_string()))?;
         let store = EmbeddedStore::open(&cfg.state_dir)?;
         let rcfg = RegistryConfig {
             cluster: cfg.cluster.clone(),
@@ -146,6 +188,7 @@ impl Shared {
             core: Mutex::new(Core {
                 registry,
                 store: Box::new(store),
+                imports: Imports::new(&cfg.federation.remotes),
             }),
             events,
             stop,
@@ -280,6 +323,36 @@ fn registry_status(e: RegistryError) -> Status {
 
 struct Service {
     shared: Arc<Shared>,
+    /// With mutual TLS: the cluster served, to check peer certificates against.
+    tls_cluster: Option<String>,
+}
+
+impl Service {
+    /// With TLS, refuses (`PERMISSION_DENIED`) a client whose certificate
+    /// does not name `cluster/node` of this discovery's cluster.
+    fn authorize(&self, peer: Option<&[u8]>, cluster: &str, node: &str) -> Result<(), Status> {
+        let Some(served) = &self.tls_cluster else {
+            return Ok(());
+        };
+        let cn = match peer {
+            Some(der) => Some(crate::tls::subject_cn(der).map_err(|e| deny(cluster, node, e))?),
+            None => None,
+        };
+        crate::tls::authorize(cn.as_deref(), served, cluster, node)
+            .map_err(|e| deny(cluster, node, e))
+    }
+}
+
+/// The DER of the client's certificate (its first), if it sent one over TLS.
+fn peer_cert<T>(request: &Request<T>) -> Option<Vec<u8>> {
+    request
+        .peer_certs()
+        .and_then(|certs| certs.first().map(|der| der.to_vec()))
+}
+
+fn deny(cluster: &str, node: &str, e: crate::tls::Denied) -> Status {
+    warn!(node = %node, cluster = %cluster, reason = %e, "request refused");
+    Status::permission_denied(format!("not allowed to act for node {cluster}/{node}: {e}"))
 }
 
 #[tonic::async_trait]
@@ -288,10 +361,12 @@ impl Discovery for Service {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let peer = peer_cert(&request);
         let node = request
             .into_inner()
             .node
             .ok_or_else(|| Status::invalid_argument("RegisterRequest.node is missing"))?;
+        self.authorize(peer.as_deref(), &node.cluster, &node.name)?;
         let node = Node::try_from(node).map_err(|e| registry_status(e.into()))?;
         let shared = &self.shared;
         let now = shared.now();
@@ -318,7 +393,9 @@ impl Discovery for Service {
         &self,
         request: Request<pb::RenewRequest>,
     ) -> Result<Response<pb::RenewResponse>, Status> {
+        let peer = peer_cert(&request);
         let req = request.into_inner();
+        self.authorize(peer.as_deref(), &req.cluster, &req.name)?;
         let shared = &self.shared;
         let now = shared.now();
         let mut core = shared.lock();
@@ -335,7 +412,9 @@ impl Discovery for Service {
         &self,
         request: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
+        let peer = peer_cert(&request);
         let req = request.into_inner();
+        self.authorize(peer.as_deref(), &req.cluster, &req.name)?;
         let shared = &self.shared;
         let now = shared.now();
         let mut core = shared.lock();
@@ -358,7 +437,9 @@ impl Discovery for Service {
         &self,
         request: Request<pb::ReportEndpointsRequest>,
     ) -> Result<Response<pb::ReportEndpointsResponse>, Status> {
+        let peer = peer_cert(&request);
         let req = request.into_inner();
+        self.authorize(peer.as_deref(), &req.cluster, &req.node)?;
         let shared = &self.shared;
         let now = shared.now();
         let mut core = shared.lock();
@@ -386,35 +467,47 @@ impl Discovery for Service {
 
     async fn watch(
         &self,
-        _request: Request<pb::WatchRequest>,
+        request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let local_only = request.into_inner().local_only;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        tokio::spawn(watch_task(self.shared.clone(), tx));
+        tokio::spawn(watch_task(self.shared.clone(), tx, local_only));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn federation_status(
+        &self,
+        _request: Request<pb::FederationStatusRequest>,
+    ) -> Result<Response<pb::FederationStatusResponse>, Status> {
+        Ok(Response::new(federation::status(&self.shared)))
     }
 }
 
 type WatchTx = mpsc::Sender<Result<pb::WatchEvent, Status>>;
 
 /// Sends a snapshot; returns its revision, or `None` if the watcher is gone.
-async fn send_snapshot(shared: &Shared, tx: &WatchTx) -> Option<u64> {
-    let snapshot = shared.lock().registry.snapshot();
-    let revision = snapshot.revision;
-    tx.send(Ok((&snapshot).into())).await.ok()?;
+/// With `local_only`, without what was imported from remote clusters.
+async fn send_snapshot(shared: &Shared, tx: &WatchTx, local_only: bool) -> Option<u64> {
+    let (revision, snapshot) = federation::snapshot(&shared.lock(), local_only);
+    tx.send(Ok(snapshot)).await.ok()?;
     Some(revision)
 }
 
-async fn watch_task(shared: Arc<Shared>, tx: WatchTx) {
+async fn watch_task(shared: Arc<Shared>, tx: WatchTx, local_only: bool) {
     let mut stop = shared.stop.clone();
     if *stop.borrow() {
         return;
     }
     // Subscribe before the snapshot; queued deltas up to its revision are skipped.
     let mut events = shared.events.subscribe();
-    let Some(mut last) = send_snapshot(&shared, &tx).await else {
+    let Some(mut last) = send_snapshot(&shared, &tx, local_only).await else {
         return;
     };
-    debug!(revision = last, "watcher started");
+    debug!(revision = last, local_only, "watcher started");
+    let own = {
+        let cfg = shared.lock().registry.config().clone();
+        (cfg.cluster, cfg.cluster_id)
+    };
     loop {
         let received = tokio::select! {
             r = events.recv() => r,
@@ -423,7 +516,7 @@ async fn watch_task(shared: Arc<Shared>, tx: WatchTx) {
         };
         match received {
             Ok(event) => {
-                if event.revision() <= last {
+                if event.revision() <= last || !federation::wanted(&own, local_only, &event) {
                     continue;
                 }
                 last = event.revision();
@@ -434,7 +527,7 @@ async fn watch_task(shared: Arc<Shared>, tx: WatchTx) {
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 warn!(missed, "watcher lagged; sending a fresh snapshot");
                 events = events.resubscribe();
-                match send_snapshot(&shared, &tx).await {
+                match send_snapshot(&shared, &tx, local_only).await {
                     Some(rev) => last = rev,
                     None => break,
                 }

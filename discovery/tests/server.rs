@@ -45,6 +45,7 @@ fn config(dir: &Path, ttl: Duration) -> ServerConfig {
         cluster_id: 1,
         state_dir: dir.to_path_buf(),
         lease_ttl: ttl,
+        federation: Default::default(),
     }
 }
 
@@ -81,7 +82,7 @@ async fn register(c: &mut DiscoveryClient<Channel>, node: pb::Node) -> pb::Regis
 }
 
 async fn watch(c: &mut DiscoveryClient<Channel>) -> Streaming<pb::WatchEvent> {
-    c.watch(pb::WatchRequest {})
+    c.watch(pb::WatchRequest::default())
         .await
         .expect("watch")
         .into_inner()

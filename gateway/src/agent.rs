@@ -6,7 +6,7 @@
 //! SIGUSR2 exits for a restart (interface, routes and registration stay);
 //! SIGUSR1 rotates the key now.
 
-mod config;
+pub(crate) mod config;
 mod endpoints;
 pub(crate) mod ipcache;
 mod mesh;

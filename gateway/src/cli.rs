@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::agent::AgentArgs;
+use crate::certs_cmd::CertsArgs;
 use crate::discovery_cmd::DiscoveryArgs;
+use crate::federation_cmd::FederationArgs;
 use crate::lab_cmd::LabCommand;
 use crate::nodes_cmd::NodesArgs;
 
@@ -31,6 +33,10 @@ pub enum Command {
     },
     /// List the nodes a discovery knows.
     Nodes(NodesArgs),
+    /// Make the mesh CA and certificates for discoveries and agents (mutual TLS).
+    Certs(CertsArgs),
+    /// Show what a discovery imports from remote clusters, and what it rejected.
+    Federation(FederationArgs),
     /// Print the status of the agent whose state directory is given.
     Status {
         #[arg(long, default_value = "/var/lib/meshgate")]
@@ -49,6 +55,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent(args) => crate::agent::run(*args).map(|_| ExitCode::SUCCESS),
         Command::Lab { command } => crate::lab_cmd::run(command),
         Command::Nodes(args) => crate::nodes_cmd::run(args).map(|_| ExitCode::SUCCESS),
+        Command::Certs(args) => crate::certs_cmd::run(args).map(|_| ExitCode::SUCCESS),
+        Command::Federation(args) => crate::federation_cmd::run(args).map(|_| ExitCode::SUCCESS),
         Command::Status { state_dir } => crate::agent::print_status(&state_dir),
         Command::Ipcache { state_dir } => crate::ipcache_cmd::run(&state_dir),
     }

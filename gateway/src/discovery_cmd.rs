@@ -24,6 +24,23 @@ pub struct DiscoveryArgs {
     /// Seconds after which a node that stopped renewing its lease is removed.
     #[arg(long, default_value_t = 10.0)]
     pub lease_ttl: f64,
+    /// A remote cluster to import nodes, endpoints and identities from:
+    /// NAME=http://IP:PORT (NAME is its cluster name). Repeatable.
+    #[arg(long = "remote", value_name = "NAME=URL")]
+    pub remotes: Vec<meshgate_discovery::federation::RemoteConfig>,
+    /// Seconds a remote's state is kept after its connection broke.
+    #[arg(long, default_value_t = 60.0)]
+    pub remote_timeout: f64,
+    /// This discovery's TLS certificate (PEM); with --tls-key and
+    /// --client-ca, gRPC is served over mutual TLS only.
+    #[arg(long, requires_all = ["tls_key", "client_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires_all = ["tls_cert", "client_ca"])]
+    pub tls_key: Option<PathBuf>,
+    /// The CA that clients' certificates must chain to (PEM).
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    pub client_ca: Option<PathBuf>,
 }
 
 pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
@@ -33,8 +50,21 @@ pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
             args.lease_ttl
         );
     }
+    if !(args.remote_timeout > 0.0 && args.remote_timeout <= 86_400.0) {
+        anyhow::bail!(
+            "--remote-timeout {} is out of range: give seconds between 0 and 86400",
+            args.remote_timeout
+        );
+    }
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
+    let tls = match (&args.tls_cert, &args.tls_key, &args.client_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(
+            meshgate_discovery::tls::ServerTls::from_files(cert, key, ca)
+                .context("loading discovery's TLS files")?,
+        ),
+        _ => None,
+    };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let cfg = meshgate_discovery::server::ServerConfig {
@@ -43,8 +73,12 @@ pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
             cluster_id: args.cluster_id,
             state_dir: args.state_dir,
             lease_ttl: Duration::from_secs_f64(args.lease_ttl),
+            federation: meshgate_discovery::federation::FederationConfig {
+                remotes: args.remotes,
+                remote_timeout: Duration::from_secs_f64(args.remote_timeout),
+            },
         };
-        meshgate_discovery::server::serve(cfg, shutdown_signal())
+        meshgate_discovery::server::serve_with_tls(cfg, tls, shutdown_signal())
             .await
             .context("discovery server failed")
     })

@@ -1,8 +1,10 @@
 //! The `meshgate` binary: parses the command line and starts the part asked for.
 
 mod agent;
+mod certs_cmd;
 mod cli;
 mod discovery_cmd;
+mod federation_cmd;
 mod ipcache_cmd;
 mod lab_cmd;
 mod nodes_cmd;

@@ -1,33 +1,74 @@
 //! `meshgate nodes`: lists the nodes a discovery knows, from its watch
 //! snapshot (what every agent of the cluster is told).
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use meshgate_discovery::pb;
 
+/// How a command-line client reaches discovery, with or without TLS.
 #[derive(Debug, Args)]
-pub struct NodesArgs {
-    /// Discovery endpoint, e.g. http://198.18.1.2:7100.
+pub struct DiscoveryClientArgs {
+    /// Discovery endpoint, e.g. https://198.18.1.2:7100.
     #[arg(long)]
     pub discovery: String,
+    /// The mesh CA (PEM): talk to an https:// discovery over TLS.
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// A client certificate signed by the mesh CA (an agent's will do).
+    #[arg(long)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert.
+    #[arg(long)]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// The name on discovery's certificate, discovery.<cluster>.meshgate.
+    #[arg(long)]
+    pub tls_server_name: Option<String>,
+}
+
+impl DiscoveryClientArgs {
+    /// The TLS settings these flags ask for (None for http://).
+    pub fn tls(&self) -> anyhow::Result<Option<meshgate_discovery::tls::ClientTls>> {
+        if self.tls_ca.is_some() && self.tls_server_name.is_none() {
+            bail!("--tls-ca needs --tls-server-name (discovery.<cluster>.meshgate): this command does not know the cluster");
+        }
+        crate::agent::config::client_tls(
+            &self.discovery,
+            "",
+            self.tls_ca.clone(),
+            self.tls_cert.clone(),
+            self.tls_key.clone(),
+            self.tls_server_name.clone(),
+        )
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct NodesArgs {
+    #[command(flatten)]
+    pub client: DiscoveryClientArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: NodesArgs) -> anyhow::Result<()> {
+    let tls = args.client.tls()?;
+    let discovery = &args.client.discovery;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let nodes = runtime.block_on(async {
-        let mut client = meshgate_discovery::client::connect(&args.discovery).await?;
+        let mut client = meshgate_discovery::client::connect_with(discovery, tls.as_ref()).await?;
+        let why = |s: &tonic::Status| {
+            meshgate_discovery::client::explain_status(s, discovery, tls.as_ref())
+        };
         let mut stream = client
-            .watch(pb::WatchRequest {})
+            .watch(pb::WatchRequest::default())
             .await
-            .map_err(|s| anyhow!("watch refused: {}", s.message()))?
+            .map_err(|s| anyhow!("watch refused: {}", why(&s)))?
             .into_inner();
         let first = tokio::time::timeout(std::time::Duration::from_secs(5), stream.message())
             .await
             .context("no snapshot from discovery within 5 s")?
-            .map_err(|s| anyhow!("watch failed: {}", s.message()))?;
+            .map_err(|s| anyhow!("watch failed: {}", why(&s)))?;
         match first.and_then(|e| e.event) {
             Some(pb::watch_event::Event::Snapshot(s)) => Ok::<_, anyhow::Error>(s.nodes),
             _ => Err(anyhow!("discovery did not start the watch with a snapshot")),

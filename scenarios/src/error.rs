@@ -12,6 +12,8 @@ pub enum LabError {
     Scenario(#[from] ScenarioError),
     #[error(transparent)]
     Plan(#[from] PlanError),
+    #[error("making the world's certificates: {0}")]
+    Certs(#[from] meshgate_discovery::certs::CertError),
     #[error("the lab needs root (network namespaces, veth, TUN): run it as root")]
     NotRoot,
     #[error("{missing}: {fix}")]

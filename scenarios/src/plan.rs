@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
+use meshgate_discovery::certs::files::CertLayout;
 use meshgate_discovery::endpoint::{EndpointSpec, DEFAULT_NAMESPACE};
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +48,11 @@ pub fn discovery_dir(world: &str, cluster: &str) -> PathBuf {
     world_dir(world).join(cluster).join("discovery")
 }
 
+/// Where a world's mesh CA and certificates are: `<world dir>/certs`.
+pub fn certs_dir(world: &str) -> PathBuf {
+    world_dir(world).join("certs")
+}
+
 /// Prefix shared by every namespace of a world.
 pub fn ns_prefix(world: &str) -> String {
     format!("mg-{world}-")
@@ -69,6 +75,14 @@ pub struct ClusterPlan {
     pub pod_cidr: Ipv4Net,
     pub discovery: DiscoveryPlan,
     pub nodes: Vec<NodePlan>,
+    /// The world's certificate directory ([`certs_dir`]); discovery and
+    /// agents use mutual TLS with the certificates in it.
+    #[serde(default)]
+    pub certs: PathBuf,
+    /// `NAME=URL` of every other cluster's discovery, passed as `--remote`
+    /// (federation: every discovery imports from every other).
+    #[serde(default)]
+    pub remotes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,7 +197,20 @@ impl Plan {
                 pod_cidr,
                 discovery,
                 nodes,
+                remotes: Vec::new(),
+                certs: certs_dir(world),
             });
+        }
+        let urls: Vec<(String, String)> = clusters
+            .iter()
+            .map(|c| (c.name.clone(), c.discovery.url()))
+            .collect();
+        for c in &mut clusters {
+            c.remotes = urls
+                .iter()
+                .filter(|(name, _)| *name != c.name)
+                .map(|(name, url)| format!("{name}={url}"))
+                .collect();
         }
         let externals = s
             .externals
@@ -229,6 +256,13 @@ impl Plan {
     }
 }
 
+impl DiscoveryPlan {
+    /// `https://IP:PORT` of this discovery (the lab always runs mutual TLS).
+    pub fn url(&self) -> String {
+        format!("https://{}:{}", self.ip, self.port)
+    }
+}
+
 impl ClusterPlan {
     pub fn node(&self, name: &str) -> Option<&NodePlan> {
         self.nodes.iter().find(|n| n.name == name)
@@ -239,6 +273,11 @@ impl ClusterPlan {
         self.nodes
             .iter()
             .find_map(|n| n.pods.iter().find(|p| p.name == name).map(|p| (n, p)))
+    }
+
+    /// The world's certificate files.
+    pub fn cert_layout(&self) -> CertLayout {
+        CertLayout::new(&self.certs)
     }
 
     /// `meshgate` arguments of this cluster's discovery.
@@ -255,7 +294,26 @@ impl ClusterPlan {
             self.discovery.state_dir.display().to_string(),
             "--lease-ttl".into(),
             lease_ttl.as_secs().max(1).to_string(),
+            "--tls-cert".into(),
+            self.cert_layout()
+                .discovery_cert(&self.name)
+                .display()
+                .to_string(),
+            "--tls-key".into(),
+            self.cert_layout()
+                .discovery_key(&self.name)
+                .display()
+                .to_string(),
+            "--client-ca".into(),
+            self.cert_layout().ca_cert().display().to_string(),
         ]
+        .into_iter()
+        .chain(
+            self.remotes
+                .iter()
+                .flat_map(|r| ["--remote".to_string(), r.clone()]),
+        )
+        .collect()
     }
 
     /// `meshgate` arguments of a node's agent.
@@ -269,7 +327,7 @@ impl ClusterPlan {
             "--cluster-id".into(),
             self.id.to_string(),
             "--discovery".into(),
-            format!("http://{}:{}", self.discovery.ip, self.discovery.port),
+            format!("https://{}:{}", self.discovery.ip, self.discovery.port),
             "--underlay-ip".into(),
             node.underlay_ip.to_string(),
             "--pod-cidr".into(),
@@ -278,6 +336,18 @@ impl ClusterPlan {
             node.state_dir.display().to_string(),
             "--endpoints".into(),
             node.endpoints_file().display().to_string(),
+            "--tls-ca".into(),
+            self.cert_layout().ca_cert().display().to_string(),
+            "--tls-cert".into(),
+            self.cert_layout()
+                .agent_cert(&self.name, &node.name)
+                .display()
+                .to_string(),
+            "--tls-key".into(),
+            self.cert_layout()
+                .agent_key(&self.name, &node.name)
+                .display()
+                .to_string(),
         ]
     }
 }

@@ -1,6 +1,7 @@
 //! The shell around the plan: builds a world with `ip`, starts and stops its
 //! processes, and tears it down.
 
+mod certs;
 pub(crate) mod ip;
 pub(crate) mod record;
 mod wait;
@@ -54,6 +55,7 @@ pub fn up(file: &Path, opts: &UpOptions) -> Result<Summary> {
     let started = Instant::now();
     let mut rec = begin(file)?;
     let result = build(&mut rec)
+        .and_then(|()| certs::make(&rec.plan))
         .and_then(|()| start_all(&mut rec, opts))
         .and_then(|()| wait::handshakes(&rec, opts.timeout));
     match result {

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 pub use meshgate_lab::AgentStatus;
 
+mod tls;
+
 /// The `meshgate` binary under test.
 pub fn meshgate_bin() -> PathBuf {
     if let Ok(p) = std::env::var("MESHGATE_BIN") {
@@ -284,6 +286,147 @@ pub fn one_cluster(name: &str, nodes: usize) -> String {
     y
 }
 
+/// `clusters` federated clusters c1..cN (id i, pod CIDR 10.i.0.0/16), each
+/// with `nodes` nodes n1..nM and one pod per node (`nJ-a`, app=web on odd
+/// nodes, app=db on even ones).
+pub fn clusters(name: &str, clusters: u8, nodes: usize) -> String {
+    let mut y = format!("name: {name}\nclusters:\n");
+    for c in 1..=clusters {
+        y.push_str(&format!(
+            "  - name: c{c}\n    id: {c}\n    podCIDR: 10.{c}.0.0/16\n    nodes:\n"
+        ));
+        for n in 1..=nodes {
+            let app = if n % 2 == 1 { "web" } else { "db" };
+            y.push_str(&format!(
+                "      - name: n{n}\n        pods:\n          - name: n{n}-a\n            labels: {{app: {app}}}\n"
+            ));
+        }
+    }
+    y
+}
+
+impl World {
+    /// The discovery namespace of a cluster.
+    pub fn discovery_ns(&self, cluster: &str) -> String {
+        format!("mg-{}-{cluster}-d", self.name)
+    }
+
+    /// Runs `meshgate ARGS` inside a namespace (to reach lab addresses),
+    /// panicking with its output on failure.
+    pub fn meshgate_in(&self, ns: &str, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(meshgate_bin())
+            .args(args)
+            .env("MESHGATE_LOG", "warn")
+            .output()
+            .expect("running meshgate in a namespace");
+        assert!(
+            out.status.success(),
+            "meshgate {} in {ns} failed:\n{}\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `meshgate nodes --json` of a discovery (by its URL), run from
+    /// `cluster`'s discovery namespace: `cluster/name` of every node.
+    /// The query goes over mutual TLS with the certificate of agent
+    /// `<from_cluster>/n1`, to `of_cluster`'s discovery.
+    pub fn discovery_nodes(&self, from_cluster: &str, of_cluster: &str) -> Vec<String> {
+        let mut args = vec!["nodes".to_string(), "--json".to_string()];
+        args.extend(self.nodes_flags(of_cluster, &format!("{from_cluster}/n1")));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.meshgate_in(&self.discovery_ns(from_cluster), &args);
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("meshgate nodes --json is not JSON ({e}): {out}"));
+        let mut names: Vec<String> = v
+            .as_array()
+            .unwrap_or_else(|| panic!("meshgate nodes --json is not a list: {out}"))
+            .iter()
+            .map(|n| {
+                format!(
+                    "{}/{}",
+                    n["cluster"].as_str().unwrap(),
+                    n["name"].as_str().unwrap()
+                )
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// `meshgate federation --json` of a cluster's own discovery.
+    pub fn federation(&self, cluster: &str) -> serde_json::Value {
+        let mut args = vec!["federation".to_string(), "--json".to_string()];
+        args.extend(self.nodes_flags(cluster, &format!("{cluster}/n1")));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.meshgate_in(&self.discovery_ns(cluster), &args);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("meshgate federation --json is not JSON ({e}): {out}"))
+    }
+
+    /// IP → (cluster, identity) from a node's `ipcache.json` (empty if none yet).
+    pub fn ipcache(
+        &self,
+        cluster: &str,
+        node: &str,
+    ) -> std::collections::BTreeMap<String, (String, u64)> {
+        let path = format!(
+            "/run/meshgate/lab/{}/{cluster}/nodes/{node}/ipcache.json",
+            self.name
+        );
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Default::default();
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path} is not JSON: {e}"));
+        v["entries"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{path} has no entries object: {text}"))
+            .iter()
+            .map(|(ip, e)| {
+                (
+                    ip.clone(),
+                    (
+                        e["cluster"].as_str().unwrap_or_default().to_string(),
+                        e["identity"].as_u64().unwrap(),
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    /// Pings `to_ip` from a pod of `cluster`.
+    pub fn ping(
+        &self,
+        cluster: &str,
+        pod: &str,
+        to_ip: &str,
+        count: u32,
+        interval: &str,
+    ) -> PingStats {
+        let out = self.in_ns(
+            &self.pod_ns(cluster, pod),
+            &[
+                "ping",
+                "-n",
+                "-q",
+                "-c",
+                &count.to_string(),
+                "-i",
+                interval,
+                "-W",
+                "1",
+                to_ip,
+            ],
+        );
+        parse_ping(&String::from_utf8_lossy(&out.stdout))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,5 +439,18 @@ mod tests {
         assert_eq!((s.sent, s.received, s.lost()), (500, 497, 3));
         let s = parse_ping("3 packets transmitted, 0 received, +3 errors, 100% packet loss\n");
         assert_eq!(s.received, 0);
+    }
+
+    #[test]
+    fn cluster_worlds_are_valid_scenarios() {
+        let y = clusters("w", 3, 2);
+        assert!(
+            y.contains("name: c3\n    id: 3\n    podCIDR: 10.3.0.0/16"),
+            "{y}"
+        );
+        assert!(
+            y.contains("- name: n2-a\n            labels: {app: db}"),
+            "{y}"
+        );
     }
 }

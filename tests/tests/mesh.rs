@@ -278,17 +278,14 @@ fn discovery_restart_loses_no_state_and_an_outage_keeps_the_mesh() {
     }
     std::thread::sleep(Duration::from_millis(500));
     world.lab("start", "c1/discovery");
-    let disc = format!("http://{}:7100", world.ip("c1/discovery"));
-    let out = world.in_ns(
-        &world.node_ns("c1", "n1"),
-        &[
-            meshgate_e2e::meshgate_bin().to_str().unwrap(),
-            "nodes",
-            "--json",
-            "--discovery",
-            &disc,
-        ],
-    );
+    let mut argv = vec![
+        meshgate_e2e::meshgate_bin().display().to_string(),
+        "nodes".to_string(),
+        "--json".to_string(),
+    ];
+    argv.extend(world.nodes_flags("c1", "c1/n1"));
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = world.in_ns(&world.node_ns("c1", "n1"), &argv);
     assert!(
         out.status.success(),
         "meshgate nodes failed: {}",

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use ipnet::Ipv4Net;
+use meshgate_discovery::tls::ClientTls;
 use meshgate_tunnel::BackendChoice;
 use serde::Deserialize;
 
@@ -54,6 +55,19 @@ pub struct AgentArgs {
     /// reported to discovery after every registration.
     #[arg(long)]
     pub endpoints: Option<PathBuf>,
+    /// The mesh CA (PEM) that signed discovery's certificate: talk to
+    /// discovery over TLS (the --discovery URL is then https://).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// This agent's certificate (PEM, CN <cluster>/<node>), signed by the mesh CA.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// The name discovery's certificate must carry (default discovery.<cluster>.meshgate).
+    #[arg(long)]
+    pub tls_server_name: Option<String>,
 }
 
 /// The resolved configuration.
@@ -71,6 +85,8 @@ pub struct AgentConfig {
     pub rotate_interval: Option<Duration>,
     pub interface: String,
     pub endpoints: Option<PathBuf>,
+    /// Mutual TLS to discovery, when configured.
+    pub tls: Option<ClientTls>,
 }
 
 impl AgentConfig {
@@ -125,6 +141,14 @@ impl AgentArgs {
         if !discovery.starts_with("http://") && !discovery.starts_with("https://") {
             bail!("--discovery {discovery:?} must be a URL like http://198.18.1.2:7100");
         }
+        let tls = client_tls(
+            &discovery,
+            &cluster,
+            pick!(tls_ca),
+            pick!(tls_cert),
+            pick!(tls_key),
+            pick!(tls_server_name),
+        )?;
         let backend: BackendChoice = pick!(backend)
             .unwrap_or_else(|| "auto".into())
             .parse()
@@ -146,8 +170,37 @@ impl AgentArgs {
             rotate_interval,
             interface: pick!(interface).unwrap_or_else(|| "mg-wg0".into()),
             endpoints: pick!(endpoints),
+            tls,
         })
     }
+}
+
+/// The TLS settings for talking to discovery at `url`, loaded and checked;
+/// shared with `meshgate nodes`.
+pub fn client_tls(
+    url: &str,
+    cluster: &str,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    server_name: Option<String>,
+) -> anyhow::Result<Option<ClientTls>> {
+    let https = url.starts_with("https://");
+    let Some(ca) = ca else {
+        if https {
+            bail!("--discovery {url} is https:// but no --tls-ca was given: pass the mesh CA (and --tls-cert/--tls-key)");
+        }
+        if cert.is_some() || key.is_some() || server_name.is_some() {
+            bail!("--tls-cert, --tls-key and --tls-server-name need --tls-ca (the mesh CA)");
+        }
+        return Ok(None);
+    };
+    if !https {
+        bail!("--tls-ca is given but --discovery {url} is not https://: use https://IP:PORT");
+    }
+    ClientTls::from_files(&ca, cert.as_deref(), key.as_deref(), server_name, cluster)
+        .map(Some)
+        .context("loading the TLS files for discovery")
 }
 
 #[cfg(test)]
@@ -205,6 +258,24 @@ mod tests {
         let cfg = args.resolve().unwrap();
         assert_eq!(cfg.node, "n1");
         assert_eq!(cfg.listen_port, 51999);
+    }
+
+    #[test]
+    fn tls_needs_https_and_the_ca() {
+        let mut a = full();
+        a.discovery = Some("https://198.18.1.2:7100".into());
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(err.contains("--tls-ca"), "{err}");
+        let mut a = full();
+        a.tls_ca = Some("/nonexistent/ca.pem".into());
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(err.contains("not https://"), "{err}");
+        let mut a = full();
+        a.discovery = Some("https://198.18.1.2:7100".into());
+        a.tls_ca = Some("/nonexistent/ca.pem".into());
+        let err = format!("{:#}", a.resolve().unwrap_err());
+        assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+        assert!(full().resolve().unwrap().tls.is_none());
     }
 
     #[test]

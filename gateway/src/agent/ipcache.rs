@@ -154,6 +154,7 @@ mod tests {
                 id: 65_792,
                 labels: [("app".to_string(), "web".to_string())].into(),
             }],
+            ..Default::default()
         });
         assert_eq!(c.apply(&snap), Ok(true));
         assert_eq!(c.apply(&snap), Ok(false));

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use meshgate_discovery::client::{connect, DiscoveryClient};
+use meshgate_discovery::client::{connect_with, explain_status, DiscoveryClient};
 use meshgate_discovery::pb;
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
@@ -35,6 +35,12 @@ fn this_node(agent: &Agent) -> pb::Node {
         tunnel_ip: String::new(),
         roles: vec![],
     }
+}
+
+/// A refused call's message; TLS failures (a refused certificate shows on
+/// the first call) are explained.
+fn why(agent: &Agent, status: &tonic::Status) -> String {
+    explain_status(status, &agent.cfg.discovery, agent.cfg.tls.as_ref())
 }
 
 /// Runs forever: one session with discovery after another.
@@ -66,7 +72,7 @@ async fn register(
     let resp = tokio::time::timeout(CALL_TIMEOUT, client.register(req))
         .await
         .context("register timed out")?
-        .map_err(|s| anyhow!("discovery refused the registration: {}", s.message()))?
+        .map_err(|s| anyhow!("discovery refused the registration: {}", why(agent, &s)))?
         .into_inner();
     let node = resp.node.context("register answer has no node")?;
     let ip: Ipv4Addr = node
@@ -93,7 +99,7 @@ async fn report_endpoints(agent: &Agent, client: &mut DiscoveryClient<Channel>) 
             let n = resp.into_inner().endpoints.len();
             info!(endpoints = n, "endpoints reported");
         }
-        Ok(Err(s)) => warn!(error = %s.message(), "discovery refused this node's endpoints"),
+        Ok(Err(s)) => warn!(error = %why(agent, &s), "discovery refused this node's endpoints"),
         Err(_) => {
             warn!("reporting endpoints timed out; they are sent again on the next registration")
         }
@@ -115,12 +121,12 @@ fn update_ipcache(agent: &Agent, event: &pb::watch_event::Event) {
 }
 
 async fn session(agent: &Agent, backoff: &mut Duration) -> anyhow::Result<()> {
-    let mut client = connect(&agent.cfg.discovery).await?;
+    let mut client = connect_with(&agent.cfg.discovery, agent.cfg.tls.as_ref()).await?;
     let ttl = register(agent, &mut client).await?;
     let mut stream = client
-        .watch(pb::WatchRequest {})
+        .watch(pb::WatchRequest::default())
         .await
-        .map_err(|s| anyhow!("watch refused: {}", s.message()))?
+        .map_err(|s| anyhow!("watch refused: {}", why(agent, &s)))?
         .into_inner();
     agent.mesh().discovery_connected = true;
     *backoff = BACKOFF_START;
@@ -133,7 +139,7 @@ async fn session(agent: &Agent, backoff: &mut Duration) -> anyhow::Result<()> {
         tokio::select! {
             msg = stream.message() => {
                 let event = msg
-                    .map_err(|s| anyhow!("watch stream broke: {}", s.message()))?
+                    .map_err(|s| anyhow!("watch stream broke: {}", why(agent, &s)))?
                     .ok_or_else(|| anyhow!("discovery closed the watch stream"))?;
                 if let Some(e) = &event.event {
                     update_ipcache(agent, e);
@@ -175,7 +181,7 @@ async fn session(agent: &Agent, backoff: &mut Duration) -> anyhow::Result<()> {
                         info!("discovery forgot this node; registering again");
                         register(agent, &mut client).await?;
                     }
-                    Ok(Err(s)) => return Err(anyhow!("lease renewal failed: {}", s.message())),
+                    Ok(Err(s)) => return Err(anyhow!("lease renewal failed: {}", why(agent, &s))),
                     Err(_) => return Err(anyhow!("lease renewal timed out")),
                 }
             }
@@ -188,14 +194,14 @@ async fn session(agent: &Agent, backoff: &mut Duration) -> anyhow::Result<()> {
 
 /// Tells discovery this node leaves, so peers drop it at once.
 pub async fn deregister(agent: &Agent) -> anyhow::Result<()> {
-    let mut client = connect(&agent.cfg.discovery).await?;
+    let mut client = connect_with(&agent.cfg.discovery, agent.cfg.tls.as_ref()).await?;
     client
         .deregister(pb::DeregisterRequest {
             name: agent.cfg.node.clone(),
             cluster: agent.cfg.cluster.clone(),
         })
         .await
-        .map_err(|s| anyhow!("deregistration refused: {}", s.message()))?;
+        .map_err(|s| anyhow!("deregistration refused: {}", why(agent, &s)))?;
     info!("deregistered from discovery");
     Ok(())
 }

@@ -118,13 +118,21 @@ fn process_arguments_follow_the_contract() {
     assert_eq!(
         c1.discovery_args(Duration::from_secs(10)).join(" "),
         "discovery --listen 198.18.1.2:7100 --cluster c1 --cluster-id 1 \
-         --state-dir /run/meshgate/lab/lab/c1/discovery --lease-ttl 10"
+         --state-dir /run/meshgate/lab/lab/c1/discovery --lease-ttl 10 \
+         --tls-cert /run/meshgate/lab/lab/certs/clusters/c1.pem \
+         --tls-key /run/meshgate/lab/lab/certs/clusters/c1-key.pem \
+         --client-ca /run/meshgate/lab/lab/certs/ca.pem \
+         --remote c2=https://198.18.7.2:7100"
     );
+    assert_eq!(p.clusters[1].remotes, ["c1=https://198.18.1.2:7100"]);
     assert_eq!(
         c1.agent_args(&c1.nodes[1]).join(" "),
-        "agent --node n2 --cluster c1 --cluster-id 1 --discovery http://198.18.1.2:7100 \
+        "agent --node n2 --cluster c1 --cluster-id 1 --discovery https://198.18.1.2:7100 \
          --underlay-ip 198.18.1.11 --pod-cidr 10.1.1.0/24 --state-dir /run/meshgate/lab/lab/c1/nodes/n2 \
-         --endpoints /run/meshgate/lab/lab/c1/nodes/n2/endpoints.yaml"
+         --endpoints /run/meshgate/lab/lab/c1/nodes/n2/endpoints.yaml \
+         --tls-ca /run/meshgate/lab/lab/certs/ca.pem \
+         --tls-cert /run/meshgate/lab/lab/certs/agents/c1/n2.pem \
+         --tls-key /run/meshgate/lab/lab/certs/agents/c1/n2-key.pem"
     );
 }
 

@@ -1,0 +1,175 @@
+//! Federation between the discoveries of several clusters (the pure part).
+//!
+//! Each discovery is told of the others (`--remote NAME=URL`), watches each
+//! one's own state (`Watch` with `local_only`), and imports it read-only:
+//!
+//! - [`RemoteView`] mirrors what a remote sent (snapshot + events), as sent;
+//! - [`check`] decides what of it may be imported and why the rest may not
+//!   (another cluster's name, ID or identity range, overlapping pod CIDRs,
+//!   endpoints outside their node's pod CIDRs, tunnel IPs outside the
+//!   remote's block, unreadable records);
+//! - [`Imports`] holds what was imported per remote, turns every new check
+//!   result into the events that change it (unchanged records give none),
+//!   counts rejections, and expires a remote's state a timeout after its
+//!   connection broke.
+//!
+//! No I/O here; time comes in as `now` (ms). The gRPC links are in
+//! `server/federation.rs`.
+
+mod check;
+mod imports;
+mod view;
+
+pub use check::{check, Accepted, Checked, Local, OtherRemote, RejectReason, Rejection};
+pub use imports::{Imports, RemoteStatus, Update};
+pub use view::RemoteView;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::endpoint::Endpoint;
+use crate::identity::cluster_of;
+use crate::model::Event;
+
+/// How long a remote's state is kept after its connection broke, by default.
+pub const DEFAULT_REMOTE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One `--remote NAME=URL`: the remote cluster's name and its discovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteConfig {
+    pub name: String,
+    pub url: String,
+}
+
+/// Which remotes to import from, and for how long their state outlives a
+/// broken connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederationConfig {
+    pub remotes: Vec<RemoteConfig>,
+    pub remote_timeout: Duration,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        FederationConfig {
+            remotes: Vec::new(),
+            remote_timeout: DEFAULT_REMOTE_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FederationError {
+    #[error(
+        "--remote {spec:?}: {problem}; use NAME=http://IP:PORT (NAME is the remote cluster's name)"
+    )]
+    BadRemote { spec: String, problem: &'static str },
+    #[error("--remote {name} is given twice; name each remote cluster once")]
+    DuplicateRemote { name: String },
+    #[error("--remote {name} names this discovery's own cluster; list only the other clusters")]
+    RemoteIsSelf { name: String },
+    #[error("--remote-timeout {value:?} is out of range; use 1 ms ..= 1 day")]
+    Timeout { value: Duration },
+}
+
+impl FromStr for RemoteConfig {
+    type Err = FederationError;
+
+    fn from_str(spec: &str) -> Result<Self, FederationError> {
+        let bad = |problem| FederationError::BadRemote {
+            spec: spec.to_string(),
+            problem,
+        };
+        let (name, url) = spec.split_once('=').ok_or_else(|| bad("no `=`"))?;
+        let (name, url) = (name.trim(), url.trim());
+        if name.is_empty() {
+            return Err(bad("the cluster name is empty"));
+        }
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+            return Err(bad("the URL must start with http:// or https://"));
+        }
+        Ok(RemoteConfig {
+            name: name.to_string(),
+            url: url.to_string(),
+        })
+    }
+}
+
+impl FederationConfig {
+    /// Checks the remotes against each other and this cluster.
+    pub fn validate(&self, own_cluster: &str) -> Result<(), FederationError> {
+        if self.remote_timeout.is_zero() || self.remote_timeout > Duration::from_secs(86_400) {
+            return Err(FederationError::Timeout {
+                value: self.remote_timeout,
+            });
+        }
+        for (i, r) in self.remotes.iter().enumerate() {
+            if r.name == own_cluster {
+                return Err(FederationError::RemoteIsSelf {
+                    name: r.name.clone(),
+                });
+            }
+            if self.remotes[..i].iter().any(|o| o.name == r.name) {
+                return Err(FederationError::DuplicateRemote {
+                    name: r.name.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The same event with another revision.
+pub fn with_revision(event: Event, rev: u64) -> Event {
+    match event {
+        Event::Upserted { node, .. } => Event::Upserted {
+            revision: rev,
+            node,
+        },
+        Event::Removed {
+            name,
+            cluster,
+            reason,
+            ..
+        } => Event::Removed {
+            revision: rev,
+            name,
+            cluster,
+            reason,
+        },
+        Event::EndpointUpserted { endpoint, .. } => Event::EndpointUpserted {
+            revision: rev,
+            endpoint,
+        },
+        Event::EndpointRemoved {
+            ip, node, cluster, ..
+        } => Event::EndpointRemoved {
+            revision: rev,
+            ip,
+            node,
+            cluster,
+        },
+        Event::IdentityAdded { identity, .. } => Event::IdentityAdded {
+            revision: rev,
+            identity,
+        },
+    }
+}
+
+/// Whether an event is about this cluster's own state (not an import).
+pub fn is_local(event: &Event, cluster: &str, cluster_id: u8) -> bool {
+    match event {
+        Event::Upserted { node, .. } => node.cluster == cluster,
+        Event::Removed { cluster: c, .. } | Event::EndpointRemoved { cluster: c, .. } => {
+            c == cluster
+        }
+        Event::EndpointUpserted {
+            endpoint: Endpoint { cluster: c, .. },
+            ..
+        } => c == cluster,
+        Event::IdentityAdded { identity, .. } => cluster_of(identity.id) == u32::from(cluster_id),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,280 @@
+//! The I/O around [`crate::federation`]: one watch client per remote
+//! discovery (reconnecting with backoff), the expiry of remotes whose link
+//! broke, the merged snapshot agents get, and the `FederationStatus` RPC.
+//!
+//! Imported changes take revisions from the registry's sequence and go out on
+//! the same broadcast channel as local ones, under the same lock, so watchers
+//! see one ordered stream. They are not persisted: after a restart the links
+//! import everything again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::{Core, Shared};
+use crate::federation::{
+    is_local, with_revision, FederationConfig, Local, RemoteConfig, RemoteView,
+};
+use crate::model::{Event, Node};
+use crate::pb;
+
+const BACKOFF_START: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const EXPIRY_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Starts a link per remote and the expiry loop; abort them on shutdown.
+/// With TLS, each link presents this discovery's own certificate (valid
+/// as a client certificate) and checks the remote's against the mesh CA.
+pub(super) fn spawn(
+    shared: &Arc<Shared>,
+    cfg: &FederationConfig,
+    tls: Option<&crate::tls::ServerTls>,
+) -> Vec<JoinHandle<()>> {
+    if cfg.remotes.is_empty() {
+        return Vec::new();
+    }
+    let mut tasks: Vec<JoinHandle<()>> = cfg
+        .remotes
+        .iter()
+        .map(|r| {
+            let client_tls = tls.map(|t| t.client_for(&r.name));
+            tokio::spawn(link(shared.clone(), r.clone(), client_tls))
+        })
+        .collect();
+    let timeout_ms = u64::try_from(cfg.remote_timeout.as_millis()).unwrap_or(u64::MAX);
+    tasks.push(tokio::spawn(expiry_loop(shared.clone(), timeout_ms)));
+    tasks
+}
+
+async fn link(shared: Arc<Shared>, remote: RemoteConfig, tls: Option<crate::tls::ClientTls>) {
+    let mut stop = shared.stop.clone();
+    let mut backoff = BACKOFF_START;
+    loop {
+        let error = match session(&shared, &remote, tls.as_ref(), &mut backoff).await {
+            Ok(()) => return, // stopping
+            Err(e) => e,
+        };
+        {
+            let now = shared.now();
+            shared
+                .lock()
+                .imports
+                .disconnected(&remote.name, error.clone(), now);
+        }
+        warn!(
+            remote = %remote.name,
+            url = %remote.url,
+            %error,
+            retry_in_ms = backoff.as_millis() as u64,
+            "remote discovery unreachable; keeping its last state until the remote timeout"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One connection: watches the remote's own state and imports it. Returns
+/// `Ok` only when the server stops.
+async fn session(
+    shared: &Shared,
+    remote: &RemoteConfig,
+    tls: Option<&crate::tls::ClientTls>,
+    backoff: &mut Duration,
+) -> Result<(), String> {
+    let mut stop = shared.stop.clone();
+    let mut client = crate::client::connect_with(&remote.url, tls)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut stream = client
+        .watch(pb::WatchRequest { local_only: true })
+        .await
+        .map_err(|s| format!("watch refused: {}", s.message()))?
+        .into_inner();
+    let mut view: Option<RemoteView> = None;
+    loop {
+        let msg = tokio::select! {
+            m = stream.message() => m,
+            _ = stop.changed() => return Ok(()),
+        };
+        let event = msg
+            .map_err(|s| format!("watch stream broke: {}", s.message()))?
+            .ok_or_else(|| "the remote closed the watch stream".to_string())?;
+        let Some(event) = event.event else { continue };
+        match (&mut view, event) {
+            (_, pb::watch_event::Event::Snapshot(s)) => {
+                info!(
+                    remote = %remote.name,
+                    cluster = %s.cluster,
+                    cluster_id = s.cluster_id,
+                    nodes = s.nodes.len(),
+                    endpoints = s.endpoints.len(),
+                    "connected to remote discovery"
+                );
+                view = Some(RemoteView::from_snapshot(s));
+            }
+            (Some(v), e) => v.apply(e),
+            (None, _) => {
+                debug!(remote = %remote.name, "event before the snapshot; ignored");
+                continue;
+            }
+        }
+        *backoff = BACKOFF_START;
+        if let Some(v) = &view {
+            import(shared, &remote.name, v);
+        }
+    }
+}
+
+/// Checks the remote's view and publishes what changed.
+fn import(shared: &Shared, name: &str, view: &RemoteView) {
+    let now = shared.now();
+    let mut core = shared.lock();
+    let cfg = core.registry.config().clone();
+    let local_nodes: Vec<Node> = core.registry.nodes().cloned().collect();
+    let local = Local {
+        cluster: &cfg.cluster,
+        cluster_id: cfg.cluster_id,
+        nodes: &local_nodes,
+    };
+    let update = core.imports.update(name, view, &local, now);
+    for r in &update.new_rejections {
+        warn!(
+            remote = %name,
+            reason = r.reason.as_str(),
+            record = %r.key,
+            detail = %r.detail,
+            "rejected what the remote may not claim"
+        );
+    }
+    publish(shared, &mut core, name, update.events);
+}
+
+/// Stamps imported changes with the next revisions and broadcasts them.
+fn publish(shared: &Shared, core: &mut Core, remote: &str, events: Vec<Event>) {
+    for event in events {
+        let event = with_revision(event, core.registry.next_revision());
+        log_import(remote, &event);
+        // No receivers is fine.
+        let _ = shared.events.send(event);
+    }
+}
+
+fn log_import(remote: &str, event: &Event) {
+    match event {
+        Event::Upserted { revision, node } => info!(
+            remote,
+            node = %node.name,
+            underlay = %node.underlay_ip,
+            tunnel_ip = ?node.tunnel_ip,
+            revision,
+            "remote node imported"
+        ),
+        Event::Removed {
+            revision,
+            name,
+            reason,
+            ..
+        } => info!(remote, node = %name, %reason, revision, "remote node removed"),
+        Event::EndpointUpserted { revision, endpoint } => debug!(
+            remote,
+            ip = %endpoint.ip,
+            node = %endpoint.node,
+            identity = endpoint.identity,
+            revision,
+            "remote endpoint imported"
+        ),
+        Event::EndpointRemoved { revision, ip, .. } => {
+            debug!(remote, %ip, revision, "remote endpoint removed")
+        }
+        Event::IdentityAdded { revision, identity } => {
+            debug!(
+                remote,
+                identity = identity.id,
+                revision,
+                "remote identity imported"
+            )
+        }
+    }
+}
+
+async fn expiry_loop(shared: Arc<Shared>, timeout_ms: u64) {
+    let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stop = shared.stop.clone();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let now = shared.now();
+        let mut core = shared.lock();
+        for (remote, events) in core.imports.expire(now, timeout_ms) {
+            warn!(
+                remote = %remote,
+                timeout_ms,
+                removed = events.len(),
+                "remote unreachable for the remote timeout; its nodes and endpoints are removed"
+            );
+            publish(&shared, &mut core, &remote, events);
+        }
+    }
+}
+
+/// The snapshot a watcher starts with: this cluster's state, plus every
+/// import unless `local_only`; it names this cluster.
+pub(super) fn snapshot(core: &Core, local_only: bool) -> (u64, pb::WatchEvent) {
+    let mut s = core.registry.snapshot();
+    if !local_only {
+        s.nodes.extend(core.imports.nodes().cloned());
+        s.endpoints.extend(core.imports.endpoints().cloned());
+        s.identities.extend(core.imports.identities());
+    }
+    let cfg = core.registry.config();
+    let mut event = pb::WatchEvent::from(&s);
+    if let Some(pb::watch_event::Event::Snapshot(p)) = &mut event.event {
+        p.cluster = cfg.cluster.clone();
+        p.cluster_id = u32::from(cfg.cluster_id);
+    }
+    (s.revision, event)
+}
+
+/// Whether a watcher gets this event.
+pub(super) fn wanted(core_cluster: &(String, u8), local_only: bool, event: &Event) -> bool {
+    !local_only || is_local(event, &core_cluster.0, core_cluster.1)
+}
+
+pub(super) fn status(shared: &Shared) -> pb::FederationStatusResponse {
+    let now = shared.now();
+    let core = shared.lock();
+    let cfg = core.registry.config();
+    pb::FederationStatusResponse {
+        cluster: cfg.cluster.clone(),
+        cluster_id: u32::from(cfg.cluster_id),
+        remotes: core
+            .imports
+            .status(now)
+            .into_iter()
+            .map(|r| pb::RemoteStatus {
+                name: r.name,
+                url: r.url,
+                cluster_id: r.cluster_id.map(u32::from).unwrap_or(0),
+                connected: r.connected,
+                nodes: u32::try_from(r.nodes).unwrap_or(u32::MAX),
+                endpoints: u32::try_from(r.endpoints).unwrap_or(u32::MAX),
+                identities: u32::try_from(r.identities).unwrap_or(u32::MAX),
+                rejected: r
+                    .rejected
+                    .into_iter()
+                    .map(|(k, v)| (k.as_str().to_string(), v))
+                    .collect(),
+                last_error: r.last_error,
+                disconnected_ms: r.disconnected_ms.unwrap_or(0),
+            })
+            .collect(),
+    }
+}
