@@ -105,6 +105,9 @@ pub struct NodePlan {
     pub pod_cidr: Ipv4Net,
     #[serde(default)]
     pub roles: Vec<Role>,
+    /// `--rotate-interval` of the agent, seconds.
+    #[serde(default)]
+    pub rotate_interval: Option<u64>,
     pub state_dir: PathBuf,
     pub pods: Vec<PodPlan>,
 }
@@ -187,6 +190,7 @@ impl Plan {
                     underlay_ip: Ipv4Addr::new(198, 18, id, host),
                     pod_cidr: node_cidr,
                     roles: n.roles.clone(),
+                    rotate_interval: n.rotate_interval,
                     state_dir: agent_dir(world, &c.name, &n.name),
                     pods,
                 });
@@ -349,6 +353,14 @@ impl ClusterPlan {
                 .display()
                 .to_string(),
         ]
+        .into_iter()
+        .chain(
+            node.rotate_interval
+                .map(|s| ["--rotate-interval".to_string(), s.to_string()])
+                .into_iter()
+                .flatten(),
+        )
+        .collect()
     }
 }
 

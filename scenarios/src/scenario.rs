@@ -51,6 +51,10 @@ pub struct Node {
     pub name: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<Role>,
+    /// Seconds between automatic key rotations of this node's agent
+    /// (`--rotate-interval`); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_interval: Option<u64>,
     #[serde(default)]
     pub pods: Vec<Pod>,
 }

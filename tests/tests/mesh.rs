@@ -338,3 +338,44 @@ fn discovery_restart_loses_no_state_and_an_outage_keeps_the_mesh() {
     let s = ping(&world, "n1-a", &world.ip("c1/n3-b"), 5, "0.05");
     assert_eq!(s.received, 5);
 }
+
+#[test]
+fn scheduled_key_rotation_during_continuous_ping_loses_nothing() {
+    let yaml = one_cluster("e2e-rotint", 2).replace(
+        "      - name: n2\n",
+        "      - name: n2\n        rotateInterval: 2\n",
+    );
+    assert!(yaml.contains("rotateInterval"));
+    let world = World::up("e2e-rotint", &yaml);
+    let to = world.ip("c1/n2-a");
+    let ping = world.spawn_in_ns(
+        &world.pod_ns("c1", "n1-a"),
+        &[
+            "ping", "-n", "-q", "-c", "600", "-i", "0.01", "-W", "1", &to,
+        ],
+    );
+    let out = ping.wait_with_output().unwrap();
+    let s = parse_ping(&String::from_utf8_lossy(&out.stdout));
+    let n2 = world.status("c1", "n2");
+    assert!(
+        n2.key_rotations >= 2,
+        "only {} scheduled rotations in ~6 s",
+        n2.key_rotations
+    );
+    assert_eq!(
+        s.lost(),
+        0,
+        "scheduled rotations lost {} of {} pings",
+        s.lost(),
+        s.sent
+    );
+    let n1 = world.status("c1", "n1");
+    let seen = wait_until(Duration::from_secs(3), || {
+        world.status("c1", "n1").peers[0].public_key == world.status("c1", "n2").public_key
+    });
+    assert!(
+        seen.is_some(),
+        "n1 never learned n2's latest key ({:?})",
+        n1.peers
+    );
+}

@@ -300,3 +300,27 @@ fn all_errors_are_reported_at_once() {
     let errs = errors(&yaml);
     assert_eq!(errs.len(), 2, "{errs:#?}");
 }
+
+#[test]
+fn rotate_interval_zero_is_refused_and_a_value_reaches_the_agent() {
+    let zero = BASE.replace(
+        "      - name: n2\n",
+        "      - name: n2\n        rotateInterval: 0\n",
+    );
+    has(&zero, "clusters[0].nodes[1].rotateInterval");
+    let two = BASE.replace(
+        "      - name: n2\n",
+        "      - name: n2\n        rotateInterval: 2\n",
+    );
+    let s = Scenario::parse("t.yaml", &two).unwrap();
+    assert_eq!(s.clusters[0].nodes[1].rotate_interval, Some(2));
+    let plan = crate::plan::Plan::new(&s).unwrap();
+    let c = &plan.clusters[0];
+    let args = c.agent_args(&c.nodes[1]);
+    let at = args.iter().position(|a| a == "--rotate-interval").unwrap();
+    assert_eq!(args[at + 1], "2");
+    assert!(!c
+        .agent_args(&c.nodes[0])
+        .iter()
+        .any(|a| a == "--rotate-interval"));
+}

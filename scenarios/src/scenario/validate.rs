@@ -196,6 +196,12 @@ fn check_nodes(errors: &mut Errors, s: &Scenario, ci: usize) {
     // Node and pod names share one target namespace: `cluster/name`.
     let mut node_names: BTreeMap<&str, usize> = BTreeMap::new();
     for (ni, n) in c.nodes.iter().enumerate() {
+        if n.rotate_interval == Some(0) {
+            errors.add(
+                format!("{at}.nodes[{ni}].rotateInterval"),
+                "0 is not valid: give seconds (at least 1), or leave it out",
+            );
+        }
         let field = format!("{at}.nodes[{ni}].name");
         check_name(errors, field.clone(), &n.name, MAX_NAME);
         if n.name == DISCOVERY_WORD {
