@@ -1,0 +1,191 @@
+//! The userspace WireGuard device between two real network namespaces:
+//! real handshakes, real crypto, a TUN device per side. Discovery's part is
+//! played by the test (it hands each side the other's key and address).
+//!
+//! Needs root (network namespaces, TUN): `#[ignore]`d for unprivileged
+//! runs, run by `cargo xtask test`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::time::Duration;
+
+use meshgate_tunnel::backend::Backend;
+use meshgate_tunnel::userspace::UserspaceDevice;
+use meshgate_tunnel::{routes, NodeKey, PeerChange, PeerConfig};
+
+struct Netns(Vec<String>);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `f` on a thread that has entered namespace `ns`; threads and
+/// processes it starts stay in that namespace.
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = File::open(&path).unwrap();
+        // SAFETY: setns on this thread only, with a valid namespace fd.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+fn peer(name: &str, key: &NodeKey, underlay: &str, tunnel: &str) -> PeerConfig {
+    PeerConfig {
+        name: name.into(),
+        public_key: key.public().to_base64(),
+        endpoint: format!("{underlay}:51820").parse().unwrap(),
+        allowed_ips: vec![format!("{tunnel}/32").parse().unwrap()],
+    }
+}
+
+fn start(ns: &str, key: &NodeKey, me: &str, other: PeerConfig) -> UserspaceDevice {
+    let key = key.clone();
+    let me = me.to_string();
+    in_ns(ns, move || {
+        let dev = UserspaceDevice::start("mgt0", &key, 51820).unwrap();
+        routes::configure_interface("mgt0", me.parse().unwrap(), 1420).unwrap();
+        dev.apply(&PeerChange::Add(other.clone())).unwrap();
+        routes::add_route("mgt0", &other.allowed_ips[0], Some(me.parse().unwrap())).unwrap();
+        dev
+    })
+}
+
+fn ping(ns: &str, to: &str, count: u32, interval: &str) -> (u32, u32) {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "ping",
+            "-n",
+            "-q",
+            "-W",
+            "1",
+            "-i",
+            interval,
+            "-c",
+            &count.to_string(),
+            to,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("transmitted"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let nums: Vec<u32> = line
+        .split(',')
+        .take(2)
+        .map(|p| p.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    (nums[0], nums[1])
+}
+
+#[test]
+#[ignore = "needs root (network namespaces, TUN): cargo xtask test runs it"]
+fn two_devices_handshake_carry_traffic_rotate_without_loss_and_forget_a_removed_peer() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "needs root");
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let id = std::process::id();
+    let (a, b) = (format!("mgt-{id}-a"), format!("mgt-{id}-b"));
+    let _guard = Netns(vec![a.clone(), b.clone()]);
+    for ns in [&a, &b] {
+        ip(&["netns", "add", ns]);
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+    }
+    ip(&[
+        "link", "add", "eth0", "netns", &a, "type", "veth", "peer", "name", "eth0", "netns", &b,
+    ]);
+    ip(&["-n", &a, "addr", "add", "198.18.250.1/24", "dev", "eth0"]);
+    ip(&["-n", &b, "addr", "add", "198.18.250.2/24", "dev", "eth0"]);
+    ip(&["-n", &a, "link", "set", "eth0", "up"]);
+    ip(&["-n", &b, "link", "set", "eth0", "up"]);
+
+    let (ka, kb) = (NodeKey::generate(), NodeKey::generate());
+    let peer_b = peer("t/b", &kb, "198.18.250.2", "100.64.250.2");
+    let dev_a = start(&a, &ka, "100.64.250.1", peer_b.clone());
+    let peer_a = peer("t/a", &ka, "198.18.250.1", "100.64.250.1");
+    let dev_b = start(&b, &kb, "100.64.250.2", peer_a.clone());
+
+    assert_eq!(
+        ping(&a, "100.64.250.2", 3, "0.1"),
+        (3, 3),
+        "no traffic through the tunnel"
+    );
+    assert!(dev_a.stats()[0].last_handshake_age_ms.is_some());
+    assert!(dev_b.stats()[0].rx_bytes > 0);
+
+    // Rotate a's key during a continuous ping; b learns the new key as it
+    // would from discovery, a moment later.
+    let pinger = {
+        let a = a.clone();
+        std::thread::spawn(move || ping(&a, "100.64.250.2", 400, "0.01"))
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    let ka2 = NodeKey::generate();
+    let rotated = std::time::Instant::now();
+    dev_a.rotate_key(&ka2).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let peer_a2 = peer("t/a", &ka2, "198.18.250.1", "100.64.250.1");
+    dev_b
+        .apply(&PeerChange::Update {
+            old: peer_a.clone(),
+            new: peer_a2.clone(),
+        })
+        .unwrap();
+    let (sent, received) = pinger.join().unwrap();
+    assert_eq!((sent, received), (400, 400), "key rotation lost packets");
+    assert_eq!(dev_b.stats()[0].public_key, ka2.public().to_base64());
+    // The new session is the one in use: b's handshake with a is younger
+    // than the rotation.
+    let since = rotated.elapsed().as_millis() as u64;
+    let age = dev_b.stats()[0].last_handshake_age_ms.unwrap();
+    assert!(
+        age < since,
+        "b's handshake with a is {age} ms old, the rotation {since} ms"
+    );
+    let age = dev_a.stats()[0].last_handshake_age_ms.unwrap();
+    assert!(
+        age < since,
+        "a's handshake with b is {age} ms old, the rotation {since} ms"
+    );
+
+    // A removed peer gets nothing through any more.
+    dev_b.apply(&PeerChange::Remove(peer_a2)).unwrap();
+    assert!(dev_b.stats().is_empty());
+    assert_eq!(
+        ping(&a, "100.64.250.2", 3, "0.1").1,
+        0,
+        "traffic passed a removed peer"
+    );
+
+    dev_a.shutdown(true).unwrap();
+    dev_b.shutdown(true).unwrap();
+}
