@@ -153,6 +153,10 @@ pub fn with_revision(event: Event, rev: u64) -> Event {
             revision: rev,
             identity,
         },
+        Event::ServiceUpdated { service, .. } => Event::ServiceUpdated {
+            revision: rev,
+            service,
+        },
     }
 }
 
@@ -168,6 +172,8 @@ pub fn is_local(event: &Event, cluster: &str, cluster_id: u8) -> bool {
             ..
         } => c == cluster,
         Event::IdentityAdded { identity, .. } => cluster_of(identity.id) == u32::from(cluster_id),
+        // Merged views are for this cluster's agents; remotes merge their own.
+        Event::ServiceUpdated { .. } => false,
     }
 }
 

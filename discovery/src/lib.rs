@@ -7,7 +7,8 @@
 //! [`alloc`] (tunnel IPs), [`identity`] (security identities),
 //! [`registry`] (state machine, time passed in),
 //! [`store`] (persistence), [`server`] (tonic shell), [`client`],
-//! [`certs`] (mesh CA and certificates), [`tls`] (mutual TLS).
+//! [`certs`] (mesh CA and certificates), [`tls`] (mutual TLS),
+//! [`service`] (services and their merge across clusters).
 
 pub mod alloc;
 pub mod certs;
@@ -19,6 +20,7 @@ pub mod identity;
 pub mod model;
 pub mod registry;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod tls;
 

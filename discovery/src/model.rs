@@ -80,6 +80,12 @@ pub enum Event {
         revision: u64,
         identity: Identity,
     },
+    /// A service of this cluster changed its merged backends (the whole
+    /// service, as merged now).
+    ServiceUpdated {
+        revision: u64,
+        service: crate::service::GlobalService,
+    },
 }
 
 impl Event {
@@ -89,7 +95,8 @@ impl Event {
             | Event::Removed { revision, .. }
             | Event::EndpointUpserted { revision, .. }
             | Event::EndpointRemoved { revision, .. }
-            | Event::IdentityAdded { revision, .. } => *revision,
+            | Event::IdentityAdded { revision, .. }
+            | Event::ServiceUpdated { revision, .. } => *revision,
         }
     }
 }
@@ -413,6 +420,12 @@ impl From<&Event> for pb::WatchEvent {
                     identity: Some(identity.into()),
                 })
             }
+            Event::ServiceUpdated { revision, service } => {
+                pb::watch_event::Event::ServiceUpdated(pb::ServiceUpdated {
+                    revision: *revision,
+                    service: Some(service.into()),
+                })
+            }
         };
         pb::WatchEvent { event: Some(event) }
     }
@@ -429,6 +442,8 @@ impl From<&Snapshot> for pb::WatchEvent {
                 // set by the server, which knows its cluster
                 cluster: String::new(),
                 cluster_id: 0,
+                services: Vec::new(),
+                global_services: Vec::new(),
             })),
         }
     }
@@ -451,6 +466,8 @@ pub enum WatchDecodeError {
     Endpoint(#[from] EndpointError),
     #[error("watch event removal of endpoint {ip:?} of node {node}: not an IP address")]
     EndpointIp { ip: String, node: String },
+    #[error("watch event at revision {revision} carries an invalid service: {problem}")]
+    Service { revision: u64, problem: String },
 }
 
 impl TryFrom<pb::WatchEvent> for WatchItem {
@@ -502,6 +519,23 @@ impl TryFrom<pb::WatchEvent> for WatchItem {
                 Ok(WatchItem::Event(Event::IdentityAdded {
                     revision: a.revision,
                     identity: identity.into(),
+                }))
+            }
+            pb::watch_event::Event::ServiceUpdated(u) => {
+                let service = u.service.ok_or(WatchDecodeError::Missing {
+                    revision: u.revision,
+                    what: "service",
+                })?;
+                let service =
+                    crate::service::GlobalService::try_from(&service).map_err(|problem| {
+                        WatchDecodeError::Service {
+                            revision: u.revision,
+                            problem,
+                        }
+                    })?;
+                Ok(WatchItem::Event(Event::ServiceUpdated {
+                    revision: u.revision,
+                    service,
                 }))
             }
             pb::watch_event::Event::Upserted(u) => {
@@ -558,6 +592,9 @@ pub struct AgentStatus {
     /// Identities the agent knows the labels of.
     #[serde(default)]
     pub identities: usize,
+    /// Services of its cluster the agent knows (with merged backends).
+    #[serde(default)]
+    pub services: usize,
 }
 
 /// One peer in [`AgentStatus`].

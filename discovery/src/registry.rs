@@ -281,6 +281,11 @@ impl Registry {
         self.endpoints.get(ip)
     }
 
+    /// Every endpoint, in IP order.
+    pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.endpoints.values()
+    }
+
     /// The endpoints of a node, in IP order.
     pub fn endpoints_of(&self, node: &str) -> Vec<Endpoint> {
         self.endpoints

@@ -45,9 +45,12 @@ pub struct ServerConfig {
     pub lease_ttl: Duration,
     /// Remote clusters to import from (none by default).
     pub federation: FederationConfig,
+    /// This cluster's services (their `cluster` is set to `cluster`).
+    pub services: Vec<crate::service::Service>,
 }
 
 mod federation;
+mod services;
 
 /// Binds `cfg.listen` and serves until `shutdown` completes.
 pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
@@ -133,6 +136,10 @@ struct Core {
     store: Box<dyn Store>,
     /// State imported from remote clusters.
     imports: Imports,
+    /// This cluster's service definitions (fixed at start).
+    services: Vec<crate::service::Service>,
+    /// Their merged form as last pushed.
+    merged: std::collections::BTreeMap<String, crate::service::GlobalService>,
 }
 
 struct Shared {
@@ -183,13 +190,23 @@ impl Shared {
             revision = registry.revision(),
             "discovery state loaded; leases restarted"
         );
+        let mut local_services = cfg.services.clone();
+        for s in &mut local_services {
+            s.cluster = cfg.cluster.clone();
+        }
+        crate::service::validate_all(&local_services)
+            .map_err(|e| Error::Config(format!("services: {e}")))?;
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let mut core = Core {
+            registry,
+            store: Box::new(store),
+            imports: Imports::new(&cfg.federation.remotes),
+            services: local_services,
+            merged: std::collections::BTreeMap::new(),
+        };
+        core.merged = services::merged(&core);
         Ok(Shared {
-            core: Mutex::new(Core {
-                registry,
-                store: Box::new(store),
-                imports: Imports::new(&cfg.federation.remotes),
-            }),
+            core: Mutex::new(core),
             events,
             stop,
             start: Instant::now(),
@@ -212,13 +229,16 @@ impl Shared {
         &self,
         core: &mut Core,
         backup: Registry,
-        events: Vec<Event>,
+        mut events: Vec<Event>,
     ) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
         }
+        let merged_before = core.merged.clone();
+        events.extend(services::events(core));
         if let Err(e) = core.store.save(&core.registry.state()) {
             core.registry = backup;
+            core.merged = merged_before;
             return Err(e);
         }
         for event in events {
@@ -273,6 +293,13 @@ fn log_event(event: &Event) {
             labels = %crate::identity::canonical_key(&identity.labels),
             revision,
             "identity allocated"
+        ),
+        Event::ServiceUpdated { revision, service } => info!(
+            service = %service.key(),
+            global = service.global,
+            backends = service.backends.len(),
+            revision,
+            "service backends changed"
         ),
     }
 }
@@ -480,6 +507,13 @@ impl Discovery for Service {
         _request: Request<pb::FederationStatusRequest>,
     ) -> Result<Response<pb::FederationStatusResponse>, Status> {
         Ok(Response::new(federation::status(&self.shared)))
+    }
+
+    async fn services(
+        &self,
+        _request: Request<pb::ServicesRequest>,
+    ) -> Result<Response<pb::ServicesResponse>, Status> {
+        Ok(Response::new(services::response(&self.shared.lock())))
     }
 }
 

@@ -65,6 +65,7 @@ fn start(
         cluster_id: id,
         state_dir: dir.join(cluster),
         lease_ttl: Duration::from_secs(30),
+        services: Vec::new(),
         federation: FederationConfig {
             remotes: remotes
                 .iter()

@@ -45,6 +45,7 @@ fn config(dir: &Path, ttl: Duration) -> ServerConfig {
         cluster_id: 1,
         state_dir: dir.to_path_buf(),
         lease_ttl: ttl,
+        services: Vec::new(),
         federation: Default::default(),
     }
 }

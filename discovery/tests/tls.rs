@@ -44,6 +44,7 @@ async fn start(state: &Path, certs: &CertLayout) -> Running {
         cluster_id: 1,
         state_dir: state.to_path_buf(),
         lease_ttl: Duration::from_secs(10),
+        services: Vec::new(),
         federation: Default::default(),
     };
     let tls = ServerTls::from_files(

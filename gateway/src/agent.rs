@@ -11,6 +11,7 @@ mod endpoints;
 pub(crate) mod ipcache;
 mod mesh;
 mod persist;
+mod services;
 mod sync;
 
 use std::path::Path;
@@ -41,6 +42,8 @@ pub struct Agent {
     pub endpoints: Vec<pb::Endpoint>,
     /// The mesh-wide ipcache as last seen on the watch stream.
     pub ipcache: Mutex<IpCache>,
+    /// This cluster's services with merged backends, from the watch stream.
+    pub services: Mutex<services::Services>,
 }
 
 impl Agent {
@@ -54,6 +57,10 @@ impl Agent {
 
     pub fn ipcache(&self) -> std::sync::MutexGuard<'_, IpCache> {
         self.ipcache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn services(&self) -> std::sync::MutexGuard<'_, services::Services> {
+        self.services.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes a new key, saves it, switches the tunnel to it and publishes it.
@@ -104,6 +111,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         reregister: tokio::sync::Notify::new(),
         endpoints: endpoints.iter().map(|e| e.to_pb()).collect(),
         ipcache: Mutex::new(cache.unwrap_or_default()),
+        services: Mutex::new(services::Services::default()),
         cfg,
     });
     // Resume from what we last knew, before discovery answers: after a

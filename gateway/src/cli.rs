@@ -11,6 +11,7 @@ use crate::discovery_cmd::DiscoveryArgs;
 use crate::federation_cmd::FederationArgs;
 use crate::lab_cmd::LabCommand;
 use crate::nodes_cmd::NodesArgs;
+use crate::services_cmd::ServicesArgs;
 
 /// meshgate: encrypted multi-cluster mesh for Kubernetes nodes.
 #[derive(Debug, Parser)]
@@ -33,6 +34,8 @@ pub enum Command {
     },
     /// List the nodes a discovery knows.
     Nodes(NodesArgs),
+    /// List a discovery's services, global ones with backends merged across clusters.
+    Services(ServicesArgs),
     /// Make the mesh CA and certificates for discoveries and agents (mutual TLS).
     Certs(CertsArgs),
     /// Show what a discovery imports from remote clusters, and what it rejected.
@@ -55,6 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent(args) => crate::agent::run(*args).map(|_| ExitCode::SUCCESS),
         Command::Lab { command } => crate::lab_cmd::run(command),
         Command::Nodes(args) => crate::nodes_cmd::run(args).map(|_| ExitCode::SUCCESS),
+        Command::Services(args) => crate::services_cmd::run(args).map(|_| ExitCode::SUCCESS),
         Command::Certs(args) => crate::certs_cmd::run(args).map(|_| ExitCode::SUCCESS),
         Command::Federation(args) => crate::federation_cmd::run(args).map(|_| ExitCode::SUCCESS),
         Command::Status { state_dir } => crate::agent::print_status(&state_dir),

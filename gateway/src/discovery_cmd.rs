@@ -31,6 +31,10 @@ pub struct DiscoveryArgs {
     /// Seconds a remote's state is kept after its connection broke.
     #[arg(long, default_value_t = 60.0)]
     pub remote_timeout: f64,
+    /// A YAML list of this cluster's services (name, namespace, ports,
+    /// selector, annotations, export); global ones are merged across clusters.
+    #[arg(long)]
+    pub services: Option<PathBuf>,
     /// This discovery's TLS certificate (PEM); with --tls-key and
     /// --client-ca, gRPC is served over mutual TLS only.
     #[arg(long, requires_all = ["tls_key", "client_ca"])]
@@ -65,6 +69,10 @@ pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
         ),
         _ => None,
     };
+    let services = match &args.services {
+        Some(path) => crate::services_file::load(path)?,
+        None => Vec::new(),
+    };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let cfg = meshgate_discovery::server::ServerConfig {
@@ -77,6 +85,7 @@ pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
                 remotes: args.remotes,
                 remote_timeout: Duration::from_secs_f64(args.remote_timeout),
             },
+            services,
         };
         meshgate_discovery::server::serve_with_tls(cfg, tls, shutdown_signal())
             .await

@@ -143,7 +143,10 @@ fn start_in(
     let p: ProcessRecord = match rec.process(component) {
         Some(p) => p.clone(),
         None => match &t.kind {
-            TargetKind::Discovery => world::discovery_record(&c, Duration::from_secs(10)),
+            TargetKind::Discovery => {
+                world::write_services_file(&c)?;
+                world::discovery_record(&c, Duration::from_secs(10))
+            }
             _ => {
                 let n = c.node(&t.name).ok_or_else(|| LabError::Target {
                     target: format!("{}/{}", t.cluster, t.name),

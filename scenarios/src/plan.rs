@@ -83,6 +83,10 @@ pub struct ClusterPlan {
     /// (federation: every discovery imports from every other).
     #[serde(default)]
     pub remotes: Vec<String>,
+    /// The cluster's services, written to [`ClusterPlan::services_file`]
+    /// and passed to its discovery as `--services`.
+    #[serde(default)]
+    pub services: Vec<meshgate_discovery::service::Service>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,6 +207,7 @@ impl Plan {
                 nodes,
                 remotes: Vec::new(),
                 certs: certs_dir(world),
+                services: c.services.clone(),
             });
         }
         let urls: Vec<(String, String)> = clusters
@@ -284,8 +289,21 @@ impl ClusterPlan {
         CertLayout::new(&self.certs)
     }
 
+    /// Where the lab writes this cluster's services for its discovery.
+    pub fn services_file(&self) -> PathBuf {
+        self.discovery.state_dir.join("services.yaml")
+    }
+
     /// `meshgate` arguments of this cluster's discovery.
     pub fn discovery_args(&self, lease_ttl: Duration) -> Vec<String> {
+        let services = if self.services.is_empty() {
+            Vec::new()
+        } else {
+            vec![
+                "--services".to_string(),
+                self.services_file().display().to_string(),
+            ]
+        };
         vec![
             "discovery".into(),
             "--listen".into(),
@@ -317,6 +335,7 @@ impl ClusterPlan {
                 .iter()
                 .flat_map(|r| ["--remote".to_string(), r.clone()]),
         )
+        .chain(services)
         .collect()
     }
 

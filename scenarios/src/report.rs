@@ -1,7 +1,10 @@
 //! What the lab tells its user: the `up` summary and the `status` text.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
+
+use meshgate_discovery::service::GlobalService;
 
 use crate::error::Result;
 use crate::plan::ClusterPlan;
@@ -132,6 +135,56 @@ fn process_state(rec: &WorldRecord, component: &Component) -> String {
     }
 }
 
+/// One line per service: global or local, affinity, backends per cluster.
+pub fn service_lines(services: &BTreeMap<String, GlobalService>) -> Vec<String> {
+    services
+        .values()
+        .map(|s| {
+            let mut per: BTreeMap<&str, usize> = BTreeMap::new();
+            for b in &s.backends {
+                *per.entry(b.cluster.as_str()).or_default() += 1;
+            }
+            let per: Vec<String> = per.iter().map(|(c, n)| format!("{c} {n}")).collect();
+            format!(
+                "  service {}: {}{}, affinity {}, {} backends ({})",
+                s.key(),
+                if s.global { "global" } else { "local" },
+                if s.shared { "" } else { " (not shared)" },
+                s.affinity.as_str(),
+                s.backends.len(),
+                per.join(", ")
+            )
+        })
+        .collect()
+}
+
+/// The services as the first node of `c` that wrote `services.json` sees them.
+fn cluster_services(c: &ClusterPlan, out: &mut Vec<String>) {
+    if c.services.is_empty() {
+        return;
+    }
+    #[derive(serde::Deserialize)]
+    struct File {
+        services: BTreeMap<String, GlobalService>,
+    }
+    let seen = c.nodes.iter().find_map(|n| {
+        let text = std::fs::read_to_string(n.state_dir.join("services.json")).ok()?;
+        let f: File = serde_json::from_str(&text).ok()?;
+        Some((n.name.clone(), f.services))
+    });
+    match seen {
+        Some((node, services)) => {
+            out.push(format!("  services (as agent {node} has them):"));
+            out.extend(
+                service_lines(&services)
+                    .into_iter()
+                    .map(|l| format!("  {l}")),
+            );
+        }
+        None => out.push("  services: no agent has written services.json yet".to_string()),
+    }
+}
+
 fn cluster_text(rec: &WorldRecord, c: &ClusterPlan, out: &mut Vec<String>) {
     let d = Component::Discovery {
         cluster: c.name.clone(),
@@ -145,6 +198,7 @@ fn cluster_text(rec: &WorldRecord, c: &ClusterPlan, out: &mut Vec<String>) {
         c.discovery.port,
         process_state(rec, &d)
     ));
+    cluster_services(c, out);
     for n in &c.nodes {
         let a = Component::Agent {
             cluster: c.name.clone(),
@@ -231,6 +285,35 @@ mod tests {
         assert!(
             text.contains("c1       n1    userspace  100.64.4.1  2      c1/n2 0.4s, c1/n3 never"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn service_lines_count_backends_per_cluster() {
+        use meshgate_discovery::service::{Affinity, Backend};
+        let b = |cluster: &str, ip: &str| Backend {
+            cluster: cluster.into(),
+            ip: ip.parse().expect("ip"),
+            node: "n1".into(),
+            name: "p".into(),
+        };
+        let web = GlobalService {
+            namespace: "default".into(),
+            name: "web".into(),
+            global: true,
+            shared: true,
+            affinity: Affinity::Local,
+            ports: vec![],
+            backends: vec![
+                b("c1", "10.1.0.10"),
+                b("c2", "10.2.0.10"),
+                b("c2", "10.2.1.10"),
+            ],
+        };
+        let lines = service_lines(&BTreeMap::from([(web.key(), web)]));
+        assert_eq!(
+            lines,
+            vec!["  service default/web: global, affinity local, 3 backends (c1 1, c2 2)"]
         );
     }
 

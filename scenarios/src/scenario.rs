@@ -43,6 +43,10 @@ pub struct Cluster {
     pub pod_cidr: String,
     #[serde(default)]
     pub nodes: Vec<Node>,
+    /// This cluster's services (the shape of discovery's `--services` file);
+    /// global ones are merged across clusters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<meshgate_discovery::service::Service>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -176,7 +176,25 @@ fn start_discovery(
     bin: &Path,
     ttl: Duration,
 ) -> Result<()> {
+    write_services_file(c)?;
     spawn_recorded(rec, discovery_record(c, ttl), bin).map(|_| ())
+}
+
+/// Writes the cluster's services into its discovery's state dir (for
+/// `--services`); nothing when it has none.
+pub(crate) fn write_services_file(c: &ClusterPlan) -> Result<()> {
+    if c.services.is_empty() {
+        return Ok(());
+    }
+    let path = c.services_file();
+    let io = |what: String| move |source| LabError::Io { what, source };
+    std::fs::create_dir_all(&c.discovery.state_dir)
+        .map_err(io(format!("creating {}", c.discovery.state_dir.display())))?;
+    let text = serde_yaml::to_string(&c.services).map_err(|e| LabError::BadFile {
+        path: path.clone(),
+        problem: e.to_string(),
+    })?;
+    std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))
 }
 
 fn start_agent(rec: &mut WorldRecord, c: &ClusterPlan, n: &NodePlan, bin: &Path) -> Result<()> {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 pub use meshgate_lab::AgentStatus;
 
+mod services;
 mod tls;
 
 /// The `meshgate` binary under test.

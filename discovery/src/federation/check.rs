@@ -15,6 +15,7 @@ use crate::alloc::{CLUSTER_SHIFT as TUNNEL_SHIFT, TUNNEL_BASE};
 use crate::endpoint::Endpoint;
 use crate::identity::{cluster_of, Labels};
 use crate::model::{first_overlap, Node};
+use crate::service::Service;
 
 /// Why a remote's record (or the whole remote) was not imported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -88,6 +89,8 @@ pub struct Accepted {
     pub nodes: BTreeMap<String, Node>,
     pub endpoints: BTreeMap<IpAddr, Endpoint>,
     pub identities: BTreeMap<u32, Labels>,
+    /// Service definitions, by `namespace/name`.
+    pub services: BTreeMap<String, Service>,
 }
 
 /// The verdict on a remote's view: `accepted` is `None` when the remote as
@@ -305,6 +308,43 @@ pub fn check(remote: &str, view: &RemoteView, local: &Local, others: &[OtherRemo
             continue;
         }
         acc.endpoints.insert(e.ip, e);
+    }
+
+    for p in &view.services {
+        let key = format!("service {}/{}", p.namespace, p.name);
+        let s = match Service::try_from(p) {
+            Ok(s) => s,
+            Err(err) => {
+                reject(key, RejectReason::Invalid, err);
+                continue;
+            }
+        };
+        if s.cluster != remote {
+            reject(
+                key,
+                RejectReason::ClusterName,
+                format!(
+                    "remote {remote} sent service {} of cluster {:?}; a remote may send only \
+                     its own services",
+                    s.key(),
+                    s.cluster
+                ),
+            );
+            continue;
+        }
+        if let Err(err) = s.validate() {
+            reject(key, RejectReason::Invalid, err.to_string());
+            continue;
+        }
+        if acc.services.contains_key(&s.key()) {
+            reject(
+                key,
+                RejectReason::Invalid,
+                format!("remote {remote} sent service {} twice", s.key()),
+            );
+            continue;
+        }
+        acc.services.insert(s.key(), s);
     }
     out.accepted = Some(acc);
     out

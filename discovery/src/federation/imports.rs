@@ -19,6 +19,7 @@ use super::{RemoteConfig, RemoteView};
 use crate::endpoint::{Endpoint, Identity};
 use crate::identity::Labels;
 use crate::model::{Event, Node, RemoveReason};
+use crate::service::Service;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Remote {
@@ -31,6 +32,7 @@ struct Remote {
     nodes: BTreeMap<String, Node>,
     endpoints: BTreeMap<IpAddr, Endpoint>,
     identities: BTreeMap<u32, Labels>,
+    services: BTreeMap<String, Service>,
     rejected: BTreeMap<RejectReason, u64>,
     /// Records rejected by the last check, so a record is counted (and
     /// logged) once when it becomes rejected, not on every event.
@@ -92,6 +94,11 @@ impl Imports {
     /// Every imported endpoint.
     pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
         self.remotes.values().flat_map(|r| r.endpoints.values())
+    }
+
+    /// Every imported service definition.
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.remotes.values().flat_map(|r| r.services.values())
     }
 
     /// Every imported identity.
@@ -194,6 +201,7 @@ impl Imports {
         );
         remote.nodes = acc.nodes;
         remote.endpoints = acc.endpoints;
+        remote.services = acc.services;
         Update {
             events,
             new_rejections,
@@ -229,6 +237,7 @@ impl Imports {
             );
             r.endpoints.clear();
             r.nodes.clear();
+            r.services.clear();
             r.cluster_id = None;
             r.broken_at = None;
             out.push((name.clone(), events));

@@ -54,6 +54,7 @@ fn c2_snapshot() -> pb::Snapshot {
         identities: vec![pid(2 << 16 | 256)],
         cluster: "c2".into(),
         cluster_id: 2,
+        ..Default::default()
     }
 }
 
@@ -94,6 +95,7 @@ fn kinds(events: &[Event]) -> Vec<String> {
             Event::EndpointUpserted { endpoint, .. } => format!("+ep {}", endpoint.ip),
             Event::EndpointRemoved { ip, .. } => format!("-ep {ip}"),
             Event::IdentityAdded { identity, .. } => format!("+id {}", identity.id),
+            Event::ServiceUpdated { service, .. } => format!("~svc {}", service.key()),
         })
         .collect()
 }
@@ -309,6 +311,7 @@ fn pod_cidrs_of_another_remote_are_protected() {
         identities: vec![],
         cluster: "c3".into(),
         cluster_id: 3,
+        ..Default::default()
     };
     let u = update(&mut i, "c3", &RemoteView::from_snapshot(snap), 0);
     assert_eq!(reasons(&u), [("node c3/n1", RejectReason::PodCidrOverlap)]);
@@ -364,4 +367,44 @@ fn revisions_are_restamped_and_locality_is_told() {
         assert!(!is_local(&e, "c1", 1));
         assert!(is_local(&e, "c2", 2));
     }
+}
+
+fn psvc(cluster: &str, name: &str, annotations: &[(&str, &str)]) -> pb::Service {
+    pb::Service {
+        name: name.into(),
+        namespace: "default".into(),
+        cluster: cluster.into(),
+        ports: vec![pb::ServicePort {
+            name: "http".into(),
+            port: 80,
+            protocol: "TCP".into(),
+        }],
+        selector: [("app".to_string(), "web".to_string())].into(),
+        annotations: annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        exported: false,
+    }
+}
+
+#[test]
+fn a_remote_may_claim_only_its_own_valid_services() {
+    let mut i = imports();
+    let mut snap = c2_snapshot();
+    snap.services = vec![
+        psvc("c2", "web", &[("service.cilium.io/global", "true")]),
+        psvc("c1", "stolen", &[]),
+        psvc("c2", "bad", &[("service.cilium.io/affinity", "near")]),
+    ];
+    let u = update(&mut i, "c2", &RemoteView::from_snapshot(snap), 0);
+    assert_eq!(
+        reasons(&u),
+        vec![
+            ("service default/stolen", RejectReason::ClusterName),
+            ("service default/bad", RejectReason::Invalid),
+        ]
+    );
+    let names: Vec<String> = i.services().map(|s| s.key()).collect();
+    assert_eq!(names, vec!["default/web".to_string()]);
 }

@@ -20,6 +20,9 @@ pub struct RemoteView {
     /// By IP as sent.
     pub endpoints: BTreeMap<String, pb::Endpoint>,
     pub identities: BTreeMap<u32, pb::Identity>,
+    /// Service definitions of the remote's cluster (fixed for a connection:
+    /// a discovery loads its services at start).
+    pub services: Vec<pb::Service>,
 }
 
 fn node_key(cluster: &str, name: &str) -> String {
@@ -39,6 +42,7 @@ impl RemoteView {
                 .collect(),
             endpoints: s.endpoints.into_iter().map(|e| (e.ip.clone(), e)).collect(),
             identities: s.identities.into_iter().map(|i| (i.id, i)).collect(),
+            services: s.services,
         }
     }
 
@@ -78,6 +82,8 @@ impl RemoteView {
                     self.identities.insert(i.id, i);
                 }
             }
+            // Merged views are not sent on local-only watches; nothing to mirror.
+            Event::ServiceUpdated(u) => self.revision = u.revision,
         }
     }
 }

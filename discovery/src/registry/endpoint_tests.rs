@@ -75,6 +75,7 @@ fn kinds(events: &[Event]) -> Vec<&'static str> {
             Event::EndpointUpserted { .. } => "ep+",
             Event::EndpointRemoved { .. } => "ep-",
             Event::IdentityAdded { .. } => "id+",
+            Event::ServiceUpdated { .. } => "svc~",
         })
         .collect()
 }

@@ -155,11 +155,17 @@ fn import(shared: &Shared, name: &str, view: &RemoteView) {
 }
 
 /// Stamps imported changes with the next revisions and broadcasts them.
+/// Then pushes the merged services that changed (also when only a remote's
+/// service definitions changed, which gives no events of its own).
 fn publish(shared: &Shared, core: &mut Core, remote: &str, events: Vec<Event>) {
     for event in events {
         let event = with_revision(event, core.registry.next_revision());
         log_import(remote, &event);
         // No receivers is fine.
+        let _ = shared.events.send(event);
+    }
+    for event in super::services::events(core) {
+        log_import(remote, &event);
         let _ = shared.events.send(event);
     }
 }
@@ -199,6 +205,13 @@ fn log_import(remote: &str, event: &Event) {
                 "remote identity imported"
             )
         }
+        Event::ServiceUpdated { revision, service } => info!(
+            remote,
+            service = %service.key(),
+            backends = service.backends.len(),
+            revision,
+            "service backends changed"
+        ),
     }
 }
 
@@ -239,6 +252,10 @@ pub(super) fn snapshot(core: &Core, local_only: bool) -> (u64, pb::WatchEvent) {
     if let Some(pb::watch_event::Event::Snapshot(p)) = &mut event.event {
         p.cluster = cfg.cluster.clone();
         p.cluster_id = u32::from(cfg.cluster_id);
+        p.services = core.services.iter().map(pb::Service::from).collect();
+        if !local_only {
+            p.global_services = core.merged.values().map(pb::GlobalService::from).collect();
+        }
     }
     (s.revision, event)
 }

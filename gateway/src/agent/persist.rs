@@ -53,7 +53,12 @@ pub fn save(dir: &Path, saved: &Saved) -> anyhow::Result<()> {
 
 /// Forgets the peers, status and ipcache, when the node leaves the mesh.
 pub fn forget(dir: &Path) {
-    for f in [PEERS_FILE, STATUS_FILE, super::ipcache::IPCACHE_FILE] {
+    for f in [
+        PEERS_FILE,
+        STATUS_FILE,
+        super::ipcache::IPCACHE_FILE,
+        super::services::SERVICES_FILE,
+    ] {
         let _ = std::fs::remove_file(dir.join(f));
     }
 }
@@ -89,6 +94,7 @@ pub fn status(agent: &Agent) -> AgentStatus {
         key_rotations: mesh.key_rotations,
         ipcache_entries,
         identities,
+        services: agent.services().services.len(),
         peers: stats
             .into_iter()
             .map(|s| {

@@ -120,6 +120,20 @@ fn update_ipcache(agent: &Agent, event: &pb::watch_event::Event) {
     }
 }
 
+/// Applies an event to the services and writes `services.json` if they changed.
+fn update_services(agent: &Agent, event: &pb::watch_event::Event) {
+    let mut services = agent.services();
+    match services.apply(event) {
+        Ok(true) => {
+            if let Err(e) = super::services::save(&agent.cfg.state_dir, &services) {
+                warn!(error = %format!("{e:#}"), "writing the services failed");
+            }
+        }
+        Ok(false) => {}
+        Err(problem) => warn!(%problem, "ignoring an unusable service record"),
+    }
+}
+
 async fn session(agent: &Agent, backoff: &mut Duration) -> anyhow::Result<()> {
     let mut client = connect_with(&agent.cfg.discovery, agent.cfg.tls.as_ref()).await?;
     let ttl = register(agent, &mut client).await?;
@@ -143,6 +157,7 @@ async fn session(agent: &Agent, backoff: &mut Duration) -> anyhow::Result<()> {
                     .ok_or_else(|| anyhow!("discovery closed the watch stream"))?;
                 if let Some(e) = &event.event {
                     update_ipcache(agent, e);
+                    update_services(agent, e);
                 }
                 match event.event {
                     Some(pb::watch_event::Event::Snapshot(s)) => {
@@ -163,6 +178,7 @@ async fn session(agent: &Agent, backoff: &mut Duration) -> anyhow::Result<()> {
                     Some(pb::watch_event::Event::EndpointUpserted(_))
                     | Some(pb::watch_event::Event::EndpointRemoved(_))
                     | Some(pb::watch_event::Event::IdentityAdded(_))
+                    | Some(pb::watch_event::Event::ServiceUpdated(_))
                     | None => continue,
                 }
                 if have_snapshot {

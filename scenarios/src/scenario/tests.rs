@@ -324,3 +324,29 @@ fn rotate_interval_zero_is_refused_and_a_value_reaches_the_agent() {
         .iter()
         .any(|a| a == "--rotate-interval"));
 }
+
+#[test]
+fn services_are_parsed_and_checked() {
+    let good = format!(
+        "{BASE}    services:\n      - name: web\n        ports: [{{name: http, port: 80}}]\n        selector: {{app: web}}\n        annotations: {{service.cilium.io/global: \"true\"}}\n"
+    );
+    let s = Scenario::parse("t.yaml", &good).unwrap();
+    assert!(s.clusters[0].services[0].is_global().unwrap());
+    let bad = format!(
+        "{BASE}    services:\n      - name: web\n        ports: [{{port: 80}}]\n        annotations: {{service.cilium.io/affinity: near}}\n"
+    );
+    has(&bad, "clusters[0].services");
+    has(&bad, "near");
+}
+
+#[test]
+fn shipped_three_clusters_file_has_services() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("three-clusters.yaml");
+    let s = Scenario::load(&path).unwrap();
+    assert_eq!(s.clusters.len(), 3);
+    assert!(s.clusters.iter().all(|c| c
+        .services
+        .iter()
+        .any(|x| x.name == "web" && x.is_global().unwrap())));
+    assert_eq!(s.clusters[0].services.len(), 2);
+}

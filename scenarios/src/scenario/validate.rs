@@ -90,6 +90,9 @@ pub fn validate(s: &Scenario) -> Vec<FieldError> {
     for (ci, c) in s.clusters.iter().enumerate() {
         let at = format!("clusters[{ci}]");
         check_name(&mut errors, format!("{at}.name"), &c.name, MAX_SHORT_NAME);
+        if let Err(e) = meshgate_discovery::service::validate_all(&c.services) {
+            errors.add(format!("{at}.services"), e.to_string());
+        }
         if c.name == EXTERNAL_WORD {
             errors.add(
                 format!("{at}.name"),
