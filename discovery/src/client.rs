@@ -63,9 +63,27 @@ pub async fn connect_with(
     if let Some(tls) = tls {
         tokio::time::timeout(CONNECT_TIMEOUT, probe(channel.clone()))
             .await
-            .map_err(|_| Error::Connect {
-                endpoint: endpoint.to_string(),
-                reason: format!("no answer within {CONNECT_TIMEOUT:?} after the TLS handshake"),
+            .map_err(|_| {
+                let reason =
+                    format!("no answer within {CONNECT_TIMEOUT:?} after the TLS handshake");
+                if tls.identity.is_none() {
+                    // The channel keeps reconnecting to a server that closes
+                    // every connection right after the handshake: that is a
+                    // server insisting on a client certificate.
+                    Error::Tls {
+                        explanation: format!(
+                            "discovery at {endpoint} closed every connection after the TLS \
+                             handshake: it requires a client certificate: pass --tls-cert and \
+                             --tls-key"
+                        ),
+                        reason,
+                    }
+                } else {
+                    Error::Connect {
+                        endpoint: endpoint.to_string(),
+                        reason,
+                    }
+                }
             })?
             .map_err(|status| probe_error(&status, endpoint, tls))?;
     }

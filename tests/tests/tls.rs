@@ -53,8 +53,12 @@ fn refused_agent(world: &World, ns: &str, node: &str, tls: &[String], dir: &Path
         .spawn()
         .unwrap();
     let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    // Wait for a refusal that gives its reason: on a loaded machine an
+    // attempt may first time out, and the agent retries.
     let seen = wait_until(Duration::from_secs(15), || {
-        text().contains("discovery unreachable")
+        text()
+            .lines()
+            .any(|l| l.contains("discovery unreachable") && !l.contains("no answer within"))
     });
     let _ = child.kill();
     let _ = child.wait();
