@@ -56,9 +56,10 @@ fn refused_agent(world: &World, ns: &str, node: &str, tls: &[String], dir: &Path
     // Wait for a refusal that gives its reason: on a loaded machine an
     // attempt may first time out, and the agent retries.
     let seen = wait_until(Duration::from_secs(15), || {
-        text()
-            .lines()
-            .any(|l| l.contains("discovery unreachable") && !l.contains("no answer within"))
+        text().lines().any(|l| {
+            l.contains("discovery unreachable")
+                && !(l.contains("cannot connect to discovery") && l.contains("no answer within"))
+        })
     });
     let _ = child.kill();
     let _ = child.wait();
