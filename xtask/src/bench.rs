@@ -2,25 +2,37 @@
 //! run on the same machine, reported as ratios and kept in docs/benchmarks.md.
 
 mod iperf;
+mod mesh;
 mod report;
 mod tunnel;
 
 use anyhow::{bail, Result};
 
-type Bench = fn() -> Result<()>;
+type Bench = fn(&[&str]) -> Result<()>;
 
-/// Every benchmark by name; `mesh` and `policy` go here when they exist.
-const BENCHES: &[(&str, Bench)] = &[("tunnel", tunnel::run)];
+/// Every benchmark by name, whether it needs root, and how it is run;
+/// `policy` goes here when it exists.
+const BENCHES: &[(&str, bool, Bench)] = &[
+    ("tunnel", true, |args| {
+        if !args.is_empty() {
+            bail!("cargo xtask bench tunnel takes no arguments");
+        }
+        tunnel::run()
+    }),
+    ("mesh", false, mesh::run),
+];
 
 pub fn known() -> Vec<&'static str> {
-    BENCHES.iter().map(|(name, _)| *name).collect()
+    BENCHES.iter().map(|(name, _, _)| *name).collect()
 }
 
-pub fn run(name: &str) -> Result<()> {
-    match BENCHES.iter().find(|(known, _)| *known == name) {
-        Some((_, bench)) => {
-            crate::util::require_root()?;
-            bench()
+pub fn run(name: &str, args: &[&str]) -> Result<()> {
+    match BENCHES.iter().find(|(known, _, _)| *known == name) {
+        Some((_, root, bench)) => {
+            if *root {
+                crate::util::require_root()?;
+            }
+            bench(args)
         }
         None => bail!("unknown benchmark `{name}`; known: {}", known().join(", ")),
     }

@@ -20,7 +20,7 @@ commands:
   demo          bring up scenarios/one-cluster.yaml, ping across nodes, show the
                 underlay carries only WireGuard and the control plane
   bench NAME    run a benchmark beside its anchors and record it in docs/benchmarks.md
-                (known: tunnel)
+                (known: tunnel, mesh [--clusters N, default 32; 255 is the issue's target])
   help          this text";
 
 fn main() -> ExitCode {
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         ["deps"] => deps::run(),
         ["test"] => test::run(),
         ["demo"] => demo::run(),
-        ["bench", name] => bench::run(name),
+        ["bench", name, rest @ ..] => bench::run(name, rest),
         ["bench"] => Err(anyhow::anyhow!(
             "cargo xtask bench needs a benchmark name; known: {}",
             bench::known().join(", ")

@@ -1,0 +1,748 @@
+//! `mesh_bench`: N federated discovery servers in one process on 127.0.0.1,
+//! each importing from all the others, with synthetic nodes, endpoints and
+//! global services per cluster registered through the real gRPC API.
+//!
+//! It measures the time until every cluster's agent-facing `Watch` view has
+//! everything (convergence), then makes K single changes (one endpoint of one
+//! node, in a random cluster, replaced by a new IP) and measures for each the
+//! time until every cluster's watcher has the new endpoint and the merged
+//! service backend for it; plus the process RSS (`VmRSS`) at each phase.
+//!
+//! Run by `cargo xtask bench mesh`; by hand:
+//! `cargo run --release -p meshgate-discovery --example mesh_bench -- --clusters 8`.
+//! Progress goes to stderr; the result is one JSON line on stdout, written
+//! also when the run fails or hits `--timeout` (then the exit code is 1).
+#![allow(clippy::print_stdout)] // a benchmark driver: stdout is its output
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use meshgate_discovery::client::{connect, pb, DiscoveryClient};
+use meshgate_discovery::federation::{FederationConfig, RemoteConfig};
+use meshgate_discovery::server::{serve_with_listener, ServerConfig};
+use meshgate_discovery::service::{Protocol, Service, ServicePort};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+const USAGE: &str = "usage: mesh_bench [--clusters N (1..=255, default 8)] [--nodes N (default 20)] \
+[--services N (default 50)] [--endpoints N per node (default 3)] [--changes K (default 20, max 150)] \
+[--timeout SECONDS (default 300)]";
+/// How long one change may take to reach every cluster before it counts as lost.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// First host octet of the IPs that changes give endpoints (initial ones are 10..).
+const CHANGE_HOST: usize = 100;
+/// Attempts per registration call; an agent retries too.
+const ATTEMPTS: usize = 10;
+
+/// Calls that failed and were retried (a broken connection, mostly).
+static RETRIES: AtomicUsize = AtomicUsize::new(0);
+/// Watch streams that broke and were opened again.
+static WATCH_BREAKS: AtomicUsize = AtomicUsize::new(0);
+/// Nodes registered with their endpoints reported.
+static REGISTERED: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Debug, Clone, Copy)]
+struct Args {
+    clusters: usize,
+    nodes: usize,
+    services: usize,
+    endpoints: usize,
+    changes: usize,
+    timeout: Duration,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        clusters: 8,
+        nodes: 20,
+        services: 50,
+        endpoints: 3,
+        changes: 20,
+        timeout: Duration::from_secs(300),
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = argv.iter();
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let n: usize = value
+            .parse()
+            .map_err(|_| format!("{flag} {value:?} is not a number\n{USAGE}"))?;
+        match flag.as_str() {
+            "--clusters" => a.clusters = n,
+            "--nodes" => a.nodes = n,
+            "--services" => a.services = n,
+            "--endpoints" => a.endpoints = n,
+            "--changes" => a.changes = n,
+            "--timeout" => a.timeout = Duration::from_secs(n as u64),
+            _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
+        }
+    }
+    let ok = (1..=255).contains(&a.clusters)
+        && (1..=255).contains(&a.nodes)
+        && a.services >= 1
+        && (1..=CHANGE_HOST - 10).contains(&a.endpoints)
+        && a.changes <= 250 - CHANGE_HOST
+        && !a.timeout.is_zero();
+    if !ok {
+        return Err(format!(
+            "out of range: clusters 1..=255, nodes 1..=255, services >= 1, endpoints 1..=90, \
+             changes 0..=150, timeout > 0\n{USAGE}"
+        ));
+    }
+    Ok(a)
+}
+
+/// What the run found so far; printed as JSON however it ends.
+type Report = Arc<Mutex<BTreeMap<&'static str, Value>>>;
+
+fn put(report: &Report, key: &'static str, value: Value) {
+    report
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(key, value);
+}
+
+#[tokio::main]
+async fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("mesh_bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let report: Report = Arc::default();
+    put(&report, "clusters", json!(args.clusters));
+    put(&report, "nodes", json!(args.nodes));
+    put(&report, "services", json!(args.services));
+    put(&report, "endpoints_per_node", json!(args.endpoints));
+    put(&report, "changes", json!(args.changes));
+    let outcome = tokio::time::timeout(args.timeout, run(args, report.clone())).await;
+    let error = match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(_) => Some(format!(
+            "global timeout of {} s reached; the figures above are what was measured until then \
+             (raise --timeout, or lower --clusters)",
+            args.timeout.as_secs()
+        )),
+    };
+    put(
+        &report,
+        "error",
+        error.clone().map_or(Value::Null, Value::from),
+    );
+    put(&report, "retries", json!(RETRIES.load(Ordering::Relaxed)));
+    put(
+        &report,
+        "watch_breaks",
+        json!(WATCH_BREAKS.load(Ordering::Relaxed)),
+    );
+    put(
+        &report,
+        "registered_nodes",
+        json!(REGISTERED.load(Ordering::Relaxed)),
+    );
+    let text = {
+        let r = report.lock().unwrap_or_else(PoisonError::into_inner);
+        serde_json::to_string(&*r).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    };
+    println!("{text}");
+    if let Some(e) = error {
+        eprintln!("mesh_bench: {e}");
+        std::process::exit(1);
+    }
+    // Servers and links are still running: leave without waiting for them.
+    std::process::exit(0);
+}
+
+async fn run(args: Args, report: Report) -> Result<(), String> {
+    let n = args.clusters;
+    check_fd_limit(n)?;
+    let dir = tempfile::tempdir().map_err(|e| format!("creating a temp dir: {e}"))?;
+    let rss_start = rss_kib()?;
+    put(&report, "rss_start_kib", json!(rss_start));
+
+    // Servers, each federated with all the others.
+    let started = Instant::now();
+    let mut addrs = Vec::with_capacity(n);
+    let mut listeners = Vec::with_capacity(n);
+    for _ in 0..n {
+        let l = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("binding 127.0.0.1:0: {e}"))?;
+        addrs.push(l.local_addr().map_err(|e| e.to_string())?);
+        listeners.push(l);
+    }
+    let services = services(args.services);
+    for (c, listener) in listeners.into_iter().enumerate() {
+        start_server(dir.path(), c, listener, &addrs, services.clone());
+    }
+    let mut clients = Vec::with_capacity(n);
+    for addr in &addrs {
+        clients.push(connect_retry(*addr).await?);
+    }
+    wait_links(&clients, n).await?;
+    let links_up = started.elapsed();
+    let rss_links = rss_kib()?;
+    put(&report, "links_up_s", json!(links_up.as_secs_f64()));
+    put(&report, "rss_links_kib", json!(rss_links));
+    eprintln!(
+        "mesh_bench: {n} servers, {} links up in {:.2} s; RSS {} MiB",
+        n * (n - 1),
+        links_up.as_secs_f64(),
+        rss_links / 1024
+    );
+
+    // One agent-facing watcher per cluster.
+    let expected = Expected {
+        nodes: n * args.nodes,
+        endpoints: n * args.nodes * args.endpoints,
+        services: args.services,
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for (c, client) in clients.iter().enumerate() {
+        tokio::spawn(watcher(c, client.clone(), expected, tx.clone()));
+    }
+    drop(tx);
+
+    // Nodes and endpoints, all clusters at once.
+    let registering = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (c, client) in clients.iter().enumerate() {
+        let mut client = client.clone();
+        tasks.spawn(async move {
+            for i in 0..args.nodes {
+                register(&mut client, c, i).await?;
+                let ips: Vec<String> = (0..args.endpoints).map(|j| ip(c, i, 10 + j)).collect();
+                report_endpoints(&mut client, c, i, &ips, args).await?;
+                REGISTERED.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<(), String>(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.map_err(|e| format!("registering task failed: {e}"))??;
+    }
+    let registered = registering.elapsed();
+    put(&report, "register_s", json!(registered.as_secs_f64()));
+    eprintln!(
+        "mesh_bench: {} nodes and {} endpoints registered in {:.2} s; waiting for every view",
+        expected.nodes,
+        expected.endpoints,
+        registered.as_secs_f64()
+    );
+    let mut converged = HashSet::new();
+    let mut last_note = Instant::now();
+    while converged.len() < n {
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Some(Seen::Converged(c))) => {
+                converged.insert(c);
+            }
+            Ok(Some(Seen::Change { .. })) => {}
+            Ok(None) => return Err("every watcher ended before converging".into()),
+            Err(_) => {}
+        }
+        if last_note.elapsed() >= Duration::from_secs(5) {
+            last_note = Instant::now();
+            eprintln!(
+                "mesh_bench: {}/{n} views converged after {:.1} s",
+                converged.len(),
+                registering.elapsed().as_secs_f64()
+            );
+            put(&report, "converged_views", json!(converged.len()));
+        }
+    }
+    let converge = registering.elapsed();
+    let rss_converged = rss_kib()?;
+    put(&report, "converged_views", json!(n));
+    put(&report, "converge_s", json!(converge.as_secs_f64()));
+    put(&report, "rss_converged_kib", json!(rss_converged));
+    eprintln!(
+        "mesh_bench: every view converged {:.2} s after registering began; RSS {} MiB",
+        converge.as_secs_f64(),
+        rss_converged / 1024
+    );
+
+    // Single changes, one at a time.
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut latencies = Vec::with_capacity(args.changes);
+    let mut lost = 0usize;
+    for k in 0..args.changes {
+        let c = rng.below(n);
+        let i = rng.below(args.nodes);
+        let host = CHANGE_HOST + k;
+        let new_ip = ip(c, i, host);
+        let mut ips: Vec<String> = (0..args.endpoints).map(|j| ip(c, i, 10 + j)).collect();
+        ips[0].clone_from(&new_ip);
+        let mut client = clients[c].clone();
+        let t0 = Instant::now();
+        report_endpoints(&mut client, c, i, &ips, args).await?;
+        let mut seen = HashSet::new();
+        let deadline = tokio::time::Instant::now() + CHANGE_TIMEOUT;
+        let mut latest = t0;
+        while seen.len() < n {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(Seen::Change { cluster, ip, at })) if ip == new_ip => {
+                    if seen.insert(cluster) {
+                        latest = latest.max(at);
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return Err("every watcher ended during the changes".into()),
+                Err(_) => break,
+            }
+        }
+        if seen.len() < n {
+            lost += 1;
+            eprintln!(
+                "mesh_bench: change {k} ({new_ip}) reached only {}/{n} views in {} s",
+                seen.len(),
+                CHANGE_TIMEOUT.as_secs()
+            );
+        } else {
+            latencies.push(latest.duration_since(t0).as_secs_f64());
+        }
+        put(&report, "latencies_s", json!(latencies));
+        put(&report, "lost_changes", json!(lost));
+    }
+    let rss_end = rss_kib()?;
+    put(&report, "rss_end_kib", json!(rss_end));
+    let mut sorted = latencies.clone();
+    sorted.sort_by(f64::total_cmp);
+    if !sorted.is_empty() {
+        put(&report, "p50_s", json!(percentile(&sorted, 0.50)));
+        put(&report, "p99_s", json!(percentile(&sorted, 0.99)));
+        put(&report, "max_s", json!(sorted[sorted.len() - 1]));
+    }
+    drop(dir);
+    if lost > 0 {
+        return Err(format!(
+            "{lost} of {} changes did not reach every cluster within {} s",
+            args.changes,
+            CHANGE_TIMEOUT.as_secs()
+        ));
+    }
+    Ok(())
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// A small fixed-seed generator: the same run picks the same clusters.
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+fn cluster_name(c: usize) -> String {
+    format!("c{}", c + 1)
+}
+
+/// Cluster ids are 1..=255; cluster `c` (0-based) has id `c + 1`.
+fn cluster_id(c: usize) -> u8 {
+    u8::try_from(c + 1).unwrap_or(u8::MAX)
+}
+
+/// Node `i` of cluster `c` has pod CIDR 10.<id>.<i>.0/24: never overlapping.
+fn ip(c: usize, i: usize, host: usize) -> String {
+    format!("10.{}.{i}.{host}", c + 1)
+}
+
+/// Global, shared services `s0..`, each selecting `app=sJ` in `default`.
+fn services(count: usize) -> Vec<Service> {
+    (0..count)
+        .map(|j| Service {
+            name: format!("s{j}"),
+            namespace: "default".into(),
+            cluster: String::new(),
+            ports: vec![ServicePort {
+                name: String::new(),
+                port: 80,
+                protocol: Protocol::Tcp,
+            }],
+            selector: BTreeMap::from([("app".to_string(), format!("s{j}"))]),
+            annotations: BTreeMap::from([(
+                "service.cilium.io/global".to_string(),
+                "true".to_string(),
+            )]),
+            exported: false,
+        })
+        .collect()
+}
+
+fn start_server(
+    dir: &Path,
+    c: usize,
+    listener: TcpListener,
+    addrs: &[SocketAddr],
+    services: Vec<Service>,
+) {
+    let remotes = addrs
+        .iter()
+        .enumerate()
+        .filter(|(r, _)| *r != c)
+        .map(|(r, a)| RemoteConfig {
+            name: cluster_name(r),
+            url: format!("http://{a}"),
+        })
+        .collect();
+    let cfg = ServerConfig {
+        listen: addrs[c],
+        cluster: cluster_name(c),
+        cluster_id: cluster_id(c),
+        state_dir: dir.join(cluster_name(c)),
+        // Long enough that the run never renews.
+        lease_ttl: Duration::from_secs(3600),
+        services,
+        federation: FederationConfig {
+            remotes,
+            remote_timeout: Duration::from_secs(60),
+        },
+    };
+    tokio::spawn(async move {
+        if let Err(e) = serve_with_listener(cfg, listener, std::future::pending()).await {
+            eprintln!("mesh_bench: discovery {} failed: {e}", cluster_name(c));
+        }
+    });
+}
+
+async fn connect_retry(addr: SocketAddr) -> Result<DiscoveryClient<Channel>, String> {
+    let url = format!("http://{addr}");
+    let mut last = String::new();
+    for _ in 0..50 {
+        match connect(&url).await {
+            Ok(c) => return Ok(c),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("connecting to {url}: {last}"))
+}
+
+/// Waits until every discovery reports every remote connected.
+async fn wait_links(clients: &[DiscoveryClient<Channel>], n: usize) -> Result<(), String> {
+    let mut pending: Vec<usize> = (0..n).collect();
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for &c in &pending {
+            let status = clients[c]
+                .clone()
+                .federation_status(pb::FederationStatusRequest {})
+                .await
+                .map_err(|s| format!("federation status of {}: {}", cluster_name(c), s.message()))?
+                .into_inner();
+            if status.remotes.iter().filter(|r| r.connected).count() < n - 1 {
+                still.push(c);
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `call` until it succeeds, at most [`ATTEMPTS`] times.
+async fn retry<F, Fut>(mut call: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt >= ATTEMPTS => return Err(format!("{e} ({attempt} attempts)")),
+            Err(_) => {
+                attempt += 1;
+                RETRIES.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+async fn register(client: &mut DiscoveryClient<Channel>, c: usize, i: usize) -> Result<(), String> {
+    retry(|| register_once(client.clone(), c, i)).await
+}
+
+async fn register_once(
+    mut client: DiscoveryClient<Channel>,
+    c: usize,
+    i: usize,
+) -> Result<(), String> {
+    let mut key = [0u8; 32];
+    key[0] = cluster_id(c);
+    key[1] = u8::try_from(i).unwrap_or(u8::MAX);
+    key[2] = 1;
+    let node = pb::Node {
+        name: format!("n{i}"),
+        cluster: cluster_name(c),
+        cluster_id: u32::from(cluster_id(c)),
+        underlay_ip: format!("198.18.{}.{}", c + 1, i),
+        listen_port: 51820,
+        wg_public_key: base64::engine::general_purpose::STANDARD.encode(key),
+        pod_cidrs: vec![format!("10.{}.{i}.0/24", c + 1)],
+        tunnel_ip: String::new(),
+        roles: vec![],
+    };
+    client
+        .register(pb::RegisterRequest { node: Some(node) })
+        .await
+        .map_err(|s| format!("register {}/n{i}: {}", cluster_name(c), s.message()))?;
+    Ok(())
+}
+
+/// Reports node `i`'s endpoints; endpoint `j` is labelled `app=s<(i*E+j) % S>`.
+async fn report_endpoints(
+    client: &mut DiscoveryClient<Channel>,
+    c: usize,
+    i: usize,
+    ips: &[String],
+    args: Args,
+) -> Result<(), String> {
+    retry(|| report_once(client.clone(), c, i, ips, args)).await
+}
+
+async fn report_once(
+    mut client: DiscoveryClient<Channel>,
+    c: usize,
+    i: usize,
+    ips: &[String],
+    args: Args,
+) -> Result<(), String> {
+    let endpoints = ips
+        .iter()
+        .enumerate()
+        .map(|(j, ip)| pb::Endpoint {
+            ip: ip.clone(),
+            name: format!("pod-{i}-{j}"),
+            namespace: "default".into(),
+            labels: [(
+                "app".to_string(),
+                format!("s{}", (i * args.endpoints + j) % args.services),
+            )]
+            .into(),
+            node: String::new(),
+            cluster: String::new(),
+            identity: 0,
+        })
+        .collect();
+    client
+        .report_endpoints(pb::ReportEndpointsRequest {
+            node: format!("n{i}"),
+            cluster: cluster_name(c),
+            endpoints,
+        })
+        .await
+        .map_err(|s| format!("report endpoints {}/n{i}: {}", cluster_name(c), s.message()))?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Expected {
+    nodes: usize,
+    endpoints: usize,
+    services: usize,
+}
+
+enum Seen {
+    /// This cluster's view first held every node, endpoint and backend.
+    Converged(usize),
+    /// This cluster's view holds the changed endpoint and its backend.
+    Change {
+        cluster: usize,
+        ip: String,
+        at: Instant,
+    },
+}
+
+/// One cluster's agent-facing view, as an agent would keep it.
+#[derive(Default)]
+struct View {
+    nodes: HashSet<String>,
+    endpoints: HashSet<String>,
+    /// Backend IPs per merged service.
+    backends: HashMap<String, Vec<String>>,
+    backend_count: usize,
+    /// Change IPs seen as endpoint / as backend, and whether reported.
+    changes: HashMap<String, (bool, bool, bool)>,
+}
+
+fn is_change_ip(ip: &str) -> bool {
+    ip.rsplit('.')
+        .next()
+        .and_then(|h| h.parse::<usize>().ok())
+        .is_some_and(|h| h >= CHANGE_HOST)
+}
+
+impl View {
+    fn set_service(&mut self, s: pb::GlobalService) {
+        let ips: Vec<String> = s.backends.into_iter().map(|b| b.ip).collect();
+        for ip in ips.iter().filter(|ip| is_change_ip(ip)) {
+            self.changes.entry(ip.clone()).or_default().1 = true;
+        }
+        self.backend_count += ips.len();
+        let key = format!("{}/{}", s.namespace, s.name);
+        if let Some(old) = self.backends.insert(key, ips) {
+            self.backend_count -= old.len();
+        }
+    }
+
+    fn add_endpoint(&mut self, ip: String) {
+        if is_change_ip(&ip) {
+            self.changes.entry(ip.clone()).or_default().0 = true;
+        }
+        self.endpoints.insert(ip);
+    }
+
+    fn apply(&mut self, event: pb::watch_event::Event) {
+        use pb::watch_event::Event as E;
+        match event {
+            E::Snapshot(s) => {
+                let changes = std::mem::take(&mut self.changes);
+                *self = View {
+                    changes,
+                    ..View::default()
+                };
+                for node in s.nodes {
+                    self.nodes.insert(format!("{}/{}", node.cluster, node.name));
+                }
+                for e in s.endpoints {
+                    self.add_endpoint(e.ip);
+                }
+                for svc in s.global_services {
+                    self.set_service(svc);
+                }
+            }
+            E::Upserted(u) => {
+                if let Some(node) = u.node {
+                    self.nodes.insert(format!("{}/{}", node.cluster, node.name));
+                }
+            }
+            E::Removed(r) => {
+                self.nodes.remove(&format!("{}/{}", r.cluster, r.name));
+            }
+            E::EndpointUpserted(u) => {
+                if let Some(e) = u.endpoint {
+                    self.add_endpoint(e.ip);
+                }
+            }
+            E::EndpointRemoved(r) => {
+                self.endpoints.remove(&r.ip);
+            }
+            E::IdentityAdded(_) => {}
+            E::ServiceUpdated(u) => {
+                if let Some(s) = u.service {
+                    self.set_service(s);
+                }
+            }
+        }
+    }
+
+    fn complete(&self, want: Expected) -> bool {
+        self.nodes.len() == want.nodes
+            && self.endpoints.len() == want.endpoints
+            && self.backends.len() == want.services
+            && self.backend_count == want.endpoints
+    }
+}
+
+async fn watcher(
+    c: usize,
+    mut client: DiscoveryClient<Channel>,
+    want: Expected,
+    tx: mpsc::UnboundedSender<Seen>,
+) {
+    let mut view = View::default();
+    let mut converged = false;
+    loop {
+        // An agent opens the stream again when it breaks; so does this.
+        let mut stream = match client.watch(pb::WatchRequest { local_only: false }).await {
+            Ok(s) => s.into_inner(),
+            Err(_) => {
+                WATCH_BREAKS.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        loop {
+            let event = match stream.message().await {
+                Ok(Some(pb::WatchEvent { event: Some(e) })) => e,
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => break,
+            };
+            let at = Instant::now();
+            view.apply(event);
+            if !converged && view.complete(want) {
+                converged = true;
+                let _ = tx.send(Seen::Converged(c));
+            }
+            for (ip, (endpoint, backend, sent)) in &mut view.changes {
+                if *endpoint && *backend && !*sent {
+                    *sent = true;
+                    let _ = tx.send(Seen::Change {
+                        cluster: c,
+                        ip: ip.clone(),
+                        at,
+                    });
+                }
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+        WATCH_BREAKS.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn rss_kib() -> Result<u64, String> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| format!("reading /proc/self/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| "no VmRSS in /proc/self/status".to_string())
+}
+
+/// Every link is a TCP connection with both ends in this process.
+fn check_fd_limit(n: usize) -> Result<(), String> {
+    let needed = 2 * n * (n - 1) + 8 * n + 256;
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<usize>().ok());
+    match soft {
+        Some(soft) if soft < needed => Err(format!(
+            "{n} clusters need about {needed} open files ({} links, both ends in this process), \
+             but the limit is {soft}; raise it (`ulimit -n {needed}`, as root if above the hard \
+             limit) or lower --clusters",
+            n * (n - 1)
+        )),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,206 @@
+//! `cargo xtask bench mesh`: N federated discovery servers on loopback
+//! (`discovery/examples/mesh_bench.rs`), the time until one change reaches
+//! every cluster's agent-facing view, against the issue's 1 s p99 target.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use super::report::{self, Machine};
+use crate::util::{self, Steps};
+
+/// The issue's target for a change to reach every cluster (p99).
+const TARGET_S: f64 = 1.0;
+const DEFAULT_CLUSTERS: usize = 32;
+
+pub fn run(args: &[&str]) -> Result<()> {
+    let clusters = parse(args)?;
+    let mut steps = Steps::new(3);
+    steps.step("build mesh_bench (release)", || {
+        util::run(util::cargo().args([
+            "build",
+            "-p",
+            "meshgate-discovery",
+            "--release",
+            "--example",
+            "mesh_bench",
+        ]))
+    })?;
+    raise_fd_limit(clusters);
+    let load = report::load_average();
+    let bench_args = [
+        "--clusters".to_string(),
+        clusters.to_string(),
+        "--nodes".into(),
+        "20".into(),
+        "--services".into(),
+        "50".into(),
+        "--changes".into(),
+        "20".into(),
+    ];
+    let command = format!("cargo xtask bench mesh --clusters {clusters}");
+    let (result, ok) = steps.step(&format!("{clusters} federated discoveries"), || {
+        let bin = util::target_dir().join("release/examples/mesh_bench");
+        let mut cmd = Command::new(&bin);
+        cmd.args(&bench_args).stderr(Stdio::inherit());
+        eprintln!("$ {}", util::describe(&cmd));
+        let out = cmd
+            .output()
+            .with_context(|| format!("running {}", bin.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .context("mesh_bench printed no JSON result")?;
+        let v: Value = serde_json::from_str(line).context("reading mesh_bench's JSON result")?;
+        Ok((v, out.status.success()))
+    })?;
+    let machine = Machine::detect();
+    let table = table(&result);
+    println!("\nmesh, on {machine}, load average {load} before\n\n{table}");
+    steps.step("docs/benchmarks.md", || {
+        report::write_section("mesh", &section(&machine, &load, &command, &table))
+    })?;
+    if !ok {
+        bail!(
+            "mesh_bench failed: {}",
+            result["error"].as_str().unwrap_or("no message")
+        );
+    }
+    Ok(())
+}
+
+fn parse(args: &[&str]) -> Result<usize> {
+    match args {
+        [] => Ok(DEFAULT_CLUSTERS),
+        ["--clusters", n] => match n.parse::<usize>() {
+            Ok(n) if (2..=255).contains(&n) => Ok(n),
+            _ => bail!("--clusters {n:?}: use 2..=255"),
+        },
+        _ => bail!("usage: cargo xtask bench mesh [--clusters N] (N = 2..=255, default {DEFAULT_CLUSTERS})"),
+    }
+}
+
+/// Every link is a TCP connection with both ends in the one process;
+/// raises the soft (and, as root, the hard) open-files limit the child inherits.
+fn raise_fd_limit(clusters: usize) {
+    let needed = (2 * clusters * clusters + 8 * clusters + 256) as libc::rlim_t;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass; no other precondition.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= needed {
+        return;
+    }
+    let want = libc::rlimit {
+        rlim_cur: needed,
+        rlim_max: lim.rlim_max.max(needed),
+    };
+    // SAFETY: setrlimit reads the struct we pass; failure is reported by its return value.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } != 0 {
+        let soft = libc::rlimit {
+            rlim_cur: lim.rlim_max.min(needed),
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) };
+    }
+}
+
+fn secs(v: &Value) -> String {
+    v.as_f64().map_or_else(|| "—".into(), |s| format!("{s:.3}"))
+}
+
+fn mib(kib: f64) -> String {
+    format!("{:.2}", kib / 1024.0)
+}
+
+fn table(r: &Value) -> String {
+    let n = r["clusters"].as_f64().unwrap_or(0.0);
+    let links = n * (n - 1.0);
+    let start = r["rss_start_kib"].as_f64().unwrap_or(0.0);
+    let per_cluster = r["rss_converged_kib"]
+        .as_f64()
+        .map_or_else(|| "—".into(), |k| mib((k - start) / n));
+    let per_link = r["rss_links_kib"]
+        .as_f64()
+        .map_or_else(|| "—".into(), |k| mib((k - start) / links.max(1.0)));
+    let done = r["latencies_s"].as_array().map_or(0, Vec::len);
+    let p99 = r["p99_s"].as_f64();
+    let verdict = match (p99, r["error"].as_str()) {
+        (Some(p), None) if p < TARGET_S => "met",
+        (Some(_), None) => "**not met**",
+        _ => "**not measured** (run failed)",
+    };
+    let mut t = String::from("| figure | value |\n|---|---:|\n");
+    let rows: Vec<(&str, String)> = vec![
+        ("clusters (N)", format!("{n}")),
+        ("nodes per cluster", r["nodes"].to_string()),
+        ("endpoints per node", r["endpoints_per_node"].to_string()),
+        ("global services per cluster", r["services"].to_string()),
+        ("remote links (N×(N−1))", format!("{links}")),
+        ("all links connected, s", secs(&r["links_up_s"])),
+        (
+            "registering all nodes and endpoints, s",
+            secs(&r["register_s"]),
+        ),
+        (
+            "every view converged (from the first registration), s",
+            secs(&r["converge_s"]),
+        ),
+        ("views converged", r["converged_views"].to_string()),
+        (
+            "changes measured / lost",
+            format!("{done} / {}", r["lost_changes"]),
+        ),
+        ("change to every view p50, s", secs(&r["p50_s"])),
+        ("change to every view p99, s", secs(&r["p99_s"])),
+        ("change to every view max, s", secs(&r["max_s"])),
+        (
+            "calls retried / watch streams reopened",
+            format!("{} / {}", r["retries"], r["watch_breaks"]),
+        ),
+        ("RSS per cluster, converged, MiB", per_cluster),
+        ("RSS per remote link, empty clusters, MiB", per_link),
+    ];
+    for (name, value) in rows {
+        t.push_str(&format!("| {name} | {value} |\n"));
+    }
+    let ratio = p99.map_or_else(|| "—".into(), |p| format!("{:.2}", p / TARGET_S));
+    t.push_str(&format!(
+        "\np99 / 1 s target: **{ratio}** — target {verdict}\n"
+    ));
+    if let Some(e) = r["error"].as_str() {
+        t.push_str(&format!("\nThe run failed: {e}\n"));
+    }
+    t
+}
+
+fn section(machine: &Machine, load: &str, command: &str, table: &str) -> String {
+    format!(
+        "Measured {date} on {machine} with `{command}`\n\
+         (1-minute load average {load} before the run).\n\n\
+         `discovery/examples/mesh_bench.rs` starts N discovery servers in one process on\n\
+         127.0.0.1 (plaintext), each federated with all the others, and registers through\n\
+         the gRPC API 20 nodes per cluster (pod CIDR 10.<cluster id>.<node>.0/24), 3\n\
+         endpoints per node, and 50 global services per cluster (every endpoint a backend\n\
+         of one). One agent-facing `Watch` per cluster keeps the view an agent would. A\n\
+         view has converged when it holds every node, endpoint and merged backend. Then\n\
+         20 single changes, one at a time, each in a random cluster (fixed seed): one\n\
+         endpoint of one node gets a new IP; a change has arrived when every cluster's\n\
+         watcher holds the new endpoint and the merged backend for it. Like an agent,\n\
+         the benchmark retries a failed call (10 attempts, 0.5 s apart) and reopens a\n\
+         broken watch; both are counted.\n\n\
+         RSS is the whole process's (servers, links, the benchmark's own watchers):\n\
+         per cluster = (converged − at start) / N; per link = (all links connected,\n\
+         no nodes yet − at start) / N×(N−1), which includes each server's fixed cost.\n\
+         The anchor is the issue's target (p99 under 1 s for 255 × 20 × 50), read as\n\
+         p99 / 1 s. `cargo xtask bench mesh --clusters 255` runs the target size\n\
+         (it raises the open-files limit to about 2·N² for the loopback links).\n\n\
+         {table}",
+        date = report::today(),
+    )
+}
