@@ -265,6 +265,40 @@ impl Capture {
     pub fn ns(&self) -> &str {
         &self.ns
     }
+
+    /// Stops the capture and asserts what crossed this underlay: at least
+    /// `min_wireguard` WireGuard packets, nothing but WireGuard, ARP and the
+    /// discovery control plane (TCP 7100), and no packet whose IP header
+    /// matches the tcpdump filter `pod_nets` (pod addresses in clear).
+    pub fn assert_nothing_in_clear(self, pod_nets: &str, min_wireguard: usize) {
+        const OTHER: &str = "not arp and not (udp port 51820) and not (tcp port 7100)";
+        let ns = self.ns.clone();
+        let file = self.file.clone();
+        let counts = self.stop_and_count(&["udp port 51820", OTHER, pod_nets]);
+        assert!(
+            counts[0] > min_wireguard,
+            "{ns}: only {} WireGuard packets seen; did the traffic cross it?",
+            counts[0]
+        );
+        if counts[1] != 0 {
+            let shown = Command::new("tcpdump")
+                .arg("-nr")
+                .arg(&file)
+                .args(OTHER.split_whitespace())
+                .output()
+                .expect("reading the capture");
+            panic!(
+                "{ns}: {} packets crossed the underlay outside WireGuard:\n{}",
+                counts[1],
+                String::from_utf8_lossy(&shown.stdout)
+            );
+        }
+        assert_eq!(
+            counts[2], 0,
+            "{ns}: {} pod packets crossed the underlay in clear",
+            counts[2]
+        );
+    }
 }
 
 impl Drop for Capture {

@@ -45,35 +45,7 @@ fn three_clusters_reach_each_other_encrypted_with_identities_in_their_own_ranges
         }
     }
     for cap in captures {
-        let ns = cap.ns().to_string();
-        let file = cap.file.clone();
-        let counts = cap.stop_and_count(&[
-            "udp port 51820",
-            "not arp and not (udp port 51820) and not (tcp port 7100)",
-            "net 10.1.0.0/16 or net 10.2.0.0/16 or net 10.3.0.0/16",
-        ]);
-        assert!(
-            counts[0] > 20,
-            "{ns}: only {} WireGuard packets seen; did the traffic cross it?",
-            counts[0]
-        );
-        if counts[1] != 0 {
-            let shown = Command::new("tcpdump")
-                .arg("-nr")
-                .arg(&file)
-                .args(["not arp and not (udp port 51820) and not (tcp port 7100)"])
-                .output()
-                .unwrap();
-            panic!(
-                "{ns}: {} packets crossed the underlay outside WireGuard:\n{}",
-                counts[1],
-                String::from_utf8_lossy(&shown.stdout)
-            );
-        }
-        assert_eq!(
-            counts[2], 0,
-            "{ns}: pod packets crossed the underlay in clear"
-        );
+        cap.assert_nothing_in_clear("net 10.1.0.0/16 or net 10.2.0.0/16 or net 10.3.0.0/16", 20);
     }
     // Every agent's ipcache: all 6 pods, each with an identity of its own cluster.
     let want: BTreeMap<&String, &str> = pods.iter().map(|((c, _), ip)| (ip, *c)).collect();

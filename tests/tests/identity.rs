@@ -13,20 +13,10 @@ const PODS: [&str; 6] = ["n1-a", "n1-b", "n2-a", "n2-b", "n3-a", "n3-b"];
 
 /// IP → identity from a node's `ipcache.json` (empty if there is none yet).
 fn ipcache(world: &World, node: &str) -> BTreeMap<String, u64> {
-    let path = format!(
-        "/run/meshgate/lab/{}/c1/nodes/{node}/ipcache.json",
-        world.name
-    );
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return BTreeMap::new();
-    };
-    let v: serde_json::Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path} is not JSON: {e}"));
-    v["entries"]
-        .as_object()
-        .unwrap_or_else(|| panic!("{path} has no entries object: {text}"))
-        .iter()
-        .map(|(ip, e)| (ip.clone(), e["identity"].as_u64().unwrap()))
+    world
+        .ipcache("c1", node)
+        .into_iter()
+        .map(|(ip, (_, identity))| (ip, identity))
         .collect()
 }
 

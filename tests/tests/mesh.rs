@@ -80,41 +80,7 @@ fn every_pod_reaches_every_pod_and_nothing_crosses_the_underlay_in_clear() {
         String::from_utf8_lossy(&client.stderr)
     );
     for cap in captures {
-        let ns = cap.ns().to_string();
-        let file = cap.file.clone();
-        let counts = cap.stop_and_count(&[
-            "udp port 51820",
-            // Anything but WireGuard, ARP and the discovery control plane.
-            "not arp and not (udp port 51820) and not (tcp port 7100)",
-            // Any packet whose IP header shows a pod address in clear.
-            "net 10.1.0.0/16",
-        ]);
-        assert!(
-            counts[0] > 50,
-            "{ns}: only {} WireGuard packets seen; did the traffic cross it?",
-            counts[0]
-        );
-        if counts[1] != 0 {
-            let shown = std::process::Command::new("tcpdump")
-                .arg("-nr")
-                .arg(&file)
-                .args([
-                    "not", "arp", "and", "not", "(udp", "port", "51820)", "and", "not", "(tcp",
-                    "port", "7100)",
-                ])
-                .output()
-                .unwrap();
-            panic!(
-                "{ns}: {} packets crossed the underlay outside WireGuard:\n{}",
-                counts[1],
-                String::from_utf8_lossy(&shown.stdout)
-            );
-        }
-        assert_eq!(
-            counts[2], 0,
-            "{ns}: {} pod packets crossed the underlay in clear",
-            counts[2]
-        );
+        cap.assert_nothing_in_clear("net 10.1.0.0/16", 50);
     }
 }
 
