@@ -1,1 +1,26 @@
-//! eBPF datapath: not built yet (see README.md).
+//! meshgate eBPF datapath: the tc programs of `bpf/` (compiled by `build.rs`
+//! with clang and embedded), and their aya loader and typed maps.
+//!
+//! ```no_run
+//! # use meshgate_ebpf::*;
+//! # fn main() -> Result<()> {
+//! let mut dp = Datapath::load("/sys/fs/bpf/meshgate")?;
+//! let desired = [Attachment::new("lxc-pod-a", Hook::FromPod)].into();
+//! dp.reconcile(&desired)?;
+//! # Ok(()) }
+//! ```
+
+pub mod attach;
+pub mod bpffs;
+pub mod error;
+pub mod layout;
+pub mod loader;
+pub mod maps;
+pub mod object;
+pub mod reason;
+
+pub use attach::{Attachment, Hook};
+pub use error::{Error, Result};
+pub use loader::{remove_pin_dir, AttachOutcome, Datapath, ReconcileReport};
+pub use maps::{FlowEvent, IpcacheEntry, Maps, PolicyRule, Proto};
+pub use reason::{identity, Direction, Point, Reason, Verdict};

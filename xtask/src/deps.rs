@@ -17,6 +17,9 @@ pub const PACKAGES: &[&str] = &[
     "wireguard-tools", // wg
     "nftables",        // nft
     "kmod",            // modprobe (kernel WireGuard when there is one)
+    "clang",           // compiles the eBPF programs (ebpf/build.rs)
+    "libbpf-dev",      // <bpf/bpf_helpers.h> for the eBPF programs
+    "linux-libc-dev",  // <linux/bpf.h> and the other kernel UAPI headers
 ];
 
 pub fn run() -> Result<()> {

@@ -1,0 +1,443 @@
+// SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0)
+/*
+ * meshgate tc programs, one per attach point:
+ *
+ *   mg_from_pod   ingress of a pod's host-side veth: source identity from the
+ *                 ipcache into skb->mark, egress policy of the source (and
+ *                 ingress policy of a local destination), conntrack.
+ *   mg_to_mesh    egress of the VXLAN collect_md device: tunnel key with
+ *                 VNI = source identity (from the mark) and remote = the
+ *                 destination node's tunnel IP (from the ipcache).
+ *   mg_from_mesh  ingress of the VXLAN device: VNI = source identity, ingress
+ *                 policy of the destination endpoint, conntrack.
+ *
+ * Every drop sets a reason (mg_datapath.h), is counted per reason in
+ * mg_drops and sent as a flow event on mg_events. New allowed flows are
+ * sent as flow events too.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "mg_datapath.h"
+
+#ifndef PACKET_HOST
+#define PACKET_HOST 0
+#endif
+#define ICMP_ECHOREPLY 0
+#define ICMP_ECHO 8
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__type(key, struct mg_ipcache_key);
+	__type(value, struct mg_ipcache_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mg_ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct mg_policy_key);
+	__type(value, struct mg_policy_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mg_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct mg_policy_sel_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mg_policy_sel SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct mg_ct_key);
+	__type(value, struct mg_ct_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mg_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MG_REASON_SLOTS);
+	__type(key, __u32);
+	__type(value, struct mg_counter);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mg_drops SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct mg_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mg_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mg_events SEC(".maps");
+
+/* What a program learnt about a packet. */
+struct flow {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 is_reply_type; /* ICMP echo reply: ports are swapped for conntrack */
+	__u32 src_identity;
+	__u32 dst_identity;
+};
+
+static __always_inline int parse_ipv4(struct __sk_buff *skb, struct flow *f)
+{
+	struct iphdr ip;
+	__u32 l4;
+
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+		return -1;
+	if (ip.version != 4 || ip.ihl < 5)
+		return -1;
+	f->saddr = ip.saddr;
+	f->daddr = ip.daddr;
+	f->proto = ip.protocol;
+	f->sport = 0;
+	f->dport = 0;
+	f->is_reply_type = 0;
+	/* Non-first fragments carry no L4 header: ports stay 0. */
+	if (ip.frag_off & bpf_htons(0x1fff))
+		return 0;
+	l4 = ETH_HLEN + ip.ihl * 4;
+	if (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP) {
+		__u16 ports[2];
+
+		if (bpf_skb_load_bytes(skb, l4, ports, sizeof(ports)) < 0)
+			return -1;
+		f->sport = bpf_ntohs(ports[0]);
+		f->dport = bpf_ntohs(ports[1]);
+	} else if (ip.protocol == IPPROTO_ICMP) {
+		__u8 hdr[6]; /* type, code, checksum, echo id */
+
+		if (bpf_skb_load_bytes(skb, l4, hdr, sizeof(hdr)) < 0)
+			return -1;
+		if (hdr[0] == ICMP_ECHO) {
+			f->sport = ((__u16)hdr[4] << 8) | hdr[5];
+		} else if (hdr[0] == ICMP_ECHOREPLY) {
+			f->dport = ((__u16)hdr[4] << 8) | hdr[5];
+			f->is_reply_type = 1;
+		}
+	}
+	return 0;
+}
+
+static __always_inline struct mg_ipcache_value *ipcache_lookup(__u32 addr)
+{
+	struct mg_ipcache_key key = { .prefixlen = 32, .addr = addr };
+
+	return bpf_map_lookup_elem(&mg_ipcache, &key);
+}
+
+static __always_inline void send_event(struct __sk_buff *skb, const struct flow *f, __u8 verdict,
+				       __u8 reason, __u8 point)
+{
+	struct mg_flow_event *ev;
+
+	ev = bpf_ringbuf_reserve(&mg_events, sizeof(*ev), 0);
+	if (!ev)
+		return;
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->saddr = f->saddr;
+	ev->daddr = f->daddr;
+	ev->src_identity = f->src_identity;
+	ev->dst_identity = f->dst_identity;
+	ev->sport = f->sport;
+	ev->dport = f->dport;
+	ev->proto = f->proto;
+	ev->verdict = verdict;
+	ev->reason = reason;
+	ev->point = point;
+	ev->ifindex = skb->ifindex;
+	bpf_ringbuf_submit(ev, 0);
+}
+
+static __always_inline int drop(struct __sk_buff *skb, const struct flow *f, __u8 reason,
+				__u8 point)
+{
+	__u32 idx = reason;
+	struct mg_counter *c = bpf_map_lookup_elem(&mg_drops, &idx);
+
+	if (c) {
+		c->packets += 1;
+		c->bytes += skb->len;
+	}
+	send_event(skb, f, MG_VERDICT_DENY, reason, point);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline __u32 policy_selected(__u32 identity, __u32 dir_flag)
+{
+	struct mg_policy_sel_value *sel = bpf_map_lookup_elem(&mg_policy_sel, &identity);
+
+	return sel && (sel->flags & dir_flag);
+}
+
+/*
+ * Policy of `local` towards `remote` in `direction` for (dport, proto):
+ * a fixed number of hash lookups, whatever the number of rules. Returns a
+ * drop reason, or MG_REASON_NONE when allowed.
+ */
+static __always_inline __u8 policy_check(__u32 local, __u32 remote, __u16 dport, __u8 proto,
+					 __u8 direction)
+{
+	struct mg_policy_key k = { .local_identity = local, .direction = direction };
+	struct mg_policy_value *v;
+	__u32 sel_flag = direction == MG_DIR_EGRESS ? MG_SEL_EGRESS : MG_SEL_INGRESS;
+	int allowed = 0;
+	int i;
+
+	/* (remote, port, proto) (remote, *, proto) (remote, *, *) then the same for any remote */
+#pragma unroll
+	for (i = 0; i < 6; i++) {
+		k.remote_identity = i < 3 ? remote : 0;
+		k.proto = (i % 3) == 2 ? 0 : proto;
+		k.dport = (i % 3) == 0 ? dport : 0;
+		if ((i % 3) == 0 && dport == 0)
+			continue; /* same key as the next one */
+		if (i >= 3 && remote == 0)
+			break;
+		v = bpf_map_lookup_elem(&mg_policy, &k);
+		if (!v)
+			continue;
+		if (v->verdict == MG_VERDICT_DENY)
+			return MG_REASON_POLICY_DENY;
+		if (v->verdict == MG_VERDICT_ALLOW)
+			allowed = 1;
+	}
+	if (allowed || !policy_selected(local, sel_flag))
+		return MG_REASON_NONE;
+	return direction == MG_DIR_EGRESS ? MG_REASON_POLICY_EGRESS : MG_REASON_POLICY_INGRESS;
+}
+
+static __always_inline void ct_key_forward(const struct flow *f, struct mg_ct_key *k)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->saddr = f->saddr;
+	k->daddr = f->daddr;
+	k->sport = f->sport;
+	k->dport = f->dport;
+	k->proto = f->proto;
+}
+
+/* Is this packet a reply (or a later packet) of a flow allowed in the other direction? */
+static __always_inline int ct_is_reply(const struct flow *f, __u64 now)
+{
+	struct mg_ct_key k;
+	struct mg_ct_value *v;
+
+	__builtin_memset(&k, 0, sizeof(k));
+	k.saddr = f->daddr;
+	k.daddr = f->saddr;
+	k.sport = f->dport;
+	k.dport = f->sport;
+	k.proto = f->proto;
+	v = bpf_map_lookup_elem(&mg_ct, &k);
+	if (!v || now - v->last_seen_ns > MG_CT_LIFETIME_NS)
+		return 0;
+	v->last_seen_ns = now;
+	__sync_fetch_and_add(&v->packets, 1);
+	return 1;
+}
+
+/* Records an allowed flow; returns 1 if it is new. */
+static __always_inline int ct_track(const struct flow *f, __u64 now)
+{
+	struct mg_ct_key k;
+	struct mg_ct_value *v;
+	struct mg_ct_value nv = { .last_seen_ns = now, .packets = 1 };
+
+	ct_key_forward(f, &k);
+	v = bpf_map_lookup_elem(&mg_ct, &k);
+	if (v) {
+		int expired = now - v->last_seen_ns > MG_CT_LIFETIME_NS;
+
+		v->last_seen_ns = now;
+		__sync_fetch_and_add(&v->packets, 1);
+		return expired;
+	}
+	bpf_map_update_elem(&mg_ct, &k, &nv, BPF_ANY);
+	return 1;
+}
+
+static __always_inline struct mg_config *config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&mg_config, &zero);
+}
+
+/* Strict mode: would this packet leave by an interface other than the mesh device? */
+static __always_inline int leaves_unencrypted(struct __sk_buff *skb, const struct flow *f,
+					      __u32 mesh_ifindex)
+{
+	struct bpf_fib_lookup fib;
+	long rc;
+
+	__builtin_memset(&fib, 0, sizeof(fib));
+	fib.family = 2; /* AF_INET */
+	fib.l4_protocol = f->proto;
+	fib.tot_len = skb->len - ETH_HLEN;
+	fib.ipv4_src = f->saddr;
+	fib.ipv4_dst = f->daddr;
+	fib.ifindex = skb->ingress_ifindex;
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return 1;
+	return fib.ifindex != mesh_ifindex;
+}
+
+SEC("tc")
+int mg_from_pod(struct __sk_buff *skb)
+{
+	struct flow f = {};
+	struct mg_ipcache_value *src, *dst;
+	struct mg_config *cfg;
+	__u64 now;
+	__u8 reason;
+
+	if (skb->protocol == bpf_htons(ETH_P_ARP))
+		return TC_ACT_OK;
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return drop(skb, &f, MG_REASON_IPV6, MG_POINT_FROM_POD);
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	if (parse_ipv4(skb, &f) < 0)
+		return drop(skb, &f, MG_REASON_MALFORMED, MG_POINT_FROM_POD);
+
+	src = ipcache_lookup(f.saddr);
+	if (!src || !(src->flags & MG_IPCACHE_F_LOCAL))
+		return drop(skb, &f, MG_REASON_UNKNOWN_SOURCE, MG_POINT_FROM_POD);
+	f.src_identity = src->identity & MG_IDENTITY_MASK;
+	if (src->ifindex && src->ifindex != skb->ingress_ifindex)
+		return drop(skb, &f, MG_REASON_SOURCE_SPOOFED, MG_POINT_FROM_POD);
+
+	dst = ipcache_lookup(f.daddr);
+	f.dst_identity = dst ? dst->identity & MG_IDENTITY_MASK : MG_IDENTITY_WORLD;
+	skb->mark = MG_MARK_MAGIC | f.src_identity;
+
+	cfg = config();
+	if (cfg && (cfg->flags & MG_CFG_F_STRICT) && dst && !(dst->flags & MG_IPCACHE_F_LOCAL) &&
+	    dst->tunnel_ip && leaves_unencrypted(skb, &f, cfg->mesh_ifindex))
+		return drop(skb, &f, MG_REASON_STRICT_UNENCRYPTED, MG_POINT_FROM_POD);
+
+	now = bpf_ktime_get_ns();
+	if (ct_is_reply(&f, now))
+		return TC_ACT_OK;
+
+	reason = policy_check(f.src_identity, f.dst_identity, f.dport, f.proto, MG_DIR_EGRESS);
+	if (reason)
+		return drop(skb, &f, reason, MG_POINT_FROM_POD);
+	/* A local destination gets no from_mesh pass: apply its ingress policy here. */
+	if (dst && (dst->flags & MG_IPCACHE_F_LOCAL)) {
+		reason = policy_check(f.dst_identity, f.src_identity, f.dport, f.proto,
+				      MG_DIR_INGRESS);
+		if (reason)
+			return drop(skb, &f, reason, MG_POINT_FROM_POD);
+	}
+	if (!f.is_reply_type && ct_track(&f, now))
+		send_event(skb, &f, MG_VERDICT_ALLOW, MG_REASON_NONE, MG_POINT_FROM_POD);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int mg_to_mesh(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key key;
+	struct flow f = {};
+	struct mg_ipcache_value *src, *dst;
+	__u32 mark = skb->mark;
+
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK; /* collect_md drops what has no tunnel key */
+	if (parse_ipv4(skb, &f) < 0)
+		return drop(skb, &f, MG_REASON_MALFORMED, MG_POINT_TO_MESH);
+
+	if ((mark & MG_MARK_MAGIC_MASK) == MG_MARK_MAGIC) {
+		f.src_identity = mark & MG_IDENTITY_MASK;
+	} else {
+		/* Not from a pod's veth (the node itself): identity from the ipcache. */
+		src = ipcache_lookup(f.saddr);
+		f.src_identity = src ? src->identity & MG_IDENTITY_MASK : MG_IDENTITY_HOST;
+	}
+	dst = ipcache_lookup(f.daddr);
+	if (!dst || !dst->tunnel_ip)
+		return drop(skb, &f, MG_REASON_NO_TUNNEL_ENDPOINT, MG_POINT_TO_MESH);
+	f.dst_identity = dst->identity & MG_IDENTITY_MASK;
+
+	__builtin_memset(&key, 0, sizeof(key));
+	key.tunnel_id = f.src_identity;
+	key.remote_ipv4 = bpf_ntohl(dst->tunnel_ip); /* the helper takes host order */
+	key.tunnel_ttl = 64;
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
+		return drop(skb, &f, MG_REASON_SET_TUNNEL_KEY, MG_POINT_TO_MESH);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int mg_from_mesh(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key key;
+	struct flow f = {};
+	struct mg_ipcache_value *dst;
+	__u64 now;
+	__u8 reason;
+
+	if (skb->protocol == bpf_htons(ETH_P_ARP))
+		return TC_ACT_OK;
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return drop(skb, &f, MG_REASON_IPV6, MG_POINT_FROM_MESH);
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	if (parse_ipv4(skb, &f) < 0)
+		return drop(skb, &f, MG_REASON_MALFORMED, MG_POINT_FROM_MESH);
+
+	__builtin_memset(&key, 0, sizeof(key));
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
+		return drop(skb, &f, MG_REASON_NO_TUNNEL_KEY, MG_POINT_FROM_MESH);
+	/* The sender's identity is the VNI, never looked up from the source address. */
+	f.src_identity = key.tunnel_id & MG_IDENTITY_MASK;
+
+	dst = ipcache_lookup(f.daddr);
+	if (!dst || !(dst->flags & MG_IPCACHE_F_LOCAL))
+		return drop(skb, &f, MG_REASON_UNKNOWN_DESTINATION, MG_POINT_FROM_MESH);
+	f.dst_identity = dst->identity & MG_IDENTITY_MASK;
+	skb->mark = MG_MARK_MAGIC | f.src_identity;
+
+	now = bpf_ktime_get_ns();
+	if (!ct_is_reply(&f, now)) {
+		reason = policy_check(f.dst_identity, f.src_identity, f.dport, f.proto,
+				      MG_DIR_INGRESS);
+		if (reason)
+			return drop(skb, &f, reason, MG_POINT_FROM_MESH);
+		if (!f.is_reply_type && ct_track(&f, now))
+			send_event(skb, &f, MG_VERDICT_ALLOW, MG_REASON_NONE, MG_POINT_FROM_MESH);
+	}
+	/*
+	 * The mesh device does not resolve neighbours (NOARP): frames carry the
+	 * sender device's address. They are for this host.
+	 */
+	bpf_skb_change_type(skb, PACKET_HOST);
+	return TC_ACT_OK;
+}

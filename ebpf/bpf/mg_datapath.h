@@ -1,0 +1,182 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
+/*
+ * meshgate datapath: map layouts, constants and drop reason codes shared by
+ * the tc programs in datapath.c and mirrored by #[repr(C)] types in
+ * ebpf/src/layout.rs and ebpf/src/reason.rs. Any change here must be made
+ * there too; the crate's unit tests compare both sides.
+ *
+ * Byte order: IPv4 addresses are kept in network byte order everywhere
+ * (as they are on the wire); ports and identities in host byte order.
+ */
+#ifndef MG_DATAPATH_H
+#define MG_DATAPATH_H
+
+#include <linux/types.h>
+
+/* Reserved identities (Cilium's numbers). */
+#define MG_IDENTITY_UNKNOWN 0
+#define MG_IDENTITY_HOST 1
+#define MG_IDENTITY_WORLD 2
+#define MG_IDENTITY_REMOTE_NODE 6
+#define MG_IDENTITY_MASK 0x00ffffff
+
+/* skb->mark as set by from_pod: magic in the top byte, identity below. */
+#define MG_MARK_MAGIC 0x6d000000
+#define MG_MARK_MAGIC_MASK 0xff000000
+
+/* Why a packet was dropped. 0 is not a drop. */
+enum mg_reason {
+	MG_REASON_NONE = 0,
+	/* the source endpoint selects egress policy and no rule allows this */
+	MG_REASON_POLICY_EGRESS = 1,
+	/* the destination endpoint selects ingress policy and no rule allows this */
+	MG_REASON_POLICY_INGRESS = 2,
+	/* an explicit deny rule matched (deny wins over allow) */
+	MG_REASON_POLICY_DENY = 3,
+	/* from_pod: the source address is not a known endpoint */
+	MG_REASON_UNKNOWN_SOURCE = 4,
+	/* from_pod: the source address belongs to an endpoint on another interface */
+	MG_REASON_SOURCE_SPOOFED = 5,
+	/* to_mesh: the destination has no tunnel endpoint in the ipcache */
+	MG_REASON_NO_TUNNEL_ENDPOINT = 6,
+	/* to_mesh: bpf_skb_set_tunnel_key failed */
+	MG_REASON_SET_TUNNEL_KEY = 7,
+	/* from_mesh: the packet carries no tunnel metadata (no VNI) */
+	MG_REASON_NO_TUNNEL_KEY = 8,
+	/* from_mesh: the destination is not an endpoint of this node */
+	MG_REASON_UNKNOWN_DESTINATION = 9,
+	/* the IPv4 header could not be read */
+	MG_REASON_MALFORMED = 10,
+	/* IPv6 from or to a pod: the mesh is IPv4 only */
+	MG_REASON_IPV6 = 11,
+	/* strict mode: pod traffic to a remote node that would leave unencrypted */
+	MG_REASON_STRICT_UNENCRYPTED = 12,
+	MG_REASON_MAX = 13,
+};
+
+/* Size of the per-reason counter array (room to add reasons). */
+#define MG_REASON_SLOTS 32
+
+/* Where a verdict was taken (flow event `point`). */
+enum mg_point {
+	MG_POINT_FROM_POD = 1,
+	MG_POINT_TO_MESH = 2,
+	MG_POINT_FROM_MESH = 3,
+};
+
+enum mg_verdict {
+	MG_VERDICT_ALLOW = 1,
+	MG_VERDICT_DENY = 2,
+};
+
+enum mg_direction {
+	MG_DIR_INGRESS = 0,
+	MG_DIR_EGRESS = 1,
+};
+
+/* mg_ipcache: LPM trie, IPv4 prefix -> endpoint. */
+struct mg_ipcache_key {
+	__u32 prefixlen;
+	__u32 addr; /* network byte order */
+};
+
+#define MG_IPCACHE_F_LOCAL 0x1 /* an endpoint of this node */
+
+struct mg_ipcache_value {
+	__u32 identity;
+	__u32 tunnel_ip; /* node tunnel endpoint, network order; 0 = none */
+	__u32 ifindex;   /* local endpoints: host-side interface, 0 = unchecked */
+	__u32 flags;     /* MG_IPCACHE_F_* */
+};
+
+/*
+ * mg_policy: hash, (local identity, remote identity, port, proto, direction)
+ * -> verdict. remote_identity 0 matches any identity, dport 0 any port of
+ * proto, proto 0 any protocol (dport must then be 0).
+ */
+struct mg_policy_key {
+	__u32 local_identity;
+	__u32 remote_identity;
+	__u16 dport;
+	__u8 proto;
+	__u8 direction; /* enum mg_direction */
+};
+
+struct mg_policy_value {
+	__u32 verdict; /* enum mg_verdict */
+};
+
+/*
+ * mg_policy_sel: hash, identity -> which directions policy selects it in.
+ * An identity absent here, or without the direction's bit, allows all in
+ * that direction (as an unselected pod in Kubernetes).
+ */
+#define MG_SEL_INGRESS 0x1
+#define MG_SEL_EGRESS 0x2
+
+struct mg_policy_sel_value {
+	__u32 flags;
+};
+
+/* mg_ct: LRU hash, forward 5-tuple of an allowed flow -> state. */
+struct mg_ct_key {
+	__u32 saddr; /* network order */
+	__u32 daddr; /* network order */
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct mg_ct_value {
+	__u64 last_seen_ns; /* bpf_ktime_get_ns() */
+	__u64 packets;      /* both directions */
+};
+
+/* A conntrack entry unused for this long no longer admits replies. */
+#define MG_CT_LIFETIME_NS (300ULL * 1000 * 1000 * 1000)
+
+/* mg_drops: per-CPU array indexed by enum mg_reason. */
+struct mg_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* mg_config: array with one entry. */
+#define MG_CFG_F_STRICT 0x1
+
+struct mg_config {
+	__u32 flags;          /* MG_CFG_F_* */
+	__u32 mesh_ifindex;   /* strict mode: the only interface remote pod traffic may leave by */
+};
+
+/* mg_events: ring buffer of these. */
+struct mg_flow_event {
+	__u64 ts_ns;
+	__u32 saddr; /* network order */
+	__u32 daddr; /* network order */
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 verdict; /* enum mg_verdict */
+	__u8 reason;  /* enum mg_reason */
+	__u8 point;   /* enum mg_point */
+	__u32 ifindex;
+	__u32 pad;
+};
+
+/* Sizes the Rust mirror (src/layout.rs) checks too. */
+_Static_assert(sizeof(struct mg_ipcache_key) == 8, "mg_ipcache_key layout");
+_Static_assert(sizeof(struct mg_ipcache_value) == 16, "mg_ipcache_value layout");
+_Static_assert(sizeof(struct mg_policy_key) == 12, "mg_policy_key layout");
+_Static_assert(sizeof(struct mg_policy_value) == 4, "mg_policy_value layout");
+_Static_assert(sizeof(struct mg_policy_sel_value) == 4, "mg_policy_sel_value layout");
+_Static_assert(sizeof(struct mg_ct_key) == 16, "mg_ct_key layout");
+_Static_assert(sizeof(struct mg_ct_value) == 16, "mg_ct_value layout");
+_Static_assert(sizeof(struct mg_counter) == 16, "mg_counter layout");
+_Static_assert(sizeof(struct mg_config) == 8, "mg_config layout");
+_Static_assert(sizeof(struct mg_flow_event) == 40, "mg_flow_event layout");
+
+#endif

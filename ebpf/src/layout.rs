@@ -1,0 +1,201 @@
+//! `#[repr(C)]` mirrors of the structs in `bpf/mg_datapath.h`. Field for
+//! field the same; the header's `_Static_assert`s and this file's tests pin
+//! the sizes, and the loader checks every map's key and value sizes against
+//! these types when it loads or reuses a pinned map.
+
+/// `struct mg_ipcache_key` (LPM trie key: prefix length, then the address in
+/// network byte order). aya's `lpm_trie::Key` writes the prefix length
+/// itself, so the map is typed by the address part only.
+pub type IpcacheAddr = [u8; 4];
+
+/// `struct mg_ipcache_value`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IpcacheValue {
+    pub identity: u32,
+    /// Network byte order; 0 = no tunnel endpoint.
+    pub tunnel_ip: u32,
+    /// Local endpoints: host-side interface; 0 = not checked.
+    pub ifindex: u32,
+    pub flags: u32,
+}
+
+/// `MG_IPCACHE_F_LOCAL`.
+pub const IPCACHE_F_LOCAL: u32 = 0x1;
+
+/// `struct mg_policy_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKey {
+    pub local_identity: u32,
+    /// 0 = any identity.
+    pub remote_identity: u32,
+    /// 0 = any port of `proto`.
+    pub dport: u16,
+    /// 0 = any protocol (then `dport` is 0).
+    pub proto: u8,
+    /// `enum mg_direction`.
+    pub direction: u8,
+}
+
+/// `struct mg_policy_value`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyValue {
+    pub verdict: u32,
+}
+
+/// `struct mg_policy_sel_value`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicySelValue {
+    pub flags: u32,
+}
+
+/// `MG_SEL_INGRESS`, `MG_SEL_EGRESS`.
+pub const SEL_INGRESS: u32 = 0x1;
+pub const SEL_EGRESS: u32 = 0x2;
+
+/// `struct mg_ct_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+/// `struct mg_ct_value`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    pub last_seen_ns: u64,
+    pub packets: u64,
+}
+
+/// `struct mg_counter`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// `struct mg_config`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    pub flags: u32,
+    pub mesh_ifindex: u32,
+}
+
+/// `MG_CFG_F_STRICT`.
+pub const CFG_F_STRICT: u32 = 0x1;
+
+/// `struct mg_flow_event`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawFlowEvent {
+    pub ts_ns: u64,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub verdict: u8,
+    pub reason: u8,
+    pub point: u8,
+    pub ifindex: u32,
+    pub pad: u32,
+}
+
+/// `MG_REASON_SLOTS`: length of the per-reason counter array.
+pub const REASON_SLOTS: u32 = 32;
+
+/// `MG_MARK_MAGIC`: top byte of the skb mark `from_pod` sets.
+pub const MARK_MAGIC: u32 = 0x6d00_0000;
+
+// SAFETY: all of these are plain integers without implicit padding (every
+// pad is an explicit field), so any byte pattern is a valid value.
+unsafe impl aya::Pod for IpcacheValue {}
+unsafe impl aya::Pod for PolicyKey {}
+unsafe impl aya::Pod for PolicyValue {}
+unsafe impl aya::Pod for PolicySelValue {}
+unsafe impl aya::Pod for CtKey {}
+unsafe impl aya::Pod for CtValue {}
+unsafe impl aya::Pod for Counter {}
+unsafe impl aya::Pod for Config {}
+unsafe impl aya::Pod for RawFlowEvent {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::size_of;
+
+    const HEADER: &str = include_str!("../bpf/mg_datapath.h");
+
+    /// The sizes the header asserts with `_Static_assert(sizeof(struct NAME) == N, ...)`.
+    fn header_sizes() -> std::collections::BTreeMap<String, usize> {
+        HEADER
+            .lines()
+            .filter_map(|line| {
+                let rest = line.trim().strip_prefix("_Static_assert(sizeof(struct ")?;
+                let (name, rest) = rest.split_once(')')?;
+                let size = rest.trim().strip_prefix("==")?.split(',').next()?.trim();
+                Some((name.to_owned(), size.parse().ok()?))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sizes_match_the_c_header() {
+        let rust: std::collections::BTreeMap<String, usize> = [
+            ("mg_ipcache_key", 4 + size_of::<IpcacheAddr>()),
+            ("mg_ipcache_value", size_of::<IpcacheValue>()),
+            ("mg_policy_key", size_of::<PolicyKey>()),
+            ("mg_policy_value", size_of::<PolicyValue>()),
+            ("mg_policy_sel_value", size_of::<PolicySelValue>()),
+            ("mg_ct_key", size_of::<CtKey>()),
+            ("mg_ct_value", size_of::<CtValue>()),
+            ("mg_counter", size_of::<Counter>()),
+            ("mg_config", size_of::<Config>()),
+            ("mg_flow_event", size_of::<RawFlowEvent>()),
+        ]
+        .into_iter()
+        .map(|(name, size)| (name.to_owned(), size))
+        .collect();
+        assert_eq!(
+            header_sizes(),
+            rust,
+            "header sizes (left) vs Rust mirror (right)"
+        );
+    }
+
+    fn header_define(name: &str) -> u32 {
+        let line = HEADER
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name) && l.starts_with("#define"))
+            .unwrap_or_else(|| panic!("#define {name} is not in mg_datapath.h"));
+        let value = line.split_whitespace().nth(2).unwrap_or_default();
+        match value.strip_prefix("0x") {
+            Some(hex) => u32::from_str_radix(hex, 16),
+            None => value.parse(),
+        }
+        .unwrap_or_else(|e| panic!("{name} = {value}: {e}"))
+    }
+
+    #[test]
+    fn constants_match_the_c_header() {
+        assert_eq!(header_define("MG_IPCACHE_F_LOCAL"), IPCACHE_F_LOCAL);
+        assert_eq!(header_define("MG_SEL_INGRESS"), SEL_INGRESS);
+        assert_eq!(header_define("MG_SEL_EGRESS"), SEL_EGRESS);
+        assert_eq!(header_define("MG_CFG_F_STRICT"), CFG_F_STRICT);
+        assert_eq!(header_define("MG_REASON_SLOTS"), REASON_SLOTS);
+        assert_eq!(header_define("MG_MARK_MAGIC"), MARK_MAGIC);
+    }
+}

@@ -1,0 +1,186 @@
+//! Typed handles on the datapath's maps. They work on the maps of a loaded
+//! [`crate::Datapath`] or, through [`Maps::open_pinned`], on the pinned maps
+//! alone (another process, e.g. the DNS proxy, or while the agent is down).
+
+mod config;
+mod conntrack;
+mod counters;
+mod events;
+mod ipcache;
+mod policy;
+
+use std::mem::size_of;
+use std::path::Path;
+
+use aya::maps::{Map, MapData, MapInfo, MapType};
+
+pub use config::ConfigMap;
+pub use conntrack::{Conntrack, CtEntry};
+pub use counters::DropCounters;
+pub use events::{FlowEvent, FlowEvents};
+pub use ipcache::{IpCache, IpcacheEntry};
+pub use policy::{Policy, PolicyRule, Proto};
+
+use crate::error::{Error, Result};
+use crate::layout::*;
+
+/// A map of the object: name, type, key and value sizes this build expects.
+pub(crate) struct MapSpec {
+    pub name: &'static str,
+    pub map_type: MapType,
+    pub key_size: u32,
+    pub value_size: u32,
+}
+
+const fn size<T>() -> u32 {
+    size_of::<T>() as u32
+}
+
+pub(crate) const MAP_SPECS: &[MapSpec] = &[
+    MapSpec {
+        name: ipcache::NAME,
+        map_type: MapType::LpmTrie,
+        key_size: 4 + size::<IpcacheAddr>(),
+        value_size: size::<IpcacheValue>(),
+    },
+    MapSpec {
+        name: policy::NAME,
+        map_type: MapType::Hash,
+        key_size: size::<PolicyKey>(),
+        value_size: size::<PolicyValue>(),
+    },
+    MapSpec {
+        name: policy::SEL_NAME,
+        map_type: MapType::Hash,
+        key_size: size::<u32>(),
+        value_size: size::<PolicySelValue>(),
+    },
+    MapSpec {
+        name: conntrack::NAME,
+        map_type: MapType::LruHash,
+        key_size: size::<CtKey>(),
+        value_size: size::<CtValue>(),
+    },
+    MapSpec {
+        name: counters::NAME,
+        map_type: MapType::PerCpuArray,
+        key_size: size::<u32>(),
+        value_size: size::<Counter>(),
+    },
+    MapSpec {
+        name: config::NAME,
+        map_type: MapType::Array,
+        key_size: size::<u32>(),
+        value_size: size::<Config>(),
+    },
+    MapSpec {
+        name: events::NAME,
+        map_type: MapType::RingBuf,
+        key_size: 0,
+        value_size: 0,
+    },
+];
+
+impl MapSpec {
+    fn describe(map_type: MapType, key: u32, value: u32) -> String {
+        format!("{map_type:?}, key {key} bytes, value {value} bytes")
+    }
+
+    /// Fails if `info` (a pinned or freshly created map) is not what this build expects.
+    pub(crate) fn check(&self, info: &MapInfo, path: &Path) -> Result<()> {
+        let found_type = info.map_type().map_err(|source| Error::Map {
+            name: self.name,
+            action: "reading its type",
+            source,
+        })?;
+        if found_type != self.map_type
+            || info.key_size() != self.key_size
+            || info.value_size() != self.value_size
+        {
+            return Err(Error::PinnedMapMismatch {
+                path: path.to_owned(),
+                expected: Self::describe(self.map_type, self.key_size, self.value_size),
+                found: Self::describe(found_type, info.key_size(), info.value_size()),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// All the maps of the datapath.
+pub struct Maps {
+    pub ipcache: IpCache,
+    pub policy: Policy,
+    pub conntrack: Conntrack,
+    pub drops: DropCounters,
+    pub config: ConfigMap,
+    pub events: FlowEvents,
+}
+
+impl Maps {
+    /// Opens the maps pinned in `maps_dir` (`<pin dir>/maps`) without loading programs.
+    pub fn open_pinned(maps_dir: &Path) -> Result<Self> {
+        let mut open = |name: &'static str| -> Result<Map> {
+            let path = maps_dir.join(name);
+            let spec = spec(name);
+            let info = MapInfo::from_pin(&path).map_err(|source| Error::Map {
+                name,
+                action: "opening the pin",
+                source,
+            })?;
+            spec.check(&info, &path)?;
+            let data = MapData::from_pin(&path).map_err(|source| Error::Map {
+                name,
+                action: "opening the pin",
+                source,
+            })?;
+            Map::from_map_data(data).map_err(|source| Error::Map {
+                name,
+                action: "typing",
+                source,
+            })
+        };
+        Self::from_maps(&mut open)
+    }
+
+    pub(crate) fn from_maps(take: &mut dyn FnMut(&'static str) -> Result<Map>) -> Result<Self> {
+        Ok(Self {
+            ipcache: IpCache::new(take(ipcache::NAME)?)?,
+            policy: Policy::new(take(policy::NAME)?, take(policy::SEL_NAME)?)?,
+            conntrack: Conntrack::new(take(conntrack::NAME)?)?,
+            drops: DropCounters::new(take(counters::NAME)?)?,
+            config: ConfigMap::new(take(config::NAME)?)?,
+            events: FlowEvents::new(take(events::NAME)?)?,
+        })
+    }
+}
+
+fn spec(name: &str) -> &'static MapSpec {
+    MAP_SPECS
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| unreachable!("every map name has a spec"))
+}
+
+pub(crate) fn typed<T>(
+    name: &'static str,
+    map: Map,
+    convert: impl FnOnce(Map) -> Result<T, aya::maps::MapError>,
+) -> Result<T> {
+    convert(map).map_err(|source| Error::Map {
+        name,
+        action: "typing",
+        source,
+    })
+}
+
+pub(crate) fn map_err(
+    name: &'static str,
+    action: &'static str,
+) -> impl FnOnce(aya::maps::MapError) -> Error {
+    move |source| Error::Map {
+        name,
+        action,
+        source,
+    }
+}

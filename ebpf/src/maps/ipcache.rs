@@ -1,0 +1,143 @@
+//! `mg_ipcache`: IPv4 prefix -> identity and tunnel endpoint.
+
+use std::net::Ipv4Addr;
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Map, MapData, MapError};
+
+use super::{map_err, typed};
+use crate::error::Result;
+use crate::layout::{IpcacheAddr, IpcacheValue, IPCACHE_F_LOCAL};
+
+pub(crate) const NAME: &str = "mg_ipcache";
+
+/// What the datapath knows about the addresses of a prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpcacheEntry {
+    /// Security identity (24 bits).
+    pub identity: u32,
+    /// Tunnel IP of the node that hosts the prefix; `None` for local endpoints
+    /// and for destinations that are not in the mesh.
+    pub tunnel_ip: Option<Ipv4Addr>,
+    /// An endpoint of this node (its traffic enters through `from_pod`).
+    pub local: bool,
+    /// Local endpoints: the host-side interface index its packets must come
+    /// from (anti-spoofing); 0 = not checked.
+    pub ifindex: u32,
+}
+
+impl IpcacheEntry {
+    /// A pod on this node behind the host-side interface `ifindex` (0 = unchecked).
+    pub fn local(identity: u32, ifindex: u32) -> Self {
+        Self {
+            identity,
+            tunnel_ip: None,
+            local: true,
+            ifindex,
+        }
+    }
+
+    /// A pod on another node, reached through that node's tunnel IP.
+    pub fn remote(identity: u32, tunnel_ip: Ipv4Addr) -> Self {
+        Self {
+            identity,
+            tunnel_ip: Some(tunnel_ip),
+            local: false,
+            ifindex: 0,
+        }
+    }
+
+    fn to_raw(self) -> IpcacheValue {
+        IpcacheValue {
+            identity: self.identity,
+            tunnel_ip: self
+                .tunnel_ip
+                .map_or(0, |ip| u32::from_ne_bytes(ip.octets())),
+            ifindex: self.ifindex,
+            flags: if self.local { IPCACHE_F_LOCAL } else { 0 },
+        }
+    }
+
+    fn from_raw(v: IpcacheValue) -> Self {
+        Self {
+            identity: v.identity,
+            tunnel_ip: (v.tunnel_ip != 0).then(|| Ipv4Addr::from(v.tunnel_ip.to_ne_bytes())),
+            local: v.flags & IPCACHE_F_LOCAL != 0,
+            ifindex: v.ifindex,
+        }
+    }
+}
+
+pub struct IpCache {
+    map: LpmTrie<MapData, IpcacheAddr, IpcacheValue>,
+}
+
+fn key(addr: Ipv4Addr, prefix_len: u8) -> Key<IpcacheAddr> {
+    Key::new(u32::from(prefix_len.min(32)), addr.octets())
+}
+
+impl IpCache {
+    pub(crate) fn new(map: Map) -> Result<Self> {
+        Ok(Self {
+            map: typed(NAME, map, LpmTrie::try_from)?,
+        })
+    }
+
+    /// Adds or replaces the entry for `addr/prefix_len`.
+    pub fn upsert(&mut self, addr: Ipv4Addr, prefix_len: u8, entry: IpcacheEntry) -> Result<()> {
+        self.map
+            .insert(&key(addr, prefix_len), entry.to_raw(), 0)
+            .map_err(map_err(NAME, "inserting an entry"))
+    }
+
+    /// Removes `addr/prefix_len`; false if it was not there.
+    pub fn remove(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<bool> {
+        match self.map.remove(&key(addr, prefix_len)) {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(map_err(NAME, "removing an entry")(e)),
+        }
+    }
+
+    /// The entry the datapath would use for `addr` (longest prefix match).
+    pub fn lookup(&self, addr: Ipv4Addr) -> Result<Option<IpcacheEntry>> {
+        match self.map.get(&key(addr, 32), 0) {
+            Ok(v) => Ok(Some(IpcacheEntry::from_raw(v))),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(NAME, "looking up an address")(e)),
+        }
+    }
+
+    /// Every prefix and its entry.
+    pub fn entries(&self) -> Result<Vec<(Ipv4Addr, u8, IpcacheEntry)>> {
+        self.map
+            .iter()
+            .map(|r| {
+                r.map(|(k, v)| {
+                    (
+                        Ipv4Addr::from(k.data()),
+                        k.prefix_len() as u8,
+                        IpcacheEntry::from_raw(v),
+                    )
+                })
+                .map_err(map_err(NAME, "listing entries"))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tunnel_ip_is_kept_in_network_order() {
+        let e = IpcacheEntry::remote(0x01_0100, Ipv4Addr::new(100, 64, 0, 7));
+        let raw = e.to_raw();
+        assert_eq!(raw.tunnel_ip.to_ne_bytes(), [100, 64, 0, 7]);
+        assert_eq!(IpcacheEntry::from_raw(raw), e);
+        let l = IpcacheEntry::local(300, 12);
+        assert_eq!(l.to_raw().flags, IPCACHE_F_LOCAL);
+        assert_eq!(IpcacheEntry::from_raw(l.to_raw()), l);
+    }
+}
