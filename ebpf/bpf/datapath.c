@@ -308,7 +308,7 @@ static __always_inline int leaves_unencrypted(struct __sk_buff *skb, const struc
 	return fib.ifindex != mesh_ifindex;
 }
 
-SEC("tc")
+SEC("classifier")
 int mg_from_pod(struct __sk_buff *skb)
 {
 	struct flow f = {};
@@ -361,7 +361,7 @@ int mg_from_pod(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
-SEC("tc")
+SEC("classifier")
 int mg_to_mesh(struct __sk_buff *skb)
 {
 	struct bpf_tunnel_key key;
@@ -395,7 +395,7 @@ int mg_to_mesh(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
-SEC("tc")
+SEC("classifier")
 int mg_from_mesh(struct __sk_buff *skb)
 {
 	struct bpf_tunnel_key key;

@@ -1,0 +1,344 @@
+//! Test worlds for the datapath: network namespaces and veths named
+//! `mgebpf*`, pin directories under `/sys/fs/bpf/meshgate-test-*`, all
+//! removed on drop (also when the test panics), and helpers to send real
+//! packets from inside the namespaces.
+#![allow(dead_code)] // each test file uses a part
+
+use std::ffi::CString;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use meshgate_ebpf::remove_pin_dir;
+
+/// Panics unless root: these tests need the bpf syscall and namespaces, and
+/// must fail loudly rather than pass without running.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the meshgate-ebpf datapath tests load eBPF programs and build network namespaces: \
+         run them as root (e.g. `sudo -E cargo test -p meshgate-ebpf`)"
+    );
+    meshgate_ebpf::bpffs::ensure_mounted(Path::new("/sys/fs/bpf"))
+        .unwrap_or_else(|e| panic!("no bpf filesystem at /sys/fs/bpf: {e}"));
+}
+
+/// A short name unique on this machine for this run: pid + counter.
+pub fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("{tag}{:x}{n}", std::process::id() & 0xfffff)
+}
+
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e} (is iproute2 installed?)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn ip(args: &[&str]) -> String {
+    run(Command::new("ip").args(args))
+}
+
+/// A pin directory `/sys/fs/bpf/meshgate-test-<unique>`, removed on drop.
+pub struct PinDir(pub PathBuf);
+
+impl PinDir {
+    pub fn new() -> Self {
+        Self(PathBuf::from(format!(
+            "/sys/fs/bpf/meshgate-test-{}",
+            unique("p")
+        )))
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Err(e) = remove_pin_dir(&self.0) {
+            eprintln!("cleanup: removing {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// A network namespace `mgebpf-<unique>-<role>`, deleted on drop with
+/// everything in it (veths go with it).
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(role: &str) -> Self {
+        let name = format!("mgebpf-{}-{role}", unique(""));
+        ip(&["netns", "add", &name]);
+        let ns = Self { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        // The mesh is IPv4 only; keep IPv6 autoconfiguration out of the counters.
+        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+        ns.exec(&["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]);
+        ns.exec(&["sysctl", "-qw", "net.ipv4.conf.default.rp_filter=0"]);
+        ns
+    }
+
+    pub fn exec(&self, args: &[&str]) -> String {
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args))
+    }
+
+    pub fn ip(&self, args: &[&str]) -> String {
+        run(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    }
+
+    /// Runs `f` on a thread that has entered this namespace. Sockets made
+    /// there stay in it when handed back.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+                // SAFETY: a valid namespace fd; setns affects only this thread.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+
+    pub fn ifindex(&self, iface: &str) -> u32 {
+        let c = CString::new(iface).expect("interface name");
+        // SAFETY: valid NUL-terminated string.
+        let idx = self.run(|| unsafe { libc::if_nametoindex(c.as_ptr()) });
+        assert_ne!(idx, 0, "no interface {iface} in {}", self.name);
+        idx
+    }
+
+    /// One ping; true if answered within a second.
+    pub fn ping(&self, dst: Ipv4Addr) -> bool {
+        Command::new("ip")
+            .args([
+                "netns", "exec", &self.name, "ping", "-c1", "-W1", "-n", "-q",
+            ])
+            .arg(dst.to_string())
+            .output()
+            .unwrap_or_else(|e| panic!("ping: {e} (is iputils-ping installed?)"))
+            .status
+            .success()
+    }
+
+    pub fn udp_bind(&self, addr: Ipv4Addr, port: u16) -> UdpSocket {
+        let s = self
+            .run(|| UdpSocket::bind(SocketAddrV4::new(addr, port)))
+            .unwrap_or_else(|e| panic!("udp bind {addr}:{port} in {}: {e}", self.name));
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        s
+    }
+
+    pub fn tcp_listen(&self, addr: Ipv4Addr, port: u16) -> TcpListener {
+        self.run(|| TcpListener::bind(SocketAddrV4::new(addr, port)))
+            .unwrap_or_else(|e| panic!("tcp listen {addr}:{port} in {}: {e}", self.name))
+    }
+
+    pub fn tcp_connect(&self, dst: Ipv4Addr, port: u16) -> std::io::Result<TcpStream> {
+        self.run(|| {
+            TcpStream::connect_timeout(
+                &SocketAddrV4::new(dst, port).into(),
+                Duration::from_millis(1500),
+            )
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let out = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        if !matches!(&out, Ok(o) if o.status.success()) {
+            eprintln!("cleanup: ip netns del {} failed: {out:?}", self.name);
+        }
+    }
+}
+
+/// Sends one datagram from `from` (a socket in the sender's namespace) and
+/// says whether `to` received it.
+pub fn udp_passes(from: &UdpSocket, to: &UdpSocket, dst: SocketAddrV4) -> bool {
+    let token = unique("t");
+    from.send_to(token.as_bytes(), dst).expect("send");
+    let mut buf = [0u8; 256];
+    loop {
+        match to.recv_from(&mut buf) {
+            Ok((n, _)) if &buf[..n] == token.as_bytes() => return true,
+            Ok(_) => continue, // an older datagram
+            Err(_) => return false,
+        }
+    }
+}
+
+/// A pod: its own namespace with `eth0` (address `addr`/32, default route
+/// through the node) whose peer `host_if` lives in the node namespace.
+pub struct Pod {
+    pub ns: Netns,
+    pub addr: Ipv4Addr,
+    pub host_if: String,
+}
+
+/// The node-side address every pod uses as its gateway.
+pub const POD_GW: &str = "169.254.1.1";
+
+impl Pod {
+    pub fn new(node: &Netns, role: &str, host_if: &str, addr: Ipv4Addr) -> Self {
+        let ns = Netns::new(role);
+        node.ip(&[
+            "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ]);
+        let a = addr.to_string();
+        ns.ip(&["addr", "add", &format!("{a}/32"), "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns.ip(&["route", "add", POD_GW, "dev", "eth0", "scope", "link"]);
+        ns.ip(&["route", "add", "default", "via", POD_GW, "dev", "eth0"]);
+        node.ip(&["addr", "add", &format!("{POD_GW}/32"), "dev", host_if]);
+        node.ip(&["link", "set", host_if, "up"]);
+        node.ip(&[
+            "route",
+            "add",
+            &format!("{a}/32"),
+            "dev",
+            host_if,
+            "scope",
+            "link",
+        ]);
+        Self {
+            ns,
+            addr,
+            host_if: host_if.to_owned(),
+        }
+    }
+}
+
+/// A node namespace with IP forwarding on.
+pub fn node(role: &str) -> Netns {
+    let n = Netns::new(role);
+    n.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    n
+}
+
+pub const ID_A: u32 = (1 << 16) | 256;
+pub const ID_B: u32 = (1 << 16) | 257;
+pub const ID_C: u32 = (1 << 16) | 258;
+
+/// One node with pods A (10.77.0.2) and B (10.77.0.3), the datapath loaded
+/// in the node namespace, `from_pod` on both host-side veths and A and B in
+/// the ipcache. No policy: everything is allowed.
+pub struct OneNode {
+    // Field order is drop order: datapath first, then pins, then namespaces.
+    pub dp: Option<meshgate_ebpf::Datapath>,
+    pub pins: PinDir,
+    pub a: Pod,
+    pub b: Pod,
+    pub node: Netns,
+}
+
+impl OneNode {
+    pub fn new() -> Self {
+        require_root();
+        let node = node("node");
+        let a = Pod::new(&node, "a", "mgebpfa", Ipv4Addr::new(10, 77, 0, 2));
+        let b = Pod::new(&node, "b", "mgebpfb", Ipv4Addr::new(10, 77, 0, 3));
+        let pins = PinDir::new();
+        let mut w = Self {
+            dp: None,
+            pins,
+            a,
+            b,
+            node,
+        };
+        w.load();
+        let (ia, ib) = (w.node.ifindex("mgebpfa"), w.node.ifindex("mgebpfb"));
+        let (addr_a, addr_b) = (w.a.addr, w.b.addr);
+        let dp = w.dp();
+        dp.maps
+            .ipcache
+            .upsert(addr_a, 32, meshgate_ebpf::IpcacheEntry::local(ID_A, ia))
+            .expect("ipcache A");
+        dp.maps
+            .ipcache
+            .upsert(addr_b, 32, meshgate_ebpf::IpcacheEntry::local(ID_B, ib))
+            .expect("ipcache B");
+        w
+    }
+
+    /// Loads the datapath (reusing pins) and reconciles to from_pod on both veths.
+    pub fn load(&mut self) -> meshgate_ebpf::ReconcileReport {
+        let pins = self.pins.0.clone();
+        let (dp, report) = self.node.run(|| {
+            let mut dp = meshgate_ebpf::Datapath::load(&pins)
+                .unwrap_or_else(|e| panic!("loading the datapath: {e}"));
+            let report = dp
+                .reconcile(&Self::desired())
+                .unwrap_or_else(|e| panic!("reconcile: {e}"));
+            (dp, report)
+        });
+        self.dp = Some(dp);
+        report
+    }
+
+    pub fn desired() -> std::collections::BTreeSet<meshgate_ebpf::Attachment> {
+        ["mgebpfa", "mgebpfb"]
+            .into_iter()
+            .map(|i| meshgate_ebpf::Attachment::new(i, meshgate_ebpf::Hook::FromPod))
+            .collect()
+    }
+
+    pub fn dp(&mut self) -> &mut meshgate_ebpf::Datapath {
+        self.dp.as_mut().expect("datapath loaded")
+    }
+
+    /// Programs attached by TCX to the ingress of `iface` in the node namespace.
+    pub fn tcx_programs(&self, iface: &str) -> Vec<u32> {
+        tcx_programs(&self.node, iface, aya::programs::TcAttachType::Ingress)
+    }
+}
+
+pub fn tcx_programs(ns: &Netns, iface: &str, side: aya::programs::TcAttachType) -> Vec<u32> {
+    ns.run(|| {
+        aya::programs::SchedClassifier::query_tcx(iface, side)
+            .map(|(_, progs)| progs.iter().map(|p| p.id()).collect())
+            .unwrap_or_else(|e| panic!("query_tcx {iface}: {e}"))
+    })
+}
+
+/// Waits up to a second for an event matching `pred` on the ring buffer.
+pub fn wait_event(
+    dp: &mut meshgate_ebpf::Datapath,
+    pred: impl Fn(&meshgate_ebpf::FlowEvent) -> bool,
+) -> Option<meshgate_ebpf::FlowEvent> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    let mut seen = Vec::new();
+    while std::time::Instant::now() < deadline {
+        for ev in dp.maps.events.drain() {
+            if pred(&ev) {
+                return Some(ev);
+            }
+            seen.push(ev);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("events seen instead: {seen:#?}");
+    None
+}
