@@ -52,6 +52,7 @@ fn count_received(
 }
 
 #[test]
+#[ignore = "needs root (bpf, network namespaces): cargo xtask test runs it"]
 fn pinned_state_survives_a_reload_and_enforcement_has_no_gap() {
     let mut w = OneNode::new();
     let (a, b) = (w.a.addr, w.b.addr);
@@ -153,6 +154,7 @@ fn pinned_state_survives_a_reload_and_enforcement_has_no_gap() {
 }
 
 #[test]
+#[ignore = "needs root (bpf, network namespaces): cargo xtask test runs it"]
 fn reconcile_detaches_interfaces_no_longer_desired_and_removes_stale_pins() {
     let mut w = OneNode::new();
     let c = Pod::new(&w.node, "c", "mgebpfc", Ipv4Addr::new(10, 77, 0, 4));
@@ -225,6 +227,7 @@ fn reconcile_detaches_interfaces_no_longer_desired_and_removes_stale_pins() {
 }
 
 #[test]
+#[ignore = "needs root (bpf, network namespaces): cargo xtask test runs it"]
 fn a_pinned_map_of_another_layout_is_refused_with_the_fix() {
     require_root();
     let pins = PinDir::new();
@@ -248,6 +251,7 @@ fn a_pinned_map_of_another_layout_is_refused_with_the_fix() {
 }
 
 #[test]
+#[ignore = "needs root (bpf, network namespaces): cargo xtask test runs it"]
 fn attaching_to_a_missing_interface_says_so() {
     require_root();
     let pins = PinDir::new();
