@@ -330,3 +330,49 @@ fn to_mesh_drops_what_has_no_tunnel_endpoint() {
     );
     let _ = &w.n2;
 }
+
+#[test]
+#[ignore = "needs root (bpf, network namespaces): cargo xtask test runs it"]
+fn strict_mode_drops_pod_traffic_to_a_remote_node_that_would_leave_unencrypted() {
+    let mut w = TwoNodes::new();
+    let vx = w.n1.ifindex("mgebpfvx");
+    let dp1 = w.dp1.as_mut().expect("dp1");
+    dp1.maps.config.set_strict(Some(vx)).expect("strict on");
+    assert!(w.a.ns.ping(w.b.addr), "through the mesh device: allowed");
+
+    // Node 1's route to node 2's pods now bypasses the mesh device.
+    w.n1.ip(&[
+        "route",
+        "replace",
+        "10.78.2.0/24",
+        "via",
+        "192.168.77.2",
+        "dev",
+        "mgebpful",
+    ]);
+    let dp1 = w.dp1.as_mut().expect("dp1");
+    dp1.maps.events.drain();
+    assert!(
+        !w.a.ns.ping(w.b.addr),
+        "strict mode: A -> B would leave by the underlay in clear and must be dropped"
+    );
+    let dp1 = w.dp1.as_mut().expect("dp1");
+    assert!(
+        dp1.maps
+            .drops
+            .get(Reason::StrictUnencrypted)
+            .expect("c")
+            .packets
+            >= 1
+    );
+    let ev = wait_event(dp1, |e| e.reason == Some(Reason::StrictUnencrypted))
+        .expect("a strict-unencrypted event");
+    assert_eq!(
+        (ev.src, ev.dst, ev.point),
+        (w.a.addr, w.b.addr, Some(Point::FromPod))
+    );
+
+    // Without strict mode the same packet leaves in clear (what strict mode prevents).
+    dp1.maps.config.set_strict(None).expect("strict off");
+    assert!(w.a.ns.ping(w.b.addr), "strict off: the clear path works");
+}
