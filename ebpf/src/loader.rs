@@ -20,7 +20,7 @@ use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier};
 use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfLoader};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::attach::{plan, Attachment, Hook};
 use crate::bpffs;
@@ -44,6 +44,9 @@ pub struct ReconcileReport {
     pub removed: Vec<Attachment>,
     /// Pins of maps or programs this build no longer has, removed.
     pub stale_pins: Vec<PathBuf>,
+    /// Desired attachments that could not be made, with the reason (the
+    /// others are made regardless; retry these on the next reconcile).
+    pub failed: Vec<(Attachment, String)>,
 }
 
 /// The loaded datapath: programs loaded and pinned, maps pinned.
@@ -63,6 +66,15 @@ impl Datapath {
     /// [`reconcile`]: Datapath::reconcile
     pub fn load(pin_dir: impl AsRef<Path>) -> Result<Self> {
         let pin_dir = pin_dir.as_ref().to_owned();
+        // Check before creating anything, so a missing bpffs is named as such
+        // rather than as a failed mkdir in sysfs.
+        let existing = pin_dir
+            .ancestors()
+            .find(|p| p.exists())
+            .unwrap_or(Path::new("/"));
+        if !bpffs::is_bpffs(existing)? {
+            return Err(Error::NotBpffs { path: pin_dir });
+        }
         for sub in ["", "maps", "progs", "links"] {
             let dir = pin_dir.join(sub);
             std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
@@ -70,9 +82,6 @@ impl Datapath {
                 path: dir.clone(),
                 source,
             })?;
-        }
-        if !bpffs::is_bpffs(&pin_dir)? {
-            return Err(Error::NotBpffs { path: pin_dir });
         }
         let maps_dir = pin_dir.join("maps");
         // aya reuses a pinned map without comparing it to the object: do it here.
@@ -216,7 +225,9 @@ impl Datapath {
     /// Makes the attachments exactly `desired`: attaches (or atomically
     /// re-attaches this load's programs to) each desired one, detaches and
     /// unpins the pinned ones no longer desired, and removes pins of maps and
-    /// programs this build does not have.
+    /// programs this build does not have. One attachment failing (say its
+    /// interface is gone) does not stop the others: it is listed in
+    /// [`ReconcileReport::failed`].
     pub fn reconcile(&mut self, desired: &BTreeSet<Attachment>) -> Result<ReconcileReport> {
         let pinned = self.pinned_attachments()?;
         let plan = plan(&pinned, desired);
@@ -226,9 +237,13 @@ impl Datapath {
             report.removed.push(a);
         }
         for a in plan.attach {
-            match self.attach(&a)? {
-                AttachOutcome::Created => report.created.push(a),
-                AttachOutcome::Replaced => report.replaced.push(a),
+            match self.attach(&a) {
+                Ok(AttachOutcome::Created) => report.created.push(a),
+                Ok(AttachOutcome::Replaced) => report.replaced.push(a),
+                Err(e) => {
+                    warn!(attachment = %a, error = %e, "attach failed");
+                    report.failed.push((a, e.to_string()));
+                }
             }
         }
         report.stale_pins = self.remove_stale_pins()?;
@@ -374,5 +389,26 @@ fn remove_if_exists(path: &Path) -> Result<()> {
             path: path.to_owned(),
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pin_dir_outside_bpffs_is_refused_before_anything_is_created() {
+        let dir = std::env::temp_dir().join(format!("mg-not-bpffs-{}", std::process::id()));
+        match Datapath::load(&dir) {
+            Err(e @ Error::NotBpffs { .. }) => {
+                assert!(
+                    e.to_string().contains("mount -t bpf bpf /sys/fs/bpf"),
+                    "{e}"
+                );
+            }
+            Err(e) => panic!("expected NotBpffs, got {e}"),
+            Ok(_) => panic!("loaded with pins outside bpffs"),
+        }
+        assert!(!dir.exists(), "nothing created");
     }
 }

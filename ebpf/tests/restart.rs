@@ -197,9 +197,16 @@ fn reconcile_detaches_interfaces_no_longer_desired_and_removes_stale_pins() {
     drop(c);
 
     let only_a: BTreeSet<_> = [Attachment::new("mgebpfa", Hook::FromPod)].into();
+    let mut with_missing = only_a.clone();
+    with_missing.insert(Attachment::new("mgebpfgone", Hook::FromPod));
     let node = &w.node;
     let dp = w.dp.as_mut().expect("dp");
-    let report = node.run(|| dp.reconcile(&only_a)).expect("reconcile");
+    let report = node.run(|| dp.reconcile(&with_missing)).expect("reconcile");
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert_eq!(report.failed[0].0.iface, "mgebpfgone");
+    assert!(report.failed[0]
+        .1
+        .contains("no network interface named mgebpfgone"));
     assert_eq!(
         report.removed,
         vec![
