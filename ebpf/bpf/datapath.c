@@ -156,8 +156,14 @@ static __always_inline void send_event(struct __sk_buff *skb, const struct flow 
 	struct mg_flow_event *ev;
 
 	ev = bpf_ringbuf_reserve(&mg_events, sizeof(*ev), 0);
-	if (!ev)
+	if (!ev) {
+		__u32 idx = MG_SLOT_EVENTS_LOST;
+		struct mg_counter *lost = bpf_map_lookup_elem(&mg_drops, &idx);
+
+		if (lost)
+			lost->packets += 1;
 		return;
+	}
 	ev->ts_ns = bpf_ktime_get_ns();
 	ev->saddr = f->saddr;
 	ev->daddr = f->daddr;

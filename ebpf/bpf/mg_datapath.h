@@ -56,6 +56,11 @@ enum mg_reason {
 
 /* Size of the per-reason counter array (room to add reasons). */
 #define MG_REASON_SLOTS 32
+/*
+ * The last slot of mg_drops is not a packet drop: it counts flow events lost
+ * because the ring buffer was full (packets = events, bytes = 0).
+ */
+#define MG_SLOT_EVENTS_LOST 31
 
 /* Where a verdict was taken (flow event `point`). */
 enum mg_point {

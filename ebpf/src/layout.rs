@@ -117,6 +117,10 @@ pub struct RawFlowEvent {
 /// `MG_REASON_SLOTS`: length of the per-reason counter array.
 pub const REASON_SLOTS: u32 = 32;
 
+/// `MG_SLOT_EVENTS_LOST`: the `mg_drops` slot counting flow events lost
+/// because the ring buffer was full.
+pub const SLOT_EVENTS_LOST: u32 = 31;
+
 /// `MG_MARK_MAGIC`: top byte of the skb mark `from_pod` sets.
 pub const MARK_MAGIC: u32 = 0x6d00_0000;
 
@@ -197,5 +201,7 @@ mod tests {
         assert_eq!(header_define("MG_CFG_F_STRICT"), CFG_F_STRICT);
         assert_eq!(header_define("MG_REASON_SLOTS"), REASON_SLOTS);
         assert_eq!(header_define("MG_MARK_MAGIC"), MARK_MAGIC);
+        assert_eq!(header_define("MG_SLOT_EVENTS_LOST"), SLOT_EVENTS_LOST);
+        const { assert!(SLOT_EVENTS_LOST < REASON_SLOTS) };
     }
 }

@@ -243,3 +243,45 @@ fn ten_thousand_policy_entries_load_and_lookups_are_unchanged() {
     eprintln!("10,000 policy entries inserted in {took:?}");
     check(&mut w, "after the 10,000 entries");
 }
+
+#[test]
+#[ignore = "needs root (bpf, network namespaces): cargo xtask test runs it"]
+fn every_drop_is_either_an_event_or_counted_as_a_lost_event() {
+    let mut w = OneNode::new();
+    let b = w.b.addr;
+    let a_sock = w.a.ns.udp_bind(w.a.addr, 0);
+    let dp = w.dp();
+    dp.maps.policy.select(ID_B, true, false).expect("select");
+    dp.maps.events.drain();
+    let drops_before = dp.maps.drops.get(Reason::PolicyIngress).expect("c").packets;
+    let lost_before = dp.maps.drops.events_lost().expect("lost");
+
+    // More drops than the 256 KiB ring buffer holds events, with nobody reading.
+    const SENT: u64 = 7000;
+    for _ in 0..SENT {
+        a_sock
+            .send_to(b"x", SocketAddrV4::new(b, 7001))
+            .expect("send");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let dp = w.dp();
+    let drops = dp.maps.drops.get(Reason::PolicyIngress).expect("c").packets - drops_before;
+    let lost = dp.maps.drops.events_lost().expect("lost") - lost_before;
+    let events = dp
+        .maps
+        .events
+        .drain()
+        .iter()
+        .filter(|e| e.reason == Some(Reason::PolicyIngress))
+        .count() as u64;
+    assert_eq!(drops, SENT, "every datagram dropped and counted");
+    assert!(
+        lost > 0,
+        "the ring buffer overflowed ({events} events read)"
+    );
+    assert_eq!(
+        events + lost,
+        drops,
+        "events read ({events}) + events lost ({lost}) = drops ({drops})"
+    );
+}

@@ -6,7 +6,7 @@ use aya::maps::{Map, MapData, PerCpuArray};
 
 use super::{map_err, typed};
 use crate::error::Result;
-use crate::layout::Counter;
+use crate::layout::{Counter, SLOT_EVENTS_LOST};
 use crate::reason::Reason;
 
 pub(crate) const NAME: &str = "mg_drops";
@@ -24,14 +24,23 @@ impl DropCounters {
 
     /// Drops for `reason`, summed over CPUs.
     pub fn get(&self, reason: Reason) -> Result<Counter> {
+        self.slot(u32::from(reason as u8))
+    }
+
+    fn slot(&self, index: u32) -> Result<Counter> {
         let per_cpu = self
             .map
-            .get(&u32::from(reason as u8), 0)
+            .get(&index, 0)
             .map_err(map_err(NAME, "reading a counter"))?;
         Ok(per_cpu.iter().fold(Counter::default(), |acc, c| Counter {
             packets: acc.packets + c.packets,
             bytes: acc.bytes + c.bytes,
         }))
+    }
+
+    /// Flow events lost because the ring buffer was full (nobody read it fast enough).
+    pub fn events_lost(&self) -> Result<u64> {
+        Ok(self.slot(SLOT_EVENTS_LOST)?.packets)
     }
 
     /// Every reason with at least one drop.

@@ -24,8 +24,12 @@ pub fn require_root() {
         "the meshgate-ebpf datapath tests load eBPF programs and build network namespaces: \
          run them as root (e.g. `sudo -E cargo test -p meshgate-ebpf`)"
     );
-    meshgate_ebpf::bpffs::ensure_mounted(Path::new("/sys/fs/bpf"))
-        .unwrap_or_else(|e| panic!("no bpf filesystem at /sys/fs/bpf: {e}"));
+    // Once per process: parallel tests must not mount it twice.
+    static MOUNTED: std::sync::Once = std::sync::Once::new();
+    MOUNTED.call_once(|| {
+        meshgate_ebpf::bpffs::ensure_mounted(Path::new("/sys/fs/bpf"))
+            .unwrap_or_else(|e| panic!("no bpf filesystem at /sys/fs/bpf: {e}"));
+    });
 }
 
 /// A short name unique on this machine for this run: pid + counter.
