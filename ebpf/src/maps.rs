@@ -184,3 +184,13 @@ pub(crate) fn map_err(
         source,
     }
 }
+
+/// aya reports a missing key as `KeyNotFound` on lookups but as the syscall's
+/// ENOENT on deletes: both mean "not there".
+pub(crate) fn is_not_found(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(s) => s.io_error.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
+    }
+}

@@ -71,8 +71,27 @@ fn allowed_flow_passes_denied_flow_is_dropped_counted_and_reported() {
     assert_eq!(ev.proto, 17);
     assert_eq!(ev.ifindex, w.node.ifindex("mgebpfa"));
 
-    // Removing the allow rule closes 7000 too; an explicit deny beats an allow.
+    // Removing what is not there says so.
     let dp = w.dp();
+    assert!(!dp
+        .maps
+        .policy
+        .remove(&ingress_rule(ID_B, ID_C, 1, Proto::Tcp))
+        .expect("remove"));
+    assert!(!dp
+        .maps
+        .ipcache
+        .remove(std::net::Ipv4Addr::new(10, 99, 0, 1), 32)
+        .expect("remove"));
+    assert_eq!(
+        dp.maps
+            .ipcache
+            .lookup(std::net::Ipv4Addr::new(10, 99, 0, 1))
+            .expect("lookup"),
+        None
+    );
+
+    // An explicit deny beats an allow.
     dp.maps.conntrack.clear().expect("ct clear");
     dp.maps
         .policy
@@ -284,4 +303,106 @@ fn every_drop_is_either_an_event_or_counted_as_a_lost_event() {
         drops,
         "events read ({events}) + events lost ({lost}) = drops ({drops})"
     );
+}
+
+#[test]
+#[ignore = "needs root (bpf, network namespaces): cargo xtask test runs it"]
+fn wildcard_rules_and_egress_policy_match_as_documented() {
+    let mut w = OneNode::new();
+    let b = w.b.addr;
+    let target = w.b.ns.udp_bind(b, 7001);
+    let a_sock = w.a.ns.udp_bind(w.a.addr, 0);
+    let rule = |local, remote, port, proto, direction| PolicyRule {
+        local_identity: local,
+        remote_identity: remote,
+        port,
+        proto,
+        direction,
+    };
+    use Direction::{Egress, Ingress};
+    // (selected: (identity, ingress, egress), rule, passes, reason if dropped)
+    let cases = [
+        (
+            (ID_B, true, false),
+            rule(ID_B, Some(ID_A), None, Proto::Udp, Ingress),
+            true,
+            None,
+        ),
+        (
+            (ID_B, true, false),
+            rule(ID_B, None, Some(7001), Proto::Udp, Ingress),
+            true,
+            None,
+        ),
+        (
+            (ID_B, true, false),
+            rule(ID_B, None, None, Proto::Udp, Ingress),
+            true,
+            None,
+        ),
+        (
+            (ID_B, true, false),
+            rule(ID_B, Some(ID_A), None, Proto::Tcp, Ingress),
+            false,
+            Some(Reason::PolicyIngress),
+        ),
+        (
+            (ID_B, true, false),
+            rule(ID_B, Some(ID_C), None, Proto::Any, Ingress),
+            false,
+            Some(Reason::PolicyIngress),
+        ),
+        (
+            (ID_B, true, false),
+            rule(ID_B, Some(ID_A), Some(7001), Proto::Udp, Egress),
+            false,
+            Some(Reason::PolicyIngress),
+        ),
+        (
+            (ID_A, false, true),
+            rule(ID_A, Some(ID_B), Some(7001), Proto::Udp, Egress),
+            true,
+            None,
+        ),
+        (
+            (ID_A, false, true),
+            rule(ID_A, Some(ID_B), Some(7000), Proto::Udp, Egress),
+            false,
+            Some(Reason::PolicyEgress),
+        ),
+        (
+            (ID_A, false, true),
+            rule(ID_A, None, None, Proto::Any, Egress),
+            true,
+            None,
+        ),
+        (
+            (ID_A, false, false),
+            rule(ID_A, Some(ID_B), Some(7001), Proto::Udp, Egress),
+            true,
+            None,
+        ),
+    ];
+    for (i, ((sel_id, ing, eg), r, passes, reason)) in cases.into_iter().enumerate() {
+        let dp = w.dp();
+        dp.maps.conntrack.clear().expect("ct");
+        dp.maps.policy.select(sel_id, ing, eg).expect("select");
+        dp.maps.policy.allow(&r).expect("allow");
+        let before = reason.map(|r| dp.maps.drops.get(r).expect("c").packets);
+        let got = udp_passes(&a_sock, &target, SocketAddrV4::new(b, 7001));
+        assert_eq!(
+            got, passes,
+            "case {i}: selected {sel_id:#x} ({ing}, {eg}), rule {r:?}"
+        );
+        let dp = w.dp();
+        if let (Some(reason), Some(before)) = (reason, before) {
+            let after = dp.maps.drops.get(reason).expect("c").packets;
+            assert!(after > before, "case {i}: counted as {reason}");
+        }
+        dp.maps.policy.remove(&r).expect("remove");
+        dp.maps
+            .policy
+            .select(sel_id, false, false)
+            .expect("unselect");
+    }
 }

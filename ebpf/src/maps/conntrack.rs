@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 use aya::maps::{HashMap, Map, MapData};
 
-use super::{map_err, typed};
+use super::{is_not_found, map_err, typed};
 use crate::error::Result;
 use crate::layout::{CtKey, CtValue};
 
@@ -60,7 +60,8 @@ impl Conntrack {
             .map_err(map_err(NAME, "listing flows"))?;
         for k in keys {
             match self.map.remove(&k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
                 Err(e) => return Err(map_err(NAME, "removing a flow")(e)),
             }
         }

@@ -3,9 +3,9 @@
 use std::net::Ipv4Addr;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Map, MapData, MapError};
+use aya::maps::{Map, MapData};
 
-use super::{map_err, typed};
+use super::{is_not_found, map_err, typed};
 use crate::error::Result;
 use crate::layout::{IpcacheAddr, IpcacheValue, IPCACHE_F_LOCAL};
 
@@ -94,7 +94,7 @@ impl IpCache {
     pub fn remove(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<bool> {
         match self.map.remove(&key(addr, prefix_len)) {
             Ok(()) => Ok(true),
-            Err(MapError::KeyNotFound) => Ok(false),
+            Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(map_err(NAME, "removing an entry")(e)),
         }
     }
@@ -103,7 +103,7 @@ impl IpCache {
     pub fn lookup(&self, addr: Ipv4Addr) -> Result<Option<IpcacheEntry>> {
         match self.map.get(&key(addr, 32), 0) {
             Ok(v) => Ok(Some(IpcacheEntry::from_raw(v))),
-            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(map_err(NAME, "looking up an address")(e)),
         }
     }

@@ -4,9 +4,9 @@
 //! any protocol; each for the remote identity and for any identity), so its
 //! cost does not grow with the number of rules.
 
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{HashMap, Map, MapData};
 
-use super::{map_err, typed};
+use super::{is_not_found, map_err, typed};
 use crate::error::Result;
 use crate::layout::{PolicyKey, PolicySelValue, PolicyValue, SEL_EGRESS, SEL_INGRESS};
 use crate::reason::{Direction, Verdict};
@@ -96,7 +96,7 @@ impl Policy {
     pub fn remove(&mut self, rule: &PolicyRule) -> Result<bool> {
         match self.rules.remove(&rule.key()) {
             Ok(()) => Ok(true),
-            Err(MapError::KeyNotFound) => Ok(false),
+            Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(map_err(NAME, "removing a rule")(e)),
         }
     }
@@ -105,7 +105,7 @@ impl Policy {
     pub fn get(&self, rule: &PolicyRule) -> Result<Option<Verdict>> {
         match self.rules.get(&rule.key(), 0) {
             Ok(v) => Ok(u8::try_from(v.verdict).ok().and_then(Verdict::from_raw)),
-            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(map_err(NAME, "looking up a rule")(e)),
         }
     }
@@ -126,7 +126,8 @@ impl Policy {
         let flags = if ingress { SEL_INGRESS } else { 0 } | if egress { SEL_EGRESS } else { 0 };
         if flags == 0 {
             return match self.selected.remove(&identity) {
-                Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+                Ok(()) => Ok(()),
+                Err(e) if is_not_found(&e) => Ok(()),
                 Err(e) => Err(map_err(SEL_NAME, "unselecting an identity")(e)),
             };
         }
@@ -139,7 +140,7 @@ impl Policy {
     pub fn selected(&self, identity: u32) -> Result<(bool, bool)> {
         match self.selected.get(&identity, 0) {
             Ok(v) => Ok((v.flags & SEL_INGRESS != 0, v.flags & SEL_EGRESS != 0)),
-            Err(MapError::KeyNotFound) => Ok((false, false)),
+            Err(e) if is_not_found(&e) => Ok((false, false)),
             Err(e) => Err(map_err(SEL_NAME, "reading a selection")(e)),
         }
     }
