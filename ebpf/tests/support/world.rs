@@ -29,14 +29,47 @@ pub fn require_root() {
     MOUNTED.call_once(|| {
         meshgate_ebpf::bpffs::ensure_mounted(Path::new("/sys/fs/bpf"))
             .unwrap_or_else(|e| panic!("no bpf filesystem at /sys/fs/bpf: {e}"));
+        remove_leftovers_of_dead_runs();
     });
 }
 
-/// A short name unique on this machine for this run: pid + counter.
+/// A name unique on this machine for this run: `<tag><pid>-<counter>`.
 pub fn unique(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
-    format!("{tag}{:x}{n}", std::process::id() & 0xfffff)
+    format!("{tag}{}-{n}", std::process::id())
+}
+
+/// The pid in a name made by [`unique`] after `prefix`, if that process is gone.
+fn dead_owner(name: &str, prefix: &str) -> bool {
+    let Some(pid) = name
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|pid| pid.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes what test processes killed before their guards ran left behind:
+/// `mgebpf-<pid>-*` namespaces and `/sys/fs/bpf/meshgate-test-<pid>-*` pin
+/// directories whose process no longer exists. Nothing else is touched.
+fn remove_leftovers_of_dead_runs() {
+    let list = run(Command::new("ip").args(["netns", "list"]));
+    for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        if dead_owner(ns, "mgebpf-") {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if dead_owner(&name, "meshgate-test-") {
+                let _ = remove_pin_dir(&e.path());
+            }
+        }
+    }
 }
 
 pub fn run(cmd: &mut Command) -> String {
