@@ -57,6 +57,7 @@ fn peer(name: &str, key: &NodeKey, underlay: &str, tunnel: &str) -> PeerConfig {
         public_key: key.public().to_base64(),
         endpoint: format!("{underlay}:51820").parse().unwrap(),
         allowed_ips: vec![format!("{tunnel}/32").parse().unwrap()],
+        keepalive_ms: None,
     }
 }
 
