@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use meshgate_e2e::stream::{longest_gap, unix_now, PingStream};
-use meshgate_e2e::{wait_until, Capture, World};
+use meshgate_e2e::{meshgate_output, require_host, wait_until, Capture, World};
 
 /// (cluster, node) of every node; each runs one pod `<node>-a`.
 const NODES: [(&str, &str); 8] = [
@@ -260,5 +260,39 @@ fn killing_the_active_gateway_moves_traffic_to_the_other_within_2s_and_back() {
     assert!(
         world.ping("c1", "n3-a", &to, 5, "0.05").received == 5,
         "c1/n3-a cannot reach c2/n3-a through c2/g2"
+    );
+}
+
+#[test]
+fn an_isolated_cluster_without_a_gateway_is_refused_before_anything_is_built() {
+    require_host();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/gateways.yaml");
+    let yaml = std::fs::read_to_string(path)
+        .unwrap()
+        .replace("\nname: gw\n", "\nname: gwbad\n")
+        .replace("roles: [cluster-gateway]", "roles: [egress-gateway]");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateways.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = meshgate_output(&["lab", "up", file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "lab up accepted it");
+    for cluster in ["clusters[0]", "clusters[1]"] {
+        assert!(
+            err.contains(&format!("gateways.yaml: {cluster}.underlay: cluster")),
+            "no error for {cluster}: {err}"
+        );
+    }
+    assert!(
+        err.contains("give one or two of its nodes `roles: [cluster-gateway]`"),
+        "{err}"
+    );
+    let netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&netns.stdout).contains("mg-gwbad-"),
+        "namespaces left behind"
     );
 }
