@@ -30,7 +30,12 @@ pub struct Mesh {
     pub gateways: Vec<GatewayStatus>,
     /// Unusable node records seen by the last refresh (logged once).
     pub problems: Vec<String>,
+    /// The peers last asked for and when, to pace retries of failed changes.
+    pub last_attempt: Option<(BTreeMap<String, PeerConfig>, Instant)>,
 }
+
+/// How soon a peer change that failed is tried again by [`refresh`].
+const RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The peer a node record asks for, or why the record is unusable.
 pub fn peer_of(node: &pb::Node) -> Result<PeerConfig, String> {
@@ -121,6 +126,13 @@ pub fn refresh(agent: &Agent) {
         if mesh.peers == paths.peers {
             return;
         }
+        // A change that failed is retried every RETRY, not on every tick.
+        if let Some((wanted, at)) = &mesh.last_attempt {
+            if *wanted == paths.peers && now.duration_since(*at) < RETRY {
+                return;
+            }
+        }
+        mesh.last_attempt = Some((paths.peers.clone(), now));
     }
     reconcile(agent, paths.peers);
 }
