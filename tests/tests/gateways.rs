@@ -86,6 +86,31 @@ fn every_pod_reaches_every_pod_across_isolated_clusters_through_gateways_encrypt
             );
         }
     }
+    // Full-size packets (the pods' MTU, don't fragment) cross both gateways.
+    let big = world.in_ns(
+        &world.pod_ns("c1", "n3-a"),
+        &[
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            "3",
+            "-i",
+            "0.05",
+            "-W",
+            "1",
+            "-M",
+            "do",
+            "-s",
+            "1392",
+            &pods[&("c2", "n3")],
+        ],
+    );
+    assert!(
+        big.status.success(),
+        "1420-byte packets do not pass c1/n3 -> c1/g1 -> c2/g1 -> c2/n3:\n{}",
+        String::from_utf8_lossy(&big.stdout)
+    );
     for cap in captures {
         cap.assert_nothing_in_clear(POD_NETS, 10);
     }
