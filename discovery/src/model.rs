@@ -595,6 +595,21 @@ pub struct AgentStatus {
     /// Services of its cluster the agent knows (with merged backends).
     #[serde(default)]
     pub services: usize,
+    /// The clusters whose traffic this agent sends through a cluster
+    /// gateway, and which gateway it uses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<GatewayStatus>,
+}
+
+/// One cluster's cluster-gateway choice in [`AgentStatus`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayStatus {
+    pub cluster: String,
+    /// The gateway node this agent uses now.
+    pub active: String,
+    /// Every cluster-gateway node of the cluster and its health as this
+    /// agent sees it: `up`, `fresh` (back for less than a second) or `down`.
+    pub health: std::collections::BTreeMap<String, String>,
 }
 
 /// One peer in [`AgentStatus`].

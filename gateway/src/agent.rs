@@ -9,11 +9,14 @@
 pub(crate) mod config;
 mod endpoints;
 pub(crate) mod ipcache;
+mod liveness;
 mod mesh;
+mod paths;
 mod persist;
 mod services;
 mod sync;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -44,6 +47,11 @@ pub struct Agent {
     pub ipcache: Mutex<IpCache>,
     /// This cluster's services with merged backends, from the watch stream.
     pub services: Mutex<services::Services>,
+    /// Every node record (`cluster/node`) of the last watch state; `None`
+    /// until the first snapshot.
+    pub nodes: Mutex<Option<BTreeMap<String, pb::Node>>>,
+    /// Which peers are alive, from what the tunnel received.
+    pub liveness: Mutex<liveness::Liveness>,
 }
 
 impl Agent {
@@ -57,6 +65,14 @@ impl Agent {
 
     pub fn ipcache(&self) -> std::sync::MutexGuard<'_, IpCache> {
         self.ipcache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn nodes(&self) -> std::sync::MutexGuard<'_, Option<BTreeMap<String, pb::Node>>> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn liveness(&self) -> std::sync::MutexGuard<'_, liveness::Liveness> {
+        self.liveness.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn services(&self) -> std::sync::MutexGuard<'_, services::Services> {
@@ -112,6 +128,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         endpoints: endpoints.iter().map(|e| e.to_pb()).collect(),
         ipcache: Mutex::new(cache.unwrap_or_default()),
         services: Mutex::new(services::Services::default()),
+        nodes: Mutex::new(None),
+        liveness: Mutex::new(liveness::Liveness::default()),
         cfg,
     });
     // Resume from what we last knew, before discovery answers: after a
@@ -130,6 +148,7 @@ async fn main_loop(agent: Arc<Agent>) -> anyhow::Result<()> {
     let mut usr2 = signal(SignalKind::user_defined2()).context("installing SIGUSR2 handler")?;
     tokio::spawn(sync::run(agent.clone()));
     tokio::spawn(persist::status_loop(agent.clone()));
+    tokio::spawn(gateway_loop(agent.clone()));
     let rotate_every = agent.cfg.rotate_interval;
     let mut rotation = tokio::time::interval(rotate_every.unwrap_or(Duration::from_secs(86_400)));
     rotation.tick().await;
@@ -154,6 +173,28 @@ async fn main_loop(agent: Arc<Agent>) -> anyhow::Result<()> {
                     warn!(error = %format!("{e:#}"), "scheduled key rotation failed");
                 }
             }
+        }
+    }
+}
+
+/// Re-evaluates the cluster-gateway choices often enough that traffic
+/// moves to another gateway well within 2 s of one falling silent. Does
+/// nothing in a mesh without cluster gateways.
+async fn gateway_loop(agent: Arc<Agent>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let any = agent.cfg.is_cluster_gateway()
+            || agent.nodes().as_ref().is_some_and(|nodes| {
+                nodes
+                    .values()
+                    .any(|n| n.roles.iter().any(|r| r == paths::CLUSTER_GATEWAY))
+            });
+        if any {
+            let a = agent.clone();
+            // Applying peers takes locks and may run `ip`: off the runtime.
+            let _ = tokio::task::spawn_blocking(move || mesh::refresh(&a)).await;
         }
     }
 }

@@ -39,6 +39,10 @@ pub enum LabCommand {
     Restart { target: String },
     /// Rotate a node's WireGuard key now.
     RotateKey { target: String },
+    /// Make a node fail: cut its underlay link and SIGKILL its agent.
+    Fail { target: String },
+    /// Bring a failed node back: link up, agent started again.
+    Recover { target: String },
 }
 
 fn bin() -> anyhow::Result<PathBuf> {
@@ -79,6 +83,8 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
         LabCommand::Start { target } => say(meshgate_lab::start(&target, &bin()?)?),
         LabCommand::Restart { target } => say(meshgate_lab::restart(&target, &bin()?)?),
         LabCommand::RotateKey { target } => say(meshgate_lab::rotate_key(&target)?),
+        LabCommand::Fail { target } => say(meshgate_lab::fail(&target)?),
+        LabCommand::Recover { target } => say(meshgate_lab::recover(&target, &bin()?)?),
     }
     Ok(ExitCode::SUCCESS)
 }

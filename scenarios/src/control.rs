@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{LabError, Result};
 use crate::plan::agent_dir;
-use crate::procs::{self, SIGTERM, SIGUSR1, SIGUSR2};
+use crate::procs::{self, SIGKILL, SIGTERM, SIGUSR1, SIGUSR2};
 use crate::status::{self, short_key, AgentStatus};
 use crate::target::{self, Target, TargetKind};
 use crate::world::record::{Component, ProcessRecord, WorldRecord};
@@ -216,4 +216,62 @@ pub fn rotate_key(target: &str) -> Result<String> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The node plan and the underlay namespace of a node target.
+fn node_link(rec: &WorldRecord, t: &Target, target: &str) -> Result<(String, String)> {
+    let not_node = || LabError::Target {
+        target: target.to_string(),
+        problem: "only a node can fail or recover (give cluster/node)".to_string(),
+    };
+    if t.kind != TargetKind::Node {
+        return Err(not_node());
+    }
+    let n = rec
+        .plan
+        .cluster(&t.cluster)
+        .and_then(|c| c.node(&t.name))
+        .ok_or_else(not_node)?;
+    Ok((rec.plan.underlay_ns.clone(), n.ul_veth.clone()))
+}
+
+/// A node failure: its underlay link is cut (the bridge-side end of its
+/// veth goes down) and its agent is killed with SIGKILL, so it neither
+/// leaves the mesh nor says goodbye. Its namespaces, TUN device and
+/// registration stay, as after a crash; discovery expires the lease.
+pub fn fail(target: &str) -> Result<String> {
+    let (mut rec, t, component) = with_process(target)?;
+    let (ul, veth) = node_link(&rec, &t, target)?;
+    let pid = require_running(&rec, &component)?;
+    crate::world::ip::ip(&[
+        "-n".into(),
+        ul,
+        "link".into(),
+        "set".into(),
+        veth.clone(),
+        "down".into(),
+    ])?;
+    procs::signal(pid, SIGKILL)?;
+    procs::wait_exit(pid, Duration::from_secs(2));
+    rec.set_pid(&component, None)?;
+    Ok(format!(
+        "{component} failed: underlay link {veth} down, agent (pid {pid}) killed"
+    ))
+}
+
+/// Undoes [`fail`]: the underlay link comes up and the agent starts again
+/// (it resumes from its saved peers).
+pub fn recover(target: &str, meshgate_bin: &Path) -> Result<String> {
+    let (mut rec, t, component) = with_process(target)?;
+    let (ul, veth) = node_link(&rec, &t, target)?;
+    crate::world::ip::ip(&[
+        "-n".into(),
+        ul,
+        "link".into(),
+        "set".into(),
+        veth.clone(),
+        "up".into(),
+    ])?;
+    let started = start_in(&mut rec, &t, &component, meshgate_bin)?;
+    Ok(format!("underlay link {veth} up; {started}"))
 }

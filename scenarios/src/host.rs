@@ -38,3 +38,14 @@ pub fn check_host() -> Result<()> {
         Ok(_) => Ok(()),
     }
 }
+
+/// nftables' `nft`, which isolated underlays need (bridge-family rules).
+pub fn check_nft() -> Result<()> {
+    match Command::new("nft").arg("--version").output() {
+        Ok(out) if out.status.success() => Ok(()),
+        _ => Err(LabError::HostMissing {
+            missing: "the `nft` command (nftables), needed to isolate clusters with `underlay: isolated`".into(),
+            fix: "install nftables (e.g. apt-get install nftables), or make every cluster's underlay routable".into(),
+        }),
+    }
+}

@@ -18,7 +18,9 @@ pub mod status;
 pub mod target;
 pub mod world;
 
-pub use control::{agent_status, exec, ip, restart, rotate_key, start, status, stop};
+pub use control::{
+    agent_status, exec, fail, ip, recover, restart, rotate_key, start, status, stop,
+};
 pub use error::LabError;
 pub use host::check_host;
 pub use plan::Plan;

@@ -14,7 +14,7 @@ use meshgate_discovery::certs::files::CertLayout;
 use meshgate_discovery::endpoint::{EndpointSpec, DEFAULT_NAMESPACE};
 use serde::{Deserialize, Serialize};
 
-use crate::scenario::{Role, Scenario};
+use crate::scenario::{Role, Scenario, Underlay};
 
 pub use steps::Step;
 
@@ -87,6 +87,9 @@ pub struct ClusterPlan {
     /// and passed to its discovery as `--services`.
     #[serde(default)]
     pub services: Vec<meshgate_discovery::service::Service>,
+    /// Isolated: only its cluster-gateway nodes reach other clusters.
+    #[serde(default)]
+    pub underlay: Underlay,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -208,6 +211,7 @@ impl Plan {
                 remotes: Vec::new(),
                 certs: certs_dir(world),
                 services: c.services.clone(),
+                underlay: c.underlay,
             });
         }
         let urls: Vec<(String, String)> = clusters
@@ -259,6 +263,22 @@ impl Plan {
         self.clusters.iter().find(|c| c.name == name)
     }
 
+    /// Whether nodes `a` and `b` (each `(cluster, node)`) hold a WireGuard
+    /// session with each other: the agents' path rule. Nodes of one cluster
+    /// always do; across clusters, a cluster with cluster-gateway nodes
+    /// talks only through them.
+    pub fn direct_peers(&self, a: (&str, &str), b: (&str, &str)) -> bool {
+        if a.0 == b.0 {
+            return true;
+        }
+        let open = |(cluster, node): (&str, &str)| {
+            self.cluster(cluster).is_none_or(|c| {
+                !c.behind_gateways() || c.node(node).is_some_and(NodePlan::is_cluster_gateway)
+            })
+        };
+        open(a) && open(b)
+    }
+
     /// The `ip` commands that build this world, in order.
     pub fn steps(&self) -> Vec<Step> {
         steps::build(self)
@@ -273,6 +293,12 @@ impl DiscoveryPlan {
 }
 
 impl ClusterPlan {
+    /// Whether the cluster has cluster-gateway nodes (its traffic to and
+    /// from other clusters then goes through them).
+    pub fn behind_gateways(&self) -> bool {
+        self.nodes.iter().any(NodePlan::is_cluster_gateway)
+    }
+
     pub fn node(&self, name: &str) -> Option<&NodePlan> {
         self.nodes.iter().find(|n| n.name == name)
     }
@@ -379,6 +405,15 @@ impl ClusterPlan {
                 .into_iter()
                 .flatten(),
         )
+        .chain(
+            (!node.roles.is_empty())
+                .then(|| {
+                    let roles: Vec<String> = node.roles.iter().map(Role::to_string).collect();
+                    ["--roles".to_string(), roles.join(",")]
+                })
+                .into_iter()
+                .flatten(),
+        )
         .collect()
     }
 }
@@ -387,6 +422,10 @@ impl ClusterPlan {
 pub const ENDPOINTS_FILE: &str = "endpoints.yaml";
 
 impl NodePlan {
+    pub fn is_cluster_gateway(&self) -> bool {
+        self.roles.contains(&Role::ClusterGateway)
+    }
+
     /// Where the lab writes this node's endpoints file.
     pub fn endpoints_file(&self) -> PathBuf {
         self.state_dir.join(ENDPOINTS_FILE)

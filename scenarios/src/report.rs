@@ -190,10 +190,11 @@ fn cluster_text(rec: &WorldRecord, c: &ClusterPlan, out: &mut Vec<String>) {
         cluster: c.name.clone(),
     };
     out.push(format!(
-        "cluster {} (id {}, podCIDR {}): discovery {}:{} {}",
+        "cluster {} (id {}, podCIDR {}, underlay {}): discovery {}:{} {}",
         c.name,
         c.id,
         c.pod_cidr,
+        c.underlay,
         c.discovery.ip,
         c.discovery.port,
         process_state(rec, &d)
@@ -222,6 +223,16 @@ fn cluster_text(rec: &WorldRecord, c: &ClusterPlan, out: &mut Vec<String>) {
                     },
                     s.ipcache_entries,
                 ));
+                for g in &s.gateways {
+                    let health: Vec<String> =
+                        g.health.iter().map(|(n, h)| format!("{n} {h}")).collect();
+                    out.push(format!(
+                        "    cluster-gateway of {}: active {} ({})",
+                        g.cluster,
+                        g.active,
+                        health.join(", ")
+                    ));
+                }
                 for p in &s.peers {
                     out.push(format!(
                         "    peer {}/{} {}: handshake {}, tx {} rx {}",

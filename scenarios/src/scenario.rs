@@ -41,12 +41,41 @@ pub struct Cluster {
     /// IPv4 CIDR, prefix at most /24; node i gets the i-th /24 of it.
     #[serde(rename = "podCIDR")]
     pub pod_cidr: String,
+    /// `routable` (default): every node reaches every other cluster's
+    /// nodes. `isolated`: only its `cluster-gateway` nodes reach outside
+    /// the cluster; the lab enforces it on the underlay bridge.
+    #[serde(default, skip_serializing_if = "Underlay::is_routable")]
+    pub underlay: Underlay,
     #[serde(default)]
     pub nodes: Vec<Node>,
     /// This cluster's services (the shape of discovery's `--services` file);
     /// global ones are merged across clusters.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<meshgate_discovery::service::Service>,
+}
+
+/// Whether a cluster's nodes reach other clusters' underlay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Underlay {
+    #[default]
+    Routable,
+    Isolated,
+}
+
+impl Underlay {
+    pub fn is_routable(&self) -> bool {
+        *self == Underlay::Routable
+    }
+}
+
+impl fmt::Display for Underlay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Underlay::Routable => "routable",
+            Underlay::Isolated => "isolated",
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

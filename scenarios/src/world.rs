@@ -54,6 +54,14 @@ pub fn up(file: &Path, opts: &UpOptions) -> Result<Summary> {
     }
     let started = Instant::now();
     let mut rec = begin(file)?;
+    if rec
+        .plan
+        .clusters
+        .iter()
+        .any(|c| c.underlay == crate::scenario::Underlay::Isolated)
+    {
+        crate::host::check_nft()?;
+    }
     let result = build(&mut rec)
         .and_then(|()| certs::make(&rec.plan))
         .and_then(|()| start_all(&mut rec, opts))

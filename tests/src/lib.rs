@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 pub use meshgate_lab::AgentStatus;
 
 mod services;
+pub mod stream;
 mod tls;
 
 /// The `meshgate` binary under test.

@@ -55,6 +55,10 @@ pub struct PeerStats {
     pub allowed_ips: Vec<String>,
     /// Milliseconds since the last completed handshake; `None` before the first.
     pub last_handshake_age_ms: Option<u64>,
+    /// Milliseconds since anything authenticated (data, keepalive or
+    /// handshake) last arrived from the peer; `None` if nothing ever did or
+    /// the backend cannot tell (kernel).
+    pub last_rx_age_ms: Option<u64>,
     pub tx_bytes: u64,
     pub rx_bytes: u64,
 }

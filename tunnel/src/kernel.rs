@@ -154,6 +154,11 @@ impl Backend for KernelDevice {
                     }
                 }
                 let allowed: Vec<String> = new.allowed_ips.iter().map(|n| n.to_string()).collect();
+                // The kernel counts keepalives in whole seconds.
+                let keepalive = new
+                    .keepalive_ms
+                    .map(|ms| ms.div_ceil(1000).max(1).to_string())
+                    .unwrap_or_else(|| "0".to_string());
                 run(
                     "wg",
                     &[
@@ -163,6 +168,8 @@ impl Backend for KernelDevice {
                         &new.public_key,
                         "endpoint",
                         &new.endpoint.to_string(),
+                        "persistent-keepalive",
+                        &keepalive,
                         "allowed-ips",
                         &allowed.join(","),
                     ],
@@ -208,6 +215,7 @@ impl Backend for KernelDevice {
                     endpoint: endpoint.to_string(),
                     allowed_ips: allowed.split(',').map(str::to_string).collect(),
                     last_handshake_age_ms: (hs > 0).then(|| now.saturating_sub(hs) * 1000),
+                    last_rx_age_ms: None,
                     tx_bytes: tx.parse().unwrap_or(0),
                     rx_bytes: rx.parse().unwrap_or(0),
                 })

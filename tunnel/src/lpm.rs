@@ -49,6 +49,13 @@ impl<T> Lpm<T> {
         old
     }
 
+    /// The value stored for exactly this prefix.
+    pub fn get(&self, net: &Ipv4Net) -> Option<&T> {
+        let len = net.prefix_len();
+        let key = u32::from(net.network()) & mask(len);
+        self.by_len.get(&len)?.get(&key)
+    }
+
     /// The value of the longest prefix that contains `addr`.
     pub fn lookup(&self, addr: Ipv4Addr) -> Option<&T> {
         let addr = u32::from(addr);

@@ -21,6 +21,11 @@ pub struct PeerConfig {
     pub endpoint: SocketAddr,
     /// Prefixes routed to this peer and accepted from it.
     pub allowed_ips: Vec<Ipv4Net>,
+    /// Send a keepalive (an empty WireGuard data packet) this often, so
+    /// the peer can tell within a fraction of a second that we are alive.
+    /// Milliseconds; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_ms: Option<u64>,
 }
 
 impl PeerConfig {
@@ -95,6 +100,7 @@ mod tests {
             public_key: key.into(),
             endpoint: format!("{ip}:51820").parse().unwrap(),
             allowed_ips: nets.iter().map(|n| n.parse().unwrap()).collect(),
+            keepalive_ms: None,
         }
     }
 

@@ -193,6 +193,7 @@ impl Shared {
             slots,
             allowed,
             endpoint,
+            last_rx,
             ..
         } = &mut *guard;
         let endpoint = *endpoint;
@@ -201,6 +202,10 @@ impl Shared {
         };
         let src_ip = Some(from.ip());
         let mut result = slot.tunn.decapsulate(src_ip, datagram, buf);
+        if !matches!(result, TunnResult::Err(_)) {
+            // Authenticated: data, a keepalive or a handshake message.
+            *last_rx = Some(Instant::now());
+        }
         loop {
             match result {
                 TunnResult::WriteToNetwork(pkt) => {
@@ -251,6 +256,17 @@ impl Shared {
                 }
                 slot.note_session(now);
             }
+            if peer.keepalive_due(now) {
+                if let Some(i) = peer.sending_slot() {
+                    // An empty data packet: boringtun's keepalive.
+                    if let TunnResult::WriteToNetwork(pkt) =
+                        peer.slots[i].tunn.encapsulate(&[], buf)
+                    {
+                        self.send_udp(pkt, endpoint);
+                    }
+                    peer.last_keepalive = Some(now);
+                }
+            }
             let dropped = peer.prune(now);
             if !dropped.is_empty() {
                 debug!(peer = %peer.name, slots = dropped.len(), "retired replaced tunnel slots");
@@ -269,6 +285,13 @@ impl Shared {
 }
 
 impl State {
+    /// Removes the route for `net` if it still leads to `peer`.
+    fn remove_route_of(&mut self, net: &ipnet::Ipv4Net, peer: &PeerRef) {
+        if self.routes.get(net).is_some_and(|p| Arc::ptr_eq(p, peer)) {
+            self.routes.remove(net);
+        }
+    }
+
     /// Forgets local keys and peer keys that no slot uses any more.
     fn retire_unused(&mut self) {
         let mut used_keys = std::collections::HashSet::new();
@@ -416,6 +439,9 @@ impl UserspaceDevice {
             slots: vec![slot],
             retired_tx: 0,
             retired_rx: 0,
+            last_rx: None,
+            keepalive: cfg.keepalive_ms.map(Duration::from_millis),
+            last_keepalive: None,
         }));
         for net in &cfg.allowed_ips {
             state.routes.insert(*net, peer.clone());
@@ -437,8 +463,10 @@ impl UserspaceDevice {
             drop(state);
             return self.add(new);
         };
+        // A prefix may have moved to another peer already (a gateway
+        // switch): only this peer's own entries go.
         for net in &old.allowed_ips {
-            state.routes.remove(net);
+            state.remove_route_of(net, &peer);
         }
         for net in &new.allowed_ips {
             state.routes.insert(*net, peer.clone());
@@ -446,6 +474,7 @@ impl UserspaceDevice {
         let mut p = lock(&peer);
         p.endpoint = new.endpoint;
         p.allowed = new.allowed_ips.clone();
+        p.keepalive = new.keepalive_ms.map(Duration::from_millis);
         let key_changed = p.public_key != new.public_key;
         if key_changed {
             p.public_key = new.public_key.clone();
@@ -473,7 +502,7 @@ impl UserspaceDevice {
             return;
         };
         for net in &old.allowed_ips {
-            state.routes.remove(net);
+            state.remove_route_of(net, &peer);
         }
         let indices: Vec<u32> = lock(&peer).slots.iter().map(|s| s.index).collect();
         for index in indices {
@@ -530,6 +559,7 @@ impl Backend for UserspaceDevice {
 
     fn stats(&self) -> Vec<PeerStats> {
         let state = self.shared.read();
+        let now = Instant::now();
         state
             .peers
             .values()
@@ -542,6 +572,7 @@ impl Backend for UserspaceDevice {
                     endpoint: p.endpoint.to_string(),
                     allowed_ips: p.allowed.iter().map(|n| n.to_string()).collect(),
                     last_handshake_age_ms: p.handshake_age_ms(),
+                    last_rx_age_ms: p.rx_age_ms(now),
                     tx_bytes: tx,
                     rx_bytes: rx,
                 }

@@ -57,6 +57,7 @@ fn peer(name: &str, key: &NodeKey, underlay: &str, tunnel: &str) -> PeerConfig {
         public_key: key.public().to_base64(),
         endpoint: format!("{underlay}:51820").parse().unwrap(),
         allowed_ips: vec![format!("{tunnel}/32").parse().unwrap()],
+        keepalive_ms: None,
     }
 }
 
@@ -184,6 +185,63 @@ fn two_devices_handshake_carry_traffic_rotate_without_loss_and_forget_a_removed_
         ping(&a, "100.64.250.2", 3, "0.1").1,
         0,
         "traffic passed a removed peer"
+    );
+
+    dev_a.shutdown(true).unwrap();
+    dev_b.shutdown(true).unwrap();
+}
+
+#[test]
+#[ignore = "needs root (network namespaces, TUN): cargo xtask test runs it"]
+fn keepalives_keep_the_receive_age_low_and_silence_shows_within_a_second() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "needs root");
+    let id = std::process::id();
+    let (a, b) = (format!("mgt-{id}-ka"), format!("mgt-{id}-kb"));
+    let _guard = Netns(vec![a.clone(), b.clone()]);
+    for ns in [&a, &b] {
+        ip(&["netns", "add", ns]);
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+    }
+    ip(&[
+        "link", "add", "eth0", "netns", &a, "type", "veth", "peer", "name", "eth0", "netns", &b,
+    ]);
+    ip(&["-n", &a, "addr", "add", "198.18.251.1/24", "dev", "eth0"]);
+    ip(&["-n", &b, "addr", "add", "198.18.251.2/24", "dev", "eth0"]);
+    ip(&["-n", &a, "link", "set", "eth0", "up"]);
+    ip(&["-n", &b, "link", "set", "eth0", "up"]);
+
+    let (ka, kb) = (NodeKey::generate(), NodeKey::generate());
+    // Only a sends keepalives (every 100 ms).
+    let mut peer_b = peer("t/b", &kb, "198.18.251.2", "100.64.251.2");
+    peer_b.keepalive_ms = Some(100);
+    let dev_a = start(&a, &ka, "100.64.251.1", peer_b);
+    let dev_b = start(
+        &b,
+        &kb,
+        "100.64.251.2",
+        peer("t/a", &ka, "198.18.251.1", "100.64.251.1"),
+    );
+    assert_eq!(ping(&a, "100.64.251.2", 2, "0.1"), (2, 2));
+    std::thread::sleep(Duration::from_millis(1500));
+    let b_hears_a = dev_b.stats()[0].last_rx_age_ms.unwrap();
+    let a_hears_b = dev_a.stats()[0].last_rx_age_ms.unwrap();
+    assert!(
+        b_hears_a < 400,
+        "b last heard a {b_hears_a} ms ago despite keepalives"
+    );
+    assert!(
+        a_hears_b > 1000,
+        "a heard b {a_hears_b} ms ago, but b sends nothing"
+    );
+
+    // Cut the link: a's silence shows at b.
+    ip(&["-n", &a, "link", "set", "eth0", "down"]);
+    std::thread::sleep(Duration::from_millis(1000));
+    let silent = dev_b.stats()[0].last_rx_age_ms.unwrap();
+    assert!(
+        silent >= 900,
+        "b heard a {silent} ms ago with the link down"
     );
 
     dev_a.shutdown(true).unwrap();

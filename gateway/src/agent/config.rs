@@ -68,6 +68,9 @@ pub struct AgentArgs {
     /// The name discovery's certificate must carry (default discovery.<cluster>.meshgate).
     #[arg(long)]
     pub tls_server_name: Option<String>,
+    /// This node's roles, comma-separated: cluster-gateway, egress-gateway.
+    #[arg(long, value_delimiter = ',')]
+    pub roles: Option<Vec<String>>,
 }
 
 /// The resolved configuration.
@@ -87,11 +90,18 @@ pub struct AgentConfig {
     pub endpoints: Option<PathBuf>,
     /// Mutual TLS to discovery, when configured.
     pub tls: Option<ClientTls>,
+    /// Roles published in the node record (`cluster-gateway`, `egress-gateway`).
+    pub roles: Vec<String>,
 }
 
 impl AgentConfig {
     pub fn key_path(&self) -> PathBuf {
         self.state_dir.join("private.key")
+    }
+
+    /// Whether this node carries its cluster's traffic to other clusters.
+    pub fn is_cluster_gateway(&self) -> bool {
+        self.roles.iter().any(|r| r == "cluster-gateway")
     }
 
     /// The mesh-wide name of this node.
@@ -157,7 +167,15 @@ impl AgentArgs {
             Some(0) => bail!("--rotate-interval 0 is not valid: give seconds, or leave it out"),
             other => other.map(Duration::from_secs),
         };
+        let roles = pick!(roles).unwrap_or_default();
+        if let Some(bad) = roles
+            .iter()
+            .find(|r| !matches!(r.as_str(), "cluster-gateway" | "egress-gateway"))
+        {
+            bail!("--roles: {bad:?} is not a role: use cluster-gateway and/or egress-gateway, comma-separated");
+        }
         Ok(AgentConfig {
+            roles,
             node,
             cluster,
             cluster_id,

@@ -5,13 +5,17 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 
+use std::time::Instant;
+
 use anyhow::Context;
 use ipnet::Ipv4Net;
+use meshgate_discovery::model::GatewayStatus;
 use meshgate_discovery::pb;
 use meshgate_tunnel::peers::{diff, route_diff, PeerConfig};
 use meshgate_tunnel::routes;
 use tracing::{info, warn};
 
+use super::paths::{plan, Me};
 use super::persist::{self, Saved};
 use super::Agent;
 
@@ -22,7 +26,16 @@ pub struct Mesh {
     pub tunnel_ip: Option<Ipv4Addr>,
     pub discovery_connected: bool,
     pub key_rotations: u64,
+    /// The cluster-gateway choices of the last refresh.
+    pub gateways: Vec<GatewayStatus>,
+    /// Unusable node records seen by the last refresh (logged once).
+    pub problems: Vec<String>,
+    /// The peers last asked for and when, to pace retries of failed changes.
+    pub last_attempt: Option<(BTreeMap<String, PeerConfig>, Instant)>,
 }
+
+/// How soon a peer change that failed is tried again by [`refresh`].
+const RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The peer a node record asks for, or why the record is unusable.
 pub fn peer_of(node: &pb::Node) -> Result<PeerConfig, String> {
@@ -58,31 +71,70 @@ pub fn peer_of(node: &pb::Node) -> Result<PeerConfig, String> {
         public_key: node.wg_public_key.clone(),
         endpoint: SocketAddr::from((ip, port)),
         allowed_ips: allowed,
+        keepalive_ms: None,
     };
     peer.key().map_err(|e| e.to_string())?;
     Ok(peer)
 }
 
-/// Every node but this one, as peers. Unusable records are skipped and
-/// reported, never applied.
-pub fn desired_peers(
-    self_name: &str,
-    nodes: &BTreeMap<String, pb::Node>,
-) -> (BTreeMap<String, PeerConfig>, Vec<String>) {
-    let mut peers = BTreeMap::new();
-    let mut problems = Vec::new();
-    for (name, node) in nodes {
-        if name == self_name {
-            continue;
-        }
-        match peer_of(node) {
-            Ok(p) => {
-                peers.insert(p.name.clone(), p);
+/// Recomputes the peers from the last node records and the peers'
+/// liveness, and applies what changed. Called on every watch event and by
+/// the gateway loop; the node records' lock is held throughout so two
+/// callers never apply out of order.
+pub fn refresh(agent: &Agent) {
+    let nodes = agent.nodes();
+    let Some(nodes) = nodes.as_ref() else {
+        return; // no snapshot yet: keep what we have
+    };
+    let now = Instant::now();
+    let ages: BTreeMap<String, Option<u64>> = agent
+        .backend
+        .stats()
+        .into_iter()
+        .map(|s| (s.name, s.last_rx_age_ms))
+        .collect();
+    let paths = {
+        let mut live = agent.liveness();
+        live.observe(now, &ages);
+        let name = agent.cfg.mesh_name();
+        let me = Me {
+            name: &name,
+            cluster: &agent.cfg.cluster,
+            gateway: agent.cfg.is_cluster_gateway(),
+        };
+        plan(&me, nodes, |n| live.health(n, now))
+    };
+    {
+        let mut mesh = agent.mesh();
+        if paths.problems != mesh.problems {
+            for p in &paths.problems {
+                warn!(problem = %p, "ignoring an unusable node record");
             }
-            Err(e) => problems.push(e),
+            mesh.problems = paths.problems;
         }
+        for g in &paths.gateways {
+            let before = mesh
+                .gateways
+                .iter()
+                .find(|o| o.cluster == g.cluster)
+                .map(|o| o.active.as_str());
+            if before != Some(g.active.as_str()) {
+                info!(cluster = %g.cluster, from = before.unwrap_or("-"), to = %g.active, "cluster gateway chosen");
+            }
+        }
+        mesh.gateways = paths.gateways;
+        if mesh.peers == paths.peers {
+            return;
+        }
+        // A change that failed is retried every RETRY, not on every tick.
+        if let Some((wanted, at)) = &mesh.last_attempt {
+            if *wanted == paths.peers && now.duration_since(*at) < RETRY {
+                return;
+            }
+        }
+        mesh.last_attempt = Some((paths.peers.clone(), now));
     }
-    (peers, problems)
+    reconcile(agent, paths.peers);
 }
 
 /// Gives the interface its tunnel address (again, if it changed).
@@ -189,7 +241,13 @@ mod tests {
         nodes.insert("c1/n1".to_string(), node("n1", KEY, "198.18.1.10"));
         nodes.insert("c1/n2".to_string(), node("n2", KEY, "198.18.1.11"));
         nodes.insert("c1/n3".to_string(), node("n3", "short", "198.18.1.12"));
-        let (peers, problems) = desired_peers("c1/n1", &nodes);
+        let me = Me {
+            name: "c1/n1",
+            cluster: "c1",
+            gateway: false,
+        };
+        let paths = plan(&me, &nodes, |_| super::super::liveness::Health::Down);
+        let (peers, problems) = (paths.peers, paths.problems);
         assert_eq!(peers.keys().collect::<Vec<_>>(), vec!["c1/n2"]);
         let p = &peers["c1/n2"];
         assert_eq!(p.endpoint.to_string(), "198.18.1.11:51820");

@@ -95,6 +95,7 @@ pub fn status(agent: &Agent) -> AgentStatus {
         ipcache_entries,
         identities,
         services: agent.services().services.len(),
+        gateways: mesh.gateways.clone(),
         peers: stats
             .into_iter()
             .map(|s| {

@@ -15,7 +15,7 @@ use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use super::ipcache;
-use super::mesh::{desired_peers, reconcile, set_tunnel_ip};
+use super::mesh::{refresh, set_tunnel_ip};
 use super::Agent;
 
 const BACKOFF_START: Duration = Duration::from_millis(200);
@@ -33,7 +33,7 @@ fn this_node(agent: &Agent) -> pb::Node {
         wg_public_key: agent.key().public().to_base64(),
         pod_cidrs: vec![cfg.pod_cidr.trunc().to_string()],
         tunnel_ip: String::new(),
-        roles: vec![],
+        roles: cfg.roles.clone(),
     }
 }
 
@@ -144,7 +144,6 @@ async fn session(agent: &Agent, backoff: &mut Duration) -> anyhow::Result<()> {
         .into_inner();
     agent.mesh().discovery_connected = true;
     *backoff = BACKOFF_START;
-    let self_name = agent.cfg.mesh_name();
     let mut nodes: BTreeMap<String, pb::Node> = BTreeMap::new();
     let mut have_snapshot = false;
     let mut renew = tokio::time::interval(ttl / 3);
@@ -182,11 +181,8 @@ async fn session(agent: &Agent, backoff: &mut Duration) -> anyhow::Result<()> {
                     | None => continue,
                 }
                 if have_snapshot {
-                    let (desired, problems) = desired_peers(&self_name, &nodes);
-                    for p in problems {
-                        warn!(problem = %p, "ignoring an unusable node record");
-                    }
-                    reconcile(agent, desired);
+                    *agent.nodes() = Some(nodes.clone());
+                    refresh(agent);
                 }
             }
             _ = renew.tick() => {

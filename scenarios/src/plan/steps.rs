@@ -3,6 +3,7 @@
 use std::net::Ipv4Addr;
 
 use super::{Plan, BRIDGE, POD_GATEWAY, POD_MTU, UNDERLAY_NET};
+use crate::scenario::Underlay;
 
 /// One step of building a world.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +88,12 @@ pub fn build(plan: &Plan) -> Vec<Step> {
         for n in &c.nodes {
             let node = n.netns.as_str();
             s.namespace(node, true);
+            if n.is_cluster_gateway() {
+                // A gateway forwards back out of the interface a packet came
+                // in on (mg-wg0): no ICMP redirects for that.
+                s.sysctl(node, "net.ipv4.conf.all.send_redirects=0");
+                s.sysctl(node, "net.ipv4.conf.default.send_redirects=0");
+            }
             s.attach(ul, node, &n.ul_veth, &with_len(n.underlay_ip, ul_len));
             // The pods' gateway: a local address answers their ARP and ping.
             s.ip(&[
@@ -131,6 +138,8 @@ pub fn build(plan: &Plan) -> Vec<Step> {
         }
     }
 
+    isolate(&mut s, plan);
+
     for x in &plan.externals {
         let ns = x.netns.as_str();
         s.namespace(ns, false);
@@ -140,4 +149,83 @@ pub fn build(plan: &Plan) -> Vec<Step> {
         ]);
     }
     s.0
+}
+
+/// nftables table (bridge family) in the underlay namespace that enforces
+/// isolated underlays.
+pub const ISOLATION_TABLE: &str = "mg_isolation";
+
+fn nft_set(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+    format!("{{ {} }}", quoted.join(", "))
+}
+
+/// Isolated clusters: on the underlay bridge, frames between a cluster's
+/// ordinary nodes and any port outside the cluster (other clusters'
+/// nodes and discoveries, externals) are dropped, in both directions. Its
+/// gateways and its discovery stay on the shared underlay.
+fn isolate(s: &mut Steps, plan: &Plan) {
+    let ul = plan.underlay_ns.as_str();
+    let isolated: Vec<_> = plan
+        .clusters
+        .iter()
+        .filter(|c| c.underlay == Underlay::Isolated)
+        .collect();
+    if isolated.is_empty() {
+        return;
+    }
+    let nft = |s: &mut Steps, args: &[&str]| {
+        let mut all = vec!["netns", "exec", ul, "nft"];
+        all.extend_from_slice(args);
+        s.ip(&all);
+    };
+    nft(s, &["add", "table", "bridge", ISOLATION_TABLE]);
+    nft(
+        s,
+        &[
+            "add",
+            "chain",
+            "bridge",
+            ISOLATION_TABLE,
+            "isolate",
+            "{ type filter hook forward priority 0; policy accept; }",
+        ],
+    );
+    for c in isolated {
+        let inside: Vec<&str> = c
+            .nodes
+            .iter()
+            .map(|n| n.ul_veth.as_str())
+            .chain([c.discovery.ul_veth.as_str()])
+            .collect();
+        let walled: Vec<&str> = c
+            .nodes
+            .iter()
+            .filter(|n| !n.is_cluster_gateway())
+            .map(|n| n.ul_veth.as_str())
+            .collect();
+        if walled.is_empty() {
+            continue;
+        }
+        let (inside, walled) = (nft_set(&inside), nft_set(&walled));
+        for (from, to) in [("iifname", "oifname"), ("oifname", "iifname")] {
+            nft(
+                s,
+                &[
+                    "add",
+                    "rule",
+                    "bridge",
+                    ISOLATION_TABLE,
+                    "isolate",
+                    from,
+                    &walled,
+                    to,
+                    "!=",
+                    &inside,
+                    "counter",
+                    "drop",
+                ],
+            );
+        }
+    }
 }

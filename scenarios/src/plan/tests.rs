@@ -204,3 +204,50 @@ fn last_node_of_a_full_cluster() {
     assert_eq!(last.pod_cidr.to_string(), "10.0.238.0/24");
     assert_eq!(last.ul_veth, "n255-238");
 }
+
+fn gateways_plan() -> Plan {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("gateways.yaml");
+    Plan::new(&Scenario::load(&path).unwrap()).unwrap()
+}
+
+#[test]
+fn isolated_clusters_get_bridge_rules_for_their_ordinary_nodes_only() {
+    let p = gateways_plan();
+    let nft: Vec<String> = p
+        .steps()
+        .iter()
+        .map(|s| s.ip_args().join(" "))
+        .filter(|a| a.starts_with("netns exec mg-gw-ul nft"))
+        .collect();
+    assert_eq!(nft.len(), 2 + 2 * 2, "{nft:#?}");
+    assert!(nft[0].ends_with("nft add table bridge mg_isolation"));
+    assert_eq!(
+        nft[2],
+        "netns exec mg-gw-ul nft add rule bridge mg_isolation isolate iifname { \"n1-2\", \"n1-3\" } oifname != { \"n1-0\", \"n1-1\", \"n1-2\", \"n1-3\", \"d1\" } counter drop"
+    );
+    assert!(nft[3].contains("isolate oifname { \"n1-2\", \"n1-3\" } iifname !="));
+    assert!(nft[4].contains("{ \"n2-2\" }"));
+    // A world without isolated clusters has no rules at all.
+    assert!(!plan()
+        .steps()
+        .iter()
+        .any(|s| s.ip_args().iter().any(|a| a == "nft")));
+}
+
+#[test]
+fn gateways_get_their_role_and_the_wait_follows_the_path_rule() {
+    let p = gateways_plan();
+    let c1 = &p.clusters[0];
+    let args = c1.agent_args(c1.node("g1").unwrap());
+    let at = args.iter().position(|a| a == "--roles").unwrap();
+    assert_eq!(args[at + 1], "cluster-gateway");
+    assert!(!c1
+        .agent_args(c1.node("n3").unwrap())
+        .contains(&"--roles".to_string()));
+    assert!(p.direct_peers(("c1", "n3"), ("c1", "g2")));
+    assert!(p.direct_peers(("c1", "g1"), ("c2", "g2")));
+    assert!(p.direct_peers(("c1", "g1"), ("c3", "n1")));
+    assert!(!p.direct_peers(("c1", "n3"), ("c2", "g1")));
+    assert!(!p.direct_peers(("c3", "n1"), ("c2", "n3")));
+    assert!(plan().direct_peers(("c1", "n1"), ("c2", "n1")));
+}

@@ -350,3 +350,65 @@ fn shipped_three_clusters_file_has_services() {
         .any(|x| x.name == "web" && x.is_global().unwrap())));
     assert_eq!(s.clusters[0].services.len(), 2);
 }
+
+#[test]
+fn isolated_underlay_needs_a_cluster_gateway() {
+    let isolated = BASE.replace(
+        "    podCIDR: 10.1.0.0/16\n",
+        "    podCIDR: 10.1.0.0/16\n    underlay: isolated\n",
+    );
+    let s = Scenario::parse("t.yaml", &isolated).unwrap();
+    assert_eq!(s.clusters[0].underlay, Underlay::Isolated);
+    let none = isolated.replace(
+        "roles: [egress-gateway, cluster-gateway]",
+        "roles: [egress-gateway]",
+    );
+    let errs = errors(&none);
+    assert_eq!(
+        errs,
+        vec!["clusters[0].underlay: cluster \"west\" is isolated but none of its nodes has the role cluster-gateway, so nothing could leave it: give one or two of its nodes `roles: [cluster-gateway]`, or make its underlay routable"]
+    );
+    let e = Scenario::parse("gateways.yaml", &none)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("gateways.yaml: clusters[0].underlay: cluster \"west\""),
+        "{e}"
+    );
+    has(
+        &BASE.replace(
+            "    podCIDR: 10.1.0.0/16\n",
+            "    podCIDR: 10.1.0.0/16\n    underlay: walled\n",
+        ),
+        "unknown variant `walled`",
+    );
+    assert_eq!(
+        Scenario::parse("t.yaml", BASE).unwrap().clusters[0].underlay,
+        Underlay::Routable
+    );
+}
+
+#[test]
+fn shipped_gateways_file_isolates_two_clusters() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("gateways.yaml");
+    let s = Scenario::load(&path).unwrap();
+    let isolated: Vec<&str> = s
+        .clusters
+        .iter()
+        .filter(|c| c.underlay == Underlay::Isolated)
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(isolated, vec!["c1", "c2"]);
+    for c in s
+        .clusters
+        .iter()
+        .filter(|c| c.underlay == Underlay::Isolated)
+    {
+        let gws = c
+            .nodes
+            .iter()
+            .filter(|n| n.roles.contains(&Role::ClusterGateway))
+            .count();
+        assert_eq!(gws, 2, "{}", c.name);
+    }
+}

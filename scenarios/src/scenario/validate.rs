@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use super::{FieldError, Scenario};
+use super::{FieldError, Role, Scenario, Underlay};
 use crate::plan::{LINK_LOCAL, TUNNEL_NET, UNDERLAY_NET};
 
 /// Longest world and cluster names (they go into namespace names).
@@ -116,6 +116,20 @@ pub fn validate(s: &Scenario) -> Vec<FieldError> {
             );
         } else {
             ids.insert(c.id, &c.name);
+        }
+        if c.underlay == Underlay::Isolated
+            && !c
+                .nodes
+                .iter()
+                .any(|n| n.roles.contains(&Role::ClusterGateway))
+        {
+            errors.add(
+                format!("{at}.underlay"),
+                format!(
+                    "cluster \"{}\" is isolated but none of its nodes has the role cluster-gateway, so nothing could leave it: give one or two of its nodes `roles: [cluster-gateway]`, or make its underlay routable",
+                    c.name
+                ),
+            );
         }
         check_pod_cidr(&mut errors, s, ci, &mut nets);
         check_nodes(&mut errors, s, ci);

@@ -36,7 +36,12 @@ fn missing(rec: &WorldRecord, statuses: &[(String, String, Option<AgentStatus>)]
             continue;
         };
         for (pc, pn, _) in statuses {
-            if pc == cluster && pn == node {
+            if (pc == cluster && pn == node)
+                || !rec.plan.direct_peers(
+                    (cluster.as_str(), node.as_str()),
+                    (pc.as_str(), pn.as_str()),
+                )
+            {
                 continue;
             }
             let peer = st.peers.iter().find(|p| &p.cluster == pc && &p.node == pn);

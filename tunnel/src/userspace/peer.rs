@@ -52,6 +52,12 @@ pub struct Peer {
     /// Bytes counted by slots that were dropped.
     pub retired_tx: u64,
     pub retired_rx: u64,
+    /// When anything authenticated last arrived from this peer.
+    pub last_rx: Option<Instant>,
+    /// How often to send a keepalive, if at all.
+    pub keepalive: Option<Duration>,
+    /// When the last keepalive went out.
+    pub last_keepalive: Option<Instant>,
 }
 
 impl Peer {
@@ -92,6 +98,21 @@ impl Peer {
         slot.tunn
             .time_since_last_handshake()
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// Whether a keepalive is due at `now`.
+    pub fn keepalive_due(&self, now: Instant) -> bool {
+        match (self.keepalive, self.last_keepalive) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(every), Some(last)) => now.duration_since(last) >= every,
+        }
+    }
+
+    /// Milliseconds since anything authenticated arrived from the peer.
+    pub fn rx_age_ms(&self, now: Instant) -> Option<u64> {
+        self.last_rx
+            .map(|t| u64::try_from(now.duration_since(t).as_millis()).unwrap_or(u64::MAX))
     }
 
     pub fn bytes(&self) -> (u64, u64) {
