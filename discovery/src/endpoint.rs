@@ -63,6 +63,10 @@ pub struct EndpointSpec {
     pub ip: IpAddr,
     #[serde(default)]
     pub labels: Labels,
+    /// The pod's interface on the node side (its host-side veth), where the
+    /// eBPF datapath attaches `from_pod`. Not sent to discovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
 }
 
 impl EndpointSpec {

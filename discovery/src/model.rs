@@ -599,6 +599,28 @@ pub struct AgentStatus {
     /// gateway, and which gateway it uses.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<GatewayStatus>,
+    /// The eBPF datapath, when the agent runs it (`--datapath ebpf`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datapath: Option<DatapathStatus>,
+}
+
+/// The eBPF datapath in [`AgentStatus`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatapathStatus {
+    /// Where its maps, programs and links are pinned.
+    pub pin_dir: String,
+    /// Entries in the `mg_ipcache` map.
+    pub ipcache_entries: usize,
+    /// Programs attached, `HOOK@INTERFACE`.
+    pub attachments: Vec<String>,
+    /// What the last attach reconcile of this process did: links made new,
+    /// pinned links whose program was swapped atomically, links removed.
+    pub created: usize,
+    pub replaced: usize,
+    pub removed: usize,
+    /// Packets dropped per reason (`policy-ingress`, `unknown-source`, ...),
+    /// from the pinned counters: they survive agent restarts.
+    pub drops: std::collections::BTreeMap<String, u64>,
 }
 
 /// One cluster's cluster-gateway choice in [`AgentStatus`].

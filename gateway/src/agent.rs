@@ -7,6 +7,7 @@
 //! SIGUSR1 rotates the key now.
 
 pub(crate) mod config;
+pub(crate) mod datapath;
 mod endpoints;
 pub(crate) mod ipcache;
 mod liveness;
@@ -52,6 +53,10 @@ pub struct Agent {
     pub nodes: Mutex<Option<BTreeMap<String, pb::Node>>>,
     /// Which peers are alive, from what the tunnel received.
     pub liveness: Mutex<liveness::Liveness>,
+    /// The eBPF datapath, with `--datapath ebpf`.
+    /// Set once loaded, after the tunnel is back (the pinned datapath
+    /// forwards meanwhile).
+    pub datapath: std::sync::OnceLock<datapath::Ebpf>,
 }
 
 impl Agent {
@@ -110,6 +115,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         warn!(error = %format!("{e:#}"), "ignoring the saved ipcache; discovery will resend it");
         None
     });
+    let interfaces: BTreeMap<std::net::Ipv4Addr, String> = endpoints
+        .iter()
+        .filter_map(|e| match (e.ip, &e.interface) {
+            (std::net::IpAddr::V4(ip), Some(i)) => Some((ip, i.clone())),
+            _ => None,
+        })
+        .collect();
     let (backend, fallback) = backend::start(cfg.backend, &cfg.interface, &key, cfg.listen_port)
         .context("starting the WireGuard backend")?;
     if let Some(reason) = &fallback {
@@ -130,12 +142,20 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         services: Mutex::new(services::Services::default()),
         nodes: Mutex::new(None),
         liveness: Mutex::new(liveness::Liveness::default()),
+        datapath: std::sync::OnceLock::new(),
         cfg,
     });
     // Resume from what we last knew, before discovery answers: after a
     // restart this puts every peer back and starts handshakes at once.
     if let Some(saved) = saved {
         mesh::resume(&agent, saved).context("restoring the last known peers")?;
+    }
+    if agent.cfg.datapath == datapath::Mode::Ebpf {
+        let dp = datapath::Ebpf::start(&agent.cfg.bpf_pin_dir, interfaces, mesh::TUNNEL_MTU)?;
+        let _ = agent.datapath.set(dp);
+        // Local pods from the saved ipcache, this process's programs swapped
+        // in, before discovery answers.
+        datapath::sync(&agent);
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(main_loop(agent))
@@ -209,6 +229,9 @@ async fn leave(agent: &Agent) -> anyhow::Result<()> {
         .backend
         .shutdown(true)
         .context("removing the tunnel interface")?;
+    if let Some(dp) = agent.datapath.get() {
+        dp.remove().context("removing the eBPF datapath")?;
+    }
     persist::forget(&agent.cfg.state_dir);
     info!("left the mesh");
     Ok(())

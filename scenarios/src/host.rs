@@ -49,3 +49,47 @@ pub fn check_nft() -> Result<()> {
         }),
     }
 }
+
+/// Makes the host's bpf filesystem visible to agents at
+/// [`crate::plan::BPFFS_ROOT`]: `ip netns exec` mounts a fresh sysfs over
+/// `/sys`, which hides `/sys/fs/bpf`, so the lab bind-mounts it there (the
+/// same filesystem: pins outlive agents and are seen from the host). Mounts
+/// `/sys/fs/bpf` first if the host has not. Idempotent.
+pub fn ensure_bpffs() -> Result<()> {
+    use meshgate_ebpf::bpffs;
+    let host = Path::new("/sys/fs/bpf");
+    let target = Path::new(crate::plan::BPFFS_ROOT);
+    let failed = |what: String, e: meshgate_ebpf::Error| LabError::HostMissing {
+        missing: format!("{what}: {e}"),
+        fix: "the eBPF datapath needs a bpf filesystem (kernel option CONFIG_BPF_SYSCALL; \
+              `mount -t bpf bpf /sys/fs/bpf`), or use `datapath: plain`"
+            .into(),
+    };
+    bpffs::ensure_mounted(host).map_err(|e| failed("mounting /sys/fs/bpf".into(), e))?;
+    std::fs::create_dir_all(target).map_err(|source| LabError::Io {
+        what: format!("creating {}", target.display()),
+        source,
+    })?;
+    if bpffs::is_bpffs(target).map_err(|e| failed(format!("checking {}", target.display()), e))? {
+        return Ok(());
+    }
+    let src = std::ffi::CString::new("/sys/fs/bpf").unwrap_or_default();
+    let dst = std::ffi::CString::new(crate::plan::BPFFS_ROOT).unwrap_or_default();
+    // SAFETY: valid NUL-terminated paths; a bind mount takes no fstype or data.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(LabError::Io {
+            what: format!("bind-mounting /sys/fs/bpf on {}", target.display()),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}

@@ -14,7 +14,7 @@ use meshgate_discovery::certs::files::CertLayout;
 use meshgate_discovery::endpoint::{EndpointSpec, DEFAULT_NAMESPACE};
 use serde::{Deserialize, Serialize};
 
-use crate::scenario::{Role, Scenario, Underlay};
+use crate::scenario::{Datapath, Role, Scenario, Underlay};
 
 pub use steps::Step;
 
@@ -28,6 +28,14 @@ pub const LINK_LOCAL: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(169, 254, 0, 0
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 pub const DISCOVERY_PORT: u16 = 7100;
 pub const POD_MTU: u32 = 1420;
+/// What VXLAN adds to a pod packet (outer IPv4 20, UDP 8, VXLAN 8, inner
+/// Ethernet 14): with the eBPF datapath pods get `POD_MTU - VXLAN_OVERHEAD`,
+/// so a full-size pod packet in VXLAN still fits the WireGuard MTU.
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// Where the lab bind-mounts the host's `/sys/fs/bpf`: agents run under
+/// `ip netns exec`, which mounts a fresh sysfs over `/sys` and so hides
+/// `/sys/fs/bpf`; this path stays visible to them and is the same bpffs.
+pub const BPFFS_ROOT: &str = "/run/meshgate/bpffs";
 /// Name of the bridge in the underlay namespace.
 pub const BRIDGE: &str = "br0";
 /// Where world state lives: `<LAB_ROOT>/<world>/`.
@@ -46,6 +54,23 @@ pub fn agent_dir(world: &str, cluster: &str, node: &str) -> PathBuf {
 /// The state directory of a cluster's discovery.
 pub fn discovery_dir(world: &str, cluster: &str) -> PathBuf {
     world_dir(world).join(cluster).join("discovery")
+}
+
+/// The bpffs directory holding the pins of a world's eBPF datapaths
+/// (`/sys/fs/bpf/meshgate/lab/<world>` seen from the host).
+pub fn bpf_world_dir(world: &str) -> PathBuf {
+    Path::new(BPFFS_ROOT)
+        .join("meshgate")
+        .join("lab")
+        .join(world)
+}
+
+/// The pod MTU of a cluster with this datapath.
+pub fn pod_mtu(datapath: Datapath) -> u32 {
+    match datapath {
+        Datapath::Plain => POD_MTU,
+        Datapath::Ebpf => POD_MTU - VXLAN_OVERHEAD,
+    }
 }
 
 /// Where a world's mesh CA and certificates are: `<world dir>/certs`.
@@ -90,6 +115,9 @@ pub struct ClusterPlan {
     /// Isolated: only its cluster-gateway nodes reach other clusters.
     #[serde(default)]
     pub underlay: Underlay,
+    /// The agents' `--datapath`.
+    #[serde(default)]
+    pub datapath: Datapath,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,6 +144,9 @@ pub struct NodePlan {
     #[serde(default)]
     pub rotate_interval: Option<u64>,
     pub state_dir: PathBuf,
+    /// The agent's `--bpf-pin-dir` (used with the eBPF datapath).
+    #[serde(default)]
+    pub bpf_pin_dir: PathBuf,
     pub pods: Vec<PodPlan>,
 }
 
@@ -199,6 +230,7 @@ impl Plan {
                     roles: n.roles.clone(),
                     rotate_interval: n.rotate_interval,
                     state_dir: agent_dir(world, &c.name, &n.name),
+                    bpf_pin_dir: bpf_world_dir(world).join(format!("{}-{}", c.name, n.name)),
                     pods,
                 });
             }
@@ -212,6 +244,7 @@ impl Plan {
                 certs: certs_dir(world),
                 services: c.services.clone(),
                 underlay: c.underlay,
+                datapath: c.datapath.unwrap_or(s.datapath),
             });
         }
         let urls: Vec<(String, String)> = clusters
@@ -406,6 +439,19 @@ impl ClusterPlan {
                 .flatten(),
         )
         .chain(
+            (self.datapath == Datapath::Ebpf)
+                .then(|| {
+                    [
+                        "--datapath".to_string(),
+                        self.datapath.as_str().to_string(),
+                        "--bpf-pin-dir".to_string(),
+                        node.bpf_pin_dir.display().to_string(),
+                    ]
+                })
+                .into_iter()
+                .flatten(),
+        )
+        .chain(
             (!node.roles.is_empty())
                 .then(|| {
                     let roles: Vec<String> = node.roles.iter().map(Role::to_string).collect();
@@ -441,6 +487,7 @@ impl NodePlan {
                 namespace: DEFAULT_NAMESPACE.to_string(),
                 ip: IpAddr::V4(p.ip),
                 labels: p.labels.clone(),
+                interface: Some(p.node_veth.clone()),
             })
             .collect()
     }

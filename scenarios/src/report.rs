@@ -223,6 +223,9 @@ fn cluster_text(rec: &WorldRecord, c: &ClusterPlan, out: &mut Vec<String>) {
                     },
                     s.ipcache_entries,
                 ));
+                if let Some(d) = &s.datapath {
+                    out.push(format!("    {}", datapath_line(d)));
+                }
                 for g in &s.gateways {
                     let health: Vec<String> =
                         g.health.iter().map(|(n, h)| format!("{n} {h}")).collect();
@@ -255,6 +258,24 @@ fn cluster_text(rec: &WorldRecord, c: &ClusterPlan, out: &mut Vec<String>) {
             )),
         }
     }
+}
+
+/// One line on a node's eBPF datapath: map size, attachments, drops per reason.
+pub(crate) fn datapath_line(d: &meshgate_discovery::model::DatapathStatus) -> String {
+    let drops = if d.drops.is_empty() {
+        "none".to_string()
+    } else {
+        d.drops
+            .iter()
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "datapath ebpf: ipcache {} entries, {} attachments, drops: {drops}",
+        d.ipcache_entries,
+        d.attachments.len()
+    )
 }
 
 /// The `status` text of a world.
@@ -325,6 +346,26 @@ mod tests {
         assert_eq!(
             lines,
             vec!["  service default/web: global, affinity local, 3 backends (c1 1, c2 2)"]
+        );
+    }
+
+    #[test]
+    fn datapath_line_names_drop_reasons() {
+        let mut d = meshgate_discovery::model::DatapathStatus {
+            ipcache_entries: 4,
+            attachments: vec!["from_pod@pod0".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            datapath_line(&d),
+            "datapath ebpf: ipcache 4 entries, 1 attachments, drops: none"
+        );
+        d.drops.insert("policy-ingress".into(), 3);
+        d.drops.insert("unknown-source".into(), 1);
+        assert!(
+            datapath_line(&d).ends_with("drops: policy-ingress 3, unknown-source 1"),
+            "{}",
+            datapath_line(&d)
         );
     }
 

@@ -30,6 +30,36 @@ pub struct Scenario {
     /// Hosts outside every cluster ("the internet"), on the underlay.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub externals: Vec<External>,
+    /// The agents' pod datapath in every cluster that does not set its own:
+    /// `plain` (default: pod CIDRs routed into WireGuard) or `ebpf`.
+    #[serde(default, skip_serializing_if = "Datapath::is_plain")]
+    pub datapath: Datapath,
+}
+
+/// How pod traffic between nodes is carried (the agent's `--datapath`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Datapath {
+    /// Pod CIDRs routed straight into the WireGuard device.
+    #[default]
+    Plain,
+    /// The eBPF datapath: pod traffic in VXLAN (VNI = source identity)
+    /// inside WireGuard.
+    Ebpf,
+}
+
+impl Datapath {
+    pub fn is_plain(&self) -> bool {
+        *self == Datapath::Plain
+    }
+
+    /// The agent's `--datapath` value.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Datapath::Plain => "plain",
+            Datapath::Ebpf => "ebpf",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +76,9 @@ pub struct Cluster {
     /// the cluster; the lab enforces it on the underlay bridge.
     #[serde(default, skip_serializing_if = "Underlay::is_routable")]
     pub underlay: Underlay,
+    /// This cluster's datapath; the scenario's `datapath` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datapath: Option<Datapath>,
     #[serde(default)]
     pub nodes: Vec<Node>,
     /// This cluster's services (the shape of discovery's `--services` file);

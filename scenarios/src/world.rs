@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::{LabError, Result};
-use crate::plan::{ns_prefix, world_dir, ClusterPlan, NodePlan, Plan, Step, LAB_ROOT};
+use crate::plan::{
+    bpf_world_dir, ns_prefix, world_dir, ClusterPlan, NodePlan, Plan, Step, LAB_ROOT,
+};
 use crate::procs;
 use crate::report::Summary;
 use crate::scenario::Scenario;
@@ -61,6 +63,14 @@ pub fn up(file: &Path, opts: &UpOptions) -> Result<Summary> {
         .any(|c| c.underlay == crate::scenario::Underlay::Isolated)
     {
         crate::host::check_nft()?;
+    }
+    if rec
+        .plan
+        .clusters
+        .iter()
+        .any(|c| c.datapath == crate::scenario::Datapath::Ebpf)
+    {
+        crate::host::ensure_bpffs()?;
     }
     let result = build(&mut rec)
         .and_then(|()| certs::make(&rec.plan))
@@ -394,6 +404,21 @@ pub fn down(name: Option<&str>) -> Result<String> {
             Err(e) => failures.push(e.to_string()),
         }
     }
+    // Pins of the world's eBPF datapaths (agents that left removed their
+    // own; a killed or restarted one leaves them).
+    let pins = bpf_world_dir(&world);
+    let had_pins = pins.exists();
+    if had_pins {
+        if let Err(source) = std::fs::remove_dir_all(&pins) {
+            failures.push(
+                LabError::Io {
+                    what: format!("removing the eBPF pins {}", pins.display()),
+                    source,
+                }
+                .to_string(),
+            );
+        }
+    }
     let had_dir = dir.exists();
     if had_dir {
         if let Err(source) = std::fs::remove_dir_all(&dir) {
@@ -413,7 +438,7 @@ pub fn down(name: Option<&str>) -> Result<String> {
             stderr: failures.join("\n"),
         });
     }
-    if !had_dir && deleted == 0 && stopped == 0 {
+    if !had_dir && !had_pins && deleted == 0 && stopped == 0 {
         return Ok(format!("world {world} is not up; nothing to do"));
     }
     Ok(format!(

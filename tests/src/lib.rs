@@ -18,6 +18,7 @@ pub use meshgate_lab::AgentStatus;
 mod services;
 pub mod stream;
 mod tls;
+pub mod vxlan;
 
 /// The `meshgate` binary under test.
 pub fn meshgate_bin() -> PathBuf {

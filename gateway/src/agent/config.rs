@@ -71,6 +71,15 @@ pub struct AgentArgs {
     /// This node's roles, comma-separated: cluster-gateway, egress-gateway.
     #[arg(long, value_delimiter = ',')]
     pub roles: Option<Vec<String>>,
+    /// How pod traffic crosses to other nodes: plain (pod CIDRs routed into
+    /// WireGuard, the default) or ebpf (VXLAN carrying the source identity,
+    /// inside WireGuard, with the tc programs of meshgate-ebpf).
+    #[arg(long)]
+    pub datapath: Option<String>,
+    /// Where the eBPF datapath pins its maps, programs and links (on bpffs;
+    /// default /sys/fs/bpf/meshgate/<cluster>-<node>).
+    #[arg(long)]
+    pub bpf_pin_dir: Option<PathBuf>,
 }
 
 /// The resolved configuration.
@@ -92,6 +101,8 @@ pub struct AgentConfig {
     pub tls: Option<ClientTls>,
     /// Roles published in the node record (`cluster-gateway`, `egress-gateway`).
     pub roles: Vec<String>,
+    pub datapath: super::datapath::Mode,
+    pub bpf_pin_dir: PathBuf,
 }
 
 impl AgentConfig {
@@ -174,7 +185,15 @@ impl AgentArgs {
         {
             bail!("--roles: {bad:?} is not a role: use cluster-gateway and/or egress-gateway, comma-separated");
         }
+        let datapath: super::datapath::Mode = pick!(datapath)
+            .unwrap_or_else(|| "plain".into())
+            .parse()
+            .map_err(anyhow::Error::msg)?;
+        let bpf_pin_dir =
+            pick!(bpf_pin_dir).unwrap_or_else(|| super::datapath::default_pin_dir(&cluster, &node));
         Ok(AgentConfig {
+            datapath,
+            bpf_pin_dir,
             roles,
             node,
             cluster,
@@ -245,6 +264,25 @@ mod tests {
         assert_eq!(cfg.interface, "mg-wg0");
         assert_eq!(cfg.backend, BackendChoice::Auto);
         assert_eq!(cfg.mesh_name(), "c1/n1");
+        assert_eq!(cfg.datapath, super::super::datapath::Mode::Plain);
+        assert_eq!(
+            cfg.bpf_pin_dir,
+            std::path::Path::new("/sys/fs/bpf/meshgate/c1-n1")
+        );
+    }
+
+    #[test]
+    fn bad_datapath_is_explained() {
+        let mut a = full();
+        a.datapath = Some("xdp".into());
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(err.contains("plain or ebpf"), "{err}");
+        let mut a = full();
+        a.datapath = Some("ebpf".into());
+        assert_eq!(
+            a.resolve().unwrap().datapath,
+            super::super::datapath::Mode::Ebpf
+        );
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub struct Mesh {
     pub last_attempt: Option<(BTreeMap<String, PeerConfig>, Instant)>,
 }
 
+/// The WireGuard device's MTU (the eBPF datapath's VXLAN device is sized to
+/// fit inside it).
+pub const TUNNEL_MTU: u16 = 1420;
+
 /// How soon a peer change that failed is tried again by [`refresh`].
 const RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -144,7 +148,7 @@ pub fn set_tunnel_ip(agent: &Agent, ip: Ipv4Addr) -> anyhow::Result<()> {
     if mesh.tunnel_ip == Some(ip) {
         return Ok(());
     }
-    routes::configure_interface(&iface, ip, 1420)
+    routes::configure_interface(&iface, ip, TUNNEL_MTU)
         .with_context(|| format!("giving {iface} its tunnel address {ip}"))?;
     let old = mesh.tunnel_ip.replace(ip);
     if old.is_some() {

@@ -96,6 +96,7 @@ pub fn status(agent: &Agent) -> AgentStatus {
         identities,
         services: agent.services().services.len(),
         gateways: mesh.gateways.clone(),
+        datapath: agent.datapath.get().map(|d| d.status()),
         peers: stats
             .into_iter()
             .map(|s| {

@@ -158,6 +158,15 @@ async fn session(agent: &Agent, backoff: &mut Duration) -> anyhow::Result<()> {
                     update_ipcache(agent, e);
                     update_services(agent, e);
                 }
+                let node_event = matches!(
+                    event.event,
+                    Some(pb::watch_event::Event::Snapshot(_))
+                        | Some(pb::watch_event::Event::Upserted(_))
+                        | Some(pb::watch_event::Event::Removed(_))
+                );
+                if !node_event {
+                    super::datapath::sync(agent);
+                }
                 match event.event {
                     Some(pb::watch_event::Event::Snapshot(s)) => {
                         nodes = s.nodes.into_iter().map(|n| (format!("{}/{}", n.cluster, n.name), n)).collect();
@@ -183,6 +192,7 @@ async fn session(agent: &Agent, backoff: &mut Duration) -> anyhow::Result<()> {
                 if have_snapshot {
                     *agent.nodes() = Some(nodes.clone());
                     refresh(agent);
+                    super::datapath::sync(agent);
                 }
             }
             _ = renew.tick() => {

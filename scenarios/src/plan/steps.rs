@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::{Plan, BRIDGE, POD_GATEWAY, POD_MTU, UNDERLAY_NET};
+use super::{pod_mtu, Plan, BRIDGE, POD_GATEWAY, UNDERLAY_NET};
 use crate::scenario::Underlay;
 
 /// One step of building a world.
@@ -71,7 +71,6 @@ fn with_len(ip: Ipv4Addr, len: u8) -> String {
 pub fn build(plan: &Plan) -> Vec<Step> {
     let mut s = Steps(Vec::new());
     let ul = plan.underlay_ns.as_str();
-    let mtu = POD_MTU.to_string();
     let gw = POD_GATEWAY.to_string();
     let underlay = UNDERLAY_NET.to_string();
     let ul_len = UNDERLAY_NET.prefix_len();
@@ -81,6 +80,7 @@ pub fn build(plan: &Plan) -> Vec<Step> {
     s.ip(&["-n", ul, "link", "set", BRIDGE, "up"]);
 
     for c in &plan.clusters {
+        let mtu = pod_mtu(c.datapath).to_string();
         let d = &c.discovery;
         s.namespace(&d.netns, false);
         s.attach(ul, &d.netns, &d.ul_veth, &with_len(d.ip, ul_len));

@@ -251,3 +251,54 @@ fn gateways_get_their_role_and_the_wait_follows_the_path_rule() {
     assert!(!p.direct_peers(("c3", "n1"), ("c2", "n3")));
     assert!(plan().direct_peers(("c1", "n1"), ("c2", "n1")));
 }
+
+#[test]
+fn ebpf_datapath_per_world_or_cluster_sets_agent_flags_pins_and_pod_mtu() {
+    // The world says ebpf, c2 overrides it back to plain.
+    let yaml = TWO
+        .replace("name: lab\n", "name: lab\ndatapath: ebpf\n")
+        .replace("    id: 7\n", "    id: 7\n    datapath: plain\n");
+    let p = Plan::new(&Scenario::parse("dp.yaml", &yaml).unwrap()).unwrap();
+    let (c1, c2) = (&p.clusters[0], &p.clusters[1]);
+    assert_eq!(
+        (c1.datapath, c2.datapath),
+        (Datapath::Ebpf, Datapath::Plain)
+    );
+    let n1 = &c1.nodes[0];
+    assert_eq!(
+        n1.bpf_pin_dir,
+        PathBuf::from("/run/meshgate/bpffs/meshgate/lab/lab/c1-n1")
+    );
+    let args = c1.agent_args(n1).join(" ");
+    assert!(
+        args.contains("--datapath ebpf --bpf-pin-dir /run/meshgate/bpffs/meshgate/lab/lab/c1-n1"),
+        "{args}"
+    );
+    assert!(!c2.agent_args(&c2.nodes[0]).join(" ").contains("--datapath"));
+    assert_eq!(n1.endpoint_specs()[1].interface.as_deref(), Some("pod1"));
+    // Pods of the ebpf cluster get the MTU that fits VXLAN inside WireGuard.
+    let mtus: Vec<String> = p
+        .steps()
+        .iter()
+        .map(|s| s.ip_args().join(" "))
+        .filter(|a| a.contains(" mtu "))
+        .collect();
+    assert!(
+        mtus.iter()
+            .any(|a| a.contains("-n mg-lab-c1-p-a link set eth0 mtu 1370")),
+        "{mtus:?}"
+    );
+    assert!(
+        mtus.iter()
+            .any(|a| a.contains("-n mg-lab-c1-n-n1 link set pod0 mtu 1370")),
+        "{mtus:?}"
+    );
+    assert!(
+        mtus.iter()
+            .all(|a| !a.contains("mg-lab-c2") || a.contains("mtu 1420")),
+        "{mtus:?}"
+    );
+    let bad = TWO.replace("name: lab\n", "name: lab\ndatapath: xdp\n");
+    let err = Scenario::parse("bad.yaml", &bad).unwrap_err().to_string();
+    assert!(err.contains("xdp"), "{err}");
+}

@@ -1,0 +1,374 @@
+//! The eBPF datapath on this node (`--datapath ebpf`): loads and pins the
+//! programs, makes the VXLAN device `mg-vx0`, routes other nodes' pod CIDRs
+//! into it (a table of its own, consulted before the main one), attaches the
+//! programs and keeps `mg_ipcache` in step with the agent's ipcache.
+//!
+//! ```text
+//! pod --veth--> [from_pod] --table 28007--> mg-vx0 [to_mesh: VNI = identity,
+//!   remote = node's tunnel IP] --main table, tunnel IP--> mg-wg0 --> underlay
+//! ```
+//!
+//! Everything is pinned or lives in the kernel: an agent that exits for a
+//! restart (SIGUSR2) or crashes leaves the datapath forwarding; the next one
+//! reuses the pins, swaps its programs in atomically and reconciles. Leaving
+//! the mesh removes it all.
+
+pub mod plan;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use anyhow::{bail, Context};
+use ipnet::Ipv4Net;
+use meshgate_discovery::model::DatapathStatus;
+use meshgate_ebpf::{Attachment, Datapath, IpcacheEntry};
+use tracing::{debug, info, warn};
+
+use super::Agent;
+use plan::{Local, VXLAN_DEV};
+
+/// The VXLAN UDP port. It only ever travels inside WireGuard.
+pub const VXLAN_PORT: u16 = 4789;
+/// Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
+pub const VXLAN_OVERHEAD: u16 = 50;
+/// Routing table (and rule priority) holding the routes into `mg-vx0`.
+pub const ROUTE_TABLE: u32 = 28_007;
+
+/// Which datapath carries pod traffic between nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Pod CIDRs routed straight into the WireGuard device.
+    #[default]
+    Plain,
+    /// VXLAN (VNI = source identity) inside WireGuard, with the tc programs.
+    Ebpf,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "plain" => Ok(Mode::Plain),
+            "ebpf" => Ok(Mode::Ebpf),
+            other => Err(format!(
+                "--datapath {other:?} is not a datapath: use plain or ebpf"
+            )),
+        }
+    }
+}
+
+/// The default pin directory of a node: `/sys/fs/bpf/meshgate/<cluster>-<node>`.
+pub fn default_pin_dir(cluster: &str, node: &str) -> PathBuf {
+    Path::new("/sys/fs/bpf/meshgate").join(format!("{cluster}-{node}"))
+}
+
+struct Inner {
+    dp: Datapath,
+    /// What `mg_ipcache` holds (read from the map at load, then kept).
+    applied: BTreeMap<Ipv4Addr, IpcacheEntry>,
+    /// The attachments of the last reconcile; `None` before the first.
+    attached: Option<BTreeSet<Attachment>>,
+    /// Routes in [`ROUTE_TABLE`] (read at start, then kept).
+    routes: BTreeSet<Ipv4Net>,
+    /// Counts of the last successful attach reconcile: created, replaced, removed.
+    last_reconcile: (usize, usize, usize),
+}
+
+/// The loaded datapath of this agent.
+pub struct Ebpf {
+    inner: Mutex<Inner>,
+    /// Local pods: IP -> host-side interface name.
+    interfaces: BTreeMap<Ipv4Addr, String>,
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running `ip` (install iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ifindex(iface: &str) -> u32 {
+    let Ok(name) = std::ffi::CString::new(iface) else {
+        return 0;
+    };
+    // SAFETY: a valid NUL-terminated string.
+    unsafe { libc::if_nametoindex(name.as_ptr()) }
+}
+
+/// Creates `mg-vx0` if missing and (re)asserts its settings: collect_md
+/// (`external`: the tunnel key comes from to_mesh), no ARP (to_mesh picks
+/// the remote; from_mesh marks frames for this host), MTU that fits inside
+/// the WireGuard MTU.
+fn ensure_vxlan(mtu: u16) -> anyhow::Result<()> {
+    if ifindex(VXLAN_DEV) == 0 {
+        ip(&[
+            "link",
+            "add",
+            VXLAN_DEV,
+            "type",
+            "vxlan",
+            "external",
+            "dstport",
+            &VXLAN_PORT.to_string(),
+        ])
+        .context("creating the VXLAN device (kernel needs CONFIG_VXLAN)")?;
+        info!(
+            device = VXLAN_DEV,
+            port = VXLAN_PORT,
+            "VXLAN device created"
+        );
+    }
+    ip(&[
+        "link",
+        "set",
+        VXLAN_DEV,
+        "mtu",
+        &mtu.to_string(),
+        "arp",
+        "off",
+        "up",
+    ])
+    .with_context(|| format!("configuring {VXLAN_DEV}"))?;
+    Ok(())
+}
+
+fn ensure_rule() -> anyhow::Result<()> {
+    let pref = ROUTE_TABLE.to_string();
+    let existing = ip(&["rule", "show", "pref", &pref])?;
+    if existing.trim().is_empty() {
+        ip(&["rule", "add", "pref", &pref, "lookup", &pref])
+            .context("adding the rule for the eBPF datapath's routing table")?;
+    }
+    Ok(())
+}
+
+fn table_routes() -> anyhow::Result<BTreeSet<Ipv4Net>> {
+    let out = match ip(&["route", "show", "table", &ROUTE_TABLE.to_string()]) {
+        Ok(out) => out,
+        // No route was ever added to it.
+        Err(e) if format!("{e}").contains("does not exist") => String::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|n| n.parse::<Ipv4Net>().ok())
+        .collect())
+}
+
+impl Ebpf {
+    /// Loads (or reuses) the pinned datapath under `pin_dir` and sets up the
+    /// VXLAN device and its routing table. Attaching and filling the maps
+    /// happen in [`sync`].
+    pub fn start(
+        pin_dir: &Path,
+        interfaces: BTreeMap<Ipv4Addr, String>,
+        tunnel_mtu: u16,
+    ) -> anyhow::Result<Ebpf> {
+        let started = std::time::Instant::now();
+        let sys = Path::new("/sys/fs/bpf");
+        if pin_dir.starts_with(sys) {
+            meshgate_ebpf::bpffs::ensure_mounted(sys)
+                .context("mounting the bpf filesystem for the datapath's pins")?;
+        }
+        let dp = Datapath::load(pin_dir).with_context(|| {
+            format!(
+                "loading the eBPF datapath with pins in {} (needs root, bpffs, Linux 6.6+ for TCX)",
+                pin_dir.display()
+            )
+        })?;
+        let applied: BTreeMap<Ipv4Addr, IpcacheEntry> = dp
+            .maps
+            .ipcache
+            .entries()
+            .context("reading the pinned ipcache")?
+            .into_iter()
+            .filter(|(_, len, _)| *len == 32)
+            .map(|(ip, _, e)| (ip, e))
+            .collect();
+        ensure_vxlan(tunnel_mtu - VXLAN_OVERHEAD)?;
+        ensure_rule()?;
+        let routes = table_routes()?;
+        info!(
+            pin_dir = %pin_dir.display(), pinned_entries = applied.len(),
+            routes = routes.len(), took_ms = started.elapsed().as_millis() as u64,
+            "eBPF datapath loaded"
+        );
+        Ok(Ebpf {
+            inner: Mutex::new(Inner {
+                dp,
+                applied,
+                attached: None,
+                routes,
+                last_reconcile: (0, 0, 0),
+            }),
+            interfaces,
+        })
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The datapath's figures for `status.json`.
+    pub fn status(&self) -> DatapathStatus {
+        let inner = self.inner();
+        let drops = match inner.dp.maps.drops.all() {
+            Ok(all) => all
+                .into_iter()
+                .map(|(r, c)| (r.to_string(), c.packets))
+                .collect(),
+            Err(e) => {
+                debug!(error = %e, "reading drop counters failed");
+                BTreeMap::new()
+            }
+        };
+        let (created, replaced, removed) = inner.last_reconcile;
+        DatapathStatus {
+            pin_dir: inner.dp.pin_dir().display().to_string(),
+            created,
+            replaced,
+            removed,
+            ipcache_entries: inner.applied.len(),
+            attachments: inner
+                .attached
+                .iter()
+                .flatten()
+                .map(|a| a.to_string())
+                .collect(),
+            drops,
+        }
+    }
+
+    /// Removes everything: programs detached, pins, routes, rule and device.
+    pub fn remove(&self) -> anyhow::Result<()> {
+        let inner = self.inner();
+        let pref = ROUTE_TABLE.to_string();
+        let _ = ip(&["rule", "del", "pref", &pref]);
+        let _ = ip(&["route", "flush", "table", &pref]);
+        if ifindex(VXLAN_DEV) != 0 {
+            ip(&["link", "del", VXLAN_DEV]).with_context(|| format!("deleting {VXLAN_DEV}"))?;
+        }
+        // Unpinning the links detaches the programs (this process holds no
+        // link of its own).
+        meshgate_ebpf::remove_pin_dir(inner.dp.pin_dir())
+            .context("removing the eBPF datapath's pins")?;
+        info!("eBPF datapath removed");
+        Ok(())
+    }
+}
+
+/// Brings the datapath in step with the agent's ipcache, node records and
+/// pods: map entries upserted or removed one by one, routes of other nodes'
+/// pod CIDRs, programs attached (on the first call after a start, the pinned
+/// links get this process's programs atomically). Cheap when nothing changed.
+pub fn sync(agent: &Agent) {
+    let Some(ebpf) = agent.datapath.get() else {
+        return;
+    };
+    let interfaces: BTreeMap<Ipv4Addr, (String, u32)> = ebpf
+        .interfaces
+        .iter()
+        .map(|(ip, name)| (*ip, (name.clone(), ifindex(name))))
+        .collect();
+    let me = Local {
+        cluster: &agent.cfg.cluster,
+        node: &agent.cfg.node,
+        interfaces: &interfaces,
+    };
+    let desired = {
+        let cache = agent.ipcache();
+        let nodes = agent.nodes();
+        plan::desired(&me, &cache, nodes.as_ref())
+    };
+    let mut inner = ebpf.inner();
+    let inner = &mut *inner;
+    let prune = desired.pod_routes.is_some();
+    let changes = plan::diff(&inner.applied, &desired.ipcache, prune);
+    for (ip, e) in changes.upsert {
+        match inner.dp.maps.ipcache.upsert(ip, 32, e) {
+            Ok(()) => {
+                debug!(%ip, identity = e.identity, local = e.local, "ipcache entry set");
+                inner.applied.insert(ip, e);
+            }
+            Err(e) => {
+                warn!(%ip, error = %e, "setting an ipcache entry failed; retried on the next update")
+            }
+        }
+    }
+    for ip in changes.remove {
+        match inner.dp.maps.ipcache.remove(ip, 32) {
+            Ok(_) => {
+                debug!(%ip, "ipcache entry removed");
+                inner.applied.remove(&ip);
+            }
+            Err(e) => warn!(%ip, error = %e, "removing an ipcache entry failed"),
+        }
+    }
+    if let Some(routes) = &desired.pod_routes {
+        let table = ROUTE_TABLE.to_string();
+        for net in inner.routes.difference(routes).copied().collect::<Vec<_>>() {
+            let n = net.to_string();
+            match ip(&["route", "del", &n, "table", &table]) {
+                Ok(_) => {
+                    inner.routes.remove(&net);
+                }
+                Err(e) => warn!(route = %net, error = %format!("{e:#}"), "removing a route failed"),
+            }
+        }
+        for net in routes
+            .difference(&inner.routes)
+            .copied()
+            .collect::<Vec<_>>()
+        {
+            let n = net.to_string();
+            let args = [
+                "route", "replace", &n, "dev", VXLAN_DEV, "table", &table, "scope", "link",
+            ];
+            match ip(&args) {
+                Ok(_) => {
+                    info!(route = %net, device = VXLAN_DEV, "pod CIDR routed into the mesh");
+                    inner.routes.insert(net);
+                }
+                Err(e) => warn!(route = %net, error = %format!("{e:#}"), "adding a route failed"),
+            }
+        }
+    }
+    if inner.attached.as_ref() != Some(&desired.attachments) {
+        match inner.dp.reconcile(&desired.attachments) {
+            Ok(report) => {
+                info!(
+                    created = report.created.len(),
+                    replaced = report.replaced.len(),
+                    removed = report.removed.len(),
+                    failed = report.failed.len(),
+                    "datapath attachments reconciled"
+                );
+                for (a, why) in &report.failed {
+                    warn!(attachment = %a, error = %why, "attaching failed; retried on the next update");
+                }
+                inner.last_reconcile = (
+                    report.created.len(),
+                    report.replaced.len(),
+                    report.removed.len(),
+                );
+                if report.failed.is_empty() {
+                    inner.attached = Some(desired.attachments);
+                }
+            }
+            Err(e) => warn!(error = %e, "reconciling the datapath's attachments failed"),
+        }
+    }
+}

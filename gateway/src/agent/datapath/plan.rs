@@ -1,0 +1,266 @@
+//! What the eBPF datapath's maps, routes and attachments should hold, from
+//! the agent's ipcache, the node records and this node's pods. Pure: no
+//! kernel, so it is tested without root.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use meshgate_discovery::pb;
+use meshgate_ebpf::{Attachment, Hook, IpcacheEntry};
+
+use crate::agent::ipcache::IpCache;
+
+/// The VXLAN (collect_md) device the mesh traffic goes through.
+pub const VXLAN_DEV: &str = "mg-vx0";
+
+/// This node, and its pods' host-side interfaces (IP -> (name, ifindex);
+/// ifindex 0 when the interface does not exist).
+pub struct Local<'a> {
+    pub cluster: &'a str,
+    pub node: &'a str,
+    pub interfaces: &'a BTreeMap<Ipv4Addr, (String, u32)>,
+}
+
+/// The datapath state wanted now.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// `mg_ipcache`, one /32 per endpoint.
+    pub ipcache: BTreeMap<Ipv4Addr, IpcacheEntry>,
+    /// Other nodes' pod CIDRs, routed into the VXLAN device. `None` while
+    /// the node records are unknown (leave the routes as they are).
+    pub pod_routes: Option<BTreeSet<Ipv4Net>>,
+    pub attachments: BTreeSet<Attachment>,
+    /// Entries left out, and why.
+    pub problems: Vec<String>,
+}
+
+fn tunnel_ips(nodes: &BTreeMap<String, pb::Node>) -> BTreeMap<(&str, &str), Ipv4Addr> {
+    nodes
+        .values()
+        .filter_map(|n| {
+            let ip = n.tunnel_ip.parse().ok()?;
+            Some(((n.cluster.as_str(), n.name.as_str()), ip))
+        })
+        .collect()
+}
+
+/// Computes the wanted state. With `nodes` unknown (no snapshot yet since
+/// the start) only local endpoints are listed: remote entries already in
+/// the pinned map are kept until the node records say where they are.
+pub fn desired(
+    me: &Local<'_>,
+    cache: &IpCache,
+    nodes: Option<&BTreeMap<String, pb::Node>>,
+) -> Desired {
+    let mut out = Desired::default();
+    let tunnels = nodes.map(tunnel_ips).unwrap_or_default();
+    for (ip, e) in &cache.entries {
+        let IpAddr::V4(ip) = *ip else {
+            continue; // the datapath is IPv4 only
+        };
+        if e.cluster == me.cluster && e.node == me.node {
+            let ifindex = me.interfaces.get(&ip).map_or(0, |(_, i)| *i);
+            out.ipcache
+                .insert(ip, IpcacheEntry::local(e.identity, ifindex));
+            continue;
+        }
+        if nodes.is_none() {
+            continue;
+        }
+        match tunnels.get(&(e.cluster.as_str(), e.node.as_str())) {
+            Some(t) => {
+                out.ipcache.insert(ip, IpcacheEntry::remote(e.identity, *t));
+            }
+            None => out.problems.push(format!(
+                "endpoint {ip}: node {}/{} has no tunnel IP yet",
+                e.cluster, e.node
+            )),
+        }
+    }
+    if let Some(nodes) = nodes {
+        let mut routes = BTreeSet::new();
+        for n in nodes.values() {
+            if n.cluster == me.cluster && n.name == me.node {
+                continue;
+            }
+            for c in &n.pod_cidrs {
+                match c.parse::<Ipv4Net>() {
+                    Ok(net) => {
+                        routes.insert(net.trunc());
+                    }
+                    Err(_) => out.problems.push(format!(
+                        "node {}/{}: pod CIDR {c:?} is not an IPv4 CIDR",
+                        n.cluster, n.name
+                    )),
+                }
+            }
+        }
+        out.pod_routes = Some(routes);
+    }
+    // A pod's veth gets from_pod once its identity is known (before that
+    // from_pod would drop everything it sends as an unknown source).
+    for (ip, (iface, ifindex)) in me.interfaces {
+        if *ifindex != 0 && out.ipcache.get(ip).is_some_and(|e| e.local) {
+            out.attachments
+                .insert(Attachment::new(iface.clone(), Hook::FromPod));
+        }
+    }
+    out.attachments
+        .insert(Attachment::new(VXLAN_DEV, Hook::ToMesh));
+    out.attachments
+        .insert(Attachment::new(VXLAN_DEV, Hook::FromMesh));
+    out
+}
+
+/// Map changes that turn `applied` into `desired`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub upsert: Vec<(Ipv4Addr, IpcacheEntry)>,
+    pub remove: Vec<Ipv4Addr>,
+}
+
+/// Upserts of new or changed entries; removals only when `prune` (the node
+/// records are known, so an entry missing from `desired` is really gone).
+pub fn diff(
+    applied: &BTreeMap<Ipv4Addr, IpcacheEntry>,
+    desired: &BTreeMap<Ipv4Addr, IpcacheEntry>,
+    prune: bool,
+) -> Changes {
+    let upsert = desired
+        .iter()
+        .filter(|(ip, e)| applied.get(ip) != Some(e))
+        .map(|(ip, e)| (*ip, *e))
+        .collect();
+    let remove = if prune {
+        applied
+            .keys()
+            .filter(|ip| !desired.contains_key(ip))
+            .copied()
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Changes { upsert, remove }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::agent::ipcache::IpCacheEntry;
+
+    fn entry(node: &str, identity: u32) -> IpCacheEntry {
+        IpCacheEntry {
+            identity,
+            node: node.into(),
+            cluster: "c1".into(),
+            namespace: "default".into(),
+            name: format!("pod-{node}"),
+        }
+    }
+
+    fn node(name: &str, tunnel: &str, cidr: &str) -> (String, pb::Node) {
+        (
+            format!("c1/{name}"),
+            pb::Node {
+                name: name.into(),
+                cluster: "c1".into(),
+                cluster_id: 1,
+                underlay_ip: "198.18.1.10".into(),
+                listen_port: 51820,
+                wg_public_key: String::new(),
+                pod_cidrs: vec![cidr.into()],
+                tunnel_ip: tunnel.into(),
+                roles: vec![],
+            },
+        )
+    }
+
+    type Interfaces = BTreeMap<Ipv4Addr, (String, u32)>;
+
+    fn world() -> (IpCache, BTreeMap<String, pb::Node>, Interfaces) {
+        let mut cache = IpCache::default();
+        cache
+            .entries
+            .insert("10.1.0.10".parse().unwrap(), entry("n1", 65_792));
+        cache
+            .entries
+            .insert("10.1.1.10".parse().unwrap(), entry("n2", 65_793));
+        cache
+            .entries
+            .insert("10.1.2.10".parse().unwrap(), entry("n3", 65_794));
+        cache
+            .entries
+            .insert("fd00::1".parse().unwrap(), entry("n2", 65_793));
+        let nodes = [
+            node("n1", "100.64.0.1", "10.1.0.0/24"),
+            node("n2", "100.64.0.2", "10.1.1.0/24"),
+            node("n3", "", "10.1.2.0/24"),
+        ]
+        .into();
+        let ifaces = [
+            ("10.1.0.10".parse().unwrap(), ("pod0".to_string(), 7)),
+            ("10.1.0.11".parse().unwrap(), ("pod1".to_string(), 8)),
+        ]
+        .into();
+        (cache, nodes, ifaces)
+    }
+
+    #[test]
+    fn local_remote_routes_and_attachments() {
+        let (cache, nodes, ifaces) = world();
+        let me = Local {
+            cluster: "c1",
+            node: "n1",
+            interfaces: &ifaces,
+        };
+        let d = desired(&me, &cache, Some(&nodes));
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(d.ipcache[&ip("10.1.0.10")], IpcacheEntry::local(65_792, 7));
+        assert_eq!(
+            d.ipcache[&ip("10.1.1.10")],
+            IpcacheEntry::remote(65_793, ip("100.64.0.2"))
+        );
+        assert!(!d.ipcache.contains_key(&ip("10.1.2.10")), "no tunnel IP");
+        assert_eq!(d.problems.len(), 1, "{:?}", d.problems);
+        assert_eq!(d.ipcache.len(), 2, "IPv6 left out");
+        let routes: Vec<String> = d
+            .pod_routes
+            .unwrap()
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(routes, ["10.1.1.0/24", "10.1.2.0/24"], "not our own CIDR");
+        // pod1 has no identity yet: no from_pod for it.
+        let names: Vec<String> = d.attachments.iter().map(|a| a.to_string()).collect();
+        assert_eq!(d.attachments.len(), 3, "{names:?}");
+        assert!(d
+            .attachments
+            .contains(&Attachment::new("pod0", Hook::FromPod)));
+    }
+
+    #[test]
+    fn before_the_node_records_only_local_entries_and_nothing_pruned() {
+        let (cache, _, ifaces) = world();
+        let me = Local {
+            cluster: "c1",
+            node: "n1",
+            interfaces: &ifaces,
+        };
+        let d = desired(&me, &cache, None);
+        assert_eq!(d.ipcache.len(), 1);
+        assert_eq!(d.pod_routes, None);
+        let stale: BTreeMap<_, _> = [(
+            "10.1.9.9".parse().unwrap(),
+            IpcacheEntry::remote(1, "100.64.0.9".parse().unwrap()),
+        )]
+        .into();
+        let c = diff(&stale, &d.ipcache, false);
+        assert_eq!(c.upsert.len(), 1);
+        assert!(c.remove.is_empty(), "kept until the node records are known");
+        let c = diff(&stale, &d.ipcache, true);
+        assert_eq!(c.remove, vec!["10.1.9.9".parse::<Ipv4Addr>().unwrap()]);
+        assert!(diff(&d.ipcache, &d.ipcache, true) == Changes::default());
+    }
+}

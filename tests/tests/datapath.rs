@@ -1,0 +1,246 @@
+//! End-to-end behaviour of the eBPF datapath (`datapath: ebpf`): pod traffic
+//! between nodes travels in VXLAN whose VNI is the sending pod's identity,
+//! inside WireGuard; the datapath survives agent restarts through its pins;
+//! `lab down` leaves nothing behind. Each test has its own `dp*` world.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use meshgate_e2e::vxlan::read_pcap_vxlan;
+use meshgate_e2e::{clusters, one_cluster, parse_ping, wait_until, Capture, World};
+
+const VXLAN_PORT: u16 = 4789;
+
+/// `one_cluster` / `clusters` with the eBPF datapath for the whole world.
+fn ebpf(yaml: String) -> String {
+    let (first, rest) = yaml.split_once('\n').unwrap();
+    format!("{first}\ndatapath: ebpf\n{rest}")
+}
+
+/// Where the lab pins a node's datapath, as the host sees it.
+fn pin_dir(world: &str, cluster: &str, node: &str) -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/meshgate/lab/{world}/{cluster}-{node}"))
+}
+
+/// Waits until node `cluster/node` knows every pod of `pods` (by IP) and
+/// returns IP -> identity from its ipcache.
+fn identities(world: &World, cluster: &str, node: &str, ips: &[&str]) -> BTreeMap<String, u64> {
+    let mut seen = BTreeMap::new();
+    let ok = wait_until(Duration::from_secs(10), || {
+        seen = world
+            .ipcache(cluster, node)
+            .into_iter()
+            .map(|(ip, (_, id))| (ip, id))
+            .collect();
+        ips.iter().all(|ip| seen.contains_key(*ip))
+    });
+    assert!(
+        ok.is_some(),
+        "{cluster}/{node} never learned {ips:?}: {seen:?}"
+    );
+    seen
+}
+
+/// Links pinned for a node (`HOOK@IFACE`).
+fn pinned_links(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("links"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn namespaces_of(world: &str) -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&format!("mg-{world}-")))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn pod_traffic_crosses_nodes_in_vxlan_with_the_source_identity_as_vni_inside_wireguard() {
+    let name = "dpvni";
+    let world = World::up(name, &ebpf(one_cluster(name, 2)));
+    let a = world.ip("c1/n1-a"); // app=web
+    let b = world.ip("c1/n2-b"); // app=db
+    let ids = identities(&world, "c1", "n1", &[&a, &b]);
+    let (id_a, id_b) = (ids[&a], ids[&b]);
+    assert_ne!(
+        id_a, id_b,
+        "the pods need different identities for the test to mean anything"
+    );
+
+    // Pins and attachments made by the agents.
+    let pins = pin_dir(name, "c1", "n1");
+    assert_eq!(
+        pinned_links(&pins),
+        [
+            "from_mesh@mg-vx0",
+            "from_pod@pod0",
+            "from_pod@pod1",
+            "to_mesh@mg-vx0"
+        ],
+        "{}",
+        pins.display()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = world.node_ns("c1", "n1");
+    let inner = Capture::start(&n1, "mg-wg0", dir.path().join("wg.pcap"));
+    let underlay = Capture::start(&n1, "eth0", dir.path().join("ul.pcap"));
+
+    let s = world.ping("c1", "n1-a", &b, 5, "0.05");
+    assert_eq!(s.received, 5, "n1-a -> n2-b over the eBPF datapath: {s:?}");
+    // Full-size packets: pod MTU 1370 (1420 of WireGuard minus 50 of VXLAN), DF set.
+    let big = world.in_ns(
+        &world.pod_ns("c1", "n1-a"),
+        &[
+            "ping", "-n", "-q", "-c", "3", "-i", "0.1", "-W", "1", "-M", "do", "-s", "1342", &b,
+        ],
+    );
+    let big = parse_ping(&String::from_utf8_lossy(&big.stdout));
+    assert_eq!(big.received, 3, "1370-byte packets with DF: {big:?}");
+    // A TCP exchange across nodes.
+    let mut server = world.spawn_in_ns(
+        &world.pod_ns("c1", "n2-b"),
+        &["iperf3", "-s", "-1", "-p", "5201"],
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    let client = world.in_ns(
+        &world.pod_ns("c1", "n1-a"),
+        &["iperf3", "-c", &b, "-p", "5201", "-n", "2M"],
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        client.status.success(),
+        "TCP (iperf3) across nodes failed: {}{}",
+        String::from_utf8_lossy(&client.stdout),
+        String::from_utf8_lossy(&client.stderr)
+    );
+
+    inner.stop_and_count(&[]);
+    let packets = read_pcap_vxlan(&dir.path().join("wg.pcap"), VXLAN_PORT);
+    let (a_ip, b_ip): (Ipv4Addr, Ipv4Addr) = (a.parse().unwrap(), b.parse().unwrap());
+    let from_a: Vec<_> = packets.iter().filter(|p| p.inner_src == a_ip).collect();
+    let from_b: Vec<_> = packets.iter().filter(|p| p.inner_src == b_ip).collect();
+    eprintln!(
+        "VXLAN in mg-wg0 of n1: {} packets ({} from n1-a, {} from n2-b)",
+        packets.len(),
+        from_a.len(),
+        from_b.len()
+    );
+    assert!(
+        from_a.len() >= 8,
+        "n1-a's packets in VXLAN inside WireGuard: {packets:?}"
+    );
+    assert!(
+        from_b.len() >= 8,
+        "n2-b's packets in VXLAN inside WireGuard: {packets:?}"
+    );
+    for p in &from_a {
+        assert_eq!(u64::from(p.vni), id_a, "VNI of a packet from n1-a: {p:?}");
+        assert_eq!(p.inner_dst, b_ip);
+    }
+    for p in &from_b {
+        assert_eq!(u64::from(p.vni), id_b, "VNI of a packet from n2-b: {p:?}");
+    }
+    // Outer addresses are the nodes' tunnel IPs.
+    let (t1, t2) = (
+        world.status("c1", "n1").tunnel_ip,
+        world.status("c1", "n2").tunnel_ip,
+    );
+    assert!(
+        from_a
+            .iter()
+            .all(|p| p.outer_src.to_string() == t1 && p.outer_dst.to_string() == t2),
+        "outer {t1} -> {t2}: {from_a:?}"
+    );
+    // And on the wire only WireGuard: no pod address, no VXLAN in clear.
+    underlay.assert_nothing_in_clear("net 10.1.0.0/16", 20);
+
+    // lab down leaves no pins, links or namespaces.
+    drop(world);
+    assert!(
+        !Path::new(&format!("/sys/fs/bpf/meshgate/lab/{name}")).exists(),
+        "lab down left pins under /sys/fs/bpf/meshgate/lab/{name}"
+    );
+    assert_eq!(namespaces_of(name), Vec::<String>::new());
+}
+
+#[test]
+fn agent_restart_keeps_the_pinned_datapath_forwarding() {
+    let name = "dprestart";
+    let world = World::up(name, &ebpf(one_cluster(name, 2)));
+    let to = world.ip("c1/n2-b");
+    identities(&world, "c1", "n1", &[&to]);
+    let pins = pin_dir(name, "c1", "n2");
+    let before = pinned_links(&pins);
+    let old_pid = world.status("c1", "n2").pid;
+    let ping = world.spawn_in_ns(
+        &world.pod_ns("c1", "n1-a"),
+        &[
+            "ping", "-n", "-q", "-c", "500", "-i", "0.01", "-W", "1", &to,
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    world.lab("restart", "c1/n2");
+    let out = ping.wait_with_output().unwrap();
+    let s = parse_ping(&String::from_utf8_lossy(&out.stdout));
+    eprintln!(
+        "agent restart with the eBPF datapath: lost {} of {} pings",
+        s.lost(),
+        s.sent
+    );
+    assert_eq!(s.sent, 500);
+    assert!(
+        s.lost() * 50 < s.sent,
+        "agent restart lost {} of {} pings (2% allowed)",
+        s.lost(),
+        s.sent
+    );
+    let st = world.status("c1", "n2");
+    assert_ne!(st.pid, old_pid, "the agent was not restarted");
+    assert_eq!(
+        pinned_links(&pins),
+        before,
+        "the restarted agent reused the pins"
+    );
+    let dp = st.datapath.expect("status.json shows the datapath");
+    assert_eq!(
+        (dp.created, dp.replaced, dp.removed),
+        (0, 4, 0),
+        "the new agent swapped its programs into the 4 pinned links: {dp:?}"
+    );
+    assert!(dp.drops.is_empty(), "no drops: {:?}", dp.drops);
+    // And traffic keeps flowing after the restart.
+    let s = world.ping("c1", "n2-b", &world.ip("c1/n1-a"), 3, "0.05");
+    assert_eq!(s.received, 3, "after the restart: {s:?}");
+}
+
+#[test]
+fn pods_in_two_clusters_reach_each_other_over_the_ebpf_datapath() {
+    let name = "dpfed";
+    let world = World::up(name, &ebpf(clusters(name, 2, 1)));
+    let a = world.ip("c1/n1-a");
+    let b = world.ip("c2/n1-a");
+    identities(&world, "c1", "n1", &[&a, &b]);
+    let s = world.ping("c1", "n1-a", &b, 5, "0.05");
+    assert_eq!(s.received, 5, "c1/n1-a -> c2/n1-a: {s:?}");
+    let s = world.ping("c2", "n1-a", &a, 5, "0.05");
+    assert_eq!(s.received, 5, "c2/n1-a -> c1/n1-a: {s:?}");
+}
