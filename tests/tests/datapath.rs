@@ -173,6 +173,45 @@ fn pod_traffic_crosses_nodes_in_vxlan_with_the_source_identity_as_vni_inside_wir
     // And on the wire only WireGuard: no pod address, no VXLAN in clear.
     underlay.assert_nothing_in_clear("net 10.1.0.0/16", 20);
 
+    // from_pod enforces: a source address that is no endpoint is dropped,
+    // counted per reason in status.json and shown by `lab status`.
+    let pod_a = world.pod_ns("c1", "n1-a");
+    let add = world.in_ns(
+        &pod_a,
+        &["ip", "addr", "add", "10.1.0.99/32", "dev", "eth0"],
+    );
+    assert!(add.status.success());
+    let spoofed = world.in_ns(
+        &pod_a,
+        &[
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            "3",
+            "-i",
+            "0.1",
+            "-W",
+            "1",
+            "-I",
+            "10.1.0.99",
+            &b,
+        ],
+    );
+    let spoofed = parse_ping(&String::from_utf8_lossy(&spoofed.stdout));
+    assert_eq!(
+        spoofed.received, 0,
+        "an unknown source must not pass: {spoofed:?}"
+    );
+    let mut drops = BTreeMap::new();
+    wait_until(Duration::from_secs(3), || {
+        drops = world.status("c1", "n1").datapath.unwrap().drops;
+        drops.get("unknown-source").is_some_and(|n| *n >= 3)
+    })
+    .unwrap_or_else(|| panic!("unknown-source drops not counted in status.json: {drops:?}"));
+    let status = meshgate_e2e::meshgate(&["lab", "status", name]);
+    assert!(status.contains("drops: unknown-source"), "{status}");
+
     // lab down leaves no pins, links or namespaces.
     drop(world);
     assert!(
@@ -243,4 +282,76 @@ fn pods_in_two_clusters_reach_each_other_over_the_ebpf_datapath() {
     assert_eq!(s.received, 5, "c1/n1-a -> c2/n1-a: {s:?}");
     let s = world.ping("c2", "n1-a", &a, 5, "0.05");
     assert_eq!(s.received, 5, "c2/n1-a -> c1/n1-a: {s:?}");
+}
+
+#[test]
+fn a_restarted_agent_reconciles_gone_veths_and_stale_map_entries() {
+    let name = "dprecon";
+    let world = World::up(name, &ebpf(one_cluster(name, 2)));
+    let (a, b) = (world.ip("c1/n2-a"), world.ip("c1/n2-b"));
+    identities(&world, "c1", "n2", &[&a, &b, &world.ip("c1/n1-a")]);
+    let pins = pin_dir(name, "c1", "n2");
+    assert!(pinned_links(&pins).contains(&"from_pod@pod1".to_string()));
+
+    // While the agent runs: n2-b's veth goes away, and an entry nobody
+    // asked for appears in the pinned ipcache.
+    let n2 = world.node_ns("c1", "n2");
+    let out = world.in_ns(&n2, &["ip", "link", "del", "pod1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stale: Ipv4Addr = "10.1.99.99".parse().unwrap();
+    let mut maps = meshgate_ebpf::Maps::open_pinned(&pins.join("maps")).unwrap();
+    maps.ipcache
+        .upsert(
+            stale,
+            32,
+            meshgate_ebpf::IpcacheEntry::remote(0x01_0999, "100.64.9.9".parse().unwrap()),
+        )
+        .unwrap();
+
+    world.lab("restart", "c1/n2");
+    let pruned = wait_until(Duration::from_secs(10), || {
+        maps.ipcache.lookup(stale).unwrap().is_none()
+    });
+    assert!(pruned.is_some(), "the stale ipcache entry was not removed");
+    assert_eq!(
+        pinned_links(&pins),
+        ["from_mesh@mg-vx0", "from_pod@pod0", "to_mesh@mg-vx0"],
+        "from_pod of the deleted veth was unpinned"
+    );
+    let dp = world.status("c1", "n2").datapath.unwrap();
+    assert_eq!((dp.created, dp.replaced, dp.removed), (0, 3, 1), "{dp:?}");
+    // The other pod keeps its path, and its entry is the agent's.
+    let s = world.ping("c1", "n1-a", &a, 3, "0.05");
+    assert_eq!(s.received, 3, "n1-a -> n2-a after the restart: {s:?}");
+    let a_ip: Ipv4Addr = a.parse().unwrap();
+    assert!(maps.ipcache.lookup(a_ip).unwrap().is_some_and(|e| e.local));
+}
+
+#[test]
+fn leaving_the_mesh_removes_the_datapath() {
+    let name = "dpleave";
+    let world = World::up(name, &ebpf(one_cluster(name, 2)));
+    let pins = pin_dir(name, "c1", "n2");
+    assert!(pins.join("links").exists());
+    world.lab("stop", "c1/n2");
+    let n2 = world.node_ns("c1", "n2");
+    let show = |args: &[&str]| {
+        let mut argv = vec!["ip"];
+        argv.extend_from_slice(args);
+        String::from_utf8_lossy(&world.in_ns(&n2, &argv).stdout).into_owned()
+    };
+    assert!(!pins.exists(), "pins left in {}", pins.display());
+    assert!(!show(&["link", "show"]).contains("mg-vx0"), "mg-vx0 left");
+    assert!(
+        !show(&["rule", "show"]).contains("28007"),
+        "routing rule left"
+    );
+    let tc = show(&["link", "show", "pod0"]);
+    assert!(tc.contains("pod0"), "the pod's veth itself stays: {tc}");
+    // n1 still runs its datapath.
+    assert!(pin_dir(name, "c1", "n1").join("links").exists());
 }
