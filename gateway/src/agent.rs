@@ -151,7 +151,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         mesh::resume(&agent, saved).context("restoring the last known peers")?;
     }
     if agent.cfg.datapath == datapath::Mode::Ebpf {
-        let dp = datapath::Ebpf::start(&agent.cfg.bpf_pin_dir, interfaces, mesh::TUNNEL_MTU)?;
+        let dp = datapath::Ebpf::start(
+            &agent.cfg.bpf_pin_dir,
+            interfaces,
+            agent.backend.interface(),
+            mesh::TUNNEL_MTU,
+        )?;
         let _ = agent.datapath.set(dp);
         // Local pods from the saved ipcache, this process's programs swapped
         // in, before discovery answers.

@@ -350,8 +350,114 @@ fn leaving_the_mesh_removes_the_datapath() {
         !show(&["rule", "show"]).contains("28007"),
         "routing rule left"
     );
+    let nft = world.in_ns(&n2, &["nft", "list", "tables"]);
+    assert!(
+        !String::from_utf8_lossy(&nft.stdout).contains("meshgate_vxlan"),
+        "VXLAN filter table left"
+    );
     let tc = show(&["link", "show", "pod0"]);
     assert!(tc.contains("pod0"), "the pod's veth itself stays: {tc}");
     // n1 still runs its datapath.
     assert!(pin_dir(name, "c1", "n1").join("links").exists());
+}
+
+#[test]
+fn vxlan_sent_in_clear_on_the_underlay_does_not_reach_pods() {
+    let name = "dpforge";
+    let world = World::up(name, &ebpf(one_cluster(name, 2)));
+    let target = world.ip("c1/n2-a");
+    let n2_underlay = world.ip("c1/n2");
+    let ids = identities(&world, "c1", "n2", &[&target, &world.ip("c1/n1-b")]);
+    let forged_identity = ids[&world.ip("c1/n1-b")].to_string();
+    // A host on the underlay (the discovery's namespace) sends VXLAN to
+    // n2's UDP 4789 in clear, claiming n1-b's identity in the VNI.
+    let attacker = world.discovery_ns("c1");
+    for args in [
+        vec![
+            "ip",
+            "link",
+            "add",
+            "dpatk",
+            "type",
+            "vxlan",
+            "id",
+            &forged_identity,
+            "remote",
+            &n2_underlay,
+            "dstport",
+            "4789",
+            "dev",
+            "eth0",
+        ],
+        vec!["ip", "addr", "add", "10.1.0.99/32", "dev", "dpatk"],
+        vec!["ip", "link", "set", "dpatk", "up"],
+        vec!["ip", "route", "add", &target, "dev", "dpatk"],
+        vec![
+            "ip",
+            "neigh",
+            "add",
+            &target,
+            "lladdr",
+            "02:00:00:00:00:01",
+            "dev",
+            "dpatk",
+        ],
+    ] {
+        let out = world.in_ns(&attacker, &args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pod = Capture::start(
+        &world.pod_ns("c1", "n2-a"),
+        "eth0",
+        dir.path().join("pod.pcap"),
+    );
+    let ul = Capture::start(
+        &world.node_ns("c1", "n2"),
+        "eth0",
+        dir.path().join("ul.pcap"),
+    );
+    world.in_ns(
+        &attacker,
+        &[
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            "5",
+            "-i",
+            "0.1",
+            "-W",
+            "1",
+            "-I",
+            "10.1.0.99",
+            &target,
+        ],
+    );
+    let sent = ul.stop_and_count(&["udp dst port 4789"]);
+    assert!(
+        sent[0] >= 5,
+        "the forged VXLAN reached n2's underlay interface: {sent:?}"
+    );
+    let reached = pod.stop_and_count(&["icmp and src host 10.1.0.99"]);
+    assert_eq!(
+        reached[0], 0,
+        "VXLAN sent in clear on the underlay reached the pod with a forged identity"
+    );
+    let rules = world.in_ns(
+        &world.node_ns("c1", "n2"),
+        &["nft", "list", "table", "inet", "meshgate_vxlan"],
+    );
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(
+        rules.contains("iifname != \"mg-wg0\"") && !rules.contains("packets 0 "),
+        "the VXLAN filter dropped them: {rules}"
+    );
+    // Pod traffic from the other node (VXLAN out of WireGuard) still passes.
+    let s = world.ping("c1", "n1-b", &target, 3, "0.05");
+    assert_eq!(s.received, 3, "{s:?}");
 }

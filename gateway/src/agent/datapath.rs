@@ -36,6 +36,8 @@ pub const VXLAN_PORT: u16 = 4789;
 pub const VXLAN_OVERHEAD: u16 = 50;
 /// Routing table (and rule priority) holding the routes into `mg-vx0`.
 pub const ROUTE_TABLE: u32 = 28_007;
+/// nftables table (inet family) that accepts VXLAN only from WireGuard.
+pub const NFT_TABLE: &str = "meshgate_vxlan";
 
 /// Which datapath carries pod traffic between nodes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -144,6 +146,51 @@ fn ensure_vxlan(mtu: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `from_mesh` takes the VNI as the sender's identity, so VXLAN must come
+/// out of WireGuard only. The kernel's VXLAN socket listens on every
+/// address of the node, the underlay's too: this nftables table drops UDP to
+/// the VXLAN port that did not arrive on `wg_iface`. One transaction,
+/// idempotent (the table is replaced whole).
+fn nft_ruleset(wg_iface: &str) -> String {
+    format!(
+        "table inet {NFT_TABLE} {{}}\n\
+         delete table inet {NFT_TABLE}\n\
+         table inet {NFT_TABLE} {{\n\
+         \tchain input {{\n\
+         \t\ttype filter hook input priority -200; policy accept;\n\
+         \t\tudp dport {VXLAN_PORT} iifname != \"{wg_iface}\" counter drop\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+fn nft(script: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context(
+            "running `nft`: the eBPF datapath needs nftables to accept VXLAN only from \
+             WireGuard (install nftables, e.g. apt-get install nftables)",
+        )?;
+    child
+        .stdin
+        .take()
+        .context("nft stdin")?
+        .write_all(script.as_bytes())
+        .context("writing to nft")?;
+    let out = child.wait_with_output().context("waiting for nft")?;
+    if !out.status.success() {
+        bail!(
+            "nft failed: {} (the kernel needs nf_tables)",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 fn ensure_rule() -> anyhow::Result<()> {
     let pref = ROUTE_TABLE.to_string();
     let existing = ip(&["rule", "show", "pref", &pref])?;
@@ -175,6 +222,7 @@ impl Ebpf {
     pub fn start(
         pin_dir: &Path,
         interfaces: BTreeMap<Ipv4Addr, String>,
+        wg_iface: &str,
         tunnel_mtu: u16,
     ) -> anyhow::Result<Ebpf> {
         let started = std::time::Instant::now();
@@ -198,6 +246,8 @@ impl Ebpf {
             .filter(|(_, len, _)| *len == 32)
             .map(|(ip, _, e)| (ip, e))
             .collect();
+        // The filter first: the device opens the VXLAN socket.
+        nft(&nft_ruleset(wg_iface)).context("filtering VXLAN to WireGuard only")?;
         ensure_vxlan(tunnel_mtu - VXLAN_OVERHEAD)?;
         ensure_rule()?;
         let routes = table_routes()?;
@@ -260,6 +310,9 @@ impl Ebpf {
         let _ = ip(&["route", "flush", "table", &pref]);
         if ifindex(VXLAN_DEV) != 0 {
             ip(&["link", "del", VXLAN_DEV]).with_context(|| format!("deleting {VXLAN_DEV}"))?;
+        }
+        if let Err(e) = nft(&format!("delete table inet {NFT_TABLE}\n")) {
+            warn!(error = %format!("{e:#}"), "removing the VXLAN filter failed");
         }
         // Unpinning the links detaches the programs (this process holds no
         // link of its own).
@@ -370,5 +423,23 @@ pub fn sync(agent: &Agent) {
             }
             Err(e) => warn!(error = %e, "reconciling the datapath's attachments failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_vxlan_filter_replaces_its_table_and_drops_vxlan_not_from_wireguard() {
+        let r = nft_ruleset("mg-wg0");
+        assert!(r.starts_with("table inet meshgate_vxlan {}\ndelete table inet meshgate_vxlan\n"));
+        assert!(
+            r.contains("udp dport 4789 iifname != \"mg-wg0\" counter drop"),
+            "{r}"
+        );
+        assert_eq!("ebpf".parse::<Mode>(), Ok(Mode::Ebpf));
+        assert!("xdp".parse::<Mode>().unwrap_err().contains("plain or ebpf"));
     }
 }
