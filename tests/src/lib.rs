@@ -219,10 +219,22 @@ pub struct Capture {
 
 impl Capture {
     pub fn start(ns: &str, iface: &str, file: PathBuf) -> Capture {
+        Capture::start_with(ns, iface, file, &[])
+    }
+
+    /// Like [`Capture::start`], but every packet is handed to tcpdump at
+    /// once (`--immediate-mode`): without it, packets of a short exchange
+    /// can sit in the kernel's capture buffer when the capture stops, and
+    /// are lost.
+    pub fn start_immediate(ns: &str, iface: &str, file: PathBuf) -> Capture {
+        Capture::start_with(ns, iface, file, &["--immediate-mode"])
+    }
+
+    fn start_with(ns: &str, iface: &str, file: PathBuf, extra: &[&str]) -> Capture {
         let child = Command::new("ip")
-            .args([
-                "netns", "exec", ns, "tcpdump", "-n", "-U", "-i", iface, "-w",
-            ])
+            .args(["netns", "exec", ns, "tcpdump", "-n", "-U"])
+            .args(extra)
+            .args(["-i", iface, "-w"])
             .arg(&file)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -100,8 +100,8 @@ fn pod_traffic_crosses_nodes_in_vxlan_with_the_source_identity_as_vni_inside_wir
 
     let dir = tempfile::tempdir().unwrap();
     let n1 = world.node_ns("c1", "n1");
-    let inner = Capture::start(&n1, "mg-wg0", dir.path().join("wg.pcap"));
-    let underlay = Capture::start(&n1, "eth0", dir.path().join("ul.pcap"));
+    let inner = Capture::start_immediate(&n1, "mg-wg0", dir.path().join("wg.pcap"));
+    let underlay = Capture::start_immediate(&n1, "eth0", dir.path().join("ul.pcap"));
 
     let s = world.ping("c1", "n1-a", &b, 5, "0.05");
     assert_eq!(s.received, 5, "n1-a -> n2-b over the eBPF datapath: {s:?}");
@@ -277,11 +277,31 @@ fn pods_in_two_clusters_reach_each_other_over_the_ebpf_datapath() {
     let world = World::up(name, &ebpf(clusters(name, 2, 1)));
     let a = world.ip("c1/n1-a");
     let b = world.ip("c2/n1-a");
-    identities(&world, "c1", "n1", &[&a, &b]);
+    let ids = identities(&world, "c1", "n1", &[&a, &b]);
+    let dir = tempfile::tempdir().unwrap();
+    let wg = Capture::start_immediate(
+        &world.node_ns("c1", "n1"),
+        "mg-wg0",
+        dir.path().join("wg.pcap"),
+    );
     let s = world.ping("c1", "n1-a", &b, 5, "0.05");
     assert_eq!(s.received, 5, "c1/n1-a -> c2/n1-a: {s:?}");
     let s = world.ping("c2", "n1-a", &a, 5, "0.05");
     assert_eq!(s.received, 5, "c2/n1-a -> c1/n1-a: {s:?}");
+    wg.stop_and_count(&[]);
+    let packets = read_pcap_vxlan(&dir.path().join("wg.pcap"), VXLAN_PORT);
+    let b_ip: Ipv4Addr = b.parse().unwrap();
+    let from_b: Vec<_> = packets.iter().filter(|p| p.inner_src == b_ip).collect();
+    assert!(
+        from_b.len() >= 10,
+        "c2's packets in VXLAN in c1/n1's mg-wg0: {packets:?}"
+    );
+    assert_eq!(ids[&b] >> 16, 2, "an identity of cluster 2");
+    assert!(
+        from_b.iter().all(|p| u64::from(p.vni) == ids[&b]),
+        "VNI = c2/n1-a's identity {}: {from_b:?}",
+        ids[&b]
+    );
 }
 
 #[test]
@@ -411,12 +431,12 @@ fn vxlan_sent_in_clear_on_the_underlay_does_not_reach_pods() {
         );
     }
     let dir = tempfile::tempdir().unwrap();
-    let pod = Capture::start(
+    let pod = Capture::start_immediate(
         &world.pod_ns("c1", "n2-a"),
         "eth0",
         dir.path().join("pod.pcap"),
     );
-    let ul = Capture::start(
+    let ul = Capture::start_immediate(
         &world.node_ns("c1", "n2"),
         "eth0",
         dir.path().join("ul.pcap"),

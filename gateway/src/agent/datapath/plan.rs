@@ -98,10 +98,12 @@ pub fn desired(
         }
         out.pod_routes = Some(routes);
     }
-    // A pod's veth gets from_pod once its identity is known (before that
-    // from_pod would drop everything it sends as an unknown source).
-    for (ip, (iface, ifindex)) in me.interfaces {
-        if *ifindex != 0 && out.ipcache.get(ip).is_some_and(|e| e.local) {
+    // Every pod veth that exists gets from_pod, also before its identity is
+    // known: until then from_pod drops what it sends (`unknown-source`), so
+    // no pod traffic ever leaves without its identity (to_mesh would
+    // otherwise send it as `host`).
+    for (iface, ifindex) in me.interfaces.values() {
+        if *ifindex != 0 {
             out.attachments
                 .insert(Attachment::new(iface.clone(), Hook::FromPod));
         }
@@ -232,12 +234,14 @@ mod tests {
             .map(|n| n.to_string())
             .collect();
         assert_eq!(routes, ["10.1.1.0/24", "10.1.2.0/24"], "not our own CIDR");
-        // pod1 has no identity yet: no from_pod for it.
+        // pod1 has no identity yet: from_pod anyway (it drops its traffic
+        // as unknown-source until the identity arrives).
         let names: Vec<String> = d.attachments.iter().map(|a| a.to_string()).collect();
-        assert_eq!(d.attachments.len(), 3, "{names:?}");
+        assert_eq!(d.attachments.len(), 4, "{names:?}");
         assert!(d
             .attachments
-            .contains(&Attachment::new("pod0", Hook::FromPod)));
+            .contains(&Attachment::new("pod1", Hook::FromPod)));
+        assert!(!d.ipcache.contains_key(&ip("10.1.0.11")));
     }
 
     #[test]
