@@ -155,6 +155,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             &agent.cfg.bpf_pin_dir,
             interfaces,
             agent.backend.interface(),
+            agent.cfg.pod_cidr,
             mesh::TUNNEL_MTU,
         )?;
         let _ = agent.datapath.set(dp);

@@ -470,7 +470,7 @@ fn vxlan_sent_in_clear_on_the_underlay_does_not_reach_pods() {
     );
     let rules = world.in_ns(
         &world.node_ns("c1", "n2"),
-        &["nft", "list", "table", "inet", "meshgate_vxlan"],
+        &["nft", "list", "chain", "inet", "meshgate_vxlan", "input"],
     );
     let rules = String::from_utf8_lossy(&rules.stdout);
     assert!(
@@ -480,4 +480,48 @@ fn vxlan_sent_in_clear_on_the_underlay_does_not_reach_pods() {
     // Pod traffic from the other node (VXLAN out of WireGuard) still passes.
     let s = world.ping("c1", "n1-b", &target, 3, "0.05");
     assert_eq!(s.received, 3, "{s:?}");
+}
+
+#[test]
+fn pod_traffic_that_bypasses_vxlan_is_dropped_and_a_restart_restores_the_path() {
+    let name = "dpbypass";
+    let world = World::up(name, &ebpf(one_cluster(name, 2)));
+    let to = world.ip("c1/n2-b");
+    identities(&world, "c1", "n1", &[&to, &world.ip("c1/n1-a")]);
+    let s = world.ping("c1", "n1-a", &to, 3, "0.05");
+    assert_eq!(s.received, 3, "through VXLAN: {s:?}");
+
+    // n1 loses its rule into table 28007: its pod traffic now takes the
+    // plain route straight into WireGuard, without an identity.
+    let n1 = world.node_ns("c1", "n1");
+    let out = world.in_ns(&n1, &["ip", "rule", "del", "pref", "28007"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = world.ping("c1", "n1-a", &to, 3, "0.05");
+    assert_eq!(
+        s.received, 0,
+        "pod traffic around VXLAN must not reach the pod: {s:?}"
+    );
+    let chain = world.in_ns(
+        &world.node_ns("c1", "n2"),
+        &["nft", "list", "chain", "inet", "meshgate_vxlan", "forward"],
+    );
+    let chain = String::from_utf8_lossy(&chain.stdout);
+    assert!(
+        chain.contains("ip daddr 10.1.1.0/24") && !chain.contains("packets 0 "),
+        "n2 dropped them as they came out of WireGuard: {chain}"
+    );
+
+    // The restarted agent puts its rule back.
+    world.lab("restart", "c1/n1");
+    let back = wait_until(Duration::from_secs(10), || {
+        world.ping("c1", "n1-a", &to, 1, "0.05").received == 1
+    });
+    assert!(
+        back.is_some(),
+        "the restarted agent did not restore the VXLAN path"
+    );
 }

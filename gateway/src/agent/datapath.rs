@@ -149,9 +149,13 @@ fn ensure_vxlan(mtu: u16) -> anyhow::Result<()> {
 /// `from_mesh` takes the VNI as the sender's identity, so VXLAN must come
 /// out of WireGuard only. The kernel's VXLAN socket listens on every
 /// address of the node, the underlay's too: this nftables table drops UDP to
-/// the VXLAN port that did not arrive on `wg_iface`. One transaction,
-/// idempotent (the table is replaced whole).
-fn nft_ruleset(wg_iface: &str) -> String {
+/// the VXLAN port that did not arrive on `wg_iface`. And pod traffic must
+/// come in through `mg-vx0` (from_mesh, with its identity): packets out of
+/// WireGuard straight to this node's pods (`pod_cidr`), as a plain-datapath
+/// peer or a missing route on the sender would send them, are dropped too.
+/// One transaction, idempotent (the table is replaced whole).
+fn nft_ruleset(wg_iface: &str, pod_cidr: Ipv4Net) -> String {
+    let pods = pod_cidr.trunc();
     format!(
         "table inet {NFT_TABLE} {{}}\n\
          delete table inet {NFT_TABLE}\n\
@@ -159,6 +163,10 @@ fn nft_ruleset(wg_iface: &str) -> String {
          \tchain input {{\n\
          \t\ttype filter hook input priority -200; policy accept;\n\
          \t\tudp dport {VXLAN_PORT} iifname != \"{wg_iface}\" counter drop\n\
+         \t}}\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority -200; policy accept;\n\
+         \t\tiifname \"{wg_iface}\" ip daddr {pods} counter drop\n\
          \t}}\n\
          }}\n"
     )
@@ -223,6 +231,7 @@ impl Ebpf {
         pin_dir: &Path,
         interfaces: BTreeMap<Ipv4Addr, String>,
         wg_iface: &str,
+        pod_cidr: Ipv4Net,
         tunnel_mtu: u16,
     ) -> anyhow::Result<Ebpf> {
         let started = std::time::Instant::now();
@@ -247,7 +256,8 @@ impl Ebpf {
             .map(|(ip, _, e)| (ip, e))
             .collect();
         // The filter first: the device opens the VXLAN socket.
-        nft(&nft_ruleset(wg_iface)).context("filtering VXLAN to WireGuard only")?;
+        nft(&nft_ruleset(wg_iface, pod_cidr))
+            .context("filtering VXLAN to WireGuard only and pod traffic to VXLAN only")?;
         ensure_vxlan(tunnel_mtu - VXLAN_OVERHEAD)?;
         ensure_rule()?;
         let routes = table_routes()?;
@@ -433,7 +443,11 @@ mod tests {
 
     #[test]
     fn the_vxlan_filter_replaces_its_table_and_drops_vxlan_not_from_wireguard() {
-        let r = nft_ruleset("mg-wg0");
+        let r = nft_ruleset("mg-wg0", "10.1.0.7/24".parse().unwrap());
+        assert!(
+            r.contains("iifname \"mg-wg0\" ip daddr 10.1.0.0/24 counter drop"),
+            "{r}"
+        );
         assert!(r.starts_with("table inet meshgate_vxlan {}\ndelete table inet meshgate_vxlan\n"));
         assert!(
             r.contains("udp dport 4789 iifname != \"mg-wg0\" counter drop"),
