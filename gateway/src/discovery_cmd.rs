@@ -21,6 +21,11 @@ pub struct DiscoveryArgs {
     /// Where the embedded store keeps its state.
     #[arg(long, default_value = "/var/lib/meshgate-discovery")]
     pub state_dir: PathBuf,
+    /// Where the cluster's state lives: `embedded` (state.json in
+    /// --state-dir) or `etcd://HOST:PORT[,HOST:PORT...]`, shared by several
+    /// discovery replicas of the cluster.
+    #[arg(long, default_value = "embedded")]
+    pub store: meshgate_discovery::store::StoreChoice,
     /// Seconds after which a node that stopped renewing its lease is removed.
     #[arg(long, default_value_t = 10.0)]
     pub lease_ttl: f64,
@@ -60,8 +65,10 @@ pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
             args.remote_timeout
         );
     }
-    std::fs::create_dir_all(&args.state_dir)
-        .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
+    if args.store == meshgate_discovery::store::StoreChoice::Embedded {
+        std::fs::create_dir_all(&args.state_dir)
+            .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
+    }
     let tls = match (&args.tls_cert, &args.tls_key, &args.client_ca) {
         (Some(cert), Some(key), Some(ca)) => Some(
             meshgate_discovery::tls::ServerTls::from_files(cert, key, ca)
@@ -87,7 +94,7 @@ pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
             },
             services,
         };
-        meshgate_discovery::server::serve_with_tls(cfg, tls, shutdown_signal())
+        meshgate_discovery::server::serve_with_store(cfg, tls, args.store, shutdown_signal())
             .await
             .context("discovery server failed")
     })
