@@ -14,7 +14,7 @@ use meshgate_discovery::certs::files::CertLayout;
 use meshgate_discovery::endpoint::{EndpointSpec, DEFAULT_NAMESPACE};
 use serde::{Deserialize, Serialize};
 
-use crate::scenario::{Role, Scenario};
+use crate::scenario::{Role, Scenario, StoreKind};
 
 pub use steps::Step;
 
@@ -27,6 +27,9 @@ pub const LINK_LOCAL: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(169, 254, 0, 0
 /// Every pod's default gateway (answered by the node).
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 pub const DISCOVERY_PORT: u16 = 7100;
+/// etcd's client and peer ports (a cluster's etcd, when it has one).
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+pub const ETCD_PEER_PORT: u16 = 2380;
 pub const POD_MTU: u32 = 1420;
 /// Name of the bridge in the underlay namespace.
 pub const BRIDGE: &str = "br0";
@@ -87,6 +90,24 @@ pub struct ClusterPlan {
     /// and passed to its discovery as `--services`.
     #[serde(default)]
     pub services: Vec<meshgate_discovery::service::Service>,
+    /// Discovery replicas 2, 3, ... (replica 1 is `discovery`); they all
+    /// keep the cluster's state in `etcd`.
+    #[serde(default)]
+    pub replicas: Vec<DiscoveryPlan>,
+    /// The cluster's etcd, when its discovery uses one.
+    #[serde(default)]
+    pub etcd: Option<EtcdPlan>,
+}
+
+/// A cluster's etcd: one member, in replica 1's namespace on its address,
+/// so it outlives any discovery process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EtcdPlan {
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,6 +185,35 @@ impl Plan {
                 port: DISCOVERY_PORT,
                 state_dir: discovery_dir(world, &c.name),
             };
+            let spec = c
+                .discovery
+                .clone()
+                .unwrap_or(crate::scenario::DiscoverySpec {
+                    replicas: 1,
+                    store: StoreKind::Embedded,
+                });
+            let replicas = (2..=spec.replicas)
+                .map(|k| {
+                    let k = u8::try_from(k)
+                        .map_err(|_| PlanError(format!("cluster {}: replicas", c.name)))?;
+                    Ok(DiscoveryPlan {
+                        netns: format!("{prefix}-d{k}"),
+                        ul_veth: format!("d{id}r{k}"),
+                        ip: Ipv4Addr::new(198, 18, id, 1 + k),
+                        port: DISCOVERY_PORT,
+                        state_dir: world_dir(world)
+                            .join(&c.name)
+                            .join(format!("discovery-{k}")),
+                    })
+                })
+                .collect::<Result<Vec<_>, PlanError>>()?;
+            let etcd = (spec.store == StoreKind::Etcd).then(|| EtcdPlan {
+                netns: discovery.netns.clone(),
+                ip: discovery.ip,
+                client_port: ETCD_CLIENT_PORT,
+                peer_port: ETCD_PEER_PORT,
+                data_dir: world_dir(world).join(&c.name).join("etcd"),
+            });
             let mut nodes = Vec::with_capacity(c.nodes.len());
             for (i, n) in c.nodes.iter().enumerate() {
                 let i = u32::try_from(i).map_err(|_| PlanError("too many nodes".into()))?;
@@ -208,6 +258,8 @@ impl Plan {
                 remotes: Vec::new(),
                 certs: certs_dir(world),
                 services: c.services.clone(),
+                replicas,
+                etcd,
             });
         }
         let urls: Vec<(String, String)> = clusters
@@ -246,6 +298,7 @@ impl Plan {
         let mut all = vec![self.underlay_ns.clone()];
         for c in &self.clusters {
             all.push(c.discovery.netns.clone());
+            all.extend(c.replicas.iter().map(|d| d.netns.clone()));
             for n in &c.nodes {
                 all.push(n.netns.clone());
                 all.extend(n.pods.iter().map(|p| p.netns.clone()));
@@ -294,8 +347,59 @@ impl ClusterPlan {
         self.discovery.state_dir.join("services.yaml")
     }
 
+    /// Every discovery replica of the cluster with its number (1, 2, ...).
+    pub fn discovery_replicas(&self) -> impl Iterator<Item = (u8, &DiscoveryPlan)> {
+        std::iter::once(&self.discovery)
+            .chain(&self.replicas)
+            .zip(1u8..)
+            .map(|(d, k)| (k, d))
+    }
+
+    /// Replica `k` (1 is [`ClusterPlan::discovery`]).
+    pub fn discovery_replica(&self, k: u8) -> Option<&DiscoveryPlan> {
+        self.discovery_replicas()
+            .find(|(i, _)| *i == k)
+            .map(|(_, d)| d)
+    }
+
     /// `meshgate` arguments of this cluster's discovery.
     pub fn discovery_args(&self, lease_ttl: Duration) -> Vec<String> {
+        self.replica_args(&self.discovery, lease_ttl)
+    }
+
+    /// `etcd` arguments of this cluster's etcd, if it has one.
+    pub fn etcd_args(&self) -> Option<Vec<String>> {
+        let e = self.etcd.as_ref()?;
+        let client = format!("http://{}:{}", e.ip, e.client_port);
+        let peer = format!("http://{}:{}", e.ip, e.peer_port);
+        let name = format!("etcd-{}", self.name);
+        Some(vec![
+            "--name".into(),
+            name.clone(),
+            "--data-dir".into(),
+            e.data_dir.display().to_string(),
+            "--listen-client-urls".into(),
+            client.clone(),
+            "--advertise-client-urls".into(),
+            client,
+            "--listen-peer-urls".into(),
+            peer.clone(),
+            "--initial-advertise-peer-urls".into(),
+            peer.clone(),
+            "--initial-cluster".into(),
+            format!("{name}={peer}"),
+        ])
+    }
+
+    /// `meshgate` arguments of discovery replica `d` of this cluster.
+    pub fn replica_args(&self, d: &DiscoveryPlan, lease_ttl: Duration) -> Vec<String> {
+        let store = match &self.etcd {
+            Some(e) => vec![
+                "--store".to_string(),
+                format!("etcd://{}:{}", e.ip, e.client_port),
+            ],
+            None => Vec::new(),
+        };
         let services = if self.services.is_empty() {
             Vec::new()
         } else {
@@ -307,13 +411,13 @@ impl ClusterPlan {
         vec![
             "discovery".into(),
             "--listen".into(),
-            format!("{}:{}", self.discovery.ip, self.discovery.port),
+            format!("{}:{}", d.ip, d.port),
             "--cluster".into(),
             self.name.clone(),
             "--cluster-id".into(),
             self.id.to_string(),
             "--state-dir".into(),
-            self.discovery.state_dir.display().to_string(),
+            d.state_dir.display().to_string(),
             "--lease-ttl".into(),
             lease_ttl.as_secs().max(1).to_string(),
             "--tls-cert".into(),
@@ -336,6 +440,7 @@ impl ClusterPlan {
                 .flat_map(|r| ["--remote".to_string(), r.clone()]),
         )
         .chain(services)
+        .chain(store)
         .collect()
     }
 
@@ -350,7 +455,10 @@ impl ClusterPlan {
             "--cluster-id".into(),
             self.id.to_string(),
             "--discovery".into(),
-            format!("https://{}:{}", self.discovery.ip, self.discovery.port),
+            self.discovery_replicas()
+                .map(|(_, d)| d.url())
+                .collect::<Vec<_>>()
+                .join(","),
             "--underlay-ip".into(),
             node.underlay_ip.to_string(),
             "--pod-cidr".into(),
@@ -409,3 +517,6 @@ impl NodePlan {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod replica_tests;
