@@ -250,6 +250,28 @@ async fn two_replicas_share_state_allocate_uniquely_and_survive_one_dying() {
         ra.expect("report at A");
         rb.expect("report at B");
     }
+    // Each replica's watchers got every endpoint, whichever replica took
+    // the report, in increasing revisions.
+    for (replica, stream) in [("A", &mut wa), ("B", &mut wb)] {
+        let mut seen = BTreeSet::new();
+        let mut last = 0;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while seen.len() < 12 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let WatchItem::Event(event) = next(stream, left).await else {
+                panic!("{replica}: a second snapshot on a healthy watch");
+            };
+            assert!(
+                event.revision() > last,
+                "{replica}: revision {} after {last}: {event:?}",
+                event.revision()
+            );
+            last = event.revision();
+            if let Event::EndpointUpserted { endpoint, .. } = event {
+                seen.insert(endpoint.ip);
+            }
+        }
+    }
     let (sa, sb) = (snapshot_of(&mut ca).await, snapshot_of(&mut cb).await);
     let ids = |s: &Snapshot| -> BTreeMap<u32, String> {
         s.identities
