@@ -322,6 +322,26 @@ async fn two_replicas_share_state_allocate_uniquely_and_survive_one_dying() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Their lease keys went with them.
+    let mut kv = etcd_client::Client::connect([format!("http://{}", etcd.client)], None)
+        .await
+        .unwrap();
+    let leases = kv
+        .get(
+            "/meshgate/c1/lease/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    let left: Vec<String> = leases
+        .kvs()
+        .iter()
+        .map(|k| String::from_utf8_lossy(k.key()).into_owned())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "lease keys of removed nodes stayed: {left:?}"
+    );
     b.kill();
 }
 
@@ -385,4 +405,56 @@ async fn unreachable_etcd_at_start_is_a_clear_error() {
         err.contains(&format!("etcd://127.0.0.1:{port}")) && err.contains("etcd-server"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_history_is_compacted_and_replicas_keep_following() {
+    use meshgate_discovery::store::etcd::{COMPACT_EVERY, KEEP_REVISIONS};
+    let etcd = Etcd::start();
+    let ttl = Duration::from_secs(30);
+    let a = Replica::start(etcd.store(), ttl).await;
+    let b = Replica::start(etcd.store(), ttl).await;
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    register(&mut ca, pb_node("n1", "10.1.0.0/24", 1)).await;
+    // Every renewal is a write; enough of them make A compact all but the
+    // last KEEP_REVISIONS revisions, the first state write among them.
+    let writes = 2 * COMPACT_EVERY + 10;
+    for _ in 0..writes {
+        ca.renew(pb::RenewRequest {
+            name: "n1".into(),
+            cluster: "c1".into(),
+        })
+        .await
+        .expect("renew");
+    }
+    let mut kv = etcd_client::Client::connect([format!("http://{}", etcd.client)], None)
+        .await
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        let old = kv
+            .get(
+                "/meshgate/c1/state",
+                Some(etcd_client::GetOptions::new().with_revision(2)),
+            )
+            .await;
+        match old {
+            Err(e) if e.to_string().contains("compacted") => break,
+            other => assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "revision 2 was not compacted after {writes} writes (keeping {KEEP_REVISIONS}): {:?}",
+                other.map(|r| r.header().map(|h| h.revision()))
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // B still follows A's changes, and A B's.
+    let mut wb = watch(&mut cb).await;
+    register(&mut ca, pb_node("n2", "10.1.1.0/24", 2)).await;
+    wait_upsert(&mut wb, "n2").await;
+    let mut wa = watch(&mut ca).await;
+    register(&mut cb, pb_node("n3", "10.1.2.0/24", 3)).await;
+    wait_upsert(&mut wa, "n3").await;
+    a.kill();
+    b.kill();
 }

@@ -14,7 +14,13 @@
 //!   roughly 5,000 endpoints).
 //! - `lease/<node>`: written when a node registers or renews at any replica;
 //!   every replica restarts that node's lease when it sees the write, so a
-//!   node renewing at replica B is not expired by replica A.
+//!   node renewing at replica B is not expired by replica A. Deleted with
+//!   the change that removes the node.
+//!
+//! Every write keeps a revision in etcd's history; every [`COMPACT_EVERY`]
+//! writes a replica compacts the history older than the last
+//! [`KEEP_REVISIONS`] (a replica whose watch falls further behind reads the
+//! state again), so etcd does not fill up with old states.
 //!
 //! etcd's client is async; the [`Store`] seam is synchronous (it runs
 //! under the server's mutex, like the embedded store's fsync). Calls are
@@ -43,6 +49,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest state written (etcd refuses requests over 1.5 MiB by default).
 pub const MAX_STATE_BYTES: usize = 1024 * 1024;
 const WATCH_RETRY: Duration = Duration::from_millis(500);
+/// Writes by one replica between two compactions of etcd's history.
+pub const COMPACT_EVERY: u32 = 1000;
+/// Revisions of history kept by a compaction.
+pub const KEEP_REVISIONS: i64 = 1000;
 
 #[derive(Serialize, Deserialize)]
 struct StateDoc {
@@ -70,6 +80,8 @@ pub struct EtcdStore {
     remote: Option<mpsc::UnboundedReceiver<RemoteChange>>,
     remote_tx: mpsc::UnboundedSender<RemoteChange>,
     watching: Arc<AtomicBool>,
+    /// Writes since this replica last compacted etcd's history.
+    writes: u32,
 }
 
 impl EtcdStore {
@@ -107,7 +119,29 @@ impl EtcdStore {
             remote: Some(remote),
             remote_tx,
             watching: Arc::new(AtomicBool::new(false)),
+            writes: 0,
         })
+    }
+
+    /// Counts a write at etcd `revision`; now and then compacts the history
+    /// behind it, in the background (a failure only delays it).
+    fn wrote(&mut self, revision: i64) {
+        self.writes += 1;
+        let upto = revision - KEEP_REVISIONS;
+        if self.writes < COMPACT_EVERY || upto <= 0 {
+            return;
+        }
+        self.writes = 0;
+        let (Some(runtime), mut client) = (&self.runtime, self.client.clone()) else {
+            return;
+        };
+        let url = self.url.clone();
+        runtime.spawn(async move {
+            match client.compact(upto, None).await {
+                Ok(_) => debug!(etcd = %url, revision = upto, "etcd history compacted"),
+                Err(e) => debug!(etcd = %url, error = %e, "etcd compaction failed; retried later"),
+            }
+        });
     }
 
     fn call<T: Send + 'static>(
@@ -240,21 +274,31 @@ impl Store for EtcdStore {
             });
         }
         let key = self.state_key.clone();
+        let mut writes = vec![TxnOp::put(key.clone(), bytes, None)];
+        // A removed node's lease key goes with it.
+        writes.extend(events.iter().filter_map(|e| match e {
+            Event::Removed { name, .. } => {
+                Some(TxnOp::delete(format!("{}{name}", self.lease_prefix), None))
+            }
+            _ => None,
+        }));
         let txn = Txn::new()
             .when([Compare::mod_revision(
                 key.clone(),
                 CompareOp::Equal,
                 self.seen.mod_revision,
             )])
-            .and_then([TxnOp::put(key.clone(), bytes, None)])
+            .and_then(writes)
             .or_else([TxnOp::get(key, None)]);
         let mut client = self.client.clone();
         let resp = self.call("saving the state", async move { client.txn(txn).await })?;
         if resp.succeeded() {
+            let revision = resp.header().map_or(0, |h| h.revision());
             self.seen = Seen {
                 version: self.seen.version + 1,
-                mod_revision: resp.header().map_or(0, |h| h.revision()),
+                mod_revision: revision,
             };
+            self.wrote(revision);
             return Ok(());
         }
         let latest = resp.op_responses().into_iter().find_map(|r| match r {
@@ -274,10 +318,11 @@ impl Store for EtcdStore {
     fn renewed(&mut self, node: &str) -> Result<(), StoreError> {
         let mut client = self.client.clone();
         let key = format!("{}{node}", self.lease_prefix);
-        self.call("recording a lease renewal", async move {
+        let resp = self.call("recording a lease renewal", async move {
             client.put(key, Vec::<u8>::new(), None).await
-        })
-        .map(|_| ())
+        })?;
+        self.wrote(resp.header().map_or(0, |h| h.revision()));
+        Ok(())
     }
 
     fn take_remote(&mut self) -> Option<mpsc::UnboundedReceiver<RemoteChange>> {
