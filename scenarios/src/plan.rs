@@ -30,6 +30,8 @@ pub const DISCOVERY_PORT: u16 = 7100;
 /// etcd's client and peer ports (a cluster's etcd, when it has one).
 pub const ETCD_CLIENT_PORT: u16 = 2379;
 pub const ETCD_PEER_PORT: u16 = 2380;
+/// A cluster's etcd is at underlay host .9 (replicas at .2 to .5, nodes from .10).
+pub const ETCD_HOST: u8 = 9;
 pub const POD_MTU: u32 = 1420;
 /// Name of the bridge in the underlay namespace.
 pub const BRIDGE: &str = "br0";
@@ -99,11 +101,13 @@ pub struct ClusterPlan {
     pub etcd: Option<EtcdPlan>,
 }
 
-/// A cluster's etcd: one member, in replica 1's namespace on its address,
-/// so it outlives any discovery process.
+/// A cluster's etcd: one member in a namespace of its own on the underlay,
+/// so it outlives any discovery replica and its namespace.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EtcdPlan {
     pub netns: String,
+    /// The bridge-side end of its veth, in the underlay namespace.
+    pub ul_veth: String,
     pub ip: Ipv4Addr,
     pub client_port: u16,
     pub peer_port: u16,
@@ -208,8 +212,9 @@ impl Plan {
                 })
                 .collect::<Result<Vec<_>, PlanError>>()?;
             let etcd = (spec.store == StoreKind::Etcd).then(|| EtcdPlan {
-                netns: discovery.netns.clone(),
-                ip: discovery.ip,
+                netns: format!("{prefix}-e"),
+                ul_veth: format!("e{id}"),
+                ip: Ipv4Addr::new(198, 18, id, ETCD_HOST),
                 client_port: ETCD_CLIENT_PORT,
                 peer_port: ETCD_PEER_PORT,
                 data_dir: world_dir(world).join(&c.name).join("etcd"),
@@ -299,6 +304,7 @@ impl Plan {
         for c in &self.clusters {
             all.push(c.discovery.netns.clone());
             all.extend(c.replicas.iter().map(|d| d.netns.clone()));
+            all.extend(c.etcd.iter().map(|e| e.netns.clone()));
             for n in &c.nodes {
                 all.push(n.netns.clone());
                 all.extend(n.pods.iter().map(|p| p.netns.clone()));

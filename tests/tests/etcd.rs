@@ -196,3 +196,47 @@ impl WaitOutput for std::process::Child {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
+
+#[test]
+fn agents_leave_a_replica_cut_off_the_underlay() {
+    let name = "etcd-cut";
+    let world = World::up(name, &scenario(name));
+    let replica2 = format!("{}:7100", world.ip("c1/discovery-2"));
+    all_reach_all(&world, "at start");
+    // Replica 1 drops off the network: no FIN or RST reaches anyone, the
+    // agents notice only by their renewals timing out.
+    let cut = world.in_ns(
+        &format!("mg-{name}-c1-d"),
+        &["ip", "link", "set", "eth0", "down"],
+    );
+    assert!(
+        cut.status.success(),
+        "cutting replica 1 off failed: {cut:?}"
+    );
+    let moved = wait_until(Duration::from_secs(25), || {
+        std::thread::sleep(Duration::from_millis(200));
+        NODES.iter().all(|n| {
+            connected_to(&world, n) == std::slice::from_ref(&replica2)
+                && world.status("c1", n).discovery_connected
+        })
+    });
+    assert!(
+        moved.is_some(),
+        "agents did not move to replica 2 ({replica2}): {:?}",
+        NODES.map(|n| connected_to(&world, n))
+    );
+    all_reach_all(&world, "with replica 1 cut off");
+    // Changes still go through: n3 leaves and every other agent sees it.
+    world.lab("stop", "c1/n3");
+    let gone = wait_until(Duration::from_secs(10), || {
+        ["n1", "n2"]
+            .iter()
+            .all(|n| !peers(&world, n).contains(&"n3".to_string()))
+    });
+    assert!(
+        gone.is_some(),
+        "n3's departure did not reach n1/n2 with replica 1 cut off: {:?} {:?}",
+        peers(&world, "n1"),
+        peers(&world, "n2")
+    );
+}

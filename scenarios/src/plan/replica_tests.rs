@@ -62,18 +62,19 @@ fn replicas_share_the_clusters_etcd_and_agents_get_every_url() {
     let c1 = &p.clusters[0];
     let e = c1.etcd.as_ref().unwrap();
     assert_eq!(
-        (e.netns.as_str(), e.ip),
-        ("mg-ha-c1-d", Ipv4Addr::new(198, 18, 4, 2))
+        (e.netns.as_str(), e.ul_veth.as_str(), e.ip),
+        ("mg-ha-c1-e", "e4", Ipv4Addr::new(198, 18, 4, 9))
     );
+    assert!(p.namespaces().iter().any(|n| n == "mg-ha-c1-e"));
     let etcd = c1.etcd_args().unwrap().join(" ");
     assert!(
-        etcd.contains("--listen-client-urls http://198.18.4.2:2379")
+        etcd.contains("--listen-client-urls http://198.18.4.9:2379")
             && etcd.contains("--data-dir /run/meshgate/lab/ha/c1/etcd"),
         "{etcd}"
     );
     for (_, d) in c1.discovery_replicas() {
         let args = c1.replica_args(d, Duration::from_secs(10)).join(" ");
-        assert!(args.contains("--store etcd://198.18.4.2:2379"), "{args}");
+        assert!(args.contains("--store etcd://198.18.4.9:2379"), "{args}");
         assert!(args.contains(&format!("--listen {}:7100", d.ip)), "{args}");
     }
     let agent = c1.agent_args(&c1.nodes[0]).join(" ");

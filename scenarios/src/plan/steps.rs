@@ -80,6 +80,10 @@ pub fn build(plan: &Plan) -> Vec<Step> {
     s.ip(&["-n", ul, "link", "set", BRIDGE, "up"]);
 
     for c in &plan.clusters {
+        if let Some(e) = &c.etcd {
+            s.namespace(&e.netns, false);
+            s.attach(ul, &e.netns, &e.ul_veth, &with_len(e.ip, ul_len));
+        }
         for (_, d) in c.discovery_replicas() {
             s.namespace(&d.netns, false);
             s.attach(ul, &d.netns, &d.ul_veth, &with_len(d.ip, ul_len));
