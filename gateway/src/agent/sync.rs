@@ -52,38 +52,69 @@ fn why(agent: &Agent, url: &str, status: &tonic::Status) -> String {
 /// next replica after each.
 pub async fn run(agent: Arc<Agent>) {
     let urls = &agent.cfg.discovery;
-    let mut backoff = BACKOFF_START;
-    let mut current = 0;
-    let mut failed_in_row = 0;
+    let mut failover = Failover::new(urls.len());
     loop {
-        let url = &urls[current];
+        let url = &urls[failover.current()];
         let mut connected = false;
         let result = session(&agent, url, &mut connected).await;
         agent.mesh().discovery_connected = false;
-        if connected {
-            backoff = BACKOFF_START;
-            failed_in_row = 0;
-        }
-        failed_in_row += 1;
-        // Another replica is tried at once; a full round of failures backs off.
-        let wait = if failed_in_row % urls.len() == 0 {
-            let wait = backoff;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-            wait
-        } else {
-            BACKOFF_START
-        };
-        current = (current + 1) % urls.len();
+        let wait = failover.ended(connected);
         if let Err(e) = result {
             warn!(
                 discovery = %url,
                 error = %format!("{e:#}"),
-                next = %urls[current],
+                next = %urls[failover.current()],
                 retry_in_ms = wait.as_millis() as u64,
                 "discovery unreachable; keeping the last known peers"
             );
         }
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// Which discovery replica to try next and how long to wait first: the
+/// next one in order; at once (after [`BACKOFF_START`]) while some replica
+/// of this round is untried, with a backoff doubling to [`BACKOFF_MAX`]
+/// after every replica failed in a row. A session that got connected
+/// starts a new round.
+#[derive(Debug)]
+struct Failover {
+    replicas: usize,
+    current: usize,
+    failed_in_row: usize,
+    backoff: Duration,
+}
+
+impl Failover {
+    fn new(replicas: usize) -> Self {
+        Failover {
+            replicas: replicas.max(1),
+            current: 0,
+            failed_in_row: 0,
+            backoff: BACKOFF_START,
+        }
+    }
+
+    fn current(&self) -> usize {
+        self.current
+    }
+
+    /// The session with the current replica ended (`connected`: it had
+    /// registered and watched); moves on and returns the wait before the
+    /// next attempt.
+    fn ended(&mut self, connected: bool) -> Duration {
+        if connected {
+            self.backoff = BACKOFF_START;
+            self.failed_in_row = 0;
+        }
+        self.failed_in_row += 1;
+        self.current = (self.current + 1) % self.replicas;
+        if !self.failed_in_row.is_multiple_of(self.replicas) {
+            return BACKOFF_START;
+        }
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        wait
     }
 }
 
@@ -270,4 +301,51 @@ async fn deregister_at(agent: &Agent, url: &str) -> anyhow::Result<()> {
         .map_err(|s| anyhow!("deregistration refused: {}", why(agent, url, &s)))?;
     info!(discovery = %url, "deregistered from discovery");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(d: Duration) -> u128 {
+        d.as_millis()
+    }
+
+    #[test]
+    fn one_replica_backs_off_as_before() {
+        let mut f = Failover::new(1);
+        let waits: Vec<u128> = (0..7).map(|_| ms(f.ended(false))).collect();
+        assert_eq!(waits, [200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(f.current(), 0);
+        // A good session resets the backoff.
+        assert_eq!(ms(f.ended(true)), 200);
+    }
+
+    #[test]
+    fn the_next_replica_is_tried_at_once_and_a_failed_round_backs_off() {
+        let mut f = Failover::new(2);
+        assert_eq!(f.current(), 0);
+        // Replica 0 was in use and died: replica 1 at once.
+        assert_eq!(ms(f.ended(true)), 200);
+        assert_eq!(f.current(), 1);
+        // Replica 1 fails too: the round is over, back off, then replica 0.
+        assert_eq!(ms(f.ended(false)), 200);
+        assert_eq!(f.current(), 0);
+        assert_eq!(ms(f.ended(false)), 200);
+        assert_eq!(f.current(), 1);
+        assert_eq!(ms(f.ended(false)), 400);
+        assert_eq!(f.current(), 0);
+        assert_eq!(ms(f.ended(false)), 200);
+        assert_eq!(ms(f.ended(false)), 800);
+        // Connected at replica 1, then it dies: replica 0 at once, fresh backoff.
+        assert_eq!(f.current(), 0);
+        f.ended(false);
+        assert_eq!(f.current(), 1);
+        assert_eq!(ms(f.ended(true)), 200);
+        assert_eq!(f.current(), 0);
+        // Replica 0 is down as well: that round ends with the first backoff.
+        assert_eq!(ms(f.ended(false)), 200);
+        assert_eq!(ms(f.ended(false)), 200);
+        assert_eq!(ms(f.ended(false)), 400);
+    }
 }
