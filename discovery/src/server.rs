@@ -208,10 +208,14 @@ impl Shared {
             .map_err(|e| Error::Config(e.to_string()))?;
         let mut store: Box<dyn Store> = match choice {
             StoreChoice::Embedded => Box::new(EmbeddedStore::open(&cfg.state_dir)?),
-            StoreChoice::Etcd { endpoints } => Box::new(crate::store::etcd::EtcdStore::connect(
+            StoreChoice::Etcd {
+                endpoints,
+                compaction,
+            } => Box::new(crate::store::etcd::EtcdStore::connect(
                 &choice.to_string(),
                 endpoints,
                 &cfg.cluster,
+                *compaction,
             )?),
         };
         let rcfg = RegistryConfig {

@@ -18,7 +18,7 @@ mod choice;
 pub mod etcd;
 pub mod remote;
 
-pub use choice::StoreChoice;
+pub use choice::{Compaction, StoreChoice};
 pub use remote::{RemoteChange, RemoteState};
 
 /// Version of the `state.json` layout.

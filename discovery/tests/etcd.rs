@@ -43,7 +43,12 @@ impl Etcd {
             "{ETCD} is missing: these tests run a real etcd. Install it with `cargo xtask deps` \
              (or `apt-get install etcd-server`); `cargo xtask test` installs it itself"
         );
-        let dir = tempfile::tempdir().unwrap();
+        // On tmpfs when there is one: etcd syncs every write, which a busy
+        // disk makes slow.
+        let dir = match Path::new("/dev/shm").is_dir() {
+            true => tempfile::tempdir_in("/dev/shm").unwrap(),
+            false => tempfile::tempdir().unwrap(),
+        };
         let (cport, pport) = (free_port(), free_port());
         let client: SocketAddr = format!("127.0.0.1:{cport}").parse().unwrap();
         let peer = format!("http://127.0.0.1:{pport}");
@@ -409,11 +414,23 @@ async fn unreachable_etcd_at_start_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_history_is_compacted_and_replicas_keep_following() {
-    use meshgate_discovery::store::etcd::{COMPACT_EVERY, KEEP_REVISIONS};
     let etcd = Etcd::start();
     let ttl = Duration::from_secs(30);
-    let a = Replica::start(etcd.store(), ttl).await;
-    let b = Replica::start(etcd.store(), ttl).await;
+    // Small figures, so that a test makes it compact with few writes.
+    const COMPACT_EVERY: u32 = 50;
+    const KEEP_REVISIONS: i64 = 20;
+    let store = match etcd.store() {
+        StoreChoice::Etcd { endpoints, .. } => StoreChoice::Etcd {
+            endpoints,
+            compaction: meshgate_discovery::store::Compaction {
+                every: COMPACT_EVERY,
+                keep: KEEP_REVISIONS,
+            },
+        },
+        other => other,
+    };
+    let a = Replica::start(store.clone(), ttl).await;
+    let b = Replica::start(store, ttl).await;
     let (mut ca, mut cb) = (a.client().await, b.client().await);
     register(&mut ca, pb_node("n1", "10.1.0.0/24", 1)).await;
     // Every renewal is a write; enough of them make A compact all but the

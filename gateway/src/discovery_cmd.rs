@@ -115,3 +115,52 @@ async fn shutdown_signal() {
     }
     tracing::info!("discovery shutting down");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: DiscoveryArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<DiscoveryArgs, String> {
+        let mut argv = vec!["discovery", "--cluster", "c1", "--cluster-id", "1"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv)
+            .map(|c| c.args)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn store_defaults_to_embedded_and_takes_etcd() {
+        use meshgate_discovery::store::StoreChoice;
+        assert_eq!(
+            parse(&[]).ok().map(|a| a.store),
+            Some(StoreChoice::Embedded)
+        );
+        assert_eq!(
+            parse(&["--store", "etcd://127.0.0.1:2379"])
+                .ok()
+                .map(|a| a.store),
+            Some(StoreChoice::Etcd {
+                endpoints: vec!["127.0.0.1:2379".into()],
+                compaction: Default::default(),
+            })
+        );
+    }
+
+    #[test]
+    fn a_bad_store_names_the_accepted_forms() {
+        let Err(e) = parse(&["--store", "zk://10.0.0.1:2181"]) else {
+            panic!("zk:// must be refused");
+        };
+        assert!(
+            e.contains("--store") && e.contains("embedded") && e.contains("etcd://HOST:PORT"),
+            "{e}"
+        );
+    }
+}

@@ -13,7 +13,28 @@ pub enum StoreChoice {
     #[default]
     Embedded,
     /// etcd at these `HOST:PORT` endpoints.
-    Etcd { endpoints: Vec<String> },
+    Etcd {
+        endpoints: Vec<String>,
+        /// How the history is compacted (not part of `--store`).
+        compaction: Compaction,
+    },
+}
+
+/// Every `every` writes a replica compacts etcd's history older than the
+/// last `keep` revisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compaction {
+    pub every: u32,
+    pub keep: i64,
+}
+
+impl Default for Compaction {
+    fn default() -> Self {
+        Compaction {
+            every: 1000,
+            keep: 1000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,7 +70,10 @@ impl FromStr for StoreChoice {
                 return Err(bad(&format!("endpoint {e:?} has no valid port")));
             }
         }
-        Ok(StoreChoice::Etcd { endpoints })
+        Ok(StoreChoice::Etcd {
+            endpoints,
+            compaction: Compaction::default(),
+        })
     }
 }
 
@@ -57,7 +81,7 @@ impl fmt::Display for StoreChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreChoice::Embedded => f.write_str("embedded"),
-            StoreChoice::Etcd { endpoints } => write!(f, "etcd://{}", endpoints.join(",")),
+            StoreChoice::Etcd { endpoints, .. } => write!(f, "etcd://{}", endpoints.join(",")),
         }
     }
 }
@@ -74,7 +98,8 @@ mod tests {
         assert_eq!(
             etcd,
             StoreChoice::Etcd {
-                endpoints: vec!["127.0.0.1:2379".into(), "10.0.0.2:2379".into()]
+                endpoints: vec!["127.0.0.1:2379".into(), "10.0.0.2:2379".into()],
+                compaction: Compaction::default(),
             }
         );
         assert_eq!(etcd.to_string(), "etcd://127.0.0.1:2379,10.0.0.2:2379");

@@ -17,10 +17,11 @@
 //!   node renewing at replica B is not expired by replica A. Deleted with
 //!   the change that removes the node.
 //!
-//! Every write keeps a revision in etcd's history; every [`COMPACT_EVERY`]
-//! writes a replica compacts the history older than the last
-//! [`KEEP_REVISIONS`] (a replica whose watch falls further behind reads the
-//! state again), so etcd does not fill up with old states.
+//! Every write keeps a revision in etcd's history; every `every` writes
+//! ([`Compaction`], 1000 by default) a replica compacts the history older
+//! than the last `keep` revisions (1000; a replica whose watch falls
+//! further behind reads the state again), so etcd does not fill up with
+//! old states.
 //!
 //! etcd's client is async; the [`Store`] seam is synchronous (it runs
 //! under the server's mutex, like the embedded store's fsync). Calls are
@@ -40,7 +41,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::remote::{RemoteChange, RemoteState};
-use super::{Store, StoreError, STATE_FORMAT};
+use super::{Compaction, Store, StoreError, STATE_FORMAT};
 use crate::model::Event;
 use crate::registry::RegistryState;
 
@@ -49,10 +50,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest state written (etcd refuses requests over 1.5 MiB by default).
 pub const MAX_STATE_BYTES: usize = 1024 * 1024;
 const WATCH_RETRY: Duration = Duration::from_millis(500);
-/// Writes by one replica between two compactions of etcd's history.
-pub const COMPACT_EVERY: u32 = 1000;
-/// Revisions of history kept by a compaction.
-pub const KEEP_REVISIONS: i64 = 1000;
 
 #[derive(Serialize, Deserialize)]
 struct StateDoc {
@@ -82,11 +79,17 @@ pub struct EtcdStore {
     watching: Arc<AtomicBool>,
     /// Writes since this replica last compacted etcd's history.
     writes: u32,
+    compaction: Compaction,
 }
 
 impl EtcdStore {
     /// Connects to etcd at `endpoints` (`HOST:PORT`) for `cluster`'s state.
-    pub fn connect(url: &str, endpoints: &[String], cluster: &str) -> Result<Self, StoreError> {
+    pub fn connect(
+        url: &str,
+        endpoints: &[String],
+        cluster: &str,
+        compaction: Compaction,
+    ) -> Result<Self, StoreError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("etcd-store")
@@ -120,6 +123,7 @@ impl EtcdStore {
             remote_tx,
             watching: Arc::new(AtomicBool::new(false)),
             writes: 0,
+            compaction,
         })
     }
 
@@ -127,8 +131,8 @@ impl EtcdStore {
     /// behind it, in the background (a failure only delays it).
     fn wrote(&mut self, revision: i64) {
         self.writes += 1;
-        let upto = revision - KEEP_REVISIONS;
-        if self.writes < COMPACT_EVERY || upto <= 0 {
+        let upto = revision - self.compaction.keep;
+        if self.writes < self.compaction.every || upto <= 0 {
             return;
         }
         self.writes = 0;
@@ -211,7 +215,13 @@ fn wait<T: Send + 'static>(
     runtime.spawn(async move {
         let _ = tx.send(tokio::time::timeout(CALL_TIMEOUT, fut).await);
     });
-    match rx.recv() {
+    // On a multi-threaded runtime, hand this worker's other tasks to another
+    // worker while waiting (a current-thread runtime just waits).
+    let received = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| rx.recv()),
+        _ => rx.recv(),
+    };
+    match received {
         Ok(Ok(Ok(value))) => Ok(value),
         Ok(Ok(Err(e))) => Err(e.to_string()),
         Ok(Err(_)) => Err(format!("no answer within {CALL_TIMEOUT:?}")),
