@@ -19,7 +19,7 @@ pub mod etcd;
 pub mod remote;
 
 pub use choice::{Compaction, StoreChoice};
-pub use remote::{RemoteChange, RemoteState};
+pub use remote::{RemoteChange, RemoteState, StoreMark};
 
 /// Version of the `state.json` layout.
 pub const STATE_FORMAT: u32 = 1;
@@ -108,11 +108,15 @@ pub trait Store: Send {
     fn take_remote(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<RemoteChange>> {
         None
     }
-    /// If `remote` is newer than what this replica holds, records it as held
-    /// and returns the version held before; `None` if it is not newer.
-    fn adopt(&mut self, _remote: &RemoteState) -> Option<i64> {
+    /// If a state at `mark` is newer than what this replica holds: the
+    /// version held now; `None` if it is not newer.
+    fn newer(&self, _mark: StoreMark) -> Option<i64> {
         None
     }
+    /// Records the state at `mark` as what this replica holds (after
+    /// [`Store::newer`], once the registry took it: a state this replica
+    /// could not take is never overwritten by it).
+    fn adopt(&mut self, _mark: StoreMark) {}
     /// Whether this replica sees every lease renewal, so it may expire nodes.
     fn may_expire(&self) -> bool {
         true

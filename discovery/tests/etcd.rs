@@ -37,12 +37,25 @@ fn free_port() -> u16 {
 }
 
 impl Etcd {
+    /// Starts etcd on free ports; tries other ports when one was taken in
+    /// the meantime (tests run in parallel).
     fn start() -> Etcd {
         assert!(
             Path::new(ETCD).exists(),
             "{ETCD} is missing: these tests run a real etcd. Install it with `cargo xtask deps` \
              (or `apt-get install etcd-server`); `cargo xtask test` installs it itself"
         );
+        let mut last_log = String::new();
+        for _ in 0..5 {
+            match Etcd::try_start() {
+                Ok(etcd) => return etcd,
+                Err(log) => last_log = log,
+            }
+        }
+        panic!("etcd did not start (5 tries on free ports); last log:\n{last_log}");
+    }
+
+    fn try_start() -> Result<Etcd, String> {
         // On tmpfs when there is one: etcd syncs every write, which a busy
         // disk makes slow.
         let dir = match Path::new("/dev/shm").is_dir() {
@@ -52,7 +65,8 @@ impl Etcd {
         let (cport, pport) = (free_port(), free_port());
         let client: SocketAddr = format!("127.0.0.1:{cport}").parse().unwrap();
         let peer = format!("http://127.0.0.1:{pport}");
-        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
+        let log_path = dir.path().join("etcd.log");
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(ETCD)
             .args(["--name", "etcdtest"])
             .arg("--data-dir")
@@ -66,26 +80,46 @@ impl Etcd {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {ETCD}: {e}"));
-        let etcd = Etcd {
+        let mut etcd = Etcd {
             child,
             client,
             _dir: dir,
         };
         let t = Instant::now();
-        while TcpStream::connect(client).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(15),
-                "etcd did not listen on {client} within 15 s; log:\n{}",
-                std::fs::read_to_string(etcd._dir.path().join("etcd.log")).unwrap_or_default()
-            );
+        // Ours answers etcd's /version (another test's server may hold the port).
+        while !answers_as_etcd(client) {
+            let exited = etcd.child.try_wait().ok().flatten().is_some();
+            if exited || t.elapsed() > Duration::from_secs(15) {
+                return Err(std::fs::read_to_string(&log_path).unwrap_or_default());
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        etcd
+        if etcd.child.try_wait().ok().flatten().is_some() {
+            return Err(std::fs::read_to_string(&log_path).unwrap_or_default());
+        }
+        Ok(etcd)
     }
 
     fn store(&self) -> StoreChoice {
         format!("etcd://{}", self.client).parse().unwrap()
     }
+}
+
+/// Whether `addr` answers `GET /version` as etcd does.
+fn answers_as_etcd(addr: SocketAddr) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut c) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_millis(500)));
+    if c.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = c.read_to_string(&mut body);
+    body.contains("etcdserver")
 }
 
 impl Drop for Etcd {
@@ -103,13 +137,18 @@ struct Replica {
 
 impl Replica {
     async fn start(store: StoreChoice, ttl: Duration) -> Replica {
+        Replica::start_as(store, ttl, 1).await
+    }
+
+    /// A replica of cluster `c1` that believes its ID is `cluster_id`.
+    async fn start_as(store: StoreChoice, ttl: Duration, cluster_id: u8) -> Replica {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stop_rx) = oneshot::channel::<()>();
         let cfg = ServerConfig {
             listen: addr,
             cluster: "c1".into(),
-            cluster_id: 1,
+            cluster_id,
             state_dir: "/nonexistent-etcd-store-is-used".into(),
             lease_ttl: ttl,
             services: Vec::new(),
@@ -472,6 +511,32 @@ async fn old_history_is_compacted_and_replicas_keep_following() {
     let mut wa = watch(&mut ca).await;
     register(&mut cb, pb_node("n3", "10.1.2.0/24", 3)).await;
     wait_upsert(&mut wa, "n3").await;
+    a.kill();
+    b.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_cannot_take_the_shared_state_refuses_changes_instead_of_overwriting() {
+    let etcd = Etcd::start();
+    let ttl = Duration::from_secs(30);
+    // Misconfigured: the same cluster name with another cluster ID.
+    let a = Replica::start(etcd.store(), ttl).await;
+    let b = Replica::start_as(etcd.store(), ttl, 2).await;
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    register(&mut ca, pb_node("n1", "10.1.0.0/24", 1)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut other = pb_node("n2", "10.1.1.0/24", 2);
+    other.cluster_id = 2;
+    let err = cb
+        .register(pb::RegisterRequest { node: Some(other) })
+        .await
+        .expect_err("B cannot take A's state, so it must not write over it");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    // A's state is intact.
+    let s = snapshot_of(&mut ca).await;
+    let names: Vec<&str> = s.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["n1"]);
+    register(&mut ca, pb_node("n3", "10.1.3.0/24", 3)).await;
     a.kill();
     b.kill();
 }

@@ -77,7 +77,8 @@ pub(super) fn with_retry<T>(
 /// Makes a state written by another replica this replica's, and pushes what
 /// changed to the watchers. A state not newer than the one held is ignored.
 pub(super) fn adopt(shared: &Shared, core: &mut Core, newer: RemoteState, now: u64) {
-    let Some(held_version) = core.store.adopt(&newer) else {
+    let mark = newer.mark();
+    let Some(held_version) = core.store.newer(mark) else {
         return;
     };
     let changes = remote::events_for(&core.registry.state(), held_version, &newer);
@@ -89,10 +90,18 @@ pub(super) fn adopt(shared: &Shared, core: &mut Core, newer: RemoteState, now: u
     let mut registry = match Registry::from_state(cfg, state, now) {
         Ok(r) => r,
         Err(e) => {
-            warn!(error = %e, "state written by another replica is not valid here; keeping ours");
+            // Not recorded as held: this replica's next write conflicts
+            // again rather than overwriting it, and is refused.
+            warn!(
+                error = %e,
+                etcd_revision = newer.mod_revision,
+                "state written by another replica is not valid here (same cluster name, \
+                 another --cluster-id or version?); keeping ours and refusing changes"
+            );
             return;
         }
     };
+    core.store.adopt(mark);
     for node in core.registry.nodes() {
         if let Some(deadline) = core.registry.lease_expires_at(&node.name) {
             // Restarting at `deadline - ttl` puts the deadline back as it was.

@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::remote::{RemoteChange, RemoteState};
+use super::remote::{RemoteChange, RemoteState, StoreMark};
 use super::{Compaction, Store, StoreError, STATE_FORMAT};
 use crate::model::Event;
 use crate::registry::RegistryState;
@@ -59,13 +59,6 @@ struct StateDoc {
     events: Vec<Event>,
 }
 
-/// What this replica's registry reflects of the `state` key.
-#[derive(Debug, Clone, Copy, Default)]
-struct Seen {
-    version: i64,
-    mod_revision: i64,
-}
-
 pub struct EtcdStore {
     /// As the user wrote it, for messages.
     url: String,
@@ -73,7 +66,8 @@ pub struct EtcdStore {
     lease_prefix: String,
     client: Client,
     runtime: Option<tokio::runtime::Runtime>,
-    seen: Seen,
+    /// What this replica's registry reflects of the `state` key.
+    seen: StoreMark,
     remote: Option<mpsc::UnboundedReceiver<RemoteChange>>,
     remote_tx: mpsc::UnboundedSender<RemoteChange>,
     watching: Arc<AtomicBool>,
@@ -118,7 +112,7 @@ impl EtcdStore {
             lease_prefix: format!("{prefix}lease/"),
             client,
             runtime: Some(runtime),
-            seen: Seen::default(),
+            seen: StoreMark::default(),
             remote: Some(remote),
             remote_tx,
             watching: Arc::new(AtomicBool::new(false)),
@@ -255,10 +249,7 @@ impl Store for EtcdStore {
         let loaded = match resp.kvs().first() {
             Some(kv) => {
                 let remote = self.decode(kv)?;
-                self.seen = Seen {
-                    version: remote.version,
-                    mod_revision: remote.mod_revision,
-                };
+                self.seen = remote.mark();
                 Some(remote.state)
             }
             None => None,
@@ -304,7 +295,7 @@ impl Store for EtcdStore {
         let resp = self.call("saving the state", async move { client.txn(txn).await })?;
         if resp.succeeded() {
             let revision = resp.header().map_or(0, |h| h.revision());
-            self.seen = Seen {
+            self.seen = StoreMark {
                 version: self.seen.version + 1,
                 mod_revision: revision,
             };
@@ -339,16 +330,12 @@ impl Store for EtcdStore {
         self.remote.take()
     }
 
-    fn adopt(&mut self, remote: &RemoteState) -> Option<i64> {
-        if remote.mod_revision <= self.seen.mod_revision {
-            return None;
-        }
-        let held = self.seen.version;
-        self.seen = Seen {
-            version: remote.version,
-            mod_revision: remote.mod_revision,
-        };
-        Some(held)
+    fn newer(&self, mark: StoreMark) -> Option<i64> {
+        (mark.mod_revision > self.seen.mod_revision).then_some(self.seen.version)
+    }
+
+    fn adopt(&mut self, mark: StoreMark) {
+        self.seen = mark;
     }
 
     fn may_expire(&self) -> bool {

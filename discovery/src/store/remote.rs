@@ -28,6 +28,24 @@ pub struct RemoteState {
     pub mod_revision: i64,
 }
 
+/// Where a state stands in the shared store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreMark {
+    /// How many times the state was written (etcd's key version).
+    pub version: i64,
+    /// etcd's revision of the last write.
+    pub mod_revision: i64,
+}
+
+impl RemoteState {
+    pub fn mark(&self) -> StoreMark {
+        StoreMark {
+            version: self.version,
+            mod_revision: self.mod_revision,
+        }
+    }
+}
+
 /// What changed in the shared store that this replica did not write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RemoteChange {
