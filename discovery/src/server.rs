@@ -7,6 +7,10 @@
 //! held, so the broadcast order is the revision order. Leases are measured on
 //! a monotonic clock (ms since the server started), so wall-clock jumps do not
 //! expire nodes; leases are not persisted and restart when the server starts.
+//!
+//! With a shared store (etcd) several replicas serve one cluster; see
+//! [`replicas`] for how a change is retried after a conflicting one and how
+//! other replicas' changes reach this one's watchers.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,7 +30,7 @@ use crate::model::{short_key, Event, ModelError, Node};
 use crate::pb;
 use crate::pb::discovery_server::{Discovery, DiscoveryServer};
 use crate::registry::{Registry, RegistryConfig, RegistryError};
-use crate::store::{EmbeddedStore, Store, StoreError};
+use crate::store::{EmbeddedStore, Store, StoreChoice, StoreError};
 use crate::tls::ServerTls;
 use crate::Error;
 
@@ -50,6 +54,7 @@ pub struct ServerConfig {
 }
 
 mod federation;
+mod replicas;
 mod services;
 
 /// Binds `cfg.listen` and serves until `shutdown` completes.
@@ -65,13 +70,23 @@ pub async fn serve_with_tls(
     tls: Option<ServerTls>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    serve_with_store(cfg, tls, StoreChoice::Embedded, shutdown).await
+}
+
+/// Like [`serve_with_tls`], keeping the state in `store`.
+pub async fn serve_with_store(
+    cfg: ServerConfig,
+    tls: Option<ServerTls>,
+    store: StoreChoice,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| Error::Bind {
             addr: cfg.listen,
             source,
         })?;
-    serve_with_listener_tls(cfg, tls, listener, shutdown).await
+    serve_on(cfg, tls, store, listener, shutdown).await
 }
 
 /// Serves on an already bound listener (`cfg.listen` is only used in
@@ -91,10 +106,22 @@ pub async fn serve_with_listener_tls(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    serve_on(cfg, tls, StoreChoice::Embedded, listener, shutdown).await
+}
+
+/// Serves on `listener` with optional mutual TLS, keeping the state in `store`.
+pub async fn serve_on(
+    cfg: ServerConfig,
+    tls: Option<ServerTls>,
+    store: StoreChoice,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let addr = listener.local_addr().unwrap_or(cfg.listen);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let shared = Arc::new(Shared::open(&cfg, stop_rx)?);
+    let shared = Arc::new(Shared::open(&cfg, &store, stop_rx)?);
     let sweeper = tokio::spawn(sweep_loop(shared.clone()));
+    let follower = replicas::spawn(&shared);
     let links = federation::spawn(&shared, &cfg.federation, tls.as_ref());
     info!(
         %addr,
@@ -127,6 +154,7 @@ pub async fn serve_with_listener_tls(
         )
         .await;
     sweeper.abort();
+    follower.iter().for_each(tokio::task::JoinHandle::abort);
     links.iter().for_each(tokio::task::JoinHandle::abort);
     result.map_err(|source| Error::Serve { addr, source })
 }
@@ -151,7 +179,11 @@ struct Shared {
 }
 
 impl Shared {
-    fn open(cfg: &ServerConfig, stop: watch::Receiver<bool>) -> Result<Self, Error> {
+    fn open(
+        cfg: &ServerConfig,
+        choice: &StoreChoice,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Self, Error> {
         if cfg.cluster.is_empty() {
             return Err(Error::Config(
                 "cluster name is empty; pass --cluster".into(),
@@ -174,7 +206,18 @@ impl Shared {
         cfg.federation
             .validate(&cfg.cluster)
             .map_err(|e| Error::Config(e.to_string()))?;
-        let store = EmbeddedStore::open(&cfg.state_dir)?;
+        let mut store: Box<dyn Store> = match choice {
+            StoreChoice::Embedded => Box::new(EmbeddedStore::open(&cfg.state_dir)?),
+            StoreChoice::Etcd {
+                endpoints,
+                compaction,
+            } => Box::new(crate::store::etcd::EtcdStore::connect(
+                &choice.to_string(),
+                endpoints,
+                &cfg.cluster,
+                *compaction,
+            )?),
+        };
         let rcfg = RegistryConfig {
             cluster: cfg.cluster.clone(),
             cluster_id: cfg.cluster_id,
@@ -199,7 +242,7 @@ impl Shared {
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
         let mut core = Core {
             registry,
-            store: Box::new(store),
+            store,
             imports: Imports::new(&cfg.federation.remotes),
             services: local_services,
             merged: std::collections::BTreeMap::new(),
@@ -235,8 +278,9 @@ impl Shared {
             return Ok(());
         }
         let merged_before = core.merged.clone();
+        let stored = events.len();
         events.extend(services::events(core));
-        if let Err(e) = core.store.save(&core.registry.state()) {
+        if let Err(e) = core.store.save(&core.registry.state(), &events[..stored]) {
             core.registry = backup;
             core.merged = merged_before;
             return Err(e);
@@ -251,12 +295,33 @@ impl Shared {
 
     /// Expires leases that ran out by `now`.
     fn sweep(&self, core: &mut Core, now: u64) -> Result<(), StoreError> {
-        if core.registry.next_expiry().is_none_or(|t| t > now) {
+        if core.registry.next_expiry().is_none_or(|t| t > now) || !core.store.may_expire() {
             return Ok(());
         }
-        let backup = core.registry.clone();
-        let events = core.registry.expire(now);
-        self.commit(core, backup, events)
+        replicas::with_retry(self, core, now, |registry| Ok(((), registry.expire(now)))).or_else(
+            |e| match e {
+                replicas::ChangeError::Store(e) => Err(e),
+                replicas::ChangeError::Registry(e) => {
+                    warn!(error = %e, "lease expiry refused by the registry");
+                    Ok(())
+                }
+            },
+        )
+    }
+
+    /// Sweeps, then applies `op` and commits its events, retried after a
+    /// conflicting change by another replica.
+    fn change<T>(
+        &self,
+        op: impl FnMut(&mut Registry) -> Result<(T, Vec<Event>), RegistryError>,
+    ) -> Result<T, Status> {
+        let now = self.now();
+        let mut core = self.lock();
+        self.sweep(&mut core, now).map_err(store_status)?;
+        replicas::with_retry(self, &mut core, now, op).map_err(|e| match e {
+            replicas::ChangeError::Store(e) => store_status(e),
+            replicas::ChangeError::Registry(e) => registry_status(e),
+        })
     }
 }
 
@@ -397,21 +462,23 @@ impl Discovery for Service {
         let node = Node::try_from(node).map_err(|e| registry_status(e.into()))?;
         let shared = &self.shared;
         let now = shared.now();
-        let mut core = shared.lock();
-        shared.sweep(&mut core, now).map_err(store_status)?;
-        let backup = core.registry.clone();
-        let out = core.registry.register(node, now).map_err(|e| {
-            warn!(error = %e, "registration rejected");
-            registry_status(e)
+        let node = shared.change(|registry| {
+            let out = registry.register(node.clone(), now).inspect_err(|e| {
+                warn!(error = %e, "registration rejected");
+            })?;
+            if out.events.is_empty() {
+                debug!(node = %out.node.name, "node re-registered unchanged");
+            }
+            Ok((out.node, out.events))
         })?;
-        if out.events.is_empty() {
-            debug!(node = %out.node.name, "node re-registered unchanged");
-        }
+        // Its lease starts now at every replica.
         shared
-            .commit(&mut core, backup, out.events)
+            .lock()
+            .store
+            .renewed(&node.name)
             .map_err(store_status)?;
         Ok(Response::new(pb::RegisterResponse {
-            node: Some((&out.node).into()),
+            node: Some((&node).into()),
             lease_ttl_ms: shared.lease_ttl_ms,
         }))
     }
@@ -430,6 +497,7 @@ impl Discovery for Service {
         core.registry
             .renew(&req.name, &req.cluster, now)
             .map_err(registry_status)?;
+        core.store.renewed(&req.name).map_err(store_status)?;
         Ok(Response::new(pb::RenewResponse {
             lease_ttl_ms: shared.lease_ttl_ms,
         }))
@@ -442,21 +510,13 @@ impl Discovery for Service {
         let peer = peer_cert(&request);
         let req = request.into_inner();
         self.authorize(peer.as_deref(), &req.cluster, &req.name)?;
-        let shared = &self.shared;
-        let now = shared.now();
-        let mut core = shared.lock();
-        shared.sweep(&mut core, now).map_err(store_status)?;
-        let backup = core.registry.clone();
-        let events = core
-            .registry
-            .deregister(&req.name, &req.cluster)
-            .map_err(registry_status)?;
-        if events.is_empty() {
-            debug!(node = %req.name, "deregister of unknown node (already gone)");
-        }
-        shared
-            .commit(&mut core, backup, events)
-            .map_err(store_status)?;
+        self.shared.change(|registry| {
+            let events = registry.deregister(&req.name, &req.cluster)?;
+            if events.is_empty() {
+                debug!(node = %req.name, "deregister of unknown node (already gone)");
+            }
+            Ok(((), events))
+        })?;
         Ok(Response::new(pb::DeregisterResponse {}))
     }
 
@@ -467,26 +527,19 @@ impl Discovery for Service {
         let peer = peer_cert(&request);
         let req = request.into_inner();
         self.authorize(peer.as_deref(), &req.cluster, &req.node)?;
-        let shared = &self.shared;
-        let now = shared.now();
-        let mut core = shared.lock();
-        shared.sweep(&mut core, now).map_err(store_status)?;
-        let backup = core.registry.clone();
-        let out = core
-            .registry
-            .report_endpoints(&req.node, &req.cluster, req.endpoints)
-            .map_err(|e| {
-                warn!(node = %req.node, error = %e, "endpoint report rejected");
-                registry_status(e)
-            })?;
-        if out.events.is_empty() {
-            debug!(node = %req.node, "endpoints re-reported unchanged");
-        }
-        shared
-            .commit(&mut core, backup, out.events)
-            .map_err(store_status)?;
+        let endpoints = self.shared.change(|registry| {
+            let out = registry
+                .report_endpoints(&req.node, &req.cluster, req.endpoints.clone())
+                .inspect_err(|e| {
+                    warn!(node = %req.node, error = %e, "endpoint report rejected");
+                })?;
+            if out.events.is_empty() {
+                debug!(node = %req.node, "endpoints re-reported unchanged");
+            }
+            Ok((out.endpoints, out.events))
+        })?;
         Ok(Response::new(pb::ReportEndpointsResponse {
-            endpoints: out.endpoints.iter().map(pb::Endpoint::from).collect(),
+            endpoints: endpoints.iter().map(pb::Endpoint::from).collect(),
         }))
     }
 

@@ -1,7 +1,9 @@
-//! Persistence of the registry state. [`Store`] is the seam for an etcd
-//! store later; [`EmbeddedStore`] keeps `<state_dir>/state.json`, written by
+//! Persistence of the registry state behind the [`Store`] seam.
+//! [`EmbeddedStore`] (the default) keeps `<state_dir>/state.json`, written by
 //! write-to-temp + fsync + rename (+ fsync of the directory) after every change.
 //! A corrupt file is an error naming the file; it is never overwritten silently.
+//! [`etcd::EtcdStore`] shares the state between several discovery replicas
+//! of one cluster ([`StoreChoice`] picks one from `--store`).
 
 use std::fs;
 use std::io::Write as _;
@@ -9,7 +11,15 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::Event;
 use crate::registry::RegistryState;
+
+mod choice;
+pub mod etcd;
+pub mod remote;
+
+pub use choice::{Compaction, StoreChoice};
+pub use remote::{RemoteChange, RemoteState, StoreMark};
 
 /// Version of the `state.json` layout.
 pub const STATE_FORMAT: u32 = 1;
@@ -45,14 +55,72 @@ pub enum StoreError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error(
+        "cannot reach etcd at {url}: {reason}; start etcd there (Debian: apt-get install \
+         etcd-server) or point --store at a running one (etcd://HOST:PORT)"
+    )]
+    EtcdUnreachable { url: String, reason: String },
+    #[error("etcd at {url} failed while {op}: {reason}")]
+    Etcd {
+        url: String,
+        op: &'static str,
+        reason: String,
+    },
+    #[error(
+        "state in etcd at {url} (key {key}) is not readable ({reason}); it was left untouched: \
+         repair or delete the key"
+    )]
+    EtcdCorrupt {
+        url: String,
+        key: String,
+        reason: String,
+    },
+    #[error("cannot encode state for etcd at {url}: {source}")]
+    EtcdEncode {
+        url: String,
+        source: serde_json::Error,
+    },
+    #[error(
+        "state is {bytes} bytes, over the {} bytes one etcd request may carry; this cluster \
+         is too large for the etcd store",
+        etcd::MAX_STATE_BYTES
+    )]
+    EtcdTooLarge { url: String, bytes: usize },
+    /// Another replica changed the state first; this is what it wrote.
+    #[error("another discovery replica changed the state first (etcd revision {})", .0.mod_revision)]
+    Conflict(Box<RemoteState>),
 }
 
 /// Where the registry state lives.
-pub trait Store: Send + Sync {
+pub trait Store: Send {
     /// The stored state, or `None` when nothing was stored yet.
-    fn load(&self) -> Result<Option<RegistryState>, StoreError>;
-    /// Stores `state` durably before returning.
-    fn save(&self, state: &RegistryState) -> Result<(), StoreError>;
+    fn load(&mut self) -> Result<Option<RegistryState>, StoreError>;
+    /// Stores `state`, reached by the change whose events are `events`,
+    /// durably before returning. A shared store refuses with
+    /// [`StoreError::Conflict`] when another replica changed it since this
+    /// one last loaded or adopted it.
+    fn save(&mut self, state: &RegistryState, events: &[Event]) -> Result<(), StoreError>;
+    /// Records that `node` renewed its lease here, for the other replicas.
+    fn renewed(&mut self, _node: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Changes made by other replicas, in store order (taken once).
+    fn take_remote(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<RemoteChange>> {
+        None
+    }
+    /// If a state at `mark` is newer than what this replica holds: the
+    /// version held now; `None` if it is not newer.
+    fn newer(&self, _mark: StoreMark) -> Option<i64> {
+        None
+    }
+    /// Records the state at `mark` as what this replica holds (after
+    /// [`Store::newer`], once the registry took it: a state this replica
+    /// could not take is never overwritten by it).
+    fn adopt(&mut self, _mark: StoreMark) {}
+    /// Whether this replica sees every lease renewal, so it may expire nodes.
+    fn may_expire(&self) -> bool {
+        true
+    }
     /// Where the state is kept, for messages.
     fn describe(&self) -> String;
 }
@@ -93,7 +161,7 @@ impl EmbeddedStore {
 }
 
 impl Store for EmbeddedStore {
-    fn load(&self) -> Result<Option<RegistryState>, StoreError> {
+    fn load(&mut self) -> Result<Option<RegistryState>, StoreError> {
         let path = self.path();
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
@@ -115,7 +183,7 @@ impl Store for EmbeddedStore {
         Ok(Some(file.state))
     }
 
-    fn save(&self, state: &RegistryState) -> Result<(), StoreError> {
+    fn save(&mut self, state: &RegistryState, _events: &[Event]) -> Result<(), StoreError> {
         let path = self.path();
         let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
         let doc = StateFile {
@@ -179,19 +247,19 @@ mod tests {
     #[test]
     fn missing_file_is_empty() {
         let dir = tempfile::tempdir().unwrap();
-        let s = EmbeddedStore::open(&dir.path().join("sub")).unwrap();
+        let mut s = EmbeddedStore::open(&dir.path().join("sub")).unwrap();
         assert!(s.load().unwrap().is_none());
     }
 
     #[test]
     fn save_then_load_roundtrips() {
         let dir = tempfile::tempdir().unwrap();
-        let s = EmbeddedStore::open(dir.path()).unwrap();
+        let mut s = EmbeddedStore::open(dir.path()).unwrap();
         let state = sample();
         assert_eq!(state.identities.len(), 1);
         assert_eq!(state.endpoints.len(), 1);
-        s.save(&state).unwrap();
-        s.save(&state).unwrap();
+        s.save(&state, &[]).unwrap();
+        s.save(&state, &[]).unwrap();
         assert_eq!(s.load().unwrap(), Some(state));
         assert!(!dir.path().join("state.json.tmp").exists());
         let text = fs::read_to_string(s.path()).unwrap();
@@ -201,7 +269,7 @@ mod tests {
     #[test]
     fn corrupt_file_is_an_error_naming_it_and_left_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let s = EmbeddedStore::open(dir.path()).unwrap();
+        let mut s = EmbeddedStore::open(dir.path()).unwrap();
         fs::write(s.path(), "{not json").unwrap();
         let e = s.load().unwrap_err().to_string();
         assert!(

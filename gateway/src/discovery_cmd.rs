@@ -21,6 +21,11 @@ pub struct DiscoveryArgs {
     /// Where the embedded store keeps its state.
     #[arg(long, default_value = "/var/lib/meshgate-discovery")]
     pub state_dir: PathBuf,
+    /// Where the cluster's state lives: `embedded` (state.json in
+    /// --state-dir) or `etcd://HOST:PORT[,HOST:PORT...]`, shared by several
+    /// discovery replicas of the cluster.
+    #[arg(long, default_value = "embedded")]
+    pub store: meshgate_discovery::store::StoreChoice,
     /// Seconds after which a node that stopped renewing its lease is removed.
     #[arg(long, default_value_t = 10.0)]
     pub lease_ttl: f64,
@@ -60,8 +65,10 @@ pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
             args.remote_timeout
         );
     }
-    std::fs::create_dir_all(&args.state_dir)
-        .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
+    if args.store == meshgate_discovery::store::StoreChoice::Embedded {
+        std::fs::create_dir_all(&args.state_dir)
+            .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
+    }
     let tls = match (&args.tls_cert, &args.tls_key, &args.client_ca) {
         (Some(cert), Some(key), Some(ca)) => Some(
             meshgate_discovery::tls::ServerTls::from_files(cert, key, ca)
@@ -87,7 +94,7 @@ pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
             },
             services,
         };
-        meshgate_discovery::server::serve_with_tls(cfg, tls, shutdown_signal())
+        meshgate_discovery::server::serve_with_store(cfg, tls, args.store, shutdown_signal())
             .await
             .context("discovery server failed")
     })
@@ -107,4 +114,53 @@ async fn shutdown_signal() {
         _ = int.recv() => {}
     }
     tracing::info!("discovery shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: DiscoveryArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<DiscoveryArgs, String> {
+        let mut argv = vec!["discovery", "--cluster", "c1", "--cluster-id", "1"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv)
+            .map(|c| c.args)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn store_defaults_to_embedded_and_takes_etcd() {
+        use meshgate_discovery::store::StoreChoice;
+        assert_eq!(
+            parse(&[]).ok().map(|a| a.store),
+            Some(StoreChoice::Embedded)
+        );
+        assert_eq!(
+            parse(&["--store", "etcd://127.0.0.1:2379"])
+                .ok()
+                .map(|a| a.store),
+            Some(StoreChoice::Etcd {
+                endpoints: vec!["127.0.0.1:2379".into()],
+                compaction: Default::default(),
+            })
+        );
+    }
+
+    #[test]
+    fn a_bad_store_names_the_accepted_forms() {
+        let Err(e) = parse(&["--store", "zk://10.0.0.1:2181"]) else {
+            panic!("zk:// must be refused");
+        };
+        assert!(
+            e.contains("--store") && e.contains("embedded") && e.contains("etcd://HOST:PORT"),
+            "{e}"
+        );
+    }
 }

@@ -143,9 +143,9 @@ fn start_in(
     let p: ProcessRecord = match rec.process(component) {
         Some(p) => p.clone(),
         None => match &t.kind {
-            TargetKind::Discovery => {
+            TargetKind::Discovery { replica } => {
                 world::write_services_file(&c)?;
-                world::discovery_record(&c, Duration::from_secs(10))
+                world::replica_record(&c, *replica, Duration::from_secs(10))
             }
             _ => {
                 let n = c.node(&t.name).ok_or_else(|| LabError::Target {
@@ -158,8 +158,8 @@ fn start_in(
         },
     };
     let pid = world::spawn_recorded(rec, p, bin)?;
-    if t.kind == TargetKind::Discovery {
-        world::wait_listening(rec, &c, LISTEN_TIMEOUT)?;
+    if let TargetKind::Discovery { replica } = t.kind {
+        world::wait_replica_listening(rec, &c, replica, LISTEN_TIMEOUT)?;
     }
     Ok(format!("{component} started (pid {pid})"))
 }

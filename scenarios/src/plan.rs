@@ -14,7 +14,7 @@ use meshgate_discovery::certs::files::CertLayout;
 use meshgate_discovery::endpoint::{EndpointSpec, DEFAULT_NAMESPACE};
 use serde::{Deserialize, Serialize};
 
-use crate::scenario::{Datapath, Role, Scenario, Underlay};
+use crate::scenario::{Datapath, Role, Scenario, StoreKind, Underlay};
 
 pub use steps::Step;
 
@@ -27,6 +27,11 @@ pub const LINK_LOCAL: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(169, 254, 0, 0
 /// Every pod's default gateway (answered by the node).
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 pub const DISCOVERY_PORT: u16 = 7100;
+/// etcd's client and peer ports (a cluster's etcd, when it has one).
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+pub const ETCD_PEER_PORT: u16 = 2380;
+/// A cluster's etcd is at underlay host .9 (replicas at .2 to .5, nodes from .10).
+pub const ETCD_HOST: u8 = 9;
 pub const POD_MTU: u32 = 1420;
 /// What VXLAN adds to a pod packet (outer IPv4 20, UDP 8, VXLAN 8, inner
 /// Ethernet 14): with the eBPF datapath pods get `POD_MTU - VXLAN_OVERHEAD`,
@@ -118,6 +123,26 @@ pub struct ClusterPlan {
     /// The agents' `--datapath`.
     #[serde(default)]
     pub datapath: Datapath,
+    /// Discovery replicas 2, 3, ... (replica 1 is `discovery`); they all
+    /// keep the cluster's state in `etcd`.
+    #[serde(default)]
+    pub replicas: Vec<DiscoveryPlan>,
+    /// The cluster's etcd, when its discovery uses one.
+    #[serde(default)]
+    pub etcd: Option<EtcdPlan>,
+}
+
+/// A cluster's etcd: one member in a namespace of its own on the underlay,
+/// so it outlives any discovery replica and its namespace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EtcdPlan {
+    pub netns: String,
+    /// The bridge-side end of its veth, in the underlay namespace.
+    pub ul_veth: String,
+    pub ip: Ipv4Addr,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -198,6 +223,36 @@ impl Plan {
                 port: DISCOVERY_PORT,
                 state_dir: discovery_dir(world, &c.name),
             };
+            let spec = c
+                .discovery
+                .clone()
+                .unwrap_or(crate::scenario::DiscoverySpec {
+                    replicas: 1,
+                    store: StoreKind::Embedded,
+                });
+            let replicas = (2..=spec.replicas)
+                .map(|k| {
+                    let k = u8::try_from(k)
+                        .map_err(|_| PlanError(format!("cluster {}: replicas", c.name)))?;
+                    Ok(DiscoveryPlan {
+                        netns: format!("{prefix}-d{k}"),
+                        ul_veth: format!("d{id}r{k}"),
+                        ip: Ipv4Addr::new(198, 18, id, 1 + k),
+                        port: DISCOVERY_PORT,
+                        state_dir: world_dir(world)
+                            .join(&c.name)
+                            .join(format!("discovery-{k}")),
+                    })
+                })
+                .collect::<Result<Vec<_>, PlanError>>()?;
+            let etcd = (spec.store == StoreKind::Etcd).then(|| EtcdPlan {
+                netns: format!("{prefix}-e"),
+                ul_veth: format!("e{id}"),
+                ip: Ipv4Addr::new(198, 18, id, ETCD_HOST),
+                client_port: ETCD_CLIENT_PORT,
+                peer_port: ETCD_PEER_PORT,
+                data_dir: world_dir(world).join(&c.name).join("etcd"),
+            });
             let mut nodes = Vec::with_capacity(c.nodes.len());
             for (i, n) in c.nodes.iter().enumerate() {
                 let i = u32::try_from(i).map_err(|_| PlanError("too many nodes".into()))?;
@@ -245,6 +300,8 @@ impl Plan {
                 services: c.services.clone(),
                 underlay: c.underlay,
                 datapath: c.datapath.unwrap_or(s.datapath),
+                replicas,
+                etcd,
             });
         }
         let urls: Vec<(String, String)> = clusters
@@ -283,6 +340,8 @@ impl Plan {
         let mut all = vec![self.underlay_ns.clone()];
         for c in &self.clusters {
             all.push(c.discovery.netns.clone());
+            all.extend(c.replicas.iter().map(|d| d.netns.clone()));
+            all.extend(c.etcd.iter().map(|e| e.netns.clone()));
             for n in &c.nodes {
                 all.push(n.netns.clone());
                 all.extend(n.pods.iter().map(|p| p.netns.clone()));
@@ -353,8 +412,59 @@ impl ClusterPlan {
         self.discovery.state_dir.join("services.yaml")
     }
 
+    /// Every discovery replica of the cluster with its number (1, 2, ...).
+    pub fn discovery_replicas(&self) -> impl Iterator<Item = (u8, &DiscoveryPlan)> {
+        std::iter::once(&self.discovery)
+            .chain(&self.replicas)
+            .zip(1u8..)
+            .map(|(d, k)| (k, d))
+    }
+
+    /// Replica `k` (1 is [`ClusterPlan::discovery`]).
+    pub fn discovery_replica(&self, k: u8) -> Option<&DiscoveryPlan> {
+        self.discovery_replicas()
+            .find(|(i, _)| *i == k)
+            .map(|(_, d)| d)
+    }
+
     /// `meshgate` arguments of this cluster's discovery.
     pub fn discovery_args(&self, lease_ttl: Duration) -> Vec<String> {
+        self.replica_args(&self.discovery, lease_ttl)
+    }
+
+    /// `etcd` arguments of this cluster's etcd, if it has one.
+    pub fn etcd_args(&self) -> Option<Vec<String>> {
+        let e = self.etcd.as_ref()?;
+        let client = format!("http://{}:{}", e.ip, e.client_port);
+        let peer = format!("http://{}:{}", e.ip, e.peer_port);
+        let name = format!("etcd-{}", self.name);
+        Some(vec![
+            "--name".into(),
+            name.clone(),
+            "--data-dir".into(),
+            e.data_dir.display().to_string(),
+            "--listen-client-urls".into(),
+            client.clone(),
+            "--advertise-client-urls".into(),
+            client,
+            "--listen-peer-urls".into(),
+            peer.clone(),
+            "--initial-advertise-peer-urls".into(),
+            peer.clone(),
+            "--initial-cluster".into(),
+            format!("{name}={peer}"),
+        ])
+    }
+
+    /// `meshgate` arguments of discovery replica `d` of this cluster.
+    pub fn replica_args(&self, d: &DiscoveryPlan, lease_ttl: Duration) -> Vec<String> {
+        let store = match &self.etcd {
+            Some(e) => vec![
+                "--store".to_string(),
+                format!("etcd://{}:{}", e.ip, e.client_port),
+            ],
+            None => Vec::new(),
+        };
         let services = if self.services.is_empty() {
             Vec::new()
         } else {
@@ -366,13 +476,13 @@ impl ClusterPlan {
         vec![
             "discovery".into(),
             "--listen".into(),
-            format!("{}:{}", self.discovery.ip, self.discovery.port),
+            format!("{}:{}", d.ip, d.port),
             "--cluster".into(),
             self.name.clone(),
             "--cluster-id".into(),
             self.id.to_string(),
             "--state-dir".into(),
-            self.discovery.state_dir.display().to_string(),
+            d.state_dir.display().to_string(),
             "--lease-ttl".into(),
             lease_ttl.as_secs().max(1).to_string(),
             "--tls-cert".into(),
@@ -395,6 +505,7 @@ impl ClusterPlan {
                 .flat_map(|r| ["--remote".to_string(), r.clone()]),
         )
         .chain(services)
+        .chain(store)
         .collect()
     }
 
@@ -409,7 +520,10 @@ impl ClusterPlan {
             "--cluster-id".into(),
             self.id.to_string(),
             "--discovery".into(),
-            format!("https://{}:{}", self.discovery.ip, self.discovery.port),
+            self.discovery_replicas()
+                .map(|(_, d)| d.url())
+                .collect::<Vec<_>>()
+                .join(","),
             "--underlay-ip".into(),
             node.underlay_ip.to_string(),
             "--pod-cidr".into(),
@@ -495,3 +609,6 @@ impl NodePlan {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod replica_tests;

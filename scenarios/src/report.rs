@@ -199,6 +199,26 @@ fn cluster_text(rec: &WorldRecord, c: &ClusterPlan, out: &mut Vec<String>) {
         c.discovery.port,
         process_state(rec, &d)
     ));
+    for (k, r) in c.discovery_replicas().skip(1) {
+        let d = Component::discovery(&c.name, k);
+        out.push(format!(
+            "  discovery-{k} {}:{} {}",
+            r.ip,
+            r.port,
+            process_state(rec, &d)
+        ));
+    }
+    if let Some(e) = &c.etcd {
+        let d = Component::Etcd {
+            cluster: c.name.clone(),
+        };
+        out.push(format!(
+            "  etcd {}:{} {} (store of every replica)",
+            e.ip,
+            e.client_port,
+            process_state(rec, &d)
+        ));
+    }
     cluster_services(c, out);
     for n in &c.nodes {
         let a = Component::Agent {

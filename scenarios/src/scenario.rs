@@ -4,8 +4,8 @@
 mod validate;
 
 pub use validate::{
-    DISCOVERY_WORD, EXTERNAL_WORD, MAX_NAME, MAX_NODES_PER_CLUSTER, MAX_PODS_PER_NODE,
-    MAX_SHORT_NAME,
+    is_discovery_name, DISCOVERY_WORD, EXTERNAL_WORD, MAX_NAME, MAX_NODES_PER_CLUSTER,
+    MAX_PODS_PER_NODE, MAX_SHORT_NAME,
 };
 
 use std::collections::BTreeMap;
@@ -85,6 +85,37 @@ pub struct Cluster {
     /// global ones are merged across clusters.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<meshgate_discovery::service::Service>,
+    /// How the cluster's discovery runs: one replica on the embedded store
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoverySpec>,
+}
+
+/// `discovery: {replicas: 2, store: etcd}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DiscoverySpec {
+    /// Discovery processes serving the cluster, 1..=4 (more than one needs
+    /// `store: etcd`).
+    #[serde(default = "one_replica")]
+    pub replicas: u32,
+    #[serde(default)]
+    pub store: StoreKind,
+}
+
+fn one_replica() -> u32 {
+    1
+}
+
+/// Where a cluster's discovery keeps its state in the lab.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreKind {
+    /// `state.json` in the discovery's state dir.
+    #[default]
+    Embedded,
+    /// One etcd for the cluster, started by the lab.
+    Etcd,
 }
 
 /// Whether a cluster's nodes reach other clusters' underlay.

@@ -1,5 +1,5 @@
 //! Lab targets: `[world:]cluster/pod`, `cluster/node`, `cluster/discovery`
-//! and `x/external`.
+//! (replica 1), `cluster/discovery-N` (replica N) and `x/external`.
 
 use std::net::Ipv4Addr;
 
@@ -9,9 +9,14 @@ use crate::world::record::{Component, WorldRecord};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetKind {
-    Pod { node: String },
+    Pod {
+        node: String,
+    },
     Node,
-    Discovery,
+    /// Discovery replica `replica` (1, 2, ...).
+    Discovery {
+        replica: u8,
+    },
     External,
 }
 
@@ -37,9 +42,7 @@ impl Target {
                 cluster: self.cluster.clone(),
                 node: self.name.clone(),
             }),
-            TargetKind::Discovery => Some(Component::Discovery {
-                cluster: self.cluster.clone(),
-            }),
+            TargetKind::Discovery { replica } => Some(Component::discovery(&self.cluster, replica)),
             TargetKind::Pod { .. } | TargetKind::External => None,
         }
     }
@@ -115,12 +118,19 @@ pub(crate) fn resolve_in(
             names.join(", ")
         )));
     };
-    if name == crate::scenario::DISCOVERY_WORD {
-        return Ok(make(
-            TargetKind::Discovery,
-            &c.discovery.netns,
-            c.discovery.ip,
-        ));
+    if let Some(replica) = discovery_replica(name) {
+        let Some(d) = c.discovery_replica(replica) else {
+            return Err(bad(format!(
+                "cluster {cluster} has {} discovery replica(s): discovery{}",
+                c.discovery_replicas().count(),
+                if c.replicas.is_empty() {
+                    String::new()
+                } else {
+                    format!(", discovery-2 .. discovery-{}", c.replicas.len() + 1)
+                }
+            )));
+        };
+        return Ok(make(TargetKind::Discovery { replica }, &d.netns, d.ip));
     }
     if let Some(n) = c.node(name) {
         return Ok(make(TargetKind::Node, &n.netns, n.underlay_ip));
@@ -146,6 +156,17 @@ pub(crate) fn resolve_in(
     )))
 }
 
+/// `discovery` is replica 1, `discovery-N` replica N.
+fn discovery_replica(name: &str) -> Option<u8> {
+    if !crate::scenario::is_discovery_name(name) {
+        return None;
+    }
+    match name.rsplit_once('-') {
+        Some((_, n)) => n.parse().ok().filter(|k| *k >= 1),
+        None => Some(1),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +180,21 @@ mod tests {
         );
         for bad in ["c1", "c1/", "/n1", ":c1/n1", "c1/a/b"] {
             assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn discovery_names_its_replicas() {
+        assert_eq!(discovery_replica("discovery"), Some(1));
+        assert_eq!(discovery_replica("discovery-2"), Some(2));
+        for other in [
+            "discovery-0",
+            "discovery-",
+            "discovery-x",
+            "discovery2",
+            "n1",
+        ] {
+            assert_eq!(discovery_replica(other), None, "{other}");
         }
     }
 }

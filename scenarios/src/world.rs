@@ -150,6 +150,9 @@ fn start_all(rec: &mut WorldRecord, opts: &UpOptions) -> Result<()> {
     let deadline = Instant::now() + opts.timeout;
     let clusters = rec.plan.clusters.clone();
     for c in &clusters {
+        start_etcd(rec, c, deadline.saturating_duration_since(Instant::now()))?;
+    }
+    for c in &clusters {
         start_discovery(rec, c, &opts.meshgate_bin, opts.lease_ttl)?;
     }
     for c in &clusters {
@@ -163,16 +166,51 @@ fn start_all(rec: &mut WorldRecord, opts: &UpOptions) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn discovery_record(c: &ClusterPlan, lease_ttl: Duration) -> ProcessRecord {
+/// Discovery replica `k` of the cluster (1 when there is no such replica).
+pub(crate) fn replica_record(c: &ClusterPlan, k: u8, lease_ttl: Duration) -> ProcessRecord {
+    let (k, d) = match c.discovery_replica(k) {
+        Some(d) => (k, d),
+        None => (1, &c.discovery),
+    };
     ProcessRecord {
-        component: Component::Discovery {
-            cluster: c.name.clone(),
-        },
-        netns: c.discovery.netns.clone(),
-        args: c.discovery_args(lease_ttl),
-        log: c.discovery.state_dir.join("discovery.log"),
+        component: Component::discovery(&c.name, k),
+        netns: d.netns.clone(),
+        args: c.replica_args(d, lease_ttl),
+        log: d.state_dir.join("discovery.log"),
         pid: None,
     }
+}
+
+/// The distribution's etcd, which the lab runs for clusters with `store: etcd`.
+pub const ETCD_BIN: &str = "/usr/bin/etcd";
+
+/// Starts the cluster's etcd, if it has one, and waits until it listens.
+/// (Its data dir is under the lab root, so `down` finds it among the
+/// world's processes like a `meshgate` one.)
+fn start_etcd(rec: &mut WorldRecord, c: &ClusterPlan, timeout: Duration) -> Result<()> {
+    let (Some(e), Some(args)) = (c.etcd.clone(), c.etcd_args()) else {
+        return Ok(());
+    };
+    let bin = Path::new(ETCD_BIN);
+    if !bin.exists() {
+        return Err(LabError::HostMissing {
+            missing: format!("{ETCD_BIN} (cluster {} has `store: etcd`)", c.name),
+            fix: "install it with `cargo xtask deps` or `apt-get install etcd-server`".into(),
+        });
+    }
+    let p = ProcessRecord {
+        component: Component::Etcd {
+            cluster: c.name.clone(),
+        },
+        netns: e.netns.clone(),
+        args,
+        log: world_dir(&rec.plan.world).join(&c.name).join("etcd.log"),
+        pid: None,
+    };
+    let log = p.log.clone();
+    let component = p.component.clone();
+    let pid = spawn_recorded(rec, p, bin)?;
+    wait_port(&component, pid, &log, e.ip, e.client_port, timeout)
 }
 
 pub(crate) fn agent_record(c: &ClusterPlan, n: &NodePlan) -> ProcessRecord {
@@ -195,7 +233,10 @@ fn start_discovery(
     ttl: Duration,
 ) -> Result<()> {
     write_services_file(c)?;
-    spawn_recorded(rec, discovery_record(c, ttl), bin).map(|_| ())
+    for (k, _) in c.discovery_replicas() {
+        spawn_recorded(rec, replica_record(c, k, ttl), bin)?;
+    }
+    Ok(())
 }
 
 /// Writes the cluster's services into its discovery's state dir (for
@@ -246,38 +287,71 @@ pub(crate) fn spawn_recorded(
     Ok(pid)
 }
 
-/// Waits until a cluster's discovery listens on its address.
+/// Waits until every discovery replica of a cluster listens on its address.
 pub(crate) fn wait_listening(rec: &WorldRecord, c: &ClusterPlan, timeout: Duration) -> Result<()> {
-    let component = Component::Discovery {
-        cluster: c.name.clone(),
-    };
-    let Some(p) = rec.process(&component) else {
+    let deadline = Instant::now() + timeout;
+    for (k, _) in c.discovery_replicas() {
+        wait_replica_listening(
+            rec,
+            c,
+            k,
+            deadline.saturating_duration_since(Instant::now()),
+        )?;
+    }
+    Ok(())
+}
+
+/// Waits until discovery replica `k` of a cluster listens on its address.
+pub(crate) fn wait_replica_listening(
+    rec: &WorldRecord,
+    c: &ClusterPlan,
+    k: u8,
+    timeout: Duration,
+) -> Result<()> {
+    let component = Component::discovery(&c.name, k);
+    let (Some(p), Some(d)) = (rec.process(&component), c.discovery_replica(k)) else {
         return Err(LabError::NotRunning {
             component: component.to_string(),
         });
     };
-    let pid = p.pid.unwrap_or(0);
+    wait_port(
+        &component,
+        p.pid.unwrap_or(0),
+        &p.log,
+        d.ip,
+        d.port,
+        timeout,
+    )
+}
+
+/// Waits until `pid` listens on `ip:port`; fails early if it exits.
+fn wait_port(
+    component: &Component,
+    pid: u32,
+    log: &Path,
+    ip: std::net::Ipv4Addr,
+    port: u16,
+    timeout: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         if !procs::alive(pid) {
             return Err(LabError::ProcessDied {
                 component: component.to_string(),
                 pid,
-                log: p.log.clone(),
-                tail: procs::log_tail(&p.log, 10),
+                log: log.to_path_buf(),
+                tail: procs::log_tail(log, 10),
             });
         }
-        if procs::listening(pid, c.discovery.ip, c.discovery.port) {
+        if procs::listening(pid, ip, port) {
             return Ok(());
         }
         if Instant::now() >= deadline {
             return Err(LabError::Timeout {
                 what: format!(
-                    "{component} did not listen on {}:{} (log {}:\n{})",
-                    c.discovery.ip,
-                    c.discovery.port,
-                    p.log.display(),
-                    procs::log_tail(&p.log, 10)
+                    "{component} did not listen on {ip}:{port} (log {}:\n{})",
+                    log.display(),
+                    procs::log_tail(log, 10)
                 ),
                 timeout,
             });
@@ -377,24 +451,33 @@ pub fn down(name: Option<&str>) -> Result<String> {
     // Recorded processes, then any meshgate process found in the namespaces.
     let mut agents: Vec<u32> = Vec::new();
     let mut discoveries: Vec<u32> = Vec::new();
+    let mut stores: Vec<u32> = Vec::new();
     if let Some(rec) = &rec {
         for p in &rec.processes {
             match (&p.component, p.pid) {
                 (Component::Agent { .. }, Some(pid)) => agents.push(pid),
-                (Component::Discovery { .. }, Some(pid)) => discoveries.push(pid),
+                (Component::Discovery { .. } | Component::DiscoveryReplica { .. }, Some(pid)) => {
+                    discoveries.push(pid)
+                }
+                (Component::Etcd { .. }, Some(pid)) => stores.push(pid),
                 _ => {}
             }
         }
     }
     for ns in &namespaces {
         for pid in ip::netns_pids(ns).unwrap_or_default() {
-            if !agents.contains(&pid) && !discoveries.contains(&pid) {
+            if ![&agents, &discoveries, &stores]
+                .iter()
+                .any(|l| l.contains(&pid))
+            {
                 agents.push(pid);
             }
         }
     }
-    let stopped =
-        procs::terminate(&agents, DOWN_GRACE) + procs::terminate(&discoveries, DOWN_GRACE);
+    // etcd last: discoveries leave their last change in it.
+    let stopped = procs::terminate(&agents, DOWN_GRACE)
+        + procs::terminate(&discoveries, DOWN_GRACE)
+        + procs::terminate(&stores, DOWN_GRACE);
 
     let mut failures = Vec::new();
     let mut deleted = 0;

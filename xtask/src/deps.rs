@@ -8,18 +8,21 @@ use crate::util::{self, output};
 
 /// What the lab, the tests, the demo and the benchmarks run.
 pub const PACKAGES: &[&str] = &[
-    "iproute2",        // ip, ss: namespaces, links, routes
-    "iputils-ping",    // ping in the tests and the demo
-    "tcpdump",         // the demo's proof that the underlay carries no clear pod traffic
-    "iperf3",          // throughput benchmarks
-    "procps",          // sysctl, ps
-    "wireguard-go",    // the userspace anchor in `bench tunnel`
-    "wireguard-tools", // wg
-    "nftables",        // nft
-    "kmod",            // modprobe (kernel WireGuard when there is one)
-    "clang",           // compiles the eBPF programs (ebpf/build.rs)
-    "libbpf-dev",      // <bpf/bpf_helpers.h> for the eBPF programs
-    "linux-libc-dev",  // <linux/bpf.h> and the other kernel UAPI headers
+    "iproute2",          // ip, ss: namespaces, links, routes
+    "iputils-ping",      // ping in the tests and the demo
+    "tcpdump",           // the demo's proof that the underlay carries no clear pod traffic
+    "iperf3",            // throughput benchmarks
+    "procps",            // sysctl, ps
+    "wireguard-go",      // the userspace anchor in `bench tunnel`
+    "wireguard-tools",   // wg
+    "nftables",          // nft
+    "kmod",              // modprobe (kernel WireGuard when there is one)
+    "etcd-server",       // etcd for the HA discovery store's tests and lab worlds
+    "etcd-client",       // etcdctl, to look into that etcd when debugging
+    "protobuf-compiler", // protoc: the etcd-client crate compiles etcd's protos at build time
+    "clang",             // compiles the eBPF programs (ebpf/build.rs)
+    "libbpf-dev",        // <bpf/bpf_helpers.h> for the eBPF programs
+    "linux-libc-dev",    // <linux/bpf.h> and the other kernel UAPI headers
 ];
 
 pub fn run() -> Result<()> {

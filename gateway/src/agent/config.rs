@@ -27,7 +27,9 @@ pub struct AgentArgs {
     /// The cluster's ID, 1..=255.
     #[arg(long)]
     pub cluster_id: Option<u8>,
-    /// Discovery endpoint, e.g. http://198.18.1.2:7100.
+    /// Discovery endpoint, e.g. http://198.18.1.2:7100; several replicas
+    /// of the cluster's discovery comma-separated: the agent uses the first
+    /// that answers and moves to the next when its connection breaks.
     #[arg(long)]
     pub discovery: Option<String>,
     /// This node's underlay address, where peers reach its WireGuard port.
@@ -88,7 +90,8 @@ pub struct AgentConfig {
     pub node: String,
     pub cluster: String,
     pub cluster_id: u8,
-    pub discovery: String,
+    /// The discovery replicas' URLs, in the order they are tried (at least one).
+    pub discovery: Vec<String>,
     pub underlay_ip: Ipv4Addr,
     pub pod_cidr: Ipv4Net,
     pub state_dir: PathBuf,
@@ -158,12 +161,9 @@ impl AgentArgs {
         if cluster_id == 0 {
             bail!("--cluster-id 0 is not valid: use 1..=255");
         }
-        let discovery = need!(discovery, "--discovery");
-        if !discovery.starts_with("http://") && !discovery.starts_with("https://") {
-            bail!("--discovery {discovery:?} must be a URL like http://198.18.1.2:7100");
-        }
+        let discovery = discovery_urls(&need!(discovery, "--discovery"))?;
         let tls = client_tls(
-            &discovery,
+            &discovery[0],
             &cluster,
             pick!(tls_ca),
             pick!(tls_cert),
@@ -210,6 +210,29 @@ impl AgentArgs {
             tls,
         })
     }
+}
+
+/// `--discovery`: one URL or several comma-separated, all http:// or all
+/// https://, none twice.
+fn discovery_urls(given: &str) -> anyhow::Result<Vec<String>> {
+    let urls: Vec<String> = given.split(',').map(|u| u.trim().to_string()).collect();
+    for url in &urls {
+        if !url.starts_with("http://") && !url.starts_with("https://") {
+            bail!(
+                "--discovery {url:?} must be a URL like http://198.18.1.2:7100 \
+                 (several replicas: comma-separated URLs)"
+            );
+        }
+    }
+    let https = urls[0].starts_with("https://");
+    if urls.iter().any(|u| u.starts_with("https://") != https) {
+        bail!("--discovery {given:?} mixes http:// and https:// URLs: the replicas of one discovery are all TLS or all not");
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(twice) = urls.iter().find(|u| !seen.insert(u.as_str())) {
+        bail!("--discovery {given:?} names {twice} twice");
+    }
+    Ok(urls)
 }
 
 /// The TLS settings for talking to discovery at `url`, loaded and checked;
@@ -332,6 +355,28 @@ mod tests {
         let err = format!("{:#}", a.resolve().unwrap_err());
         assert!(err.contains("/nonexistent/ca.pem"), "{err}");
         assert!(full().resolve().unwrap().tls.is_none());
+    }
+
+    #[test]
+    fn several_discovery_urls_are_kept_in_order() {
+        let mut a = full();
+        a.discovery = Some("http://198.18.1.2:7100, http://198.18.1.3:7100".into());
+        let cfg = a.resolve().unwrap();
+        assert_eq!(
+            cfg.discovery,
+            ["http://198.18.1.2:7100", "http://198.18.1.3:7100"]
+        );
+        for bad in [
+            "http://198.18.1.2:7100,198.18.1.3:7100",
+            "http://198.18.1.2:7100,https://198.18.1.3:7100",
+            "http://198.18.1.2:7100,http://198.18.1.2:7100",
+            "http://198.18.1.2:7100,",
+        ] {
+            let mut a = full();
+            a.discovery = Some(bad.into());
+            let err = a.resolve().unwrap_err().to_string();
+            assert!(err.contains("--discovery"), "{bad}: {err}");
+        }
     }
 
     #[test]

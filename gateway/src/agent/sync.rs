@@ -2,6 +2,11 @@
 //! endpoints, watch the stream of node, endpoint and identity changes, renew
 //! the lease. When discovery is unreachable the agent keeps its last known
 //! peers and ipcache and retries with backoff; nothing is torn down.
+//!
+//! With several discovery replicas (`--discovery URL,URL,...`) the agent
+//! talks to one; when that session breaks (connection, watch, a refused or
+//! timed-out renewal) it moves to the next at once and registers there.
+//! Backoff grows only after every replica failed in a row.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -39,31 +44,83 @@ fn this_node(agent: &Agent) -> pb::Node {
 
 /// A refused call's message; TLS failures (a refused certificate shows on
 /// the first call) are explained.
-fn why(agent: &Agent, status: &tonic::Status) -> String {
-    explain_status(status, &agent.cfg.discovery, agent.cfg.tls.as_ref())
+fn why(agent: &Agent, url: &str, status: &tonic::Status) -> String {
+    explain_status(status, url, agent.cfg.tls.as_ref())
 }
 
-/// Runs forever: one session with discovery after another.
+/// Runs forever: one session with discovery after another, moving to the
+/// next replica after each.
 pub async fn run(agent: Arc<Agent>) {
-    let mut backoff = BACKOFF_START;
+    let urls = &agent.cfg.discovery;
+    let mut failover = Failover::new(urls.len());
     loop {
-        let result = session(&agent, &mut backoff).await;
+        let url = &urls[failover.current()];
+        let mut connected = false;
+        let result = session(&agent, url, &mut connected).await;
         agent.mesh().discovery_connected = false;
+        let wait = failover.ended(connected);
         if let Err(e) = result {
             warn!(
-                discovery = %agent.cfg.discovery,
+                discovery = %url,
                 error = %format!("{e:#}"),
-                retry_in_ms = backoff.as_millis() as u64,
+                next = %urls[failover.current()],
+                retry_in_ms = wait.as_millis() as u64,
                 "discovery unreachable; keeping the last known peers"
             );
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Which discovery replica to try next and how long to wait first: the
+/// next one in order; at once (after [`BACKOFF_START`]) while some replica
+/// of this round is untried, with a backoff doubling to [`BACKOFF_MAX`]
+/// after every replica failed in a row. A session that got connected
+/// starts a new round.
+#[derive(Debug)]
+struct Failover {
+    replicas: usize,
+    current: usize,
+    failed_in_row: usize,
+    backoff: Duration,
+}
+
+impl Failover {
+    fn new(replicas: usize) -> Self {
+        Failover {
+            replicas: replicas.max(1),
+            current: 0,
+            failed_in_row: 0,
+            backoff: BACKOFF_START,
+        }
+    }
+
+    fn current(&self) -> usize {
+        self.current
+    }
+
+    /// The session with the current replica ended (`connected`: it had
+    /// registered and watched); moves on and returns the wait before the
+    /// next attempt.
+    fn ended(&mut self, connected: bool) -> Duration {
+        if connected {
+            self.backoff = BACKOFF_START;
+            self.failed_in_row = 0;
+        }
+        self.failed_in_row += 1;
+        self.current = (self.current + 1) % self.replicas;
+        if !self.failed_in_row.is_multiple_of(self.replicas) {
+            return BACKOFF_START;
+        }
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        wait
     }
 }
 
 async fn register(
     agent: &Agent,
+    url: &str,
     client: &mut DiscoveryClient<Channel>,
 ) -> anyhow::Result<Duration> {
     let req = pb::RegisterRequest {
@@ -72,7 +129,12 @@ async fn register(
     let resp = tokio::time::timeout(CALL_TIMEOUT, client.register(req))
         .await
         .context("register timed out")?
-        .map_err(|s| anyhow!("discovery refused the registration: {}", why(agent, &s)))?
+        .map_err(|s| {
+            anyhow!(
+                "discovery refused the registration: {}",
+                why(agent, url, &s)
+            )
+        })?
         .into_inner();
     let node = resp.node.context("register answer has no node")?;
     let ip: Ipv4Addr = node
@@ -81,14 +143,14 @@ async fn register(
         .with_context(|| format!("discovery gave an invalid tunnel ip {:?}", node.tunnel_ip))?;
     set_tunnel_ip(agent, ip)?;
     let ttl = Duration::from_millis(u64::from(resp.lease_ttl_ms.max(300)));
-    info!(tunnel_ip = %ip, lease_ms = ttl.as_millis() as u64, "registered with discovery");
-    report_endpoints(agent, client).await;
+    info!(discovery = %url, tunnel_ip = %ip, lease_ms = ttl.as_millis() as u64, "registered with discovery");
+    report_endpoints(agent, url, client).await;
     Ok(ttl)
 }
 
 /// Reports this node's endpoints (the full set). A refusal is logged, not
 /// fatal: the mesh keeps working without them.
-async fn report_endpoints(agent: &Agent, client: &mut DiscoveryClient<Channel>) {
+async fn report_endpoints(agent: &Agent, url: &str, client: &mut DiscoveryClient<Channel>) {
     let req = pb::ReportEndpointsRequest {
         node: agent.cfg.node.clone(),
         cluster: agent.cfg.cluster.clone(),
@@ -99,7 +161,9 @@ async fn report_endpoints(agent: &Agent, client: &mut DiscoveryClient<Channel>) 
             let n = resp.into_inner().endpoints.len();
             info!(endpoints = n, "endpoints reported");
         }
-        Ok(Err(s)) => warn!(error = %why(agent, &s), "discovery refused this node's endpoints"),
+        Ok(Err(s)) => {
+            warn!(error = %why(agent, url, &s), "discovery refused this node's endpoints")
+        }
         Err(_) => {
             warn!("reporting endpoints timed out; they are sent again on the next registration")
         }
@@ -134,16 +198,18 @@ fn update_services(agent: &Agent, event: &pb::watch_event::Event) {
     }
 }
 
-async fn session(agent: &Agent, backoff: &mut Duration) -> anyhow::Result<()> {
-    let mut client = connect_with(&agent.cfg.discovery, agent.cfg.tls.as_ref()).await?;
-    let ttl = register(agent, &mut client).await?;
+/// One session with the discovery at `url`; `connected` is set once it
+/// registered and watches.
+async fn session(agent: &Agent, url: &str, connected: &mut bool) -> anyhow::Result<()> {
+    let mut client = connect_with(url, agent.cfg.tls.as_ref()).await?;
+    let ttl = register(agent, url, &mut client).await?;
     let mut stream = client
         .watch(pb::WatchRequest::default())
         .await
-        .map_err(|s| anyhow!("watch refused: {}", why(agent, &s)))?
+        .map_err(|s| anyhow!("watch refused: {}", why(agent, url, &s)))?
         .into_inner();
     agent.mesh().discovery_connected = true;
-    *backoff = BACKOFF_START;
+    *connected = true;
     let mut nodes: BTreeMap<String, pb::Node> = BTreeMap::new();
     let mut have_snapshot = false;
     let mut renew = tokio::time::interval(ttl / 3);
@@ -152,7 +218,7 @@ async fn session(agent: &Agent, backoff: &mut Duration) -> anyhow::Result<()> {
         tokio::select! {
             msg = stream.message() => {
                 let event = msg
-                    .map_err(|s| anyhow!("watch stream broke: {}", why(agent, &s)))?
+                    .map_err(|s| anyhow!("watch stream broke: {}", why(agent, url, &s)))?
                     .ok_or_else(|| anyhow!("discovery closed the watch stream"))?;
                 if let Some(e) = &event.event {
                     update_ipcache(agent, e);
@@ -201,29 +267,91 @@ async fn session(agent: &Agent, backoff: &mut Duration) -> anyhow::Result<()> {
                     Ok(Ok(_)) => {}
                     Ok(Err(s)) if s.code() == tonic::Code::NotFound => {
                         info!("discovery forgot this node; registering again");
-                        register(agent, &mut client).await?;
+                        register(agent, url, &mut client).await?;
                     }
-                    Ok(Err(s)) => return Err(anyhow!("lease renewal failed: {}", why(agent, &s))),
+                    Ok(Err(s)) => return Err(anyhow!("lease renewal failed: {}", why(agent, url, &s))),
                     Err(_) => return Err(anyhow!("lease renewal timed out")),
                 }
             }
             _ = agent.reregister.notified() => {
-                register(agent, &mut client).await?;
+                register(agent, url, &mut client).await?;
             }
         }
     }
 }
 
-/// Tells discovery this node leaves, so peers drop it at once.
+/// Tells discovery this node leaves, so peers drop it at once: the first
+/// replica that answers.
 pub async fn deregister(agent: &Agent) -> anyhow::Result<()> {
-    let mut client = connect_with(&agent.cfg.discovery, agent.cfg.tls.as_ref()).await?;
+    let mut last = None;
+    for url in &agent.cfg.discovery {
+        match deregister_at(agent, url).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                debug!(discovery = %url, error = %format!("{e:#}"), "deregistration failed here");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow!("no discovery URL")))
+}
+
+async fn deregister_at(agent: &Agent, url: &str) -> anyhow::Result<()> {
+    let mut client = connect_with(url, agent.cfg.tls.as_ref()).await?;
     client
         .deregister(pb::DeregisterRequest {
             name: agent.cfg.node.clone(),
             cluster: agent.cfg.cluster.clone(),
         })
         .await
-        .map_err(|s| anyhow!("deregistration refused: {}", why(agent, &s)))?;
-    info!("deregistered from discovery");
+        .map_err(|s| anyhow!("deregistration refused: {}", why(agent, url, &s)))?;
+    info!(discovery = %url, "deregistered from discovery");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(d: Duration) -> u128 {
+        d.as_millis()
+    }
+
+    #[test]
+    fn one_replica_backs_off_as_before() {
+        let mut f = Failover::new(1);
+        let waits: Vec<u128> = (0..7).map(|_| ms(f.ended(false))).collect();
+        assert_eq!(waits, [200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(f.current(), 0);
+        // A good session resets the backoff.
+        assert_eq!(ms(f.ended(true)), 200);
+    }
+
+    #[test]
+    fn the_next_replica_is_tried_at_once_and_a_failed_round_backs_off() {
+        let mut f = Failover::new(2);
+        assert_eq!(f.current(), 0);
+        // Replica 0 was in use and died: replica 1 at once.
+        assert_eq!(ms(f.ended(true)), 200);
+        assert_eq!(f.current(), 1);
+        // Replica 1 fails too: the round is over, back off, then replica 0.
+        assert_eq!(ms(f.ended(false)), 200);
+        assert_eq!(f.current(), 0);
+        assert_eq!(ms(f.ended(false)), 200);
+        assert_eq!(f.current(), 1);
+        assert_eq!(ms(f.ended(false)), 400);
+        assert_eq!(f.current(), 0);
+        assert_eq!(ms(f.ended(false)), 200);
+        assert_eq!(ms(f.ended(false)), 800);
+        // Connected at replica 1, then it dies: replica 0 at once, fresh backoff.
+        assert_eq!(f.current(), 0);
+        f.ended(false);
+        assert_eq!(f.current(), 1);
+        assert_eq!(ms(f.ended(true)), 200);
+        assert_eq!(f.current(), 0);
+        // Replica 0 is down as well: that round ends with the first backoff.
+        assert_eq!(ms(f.ended(false)), 200);
+        assert_eq!(ms(f.ended(false)), 200);
+        assert_eq!(ms(f.ended(false)), 400);
+    }
 }

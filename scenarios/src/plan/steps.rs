@@ -81,9 +81,14 @@ pub fn build(plan: &Plan) -> Vec<Step> {
 
     for c in &plan.clusters {
         let mtu = pod_mtu(c.datapath).to_string();
-        let d = &c.discovery;
-        s.namespace(&d.netns, false);
-        s.attach(ul, &d.netns, &d.ul_veth, &with_len(d.ip, ul_len));
+        if let Some(e) = &c.etcd {
+            s.namespace(&e.netns, false);
+            s.attach(ul, &e.netns, &e.ul_veth, &with_len(e.ip, ul_len));
+        }
+        for (_, d) in c.discovery_replicas() {
+            s.namespace(&d.netns, false);
+            s.attach(ul, &d.netns, &d.ul_veth, &with_len(d.ip, ul_len));
+        }
 
         for n in &c.nodes {
             let node = n.netns.as_str();

@@ -17,6 +17,15 @@ pub const MAX_NODES_PER_CLUSTER: usize = 239;
 pub const MAX_PODS_PER_NODE: usize = 239;
 /// Target word naming a cluster's discovery; no node or pod may use it.
 pub const DISCOVERY_WORD: &str = "discovery";
+/// `discovery` or `discovery-N`: a target naming a discovery replica.
+pub fn is_discovery_name(name: &str) -> bool {
+    name == DISCOVERY_WORD
+        || name
+            .strip_prefix(DISCOVERY_WORD)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Cluster name reserved: externals live in `mg-<world>-x-<name>`.
 pub const EXTERNAL_WORD: &str = "x";
 
@@ -71,6 +80,27 @@ fn reserved_ranges() -> [(Ipv4Net, &'static str); 3] {
             "link-local addresses (the pods' gateway 169.254.1.1)",
         ),
     ]
+}
+
+/// Most discovery replicas of one cluster (underlay hosts .2 to .5).
+pub const MAX_DISCOVERY_REPLICAS: u32 = 4;
+
+fn check_discovery(errors: &mut Errors, at: &str, c: &super::Cluster) {
+    let Some(d) = &c.discovery else { return };
+    if !(1..=MAX_DISCOVERY_REPLICAS).contains(&d.replicas) {
+        errors.add(
+            format!("{at}.discovery.replicas"),
+            format!("{} is not in 1..={MAX_DISCOVERY_REPLICAS}", d.replicas),
+        );
+    } else if d.replicas > 1 && d.store != super::StoreKind::Etcd {
+        errors.add(
+            format!("{at}.discovery.store"),
+            format!(
+                "{} replicas need `store: etcd` (the embedded store serves one replica)",
+                d.replicas
+            ),
+        );
+    }
 }
 
 fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
@@ -132,6 +162,7 @@ pub fn validate(s: &Scenario) -> Vec<FieldError> {
             );
         }
         check_pod_cidr(&mut errors, s, ci, &mut nets);
+        check_discovery(&mut errors, &at, c);
         check_nodes(&mut errors, s, ci);
     }
     check_externals(&mut errors, s, &nets);
@@ -221,10 +252,13 @@ fn check_nodes(errors: &mut Errors, s: &Scenario, ci: usize) {
         }
         let field = format!("{at}.nodes[{ni}].name");
         check_name(errors, field.clone(), &n.name, MAX_NAME);
-        if n.name == DISCOVERY_WORD {
+        if is_discovery_name(&n.name) {
             errors.add(
                 field.clone(),
-                "\"discovery\" is reserved for the cluster's discovery",
+                format!(
+                    "\"{}\" is reserved for the cluster's discovery (discovery, discovery-N)",
+                    n.name
+                ),
             );
         }
         if let Some(first) = node_names.get(n.name.as_str()) {
@@ -250,10 +284,13 @@ fn check_nodes(errors: &mut Errors, s: &Scenario, ci: usize) {
         for (pi, p) in n.pods.iter().enumerate() {
             let field = format!("{at}.nodes[{ni}].pods[{pi}].name");
             check_name(errors, field.clone(), &p.name, MAX_NAME);
-            if p.name == DISCOVERY_WORD {
+            if is_discovery_name(&p.name) {
                 errors.add(
                     field.clone(),
-                    "\"discovery\" is reserved for the cluster's discovery",
+                    format!(
+                        "\"{}\" is reserved for the cluster's discovery (discovery, discovery-N)",
+                        p.name
+                    ),
                 );
             }
             if let Some((fn_, fp)) = pod_names.get(p.name.as_str()) {

@@ -14,8 +14,38 @@ pub const RECORD_FILE: &str = "world.json";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Component {
-    Discovery { cluster: String },
-    Agent { cluster: String, node: String },
+    Discovery {
+        cluster: String,
+    },
+    Agent {
+        cluster: String,
+        node: String,
+    },
+    /// Discovery replica 2, 3, ... of a cluster (replica 1 is `Discovery`).
+    DiscoveryReplica {
+        cluster: String,
+        replica: u8,
+    },
+    /// A cluster's etcd (not a `meshgate` process).
+    Etcd {
+        cluster: String,
+    },
+}
+
+impl Component {
+    /// Discovery replica `k` of `cluster`.
+    pub fn discovery(cluster: &str, k: u8) -> Component {
+        if k <= 1 {
+            Component::Discovery {
+                cluster: cluster.to_string(),
+            }
+        } else {
+            Component::DiscoveryReplica {
+                cluster: cluster.to_string(),
+                replica: k,
+            }
+        }
+    }
 }
 
 impl fmt::Display for Component {
@@ -23,6 +53,10 @@ impl fmt::Display for Component {
         match self {
             Component::Discovery { cluster } => write!(f, "discovery {cluster}"),
             Component::Agent { cluster, node } => write!(f, "agent {cluster}/{node}"),
+            Component::DiscoveryReplica { cluster, replica } => {
+                write!(f, "discovery {cluster} replica {replica}")
+            }
+            Component::Etcd { cluster } => write!(f, "etcd {cluster}"),
         }
     }
 }

@@ -1,0 +1,242 @@
+//! Discovery on etcd with two replicas: agents fail over when the replica
+//! they use dies, later changes still reach every agent, and a cluster
+//! whose discovery is entirely gone keeps its traffic (each test in its own
+//! lab world; root required).
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use meshgate_e2e::{wait_until, World};
+
+const NODES: [&str; 3] = ["n1", "n2", "n3"];
+
+fn scenario(name: &str) -> String {
+    let mut y = format!(
+        "name: {name}\nclusters:\n  - name: c1\n    id: 1\n    podCIDR: 10.1.0.0/16\n    \
+         discovery: {{replicas: 2, store: etcd}}\n    nodes:\n"
+    );
+    for n in NODES {
+        y.push_str(&format!(
+            "      - name: {n}\n        pods:\n          - name: {n}-a\n            labels: {{app: web}}\n"
+        ));
+    }
+    y
+}
+
+/// The discovery address (`IP:7100`) a node's agent has a connection to.
+fn connected_to(world: &World, node: &str) -> Vec<String> {
+    let out = world.in_ns(
+        &world.node_ns("c1", node),
+        &["ss", "-Htn", "state", "established", "( dport = :7100 )"],
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+        .collect()
+}
+
+fn peers(world: &World, node: &str) -> Vec<String> {
+    let mut p: Vec<String> = world
+        .status("c1", node)
+        .peers
+        .iter()
+        .map(|p| p.node.clone())
+        .collect();
+    p.sort();
+    p
+}
+
+fn all_reach_all(world: &World, what: &str) {
+    for from in NODES {
+        for to in NODES {
+            if from == to {
+                continue;
+            }
+            let ip = world.ip(&format!("c1/{to}-a"));
+            let s = world.ping("c1", &format!("{from}-a"), &ip, 2, "0.05");
+            assert_eq!(
+                s.received, 2,
+                "{what}: {from}-a -> {to}-a ({ip}) lost packets"
+            );
+        }
+    }
+}
+
+/// Processes whose command line names this world's lab directory (its
+/// discoveries, agents and etcd).
+fn world_processes(world: &str) -> Vec<String> {
+    let needle = format!("/run/meshgate/lab/{world}/");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&needle))
+        .collect()
+}
+
+#[test]
+fn killing_the_replica_agents_use_keeps_the_mesh_and_later_changes_propagate() {
+    let name = "etcd-fail";
+    let world = World::up(name, &scenario(name));
+    let replica1 = format!("{}:7100", world.ip("c1/discovery"));
+    let replica2 = format!("{}:7100", world.ip("c1/discovery-2"));
+    assert_ne!(replica1, replica2);
+    assert!(
+        world_processes(name).iter().any(|c| c.contains("etcd")),
+        "the lab started no etcd for c1"
+    );
+    // Agents use the first replica.
+    for n in NODES {
+        assert_eq!(
+            connected_to(&world, n),
+            std::slice::from_ref(&replica1),
+            "agent {n}"
+        );
+    }
+    all_reach_all(&world, "before the kill");
+
+    world.lab("stop", "c1/discovery");
+    // Every agent moves to the other replica and is connected again.
+    let moved = wait_until(Duration::from_secs(15), || {
+        std::thread::sleep(Duration::from_millis(200));
+        NODES.iter().all(|n| {
+            connected_to(&world, n) == std::slice::from_ref(&replica2)
+                && world.status("c1", n).discovery_connected
+        })
+    });
+    assert!(
+        moved.is_some(),
+        "agents did not move to replica 2 ({replica2}): {:?}",
+        NODES.map(|n| connected_to(&world, n))
+    );
+    all_reach_all(&world, "after replica 1 died");
+
+    // A change after the kill reaches every agent: n3 leaves, then comes back.
+    world.lab("stop", "c1/n3");
+    let gone = wait_until(Duration::from_secs(10), || {
+        ["n1", "n2"]
+            .iter()
+            .all(|n| !peers(&world, n).contains(&"n3".to_string()))
+    });
+    assert!(
+        gone.is_some(),
+        "n3's departure did not reach n1/n2: {:?} {:?}",
+        peers(&world, "n1"),
+        peers(&world, "n2")
+    );
+    world.lab("start", "c1/n3");
+    let back = wait_until(Duration::from_secs(15), || {
+        ["n1", "n2"].iter().all(|n| {
+            world
+                .status("c1", n)
+                .peers
+                .iter()
+                .any(|p| p.node == "n3" && p.last_handshake_age_ms.is_some())
+        }) && peers(&world, "n3") == ["n1", "n2"]
+    });
+    assert!(
+        back.is_some(),
+        "n3's return did not reach every agent: n1 {:?}, n2 {:?}, n3 {:?}",
+        peers(&world, "n1"),
+        peers(&world, "n2"),
+        peers(&world, "n3")
+    );
+    all_reach_all(&world, "after n3 came back through replica 2");
+
+    drop(world);
+    let left = world_processes(name);
+    assert!(left.is_empty(), "lab down left processes: {left:?}");
+}
+
+#[test]
+fn killing_every_discovery_replica_leaves_existing_traffic_untouched() {
+    let name = "etcd-alloff";
+    let world = World::up(name, &scenario(name));
+    all_reach_all(&world, "at start");
+    let to = world.ip("c1/n2-a");
+    // A ping runs across the whole outage.
+    let ping = world.spawn_in_ns(
+        &world.pod_ns("c1", "n1-a"),
+        &["ping", "-n", "-q", "-c", "40", "-i", "0.1", "-W", "1", &to],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    world.lab("stop", "c1/discovery");
+    world.lab("stop", "c1/discovery-2");
+    let out = ping.wait_with_output_or_kill();
+    let stats = meshgate_e2e::parse_ping(&out);
+    assert_eq!(
+        (stats.sent, stats.received),
+        (40, 40),
+        "traffic was disturbed while every discovery replica died:\n{out}"
+    );
+    // Later traffic too, and the agents keep their peers.
+    all_reach_all(&world, "with no discovery at all");
+    for n in NODES {
+        assert_eq!(peers(&world, n).len(), 2, "agent {n} lost peers");
+        assert!(!world.status("c1", n).discovery_connected);
+    }
+}
+
+trait WaitOutput {
+    fn wait_with_output_or_kill(self) -> String;
+}
+
+impl WaitOutput for std::process::Child {
+    fn wait_with_output_or_kill(mut self) -> String {
+        let waited = wait_until(Duration::from_secs(20), || {
+            self.try_wait().ok().flatten().is_some()
+        });
+        if waited.is_none() {
+            let _ = self.kill();
+        }
+        let out = self.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+#[test]
+fn agents_leave_a_replica_cut_off_the_underlay() {
+    let name = "etcd-cut";
+    let world = World::up(name, &scenario(name));
+    let replica2 = format!("{}:7100", world.ip("c1/discovery-2"));
+    all_reach_all(&world, "at start");
+    // Replica 1 drops off the network: no FIN or RST reaches anyone, the
+    // agents notice only by their renewals timing out.
+    let cut = world.in_ns(
+        &format!("mg-{name}-c1-d"),
+        &["ip", "link", "set", "eth0", "down"],
+    );
+    assert!(
+        cut.status.success(),
+        "cutting replica 1 off failed: {cut:?}"
+    );
+    let moved = wait_until(Duration::from_secs(25), || {
+        std::thread::sleep(Duration::from_millis(200));
+        NODES.iter().all(|n| {
+            connected_to(&world, n) == std::slice::from_ref(&replica2)
+                && world.status("c1", n).discovery_connected
+        })
+    });
+    assert!(
+        moved.is_some(),
+        "agents did not move to replica 2 ({replica2}): {:?}",
+        NODES.map(|n| connected_to(&world, n))
+    );
+    all_reach_all(&world, "with replica 1 cut off");
+    // Changes still go through: n3 leaves and every other agent sees it.
+    world.lab("stop", "c1/n3");
+    let gone = wait_until(Duration::from_secs(10), || {
+        ["n1", "n2"]
+            .iter()
+            .all(|n| !peers(&world, n).contains(&"n3".to_string()))
+    });
+    assert!(
+        gone.is_some(),
+        "n3's departure did not reach n1/n2 with replica 1 cut off: {:?} {:?}",
+        peers(&world, "n1"),
+        peers(&world, "n2")
+    );
+}
