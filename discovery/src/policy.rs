@@ -46,6 +46,7 @@
 //!   tracking, not by entries here.
 
 mod compile;
+mod describe;
 pub mod selector;
 mod state;
 mod yaml;
@@ -63,6 +64,7 @@ mod state_tests;
 mod testutil;
 
 pub use compile::{compile, Compiled};
+pub use describe::summary;
 pub use selector::Selector;
 pub use state::{PolicyDiff, PolicyState};
 pub use yaml::{parse_policies, parse_policy_file};
