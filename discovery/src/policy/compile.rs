@@ -80,24 +80,50 @@ pub(crate) fn for_each_entry(
     only: Option<u32>,
     f: &mut dyn FnMut(PolicyEntry, Verdict),
 ) {
+    // With `only`, the identity's own matches are checked first, so that a
+    // policy that does not name it costs no walk over the identities.
+    let only = match only {
+        None => None,
+        Some(id) => match identities.get(&id) {
+            Some(labels) => Some((id, labels)),
+            None => return,
+        },
+    };
     for spec in &policy.specs {
-        let subjects: Vec<u32> = identities
-            .iter()
-            .filter(|(id, l)| is_subject(scope, &spec.subject, **id, l))
-            .map(|(id, _)| *id)
-            .collect();
-        if subjects.is_empty() {
-            continue;
-        }
+        let id_is_subject = only.is_some_and(|(id, l)| is_subject(scope, &spec.subject, id, l));
+        let mut subjects: Option<Vec<u32>> = None;
         for rule in &spec.rules {
-            let peers: BTreeSet<u32> = match &rule.peers {
-                Peers::Any => BTreeSet::from([0]),
-                Peers::Selected(sels) => identities
+            let id_is_peer = match (&rule.peers, only) {
+                (Peers::Selected(sels), Some((id, l))) => {
+                    id != 0 && sels.iter().any(|s| is_peer(scope, s, id, l))
+                }
+                _ => false,
+            };
+            if only.is_some() && !id_is_subject && !id_is_peer {
+                continue;
+            }
+            let subjects = subjects.get_or_insert_with(|| {
+                identities
                     .iter()
-                    // 0 is the wildcard in entries, never a peer.
-                    .filter(|(id, l)| **id != 0 && sels.iter().any(|s| is_peer(scope, s, **id, l)))
+                    .filter(|(id, l)| is_subject(scope, &spec.subject, **id, l))
                     .map(|(id, _)| *id)
-                    .collect(),
+                    .collect()
+            });
+            if subjects.is_empty() {
+                break;
+            }
+            let peers = |rule: &super::Rule| -> BTreeSet<u32> {
+                match &rule.peers {
+                    Peers::Any => BTreeSet::from([0]),
+                    Peers::Selected(sels) => identities
+                        .iter()
+                        // 0 is the wildcard in entries, never a peer.
+                        .filter(|(id, l)| {
+                            **id != 0 && sels.iter().any(|s| is_peer(scope, s, **id, l))
+                        })
+                        .map(|(id, _)| *id)
+                        .collect(),
+                }
             };
             let mut emit = |local: u32, remote: u32| {
                 for pp in &rule.ports {
@@ -115,19 +141,20 @@ pub(crate) fn for_each_entry(
             };
             match only {
                 None => {
-                    for &s in &subjects {
+                    let peers = peers(rule);
+                    for &s in subjects.iter() {
                         for &p in &peers {
                             emit(s, p);
                         }
                     }
                 }
-                Some(id) => {
-                    if subjects.contains(&id) {
-                        for &p in &peers {
+                Some((id, _)) => {
+                    if id_is_subject {
+                        for p in peers(rule) {
                             emit(id, p);
                         }
                     }
-                    if peers.contains(&id) {
+                    if id_is_peer {
                         for &s in subjects.iter().filter(|s| **s != id) {
                             emit(s, id);
                         }
