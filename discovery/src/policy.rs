@@ -40,8 +40,13 @@
 //!   `ANY`, which for a given port means TCP, UDP and SCTP, and with no port
 //!   means any protocol.
 //! - What is not supported is an error naming the policy and the field, never
-//!   skipped: `ipBlock`, CIDR, entity, FQDN, service and L7 rules, named
-//!   ports, namespace labels other than the namespace's name.
+//!   skipped: `ipBlock`, CIDR, entity, FQDN, service and L7 rules, ICMP
+//!   rules, named ports, namespace labels other than the namespace's name,
+//!   `CiliumClusterwideNetworkPolicy`, port ranges over
+//!   1024 ports (each port is one entry). Stricter than Kubernetes: rules of a
+//!   direction that `policyTypes` leaves out are an error, not ignored.
+//! - A policy without `metadata.namespace` is in `default` (as kubectl with a
+//!   context on the default namespace).
 //! - Replies of allowed connections pass by the datapath's connection
 //!   tracking, not by entries here.
 

@@ -148,6 +148,26 @@ spec:
         })
     );
     assert!(!tcp(&deny_all, WEB, DB, 53, Egress));
+    let egress_only = compile_yaml(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress-only, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Egress]
+"#,
+        &world(),
+    );
+    assert_eq!(
+        egress_only.selected.get(&WEB),
+        Some(&Selection {
+            ingress: false,
+            egress: true
+        })
+    );
+    assert!(tcp(&egress_only, WEB, DB, 80, Ingress));
+    assert!(!tcp(&egress_only, WEB, DB, 80, Egress));
 }
 
 #[test]
