@@ -313,3 +313,70 @@ fn unsupported_fields_are_errors_naming_policy_field_and_fix() {
         &["node policies"],
     );
 }
+
+#[test]
+fn default_deny_off_keeps_allows_and_port_zero_is_any_port() {
+    let c = compile_yaml(
+        &cnp(r#"
+  endpointSelector: {matchLabels: {app: web}}
+  enableDefaultDeny: {ingress: false}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports:
+      - {port: 0, protocol: UDP}
+      - port: 8080
+"#),
+        &world(),
+    );
+    assert!(c.selected.is_empty(), "enableDefaultDeny.ingress false");
+    assert!(tcp(&c, WEB, DB, 1, Ingress), "not selected: all allowed");
+    let any_udp = PolicyEntry {
+        local_identity: WEB,
+        remote_identity: CLIENT,
+        dport: 0,
+        proto: PROTO_UDP,
+        direction: Ingress,
+    };
+    assert_eq!(c.entries.get(&any_udp), Some(&Verdict::Allow));
+    assert!(
+        c.entries.contains_key(&PolicyEntry {
+            dport: 8080,
+            proto: PROTO_TCP,
+            ..any_udp
+        }),
+        "a YAML number is read as a port too"
+    );
+}
+
+#[test]
+fn broken_yaml_and_missing_names_say_where() {
+    let e = parse_err("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: a\n")
+        .to_string();
+    assert!(
+        e.starts_with("test.yaml: document 1: not valid YAML") && e.contains("line"),
+        "{e}"
+    );
+    let e = parse_err(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {namespace: shop}\nspec: {endpointSelector: {}}\n",
+    )
+    .to_string();
+    assert!(e.contains("no metadata.name"), "{e}");
+    let e = parse_err(&format!(
+        "{}---\napiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {{name: c}}\nspec: {{}}\n",
+        cnp("  endpointSelector: {}\n")
+    ))
+    .to_string();
+    assert!(
+        e.starts_with("test.yaml: document 2:") && e.contains("CiliumNetworkPolicy per namespace"),
+        "{e}"
+    );
+    let e = parse_err(&cnp(
+        "  endpointSelector: {}\n  ingress:\n  - toPorts: [{ports: [{port: \"70000\"}]}]\n",
+    ));
+    assert_eq!(
+        e.field(),
+        Some("spec.ingress[0].toPorts[0].ports[0].port"),
+        "{e}"
+    );
+}
