@@ -156,25 +156,70 @@ impl PolicyState {
 
     /// Adds a policy, or replaces the one with the same kind/namespace/name.
     pub fn upsert_policy(&mut self, policy: Policy) -> PolicyDiff {
-        if self.policies.get(&policy.id) == Some(&policy) {
-            return PolicyDiff::default();
-        }
         let mut t = Touched::default();
-        if let Some(old) = self.policies.remove(&policy.id) {
-            self.policy_contributions(&old, -1, &mut t);
-        }
-        self.policy_contributions(&policy, 1, &mut t);
-        self.policies.insert(policy.id.clone(), policy);
+        self.upsert_into(policy, &mut t);
         self.finish(t)
     }
 
     /// Removes a policy; an empty diff if it was not there.
     pub fn remove_policy(&mut self, id: &PolicyRef) -> PolicyDiff {
         let mut t = Touched::default();
-        if let Some(old) = self.policies.remove(id) {
-            self.policy_contributions(&old, -1, &mut t);
-        }
+        self.remove_into(id, &mut t);
         self.finish(t)
+    }
+
+    /// Makes `policies` the whole policy set (as after re-reading the policy
+    /// files): policies not in it are removed, the others added or replaced.
+    /// One net diff: an entry that goes and comes back in the same sync is
+    /// not touched in the maps. Refuses a set naming one policy twice, and
+    /// then changes nothing.
+    pub fn sync_policies(
+        &mut self,
+        policies: Vec<Policy>,
+    ) -> Result<PolicyDiff, super::PolicyError> {
+        let mut wanted: BTreeMap<PolicyRef, Policy> = BTreeMap::new();
+        for p in policies {
+            let id = p.id.clone();
+            if wanted.insert(id.clone(), p).is_some() {
+                return Err(super::PolicyError::Invalid {
+                    source_name: "policy set".into(),
+                    policy: id.to_string(),
+                    field: "metadata.name".into(),
+                    message: "is given twice; keep one (the second would replace the first)".into(),
+                });
+            }
+        }
+        let mut t = Touched::default();
+        let gone: Vec<PolicyRef> = self
+            .policies
+            .keys()
+            .filter(|id| !wanted.contains_key(id))
+            .cloned()
+            .collect();
+        for id in &gone {
+            self.remove_into(id, &mut t);
+        }
+        for p in wanted.into_values() {
+            self.upsert_into(p, &mut t);
+        }
+        Ok(self.finish(t))
+    }
+
+    fn upsert_into(&mut self, policy: Policy, t: &mut Touched) {
+        if self.policies.get(&policy.id) == Some(&policy) {
+            return;
+        }
+        if let Some(old) = self.policies.remove(&policy.id) {
+            self.policy_contributions(&old, -1, t);
+        }
+        self.policy_contributions(&policy, 1, t);
+        self.policies.insert(policy.id.clone(), policy);
+    }
+
+    fn remove_into(&mut self, id: &PolicyRef, t: &mut Touched) {
+        if let Some(old) = self.policies.remove(id) {
+            self.policy_contributions(&old, -1, t);
+        }
     }
 
     fn take_identity(&mut self, id: u32, t: &mut Touched) {

@@ -208,9 +208,12 @@ fn check_diff_is_minimal(before: &Compiled, diff: &PolicyDiff) {
     }
 }
 
-fn run_sequence(seed: u64, ops: usize) {
+fn run_sequence(seed: u64, ops: usize, peers_any_cluster: bool) {
     let mut r = Rng(seed);
-    let scope = Scope::new(LOCAL);
+    let scope = Scope {
+        peers_any_cluster,
+        ..Scope::new(LOCAL)
+    };
     let mut st = PolicyState::new(scope.clone());
     let mut maps = Compiled::default();
     let pool: Vec<u32> = (1..=5)
@@ -235,6 +238,22 @@ fn run_sequence(seed: u64, ops: usize) {
                 let name = r.below(6);
                 st.upsert_policy(random_policy(&mut r, name))
             }
+            8 if r.chance(30) => {
+                // A re-read of the files: some kept, some changed, some gone.
+                let mut set: Vec<Policy> =
+                    st.policies().filter(|_| r.chance(60)).cloned().collect();
+                for _ in 0..r.below(3) {
+                    let name = r.below(6);
+                    let p = random_policy(&mut r, name);
+                    if set.iter().all(|q| q.id != p.id) {
+                        set.push(p);
+                    }
+                }
+                match st.sync_policies(set) {
+                    Ok(d) => d,
+                    Err(e) => panic!("{e}"),
+                }
+            }
             _ => {
                 let ids: Vec<PolicyRef> = st.policies().map(|p| p.id.clone()).collect();
                 if ids.is_empty() {
@@ -257,7 +276,7 @@ fn run_sequence(seed: u64, ops: usize) {
 #[test]
 fn random_operation_sequences_match_full_recompilation() {
     for seed in 1..=30u64 {
-        run_sequence(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), 120);
+        run_sequence(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), 120, seed % 4 == 0);
     }
 }
 
@@ -321,4 +340,46 @@ spec:
     assert_eq!(maps, Compiled::default());
     assert_eq!(st.maps(), Compiled::default());
     assert!(st.remove_policy(&p[0].id).is_empty());
+}
+
+#[test]
+fn sync_gives_one_net_diff_and_refuses_duplicates() {
+    let mut st = PolicyState::new(Scope::new(LOCAL));
+    let web = id(LOCAL, 1);
+    let client = id(LOCAL, 2);
+    st.add_identity(web, pod(LOCAL, "shop", &[("app", "web")]));
+    st.add_identity(client, pod(LOCAL, "shop", &[("app", "client")]));
+    let a = parse(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{ports: [{port: 80}]}]
+"#,
+    );
+    let b = parse(&a_yaml_renamed());
+    let mut maps = Compiled::default();
+    match st.sync_policies(a.clone()) {
+        Ok(d) => d.apply_to(&mut maps),
+        Err(e) => panic!("{e}"),
+    }
+    assert_eq!(maps.entries.len(), 1);
+    // a replaced by b, which gives the same entry: nothing to do in the maps.
+    let d = st
+        .sync_policies(b.clone())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(d.is_empty(), "{d:?}");
+    assert_eq!(st.policies().count(), 1);
+    let twice = [b.clone(), b].concat();
+    let e = st.sync_policies(twice).expect_err("duplicate");
+    assert!(e.to_string().contains("given twice"), "{e}");
+    assert_eq!(st.maps(), maps, "a refused sync changes nothing");
+}
+
+fn a_yaml_renamed() -> String {
+    "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b, namespace: shop}\n\
+     spec:\n  podSelector: {matchLabels: {app: web}}\n  ingress: [{ports: [{port: 80}]}]\n"
+        .to_string()
 }
