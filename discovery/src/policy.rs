@@ -3,9 +3,10 @@
 //! datapath's policy maps (pure; no I/O, no eBPF types).
 //!
 //! Layout: [`selector`] (label selectors matched against identity label
-//! sets), [`yaml`] (documents → [`Policy`]; [`k8s`] and [`cilium`] hold the
-//! two kinds), [`compile`] (policies + identities → [`Compiled`]),
-//! [`state`] ([`PolicyState`]: the same, incrementally, as diffs).
+//! sets), `yaml` (documents → [`Policy`]; `k8s` and `cilium` hold the
+//! two kinds), `compile` (policies + identities → [`Compiled`]),
+//! `state` ([`PolicyState`]: the same, incrementally, as [`PolicyDiff`]s),
+//! `describe` ([`summary`], for `meshgate policy check`).
 //!
 //! # What the output means
 //!
@@ -234,6 +235,8 @@ pub struct Policy {
 /// field, and what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
+    #[error("cannot read policy file {path}: {message}")]
+    Read { path: String, message: String },
     #[error("{source_name}: document {index}: {message}")]
     Document {
         source_name: String,
@@ -254,7 +257,7 @@ impl PolicyError {
     pub fn field(&self) -> Option<&str> {
         match self {
             PolicyError::Invalid { field, .. } => Some(field),
-            PolicyError::Document { .. } => None,
+            PolicyError::Document { .. } | PolicyError::Read { .. } => None,
         }
     }
 }

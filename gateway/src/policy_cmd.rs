@@ -119,6 +119,6 @@ mod tests {
         assert!(text.contains("also defined in"), "{text}");
         assert!(text.ends_with("2 error(s)\n"), "{text}");
         let (text, ok) = check(&[dir.path().join("missing.yaml")]);
-        assert!(!ok && text.contains("cannot read the file"), "{text}");
+        assert!(!ok && text.contains("cannot read policy file"), "{text}");
     }
 }

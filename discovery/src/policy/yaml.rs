@@ -29,10 +29,9 @@ pub fn parse_policies(yaml: &str, source_name: &str) -> Result<Vec<Policy>, Poli
 /// Reads a policy file ([`parse_policies`] on its text).
 pub fn parse_policy_file(path: &Path) -> Result<Vec<Policy>, PolicyError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| PolicyError::Document {
-        source_name: name.clone(),
-        index: 0,
-        message: format!("cannot read the file: {e}"),
+    let text = std::fs::read_to_string(path).map_err(|e| PolicyError::Read {
+        path: name.clone(),
+        message: e.to_string(),
     })?;
     parse_policies(&text, &name)
 }
