@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+use serde_yaml::Value;
 
 use super::selector::{LabelSelectorYaml, Requirement, Selector};
 use super::yaml::{expand_ports, port_number, Ctx};
@@ -14,23 +15,23 @@ use super::{
 /// Prefix of Cilium's namespace-label selectors, which meshgate cannot match.
 const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
 
-type Extra = BTreeMap<String, serde_yaml::Value>;
+type Extra = BTreeMap<String, Value>;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RuleSpec {
-    endpoint_selector: Option<LabelSelectorYaml>,
-    ingress: Option<Vec<PeerRule>>,
-    ingress_deny: Option<Vec<PeerRule>>,
-    egress: Option<Vec<PeerRule>>,
-    egress_deny: Option<Vec<PeerRule>>,
-    enable_default_deny: Option<DefaultDeny>,
+    endpoint_selector: Option<Value>,
+    ingress: Option<Value>,
+    ingress_deny: Option<Value>,
+    egress: Option<Value>,
+    egress_deny: Option<Value>,
+    enable_default_deny: Option<Value>,
     /// Free text; read and kept out of the datapath.
     #[allow(dead_code)]
     description: Option<String>,
     /// Labels naming the rule (not a selector); not used for enforcement.
     #[allow(dead_code)]
-    labels: Option<serde_yaml::Value>,
+    labels: Option<Value>,
     #[serde(flatten)]
     extra: Extra,
 }
@@ -45,16 +46,16 @@ struct DefaultDeny {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct PeerRule {
-    from_endpoints: Option<Vec<LabelSelectorYaml>>,
-    to_endpoints: Option<Vec<LabelSelectorYaml>>,
-    to_ports: Option<Vec<PortRule>>,
+    from_endpoints: Option<Value>,
+    to_endpoints: Option<Value>,
+    to_ports: Option<Value>,
     #[serde(flatten)]
     extra: Extra,
 }
 
 #[derive(Debug, Deserialize)]
 struct PortRule {
-    ports: Option<Vec<PortYaml>>,
+    ports: Option<Value>,
     #[serde(flatten)]
     extra: Extra,
 }
@@ -62,7 +63,7 @@ struct PortRule {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct PortYaml {
-    port: Option<serde_yaml::Value>,
+    port: Option<Value>,
     end_port: Option<u32>,
     protocol: Option<String>,
     #[serde(flatten)]
@@ -72,19 +73,14 @@ struct PortYaml {
 pub(crate) fn translate(
     ctx: &Ctx,
     id: PolicyRef,
-    spec: Option<serde_yaml::Value>,
-    specs: Option<serde_yaml::Value>,
+    spec: Option<Value>,
+    specs: Option<Value>,
 ) -> Result<Policy, PolicyError> {
     let mut parts = Vec::new();
     if let Some(s) = spec {
         parts.push(("spec".to_string(), s));
     }
-    if let Some(list) = specs {
-        let list: Vec<serde_yaml::Value> = ctx.typed("specs", list)?;
-        for (i, s) in list.into_iter().enumerate() {
-            parts.push((format!("specs[{i}]"), s));
-        }
-    }
+    parts.extend(ctx.list("specs", specs.as_ref())?);
     if parts.is_empty() {
         return Err(ctx.err(
             "spec",
@@ -119,25 +115,20 @@ fn rule_spec(
             "labels",
         ],
     )?;
-    let es = rs.endpoint_selector.as_ref().ok_or_else(|| {
-        ctx.err(
+    let es: LabelSelectorYaml = ctx
+        .opt(
             &format!("{field}.endpointSelector"),
-            "is required; use `endpointSelector: {}` for every endpoint of the namespace",
-        )
-    })?;
-    let subject = selector(ctx, &format!("{field}.endpointSelector"), es)?
+            rs.endpoint_selector.as_ref(),
+        )?
+        .ok_or_else(|| {
+            ctx.err(
+                &format!("{field}.endpointSelector"),
+                "is required; use `endpointSelector: {}` for every endpoint of the namespace",
+            )
+        })?;
+    let subject = selector(ctx, &format!("{field}.endpointSelector"), &es)?
         .with(Requirement::is_in(NAMESPACE_LABEL, &id.namespace));
-    let non_empty = |l: &Option<Vec<PeerRule>>| l.as_ref().is_some_and(|l| !l.is_empty());
-    let mut selects = Selection {
-        ingress: non_empty(&rs.ingress) || non_empty(&rs.ingress_deny),
-        egress: non_empty(&rs.egress) || non_empty(&rs.egress_deny),
-    };
-    if let Some(dd) = &rs.enable_default_deny {
-        selects.ingress = dd.ingress.unwrap_or(selects.ingress);
-        selects.egress = dd.egress.unwrap_or(selects.egress);
-    }
-    let mut rules = Vec::new();
-    for (dir, verdict, list, name) in [
+    let lists = [
         (Direction::Ingress, Verdict::Allow, &rs.ingress, "ingress"),
         (
             Direction::Ingress,
@@ -152,11 +143,29 @@ fn rule_spec(
             &rs.egress_deny,
             "egressDeny",
         ),
-    ] {
-        for (i, r) in list.iter().flatten().enumerate() {
-            let f = format!("{field}.{name}[{i}]");
-            rules.push(peer_rule(ctx, id, dir, verdict, &f, r)?);
+    ];
+    let mut selects = Selection::default();
+    let mut rules = Vec::new();
+    for (dir, verdict, list, name) in lists {
+        let list = ctx.list(&format!("{field}.{name}"), list.as_ref())?;
+        if !list.is_empty() {
+            match dir {
+                Direction::Ingress => selects.ingress = true,
+                Direction::Egress => selects.egress = true,
+            }
         }
+        for (f, r) in list {
+            let r: PeerRule = ctx.typed(&f, r)?;
+            rules.push(peer_rule(ctx, id, dir, verdict, &f, &r)?);
+        }
+    }
+    let dd: Option<DefaultDeny> = ctx.opt(
+        &format!("{field}.enableDefaultDeny"),
+        rs.enable_default_deny.as_ref(),
+    )?;
+    if let Some(dd) = dd {
+        selects.ingress = dd.ingress.unwrap_or(selects.ingress);
+        selects.egress = dd.egress.unwrap_or(selects.egress);
     }
     Ok(PolicySpec {
         subject,
@@ -194,18 +203,18 @@ fn peer_rule(
     ctx.no_extra(field, &r.extra, &[peers_field, "toPorts"])?;
 
     let mut ports = Vec::new();
-    for (i, pr) in r.to_ports.iter().flatten().enumerate() {
-        let f = format!("{field}.toPorts[{i}]");
+    for (f, pr) in ctx.list(&format!("{field}.toPorts"), r.to_ports.as_ref())? {
+        let pr: PortRule = ctx.typed(&f, pr)?;
         ctx.no_extra(&f, &pr.extra, &["ports"])?;
-        let list = pr.ports.as_deref().unwrap_or_default();
+        let list = ctx.list(&format!("{f}.ports"), pr.ports.as_ref())?;
         if list.is_empty() {
             return Err(ctx.err(
                 &format!("{f}.ports"),
                 "is empty; list the ports, or leave toPorts out to allow every port",
             ));
         }
-        for (j, p) in list.iter().enumerate() {
-            let pf = format!("{f}.ports[{j}]");
+        for (pf, p) in list {
+            let p: PortYaml = ctx.typed(&pf, p)?;
             ctx.no_extra(&pf, &p.extra, &["port", "endPort", "protocol"])?;
             let port = port_number(ctx, &format!("{pf}.port"), p.port.as_ref(), true)?;
             let protos: &[u8] = match p.protocol.as_deref().unwrap_or("ANY") {
@@ -229,23 +238,24 @@ fn peer_rule(
         ports.push(PortProto::ANY);
     }
 
-    let peers = match peers.as_deref() {
-        Some(list) if !list.is_empty() => {
-            let mut sels = Vec::new();
-            for (i, s) in list.iter().enumerate() {
-                let f = format!("{field}.{peers_field}[{i}]");
-                let mut sel = selector(ctx, &f, s)?;
-                if !sel.mentions(NAMESPACE_LABEL) {
-                    sel = sel.with(Requirement::is_in(NAMESPACE_LABEL, &id.namespace));
-                }
-                sels.push(sel);
+    let peer_list = ctx.list(&format!("{field}.{peers_field}"), peers.as_ref())?;
+    let peers = if !peer_list.is_empty() {
+        let mut sels = Vec::new();
+        for (f, s) in peer_list {
+            let s: LabelSelectorYaml = ctx.typed(&f, s)?;
+            let mut sel = selector(ctx, &f, &s)?;
+            if !sel.mentions(NAMESPACE_LABEL) {
+                sel = sel.with(Requirement::is_in(NAMESPACE_LABEL, &id.namespace));
             }
-            Peers::Selected(sels)
+            sels.push(sel);
         }
+        Peers::Selected(sels)
+    } else if has_ports {
         // L4-only rule: these ports with any peer.
-        _ if has_ports => Peers::Any,
+        Peers::Any
+    } else {
         // `{}`: selects the endpoint in this direction, allows nothing.
-        _ => Peers::Selected(Vec::new()),
+        Peers::Selected(Vec::new())
     };
     Ok(Rule {
         direction: dir,

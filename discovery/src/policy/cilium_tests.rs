@@ -308,6 +308,16 @@ fn unsupported_fields_are_errors_naming_policy_field_and_fix() {
         &["leave toPorts out"],
     );
     assert_err(
+        "  endpointSelector: {}\n  ingress:\n    fromEndpoints: [{}]\n",
+        "spec.ingress",
+        &["is a map, not a list", "- "],
+    );
+    assert_err(
+        "  endpointSelector: {}\n  egress:\n  - toEndpoints: [{matchLabels: {app: [a]}}]\n",
+        "spec.egress[0].toEndpoints[0]",
+        &["invalid type"],
+    );
+    assert_err(
         "  endpointSelector: {}\n  nodeSelector: {}\n",
         "spec.nodeSelector",
         &["node policies"],

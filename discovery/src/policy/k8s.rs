@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+use serde_yaml::Value;
 
 use super::selector::{LabelSelectorYaml, Requirement, Selector};
 use super::yaml::{expand_ports, port_number, Ctx};
@@ -15,24 +16,24 @@ use super::{
 /// meshgate knows (identities carry the namespace name, not its labels).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
-type Extra = BTreeMap<String, serde_yaml::Value>;
+type Extra = BTreeMap<String, Value>;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Spec {
-    pod_selector: Option<LabelSelectorYaml>,
-    policy_types: Option<Vec<String>>,
-    ingress: Option<Vec<RuleYaml>>,
-    egress: Option<Vec<RuleYaml>>,
+    pod_selector: Option<Value>,
+    policy_types: Option<Value>,
+    ingress: Option<Value>,
+    egress: Option<Value>,
     #[serde(flatten)]
     extra: Extra,
 }
 
 #[derive(Debug, Deserialize)]
 struct RuleYaml {
-    from: Option<Vec<PeerYaml>>,
-    to: Option<Vec<PeerYaml>>,
-    ports: Option<Vec<PortYaml>>,
+    from: Option<Value>,
+    to: Option<Value>,
+    ports: Option<Value>,
     #[serde(flatten)]
     extra: Extra,
 }
@@ -40,8 +41,8 @@ struct RuleYaml {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct PeerYaml {
-    pod_selector: Option<LabelSelectorYaml>,
-    namespace_selector: Option<LabelSelectorYaml>,
+    pod_selector: Option<Value>,
+    namespace_selector: Option<Value>,
     #[serde(flatten)]
     extra: Extra,
 }
@@ -50,7 +51,7 @@ struct PeerYaml {
 #[serde(rename_all = "camelCase")]
 struct PortYaml {
     protocol: Option<String>,
-    port: Option<serde_yaml::Value>,
+    port: Option<Value>,
     end_port: Option<u32>,
     #[serde(flatten)]
     extra: Extra,
@@ -59,7 +60,7 @@ struct PortYaml {
 pub(crate) fn translate(
     ctx: &Ctx,
     id: PolicyRef,
-    spec: Option<serde_yaml::Value>,
+    spec: Option<Value>,
 ) -> Result<Policy, PolicyError> {
     let spec = spec.ok_or_else(|| ctx.err("spec", "is missing"))?;
     let spec: Spec = ctx.typed("spec", spec)?;
@@ -68,29 +69,36 @@ pub(crate) fn translate(
         &spec.extra,
         &["podSelector", "policyTypes", "ingress", "egress"],
     )?;
-    let pod_selector = spec.pod_selector.as_ref().ok_or_else(|| {
-        ctx.err(
-            "spec.podSelector",
-            "is required; use `podSelector: {}` to select every pod of the namespace",
-        )
-    })?;
-    let subject = selector(ctx, "spec.podSelector", pod_selector, &plain_key)?
+    let pod_selector: LabelSelectorYaml = ctx
+        .opt("spec.podSelector", spec.pod_selector.as_ref())?
+        .ok_or_else(|| {
+            ctx.err(
+                "spec.podSelector",
+                "is required; use `podSelector: {}` to select every pod of the namespace",
+            )
+        })?;
+    let subject = selector(ctx, "spec.podSelector", &pod_selector, &plain_key)?
         .with(Requirement::is_in(NAMESPACE_LABEL, &id.namespace));
+    let ingress = ctx.list("spec.ingress", spec.ingress.as_ref())?;
+    let egress = ctx.list("spec.egress", spec.egress.as_ref())?;
 
     let mut selects = Selection {
         ingress: true,
-        egress: spec.egress.as_ref().is_some_and(|e| !e.is_empty()),
+        egress: !egress.is_empty(),
     };
-    if let Some(types) = &spec.policy_types {
+    if spec.policy_types.is_some() {
         selects = Selection::default();
-        for (i, t) in types.iter().enumerate() {
+        for (f, t) in ctx.list("spec.policyTypes", spec.policy_types.as_ref())? {
             match t.as_str() {
-                "Ingress" => selects.ingress = true,
-                "Egress" => selects.egress = true,
-                other => {
+                Some("Ingress") => selects.ingress = true,
+                Some("Egress") => selects.egress = true,
+                _ => {
                     return Err(ctx.err(
-                        &format!("spec.policyTypes[{i}]"),
-                        format!("{other:?} is not a policy type; use Ingress or Egress"),
+                        &f,
+                        format!(
+                            "{} is not a policy type; use Ingress or Egress",
+                            serde_yaml::to_string(&t).unwrap_or_default().trim()
+                        ),
                     ))
                 }
             }
@@ -99,10 +107,9 @@ pub(crate) fn translate(
 
     let mut rules = Vec::new();
     for (dir, list, name) in [
-        (Direction::Ingress, &spec.ingress, "ingress"),
-        (Direction::Egress, &spec.egress, "egress"),
+        (Direction::Ingress, ingress, "ingress"),
+        (Direction::Egress, egress, "egress"),
     ] {
-        let list = list.as_deref().unwrap_or_default();
         if !list.is_empty() && !selects.get(dir) {
             return Err(ctx.err(
                 &format!("spec.{name}"),
@@ -116,8 +123,9 @@ pub(crate) fn translate(
                 ),
             ));
         }
-        for (i, r) in list.iter().enumerate() {
-            rules.push(rule(ctx, &id, dir, &format!("spec.{name}[{i}]"), r)?);
+        for (f, r) in list {
+            let r: RuleYaml = ctx.typed(&f, r)?;
+            rules.push(rule(ctx, &id, dir, &f, &r)?);
         }
     }
     Ok(Policy {
@@ -148,19 +156,20 @@ fn rule(
         ));
     }
     ctx.no_extra(field, &r.extra, &[peers_field, "ports"])?;
-    let peers = match peers.as_deref() {
-        None | Some([]) => Peers::Any,
-        Some(list) => {
-            let mut sels = Vec::new();
-            for (i, p) in list.iter().enumerate() {
-                sels.push(peer(ctx, id, &format!("{field}.{peers_field}[{i}]"), p)?);
-            }
-            Peers::Selected(sels)
+    let peers = ctx.list(&format!("{field}.{peers_field}"), peers.as_ref())?;
+    let peers = if peers.is_empty() {
+        Peers::Any
+    } else {
+        let mut sels = Vec::new();
+        for (f, p) in peers {
+            let p: PeerYaml = ctx.typed(&f, p)?;
+            sels.push(peer(ctx, id, &f, &p)?);
         }
+        Peers::Selected(sels)
     };
     let mut ports = Vec::new();
-    for (i, p) in r.ports.iter().flatten().enumerate() {
-        let f = format!("{field}.ports[{i}]");
+    for (f, p) in ctx.list(&format!("{field}.ports"), r.ports.as_ref())? {
+        let p: PortYaml = ctx.typed(&f, p)?;
         ctx.no_extra(&f, &p.extra, &["protocol", "port", "endPort"])?;
         let proto = match p.protocol.as_deref().unwrap_or("TCP") {
             "TCP" => PROTO_TCP,
@@ -189,11 +198,17 @@ fn rule(
 
 fn peer(ctx: &Ctx, id: &PolicyRef, field: &str, p: &PeerYaml) -> Result<Selector, PolicyError> {
     ctx.no_extra(field, &p.extra, &["podSelector", "namespaceSelector"])?;
-    let mut sel = match &p.pod_selector {
+    let pod: Option<LabelSelectorYaml> =
+        ctx.opt(&format!("{field}.podSelector"), p.pod_selector.as_ref())?;
+    let ns: Option<LabelSelectorYaml> = ctx.opt(
+        &format!("{field}.namespaceSelector"),
+        p.namespace_selector.as_ref(),
+    )?;
+    let mut sel = match &pod {
         Some(s) => selector(ctx, &format!("{field}.podSelector"), s, &plain_key)?,
         None => Selector::all(),
     };
-    match &p.namespace_selector {
+    match &ns {
         Some(ns) => {
             let nsel = selector(
                 ctx,
@@ -203,7 +218,7 @@ fn peer(ctx: &Ctx, id: &PolicyRef, field: &str, p: &PeerYaml) -> Result<Selector
             )?;
             sel.requirements.extend(nsel.requirements);
         }
-        None if p.pod_selector.is_some() => {
+        None if pod.is_some() => {
             sel = sel.with(Requirement::is_in(NAMESPACE_LABEL, &id.namespace));
         }
         None => {

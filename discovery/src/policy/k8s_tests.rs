@@ -441,6 +441,21 @@ fn bad_input_names_the_policy_the_field_and_the_fix() {
         "spec.ingress[0].from[0]",
         &["podSelector"],
     );
+    assert_err(
+        &bad("  podSelector: {}\n  egress:\n    to: []\n"),
+        "spec.egress",
+        &["is a map, not a list"],
+    );
+    assert_err(
+        &bad("  podSelector: {}\n  ingress:\n  - ports: [{port: 80, protocol: 6}]\n"),
+        "spec.ingress[0].ports[0]",
+        &["invalid type"],
+    );
+    assert_err(
+        &bad("  podSelector: {}\n  policyTypes: Ingress\n"),
+        "spec.policyTypes",
+        &["is a string, not a list"],
+    );
     let wrong_api = parse_err(
         "apiVersion: extensions/v1beta1\nkind: NetworkPolicy\nmetadata: {name: bad, namespace: shop}\nspec: {podSelector: {}}\n",
     );

@@ -164,6 +164,42 @@ impl Ctx {
         serde_yaml::from_value(value).map_err(|e| self.err(field, format!("{e}")))
     }
 
+    /// The items of the list at `field` with their paths (`field[i]`);
+    /// absent or null is no items; anything but a list is an error.
+    pub fn list(
+        &self,
+        field: &str,
+        v: Option<&serde_yaml::Value>,
+    ) -> Result<Vec<(String, serde_yaml::Value)>, PolicyError> {
+        match v {
+            None | Some(serde_yaml::Value::Null) => Ok(Vec::new()),
+            Some(serde_yaml::Value::Sequence(items)) => Ok(items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("{field}[{i}]"), v.clone()))
+                .collect()),
+            Some(other) => Err(self.err(
+                field,
+                format!(
+                    "is {}, not a list; write its items as a YAML list (lines starting with `- `)",
+                    shape(other)
+                ),
+            )),
+        }
+    }
+
+    /// [`Ctx::typed`] for an optional field; absent or null is `None`.
+    pub fn opt<T: DeserializeOwned>(
+        &self,
+        field: &str,
+        v: Option<&serde_yaml::Value>,
+    ) -> Result<Option<T>, PolicyError> {
+        match v {
+            None | Some(serde_yaml::Value::Null) => Ok(None),
+            Some(v) => self.typed(field, v.clone()).map(Some),
+        }
+    }
+
     /// Refuses fields that were not recognised: a known unsupported one
     /// with its hint, any other as unknown, listing the supported ones.
     pub fn no_extra(
@@ -188,6 +224,19 @@ impl Ctx {
             ),
         };
         Err(self.err(&path, msg))
+    }
+}
+
+/// What a YAML value is, for messages.
+fn shape(v: &serde_yaml::Value) -> &'static str {
+    match v {
+        serde_yaml::Value::Null => "empty",
+        serde_yaml::Value::Bool(_) => "a boolean",
+        serde_yaml::Value::Number(_) => "a number",
+        serde_yaml::Value::String(_) => "a string",
+        serde_yaml::Value::Sequence(_) => "a list",
+        serde_yaml::Value::Mapping(_) => "a map",
+        serde_yaml::Value::Tagged(_) => "a tagged value",
     }
 }
 
