@@ -34,6 +34,35 @@ impl PolicyDiff {
         self.set.is_empty() && self.select.is_empty() && self.remove.is_empty()
     }
 
+    /// The diff that turns maps holding `current` into `wanted`: what an
+    /// agent restarted over pinned maps applies (after reading them back)
+    /// instead of emptying them, so established flows are not cut.
+    pub fn between(current: &Compiled, wanted: &Compiled) -> PolicyDiff {
+        let mut d = PolicyDiff::default();
+        for (k, v) in &wanted.entries {
+            if current.entries.get(k) != Some(v) {
+                d.set.insert(*k, *v);
+            }
+        }
+        d.remove = current
+            .entries
+            .keys()
+            .filter(|k| !wanted.entries.contains_key(k))
+            .copied()
+            .collect();
+        for (id, s) in &wanted.selected {
+            if current.selected.get(id) != Some(s) {
+                d.select.insert(*id, *s);
+            }
+        }
+        for id in current.selected.keys() {
+            if !wanted.selected.contains_key(id) {
+                d.select.insert(*id, Selection::default());
+            }
+        }
+        d
+    }
+
     /// Applies the diff to an in-memory copy of the maps (the model of what
     /// the agent does to the real ones).
     pub fn apply_to(&self, maps: &mut Compiled) {

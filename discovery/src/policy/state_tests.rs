@@ -264,6 +264,14 @@ fn run_sequence(seed: u64, ops: usize, peers_any_cluster: bool) {
         };
         let full = compile(&scope, st.policies(), st.identities());
         check_diff_is_minimal(&maps, &diff);
+        let mut expected = PolicyDiff::between(&maps, &full);
+        expected.remove.sort();
+        let mut got = diff.clone();
+        got.remove.sort();
+        assert_eq!(
+            got, expected,
+            "seed {seed} step {step}: the diff is exactly the change"
+        );
         apply_checked(&mut maps, &diff, &full, &probe);
         assert_eq!(
             maps, full,
@@ -382,4 +390,32 @@ fn a_yaml_renamed() -> String {
     "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b, namespace: shop}\n\
      spec:\n  podSelector: {matchLabels: {app: web}}\n  ingress: [{ports: [{port: 80}]}]\n"
         .to_string()
+}
+
+#[test]
+fn between_reconciles_maps_left_by_an_earlier_run() {
+    let mut st = PolicyState::new(Scope::new(LOCAL));
+    let mut r = Rng(7);
+    for n in 1..=5 {
+        let c = if n > 3 { REMOTE } else { LOCAL };
+        st.add_identity(id(c, n), random_labels(&mut r, c));
+    }
+    for n in 0..4 {
+        st.upsert_policy(random_policy(&mut r, n));
+    }
+    let old = st.maps();
+    for n in 2..6 {
+        st.upsert_policy(random_policy(&mut r, n));
+    }
+    let new = st.maps();
+    assert_ne!(old, new, "the test needs a change");
+    assert!(PolicyDiff::between(&new, &new).is_empty());
+    let mut maps = old.clone();
+    apply_checked(
+        &mut maps,
+        &PolicyDiff::between(&old, &new),
+        &new,
+        &probes(&[id(LOCAL, 1), id(LOCAL, 2), id(LOCAL, 3), id(REMOTE, 4)]),
+    );
+    assert_eq!(maps, new);
 }
