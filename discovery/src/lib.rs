@@ -8,7 +8,8 @@
 //! [`registry`] (state machine, time passed in),
 //! [`store`] (persistence), [`server`] (tonic shell), [`client`],
 //! [`certs`] (mesh CA and certificates), [`tls`] (mutual TLS),
-//! [`service`] (services and their merge across clusters).
+//! [`service`] (services and their merge across clusters),
+//! [`policy`] (NetworkPolicy / CiliumNetworkPolicy → policy map entries).
 
 pub mod alloc;
 pub mod certs;
@@ -18,6 +19,7 @@ mod error;
 pub mod federation;
 pub mod identity;
 pub mod model;
+pub mod policy;
 pub mod registry;
 pub mod server;
 pub mod service;

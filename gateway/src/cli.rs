@@ -11,6 +11,7 @@ use crate::discovery_cmd::DiscoveryArgs;
 use crate::federation_cmd::FederationArgs;
 use crate::lab_cmd::LabCommand;
 use crate::nodes_cmd::NodesArgs;
+use crate::policy_cmd::PolicyCommand;
 use crate::services_cmd::ServicesArgs;
 
 /// meshgate: encrypted multi-cluster mesh for Kubernetes nodes.
@@ -40,6 +41,11 @@ pub enum Command {
     Certs(CertsArgs),
     /// Show what a discovery imports from remote clusters, and what it rejected.
     Federation(FederationArgs),
+    /// Check identity policy files (NetworkPolicy, CiliumNetworkPolicy).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Print the status of the agent whose state directory is given.
     Status {
         #[arg(long, default_value = "/var/lib/meshgate")]
@@ -61,6 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Services(args) => crate::services_cmd::run(args).map(|_| ExitCode::SUCCESS),
         Command::Certs(args) => crate::certs_cmd::run(args).map(|_| ExitCode::SUCCESS),
         Command::Federation(args) => crate::federation_cmd::run(args).map(|_| ExitCode::SUCCESS),
+        Command::Policy { command } => crate::policy_cmd::run(command),
         Command::Status { state_dir } => crate::agent::print_status(&state_dir),
         Command::Ipcache { state_dir } => crate::ipcache_cmd::run(&state_dir),
     }

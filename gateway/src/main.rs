@@ -8,6 +8,7 @@ mod federation_cmd;
 mod ipcache_cmd;
 mod lab_cmd;
 mod nodes_cmd;
+mod policy_cmd;
 mod services_cmd;
 mod services_file;
 

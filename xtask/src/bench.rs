@@ -3,6 +3,7 @@
 
 mod iperf;
 mod mesh;
+mod policy;
 mod report;
 mod tunnel;
 
@@ -10,8 +11,7 @@ use anyhow::{bail, Result};
 
 type Bench = fn(&[&str]) -> Result<()>;
 
-/// Every benchmark by name, whether it needs root, and how it is run;
-/// `policy` goes here when it exists.
+/// Every benchmark by name, whether it needs root, and how it is run.
 const BENCHES: &[(&str, bool, Bench)] = &[
     ("tunnel", true, |args| {
         if !args.is_empty() {
@@ -20,6 +20,7 @@ const BENCHES: &[(&str, bool, Bench)] = &[
         tunnel::run()
     }),
     ("mesh", false, mesh::run),
+    ("policy", false, policy::run),
 ];
 
 pub fn known() -> Vec<&'static str> {

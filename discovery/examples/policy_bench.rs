@@ -1,0 +1,228 @@
+//! `policy_bench`: the cost of compiling identity policy into map entries,
+//! from scratch and incrementally, at about 10,000 entries.
+//!
+//! World: two clusters of `--identities` identities each (label sets over 100
+//! apps and 5 namespaces) and `--policies` CiliumNetworkPolicies, policy k
+//! selecting app svc{k} and allowing 2 TCP ports from apps svc{k+1} and
+//! svc{k+2} of any namespace, in the local cluster and (by cluster label) in
+//! the remote one. With the defaults that is 50 × 5 subjects × 20 peers ×
+//! 2 ports = 10,000 entries.
+//!
+//! Figures, each the median of `--rounds` runs: parsing the YAML; a full
+//! compile; building a `PolicyState` from empty; and single changes on the
+//! full state (one policy changed, a local identity added, a remote identity
+//! added, a policy removed). Anchor, measured in the same run: filling a
+//! `HashMap` with the same 10,000 entries (what any compiler has to do at
+//! least once); the single changes are also given against the full compile.
+//!
+//! Run by `cargo xtask bench policy`; by hand:
+//! `cargo run --release -p meshgate-discovery --example policy_bench`.
+//! The result is one JSON line on stdout.
+#![allow(clippy::print_stdout)] // a benchmark driver: stdout is its output
+
+use std::collections::{BTreeMap, HashMap};
+use std::hint::black_box;
+use std::time::Instant;
+
+use meshgate_discovery::identity::{endpoint_labels, identity, Labels};
+use meshgate_discovery::policy::{compile, parse_policies, Policy, PolicyState, Scope, Verdict};
+use serde_json::json;
+
+const USAGE: &str = "usage: policy_bench [--identities N per cluster (default 500, max 60000)] \
+[--policies N (default 50, max 100)] [--rounds N (default 21)]";
+
+const LOCAL: u8 = 1;
+const REMOTE: u8 = 2;
+
+fn main() {
+    let (identities, policies, rounds) = match args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let ids = world(identities);
+    let yaml = policy_yaml(policies);
+    let scope = Scope::new(LOCAL);
+
+    let parse_s = median(rounds, || {
+        black_box(parse_policies(&yaml, "bench").map(|p| p.len()).unwrap_or(0));
+    });
+    let parsed: Vec<Policy> = match parse_policies(&yaml, "bench") {
+        Ok(p) => p,
+        Err(e) => {
+            println!("{}", json!({"error": e.to_string()}));
+            std::process::exit(1);
+        }
+    };
+    let full = compile(&scope, &parsed, &ids);
+    let entries: Vec<_> = full.entries.iter().map(|(k, v)| (*k, *v)).collect();
+
+    let anchor_s = median(rounds, || {
+        let mut m: HashMap<_, Verdict> = HashMap::new();
+        for (k, v) in &entries {
+            m.insert(*k, *v);
+        }
+        black_box(m.len());
+    });
+    let compile_s = median(rounds, || {
+        black_box(compile(&scope, &parsed, &ids).entries.len());
+    });
+    let build = || {
+        let mut st = PolicyState::new(scope.clone());
+        for (id, l) in &ids {
+            st.add_identity(*id, l.clone());
+        }
+        for p in &parsed {
+            st.upsert_policy(p.clone());
+        }
+        st
+    };
+    let build_s = median(rounds, || {
+        black_box(build().maps().entries.len());
+    });
+    let base = build();
+    if base.maps() != full {
+        println!(
+            "{}",
+            json!({"error": "PolicyState from empty differs from the full compile"})
+        );
+        std::process::exit(1);
+    }
+
+    // Single changes on the full state (cloned outside the timing).
+    let changed = {
+        let y = yaml.replacen("port: \"8080\"", "port: \"9090\"", 1);
+        match parse_policies(&y, "bench") {
+            Ok(p) => p[0].clone(),
+            Err(e) => {
+                println!("{}", json!({"error": e.to_string()}));
+                std::process::exit(1);
+            }
+        }
+    };
+    let new_local = (identity(LOCAL, 65_000), pod(LOCAL, 0, 0, 999));
+    let new_remote = (identity(REMOTE, 65_000), pod(REMOTE, 1, 1, 999));
+    let one = |f: &dyn Fn(&mut PolicyState) -> usize| {
+        let mut samples = Vec::new();
+        let mut diff_len = 0;
+        for _ in 0..rounds {
+            let mut st = base.clone();
+            let t = Instant::now();
+            diff_len = black_box(f(&mut st));
+            samples.push(t.elapsed().as_secs_f64());
+        }
+        (med(samples), diff_len)
+    };
+    let diff_size =
+        |d: meshgate_discovery::policy::PolicyDiff| d.set.len() + d.remove.len() + d.select.len();
+    let (change_s, change_n) = one(&|st| diff_size(st.upsert_policy(changed.clone())));
+    let (local_s, local_n) =
+        one(&|st| diff_size(st.add_identity(new_local.0, new_local.1.clone())));
+    let (remote_s, remote_n) =
+        one(&|st| diff_size(st.add_identity(new_remote.0, new_remote.1.clone())));
+    let (remove_s, remove_n) = one(&|st| diff_size(st.remove_policy(&parsed[0].id)));
+
+    let op =
+        |s: f64, n: usize| json!({"seconds": s, "diff_items": n, "vs_full_compile": s / compile_s});
+    println!(
+        "{}",
+        json!({
+            "identities": ids.len(),
+            "policies": parsed.len(),
+            "entries": full.entries.len(),
+            "selected": full.selected.len(),
+            "rounds": rounds,
+            "anchor_hashmap_fill_s": anchor_s,
+            "parse_s": parse_s,
+            "compile_s": compile_s,
+            "compile_vs_anchor": compile_s / anchor_s,
+            "state_from_empty_s": build_s,
+            "state_from_empty_vs_compile": build_s / compile_s,
+            "change_policy": op(change_s, change_n),
+            "add_local_identity": op(local_s, local_n),
+            "add_remote_identity": op(remote_s, remote_n),
+            "remove_policy": op(remove_s, remove_n),
+        })
+    );
+}
+
+fn args() -> Result<(usize, usize, usize), String> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let (mut ids, mut pols, mut rounds) = (500, 50, 21);
+    let mut it = argv.iter();
+    while let Some(a) = it.next() {
+        let v = it.next().ok_or(format!("{a} needs a value"))?;
+        let n: usize = v.parse().map_err(|_| format!("{a} {v:?}: not a number"))?;
+        match a.as_str() {
+            "--identities" if (1..=60_000).contains(&n) => ids = n,
+            "--policies" if (1..=100).contains(&n) => pols = n,
+            "--rounds" if n >= 1 => rounds = n,
+            _ => return Err(format!("{a} {v}: unknown option or out of range")),
+        }
+    }
+    Ok((ids, pols, rounds))
+}
+
+fn pod(cluster: u8, app: usize, ns: usize, version: usize) -> Labels {
+    let l: Labels = [
+        ("app".to_string(), format!("svc{app}")),
+        ("version".to_string(), format!("v{version}")),
+    ]
+    .into();
+    let cname = if cluster == LOCAL { "west" } else { "east" };
+    endpoint_labels(&l, &format!("ns{ns}"), cname)
+}
+
+/// `n` identities per cluster; identity i has app svc{i % 100}, namespace
+/// ns{i % 5} and version v{i / 100} (so label sets are distinct).
+fn world(n: usize) -> BTreeMap<u32, Labels> {
+    let mut ids = BTreeMap::new();
+    for c in [LOCAL, REMOTE] {
+        for i in 0..n {
+            let id = identity(c, 256 + i as u16);
+            ids.insert(id, pod(c, i % 100, i % 5, i / 100));
+        }
+    }
+    ids
+}
+
+fn policy_yaml(n: usize) -> String {
+    let mut out = String::new();
+    for k in 0..n {
+        let (a, b) = ((k + 1) % 100, (k + 2) % 100);
+        out.push_str(&format!(
+            "---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\n\
+             metadata: {{name: p{k}, namespace: ns{ns}}}\nspec:\n  \
+             endpointSelector: {{matchLabels: {{app: svc{k}}}}}\n  ingress:\n  \
+             - fromEndpoints:\n    \
+             - matchExpressions:\n      \
+             - {{key: app, operator: In, values: [svc{a}, svc{b}]}}\n      \
+             - {{key: io.kubernetes.pod.namespace, operator: Exists}}\n    \
+             - matchExpressions:\n      \
+             - {{key: app, operator: In, values: [svc{a}, svc{b}]}}\n      \
+             - {{key: io.kubernetes.pod.namespace, operator: Exists}}\n      \
+             - {{key: io.cilium.k8s.policy.cluster, operator: In, values: [east]}}\n    \
+             toPorts:\n    - ports:\n      - {{port: \"8080\", protocol: TCP}}\n      \
+             - {{port: \"8443\", protocol: TCP}}\n",
+            ns = k % 5
+        ));
+    }
+    out
+}
+
+fn median(rounds: usize, mut f: impl FnMut()) -> f64 {
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        f();
+        samples.push(t.elapsed().as_secs_f64());
+    }
+    med(samples)
+}
+
+fn med(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}

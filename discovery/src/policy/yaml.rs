@@ -1,0 +1,351 @@
+//! YAML documents → [`Policy`]: splitting (`---`, or a `kind: List`),
+//! dispatch on `kind`, and what both kinds share (field checks, errors).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::{Policy, PolicyError, PolicyKind, PolicyRef};
+
+/// Reads every policy of one or more YAML documents (`---` separated, as
+/// kubectl accepts; a `kind: List` with `items` is read item by item; empty
+/// documents are skipped). `source_name` (a file name) prefixes errors.
+pub fn parse_policies(yaml: &str, source_name: &str) -> Result<Vec<Policy>, PolicyError> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
+        let index = i + 1;
+        let value = serde_yaml::Value::deserialize(doc).map_err(|e| PolicyError::Document {
+            source_name: source_name.to_string(),
+            index,
+            message: format!("not valid YAML: {e}"),
+        })?;
+        parse_value(value, source_name, index, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Reads a policy file ([`parse_policies`] on its text).
+pub fn parse_policy_file(path: &Path) -> Result<Vec<Policy>, PolicyError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| PolicyError::Read {
+        path: name.clone(),
+        message: e.to_string(),
+    })?;
+    parse_policies(&text, &name)
+}
+
+fn parse_value(
+    value: serde_yaml::Value,
+    source_name: &str,
+    index: usize,
+    out: &mut Vec<Policy>,
+) -> Result<(), PolicyError> {
+    let doc_err = |message: String| PolicyError::Document {
+        source_name: source_name.to_string(),
+        index,
+        message,
+    };
+    if value.is_null() {
+        return Ok(());
+    }
+    let kind = value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .ok_or_else(|| {
+            doc_err(
+                "has no `kind`; policy documents are kind NetworkPolicy (networking.k8s.io/v1) \
+                 or CiliumNetworkPolicy (cilium.io/v2)"
+                    .into(),
+            )
+        })?
+        .to_string();
+    let api = value
+        .get("apiVersion")
+        .and_then(|k| k.as_str())
+        .unwrap_or("")
+        .to_string();
+    let (kind, want_api) = match kind.as_str() {
+        "List" => {
+            let items = value
+                .get("items")
+                .and_then(|i| i.as_sequence())
+                .ok_or_else(|| doc_err("is a List without `items`".into()))?;
+            for item in items {
+                parse_value(item.clone(), source_name, index, out)?;
+            }
+            return Ok(());
+        }
+        "NetworkPolicy" => (PolicyKind::NetworkPolicy, "networking.k8s.io/v1"),
+        "CiliumNetworkPolicy" => (PolicyKind::CiliumNetworkPolicy, "cilium.io/v2"),
+        "CiliumClusterwideNetworkPolicy" => {
+            return Err(doc_err(
+                "kind CiliumClusterwideNetworkPolicy is not supported; write a \
+                 CiliumNetworkPolicy per namespace"
+                    .into(),
+            ))
+        }
+        other => {
+            return Err(doc_err(format!(
+                "kind {other:?} is not a policy meshgate reads; supported kinds are \
+                 NetworkPolicy (networking.k8s.io/v1) and CiliumNetworkPolicy (cilium.io/v2)"
+            )))
+        }
+    };
+    let meta: Metadata = match value.get("metadata") {
+        Some(m) => serde_yaml::from_value(m.clone())
+            .map_err(|e| doc_err(format!("{kind}: metadata: {e}")))?,
+        None => Metadata::default(),
+    };
+    let name = meta
+        .name
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| doc_err(format!("{kind} has no metadata.name; give it a name")))?;
+    let id = PolicyRef {
+        kind,
+        // As kubectl with a context on the default namespace.
+        namespace: meta
+            .namespace
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "default".to_string()),
+        name,
+    };
+    let ctx = Ctx {
+        source_name: source_name.to_string(),
+        policy: id.to_string(),
+    };
+    if api != want_api {
+        return Err(ctx.err(
+            "apiVersion",
+            format!("is {api:?}; {kind} is read in version {want_api}"),
+        ));
+    }
+    let spec = value.get("spec").cloned();
+    let policy = match kind {
+        PolicyKind::NetworkPolicy => super::k8s::translate(&ctx, id, spec)?,
+        PolicyKind::CiliumNetworkPolicy => {
+            let specs = value.get("specs").cloned();
+            super::cilium::translate(&ctx, id, spec, specs)?
+        }
+    };
+    out.push(policy);
+    Ok(())
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Metadata {
+    name: Option<String>,
+    namespace: Option<String>,
+}
+
+/// Error context: which policy of which source.
+pub(crate) struct Ctx {
+    pub source_name: String,
+    pub policy: String,
+}
+
+impl Ctx {
+    pub fn err(&self, field: &str, message: impl Into<String>) -> PolicyError {
+        PolicyError::Invalid {
+            source_name: self.source_name.clone(),
+            policy: self.policy.clone(),
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// Deserializes `value` at `field` into `T`.
+    pub fn typed<T: DeserializeOwned>(
+        &self,
+        field: &str,
+        value: serde_yaml::Value,
+    ) -> Result<T, PolicyError> {
+        serde_yaml::from_value(value).map_err(|e| self.err(field, format!("{e}")))
+    }
+
+    /// The items of the list at `field` with their paths (`field[i]`);
+    /// absent or null is no items; anything but a list is an error.
+    pub fn list(
+        &self,
+        field: &str,
+        v: Option<&serde_yaml::Value>,
+    ) -> Result<Vec<(String, serde_yaml::Value)>, PolicyError> {
+        match v {
+            None | Some(serde_yaml::Value::Null) => Ok(Vec::new()),
+            Some(serde_yaml::Value::Sequence(items)) => Ok(items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("{field}[{i}]"), v.clone()))
+                .collect()),
+            Some(other) => Err(self.err(
+                field,
+                format!(
+                    "is {}, not a list; write its items as a YAML list (lines starting with `- `)",
+                    shape(other)
+                ),
+            )),
+        }
+    }
+
+    /// [`Ctx::typed`] for an optional field; absent or null is `None`.
+    pub fn opt<T: DeserializeOwned>(
+        &self,
+        field: &str,
+        v: Option<&serde_yaml::Value>,
+    ) -> Result<Option<T>, PolicyError> {
+        match v {
+            None | Some(serde_yaml::Value::Null) => Ok(None),
+            Some(v) => self.typed(field, v.clone()).map(Some),
+        }
+    }
+
+    /// Refuses fields that were not recognised: a known unsupported one
+    /// with its hint, any other as unknown, listing the supported ones.
+    pub fn no_extra(
+        &self,
+        field: &str,
+        extra: &BTreeMap<String, serde_yaml::Value>,
+        supported: &[&str],
+    ) -> Result<(), PolicyError> {
+        let Some(k) = extra.keys().next() else {
+            return Ok(());
+        };
+        let path = if field.is_empty() {
+            k.clone()
+        } else {
+            format!("{field}.{k}")
+        };
+        let msg = match unsupported_hint(k) {
+            Some(hint) => format!("is not supported: {hint}"),
+            None => format!(
+                "is not a field meshgate knows here; supported fields: {}",
+                supported.join(", ")
+            ),
+        };
+        Err(self.err(&path, msg))
+    }
+}
+
+/// What a YAML value is, for messages.
+fn shape(v: &serde_yaml::Value) -> &'static str {
+    match v {
+        serde_yaml::Value::Null => "empty",
+        serde_yaml::Value::Bool(_) => "a boolean",
+        serde_yaml::Value::Number(_) => "a number",
+        serde_yaml::Value::String(_) => "a string",
+        serde_yaml::Value::Sequence(_) => "a list",
+        serde_yaml::Value::Mapping(_) => "a map",
+        serde_yaml::Value::Tagged(_) => "a tagged value",
+    }
+}
+
+/// Why a known field of either kind is refused, and what to do instead.
+fn unsupported_hint(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "ipBlock" | "fromCIDR" | "fromCIDRSet" | "toCIDR" | "toCIDRSet" => {
+            "CIDR peers are not enforced by meshgate identity policy (only identities are); \
+             select pods by label, or use an egress gateway policy for external destinations"
+        }
+        "fromEntities" | "toEntities" => {
+            "entities (world, host, cluster, all) are not supported yet; select endpoints \
+             with fromEndpoints/toEndpoints, or omit the peers to allow any peer"
+        }
+        "toFQDNs" => "FQDN rules are not part of identity policy yet; use the egress FQDN policy",
+        "toServices" | "toGroups" | "fromGroups" | "fromNodes" | "toNodes" | "fromRequires"
+        | "toRequires" => "only fromEndpoints/toEndpoints peers are supported",
+        "icmps" => "ICMP type rules are not supported; omit toPorts to allow all protocols",
+        "rules" | "serverNames" | "originatingTLS" | "terminatingTLS" | "listener" => {
+            "L7 rules are not enforced by meshgate; remove them (L3/L4 toPorts.ports is supported)"
+        }
+        "authentication" => "mutual authentication is not supported; remove it",
+        "nodeSelector" => "node policies are not supported; use endpointSelector",
+        _ => return None,
+    })
+}
+
+/// Most ports one `port`..`endPort` range may expand to (one entry each).
+pub(crate) const MAX_RANGE: u32 = 1024;
+
+/// The entries of `port` (0 = any) up to `end_port` for each of `protos`.
+pub(crate) fn expand_ports(
+    ctx: &Ctx,
+    field: &str,
+    protos: &[u8],
+    port: u16,
+    end_port: Option<u32>,
+) -> Result<Vec<super::PortProto>, PolicyError> {
+    let last = match end_port {
+        None => port,
+        Some(_) if port == 0 => {
+            return Err(ctx.err(
+                &format!("{field}.endPort"),
+                "needs a port: endPort ends the range that port starts",
+            ))
+        }
+        Some(e) if e < u32::from(port) || e > 65_535 => {
+            return Err(ctx.err(
+                &format!("{field}.endPort"),
+                format!("{e} must be between port ({port}) and 65535"),
+            ))
+        }
+        Some(e) if e - u32::from(port) + 1 > MAX_RANGE => {
+            return Err(ctx.err(
+                &format!("{field}.endPort"),
+                format!(
+                    "the range {port}..={e} has {} ports; meshgate makes one map entry per \
+                     port and takes at most {MAX_RANGE} per range: split the rule or allow \
+                     all ports",
+                    e - u32::from(port) + 1
+                ),
+            ))
+        }
+        // Checked above: e <= 65535.
+        Some(e) => u16::try_from(e).unwrap_or(u16::MAX),
+    };
+    let mut out = Vec::new();
+    for &proto in protos {
+        for p in port..=last {
+            out.push(super::PortProto { proto, port: p });
+        }
+    }
+    Ok(out)
+}
+
+/// A port given as a number or a numeric string; `None` for no port.
+/// Named ports are refused (identities carry no container ports).
+pub(crate) fn port_number(
+    ctx: &Ctx,
+    field: &str,
+    v: Option<&serde_yaml::Value>,
+    zero_ok: bool,
+) -> Result<u16, PolicyError> {
+    let Some(v) = v else { return Ok(0) };
+    let n = match v {
+        serde_yaml::Value::Number(n) => n.as_u64(),
+        serde_yaml::Value::String(s) if s.chars().all(|c| c.is_ascii_digit()) && !s.is_empty() => {
+            s.parse::<u64>().ok()
+        }
+        serde_yaml::Value::String(s) => {
+            return Err(ctx.err(
+                field,
+                format!(
+                    "named port {s:?} is not supported (meshgate does not know container \
+                     port names); write the port number"
+                ),
+            ))
+        }
+        _ => None,
+    };
+    match n {
+        Some(0) if zero_ok => Ok(0),
+        Some(n @ 1..=65_535) => Ok(n as u16),
+        _ => Err(ctx.err(
+            field,
+            format!(
+                "{} is not a port; use a number 1..=65535",
+                serde_yaml::to_string(v).unwrap_or_default().trim()
+            ),
+        )),
+    }
+}
