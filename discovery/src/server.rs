@@ -138,13 +138,16 @@ struct Core {
     imports: Imports,
     /// This cluster's service definitions (fixed at start).
     services: Vec<crate::service::Service>,
-    /// Their merged form as last pushed.
-    merged: std::collections::BTreeMap<String, crate::service::GlobalService>,
+    /// Their merged form as last pushed (kept up to date incrementally).
+    merged: crate::service::MergedServices,
 }
 
 struct Shared {
     core: Mutex<Core>,
     events: broadcast::Sender<Event>,
+    /// Only this cluster's own changes, for `local_only` watchers (remote
+    /// discoveries), which need not wade through every import.
+    local_events: broadcast::Sender<Event>,
     stop: watch::Receiver<bool>,
     start: Instant,
     lease_ttl_ms: u32,
@@ -197,17 +200,19 @@ impl Shared {
         crate::service::validate_all(&local_services)
             .map_err(|e| Error::Config(format!("services: {e}")))?;
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let (local_events, _) = broadcast::channel(BROADCAST_CAPACITY);
         let mut core = Core {
             registry,
             store: Box::new(store),
             imports: Imports::new(&cfg.federation.remotes),
             services: local_services,
-            merged: std::collections::BTreeMap::new(),
+            merged: crate::service::MergedServices::new(&cfg.cluster, &[], []),
         };
         core.merged = services::merged(&core);
         Ok(Shared {
             core: Mutex::new(core),
             events,
+            local_events,
             stop,
             start: Instant::now(),
             lease_ttl_ms,
@@ -235,7 +240,8 @@ impl Shared {
             return Ok(());
         }
         let merged_before = core.merged.clone();
-        events.extend(services::events(core));
+        let merged = services::events(core, &events);
+        events.extend(merged);
         if let Err(e) = core.store.save(&core.registry.state()) {
             core.registry = backup;
             core.merged = merged_before;
@@ -243,7 +249,11 @@ impl Shared {
         }
         for event in events {
             log_event(&event);
-            // No receivers is fine.
+            // No receivers is fine. Commits hold only this cluster's changes
+            // and its merged services (which remotes do not take).
+            if !matches!(event, Event::ServiceUpdated { .. }) {
+                let _ = self.local_events.send(event.clone());
+            }
             let _ = self.events.send(event);
         }
         Ok(())
@@ -533,7 +543,11 @@ async fn watch_task(shared: Arc<Shared>, tx: WatchTx, local_only: bool) {
         return;
     }
     // Subscribe before the snapshot; queued deltas up to its revision are skipped.
-    let mut events = shared.events.subscribe();
+    let mut events = if local_only {
+        shared.local_events.subscribe()
+    } else {
+        shared.events.subscribe()
+    };
     let Some(mut last) = send_snapshot(&shared, &tx, local_only).await else {
         return;
     };

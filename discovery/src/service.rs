@@ -12,8 +12,12 @@
 //! merged view of a local service ([`merge`]): its local backends, plus, when
 //! it is global, the backends of every other cluster that defines the same
 //! `namespace/name` as global and shared, each tagged with its cluster.
+//! [`MergedServices`] keeps that view up to date change by change.
 
 mod convert;
+mod merged;
+
+pub use merged::MergedServices;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -71,10 +71,11 @@ fn imports() -> Imports {
 
 fn update(i: &mut Imports, name: &str, view: &RemoteView, now: u64) -> Update {
     let nodes = local_nodes();
+    let refs: Vec<&Node> = nodes.iter().collect();
     let local = Local {
         cluster: "c1",
         cluster_id: 1,
-        nodes: &nodes,
+        nodes: &refs,
     };
     i.update(name, view, &local, now)
 }

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::{Core, Shared};
 use crate::federation::{
-    is_local, with_revision, FederationConfig, Local, RemoteConfig, RemoteView,
+    is_local, with_revision, FederationConfig, Local, RemoteConfig, RemoteView, Touched,
 };
 use crate::model::{Event, Node};
 use crate::pb;
@@ -23,6 +23,9 @@ use crate::pb;
 const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const EXPIRY_INTERVAL: Duration = Duration::from_millis(200);
+/// Imported events after which the merged services are pushed even while
+/// more events are already waiting.
+const SERVICES_BATCH: usize = 64;
 
 /// Starts a link per remote and the expiry loop; abort them on shutdown.
 /// With TLS, each link presents this discovery's own certificate (valid
@@ -96,16 +99,22 @@ async fn session(
         .map_err(|s| format!("watch refused: {}", s.message()))?
         .into_inner();
     let mut view: Option<RemoteView> = None;
+    // A message already read while checking whether more were waiting.
+    let mut next = None;
+    let mut unflushed = 0usize;
     loop {
-        let msg = tokio::select! {
-            m = stream.message() => m,
-            _ = stop.changed() => return Ok(()),
+        let msg = match next.take() {
+            Some(m) => m,
+            None => tokio::select! {
+                m = stream.message() => m,
+                _ = stop.changed() => return Ok(()),
+            },
         };
         let event = msg
             .map_err(|s| format!("watch stream broke: {}", s.message()))?
             .ok_or_else(|| "the remote closed the watch stream".to_string())?;
         let Some(event) = event.event else { continue };
-        match (&mut view, event) {
+        let touched = match (&mut view, event) {
             (_, pb::watch_event::Event::Snapshot(s)) => {
                 info!(
                     remote = %remote.name,
@@ -116,32 +125,48 @@ async fn session(
                     "connected to remote discovery"
                 );
                 view = Some(RemoteView::from_snapshot(s));
+                Touched::All
             }
             (Some(v), e) => v.apply(e),
             (None, _) => {
                 debug!(remote = %remote.name, "event before the snapshot; ignored");
                 continue;
             }
-        }
+        };
         *backoff = BACKOFF_START;
+        // Push the merged services once the events that came together are
+        // imported (at most SERVICES_BATCH later): a burst of changes to one
+        // service is then pushed once, without waiting for anything.
+        next = tokio::select! {
+            biased;
+            m = stream.message() => Some(m),
+            () = std::future::ready(()) => None,
+        };
+        unflushed += 1;
+        let flush = next.is_none() || unflushed >= SERVICES_BATCH;
+        if flush {
+            unflushed = 0;
+        }
         if let Some(v) = &view {
-            import(shared, &remote.name, v);
+            import(shared, &remote.name, v, &touched, flush);
         }
     }
 }
 
-/// Checks the remote's view and publishes what changed.
-fn import(shared: &Shared, name: &str, view: &RemoteView) {
+/// Checks what `touched` changed in the remote's view and publishes what
+/// that changed; with `flush`, also the merged services that changed.
+fn import(shared: &Shared, name: &str, view: &RemoteView, touched: &Touched, flush: bool) {
     let now = shared.now();
-    let mut core = shared.lock();
-    let cfg = core.registry.config().clone();
-    let local_nodes: Vec<Node> = core.registry.nodes().cloned().collect();
+    let mut guard = shared.lock();
+    let core = &mut *guard;
+    let cfg = core.registry.config();
+    let local_nodes: Vec<&Node> = core.registry.nodes().collect();
     let local = Local {
         cluster: &cfg.cluster,
         cluster_id: cfg.cluster_id,
         nodes: &local_nodes,
     };
-    let update = core.imports.update(name, view, &local, now);
+    let update = core.imports.apply(name, view, touched, &local, now);
     for r in &update.new_rejections {
         warn!(
             remote = %name,
@@ -151,20 +176,28 @@ fn import(shared: &Shared, name: &str, view: &RemoteView) {
             "rejected what the remote may not claim"
         );
     }
-    publish(shared, &mut core, name, update.events);
+    if update.services_changed {
+        super::services::remote_changed(core, name);
+    }
+    publish(shared, core, name, update.events, flush);
 }
 
-/// Stamps imported changes with the next revisions and broadcasts them.
-/// Then pushes the merged services that changed (also when only a remote's
-/// service definitions changed, which gives no events of its own).
-fn publish(shared: &Shared, core: &mut Core, remote: &str, events: Vec<Event>) {
+/// Stamps imported changes with the next revisions and broadcasts them;
+/// feeds them to the merged services, and with `flush` pushes the merged
+/// services that changed (also when only a remote's service definitions
+/// changed, which gives no events of its own).
+fn publish(shared: &Shared, core: &mut Core, remote: &str, events: Vec<Event>, flush: bool) {
+    super::services::apply(core, &events);
     for event in events {
         let event = with_revision(event, core.registry.next_revision());
         log_import(remote, &event);
         // No receivers is fine.
         let _ = shared.events.send(event);
     }
-    for event in super::services::events(core) {
+    if !flush {
+        return;
+    }
+    for event in super::services::flush(core) {
         log_import(remote, &event);
         let _ = shared.events.send(event);
     }
@@ -233,7 +266,8 @@ async fn expiry_loop(shared: Arc<Shared>, timeout_ms: u64) {
                 removed = events.len(),
                 "remote unreachable for the remote timeout; its nodes and endpoints are removed"
             );
-            publish(&shared, &mut core, &remote, events);
+            super::services::remote_changed(&mut core, &remote);
+            publish(&shared, &mut core, &remote, events, true);
         }
     }
 }
@@ -254,7 +288,12 @@ pub(super) fn snapshot(core: &Core, local_only: bool) -> (u64, pb::WatchEvent) {
         p.cluster_id = u32::from(cfg.cluster_id);
         p.services = core.services.iter().map(pb::Service::from).collect();
         if !local_only {
-            p.global_services = core.merged.values().map(pb::GlobalService::from).collect();
+            p.global_services = core
+                .merged
+                .services()
+                .values()
+                .map(pb::GlobalService::from)
+                .collect();
         }
     }
     (s.revision, event)

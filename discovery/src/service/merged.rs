@@ -1,0 +1,207 @@
+//! The merged services of one cluster, kept up to date change by change
+//! (pure; no I/O). [`super::merge`] computes the same map from scratch;
+//! this keeps, per cluster and per service this cluster defines, the
+//! backends that cluster contributes, so an endpoint change touches only the
+//! services whose definitions select it, and only the services marked dirty
+//! are put together again ([`MergedServices::flush`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use super::{Backend, GlobalService, Service};
+use crate::endpoint::Endpoint;
+
+/// What one cluster contributes: its definitions of the services this
+/// cluster merges, and the backends each selects (by IP).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Contribution {
+    defs: BTreeMap<String, Service>,
+    backends: BTreeMap<String, BTreeMap<IpAddr, Backend>>,
+}
+
+impl Contribution {
+    /// Sets `e`'s backend in every service; the keys whose backends changed.
+    fn upsert(&mut self, e: &Endpoint, dirty: &mut BTreeSet<String>) {
+        for (key, def) in &self.defs {
+            let set = self.backends.entry(key.clone()).or_default();
+            let want = def.selects(e).then(|| backend(e));
+            let changed = match &want {
+                Some(b) => set.get(&e.ip) != Some(b),
+                None => set.contains_key(&e.ip),
+            };
+            if !changed {
+                continue;
+            }
+            match want {
+                Some(b) => set.insert(e.ip, b),
+                None => set.remove(&e.ip),
+            };
+            dirty.insert(key.clone());
+        }
+    }
+
+    fn remove(&mut self, ip: IpAddr, dirty: &mut BTreeSet<String>) {
+        for (key, set) in &mut self.backends {
+            if set.remove(&ip).is_some() {
+                dirty.insert(key.clone());
+            }
+        }
+    }
+}
+
+fn backend(e: &Endpoint) -> Backend {
+    Backend {
+        cluster: e.cluster.clone(),
+        ip: e.ip,
+        node: e.node.clone(),
+        name: e.name.clone(),
+    }
+}
+
+/// The merged services of the local cluster, updated incrementally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergedServices {
+    local: String,
+    /// The local definitions, by `namespace/name`.
+    defs: BTreeMap<String, Service>,
+    /// Per cluster (the local one included), in name order.
+    clusters: BTreeMap<String, Contribution>,
+    merged: BTreeMap<String, GlobalService>,
+    /// Services whose backends may have changed since the last flush.
+    dirty: BTreeSet<String>,
+}
+
+impl MergedServices {
+    /// The local cluster's services (`defs`, their `cluster` is `local`),
+    /// with its endpoints so far. Call [`Self::flush`] to compute them.
+    pub fn new<'a>(
+        local: &str,
+        defs: &[Service],
+        endpoints: impl IntoIterator<Item = &'a Endpoint>,
+    ) -> MergedServices {
+        let mut m = MergedServices {
+            local: local.to_string(),
+            defs: defs
+                .iter()
+                .filter(|s| s.cluster == local)
+                .map(|s| (s.key(), s.clone()))
+                .collect(),
+            clusters: BTreeMap::new(),
+            merged: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+        };
+        m.dirty = m.defs.keys().cloned().collect();
+        let own: Vec<Service> = m.defs.values().cloned().collect();
+        m.set_cluster(local, &own, endpoints);
+        m
+    }
+
+    /// The merged services as of the last flush.
+    pub fn services(&self) -> &BTreeMap<String, GlobalService> {
+        &self.merged
+    }
+
+    /// An endpoint of any cluster was added or changed.
+    pub fn endpoint_upserted(&mut self, e: &Endpoint) {
+        if let Some(c) = self.clusters.get_mut(&e.cluster) {
+            c.upsert(e, &mut self.dirty);
+        }
+    }
+
+    /// The endpoint with `ip` of `cluster` is gone.
+    pub fn endpoint_removed(&mut self, cluster: &str, ip: IpAddr) {
+        if let Some(c) = self.clusters.get_mut(cluster) {
+            c.remove(ip, &mut self.dirty);
+        }
+    }
+
+    /// Replaces what `cluster` defines (`defs`: all of its definitions;
+    /// only those that take part are kept) and recomputes its backends from
+    /// `endpoints` (that cluster's; others are ignored).
+    pub fn set_cluster<'a>(
+        &mut self,
+        cluster: &str,
+        defs: &[Service],
+        endpoints: impl IntoIterator<Item = &'a Endpoint>,
+    ) {
+        let own = cluster == self.local;
+        let taking_part: BTreeMap<String, Service> = defs
+            .iter()
+            .filter(|s| s.cluster == cluster)
+            .filter(|s| own || self.takes_part(s))
+            .map(|s| (s.key(), s.clone()))
+            .collect();
+        let old = self.clusters.remove(cluster).unwrap_or_default();
+        if taking_part.is_empty() {
+            self.dirty.extend(old.backends.into_keys());
+            self.dirty.extend(old.defs.into_keys());
+            return;
+        }
+        let mut c = Contribution {
+            backends: taking_part
+                .keys()
+                .map(|k| (k.clone(), BTreeMap::new()))
+                .collect(),
+            defs: taking_part,
+        };
+        let mut ignored = BTreeSet::new();
+        for e in endpoints.into_iter().filter(|e| e.cluster == cluster) {
+            c.upsert(e, &mut ignored);
+        }
+        for key in old.defs.keys().chain(c.defs.keys()) {
+            if old.defs.get(key) != c.defs.get(key) || old.backends.get(key) != c.backends.get(key)
+            {
+                self.dirty.insert(key.clone());
+            }
+        }
+        self.clusters.insert(cluster.to_string(), c);
+    }
+
+    /// Whether a remote definition adds backends to a local service: both
+    /// global, the remote's shared.
+    fn takes_part(&self, r: &Service) -> bool {
+        self.defs
+            .get(&r.key())
+            .is_some_and(|s| s.is_global().unwrap_or(false))
+            && r.is_global().unwrap_or(false)
+            && r.is_shared().unwrap_or(false)
+    }
+
+    /// Puts the dirty services together again; those whose merged form
+    /// changed, in key order.
+    pub fn flush(&mut self) -> Vec<GlobalService> {
+        let mut out = Vec::new();
+        for key in std::mem::take(&mut self.dirty) {
+            let Some(s) = self.defs.get(&key) else {
+                continue;
+            };
+            let global = s.is_global().unwrap_or(false);
+            let mut backends = Vec::new();
+            for (name, c) in &self.clusters {
+                if (global || *name == self.local) && c.defs.contains_key(&key) {
+                    if let Some(set) = c.backends.get(&key) {
+                        backends.extend(set.values().cloned());
+                    }
+                }
+            }
+            let g = GlobalService {
+                namespace: s.namespace.clone(),
+                name: s.name.clone(),
+                global,
+                shared: s.is_shared().unwrap_or(false),
+                affinity: s.affinity().unwrap_or_default(),
+                ports: s.ports.clone(),
+                backends,
+            };
+            if self.merged.get(&key) != Some(&g) {
+                self.merged.insert(key, g.clone());
+                out.push(g);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+#[path = "merged_tests.rs"]
+mod tests;
