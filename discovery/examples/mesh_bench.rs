@@ -717,6 +717,31 @@ async fn watcher(
     }
 }
 
+fn raise_fd_limit(needed: usize) {
+    let needed = needed as libc::rlim_t;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass; no other precondition.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= needed {
+        return;
+    }
+    let want = libc::rlimit {
+        rlim_cur: needed,
+        rlim_max: lim.rlim_max.max(needed),
+    };
+    // SAFETY: setrlimit reads the struct we pass; failure is reported by its return value.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } != 0 {
+        let soft = libc::rlimit {
+            rlim_cur: lim.rlim_max.min(needed),
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) };
+    }
+}
+
 fn rss_kib() -> Result<u64, String> {
     let status = std::fs::read_to_string("/proc/self/status")
         .map_err(|e| format!("reading /proc/self/status: {e}"))?;
@@ -727,9 +752,12 @@ fn rss_kib() -> Result<u64, String> {
         .ok_or_else(|| "no VmRSS in /proc/self/status".to_string())
 }
 
-/// Every link is a TCP connection with both ends in this process.
+/// Every link is a TCP connection with both ends in this process: raises
+/// the open-files limit (soft, and hard when allowed, e.g. as root) to what
+/// N clusters need, then checks it.
 fn check_fd_limit(n: usize) -> Result<(), String> {
     let needed = 2 * n * (n - 1) + 8 * n + 256;
+    raise_fd_limit(needed);
     let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
     let soft = limits
         .lines()

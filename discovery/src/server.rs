@@ -122,7 +122,8 @@ pub async fn serve_with_listener_tls(
             tls_cluster: tls.as_ref().map(|_| cfg.cluster.clone()),
         }))
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
+            // No Nagle delay on pushed watch events (a 40 ms stall otherwise).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             signal,
         )
         .await;

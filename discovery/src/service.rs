@@ -30,7 +30,9 @@ pub const GLOBAL_ANNOTATION: &str = "service.cilium.io/global";
 pub const SHARED_ANNOTATION: &str = "service.cilium.io/shared";
 pub const AFFINITY_ANNOTATION: &str = "service.cilium.io/affinity";
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub enum Protocol {
     #[default]
     #[serde(rename = "TCP")]
@@ -48,7 +50,7 @@ impl Protocol {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServicePort {
     #[serde(default)]
@@ -63,7 +65,7 @@ fn default_namespace() -> String {
 }
 
 /// A service of one cluster, as defined there (Kubernetes/Cilium-like).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
     pub name: String,

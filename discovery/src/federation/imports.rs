@@ -42,7 +42,9 @@ struct Remote {
     nodes: BTreeMap<String, Node>,
     endpoints: BTreeMap<IpAddr, Endpoint>,
     identities: BTreeMap<u32, Labels>,
-    services: BTreeMap<String, Service>,
+    /// A digest of the accepted service definitions (the definitions go to
+    /// the merged services, which keep what they need of them).
+    services: Option<u64>,
     rejected: BTreeMap<RejectReason, u64>,
     /// Records rejected now, and why, so a record is counted (and logged)
     /// once when it becomes rejected, not on every event.
@@ -62,8 +64,9 @@ struct Remote {
 pub struct Update {
     pub events: Vec<Event>,
     pub new_rejections: Vec<Rejection>,
-    /// The remote's service definitions changed (only a whole check does).
-    pub services_changed: bool,
+    /// The remote's accepted service definitions, when they changed (only
+    /// a whole check changes them).
+    pub services: Option<Vec<Service>>,
 }
 
 /// One remote, for `FederationStatus`.
@@ -153,24 +156,11 @@ impl Imports {
         self.remotes.values().flat_map(|r| r.endpoints.values())
     }
 
-    /// Every imported service definition.
-    pub fn services(&self) -> impl Iterator<Item = &Service> {
-        self.remotes.values().flat_map(|r| r.services.values())
-    }
-
-    /// The service definitions imported from each remote.
-    pub fn services_by_remote(&self) -> impl Iterator<Item = (&str, Vec<Service>)> {
-        self.remotes
-            .iter()
-            .map(|(n, r)| (n.as_str(), r.services.values().cloned().collect()))
-    }
-
-    /// The service definitions imported from `remote`.
-    pub fn services_of(&self, remote: &str) -> Vec<Service> {
-        self.remotes
-            .get(remote)
-            .map(|r| r.services.values().cloned().collect())
-            .unwrap_or_default()
+    /// Whether `remote`'s last whole check accepted it: its events are then
+    /// judged one by one, and its view's service definitions (which only a
+    /// snapshot changes) are no longer needed.
+    pub fn accepted(&self, remote: &str) -> bool {
+        self.remotes.get(remote).is_some_and(|r| r.judged)
     }
 
     /// The endpoints imported from `remote`.
@@ -280,7 +270,7 @@ impl Imports {
             return Update {
                 events: Vec::new(),
                 new_rejections,
-                services_changed: false,
+                services: None,
             };
         };
         remote.judged = true;
@@ -333,8 +323,10 @@ impl Imports {
                 .map(|n| node_removed(n, RemoveReason::Deregistered)),
         );
         remote.endpoints = acc.endpoints;
-        let services_changed = remote.services != acc.services;
-        remote.services = acc.services;
+        let digest = digest(&acc.services);
+        let services = (remote.services != Some(digest))
+            .then(|| acc.services.into_values().collect::<Vec<Service>>());
+        remote.services = Some(digest);
         let old: Vec<String> = remote.nodes.keys().cloned().collect();
         for n in old {
             self.set_node(name, &n, None);
@@ -345,7 +337,7 @@ impl Imports {
         Update {
             events,
             new_rejections,
-            services_changed,
+            services,
         }
     }
 
@@ -383,7 +375,7 @@ impl Imports {
                     self.cidrs.remove(c, &owner);
                 }
             }
-            r.services.clear();
+            r.services = None;
             r.cluster_id = None;
             r.broken_at = None;
             r.judged = false;
@@ -410,6 +402,13 @@ impl Imports {
             })
             .collect()
     }
+}
+
+fn digest(services: &BTreeMap<String, Service>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    services.hash(&mut h);
+    h.finish()
 }
 
 fn endpoint_removed(e: &Endpoint) -> Event {

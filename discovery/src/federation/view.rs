@@ -21,7 +21,8 @@ pub struct RemoteView {
     pub endpoints: BTreeMap<String, pb::Endpoint>,
     pub identities: BTreeMap<u32, pb::Identity>,
     /// Service definitions of the remote's cluster (fixed for a connection:
-    /// a discovery loads its services at start).
+    /// a discovery loads its services at start). The server drops them once
+    /// they are imported (see `Imports::accepted`).
     pub services: Vec<pb::Service>,
     /// The endpoint keys by the node they name, to judge a node's
     /// endpoints again when the node changes.

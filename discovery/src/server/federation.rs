@@ -147,7 +147,7 @@ async fn session(
         if flush {
             unflushed = 0;
         }
-        if let Some(v) = &view {
+        if let Some(v) = &mut view {
             import(shared, &remote.name, v, &touched, flush);
         }
     }
@@ -155,7 +155,7 @@ async fn session(
 
 /// Checks what `touched` changed in the remote's view and publishes what
 /// that changed; with `flush`, also the merged services that changed.
-fn import(shared: &Shared, name: &str, view: &RemoteView, touched: &Touched, flush: bool) {
+fn import(shared: &Shared, name: &str, view: &mut RemoteView, touched: &Touched, flush: bool) {
     let now = shared.now();
     let mut guard = shared.lock();
     let core = &mut *guard;
@@ -176,8 +176,12 @@ fn import(shared: &Shared, name: &str, view: &RemoteView, touched: &Touched, flu
             "rejected what the remote may not claim"
         );
     }
-    if update.services_changed {
-        super::services::remote_changed(core, name);
+    if let Some(defs) = &update.services {
+        super::services::remote_changed(core, name, defs);
+    }
+    if core.imports.accepted(name) {
+        // Imported; only a snapshot (which brings them again) changes them.
+        view.services = Vec::new();
     }
     publish(shared, core, name, update.events, flush);
 }
@@ -266,7 +270,7 @@ async fn expiry_loop(shared: Arc<Shared>, timeout_ms: u64) {
                 removed = events.len(),
                 "remote unreachable for the remote timeout; its nodes and endpoints are removed"
             );
-            super::services::remote_changed(&mut core, &remote);
+            super::services::remote_changed(&mut core, &remote, &[]);
             publish(&shared, &mut core, &remote, events, true);
         }
     }

@@ -12,10 +12,8 @@ use crate::service::MergedServices;
 /// at start; later kept up to date by [`events`]).
 pub(super) fn merged(core: &Core) -> MergedServices {
     let cluster = &core.registry.config().cluster;
+    // Nothing is imported yet when the server starts.
     let mut m = MergedServices::new(cluster, &core.services, core.registry.endpoints());
-    for (remote, defs) in core.imports.services_by_remote() {
-        m.set_cluster(remote, &defs, core.imports.endpoints_of(remote));
-    }
     m.flush();
     m
 }
@@ -33,12 +31,11 @@ pub(super) fn apply(core: &mut Core, changes: &[Event]) {
     }
 }
 
-/// A remote's service definitions may have changed (a new snapshot, or its
-/// state expired): takes them again, with its endpoints.
-pub(super) fn remote_changed(core: &mut Core, remote: &str) {
-    let defs = core.imports.services_of(remote);
+/// A remote's service definitions changed (a new snapshot; none once its
+/// state expired): takes them, with its endpoints.
+pub(super) fn remote_changed(core: &mut Core, remote: &str, defs: &[crate::service::Service]) {
     core.merged
-        .set_cluster(remote, &defs, core.imports.endpoints_of(remote));
+        .set_cluster(remote, defs, core.imports.endpoints_of(remote));
 }
 
 /// Feeds `changes` in and puts the touched services together again; an

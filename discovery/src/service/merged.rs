@@ -11,11 +11,39 @@ use std::net::IpAddr;
 use super::{Backend, GlobalService, Service};
 use crate::endpoint::Endpoint;
 
-/// What one cluster contributes: its definitions of the services this
-/// cluster merges, and the backends each selects (by IP).
+/// What a definition selects: the namespace and labels (kept instead of
+/// the whole definition: one per service per cluster adds up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Selector {
+    namespace: String,
+    labels: Vec<(String, String)>,
+}
+
+impl Selector {
+    fn of(s: &Service) -> Selector {
+        Selector {
+            namespace: s.namespace.clone(),
+            labels: s
+                .selector
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
+    /// As [`Service::selects`].
+    fn selects(&self, e: &Endpoint) -> bool {
+        !self.labels.is_empty()
+            && e.namespace == self.namespace
+            && self.labels.iter().all(|(k, v)| e.labels.get(k) == Some(v))
+    }
+}
+
+/// What one cluster contributes: what its definitions of the services this
+/// cluster merges select, and the backends each selects (by IP).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Contribution {
-    defs: BTreeMap<String, Service>,
+    defs: BTreeMap<String, Selector>,
     backends: BTreeMap<String, BTreeMap<IpAddr, Backend>>,
 }
 
@@ -125,11 +153,11 @@ impl MergedServices {
         endpoints: impl IntoIterator<Item = &'a Endpoint>,
     ) {
         let own = cluster == self.local;
-        let taking_part: BTreeMap<String, Service> = defs
+        let taking_part: BTreeMap<String, Selector> = defs
             .iter()
             .filter(|s| s.cluster == cluster)
             .filter(|s| own || self.takes_part(s))
-            .map(|s| (s.key(), s.clone()))
+            .map(|s| (s.key(), Selector::of(s)))
             .collect();
         let old = self.clusters.remove(cluster).unwrap_or_default();
         if taking_part.is_empty() {

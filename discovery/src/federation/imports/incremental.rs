@@ -211,7 +211,7 @@ impl Imports {
         Update {
             events,
             new_rejections: new,
-            services_changed: false,
+            services: None,
         }
     }
 }
