@@ -240,14 +240,13 @@ impl Shared {
         if events.is_empty() {
             return Ok(());
         }
-        let merged_before = core.merged.clone();
-        let merged = services::events(core, &events);
-        events.extend(merged);
         if let Err(e) = core.store.save(&core.registry.state()) {
             core.registry = backup;
-            core.merged = merged_before;
             return Err(e);
         }
+        // Saved: the merged services (not persisted) follow the change.
+        let merged = services::events(core, &events);
+        events.extend(merged);
         for event in events {
             log_event(&event);
             // No receivers is fine. Commits hold only this cluster's changes

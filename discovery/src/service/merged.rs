@@ -47,31 +47,33 @@ struct Contribution {
     backends: BTreeMap<String, BTreeMap<IpAddr, Backend>>,
 }
 
+/// One backend of a service that changed in a cluster's contribution:
+/// (service key, before, after).
+type Change = (String, Option<Backend>, Option<Backend>);
+
 impl Contribution {
-    /// Sets `e`'s backend in every service; the keys whose backends changed.
-    fn upsert(&mut self, e: &Endpoint, dirty: &mut BTreeSet<String>) {
+    /// Sets `e`'s backend in every service it contributes to.
+    fn upsert(&mut self, e: &Endpoint, out: &mut Vec<Change>) {
         for (key, def) in &self.defs {
-            let set = self.backends.entry(key.clone()).or_default();
-            let want = def.selects(e).then(|| backend(e));
-            let changed = match &want {
-                Some(b) => set.get(&e.ip) != Some(b),
-                None => set.contains_key(&e.ip),
+            let Some(set) = self.backends.get_mut(key) else {
+                continue;
             };
-            if !changed {
+            let want = def.selects(e).then(|| backend(e));
+            if want.as_ref() == set.get(&e.ip) {
                 continue;
             }
-            match want {
-                Some(b) => set.insert(e.ip, b),
+            let old = match &want {
+                Some(b) => set.insert(e.ip, b.clone()),
                 None => set.remove(&e.ip),
             };
-            dirty.insert(key.clone());
+            out.push((key.clone(), old, want));
         }
     }
 
-    fn remove(&mut self, ip: IpAddr, dirty: &mut BTreeSet<String>) {
+    fn remove(&mut self, ip: IpAddr, out: &mut Vec<Change>) {
         for (key, set) in &mut self.backends {
-            if set.remove(&ip).is_some() {
-                dirty.insert(key.clone());
+            if let Some(old) = set.remove(&ip) {
+                out.push((key.clone(), Some(old), None));
             }
         }
     }
@@ -94,9 +96,13 @@ pub struct MergedServices {
     defs: BTreeMap<String, Service>,
     /// Per cluster (the local one included), in name order.
     clusters: BTreeMap<String, Contribution>,
+    /// The merged services, patched as backends change.
     merged: BTreeMap<String, GlobalService>,
-    /// Services whose backends may have changed since the last flush.
+    /// Services patched since the last flush.
     dirty: BTreeSet<String>,
+    /// Services to put together again from the contributions (a cluster's
+    /// definitions changed), and compare with what they were.
+    rebuild: BTreeSet<String>,
 }
 
 impl MergedServices {
@@ -117,29 +123,57 @@ impl MergedServices {
             clusters: BTreeMap::new(),
             merged: BTreeMap::new(),
             dirty: BTreeSet::new(),
+            rebuild: BTreeSet::new(),
         };
-        m.dirty = m.defs.keys().cloned().collect();
+        m.rebuild = m.defs.keys().cloned().collect();
         let own: Vec<Service> = m.defs.values().cloned().collect();
         m.set_cluster(local, &own, endpoints);
         m
     }
 
-    /// The merged services as of the last flush.
+    /// The merged services (those changed since the last flush included).
     pub fn services(&self) -> &BTreeMap<String, GlobalService> {
         &self.merged
     }
 
     /// An endpoint of any cluster was added or changed.
     pub fn endpoint_upserted(&mut self, e: &Endpoint) {
+        let mut changes = Vec::new();
         if let Some(c) = self.clusters.get_mut(&e.cluster) {
-            c.upsert(e, &mut self.dirty);
+            c.upsert(e, &mut changes);
         }
+        self.patch(changes);
     }
 
     /// The endpoint with `ip` of `cluster` is gone.
     pub fn endpoint_removed(&mut self, cluster: &str, ip: IpAddr) {
+        let mut changes = Vec::new();
         if let Some(c) = self.clusters.get_mut(cluster) {
-            c.remove(ip, &mut self.dirty);
+            c.remove(ip, &mut changes);
+        }
+        self.patch(changes);
+    }
+
+    /// Applies changed backends to the merged services (in backend order,
+    /// which is cluster then IP). A contribution holds only services it
+    /// takes part in, so every change applies.
+    fn patch(&mut self, changes: Vec<Change>) {
+        for (key, old, new) in changes {
+            let Some(g) = self.merged.get_mut(&key) else {
+                self.rebuild.insert(key);
+                continue;
+            };
+            if let Some(old) = old {
+                if let Ok(i) = g.backends.binary_search(&old) {
+                    g.backends.remove(i);
+                }
+            }
+            if let Some(new) = new {
+                if let Err(i) = g.backends.binary_search(&new) {
+                    g.backends.insert(i, new);
+                }
+            }
+            self.dirty.insert(key);
         }
     }
 
@@ -161,8 +195,8 @@ impl MergedServices {
             .collect();
         let old = self.clusters.remove(cluster).unwrap_or_default();
         if taking_part.is_empty() {
-            self.dirty.extend(old.backends.into_keys());
-            self.dirty.extend(old.defs.into_keys());
+            self.rebuild.extend(old.backends.into_keys());
+            self.rebuild.extend(old.defs.into_keys());
             return;
         }
         let mut c = Contribution {
@@ -172,14 +206,14 @@ impl MergedServices {
                 .collect(),
             defs: taking_part,
         };
-        let mut ignored = BTreeSet::new();
+        let mut ignored = Vec::new();
         for e in endpoints.into_iter().filter(|e| e.cluster == cluster) {
             c.upsert(e, &mut ignored);
         }
         for key in old.defs.keys().chain(c.defs.keys()) {
             if old.defs.get(key) != c.defs.get(key) || old.backends.get(key) != c.backends.get(key)
             {
-                self.dirty.insert(key.clone());
+                self.rebuild.insert(key.clone());
             }
         }
         self.clusters.insert(cluster.to_string(), c);
@@ -195,11 +229,19 @@ impl MergedServices {
             && r.is_shared().unwrap_or(false)
     }
 
-    /// Puts the dirty services together again; those whose merged form
-    /// changed, in key order.
+    /// The services changed since the last flush, in key order: those
+    /// patched (a backend added and removed again may come out unchanged),
+    /// and those put together again whose merged form changed.
     pub fn flush(&mut self) -> Vec<GlobalService> {
+        let rebuild = std::mem::take(&mut self.rebuild);
+        let dirty = std::mem::take(&mut self.dirty);
         let mut out = Vec::new();
-        for key in std::mem::take(&mut self.dirty) {
+        for key in dirty.difference(&rebuild) {
+            if let Some(g) = self.merged.get(key) {
+                out.push(g.clone());
+            }
+        }
+        for key in rebuild {
             let Some(s) = self.defs.get(&key) else {
                 continue;
             };
@@ -221,11 +263,14 @@ impl MergedServices {
                 ports: s.ports.clone(),
                 backends,
             };
-            if self.merged.get(&key) != Some(&g) {
+            // Patched in this batch: changed since the last flush even when
+            // equal to the patched form.
+            if dirty.contains(&key) || self.merged.get(&key) != Some(&g) {
                 self.merged.insert(key, g.clone());
                 out.push(g);
             }
         }
+        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         out
     }
 }
