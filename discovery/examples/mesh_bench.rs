@@ -33,7 +33,8 @@ use tonic::transport::Channel;
 
 const USAGE: &str = "usage: mesh_bench [--clusters N (1..=255, default 8)] [--nodes N (default 20)] \
 [--services N (default 50)] [--endpoints N per node (default 3)] [--changes K (default 20, max 150)] \
-[--timeout SECONDS (default 300)]";
+[--timeout SECONDS (default 300)] [--state-dir DIR (where the servers' state dirs go; default the \
+system temp dir)]";
 /// How long one change may take to reach every cluster before it counts as lost.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// First host octet of the IPs that changes give endpoints (initial ones are 10..).
@@ -47,6 +48,8 @@ static RETRIES: AtomicUsize = AtomicUsize::new(0);
 static WATCH_BREAKS: AtomicUsize = AtomicUsize::new(0);
 /// Nodes registered with their endpoints reported.
 static REGISTERED: AtomicUsize = AtomicUsize::new(0);
+/// `--state-dir`: where the servers' state dirs are made.
+static STATE_PARENT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
 
 #[derive(Debug, Clone, Copy)]
 struct Args {
@@ -73,6 +76,10 @@ fn parse_args() -> Result<Args, String> {
         let value = it
             .next()
             .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        if flag == "--state-dir" {
+            let _ = STATE_PARENT.set(value.into());
+            continue;
+        }
         let n: usize = value
             .parse()
             .map_err(|_| format!("{flag} {value:?} is not a number\n{USAGE}"))?;
@@ -168,7 +175,11 @@ async fn main() {
 async fn run(args: Args, report: Report) -> Result<(), String> {
     let n = args.clusters;
     check_fd_limit(n)?;
-    let dir = tempfile::tempdir().map_err(|e| format!("creating a temp dir: {e}"))?;
+    let dir = match STATE_PARENT.get() {
+        Some(parent) => tempfile::tempdir_in(parent),
+        None => tempfile::tempdir(),
+    }
+    .map_err(|e| format!("creating a temp dir: {e}"))?;
     let rss_start = rss_kib()?;
     put(&report, "rss_start_kib", json!(rss_start));
 
