@@ -31,9 +31,12 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
+#[path = "mesh_bench/procs.rs"]
+mod procs;
+
 const USAGE: &str = "usage: mesh_bench [--clusters N (1..=255, default 8)] [--nodes N (default 20)] \
 [--services N (default 50)] [--endpoints N per node (default 3)] [--changes K (default 20, max 150)] \
-[--timeout SECONDS (default 300)] [--state-dir DIR (where the servers' state dirs go; default the \
+[--timeout SECONDS (default 300)] [--processes K (servers in K child processes; default 1)] [--state-dir DIR (where the servers' state dirs go; default the \
 system temp dir)]";
 /// How long one change may take to reach every cluster before it counts as lost.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -59,6 +62,7 @@ struct Args {
     endpoints: usize,
     changes: usize,
     timeout: Duration,
+    processes: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -69,6 +73,7 @@ fn parse_args() -> Result<Args, String> {
         endpoints: 3,
         changes: 20,
         timeout: Duration::from_secs(300),
+        processes: 1,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -90,6 +95,7 @@ fn parse_args() -> Result<Args, String> {
             "--endpoints" => a.endpoints = n,
             "--changes" => a.changes = n,
             "--timeout" => a.timeout = Duration::from_secs(n as u64),
+            "--processes" => a.processes = n,
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
         }
     }
@@ -98,11 +104,12 @@ fn parse_args() -> Result<Args, String> {
         && a.services >= 1
         && (1..=CHANGE_HOST - 10).contains(&a.endpoints)
         && a.changes <= 250 - CHANGE_HOST
-        && !a.timeout.is_zero();
+        && !a.timeout.is_zero()
+        && (1..=a.clusters).contains(&a.processes);
     if !ok {
         return Err(format!(
             "out of range: clusters 1..=255, nodes 1..=255, services >= 1, endpoints 1..=90, \
-             changes 0..=150, timeout > 0\n{USAGE}"
+             changes 0..=150, timeout > 0, processes 1..=clusters\n{USAGE}"
         ));
     }
     Ok(a)
@@ -120,6 +127,14 @@ fn put(report: &Report, key: &'static str, value: Value) {
 
 #[tokio::main]
 async fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--serve") {
+        if let Err(e) = procs::serve(&argv[2..]).await {
+            eprintln!("mesh_bench --serve: {e}");
+            std::process::exit(1);
+        }
+        std::process::exit(0);
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -174,7 +189,11 @@ async fn main() {
 
 async fn run(args: Args, report: Report) -> Result<(), String> {
     let n = args.clusters;
-    check_fd_limit(n)?;
+    put(&report, "processes", json!(args.processes));
+    // Both ends of a server's links are in its process (the other end of
+    // each in another one, when the servers are spread).
+    let per_process = n.div_ceil(args.processes);
+    check_fd_limit(2 * per_process * (n - 1) + 8 * n + 256, n)?;
     let dir = match STATE_PARENT.get() {
         Some(parent) => tempfile::tempdir_in(parent),
         None => tempfile::tempdir(),
@@ -187,12 +206,17 @@ async fn run(args: Args, report: Report) -> Result<(), String> {
     let started = Instant::now();
     let mut addrs = Vec::with_capacity(n);
     let mut listeners = Vec::with_capacity(n);
-    for _ in 0..n {
-        let l = TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| format!("binding 127.0.0.1:0: {e}"))?;
-        addrs.push(l.local_addr().map_err(|e| e.to_string())?);
-        listeners.push(l);
+    if args.processes > 1 {
+        addrs = procs::free_addrs(n).await?;
+        procs::spawn(args.processes, &addrs, args.services, dir.path())?;
+    } else {
+        for _ in 0..n {
+            let l = TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| format!("binding 127.0.0.1:0: {e}"))?;
+            addrs.push(l.local_addr().map_err(|e| e.to_string())?);
+            listeners.push(l);
+        }
     }
     let services = services(args.services);
     for (c, listener) in listeners.into_iter().enumerate() {
@@ -753,21 +777,29 @@ fn raise_fd_limit(needed: usize) {
     }
 }
 
+/// This process's RSS plus its children's (`--processes`).
 fn rss_kib() -> Result<u64, String> {
-    let status = std::fs::read_to_string("/proc/self/status")
-        .map_err(|e| format!("reading /proc/self/status: {e}"))?;
+    let mut total = rss_of("self")?;
+    for pid in procs::pids() {
+        total += rss_of(&pid.to_string())?;
+    }
+    Ok(total)
+}
+
+fn rss_of(pid: &str) -> Result<u64, String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("reading /proc/{pid}/status: {e}"))?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| "no VmRSS in /proc/self/status".to_string())
+        .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))
 }
 
 /// Every link is a TCP connection with both ends in this process: raises
 /// the open-files limit (soft, and hard when allowed, e.g. as root) to what
 /// N clusters need, then checks it.
-fn check_fd_limit(n: usize) -> Result<(), String> {
-    let needed = 2 * n * (n - 1) + 8 * n + 256;
+fn check_fd_limit(needed: usize, n: usize) -> Result<(), String> {
     raise_fd_limit(needed);
     let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
     let soft = limits
@@ -777,9 +809,10 @@ fn check_fd_limit(n: usize) -> Result<(), String> {
         .and_then(|v| v.parse::<usize>().ok());
     match soft {
         Some(soft) if soft < needed => Err(format!(
-            "{n} clusters need about {needed} open files ({} links, both ends in this process), \
-             but the limit is {soft}; raise it (`ulimit -n {needed}`, as root if above the hard \
-             limit) or lower --clusters",
+            "{n} clusters need about {needed} open files per process ({} links, both ends in \
+             the servers' processes), but the limit is {soft}; raise it (`ulimit -n {needed}`, \
+             as root with CAP_SYS_RESOURCE if above the hard limit), spread the servers over \
+             more --processes, or lower --clusters",
             n * (n - 1)
         )),
         _ => Ok(()),
