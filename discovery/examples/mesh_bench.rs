@@ -36,7 +36,8 @@ mod procs;
 
 const USAGE: &str = "usage: mesh_bench [--clusters N (1..=255, default 8)] [--nodes N (default 20)] \
 [--services N (default 50)] [--endpoints N per node (default 3)] [--changes K (default 20, max 150)] \
-[--timeout SECONDS (default 300)] [--processes K (servers in K child processes; default 1)] [--state-dir DIR (where the servers' state dirs go; default the \
+[--timeout SECONDS (default 300)] [--processes K (servers in K child processes; default 1)] \
+[--max-rss-mib M (stop when all processes together exceed it; default 0 = no limit)] [--state-dir DIR (where the servers' state dirs go; default the \
 system temp dir)]";
 /// How long one change may take to reach every cluster before it counts as lost.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -63,6 +64,7 @@ struct Args {
     changes: usize,
     timeout: Duration,
     processes: usize,
+    max_rss_mib: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -74,6 +76,7 @@ fn parse_args() -> Result<Args, String> {
         changes: 20,
         timeout: Duration::from_secs(300),
         processes: 1,
+        max_rss_mib: 0,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -96,6 +99,7 @@ fn parse_args() -> Result<Args, String> {
             "--changes" => a.changes = n,
             "--timeout" => a.timeout = Duration::from_secs(n as u64),
             "--processes" => a.processes = n,
+            "--max-rss-mib" => a.max_rss_mib = n,
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
         }
     }
@@ -148,7 +152,10 @@ async fn main() {
     put(&report, "services", json!(args.services));
     put(&report, "endpoints_per_node", json!(args.endpoints));
     put(&report, "changes", json!(args.changes));
-    let outcome = tokio::time::timeout(args.timeout, run(args, report.clone())).await;
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(args.timeout, run(args, report.clone())) => r,
+        e = rss_guard(args.max_rss_mib) => Ok(Err(e)),
+    };
     let error = match outcome {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(e),
@@ -774,6 +781,26 @@ fn raise_fd_limit(needed: usize) {
         };
         // SAFETY: as above.
         unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) };
+    }
+}
+
+/// With a limit: returns (an error) once all processes together hold more
+/// than `max_mib`, so a run too big for the machine stops before it hurts
+/// anything else on it.
+async fn rss_guard(max_mib: usize) -> String {
+    if max_mib == 0 {
+        return std::future::pending().await;
+    }
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Ok(kib) = rss_kib() {
+            if kib / 1024 > max_mib as u64 {
+                return format!(
+                    "stopped: the processes hold {} MiB, above --max-rss-mib {max_mib}",
+                    kib / 1024
+                );
+            }
+        }
     }
 }
 
