@@ -532,7 +532,7 @@ type WatchTx = mpsc::Sender<Result<pb::WatchEvent, Status>>;
 /// Sends a snapshot; returns its revision, or `None` if the watcher is gone.
 /// With `local_only`, without what was imported from remote clusters.
 async fn send_snapshot(shared: &Shared, tx: &WatchTx, local_only: bool) -> Option<u64> {
-    let (revision, snapshot) = federation::snapshot(&shared.lock(), local_only);
+    let (revision, snapshot) = federation::snapshot(shared, &mut shared.lock(), local_only);
     tx.send(Ok(snapshot)).await.ok()?;
     Some(revision)
 }

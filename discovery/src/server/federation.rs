@@ -23,9 +23,11 @@ use crate::pb;
 const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const EXPIRY_INTERVAL: Duration = Duration::from_millis(200);
-/// Imported events after which the merged services are pushed even while
-/// more events are already waiting.
-const SERVICES_BATCH: usize = 64;
+/// How often the merged services that imports changed are pushed: changes
+/// to one service from all remotes within this window go out as one
+/// `ServiceUpdated` (each carries the service's whole backend list, about
+/// N·backends long, so one per imported endpoint costs O(N) each).
+const SERVICES_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Starts a link per remote and the expiry loop; abort them on shutdown.
 /// With TLS, each link presents this discovery's own certificate (valid
@@ -48,6 +50,7 @@ pub(super) fn spawn(
         .collect();
     let timeout_ms = u64::try_from(cfg.remote_timeout.as_millis()).unwrap_or(u64::MAX);
     tasks.push(tokio::spawn(expiry_loop(shared.clone(), timeout_ms)));
+    tasks.push(tokio::spawn(services_loop(shared.clone())));
     tasks
 }
 
@@ -99,16 +102,10 @@ async fn session(
         .map_err(|s| format!("watch refused: {}", s.message()))?
         .into_inner();
     let mut view: Option<RemoteView> = None;
-    // A message already read while checking whether more were waiting.
-    let mut next = None;
-    let mut unflushed = 0usize;
     loop {
-        let msg = match next.take() {
-            Some(m) => m,
-            None => tokio::select! {
-                m = stream.message() => m,
-                _ = stop.changed() => return Ok(()),
-            },
+        let msg = tokio::select! {
+            m = stream.message() => m,
+            _ = stop.changed() => return Ok(()),
         };
         let event = msg
             .map_err(|s| format!("watch stream broke: {}", s.message()))?
@@ -134,28 +131,15 @@ async fn session(
             }
         };
         *backoff = BACKOFF_START;
-        // Push the merged services once the events that came together are
-        // imported (at most SERVICES_BATCH later): a burst of changes to one
-        // service is then pushed once, without waiting for anything.
-        next = tokio::select! {
-            biased;
-            m = stream.message() => Some(m),
-            () = std::future::ready(()) => None,
-        };
-        unflushed += 1;
-        let flush = next.is_none() || unflushed >= SERVICES_BATCH;
-        if flush {
-            unflushed = 0;
-        }
         if let Some(v) = &mut view {
-            import(shared, &remote.name, v, &touched, flush);
+            import(shared, &remote.name, v, &touched);
         }
     }
 }
 
 /// Checks what `touched` changed in the remote's view and publishes what
-/// that changed; with `flush`, also the merged services that changed.
-fn import(shared: &Shared, name: &str, view: &mut RemoteView, touched: &Touched, flush: bool) {
+/// that changed (the merged services follow within [`SERVICES_INTERVAL`]).
+fn import(shared: &Shared, name: &str, view: &mut RemoteView, touched: &Touched) {
     let now = shared.now();
     let mut guard = shared.lock();
     let core = &mut *guard;
@@ -183,7 +167,7 @@ fn import(shared: &Shared, name: &str, view: &mut RemoteView, touched: &Touched,
         // Imported; only a snapshot (which brings them again) changes them.
         view.services = Vec::new();
     }
-    publish(shared, core, name, update.events, flush);
+    publish(shared, core, name, update.events, false);
 }
 
 /// Stamps imported changes with the next revisions and broadcasts them;
@@ -252,6 +236,25 @@ fn log_import(remote: &str, event: &Event) {
     }
 }
 
+/// Pushes the merged services that imports changed, every
+/// [`SERVICES_INTERVAL`] (local changes push theirs at once).
+async fn services_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(SERVICES_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stop = shared.stop.clone();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let mut core = shared.lock();
+        for event in super::services::flush(&mut core) {
+            log_import("*", &event);
+            let _ = shared.events.send(event);
+        }
+    }
+}
+
 async fn expiry_loop(shared: Arc<Shared>, timeout_ms: u64) {
     let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -277,8 +280,17 @@ async fn expiry_loop(shared: Arc<Shared>, timeout_ms: u64) {
 }
 
 /// The snapshot a watcher starts with: this cluster's state, plus every
-/// import unless `local_only`; it names this cluster.
-pub(super) fn snapshot(core: &Core, local_only: bool) -> (u64, pb::WatchEvent) {
+/// import unless `local_only`; it names this cluster. The merged services
+/// imports changed are pushed first, so none is pushed again after it.
+pub(super) fn snapshot(
+    shared: &Shared,
+    core: &mut Core,
+    local_only: bool,
+) -> (u64, pb::WatchEvent) {
+    for event in super::services::flush(core) {
+        log_import("*", &event);
+        let _ = shared.events.send(event);
+    }
     let mut s = core.registry.snapshot();
     if !local_only {
         s.nodes.extend(core.imports.nodes().cloned());
