@@ -203,7 +203,8 @@ fn section(machine: &Machine, load: &str, command: &str, table: &str) -> String 
         "Measured {date} on {machine} with `{command}`\n\
          (1-minute load average {load} before the run).\n\n\
          `discovery/examples/mesh_bench.rs` starts N discovery servers in one process on\n\
-         127.0.0.1 (plaintext), each federated with all the others, and registers through\n\
+         127.0.0.1 (plaintext; `mesh_bench --processes K` spreads them over K child\n\
+         processes), each federated with all the others, and registers through\n\
          the gRPC API 20 nodes per cluster (pod CIDR 10.<cluster id>.<node>.0/24), 3\n\
          endpoints per node, and 50 global services per cluster (every endpoint a backend\n\
          of one). One agent-facing `Watch` per cluster keeps the view an agent would. A\n\
@@ -213,7 +214,8 @@ fn section(machine: &Machine, load: &str, command: &str, table: &str) -> String 
          watcher holds the new endpoint and the merged backend for it. Like an agent,\n\
          the benchmark retries a failed call (10 attempts, 0.5 s apart) and reopens a\n\
          broken watch; both are counted.\n\n\
-         RSS is the whole process's (servers, links, the benchmark's own watchers):\n\
+         RSS is the whole process's (servers, links, the benchmark's own watchers;\n\
+         with `--processes`, the sum over all of them):\n\
          per cluster = (converged − at start) / N; per link = (all links connected,\n\
          no nodes yet − at start) / N×(N−1), which includes each server's fixed cost.\n\
          The anchor is the issue's target (p99 under 1 s for 255 × 20 × 50), read as\n\
