@@ -31,9 +31,14 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
+#[path = "mesh_bench/procs.rs"]
+mod procs;
+
 const USAGE: &str = "usage: mesh_bench [--clusters N (1..=255, default 8)] [--nodes N (default 20)] \
 [--services N (default 50)] [--endpoints N per node (default 3)] [--changes K (default 20, max 150)] \
-[--timeout SECONDS (default 300)]";
+[--timeout SECONDS (default 300)] [--processes K (servers in K child processes; default 1)] \
+[--max-rss-mib M (stop when all processes together exceed it; default 0 = no limit)] [--state-dir DIR (where the servers' state dirs go; default the \
+system temp dir)]";
 /// How long one change may take to reach every cluster before it counts as lost.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// First host octet of the IPs that changes give endpoints (initial ones are 10..).
@@ -47,6 +52,8 @@ static RETRIES: AtomicUsize = AtomicUsize::new(0);
 static WATCH_BREAKS: AtomicUsize = AtomicUsize::new(0);
 /// Nodes registered with their endpoints reported.
 static REGISTERED: AtomicUsize = AtomicUsize::new(0);
+/// `--state-dir`: where the servers' state dirs are made.
+static STATE_PARENT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
 
 #[derive(Debug, Clone, Copy)]
 struct Args {
@@ -56,6 +63,8 @@ struct Args {
     endpoints: usize,
     changes: usize,
     timeout: Duration,
+    processes: usize,
+    max_rss_mib: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -66,6 +75,8 @@ fn parse_args() -> Result<Args, String> {
         endpoints: 3,
         changes: 20,
         timeout: Duration::from_secs(300),
+        processes: 1,
+        max_rss_mib: 0,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -73,6 +84,10 @@ fn parse_args() -> Result<Args, String> {
         let value = it
             .next()
             .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        if flag == "--state-dir" {
+            let _ = STATE_PARENT.set(value.into());
+            continue;
+        }
         let n: usize = value
             .parse()
             .map_err(|_| format!("{flag} {value:?} is not a number\n{USAGE}"))?;
@@ -83,6 +98,8 @@ fn parse_args() -> Result<Args, String> {
             "--endpoints" => a.endpoints = n,
             "--changes" => a.changes = n,
             "--timeout" => a.timeout = Duration::from_secs(n as u64),
+            "--processes" => a.processes = n,
+            "--max-rss-mib" => a.max_rss_mib = n,
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
         }
     }
@@ -91,11 +108,12 @@ fn parse_args() -> Result<Args, String> {
         && a.services >= 1
         && (1..=CHANGE_HOST - 10).contains(&a.endpoints)
         && a.changes <= 250 - CHANGE_HOST
-        && !a.timeout.is_zero();
+        && !a.timeout.is_zero()
+        && (1..=a.clusters).contains(&a.processes);
     if !ok {
         return Err(format!(
             "out of range: clusters 1..=255, nodes 1..=255, services >= 1, endpoints 1..=90, \
-             changes 0..=150, timeout > 0\n{USAGE}"
+             changes 0..=150, timeout > 0, processes 1..=clusters\n{USAGE}"
         ));
     }
     Ok(a)
@@ -113,6 +131,14 @@ fn put(report: &Report, key: &'static str, value: Value) {
 
 #[tokio::main]
 async fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--serve") {
+        if let Err(e) = procs::serve(&argv[2..]).await {
+            eprintln!("mesh_bench --serve: {e}");
+            std::process::exit(1);
+        }
+        std::process::exit(0);
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -126,7 +152,10 @@ async fn main() {
     put(&report, "services", json!(args.services));
     put(&report, "endpoints_per_node", json!(args.endpoints));
     put(&report, "changes", json!(args.changes));
-    let outcome = tokio::time::timeout(args.timeout, run(args, report.clone())).await;
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(args.timeout, run(args, report.clone())) => r,
+        e = rss_guard(args.max_rss_mib) => Ok(Err(e)),
+    };
     let error = match outcome {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(e),
@@ -167,8 +196,16 @@ async fn main() {
 
 async fn run(args: Args, report: Report) -> Result<(), String> {
     let n = args.clusters;
-    check_fd_limit(n)?;
-    let dir = tempfile::tempdir().map_err(|e| format!("creating a temp dir: {e}"))?;
+    put(&report, "processes", json!(args.processes));
+    // Both ends of a server's links are in its process (the other end of
+    // each in another one, when the servers are spread).
+    let per_process = n.div_ceil(args.processes);
+    check_fd_limit(2 * per_process * (n - 1) + 8 * n + 256, n)?;
+    let dir = match STATE_PARENT.get() {
+        Some(parent) => tempfile::tempdir_in(parent),
+        None => tempfile::tempdir(),
+    }
+    .map_err(|e| format!("creating a temp dir: {e}"))?;
     let rss_start = rss_kib()?;
     put(&report, "rss_start_kib", json!(rss_start));
 
@@ -176,12 +213,17 @@ async fn run(args: Args, report: Report) -> Result<(), String> {
     let started = Instant::now();
     let mut addrs = Vec::with_capacity(n);
     let mut listeners = Vec::with_capacity(n);
-    for _ in 0..n {
-        let l = TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| format!("binding 127.0.0.1:0: {e}"))?;
-        addrs.push(l.local_addr().map_err(|e| e.to_string())?);
-        listeners.push(l);
+    if args.processes > 1 {
+        addrs = procs::free_addrs(n).await?;
+        procs::spawn(args.processes, &addrs, args.services, dir.path())?;
+    } else {
+        for _ in 0..n {
+            let l = TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| format!("binding 127.0.0.1:0: {e}"))?;
+            addrs.push(l.local_addr().map_err(|e| e.to_string())?);
+            listeners.push(l);
+        }
     }
     let services = services(args.services);
     for (c, listener) in listeners.into_iter().enumerate() {
@@ -717,19 +759,75 @@ async fn watcher(
     }
 }
 
+fn raise_fd_limit(needed: usize) {
+    let needed = needed as libc::rlim_t;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass; no other precondition.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= needed {
+        return;
+    }
+    let want = libc::rlimit {
+        rlim_cur: needed,
+        rlim_max: lim.rlim_max.max(needed),
+    };
+    // SAFETY: setrlimit reads the struct we pass; failure is reported by its return value.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } != 0 {
+        let soft = libc::rlimit {
+            rlim_cur: lim.rlim_max.min(needed),
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) };
+    }
+}
+
+/// With a limit: returns (an error) once all processes together hold more
+/// than `max_mib`, so a run too big for the machine stops before it hurts
+/// anything else on it.
+async fn rss_guard(max_mib: usize) -> String {
+    if max_mib == 0 {
+        return std::future::pending().await;
+    }
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Ok(kib) = rss_kib() {
+            if kib / 1024 > max_mib as u64 {
+                return format!(
+                    "stopped: the processes hold {} MiB, above --max-rss-mib {max_mib}",
+                    kib / 1024
+                );
+            }
+        }
+    }
+}
+
+/// This process's RSS plus its children's (`--processes`).
 fn rss_kib() -> Result<u64, String> {
-    let status = std::fs::read_to_string("/proc/self/status")
-        .map_err(|e| format!("reading /proc/self/status: {e}"))?;
+    let mut total = rss_of("self")?;
+    for pid in procs::pids() {
+        total += rss_of(&pid.to_string())?;
+    }
+    Ok(total)
+}
+
+fn rss_of(pid: &str) -> Result<u64, String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("reading /proc/{pid}/status: {e}"))?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| "no VmRSS in /proc/self/status".to_string())
+        .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))
 }
 
-/// Every link is a TCP connection with both ends in this process.
-fn check_fd_limit(n: usize) -> Result<(), String> {
-    let needed = 2 * n * (n - 1) + 8 * n + 256;
+/// Every link is a TCP connection with both ends in this process: raises
+/// the open-files limit (soft, and hard when allowed, e.g. as root) to what
+/// N clusters need, then checks it.
+fn check_fd_limit(needed: usize, n: usize) -> Result<(), String> {
+    raise_fd_limit(needed);
     let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
     let soft = limits
         .lines()
@@ -738,9 +836,10 @@ fn check_fd_limit(n: usize) -> Result<(), String> {
         .and_then(|v| v.parse::<usize>().ok());
     match soft {
         Some(soft) if soft < needed => Err(format!(
-            "{n} clusters need about {needed} open files ({} links, both ends in this process), \
-             but the limit is {soft}; raise it (`ulimit -n {needed}`, as root if above the hard \
-             limit) or lower --clusters",
+            "{n} clusters need about {needed} open files per process ({} links, both ends in \
+             the servers' processes), but the limit is {soft}; raise it (`ulimit -n {needed}`, \
+             as root with CAP_SYS_RESOURCE if above the hard limit), spread the servers over \
+             more --processes, or lower --clusters",
             n * (n - 1)
         )),
         _ => Ok(()),

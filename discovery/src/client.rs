@@ -12,6 +12,9 @@ use crate::Error;
 
 /// How long [`connect`] waits for the TCP/HTTP2 connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an HTTP/2 keepalive ping may go unanswered before the
+/// connection counts as dead.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Connects to discovery at `endpoint` (e.g. `http://198.18.1.2:7100`),
 /// failing after [`CONNECT_TIMEOUT`]. No per-request timeout is set, so
@@ -35,7 +38,9 @@ pub async fn connect_with(
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
+        // A loaded server (a burst of imports) may answer pings late; 5 s
+        // broke links with `http2 error` in the mesh benchmark.
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
     if let Some(tls) = tls {
         if !endpoint.starts_with("https://") {

@@ -11,18 +11,22 @@
 //! - [`Imports`] holds what was imported per remote, turns every new check
 //!   result into the events that change it (unchanged records give none),
 //!   counts rejections, and expires a remote's state a timeout after its
-//!   connection broke.
+//!   connection broke; [`Imports::apply`] judges only what one event
+//!   changed, with the same outcome, and [`claims`] indexes the pod CIDRs
+//!   already claimed so overlap checks are look-ups.
 //!
 //! No I/O here; time comes in as `now` (ms). The gRPC links are in
 //! `server/federation.rs`.
 
 mod check;
+mod claims;
 mod imports;
 mod view;
 
 pub use check::{check, Accepted, Checked, Local, OtherRemote, RejectReason, Rejection};
+pub use claims::{CidrIndex, Claims, Overlap};
 pub use imports::{Imports, RemoteStatus, Update};
-pub use view::RemoteView;
+pub use view::{RemoteView, Touched};
 
 use std::str::FromStr;
 use std::time::Duration;

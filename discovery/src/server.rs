@@ -149,7 +149,8 @@ pub async fn serve_on(
             tls_cluster: tls.as_ref().map(|_| cfg.cluster.clone()),
         }))
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
+            // No Nagle delay on pushed watch events (a 40 ms stall otherwise).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             signal,
         )
         .await;
@@ -166,13 +167,16 @@ struct Core {
     imports: Imports,
     /// This cluster's service definitions (fixed at start).
     services: Vec<crate::service::Service>,
-    /// Their merged form as last pushed.
-    merged: std::collections::BTreeMap<String, crate::service::GlobalService>,
+    /// Their merged form as last pushed (kept up to date incrementally).
+    merged: crate::service::MergedServices,
 }
 
 struct Shared {
     core: Mutex<Core>,
     events: broadcast::Sender<Event>,
+    /// Only this cluster's own changes, for `local_only` watchers (remote
+    /// discoveries), which need not wade through every import.
+    local_events: broadcast::Sender<Event>,
     stop: watch::Receiver<bool>,
     start: Instant,
     lease_ttl_ms: u32,
@@ -240,17 +244,19 @@ impl Shared {
         crate::service::validate_all(&local_services)
             .map_err(|e| Error::Config(format!("services: {e}")))?;
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let (local_events, _) = broadcast::channel(BROADCAST_CAPACITY);
         let mut core = Core {
             registry,
             store,
             imports: Imports::new(&cfg.federation.remotes),
             services: local_services,
-            merged: std::collections::BTreeMap::new(),
+            merged: crate::service::MergedServices::new(&cfg.cluster, &[], []),
         };
         core.merged = services::merged(&core);
         Ok(Shared {
             core: Mutex::new(core),
             events,
+            local_events,
             stop,
             start: Instant::now(),
             lease_ttl_ms,
@@ -277,20 +283,29 @@ impl Shared {
         if events.is_empty() {
             return Ok(());
         }
-        let merged_before = core.merged.clone();
-        let stored = events.len();
-        events.extend(services::events(core));
-        if let Err(e) = core.store.save(&core.registry.state(), &events[..stored]) {
+        if let Err(e) = core.store.save(&core.registry.state(), &events) {
             core.registry = backup;
-            core.merged = merged_before;
             return Err(e);
         }
+        // Saved: the merged services (not persisted) follow the change.
+        let merged = services::events(core, &events);
+        events.extend(merged);
+        self.broadcast(events);
+        Ok(())
+    }
+
+    /// Logs and pushes this cluster's own changes (and its merged services)
+    /// to watchers: all of them on `events`, and all but the merged services
+    /// (which remotes do not take) on `local_events`.
+    fn broadcast(&self, events: Vec<Event>) {
         for event in events {
             log_event(&event);
             // No receivers is fine.
+            if !matches!(event, Event::ServiceUpdated { .. }) {
+                let _ = self.local_events.send(event.clone());
+            }
             let _ = self.events.send(event);
         }
-        Ok(())
     }
 
     /// Expires leases that ran out by `now`.
@@ -575,7 +590,7 @@ type WatchTx = mpsc::Sender<Result<pb::WatchEvent, Status>>;
 /// Sends a snapshot; returns its revision, or `None` if the watcher is gone.
 /// With `local_only`, without what was imported from remote clusters.
 async fn send_snapshot(shared: &Shared, tx: &WatchTx, local_only: bool) -> Option<u64> {
-    let (revision, snapshot) = federation::snapshot(&shared.lock(), local_only);
+    let (revision, snapshot) = federation::snapshot(shared, &mut shared.lock(), local_only);
     tx.send(Ok(snapshot)).await.ok()?;
     Some(revision)
 }
@@ -586,7 +601,11 @@ async fn watch_task(shared: Arc<Shared>, tx: WatchTx, local_only: bool) {
         return;
     }
     // Subscribe before the snapshot; queued deltas up to its revision are skipped.
-    let mut events = shared.events.subscribe();
+    let mut events = if local_only {
+        shared.local_events.subscribe()
+    } else {
+        shared.events.subscribe()
+    };
     let Some(mut last) = send_snapshot(&shared, &tx, local_only).await else {
         return;
     };

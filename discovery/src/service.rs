@@ -12,8 +12,12 @@
 //! merged view of a local service ([`merge`]): its local backends, plus, when
 //! it is global, the backends of every other cluster that defines the same
 //! `namespace/name` as global and shared, each tagged with its cluster.
+//! [`MergedServices`] keeps that view up to date change by change.
 
 mod convert;
+mod merged;
+
+pub use merged::MergedServices;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -26,7 +30,9 @@ pub const GLOBAL_ANNOTATION: &str = "service.cilium.io/global";
 pub const SHARED_ANNOTATION: &str = "service.cilium.io/shared";
 pub const AFFINITY_ANNOTATION: &str = "service.cilium.io/affinity";
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub enum Protocol {
     #[default]
     #[serde(rename = "TCP")]
@@ -44,7 +50,7 @@ impl Protocol {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServicePort {
     #[serde(default)]
@@ -59,7 +65,7 @@ fn default_namespace() -> String {
 }
 
 /// A service of one cluster, as defined there (Kubernetes/Cilium-like).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
     pub name: String,

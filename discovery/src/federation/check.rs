@@ -5,11 +5,16 @@
 //! node's pod CIDRs. A remote that names another cluster or claims a cluster
 //! ID already in use gets nothing applied at all; otherwise each bad record
 //! is rejected on its own and the rest is imported.
+//!
+//! [`check`] judges a whole view; the per-record functions ([`identity`],
+//! [`node`], [`endpoint`]) judge one record the same way, so
+//! [`super::Imports`] can judge only what an event changed.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
+use super::claims::{Claims, Overlap};
 use super::RemoteView;
 use crate::alloc::{CLUSTER_SHIFT as TUNNEL_SHIFT, TUNNEL_BASE};
 use crate::endpoint::Endpoint;
@@ -71,7 +76,7 @@ pub struct Rejection {
 pub struct Local<'a> {
     pub cluster: &'a str,
     pub cluster_id: u8,
-    pub nodes: &'a [Node],
+    pub nodes: &'a [&'a Node],
 }
 
 /// Another remote, as far as it is imported.
@@ -107,245 +112,302 @@ fn tunnel_ip_in_block(ip: Ipv4Addr, cluster_id: u8) -> bool {
     ip >= base && ip - base < (1 << 22) && (ip - base) >> TUNNEL_SHIFT == u32::from(cluster_id)
 }
 
-/// Checks a remote's view against this cluster and the other remotes.
-pub fn check(remote: &str, view: &RemoteView, local: &Local, others: &[OtherRemote]) -> Checked {
-    let whole = |reason, detail| Checked {
-        accepted: None,
-        rejections: vec![Rejection {
-            key: "cluster".to_string(),
-            reason,
-            detail,
-        }],
+/// Checks a remote's view against this cluster and the other remotes
+/// (`others` answers for every remote but this one).
+pub fn check(
+    remote: &str,
+    view: &RemoteView,
+    local: &Local,
+    others: &(impl Claims + ?Sized),
+) -> Checked {
+    let cid = match whole(remote, view, local, others) {
+        Ok(cid) => cid,
+        Err(r) => {
+            return Checked {
+                accepted: None,
+                rejections: vec![r],
+            }
+        }
     };
+    let mut out = Checked::default();
+    let mut acc = Accepted {
+        cluster_id: cid,
+        ..Accepted::default()
+    };
+    for (id, i) in &view.identities {
+        match identity(remote, cid, *id, i) {
+            Ok(labels) => {
+                acc.identities.insert(*id, labels);
+            }
+            Err(r) => out.rejections.push(r),
+        }
+    }
+    for (key, p) in &view.nodes {
+        match node(remote, cid, key, p, local, others) {
+            Ok(n) => {
+                acc.nodes.insert(n.name.clone(), n);
+            }
+            Err(r) => out.rejections.push(r),
+        }
+    }
+    for (ip, p) in &view.endpoints {
+        match endpoint(remote, cid, ip, p, &acc.nodes) {
+            Ok(e) => {
+                acc.endpoints.insert(e.ip, e);
+            }
+            Err(r) => out.rejections.push(r),
+        }
+    }
+    for p in &view.services {
+        match service(remote, p, &acc.services) {
+            Ok(s) => {
+                acc.services.insert(s.key(), s);
+            }
+            Err(r) => out.rejections.push(r),
+        }
+    }
+    out.accepted = Some(acc);
+    out
+}
+
+fn rejection(key: String, reason: RejectReason, detail: String) -> Rejection {
+    Rejection {
+        key,
+        reason,
+        detail,
+    }
+}
+
+/// The checks on the remote as a whole: its cluster name and ID. Its
+/// cluster ID, or the rejection (key `cluster`) of everything it sent.
+pub fn whole(
+    remote: &str,
+    view: &RemoteView,
+    local: &Local,
+    others: &(impl Claims + ?Sized),
+) -> Result<u8, Rejection> {
+    let whole = |reason, detail| rejection("cluster".to_string(), reason, detail);
     if view.cluster != remote {
-        return whole(
+        return Err(whole(
             RejectReason::ClusterName,
             format!(
                 "remote {remote} says it serves cluster {:?}; fix --remote {remote}=... or the \
                  remote's --cluster",
                 view.cluster
             ),
-        );
+        ));
     }
     let Some(cid) = u8::try_from(view.cluster_id).ok().filter(|id| *id != 0) else {
-        return whole(
+        return Err(whole(
             RejectReason::Invalid,
             format!(
                 "remote {remote} sent cluster id {} (not 1..=255; an older meshgate?)",
                 view.cluster_id
             ),
-        );
+        ));
     };
     if cid == local.cluster_id {
-        return whole(
+        return Err(whole(
             RejectReason::ClusterId,
             format!(
                 "remote {remote} claims cluster id {cid}, which is this cluster's ({}); every \
                  cluster needs its own ID",
                 local.cluster
             ),
-        );
+        ));
     }
-    if let Some(o) = others.iter().find(|o| o.cluster_id == Some(cid)) {
-        return whole(
+    if let Some(holder) = others.cluster_id_holder(cid) {
+        return Err(whole(
             RejectReason::ClusterId,
             format!(
-                "remote {remote} claims cluster id {cid}, which remote {} already has; every \
-                 cluster needs its own ID",
-                o.name
+                "remote {remote} claims cluster id {cid}, which remote {holder} already has; \
+                 every cluster needs its own ID"
             ),
-        );
+        ));
     }
+    Ok(cid)
+}
 
-    let mut out = Checked::default();
-    let mut acc = Accepted {
-        cluster_id: cid,
-        ..Accepted::default()
-    };
-    let mut reject = |key: String, reason, detail: String| {
-        out.rejections.push(Rejection {
+/// One identity of remote `remote` (cluster ID `cid`); key `identity ID`.
+pub fn identity(
+    remote: &str,
+    cid: u8,
+    id: u32,
+    i: &crate::pb::Identity,
+) -> Result<Labels, Rejection> {
+    if cluster_of(id) != u32::from(cid) || id != i.id {
+        return Err(rejection(
+            format!("identity {id}"),
+            RejectReason::IdentityRange,
+            format!(
+                "remote {remote} (cluster id {cid}) sent identity {id}, which is in cluster id \
+                 {}'s range",
+                cluster_of(id)
+            ),
+        ));
+    }
+    Ok(i.labels.clone())
+}
+
+/// One node (`key` is the view's, `cluster/name`): its cluster, ID, tunnel
+/// IP and pod CIDRs (against ours, then the other remotes').
+pub fn node(
+    remote: &str,
+    cid: u8,
+    key: &str,
+    p: &crate::pb::Node,
+    local: &Local,
+    others: &(impl Claims + ?Sized),
+) -> Result<Node, Rejection> {
+    let key = format!("node {key}");
+    let node = Node::try_from(p.clone())
+        .map_err(|e| rejection(key.clone(), RejectReason::Invalid, e.to_string()))?;
+    if node.cluster != remote {
+        return Err(rejection(
             key,
-            reason,
-            detail,
+            RejectReason::ClusterName,
+            format!(
+                "remote {remote} sent node {} of cluster {}; a remote may send only its own \
+                 cluster's nodes",
+                node.name, node.cluster
+            ),
+        ));
+    }
+    if node.cluster_id != cid {
+        return Err(rejection(
+            key,
+            RejectReason::ClusterId,
+            format!(
+                "node {remote}/{} says cluster id {}, but remote {remote} has cluster id {cid}",
+                node.name, node.cluster_id
+            ),
+        ));
+    }
+    if let Some(ip) = node.tunnel_ip.filter(|ip| !tunnel_ip_in_block(*ip, cid)) {
+        return Err(rejection(
+            key,
+            RejectReason::TunnelIpRange,
+            format!(
+                "node {remote}/{} has tunnel IP {ip}, outside cluster id {cid}'s block",
+                node.name
+            ),
+        ));
+    }
+    let ours = local.nodes.iter().find_map(|other| {
+        first_overlap(&node.pod_cidrs, &other.pod_cidrs).map(|(mine, its)| Overlap {
+            mine,
+            its,
+            cluster: local.cluster.to_string(),
+            node: other.name.clone(),
         })
-    };
-
-    for (id, i) in &view.identities {
-        let key = format!("identity {id}");
-        if cluster_of(*id) != u32::from(cid) || *id != i.id {
-            reject(
-                key,
-                RejectReason::IdentityRange,
-                format!(
-                    "remote {remote} (cluster id {cid}) sent identity {id}, which is in cluster \
-                     id {}'s range",
-                    cluster_of(*id)
-                ),
-            );
-            continue;
-        }
-        acc.identities.insert(*id, i.labels.clone());
+    });
+    if let Some(o) = ours.or_else(|| others.overlap(&node)) {
+        return Err(rejection(
+            key,
+            RejectReason::PodCidrOverlap,
+            format!(
+                "node {remote}/{} has pod CIDR {}, which overlaps pod CIDR {} of node {}/{}",
+                node.name, o.mine, o.its, o.cluster, o.node
+            ),
+        ));
     }
+    Ok(node)
+}
 
-    'nodes: for (key, p) in &view.nodes {
-        let key = format!("node {key}");
-        let node = match Node::try_from(p.clone()) {
-            Ok(n) => n,
-            Err(e) => {
-                reject(key, RejectReason::Invalid, e.to_string());
-                continue;
-            }
-        };
-        if node.cluster != remote {
-            reject(
-                key,
-                RejectReason::ClusterName,
-                format!(
-                    "remote {remote} sent node {} of cluster {}; a remote may send only its own \
-                     cluster's nodes",
-                    node.name, node.cluster
-                ),
-            );
-            continue;
-        }
-        if node.cluster_id != cid {
-            reject(
-                key,
-                RejectReason::ClusterId,
-                format!(
-                    "node {remote}/{} says cluster id {}, but remote {remote} has cluster id {cid}",
-                    node.name, node.cluster_id
-                ),
-            );
-            continue;
-        }
-        if let Some(ip) = node.tunnel_ip.filter(|ip| !tunnel_ip_in_block(*ip, cid)) {
-            reject(
-                key,
-                RejectReason::TunnelIpRange,
-                format!(
-                    "node {remote}/{} has tunnel IP {ip}, outside cluster id {cid}'s block",
-                    node.name
-                ),
-            );
-            continue;
-        }
-        let theirs = local.nodes.iter().map(|n| (local.cluster, n)).chain(
-            others
-                .iter()
-                .flat_map(|o| o.nodes.iter().map(move |n| (o.name, *n))),
-        );
-        for (owner, other) in theirs {
-            if let Some((mine, its)) = first_overlap(&node.pod_cidrs, &other.pod_cidrs) {
-                reject(
-                    key,
-                    RejectReason::PodCidrOverlap,
-                    format!(
-                        "node {remote}/{} has pod CIDR {mine}, which overlaps pod CIDR {its} of \
-                         node {owner}/{}",
-                        node.name, other.name
-                    ),
-                );
-                continue 'nodes;
-            }
-        }
-        acc.nodes.insert(node.name.clone(), node);
-    }
-
-    for (ip, p) in &view.endpoints {
-        let key = format!("endpoint {ip}");
-        let e = match Endpoint::try_from(p.clone()) {
-            Ok(e) => e,
-            Err(err) => {
-                reject(key, RejectReason::Invalid, err.to_string());
-                continue;
-            }
-        };
-        let what = format!(
+/// One endpoint (`ip` as sent): its cluster, its node among the `nodes`
+/// imported from the remote, its IP in that node's pod CIDRs, its identity.
+pub fn endpoint(
+    remote: &str,
+    cid: u8,
+    ip: &str,
+    p: &crate::pb::Endpoint,
+    nodes: &BTreeMap<String, Node>,
+) -> Result<Endpoint, Rejection> {
+    let key = format!("endpoint {ip}");
+    let e = Endpoint::try_from(p.clone())
+        .map_err(|err| rejection(key.clone(), RejectReason::Invalid, err.to_string()))?;
+    let what = || {
+        format!(
             "endpoint {} ({}) of node {}/{}",
             e.full_name(),
             e.ip,
             e.cluster,
             e.node
-        );
-        if e.cluster != remote {
-            reject(
-                key,
-                RejectReason::ClusterName,
-                format!("remote {remote} sent {what}; a remote may send only its own endpoints"),
-            );
-            continue;
-        }
-        let Some(node) = acc.nodes.get(&e.node) else {
-            reject(
-                key,
-                RejectReason::EndpointOutsidePodCidr,
-                format!("{what}: its node is not imported"),
-            );
-            continue;
-        };
-        if !node.pod_cidrs.iter().any(|c| c.contains(&e.ip)) {
-            let cidrs: Vec<String> = node.pod_cidrs.iter().map(ToString::to_string).collect();
-            reject(
-                key,
-                RejectReason::EndpointOutsidePodCidr,
-                format!(
-                    "{what} is outside the node's pod CIDRs {}",
-                    cidrs.join(", ")
-                ),
-            );
-            continue;
-        }
-        if cluster_of(e.identity) != u32::from(cid) {
-            reject(
-                key,
-                RejectReason::IdentityRange,
-                format!(
-                    "{what} has identity {}, outside cluster id {cid}'s range",
-                    e.identity
-                ),
-            );
-            continue;
-        }
-        acc.endpoints.insert(e.ip, e);
+        )
+    };
+    if e.cluster != remote {
+        return Err(rejection(
+            key,
+            RejectReason::ClusterName,
+            format!(
+                "remote {remote} sent {}; a remote may send only its own endpoints",
+                what()
+            ),
+        ));
     }
+    let Some(node) = nodes.get(&e.node) else {
+        return Err(rejection(
+            key,
+            RejectReason::EndpointOutsidePodCidr,
+            format!("{}: its node is not imported", what()),
+        ));
+    };
+    if !node.pod_cidrs.iter().any(|c| c.contains(&e.ip)) {
+        let cidrs: Vec<String> = node.pod_cidrs.iter().map(ToString::to_string).collect();
+        return Err(rejection(
+            key,
+            RejectReason::EndpointOutsidePodCidr,
+            format!(
+                "{} is outside the node's pod CIDRs {}",
+                what(),
+                cidrs.join(", ")
+            ),
+        ));
+    }
+    if cluster_of(e.identity) != u32::from(cid) {
+        return Err(rejection(
+            key,
+            RejectReason::IdentityRange,
+            format!(
+                "{} has identity {}, outside cluster id {cid}'s range",
+                what(),
+                e.identity
+            ),
+        ));
+    }
+    Ok(e)
+}
 
-    for p in &view.services {
-        let key = format!("service {}/{}", p.namespace, p.name);
-        let s = match Service::try_from(p) {
-            Ok(s) => s,
-            Err(err) => {
-                reject(key, RejectReason::Invalid, err);
-                continue;
-            }
-        };
-        if s.cluster != remote {
-            reject(
-                key,
-                RejectReason::ClusterName,
-                format!(
-                    "remote {remote} sent service {} of cluster {:?}; a remote may send only \
-                     its own services",
-                    s.key(),
-                    s.cluster
-                ),
-            );
-            continue;
-        }
-        if let Err(err) = s.validate() {
-            reject(key, RejectReason::Invalid, err.to_string());
-            continue;
-        }
-        if acc.services.contains_key(&s.key()) {
-            reject(
-                key,
-                RejectReason::Invalid,
-                format!("remote {remote} sent service {} twice", s.key()),
-            );
-            continue;
-        }
-        acc.services.insert(s.key(), s);
+/// One service definition, against those accepted before it.
+fn service(
+    remote: &str,
+    p: &crate::pb::Service,
+    accepted: &BTreeMap<String, Service>,
+) -> Result<Service, Rejection> {
+    let key = format!("service {}/{}", p.namespace, p.name);
+    let s =
+        Service::try_from(p).map_err(|err| rejection(key.clone(), RejectReason::Invalid, err))?;
+    if s.cluster != remote {
+        return Err(rejection(
+            key,
+            RejectReason::ClusterName,
+            format!(
+                "remote {remote} sent service {} of cluster {:?}; a remote may send only its own \
+                 services",
+                s.key(),
+                s.cluster
+            ),
+        ));
     }
-    out.accepted = Some(acc);
-    out
+    if let Err(err) = s.validate() {
+        return Err(rejection(key, RejectReason::Invalid, err.to_string()));
+    }
+    if accepted.contains_key(&s.key()) {
+        return Err(rejection(
+            key,
+            RejectReason::Invalid,
+            format!("remote {remote} sent service {} twice", s.key()),
+        ));
+    }
+    Ok(s)
 }

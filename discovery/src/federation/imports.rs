@@ -4,6 +4,11 @@
 //! be imported against what is: only differences become events, so a
 //! reconnect whose snapshot holds nothing new changes nothing. Events carry
 //! revision 0; the server stamps them from the registry's sequence.
+//! [`Imports::apply`] does the same for one event: it judges only the record
+//! the event changed (and what depends on it), with the same outcome as a
+//! whole check (see `imports/incremental.rs`). The pod CIDRs of every
+//! imported node are kept in a [`CidrIndex`], so an overlap check is a few
+//! look-ups, not a scan of every node of every cluster.
 //! Event order: new identities, removed endpoints, new or changed nodes, new
 //! or changed endpoints, removed nodes.
 //!
@@ -11,14 +16,19 @@
 //! [`Imports::expire`] removes it `timeout` after the break. Identities are
 //! never removed (as in one cluster): an identity never changes meaning.
 
+mod incremental;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use super::check::{check, Local, OtherRemote, RejectReason, Rejection};
+use ipnet::IpNet;
+
+use super::check::{check, Local, RejectReason, Rejection};
+use super::claims::{CidrIndex, Claims, Overlap};
 use super::{RemoteConfig, RemoteView};
 use crate::endpoint::{Endpoint, Identity};
 use crate::identity::Labels;
-use crate::model::{Event, Node, RemoveReason};
+use crate::model::{first_overlap, Event, Node, RemoveReason};
 use crate::service::Service;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,12 +42,20 @@ struct Remote {
     nodes: BTreeMap<String, Node>,
     endpoints: BTreeMap<IpAddr, Endpoint>,
     identities: BTreeMap<u32, Labels>,
-    services: BTreeMap<String, Service>,
+    /// A digest of the accepted service definitions (the definitions go to
+    /// the merged services, which keep what they need of them).
+    services: Option<u64>,
     rejected: BTreeMap<RejectReason, u64>,
-    /// Records rejected by the last check, so a record is counted (and
-    /// logged) once when it becomes rejected, not on every event.
-    rejected_keys: BTreeSet<String>,
+    /// Records rejected now, and why, so a record is counted (and logged)
+    /// once when it becomes rejected, not on every event.
+    rejected_keys: BTreeMap<String, RejectReason>,
     last_error: String,
+    /// The last whole check accepted the remote (events may then be
+    /// judged one by one).
+    judged: bool,
+    /// Imported nodes that a local node registered since overlaps: judged
+    /// again on the remote's next event.
+    pending: BTreeSet<String>,
 }
 
 /// The result of [`Imports::update`]: the changes (revision 0) and the
@@ -46,6 +64,9 @@ struct Remote {
 pub struct Update {
     pub events: Vec<Event>,
     pub new_rejections: Vec<Rejection>,
+    /// The remote's accepted service definitions, when they changed (only
+    /// a whole check changes them).
+    pub services: Option<Vec<Service>>,
 }
 
 /// One remote, for `FederationStatus`.
@@ -68,6 +89,43 @@ pub struct RemoteStatus {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Imports {
     remotes: BTreeMap<String, Remote>,
+    /// The pod CIDRs of every imported node, by (remote, node).
+    cidrs: CidrIndex,
+    /// The local nodes' pod CIDRs as last seen, to notice new claims.
+    local: BTreeMap<String, Vec<IpNet>>,
+}
+
+/// The other remotes, for checks of `remote`, through the index.
+struct Others<'a> {
+    imports: &'a Imports,
+    remote: &'a str,
+}
+
+impl Claims for Others<'_> {
+    fn cluster_id_holder(&self, cid: u8) -> Option<&str> {
+        self.imports
+            .remotes
+            .iter()
+            .find(|(n, r)| n.as_str() != self.remote && r.cluster_id == Some(cid))
+            .map(|(n, _)| n.as_str())
+    }
+
+    fn overlap(&self, node: &Node) -> Option<Overlap> {
+        let owner = node
+            .pod_cidrs
+            .iter()
+            .flat_map(|c| self.imports.cidrs.overlapping(c))
+            .filter(|(r, _)| r != self.remote)
+            .min()?;
+        let other = self.imports.remotes.get(&owner.0)?.nodes.get(&owner.1)?;
+        let (mine, its) = first_overlap(&node.pod_cidrs, &other.pod_cidrs)?;
+        Some(Overlap {
+            mine,
+            its,
+            cluster: owner.0.clone(),
+            node: owner.1.clone(),
+        })
+    }
 }
 
 impl Imports {
@@ -83,6 +141,8 @@ impl Imports {
                     (r.name.clone(), remote)
                 })
                 .collect(),
+            cidrs: CidrIndex::default(),
+            local: BTreeMap::new(),
         }
     }
 
@@ -96,9 +156,69 @@ impl Imports {
         self.remotes.values().flat_map(|r| r.endpoints.values())
     }
 
-    /// Every imported service definition.
-    pub fn services(&self) -> impl Iterator<Item = &Service> {
-        self.remotes.values().flat_map(|r| r.services.values())
+    /// Whether `remote`'s last whole check accepted it: its events are then
+    /// judged one by one, and its view's service definitions (which only a
+    /// snapshot changes) are no longer needed.
+    pub fn accepted(&self, remote: &str) -> bool {
+        self.remotes.get(remote).is_some_and(|r| r.judged)
+    }
+
+    /// The endpoints imported from `remote`.
+    pub fn endpoints_of(&self, remote: &str) -> impl Iterator<Item = &Endpoint> {
+        self.remotes
+            .get(remote)
+            .into_iter()
+            .flat_map(|r| r.endpoints.values())
+    }
+
+    /// Notes the local nodes' pod CIDRs; an imported node that a new or
+    /// changed local CIDR overlaps is judged again on its remote's next
+    /// event (as a whole check would).
+    fn see_local(&mut self, local: &Local) {
+        let same = local.nodes.len() == self.local.len()
+            && local
+                .nodes
+                .iter()
+                .all(|n| self.local.get(&n.name) == Some(&n.pod_cidrs));
+        if same {
+            return;
+        }
+        for n in local.nodes {
+            if self.local.get(&n.name) == Some(&n.pod_cidrs) {
+                continue;
+            }
+            for c in &n.pod_cidrs {
+                for (remote, node) in self.cidrs.overlapping(c) {
+                    if let Some(r) = self.remotes.get_mut(remote) {
+                        r.pending.insert(node.clone());
+                    }
+                }
+            }
+        }
+        self.local = local
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.pod_cidrs.clone()))
+            .collect();
+    }
+
+    /// Replaces `remote`'s node `name` (index included).
+    fn set_node(&mut self, remote: &str, name: &str, node: Option<Node>) {
+        let Some(r) = self.remotes.get_mut(remote) else {
+            return;
+        };
+        let owner = (remote.to_string(), name.to_string());
+        if let Some(old) = r.nodes.remove(name) {
+            for c in &old.pod_cidrs {
+                self.cidrs.remove(c, &owner);
+            }
+        }
+        if let Some(new) = node {
+            for c in &new.pod_cidrs {
+                self.cidrs.insert(c, &owner);
+            }
+            r.nodes.insert(name.to_string(), new);
+        }
     }
 
     /// Every imported identity.
@@ -115,31 +235,31 @@ impl Imports {
     /// may be imported. A remote rejected as a whole keeps its earlier
     /// state, as if its connection had broken.
     pub fn update(&mut self, name: &str, view: &RemoteView, local: &Local, now: u64) -> Update {
-        let others: Vec<OtherRemote> = self
-            .remotes
-            .iter()
-            .filter(|(n, _)| n.as_str() != name)
-            .map(|(n, r)| OtherRemote {
-                name: n,
-                cluster_id: r.cluster_id,
-                nodes: r.nodes.values().collect(),
-            })
-            .collect();
+        self.see_local(local);
+        let others = Others {
+            imports: self,
+            remote: name,
+        };
         let checked = check(name, view, local, &others);
         let Some(remote) = self.remotes.get_mut(name) else {
             return Update::default();
         };
-        let keys: BTreeSet<String> = checked.rejections.iter().map(|r| r.key.clone()).collect();
+        let keys: BTreeMap<String, RejectReason> = checked
+            .rejections
+            .iter()
+            .map(|r| (r.key.clone(), r.reason))
+            .collect();
         let new_rejections: Vec<Rejection> = checked
             .rejections
             .into_iter()
-            .filter(|r| !remote.rejected_keys.contains(&r.key))
+            .filter(|r| !remote.rejected_keys.contains_key(&r.key))
             .collect();
         for r in &new_rejections {
             *remote.rejected.entry(r.reason).or_default() += 1;
         }
         remote.rejected_keys = keys;
         let Some(acc) = checked.accepted else {
+            remote.judged = false;
             if remote.connected {
                 remote.connected = false;
                 remote.broken_at = Some(now);
@@ -150,8 +270,11 @@ impl Imports {
             return Update {
                 events: Vec::new(),
                 new_rejections,
+                services: None,
             };
         };
+        remote.judged = true;
+        remote.pending.clear();
         remote.connected = true;
         remote.broken_at = None;
         remote.last_error.clear();
@@ -199,12 +322,22 @@ impl Imports {
                 .filter(|n| !acc.nodes.contains_key(&n.name))
                 .map(|n| node_removed(n, RemoveReason::Deregistered)),
         );
-        remote.nodes = acc.nodes;
         remote.endpoints = acc.endpoints;
-        remote.services = acc.services;
+        let digest = digest(&acc.services);
+        let services = (remote.services != Some(digest))
+            .then(|| acc.services.into_values().collect::<Vec<Service>>());
+        remote.services = Some(digest);
+        let old: Vec<String> = remote.nodes.keys().cloned().collect();
+        for n in old {
+            self.set_node(name, &n, None);
+        }
+        for (n, node) in acc.nodes {
+            self.set_node(name, &n, Some(node));
+        }
         Update {
             events,
             new_rejections,
+            services,
         }
     }
 
@@ -236,10 +369,17 @@ impl Imports {
                     .map(|n| node_removed(n, RemoveReason::LeaseExpired)),
             );
             r.endpoints.clear();
-            r.nodes.clear();
-            r.services.clear();
+            for n in std::mem::take(&mut r.nodes).into_values() {
+                let owner = (name.clone(), n.name.clone());
+                for c in &n.pod_cidrs {
+                    self.cidrs.remove(c, &owner);
+                }
+            }
+            r.services = None;
             r.cluster_id = None;
             r.broken_at = None;
+            r.judged = false;
+            r.pending.clear();
             out.push((name.clone(), events));
         }
         out
@@ -262,6 +402,13 @@ impl Imports {
             })
             .collect()
     }
+}
+
+fn digest(services: &BTreeMap<String, Service>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    services.hash(&mut h);
+    h.finish()
 }
 
 fn endpoint_removed(e: &Endpoint) -> Event {

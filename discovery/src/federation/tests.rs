@@ -71,10 +71,11 @@ fn imports() -> Imports {
 
 fn update(i: &mut Imports, name: &str, view: &RemoteView, now: u64) -> Update {
     let nodes = local_nodes();
+    let refs: Vec<&Node> = nodes.iter().collect();
     let local = Local {
         cluster: "c1",
         cluster_id: 1,
-        nodes: &nodes,
+        nodes: &refs,
     };
     i.update(name, view, &local, now)
 }
@@ -405,6 +406,11 @@ fn a_remote_may_claim_only_its_own_valid_services() {
             ("service default/bad", RejectReason::Invalid),
         ]
     );
-    let names: Vec<String> = i.services().map(|s| s.key()).collect();
+    let names: Vec<String> = u.services.unwrap().iter().map(|s| s.key()).collect();
     assert_eq!(names, vec!["default/web".to_string()]);
+    // The same definitions again (a reconnect): not handed out again.
+    let mut snap = c2_snapshot();
+    snap.services = vec![psvc("c2", "web", &[("service.cilium.io/global", "true")])];
+    let u = update(&mut i, "c2", &RemoteView::from_snapshot(snap), 10);
+    assert!(u.services.is_none());
 }

@@ -2,7 +2,7 @@
 //! every later event applied. Nothing here is trusted; [`super::check`]
 //! decides what of it may be imported.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::pb;
 use crate::pb::watch_event::Event;
@@ -21,8 +21,26 @@ pub struct RemoteView {
     pub endpoints: BTreeMap<String, pb::Endpoint>,
     pub identities: BTreeMap<u32, pb::Identity>,
     /// Service definitions of the remote's cluster (fixed for a connection:
-    /// a discovery loads its services at start).
+    /// a discovery loads its services at start). The server drops them once
+    /// they are imported (see `Imports::accepted`).
     pub services: Vec<pb::Service>,
+    /// The endpoint keys by the node they name, to judge a node's
+    /// endpoints again when the node changes.
+    pub by_node: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// What one event changed in a view, so only that is judged again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touched {
+    /// A snapshot: everything.
+    All,
+    /// The node with this key (`cluster/name`).
+    Node(String),
+    /// The endpoint with this key (its IP as sent).
+    Endpoint(String),
+    Identity(u32),
+    /// Nothing the imports hold.
+    Nothing,
 }
 
 fn node_key(cluster: &str, name: &str) -> String {
@@ -40,31 +58,78 @@ impl RemoteView {
                 .into_iter()
                 .map(|n| (node_key(&n.cluster, &n.name), n))
                 .collect(),
-            endpoints: s.endpoints.into_iter().map(|e| (e.ip.clone(), e)).collect(),
+            endpoints: BTreeMap::new(),
             identities: s.identities.into_iter().map(|i| (i.id, i)).collect(),
             services: s.services,
+            by_node: BTreeMap::new(),
+        }
+        .with_endpoints(s.endpoints)
+    }
+
+    fn with_endpoints(mut self, endpoints: Vec<pb::Endpoint>) -> RemoteView {
+        for e in endpoints {
+            self.put_endpoint(e);
+        }
+        self
+    }
+
+    fn put_endpoint(&mut self, e: pb::Endpoint) {
+        self.unindex(&e.ip);
+        self.by_node
+            .entry(e.node.clone())
+            .or_default()
+            .insert(e.ip.clone());
+        self.endpoints.insert(e.ip.clone(), e);
+    }
+
+    fn unindex(&mut self, ip: &str) {
+        let Some(old) = self.endpoints.get(ip) else {
+            return;
+        };
+        if let Some(set) = self.by_node.get_mut(&old.node) {
+            set.remove(ip);
+            if set.is_empty() {
+                self.by_node.remove(&old.node);
+            }
         }
     }
 
-    /// Applies one event after the snapshot (a snapshot replaces the view).
-    pub fn apply(&mut self, event: Event) {
+    /// The endpoint keys that name node `name`.
+    pub fn endpoints_on(&self, name: &str) -> impl Iterator<Item = &String> {
+        self.by_node.get(name).into_iter().flatten()
+    }
+
+    /// Applies one event after the snapshot (a snapshot replaces the view);
+    /// says what it changed.
+    pub fn apply(&mut self, event: Event) -> Touched {
         match event {
-            Event::Snapshot(s) => *self = RemoteView::from_snapshot(s),
+            Event::Snapshot(s) => {
+                *self = RemoteView::from_snapshot(s);
+                Touched::All
+            }
             Event::Upserted(u) => {
                 self.revision = u.revision;
-                if let Some(n) = u.node {
-                    self.nodes.insert(node_key(&n.cluster, &n.name), n);
-                }
+                let Some(n) = u.node else {
+                    return Touched::Nothing;
+                };
+                let key = node_key(&n.cluster, &n.name);
+                self.nodes.insert(key.clone(), n);
+                Touched::Node(key)
             }
             Event::Removed(r) => {
                 self.revision = r.revision;
-                self.nodes.remove(&node_key(&r.cluster, &r.name));
+                let key = node_key(&r.cluster, &r.name);
+                self.nodes.remove(&key);
+                Touched::Node(key)
             }
             Event::EndpointUpserted(u) => {
                 self.revision = u.revision;
-                if let Some(e) = u.endpoint {
-                    self.endpoints.insert(e.ip.clone(), e);
-                }
+                let Some(e) = u.endpoint else {
+                    return Touched::Nothing;
+                };
+                let key = e.ip.clone();
+                self.put_endpoint(e);
+                Touched::Endpoint(key)
             }
             Event::EndpointRemoved(r) => {
                 self.revision = r.revision;
@@ -72,18 +137,27 @@ impl RemoteView {
                     .endpoints
                     .get(&r.ip)
                     .is_some_and(|e| e.node == r.node && e.cluster == r.cluster);
-                if held {
-                    self.endpoints.remove(&r.ip);
+                if !held {
+                    return Touched::Nothing;
                 }
+                self.unindex(&r.ip);
+                self.endpoints.remove(&r.ip);
+                Touched::Endpoint(r.ip)
             }
             Event::IdentityAdded(a) => {
                 self.revision = a.revision;
-                if let Some(i) = a.identity {
-                    self.identities.insert(i.id, i);
-                }
+                let Some(i) = a.identity else {
+                    return Touched::Nothing;
+                };
+                let id = i.id;
+                self.identities.insert(id, i);
+                Touched::Identity(id)
             }
             // Merged views are not sent on local-only watches; nothing to mirror.
-            Event::ServiceUpdated(u) => self.revision = u.revision,
+            Event::ServiceUpdated(u) => {
+                self.revision = u.revision;
+                Touched::Nothing
+            }
         }
     }
 }

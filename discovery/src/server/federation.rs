@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::{Core, Shared};
 use crate::federation::{
-    is_local, with_revision, FederationConfig, Local, RemoteConfig, RemoteView,
+    is_local, with_revision, FederationConfig, Local, RemoteConfig, RemoteView, Touched,
 };
 use crate::model::{Event, Node};
 use crate::pb;
@@ -23,6 +23,11 @@ use crate::pb;
 const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const EXPIRY_INTERVAL: Duration = Duration::from_millis(200);
+/// How often the merged services that imports changed are pushed: changes
+/// to one service from all remotes within this window go out as one
+/// `ServiceUpdated` (each carries the service's whole backend list, about
+/// N·backends long, so one per imported endpoint costs O(N) each).
+const SERVICES_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Starts a link per remote and the expiry loop; abort them on shutdown.
 /// With TLS, each link presents this discovery's own certificate (valid
@@ -45,6 +50,7 @@ pub(super) fn spawn(
         .collect();
     let timeout_ms = u64::try_from(cfg.remote_timeout.as_millis()).unwrap_or(u64::MAX);
     tasks.push(tokio::spawn(expiry_loop(shared.clone(), timeout_ms)));
+    tasks.push(tokio::spawn(services_loop(shared.clone())));
     tasks
 }
 
@@ -105,7 +111,7 @@ async fn session(
             .map_err(|s| format!("watch stream broke: {}", s.message()))?
             .ok_or_else(|| "the remote closed the watch stream".to_string())?;
         let Some(event) = event.event else { continue };
-        match (&mut view, event) {
+        let touched = match (&mut view, event) {
             (_, pb::watch_event::Event::Snapshot(s)) => {
                 info!(
                     remote = %remote.name,
@@ -116,32 +122,35 @@ async fn session(
                     "connected to remote discovery"
                 );
                 view = Some(RemoteView::from_snapshot(s));
+                Touched::All
             }
             (Some(v), e) => v.apply(e),
             (None, _) => {
                 debug!(remote = %remote.name, "event before the snapshot; ignored");
                 continue;
             }
-        }
+        };
         *backoff = BACKOFF_START;
-        if let Some(v) = &view {
-            import(shared, &remote.name, v);
+        if let Some(v) = &mut view {
+            import(shared, &remote.name, v, &touched);
         }
     }
 }
 
-/// Checks the remote's view and publishes what changed.
-fn import(shared: &Shared, name: &str, view: &RemoteView) {
+/// Checks what `touched` changed in the remote's view and publishes what
+/// that changed (the merged services follow within [`SERVICES_INTERVAL`]).
+fn import(shared: &Shared, name: &str, view: &mut RemoteView, touched: &Touched) {
     let now = shared.now();
-    let mut core = shared.lock();
-    let cfg = core.registry.config().clone();
-    let local_nodes: Vec<Node> = core.registry.nodes().cloned().collect();
+    let mut guard = shared.lock();
+    let core = &mut *guard;
+    let cfg = core.registry.config();
+    let local_nodes: Vec<&Node> = core.registry.nodes().collect();
     let local = Local {
         cluster: &cfg.cluster,
         cluster_id: cfg.cluster_id,
         nodes: &local_nodes,
     };
-    let update = core.imports.update(name, view, &local, now);
+    let update = core.imports.apply(name, view, touched, &local, now);
     for r in &update.new_rejections {
         warn!(
             remote = %name,
@@ -151,20 +160,32 @@ fn import(shared: &Shared, name: &str, view: &RemoteView) {
             "rejected what the remote may not claim"
         );
     }
-    publish(shared, &mut core, name, update.events);
+    if let Some(defs) = &update.services {
+        super::services::remote_changed(core, name, defs);
+    }
+    if core.imports.accepted(name) {
+        // Imported; only a snapshot (which brings them again) changes them.
+        view.services = Vec::new();
+    }
+    publish(shared, core, name, update.events, false);
 }
 
-/// Stamps imported changes with the next revisions and broadcasts them.
-/// Then pushes the merged services that changed (also when only a remote's
-/// service definitions changed, which gives no events of its own).
-fn publish(shared: &Shared, core: &mut Core, remote: &str, events: Vec<Event>) {
+/// Stamps imported changes with the next revisions and broadcasts them;
+/// feeds them to the merged services, and with `flush` pushes the merged
+/// services that changed (also when only a remote's service definitions
+/// changed, which gives no events of its own).
+fn publish(shared: &Shared, core: &mut Core, remote: &str, events: Vec<Event>, flush: bool) {
+    super::services::apply(core, &events);
     for event in events {
         let event = with_revision(event, core.registry.next_revision());
         log_import(remote, &event);
         // No receivers is fine.
         let _ = shared.events.send(event);
     }
-    for event in super::services::events(core) {
+    if !flush {
+        return;
+    }
+    for event in super::services::flush(core) {
         log_import(remote, &event);
         let _ = shared.events.send(event);
     }
@@ -215,6 +236,25 @@ fn log_import(remote: &str, event: &Event) {
     }
 }
 
+/// Pushes the merged services that imports changed, every
+/// [`SERVICES_INTERVAL`] (local changes push theirs at once).
+async fn services_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(SERVICES_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stop = shared.stop.clone();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let mut core = shared.lock();
+        for event in super::services::flush(&mut core) {
+            log_import("*", &event);
+            let _ = shared.events.send(event);
+        }
+    }
+}
+
 async fn expiry_loop(shared: Arc<Shared>, timeout_ms: u64) {
     let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -233,14 +273,24 @@ async fn expiry_loop(shared: Arc<Shared>, timeout_ms: u64) {
                 removed = events.len(),
                 "remote unreachable for the remote timeout; its nodes and endpoints are removed"
             );
-            publish(&shared, &mut core, &remote, events);
+            super::services::remote_changed(&mut core, &remote, &[]);
+            publish(&shared, &mut core, &remote, events, true);
         }
     }
 }
 
 /// The snapshot a watcher starts with: this cluster's state, plus every
-/// import unless `local_only`; it names this cluster.
-pub(super) fn snapshot(core: &Core, local_only: bool) -> (u64, pb::WatchEvent) {
+/// import unless `local_only`; it names this cluster. The merged services
+/// imports changed are pushed first, so none is pushed again after it.
+pub(super) fn snapshot(
+    shared: &Shared,
+    core: &mut Core,
+    local_only: bool,
+) -> (u64, pb::WatchEvent) {
+    for event in super::services::flush(core) {
+        log_import("*", &event);
+        let _ = shared.events.send(event);
+    }
     let mut s = core.registry.snapshot();
     if !local_only {
         s.nodes.extend(core.imports.nodes().cloned());
@@ -254,7 +304,12 @@ pub(super) fn snapshot(core: &Core, local_only: bool) -> (u64, pb::WatchEvent) {
         p.cluster_id = u32::from(cfg.cluster_id);
         p.services = core.services.iter().map(pb::Service::from).collect();
         if !local_only {
-            p.global_services = core.merged.values().map(pb::GlobalService::from).collect();
+            p.global_services = core
+                .merged
+                .services()
+                .values()
+                .map(pb::GlobalService::from)
+                .collect();
         }
     }
     (s.revision, event)

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::{log_event, services, Core, Shared};
+use super::{services, Core, Shared};
 use crate::federation::with_revision;
 use crate::model::Event;
 use crate::registry::{Registry, RegistryError};
@@ -113,16 +113,14 @@ pub(super) fn adopt(shared: &Shared, core: &mut Core, newer: RemoteState, now: u
         .into_iter()
         .map(|e| with_revision(e, core.registry.next_revision()))
         .collect();
-    events.extend(services::events(core));
+    let merged = services::events(core, &events);
+    events.extend(merged);
     debug!(
         etcd_revision = newer.mod_revision,
         events = events.len(),
         "adopted another replica's change"
     );
-    for event in events {
-        log_event(&event);
-        let _ = shared.events.send(event);
-    }
+    shared.broadcast(events);
 }
 
 /// Follows the store's feed of other replicas' changes (shared stores only).

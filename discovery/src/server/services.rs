@@ -1,35 +1,55 @@
-//! The services of this cluster in the server: the merged view is computed
-//! again after every change set (local or imported), and only services whose
-//! merged form changed are pushed, one `ServiceUpdated` event each.
-
-use std::collections::BTreeMap;
+//! The services of this cluster in the server: the merged view is kept up
+//! to date from the change sets (local or imported) as they are published,
+//! touching only the services whose backends or definitions changed; only
+//! services whose merged form changed are pushed, one `ServiceUpdated` each.
 
 use super::Core;
-use crate::endpoint::Endpoint;
 use crate::model::Event;
 use crate::pb;
-use crate::service::{changed, merge, GlobalService, Service};
+use crate::service::MergedServices;
 
-/// This cluster's services merged with what is known now.
-pub(super) fn merged(core: &Core) -> BTreeMap<String, GlobalService> {
+/// This cluster's services merged with what is known now (computed once,
+/// at start; later kept up to date by [`events`]).
+pub(super) fn merged(core: &Core) -> MergedServices {
     let cluster = &core.registry.config().cluster;
-    let mut defs: Vec<Service> = core.services.clone();
-    defs.extend(core.imports.services().cloned());
-    let mut endpoints: Vec<&Endpoint> = core.registry.endpoints().collect();
-    endpoints.extend(core.imports.endpoints());
-    merge(cluster, &defs, &endpoints)
+    // Nothing is imported yet when the server starts.
+    let mut m = MergedServices::new(cluster, &core.services, core.registry.endpoints());
+    m.flush();
+    m
 }
 
-/// Recomputes the merged services; an event (with the next revision) for
-/// each one that changed.
-pub(super) fn events(core: &mut Core) -> Vec<Event> {
-    if core.services.is_empty() {
-        return Vec::new();
+/// Feeds `changes` (published or about to be) into the merged view.
+pub(super) fn apply(core: &mut Core, changes: &[Event]) {
+    for event in changes {
+        match event {
+            Event::EndpointUpserted { endpoint, .. } => core.merged.endpoint_upserted(endpoint),
+            Event::EndpointRemoved { ip, cluster, .. } => {
+                core.merged.endpoint_removed(cluster, *ip);
+            }
+            _ => {}
+        }
     }
-    let now = merged(core);
-    let updated: Vec<GlobalService> = changed(&core.merged, &now).into_iter().cloned().collect();
-    core.merged = now;
-    updated
+}
+
+/// A remote's service definitions changed (a new snapshot; none once its
+/// state expired): takes them, with its endpoints.
+pub(super) fn remote_changed(core: &mut Core, remote: &str, defs: &[crate::service::Service]) {
+    core.merged
+        .set_cluster(remote, defs, core.imports.endpoints_of(remote));
+}
+
+/// Feeds `changes` in and puts the touched services together again; an
+/// event (with the next revision) for each one that changed.
+pub(super) fn events(core: &mut Core, changes: &[Event]) -> Vec<Event> {
+    apply(core, changes);
+    flush(core)
+}
+
+/// The services touched since the last flush whose merged form changed,
+/// as events with the next revisions.
+pub(super) fn flush(core: &mut Core) -> Vec<Event> {
+    core.merged
+        .flush()
         .into_iter()
         .map(|service| Event::ServiceUpdated {
             revision: core.registry.next_revision(),
@@ -41,6 +61,11 @@ pub(super) fn events(core: &mut Core) -> Vec<Event> {
 pub(super) fn response(core: &Core) -> pb::ServicesResponse {
     pb::ServicesResponse {
         cluster: core.registry.config().cluster.clone(),
-        services: core.merged.values().map(pb::GlobalService::from).collect(),
+        services: core
+            .merged
+            .services()
+            .values()
+            .map(pb::GlobalService::from)
+            .collect(),
     }
 }

@@ -15,7 +15,7 @@ const TARGET_S: f64 = 1.0;
 const DEFAULT_CLUSTERS: usize = 32;
 
 pub fn run(args: &[&str]) -> Result<()> {
-    let clusters = parse(args)?;
+    let (clusters, state_dir) = parse(args)?;
     let mut steps = Steps::new(3);
     steps.step("build mesh_bench (release)", || {
         util::run(util::cargo().args([
@@ -29,7 +29,7 @@ pub fn run(args: &[&str]) -> Result<()> {
     })?;
     raise_fd_limit(clusters);
     let load = report::load_average();
-    let bench_args = [
+    let mut bench_args = vec![
         "--clusters".to_string(),
         clusters.to_string(),
         "--nodes".into(),
@@ -39,7 +39,11 @@ pub fn run(args: &[&str]) -> Result<()> {
         "--changes".into(),
         "20".into(),
     ];
-    let command = format!("cargo xtask bench mesh --clusters {clusters}");
+    let mut command = format!("cargo xtask bench mesh --clusters {clusters}");
+    if let Some(dir) = &state_dir {
+        bench_args.extend(["--state-dir".to_string(), dir.clone()]);
+        command.push_str(&format!(" --state-dir {dir}"));
+    }
     let (result, ok) = steps.step(&format!("{clusters} federated discoveries"), || {
         let bin = util::target_dir().join("release/examples/mesh_bench");
         let mut cmd = Command::new(&bin);
@@ -72,15 +76,30 @@ pub fn run(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn parse(args: &[&str]) -> Result<usize> {
-    match args {
-        [] => Ok(DEFAULT_CLUSTERS),
-        ["--clusters", n] => match n.parse::<usize>() {
-            Ok(n) if (2..=255).contains(&n) => Ok(n),
-            _ => bail!("--clusters {n:?}: use 2..=255"),
-        },
-        _ => bail!("usage: cargo xtask bench mesh [--clusters N] (N = 2..=255, default {DEFAULT_CLUSTERS})"),
+/// `[--clusters N] [--state-dir DIR]`.
+fn parse(args: &[&str]) -> Result<(usize, Option<String>)> {
+    let usage = format!(
+        "usage: cargo xtask bench mesh [--clusters N] [--state-dir DIR] (N = 2..=255, default \
+         {DEFAULT_CLUSTERS}; DIR: where the discoveries keep state, e.g. /dev/shm to leave \
+         fsync out; default the system temp dir)"
+    );
+    let mut clusters = DEFAULT_CLUSTERS;
+    let mut state_dir = None;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let Some(value) = it.next() else {
+            bail!("{flag} needs a value\n{usage}");
+        };
+        match *flag {
+            "--clusters" => match value.parse::<usize>() {
+                Ok(n) if (2..=255).contains(&n) => clusters = n,
+                _ => bail!("--clusters {value:?}: use 2..=255"),
+            },
+            "--state-dir" => state_dir = Some((*value).to_string()),
+            _ => bail!("unknown flag {flag}\n{usage}"),
+        }
     }
+    Ok((clusters, state_dir))
 }
 
 /// Every link is a TCP connection with both ends in the one process;
@@ -184,7 +203,8 @@ fn section(machine: &Machine, load: &str, command: &str, table: &str) -> String 
         "Measured {date} on {machine} with `{command}`\n\
          (1-minute load average {load} before the run).\n\n\
          `discovery/examples/mesh_bench.rs` starts N discovery servers in one process on\n\
-         127.0.0.1 (plaintext), each federated with all the others, and registers through\n\
+         127.0.0.1 (plaintext; `mesh_bench --processes K` spreads them over K child\n\
+         processes), each federated with all the others, and registers through\n\
          the gRPC API 20 nodes per cluster (pod CIDR 10.<cluster id>.<node>.0/24), 3\n\
          endpoints per node, and 50 global services per cluster (every endpoint a backend\n\
          of one). One agent-facing `Watch` per cluster keeps the view an agent would. A\n\
@@ -194,12 +214,16 @@ fn section(machine: &Machine, load: &str, command: &str, table: &str) -> String 
          watcher holds the new endpoint and the merged backend for it. Like an agent,\n\
          the benchmark retries a failed call (10 attempts, 0.5 s apart) and reopens a\n\
          broken watch; both are counted.\n\n\
-         RSS is the whole process's (servers, links, the benchmark's own watchers):\n\
+         RSS is the whole process's (servers, links, the benchmark's own watchers;\n\
+         with `--processes`, the sum over all of them):\n\
          per cluster = (converged − at start) / N; per link = (all links connected,\n\
          no nodes yet − at start) / N×(N−1), which includes each server's fixed cost.\n\
          The anchor is the issue's target (p99 under 1 s for 255 × 20 × 50), read as\n\
          p99 / 1 s. `cargo xtask bench mesh --clusters 255` runs the target size\n\
-         (it raises the open-files limit to about 2·N² for the loopback links).\n\n\
+         (it raises the open-files limit to about 2·N² for the loopback links; without\n\
+         CAP_SYS_RESOURCE the hard limit caps N: 20 000 files allow N ≤ 98).\n\
+         Each discovery's state dir is under `--state-dir` (default the system temp\n\
+         dir, on disk: every local change is saved with fsync, ~8 ms here).\n\n\
          {table}",
         date = report::today(),
     )

@@ -1,0 +1,206 @@
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use super::super::{merge, AFFINITY_ANNOTATION, GLOBAL_ANNOTATION, SHARED_ANNOTATION};
+use super::*;
+use crate::service::{Protocol, ServicePort};
+
+/// A small fixed-seed generator, so a failing sequence can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+fn svc(cluster: &str, name: &str, annotations: &[(&str, &str)]) -> Service {
+    Service {
+        name: name.into(),
+        namespace: "default".into(),
+        cluster: cluster.into(),
+        ports: vec![ServicePort {
+            name: String::new(),
+            port: 80,
+            protocol: Protocol::Tcp,
+        }],
+        selector: BTreeMap::from([("app".to_string(), name.to_string())]),
+        annotations: annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        exported: false,
+    }
+}
+
+const CLUSTERS: [&str; 4] = ["c1", "c2", "c3", "c4"];
+const NAMES: [&str; 4] = ["a", "b", "c", "d"];
+
+/// A random definition set for `cluster`: some services, some global,
+/// some not shared, one with an unreadable annotation.
+fn random_defs(rng: &mut Rng, cluster: &str) -> Vec<Service> {
+    let mut defs = Vec::new();
+    for name in NAMES {
+        let mut ann: Vec<(&str, &str)> = Vec::new();
+        match rng.below(6) {
+            0 => continue,
+            1 => {}
+            2 => ann.push((SHARED_ANNOTATION, "false")),
+            3 => ann.push((GLOBAL_ANNOTATION, "yes")),
+            _ => {}
+        }
+        if rng.below(4) != 0 {
+            ann.push((GLOBAL_ANNOTATION, "true"));
+        }
+        if rng.below(3) == 0 {
+            ann.push((AFFINITY_ANNOTATION, "local"));
+        }
+        let mut map: Vec<(&str, &str)> = Vec::new();
+        for (k, v) in ann {
+            map.retain(|(k2, _)| *k2 != k);
+            map.push((k, v));
+        }
+        defs.push(svc(cluster, name, &map));
+    }
+    defs
+}
+
+fn random_endpoint(rng: &mut Rng) -> Endpoint {
+    let c = rng.below(CLUSTERS.len());
+    let ip: IpAddr = format!("10.{}.0.{}", c + 1, rng.below(12)).parse().unwrap();
+    Endpoint {
+        ip,
+        name: format!("pod-{}", rng.below(3)),
+        namespace: if rng.below(8) == 0 {
+            "other"
+        } else {
+            "default"
+        }
+        .into(),
+        labels: BTreeMap::from([("app".to_string(), NAMES[rng.below(NAMES.len())].into())]),
+        node: format!("n{}", rng.below(2)),
+        cluster: CLUSTERS[c].into(),
+        identity: 0,
+    }
+}
+
+fn full(
+    defs: &BTreeMap<&str, Vec<Service>>,
+    endpoints: &BTreeMap<IpAddr, Endpoint>,
+) -> BTreeMap<String, GlobalService> {
+    let all: Vec<Service> = defs.values().flatten().cloned().collect();
+    let eps: Vec<&Endpoint> = endpoints.values().collect();
+    merge("c1", &all, &eps)
+}
+
+#[test]
+fn incremental_merge_equals_the_full_merge_on_random_changes() {
+    for seed in 1..=40u64 {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ seed.wrapping_mul(0x9e37_79b9));
+        let mut defs: BTreeMap<&str, Vec<Service>> = BTreeMap::new();
+        defs.insert("c1", random_defs(&mut rng, "c1"));
+        let mut endpoints: BTreeMap<IpAddr, Endpoint> = BTreeMap::new();
+        let mut m = MergedServices::new("c1", &defs["c1"], endpoints.values());
+        let mut pushed = m.flush();
+        let mut last = full(&defs, &endpoints);
+        assert_eq!(m.services(), &last, "seed {seed}: start");
+        for step in 0..300 {
+            match rng.below(10) {
+                0 => {
+                    // A remote's definitions change (a snapshot, or expiry).
+                    let c = CLUSTERS[1 + rng.below(CLUSTERS.len() - 1)];
+                    let d = if rng.below(4) == 0 {
+                        Vec::new()
+                    } else {
+                        random_defs(&mut rng, c)
+                    };
+                    m.set_cluster(c, &d, endpoints.values());
+                    defs.insert(c, d);
+                }
+                1..=3 => {
+                    let keys: Vec<IpAddr> = endpoints.keys().copied().collect();
+                    if let Some(ip) = keys.get(rng.below(keys.len().max(1))) {
+                        let e = endpoints.remove(ip).unwrap();
+                        m.endpoint_removed(&e.cluster, e.ip);
+                    }
+                }
+                _ => {
+                    let e = random_endpoint(&mut rng);
+                    if let Some(old) = endpoints.get(&e.ip) {
+                        if old.cluster != e.cluster {
+                            // An IP moves: its removal comes first.
+                            m.endpoint_removed(&old.cluster, old.ip);
+                        }
+                    }
+                    m.endpoint_upserted(&e);
+                    endpoints.insert(e.ip, e);
+                }
+            }
+            // Flush only now and then: changes pile up between flushes.
+            if rng.below(3) == 0 {
+                continue;
+            }
+            pushed = m.flush();
+            let want = full(&defs, &endpoints);
+            assert_eq!(m.services(), &want, "seed {seed} step {step}");
+            // Every change is pushed, as it is now; an unchanged service
+            // only when a backend came and went between two flushes.
+            for g in crate::service::changed(&last, &want) {
+                assert!(pushed.contains(g), "seed {seed} step {step}: {}", g.key());
+            }
+            for g in &pushed {
+                assert_eq!(Some(g), want.get(&g.key()), "seed {seed} step {step}");
+            }
+            last = want;
+        }
+        drop(pushed);
+    }
+}
+
+#[test]
+fn an_endpoint_change_pushes_only_the_services_it_is_in() {
+    let local = vec![
+        svc("c1", "a", &[(GLOBAL_ANNOTATION, "true")]),
+        svc("c1", "b", &[(GLOBAL_ANNOTATION, "true")]),
+    ];
+    let mut m = MergedServices::new("c1", &local, []);
+    assert_eq!(m.flush().len(), 2);
+    let remote = vec![svc("c2", "a", &[(GLOBAL_ANNOTATION, "true")])];
+    m.set_cluster("c2", &remote, []);
+    assert!(m.flush().is_empty(), "no backends yet: nothing to push");
+    let mut e = Endpoint {
+        ip: "10.2.0.1".parse().unwrap(),
+        name: "p".into(),
+        namespace: "default".into(),
+        labels: BTreeMap::from([("app".to_string(), "a".to_string())]),
+        node: "n1".into(),
+        cluster: "c2".into(),
+        identity: 0,
+    };
+    m.endpoint_upserted(&e);
+    let pushed = m.flush();
+    assert_eq!(pushed.len(), 1);
+    assert_eq!(pushed[0].name, "a");
+    assert_eq!(pushed[0].backends[0].cluster, "c2");
+    // The same endpoint again: nothing.
+    m.endpoint_upserted(&e);
+    assert!(m.flush().is_empty());
+    // c2 does not define b: its pods labelled b are no backends of ours.
+    e.labels.insert("app".into(), "b".into());
+    m.endpoint_upserted(&e);
+    let pushed = m.flush();
+    assert_eq!(pushed.len(), 1);
+    assert!(pushed[0].backends.is_empty());
+    // A cluster that goes away takes its contribution with it.
+    e.labels.insert("app".into(), "a".into());
+    m.endpoint_upserted(&e);
+    m.flush();
+    m.set_cluster("c2", &[], []);
+    let pushed = m.flush();
+    assert_eq!((pushed.len(), pushed[0].backends.len()), (1, 0));
+}
