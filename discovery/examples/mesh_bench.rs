@@ -442,10 +442,7 @@ fn start_server(
         .iter()
         .enumerate()
         .filter(|(r, _)| *r != c)
-        .map(|(r, a)| RemoteConfig {
-            name: cluster_name(r),
-            url: format!("http://{a}"),
-        })
+        .map(|(r, a)| RemoteConfig::new(cluster_name(r), format!("http://{a}")))
         .collect();
     let cfg = ServerConfig {
         listen: addrs[c],

@@ -38,11 +38,16 @@ use crate::model::Event;
 /// How long a remote's state is kept after its connection broke, by default.
 pub const DEFAULT_REMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// One `--remote NAME=URL`: the remote cluster's name and its discovery.
+/// One `--remote NAME=URL[,URL...]`: the remote cluster's name and its
+/// discovery, or the replicas of its discovery (tried in turn: the link
+/// moves to the next one when its connection breaks).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteConfig {
     pub name: String,
+    /// The URLs as given (comma-separated), for status and messages.
     pub url: String,
+    /// Each replica's URL, in the order given; never empty.
+    pub urls: Vec<String>,
 }
 
 /// Which remotes to import from, and for how long their state outlives a
@@ -65,7 +70,8 @@ impl Default for FederationConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FederationError {
     #[error(
-        "--remote {spec:?}: {problem}; use NAME=http://IP:PORT (NAME is the remote cluster's name)"
+        "--remote {spec:?}: {problem}; use NAME=http://IP:PORT (NAME is the remote cluster's name; \
+         list the replicas of a replicated discovery as NAME=URL1,URL2)"
     )]
     BadRemote { spec: String, problem: &'static str },
     #[error("--remote {name} is given twice; name each remote cluster once")]
@@ -74,6 +80,18 @@ pub enum FederationError {
     RemoteIsSelf { name: String },
     #[error("--remote-timeout {value:?} is out of range; use 1 ms ..= 1 day")]
     Timeout { value: Duration },
+}
+
+impl RemoteConfig {
+    /// A remote with one discovery URL (not checked: parse a spec for that).
+    pub fn new(name: impl Into<String>, url: impl Into<String>) -> RemoteConfig {
+        let url = url.into();
+        RemoteConfig {
+            name: name.into(),
+            urls: vec![url.clone()],
+            url,
+        }
+    }
 }
 
 impl FromStr for RemoteConfig {
@@ -89,12 +107,20 @@ impl FromStr for RemoteConfig {
         if name.is_empty() {
             return Err(bad("the cluster name is empty"));
         }
-        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
-            return Err(bad("the URL must start with http:// or https://"));
+        let urls: Vec<String> = url.split(',').map(|u| u.trim().to_string()).collect();
+        for u in &urls {
+            if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 10 {
+                return Err(bad("every URL must start with http:// or https://"));
+            }
+        }
+        let https = urls.iter().filter(|u| u.starts_with("https://")).count();
+        if https != 0 && https != urls.len() {
+            return Err(bad("the replicas' URLs mix http:// and https://"));
         }
         Ok(RemoteConfig {
             name: name.to_string(),
-            url: url.to_string(),
+            url: urls.join(","),
+            urls,
         })
     }
 }

@@ -69,10 +69,7 @@ fn start(
         federation: FederationConfig {
             remotes: remotes
                 .iter()
-                .map(|(n, a)| RemoteConfig {
-                    name: (*n).into(),
-                    url: url(*a),
-                })
+                .map(|(n, a)| RemoteConfig::new(*n, url(*a)))
                 .collect(),
             remote_timeout: timeout,
         },

@@ -53,10 +53,7 @@ async fn start(
         lease_ttl: Duration::from_secs(30),
         services,
         federation: FederationConfig {
-            remotes: vec![RemoteConfig {
-                name: remote.0.into(),
-                url: format!("http://{}", remote.1),
-            }],
+            remotes: vec![RemoteConfig::new(remote.0, format!("http://{}", remote.1))],
             remote_timeout: Duration::from_secs(30),
         },
     };

@@ -306,7 +306,10 @@ impl Plan {
         }
         let urls: Vec<(String, String)> = clusters
             .iter()
-            .map(|c| (c.name.clone(), c.discovery.url()))
+            .map(|c| {
+                let replicas: Vec<String> = c.discovery_replicas().map(|(_, d)| d.url()).collect();
+                (c.name.clone(), replicas.join(","))
+            })
             .collect();
         for c in &mut clusters {
             c.remotes = urls

@@ -240,3 +240,56 @@ fn agents_leave_a_replica_cut_off_the_underlay() {
         peers(&world, "n2")
     );
 }
+
+/// Another cluster imports a replicated cluster through whichever replica
+/// is alive: its federation link moves to replica 2 when replica 1 dies, and
+/// later changes of c1 still reach c2's agents.
+#[test]
+fn another_cluster_follows_a_replicated_discovery_to_its_surviving_replica() {
+    let name = "etcd-fed";
+    let mut y = scenario(name);
+    y.push_str(
+        "  - name: c2\n    id: 2\n    podCIDR: 10.2.0.0/16\n    nodes:\n      - name: n1\n        pods:\n          - name: n1-a\n            labels: {app: web}\n",
+    );
+    let world = World::up(name, &y);
+    let c2_peers_of_c1 = || -> Vec<String> {
+        let mut p: Vec<String> = world
+            .status("c2", "n1")
+            .peers
+            .iter()
+            .filter(|p| p.cluster == "c1")
+            .map(|p| p.node.clone())
+            .collect();
+        p.sort();
+        p
+    };
+    assert_eq!(c2_peers_of_c1(), NODES, "c2/n1 before the kill");
+    let s = world.ping("c2", "n1-a", &world.ip("c1/n3-a"), 2, "0.05");
+    assert_eq!(s.received, 2, "c2 -> c1 before the kill");
+
+    world.lab("stop", "c1/discovery");
+    // A change of c1 made after the kill reaches c2's agent: c2's discovery
+    // imports c1 through replica 2 now (through replica 1 only, c2 would keep
+    // c1's last state until the 60 s remote timeout).
+    world.lab("stop", "c1/n3");
+    let gone = wait_until(Duration::from_secs(10), || c2_peers_of_c1() == ["n1", "n2"]);
+    assert!(
+        gone.is_some(),
+        "c1/n3's departure did not reach c2/n1: {:?}",
+        c2_peers_of_c1()
+    );
+    world.lab("start", "c1/n3");
+    let back = wait_until(Duration::from_secs(15), || c2_peers_of_c1() == NODES);
+    assert!(
+        back.is_some(),
+        "c1/n3's return did not reach c2/n1: {:?}",
+        c2_peers_of_c1()
+    );
+    let ok = wait_until(Duration::from_secs(10), || {
+        world
+            .ping("c2", "n1-a", &world.ip("c1/n3-a"), 1, "0.05")
+            .received
+            == 1
+    });
+    assert!(ok.is_some(), "c2 -> c1/n3 after it came back");
+}

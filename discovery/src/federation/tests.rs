@@ -108,7 +108,22 @@ fn remote_spec_parses_and_config_is_checked() {
         (r.name.as_str(), r.url.as_str()),
         ("c2", "http://198.18.2.2:7100")
     );
-    for bad in ["c2", "=http://1.2.3.4:1", "c2=198.18.2.2:7100"] {
+    assert_eq!(r.urls, ["http://198.18.2.2:7100"]);
+    let two: RemoteConfig = "c2=https://198.18.2.2:7100, https://198.18.2.3:7100"
+        .parse()
+        .unwrap();
+    assert_eq!(
+        two.urls,
+        ["https://198.18.2.2:7100", "https://198.18.2.3:7100"]
+    );
+    assert_eq!(two.url, "https://198.18.2.2:7100,https://198.18.2.3:7100");
+    for bad in [
+        "c2",
+        "=http://1.2.3.4:1",
+        "c2=198.18.2.2:7100",
+        "c2=http://198.18.2.2:7100,",
+        "c2=http://198.18.2.2:7100,https://198.18.2.3:7100",
+    ] {
         let e = bad.parse::<RemoteConfig>().unwrap_err().to_string();
         assert!(e.contains("NAME=http://IP:PORT"), "{e}");
     }

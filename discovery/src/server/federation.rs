@@ -57,8 +57,14 @@ pub(super) fn spawn(
 async fn link(shared: Arc<Shared>, remote: RemoteConfig, tls: Option<crate::tls::ClientTls>) {
     let mut stop = shared.stop.clone();
     let mut backoff = BACKOFF_START;
+    // Which replica of the remote's discovery to try next, and how many
+    // tries in a row failed (the backoff grows only once all have).
+    let mut next = 0;
+    let mut failed_in_a_row = 0;
     loop {
-        let error = match session(&shared, &remote, tls.as_ref(), &mut backoff).await {
+        let url = &remote.urls[next % remote.urls.len()];
+        let mut connected = false;
+        let error = match session(&shared, &remote, url, tls.as_ref(), &mut connected).await {
             Ok(()) => return, // stopping
             Err(e) => e,
         };
@@ -69,18 +75,33 @@ async fn link(shared: Arc<Shared>, remote: RemoteConfig, tls: Option<crate::tls:
                 .imports
                 .disconnected(&remote.name, error.clone(), now);
         }
+        if connected {
+            backoff = BACKOFF_START;
+            failed_in_a_row = 0;
+        }
+        failed_in_a_row += 1;
+        next += 1;
+        // Another replica is tried at once; a full round of failures waits.
+        let wait = if failed_in_a_row < remote.urls.len() {
+            Duration::ZERO
+        } else {
+            backoff
+        };
         warn!(
             remote = %remote.name,
-            url = %remote.url,
+            %url,
             %error,
-            retry_in_ms = backoff.as_millis() as u64,
+            next = %remote.urls[next % remote.urls.len()],
+            retry_in_ms = wait.as_millis() as u64,
             "remote discovery unreachable; keeping its last state until the remote timeout"
         );
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => return,
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        if !wait.is_zero() {
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
     }
 }
 
@@ -89,11 +110,12 @@ async fn link(shared: Arc<Shared>, remote: RemoteConfig, tls: Option<crate::tls:
 async fn session(
     shared: &Shared,
     remote: &RemoteConfig,
+    url: &str,
     tls: Option<&crate::tls::ClientTls>,
-    backoff: &mut Duration,
+    connected: &mut bool,
 ) -> Result<(), String> {
     let mut stop = shared.stop.clone();
-    let mut client = crate::client::connect_with(&remote.url, tls)
+    let mut client = crate::client::connect_with(url, tls)
         .await
         .map_err(|e| e.to_string())?;
     let mut stream = client
@@ -130,7 +152,7 @@ async fn session(
                 continue;
             }
         };
-        *backoff = BACKOFF_START;
+        *connected = true;
         if let Some(v) = &mut view {
             import(shared, &remote.name, v, &touched);
         }
