@@ -1,0 +1,242 @@
+//! Flow events: the agent is the one reader of the datapath's ring buffer
+//! (`mg_events`). A thread waits on it, resolves each event to pods and
+//! identities with the ipcache, keeps the last [`RECENT`] in memory and
+//! hands them to any number of `meshgate observe` clients on the unix socket
+//! `<state-dir>/observe.sock` (newline-delimited JSON, docs/contracts.md).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use meshgate_ebpf::Maps;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::broadcast;
+use tracing::{debug, info, warn};
+
+use super::Agent;
+use crate::flow::{self, Flow};
+
+/// The socket's file name in the state dir.
+pub const SOCKET_FILE: &str = "observe.sock";
+/// Events kept for clients that connect later.
+pub const RECENT: usize = 2048;
+/// Events a slow client may fall behind before it is told it missed some.
+const CLIENT_QUEUE: usize = 4096;
+
+/// What a client asks for (its first line).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Request {
+    /// Keep the connection and send live events after the recent ones.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// What the agent sends, one JSON object a line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    Flow(Box<Flow>),
+    /// Every recent event has been sent; live ones follow (if asked).
+    RecentEnd,
+    /// This client fell behind and missed `missed` events.
+    Lagged {
+        missed: u64,
+    },
+}
+
+/// Shared between the reader thread, the socket server and the metrics.
+pub struct Observer {
+    state: Mutex<(VecDeque<Flow>, broadcast::Sender<Flow>)>,
+    pub allowed: AtomicU64,
+    pub denied: AtomicU64,
+    pub clients: AtomicUsize,
+}
+
+impl Observer {
+    fn new() -> Observer {
+        let (tx, _) = broadcast::channel(CLIENT_QUEUE);
+        Observer {
+            state: Mutex::new((VecDeque::with_capacity(RECENT), tx)),
+            allowed: AtomicU64::new(0),
+            denied: AtomicU64::new(0),
+            clients: AtomicUsize::new(0),
+        }
+    }
+
+    fn push(&self, f: Flow) {
+        let counter = if f.verdict == flow::ALLOWED {
+            &self.allowed
+        } else {
+            &self.denied
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.0.len() == RECENT {
+            st.0.pop_front();
+        }
+        st.0.push_back(f.clone());
+        // No receiver is not an error.
+        let _ = st.1.send(f);
+    }
+
+    /// The recent events and a receiver for the next ones, with no event
+    /// missed or sent twice in between.
+    fn subscribe(&self) -> (Vec<Flow>, broadcast::Receiver<Flow>) {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        (st.0.iter().cloned().collect(), st.1.subscribe())
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write to.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Waits up to `ms` for the ring buffer to become readable.
+fn wait_readable(fd: std::os::fd::RawFd, ms: i32) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut pfd, 1, ms) };
+}
+
+fn read_loop(agent: Arc<Agent>, observer: Arc<Observer>, maps_dir: PathBuf) {
+    use std::os::fd::AsRawFd;
+    let mut maps = loop {
+        match Maps::open_pinned(&maps_dir) {
+            Ok(m) => break m,
+            Err(e) => {
+                warn!(dir = %maps_dir.display(), error = %e, "opening the flow event ring buffer failed; retrying");
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        }
+    };
+    let node = agent.cfg.mesh_name();
+    info!(dir = %maps_dir.display(), "reading flow events");
+    loop {
+        wait_readable(maps.events.as_raw_fd(), 250);
+        let events = maps.events.drain();
+        if events.is_empty() {
+            continue;
+        }
+        // The events carry CLOCK_MONOTONIC; the wall clock is offset by this.
+        let offset = clock_ns(libc::CLOCK_REALTIME).saturating_sub(clock_ns(libc::CLOCK_MONOTONIC));
+        let flows: Vec<Flow> = {
+            let cache = agent.ipcache();
+            events
+                .iter()
+                .map(|ev| {
+                    let unix_ms = (ev.ts_ns + offset) / 1_000_000;
+                    flow::resolve(ev, &node, unix_ms, &cache)
+                })
+                .collect()
+        };
+        for f in flows {
+            tracing::trace!(flow = %flow::line(&f), "flow event");
+            observer.push(f);
+        }
+    }
+}
+
+/// The observe socket of the agent whose state dir is `dir`.
+pub fn socket_path(dir: &Path) -> PathBuf {
+    dir.join(SOCKET_FILE)
+}
+
+/// Starts reading flow events (with the eBPF datapath only) and serving
+/// them; `None` without the eBPF datapath.
+pub fn start(agent: &Arc<Agent>) -> anyhow::Result<Option<Arc<Observer>>> {
+    if agent.datapath.get().is_none() {
+        return Ok(None);
+    }
+    let observer = Arc::new(Observer::new());
+    let maps_dir = agent.cfg.bpf_pin_dir.join("maps");
+    let (a, o) = (agent.clone(), observer.clone());
+    std::thread::Builder::new()
+        .name("flow-events".into())
+        .spawn(move || read_loop(a, o, maps_dir))
+        .context("starting the flow event reader")?;
+    let path = socket_path(&agent.cfg.state_dir);
+    // A socket left by an earlier run is stale: nobody else binds here.
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)
+        .with_context(|| format!("listening for `meshgate observe` on {}", path.display()))?;
+    info!(socket = %path.display(), "serving flow events");
+    tokio::spawn(serve(listener, observer.clone()));
+    Ok(Some(observer))
+}
+
+async fn serve(listener: UnixListener, observer: Arc<Observer>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let o = observer.clone();
+                tokio::spawn(async move {
+                    o.clients.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = client(stream, &o).await {
+                        debug!(error = %e, "observe client gone");
+                    }
+                    o.clients.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "accepting an observe client failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, m: &Message) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(m).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line).await
+}
+
+async fn client(stream: UnixStream, observer: &Observer) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    let first = tokio::time::timeout(Duration::from_secs(5), lines.next_line())
+        .await
+        .map_err(|_| std::io::Error::other("no request within 5 s"))??;
+    let req: Request = match first.as_deref().map(serde_json::from_str) {
+        Some(Ok(r)) => r,
+        _ => Request::default(),
+    };
+    let (recent, mut rx) = observer.subscribe();
+    for f in recent {
+        send(&mut w, &Message::Flow(Box::new(f))).await?;
+    }
+    send(&mut w, &Message::RecentEnd).await?;
+    if !req.follow {
+        return w.shutdown().await;
+    }
+    loop {
+        tokio::select! {
+            got = rx.recv() => match got {
+                Ok(f) => send(&mut w, &Message::Flow(Box::new(f))).await?,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    send(&mut w, &Message::Lagged { missed }).await?
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+            // The client closed its side.
+            line = lines.next_line() => if matches!(line, Ok(None) | Err(_)) {
+                return Ok(());
+            },
+        }
+    }
+}
