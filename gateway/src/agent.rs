@@ -243,6 +243,7 @@ async fn leave(agent: &Agent) -> anyhow::Result<()> {
         dp.remove().context("removing the eBPF datapath")?;
     }
     persist::forget(&agent.cfg.state_dir);
+    let _ = std::fs::remove_file(observe::socket_path(&agent.cfg.state_dir));
     info!("left the mesh");
     Ok(())
 }
