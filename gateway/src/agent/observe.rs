@@ -240,3 +240,121 @@ async fn client(stream: UnixStream, observer: &Observer) -> std::io::Result<()> 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::agent::ipcache::IpCache;
+    use meshgate_ebpf::{FlowEvent, Point, Reason, Verdict};
+    use tokio::io::AsyncBufReadExt;
+
+    fn flow(n: u16, verdict: Verdict) -> Flow {
+        let ev = FlowEvent {
+            ts_ns: 0,
+            src: "10.1.0.10".parse().unwrap(),
+            dst: "10.1.1.10".parse().unwrap(),
+            src_identity: 65_792,
+            dst_identity: 65_793,
+            sport: n,
+            dport: 80,
+            proto: 6,
+            verdict: Some(verdict),
+            reason: Some(match verdict {
+                Verdict::Allow => Reason::None,
+                Verdict::Deny => Reason::PolicyIngress,
+            }),
+            point: Some(Point::FromPod),
+            ifindex: 1,
+        };
+        flow::resolve(&ev, "c1/n1", u64::from(n), &IpCache::default())
+    }
+
+    async fn connect(
+        path: &Path,
+        follow: bool,
+    ) -> tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>> {
+        let s = UnixStream::connect(path).await.unwrap();
+        let (r, mut w) = s.into_split();
+        let req = serde_json::to_string(&Request { follow }).unwrap();
+        w.write_all(format!("{req}\n").as_bytes()).await.unwrap();
+        // Keep the write half open: closing it ends a follow stream.
+        std::mem::forget(w);
+        BufReader::new(r).lines()
+    }
+
+    async fn next(
+        lines: &mut tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    ) -> Message {
+        let line = tokio::time::timeout(Duration::from_secs(5), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        serde_json::from_str(&line).unwrap()
+    }
+
+    fn port(m: &Message) -> u16 {
+        match m {
+            Message::Flow(f) => f.src.port,
+            other => panic!("expected a flow, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn clients_get_the_recent_flows_then_live_ones_each_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = socket_path(dir.path());
+        let observer = Arc::new(Observer::new());
+        for n in 0..(RECENT as u16 + 3) {
+            observer.push(flow(n, Verdict::Allow));
+        }
+        observer.push(flow(9999, Verdict::Deny));
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(serve(listener, observer.clone()));
+
+        // Without follow: the last RECENT flows, oldest first, then the end.
+        let mut once = connect(&path, false).await;
+        let first = next(&mut once).await;
+        assert_eq!(port(&first), 4, "the oldest kept flow");
+        for _ in 1..RECENT - 1 {
+            next(&mut once).await;
+        }
+        assert_eq!(port(&next(&mut once).await), 9999);
+        assert!(matches!(next(&mut once).await, Message::RecentEnd));
+        assert_eq!(
+            once.next_line().await.unwrap(),
+            None,
+            "closed after the recent flows"
+        );
+
+        // Two followers at once both get a live flow, after the recent ones.
+        let mut a = connect(&path, true).await;
+        let mut b = connect(&path, true).await;
+        for lines in [&mut a, &mut b] {
+            for _ in 0..RECENT {
+                next(lines).await;
+            }
+            assert!(matches!(next(lines).await, Message::RecentEnd));
+        }
+        assert!(
+            wait(|| observer.clients.load(Ordering::Relaxed) == 2).await,
+            "two clients connected"
+        );
+        observer.push(flow(7, Verdict::Deny));
+        assert_eq!(port(&next(&mut a).await), 7);
+        assert_eq!(port(&next(&mut b).await), 7);
+        assert_eq!(observer.allowed.load(Ordering::Relaxed), RECENT as u64 + 3);
+        assert_eq!(observer.denied.load(Ordering::Relaxed), 2);
+    }
+
+    async fn wait(mut f: impl FnMut() -> bool) -> bool {
+        for _ in 0..250 {
+            if f() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+}
