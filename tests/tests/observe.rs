@@ -353,6 +353,58 @@ fn lab_observe_shows_drops_with_reason_pods_and_identities_filters_work_and_metr
     // The other node dropped nothing.
     let n2 = scrape(&world, "n2");
     assert_eq!(metric(&n2, spoofed_key), 0.0);
+
+    // While n1's agent is gone (SIGKILL), the pinned datapath goes on
+    // dropping and queues the events in the ring buffer; the next agent
+    // reads them (and only them: the old agent consumed the earlier ones),
+    // and the pinned counters kept counting.
+    world.lab("fail", "c1/n1");
+    ping_from(&world, "n1-a", &nb, &b, 3);
+    world.lab("recover", "c1/n1");
+    let mut got = Vec::new();
+    wait_until(Duration::from_secs(15), || {
+        let out = meshgate_output(&[
+            "lab",
+            "observe",
+            name,
+            "c1/n1",
+            "--reason",
+            "source-spoofed",
+            "--last",
+            "1000",
+            "--json",
+        ]);
+        got = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .collect();
+        out.status.success() && got.len() >= 3
+    })
+    .unwrap_or_else(|| panic!("events queued while the agent was down never showed: {got:#?}"));
+    assert_eq!(got.len(), 3, "{got:#?}");
+    assert!(
+        got.iter().all(|f| s(f, &["src", "pod"]) == "default/n1-b"),
+        "{got:#?}"
+    );
+    let mut m = BTreeMap::new();
+    wait_until(Duration::from_secs(10), || {
+        let out = world.in_ns(
+            &world.node_ns("c1", "n1"),
+            &[
+                "curl",
+                "-sf",
+                "--max-time",
+                "2",
+                "http://127.0.0.1:9962/metrics",
+            ],
+        );
+        out.status.success() && {
+            m = scrape(&world, "n1");
+            true
+        }
+    })
+    .expect("the restarted agent serves metrics");
+    assert_eq!(metric(&m, spoofed_key) - metric(&before, spoofed_key), 9.0);
 }
 
 #[test]
