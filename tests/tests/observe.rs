@@ -350,6 +350,9 @@ fn lab_observe_shows_drops_with_reason_pods_and_identities_filters_work_and_metr
         ) > 0.0
     );
     assert_eq!(metric(&after, "meshgate_ipcache_entries"), 4.0);
+    assert_eq!(metric(&after, "meshgate_datapath_ipcache_entries"), 4.0);
+    // No policy is loaded in this world.
+    assert_eq!(metric(&after, "meshgate_policy_entries"), 0.0);
     // The other node dropped nothing.
     let n2 = scrape(&world, "n2");
     assert_eq!(metric(&n2, spoofed_key), 0.0);

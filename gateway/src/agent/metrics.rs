@@ -29,6 +29,8 @@ pub struct DatapathFigures {
     /// Every drop reason (zero ones too), packets and bytes.
     pub drops: BTreeMap<Reason, Counter>,
     pub events_lost: u64,
+    /// Entries in the pinned `mg_policy` map.
+    pub policy_entries: usize,
     /// Events read from the ring buffer by this agent, by verdict.
     pub events_allowed: u64,
     pub events_denied: u64,
@@ -158,6 +160,12 @@ pub fn render(status: &AgentStatus, dp: Option<&DatapathFigures>) -> String {
             d.ipcache_entries,
         );
     }
+    o.one(
+        "meshgate_policy_entries",
+        "gauge",
+        "Entries in the eBPF datapath's mg_policy map.",
+        dp.policy_entries,
+    );
     o.family(
         "meshgate_drops_total",
         "counter",
@@ -219,7 +227,7 @@ struct Counters {
 }
 
 impl Counters {
-    fn read(&self) -> anyhow::Result<(BTreeMap<Reason, Counter>, u64)> {
+    fn read(&self) -> anyhow::Result<(BTreeMap<Reason, Counter>, u64, usize)> {
         let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
         if maps.is_none() {
             *maps = Some(Maps::open_pinned(&self.maps_dir).with_context(|| {
@@ -233,20 +241,21 @@ impl Counters {
         for r in Reason::ALL.iter().copied().filter(|r| *r != Reason::None) {
             drops.insert(r, m.drops.get(r)?);
         }
-        Ok((drops, m.drops.events_lost()?))
+        Ok((drops, m.drops.events_lost()?, m.policy.len()))
     }
 }
 
 fn gather(agent: &Agent, counters: Option<&Counters>, observer: Option<&Observer>) -> String {
     let status = super::persist::status(agent);
     let dp = counters.map(|c| {
-        let (drops, events_lost) = c.read().unwrap_or_else(|e| {
+        let (drops, events_lost, policy_entries) = c.read().unwrap_or_else(|e| {
             debug!(error = %format!("{e:#}"), "reading drop counters failed");
             Default::default()
         });
         DatapathFigures {
             drops,
             events_lost,
+            policy_entries,
             events_allowed: observer.map_or(0, |o| o.allowed.load(Ordering::Relaxed)),
             events_denied: observer.map_or(0, |o| o.denied.load(Ordering::Relaxed)),
             observe_clients: observer.map_or(0, |o| o.clients.load(Ordering::Relaxed)),
@@ -424,6 +433,7 @@ mod tests {
         let mut dp = DatapathFigures {
             events_lost: 7,
             events_denied: 5,
+            policy_entries: 11,
             ..Default::default()
         };
         for r in Reason::ALL.iter().filter(|r| **r != Reason::None) {
@@ -446,6 +456,7 @@ mod tests {
         assert_eq!(m["meshgate_flow_events_lost_total"], 7.0);
         assert_eq!(m["meshgate_flow_events_total{verdict=\"denied\"}"], 5.0);
         assert_eq!(m["meshgate_datapath_ipcache_entries"], 3.0);
+        assert_eq!(m["meshgate_policy_entries"], 11.0);
         assert_eq!(
             m.keys()
                 .filter(|k| k.starts_with("meshgate_drops_total{"))
