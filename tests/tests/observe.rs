@@ -408,6 +408,51 @@ fn lab_observe_shows_drops_with_reason_pods_and_identities_filters_work_and_metr
     })
     .expect("the restarted agent serves metrics");
     assert_eq!(metric(&m, spoofed_key) - metric(&before, spoofed_key), 9.0);
+
+    // `meshgate observe --state-dir` (outside the lab) reads the same socket.
+    let dir = format!("/run/meshgate/lab/{name}/c1/nodes/n1");
+    let plain = meshgate(&["observe", "--state-dir", &dir, "--reason", "source-spoofed"]);
+    assert_eq!(plain.lines().count(), 3, "{plain}");
+
+    // A burst of 20,000 spoofed datagrams: every drop is either read by the
+    // agent or counted as a lost event, none unaccounted for.
+    let burst = 20_000;
+    let script = format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.bind(('{nb}', 0))\nfor _ in range({burst}):\n    s.sendto(b'x' * 64, ('{b}', 9))\n"
+    );
+    let start = scrape(&world, "n1");
+    let sent = world.in_ns(&world.pod_ns("c1", "n1-a"), &["python3", "-c", &script]);
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let read = "meshgate_flow_events_total{verdict=\"denied\"}";
+    let lost = "meshgate_flow_events_lost_total";
+    let overflow = "meshgate_flow_events_overflow_total";
+    let mut end = BTreeMap::new();
+    let diff = |end: &BTreeMap<String, f64>, k: &str| metric(end, k) - metric(&start, k);
+    wait_until(Duration::from_secs(10), || {
+        end = scrape(&world, "n1");
+        diff(&end, spoofed_key) == f64::from(burst)
+            && diff(&end, read) + diff(&end, lost) + diff(&end, overflow) == f64::from(burst)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{burst} datagrams: dropped {}, events read {}, lost in the ring {}, overflowed {}",
+            diff(&end, spoofed_key),
+            diff(&end, read),
+            diff(&end, lost),
+            diff(&end, overflow)
+        )
+    });
+    eprintln!(
+        "burst of {burst} spoofed datagrams: events read {}, lost in the ring {}, overflowed {}",
+        diff(&end, read),
+        diff(&end, lost),
+        diff(&end, overflow)
+    );
 }
 
 #[test]

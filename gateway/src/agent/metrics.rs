@@ -34,6 +34,8 @@ pub struct DatapathFigures {
     /// Events read from the ring buffer by this agent, by verdict.
     pub events_allowed: u64,
     pub events_denied: u64,
+    /// Events read but discarded by the agent (its resolve queue was full).
+    pub events_overflow: u64,
     pub observe_clients: usize,
 }
 
@@ -196,6 +198,12 @@ pub fn render(status: &AgentStatus, dp: Option<&DatapathFigures>) -> String {
         "Flow events the datapath could not put in the full ring buffer.",
         dp.events_lost,
     );
+    o.one(
+        "meshgate_flow_events_overflow_total",
+        "counter",
+        "Flow events read from the ring buffer but discarded because the agent's queue was full.",
+        dp.events_overflow,
+    );
     o.family(
         "meshgate_flow_events_total",
         "counter",
@@ -258,6 +266,7 @@ fn gather(agent: &Agent, counters: Option<&Counters>, observer: Option<&Observer
             policy_entries,
             events_allowed: observer.map_or(0, |o| o.allowed.load(Ordering::Relaxed)),
             events_denied: observer.map_or(0, |o| o.denied.load(Ordering::Relaxed)),
+            events_overflow: observer.map_or(0, |o| o.overflow.load(Ordering::Relaxed)),
             observe_clients: observer.map_or(0, |o| o.clients.load(Ordering::Relaxed)),
         }
     });

@@ -7,11 +7,11 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use meshgate_ebpf::Maps;
+use meshgate_ebpf::{FlowEvent, Maps};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -25,6 +25,8 @@ use crate::flow::{self, Flow};
 pub const SOCKET_FILE: &str = "observe.sock";
 /// Events kept for clients that connect later.
 pub const RECENT: usize = 2048;
+/// Raw events waiting to be resolved, at most (48 bytes each).
+const QUEUE: usize = 262_144;
 /// Events a slow client may fall behind before it is told it missed some.
 const CLIENT_QUEUE: usize = 4096;
 
@@ -49,11 +51,18 @@ pub enum Message {
     },
 }
 
+/// A flow as the line sent to clients (`{"type":"flow",...}` and a
+/// newline), encoded once however many clients there are.
+type Line = Arc<[u8]>;
+
 /// Shared between the reader thread, the socket server and the metrics.
 pub struct Observer {
-    state: Mutex<(VecDeque<Flow>, broadcast::Sender<Flow>)>,
+    state: Mutex<(VecDeque<Line>, broadcast::Sender<Line>)>,
     pub allowed: AtomicU64,
     pub denied: AtomicU64,
+    /// Events read from the ring buffer but discarded: the queue to the
+    /// resolver was full.
+    pub overflow: AtomicU64,
     pub clients: AtomicUsize,
 }
 
@@ -64,6 +73,7 @@ impl Observer {
             state: Mutex::new((VecDeque::with_capacity(RECENT), tx)),
             allowed: AtomicU64::new(0),
             denied: AtomicU64::new(0),
+            overflow: AtomicU64::new(0),
             clients: AtomicUsize::new(0),
         }
     }
@@ -75,18 +85,25 @@ impl Observer {
             &self.denied
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        let line: Line = match encode(&Message::Flow(Box::new(f))) {
+            Ok(l) => l.into(),
+            Err(e) => {
+                warn!(error = %e, "encoding a flow failed");
+                return;
+            }
+        };
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if st.0.len() == RECENT {
             st.0.pop_front();
         }
-        st.0.push_back(f.clone());
+        st.0.push_back(line.clone());
         // No receiver is not an error.
-        let _ = st.1.send(f);
+        let _ = st.1.send(line);
     }
 
     /// The recent events and a receiver for the next ones, with no event
     /// missed or sent twice in between.
-    fn subscribe(&self) -> (Vec<Flow>, broadcast::Receiver<Flow>) {
+    fn subscribe(&self) -> (Vec<Line>, broadcast::Receiver<Line>) {
         let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         (st.0.iter().cloned().collect(), st.1.subscribe())
     }
@@ -113,7 +130,15 @@ fn wait_readable(fd: std::os::fd::RawFd, ms: i32) {
     unsafe { libc::poll(&mut pfd, 1, ms) };
 }
 
-fn read_loop(agent: Arc<Agent>, observer: Arc<Observer>, maps_dir: PathBuf) {
+/// Raw events between the thread that drains the ring buffer and the one
+/// that resolves them: draining is only a copy, so the ring buffer (about
+/// 5,400 events) empties fast even when resolving is slower than a burst.
+struct Queue {
+    events: Mutex<VecDeque<FlowEvent>>,
+    ready: Condvar,
+}
+
+fn drain_loop(maps_dir: PathBuf, queue: Arc<Queue>, observer: Arc<Observer>) {
     use std::os::fd::AsRawFd;
     let mut maps = loop {
         match Maps::open_pinned(&maps_dir) {
@@ -124,29 +149,61 @@ fn read_loop(agent: Arc<Agent>, observer: Arc<Observer>, maps_dir: PathBuf) {
             }
         }
     };
-    let node = agent.cfg.mesh_name();
     info!(dir = %maps_dir.display(), "reading flow events");
     loop {
         wait_readable(maps.events.as_raw_fd(), 250);
-        let events = maps.events.drain();
-        if events.is_empty() {
-            continue;
+        let mut batch = Vec::new();
+        while let Some(ev) = maps.events.next_event() {
+            batch.push(ev);
+            if batch.len() == 1024 {
+                queue_batch(&queue, &observer, &mut batch);
+            }
         }
+        queue_batch(&queue, &observer, &mut batch);
+    }
+}
+
+fn queue_batch(queue: &Queue, observer: &Observer, batch: &mut Vec<FlowEvent>) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut q = queue.events.lock().unwrap_or_else(|p| p.into_inner());
+    let room = QUEUE.saturating_sub(q.len());
+    let over = batch.len().saturating_sub(room);
+    q.extend(batch.drain(..batch.len() - over));
+    drop(q);
+    if over > 0 {
+        observer.overflow.fetch_add(over as u64, Ordering::Relaxed);
+        batch.clear();
+    }
+    queue.ready.notify_one();
+}
+
+fn resolve_loop(agent: Arc<Agent>, queue: Arc<Queue>, observer: Arc<Observer>) {
+    let node = agent.cfg.mesh_name();
+    loop {
+        let events: Vec<FlowEvent> = {
+            let mut q = queue.events.lock().unwrap_or_else(|p| p.into_inner());
+            while q.is_empty() {
+                q = queue.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+            q.drain(..).collect()
+        };
         // The events carry CLOCK_MONOTONIC; the wall clock is offset by this.
         let offset = clock_ns(libc::CLOCK_REALTIME).saturating_sub(clock_ns(libc::CLOCK_MONOTONIC));
-        let flows: Vec<Flow> = {
-            let cache = agent.ipcache();
-            events
-                .iter()
-                .map(|ev| {
-                    let unix_ms = (ev.ts_ns + offset) / 1_000_000;
-                    flow::resolve(ev, &node, unix_ms, &cache)
-                })
-                .collect()
-        };
-        for f in flows {
-            tracing::trace!(flow = %flow::line(&f), "flow event");
-            observer.push(f);
+        for chunk in events.chunks(256) {
+            // The ipcache lock is held for a chunk at a time only.
+            let flows: Vec<Flow> = {
+                let cache = agent.ipcache();
+                chunk
+                    .iter()
+                    .map(|ev| flow::resolve(ev, &node, (ev.ts_ns + offset) / 1_000_000, &cache))
+                    .collect()
+            };
+            for f in flows {
+                tracing::trace!(flow = %flow::line(&f), "flow event");
+                observer.push(f);
+            }
         }
     }
 }
@@ -164,11 +221,20 @@ pub fn start(agent: &Arc<Agent>) -> anyhow::Result<Option<Arc<Observer>>> {
     }
     let observer = Arc::new(Observer::new());
     let maps_dir = agent.cfg.bpf_pin_dir.join("maps");
+    let queue = Arc::new(Queue {
+        events: Mutex::new(VecDeque::new()),
+        ready: Condvar::new(),
+    });
+    let (q, o) = (queue.clone(), observer.clone());
+    std::thread::Builder::new()
+        .name("flow-drain".into())
+        .spawn(move || drain_loop(maps_dir, q, o))
+        .context("starting the flow event reader")?;
     let (a, o) = (agent.clone(), observer.clone());
     std::thread::Builder::new()
-        .name("flow-events".into())
-        .spawn(move || read_loop(a, o, maps_dir))
-        .context("starting the flow event reader")?;
+        .name("flow-resolve".into())
+        .spawn(move || resolve_loop(a, queue, o))
+        .context("starting the flow event resolver")?;
     let path = socket_path(&agent.cfg.state_dir);
     // A socket left by an earlier run is stale: nobody else binds here.
     let _ = std::fs::remove_file(&path);
@@ -200,10 +266,14 @@ async fn serve(listener: UnixListener, observer: Arc<Observer>) {
     }
 }
 
-async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, m: &Message) -> std::io::Result<()> {
+fn encode(m: &Message) -> std::io::Result<Vec<u8>> {
     let mut line = serde_json::to_vec(m).map_err(std::io::Error::other)?;
     line.push(b'\n');
-    w.write_all(&line).await
+    Ok(line)
+}
+
+async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, m: &Message) -> std::io::Result<()> {
+    w.write_all(&encode(m)?).await
 }
 
 async fn client(stream: UnixStream, observer: &Observer) -> std::io::Result<()> {
@@ -217,8 +287,8 @@ async fn client(stream: UnixStream, observer: &Observer) -> std::io::Result<()> 
         _ => Request::default(),
     };
     let (recent, mut rx) = observer.subscribe();
-    for f in recent {
-        send(&mut w, &Message::Flow(Box::new(f))).await?;
+    for line in recent {
+        w.write_all(&line).await?;
     }
     send(&mut w, &Message::RecentEnd).await?;
     if !req.follow {
@@ -227,7 +297,7 @@ async fn client(stream: UnixStream, observer: &Observer) -> std::io::Result<()> 
     loop {
         tokio::select! {
             got = rx.recv() => match got {
-                Ok(f) => send(&mut w, &Message::Flow(Box::new(f))).await?,
+                Ok(line) => w.write_all(&line).await?,
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     send(&mut w, &Message::Lagged { missed }).await?
                 }
