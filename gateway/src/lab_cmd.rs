@@ -46,7 +46,9 @@ pub enum LabCommand {
     /// Stream flow events of one node (CLUSTER/NODE), or of every node of
     /// the world merged (needs `datapath: ebpf`).
     Observe {
+        /// The world's name.
         world: String,
+        /// One node, CLUSTER/NODE (default: every node, merged).
         node: Option<String>,
         #[command(flatten)]
         opts: crate::observe_cmd::ObserveOpts,

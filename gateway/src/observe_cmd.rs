@@ -53,7 +53,7 @@ pub struct ObserveArgs {
     #[arg(long, default_value = "/var/lib/meshgate")]
     pub state_dir: PathBuf,
     /// The agent's observe socket, if not in --state-dir.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "state_dir")]
     pub socket: Option<PathBuf>,
     #[command(flatten)]
     pub opts: ObserveOpts,
@@ -100,9 +100,14 @@ pub fn run_lab(world: &str, node: Option<&str>, opts: &ObserveOpts) -> anyhow::R
 fn explain(src: &Source, err: &std::io::Error, world: Option<&str>) -> anyhow::Error {
     let sock = src.socket.display();
     let Some(dir) = &src.state_dir else {
+        let what = match err.kind() {
+            std::io::ErrorKind::NotFound => "there is no such socket".to_string(),
+            std::io::ErrorKind::ConnectionRefused => "nobody listens on it".to_string(),
+            _ => format!("connecting failed ({err})"),
+        };
         return anyhow::anyhow!(
-            "cannot connect to the observe socket {sock}: {err} (is the agent running with \
-             --datapath ebpf?)"
+            "cannot read flow events from {sock}: {what}. An agent with --datapath ebpf serves \
+             them on observe.sock in its --state-dir: start one, or give its --state-dir"
         );
     };
     let status = dir.join("status.json");
