@@ -168,25 +168,29 @@ fn reader(idx: usize, stream: UnixStream, tx: mpsc::Sender<(usize, Got)>) {
     let _ = tx.send((idx, Got::Closed));
 }
 
-struct Printer {
+struct Printer<'a> {
     json: bool,
     printed: usize,
+    out: &'a mut dyn Write,
 }
 
-impl Printer {
-    fn print(&mut self, f: &Flow) -> anyhow::Result<()> {
+impl Printer<'_> {
+    /// Prints a flow; `false` when the output is closed (`| head`), which
+    /// ends the stream quietly.
+    fn print(&mut self, f: &Flow) -> anyhow::Result<bool> {
         let text = if self.json {
             serde_json::to_string(f).context("encoding a flow")?
         } else {
             flow::line(f)
         };
-        let mut out = std::io::stdout().lock();
-        // A closed pipe (`| head`) ends the stream quietly.
-        if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
-            std::process::exit(0);
+        if writeln!(self.out, "{text}")
+            .and_then(|_| self.out.flush())
+            .is_err()
+        {
+            return Ok(false);
         }
         self.printed += 1;
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -209,11 +213,32 @@ fn observe(
     let deadline = timeout.map(|t| Instant::now() + t);
     let follow = opts.follow || opts.count.is_some();
     let request = serde_json::to_string(&Request { follow }).context("encoding the request")?;
-    let (tx, rx) = mpsc::channel();
-    for (idx, src) in sources.iter().enumerate() {
+    let mut streams = Vec::new();
+    for src in &sources {
         let mut stream = UnixStream::connect(&src.socket).map_err(|e| explain(src, &e, world))?;
         writeln!(stream, "{request}")
             .with_context(|| format!("asking {} for flow events", src.label))?;
+        streams.push((src.label.clone(), stream));
+    }
+    let mut stdout = std::io::stdout().lock();
+    merge(streams, &filter, opts, deadline, timeout, &mut stdout)
+}
+
+/// Reads the agents' answers (the request is sent), merges, filters and
+/// prints them.
+fn merge(
+    streams: Vec<(String, UnixStream)>,
+    filter: &Filter,
+    opts: &ObserveOpts,
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let follow = opts.follow || opts.count.is_some();
+    let (tx, rx) = mpsc::channel();
+    let mut labels = Vec::new();
+    for (idx, (label, stream)) in streams.into_iter().enumerate() {
+        labels.push(label);
         let tx = tx.clone();
         std::thread::spawn(move || reader(idx, stream, tx));
     }
@@ -227,12 +252,13 @@ fn observe(
     let mut printer = Printer {
         json: opts.json,
         printed: 0,
+        out,
     };
     let done = |p: &Printer| opts.count.is_some_and(|n| p.printed >= n);
     // Phase 1: every agent's recent flows, merged in time order. Live flows
     // of an agent that is already done with its recent ones wait.
-    let mut recent_done = vec![false; sources.len()];
-    let mut open = sources.len();
+    let mut recent_done = vec![false; labels.len()];
+    let mut open = labels.len();
     let mut recent: Vec<Flow> = Vec::new();
     let mut early: Vec<Flow> = Vec::new();
     while recent_done.iter().any(|d| !d) {
@@ -246,14 +272,14 @@ fn observe(
             Got::Msg(Message::Lagged { missed }) => {
                 eprintln!(
                     "meshgate: {}: missed {missed} flows (too slow)",
-                    sources[idx].label
+                    labels[idx]
                 )
             }
             Got::Closed => {
                 recent_done[idx] = true;
                 open -= 1;
             }
-            Got::Failed(e) => bail!("reading flow events from {}: {e}", sources[idx].label),
+            Got::Failed(e) => bail!("reading flow events from {}: {e}", labels[idx]),
         }
     }
     recent.sort_by_key(|f| f.unix_ms);
@@ -262,7 +288,9 @@ fn observe(
         if done(&printer) {
             break;
         }
-        printer.print(f)?;
+        if !printer.print(f)? {
+            return Ok(ExitCode::SUCCESS);
+        }
     }
     if !follow || done(&printer) {
         return Ok(ExitCode::SUCCESS);
@@ -271,7 +299,9 @@ fn observe(
         if done(&printer) {
             return Ok(ExitCode::SUCCESS);
         }
-        printer.print(f)?;
+        if !printer.print(f)? {
+            return Ok(ExitCode::SUCCESS);
+        }
     }
     // Phase 2: live flows as they come.
     while open > 0 && !done(&printer) {
@@ -279,22 +309,26 @@ fn observe(
             break;
         };
         match got {
-            Got::Msg(Message::Flow(f)) if filter.matches(&f) => printer.print(&f)?,
+            Got::Msg(Message::Flow(f)) if filter.matches(&f) => {
+                if !printer.print(&f)? {
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
             Got::Msg(Message::Lagged { missed }) => {
                 eprintln!(
                     "meshgate: {}: missed {missed} flows (too slow)",
-                    sources[idx].label
+                    labels[idx]
                 )
             }
             Got::Msg(_) => {}
             Got::Closed => {
                 eprintln!(
                     "meshgate: {} closed the stream (agent stopped?)",
-                    sources[idx].label
+                    labels[idx]
                 );
                 open -= 1;
             }
-            Got::Failed(e) => bail!("reading flow events from {}: {e}", sources[idx].label),
+            Got::Failed(e) => bail!("reading flow events from {}: {e}", labels[idx]),
         }
     }
     if let Some(n) = opts.count {
@@ -314,4 +348,129 @@ fn observe(
         bail!("every agent closed its stream (stopped?)");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::agent::ipcache::IpCache;
+    use meshgate_ebpf::{FlowEvent, Point, Reason, Verdict};
+
+    fn opts() -> ObserveOpts {
+        ObserveOpts {
+            pod: None,
+            verdict: None,
+            reason: None,
+            json: true,
+            follow: false,
+            count: None,
+            last: 20,
+            timeout: Some(5.0),
+        }
+    }
+
+    /// A flow line as an agent sends it; `port` marks it, `ms` is its time.
+    fn line(port: u16, ms: u64, denied: bool) -> String {
+        let ev = FlowEvent {
+            ts_ns: 0,
+            src: "10.1.0.10".parse().unwrap(),
+            dst: "10.1.1.10".parse().unwrap(),
+            src_identity: 65_792,
+            dst_identity: 65_793,
+            sport: port,
+            dport: 80,
+            proto: 6,
+            verdict: Some(if denied {
+                Verdict::Deny
+            } else {
+                Verdict::Allow
+            }),
+            reason: Some(if denied {
+                Reason::PolicyIngress
+            } else {
+                Reason::None
+            }),
+            point: Some(Point::FromPod),
+            ifindex: 1,
+        };
+        let f = flow::resolve(&ev, "c1/n1", ms, &IpCache::default());
+        serde_json::to_string(&Message::Flow(Box::new(f))).unwrap() + "\n"
+    }
+
+    const END: &str = "{\"type\":\"recent_end\"}\n";
+
+    /// Fake agents: each writes its text, then (`keep_open`) keeps its
+    /// stream open for 3 s, as a following agent with nothing new does.
+    fn agents(texts: &[String], keep_open: bool) -> Vec<(String, UnixStream)> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let (ours, mut theirs) = UnixStream::pair().unwrap();
+                let text = text.clone();
+                std::thread::spawn(move || {
+                    theirs.write_all(text.as_bytes()).unwrap();
+                    if keep_open {
+                        std::thread::sleep(Duration::from_secs(3));
+                    }
+                });
+                (format!("c1/n{i}"), ours)
+            })
+            .collect()
+    }
+
+    fn run(
+        streams: Vec<(String, UnixStream)>,
+        o: &ObserveOpts,
+    ) -> (anyhow::Result<ExitCode>, Vec<u16>) {
+        let filter = Filter::new(o.pod.clone(), o.verdict.clone(), o.reason.clone()).unwrap();
+        let timeout = o.timeout.map(Duration::from_secs_f64);
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut out = Vec::new();
+        let r = merge(streams, &filter, o, deadline, timeout, &mut out);
+        let ports = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Flow>(l).unwrap().src.port)
+            .collect();
+        (r, ports)
+    }
+
+    #[test]
+    fn recent_flows_of_several_agents_merge_in_time_order_and_filter() {
+        let a = [line(1, 10, false), line(3, 30, true), line(5, 50, false)].concat() + END;
+        let b = [line(2, 20, true), line(4, 40, false), line(6, 60, true)].concat() + END;
+        let (r, ports) = run(agents(&[a.clone(), b.clone()], false), &opts());
+        r.unwrap();
+        assert_eq!(ports, [1, 2, 3, 4, 5, 6]);
+        let mut o = opts();
+        o.last = 2;
+        let (_, ports) = run(agents(&[a.clone(), b.clone()], false), &o);
+        assert_eq!(ports, [5, 6], "the last two");
+        o.verdict = Some("denied".into());
+        let (_, ports) = run(agents(&[a, b], false), &o);
+        assert_eq!(ports, [3, 6], "the last two denied");
+    }
+
+    #[test]
+    fn count_waits_for_live_flows_and_a_timeout_says_how_many_came() {
+        // recent: 1; then live: 2 (filtered out), 3.
+        let text = line(1, 10, true) + END + &line(2, 20, false) + &line(3, 30, true);
+        let mut o = opts();
+        o.count = Some(2);
+        o.verdict = Some("denied".into());
+        let (r, ports) = run(agents(std::slice::from_ref(&text), true), &o);
+        r.unwrap();
+        assert_eq!(ports, [1, 3]);
+        o.count = Some(3);
+        o.timeout = Some(0.5);
+        let (r, ports) = run(agents(&[text], true), &o);
+        assert_eq!(ports, [1, 3]);
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.contains("only 2 of 3") && e.contains("--timeout 0.5"),
+            "{e}"
+        );
+    }
 }
