@@ -214,11 +214,29 @@ fn observe(
     let follow = opts.follow || opts.count.is_some();
     let request = serde_json::to_string(&Request { follow }).context("encoding the request")?;
     let mut streams = Vec::new();
+    let mut failed = Vec::new();
     for src in &sources {
-        let mut stream = UnixStream::connect(&src.socket).map_err(|e| explain(src, &e, world))?;
-        writeln!(stream, "{request}")
-            .with_context(|| format!("asking {} for flow events", src.label))?;
-        streams.push((src.label.clone(), stream));
+        let connected = UnixStream::connect(&src.socket)
+            .map_err(|e| explain(src, &e, world))
+            .and_then(|mut stream| {
+                writeln!(stream, "{request}")
+                    .with_context(|| format!("asking {} for flow events", src.label))?;
+                Ok(stream)
+            });
+        match connected {
+            Ok(stream) => streams.push((src.label.clone(), stream)),
+            Err(e) => failed.push(e),
+        }
+    }
+    // Several nodes: the ones that answer are shown, the others named.
+    if streams.is_empty() || sources.len() == 1 {
+        if let Some(first) = failed.into_iter().next() {
+            return Err(first);
+        }
+    } else {
+        for e in &failed {
+            eprintln!("meshgate: skipping a node: {e:#}");
+        }
     }
     let mut stdout = std::io::stdout().lock();
     merge(streams, &filter, opts, deadline, timeout, &mut stdout)

@@ -363,6 +363,18 @@ fn lab_observe_shows_drops_with_reason_pods_and_identities_filters_work_and_metr
     // and the pinned counters kept counting.
     world.lab("fail", "c1/n1");
     ping_from(&world, "n1-a", &nb, &b, 3);
+    // Meanwhile the world's other node is still shown, the missing one named.
+    let partial = meshgate_output(&["lab", "observe", name, "--last", "1000", "--json"]);
+    let (out, err) = (
+        String::from_utf8_lossy(&partial.stdout),
+        String::from_utf8_lossy(&partial.stderr),
+    );
+    assert!(partial.status.success(), "{err}");
+    assert!(err.contains("c1/n1") && err.contains("lab start"), "{err}");
+    assert!(
+        !out.is_empty() && out.lines().all(|l| l.contains("\"node\":\"c1/n2\"")),
+        "{out}"
+    );
     world.lab("recover", "c1/n1");
     let mut got = Vec::new();
     wait_until(Duration::from_secs(15), || {
