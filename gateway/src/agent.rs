@@ -12,6 +12,8 @@ mod endpoints;
 pub(crate) mod ipcache;
 mod liveness;
 mod mesh;
+pub(crate) mod metrics;
+pub(crate) mod observe;
 mod paths;
 mod persist;
 mod services;
@@ -175,6 +177,8 @@ async fn main_loop(agent: Arc<Agent>) -> anyhow::Result<()> {
     tokio::spawn(sync::run(agent.clone()));
     tokio::spawn(persist::status_loop(agent.clone()));
     tokio::spawn(gateway_loop(agent.clone()));
+    let observer = observe::start(&agent)?;
+    metrics::start(agent.clone(), observer).await?;
     let rotate_every = agent.cfg.rotate_interval;
     let mut rotation = tokio::time::interval(rotate_every.unwrap_or(Duration::from_secs(86_400)));
     rotation.tick().await;
@@ -239,6 +243,7 @@ async fn leave(agent: &Agent) -> anyhow::Result<()> {
         dp.remove().context("removing the eBPF datapath")?;
     }
     persist::forget(&agent.cfg.state_dir);
+    let _ = std::fs::remove_file(observe::socket_path(&agent.cfg.state_dir));
     info!("left the mesh");
     Ok(())
 }

@@ -11,6 +11,7 @@ use crate::discovery_cmd::DiscoveryArgs;
 use crate::federation_cmd::FederationArgs;
 use crate::lab_cmd::LabCommand;
 use crate::nodes_cmd::NodesArgs;
+use crate::observe_cmd::ObserveArgs;
 use crate::policy_cmd::PolicyCommand;
 use crate::services_cmd::ServicesArgs;
 
@@ -51,6 +52,9 @@ pub enum Command {
         #[arg(long, default_value = "/var/lib/meshgate")]
         state_dir: PathBuf,
     },
+    /// Stream the flow events (allowed flows and drops with their reason) of
+    /// the agent whose state directory is given (eBPF datapath only).
+    Observe(ObserveArgs),
     /// Print the ipcache (IP → identity, node) of the agent whose state directory is given.
     Ipcache {
         #[arg(long, default_value = "/var/lib/meshgate")]
@@ -69,6 +73,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Federation(args) => crate::federation_cmd::run(args).map(|_| ExitCode::SUCCESS),
         Command::Policy { command } => crate::policy_cmd::run(command),
         Command::Status { state_dir } => crate::agent::print_status(&state_dir),
+        Command::Observe(args) => crate::observe_cmd::run(args),
         Command::Ipcache { state_dir } => crate::ipcache_cmd::run(&state_dir),
     }
 }

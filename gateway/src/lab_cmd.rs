@@ -43,6 +43,16 @@ pub enum LabCommand {
     Fail { target: String },
     /// Bring a failed node back: link up, agent started again.
     Recover { target: String },
+    /// Stream flow events of one node (CLUSTER/NODE), or of every node of
+    /// the world merged (needs `datapath: ebpf`).
+    Observe {
+        /// The world's name.
+        world: String,
+        /// One node, CLUSTER/NODE (default: every node, merged).
+        node: Option<String>,
+        #[command(flatten)]
+        opts: crate::observe_cmd::ObserveOpts,
+    },
 }
 
 fn bin() -> anyhow::Result<PathBuf> {
@@ -85,6 +95,9 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
         LabCommand::RotateKey { target } => say(meshgate_lab::rotate_key(&target)?),
         LabCommand::Fail { target } => say(meshgate_lab::fail(&target)?),
         LabCommand::Recover { target } => say(meshgate_lab::recover(&target, &bin()?)?),
+        LabCommand::Observe { world, node, opts } => {
+            return crate::observe_cmd::run_lab(&world, node.as_deref(), &opts)
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,6 +10,7 @@
 pub mod control;
 pub mod error;
 pub mod host;
+pub mod observe;
 pub mod plan;
 mod procs;
 pub mod report;

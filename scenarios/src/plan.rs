@@ -41,6 +41,8 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 /// `ip netns exec`, which mounts a fresh sysfs over `/sys` and so hides
 /// `/sys/fs/bpf`; this path stays visible to them and is the same bpffs.
 pub const BPFFS_ROOT: &str = "/run/meshgate/bpffs";
+/// Where each lab agent serves Prometheus metrics, inside its node's namespace.
+pub const METRICS_ADDR: &str = "127.0.0.1:9962";
 /// Name of the bridge in the underlay namespace.
 pub const BRIDGE: &str = "br0";
 /// Where world state lives: `<LAB_ROOT>/<world>/`.
@@ -547,6 +549,8 @@ impl ClusterPlan {
                 .agent_key(&self.name, &node.name)
                 .display()
                 .to_string(),
+            "--metrics-addr".into(),
+            METRICS_ADDR.into(),
         ]
         .into_iter()
         .chain(

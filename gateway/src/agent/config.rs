@@ -82,6 +82,10 @@ pub struct AgentArgs {
     /// default /sys/fs/bpf/meshgate/<cluster>-<node>).
     #[arg(long)]
     pub bpf_pin_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (`GET /metrics`), e.g.
+    /// 127.0.0.1:9962; off unless given.
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The resolved configuration.
@@ -106,6 +110,7 @@ pub struct AgentConfig {
     pub roles: Vec<String>,
     pub datapath: super::datapath::Mode,
     pub bpf_pin_dir: PathBuf,
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl AgentConfig {
@@ -192,6 +197,7 @@ impl AgentArgs {
         let bpf_pin_dir =
             pick!(bpf_pin_dir).unwrap_or_else(|| super::datapath::default_pin_dir(&cluster, &node));
         Ok(AgentConfig {
+            metrics_addr: pick!(metrics_addr),
             datapath,
             bpf_pin_dir,
             roles,

@@ -132,7 +132,8 @@ fn process_arguments_follow_the_contract() {
          --endpoints /run/meshgate/lab/lab/c1/nodes/n2/endpoints.yaml \
          --tls-ca /run/meshgate/lab/lab/certs/ca.pem \
          --tls-cert /run/meshgate/lab/lab/certs/agents/c1/n2.pem \
-         --tls-key /run/meshgate/lab/lab/certs/agents/c1/n2-key.pem"
+         --tls-key /run/meshgate/lab/lab/certs/agents/c1/n2-key.pem \
+         --metrics-addr 127.0.0.1:9962"
     );
 }
 
