@@ -118,6 +118,9 @@ pub struct ClusterPlan {
     /// The agents' `--datapath`.
     #[serde(default)]
     pub datapath: Datapath,
+    /// The agents run with `--strict`.
+    #[serde(default)]
+    pub strict: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -245,6 +248,7 @@ impl Plan {
                 services: c.services.clone(),
                 underlay: c.underlay,
                 datapath: c.datapath.unwrap_or(s.datapath),
+                strict: c.strict.unwrap_or(s.strict),
             });
         }
         let urls: Vec<(String, String)> = clusters
@@ -451,6 +455,7 @@ impl ClusterPlan {
                 .into_iter()
                 .flatten(),
         )
+        .chain(self.strict.then(|| "--strict".to_string()))
         .chain(
             (!node.roles.is_empty())
                 .then(|| {

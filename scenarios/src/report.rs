@@ -271,8 +271,16 @@ pub(crate) fn datapath_line(d: &meshgate_discovery::model::DatapathStatus) -> St
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let strict = if d.strict {
+        format!(
+            ", strict (strict-unencrypted drops {})",
+            d.drops.get("strict-unencrypted").copied().unwrap_or(0)
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "datapath ebpf: ipcache {} entries, {} attachments, drops: {drops}",
+        "datapath ebpf{strict}: ipcache {} entries, {} attachments, drops: {drops}",
         d.ipcache_entries,
         d.attachments.len()
     )
@@ -364,6 +372,14 @@ mod tests {
         d.drops.insert("unknown-source".into(), 1);
         assert!(
             datapath_line(&d).ends_with("drops: policy-ingress 3, unknown-source 1"),
+            "{}",
+            datapath_line(&d)
+        );
+        d.strict = true;
+        d.drops.insert("strict-unencrypted".into(), 7);
+        assert!(
+            datapath_line(&d)
+                .starts_with("datapath ebpf, strict (strict-unencrypted drops 7): ipcache 4"),
             "{}",
             datapath_line(&d)
         );

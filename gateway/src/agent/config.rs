@@ -80,6 +80,12 @@ pub struct AgentArgs {
     /// default /sys/fs/bpf/meshgate/<cluster>-<node>).
     #[arg(long)]
     pub bpf_pin_dir: Option<PathBuf>,
+    /// Strict encryption mode (needs --datapath ebpf): pod traffic to
+    /// another node that would leave the node outside the encrypted mesh
+    /// device is dropped and counted (`strict-unencrypted`), never sent.
+    #[arg(long)]
+    #[serde(default)]
+    pub strict: bool,
 }
 
 /// The resolved configuration.
@@ -103,6 +109,8 @@ pub struct AgentConfig {
     pub roles: Vec<String>,
     pub datapath: super::datapath::Mode,
     pub bpf_pin_dir: PathBuf,
+    /// Strict encryption mode (eBPF datapath only).
+    pub strict: bool,
 }
 
 impl AgentConfig {
@@ -189,9 +197,17 @@ impl AgentArgs {
             .unwrap_or_else(|| "plain".into())
             .parse()
             .map_err(anyhow::Error::msg)?;
+        let strict = self.strict || file.strict;
+        if strict && datapath != super::datapath::Mode::Ebpf {
+            bail!(
+                "--strict needs --datapath ebpf: strict encryption mode is enforced by the \
+                 eBPF programs (add --datapath ebpf, or leave --strict out)"
+            );
+        }
         let bpf_pin_dir =
             pick!(bpf_pin_dir).unwrap_or_else(|| super::datapath::default_pin_dir(&cluster, &node));
         Ok(AgentConfig {
+            strict,
             datapath,
             bpf_pin_dir,
             roles,
@@ -283,6 +299,19 @@ mod tests {
             a.resolve().unwrap().datapath,
             super::super::datapath::Mode::Ebpf
         );
+    }
+
+    #[test]
+    fn strict_needs_the_ebpf_datapath() {
+        let mut a = full();
+        a.strict = true;
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(err.contains("--strict needs --datapath ebpf"), "{err}");
+        let mut a = full();
+        a.strict = true;
+        a.datapath = Some("ebpf".into());
+        assert!(a.resolve().unwrap().strict);
+        assert!(!full().resolve().unwrap().strict);
     }
 
     #[test]

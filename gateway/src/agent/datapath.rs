@@ -233,6 +233,7 @@ impl Ebpf {
         wg_iface: &str,
         pod_cidr: Ipv4Net,
         tunnel_mtu: u16,
+        strict: bool,
     ) -> anyhow::Result<Ebpf> {
         let started = std::time::Instant::now();
         let sys = Path::new("/sys/fs/bpf");
@@ -240,7 +241,7 @@ impl Ebpf {
             meshgate_ebpf::bpffs::ensure_mounted(sys)
                 .context("mounting the bpf filesystem for the datapath's pins")?;
         }
-        let dp = Datapath::load(pin_dir).with_context(|| {
+        let mut dp = Datapath::load(pin_dir).with_context(|| {
             format!(
                 "loading the eBPF datapath with pins in {} (needs root, bpffs, Linux 6.6+ for TCX)",
                 pin_dir.display()
@@ -259,6 +260,23 @@ impl Ebpf {
         nft(&nft_ruleset(wg_iface, pod_cidr))
             .context("filtering VXLAN to WireGuard only and pod traffic to VXLAN only")?;
         ensure_vxlan(tunnel_mtu - VXLAN_OVERHEAD)?;
+        // Strict mode (or its absence) is set on every start: the pinned
+        // config map keeps what the last agent set.
+        let mesh_ifindex = ifindex(VXLAN_DEV);
+        if strict && mesh_ifindex == 0 {
+            bail!("strict mode: {VXLAN_DEV} has no interface index right after it was made");
+        }
+        dp.maps
+            .config
+            .set_strict(strict.then_some(mesh_ifindex))
+            .context("setting strict mode in the pinned mg_config map")?;
+        if strict {
+            info!(
+                mesh_device = VXLAN_DEV,
+                mesh_ifindex,
+                "strict mode: pod traffic to other nodes leaves only through the mesh"
+            );
+        }
         ensure_rule()?;
         let routes = table_routes()?;
         info!(
@@ -296,7 +314,15 @@ impl Ebpf {
             }
         };
         let (created, replaced, removed) = inner.last_reconcile;
+        let strict = match inner.dp.maps.config.get() {
+            Ok(c) => c.flags & meshgate_ebpf::layout::CFG_F_STRICT != 0,
+            Err(e) => {
+                debug!(error = %e, "reading the config map failed");
+                false
+            }
+        };
         DatapathStatus {
+            strict,
             pin_dir: inner.dp.pin_dir().display().to_string(),
             created,
             replaced,

@@ -412,3 +412,22 @@ fn shipped_gateways_file_isolates_two_clusters() {
         assert_eq!(gws, 2, "{}", c.name);
     }
 }
+
+#[test]
+fn strict_needs_the_ebpf_datapath() {
+    has(&format!("{BASE}strict: true\n"), "clusters[0].strict");
+    has(
+        &BASE.replace("    id: 3\n", "    id: 3\n    strict: true\n"),
+        "set `datapath: ebpf`",
+    );
+    let s = Scenario::parse("t.yaml", &format!("{BASE}strict: true\ndatapath: ebpf\n")).unwrap();
+    assert!(s.strict);
+    let off = BASE.replace("    id: 3\n", "    id: 3\n    strict: false\n");
+    assert_eq!(
+        Scenario::parse("t.yaml", &format!("{off}strict: true\ndatapath: ebpf\n"))
+            .unwrap()
+            .clusters[0]
+            .strict,
+        Some(false)
+    );
+}

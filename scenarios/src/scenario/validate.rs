@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use super::{FieldError, Role, Scenario, Underlay};
+use super::{Datapath, FieldError, Role, Scenario, Underlay};
 use crate::plan::{LINK_LOCAL, TUNNEL_NET, UNDERLAY_NET};
 
 /// Longest world and cluster names (they go into namespace names).
@@ -127,6 +127,15 @@ pub fn validate(s: &Scenario) -> Vec<FieldError> {
                 format!("{at}.underlay"),
                 format!(
                     "cluster \"{}\" is isolated but none of its nodes has the role cluster-gateway, so nothing could leave it: give one or two of its nodes `roles: [cluster-gateway]`, or make its underlay routable",
+                    c.name
+                ),
+            );
+        }
+        if c.strict.unwrap_or(s.strict) && c.datapath.unwrap_or(s.datapath) != Datapath::Ebpf {
+            errors.add(
+                format!("{at}.strict"),
+                format!(
+                    "cluster \"{}\" asks for strict mode, which the eBPF programs enforce, but its datapath is plain: set `datapath: ebpf` (for the world or the cluster), or drop `strict`",
                     c.name
                 ),
             );
