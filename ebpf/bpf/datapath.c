@@ -11,6 +11,14 @@
  *   mg_from_mesh  ingress of the VXLAN device: VNI = source identity, ingress
  *                 policy of the destination endpoint, conntrack.
  *
+ * Service load balancing: from_pod translates a new TCP/UDP connection to a
+ * service VIP:port to a backend chosen by affinity (mg_lb_svc,
+ * mg_lb_backends) before policy and the ipcache lookup, so the backend's
+ * identity is what policy sees; mg_lb_ct keeps the choice for the
+ * connection and the VIP for its replies, whose source is translated back
+ * on the way into the client pod (from_pod of a local backend's veth, or
+ * from_mesh for a backend on another node).
+ *
  * Every drop sets a reason (mg_datapath.h), is counted per reason in
  * mg_drops and sent as a flow event on mg_events. New allowed flows are
  * sent as flow events too.
@@ -85,6 +93,32 @@ struct {
 } mg_config SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct mg_lb_svc_key);
+	__type(value, struct mg_lb_svc_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mg_lb_svc SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct mg_lb_backend_key);
+	__type(value, struct mg_lb_backend_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mg_lb_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct mg_ct_key);
+	__type(value, struct mg_lb_ct_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mg_lb_ct SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -98,6 +132,7 @@ struct flow {
 	__u16 dport;
 	__u8 proto;
 	__u8 is_reply_type; /* ICMP echo reply: ports are swapped for conntrack */
+	__u16 l4_off;       /* offset of the L4 header in the frame */
 	__u32 src_identity;
 	__u32 dst_identity;
 };
@@ -117,10 +152,12 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct flow *f)
 	f->sport = 0;
 	f->dport = 0;
 	f->is_reply_type = 0;
+	f->l4_off = 0;
 	/* Non-first fragments carry no L4 header: ports stay 0. */
 	if (ip.frag_off & bpf_htons(0x1fff))
 		return 0;
 	l4 = ETH_HLEN + ip.ihl * 4;
+	f->l4_off = l4;
 	if (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP) {
 		__u16 ports[2];
 
@@ -287,6 +324,165 @@ static __always_inline int ct_track(const struct flow *f, __u64 now)
 	return 1;
 }
 
+/* Offsets in the IPv4 header. */
+#define IP_CSUM_OFF (ETH_HLEN + 10)
+#define IP_SADDR_OFF (ETH_HLEN + 12)
+#define IP_DADDR_OFF (ETH_HLEN + 16)
+
+static __always_inline int is_tcp_udp(const struct flow *f)
+{
+	return (f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP) && f->l4_off;
+}
+
+/*
+ * Rewrites the source (is_src) or destination address and port of a TCP or
+ * UDP packet, with the IPv4 and L4 checksums (the address is in the L4
+ * pseudo header). A UDP checksum of 0 (none) stays 0.
+ */
+static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct flow *f, int is_src,
+				       __u32 old_addr, __u32 new_addr, __u16 old_port,
+				       __u16 new_port)
+{
+	__u32 csum_off = f->l4_off + (f->proto == IPPROTO_TCP ? 16 : 6);
+	__u32 port_off = f->l4_off + (is_src ? 0 : 2);
+	__u64 mangled = f->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	__u16 op = bpf_htons(old_port), np = bpf_htons(new_port);
+
+	if (bpf_l4_csum_replace(skb, csum_off, old_addr, new_addr,
+				BPF_F_PSEUDO_HDR | mangled | sizeof(__u32)) < 0)
+		return -1;
+	if (op != np) {
+		if (bpf_l4_csum_replace(skb, csum_off, op, np, mangled | sizeof(__u16)) < 0)
+			return -1;
+		if (bpf_skb_store_bytes(skb, port_off, &np, sizeof(np), 0) < 0)
+			return -1;
+	}
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_addr, new_addr, sizeof(__u32)) < 0)
+		return -1;
+	if (bpf_skb_store_bytes(skb, is_src ? IP_SADDR_OFF : IP_DADDR_OFF, &new_addr,
+				sizeof(new_addr), 0) < 0)
+		return -1;
+	return 0;
+}
+
+/*
+ * A backend of the service by affinity: `local` takes slots of this
+ * cluster while there are any, else the others; `remote` the reverse;
+ * `none` all. Random per new connection.
+ */
+static __always_inline int lb_pick(const struct mg_lb_svc_value *svc,
+				   struct mg_lb_backend_value *out)
+{
+	struct mg_lb_backend_key k = { .rev = svc->rev };
+	struct mg_lb_backend_value *b;
+	__u32 count = svc->count, local = svc->local_count, lo = 0, n = count, remote;
+
+	if (local > count)
+		local = count;
+	remote = count - local;
+	if (svc->affinity == MG_LB_AFFINITY_LOCAL) {
+		if (local) {
+			n = local;
+		} else {
+			lo = local;
+			n = remote;
+		}
+	} else if (svc->affinity == MG_LB_AFFINITY_REMOTE) {
+		if (remote) {
+			lo = local;
+			n = remote;
+		} else {
+			n = local;
+		}
+	}
+	if (n == 0)
+		return -1;
+	k.slot = lo + bpf_get_prandom_u32() % n;
+	b = bpf_map_lookup_elem(&mg_lb_backends, &k);
+	if (!b)
+		return -1;
+	*out = *b;
+	return 0;
+}
+
+/*
+ * from_pod: a packet to a service VIP:port goes to the backend its
+ * connection was given (a new connection gets one now). `f` then names the
+ * backend. Returns a drop reason or MG_REASON_NONE.
+ */
+static __always_inline __u8 lb_forward(struct __sk_buff *skb, struct flow *f, __u64 now)
+{
+	struct mg_ct_key k;
+	struct mg_lb_ct_value *ct, nv = {};
+	struct mg_lb_svc_key sk = {};
+	struct mg_lb_svc_value *svc;
+	struct mg_lb_backend_value be = {};
+
+	if (!is_tcp_udp(f) || !f->dport)
+		return MG_REASON_NONE;
+	ct_key_forward(f, &k);
+	ct = bpf_map_lookup_elem(&mg_lb_ct, &k);
+	if (ct && !(ct->flags & MG_LB_CT_F_REVERSE) && now - ct->last_seen_ns <= MG_CT_LIFETIME_NS) {
+		ct->last_seen_ns = now;
+		be.addr = ct->addr;
+		be.port = ct->port;
+	} else {
+		sk.vip = f->daddr;
+		sk.port = f->dport;
+		sk.proto = f->proto;
+		svc = bpf_map_lookup_elem(&mg_lb_svc, &sk);
+		if (!svc)
+			return MG_REASON_NONE;
+		if (lb_pick(svc, &be) < 0)
+			return MG_REASON_NO_SERVICE_BACKEND;
+		nv.addr = be.addr;
+		nv.port = be.port;
+		nv.last_seen_ns = now;
+		bpf_map_update_elem(&mg_lb_ct, &k, &nv, BPF_ANY);
+		/* The reply as it will come: backend -> client, source back to the VIP. */
+		k.saddr = be.addr;
+		k.daddr = f->saddr;
+		k.sport = be.port;
+		k.dport = f->sport;
+		nv.addr = f->daddr;
+		nv.port = f->dport;
+		nv.flags = MG_LB_CT_F_REVERSE;
+		bpf_map_update_elem(&mg_lb_ct, &k, &nv, BPF_ANY);
+	}
+	if (nat_rewrite(skb, f, 0, f->daddr, be.addr, f->dport, be.port) < 0)
+		return MG_REASON_MALFORMED;
+	f->daddr = be.addr;
+	f->dport = be.port;
+	return MG_REASON_NONE;
+}
+
+/* Is this a reply of a backend to a client of this node? Gives the VIP:port. */
+static __always_inline int lb_reverse_lookup(const struct flow *f, __u64 now,
+					     struct mg_lb_ct_value *out)
+{
+	struct mg_ct_key k;
+	struct mg_lb_ct_value *v;
+
+	if (!is_tcp_udp(f))
+		return 0;
+	ct_key_forward(f, &k);
+	v = bpf_map_lookup_elem(&mg_lb_ct, &k);
+	if (!v || !(v->flags & MG_LB_CT_F_REVERSE) || now - v->last_seen_ns > MG_CT_LIFETIME_NS)
+		return 0;
+	v->last_seen_ns = now;
+	*out = *v;
+	return 1;
+}
+
+/* Lets a packet pass, its source translated back to the VIP if it is a service reply. */
+static __always_inline int lb_pass(struct __sk_buff *skb, const struct flow *f, int reverse,
+				   const struct mg_lb_ct_value *rv, __u8 point)
+{
+	if (reverse && nat_rewrite(skb, f, 1, f->saddr, rv->addr, f->sport, rv->port) < 0)
+		return drop(skb, f, MG_REASON_MALFORMED, point);
+	return TC_ACT_OK;
+}
+
 static __always_inline struct mg_config *config(void)
 {
 	__u32 zero = 0;
@@ -320,6 +516,9 @@ int mg_from_pod(struct __sk_buff *skb)
 	struct flow f = {};
 	struct mg_ipcache_value *src, *dst;
 	struct mg_config *cfg;
+	struct mg_lb_ct_value rv = {};
+	int reverse = 0;
+	__u32 daddr;
 	__u64 now;
 	__u8 reason;
 
@@ -339,6 +538,15 @@ int mg_from_pod(struct __sk_buff *skb)
 	if (src->ifindex && src->ifindex != skb->ingress_ifindex)
 		return drop(skb, &f, MG_REASON_SOURCE_SPOOFED, MG_POINT_FROM_POD);
 
+	/* Service VIP -> backend first: policy and routing see the backend. */
+	now = bpf_ktime_get_ns();
+	daddr = f.daddr;
+	reason = lb_forward(skb, &f, now);
+	if (reason)
+		return drop(skb, &f, reason, MG_POINT_FROM_POD);
+	if (f.daddr == daddr)
+		reverse = lb_reverse_lookup(&f, now, &rv);
+
 	dst = ipcache_lookup(f.daddr);
 	f.dst_identity = dst ? dst->identity & MG_IDENTITY_MASK : MG_IDENTITY_WORLD;
 	skb->mark = MG_MARK_MAGIC | f.src_identity;
@@ -348,9 +556,8 @@ int mg_from_pod(struct __sk_buff *skb)
 	    dst->tunnel_ip && leaves_unencrypted(skb, &f, cfg->mesh_ifindex))
 		return drop(skb, &f, MG_REASON_STRICT_UNENCRYPTED, MG_POINT_FROM_POD);
 
-	now = bpf_ktime_get_ns();
 	if (ct_is_reply(&f, now))
-		return TC_ACT_OK;
+		return lb_pass(skb, &f, reverse, &rv, MG_POINT_FROM_POD);
 
 	reason = policy_check(f.src_identity, f.dst_identity, f.dport, f.proto, MG_DIR_EGRESS);
 	if (reason)
@@ -364,7 +571,7 @@ int mg_from_pod(struct __sk_buff *skb)
 	}
 	if (!f.is_reply_type && ct_track(&f, now))
 		send_event(skb, &f, MG_VERDICT_ALLOW, MG_REASON_NONE, MG_POINT_FROM_POD);
-	return TC_ACT_OK;
+	return lb_pass(skb, &f, reverse, &rv, MG_POINT_FROM_POD);
 }
 
 SEC("classifier")
@@ -407,6 +614,8 @@ int mg_from_mesh(struct __sk_buff *skb)
 	struct bpf_tunnel_key key;
 	struct flow f = {};
 	struct mg_ipcache_value *dst;
+	struct mg_lb_ct_value rv = {};
+	int reverse;
 	__u64 now;
 	__u8 reason;
 
@@ -445,5 +654,7 @@ int mg_from_mesh(struct __sk_buff *skb)
 	 * sender device's address. They are for this host.
 	 */
 	bpf_skb_change_type(skb, PACKET_HOST);
-	return TC_ACT_OK;
+	/* A reply of a backend on another node to a client here: source back to the VIP. */
+	reverse = lb_reverse_lookup(&f, now, &rv);
+	return lb_pass(skb, &f, reverse, &rv, MG_POINT_FROM_MESH);
 }
