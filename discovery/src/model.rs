@@ -625,6 +625,9 @@ pub struct DatapathStatus {
     /// leave unencrypted is dropped (counted as `strict-unencrypted`).
     #[serde(default)]
     pub strict: bool,
+    /// Service frontends (VIP, port, protocol) in the load-balancing maps.
+    #[serde(default)]
+    pub lb_frontends: usize,
 }
 
 /// One cluster's cluster-gateway choice in [`AgentStatus`].

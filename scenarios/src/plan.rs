@@ -3,6 +3,7 @@
 //! addressing").
 
 mod steps;
+pub mod vips;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -245,7 +246,7 @@ impl Plan {
                 nodes,
                 remotes: Vec::new(),
                 certs: certs_dir(world),
-                services: c.services.clone(),
+                services: vips::assign(id, &c.services),
                 underlay: c.underlay,
                 datapath: c.datapath.unwrap_or(s.datapath),
                 strict: c.strict.unwrap_or(s.strict),

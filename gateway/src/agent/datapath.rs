@@ -13,6 +13,7 @@
 //! reuses the pins, swaps its programs in atomically and reconciles. Leaving
 //! the mesh removes it all.
 
+pub mod lb;
 pub mod plan;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -77,6 +78,8 @@ struct Inner {
     routes: BTreeSet<Ipv4Net>,
     /// Counts of the last successful attach reconcile: created, replaced, removed.
     last_reconcile: (usize, usize, usize),
+    /// What the service load-balancing maps hold (read at load, then kept).
+    lb: lb::LbState,
 }
 
 /// The loaded datapath of this agent.
@@ -279,7 +282,28 @@ impl Ebpf {
         }
         ensure_rule()?;
         let routes = table_routes()?;
+        let stale = dp
+            .maps
+            .lb
+            .gc()
+            .context("removing stale service backend slots")?;
+        let lb: lb::LbState = dp
+            .maps
+            .lb
+            .services()
+            .context("reading the pinned service maps")?
+            .into_iter()
+            .map(|(fe, s)| {
+                let mut backends = s.backends;
+                lb::normalize(&mut backends);
+                (fe, (s.affinity, backends))
+            })
+            .collect();
+        if stale > 0 {
+            debug!(stale, "stale service backend slots removed");
+        }
         info!(
+            lb_frontends = lb.len(),
             pin_dir = %pin_dir.display(), pinned_entries = applied.len(),
             routes = routes.len(), took_ms = started.elapsed().as_millis() as u64,
             "eBPF datapath loaded"
@@ -291,6 +315,7 @@ impl Ebpf {
                 attached: None,
                 routes,
                 last_reconcile: (0, 0, 0),
+                lb,
             }),
             interfaces,
         })
@@ -323,6 +348,7 @@ impl Ebpf {
         };
         DatapathStatus {
             strict,
+            lb_frontends: inner.lb.len(),
             pin_dir: inner.dp.pin_dir().display().to_string(),
             created,
             replaced,
@@ -382,9 +408,11 @@ pub fn sync(agent: &Agent) {
         let nodes = agent.nodes();
         plan::desired(&me, &cache, nodes.as_ref())
     };
+    let lb_desired = lb::desired(&agent.cfg.cluster, &agent.services().services);
     let mut inner = ebpf.inner();
     let inner = &mut *inner;
     let prune = desired.pod_routes.is_some();
+    sync_lb(inner, &lb_desired, prune);
     let changes = plan::diff(&inner.applied, &desired.ipcache, prune);
     for (ip, e) in changes.upsert {
         match inner.dp.maps.ipcache.upsert(ip, 32, e) {
@@ -458,6 +486,33 @@ pub fn sync(agent: &Agent) {
                 }
             }
             Err(e) => warn!(error = %e, "reconciling the datapath's attachments failed"),
+        }
+    }
+}
+
+/// Service frontends written (changed ones only, each in one switch) and,
+/// once discovery's snapshot is in (`prune`), removed.
+fn sync_lb(inner: &mut Inner, desired: &lb::LbState, prune: bool) {
+    let changes = lb::diff(&inner.lb, desired, prune);
+    for (fe, affinity, backends) in changes.set {
+        match inner.dp.maps.lb.set(&fe, affinity, &backends) {
+            Ok(()) => {
+                info!(frontend = %fe, ?affinity, backends = backends.len(),
+                      local = backends.iter().filter(|b| b.local).count(), "service frontend set");
+                inner.lb.insert(fe, (affinity, backends));
+            }
+            Err(e) => {
+                warn!(frontend = %fe, error = %e, "setting a service frontend failed; retried on the next update")
+            }
+        }
+    }
+    for fe in changes.remove {
+        match inner.dp.maps.lb.remove(&fe) {
+            Ok(_) => {
+                info!(frontend = %fe, "service frontend removed");
+                inner.lb.remove(&fe);
+            }
+            Err(e) => warn!(frontend = %fe, error = %e, "removing a service frontend failed"),
         }
     }
 }
