@@ -145,9 +145,9 @@ pub fn service_lines(services: &BTreeMap<String, GlobalService>) -> Vec<String> 
                 *per.entry(b.cluster.as_str()).or_default() += 1;
             }
             let per: Vec<String> = per.iter().map(|(c, n)| format!("{c} {n}")).collect();
-            let vip = s.vip.map(|v| format!(" vip {v}")).unwrap_or_default();
+            let vip = s.vip.map(|v| format!(", vip {v}")).unwrap_or_default();
             format!(
-                "  service {}{vip}: {}{}, affinity {}, {} backends ({})",
+                "  service {}: {}{}, affinity {}, {} backends ({}){vip}",
                 s.key(),
                 if s.global { "global" } else { "local" },
                 if s.shared { "" } else { " (not shared)" },
@@ -367,7 +367,7 @@ mod tests {
         web.vip = Some("10.96.1.10".parse().expect("ip"));
         assert_eq!(
             service_lines(&BTreeMap::from([(web.key(), web)])),
-            vec!["  service default/web vip 10.96.1.10: global, affinity local, 3 backends (c1 1, c2 2)"]
+            vec!["  service default/web: global, affinity local, 3 backends (c1 1, c2 2), vip 10.96.1.10"]
         );
     }
 
