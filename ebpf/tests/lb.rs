@@ -363,3 +363,46 @@ fn a_removed_backend_gets_no_new_connection_and_an_empty_set_is_a_counted_drop()
         "no stale backend slots"
     );
 }
+
+#[test]
+#[ignore = "needs root (bpf, network namespaces): cargo xtask test runs it"]
+fn policy_judges_the_chosen_backend_not_the_vip() {
+    let mut w = LbWorld::new();
+    let servers = udp_servers(&w, 7200);
+    let client_id = ID_A;
+    let (id_b0, id_b1) = (ID_A + 1, ID_A + 2);
+    let dp = w.dp();
+    // Both backends select ingress policy; only b1 allows the client on udp/7200.
+    dp.maps.policy.select(id_b0, true, false).expect("select");
+    dp.maps.policy.select(id_b1, true, false).expect("select");
+    dp.maps
+        .policy
+        .allow(&meshgate_ebpf::PolicyRule {
+            local_identity: id_b1,
+            remote_identity: Some(client_id),
+            port: Some(7200),
+            proto: Proto::Udp,
+            direction: meshgate_ebpf::Direction::Ingress,
+        })
+        .expect("allow");
+    dp.maps.events.drain();
+
+    w.set(udp(72), Affinity::None, &[w.backend(0, 7200, true)]);
+    assert!(
+        udp_exchange(&w.client, &servers, 72).is_none(),
+        "b0 does not allow the client: the VIP must not get around that"
+    );
+    let b0 = w.backends[0].addr;
+    let ev = wait_event(w.dp(), |e| e.reason == Some(Reason::PolicyIngress))
+        .expect("a policy-ingress event");
+    assert_eq!(
+        (ev.dst, ev.dport, ev.dst_identity),
+        (b0, 7200, id_b0),
+        "the drop names the backend, not the VIP"
+    );
+
+    w.set(udp(72), Affinity::None, &[w.backend(1, 7200, true)]);
+    let (i, src) = udp_exchange(&w.client, &servers, 72).expect("b1 allows the client");
+    assert_eq!(i, 1);
+    assert_eq!(src, SocketAddr::V4(SocketAddrV4::new(VIP, 72)));
+}
