@@ -431,3 +431,21 @@ fn strict_needs_the_ebpf_datapath() {
         Some(false)
     );
 }
+
+#[test]
+fn service_vips_must_be_unique_and_outside_the_pod_cidr() {
+    let svc = |name: &str, vip: &str| {
+        format!("      - name: {name}\n        ports: [{{port: 80}}]\n        vip: {vip}\n")
+    };
+    let with = |block: String| format!("{BASE}    services:\n{block}");
+    has(
+        &with(svc("a", "10.96.3.10") + &svc("b", "10.96.3.10")),
+        "10.96.3.10 is already the VIP of service \"a\"",
+    );
+    has(&with(svc("a", "10.1.0.5")), "inside the cluster's podCIDR");
+    let s = Scenario::parse("t.yaml", &with(svc("a", "10.96.3.10"))).unwrap();
+    assert_eq!(
+        s.clusters[0].services[0].vip,
+        Some("10.96.3.10".parse().unwrap())
+    );
+}

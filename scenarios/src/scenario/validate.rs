@@ -131,6 +131,24 @@ pub fn validate(s: &Scenario) -> Vec<FieldError> {
                 ),
             );
         }
+        let mut vips: BTreeMap<Ipv4Addr, &str> = BTreeMap::new();
+        for (si, svc) in c.services.iter().enumerate() {
+            let Some(vip) = svc.vip else { continue };
+            if let Some(other) = vips.insert(vip, &svc.name) {
+                errors.add(
+                    format!("{at}.services[{si}].vip"),
+                    format!("{vip} is already the VIP of service \"{other}\": give each service its own, or leave `vip` out (the lab assigns one)"),
+                );
+            }
+            if let Ok(pods) = c.pod_cidr.parse::<Ipv4Net>() {
+                if pods.contains(&vip) {
+                    errors.add(
+                        format!("{at}.services[{si}].vip"),
+                        format!("{vip} is inside the cluster's podCIDR {pods}: use an address outside every pod CIDR, e.g. 10.96.{}.20", c.id),
+                    );
+                }
+            }
+        }
         if c.strict.unwrap_or(s.strict) && c.datapath.unwrap_or(s.datapath) != Datapath::Ebpf {
             errors.add(
                 format!("{at}.strict"),
