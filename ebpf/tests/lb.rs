@@ -406,3 +406,47 @@ fn policy_judges_the_chosen_backend_not_the_vip() {
     assert_eq!(i, 1);
     assert_eq!(src, SocketAddr::V4(SocketAddrV4::new(VIP, 72)));
 }
+
+/// Sends one datagram from `sock` to VIP:port; which server got it.
+fn udp_from(sock: &UdpSocket, servers: &[UdpSocket], vip_port: u16) -> Option<usize> {
+    let token = unique("lbs");
+    sock.send_to(token.as_bytes(), SocketAddrV4::new(VIP, vip_port))
+        .expect("send");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut buf = [0u8; 256];
+    while Instant::now() < deadline {
+        for (i, s) in servers.iter().enumerate() {
+            if let Ok((n, from)) = s.recv_from(&mut buf) {
+                if &buf[..n] == token.as_bytes() {
+                    s.send_to(b"r", from).expect("reply");
+                    let (_, src) = sock.recv_from(&mut buf).ok()?;
+                    assert_eq!(src, SocketAddr::V4(SocketAddrV4::new(VIP, vip_port)));
+                    return Some(i);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[test]
+#[ignore = "needs root (bpf, network namespaces): cargo xtask test runs it"]
+fn a_udp_flow_sticks_to_its_backend_until_the_departed_backend_is_forgotten() {
+    let mut w = LbWorld::new();
+    let servers = udp_servers(&w, 7300);
+    let (b0, b1) = (w.backend(0, 7300, true), w.backend(1, 7300, true));
+    w.set(udp(73), Affinity::None, &[b0]);
+    let sock = w.client.ns.udp_bind(w.client.addr, 0);
+    assert_eq!(udp_from(&sock, &servers, 73), Some(0));
+    w.set(udp(73), Affinity::None, &[b1]);
+    // Same 5-tuple: the flow keeps its backend.
+    assert_eq!(udp_from(&sock, &servers, 73), Some(0));
+    let forgotten = w.dp().maps.lb.forget(&udp(73), &[b0]).expect("forget");
+    assert_eq!(forgotten, 1);
+    assert_eq!(
+        udp_from(&sock, &servers, 73),
+        Some(1),
+        "after forget, the flow picks from the current set"
+    );
+    assert_eq!(w.dp().maps.lb.connections().expect("conns").len(), 1);
+}

@@ -299,6 +299,45 @@ impl LoadBalancer {
         Ok(stale.len())
     }
 
+    /// Forgets the translated connections of `frontend` that go to one of
+    /// `gone` (both their entries), so that their next packet picks a
+    /// backend again. For UDP, where a client socket reusing its port would
+    /// otherwise keep sending to a backend that left (as kube-proxy flushes
+    /// UDP conntrack entries of removed endpoints). Returns how many.
+    pub fn forget(&mut self, frontend: &Frontend, gone: &[Backend]) -> Result<usize> {
+        let key = Self::key(frontend)?;
+        let gone: std::collections::BTreeSet<(u32, u16)> =
+            gone.iter().map(|b| (addr(b.addr), b.port)).collect();
+        let mut doomed = Vec::new();
+        for r in self.ct.iter() {
+            let Ok((k, v)) = r else { continue };
+            if v.flags & LB_CT_F_REVERSE == 0
+                && k.daddr == key.vip
+                && k.dport == key.port
+                && k.proto == key.proto
+                && gone.contains(&(v.addr, v.port))
+            {
+                doomed.push(k);
+                doomed.push(CtKey {
+                    saddr: v.addr,
+                    daddr: k.saddr,
+                    sport: v.port,
+                    dport: k.sport,
+                    proto: k.proto,
+                    pad: [0; 3],
+                });
+            }
+        }
+        for k in &doomed {
+            match self.ct.remove(k) {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(map_err(CT_NAME, "removing a connection")(e)),
+            }
+        }
+        Ok(doomed.len() / 2)
+    }
+
     /// The translated connections (forward entries of `mg_lb_ct`).
     pub fn connections(&self) -> Result<Vec<LbConnection>> {
         let mut out = Vec::new();

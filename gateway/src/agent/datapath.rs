@@ -497,6 +497,17 @@ fn sync_lb(inner: &mut Inner, desired: &lb::LbState, prune: bool) {
     for (fe, affinity, backends) in changes.set {
         match inner.dp.maps.lb.set(&fe, affinity, &backends) {
             Ok(()) => {
+                let gone = lb::gone(inner.lb.get(&fe), &backends);
+                if fe.proto == meshgate_ebpf::Proto::Udp && !gone.is_empty() {
+                    match inner.dp.maps.lb.forget(&fe, &gone) {
+                        Ok(n) => {
+                            debug!(frontend = %fe, connections = n, "UDP flows to departed backends forgotten")
+                        }
+                        Err(e) => {
+                            warn!(frontend = %fe, error = %e, "forgetting UDP flows to departed backends failed")
+                        }
+                    }
+                }
                 info!(frontend = %fe, ?affinity, backends = backends.len(),
                       local = backends.iter().filter(|b| b.local).count(), "service frontend set");
                 inner.lb.insert(fe, (affinity, backends));

@@ -72,6 +72,18 @@ pub fn desired(cluster: &str, services: &BTreeMap<String, GlobalService>) -> LbS
     out
 }
 
+/// Backends of `before` that `now` no longer has (same address and port).
+pub fn gone(before: Option<&(Affinity, Vec<Backend>)>, now: &[Backend]) -> Vec<Backend> {
+    before
+        .map(|(_, b)| {
+            b.iter()
+                .filter(|old| !now.iter().any(|n| n.addr == old.addr && n.port == old.port))
+                .copied()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Frontends to write (new or changed) and, when `prune`, to remove.
 pub fn diff(applied: &LbState, desired: &LbState, prune: bool) -> LbChanges {
     let set = desired
@@ -185,5 +197,9 @@ mod tests {
         let none = LbState::new();
         assert_eq!(diff(&after, &none, false), LbChanges::default());
         assert_eq!(diff(&after, &none, true).remove.len(), 2);
+        let fe = *after.keys().next().unwrap();
+        let gone = gone(before.get(&fe), &after[&fe].1);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].addr.to_string(), "10.1.0.10");
     }
 }
