@@ -36,6 +36,8 @@
 #ifndef PACKET_HOST
 #define PACKET_HOST 0
 #endif
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
 #define ICMP_ECHOREPLY 0
 #define ICMP_ECHO 8
 
@@ -422,6 +424,19 @@ static __always_inline __u8 lb_forward(struct __sk_buff *skb, struct flow *f, __
 		return MG_REASON_NONE;
 	ct_key_forward(f, &k);
 	ct = bpf_map_lookup_elem(&mg_lb_ct, &k);
+	/*
+	 * A TCP SYN opens a new connection: it picks again even if an entry of
+	 * an earlier connection with the same ports is still there (port reuse),
+	 * which may name a backend that has left since.
+	 */
+	if (ct && f->proto == IPPROTO_TCP) {
+		__u8 flags;
+
+		if (bpf_skb_load_bytes(skb, f->l4_off + 13, &flags, 1) < 0)
+			return MG_REASON_MALFORMED;
+		if ((flags & TCP_FLAG_SYN) && !(flags & TCP_FLAG_ACK))
+			ct = NULL;
+	}
 	if (ct && !(ct->flags & MG_LB_CT_F_REVERSE) && now - ct->last_seen_ns <= MG_CT_LIFETIME_NS) {
 		ct->last_seen_ns = now;
 		be.addr = ct->addr;

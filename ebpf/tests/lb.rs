@@ -97,6 +97,19 @@ impl LbWorld {
     }
 }
 
+impl LbWorld {
+    /// `set`, then every earlier flow of `fe` forgotten: a new client socket
+    /// may get an ephemeral port an earlier flow used, and that flow's entry
+    /// would take it to the earlier backend (see the UDP stickiness test).
+    fn set_fresh(&mut self, fe: Frontend, affinity: Affinity, backends: &[Backend]) {
+        self.set(fe, affinity, backends);
+        let all: Vec<Backend> = (0..self.backends.len())
+            .map(|i| self.backend(i, backends.first().map_or(0, |b| b.port), true))
+            .collect();
+        self.dp().maps.lb.forget(&fe, &all).expect("forget");
+    }
+}
+
 fn udp(port: u16) -> Frontend {
     Frontend {
         vip: VIP,
@@ -252,7 +265,7 @@ fn affinity_picks_local_or_remote_backends_and_falls_back() {
         w.backend(2, 7000, false),
     );
 
-    w.set(udp(70), Affinity::Local, &[b1, b0, b2]);
+    w.set_fresh(udp(70), Affinity::Local, &[b1, b0, b2]);
     let seen = spread(&w, &servers, 70, 30);
     assert_eq!(
         seen,
@@ -260,24 +273,24 @@ fn affinity_picks_local_or_remote_backends_and_falls_back() {
         "local: only the local backend"
     );
 
-    w.set(udp(70), Affinity::Remote, &[b0, b1, b2]);
+    w.set_fresh(udp(70), Affinity::Remote, &[b0, b1, b2]);
     let seen = spread(&w, &servers, 70, 30);
     assert!(
         !seen.contains_key(&0) && seen.len() == 2,
         "remote: both remote backends and never the local one: {seen:?}"
     );
 
-    w.set(udp(70), Affinity::None, &[b0, b1, b2]);
+    w.set_fresh(udp(70), Affinity::None, &[b0, b1, b2]);
     let seen = spread(&w, &servers, 70, 60);
     assert_eq!(seen.len(), 3, "none: every backend: {seen:?}");
     eprintln!("affinity none over 60 connections: {seen:?}");
 
     // The local backend gone: local affinity falls back to the others.
-    w.set(udp(70), Affinity::Local, &[b1, b2]);
+    w.set_fresh(udp(70), Affinity::Local, &[b1, b2]);
     let seen = spread(&w, &servers, 70, 30);
     assert!(!seen.contains_key(&0), "{seen:?}");
     // No remote backend: remote affinity takes the local one.
-    w.set(udp(70), Affinity::Remote, &[b0]);
+    w.set_fresh(udp(70), Affinity::Remote, &[b0]);
     assert_eq!(spread(&w, &servers, 70, 10), BTreeMap::from([(0, 10)]));
 
     let svc = &w.dp().maps.lb.services().expect("services")[&udp(70)];
@@ -324,6 +337,8 @@ fn a_removed_backend_gets_no_new_connection_and_an_empty_set_is_a_counted_drop()
     // Backend 0 leaves both sets.
     let started = Instant::now();
     w.set(udp(71), Affinity::None, &[b1]);
+    // As the agent does for UDP: flows to the departed backend are forgotten.
+    w.dp().maps.lb.forget(&udp(71), &[b0]).expect("forget");
     w.set(tcp, Affinity::None, &[w.backend(1, 9000, true)]);
     let update = started.elapsed();
     let seen = spread(&w, &servers, 71, 30);
@@ -449,4 +464,94 @@ fn a_udp_flow_sticks_to_its_backend_until_the_departed_backend_is_forgotten() {
         "after forget, the flow picks from the current set"
     );
     assert_eq!(w.dp().maps.lb.connections().expect("conns").len(), 1);
+}
+
+/// A TCP connection from `port` of the client (bound first, SO_REUSEADDR)
+/// to VIP:vip_port; returns what the server sent until it closed.
+fn tcp_from_port(client: &Pod, port: u16, vip_port: u16) -> std::io::Result<Vec<u8>> {
+    use std::os::fd::FromRawFd;
+    let addr = client.addr;
+    client.ns.run(|| {
+        // SAFETY: plain socket calls on a descriptor this function owns;
+        // every sockaddr is fully initialised.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let stream = std::net::TcpStream::from_raw_fd(fd);
+            let one: libc::c_int = 1;
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            );
+            let sin = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: port.to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(ip.octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            let local = sin(addr, port);
+            let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let tv = libc::timeval {
+                tv_sec: 1,
+                tv_usec: 0,
+            };
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+            let remote = sin(VIP, vip_port);
+            if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut stream = stream;
+            stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+            let mut got = Vec::new();
+            stream.read_to_end(&mut got)?;
+            Ok(got)
+        }
+    })
+}
+
+#[test]
+#[ignore = "needs root (bpf, network namespaces): cargo xtask test runs it"]
+fn a_new_tcp_connection_reusing_a_client_port_picks_a_current_backend() {
+    let mut w = LbWorld::new();
+    let fe = Frontend {
+        vip: VIP,
+        port: 84,
+        proto: Proto::Tcp,
+    };
+    let mut servers = Vec::new();
+    for i in 0..2 {
+        let listener = w.backends[i].ns.tcp_listen(w.backends[i].addr, 9400);
+        servers.push(std::thread::spawn(move || {
+            // Answer with the backend's index, then close first (the client
+            // side then leaves no TIME_WAIT that would block the port).
+            while let Ok((mut s, _)) = listener.accept() {
+                let _ = s.write_all(format!("b{i}").as_bytes());
+            }
+        }));
+    }
+    w.set(fe, Affinity::None, &[w.backend(0, 9400, true)]);
+    assert_eq!(tcp_from_port(&w.client, 40404, 84).expect("first"), b"b0");
+    // b0 leaves; the same client port connects again: its SYN must not
+    // follow the old connection's entry to b0.
+    w.set(fe, Affinity::None, &[w.backend(1, 9400, true)]);
+    assert_eq!(
+        tcp_from_port(&w.client, 40404, 84).expect("second, same client port"),
+        b"b1"
+    );
 }
