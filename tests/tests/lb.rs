@@ -144,6 +144,14 @@ fn local_affinity_keeps_connections_in_the_cluster_and_fails_over_to_the_other_w
         status.contains("4 backends (c1 2, c2 2), vip 10.96.1.10"),
         "lab status does not show the service with its VIP:\n{status}"
     );
+    let ok = wait_until(Duration::from_secs(10), || {
+        meshgate_e2e::meshgate(&["lab", "status", name]).contains("1 service frontends")
+    });
+    assert!(
+        ok.is_some(),
+        "lab status does not show the agents' service frontend:\n{}",
+        meshgate_e2e::meshgate(&["lab", "status", name])
+    );
 
     let mut servers = Servers(Vec::new());
     for (c, pod) in [
