@@ -413,6 +413,7 @@ fn ip(c: usize, i: usize, host: usize) -> String {
 fn services(count: usize) -> Vec<Service> {
     (0..count)
         .map(|j| Service {
+            vip: None,
             name: format!("s{j}"),
             namespace: "default".into(),
             cluster: String::new(),

@@ -621,6 +621,13 @@ pub struct DatapathStatus {
     /// Packets dropped per reason (`policy-ingress`, `unknown-source`, ...),
     /// from the pinned counters: they survive agent restarts.
     pub drops: std::collections::BTreeMap<String, u64>,
+    /// Strict encryption mode is on: pod traffic to another node that would
+    /// leave unencrypted is dropped (counted as `strict-unencrypted`).
+    #[serde(default)]
+    pub strict: bool,
+    /// Service frontends (VIP, port, protocol) in the load-balancing maps.
+    #[serde(default)]
+    pub lb_frontends: usize,
 }
 
 /// One cluster's cluster-gateway choice in [`AgentStatus`].

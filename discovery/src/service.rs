@@ -82,6 +82,9 @@ pub struct Service {
     /// An MCS-style ServiceExport exists for it (makes it global).
     #[serde(default, rename = "export")]
     pub exported: bool,
+    /// The virtual IP (ClusterIP) clients of this cluster reach it at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,6 +274,9 @@ pub struct GlobalService {
     pub affinity: Affinity,
     pub ports: Vec<ServicePort>,
     pub backends: Vec<Backend>,
+    /// The local definition's virtual IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<std::net::Ipv4Addr>,
 }
 
 impl GlobalService {
@@ -330,6 +336,7 @@ pub fn merge(
                 affinity: s.affinity().unwrap_or_default(),
                 ports: s.ports.clone(),
                 backends,
+                vip: s.vip,
             },
         );
     }

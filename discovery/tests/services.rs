@@ -19,6 +19,7 @@ use tonic::transport::Channel;
 
 fn svc(name: &str, app: &str, global: bool) -> Service {
     Service {
+        vip: None,
         name: name.into(),
         namespace: "default".into(),
         cluster: String::new(),

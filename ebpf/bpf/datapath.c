@@ -11,6 +11,14 @@
  *   mg_from_mesh  ingress of the VXLAN device: VNI = source identity, ingress
  *                 policy of the destination endpoint, conntrack.
  *
+ * Service load balancing: from_pod translates a new TCP/UDP connection to a
+ * service VIP:port to a backend chosen by affinity (mg_lb_svc,
+ * mg_lb_backends) before policy and the ipcache lookup, so the backend's
+ * identity is what policy sees; mg_lb_ct keeps the choice for the
+ * connection and the VIP for its replies, whose source is translated back
+ * on the way into the client pod (from_pod of a local backend's veth, or
+ * from_mesh for a backend on another node). The maps and helpers are in lb.h.
+ *
  * Every drop sets a reason (mg_datapath.h), is counted per reason in
  * mg_drops and sent as a flow event on mg_events. New allowed flows are
  * sent as flow events too.
@@ -28,6 +36,8 @@
 #ifndef PACKET_HOST
 #define PACKET_HOST 0
 #endif
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
 #define ICMP_ECHOREPLY 0
 #define ICMP_ECHO 8
 
@@ -98,6 +108,7 @@ struct flow {
 	__u16 dport;
 	__u8 proto;
 	__u8 is_reply_type; /* ICMP echo reply: ports are swapped for conntrack */
+	__u16 l4_off;       /* offset of the L4 header in the frame */
 	__u32 src_identity;
 	__u32 dst_identity;
 };
@@ -117,10 +128,12 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct flow *f)
 	f->sport = 0;
 	f->dport = 0;
 	f->is_reply_type = 0;
+	f->l4_off = 0;
 	/* Non-first fragments carry no L4 header: ports stay 0. */
 	if (ip.frag_off & bpf_htons(0x1fff))
 		return 0;
 	l4 = ETH_HLEN + ip.ihl * 4;
+	f->l4_off = l4;
 	if (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP) {
 		__u16 ports[2];
 
@@ -287,6 +300,8 @@ static __always_inline int ct_track(const struct flow *f, __u64 now)
 	return 1;
 }
 
+#include "lb.h"
+
 static __always_inline struct mg_config *config(void)
 {
 	__u32 zero = 0;
@@ -320,6 +335,9 @@ int mg_from_pod(struct __sk_buff *skb)
 	struct flow f = {};
 	struct mg_ipcache_value *src, *dst;
 	struct mg_config *cfg;
+	struct mg_lb_ct_value rv = {};
+	int reverse = 0;
+	__u32 daddr;
 	__u64 now;
 	__u8 reason;
 
@@ -339,6 +357,15 @@ int mg_from_pod(struct __sk_buff *skb)
 	if (src->ifindex && src->ifindex != skb->ingress_ifindex)
 		return drop(skb, &f, MG_REASON_SOURCE_SPOOFED, MG_POINT_FROM_POD);
 
+	/* Service VIP -> backend first: policy and routing see the backend. */
+	now = bpf_ktime_get_ns();
+	daddr = f.daddr;
+	reason = lb_forward(skb, &f, now);
+	if (reason)
+		return drop(skb, &f, reason, MG_POINT_FROM_POD);
+	if (f.daddr == daddr)
+		reverse = lb_reverse_lookup(&f, now, &rv);
+
 	dst = ipcache_lookup(f.daddr);
 	f.dst_identity = dst ? dst->identity & MG_IDENTITY_MASK : MG_IDENTITY_WORLD;
 	skb->mark = MG_MARK_MAGIC | f.src_identity;
@@ -348,9 +375,8 @@ int mg_from_pod(struct __sk_buff *skb)
 	    dst->tunnel_ip && leaves_unencrypted(skb, &f, cfg->mesh_ifindex))
 		return drop(skb, &f, MG_REASON_STRICT_UNENCRYPTED, MG_POINT_FROM_POD);
 
-	now = bpf_ktime_get_ns();
 	if (ct_is_reply(&f, now))
-		return TC_ACT_OK;
+		return lb_pass(skb, &f, reverse, &rv, MG_POINT_FROM_POD);
 
 	reason = policy_check(f.src_identity, f.dst_identity, f.dport, f.proto, MG_DIR_EGRESS);
 	if (reason)
@@ -364,7 +390,7 @@ int mg_from_pod(struct __sk_buff *skb)
 	}
 	if (!f.is_reply_type && ct_track(&f, now))
 		send_event(skb, &f, MG_VERDICT_ALLOW, MG_REASON_NONE, MG_POINT_FROM_POD);
-	return TC_ACT_OK;
+	return lb_pass(skb, &f, reverse, &rv, MG_POINT_FROM_POD);
 }
 
 SEC("classifier")
@@ -407,6 +433,8 @@ int mg_from_mesh(struct __sk_buff *skb)
 	struct bpf_tunnel_key key;
 	struct flow f = {};
 	struct mg_ipcache_value *dst;
+	struct mg_lb_ct_value rv = {};
+	int reverse;
 	__u64 now;
 	__u8 reason;
 
@@ -445,5 +473,7 @@ int mg_from_mesh(struct __sk_buff *skb)
 	 * sender device's address. They are for this host.
 	 */
 	bpf_skb_change_type(skb, PACKET_HOST);
-	return TC_ACT_OK;
+	/* A reply of a backend on another node to a client here: source back to the VIP. */
+	reverse = lb_reverse_lookup(&f, now, &rv);
+	return lb_pass(skb, &f, reverse, &rv, MG_POINT_FROM_MESH);
 }

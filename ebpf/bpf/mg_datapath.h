@@ -51,7 +51,9 @@ enum mg_reason {
 	MG_REASON_IPV6 = 11,
 	/* strict mode: pod traffic to a remote node that would leave unencrypted */
 	MG_REASON_STRICT_UNENCRYPTED = 12,
-	MG_REASON_MAX = 13,
+	/* from_pod: a new connection to a service VIP whose chosen backend set is empty */
+	MG_REASON_NO_SERVICE_BACKEND = 13,
+	MG_REASON_MAX = 14,
 };
 
 /* Size of the per-reason counter array (room to add reasons). */
@@ -155,6 +157,63 @@ struct mg_config {
 	__u32 mesh_ifindex;   /* strict mode: the only interface remote pod traffic may leave by */
 };
 
+/*
+ * Service load balancing (global services).
+ *
+ * mg_lb_svc: hash, (VIP, port, proto) -> the service's current backend set.
+ * The backends live in mg_lb_backends under (rev, slot). A new set is
+ * written under a fresh rev, then the service entry is switched to it in one
+ * update, then the old rev's slots are deleted: a connection never sees a
+ * half-written set. Slots [0, local_count) are backends of this node's
+ * cluster, [local_count, count) of other clusters.
+ */
+#define MG_LB_AFFINITY_NONE 0   /* any backend */
+#define MG_LB_AFFINITY_LOCAL 1  /* this cluster's while any exists, else others */
+#define MG_LB_AFFINITY_REMOTE 2 /* other clusters' while any exists, else local */
+
+struct mg_lb_svc_key {
+	__u32 vip; /* network order */
+	__u16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct mg_lb_svc_value {
+	__u32 rev;
+	__u16 count;
+	__u16 local_count;
+	__u32 affinity; /* MG_LB_AFFINITY_* */
+};
+
+struct mg_lb_backend_key {
+	__u32 rev;
+	__u32 slot;
+};
+
+#define MG_LB_BACKEND_F_LOCAL 0x1 /* in this node's cluster */
+
+struct mg_lb_backend_value {
+	__u32 addr; /* network order */
+	__u16 port;
+	__u8 flags; /* MG_LB_BACKEND_F_* */
+	__u8 pad;
+};
+
+/*
+ * mg_lb_ct: LRU hash keyed by a 5-tuple (struct mg_ct_key). Forward entry:
+ * client -> VIP:port as the client sent it -> the backend chosen. Reverse
+ * entry (MG_LB_CT_F_REVERSE): backend -> client as the reply comes -> the
+ * VIP:port the reply's source is rewritten to.
+ */
+#define MG_LB_CT_F_REVERSE 0x1
+
+struct mg_lb_ct_value {
+	__u32 addr; /* network order */
+	__u16 port;
+	__u16 flags; /* MG_LB_CT_F_* */
+	__u64 last_seen_ns;
+};
+
 /* mg_events: ring buffer of these. */
 struct mg_flow_event {
 	__u64 ts_ns;
@@ -183,5 +242,10 @@ _Static_assert(sizeof(struct mg_ct_value) == 16, "mg_ct_value layout");
 _Static_assert(sizeof(struct mg_counter) == 16, "mg_counter layout");
 _Static_assert(sizeof(struct mg_config) == 8, "mg_config layout");
 _Static_assert(sizeof(struct mg_flow_event) == 40, "mg_flow_event layout");
+_Static_assert(sizeof(struct mg_lb_svc_key) == 8, "mg_lb_svc_key layout");
+_Static_assert(sizeof(struct mg_lb_svc_value) == 12, "mg_lb_svc_value layout");
+_Static_assert(sizeof(struct mg_lb_backend_key) == 8, "mg_lb_backend_key layout");
+_Static_assert(sizeof(struct mg_lb_backend_value) == 8, "mg_lb_backend_value layout");
+_Static_assert(sizeof(struct mg_lb_ct_value) == 16, "mg_lb_ct_value layout");
 
 #endif

@@ -78,6 +78,18 @@ pub enum Error {
     #[error("no network interface named {iface} in this network namespace")]
     NoSuchInterface { iface: String },
 
+    #[error(
+        "service {frontend} has {count} backends; the datapath holds at most 65535 per \
+         service: split it"
+    )]
+    TooManyBackends { frontend: String, count: usize },
+
+    #[error("service {frontend}: the datapath balances TCP and UDP only, not {proto:?}")]
+    LbProto {
+        frontend: String,
+        proto: crate::Proto,
+    },
+
     #[error("invalid attachment pin name {name:?} in {dir}: expected HOOK@INTERFACE")]
     BadPinName { name: String, dir: PathBuf },
 }

@@ -114,6 +114,67 @@ pub struct RawFlowEvent {
     pub pad: u32,
 }
 
+/// `struct mg_lb_svc_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LbSvcKey {
+    /// Network byte order.
+    pub vip: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub pad: u8,
+}
+
+/// `struct mg_lb_svc_value`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbSvcValue {
+    pub rev: u32,
+    pub count: u16,
+    pub local_count: u16,
+    /// `MG_LB_AFFINITY_*`.
+    pub affinity: u32,
+}
+
+/// `struct mg_lb_backend_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LbBackendKey {
+    pub rev: u32,
+    pub slot: u32,
+}
+
+/// `struct mg_lb_backend_value`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbBackendValue {
+    /// Network byte order.
+    pub addr: u32,
+    pub port: u16,
+    pub flags: u8,
+    pub pad: u8,
+}
+
+/// `struct mg_lb_ct_value`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbCtValue {
+    /// Network byte order.
+    pub addr: u32,
+    pub port: u16,
+    pub flags: u16,
+    pub last_seen_ns: u64,
+}
+
+/// `MG_LB_AFFINITY_*`.
+pub const LB_AFFINITY_NONE: u32 = 0;
+pub const LB_AFFINITY_LOCAL: u32 = 1;
+pub const LB_AFFINITY_REMOTE: u32 = 2;
+/// `MG_LB_BACKEND_F_LOCAL`.
+pub const LB_BACKEND_F_LOCAL: u8 = 0x1;
+/// `MG_LB_CT_F_REVERSE`.
+pub const LB_CT_F_REVERSE: u16 = 0x1;
+
 /// `MG_REASON_SLOTS`: length of the per-reason counter array.
 pub const REASON_SLOTS: u32 = 32;
 
@@ -135,6 +196,11 @@ unsafe impl aya::Pod for CtValue {}
 unsafe impl aya::Pod for Counter {}
 unsafe impl aya::Pod for Config {}
 unsafe impl aya::Pod for RawFlowEvent {}
+unsafe impl aya::Pod for LbSvcKey {}
+unsafe impl aya::Pod for LbSvcValue {}
+unsafe impl aya::Pod for LbBackendKey {}
+unsafe impl aya::Pod for LbBackendValue {}
+unsafe impl aya::Pod for LbCtValue {}
 
 #[cfg(test)]
 mod tests {
@@ -169,6 +235,11 @@ mod tests {
             ("mg_counter", size_of::<Counter>()),
             ("mg_config", size_of::<Config>()),
             ("mg_flow_event", size_of::<RawFlowEvent>()),
+            ("mg_lb_svc_key", size_of::<LbSvcKey>()),
+            ("mg_lb_svc_value", size_of::<LbSvcValue>()),
+            ("mg_lb_backend_key", size_of::<LbBackendKey>()),
+            ("mg_lb_backend_value", size_of::<LbBackendValue>()),
+            ("mg_lb_ct_value", size_of::<LbCtValue>()),
         ]
         .into_iter()
         .map(|(name, size)| (name.to_owned(), size))
@@ -202,6 +273,17 @@ mod tests {
         assert_eq!(header_define("MG_REASON_SLOTS"), REASON_SLOTS);
         assert_eq!(header_define("MG_MARK_MAGIC"), MARK_MAGIC);
         assert_eq!(header_define("MG_SLOT_EVENTS_LOST"), SLOT_EVENTS_LOST);
+        assert_eq!(header_define("MG_LB_AFFINITY_NONE"), LB_AFFINITY_NONE);
+        assert_eq!(header_define("MG_LB_AFFINITY_LOCAL"), LB_AFFINITY_LOCAL);
+        assert_eq!(header_define("MG_LB_AFFINITY_REMOTE"), LB_AFFINITY_REMOTE);
+        assert_eq!(
+            header_define("MG_LB_BACKEND_F_LOCAL"),
+            u32::from(LB_BACKEND_F_LOCAL)
+        );
+        assert_eq!(
+            header_define("MG_LB_CT_F_REVERSE"),
+            u32::from(LB_CT_F_REVERSE)
+        );
         const { assert!(SLOT_EVENTS_LOST < REASON_SLOTS) };
     }
 }

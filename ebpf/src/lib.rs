@@ -22,5 +22,8 @@ pub mod reason;
 pub use attach::{Attachment, Hook};
 pub use error::{Error, Result};
 pub use loader::{remove_pin_dir, AttachOutcome, Datapath, ReconcileReport};
-pub use maps::{FlowEvent, IpcacheEntry, Maps, PolicyRule, Proto};
+pub use maps::{
+    Affinity, Backend, FlowEvent, Frontend, IpcacheEntry, LbConnection, LbService, Maps,
+    PolicyRule, Proto,
+};
 pub use reason::{identity, Direction, Point, Reason, Verdict};

@@ -7,6 +7,7 @@ mod conntrack;
 mod counters;
 mod events;
 mod ipcache;
+mod lb;
 mod policy;
 
 use std::mem::size_of;
@@ -19,6 +20,7 @@ pub use conntrack::{Conntrack, CtEntry};
 pub use counters::DropCounters;
 pub use events::{FlowEvent, FlowEvents};
 pub use ipcache::{IpCache, IpcacheEntry};
+pub use lb::{Affinity, Backend, Frontend, LbConnection, LbService, LoadBalancer};
 pub use policy::{Policy, PolicyRule, Proto};
 
 use crate::error::{Error, Result};
@@ -74,6 +76,24 @@ pub(crate) const MAP_SPECS: &[MapSpec] = &[
         value_size: size::<Config>(),
     },
     MapSpec {
+        name: lb::SVC_NAME,
+        map_type: MapType::Hash,
+        key_size: size::<LbSvcKey>(),
+        value_size: size::<LbSvcValue>(),
+    },
+    MapSpec {
+        name: lb::BACKENDS_NAME,
+        map_type: MapType::Hash,
+        key_size: size::<LbBackendKey>(),
+        value_size: size::<LbBackendValue>(),
+    },
+    MapSpec {
+        name: lb::CT_NAME,
+        map_type: MapType::LruHash,
+        key_size: size::<CtKey>(),
+        value_size: size::<LbCtValue>(),
+    },
+    MapSpec {
         name: events::NAME,
         map_type: MapType::RingBuf,
         key_size: 0,
@@ -115,6 +135,7 @@ pub struct Maps {
     pub drops: DropCounters,
     pub config: ConfigMap,
     pub events: FlowEvents,
+    pub lb: LoadBalancer,
 }
 
 impl Maps {
@@ -151,6 +172,11 @@ impl Maps {
             drops: DropCounters::new(take(counters::NAME)?)?,
             config: ConfigMap::new(take(config::NAME)?)?,
             events: FlowEvents::new(take(events::NAME)?)?,
+            lb: LoadBalancer::new(
+                take(lb::SVC_NAME)?,
+                take(lb::BACKENDS_NAME)?,
+                take(lb::CT_NAME)?,
+            )?,
         })
     }
 }

@@ -68,6 +68,8 @@ c_enum! {
         Ipv6 = 11 => "IPV6",
         /// Strict mode: pod traffic to a remote node that would leave unencrypted.
         StrictUnencrypted = 12 => "STRICT_UNENCRYPTED",
+        /// `from_pod`: a new connection to a service VIP whose backend set is empty.
+        NoServiceBackend = 13 => "NO_SERVICE_BACKEND",
     }
 }
 

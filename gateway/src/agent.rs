@@ -159,6 +159,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             agent.backend.interface(),
             agent.cfg.pod_cidr,
             mesh::TUNNEL_MTU,
+            agent.cfg.strict,
         )?;
         let _ = agent.datapath.set(dp);
         // Local pods from the saved ipcache, this process's programs swapped

@@ -29,14 +29,19 @@ pub fn render(services: &[pb::GlobalService]) -> String {
     let mut out = String::new();
     for s in services {
         out.push_str(&format!(
-            "{}/{}  {}  affinity {}{}  ports {}  backends {}\n",
+            "{}/{}  {}  affinity {}{}  ports {}  backends {}{}\n",
             s.namespace,
             s.name,
             if s.global { "global" } else { "local" },
             s.affinity,
             if s.shared { "" } else { "  (not shared)" },
             ports(s),
-            s.backends.len()
+            s.backends.len(),
+            if s.vip.is_empty() {
+                String::new()
+            } else {
+                format!("  vip {}", s.vip)
+            }
         ));
         for b in &s.backends {
             for p in &s.ports {
@@ -79,6 +84,7 @@ pub fn run(args: ServicesArgs) -> anyhow::Result<()> {
                         "name": p.name, "port": p.port, "protocol": p.protocol})).collect::<Vec<_>>(),
                     "backends": s.backends.iter().map(|b| serde_json::json!({
                         "ip": b.ip, "cluster": b.cluster, "node": b.node, "name": b.name})).collect::<Vec<_>>(),
+                    "vip": (!s.vip.is_empty()).then_some(&s.vip),
                 })
             })
             .collect();

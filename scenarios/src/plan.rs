@@ -3,6 +3,7 @@
 //! addressing").
 
 mod steps;
+pub mod vips;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -125,6 +126,9 @@ pub struct ClusterPlan {
     /// The agents' `--datapath`.
     #[serde(default)]
     pub datapath: Datapath,
+    /// The agents run with `--strict`.
+    #[serde(default)]
+    pub strict: bool,
     /// Discovery replicas 2, 3, ... (replica 1 is `discovery`); they all
     /// keep the cluster's state in `etcd`.
     #[serde(default)]
@@ -299,11 +303,12 @@ impl Plan {
                 nodes,
                 remotes: Vec::new(),
                 certs: certs_dir(world),
-                services: c.services.clone(),
+                services: vips::assign(id, &c.services),
                 underlay: c.underlay,
                 datapath: c.datapath.unwrap_or(s.datapath),
                 replicas,
                 etcd,
+                strict: c.strict.unwrap_or(s.strict),
             });
         }
         let urls: Vec<(String, String)> = clusters
@@ -572,6 +577,7 @@ impl ClusterPlan {
                 .into_iter()
                 .flatten(),
         )
+        .chain(self.strict.then(|| "--strict".to_string()))
         .chain(
             (!node.roles.is_empty())
                 .then(|| {

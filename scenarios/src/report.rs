@@ -145,8 +145,9 @@ pub fn service_lines(services: &BTreeMap<String, GlobalService>) -> Vec<String> 
                 *per.entry(b.cluster.as_str()).or_default() += 1;
             }
             let per: Vec<String> = per.iter().map(|(c, n)| format!("{c} {n}")).collect();
+            let vip = s.vip.map(|v| format!(", vip {v}")).unwrap_or_default();
             format!(
-                "  service {}: {}{}, affinity {}, {} backends ({})",
+                "  service {}: {}{}, affinity {}, {} backends ({}){vip}",
                 s.key(),
                 if s.global { "global" } else { "local" },
                 if s.shared { "" } else { " (not shared)" },
@@ -291,8 +292,21 @@ pub(crate) fn datapath_line(d: &meshgate_discovery::model::DatapathStatus) -> St
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let strict = if d.strict {
+        format!(
+            ", strict (strict-unencrypted drops {})",
+            d.drops.get("strict-unencrypted").copied().unwrap_or(0)
+        )
+    } else {
+        String::new()
+    };
+    let lb = if d.lb_frontends > 0 {
+        format!(", {} service frontends", d.lb_frontends)
+    } else {
+        String::new()
+    };
     format!(
-        "datapath ebpf: ipcache {} entries, {} attachments, drops: {drops}",
+        "datapath ebpf{strict}: ipcache {} entries, {} attachments{lb}, drops: {drops}",
         d.ipcache_entries,
         d.attachments.len()
     )
@@ -350,6 +364,7 @@ mod tests {
             name: "p".into(),
         };
         let web = GlobalService {
+            vip: None,
             namespace: "default".into(),
             name: "web".into(),
             global: true,
@@ -362,10 +377,17 @@ mod tests {
                 b("c2", "10.2.1.10"),
             ],
         };
+        let web_again = web.clone();
         let lines = service_lines(&BTreeMap::from([(web.key(), web)]));
         assert_eq!(
             lines,
             vec!["  service default/web: global, affinity local, 3 backends (c1 1, c2 2)"]
+        );
+        let mut web = web_again;
+        web.vip = Some("10.96.1.10".parse().expect("ip"));
+        assert_eq!(
+            service_lines(&BTreeMap::from([(web.key(), web)])),
+            vec!["  service default/web: global, affinity local, 3 backends (c1 1, c2 2), vip 10.96.1.10"]
         );
     }
 
@@ -384,6 +406,14 @@ mod tests {
         d.drops.insert("unknown-source".into(), 1);
         assert!(
             datapath_line(&d).ends_with("drops: policy-ingress 3, unknown-source 1"),
+            "{}",
+            datapath_line(&d)
+        );
+        d.strict = true;
+        d.drops.insert("strict-unencrypted".into(), 7);
+        assert!(
+            datapath_line(&d)
+                .starts_with("datapath ebpf, strict (strict-unencrypted drops 7): ipcache 4"),
             "{}",
             datapath_line(&d)
         );

@@ -34,6 +34,10 @@ pub struct Scenario {
     /// `plain` (default: pod CIDRs routed into WireGuard) or `ebpf`.
     #[serde(default, skip_serializing_if = "Datapath::is_plain")]
     pub datapath: Datapath,
+    /// Strict encryption mode (agents' `--strict`, needs `datapath: ebpf`)
+    /// in every cluster that does not set its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
 }
 
 /// How pod traffic between nodes is carried (the agent's `--datapath`).
@@ -79,6 +83,9 @@ pub struct Cluster {
     /// This cluster's datapath; the scenario's `datapath` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datapath: Option<Datapath>,
+    /// This cluster's strict encryption mode; the scenario's `strict` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
     #[serde(default)]
     pub nodes: Vec<Node>,
     /// This cluster's services (the shape of discovery's `--services` file);

@@ -387,6 +387,7 @@ fn revisions_are_restamped_and_locality_is_told() {
 
 fn psvc(cluster: &str, name: &str, annotations: &[(&str, &str)]) -> pb::Service {
     pb::Service {
+        vip: String::new(),
         name: name.into(),
         namespace: "default".into(),
         cluster: cluster.into(),

@@ -34,6 +34,16 @@ impl TryFrom<&pb::ServicePort> for ServicePort {
     }
 }
 
+fn vip(s: &str) -> Result<Option<std::net::Ipv4Addr>, String> {
+    match s {
+        "" => Ok(None),
+        v => v
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("service VIP {v:?} is not an IPv4 address")),
+    }
+}
+
 fn ports(ps: &[pb::ServicePort]) -> Result<Vec<ServicePort>, String> {
     ps.iter().map(ServicePort::try_from).collect()
 }
@@ -48,6 +58,7 @@ impl From<&Service> for pb::Service {
             selector: s.selector.clone().into_iter().collect(),
             annotations: s.annotations.clone().into_iter().collect(),
             exported: s.exported,
+            vip: s.vip.map(|v| v.to_string()).unwrap_or_default(),
         }
     }
 }
@@ -63,6 +74,7 @@ impl TryFrom<&pb::Service> for Service {
             selector: p.selector.clone().into_iter().collect(),
             annotations: p.annotations.clone().into_iter().collect(),
             exported: p.exported,
+            vip: vip(&p.vip)?,
         })
     }
 }
@@ -86,6 +98,7 @@ impl From<&GlobalService> for pb::GlobalService {
                     name: b.name.clone(),
                 })
                 .collect(),
+            vip: g.vip.map(|v| v.to_string()).unwrap_or_default(),
         }
     }
 }
@@ -122,6 +135,7 @@ impl TryFrom<&pb::GlobalService> for GlobalService {
             affinity,
             ports: ports(&p.ports)?,
             backends,
+            vip: vip(&p.vip)?,
         })
     }
 }

@@ -262,6 +262,7 @@ impl MergedServices {
                 affinity: s.affinity().unwrap_or_default(),
                 ports: s.ports.clone(),
                 backends,
+                vip: s.vip,
             };
             // Patched in this batch: changed since the last flush even when
             // equal to the patched form.

@@ -35,6 +35,7 @@ fn svc(cluster: &str, name: &str, annotations: &[(&str, &str)]) -> Service {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         exported: false,
+        vip: None,
     }
 }
 

@@ -8,6 +8,7 @@ use super::*;
 
 fn svc(cluster: &str, name: &str, annotations: &[(&str, &str)]) -> Service {
     Service {
+        vip: None,
         name: name.into(),
         namespace: "default".into(),
         cluster: cluster.into(),

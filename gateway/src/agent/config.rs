@@ -86,6 +86,12 @@ pub struct AgentArgs {
     /// 127.0.0.1:9962; off unless given.
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Strict encryption mode (needs --datapath ebpf): pod traffic to
+    /// another node that would leave the node outside the encrypted mesh
+    /// device is dropped and counted (`strict-unencrypted`), never sent.
+    #[arg(long)]
+    #[serde(default)]
+    pub strict: bool,
 }
 
 /// The resolved configuration.
@@ -111,6 +117,8 @@ pub struct AgentConfig {
     pub datapath: super::datapath::Mode,
     pub bpf_pin_dir: PathBuf,
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Strict encryption mode (eBPF datapath only).
+    pub strict: bool,
 }
 
 impl AgentConfig {
@@ -194,10 +202,18 @@ impl AgentArgs {
             .unwrap_or_else(|| "plain".into())
             .parse()
             .map_err(anyhow::Error::msg)?;
+        let strict = self.strict || file.strict;
+        if strict && datapath != super::datapath::Mode::Ebpf {
+            bail!(
+                "--strict needs --datapath ebpf: strict encryption mode is enforced by the \
+                 eBPF programs (add --datapath ebpf, or leave --strict out)"
+            );
+        }
         let bpf_pin_dir =
             pick!(bpf_pin_dir).unwrap_or_else(|| super::datapath::default_pin_dir(&cluster, &node));
         Ok(AgentConfig {
             metrics_addr: pick!(metrics_addr),
+            strict,
             datapath,
             bpf_pin_dir,
             roles,
@@ -312,6 +328,19 @@ mod tests {
             a.resolve().unwrap().datapath,
             super::super::datapath::Mode::Ebpf
         );
+    }
+
+    #[test]
+    fn strict_needs_the_ebpf_datapath() {
+        let mut a = full();
+        a.strict = true;
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(err.contains("--strict needs --datapath ebpf"), "{err}");
+        let mut a = full();
+        a.strict = true;
+        a.datapath = Some("ebpf".into());
+        assert!(a.resolve().unwrap().strict);
+        assert!(!full().resolve().unwrap().strict);
     }
 
     #[test]

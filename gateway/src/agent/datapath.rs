@@ -13,6 +13,7 @@
 //! reuses the pins, swaps its programs in atomically and reconciles. Leaving
 //! the mesh removes it all.
 
+pub mod lb;
 pub mod plan;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -77,6 +78,8 @@ struct Inner {
     routes: BTreeSet<Ipv4Net>,
     /// Counts of the last successful attach reconcile: created, replaced, removed.
     last_reconcile: (usize, usize, usize),
+    /// What the service load-balancing maps hold (read at load, then kept).
+    lb: lb::LbState,
 }
 
 /// The loaded datapath of this agent.
@@ -233,6 +236,7 @@ impl Ebpf {
         wg_iface: &str,
         pod_cidr: Ipv4Net,
         tunnel_mtu: u16,
+        strict: bool,
     ) -> anyhow::Result<Ebpf> {
         let started = std::time::Instant::now();
         let sys = Path::new("/sys/fs/bpf");
@@ -240,7 +244,7 @@ impl Ebpf {
             meshgate_ebpf::bpffs::ensure_mounted(sys)
                 .context("mounting the bpf filesystem for the datapath's pins")?;
         }
-        let dp = Datapath::load(pin_dir).with_context(|| {
+        let mut dp = Datapath::load(pin_dir).with_context(|| {
             format!(
                 "loading the eBPF datapath with pins in {} (needs root, bpffs, Linux 6.6+ for TCX)",
                 pin_dir.display()
@@ -259,9 +263,47 @@ impl Ebpf {
         nft(&nft_ruleset(wg_iface, pod_cidr))
             .context("filtering VXLAN to WireGuard only and pod traffic to VXLAN only")?;
         ensure_vxlan(tunnel_mtu - VXLAN_OVERHEAD)?;
+        // Strict mode (or its absence) is set on every start: the pinned
+        // config map keeps what the last agent set.
+        let mesh_ifindex = ifindex(VXLAN_DEV);
+        if strict && mesh_ifindex == 0 {
+            bail!("strict mode: {VXLAN_DEV} has no interface index right after it was made");
+        }
+        dp.maps
+            .config
+            .set_strict(strict.then_some(mesh_ifindex))
+            .context("setting strict mode in the pinned mg_config map")?;
+        if strict {
+            info!(
+                mesh_device = VXLAN_DEV,
+                mesh_ifindex,
+                "strict mode: pod traffic to other nodes leaves only through the mesh"
+            );
+        }
         ensure_rule()?;
         let routes = table_routes()?;
+        let stale = dp
+            .maps
+            .lb
+            .gc()
+            .context("removing stale service backend slots")?;
+        let lb: lb::LbState = dp
+            .maps
+            .lb
+            .services()
+            .context("reading the pinned service maps")?
+            .into_iter()
+            .map(|(fe, s)| {
+                let mut backends = s.backends;
+                lb::normalize(&mut backends);
+                (fe, (s.affinity, backends))
+            })
+            .collect();
+        if stale > 0 {
+            debug!(stale, "stale service backend slots removed");
+        }
         info!(
+            lb_frontends = lb.len(),
             pin_dir = %pin_dir.display(), pinned_entries = applied.len(),
             routes = routes.len(), took_ms = started.elapsed().as_millis() as u64,
             "eBPF datapath loaded"
@@ -273,6 +315,7 @@ impl Ebpf {
                 attached: None,
                 routes,
                 last_reconcile: (0, 0, 0),
+                lb,
             }),
             interfaces,
         })
@@ -296,7 +339,16 @@ impl Ebpf {
             }
         };
         let (created, replaced, removed) = inner.last_reconcile;
+        let strict = match inner.dp.maps.config.get() {
+            Ok(c) => c.flags & meshgate_ebpf::layout::CFG_F_STRICT != 0,
+            Err(e) => {
+                debug!(error = %e, "reading the config map failed");
+                false
+            }
+        };
         DatapathStatus {
+            strict,
+            lb_frontends: inner.lb.len(),
             pin_dir: inner.dp.pin_dir().display().to_string(),
             created,
             replaced,
@@ -356,9 +408,11 @@ pub fn sync(agent: &Agent) {
         let nodes = agent.nodes();
         plan::desired(&me, &cache, nodes.as_ref())
     };
+    let lb_desired = lb::desired(&agent.cfg.cluster, &agent.services().services);
     let mut inner = ebpf.inner();
     let inner = &mut *inner;
     let prune = desired.pod_routes.is_some();
+    sync_lb(inner, &lb_desired, prune);
     let changes = plan::diff(&inner.applied, &desired.ipcache, prune);
     for (ip, e) in changes.upsert {
         match inner.dp.maps.ipcache.upsert(ip, 32, e) {
@@ -432,6 +486,44 @@ pub fn sync(agent: &Agent) {
                 }
             }
             Err(e) => warn!(error = %e, "reconciling the datapath's attachments failed"),
+        }
+    }
+}
+
+/// Service frontends written (changed ones only, each in one switch) and,
+/// once discovery's snapshot is in (`prune`), removed.
+fn sync_lb(inner: &mut Inner, desired: &lb::LbState, prune: bool) {
+    let changes = lb::diff(&inner.lb, desired, prune);
+    for (fe, affinity, backends) in changes.set {
+        match inner.dp.maps.lb.set(&fe, affinity, &backends) {
+            Ok(()) => {
+                let gone = lb::gone(inner.lb.get(&fe), &backends);
+                if fe.proto == meshgate_ebpf::Proto::Udp && !gone.is_empty() {
+                    match inner.dp.maps.lb.forget(&fe, &gone) {
+                        Ok(n) => {
+                            debug!(frontend = %fe, connections = n, "UDP flows to departed backends forgotten")
+                        }
+                        Err(e) => {
+                            warn!(frontend = %fe, error = %e, "forgetting UDP flows to departed backends failed")
+                        }
+                    }
+                }
+                info!(frontend = %fe, ?affinity, backends = backends.len(),
+                      local = backends.iter().filter(|b| b.local).count(), "service frontend set");
+                inner.lb.insert(fe, (affinity, backends));
+            }
+            Err(e) => {
+                warn!(frontend = %fe, error = %e, "setting a service frontend failed; retried on the next update")
+            }
+        }
+    }
+    for fe in changes.remove {
+        match inner.dp.maps.lb.remove(&fe) {
+            Ok(_) => {
+                info!(frontend = %fe, "service frontend removed");
+                inner.lb.remove(&fe);
+            }
+            Err(e) => warn!(frontend = %fe, error = %e, "removing a service frontend failed"),
         }
     }
 }

@@ -61,6 +61,7 @@ mod tests {
 
     fn svc(backends: &[&str]) -> pb::GlobalService {
         pb::GlobalService {
+            vip: String::new(),
             name: "web".into(),
             namespace: "default".into(),
             global: true,

@@ -412,3 +412,40 @@ fn shipped_gateways_file_isolates_two_clusters() {
         assert_eq!(gws, 2, "{}", c.name);
     }
 }
+
+#[test]
+fn strict_needs_the_ebpf_datapath() {
+    has(&format!("{BASE}strict: true\n"), "clusters[0].strict");
+    has(
+        &BASE.replace("    id: 3\n", "    id: 3\n    strict: true\n"),
+        "set `datapath: ebpf`",
+    );
+    let s = Scenario::parse("t.yaml", &format!("{BASE}strict: true\ndatapath: ebpf\n")).unwrap();
+    assert!(s.strict);
+    let off = BASE.replace("    id: 3\n", "    id: 3\n    strict: false\n");
+    assert_eq!(
+        Scenario::parse("t.yaml", &format!("{off}strict: true\ndatapath: ebpf\n"))
+            .unwrap()
+            .clusters[0]
+            .strict,
+        Some(false)
+    );
+}
+
+#[test]
+fn service_vips_must_be_unique_and_outside_the_pod_cidr() {
+    let svc = |name: &str, vip: &str| {
+        format!("      - name: {name}\n        ports: [{{port: 80}}]\n        vip: {vip}\n")
+    };
+    let with = |block: String| format!("{BASE}    services:\n{block}");
+    has(
+        &with(svc("a", "10.96.3.10") + &svc("b", "10.96.3.10")),
+        "10.96.3.10 is already the VIP of service \"a\"",
+    );
+    has(&with(svc("a", "10.1.0.5")), "inside the cluster's podCIDR");
+    let s = Scenario::parse("t.yaml", &with(svc("a", "10.96.3.10"))).unwrap();
+    assert_eq!(
+        s.clusters[0].services[0].vip,
+        Some("10.96.3.10".parse().unwrap())
+    );
+}

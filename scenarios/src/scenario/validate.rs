@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use super::{FieldError, Role, Scenario, Underlay};
+use super::{Datapath, FieldError, Role, Scenario, Underlay};
 use crate::plan::{LINK_LOCAL, TUNNEL_NET, UNDERLAY_NET};
 
 /// Longest world and cluster names (they go into namespace names).
@@ -157,6 +157,33 @@ pub fn validate(s: &Scenario) -> Vec<FieldError> {
                 format!("{at}.underlay"),
                 format!(
                     "cluster \"{}\" is isolated but none of its nodes has the role cluster-gateway, so nothing could leave it: give one or two of its nodes `roles: [cluster-gateway]`, or make its underlay routable",
+                    c.name
+                ),
+            );
+        }
+        let mut vips: BTreeMap<Ipv4Addr, &str> = BTreeMap::new();
+        for (si, svc) in c.services.iter().enumerate() {
+            let Some(vip) = svc.vip else { continue };
+            if let Some(other) = vips.insert(vip, &svc.name) {
+                errors.add(
+                    format!("{at}.services[{si}].vip"),
+                    format!("{vip} is already the VIP of service \"{other}\": give each service its own, or leave `vip` out (the lab assigns one)"),
+                );
+            }
+            if let Ok(pods) = c.pod_cidr.parse::<Ipv4Net>() {
+                if pods.contains(&vip) {
+                    errors.add(
+                        format!("{at}.services[{si}].vip"),
+                        format!("{vip} is inside the cluster's podCIDR {pods}: use an address outside every pod CIDR, e.g. 10.96.{}.20", c.id),
+                    );
+                }
+            }
+        }
+        if c.strict.unwrap_or(s.strict) && c.datapath.unwrap_or(s.datapath) != Datapath::Ebpf {
+            errors.add(
+                format!("{at}.strict"),
+                format!(
+                    "cluster \"{}\" asks for strict mode, which the eBPF programs enforce, but its datapath is plain: set `datapath: ebpf` (for the world or the cluster), or drop `strict`",
                     c.name
                 ),
             );
