@@ -6,7 +6,6 @@
 //! the userspace backend. The device code below only runs where the module
 //! exists; it is not exercised by this repository's tests (see README).
 
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -14,6 +13,7 @@ use std::sync::Mutex;
 use base64::Engine;
 
 use crate::backend::{Backend, BackendError, BackendKind, PeerStats};
+use crate::cmd::run;
 use crate::keys::NodeKey;
 use crate::peers::PeerChange;
 
@@ -36,44 +36,6 @@ pub fn probe() -> Result<(), BackendError> {
                  `modprobe wireguard` did not load it)"
             .to_string(),
     })
-}
-
-fn run(
-    cmd: &str,
-    args: &[&str],
-    stdin: Option<&[u8]>,
-    action: &str,
-) -> Result<String, BackendError> {
-    let err = |detail: String| BackendError::Command {
-        action: action.to_string(),
-        detail,
-    };
-    let mut child = Command::new(cmd)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            err(format!(
-                "running `{cmd}`: {e} (install iproute2 and wireguard-tools)"
-            ))
-        })?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input)
-            .map_err(|e| err(format!("writing to `{cmd}`: {e}")))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| err(format!("waiting for `{cmd}`: {e}")))?;
-    if !out.status.success() {
-        return Err(err(format!(
-            "`{cmd} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A kernel WireGuard interface.

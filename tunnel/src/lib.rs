@@ -9,6 +9,7 @@
 //! * [`routes`]: the interface address and the routes through the tunnel.
 
 pub mod backend;
+mod cmd;
 pub mod kernel;
 pub mod keys;
 pub mod lpm;

@@ -2,32 +2,13 @@
 //! iproute2 in the agent's network namespace.
 
 use std::net::Ipv4Addr;
-use std::process::Command;
 
 use ipnet::Ipv4Net;
 
 use crate::backend::BackendError;
 
 fn ip(args: &[&str], action: String) -> Result<(), BackendError> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| BackendError::Command {
-            action: action.clone(),
-            detail: format!("running `ip`: {e} (install iproute2)"),
-        })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(BackendError::Command {
-            action,
-            detail: format!(
-                "`ip {}` failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        })
-    }
+    crate::cmd::run("ip", args, None, &action).map(drop)
 }
 
 /// Gives the interface its tunnel address and MTU and brings it up.
