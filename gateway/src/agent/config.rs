@@ -82,6 +82,11 @@ pub struct AgentArgs {
     /// default /sys/fs/bpf/meshgate/<cluster>-<node>).
     #[arg(long)]
     pub bpf_pin_dir: Option<PathBuf>,
+    /// Identity policy: a YAML file of NetworkPolicy / CiliumNetworkPolicy
+    /// documents (repeatable; only with --datapath ebpf). SIGHUP re-reads
+    /// the files and applies the difference.
+    #[arg(long)]
+    pub policy: Option<Vec<PathBuf>>,
 }
 
 /// The resolved configuration.
@@ -106,6 +111,8 @@ pub struct AgentConfig {
     pub roles: Vec<String>,
     pub datapath: super::datapath::Mode,
     pub bpf_pin_dir: PathBuf,
+    /// `--policy` files (empty: no policy is applied).
+    pub policy_files: Vec<PathBuf>,
 }
 
 impl AgentConfig {
@@ -189,9 +196,17 @@ impl AgentArgs {
             .unwrap_or_else(|| "plain".into())
             .parse()
             .map_err(anyhow::Error::msg)?;
+        let policy_files = pick!(policy).unwrap_or_default();
+        if !policy_files.is_empty() && datapath != super::datapath::Mode::Ebpf {
+            bail!(
+                "--policy needs --datapath ebpf: only the eBPF datapath enforces identity \
+                 policy (add --datapath ebpf, or leave out --policy)"
+            );
+        }
         let bpf_pin_dir =
             pick!(bpf_pin_dir).unwrap_or_else(|| super::datapath::default_pin_dir(&cluster, &node));
         Ok(AgentConfig {
+            policy_files,
             datapath,
             bpf_pin_dir,
             roles,
@@ -300,6 +315,11 @@ mod tests {
         a.datapath = Some("xdp".into());
         let err = a.resolve().unwrap_err().to_string();
         assert!(err.contains("plain or ebpf"), "{err}");
+        let mut a = full();
+        a.policy = Some(vec!["p.yaml".into()]);
+        assert!(
+            format!("{:#}", a.resolve().unwrap_err()).contains("--policy needs --datapath ebpf")
+        );
         let mut a = full();
         a.datapath = Some("ebpf".into());
         assert_eq!(
