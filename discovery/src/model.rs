@@ -640,6 +640,10 @@ pub struct PolicyStatus {
     pub applied: bool,
     /// Successful reloads (SIGHUP) since the agent started.
     pub reloads: u64,
+    /// Map writes of the last reconcile with what the pinned maps held at
+    /// start (an agent restarted over the same policy and identities: 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconcile_writes: Option<usize>,
     /// Why the last reload failed (the previous policy stays); none after a
     /// successful one.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -102,9 +102,6 @@ impl Agent {
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let cfg = args.resolve()?;
-    std::fs::create_dir_all(&cfg.state_dir)
-        .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
-    let key = NodeKey::load_or_generate(&cfg.key_path()).context("loading the node key")?;
     // Policy files first: one that does not parse stops the agent here.
     let policy = if cfg.policy_files.is_empty() {
         None
@@ -116,6 +113,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             policies,
         )?)
     };
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
+    let key = NodeKey::load_or_generate(&cfg.key_path()).context("loading the node key")?;
     let saved = persist::load(&cfg.state_dir).context("loading the agent's saved state")?;
     let endpoints = match &cfg.endpoints {
         Some(path) => endpoints::load(path, cfg.pod_cidr)?,

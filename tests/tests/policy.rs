@@ -459,8 +459,12 @@ fn an_agent_restart_during_traffic_keeps_denied_flows_denied() {
     );
     // After the restart the policy is there (reconciled, not rebuilt) and
     // allowed TCP works.
+    // The restarted agent found the maps as it wanted them and wrote
+    // nothing: they were never emptied.
     let st = world.status("c1", "n1").datapath.unwrap();
-    assert!(st.policy.as_ref().is_some_and(|p| p.applied), "{st:?}");
+    let p = st.policy.as_ref().unwrap();
+    assert!(p.applied, "{st:?}");
+    assert_eq!(p.reconcile_writes, Some(0), "{p:?}");
     assert!(tcp(&world, &ips, w1, d2, 5432));
     assert!(!tcp(&world, &ips, d2, w1, 5432));
     assert!(drops(&world, "c1", "n1", "policy-ingress") > 0);
@@ -471,4 +475,58 @@ fn count(out: String) -> u64 {
         .find_map(|l| l.strip_prefix("received "))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("no count in {out:?}"))
+}
+
+fn agent_with(dir: &std::path::Path, extra: &[&str]) -> String {
+    let state = dir.join("state");
+    let mut args = vec![
+        "agent",
+        "--node",
+        "n1",
+        "--cluster",
+        "c1",
+        "--cluster-id",
+        "1",
+        "--discovery",
+        "http://127.0.0.1:9",
+        "--underlay-ip",
+        "198.18.0.10",
+        "--pod-cidr",
+        "10.9.0.0/24",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = meshgate_output(&args);
+    assert!(!out.status.success());
+    assert!(
+        !state.exists(),
+        "the agent started before refusing its policy"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn an_agent_refuses_a_bad_policy_file_or_policy_without_the_ebpf_datapath() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: x}\n\
+         spec:\n  endpointSelector: {}\n  ingress:\n  - toPorts: [{ports: [{port: \"80\", protocol: TPC}]}]\n",
+    )
+    .unwrap();
+    let b = bad.to_str().unwrap();
+    let err = agent_with(dir.path(), &["--datapath", "ebpf", "--policy", b]);
+    assert!(
+        err.contains("bad.yaml") && err.contains("TPC") && err.contains("default/x"),
+        "{err}"
+    );
+    let err = agent_with(dir.path(), &["--policy", b]);
+    assert!(err.contains("--policy needs --datapath ebpf"), "{err}");
+    let err = agent_with(
+        dir.path(),
+        &["--datapath", "ebpf", "--policy", "/nonexistent.yaml"],
+    );
+    assert!(err.contains("/nonexistent.yaml"), "{err}");
 }

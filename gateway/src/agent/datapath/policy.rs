@@ -150,6 +150,12 @@ pub struct PolicyRuntime {
     in_step: bool,
     pub reloads: u64,
     pub last_error: Option<String>,
+    /// (entries, selected identities) the policy gives now, kept after each
+    /// change so that status does not walk the state.
+    counts: (usize, usize),
+    /// Map writes of the last reconcile with the pinned maps (after a
+    /// restart over unchanged policy and identities: 0).
+    reconcile_writes: Option<usize>,
 }
 
 impl PolicyRuntime {
@@ -160,19 +166,27 @@ impl PolicyRuntime {
         state
             .sync_policies(policies)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(PolicyRuntime {
+        let mut rt = PolicyRuntime {
             files,
             state,
             in_step: false,
             reloads: 0,
             last_error: None,
-        })
+            counts: (0, 0),
+            reconcile_writes: None,
+        };
+        rt.recount();
+        Ok(rt)
+    }
+
+    fn recount(&mut self) {
+        let m = self.state.maps();
+        self.counts = (m.entries.len(), m.selected.len());
     }
 
     /// Entries and selected identities the policy gives now.
     pub fn counts(&self) -> (usize, usize) {
-        let m = self.state.maps();
-        (m.entries.len(), m.selected.len())
+        self.counts
     }
 
     /// For `status.json`.
@@ -185,6 +199,7 @@ impl PolicyRuntime {
             applied: self.in_step,
             reloads: self.reloads,
             last_error: self.last_error.clone(),
+            reconcile_writes: self.reconcile_writes,
         }
     }
 
@@ -216,6 +231,9 @@ impl PolicyRuntime {
             if self.state.identities().get(id) != Some(labels) {
                 diffs.push(self.state.add_identity(*id, labels.clone()));
             }
+        }
+        if diffs.iter().any(|d| !d.is_empty()) {
+            self.recount();
         }
         if !self.in_step {
             self.reconcile(maps);
@@ -251,6 +269,7 @@ impl PolicyRuntime {
         };
         self.reloads += 1;
         self.last_error = None;
+        self.recount();
         let (entries, selected) = self.counts();
         info!(
             set = d.set.len(),
@@ -281,6 +300,7 @@ impl PolicyRuntime {
         let d = PolicyDiff::between(&current, &self.state.maps());
         match apply(maps, &d) {
             Ok(()) => {
+                self.reconcile_writes = Some(d.set.len() + d.select.len() + d.remove.len());
                 let (entries, selected) = self.counts();
                 info!(
                     pinned = current.entries.len(),
@@ -437,6 +457,7 @@ spec:
         let mut second = PolicyRuntime::new(1, files.clone(), load_files(&files).unwrap()).unwrap();
         second.sync_identities(&mut m, &known);
         assert_eq!(m.writes, 1, "only the stale entry is removed");
+        assert_eq!(second.status().reconcile_writes, Some(1));
         assert!(!m.maps.entries.contains_key(&stale));
         assert_eq!(second.counts(), (1, 1));
     }
