@@ -62,14 +62,11 @@ pub fn run(args: &[&str]) -> Result<()> {
     }
     let mut steps = Steps::new(4);
     steps.step("build meshgate and mg-probe (debug)", || {
-        util::run(util::cargo().args([
-            "build",
-            "-p",
-            "meshgate-gateway",
-            "-p",
-            "meshgate-e2e",
-            "--bins",
-        ]))
+        // Two builds, as the e2e tests do them: one command for both
+        // packages would unify their dependencies' features differently
+        // and build those dependencies a second time.
+        util::run(util::cargo().args(["build", "-p", "meshgate-gateway"]))?;
+        util::run(util::cargo().args(["build", "-p", "meshgate-e2e", "--bin", "mg-probe"]))
     })?;
     let dir = tempfile_dir()?;
     let load = report::load_average();
@@ -340,12 +337,21 @@ fn iptables(dir: &Path, opts: &Opts) -> Result<Rates> {
         .collect())
 }
 
+fn best(all: &[f64]) -> f64 {
+    all.iter().copied().fold(0.0, f64::max)
+}
+
 fn table(ours: &Rates, ipt: &Rates) -> String {
-    let mut t =
-        String::from("| configuration | transactions/s (median) | rounds |\n|---|---:|---|\n");
+    let mut t = String::from(
+        "| configuration | transactions/s, median | best round | rounds |\n|---|---:|---:|---|\n",
+    );
     let row = |name: &str, (n, med, all): &(usize, f64, Vec<f64>)| {
-        let all: Vec<String> = all.iter().map(|r| format!("{r:.0}")).collect();
-        format!("| {name} {n} | {med:.0} | {} |\n", all.join(", "))
+        let rounds: Vec<String> = all.iter().map(|r| format!("{r:.0}")).collect();
+        format!(
+            "| {name} {n} | {med:.0} | {:.0} | {} |\n",
+            best(all),
+            rounds.join(", ")
+        )
     };
     for r in ours {
         t.push_str(&row("eBPF datapath, policy entries", r));
@@ -353,18 +359,19 @@ fn table(ours: &Rates, ipt: &Rates) -> String {
     for r in ipt {
         t.push_str(&row("plain datapath, iptables FORWARD rules", r));
     }
-    let ratio = |r: &Rates| r[1].1 / r[0].1;
-    let ours_ratio = ratio(ours);
+    let median_ratio = |r: &Rates| r[1].1 / r[0].1;
+    let best_ratio = |r: &Rates| best(&r[1].2) / best(&r[0].2);
+    let verdict = |x: f64| if x >= 0.95 { "met" } else { "**not met**" };
     t.push_str(&format!(
-        "\nours@10,000 / ours@10: **{:.3}** (target ≥ 0.95: {})  \n\
-         iptables@10,000 / iptables@10: **{:.3}**\n",
-        ours_ratio,
-        if ours_ratio >= 0.95 {
-            "met"
-        } else {
-            "**not met**"
-        },
-        ratio(ipt)
+        "\n| ratio | of medians | of best rounds |\n|---|---:|---:|\n\
+         | ours@10,000 / ours@10 (target ≥ 0.95) | **{:.3}** ({}) | **{:.3}** ({}) |\n\
+         | iptables@10,000 / iptables@10 | {:.3} | {:.3} |\n",
+        median_ratio(ours),
+        verdict(median_ratio(ours)),
+        best_ratio(ours),
+        verdict(best_ratio(ours)),
+        median_ratio(ipt),
+        best_ratio(ipt),
     ));
     t
 }
@@ -385,7 +392,9 @@ fn section(machine: &Machine, load: &str, load_after: &str, opts: &Opts, table: 
          plain datapath with 10 or 10,000 rules in the node's iptables FORWARD chain\n\
          (iptables-nft; rules matching another source, so each packet walks them all)\n\
          ahead of an accept. {rounds} rounds of {secs} s per configuration,\n\
-         interleaved; the table gives the median and every round.\n\n{table}",
+         interleaved; the table gives the median, the best round and every round.\n\
+         Other work on the machine only ever lowers a round's rate, so where rounds\n\
+         scatter the best round is the less disturbed estimate; both ratios are given.\n\n{table}",
         date = report::today(),
         rounds = opts.rounds,
         secs = opts.seconds,
