@@ -640,6 +640,9 @@ pub struct PolicyStatus {
     pub applied: bool,
     /// Successful reloads (SIGHUP) since the agent started.
     pub reloads: u64,
+    /// Reloads refused (a file that does not parse) since the agent started.
+    #[serde(default)]
+    pub failed_reloads: u64,
     /// Map writes of the last reconcile with what the pinned maps held at
     /// start (an agent restarted over the same policy and identities: 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]

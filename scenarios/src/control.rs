@@ -226,9 +226,9 @@ pub fn set_policies(world: Option<&str>, files: &[std::path::PathBuf]) -> Result
                 .to_string(),
         });
     }
-    let before: Vec<u64> = agents
+    let before: Vec<(u64, u64)> = agents
         .iter()
-        .map(|(c, n)| reloads(&world, c, n).unwrap_or(0))
+        .map(|(c, n)| reloads(&world, c, n).unwrap_or((0, 0)))
         .collect();
     crate::world::write_policies(&world, &text)?;
     rec.plan.policies = text;
@@ -257,9 +257,10 @@ pub fn set_policies(world: Option<&str>, files: &[std::path::PathBuf]) -> Result
                 .and_then(|d| d.policy);
             if let Some(p) = p
                 .as_ref()
-                .filter(|p| p.reloads > b || p.last_error.is_some())
+                .filter(|p| p.reloads > b.0 || p.failed_reloads > b.1)
             {
-                if let Some(e) = &p.last_error {
+                if p.reloads == b.0 {
+                    let e = p.last_error.as_deref().unwrap_or("no reason given");
                     return Err(LabError::Target {
                         target: format!("{c}/{n}"),
                         problem: format!(
@@ -288,12 +289,13 @@ pub fn set_policies(world: Option<&str>, files: &[std::path::PathBuf]) -> Result
     Ok(lines.join("\n"))
 }
 
-fn reloads(world: &str, cluster: &str, node: &str) -> Option<u64> {
+/// (successful, refused) policy reloads an agent reports.
+fn reloads(world: &str, cluster: &str, node: &str) -> Option<(u64, u64)> {
     agent_status(world, cluster, node)
         .ok()?
         .datapath?
         .policy
-        .map(|p| p.reloads)
+        .map(|p| (p.reloads, p.failed_reloads))
 }
 
 /// Asks a node's agent to rotate its WireGuard key now (SIGUSR1) and waits

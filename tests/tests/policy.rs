@@ -380,6 +380,31 @@ fn a_policy_change_at_run_time_applies_and_established_flows_keep_working() {
         tcp(&world, &ips, w1, d2, 5432),
         "a refused file changed the policy"
     );
+    // The agent itself, sent SIGHUP over a broken file, keeps its policy
+    // whole and says why in status.json.
+    let path = meshgate_lab::plan::policies_file("polchg");
+    std::fs::write(&path, policies.replacen("TCP", "TPC", 1)).unwrap();
+    let pid = world.status("c1", "n2").pid;
+    // SAFETY: kill(2) on the agent's pid; no memory effects.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
+    let mut st = None;
+    wait_until(Duration::from_secs(5), || {
+        st = world.status("c1", "n2").datapath.and_then(|d| d.policy);
+        st.as_ref().is_some_and(|p| p.last_error.is_some())
+    });
+    let st = st.unwrap();
+    let e = st.last_error.as_deref().unwrap_or_default();
+    assert!(e.contains("policies.yaml") && e.contains("TPC"), "{st:?}");
+    assert!(
+        st.applied && st.reloads == 0 && st.failed_reloads == 1,
+        "{st:?}"
+    );
+    assert!(
+        tcp(&world, &ips, w1, d2, 5432),
+        "a broken file changed the policy"
+    );
+    assert!(!tcp(&world, &ips, w1, d2, 5433));
+    std::fs::write(&path, &policies).unwrap();
 
     // web -> db moves from 5432 to 5433.
     // (The first 5432 of the world's file is db-ingress's rule for web.)

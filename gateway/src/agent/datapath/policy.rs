@@ -149,6 +149,7 @@ pub struct PolicyRuntime {
     /// write failed since).
     in_step: bool,
     pub reloads: u64,
+    pub failed_reloads: u64,
     pub last_error: Option<String>,
     /// (entries, selected identities) the policy gives now, kept after each
     /// change so that status does not walk the state.
@@ -171,6 +172,7 @@ impl PolicyRuntime {
             state,
             in_step: false,
             reloads: 0,
+            failed_reloads: 0,
             last_error: None,
             counts: (0, 0),
             reconcile_writes: None,
@@ -198,6 +200,7 @@ impl PolicyRuntime {
             selected,
             applied: self.in_step,
             reloads: self.reloads,
+            failed_reloads: self.failed_reloads,
             last_error: self.last_error.clone(),
             reconcile_writes: self.reconcile_writes,
         }
@@ -254,6 +257,7 @@ impl PolicyRuntime {
         let policies = match load_files(&self.files) {
             Ok(p) => p,
             Err(e) => {
+                self.failed_reloads += 1;
                 self.last_error = Some(format!("{e:#}"));
                 return Err(e.context("reloading the policy files; the previous policy stays"));
             }
@@ -263,6 +267,7 @@ impl PolicyRuntime {
             Ok(d) => d,
             Err(e) => {
                 self.state = before;
+                self.failed_reloads += 1;
                 self.last_error = Some(e.to_string());
                 return Err(anyhow::anyhow!("{e}; the previous policy stays"));
             }
@@ -419,6 +424,7 @@ spec:
         let before = m.maps.clone();
         assert!(rt.reload(&mut m).is_err());
         assert!(rt.last_error.as_ref().unwrap().contains("p.yaml"));
+        assert_eq!((rt.reloads, rt.failed_reloads), (0, 1));
         assert_eq!(m.maps, before);
         // A good one replaces it.
         let other = POL.replace("5432", "80");
