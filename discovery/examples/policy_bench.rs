@@ -15,7 +15,7 @@
 //! `HashMap` with the same 10,000 entries (what any compiler has to do at
 //! least once); the single changes are also given against the full compile.
 //!
-//! Run by `cargo xtask bench policy`; by hand:
+//! Run by `cargo xtask bench policy-compile`; by hand:
 //! `cargo run --release -p meshgate-discovery --example policy_bench`.
 //! The result is one JSON line on stdout.
 #![allow(clippy::print_stdout)] // a benchmark driver: stdout is its output

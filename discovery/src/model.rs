@@ -628,6 +628,36 @@ pub struct DatapathStatus {
     /// Service frontends (VIP, port, protocol) in the load-balancing maps.
     #[serde(default)]
     pub lb_frontends: usize,
+    /// Identity policy (`--policy`); absent when no policy file was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyStatus>,
+}
+
+/// The agent's identity policy in [`DatapathStatus`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    /// The `--policy` files.
+    pub files: Vec<String>,
+    /// Entries the policy gives in `mg_policy`, and identities it selects
+    /// (`mg_policy_sel`).
+    pub entries: usize,
+    pub selected: usize,
+    /// Whether the pinned maps hold exactly that (false before the first
+    /// identities are known, or after a failed map write until retried).
+    pub applied: bool,
+    /// Successful reloads (SIGHUP) since the agent started.
+    pub reloads: u64,
+    /// Reloads refused (a file that does not parse) since the agent started.
+    #[serde(default)]
+    pub failed_reloads: u64,
+    /// Map writes of the last reconcile with what the pinned maps held at
+    /// start (an agent restarted over the same policy and identities: 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconcile_writes: Option<usize>,
+    /// Why the last reload failed (the previous policy stays); none after a
+    /// successful one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// One cluster's cluster-gateway choice in [`AgentStatus`].

@@ -4,7 +4,7 @@
 //!
 //! Signals: SIGTERM/SIGINT leave the mesh (deregister, remove the interface);
 //! SIGUSR2 exits for a restart (interface, routes and registration stay);
-//! SIGUSR1 rotates the key now.
+//! SIGUSR1 rotates the key now; SIGHUP re-reads the `--policy` files.
 
 pub(crate) mod config;
 pub(crate) mod datapath;
@@ -104,6 +104,17 @@ impl Agent {
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let cfg = args.resolve()?;
+    // Policy files first: one that does not parse stops the agent here.
+    let policy = if cfg.policy_files.is_empty() {
+        None
+    } else {
+        let policies = datapath::policy::load_files(&cfg.policy_files)?;
+        Some(datapath::policy::PolicyRuntime::new(
+            cfg.cluster_id,
+            cfg.policy_files.clone(),
+            policies,
+        )?)
+    };
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
     let key = NodeKey::load_or_generate(&cfg.key_path()).context("loading the node key")?;
@@ -160,6 +171,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             agent.cfg.pod_cidr,
             mesh::TUNNEL_MTU,
             agent.cfg.strict,
+            policy,
         )?;
         let _ = agent.datapath.set(dp);
         // Local pods from the saved ipcache, this process's programs swapped
@@ -175,6 +187,7 @@ async fn main_loop(agent: Arc<Agent>) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut usr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
     let mut usr2 = signal(SignalKind::user_defined2()).context("installing SIGUSR2 handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     tokio::spawn(sync::run(agent.clone()));
     tokio::spawn(persist::status_loop(agent.clone()));
     tokio::spawn(gateway_loop(agent.clone()));
@@ -193,6 +206,14 @@ async fn main_loop(agent: Arc<Agent>) -> anyhow::Result<()> {
                 // Exit at once: the TUN device is persistent, so dropping
                 // nothing more keeps the interface and its routes in place.
                 std::process::exit(0);
+            }
+            _ = hup.recv() => {
+                let a = agent.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    datapath::reload_policy(&a);
+                    persist::write_status(&a);
+                })
+                .await;
             }
             _ = usr1.recv() => {
                 if let Err(e) = agent.rotate_key() {

@@ -37,6 +37,15 @@ pub enum LabCommand {
     Start { target: String },
     /// Restart a node's agent (forwarding resumes at once) or a discovery.
     Restart { target: String },
+    /// Replace a world's policies with those of FILEs (NetworkPolicy /
+    /// CiliumNetworkPolicy YAML) and have its agents reload them (SIGHUP).
+    Policy {
+        /// The world (needed when several are up).
+        #[arg(long)]
+        world: Option<String>,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Rotate a node's WireGuard key now.
     RotateKey { target: String },
     /// Make a node fail: cut its underlay link and SIGKILL its agent.
@@ -92,6 +101,9 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
         LabCommand::Stop { target } => say(meshgate_lab::stop(&target)?),
         LabCommand::Start { target } => say(meshgate_lab::start(&target, &bin()?)?),
         LabCommand::Restart { target } => say(meshgate_lab::restart(&target, &bin()?)?),
+        LabCommand::Policy { world, files } => {
+            say(meshgate_lab::set_policies(world.as_deref(), &files)?)
+        }
         LabCommand::RotateKey { target } => say(meshgate_lab::rotate_key(&target)?),
         LabCommand::Fail { target } => say(meshgate_lab::fail(&target)?),
         LabCommand::Recover { target } => say(meshgate_lab::recover(&target, &bin()?)?),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{LabError, Result};
 use crate::plan::agent_dir;
-use crate::procs::{self, SIGKILL, SIGTERM, SIGUSR1, SIGUSR2};
+use crate::procs::{self, SIGHUP, SIGKILL, SIGTERM, SIGUSR1, SIGUSR2};
 use crate::status::{self, short_key, AgentStatus};
 use crate::target::{self, Target, TargetKind};
 use crate::world::record::{Component, ProcessRecord, WorldRecord};
@@ -180,6 +180,122 @@ pub fn restart(target: &str, meshgate_bin: &Path) -> Result<String> {
     };
     let started = start_in(&mut rec, &t, &component, meshgate_bin)?;
     Ok(format!("{stopped}; {started}"))
+}
+
+/// How long `set_policies` waits for every agent to report the reload.
+const POLICY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `meshgate lab policy WORLD FILE...`: replaces the world's policies with
+/// those of `files` (each checked first; an error names its file and changes
+/// nothing), then sends SIGHUP to every agent given `--policy` and waits
+/// until each reports the reload. Returns a line per agent.
+pub fn set_policies(world: Option<&str>, files: &[std::path::PathBuf]) -> Result<String> {
+    let world = crate::world::pick_world(world)?;
+    let mut rec = WorldRecord::load_up(&world)?;
+    let mut text = String::new();
+    let mut count = 0;
+    for f in files {
+        let body = std::fs::read_to_string(f).map_err(|source| LabError::Io {
+            what: format!("reading policy file {}", f.display()),
+            source,
+        })?;
+        count += crate::scenario::check_policy_text(&body, &f.display().to_string()).map_err(
+            |problem| LabError::BadFile {
+                path: f.clone(),
+                problem,
+            },
+        )?;
+        text.push_str("---\n");
+        text.push_str(&body);
+        if !body.ends_with('\n') {
+            text.push('\n');
+        }
+    }
+    let agents: Vec<(String, String)> = rec
+        .plan
+        .clusters
+        .iter()
+        .filter(|c| c.policy_file.is_some())
+        .flat_map(|c| c.nodes.iter().map(|n| (c.name.clone(), n.name.clone())))
+        .collect();
+    if agents.is_empty() {
+        return Err(LabError::Target {
+            target: world.clone(),
+            problem: "no agent of this world was started with --policy: the scenario needs \
+                      `policies:` (and `datapath: ebpf`) when the world is brought up"
+                .to_string(),
+        });
+    }
+    let before: Vec<(u64, u64)> = agents
+        .iter()
+        .map(|(c, n)| reloads(&world, c, n).unwrap_or((0, 0)))
+        .collect();
+    crate::world::write_policies(&world, &text)?;
+    rec.plan.policies = text;
+    rec.save()?;
+    let mut signalled = Vec::new();
+    for ((c, n), b) in agents.iter().zip(before) {
+        let component = Component::Agent {
+            cluster: c.clone(),
+            node: n.clone(),
+        };
+        if let Some(pid) = running_pid(&rec, &component) {
+            procs::signal(pid, SIGHUP)?;
+            signalled.push((c, n, b));
+        }
+    }
+    let deadline = Instant::now() + POLICY_TIMEOUT;
+    let mut lines = vec![format!(
+        "world {world}: {count} policies from {} file(s)",
+        files.len()
+    )];
+    for (c, n, b) in signalled {
+        loop {
+            let p = agent_status(&world, c, n)
+                .ok()
+                .and_then(|s| s.datapath)
+                .and_then(|d| d.policy);
+            if let Some(p) = p
+                .as_ref()
+                .filter(|p| p.reloads > b.0 || p.failed_reloads > b.1)
+            {
+                if p.reloads == b.0 {
+                    let e = p.last_error.as_deref().unwrap_or("no reason given");
+                    return Err(LabError::Target {
+                        target: format!("{c}/{n}"),
+                        problem: format!(
+                            "the agent refused the policy (it keeps the old one): {e}"
+                        ),
+                    });
+                }
+                lines.push(format!(
+                    "  agent {c}/{n}: reloaded, {} entries, {} identities selected",
+                    p.entries, p.selected
+                ));
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(LabError::Target {
+                    target: format!("{c}/{n}"),
+                    problem: format!(
+                        "the agent did not report the policy reload within {} s (see its log)",
+                        POLICY_TIMEOUT.as_secs()
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(lines.join("\n"))
+}
+
+/// (successful, refused) policy reloads an agent reports.
+fn reloads(world: &str, cluster: &str, node: &str) -> Option<(u64, u64)> {
+    agent_status(world, cluster, node)
+        .ok()?
+        .datapath?
+        .policy
+        .map(|p| (p.reloads, p.failed_reloads))
 }
 
 /// Asks a node's agent to rotate its WireGuard key now (SIGUSR1) and waits

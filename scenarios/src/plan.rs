@@ -99,6 +99,14 @@ pub struct Plan {
     pub state_dir: PathBuf,
     pub clusters: Vec<ClusterPlan>,
     pub externals: Vec<ExternalPlan>,
+    /// The scenario's `policies`, as the text of [`policies_file`].
+    #[serde(default)]
+    pub policies: String,
+}
+
+/// The world's policy file, given to every eBPF-datapath agent as `--policy`.
+pub fn policies_file(world: &str) -> PathBuf {
+    world_dir(world).join("policies.yaml")
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,6 +144,9 @@ pub struct ClusterPlan {
     /// The cluster's etcd, when its discovery uses one.
     #[serde(default)]
     pub etcd: Option<EtcdPlan>,
+    /// The agents' `--policy` file (eBPF datapath and scenario policies).
+    #[serde(default)]
+    pub policy_file: Option<PathBuf>,
 }
 
 /// A cluster's etcd: one member in a namespace of its own on the underlay,
@@ -309,6 +320,9 @@ impl Plan {
                 replicas,
                 etcd,
                 strict: c.strict.unwrap_or(s.strict),
+                policy_file: (!s.policies.is_empty()
+                    && c.datapath.unwrap_or(s.datapath) == Datapath::Ebpf)
+                    .then(|| policies_file(world)),
             });
         }
         let urls: Vec<(String, String)> = clusters
@@ -342,6 +356,8 @@ impl Plan {
             state_dir: world_dir(world),
             clusters,
             externals,
+            policies: crate::scenario::policy_text(&s.policies)
+                .map_err(|e| PlanError(format!("policies: {e}")))?,
         })
     }
 
@@ -578,6 +594,11 @@ impl ClusterPlan {
                 .flatten(),
         )
         .chain(self.strict.then(|| "--strict".to_string()))
+        .chain(
+            self.policy_file
+                .iter()
+                .flat_map(|f| ["--policy".to_string(), f.display().to_string()]),
+        )
         .chain(
             (!node.roles.is_empty())
                 .then(|| {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{LabError, Result};
 
-pub use libc::{SIGKILL, SIGTERM, SIGUSR1, SIGUSR2};
+pub use libc::{SIGHUP, SIGKILL, SIGTERM, SIGUSR1, SIGUSR2};
 
 /// Starts `ip netns exec NETNS BIN ARGS...` in its own process group, stdin
 /// null, stdout and stderr appended to `log`. Returns its pid.

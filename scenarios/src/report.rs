@@ -305,8 +305,21 @@ pub(crate) fn datapath_line(d: &meshgate_discovery::model::DatapathStatus) -> St
     } else {
         String::new()
     };
+    let policy = match &d.policy {
+        None => String::new(),
+        Some(p) => format!(
+            ", policy {} entries / {} identities selected{}{}",
+            p.entries,
+            p.selected,
+            if p.applied { "" } else { " (not applied yet)" },
+            p.last_error
+                .as_ref()
+                .map(|e| format!(" (last reload FAILED: {e})"))
+                .unwrap_or_default()
+        ),
+    };
     format!(
-        "datapath ebpf{strict}: ipcache {} entries, {} attachments{lb}, drops: {drops}",
+        "datapath ebpf{strict}: ipcache {} entries, {} attachments{lb}{policy}, drops: {drops}",
         d.ipcache_entries,
         d.attachments.len()
     )
@@ -402,6 +415,13 @@ mod tests {
             datapath_line(&d),
             "datapath ebpf: ipcache 4 entries, 1 attachments, drops: none"
         );
+        d.policy = Some(meshgate_discovery::model::PolicyStatus {
+            entries: 12,
+            selected: 3,
+            applied: true,
+            ..Default::default()
+        });
+        assert!(datapath_line(&d).contains("policy 12 entries / 3 identities selected, drops"));
         d.drops.insert("policy-ingress".into(), 3);
         d.drops.insert("unknown-source".into(), 1);
         assert!(

@@ -38,6 +38,12 @@ pub struct Scenario {
     /// in every cluster that does not set its own.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub strict: bool,
+    /// Identity policies, inline: each item one NetworkPolicy or
+    /// CiliumNetworkPolicy object as `kubectl apply` takes it. Checked at
+    /// `lab up`; given (as one file) to every agent of the clusters with
+    /// the eBPF datapath. `meshgate lab policy` replaces them at run time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<serde_yaml::Value>,
 }
 
 /// How pod traffic between nodes is carried (the agent's `--datapath`).
@@ -270,6 +276,28 @@ impl Scenario {
     pub(crate) fn pod_net(cluster: &Cluster) -> Option<Ipv4Net> {
         cluster.pod_cidr.parse().ok()
     }
+}
+
+/// Policy objects as one YAML text (`---` between documents), as the
+/// agents' `--policy` file.
+pub fn policy_text(policies: &[serde_yaml::Value]) -> Result<String, String> {
+    let mut out = String::new();
+    for p in policies {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(p).map_err(|e| e.to_string())?);
+    }
+    Ok(out)
+}
+
+/// Parses policy YAML as the agent will (the parser's error, its source
+/// named `source`; an empty `source` leaves the prefix out).
+pub fn check_policy_text(text: &str, source: &str) -> Result<usize, String> {
+    meshgate_discovery::policy::parse_policies(text, source)
+        .map(|p| p.len())
+        .map_err(|e| {
+            let m = e.to_string();
+            m.strip_prefix(": ").map(str::to_string).unwrap_or(m)
+        })
 }
 
 #[cfg(test)]

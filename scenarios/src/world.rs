@@ -129,10 +129,28 @@ fn begin(file: &Path) -> Result<WorldRecord> {
         what: format!("creating {}", dir.display()),
         source,
     })?;
+    if !plan.policies.is_empty() {
+        write_policies(&world, &plan.policies)?;
+    }
     let scenario_path = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
     let rec = WorldRecord::new(plan, &scenario_path);
     rec.save()?;
     Ok(rec)
+}
+
+/// Writes the world's policy file (temp file + rename: an agent reading it
+/// on SIGHUP sees the old text or the new, never half).
+pub(crate) fn write_policies(world: &str, text: &str) -> Result<()> {
+    let path = crate::plan::policies_file(world);
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, text).map_err(|source| LabError::Io {
+        what: format!("writing {}", tmp.display()),
+        source,
+    })?;
+    std::fs::rename(&tmp, &path).map_err(|source| LabError::Io {
+        what: format!("replacing {}", path.display()),
+        source,
+    })
 }
 
 fn build(rec: &mut WorldRecord) -> Result<()> {

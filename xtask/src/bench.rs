@@ -4,6 +4,7 @@
 mod iperf;
 mod mesh;
 mod policy;
+mod policy_compile;
 mod report;
 mod tunnel;
 
@@ -20,7 +21,8 @@ const BENCHES: &[(&str, bool, Bench)] = &[
         tunnel::run()
     }),
     ("mesh", false, mesh::run),
-    ("policy", false, policy::run),
+    ("policy", true, policy::run),
+    ("policy-compile", false, policy_compile::run),
 ];
 
 pub fn known() -> Vec<&'static str> {

@@ -16,6 +16,7 @@ pub const PACKAGES: &[&str] = &[
     "wireguard-go",      // the userspace anchor in `bench tunnel`
     "wireguard-tools",   // wg
     "nftables",          // nft
+    "iptables",          // the anchor of `bench policy` (iptables-restore)
     "kmod",              // modprobe (kernel WireGuard when there is one)
     "etcd-server",       // etcd for the HA discovery store's tests and lab worlds
     "etcd-client",       // etcdctl, to look into that etcd when debugging

@@ -110,6 +110,50 @@ impl Policy {
         }
     }
 
+    /// Every rule with its verdict (walks the map), e.g. for an agent
+    /// restarted over pinned maps to compare them with what it wants.
+    /// An entry with a verdict this build does not know is skipped.
+    pub fn rules(&self) -> Result<Vec<(PolicyRule, Verdict)>> {
+        let mut out = Vec::new();
+        for item in self.rules.iter() {
+            let (k, v) = item.map_err(map_err(NAME, "reading the rules"))?;
+            let Some(verdict) = u8::try_from(v.verdict).ok().and_then(Verdict::from_raw) else {
+                continue;
+            };
+            let Some(direction) = Direction::from_raw(k.direction) else {
+                continue;
+            };
+            let proto = match k.proto {
+                0 => Proto::Any,
+                6 => Proto::Tcp,
+                17 => Proto::Udp,
+                1 => Proto::Icmp,
+                n => Proto::Other(n),
+            };
+            out.push((
+                PolicyRule {
+                    local_identity: k.local_identity,
+                    remote_identity: (k.remote_identity != 0).then_some(k.remote_identity),
+                    port: (k.dport != 0).then_some(k.dport),
+                    proto,
+                    direction,
+                },
+                verdict,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Every selected identity with its (ingress, egress) selection.
+    pub fn selections(&self) -> Result<Vec<(u32, bool, bool)>> {
+        let mut out = Vec::new();
+        for item in self.selected.iter() {
+            let (id, v) = item.map_err(map_err(SEL_NAME, "reading the selections"))?;
+            out.push((id, v.flags & SEL_INGRESS != 0, v.flags & SEL_EGRESS != 0));
+        }
+        Ok(out)
+    }
+
     /// Number of rules (walks the map).
     pub fn len(&self) -> usize {
         self.rules.keys().count()

@@ -92,6 +92,11 @@ pub struct AgentArgs {
     #[arg(long)]
     #[serde(default)]
     pub strict: bool,
+    /// Identity policy: a YAML file of NetworkPolicy / CiliumNetworkPolicy
+    /// documents (repeatable; only with --datapath ebpf). SIGHUP re-reads
+    /// the files and applies the difference.
+    #[arg(long)]
+    pub policy: Option<Vec<PathBuf>>,
 }
 
 /// The resolved configuration.
@@ -119,6 +124,8 @@ pub struct AgentConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Strict encryption mode (eBPF datapath only).
     pub strict: bool,
+    /// `--policy` files (empty: no policy is applied).
+    pub policy_files: Vec<PathBuf>,
 }
 
 impl AgentConfig {
@@ -209,11 +216,19 @@ impl AgentArgs {
                  eBPF programs (add --datapath ebpf, or leave --strict out)"
             );
         }
+        let policy_files = pick!(policy).unwrap_or_default();
+        if !policy_files.is_empty() && datapath != super::datapath::Mode::Ebpf {
+            bail!(
+                "--policy needs --datapath ebpf: only the eBPF datapath enforces identity \
+                 policy (add --datapath ebpf, or leave out --policy)"
+            );
+        }
         let bpf_pin_dir =
             pick!(bpf_pin_dir).unwrap_or_else(|| super::datapath::default_pin_dir(&cluster, &node));
         Ok(AgentConfig {
             metrics_addr: pick!(metrics_addr),
             strict,
+            policy_files,
             datapath,
             bpf_pin_dir,
             roles,
@@ -322,6 +337,11 @@ mod tests {
         a.datapath = Some("xdp".into());
         let err = a.resolve().unwrap_err().to_string();
         assert!(err.contains("plain or ebpf"), "{err}");
+        let mut a = full();
+        a.policy = Some(vec!["p.yaml".into()]);
+        assert!(
+            format!("{:#}", a.resolve().unwrap_err()).contains("--policy needs --datapath ebpf")
+        );
         let mut a = full();
         a.datapath = Some("ebpf".into());
         assert_eq!(

@@ -15,6 +15,7 @@
 
 pub mod lb;
 pub mod plan;
+pub mod policy;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -80,6 +81,8 @@ struct Inner {
     last_reconcile: (usize, usize, usize),
     /// What the service load-balancing maps hold (read at load, then kept).
     lb: lb::LbState,
+    /// Identity policy (`--policy`), if any file was given.
+    policy: Option<policy::PolicyRuntime>,
 }
 
 /// The loaded datapath of this agent.
@@ -237,6 +240,7 @@ impl Ebpf {
         pod_cidr: Ipv4Net,
         tunnel_mtu: u16,
         strict: bool,
+        policy: Option<policy::PolicyRuntime>,
     ) -> anyhow::Result<Ebpf> {
         let started = std::time::Instant::now();
         let sys = Path::new("/sys/fs/bpf");
@@ -316,6 +320,7 @@ impl Ebpf {
                 routes,
                 last_reconcile: (0, 0, 0),
                 lb,
+                policy,
             }),
             interfaces,
         })
@@ -346,9 +351,11 @@ impl Ebpf {
                 false
             }
         };
+        let policy = inner.policy.as_ref().map(policy::PolicyRuntime::status);
         DatapathStatus {
             strict,
             lb_frontends: inner.lb.len(),
+            policy,
             pin_dir: inner.dp.pin_dir().display().to_string(),
             created,
             replaced,
@@ -385,6 +392,28 @@ impl Ebpf {
     }
 }
 
+fn ebpf_has_policy(ebpf: &Ebpf) -> bool {
+    ebpf.inner().policy.is_some()
+}
+
+/// SIGHUP: re-reads the policy files and applies the difference (no
+/// program reload). A file that fails keeps the previous policy.
+pub fn reload_policy(agent: &Agent) {
+    let Some(ebpf) = agent.datapath.get() else {
+        return;
+    };
+    let mut inner = ebpf.inner();
+    let inner = &mut *inner;
+    match inner.policy.as_mut() {
+        Some(p) => {
+            if let Err(e) = p.reload(&mut inner.dp.maps.policy) {
+                warn!(error = %format!("{e:#}"), "policy reload failed");
+            }
+        }
+        None => info!("SIGHUP: no --policy files to reload"),
+    }
+}
+
 /// Brings the datapath in step with the agent's ipcache, node records and
 /// pods: map entries upserted or removed one by one, routes of other nodes'
 /// pod CIDRs, programs attached (on the first call after a start, the pinned
@@ -403,10 +432,11 @@ pub fn sync(agent: &Agent) {
         node: &agent.cfg.node,
         interfaces: &interfaces,
     };
-    let desired = {
+    let (desired, identities) = {
         let cache = agent.ipcache();
         let nodes = agent.nodes();
-        plan::desired(&me, &cache, nodes.as_ref())
+        let identities = ebpf_has_policy(ebpf).then(|| cache.identities.clone());
+        (plan::desired(&me, &cache, nodes.as_ref()), identities)
     };
     let lb_desired = lb::desired(&agent.cfg.cluster, &agent.services().services);
     let mut inner = ebpf.inner();
@@ -433,6 +463,9 @@ pub fn sync(agent: &Agent) {
             }
             Err(e) => warn!(%ip, error = %e, "removing an ipcache entry failed"),
         }
+    }
+    if let (Some(p), Some(identities)) = (inner.policy.as_mut(), identities.as_ref()) {
+        p.sync_identities(&mut inner.dp.maps.policy, identities);
     }
     if let Some(routes) = &desired.pod_routes {
         let table = ROUTE_TABLE.to_string();

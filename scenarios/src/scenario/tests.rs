@@ -449,3 +449,36 @@ fn service_vips_must_be_unique_and_outside_the_pod_cidr() {
         Some("10.96.3.10".parse().unwrap())
     );
 }
+
+#[test]
+fn policy_scenario_loads_and_a_bad_policy_is_named_by_its_index() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policy.yaml");
+    let s = Scenario::load(&path).unwrap();
+    assert_eq!(s.policies.len(), 3);
+    let plan = crate::plan::Plan::new(&s).unwrap();
+    assert_eq!(
+        crate::scenario::check_policy_text(&plan.policies, "x"),
+        Ok(3)
+    );
+    let args = plan.clusters[0].agent_args(&plan.clusters[0].nodes[0]);
+    let at = args.iter().position(|a| a == "--policy").unwrap();
+    assert!(args[at + 1].ends_with("policy/policies.yaml"), "{args:?}");
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    let bad = text.replacen("protocol: TCP", "protocol: TPC", 1);
+    let e = Scenario::parse("policy.yaml", &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("policy.yaml: policies[0]: CiliumNetworkPolicy default/db-ingress"),
+        "{e}"
+    );
+    let plain = text.replace("datapath: ebpf\n", "");
+    let e = Scenario::parse("policy.yaml", &plain)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("policies: only the eBPF datapath enforces policies"),
+        "{e}"
+    );
+}

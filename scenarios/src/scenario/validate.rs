@@ -193,7 +193,32 @@ pub fn validate(s: &Scenario) -> Vec<FieldError> {
         check_nodes(&mut errors, s, ci);
     }
     check_externals(&mut errors, s, &nets);
+    check_policies(&mut errors, s);
     errors.0
+}
+
+/// Each policy parses, and some cluster runs the datapath that enforces it.
+fn check_policies(errors: &mut Errors, s: &Scenario) {
+    if s.policies.is_empty() {
+        return;
+    }
+    for (i, p) in s.policies.iter().enumerate() {
+        if let Err(problem) = super::policy_text(std::slice::from_ref(p))
+            .and_then(|text| super::check_policy_text(&text, ""))
+        {
+            errors.add(format!("policies[{i}]"), problem);
+        }
+    }
+    let ebpf = s
+        .clusters
+        .iter()
+        .any(|c| c.datapath.unwrap_or(s.datapath) == super::Datapath::Ebpf);
+    if !ebpf {
+        errors.add(
+            "policies",
+            "only the eBPF datapath enforces policies: add `datapath: ebpf` (world or cluster)",
+        );
+    }
 }
 
 fn check_pod_cidr(errors: &mut Errors, s: &Scenario, ci: usize, nets: &mut Vec<(Ipv4Net, usize)>) {

@@ -1,119 +1,402 @@
-//! `cargo xtask bench policy`: compiling identity policy into map entries
-//! at about 10,000 entries (`discovery/examples/policy_bench.rs`), from
-//! scratch and as single-change diffs, beside a plain `HashMap` fill of the
-//! same entries measured in the same run.
+//! `cargo xtask bench policy`: TCP request/response rate between two pods of
+//! one node with 10 and with 10,000 policy entries in the eBPF datapath's
+//! `mg_policy`, beside the same with 10 and 10,000 iptables rules in the
+//! node's FORWARD chain (plain datapath), measured in the same run.
+//!
+//! The pods are on one node so that the figure is the datapath's and not the
+//! userspace WireGuard's. The policy entries are all for the server's
+//! identity (one allowed port per entry from the client's identity, the
+//! measured port among them); the iptables rules match TCP ports of a source
+//! that is not the client, so every packet walks all of them before the
+//! final accept. Configurations are interleaved over several rounds and the
+//! median taken, to spread the noise of a shared machine over all four.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
 
 use super::report::{self, Machine};
-use crate::util::{self, Steps};
+use crate::lab::World;
+use crate::util::{self, in_netns, Steps};
+
+const WORLD_EBPF: &str = "polbe";
+const WORLD_PLAIN: &str = "polbp";
+const PORT: u16 = 5001;
+const SIZES: [usize; 2] = [10, 10_000];
+const ROUNDS: usize = 8;
+const SECONDS: u64 = 2;
+/// Pause after a configuration change before measuring.
+const SETTLE: Duration = Duration::from_secs(1);
+
+struct Opts {
+    rounds: usize,
+    seconds: u64,
+}
+
+fn parse(args: &[&str]) -> Result<Opts> {
+    let mut o = Opts {
+        rounds: ROUNDS,
+        seconds: SECONDS,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v = it.next().map(|v| v.parse::<u64>());
+        match (*a, v) {
+            ("--rounds", Some(Ok(n))) if (1..=20).contains(&n) => o.rounds = n as usize,
+            ("--seconds", Some(Ok(n))) if (1..=60).contains(&n) => o.seconds = n,
+            _ => bail!(
+                "usage: cargo xtask bench policy [--rounds 1..=20] [--seconds 1..=60] \
+                 (defaults {ROUNDS} rounds of {SECONDS} s per configuration)"
+            ),
+        }
+    }
+    Ok(o)
+}
 
 pub fn run(args: &[&str]) -> Result<()> {
-    if !args.is_empty() {
-        bail!("cargo xtask bench policy takes no arguments");
+    let opts = parse(args)?;
+    if !util::succeeds(Command::new("iptables-restore").arg("--version")) {
+        bail!("iptables-restore is missing (the anchor): run `cargo xtask deps` (Debian package iptables)");
     }
-    let mut steps = Steps::new(3);
-    steps.step("build policy_bench (release)", || {
-        util::run(util::cargo().args([
-            "build",
-            "-p",
-            "meshgate-discovery",
-            "--release",
-            "--example",
-            "policy_bench",
-        ]))
+    let mut steps = Steps::new(4);
+    steps.step("build meshgate and mg-probe (debug)", || {
+        // Two builds, as the e2e tests do them: one command for both
+        // packages would unify their dependencies' features differently
+        // and build those dependencies a second time.
+        util::run(util::cargo().args(["build", "-p", "meshgate-gateway"]))?;
+        util::run(util::cargo().args(["build", "-p", "meshgate-e2e", "--bin", "mg-probe"]))
     })?;
+    let dir = tempfile_dir()?;
     let load = report::load_average();
-    let result = steps.step("compile 10,000 entries", || {
-        let bin = util::target_dir().join("release/examples/policy_bench");
-        let mut cmd = Command::new(&bin);
-        cmd.stderr(Stdio::inherit());
-        eprintln!("$ {}", util::describe(&cmd));
-        let out = cmd
-            .output()
-            .with_context(|| format!("running {}", bin.display()))?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text
-            .lines()
-            .rev()
-            .find(|l| l.starts_with('{'))
-            .context("policy_bench printed no JSON result")?;
-        let v: Value = serde_json::from_str(line).context("reading policy_bench's JSON result")?;
-        if let Some(e) = v["error"].as_str() {
-            bail!("policy_bench failed: {e}");
-        }
-        if !out.status.success() {
-            bail!("policy_bench exited with {}", out.status);
-        }
-        Ok(v)
+    let ours = steps.step("eBPF datapath, 10 and 10,000 policy entries", || {
+        ours(&dir, &opts)
+    })?;
+    let ipt = steps.step("plain datapath, 10 and 10,000 iptables rules", || {
+        iptables(&dir, &opts)
     })?;
     let machine = Machine::detect();
-    let table = table(&result);
-    println!("\npolicy, on {machine}, load average {load} before\n\n{table}");
+    let load_after = report::load_average();
+    let table = table(&ours, &ipt);
+    println!("\npolicy, on {machine}, load average {load} before, {load_after} after\n\n{table}");
+    let _ = std::fs::remove_dir_all(&dir);
     steps.step("docs/benchmarks.md", || {
-        report::write_section("policy", &section(&machine, &load, &table))
+        report::write_section(
+            "policy",
+            &section(&machine, &load, &load_after, &opts, &table),
+        )
     })
 }
 
-fn us(v: &Value) -> String {
-    v.as_f64()
-        .map_or_else(|| "—".into(), |s| format!("{:.1}", s * 1e6))
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("meshgate-bench-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }
 
-fn ratio(v: &Value) -> String {
-    v.as_f64().map_or_else(|| "—".into(), |r| format!("{r:.4}"))
+fn debug_bin(name: &str) -> PathBuf {
+    util::target_dir().join("debug").join(name)
 }
 
-fn table(r: &Value) -> String {
-    let mut t = String::from("| figure | µs | ratio |\n|---|---:|---:|\n");
-    t.push_str(&format!(
-        "| anchor: HashMap fill of the {} entries | {} | 1 |\n",
-        r["entries"],
-        us(&r["anchor_hashmap_fill_s"])
-    ));
-    t.push_str(&format!(
-        "| full compile ({} policies, {} identities) | {} | {} × anchor |\n",
-        r["policies"],
-        r["identities"],
-        us(&r["compile_s"]),
-        ratio(&r["compile_vs_anchor"])
-    ));
-    t.push_str(&format!(
-        "| PolicyState built from empty | {} | {} × full compile |\n",
-        us(&r["state_from_empty_s"]),
-        ratio(&r["state_from_empty_vs_compile"])
-    ));
-    t.push_str(&format!("| parse the YAML | {} | |\n", us(&r["parse_s"])));
-    for (key, name) in [
-        ("change_policy", "one policy changed (a port)"),
-        ("add_local_identity", "a local identity added"),
-        ("add_remote_identity", "a remote identity added"),
-        ("remove_policy", "a policy removed"),
-    ] {
-        let o = &r[key];
-        t.push_str(&format!(
-            "| {name}: diff of {} items | {} | {} × full compile |\n",
-            o["diff_items"],
-            us(&o["seconds"]),
-            ratio(&o["vs_full_compile"])
+/// One node, a client pod and a server pod.
+fn scenario(world: &str, ebpf: bool, policy: Option<&str>) -> String {
+    let mut y = format!(
+        "name: {world}\n{}clusters:\n  - name: c1\n    id: 1\n    podCIDR: 10.1.0.0/16\n    \
+         nodes:\n      - name: n1\n        pods:\n          - {{name: c, labels: {{app: rrc}}}}\n          \
+         - {{name: s, labels: {{app: rrs}}}}\n",
+        if ebpf { "datapath: ebpf\n" } else { "" }
+    );
+    if let Some(p) = policy {
+        y.push_str("policies:\n");
+        for line in p.lines() {
+            y.push_str("  ");
+            y.push_str(line);
+            y.push('\n');
+        }
+    }
+    y
+}
+
+/// A CiliumNetworkPolicy giving `n` entries for the server's identity: TCP
+/// from the client on the measured port and `n - 1` others.
+fn policy(n: usize) -> String {
+    let mut y = String::from(
+        "- apiVersion: cilium.io/v2\n  kind: CiliumNetworkPolicy\n  metadata: {name: rr, namespace: default}\n  \
+         spec:\n    endpointSelector: {matchLabels: {app: rrs}}\n    ingress:\n      \
+         - fromEndpoints: [{matchLabels: {app: rrc}}]\n        toPorts:\n          - ports:\n",
+    );
+    for port in std::iter::once(PORT).chain((0..n - 1).map(|i| 20_001 + i as u16)) {
+        y.push_str(&format!(
+            "              - {{port: \"{port}\", protocol: TCP}}\n"
         ));
     }
+    y
+}
+
+/// The policy as a file for `meshgate lab policy` (a top-level document).
+fn policy_file(dir: &Path, n: usize) -> Result<PathBuf> {
+    let text: String = policy(n)
+        .lines()
+        .map(|l| {
+            format!(
+                "{}\n",
+                l.strip_prefix("- ")
+                    .or_else(|| l.strip_prefix("  "))
+                    .unwrap_or(l)
+            )
+        })
+        .collect();
+    let path = dir.join(format!("policy-{n}.yaml"));
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+fn pod_ns(world: &str, pod: &str) -> String {
+    format!("mg-{world}-c1-p-{pod}")
+}
+
+/// Starts the echo server in pod `s`; killed on drop.
+struct Server(std::process::Child);
+
+impl Server {
+    fn start(world: &str) -> Result<Server> {
+        let probe = debug_bin("mg-probe");
+        let child = in_netns(&pod_ns(world, "s"), probe.to_str().context("probe path")?)
+            .args(["serve", &PORT.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting mg-probe serve")?;
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Server(child))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Transactions per second of one `mg-probe rr` run from `c` to `s_ip`.
+fn rr(world: &str, s_ip: &str, port: u16, secs: u64) -> Result<f64> {
+    let probe = debug_bin("mg-probe");
+    let out = util::output(
+        in_netns(&pod_ns(world, "c"), probe.to_str().context("probe path")?).args([
+            "rr",
+            s_ip,
+            &port.to_string(),
+            &secs.to_string(),
+        ]),
+    )?;
+    out.split_whitespace()
+        .skip_while(|w| *w != "rate")
+        .nth(1)
+        .and_then(|r| r.trim_end_matches("/s").parse().ok())
+        .with_context(|| format!("mg-probe rr printed no rate: {out:?}"))
+}
+
+fn connects(world: &str, s_ip: &str, port: u16) -> bool {
+    let probe = debug_bin("mg-probe");
+    util::succeeds(
+        in_netns(&pod_ns(world, "c"), &probe.display().to_string()).args([
+            "connect",
+            s_ip,
+            &port.to_string(),
+            "500",
+        ]),
+    )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Rates (median over rounds, all rounds) for each of [`SIZES`].
+type Rates = Vec<(usize, f64, Vec<f64>)>;
+
+fn ours(dir: &Path, opts: &Opts) -> Result<Rates> {
+    let bin = debug_bin("meshgate");
+    let file = dir.join("ebpf.yaml");
+    std::fs::write(&file, scenario(WORLD_EBPF, true, Some(&policy(SIZES[0]))))?;
+    let files: Vec<PathBuf> = SIZES
+        .iter()
+        .map(|n| policy_file(dir, *n))
+        .collect::<Result<_>>()?;
+    let world = World::up(&bin, WORLD_EBPF, &file, &[])?;
+    let s_ip = world.ip("c1/s")?;
+    let _server = Server::start(WORLD_EBPF)?;
+    let mut runs: Vec<Vec<f64>> = vec![Vec::new(); SIZES.len()];
+    for round in 0..opts.rounds {
+        for (i, n) in SIZES.iter().enumerate() {
+            let t = Instant::now();
+            util::output(world.cmd().args([
+                "lab",
+                "policy",
+                "--world",
+                WORLD_EBPF,
+                files[i].to_str().context("path")?,
+            ]))
+            .with_context(|| format!("loading {n} policy entries"))?;
+            let loaded = t.elapsed();
+            let entries = policy_entries()?;
+            if entries != *n {
+                bail!("the agent reports {entries} policy entries, not {n}");
+            }
+            // The entries are consulted: a port not among them is dropped.
+            if connects(WORLD_EBPF, &s_ip, 20_000) {
+                bail!("a port outside the policy got through: the policy is not enforced");
+            }
+            std::thread::sleep(SETTLE);
+            let rate = rr(WORLD_EBPF, &s_ip, PORT, opts.seconds)?;
+            eprintln!(
+                "round {}: {n} entries (loaded in {:?}): {rate:.0} transactions/s",
+                round + 1,
+                loaded
+            );
+            runs[i].push(rate);
+        }
+    }
+    Ok(SIZES
+        .iter()
+        .zip(runs)
+        .map(|(n, r)| (*n, median(r.clone()), r))
+        .collect())
+}
+
+fn policy_entries() -> Result<usize> {
+    let path = PathBuf::from(crate::lab::LAB_STATE)
+        .join(WORLD_EBPF)
+        .join("c1/nodes/n1/status.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    v["datapath"]["policy"]["entries"]
+        .as_u64()
+        .map(|n| n as usize)
+        .with_context(|| format!("{} has no datapath.policy.entries", path.display()))
+}
+
+/// `iptables-restore` input: `n` FORWARD rules that do not match the flow
+/// (a source that is not the client), then an accept.
+fn iptables_rules(n: usize) -> String {
+    let mut r =
+        String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+    for i in 0..n {
+        r.push_str(&format!(
+            "-A FORWARD -s 192.0.2.1/32 -p tcp -m tcp --dport {} -j DROP\n",
+            20_001 + i
+        ));
+    }
+    r.push_str("-A FORWARD -j ACCEPT\nCOMMIT\n");
+    r
+}
+
+fn iptables(dir: &Path, opts: &Opts) -> Result<Rates> {
+    let bin = debug_bin("meshgate");
+    let file = dir.join("plain.yaml");
+    std::fs::write(&file, scenario(WORLD_PLAIN, false, None))?;
+    let world = World::up(&bin, WORLD_PLAIN, &file, &[])?;
+    let s_ip = world.ip("c1/s")?;
+    let node = format!("mg-{WORLD_PLAIN}-c1-n-n1");
+    let _server = Server::start(WORLD_PLAIN)?;
+    let mut runs: Vec<Vec<f64>> = vec![Vec::new(); SIZES.len()];
+    for round in 0..opts.rounds {
+        for (i, n) in SIZES.iter().enumerate() {
+            let rules = dir.join(format!("iptables-{n}"));
+            std::fs::write(&rules, iptables_rules(*n))?;
+            let t = Instant::now();
+            util::run(in_netns(&node, "iptables-restore").arg(&rules))
+                .with_context(|| format!("loading {n} iptables rules in {node}"))?;
+            let loaded = t.elapsed();
+            let listed = util::output(in_netns(&node, "iptables").args(["-S", "FORWARD"]))?;
+            let count = listed
+                .lines()
+                .filter(|l| l.starts_with("-A FORWARD"))
+                .count();
+            if count != n + 1 {
+                bail!("{node}'s FORWARD chain holds {count} rules, not {}", n + 1);
+            }
+            std::thread::sleep(SETTLE);
+            let rate = rr(WORLD_PLAIN, &s_ip, PORT, opts.seconds)?;
+            eprintln!(
+                "round {}: {n} iptables rules (loaded in {:?}): {rate:.0} transactions/s",
+                round + 1,
+                loaded
+            );
+            runs[i].push(rate);
+        }
+    }
+    Ok(SIZES
+        .iter()
+        .zip(runs)
+        .map(|(n, r)| (*n, median(r.clone()), r))
+        .collect())
+}
+
+fn best(all: &[f64]) -> f64 {
+    all.iter().copied().fold(0.0, f64::max)
+}
+
+fn table(ours: &Rates, ipt: &Rates) -> String {
+    let mut t = String::from(
+        "| configuration | transactions/s, median | best round | rounds |\n|---|---:|---:|---|\n",
+    );
+    let row = |name: &str, (n, med, all): &(usize, f64, Vec<f64>)| {
+        let rounds: Vec<String> = all.iter().map(|r| format!("{r:.0}")).collect();
+        format!(
+            "| {name} {n} | {med:.0} | {:.0} | {} |\n",
+            best(all),
+            rounds.join(", ")
+        )
+    };
+    for r in ours {
+        t.push_str(&row("eBPF datapath, policy entries", r));
+    }
+    for r in ipt {
+        t.push_str(&row("plain datapath, iptables FORWARD rules", r));
+    }
+    let median_ratio = |r: &Rates| r[1].1 / r[0].1;
+    let best_ratio = |r: &Rates| best(&r[1].2) / best(&r[0].2);
+    let verdict = |x: f64| if x >= 0.95 { "met" } else { "**not met**" };
+    t.push_str(&format!(
+        "\n| ratio | of medians | of best rounds |\n|---|---:|---:|\n\
+         | ours@10,000 / ours@10 (target ≥ 0.95) | **{:.3}** ({}) | **{:.3}** ({}) |\n\
+         | iptables@10,000 / iptables@10 | {:.3} | {:.3} |\n",
+        median_ratio(ours),
+        verdict(median_ratio(ours)),
+        best_ratio(ours),
+        verdict(best_ratio(ours)),
+        median_ratio(ipt),
+        best_ratio(ipt),
+    ));
     t
 }
 
-fn section(machine: &Machine, load: &str, table: &str) -> String {
+fn section(machine: &Machine, load: &str, load_after: &str, opts: &Opts, table: &str) -> String {
     format!(
         "Measured {date} on {machine} with `cargo xtask bench policy`\n\
-         (1-minute load average {load} before the run).\n\n\
-         `discovery/examples/policy_bench.rs`: two clusters of 500 identities, 50\n\
-         CiliumNetworkPolicies each selecting 5 local identities and allowing 2 ports\n\
-         from 20 peers (10 local, 10 remote by cluster label): 10,000 entries. Each\n\
-         figure is the median of 21 runs, in one process. The anchor is the floor of\n\
-         any compiler: inserting the same 10,000 entries into a `HashMap`. Only the\n\
-         compile and diff cost is measured, not writing the BPF maps.\n\n{table}",
-        date = report::today()
+         (1-minute load average {load} before the run, {load_after} after; the\n\
+         machine is shared, so other work shows in the figures).\n\n\
+         TCP request/response: `mg-probe rr` (tests/src/bin/mg-probe.rs, debug build)\n\
+         sends 1 byte and waits for the echo, over one connection, between two pods\n\
+         of one node (lab worlds `{WORLD_EBPF}` and `{WORLD_PLAIN}`: pod veth, node\n\
+         routing, pod veth; no tunnel). Ours: the eBPF datapath with a\n\
+         CiliumNetworkPolicy giving the server's identity 10 or 10,000 entries (one\n\
+         allowed TCP port each from the client's identity, the measured port among\n\
+         them; the agent's status confirms the count, and a port outside them is\n\
+         checked to be dropped), switched with `meshgate lab policy`. Anchor: the\n\
+         plain datapath with 10 or 10,000 rules in the node's iptables FORWARD chain\n\
+         (iptables-nft; rules matching another source, so each packet walks them all)\n\
+         ahead of an accept. {rounds} rounds of {secs} s per configuration,\n\
+         interleaved; the table gives the median, the best round and every round.\n\
+         Other work on the machine only ever lowers a round's rate, so where rounds\n\
+         scatter the best round is the less disturbed estimate; both ratios are given.\n\n{table}",
+        date = report::today(),
+        rounds = opts.rounds,
+        secs = opts.seconds,
     )
 }

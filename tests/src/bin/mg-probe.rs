@@ -1,0 +1,156 @@
+//! Traffic helper for the policy tests and benchmark, run inside a pod's
+//! namespace (`ip netns exec NS mg-probe ...`):
+//!
+//! - `serve PORT[,PORT...]`: TCP echo servers (each connection echoes what
+//!   it reads) until killed.
+//! - `connect IP PORT TIMEOUT_MS`: exit 0 if a TCP connection opens and one
+//!   byte comes back, 1 otherwise.
+//! - `rr IP PORT SECONDS`: 1-byte request/response over one TCP connection
+//!   for SECONDS; prints `transactions N rate R/s`; exits 1 (printing the
+//!   error) if an exchange fails or takes over 2 s.
+//! - `udp-recv PORT SECONDS`: counts datagrams for SECONDS; prints the count.
+//! - `udp-send IP PORT INTERVAL_MS SECONDS`: one datagram every INTERVAL_MS.
+
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: mg-probe serve PORT[,PORT] | connect IP PORT TIMEOUT_MS | rr IP PORT SECONDS | \
+         udp-recv PORT SECONDS | udp-send IP PORT INTERVAL_MS SECONDS"
+    );
+    ExitCode::from(2)
+}
+
+fn addr(ip: &str, port: &str) -> SocketAddr {
+    format!("{ip}:{port}").parse().expect("IP and port")
+}
+
+fn echo(mut s: TcpStream) {
+    let _ = s.set_nodelay(true);
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn serve(ports: &str) -> ExitCode {
+    let mut handles = Vec::new();
+    for p in ports.split(',') {
+        let l = TcpListener::bind(format!("0.0.0.0:{p}")).expect("binding the port");
+        handles.push(std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                std::thread::spawn(move || echo(s));
+            }
+        }));
+    }
+    println!("listening");
+    for h in handles {
+        let _ = h.join();
+    }
+    ExitCode::SUCCESS
+}
+
+fn exchange(s: &mut TcpStream) -> std::io::Result<()> {
+    s.write_all(b"x")?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b)
+}
+
+fn connect(ip: &str, port: &str, timeout_ms: &str) -> ExitCode {
+    let t = Duration::from_millis(timeout_ms.parse().expect("milliseconds"));
+    let ok = TcpStream::connect_timeout(&addr(ip, port), t).and_then(|mut s| {
+        s.set_read_timeout(Some(t))?;
+        exchange(&mut s)
+    });
+    if ok.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn rr(ip: &str, port: &str, secs: &str) -> ExitCode {
+    let d = Duration::from_secs_f64(secs.parse().expect("seconds"));
+    let mut s = match TcpStream::connect_timeout(&addr(ip, port), Duration::from_secs(2)) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("error connecting: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let start = Instant::now();
+    let mut n: u64 = 0;
+    while start.elapsed() < d {
+        if let Err(e) = exchange(&mut s) {
+            println!("error after {n} transactions: {e}");
+            return ExitCode::from(1);
+        }
+        n += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("transactions {n} rate {:.1}/s", n as f64 / secs);
+    ExitCode::SUCCESS
+}
+
+fn udp_recv(port: &str, secs: &str) -> ExitCode {
+    let d = Duration::from_secs_f64(secs.parse().expect("seconds"));
+    let s = UdpSocket::bind(format!("0.0.0.0:{port}")).expect("binding the port");
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    println!("listening");
+    let start = Instant::now();
+    let mut n = 0u64;
+    let mut buf = [0u8; 2048];
+    while start.elapsed() < d {
+        if s.recv(&mut buf).is_ok() {
+            n += 1;
+        }
+    }
+    println!("received {n}");
+    ExitCode::SUCCESS
+}
+
+fn udp_send(ip: &str, port: &str, interval_ms: &str, secs: &str) -> ExitCode {
+    let d = Duration::from_secs_f64(secs.parse().expect("seconds"));
+    let every = Duration::from_millis(interval_ms.parse().expect("milliseconds"));
+    let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+    let to = addr(ip, port);
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < d {
+        // A send refused for a moment (no route) is just not counted.
+        if s.send_to(b"probe", to).is_ok() {
+            n += 1;
+        }
+        std::thread::sleep(every);
+    }
+    println!("sent {n}");
+    ExitCode::SUCCESS
+}
+
+fn main() -> ExitCode {
+    let a: Vec<String> = std::env::args().skip(1).collect();
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    match a.as_slice() {
+        ["serve", ports] => serve(ports),
+        ["connect", ip, port, t] => connect(ip, port, t),
+        ["rr", ip, port, s] => rr(ip, port, s),
+        ["udp-recv", port, s] => udp_recv(port, s),
+        ["udp-send", ip, port, i, s] => udp_send(ip, port, i, s),
+        _ => usage(),
+    }
+}
