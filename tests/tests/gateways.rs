@@ -79,11 +79,17 @@ fn every_pod_reaches_every_pod_across_isolated_clusters_through_gateways_encrypt
             if (fc, fnode) == (*tc, *tn) {
                 continue;
             }
-            let s = world.ping(fc, &format!("{fnode}-a"), ip, 2, "0.05");
-            assert_eq!(
-                s.received, 2,
-                "{fc}/{fnode}-a -> {tc}/{tn}-a ({ip}) lost packets"
-            );
+            let mut s = world.ping(fc, &format!("{fnode}-a"), ip, 2, "0.05");
+            if s.received != 2 {
+                // One late reply on a loaded machine is not a missing path:
+                // the pair must then answer a second round in full.
+                eprintln!("{fc}/{fnode}-a -> {tc}/{tn}-a: {s:?}; trying again");
+                s = world.ping(fc, &format!("{fnode}-a"), ip, 3, "0.05");
+                assert_eq!(
+                    s.received, 3,
+                    "{fc}/{fnode}-a -> {tc}/{tn}-a ({ip}) lost packets twice"
+                );
+            }
         }
     }
     // Full-size packets (the pods' MTU, don't fragment) cross both gateways.
