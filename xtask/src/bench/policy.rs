@@ -61,12 +61,19 @@ pub fn run(args: &[&str]) -> Result<()> {
         bail!("iptables-restore is missing (the anchor): run `cargo xtask deps` (Debian package iptables)");
     }
     let mut steps = Steps::new(4);
-    steps.step("build meshgate and mg-probe (debug)", || {
+    steps.step("build meshgate and mg-probe (release)", || {
         // Two builds, as the e2e tests do them: one command for both
         // packages would unify their dependencies' features differently
         // and build those dependencies a second time.
-        util::run(util::cargo().args(["build", "-p", "meshgate-gateway"]))?;
-        util::run(util::cargo().args(["build", "-p", "meshgate-e2e", "--bin", "mg-probe"]))
+        util::run(util::cargo().args(["build", "--release", "-p", "meshgate-gateway"]))?;
+        util::run(util::cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "meshgate-e2e",
+            "--bin",
+            "mg-probe",
+        ]))
     })?;
     let dir = tempfile_dir()?;
     let load = report::load_average();
@@ -95,8 +102,8 @@ fn tempfile_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn debug_bin(name: &str) -> PathBuf {
-    util::target_dir().join("debug").join(name)
+fn release_bin(name: &str) -> PathBuf {
+    util::target_dir().join("release").join(name)
 }
 
 /// One node, a client pod and a server pod.
@@ -161,7 +168,7 @@ struct Server(std::process::Child);
 
 impl Server {
     fn start(world: &str) -> Result<Server> {
-        let probe = debug_bin("mg-probe");
+        let probe = release_bin("mg-probe");
         let child = in_netns(&pod_ns(world, "s"), probe.to_str().context("probe path")?)
             .args(["serve", &PORT.to_string()])
             .stdout(Stdio::null())
@@ -182,7 +189,7 @@ impl Drop for Server {
 
 /// Transactions per second of one `mg-probe rr` run from `c` to `s_ip`.
 fn rr(world: &str, s_ip: &str, port: u16, secs: u64) -> Result<f64> {
-    let probe = debug_bin("mg-probe");
+    let probe = release_bin("mg-probe");
     let out = util::output(
         in_netns(&pod_ns(world, "c"), probe.to_str().context("probe path")?).args([
             "rr",
@@ -199,7 +206,7 @@ fn rr(world: &str, s_ip: &str, port: u16, secs: u64) -> Result<f64> {
 }
 
 fn connects(world: &str, s_ip: &str, port: u16) -> bool {
-    let probe = debug_bin("mg-probe");
+    let probe = release_bin("mg-probe");
     util::succeeds(
         in_netns(&pod_ns(world, "c"), &probe.display().to_string()).args([
             "connect",
@@ -219,7 +226,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 type Rates = Vec<(usize, f64, Vec<f64>)>;
 
 fn ours(dir: &Path, opts: &Opts) -> Result<Rates> {
-    let bin = debug_bin("meshgate");
+    let bin = release_bin("meshgate");
     let file = dir.join("ebpf.yaml");
     std::fs::write(&file, scenario(WORLD_EBPF, true, Some(&policy(SIZES[0]))))?;
     let files: Vec<PathBuf> = SIZES
@@ -296,7 +303,7 @@ fn iptables_rules(n: usize) -> String {
 }
 
 fn iptables(dir: &Path, opts: &Opts) -> Result<Rates> {
-    let bin = debug_bin("meshgate");
+    let bin = release_bin("meshgate");
     let file = dir.join("plain.yaml");
     std::fs::write(&file, scenario(WORLD_PLAIN, false, None))?;
     let world = World::up(&bin, WORLD_PLAIN, &file, &[])?;
@@ -381,7 +388,7 @@ fn section(machine: &Machine, load: &str, load_after: &str, opts: &Opts, table: 
         "Measured {date} on {machine} with `cargo xtask bench policy`\n\
          (1-minute load average {load} before the run, {load_after} after; the\n\
          machine is shared, so other work shows in the figures).\n\n\
-         TCP request/response: `mg-probe rr` (tests/src/bin/mg-probe.rs, debug build)\n\
+         TCP request/response: `mg-probe rr` (tests/src/bin/mg-probe.rs, release build)\n\
          sends 1 byte and waits for the echo, over one connection, between two pods\n\
          of one node (lab worlds `{WORLD_EBPF}` and `{WORLD_PLAIN}`: pod veth, node\n\
          routing, pod veth; no tunnel). Ours: the eBPF datapath with a\n\
