@@ -43,6 +43,12 @@ system temp dir)]";
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// First host octet of the IPs that changes give endpoints (initial ones are 10..).
 const CHANGE_HOST: usize = 100;
+/// How long a server keeps a remote's state after its link broke. Longer
+/// than the default 60 s: at N >= 128 on 2 CPUs a starved link may stay
+/// down for a minute while everything registers at once, and expiring then
+/// re-importing its remote's whole state feeds the starvation (seen at
+/// N = 128). A real mesh registers gradually; the default stays.
+const REMOTE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Attempts per registration call; an agent retries too.
 const ATTEMPTS: usize = 10;
 
@@ -455,7 +461,7 @@ fn start_server(
         services,
         federation: FederationConfig {
             remotes,
-            remote_timeout: Duration::from_secs(60),
+            remote_timeout: REMOTE_TIMEOUT,
         },
     };
     tokio::spawn(async move {

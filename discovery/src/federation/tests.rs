@@ -430,3 +430,66 @@ fn a_remote_may_claim_only_its_own_valid_services() {
     let u = update(&mut i, "c2", &RemoteView::from_snapshot(snap), 10);
     assert!(u.services.is_none());
 }
+
+#[test]
+fn imported_identities_leave_the_view_and_a_resync_stays_silent() {
+    let mut i = imports();
+    let mut snap = c2_snapshot();
+    // A second identity out of c2's range: rejected, so it stays in the view.
+    snap.identities.push(pid(3 << 16 | 256));
+    let mut view = RemoteView::from_snapshot(snap.clone());
+    let u = update(&mut i, "c2", &view, 1);
+    assert!(kinds(&u.events).contains(&format!("+id {}", 2 << 16 | 256)));
+    assert_eq!(
+        reasons(&u),
+        vec![("identity 196864", RejectReason::IdentityRange)]
+    );
+    i.release("c2", &mut view);
+    assert!(view.services.is_empty());
+    assert_eq!(
+        view.identities.keys().copied().collect::<Vec<u32>>(),
+        vec![3 << 16 | 256],
+        "the imported identity left the view, the rejected one stayed"
+    );
+    assert_eq!(i.identities().count(), 1, "still imported");
+
+    // A whole check of the released view: nothing changes, the rejection
+    // is still known (not counted again).
+    let u = update(&mut i, "c2", &view, 2);
+    assert!(u.events.is_empty(), "{:?}", kinds(&u.events));
+    assert!(u.new_rejections.is_empty());
+    let status = i.status(2);
+    assert_eq!(
+        status[0].rejected.get(&RejectReason::IdentityRange),
+        Some(&1)
+    );
+    assert_eq!(status[0].identities, 1);
+
+    // A node event after the release is judged one by one as before.
+    let mut n = pnode("c2", 2, "n3", "10.2.2.0/24", 3);
+    n.listen_port = 51821;
+    let touched = view.apply(pb::watch_event::Event::Upserted(pb::NodeUpserted {
+        revision: 8,
+        node: Some(n),
+    }));
+    let nodes = local_nodes();
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let local = Local {
+        cluster: "c1",
+        cluster_id: 1,
+        nodes: &refs,
+    };
+    let u = i.apply("c2", &view, &touched, &local, 3);
+    assert_eq!(kinds(&u.events), vec!["+node c2/n3"]);
+
+    // A resync (the same snapshot again) brings them back; nothing changes.
+    let view = RemoteView::from_snapshot(snap);
+    let u = update(&mut i, "c2", &view, 4);
+    assert_eq!(kinds(&u.events), vec!["-node c2/n3"]);
+    assert!(u.new_rejections.is_empty());
+
+    // Not judged (never connected): nothing is dropped.
+    let mut other = RemoteView::from_snapshot(c2_snapshot());
+    i.release("c3", &mut other);
+    assert_eq!(other.identities.len(), 1);
+}

@@ -185,10 +185,8 @@ fn import(shared: &Shared, name: &str, view: &mut RemoteView, touched: &Touched)
     if let Some(defs) = &update.services {
         super::services::remote_changed(core, name, defs);
     }
-    if core.imports.accepted(name) {
-        // Imported; only a snapshot (which brings them again) changes them.
-        view.services = Vec::new();
-    }
+    // What is imported and no check needs again (services, identities).
+    core.imports.release(name, view);
     publish(shared, core, name, update.events, false);
 }
 

@@ -11,6 +11,10 @@ use std::net::IpAddr;
 use super::{Backend, GlobalService, Service};
 use crate::endpoint::Endpoint;
 
+mod backend_set;
+
+use backend_set::BackendSet;
+
 /// What a definition selects: the namespace and labels (kept instead of
 /// the whole definition: one per service per cluster adds up).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +48,7 @@ impl Selector {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Contribution {
     defs: BTreeMap<String, Selector>,
-    backends: BTreeMap<String, BTreeMap<IpAddr, Backend>>,
+    backends: BTreeMap<String, BackendSet>,
 }
 
 /// One backend of a service that changed in a cluster's contribution:
@@ -63,7 +67,7 @@ impl Contribution {
                 continue;
             }
             let old = match &want {
-                Some(b) => set.insert(e.ip, b.clone()),
+                Some(b) => set.insert(b.clone()),
                 None => set.remove(&e.ip),
             };
             out.push((key.clone(), old, want));
@@ -202,7 +206,7 @@ impl MergedServices {
         let mut c = Contribution {
             backends: taking_part
                 .keys()
-                .map(|k| (k.clone(), BTreeMap::new()))
+                .map(|k| (k.clone(), BackendSet::default()))
                 .collect(),
             defs: taking_part,
         };

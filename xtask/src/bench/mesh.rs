@@ -15,7 +15,12 @@ const TARGET_S: f64 = 1.0;
 const DEFAULT_CLUSTERS: usize = 32;
 
 pub fn run(args: &[&str]) -> Result<()> {
-    let (clusters, state_dir) = parse(args)?;
+    let Opts {
+        clusters,
+        state_dir,
+        processes,
+        max_rss_mib,
+    } = parse(args)?;
     let mut steps = Steps::new(3);
     steps.step("build mesh_bench (release)", || {
         util::run(util::cargo().args([
@@ -43,6 +48,14 @@ pub fn run(args: &[&str]) -> Result<()> {
     if let Some(dir) = &state_dir {
         bench_args.extend(["--state-dir".to_string(), dir.clone()]);
         command.push_str(&format!(" --state-dir {dir}"));
+    }
+    if processes > 1 {
+        bench_args.extend(["--processes".to_string(), processes.to_string()]);
+        command.push_str(&format!(" --processes {processes}"));
+    }
+    if max_rss_mib > 0 {
+        bench_args.extend(["--max-rss-mib".to_string(), max_rss_mib.to_string()]);
+        command.push_str(&format!(" --max-rss-mib {max_rss_mib}"));
     }
     let (result, ok) = steps.step(&format!("{clusters} federated discoveries"), || {
         let bin = util::target_dir().join("release/examples/mesh_bench");
@@ -76,15 +89,30 @@ pub fn run(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// `[--clusters N] [--state-dir DIR]`.
-fn parse(args: &[&str]) -> Result<(usize, Option<String>)> {
+struct Opts {
+    clusters: usize,
+    state_dir: Option<String>,
+    /// Servers spread over this many child processes (open-files limit).
+    processes: usize,
+    /// Stop the run when all processes together hold more (0: no limit).
+    max_rss_mib: usize,
+}
+
+/// `[--clusters N] [--state-dir DIR] [--processes K] [--max-rss-mib M]`.
+fn parse(args: &[&str]) -> Result<Opts> {
     let usage = format!(
-        "usage: cargo xtask bench mesh [--clusters N] [--state-dir DIR] (N = 2..=255, default \
-         {DEFAULT_CLUSTERS}; DIR: where the discoveries keep state, e.g. /dev/shm to leave \
-         fsync out; default the system temp dir)"
+        "usage: cargo xtask bench mesh [--clusters N] [--state-dir DIR] [--processes K] \
+         [--max-rss-mib M] (N = 2..=255, default {DEFAULT_CLUSTERS}; DIR: where the \
+         discoveries keep state, e.g. /dev/shm to leave fsync out; default the system temp \
+         dir; K: child processes for the servers, 1..=N, each holding 2·(N/K)·(N−1) link \
+         sockets; M: stop when all processes together hold more than M MiB)"
     );
-    let mut clusters = DEFAULT_CLUSTERS;
-    let mut state_dir = None;
+    let mut o = Opts {
+        clusters: DEFAULT_CLUSTERS,
+        state_dir: None,
+        processes: 1,
+        max_rss_mib: 0,
+    };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let Some(value) = it.next() else {
@@ -92,14 +120,29 @@ fn parse(args: &[&str]) -> Result<(usize, Option<String>)> {
         };
         match *flag {
             "--clusters" => match value.parse::<usize>() {
-                Ok(n) if (2..=255).contains(&n) => clusters = n,
+                Ok(n) if (2..=255).contains(&n) => o.clusters = n,
                 _ => bail!("--clusters {value:?}: use 2..=255"),
             },
-            "--state-dir" => state_dir = Some((*value).to_string()),
+            "--state-dir" => o.state_dir = Some((*value).to_string()),
+            "--processes" => match value.parse::<usize>() {
+                Ok(k) if k >= 1 => o.processes = k,
+                _ => bail!("--processes {value:?}: use 1..=N"),
+            },
+            "--max-rss-mib" => match value.parse::<usize>() {
+                Ok(m) => o.max_rss_mib = m,
+                _ => bail!("--max-rss-mib {value:?}: use a number of MiB (0: no limit)"),
+            },
             _ => bail!("unknown flag {flag}\n{usage}"),
         }
     }
-    Ok((clusters, state_dir))
+    if o.processes > o.clusters {
+        bail!(
+            "--processes {} is more than --clusters {}",
+            o.processes,
+            o.clusters
+        );
+    }
+    Ok(o)
 }
 
 /// Every link is a TCP connection with both ends in the one process;
@@ -144,6 +187,9 @@ fn table(r: &Value) -> String {
     let per_cluster = r["rss_converged_kib"]
         .as_f64()
         .map_or_else(|| "—".into(), |k| mib((k - start) / n));
+    let per_pair = r["rss_converged_kib"]
+        .as_f64()
+        .map_or_else(|| "—".into(), |k| mib((k - start) / links.max(1.0)));
     let per_link = r["rss_links_kib"]
         .as_f64()
         .map_or_else(|| "—".into(), |k| mib((k - start) / links.max(1.0)));
@@ -184,6 +230,8 @@ fn table(r: &Value) -> String {
         ),
         ("RSS per cluster, converged, MiB", per_cluster),
         ("RSS per remote link, empty clusters, MiB", per_link),
+        ("RSS per (server, remote) pair, converged, MiB", per_pair),
+        ("processes", r["processes"].to_string()),
     ];
     for (name, value) in rows {
         t.push_str(&format!("| {name} | {value} |\n"));

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use super::{endpoint_removed, node_removed, Imports, Others, Remote, Update};
+use super::{endpoint_removed, node_removed, Imports, Others, PackedLabels, Remote, Update};
 use crate::endpoint::{Endpoint, Identity};
 use crate::federation::check::{self, Local, RejectReason, Rejection};
 use crate::federation::view::Touched;
@@ -89,8 +89,8 @@ impl Imports {
                 };
                 if let Some(labels) = labels {
                     settle(remote, format!("identity {id}"), None, &mut new);
-                    if remote.identities.get(id) != Some(&labels) {
-                        remote.identities.insert(*id, labels.clone());
+                    if !remote.identities.get(id).is_some_and(|p| p.is(&labels)) {
+                        remote.identities.insert(*id, PackedLabels::of(&labels));
                         identities.push(Identity { id: *id, labels });
                     }
                 }
