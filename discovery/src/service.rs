@@ -280,6 +280,22 @@ pub struct GlobalService {
 }
 
 impl GlobalService {
+    /// The merged form of this cluster's definition `def` with `backends`
+    /// (already in (cluster, IP) order). Annotations that do not parse
+    /// count as not global, not shared, affinity none.
+    pub(crate) fn of(def: &Service, backends: Vec<Backend>) -> GlobalService {
+        GlobalService {
+            namespace: def.namespace.clone(),
+            name: def.name.clone(),
+            global: def.is_global().unwrap_or(false),
+            shared: def.is_shared().unwrap_or(false),
+            affinity: def.affinity().unwrap_or_default(),
+            ports: def.ports.clone(),
+            backends,
+            vip: def.vip,
+        }
+    }
+
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
@@ -326,19 +342,7 @@ pub fn merge(
             }
         }
         backends.sort();
-        out.insert(
-            s.key(),
-            GlobalService {
-                namespace: s.namespace.clone(),
-                name: s.name.clone(),
-                global,
-                shared: s.is_shared().unwrap_or(false),
-                affinity: s.affinity().unwrap_or_default(),
-                ports: s.ports.clone(),
-                backends,
-                vip: s.vip,
-            },
-        );
+        out.insert(s.key(), GlobalService::of(s, backends));
     }
     out
 }

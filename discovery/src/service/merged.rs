@@ -258,16 +258,7 @@ impl MergedServices {
                     }
                 }
             }
-            let g = GlobalService {
-                namespace: s.namespace.clone(),
-                name: s.name.clone(),
-                global,
-                shared: s.is_shared().unwrap_or(false),
-                affinity: s.affinity().unwrap_or_default(),
-                ports: s.ports.clone(),
-                backends,
-                vip: s.vip,
-            };
+            let g = GlobalService::of(s, backends);
             // Patched in this batch: changed since the last flush even when
             // equal to the patched form.
             if dirty.contains(&key) || self.merged.get(&key) != Some(&g) {
