@@ -385,7 +385,20 @@ fn log_event(event: &Event) {
 }
 
 async fn sweep_loop(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    every(&shared, SWEEP_INTERVAL, || {
+        let now = shared.now();
+        let mut core = shared.lock();
+        if let Err(e) = shared.sweep(&mut core, now) {
+            warn!(error = %e, "lease expiry not saved; will retry");
+        }
+    })
+    .await;
+}
+
+/// Runs `work` every `period` (a late tick is not made up for) until the
+/// server stops.
+async fn every(shared: &Shared, period: Duration, mut work: impl FnMut()) {
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stop = shared.stop.clone();
     loop {
@@ -393,11 +406,7 @@ async fn sweep_loop(shared: Arc<Shared>) {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let now = shared.now();
-        let mut core = shared.lock();
-        if let Err(e) = shared.sweep(&mut core, now) {
-            warn!(error = %e, "lease expiry not saved; will retry");
-        }
+        work();
     }
 }
 

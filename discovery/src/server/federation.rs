@@ -259,31 +259,18 @@ fn log_import(remote: &str, event: &Event) {
 /// Pushes the merged services that imports changed, every
 /// [`SERVICES_INTERVAL`] (local changes push theirs at once).
 async fn services_loop(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(SERVICES_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut stop = shared.stop.clone();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
+    super::every(&shared, SERVICES_INTERVAL, || {
         let mut core = shared.lock();
         for event in super::services::flush(&mut core) {
             log_import("*", &event);
             let _ = shared.events.send(event);
         }
-    }
+    })
+    .await;
 }
 
 async fn expiry_loop(shared: Arc<Shared>, timeout_ms: u64) {
-    let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut stop = shared.stop.clone();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
+    super::every(&shared, EXPIRY_INTERVAL, || {
         let now = shared.now();
         let mut core = shared.lock();
         for (remote, events) in core.imports.expire(now, timeout_ms) {
@@ -296,7 +283,8 @@ async fn expiry_loop(shared: Arc<Shared>, timeout_ms: u64) {
             super::services::remote_changed(&mut core, &remote, &[]);
             publish(&shared, &mut core, &remote, events, true);
         }
-    }
+    })
+    .await;
 }
 
 /// The snapshot a watcher starts with: this cluster's state, plus every
