@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
+mod common;
+
+use common::pb_node;
 use meshgate_discovery::client::{connect, pb, DiscoveryClient};
 use meshgate_discovery::model::{Event, Snapshot, WatchItem};
 use meshgate_discovery::server::{serve_on, ServerConfig};
@@ -179,20 +181,6 @@ impl Replica {
     fn kill(mut self) {
         self.stop.take();
         self.task.abort();
-    }
-}
-
-fn pb_node(name: &str, cidr: &str, key_byte: u8) -> pb::Node {
-    pb::Node {
-        name: name.into(),
-        cluster: "c1".into(),
-        cluster_id: 1,
-        underlay_ip: format!("198.18.1.{}", 10 + u32::from(key_byte)),
-        listen_port: 51820,
-        wg_public_key: base64::engine::general_purpose::STANDARD.encode([key_byte; 32]),
-        pod_cidrs: vec![cidr.into()],
-        tunnel_ip: String::new(),
-        roles: vec![],
     }
 }
 
