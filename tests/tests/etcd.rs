@@ -47,6 +47,37 @@ fn peers(world: &World, node: &str) -> Vec<String> {
     p
 }
 
+/// Waits up to `timeout` until every agent is connected to `replica` (and
+/// only to it); panics naming where each agent is otherwise.
+fn assert_all_moved_to(world: &World, replica: &str, timeout: Duration) {
+    let moved = wait_until(timeout, || {
+        std::thread::sleep(Duration::from_millis(200));
+        NODES.iter().all(|n| {
+            connected_to(world, n) == [replica] && world.status("c1", n).discovery_connected
+        })
+    });
+    assert!(
+        moved.is_some(),
+        "agents did not move to replica 2 ({replica}): {:?}",
+        NODES.map(|n| connected_to(world, n))
+    );
+}
+
+/// Waits up to 10 s until n1 and n2 no longer list n3 as a peer.
+fn assert_n3_left(world: &World, context: &str) {
+    let gone = wait_until(Duration::from_secs(10), || {
+        ["n1", "n2"]
+            .iter()
+            .all(|n| !peers(world, n).contains(&"n3".to_string()))
+    });
+    assert!(
+        gone.is_some(),
+        "n3's departure did not reach n1/n2{context}: {:?} {:?}",
+        peers(world, "n1"),
+        peers(world, "n2")
+    );
+}
+
 fn all_reach_all(world: &World, what: &str) {
     for from in NODES {
         for to in NODES {
@@ -100,33 +131,12 @@ fn killing_the_replica_agents_use_keeps_the_mesh_and_later_changes_propagate() {
 
     world.lab("stop", "c1/discovery");
     // Every agent moves to the other replica and is connected again.
-    let moved = wait_until(Duration::from_secs(15), || {
-        std::thread::sleep(Duration::from_millis(200));
-        NODES.iter().all(|n| {
-            connected_to(&world, n) == std::slice::from_ref(&replica2)
-                && world.status("c1", n).discovery_connected
-        })
-    });
-    assert!(
-        moved.is_some(),
-        "agents did not move to replica 2 ({replica2}): {:?}",
-        NODES.map(|n| connected_to(&world, n))
-    );
+    assert_all_moved_to(&world, &replica2, Duration::from_secs(15));
     all_reach_all(&world, "after replica 1 died");
 
     // A change after the kill reaches every agent: n3 leaves, then comes back.
     world.lab("stop", "c1/n3");
-    let gone = wait_until(Duration::from_secs(10), || {
-        ["n1", "n2"]
-            .iter()
-            .all(|n| !peers(&world, n).contains(&"n3".to_string()))
-    });
-    assert!(
-        gone.is_some(),
-        "n3's departure did not reach n1/n2: {:?} {:?}",
-        peers(&world, "n1"),
-        peers(&world, "n2")
-    );
+    assert_n3_left(&world, "");
     world.lab("start", "c1/n3");
     let back = wait_until(Duration::from_secs(15), || {
         ["n1", "n2"].iter().all(|n| {
@@ -213,32 +223,11 @@ fn agents_leave_a_replica_cut_off_the_underlay() {
         cut.status.success(),
         "cutting replica 1 off failed: {cut:?}"
     );
-    let moved = wait_until(Duration::from_secs(25), || {
-        std::thread::sleep(Duration::from_millis(200));
-        NODES.iter().all(|n| {
-            connected_to(&world, n) == std::slice::from_ref(&replica2)
-                && world.status("c1", n).discovery_connected
-        })
-    });
-    assert!(
-        moved.is_some(),
-        "agents did not move to replica 2 ({replica2}): {:?}",
-        NODES.map(|n| connected_to(&world, n))
-    );
+    assert_all_moved_to(&world, &replica2, Duration::from_secs(25));
     all_reach_all(&world, "with replica 1 cut off");
     // Changes still go through: n3 leaves and every other agent sees it.
     world.lab("stop", "c1/n3");
-    let gone = wait_until(Duration::from_secs(10), || {
-        ["n1", "n2"]
-            .iter()
-            .all(|n| !peers(&world, n).contains(&"n3".to_string()))
-    });
-    assert!(
-        gone.is_some(),
-        "n3's departure did not reach n1/n2 with replica 1 cut off: {:?} {:?}",
-        peers(&world, "n1"),
-        peers(&world, "n2")
-    );
+    assert_n3_left(&world, " with replica 1 cut off");
 }
 
 /// Another cluster imports a replicated cluster through whichever replica
