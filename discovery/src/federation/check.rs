@@ -142,7 +142,8 @@ pub fn check(
             Err(r) => out.rejections.push(r),
         }
     }
-    for (key, p) in &view.nodes {
+    // A view checked whole holds every record (see `Imports::hold_all`).
+    for (key, p) in view.nodes.iter().filter_map(held) {
         match node(remote, cid, key, p, local, others) {
             Ok(n) => {
                 acc.nodes.insert(n.name.clone(), n);
@@ -150,7 +151,7 @@ pub fn check(
             Err(r) => out.rejections.push(r),
         }
     }
-    for (ip, p) in &view.endpoints {
+    for (ip, p) in view.endpoints.iter().filter_map(held) {
         match endpoint(remote, cid, ip, p, &acc.nodes) {
             Ok(e) => {
                 acc.endpoints.insert(e.ip, e);
@@ -168,6 +169,11 @@ pub fn check(
     }
     out.accepted = Some(acc);
     out
+}
+
+/// A view's record with its key, if the view holds it (not released).
+fn held<'a, T>((k, p): (&'a String, &'a Option<Box<T>>)) -> Option<(&'a String, &'a T)> {
+    p.as_deref().map(|p| (k, p))
 }
 
 fn rejection(key: String, reason: RejectReason, detail: String) -> Rejection {

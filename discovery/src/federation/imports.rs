@@ -18,6 +18,7 @@
 
 mod incremental;
 mod packed;
+mod released;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -259,7 +260,8 @@ impl Imports {
     /// Checks `view` (the remote's whole state as received) and imports what
     /// may be imported. A remote rejected as a whole keeps its earlier
     /// state, as if its connection had broken.
-    pub fn update(&mut self, name: &str, view: &RemoteView, local: &Local, now: u64) -> Update {
+    pub fn update(&mut self, name: &str, view: &mut RemoteView, local: &Local, now: u64) -> Update {
+        self.hold_all(name, view);
         self.see_local(local);
         let others = Others {
             imports: self,
@@ -363,6 +365,10 @@ impl Imports {
         for (n, node) in acc.nodes {
             self.set_node(name, &n, Some(node));
         }
+        let nodes: Vec<String> = view.nodes.keys().cloned().collect();
+        self.release_nodes(name, view, &nodes);
+        let endpoints: Vec<String> = view.endpoints.keys().cloned().collect();
+        self.release_endpoints(name, view, &endpoints);
         Update {
             events,
             new_rejections,

@@ -69,7 +69,7 @@ fn imports() -> Imports {
     ])
 }
 
-fn update(i: &mut Imports, name: &str, view: &RemoteView, now: u64) -> Update {
+fn update(i: &mut Imports, name: &str, view: &mut RemoteView, now: u64) -> Update {
     let nodes = local_nodes();
     let refs: Vec<&Node> = nodes.iter().collect();
     let local = Local {
@@ -148,8 +148,8 @@ fn remote_spec_parses_and_config_is_checked() {
 #[test]
 fn a_good_remote_is_imported_in_order_and_a_resync_without_change_is_silent() {
     let mut i = imports();
-    let view = RemoteView::from_snapshot(c2_snapshot());
-    let u = update(&mut i, "c2", &view, 0);
+    let mut view = RemoteView::from_snapshot(c2_snapshot());
+    let u = update(&mut i, "c2", &mut view, 0);
     assert!(u.new_rejections.is_empty(), "{:?}", u.new_rejections);
     assert_eq!(
         kinds(&u.events),
@@ -166,7 +166,7 @@ fn a_good_remote_is_imported_in_order_and_a_resync_without_change_is_silent() {
     assert_eq!(i.endpoints().count(), 2);
     // The same snapshot again (a reconnect): nothing.
     i.disconnected("c2", "stream broke".into(), 100);
-    let again = update(&mut i, "c2", &view, 200);
+    let again = update(&mut i, "c2", &mut view, 200);
     assert!(again.events.is_empty(), "{:?}", again.events);
     let s = &i.status(300)[0];
     assert!(s.connected && s.disconnected_ms.is_none() && s.last_error.is_empty());
@@ -174,7 +174,7 @@ fn a_good_remote_is_imported_in_order_and_a_resync_without_change_is_silent() {
     let mut snap = c2_snapshot();
     snap.nodes.pop();
     snap.endpoints.pop();
-    let u = update(&mut i, "c2", &RemoteView::from_snapshot(snap), 300);
+    let u = update(&mut i, "c2", &mut RemoteView::from_snapshot(snap), 300);
     assert_eq!(kinds(&u.events), ["-ep 10.2.1.10", "-node c2/n2"]);
 }
 
@@ -199,7 +199,7 @@ fn events_after_the_snapshot_change_the_view() {
     assert_eq!(view.nodes.len(), 1);
     assert_eq!(view.revision, 9);
     let mut i = imports();
-    let u = update(&mut i, "c2", &view, 0);
+    let u = update(&mut i, "c2", &mut view, 0);
     // n2's endpoint stays in the view but its node is gone: rejected.
     assert_eq!(
         reasons(&u),
@@ -212,7 +212,7 @@ fn a_remote_claiming_our_cluster_id_gets_nothing_applied() {
     let mut i = imports();
     let mut snap = c2_snapshot();
     snap.cluster_id = 1;
-    let u = update(&mut i, "c2", &RemoteView::from_snapshot(snap), 0);
+    let u = update(&mut i, "c2", &mut RemoteView::from_snapshot(snap), 0);
     assert!(u.events.is_empty());
     assert_eq!(reasons(&u), [("cluster", RejectReason::ClusterId)]);
     assert!(u.new_rejections[0].detail.contains("this cluster's (c1)"));
@@ -225,11 +225,16 @@ fn a_remote_claiming_our_cluster_id_gets_nothing_applied() {
 #[test]
 fn a_remote_claiming_another_remotes_cluster_id_is_rejected_naming_it() {
     let mut i = imports();
-    update(&mut i, "c2", &RemoteView::from_snapshot(c2_snapshot()), 0);
+    update(
+        &mut i,
+        "c2",
+        &mut RemoteView::from_snapshot(c2_snapshot()),
+        0,
+    );
     let mut snap = c2_snapshot();
     snap.cluster = "c3".into();
-    let view = RemoteView::from_snapshot(snap);
-    let u = update(&mut i, "c3", &view, 0);
+    let mut view = RemoteView::from_snapshot(snap);
+    let u = update(&mut i, "c3", &mut view, 0);
     assert_eq!(reasons(&u), [("cluster", RejectReason::ClusterId)]);
     assert!(
         u.new_rejections[0]
@@ -239,7 +244,7 @@ fn a_remote_claiming_another_remotes_cluster_id_is_rejected_naming_it() {
         u.new_rejections[0].detail
     );
     // Counted once, not again on every event of the same view.
-    let u = update(&mut i, "c3", &view, 10);
+    let u = update(&mut i, "c3", &mut view, 10);
     assert!(u.new_rejections.is_empty());
     assert_eq!(i.status(10)[1].rejected[&RejectReason::ClusterId], 1);
 }
@@ -247,7 +252,12 @@ fn a_remote_claiming_another_remotes_cluster_id_is_rejected_naming_it() {
 #[test]
 fn a_remote_serving_another_cluster_name_is_rejected() {
     let mut i = imports();
-    let u = update(&mut i, "c3", &RemoteView::from_snapshot(c2_snapshot()), 0);
+    let u = update(
+        &mut i,
+        "c3",
+        &mut RemoteView::from_snapshot(c2_snapshot()),
+        0,
+    );
     assert_eq!(reasons(&u), [("cluster", RejectReason::ClusterName)]);
     assert_eq!(i.nodes().count(), 0);
 }
@@ -279,7 +289,7 @@ fn bad_records_are_rejected_one_by_one_and_the_rest_imported() {
     snap.endpoints
         .push(pep("c3", "n9", "10.3.0.10", 3 << 16 | 256));
     let mut i = imports();
-    let u = update(&mut i, "c2", &RemoteView::from_snapshot(snap), 0);
+    let u = update(&mut i, "c2", &mut RemoteView::from_snapshot(snap), 0);
     let mut got = reasons(&u);
     got.sort();
     let mut want = vec![
@@ -319,7 +329,12 @@ fn bad_records_are_rejected_one_by_one_and_the_rest_imported() {
 #[test]
 fn pod_cidrs_of_another_remote_are_protected() {
     let mut i = imports();
-    update(&mut i, "c2", &RemoteView::from_snapshot(c2_snapshot()), 0);
+    update(
+        &mut i,
+        "c2",
+        &mut RemoteView::from_snapshot(c2_snapshot()),
+        0,
+    );
     let snap = pb::Snapshot {
         revision: 1,
         nodes: vec![pnode("c3", 3, "n1", "10.2.0.0/16", 1)],
@@ -329,7 +344,7 @@ fn pod_cidrs_of_another_remote_are_protected() {
         cluster_id: 3,
         ..Default::default()
     };
-    let u = update(&mut i, "c3", &RemoteView::from_snapshot(snap), 0);
+    let u = update(&mut i, "c3", &mut RemoteView::from_snapshot(snap), 0);
     assert_eq!(reasons(&u), [("node c3/n1", RejectReason::PodCidrOverlap)]);
     assert!(u.new_rejections[0].detail.contains("node c2/n1"));
 }
@@ -337,7 +352,12 @@ fn pod_cidrs_of_another_remote_are_protected() {
 #[test]
 fn state_survives_a_broken_link_until_the_timeout() {
     let mut i = imports();
-    update(&mut i, "c2", &RemoteView::from_snapshot(c2_snapshot()), 0);
+    update(
+        &mut i,
+        "c2",
+        &mut RemoteView::from_snapshot(c2_snapshot()),
+        0,
+    );
     i.disconnected("c2", "connection refused".into(), 1_000);
     assert!(i.expire(60_999, 60_000).is_empty());
     assert_eq!(i.nodes().count(), 2);
@@ -376,7 +396,12 @@ fn state_survives_a_broken_link_until_the_timeout() {
 #[test]
 fn revisions_are_restamped_and_locality_is_told() {
     let mut i = imports();
-    let u = update(&mut i, "c2", &RemoteView::from_snapshot(c2_snapshot()), 0);
+    let u = update(
+        &mut i,
+        "c2",
+        &mut RemoteView::from_snapshot(c2_snapshot()),
+        0,
+    );
     for (k, e) in u.events.into_iter().enumerate() {
         let e = with_revision(e, 100 + k as u64);
         assert_eq!(e.revision(), 100 + k as u64);
@@ -414,7 +439,7 @@ fn a_remote_may_claim_only_its_own_valid_services() {
         psvc("c1", "stolen", &[]),
         psvc("c2", "bad", &[("service.cilium.io/affinity", "near")]),
     ];
-    let u = update(&mut i, "c2", &RemoteView::from_snapshot(snap), 0);
+    let u = update(&mut i, "c2", &mut RemoteView::from_snapshot(snap), 0);
     assert_eq!(
         reasons(&u),
         vec![
@@ -427,7 +452,7 @@ fn a_remote_may_claim_only_its_own_valid_services() {
     // The same definitions again (a reconnect): not handed out again.
     let mut snap = c2_snapshot();
     snap.services = vec![psvc("c2", "web", &[("service.cilium.io/global", "true")])];
-    let u = update(&mut i, "c2", &RemoteView::from_snapshot(snap), 10);
+    let u = update(&mut i, "c2", &mut RemoteView::from_snapshot(snap), 10);
     assert!(u.services.is_none());
 }
 
@@ -438,7 +463,7 @@ fn imported_identities_leave_the_view_and_a_resync_stays_silent() {
     // A second identity out of c2's range: rejected, so it stays in the view.
     snap.identities.push(pid(3 << 16 | 256));
     let mut view = RemoteView::from_snapshot(snap.clone());
-    let u = update(&mut i, "c2", &view, 1);
+    let u = update(&mut i, "c2", &mut view, 1);
     assert!(kinds(&u.events).contains(&format!("+id {}", 2 << 16 | 256)));
     assert_eq!(
         reasons(&u),
@@ -455,7 +480,7 @@ fn imported_identities_leave_the_view_and_a_resync_stays_silent() {
 
     // A whole check of the released view: nothing changes, the rejection
     // is still known (not counted again).
-    let u = update(&mut i, "c2", &view, 2);
+    let u = update(&mut i, "c2", &mut view, 2);
     assert!(u.events.is_empty(), "{:?}", kinds(&u.events));
     assert!(u.new_rejections.is_empty());
     let status = i.status(2);
@@ -479,12 +504,12 @@ fn imported_identities_leave_the_view_and_a_resync_stays_silent() {
         cluster_id: 1,
         nodes: &refs,
     };
-    let u = i.apply("c2", &view, &touched, &local, 3);
+    let u = i.apply("c2", &mut view, &touched, &local, 3);
     assert_eq!(kinds(&u.events), vec!["+node c2/n3"]);
 
     // A resync (the same snapshot again) brings them back; nothing changes.
-    let view = RemoteView::from_snapshot(snap);
-    let u = update(&mut i, "c2", &view, 4);
+    let mut view = RemoteView::from_snapshot(snap);
+    let u = update(&mut i, "c2", &mut view, 4);
     assert_eq!(kinds(&u.events), vec!["-node c2/n3"]);
     assert!(u.new_rejections.is_empty());
 
@@ -492,4 +517,86 @@ fn imported_identities_leave_the_view_and_a_resync_stays_silent() {
     let mut other = RemoteView::from_snapshot(c2_snapshot());
     i.release("c3", &mut other);
     assert_eq!(other.identities.len(), 1);
+}
+
+fn held_keys<T>(records: &std::collections::BTreeMap<String, Option<Box<T>>>) -> Vec<&str> {
+    records
+        .iter()
+        .filter(|(_, r)| r.is_some())
+        .map(|(k, _)| k.as_str())
+        .collect()
+}
+
+#[test]
+fn records_imported_as_sent_leave_the_view_and_come_back_when_judged_again() {
+    let mut i = imports();
+    let mut snap = c2_snapshot();
+    // Outside every node's CIDR: rejected, so it stays in the view.
+    snap.endpoints
+        .push(pep("c2", "n1", "10.2.9.9", 2 << 16 | 256));
+    let mut view = RemoteView::from_snapshot(snap);
+    update(&mut i, "c2", &mut view, 0);
+    assert_eq!(held_keys(&view.nodes), Vec::<&str>::new());
+    assert_eq!(held_keys(&view.endpoints), vec!["10.2.9.9"]);
+    assert_eq!(view.endpoints.len(), 3, "released records keep their keys");
+
+    let nodes = local_nodes();
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let local = Local {
+        cluster: "c1",
+        cluster_id: 1,
+        nodes: &refs,
+    };
+    // n1 moves to 10.2.9.0/24: its released pod 10.2.0.10 is judged again
+    // (from the imported record) and is now outside: removed, and held in
+    // the view as sent; the pod that was outside is now inside.
+    let mut apply = |view: &mut RemoteView, cidr: &str, rev: u64| {
+        let touched = view.apply(pb::watch_event::Event::Upserted(pb::NodeUpserted {
+            revision: rev,
+            node: Some(pnode("c2", 2, "n1", cidr, 1)),
+        }));
+        i.apply("c2", view, &touched, &local, rev)
+    };
+    let u = apply(&mut view, "10.2.9.0/24", 8);
+    assert_eq!(
+        kinds(&u.events),
+        ["-ep 10.2.0.10", "+node c2/n1", "+ep 10.2.9.9"]
+    );
+    assert_eq!(
+        reasons(&u),
+        vec![("endpoint 10.2.0.10", RejectReason::EndpointOutsidePodCidr)]
+    );
+    assert_eq!(held_keys(&view.endpoints), vec!["10.2.0.10"]);
+    assert_eq!(
+        view.endpoints["10.2.0.10"].as_deref(),
+        Some(&pep("c2", "n1", "10.2.0.10", 2 << 16 | 256)),
+        "given back exactly as sent"
+    );
+    // And back: both judged again, both imported as sent, none held.
+    let u = apply(&mut view, "10.2.0.0/16", 9);
+    assert_eq!(kinds(&u.events), ["+node c2/n1", "+ep 10.2.0.10"]);
+    assert_eq!(held_keys(&view.endpoints), Vec::<&str>::new());
+    assert_eq!(i.endpoints().count(), 3);
+
+    // A removal of a released endpoint names its node: held or not, the
+    // view knows it.
+    let touched = view.apply(pb::watch_event::Event::EndpointRemoved(
+        pb::EndpointRemoved {
+            revision: 10,
+            ip: "10.2.1.10".into(),
+            node: "n2".into(),
+            cluster: "c2".into(),
+        },
+    ));
+    assert_eq!(touched, Touched::Endpoint("10.2.1.10".into()));
+    let u = i.apply("c2", &mut view, &touched, &local, 10);
+    assert_eq!(kinds(&u.events), ["-ep 10.2.1.10"]);
+    assert_eq!(view.endpoints_on("n2").count(), 0);
+
+    // A whole check of a view with released records judges them all again
+    // and changes nothing.
+    let u = update(&mut i, "c2", &mut view, 11);
+    assert!(u.events.is_empty(), "{:?}", kinds(&u.events));
+    assert!(u.new_rejections.is_empty());
+    assert_eq!(i.endpoints().count(), 2);
 }

@@ -46,7 +46,7 @@ impl Imports {
     pub fn apply(
         &mut self,
         name: &str,
-        view: &RemoteView,
+        view: &mut RemoteView,
         touched: &Touched,
         local: &Local,
         now: u64,
@@ -109,6 +109,9 @@ impl Imports {
         }
 
         // Nodes: judged against ours and the other remotes (not changed here).
+        for k in &nodes {
+            self.hold_node(name, view, k);
+        }
         let others = Others {
             imports: self,
             remote: name,
@@ -119,10 +122,12 @@ impl Imports {
                 let v = view
                     .nodes
                     .get(&k)
+                    .and_then(|p| p.as_deref())
                     .map(|p| check::node(name, cid, &k, p, local, &others));
                 (k, v)
             })
             .collect();
+        let node_keys: Vec<String> = judged.iter().map(|(k, _)| k.clone()).collect();
         let mut node_changes: BTreeMap<String, (Option<Node>, Option<Node>)> = BTreeMap::new();
         for (k, verdict) in judged {
             let (accepted, rejected) = match verdict {
@@ -144,15 +149,24 @@ impl Imports {
             node_changes.insert(n.to_string(), (old, accepted));
         }
 
-        // Endpoints: against the remote's nodes as now imported.
+        // Endpoints: against the remote's nodes as now imported. Held again
+        // first, with the key that spells an IP as imported (which a record
+        // judged under another spelling of that IP may replace).
+        for k in &endpoints {
+            self.hold_endpoint(name, view, k);
+            if let Some(canonical) = k.parse::<IpAddr>().ok().map(|ip| ip.to_string()) {
+                self.hold_endpoint(name, view, &canonical);
+            }
+        }
         let remote = self.remotes.get_mut(name).expect("looked up above");
         let mut ep_changes: BTreeMap<IpAddr, (Option<Endpoint>, Option<Endpoint>)> =
             BTreeMap::new();
-        for k in endpoints {
+        for k in &endpoints {
             let verdict = view
                 .endpoints
-                .get(&k)
-                .map(|p| check::endpoint(name, cid, &k, p, &remote.nodes));
+                .get(k)
+                .and_then(|p| p.as_deref())
+                .map(|p| check::endpoint(name, cid, k, p, &remote.nodes));
             let (accepted, rejected) = match verdict {
                 Some(Ok(e)) => (Some(e), None),
                 Some(Err(r)) => (None, Some(r)),
@@ -172,6 +186,8 @@ impl Imports {
             };
             ep_changes.insert(ip, (old, accepted));
         }
+        self.release_nodes(name, view, &node_keys);
+        self.release_endpoints(name, view, &endpoints);
 
         // In the order of a whole check: identities, removed endpoints, new
         // or changed nodes, new or changed endpoints, removed nodes.

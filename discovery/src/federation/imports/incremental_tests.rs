@@ -117,9 +117,14 @@ fn random_event(rng: &mut Rng, view: &RemoteView, cluster: &str, id: u8, fresh: 
             node: Some(random_node(rng, cluster, id)),
         }),
         3 => {
-            let (cluster, name) = match view.nodes.values().nth(rng.below(view.nodes.len().max(1)))
+            // Held or released, a node's key is `cluster/name`.
+            let (cluster, name) = match view
+                .nodes
+                .keys()
+                .nth(rng.below(view.nodes.len().max(1)))
+                .and_then(|k| k.split_once('/'))
             {
-                Some(n) => (n.cluster.clone(), n.name.clone()),
+                Some((c, n)) => (c.to_string(), n.to_string()),
                 None => (cluster.to_string(), "n1".to_string()),
             };
             E::Removed(pb::NodeRemoved {
@@ -134,17 +139,28 @@ fn random_event(rng: &mut Rng, view: &RemoteView, cluster: &str, id: u8, fresh: 
             endpoint: Some(random_endpoint(rng, cluster, id)),
         }),
         7 => {
-            let e = view
+            // A released endpoint was imported: of the view's cluster.
+            let held = view
                 .endpoints
-                .values()
-                .nth(rng.below(view.endpoints.len().max(1)))
-                .cloned()
-                .unwrap_or_else(|| random_endpoint(rng, cluster, id));
+                .iter()
+                .nth(rng.below(view.endpoints.len().max(1)));
+            let (ip, node, cluster) = match held {
+                Some((ip, Some(e))) => (ip.clone(), e.node.clone(), e.cluster.clone()),
+                Some((ip, None)) => (
+                    ip.clone(),
+                    view.node_of(ip).unwrap().to_string(),
+                    view.cluster.clone(),
+                ),
+                None => {
+                    let e = random_endpoint(rng, cluster, id);
+                    (e.ip, e.node, e.cluster)
+                }
+            };
             E::EndpointRemoved(pb::EndpointRemoved {
                 revision: 2,
-                ip: e.ip,
-                node: e.node,
-                cluster: e.cluster,
+                ip,
+                node,
+                cluster,
             })
         }
         _ => E::IdentityAdded(pb::IdentityAdded {
@@ -200,7 +216,9 @@ fn judging_one_event_equals_judging_the_whole_view_on_random_sequences() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ seed.wrapping_mul(0x2545_f491));
         let mut one = Imports::new(&configs);
         let mut whole = Imports::new(&configs);
+        // Each side releases what it imported from its own copy of the view.
         let mut views: Vec<Option<RemoteView>> = vec![None, None, None];
+        let mut whole_views: Vec<Option<RemoteView>> = vec![None, None, None];
         let mut local = random_local(&mut rng);
         for step in 0..400u64 {
             let now = step * 10;
@@ -214,6 +232,7 @@ fn judging_one_event_equals_judging_the_whole_view_on_random_sequences() {
                 one.disconnected(name, "broken".into(), now);
                 whole.disconnected(name, "broken".into(), now);
                 views[r] = None;
+                whole_views[r] = None;
                 if rng.one_in(2) {
                     let t = now + 100;
                     assert_eq!(one.expire(t, 50), whole.expire(t, 50), "seed {seed} {step}");
@@ -225,6 +244,16 @@ fn judging_one_event_equals_judging_the_whole_view_on_random_sequences() {
                 None => random_event(&mut rng, &RemoteView::default(), name, id, true),
             };
             let touched = match &mut views[r] {
+                Some(v) => v.apply(event.clone()),
+                slot => {
+                    let E::Snapshot(s) = event.clone() else {
+                        unreachable!()
+                    };
+                    *slot = Some(RemoteView::from_snapshot(s));
+                    Touched::All
+                }
+            };
+            let touched_whole = match &mut whole_views[r] {
                 Some(v) => v.apply(event),
                 slot => {
                     let E::Snapshot(s) = event else {
@@ -234,7 +263,9 @@ fn judging_one_event_equals_judging_the_whole_view_on_random_sequences() {
                     Touched::All
                 }
             };
-            let view = views[r].as_ref().unwrap();
+            assert_eq!(touched, touched_whole, "seed {seed} step {step}: touched");
+            let view = views[r].as_mut().unwrap();
+            let view_whole = whole_views[r].as_mut().unwrap();
             let refs: Vec<&Node> = local.iter().collect();
             let l = Local {
                 cluster: "c1",
@@ -242,7 +273,7 @@ fn judging_one_event_equals_judging_the_whole_view_on_random_sequences() {
                 nodes: &refs,
             };
             let a = one.apply(name, view, &touched, &l, now);
-            let b = whole.update(name, view, &l, now);
+            let b = whole.update(name, view_whole, &l, now);
             let at = format!("seed {seed} step {step} remote {name} touched {touched:?}");
             assert_eq!(a.events, b.events, "{at}: events");
             assert_eq!(rejected(&a), rejected(&b), "{at}: new rejections");
@@ -251,6 +282,8 @@ fn judging_one_event_equals_judging_the_whole_view_on_random_sequences() {
             }
             assert_eq!(one.status(now), whole.status(now), "{at}: status");
             assert_eq!(one.cidrs, whole.cidrs, "{at}: CIDR index");
+            // The same records released (imported as sent) on both sides.
+            assert_eq!(view, view_whole, "{at}: view");
             for (n, ra) in &one.remotes {
                 let rb = &whole.remotes[n];
                 assert_eq!(ra.nodes, rb.nodes, "{at}: nodes of {n}");

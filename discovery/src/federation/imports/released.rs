@@ -1,0 +1,140 @@
+//! Keeping a remote's view small: a node or endpoint imported exactly as
+//! sent is released from the view ([`Imports::release_nodes`],
+//! [`Imports::release_endpoints`]) and given back from the imported record
+//! when it must be judged again ([`Imports::hold_node`],
+//! [`Imports::hold_endpoint`], [`Imports::hold_all`]).
+//!
+//! A record is released only when converting the imported record back to
+//! its wire form gives the wire record exactly, so judging the record given
+//! back is judging what the remote sent. An imported record changes only
+//! when its key is judged, and a key is held again before it is judged, so
+//! what is given back is what was released.
+
+use std::net::IpAddr;
+
+use super::Imports;
+use crate::federation::RemoteView;
+use crate::pb;
+
+impl Imports {
+    /// Holds node `key` (`cluster/name`) of `remote`'s view again if it was
+    /// released. A released key whose import is gone (never, while the
+    /// remote's session lasts) is dropped from the view.
+    pub(super) fn hold_node(&self, remote: &str, view: &mut RemoteView, key: &str) {
+        let Some(None) = view.nodes.get(key) else {
+            return;
+        };
+        let wire = key
+            .strip_prefix(remote)
+            .and_then(|k| k.strip_prefix('/'))
+            .and_then(|n| self.remotes.get(remote)?.nodes.get(n))
+            .map(|n| Box::new(pb::Node::from(n)));
+        match wire {
+            Some(w) => {
+                view.nodes.insert(key.to_string(), Some(w));
+            }
+            None => {
+                view.nodes.remove(key);
+            }
+        }
+    }
+
+    /// Holds endpoint `key` (its IP as sent) of `remote`'s view again if it
+    /// was released.
+    pub(super) fn hold_endpoint(&self, remote: &str, view: &mut RemoteView, key: &str) {
+        let Some(None) = view.endpoints.get(key) else {
+            return;
+        };
+        let wire = key
+            .parse::<IpAddr>()
+            .ok()
+            .and_then(|ip| self.remotes.get(remote)?.endpoints.get(&ip))
+            .map(|e| Box::new(pb::Endpoint::from(e)));
+        match wire {
+            Some(w) => {
+                view.endpoints.insert(key.to_string(), Some(w));
+            }
+            None => view.forget_endpoint(key),
+        }
+    }
+
+    /// Holds every released record of `remote`'s view again (before a whole
+    /// check).
+    pub(super) fn hold_all(&self, remote: &str, view: &mut RemoteView) {
+        if view.is_whole() {
+            return;
+        }
+        let nodes: Vec<String> = released(view.nodes.iter());
+        for k in nodes {
+            self.hold_node(remote, view, &k);
+        }
+        let endpoints: Vec<String> = released(view.endpoints.iter());
+        for k in endpoints {
+            self.hold_endpoint(remote, view, &k);
+        }
+    }
+
+    /// Releases the nodes `keys` of `remote`'s view that are imported
+    /// exactly as sent.
+    pub(super) fn release_nodes<'a>(
+        &self,
+        remote: &str,
+        view: &mut RemoteView,
+        keys: impl IntoIterator<Item = &'a String>,
+    ) {
+        let Some(r) = self.remotes.get(remote) else {
+            return;
+        };
+        for key in keys {
+            let Some(slot) = view.nodes.get_mut(key) else {
+                continue;
+            };
+            let Some(wire) = slot.as_deref() else {
+                continue;
+            };
+            let imported = key
+                .strip_prefix(remote)
+                .and_then(|k| k.strip_prefix('/'))
+                .and_then(|n| r.nodes.get(n));
+            if imported.is_some_and(|n| pb::Node::from(n) == *wire) {
+                *slot = None;
+            }
+        }
+    }
+
+    /// Releases the endpoints `keys` of `remote`'s view that are imported
+    /// exactly as sent (the IP spelled as the imported record spells it, so
+    /// no two keys are released against one record).
+    pub(super) fn release_endpoints<'a>(
+        &self,
+        remote: &str,
+        view: &mut RemoteView,
+        keys: impl IntoIterator<Item = &'a String>,
+    ) {
+        let Some(r) = self.remotes.get(remote) else {
+            return;
+        };
+        for key in keys {
+            let Some(slot) = view.endpoints.get_mut(key) else {
+                continue;
+            };
+            let Some(wire) = slot.as_deref() else {
+                continue;
+            };
+            let imported = key
+                .parse::<IpAddr>()
+                .ok()
+                .and_then(|ip| r.endpoints.get(&ip));
+            if imported.is_some_and(|e| pb::Endpoint::from(e) == *wire) {
+                *slot = None;
+            }
+        }
+    }
+}
+
+fn released<'a, T: 'a>(records: impl Iterator<Item = (&'a String, &'a Option<T>)>) -> Vec<String> {
+    records
+        .filter(|(_, r)| r.is_none())
+        .map(|(k, _)| k.clone())
+        .collect()
+}
