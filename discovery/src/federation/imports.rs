@@ -19,6 +19,7 @@
 mod incremental;
 mod packed;
 mod released;
+mod stored;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -32,6 +33,7 @@ use crate::endpoint::{Endpoint, Identity};
 use crate::model::{first_overlap, Event, Node, RemoveReason};
 use crate::service::Service;
 use packed::PackedLabels;
+use stored::StoredEndpoint;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Remote {
@@ -42,7 +44,7 @@ struct Remote {
     /// When the connection broke (ms), while state is kept for the timeout.
     broken_at: Option<u64>,
     nodes: BTreeMap<String, Node>,
-    endpoints: BTreeMap<IpAddr, Endpoint>,
+    endpoints: BTreeMap<IpAddr, StoredEndpoint>,
     /// Kept packed: a `BTreeMap` per label set costs ~0.5 KB more.
     identities: BTreeMap<u32, PackedLabels>,
     /// A digest of the accepted service definitions (the definitions go to
@@ -155,8 +157,10 @@ impl Imports {
     }
 
     /// Every imported endpoint.
-    pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
-        self.remotes.values().flat_map(|r| r.endpoints.values())
+    pub fn endpoints(&self) -> impl Iterator<Item = Endpoint> + '_ {
+        self.remotes
+            .iter()
+            .flat_map(|(name, r)| r.endpoints.iter().map(|(ip, e)| e.unpack(*ip, name)))
     }
 
     /// Whether `remote`'s last whole check accepted it: its events are then
@@ -190,11 +194,11 @@ impl Imports {
     }
 
     /// The endpoints imported from `remote`.
-    pub fn endpoints_of(&self, remote: &str) -> impl Iterator<Item = &Endpoint> {
+    pub fn endpoints_of<'a>(&'a self, remote: &'a str) -> impl Iterator<Item = Endpoint> + 'a {
         self.remotes
             .get(remote)
             .into_iter()
-            .flat_map(|r| r.endpoints.values())
+            .flat_map(move |r| r.endpoints.iter().map(move |(ip, e)| e.unpack(*ip, remote)))
     }
 
     /// Notes the local nodes' pod CIDRs; an imported node that a new or
@@ -326,9 +330,9 @@ impl Imports {
         events.extend(
             remote
                 .endpoints
-                .values()
-                .filter(|e| !acc.endpoints.contains_key(&e.ip))
-                .map(endpoint_removed),
+                .iter()
+                .filter(|(ip, _)| !acc.endpoints.contains_key(ip))
+                .map(|(ip, e)| stored_removed(name, *ip, e)),
         );
         for (n, node) in &acc.nodes {
             if remote.nodes.get(n) != Some(node) {
@@ -339,7 +343,7 @@ impl Imports {
             }
         }
         for (ip, e) in &acc.endpoints {
-            if remote.endpoints.get(ip) != Some(e) {
+            if !remote.endpoints.get(ip).is_some_and(|s| s.is(e)) {
                 events.push(Event::EndpointUpserted {
                     revision: 0,
                     endpoint: e.clone(),
@@ -353,7 +357,11 @@ impl Imports {
                 .filter(|n| !acc.nodes.contains_key(&n.name))
                 .map(|n| node_removed(n, RemoveReason::Deregistered)),
         );
-        remote.endpoints = acc.endpoints;
+        remote.endpoints = acc
+            .endpoints
+            .iter()
+            .map(|(ip, e)| (*ip, StoredEndpoint::of(e)))
+            .collect();
         let digest = digest(&acc.services);
         let services = (remote.services != Some(digest))
             .then(|| acc.services.into_values().collect::<Vec<Service>>());
@@ -397,7 +405,11 @@ impl Imports {
             if r.connected || now.saturating_sub(at) < timeout_ms {
                 continue;
             }
-            let mut events: Vec<Event> = r.endpoints.values().map(endpoint_removed).collect();
+            let mut events: Vec<Event> = r
+                .endpoints
+                .iter()
+                .map(|(ip, e)| stored_removed(name, *ip, e))
+                .collect();
             events.extend(
                 r.nodes
                     .values()
@@ -452,6 +464,15 @@ fn endpoint_removed(e: &Endpoint) -> Event {
         ip: e.ip,
         node: e.node.clone(),
         cluster: e.cluster.clone(),
+    }
+}
+
+fn stored_removed(cluster: &str, ip: IpAddr, e: &StoredEndpoint) -> Event {
+    Event::EndpointRemoved {
+        revision: 0,
+        ip,
+        node: e.node().to_string(),
+        cluster: cluster.to_string(),
     }
 }
 

@@ -302,7 +302,7 @@ pub(super) fn snapshot(
     let mut s = core.registry.snapshot();
     if !local_only {
         s.nodes.extend(core.imports.nodes().cloned());
-        s.endpoints.extend(core.imports.endpoints().cloned());
+        s.endpoints.extend(core.imports.endpoints());
         s.identities.extend(core.imports.identities());
     }
     let cfg = core.registry.config();

@@ -34,8 +34,8 @@ pub(super) fn apply(core: &mut Core, changes: &[Event]) {
 /// A remote's service definitions changed (a new snapshot; none once its
 /// state expired): takes them, with its endpoints.
 pub(super) fn remote_changed(core: &mut Core, remote: &str, defs: &[crate::service::Service]) {
-    core.merged
-        .set_cluster(remote, defs, core.imports.endpoints_of(remote));
+    let endpoints: Vec<crate::endpoint::Endpoint> = core.imports.endpoints_of(remote).collect();
+    core.merged.set_cluster(remote, defs, &endpoints);
 }
 
 /// Feeds `changes` in and puts the touched services together again; an

@@ -15,7 +15,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use super::{endpoint_removed, node_removed, Imports, Others, PackedLabels, Remote, Update};
+use super::{
+    endpoint_removed, node_removed, Imports, Others, PackedLabels, Remote, StoredEndpoint, Update,
+};
 use crate::endpoint::{Endpoint, Identity};
 use crate::federation::check::{self, Local, RejectReason, Rejection};
 use crate::federation::view::Touched;
@@ -176,12 +178,12 @@ impl Imports {
             let Ok(ip) = k.parse::<IpAddr>() else {
                 continue; // unreadable: never imported
             };
-            let old = remote.endpoints.get(&ip).cloned();
+            let old = remote.endpoints.get(&ip).map(|s| s.unpack(ip, name));
             if old == accepted {
                 continue;
             }
             match &accepted {
-                Some(e) => remote.endpoints.insert(ip, e.clone()),
+                Some(e) => remote.endpoints.insert(ip, StoredEndpoint::of(e)),
                 None => remote.endpoints.remove(&ip),
             };
             ep_changes.insert(ip, (old, accepted));

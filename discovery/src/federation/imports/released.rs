@@ -48,8 +48,8 @@ impl Imports {
         let wire = key
             .parse::<IpAddr>()
             .ok()
-            .and_then(|ip| self.remotes.get(remote)?.endpoints.get(&ip))
-            .map(|e| Box::new(pb::Endpoint::from(e)));
+            .and_then(|ip| Some((ip, self.remotes.get(remote)?.endpoints.get(&ip)?)))
+            .map(|(ip, e)| Box::new(pb::Endpoint::from(&e.unpack(ip, remote))));
         match wire {
             Some(w) => {
                 view.endpoints.insert(key.to_string(), Some(w));
@@ -124,8 +124,8 @@ impl Imports {
             let imported = key
                 .parse::<IpAddr>()
                 .ok()
-                .and_then(|ip| r.endpoints.get(&ip));
-            if imported.is_some_and(|e| pb::Endpoint::from(e) == *wire) {
+                .and_then(|ip| Some((ip, r.endpoints.get(&ip)?)));
+            if imported.is_some_and(|(ip, e)| pb::Endpoint::from(&e.unpack(ip, remote)) == *wire) {
                 *slot = None;
             }
         }
