@@ -20,6 +20,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         state_dir,
         processes,
         max_rss_mib,
+        timeout_s,
     } = parse(args)?;
     let mut steps = Steps::new(3);
     steps.step("build mesh_bench (release)", || {
@@ -43,8 +44,13 @@ pub fn run(args: &[&str]) -> Result<()> {
         "50".into(),
         "--changes".into(),
         "20".into(),
+        "--timeout".into(),
+        timeout_s.to_string(),
     ];
     let mut command = format!("cargo xtask bench mesh --clusters {clusters}");
+    if timeout_s != default_timeout(clusters) {
+        command.push_str(&format!(" --timeout {timeout_s}"));
+    }
     if let Some(dir) = &state_dir {
         bench_args.extend(["--state-dir".to_string(), dir.clone()]);
         command.push_str(&format!(" --state-dir {dir}"));
@@ -96,22 +102,32 @@ struct Opts {
     processes: usize,
     /// Stop the run when all processes together hold more (0: no limit).
     max_rss_mib: usize,
+    /// The whole run's limit (registration, convergence and the changes).
+    timeout_s: u64,
+}
+
+/// Registration of every cluster at once grows faster than N² on 2 CPUs
+/// (193 s at N = 128, 363 s at 192): 300 s, or N²/40 s beyond N = 109.
+fn default_timeout(clusters: usize) -> u64 {
+    (300).max((clusters * clusters / 40) as u64)
 }
 
 /// `[--clusters N] [--state-dir DIR] [--processes K] [--max-rss-mib M]`.
 fn parse(args: &[&str]) -> Result<Opts> {
     let usage = format!(
         "usage: cargo xtask bench mesh [--clusters N] [--state-dir DIR] [--processes K] \
-         [--max-rss-mib M] (N = 2..=255, default {DEFAULT_CLUSTERS}; DIR: where the \
-         discoveries keep state, e.g. /dev/shm to leave fsync out; default the system temp \
-         dir; K: child processes for the servers, 1..=N, each holding 2·(N/K)·(N−1) link \
-         sockets; M: stop when all processes together hold more than M MiB)"
+         [--max-rss-mib M] [--timeout S] (N = 2..=255, default {DEFAULT_CLUSTERS}; DIR: where \
+         the discoveries keep state, e.g. /dev/shm to leave fsync out; default the system \
+         temp dir; K: child processes for the servers, 1..=N, each holding 2·(N/K)·(N−1) \
+         link sockets; M: stop when all processes together hold more than M MiB; S: the \
+         whole run's limit in seconds, default 300 or N²/40, whichever is more)"
     );
     let mut o = Opts {
         clusters: DEFAULT_CLUSTERS,
         state_dir: None,
         processes: 1,
         max_rss_mib: 0,
+        timeout_s: 0,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -132,8 +148,15 @@ fn parse(args: &[&str]) -> Result<Opts> {
                 Ok(m) => o.max_rss_mib = m,
                 _ => bail!("--max-rss-mib {value:?}: use a number of MiB (0: no limit)"),
             },
+            "--timeout" => match value.parse::<u64>() {
+                Ok(s) if s > 0 => o.timeout_s = s,
+                _ => bail!("--timeout {value:?}: use a number of seconds above 0"),
+            },
             _ => bail!("unknown flag {flag}\n{usage}"),
         }
+    }
+    if o.timeout_s == 0 {
+        o.timeout_s = default_timeout(o.clusters);
     }
     if o.processes > o.clusters {
         bail!(
