@@ -34,6 +34,8 @@ pub fn run(args: &[&str]) -> Result<()> {
         ]))
     })?;
     raise_fd_limit(clusters);
+    // Without `--processes`: as few as the open-files limit allows.
+    let processes = processes.unwrap_or_else(|| fewest_processes(clusters, fd_soft_limit()));
     let load = report::load_average();
     let mut bench_args = vec![
         "--clusters".to_string(),
@@ -98,8 +100,9 @@ pub fn run(args: &[&str]) -> Result<()> {
 struct Opts {
     clusters: usize,
     state_dir: Option<String>,
-    /// Servers spread over this many child processes (open-files limit).
-    processes: usize,
+    /// Servers spread over this many child processes (open-files limit);
+    /// `None`: the fewest the limit allows.
+    processes: Option<usize>,
     /// Stop the run when all processes together hold more (0: no limit).
     max_rss_mib: usize,
     /// The whole run's limit (registration, convergence and the changes).
@@ -119,13 +122,13 @@ fn parse(args: &[&str]) -> Result<Opts> {
          [--max-rss-mib M] [--timeout S] (N = 2..=255, default {DEFAULT_CLUSTERS}; DIR: where \
          the discoveries keep state, e.g. /dev/shm to leave fsync out; default the system \
          temp dir; K: child processes for the servers, 1..=N, each holding 2·(N/K)·(N−1) \
-         link sockets; M: stop when all processes together hold more than M MiB; S: the \
+         link sockets, default the fewest the open-files limit allows; M: stop when all processes together hold more than M MiB; S: the \
          whole run's limit in seconds, default 300 or N²/40, whichever is more)"
     );
     let mut o = Opts {
         clusters: DEFAULT_CLUSTERS,
         state_dir: None,
-        processes: 1,
+        processes: None,
         max_rss_mib: 0,
         timeout_s: 0,
     };
@@ -141,7 +144,7 @@ fn parse(args: &[&str]) -> Result<Opts> {
             },
             "--state-dir" => o.state_dir = Some((*value).to_string()),
             "--processes" => match value.parse::<usize>() {
-                Ok(k) if k >= 1 => o.processes = k,
+                Ok(k) if k >= 1 => o.processes = Some(k),
                 _ => bail!("--processes {value:?}: use 1..=N"),
             },
             "--max-rss-mib" => match value.parse::<usize>() {
@@ -158,14 +161,36 @@ fn parse(args: &[&str]) -> Result<Opts> {
     if o.timeout_s == 0 {
         o.timeout_s = default_timeout(o.clusters);
     }
-    if o.processes > o.clusters {
-        bail!(
-            "--processes {} is more than --clusters {}",
-            o.processes,
-            o.clusters
-        );
+    if let Some(k) = o.processes.filter(|k| *k > o.clusters) {
+        bail!("--processes {k} is more than --clusters {}", o.clusters);
     }
     Ok(o)
+}
+
+/// The open files one process of the servers needs (as `mesh_bench`
+/// counts them): both ends of its servers' links, and some to spare.
+fn files_per_process(clusters: usize, processes: usize) -> usize {
+    2 * clusters.div_ceil(processes) * (clusters - 1) + 8 * clusters + 256
+}
+
+/// The fewest processes whose servers fit in `limit` open files each
+/// (at most one server per process).
+fn fewest_processes(clusters: usize, limit: usize) -> usize {
+    (1..=clusters)
+        .find(|k| files_per_process(clusters, *k) <= limit)
+        .unwrap_or(clusters)
+}
+
+fn fd_soft_limit() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass; no other precondition.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
 }
 
 /// Every link is a TCP connection with both ends in the one process;
@@ -301,4 +326,21 @@ fn section(machine: &Machine, load: &str, command: &str, table: &str) -> String 
          {table}",
         date = report::today(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fewest_processes_fit_the_open_files_limit() {
+        // 20 000 open files (this machine's hard limit, without
+        // CAP_SYS_RESOURCE): the target size needs 8 processes.
+        assert_eq!(fewest_processes(255, 20_000), 8);
+        assert!(files_per_process(255, 7) > 20_000);
+        assert!(files_per_process(255, 8) <= 20_000);
+        assert_eq!(fewest_processes(64, 20_000), 1);
+        // A limit no split fits: one server per process.
+        assert_eq!(fewest_processes(255, 100), 255);
+    }
 }
