@@ -655,6 +655,27 @@ impl View {
         }
     }
 
+    /// A change of backends only: removed first, then added.
+    fn change_backends(&mut self, c: pb::ServiceBackendsChanged) {
+        let key = format!("{}/{}", c.namespace, c.name);
+        let ips = self.backends.entry(key).or_default();
+        for b in &c.removed {
+            if let Some(i) = ips.iter().position(|ip| *ip == b.ip) {
+                ips.swap_remove(i);
+                self.backend_count -= 1;
+            }
+        }
+        for b in c.added {
+            if is_change_ip(&b.ip) {
+                self.changes.entry(b.ip.clone()).or_default().1 = true;
+            }
+            if !ips.contains(&b.ip) {
+                ips.push(b.ip);
+                self.backend_count += 1;
+            }
+        }
+    }
+
     fn add_endpoint(&mut self, ip: String) {
         if is_change_ip(&ip) {
             self.changes.entry(ip.clone()).or_default().0 = true;
@@ -703,6 +724,7 @@ impl View {
                     self.set_service(s);
                 }
             }
+            E::ServiceBackends(c) => self.change_backends(c),
         }
     }
 

@@ -187,6 +187,19 @@ pub fn with_revision(event: Event, rev: u64) -> Event {
             revision: rev,
             service,
         },
+        Event::ServiceBackends {
+            namespace,
+            name,
+            removed,
+            added,
+            ..
+        } => Event::ServiceBackends {
+            revision: rev,
+            namespace,
+            name,
+            removed,
+            added,
+        },
     }
 }
 
@@ -203,7 +216,7 @@ pub fn is_local(event: &Event, cluster: &str, cluster_id: u8) -> bool {
         } => c == cluster,
         Event::IdentityAdded { identity, .. } => cluster_of(identity.id) == u32::from(cluster_id),
         // Merged views are for this cluster's agents; remotes merge their own.
-        Event::ServiceUpdated { .. } => false,
+        Event::ServiceUpdated { .. } | Event::ServiceBackends { .. } => false,
     }
 }
 

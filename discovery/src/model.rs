@@ -86,6 +86,15 @@ pub enum Event {
         revision: u64,
         service: crate::service::GlobalService,
     },
+    /// Only the backends of service `namespace/name` changed since it was
+    /// last sent: remove `removed`, add `added`.
+    ServiceBackends {
+        revision: u64,
+        namespace: String,
+        name: String,
+        removed: Vec<crate::service::Backend>,
+        added: Vec<crate::service::Backend>,
+    },
 }
 
 impl Event {
@@ -96,7 +105,8 @@ impl Event {
             | Event::EndpointUpserted { revision, .. }
             | Event::EndpointRemoved { revision, .. }
             | Event::IdentityAdded { revision, .. }
-            | Event::ServiceUpdated { revision, .. } => *revision,
+            | Event::ServiceUpdated { revision, .. }
+            | Event::ServiceBackends { revision, .. } => *revision,
         }
     }
 }
@@ -426,6 +436,19 @@ impl From<&Event> for pb::WatchEvent {
                     service: Some(service.into()),
                 })
             }
+            Event::ServiceBackends {
+                revision,
+                namespace,
+                name,
+                removed,
+                added,
+            } => pb::watch_event::Event::ServiceBackends(pb::ServiceBackendsChanged {
+                revision: *revision,
+                namespace: namespace.clone(),
+                name: name.clone(),
+                removed: removed.iter().map(pb::Backend::from).collect(),
+                added: added.iter().map(pb::Backend::from).collect(),
+            }),
         };
         pb::WatchEvent { event: Some(event) }
     }
@@ -536,6 +559,19 @@ impl TryFrom<pb::WatchEvent> for WatchItem {
                 Ok(WatchItem::Event(Event::ServiceUpdated {
                     revision: u.revision,
                     service,
+                }))
+            }
+            pb::watch_event::Event::ServiceBackends(u) => {
+                let problem = |problem| WatchDecodeError::Service {
+                    revision: u.revision,
+                    problem,
+                };
+                Ok(WatchItem::Event(Event::ServiceBackends {
+                    revision: u.revision,
+                    removed: crate::service::backends_from_pb(&u.removed).map_err(problem)?,
+                    added: crate::service::backends_from_pb(&u.added).map_err(problem)?,
+                    namespace: u.namespace,
+                    name: u.name,
                 }))
             }
             pb::watch_event::Event::Upserted(u) => {

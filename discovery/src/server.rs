@@ -381,6 +381,19 @@ fn log_event(event: &Event) {
             revision,
             "service backends changed"
         ),
+        Event::ServiceBackends {
+            revision,
+            namespace,
+            name,
+            removed,
+            added,
+        } => info!(
+            service = %format!("{namespace}/{name}"),
+            removed = removed.len(),
+            added = added.len(),
+            revision,
+            "service backends changed"
+        ),
     }
 }
 

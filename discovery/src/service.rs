@@ -15,9 +15,11 @@
 //! [`MergedServices`] keeps that view up to date change by change.
 
 mod convert;
+
+pub use convert::backends_from_pb;
 mod merged;
 
-pub use merged::MergedServices;
+pub use merged::{MergedServices, ServiceChange};
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -298,6 +300,21 @@ impl GlobalService {
 
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Applies a change of backends only (`ServiceBackendsChanged`):
+    /// removes `removed`, adds `added`, keeping (cluster, IP) order.
+    pub fn change_backends(&mut self, removed: &[Backend], added: &[Backend]) {
+        for b in removed {
+            if let Ok(i) = self.backends.binary_search(b) {
+                self.backends.remove(i);
+            }
+        }
+        for b in added {
+            if let Err(i) = self.backends.binary_search(b) {
+                self.backends.insert(i, b.clone());
+            }
+        }
     }
 }
 

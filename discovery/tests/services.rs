@@ -13,7 +13,9 @@ use base64::Engine as _;
 use meshgate_discovery::client::{connect, pb, DiscoveryClient};
 use meshgate_discovery::federation::{FederationConfig, RemoteConfig};
 use meshgate_discovery::server::{serve_with_listener, ServerConfig};
-use meshgate_discovery::service::{Protocol, Service, ServicePort};
+use meshgate_discovery::service::{
+    backends_from_pb, GlobalService, Protocol, Service, ServicePort,
+};
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
@@ -176,35 +178,47 @@ async fn global_service_backends_are_merged_and_pushed_per_service() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // A watcher of c1 sees web in its snapshot, then one update for web
-    // (not db) when c1's own web pod appears.
+    // A watcher of c1 sees web in its snapshot, then only web's new
+    // backend (not db, not web whole) when c1's own web pod appears.
     let mut w = c1
         .watch(pb::WatchRequest::default())
         .await
         .unwrap()
         .into_inner();
-    match w.message().await.unwrap().and_then(|e| e.event) {
-        Some(pb::watch_event::Event::Snapshot(s)) => assert_eq!(s.global_services.len(), 2),
+    let mut web = match w.message().await.unwrap().and_then(|e| e.event) {
+        Some(pb::watch_event::Event::Snapshot(s)) => {
+            assert_eq!(s.global_services.len(), 2);
+            let web = s.global_services.iter().find(|g| g.name == "web").unwrap();
+            GlobalService::try_from(web).unwrap()
+        }
         other => panic!("want a snapshot, got {other:?}"),
-    }
+    };
     report(&mut c1, "c1", 1, &[(10, "web")]).await;
-    let updated = tokio::time::timeout(Duration::from_secs(5), async {
+    let changed = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            if let Some(pb::watch_event::Event::ServiceUpdated(u)) =
-                w.message().await.unwrap().and_then(|e| e.event)
-            {
-                return u.service.unwrap();
+            match w.message().await.unwrap().and_then(|e| e.event) {
+                Some(pb::watch_event::Event::ServiceBackends(u)) => return u,
+                Some(pb::watch_event::Event::ServiceUpdated(u)) => {
+                    panic!("want only the backends that changed, got {u:?}")
+                }
+                _ => {}
             }
         }
     })
     .await
-    .expect("no service_updated within 5 s");
-    assert_eq!(updated.name, "web");
-    let mut b: Vec<String> = updated
+    .expect("no service_backends within 5 s");
+    assert_eq!((changed.name.as_str(), changed.removed.len()), ("web", 0));
+    let added: Vec<String> = changed
+        .added
+        .iter()
+        .map(|b| format!("{} {}", b.cluster, b.ip))
+        .collect();
+    assert_eq!(added, vec!["c1 10.1.0.10"]);
+    web.change_backends(&[], &backends_from_pb(&changed.added).unwrap());
+    let b: Vec<String> = web
         .backends
         .iter()
         .map(|b| format!("{} {}", b.cluster, b.ip))
         .collect();
-    b.sort();
     assert_eq!(b, vec!["c1 10.1.0.10", "c2 10.2.0.10"]);
 }

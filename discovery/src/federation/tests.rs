@@ -97,6 +97,9 @@ fn kinds(events: &[Event]) -> Vec<String> {
             Event::EndpointRemoved { ip, .. } => format!("-ep {ip}"),
             Event::IdentityAdded { identity, .. } => format!("+id {}", identity.id),
             Event::ServiceUpdated { service, .. } => format!("~svc {}", service.key()),
+            Event::ServiceBackends {
+                namespace, name, ..
+            } => format!("~backends {namespace}/{name}"),
         })
         .collect()
 }

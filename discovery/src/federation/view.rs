@@ -197,6 +197,10 @@ impl RemoteView {
                 self.revision = u.revision;
                 Touched::Nothing
             }
+            Event::ServiceBackends(u) => {
+                self.revision = u.revision;
+                Touched::Nothing
+            }
         }
     }
 }

@@ -76,6 +76,7 @@ fn kinds(events: &[Event]) -> Vec<&'static str> {
             Event::EndpointRemoved { .. } => "ep-",
             Event::IdentityAdded { .. } => "id+",
             Event::ServiceUpdated { .. } => "svc~",
+            Event::ServiceBackends { .. } => "svc+-",
         })
         .collect()
 }

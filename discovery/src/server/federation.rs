@@ -253,6 +253,20 @@ fn log_import(remote: &str, event: &Event) {
             revision,
             "service backends changed"
         ),
+        Event::ServiceBackends {
+            revision,
+            namespace,
+            name,
+            removed,
+            added,
+        } => debug!(
+            remote,
+            service = %format!("{namespace}/{name}"),
+            removed = removed.len(),
+            added = added.len(),
+            revision,
+            "service backends changed"
+        ),
     }
 }
 

@@ -1,12 +1,14 @@
 //! The services of this cluster in the server: the merged view is kept up
 //! to date from the change sets (local or imported) as they are published,
 //! touching only the services whose backends or definitions changed; only
-//! services whose merged form changed are pushed, one `ServiceUpdated` each.
+//! services whose merged form changed are pushed: a `ServiceUpdated` with
+//! the whole service when its definition changed, else a
+//! `ServiceBackends` with the backends that changed.
 
 use super::Core;
 use crate::model::Event;
 use crate::pb;
-use crate::service::MergedServices;
+use crate::service::{MergedServices, ServiceChange};
 
 /// This cluster's services merged with what is known now (computed once,
 /// at start; later kept up to date by [`events`]).
@@ -51,9 +53,23 @@ pub(super) fn flush(core: &mut Core) -> Vec<Event> {
     core.merged
         .flush()
         .into_iter()
-        .map(|service| Event::ServiceUpdated {
-            revision: core.registry.next_revision(),
-            service,
+        .map(|change| {
+            let revision = core.registry.next_revision();
+            match change {
+                ServiceChange::Whole(service) => Event::ServiceUpdated { revision, service },
+                ServiceChange::Backends {
+                    namespace,
+                    name,
+                    removed,
+                    added,
+                } => Event::ServiceBackends {
+                    revision,
+                    namespace,
+                    name,
+                    removed,
+                    added,
+                },
+            }
         })
         .collect()
 }

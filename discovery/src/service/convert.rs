@@ -79,6 +79,37 @@ impl TryFrom<&pb::Service> for Service {
     }
 }
 
+impl From<&Backend> for pb::Backend {
+    fn from(b: &Backend) -> Self {
+        pb::Backend {
+            ip: b.ip.to_string(),
+            cluster: b.cluster.clone(),
+            node: b.node.clone(),
+            name: b.name.clone(),
+        }
+    }
+}
+
+impl TryFrom<&pb::Backend> for Backend {
+    type Error = String;
+    fn try_from(b: &pb::Backend) -> Result<Self, String> {
+        let ip: IpAddr =
+            b.ip.parse()
+                .map_err(|_| format!("backend IP {:?} does not parse", b.ip))?;
+        Ok(Backend {
+            cluster: b.cluster.clone(),
+            ip,
+            node: b.node.clone(),
+            name: b.name.clone(),
+        })
+    }
+}
+
+/// Backends from their protobuf form (the first unreadable one is the error).
+pub fn backends_from_pb(bs: &[pb::Backend]) -> Result<Vec<Backend>, String> {
+    bs.iter().map(Backend::try_from).collect()
+}
+
 impl From<&GlobalService> for pb::GlobalService {
     fn from(g: &GlobalService) -> Self {
         pb::GlobalService {
@@ -88,16 +119,7 @@ impl From<&GlobalService> for pb::GlobalService {
             shared: g.shared,
             affinity: g.affinity.as_str().to_string(),
             ports: g.ports.iter().map(pb::ServicePort::from).collect(),
-            backends: g
-                .backends
-                .iter()
-                .map(|b| pb::Backend {
-                    ip: b.ip.to_string(),
-                    cluster: b.cluster.clone(),
-                    node: b.node.clone(),
-                    name: b.name.clone(),
-                })
-                .collect(),
+            backends: g.backends.iter().map(pb::Backend::from).collect(),
             vip: g.vip.map(|v| v.to_string()).unwrap_or_default(),
         }
     }
@@ -112,21 +134,7 @@ impl TryFrom<&pb::GlobalService> for GlobalService {
             "none" | "" => Affinity::None,
             other => return Err(format!("affinity {other:?} is not local, remote or none")),
         };
-        let backends = p
-            .backends
-            .iter()
-            .map(|b| {
-                let ip: IpAddr =
-                    b.ip.parse()
-                        .map_err(|_| format!("backend IP {:?} does not parse", b.ip))?;
-                Ok(Backend {
-                    cluster: b.cluster.clone(),
-                    ip,
-                    node: b.node.clone(),
-                    name: b.name.clone(),
-                })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
+        let backends = backends_from_pb(&p.backends)?;
         Ok(GlobalService {
             namespace: p.namespace.clone(),
             name: p.name.clone(),

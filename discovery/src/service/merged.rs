@@ -92,6 +92,53 @@ fn backend(e: &Endpoint) -> Backend {
     }
 }
 
+/// What [`MergedServices::flush`] says changed in one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceChange {
+    /// The whole service as merged now (new, or its definition changed).
+    Whole(GlobalService),
+    /// Only backends changed: remove `removed`, add `added` (each in
+    /// (cluster, IP) order). Each backend touched since the last flush is
+    /// in one of them, as its last change left it, so a watcher whose copy
+    /// was taken between two flushes (a snapshot) comes out right too.
+    Backends {
+        namespace: String,
+        name: String,
+        removed: Vec<Backend>,
+        added: Vec<Backend>,
+    },
+}
+
+impl ServiceChange {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        match self {
+            ServiceChange::Whole(g) => g.key(),
+            ServiceChange::Backends {
+                namespace, name, ..
+            } => format!("{namespace}/{name}"),
+        }
+    }
+
+    /// Applies the change to a watcher's copy of the services; a change of
+    /// backends of a service the copy lacks is an error.
+    pub fn apply_to(&self, services: &mut BTreeMap<String, GlobalService>) -> Result<(), String> {
+        match self {
+            ServiceChange::Whole(g) => {
+                services.insert(g.key(), g.clone());
+            }
+            ServiceChange::Backends { removed, added, .. } => {
+                let key = self.key();
+                let g = services.get_mut(&key).ok_or_else(|| {
+                    format!("backends of service {key}, which was never sent whole")
+                })?;
+                g.change_backends(removed, added);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The merged services of the local cluster, updated incrementally.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MergedServices {
@@ -102,8 +149,9 @@ pub struct MergedServices {
     clusters: BTreeMap<String, Contribution>,
     /// The merged services, patched as backends change.
     merged: BTreeMap<String, GlobalService>,
-    /// Services patched since the last flush.
-    dirty: BTreeSet<String>,
+    /// Services patched since the last flush, with each backend touched
+    /// and whether its last change left it in.
+    dirty: BTreeMap<String, BTreeMap<Backend, bool>>,
     /// Services to put together again from the contributions (a cluster's
     /// definitions changed), and compare with what they were.
     rebuild: BTreeSet<String>,
@@ -126,7 +174,7 @@ impl MergedServices {
                 .collect(),
             clusters: BTreeMap::new(),
             merged: BTreeMap::new(),
-            dirty: BTreeSet::new(),
+            dirty: BTreeMap::new(),
             rebuild: BTreeSet::new(),
         };
         m.rebuild = m.defs.keys().cloned().collect();
@@ -167,17 +215,19 @@ impl MergedServices {
                 self.rebuild.insert(key);
                 continue;
             };
+            let touched = self.dirty.entry(key).or_default();
             if let Some(old) = old {
                 if let Ok(i) = g.backends.binary_search(&old) {
                     g.backends.remove(i);
                 }
+                touched.insert(old, false);
             }
             if let Some(new) = new {
                 if let Err(i) = g.backends.binary_search(&new) {
-                    g.backends.insert(i, new);
+                    g.backends.insert(i, new.clone());
                 }
+                touched.insert(new, true);
             }
-            self.dirty.insert(key);
         }
     }
 
@@ -233,17 +283,28 @@ impl MergedServices {
             && r.is_shared().unwrap_or(false)
     }
 
-    /// The services changed since the last flush, in key order: those
-    /// patched (a backend added and removed again may come out unchanged),
-    /// and those put together again whose merged form changed.
-    pub fn flush(&mut self) -> Vec<GlobalService> {
+    /// The services changed since the last flush, in key order: the
+    /// backends of those patched (a backend added and removed again comes
+    /// out as removed), and those put together again whose merged form
+    /// changed, whole.
+    pub fn flush(&mut self) -> Vec<ServiceChange> {
         let rebuild = std::mem::take(&mut self.rebuild);
         let dirty = std::mem::take(&mut self.dirty);
         let mut out = Vec::new();
-        for key in dirty.difference(&rebuild) {
-            if let Some(g) = self.merged.get(key) {
-                out.push(g.clone());
+        for (key, touched) in &dirty {
+            if rebuild.contains(key) || touched.is_empty() {
+                continue;
             }
+            let Some(g) = self.merged.get(key) else {
+                continue;
+            };
+            let (added, removed): (Vec<_>, Vec<_>) = touched.iter().partition(|(_, inn)| **inn);
+            out.push(ServiceChange::Backends {
+                namespace: g.namespace.clone(),
+                name: g.name.clone(),
+                removed: removed.into_iter().map(|(b, _)| b.clone()).collect(),
+                added: added.into_iter().map(|(b, _)| b.clone()).collect(),
+            });
         }
         for key in rebuild {
             let Some(s) = self.defs.get(&key) else {
@@ -261,12 +322,12 @@ impl MergedServices {
             let g = GlobalService::of(s, backends);
             // Patched in this batch: changed since the last flush even when
             // equal to the patched form.
-            if dirty.contains(&key) || self.merged.get(&key) != Some(&g) {
+            if dirty.contains_key(&key) || self.merged.get(&key) != Some(&g) {
                 self.merged.insert(key, g.clone());
-                out.push(g);
+                out.push(ServiceChange::Whole(g));
             }
         }
-        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        out.sort_by_key(ServiceChange::key);
         out
     }
 }

@@ -107,9 +107,17 @@ fn incremental_merge_equals_the_full_merge_on_random_changes() {
         defs.insert("c1", random_defs(&mut rng, "c1"));
         let mut endpoints: BTreeMap<IpAddr, Endpoint> = BTreeMap::new();
         let mut m = MergedServices::new("c1", &defs["c1"], endpoints.values());
-        let mut pushed = m.flush();
-        let mut last = full(&defs, &endpoints);
-        assert_eq!(m.services(), &last, "seed {seed}: start");
+        // Watchers' copies, kept from what is pushed: one from the start,
+        // one that takes a snapshot (the merged map as it is) now and then,
+        // also between two flushes.
+        let mut watcher: BTreeMap<String, GlobalService> = BTreeMap::new();
+        for change in m.flush() {
+            change.apply_to(&mut watcher).unwrap();
+        }
+        let mut late: BTreeMap<String, GlobalService> = m.services().clone();
+        let start = full(&defs, &endpoints);
+        assert_eq!(m.services(), &start, "seed {seed}: start");
+        assert_eq!(watcher, start, "seed {seed}: start, as pushed");
         for step in 0..300 {
             match rng.below(10) {
                 0 => {
@@ -142,38 +150,63 @@ fn incremental_merge_equals_the_full_merge_on_random_changes() {
                     endpoints.insert(e.ip, e);
                 }
             }
+            if rng.below(5) == 0 {
+                late = m.services().clone();
+            }
             // Flush only now and then: changes pile up between flushes.
             if rng.below(3) == 0 {
                 continue;
             }
-            pushed = m.flush();
+            let pushed = m.flush();
             let want = full(&defs, &endpoints);
             assert_eq!(m.services(), &want, "seed {seed} step {step}");
-            // Every change is pushed, as it is now; an unchanged service
-            // only when a backend came and went between two flushes.
-            for g in crate::service::changed(&last, &want) {
-                assert!(pushed.contains(g), "seed {seed} step {step}: {}", g.key());
+            for change in &pushed {
+                change.apply_to(&mut watcher).unwrap();
+                change.apply_to(&mut late).unwrap();
             }
-            for g in &pushed {
-                assert_eq!(Some(g), want.get(&g.key()), "seed {seed} step {step}");
-            }
-            last = want;
+            assert_eq!(watcher, want, "seed {seed} step {step}: as pushed");
+            assert_eq!(late, want, "seed {seed} step {step}: snapshot, then pushed");
         }
-        drop(pushed);
     }
 }
 
+/// The changes `m.flush()` pushes, as (kind, key, removed, added): "whole"
+/// with the backend count in `added`, or "backends" with the IPs' count.
+fn pushed(m: &mut MergedServices, watcher: &mut BTreeMap<String, GlobalService>) -> Vec<String> {
+    m.flush()
+        .into_iter()
+        .map(|c| {
+            c.apply_to(watcher).unwrap();
+            match c {
+                ServiceChange::Whole(g) => format!("whole {} {}", g.key(), g.backends.len()),
+                ServiceChange::Backends {
+                    ref removed,
+                    ref added,
+                    ..
+                } => format!("backends {} -{} +{}", c.key(), removed.len(), added.len()),
+            }
+        })
+        .collect()
+}
+
 #[test]
-fn an_endpoint_change_pushes_only_the_services_it_is_in() {
+fn an_endpoint_change_pushes_only_the_backends_of_the_services_it_is_in() {
     let local = vec![
         svc("c1", "a", &[(GLOBAL_ANNOTATION, "true")]),
         svc("c1", "b", &[(GLOBAL_ANNOTATION, "true")]),
     ];
+    let mut w = BTreeMap::new();
     let mut m = MergedServices::new("c1", &local, []);
-    assert_eq!(m.flush().len(), 2);
+    assert_eq!(
+        pushed(&mut m, &mut w),
+        ["whole default/a 0", "whole default/b 0"]
+    );
     let remote = vec![svc("c2", "a", &[(GLOBAL_ANNOTATION, "true")])];
     m.set_cluster("c2", &remote, []);
-    assert!(m.flush().is_empty(), "no backends yet: nothing to push");
+    assert!(
+        pushed(&mut m, &mut w).is_empty(),
+        "no backends yet: nothing to push"
+    );
     let mut e = Endpoint {
         ip: "10.2.0.1".parse().unwrap(),
         name: "p".into(),
@@ -184,24 +217,27 @@ fn an_endpoint_change_pushes_only_the_services_it_is_in() {
         identity: 0,
     };
     m.endpoint_upserted(&e);
-    let pushed = m.flush();
-    assert_eq!(pushed.len(), 1);
-    assert_eq!(pushed[0].name, "a");
-    assert_eq!(pushed[0].backends[0].cluster, "c2");
+    assert_eq!(pushed(&mut m, &mut w), ["backends default/a -0 +1"]);
+    assert_eq!(w["default/a"].backends[0].cluster, "c2");
     // The same endpoint again: nothing.
     m.endpoint_upserted(&e);
-    assert!(m.flush().is_empty());
+    assert!(pushed(&mut m, &mut w).is_empty());
     // c2 does not define b: its pods labelled b are no backends of ours.
     e.labels.insert("app".into(), "b".into());
     m.endpoint_upserted(&e);
-    let pushed = m.flush();
-    assert_eq!(pushed.len(), 1);
-    assert!(pushed[0].backends.is_empty());
-    // A cluster that goes away takes its contribution with it.
+    assert_eq!(pushed(&mut m, &mut w), ["backends default/a -1 +0"]);
+    assert!(w["default/a"].backends.is_empty());
+    // A backend that came and went between two flushes goes out as removed
+    // (a watcher may have seen it in a snapshot).
     e.labels.insert("app".into(), "a".into());
     m.endpoint_upserted(&e);
-    m.flush();
+    m.endpoint_removed("c2", e.ip);
+    assert_eq!(pushed(&mut m, &mut w), ["backends default/a -1 +0"]);
+    // A cluster that goes away takes its contribution with it (whole: a
+    // cluster's definitions changed).
+    m.endpoint_upserted(&e);
+    pushed(&mut m, &mut w);
     m.set_cluster("c2", &[], []);
-    let pushed = m.flush();
-    assert_eq!((pushed.len(), pushed[0].backends.len()), (1, 0));
+    assert_eq!(pushed(&mut m, &mut w), ["whole default/a 0"]);
+    assert_eq!(&w, m.services());
 }

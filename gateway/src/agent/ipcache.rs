@@ -93,7 +93,10 @@ impl IpCache {
                     .ok_or_else(|| format!("identity event at revision {} is empty", a.revision))?;
                 Ok(self.identities.insert(i.id, i.labels.clone()) != Some(i.labels))
             }
-            Event::Upserted(_) | Event::Removed(_) | Event::ServiceUpdated(_) => Ok(false),
+            Event::Upserted(_)
+            | Event::Removed(_)
+            | Event::ServiceUpdated(_)
+            | Event::ServiceBackends(_) => Ok(false),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The agent's copy of its cluster's services with merged backends, kept
-//! from the watch stream (snapshot, then `service_updated` events). Applying
+//! from the watch stream (snapshot, then `service_updated` and
+//! `service_backends` events). Applying
 //! is pure; [`save`] writes `<state-dir>/services.json` atomically.
 
 use std::collections::BTreeMap;
@@ -7,7 +8,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use meshgate_discovery::pb::watch_event::Event;
-use meshgate_discovery::service::GlobalService;
+use meshgate_discovery::service::{backends_from_pb, GlobalService};
 use serde::{Deserialize, Serialize};
 
 pub const SERVICES_FILE: &str = "services.json";
@@ -40,6 +41,21 @@ impl Services {
                     .ok_or_else(|| format!("service event at revision {} is empty", u.revision))?;
                 let g = GlobalService::try_from(g)?;
                 Ok(self.services.insert(g.key(), g.clone()) != Some(g))
+            }
+            Event::ServiceBackends(u) => {
+                let key = format!("{}/{}", u.namespace, u.name);
+                let removed = backends_from_pb(&u.removed)?;
+                let added = backends_from_pb(&u.added)?;
+                let g = self.services.get_mut(&key).ok_or_else(|| {
+                    format!(
+                        "backends of service {key} at revision {}, which discovery never sent \
+                         whole",
+                        u.revision
+                    )
+                })?;
+                let before = g.backends.clone();
+                g.change_backends(&removed, &added);
+                Ok(g.backends != before)
             }
             _ => Ok(false),
         }
@@ -99,5 +115,41 @@ mod tests {
         });
         assert!(s.apply(&up).unwrap());
         assert_eq!(s.services["default/web"].backends.len(), 2);
+    }
+
+    #[test]
+    fn backend_changes_apply_to_the_copy_and_an_unknown_service_is_an_error() {
+        let mut s = Services::default();
+        let snap = Event::Snapshot(pb::Snapshot {
+            global_services: vec![svc(&["10.1.0.10", "10.1.0.11"])],
+            ..Default::default()
+        });
+        s.apply(&snap).unwrap();
+        let backend = |ip: &str| svc(&[ip]).backends.remove(0);
+        let change = |name: &str, removed: &[&str], added: &[&str]| {
+            Event::ServiceBackends(pb::ServiceBackendsChanged {
+                revision: 4,
+                namespace: "default".into(),
+                name: name.into(),
+                removed: removed.iter().map(|ip| backend(ip)).collect(),
+                added: added.iter().map(|ip| backend(ip)).collect(),
+            })
+        };
+        assert!(s
+            .apply(&change("web", &["10.1.0.10"], &["10.1.0.12"]))
+            .unwrap());
+        let ips: Vec<String> = s.services["default/web"]
+            .backends
+            .iter()
+            .map(|b| b.ip.to_string())
+            .collect();
+        assert_eq!(ips, ["10.1.0.11", "10.1.0.12"]);
+        // Already so (a snapshot taken between two pushes): unchanged.
+        assert!(!s.apply(&change("web", &["10.1.0.10"], &[])).unwrap());
+        let err = s.apply(&change("db", &[], &["10.1.0.13"])).unwrap_err();
+        assert!(
+            err.contains("default/db") && err.contains("never sent whole"),
+            "{err}"
+        );
     }
 }

@@ -184,8 +184,11 @@ fn update_ipcache(agent: &Agent, event: &pb::watch_event::Event) {
     }
 }
 
-/// Applies an event to the services and writes `services.json` if they changed.
-fn update_services(agent: &Agent, event: &pb::watch_event::Event) {
+/// Applies an event to the services and writes `services.json` if they
+/// changed. A change of backends that does not apply (of a service this
+/// agent does not have) is an error: the copy no longer matches
+/// discovery's, and only a new snapshot mends it.
+fn update_services(agent: &Agent, event: &pb::watch_event::Event) -> anyhow::Result<()> {
     let mut services = agent.services();
     match services.apply(event) {
         Ok(true) => {
@@ -194,8 +197,12 @@ fn update_services(agent: &Agent, event: &pb::watch_event::Event) {
             }
         }
         Ok(false) => {}
+        Err(problem) if matches!(event, pb::watch_event::Event::ServiceBackends(_)) => {
+            return Err(anyhow!("{problem}; opening the watch again for a snapshot"));
+        }
         Err(problem) => warn!(%problem, "ignoring an unusable service record"),
     }
+    Ok(())
 }
 
 /// One session with the discovery at `url`; `connected` is set once it
@@ -222,7 +229,7 @@ async fn session(agent: &Agent, url: &str, connected: &mut bool) -> anyhow::Resu
                     .ok_or_else(|| anyhow!("discovery closed the watch stream"))?;
                 if let Some(e) = &event.event {
                     update_ipcache(agent, e);
-                    update_services(agent, e);
+                    update_services(agent, e)?;
                 }
                 let node_event = matches!(
                     event.event,
@@ -253,6 +260,7 @@ async fn session(agent: &Agent, url: &str, connected: &mut bool) -> anyhow::Resu
                     | Some(pb::watch_event::Event::EndpointRemoved(_))
                     | Some(pb::watch_event::Event::IdentityAdded(_))
                     | Some(pb::watch_event::Event::ServiceUpdated(_))
+                    | Some(pb::watch_event::Event::ServiceBackends(_))
                     | None => continue,
                 }
                 if have_snapshot {
