@@ -2,8 +2,6 @@
 //! (its `FederationStatus`): per remote, connected or not, what is imported
 //! and what was rejected, by reason.
 
-use std::time::Duration;
-
 use anyhow::{anyhow, Context};
 use clap::Args;
 use meshgate_discovery::pb;
@@ -19,22 +17,27 @@ pub struct FederationArgs {
 
 pub fn run(args: FederationArgs) -> anyhow::Result<()> {
     let tls = args.client.tls()?;
-    let discovery = &args.client.discovery;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let status = runtime.block_on(async {
-        let mut client = meshgate_discovery::client::connect_with(discovery, tls.as_ref()).await?;
-        let call = client.federation_status(pb::FederationStatusRequest {});
-        let resp = tokio::time::timeout(Duration::from_secs(5), call)
-            .await
-            .context("no federation status from discovery within 5 s")?
-            .map_err(|s| {
-                anyhow!(
-                    "federation status refused: {}",
-                    meshgate_discovery::client::explain_status(&s, discovery, tls.as_ref())
-                )
-            })?;
-        Ok::<_, anyhow::Error>(resp.into_inner())
-    })?;
+    let status = runtime.block_on(crate::nodes_cmd::first_answer(
+        &args.client.discovery,
+        tls.as_ref(),
+        "with its federation status",
+        |mut client, url| {
+            let tls = tls.as_ref();
+            async move {
+                client
+                    .federation_status(pb::FederationStatusRequest {})
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(|s| {
+                        anyhow!(
+                            "federation status refused: {}",
+                            meshgate_discovery::client::explain_status(&s, &url, tls)
+                        )
+                    })
+            }
+        },
+    ))?;
     let out = if args.json {
         serde_json::to_string_pretty(&to_json(&status)).context("encoding the status")?
     } else {

@@ -1,14 +1,55 @@
 //! `meshgate nodes`: lists the nodes a discovery knows, from its watch
 //! snapshot (what every agent of the cluster is told).
 
+use std::future::Future;
+use std::time::Duration;
+
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
+use meshgate_discovery::client::DiscoveryClient;
 use meshgate_discovery::pb;
+use meshgate_discovery::tls::ClientTls;
+use tonic::transport::Channel;
+
+/// Asks the replicas of `--discovery` in turn (`ask` gets a client and the
+/// URL, and explains a refusal with them): the first answer wins; when none
+/// answers, the error names every replica and why.
+pub async fn first_answer<T, F, Fut>(
+    discovery: &str,
+    tls: Option<&ClientTls>,
+    what: &str,
+    mut ask: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut(DiscoveryClient<Channel>, String) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let urls = crate::agent::config::discovery_urls(discovery)?;
+    let mut failures = Vec::new();
+    for url in &urls {
+        let answer = async {
+            let client = meshgate_discovery::client::connect_with(url, tls).await?;
+            tokio::time::timeout(CALL_TIMEOUT, ask(client, url.clone()))
+                .await
+                .with_context(|| format!("no answer within {} s", CALL_TIMEOUT.as_secs()))?
+        };
+        match answer.await {
+            Ok(v) => return Ok(v),
+            Err(e) if urls.len() == 1 => return Err(e),
+            Err(e) => failures.push(format!("{url}: {e:#}")),
+        }
+    }
+    bail!(
+        "no replica of discovery answered {what}:\n  {}",
+        failures.join("\n  ")
+    )
+}
 
 /// How a command-line client reaches discovery, with or without TLS.
 #[derive(Debug, Args)]
 pub struct DiscoveryClientArgs {
-    /// Discovery endpoint, e.g. https://198.18.1.2:7100.
+    /// Discovery endpoint, e.g. https://198.18.1.2:7100; several replicas
+    /// comma-separated (the first that answers is asked).
     #[arg(long)]
     pub discovery: String,
     /// The mesh CA (PEM): talk to an https:// discovery over TLS.
@@ -25,14 +66,18 @@ pub struct DiscoveryClientArgs {
     pub tls_server_name: Option<String>,
 }
 
+/// How long one replica has to answer before the next is asked.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl DiscoveryClientArgs {
     /// The TLS settings these flags ask for (None for http://).
     pub fn tls(&self) -> anyhow::Result<Option<meshgate_discovery::tls::ClientTls>> {
         if self.tls_ca.is_some() && self.tls_server_name.is_none() {
             bail!("--tls-ca needs --tls-server-name (discovery.<cluster>.meshgate): this command does not know the cluster");
         }
+        let urls = crate::agent::config::discovery_urls(&self.discovery)?;
         crate::agent::config::client_tls(
-            &self.discovery,
+            &urls[0],
             "",
             self.tls_ca.clone(),
             self.tls_cert.clone(),
@@ -53,27 +98,32 @@ pub struct NodesArgs {
 
 pub fn run(args: NodesArgs) -> anyhow::Result<()> {
     let tls = args.client.tls()?;
-    let discovery = &args.client.discovery;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let nodes = runtime.block_on(async {
-        let mut client = meshgate_discovery::client::connect_with(discovery, tls.as_ref()).await?;
-        let why = |s: &tonic::Status| {
-            meshgate_discovery::client::explain_status(s, discovery, tls.as_ref())
-        };
-        let mut stream = client
-            .watch(pb::WatchRequest::default())
-            .await
-            .map_err(|s| anyhow!("watch refused: {}", why(&s)))?
-            .into_inner();
-        let first = tokio::time::timeout(std::time::Duration::from_secs(5), stream.message())
-            .await
-            .context("no snapshot from discovery within 5 s")?
-            .map_err(|s| anyhow!("watch failed: {}", why(&s)))?;
-        match first.and_then(|e| e.event) {
-            Some(pb::watch_event::Event::Snapshot(s)) => Ok::<_, anyhow::Error>(s.nodes),
-            _ => Err(anyhow!("discovery did not start the watch with a snapshot")),
-        }
-    })?;
+    let nodes = runtime.block_on(first_answer(
+        &args.client.discovery,
+        tls.as_ref(),
+        "with its nodes",
+        |mut client, url| {
+            let tls = tls.as_ref();
+            async move {
+                let why =
+                    |s: &tonic::Status| meshgate_discovery::client::explain_status(s, &url, tls);
+                let mut stream = client
+                    .watch(pb::WatchRequest::default())
+                    .await
+                    .map_err(|s| anyhow!("watch refused: {}", why(&s)))?
+                    .into_inner();
+                let first = stream
+                    .message()
+                    .await
+                    .map_err(|s| anyhow!("watch failed: {}", why(&s)))?;
+                match first.and_then(|e| e.event) {
+                    Some(pb::watch_event::Event::Snapshot(s)) => Ok(s.nodes),
+                    _ => Err(anyhow!("discovery did not start the watch with a snapshot")),
+                }
+            }
+        },
+    ))?;
     let mut out = String::new();
     if args.json {
         let rows: Vec<serde_json::Value> = nodes

@@ -54,24 +54,27 @@ pub fn render(services: &[pb::GlobalService]) -> String {
 
 pub fn run(args: ServicesArgs) -> anyhow::Result<()> {
     let tls = args.client.tls()?;
-    let discovery = &args.client.discovery;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let resp = runtime.block_on(async {
-        let mut client = meshgate_discovery::client::connect_with(discovery, tls.as_ref()).await?;
-        tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            client.services(pb::ServicesRequest {}),
-        )
-        .await
-        .context("no answer from discovery within 5 s")?
-        .map(tonic::Response::into_inner)
-        .map_err(|s| {
-            anyhow!(
-                "listing services failed: {}",
-                meshgate_discovery::client::explain_status(&s, discovery, tls.as_ref())
-            )
-        })
-    })?;
+    let resp = runtime.block_on(crate::nodes_cmd::first_answer(
+        &args.client.discovery,
+        tls.as_ref(),
+        "with its services",
+        |mut client, url| {
+            let tls = tls.as_ref();
+            async move {
+                client
+                    .services(pb::ServicesRequest {})
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(|s| {
+                        anyhow!(
+                            "listing services failed: {}",
+                            meshgate_discovery::client::explain_status(&s, &url, tls)
+                        )
+                    })
+            }
+        },
+    ))?;
     let out = if args.json {
         let rows: Vec<serde_json::Value> = resp
             .services

@@ -5,9 +5,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::process::Command;
 use std::time::Duration;
 
-use meshgate_e2e::{wait_until, World};
+use meshgate_e2e::{meshgate_bin, wait_until, World};
 
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
 
@@ -133,6 +134,7 @@ fn killing_the_replica_agents_use_keeps_the_mesh_and_later_changes_propagate() {
     // Every agent moves to the other replica and is connected again.
     assert_all_moved_to(&world, &replica2, Duration::from_secs(15));
     all_reach_all(&world, "after replica 1 died");
+    cli_asks_the_replica_that_answers(&world, &replica1, &replica2);
 
     // A change after the kill reaches every agent: n3 leaves, then comes back.
     world.lab("stop", "c1/n3");
@@ -159,6 +161,41 @@ fn killing_the_replica_agents_use_keeps_the_mesh_and_later_changes_propagate() {
     drop(world);
     let left = world_processes(name);
     assert!(left.is_empty(), "lab down left processes: {left:?}");
+}
+
+/// With replica 1 dead: `meshgate nodes` given both replicas answers
+/// through replica 2; given only dead ones, it names each and why.
+fn cli_asks_the_replica_that_answers(world: &World, dead: &str, alive: &str) {
+    let ns = format!("{}2", world.discovery_ns("c1"));
+    let run = |discovery: &str| {
+        let mut args = vec!["nodes".to_string(), "--json".into(), "--discovery".into()];
+        args.push(discovery.to_string());
+        args.extend(world.tls_flags("c1", "c1/n1"));
+        Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(meshgate_bin())
+            .args(&args)
+            .env("MESHGATE_LOG", "warn")
+            .output()
+            .expect("running meshgate nodes")
+    };
+    let out = run(&format!("https://{dead},https://{alive}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && NODES.iter().all(|n| stdout.contains(&format!("\"{n}\""))),
+        "meshgate nodes with replica 1 dead did not list c1's nodes through replica 2:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bogus = format!("{}:7199", dead.rsplit_once(':').map_or(dead, |(ip, _)| ip));
+    let out = run(&format!("https://{dead},https://{bogus}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("no replica of discovery answered")
+            && stderr.contains(&format!("https://{dead}:"))
+            && stderr.contains(&format!("https://{bogus}:")),
+        "meshgate nodes with no live replica should name each one and why:\n{stderr}"
+    );
 }
 
 #[test]

@@ -251,7 +251,7 @@ impl AgentArgs {
 
 /// `--discovery`: one URL or several comma-separated, all http:// or all
 /// https://, none twice.
-fn discovery_urls(given: &str) -> anyhow::Result<Vec<String>> {
+pub fn discovery_urls(given: &str) -> anyhow::Result<Vec<String>> {
     let urls: Vec<String> = given.split(',').map(|u| u.trim().to_string()).collect();
     for url in &urls {
         if !url.starts_with("http://") && !url.starts_with("https://") {
