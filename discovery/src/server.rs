@@ -301,7 +301,10 @@ impl Shared {
         for event in events {
             log_event(&event);
             // No receivers is fine.
-            if !matches!(event, Event::ServiceUpdated { .. }) {
+            if !matches!(
+                event,
+                Event::ServiceUpdated { .. } | Event::ServiceBackends { .. }
+            ) {
                 let _ = self.local_events.send(event.clone());
             }
             let _ = self.events.send(event);

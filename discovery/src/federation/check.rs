@@ -130,6 +130,10 @@ pub fn check(
         }
     };
     let mut out = Checked::default();
+    debug_assert!(
+        view.is_whole(),
+        "a view is checked whole only when it holds every record"
+    );
     let mut acc = Accepted {
         cluster_id: cid,
         ..Accepted::default()
@@ -332,6 +336,18 @@ pub fn endpoint(
     let key = format!("endpoint {ip}");
     let e = Endpoint::try_from(p.clone())
         .map_err(|err| rejection(key.clone(), RejectReason::Invalid, err.to_string()))?;
+    // One way to write each IP (as discovery publishes it), so one record
+    // holds an IP and judging it alone judges everything that names it.
+    if p.ip != e.ip.to_string() {
+        return Err(rejection(
+            key,
+            RejectReason::Invalid,
+            format!(
+                "remote {remote} sent endpoint IP {:?}, not written as discovery writes it ({})",
+                p.ip, e.ip
+            ),
+        ));
+    }
     let what = || {
         format!(
             "endpoint {} ({}) of node {}/{}",

@@ -263,7 +263,8 @@ impl Imports {
 
     /// Checks `view` (the remote's whole state as received) and imports what
     /// may be imported. A remote rejected as a whole keeps its earlier
-    /// state, as if its connection had broken.
+    /// state, as if its connection had broken. The view's released records
+    /// are given back first; those imported as sent are released again.
     pub fn update(&mut self, name: &str, view: &mut RemoteView, local: &Local, now: u64) -> Update {
         self.hold_all(name, view);
         self.see_local(local);

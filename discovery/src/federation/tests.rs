@@ -581,6 +581,19 @@ fn records_imported_as_sent_leave_the_view_and_come_back_when_judged_again() {
     assert_eq!(held_keys(&view.endpoints), Vec::<&str>::new());
     assert_eq!(i.endpoints().count(), 3);
 
+    // A removal that names another node or cluster than the released
+    // endpoint's is not the holder's: nothing.
+    for (node, cluster) in [("n1", "c2"), ("n2", "c3")] {
+        let touched = view.apply(pb::watch_event::Event::EndpointRemoved(
+            pb::EndpointRemoved {
+                revision: 10,
+                ip: "10.2.1.10".into(),
+                node: node.into(),
+                cluster: cluster.into(),
+            },
+        ));
+        assert_eq!(touched, Touched::Nothing, "{node} of {cluster}");
+    }
     // A removal of a released endpoint names its node: held or not, the
     // view knows it.
     let touched = view.apply(pb::watch_event::Event::EndpointRemoved(
@@ -601,5 +614,24 @@ fn records_imported_as_sent_leave_the_view_and_come_back_when_judged_again() {
     let u = update(&mut i, "c2", &mut view, 11);
     assert!(u.events.is_empty(), "{:?}", kinds(&u.events));
     assert!(u.new_rejections.is_empty());
+    assert_eq!(i.endpoints().count(), 2);
+}
+
+#[test]
+fn an_endpoint_ip_not_written_as_discovery_writes_it_is_refused() {
+    let mut i = imports();
+    let mut snap = c2_snapshot();
+    snap.endpoints
+        .push(pep("c2", "n1", " 10.2.0.11", 2 << 16 | 256));
+    let u = update(&mut i, "c2", &mut RemoteView::from_snapshot(snap), 0);
+    assert_eq!(
+        reasons(&u),
+        vec![("endpoint  10.2.0.11", RejectReason::Invalid)]
+    );
+    assert!(
+        u.new_rejections[0].detail.contains("not written as"),
+        "{:?}",
+        u.new_rejections
+    );
     assert_eq!(i.endpoints().count(), 2);
 }

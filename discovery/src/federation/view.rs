@@ -5,7 +5,7 @@
 //! A node or endpoint that was imported exactly as sent is *released*: the
 //! view keeps its key (and the endpoint's node, in `by_node`) but not the
 //! record, which the imports hold in their own form and give back when the
-//! record must be judged again (see `Imports::wire_node`). At 255 clusters
+//! record must be judged again (see `imports/released.rs`). At 255 clusters
 //! the wire copy beside the imported one was a fifth of a discovery's memory.
 
 use std::collections::{BTreeMap, BTreeSet};

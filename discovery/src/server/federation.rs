@@ -25,8 +25,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const EXPIRY_INTERVAL: Duration = Duration::from_millis(200);
 /// How often the merged services that imports changed are pushed: changes
 /// to one service from all remotes within this window go out as one
-/// `ServiceUpdated` (each carries the service's whole backend list, about
-/// N·backends long, so one per imported endpoint costs O(N) each).
+/// `ServiceBackends` (or one `ServiceUpdated`), not one per imported
+/// endpoint.
 const SERVICES_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Starts a link per remote and the expiry loop; abort them on shutdown.

@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use super::{Affinity, Backend, GlobalService, Protocol, Service, ServicePort};
+use super::{Affinity, Backend, GlobalService, Protocol, Service, ServiceChange, ServicePort};
 use crate::pb;
 
 fn protocol(s: &str) -> Result<Protocol, String> {
@@ -144,6 +144,18 @@ impl TryFrom<&pb::GlobalService> for GlobalService {
             ports: ports(&p.ports)?,
             backends,
             vip: vip(&p.vip)?,
+        })
+    }
+}
+
+impl TryFrom<&pb::ServiceBackendsChanged> for ServiceChange {
+    type Error = String;
+    fn try_from(p: &pb::ServiceBackendsChanged) -> Result<Self, String> {
+        Ok(ServiceChange::Backends {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            removed: backends_from_pb(&p.removed)?,
+            added: backends_from_pb(&p.added)?,
         })
     }
 }

@@ -215,17 +215,12 @@ impl MergedServices {
                 self.rebuild.insert(key);
                 continue;
             };
+            g.change_backends(old.as_slice(), new.as_slice());
             let touched = self.dirty.entry(key).or_default();
             if let Some(old) = old {
-                if let Ok(i) = g.backends.binary_search(&old) {
-                    g.backends.remove(i);
-                }
                 touched.insert(old, false);
             }
             if let Some(new) = new {
-                if let Err(i) = g.backends.binary_search(&new) {
-                    g.backends.insert(i, new.clone());
-                }
                 touched.insert(new, true);
             }
         }

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use meshgate_discovery::pb::watch_event::Event;
-use meshgate_discovery::service::{backends_from_pb, GlobalService};
+use meshgate_discovery::service::{GlobalService, ServiceChange};
 use serde::{Deserialize, Serialize};
 
 pub const SERVICES_FILE: &str = "services.json";
@@ -21,41 +21,56 @@ pub struct Services {
 
 impl Services {
     /// Applies one watch event; whether the services changed. An unreadable
-    /// record is an error and changes nothing.
+    /// service is an error, and this copy then leaves it out rather than
+    /// keep a stale one (a later change of its backends finds it missing,
+    /// and the agent asks for a snapshot).
     pub fn apply(&mut self, event: &Event) -> Result<bool, String> {
         match event {
             Event::Snapshot(s) => {
                 let mut next = BTreeMap::new();
+                let mut unreadable = Vec::new();
                 for g in &s.global_services {
-                    let g = GlobalService::try_from(g)?;
-                    next.insert(g.key(), g);
+                    match GlobalService::try_from(g) {
+                        Ok(g) => {
+                            next.insert(g.key(), g);
+                        }
+                        Err(e) => unreadable.push(format!("{}/{}: {e}", g.namespace, g.name)),
+                    }
                 }
                 let changed = next != self.services;
                 self.services = next;
-                Ok(changed)
+                match unreadable.is_empty() {
+                    true => Ok(changed),
+                    false => Err(format!(
+                        "the snapshot's services {} are unreadable; left out",
+                        unreadable.join(", ")
+                    )),
+                }
             }
             Event::ServiceUpdated(u) => {
                 let g = u
                     .service
                     .as_ref()
                     .ok_or_else(|| format!("service event at revision {} is empty", u.revision))?;
-                let g = GlobalService::try_from(g)?;
-                Ok(self.services.insert(g.key(), g.clone()) != Some(g))
+                match GlobalService::try_from(g) {
+                    Ok(g) => Ok(self.services.insert(g.key(), g.clone()) != Some(g)),
+                    Err(e) => {
+                        self.services.remove(&format!("{}/{}", g.namespace, g.name));
+                        Err(format!(
+                            "service {}/{} is unreadable ({e}); left out",
+                            g.namespace, g.name
+                        ))
+                    }
+                }
             }
             Event::ServiceBackends(u) => {
-                let key = format!("{}/{}", u.namespace, u.name);
-                let removed = backends_from_pb(&u.removed)?;
-                let added = backends_from_pb(&u.added)?;
-                let g = self.services.get_mut(&key).ok_or_else(|| {
-                    format!(
-                        "backends of service {key} at revision {}, which discovery never sent \
-                         whole",
-                        u.revision
-                    )
-                })?;
-                let before = g.backends.clone();
-                g.change_backends(&removed, &added);
-                Ok(g.backends != before)
+                let change = ServiceChange::try_from(u)?;
+                let key = change.key();
+                let before = self.services.get(&key).cloned();
+                change
+                    .apply_to(&mut self.services)
+                    .map_err(|e| format!("{e} (revision {})", u.revision))?;
+                Ok(self.services.get(&key) != before.as_ref())
             }
             _ => Ok(false),
         }
@@ -151,5 +166,20 @@ mod tests {
             err.contains("default/db") && err.contains("never sent whole"),
             "{err}"
         );
+        // An unreadable whole service is left out, not kept stale: a later
+        // change of its backends then asks for a snapshot.
+        let mut bad = svc(&["10.1.0.10"]);
+        bad.affinity = "sideways".into();
+        let up = Event::ServiceUpdated(pb::ServiceUpdated {
+            revision: 5,
+            service: Some(bad),
+        });
+        let err = s.apply(&up).unwrap_err();
+        assert!(
+            err.contains("default/web") && err.contains("sideways"),
+            "{err}"
+        );
+        assert!(s.services.is_empty());
+        assert!(s.apply(&change("web", &[], &["10.1.0.14"])).is_err());
     }
 }

@@ -200,7 +200,13 @@ fn update_services(agent: &Agent, event: &pb::watch_event::Event) -> anyhow::Res
         Err(problem) if matches!(event, pb::watch_event::Event::ServiceBackends(_)) => {
             return Err(anyhow!("{problem}; opening the watch again for a snapshot"));
         }
-        Err(problem) => warn!(%problem, "ignoring an unusable service record"),
+        Err(problem) => {
+            // The copy left the unreadable service out: write it as it is.
+            warn!(%problem, "ignoring an unusable service record");
+            if let Err(e) = super::services::save(&agent.cfg.state_dir, &services) {
+                warn!(error = %format!("{e:#}"), "writing the services failed");
+            }
+        }
     }
     Ok(())
 }

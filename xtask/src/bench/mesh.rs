@@ -182,29 +182,26 @@ fn fewest_processes(clusters: usize, limit: usize) -> usize {
 }
 
 fn fd_soft_limit() -> usize {
+    nofile_limit().map_or(1024, |l| usize::try_from(l.rlim_cur).unwrap_or(usize::MAX))
+}
+
+/// The open-files limit (soft and hard), if it can be read.
+fn nofile_limit() -> Option<libc::rlimit> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes into the struct we pass; no other precondition.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return 1024;
-    }
-    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim)
 }
 
 /// Every link is a TCP connection with both ends in the one process;
 /// raises the soft (and, as root, the hard) open-files limit the child inherits.
 fn raise_fd_limit(clusters: usize) {
-    let needed = (2 * clusters * clusters + 8 * clusters + 256) as libc::rlim_t;
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass; no other precondition.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= needed {
+    let needed = files_per_process(clusters, 1) as libc::rlim_t;
+    let Some(lim) = nofile_limit().filter(|l| l.rlim_cur < needed) else {
         return;
-    }
+    };
     let want = libc::rlimit {
         rlim_cur: needed,
         rlim_max: lim.rlim_max.max(needed),
@@ -319,8 +316,9 @@ fn section(machine: &Machine, load: &str, command: &str, table: &str) -> String 
          no nodes yet − at start) / N×(N−1), which includes each server's fixed cost.\n\
          The anchor is the issue's target (p99 under 1 s for 255 × 20 × 50), read as\n\
          p99 / 1 s. `cargo xtask bench mesh --clusters 255` runs the target size\n\
-         (it raises the open-files limit to about 2·N² for the loopback links; without\n\
-         CAP_SYS_RESOURCE the hard limit caps N: 20 000 files allow N ≤ 98).\n\
+         (the loopback links need about 2·N² open files: it raises the limit, and where\n\
+         it cannot, without CAP_SYS_RESOURCE, spreads the servers over the fewest\n\
+         processes the limit allows, 8 for N = 255 at 20 000 files).\n\
          Each discovery's state dir is under `--state-dir` (default the system temp\n\
          dir, on disk: every local change is saved with fsync, ~8 ms here).\n\n\
          {table}",

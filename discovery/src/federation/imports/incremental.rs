@@ -151,14 +151,9 @@ impl Imports {
             node_changes.insert(n.to_string(), (old, accepted));
         }
 
-        // Endpoints: against the remote's nodes as now imported. Held again
-        // first, with the key that spells an IP as imported (which a record
-        // judged under another spelling of that IP may replace).
+        // Endpoints: against the remote's nodes as now imported.
         for k in &endpoints {
             self.hold_endpoint(name, view, k);
-            if let Some(canonical) = k.parse::<IpAddr>().ok().map(|ip| ip.to_string()) {
-                self.hold_endpoint(name, view, &canonical);
-            }
         }
         let remote = self.remotes.get_mut(name).expect("looked up above");
         let mut ep_changes: BTreeMap<IpAddr, (Option<Endpoint>, Option<Endpoint>)> =
@@ -175,8 +170,10 @@ impl Imports {
                 None => (None, None),
             };
             settle(remote, format!("endpoint {k}"), rejected, &mut new);
-            let Ok(ip) = k.parse::<IpAddr>() else {
-                continue; // unreadable: never imported
+            // Unreadable, or an IP not written as discovery writes it:
+            // never imported (see `check::endpoint`).
+            let Some(ip) = k.parse::<IpAddr>().ok().filter(|ip| ip.to_string() == *k) else {
+                continue;
             };
             let old = remote.endpoints.get(&ip).map(|s| s.unpack(ip, name));
             if old == accepted {

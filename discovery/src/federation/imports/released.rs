@@ -6,9 +6,12 @@
 //!
 //! A record is released only when converting the imported record back to
 //! its wire form gives the wire record exactly, so judging the record given
-//! back is judging what the remote sent. An imported record changes only
-//! when its key is judged, and a key is held again before it is judged, so
-//! what is given back is what was released.
+//! back is judging what the remote sent. While the remote's session lasts,
+//! an imported record changes only when its key is judged (a node by its
+//! `cluster/name`, an endpoint by its IP, which `check::endpoint` accepts
+//! only as discovery writes it), and a key is held again before it is
+//! judged, so what is given back is what was released. Expiry removes the
+//! imports only after the session (and its view) ended.
 
 use std::net::IpAddr;
 
@@ -103,8 +106,7 @@ impl Imports {
     }
 
     /// Releases the endpoints `keys` of `remote`'s view that are imported
-    /// exactly as sent (the IP spelled as the imported record spells it, so
-    /// no two keys are released against one record).
+    /// exactly as sent.
     pub(super) fn release_endpoints<'a>(
         &self,
         remote: &str,
