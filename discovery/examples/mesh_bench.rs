@@ -746,7 +746,13 @@ async fn watcher(
     let mut converged = false;
     loop {
         // An agent opens the stream again when it breaks; so does this.
-        let mut stream = match client.watch(pb::WatchRequest { local_only: false }).await {
+        let mut stream = match client
+            .watch(pb::WatchRequest {
+                local_only: false,
+                backend_deltas: true,
+            })
+            .await
+        {
             Ok(s) => s.into_inner(),
             Err(_) => {
                 WATCH_BREAKS.fetch_add(1, Ordering::Relaxed);

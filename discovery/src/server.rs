@@ -589,9 +589,14 @@ impl Discovery for Service {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let local_only = request.into_inner().local_only;
+        let req = request.into_inner();
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        tokio::spawn(watch_task(self.shared.clone(), tx, local_only));
+        tokio::spawn(watch_task(
+            self.shared.clone(),
+            tx,
+            req.local_only,
+            req.backend_deltas,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -612,6 +617,31 @@ impl Discovery for Service {
 
 type WatchTx = mpsc::Sender<Result<pb::WatchEvent, Status>>;
 
+/// For a watcher that does not take `ServiceBackends`: the service whole,
+/// as merged now (at least as new as the change), under the change's
+/// revision.
+fn whole(shared: &Shared, event: &Event) -> Option<Event> {
+    let Event::ServiceBackends {
+        revision,
+        namespace,
+        name,
+        ..
+    } = event
+    else {
+        return None;
+    };
+    let service = shared
+        .lock()
+        .merged
+        .services()
+        .get(&format!("{namespace}/{name}"))
+        .cloned()?;
+    Some(Event::ServiceUpdated {
+        revision: *revision,
+        service,
+    })
+}
+
 /// Sends a snapshot; returns its revision, or `None` if the watcher is gone.
 /// With `local_only`, without what was imported from remote clusters.
 async fn send_snapshot(shared: &Shared, tx: &WatchTx, local_only: bool) -> Option<u64> {
@@ -620,7 +650,7 @@ async fn send_snapshot(shared: &Shared, tx: &WatchTx, local_only: bool) -> Optio
     Some(revision)
 }
 
-async fn watch_task(shared: Arc<Shared>, tx: WatchTx, local_only: bool) {
+async fn watch_task(shared: Arc<Shared>, tx: WatchTx, local_only: bool, deltas: bool) {
     let mut stop = shared.stop.clone();
     if *stop.borrow() {
         return;
@@ -651,6 +681,13 @@ async fn watch_task(shared: Arc<Shared>, tx: WatchTx, local_only: bool) {
                     continue;
                 }
                 last = event.revision();
+                let event = match event {
+                    Event::ServiceBackends { .. } if !deltas => match whole(&shared, &event) {
+                        Some(e) => e,
+                        None => continue,
+                    },
+                    e => e,
+                };
                 if tx.send(Ok((&event).into())).await.is_err() {
                     break;
                 }

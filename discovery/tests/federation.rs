@@ -117,7 +117,10 @@ async fn node_with_pod(c: &mut DiscoveryClient<Channel>, cluster: &str, id: u8) 
 /// The nodes (`cluster/name`) and endpoint IPs of a fresh watch snapshot.
 async fn snapshot(c: &mut DiscoveryClient<Channel>, local_only: bool) -> pb::Snapshot {
     let mut s = c
-        .watch(pb::WatchRequest { local_only })
+        .watch(pb::WatchRequest {
+            local_only,
+            ..Default::default()
+        })
         .await
         .expect("watch")
         .into_inner();

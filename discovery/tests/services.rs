@@ -150,7 +150,10 @@ async fn global_service_backends_are_merged_and_pushed_per_service() {
 
     // c2's local-only snapshot: its definitions, no merged view.
     let mut s = c2
-        .watch(pb::WatchRequest { local_only: true })
+        .watch(pb::WatchRequest {
+            local_only: true,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -179,12 +182,25 @@ async fn global_service_backends_are_merged_and_pushed_per_service() {
     }
 
     // A watcher of c1 sees web in its snapshot, then only web's new
-    // backend (not db, not web whole) when c1's own web pod appears.
+    // backend (not db, not web whole) when c1's own web pod appears; one
+    // that does not take backend changes (an older agent) gets web whole.
     let mut w = c1
+        .watch(pb::WatchRequest {
+            local_only: false,
+            backend_deltas: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut older = c1
         .watch(pb::WatchRequest::default())
         .await
         .unwrap()
         .into_inner();
+    assert!(matches!(
+        older.message().await.unwrap().and_then(|e| e.event),
+        Some(pb::watch_event::Event::Snapshot(_))
+    ));
     let mut web = match w.message().await.unwrap().and_then(|e| e.event) {
         Some(pb::watch_event::Event::Snapshot(s)) => {
             assert_eq!(s.global_services.len(), 2);
@@ -221,4 +237,22 @@ async fn global_service_backends_are_merged_and_pushed_per_service() {
         .map(|b| format!("{} {}", b.cluster, b.ip))
         .collect();
     assert_eq!(b, vec!["c1 10.1.0.10", "c2 10.2.0.10"]);
+    let whole = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match older.message().await.unwrap().and_then(|e| e.event) {
+                Some(pb::watch_event::Event::ServiceUpdated(u)) => return u.service.unwrap(),
+                Some(pb::watch_event::Event::ServiceBackends(u)) => {
+                    panic!("a watcher without backend_deltas got {u:?}")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("no service_updated for the older watcher within 5 s");
+    assert_eq!(
+        GlobalService::try_from(&whole).unwrap().backends,
+        web.backends,
+        "the older watcher's whole service"
+    );
 }

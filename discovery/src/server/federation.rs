@@ -119,7 +119,10 @@ async fn session(
         .await
         .map_err(|e| e.to_string())?;
     let mut stream = client
-        .watch(pb::WatchRequest { local_only: true })
+        .watch(pb::WatchRequest {
+            local_only: true,
+            backend_deltas: true,
+        })
         .await
         .map_err(|s| format!("watch refused: {}", s.message()))?
         .into_inner();

@@ -217,7 +217,10 @@ async fn session(agent: &Agent, url: &str, connected: &mut bool) -> anyhow::Resu
     let mut client = connect_with(url, agent.cfg.tls.as_ref()).await?;
     let ttl = register(agent, url, &mut client).await?;
     let mut stream = client
-        .watch(pb::WatchRequest::default())
+        .watch(pb::WatchRequest {
+            local_only: false,
+            backend_deltas: true,
+        })
         .await
         .map_err(|s| anyhow!("watch refused: {}", why(agent, url, &s)))?
         .into_inner();
