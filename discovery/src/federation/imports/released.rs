@@ -13,6 +13,7 @@
 //! judged, so what is given back is what was released. Expiry removes the
 //! imports only after the session (and its view) ended.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::Imports;
@@ -20,6 +21,23 @@ use crate::federation::RemoteView;
 use crate::pb;
 
 impl Imports {
+    /// The wire form of `remote`'s imported node `key` (`cluster/name`).
+    fn wire_node(&self, remote: &str, key: &str) -> Option<pb::Node> {
+        let name = key.strip_prefix(remote)?.strip_prefix('/')?;
+        self.remotes
+            .get(remote)?
+            .nodes
+            .get(name)
+            .map(pb::Node::from)
+    }
+
+    /// The wire form of `remote`'s imported endpoint `key` (its IP).
+    fn wire_endpoint(&self, remote: &str, key: &str) -> Option<pb::Endpoint> {
+        let ip = key.parse::<IpAddr>().ok()?;
+        let e = self.remotes.get(remote)?.endpoints.get(&ip)?;
+        Some(pb::Endpoint::from(&e.unpack(ip, remote)))
+    }
+
     /// Holds node `key` (`cluster/name`) of `remote`'s view again if it was
     /// released. A released key whose import is gone (never, while the
     /// remote's session lasts) is dropped from the view.
@@ -27,14 +45,9 @@ impl Imports {
         let Some(None) = view.nodes.get(key) else {
             return;
         };
-        let wire = key
-            .strip_prefix(remote)
-            .and_then(|k| k.strip_prefix('/'))
-            .and_then(|n| self.remotes.get(remote)?.nodes.get(n))
-            .map(|n| Box::new(pb::Node::from(n)));
-        match wire {
+        match self.wire_node(remote, key) {
             Some(w) => {
-                view.nodes.insert(key.to_string(), Some(w));
+                view.nodes.insert(key.to_string(), Some(Box::new(w)));
             }
             None => {
                 view.nodes.remove(key);
@@ -48,14 +61,9 @@ impl Imports {
         let Some(None) = view.endpoints.get(key) else {
             return;
         };
-        let wire = key
-            .parse::<IpAddr>()
-            .ok()
-            .and_then(|ip| Some((ip, self.remotes.get(remote)?.endpoints.get(&ip)?)))
-            .map(|(ip, e)| Box::new(pb::Endpoint::from(&e.unpack(ip, remote))));
-        match wire {
+        match self.wire_endpoint(remote, key) {
             Some(w) => {
-                view.endpoints.insert(key.to_string(), Some(w));
+                view.endpoints.insert(key.to_string(), Some(Box::new(w)));
             }
             None => view.forget_endpoint(key),
         }
@@ -85,24 +93,7 @@ impl Imports {
         view: &mut RemoteView,
         keys: impl IntoIterator<Item = &'a String>,
     ) {
-        let Some(r) = self.remotes.get(remote) else {
-            return;
-        };
-        for key in keys {
-            let Some(slot) = view.nodes.get_mut(key) else {
-                continue;
-            };
-            let Some(wire) = slot.as_deref() else {
-                continue;
-            };
-            let imported = key
-                .strip_prefix(remote)
-                .and_then(|k| k.strip_prefix('/'))
-                .and_then(|n| r.nodes.get(n));
-            if imported.is_some_and(|n| pb::Node::from(n) == *wire) {
-                *slot = None;
-            }
-        }
+        release(&mut view.nodes, keys, |k| self.wire_node(remote, k));
     }
 
     /// Releases the endpoints `keys` of `remote`'s view that are imported
@@ -113,23 +104,26 @@ impl Imports {
         view: &mut RemoteView,
         keys: impl IntoIterator<Item = &'a String>,
     ) {
-        let Some(r) = self.remotes.get(remote) else {
-            return;
+        release(&mut view.endpoints, keys, |k| self.wire_endpoint(remote, k));
+    }
+}
+
+/// Drops the held records `keys` whose imported record, in wire form
+/// (`imported`), is the record itself.
+fn release<'a, T: PartialEq>(
+    records: &mut BTreeMap<String, Option<Box<T>>>,
+    keys: impl IntoIterator<Item = &'a String>,
+    imported: impl Fn(&str) -> Option<T>,
+) {
+    for key in keys {
+        let Some(slot) = records.get_mut(key) else {
+            continue;
         };
-        for key in keys {
-            let Some(slot) = view.endpoints.get_mut(key) else {
-                continue;
-            };
-            let Some(wire) = slot.as_deref() else {
-                continue;
-            };
-            let imported = key
-                .parse::<IpAddr>()
-                .ok()
-                .and_then(|ip| Some((ip, r.endpoints.get(&ip)?)));
-            if imported.is_some_and(|(ip, e)| pb::Endpoint::from(&e.unpack(ip, remote)) == *wire) {
-                *slot = None;
-            }
+        if slot
+            .as_deref()
+            .is_some_and(|wire| imported(key).as_ref() == Some(wire))
+        {
+            *slot = None;
         }
     }
 }
