@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::pb_node;
+use common::{next, pb_node, watch};
 use meshgate_discovery::client::{connect, pb, DiscoveryClient};
 use meshgate_discovery::model::{Event, Snapshot, WatchItem};
 use meshgate_discovery::server::{serve_on, ServerConfig};
@@ -191,22 +191,6 @@ async fn register(c: &mut DiscoveryClient<Channel>, node: pb::Node) -> pb::Node 
         .into_inner()
         .node
         .unwrap()
-}
-
-async fn watch(c: &mut DiscoveryClient<Channel>) -> Streaming<pb::WatchEvent> {
-    c.watch(pb::WatchRequest::default())
-        .await
-        .expect("watch")
-        .into_inner()
-}
-
-async fn next(stream: &mut Streaming<pb::WatchEvent>, within: Duration) -> WatchItem {
-    let msg = tokio::time::timeout(within, stream.message())
-        .await
-        .unwrap_or_else(|_| panic!("no watch event within {within:?}"))
-        .expect("watch stream error")
-        .expect("watch stream ended");
-    WatchItem::try_from(msg).expect("decode watch event")
 }
 
 async fn snapshot_of(c: &mut DiscoveryClient<Channel>) -> Snapshot {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::pb_node;
+use common::{next, pb_node, watch};
 use meshgate_discovery::client::{connect, pb, DiscoveryClient};
 use meshgate_discovery::model::{Event, Node, RemoveReason, Snapshot, WatchItem};
 use meshgate_discovery::server::{serve_with_listener, ServerConfig};
@@ -68,22 +68,6 @@ async fn register(c: &mut DiscoveryClient<Channel>, node: pb::Node) -> pb::Regis
         .await
         .expect("register")
         .into_inner()
-}
-
-async fn watch(c: &mut DiscoveryClient<Channel>) -> Streaming<pb::WatchEvent> {
-    c.watch(pb::WatchRequest::default())
-        .await
-        .expect("watch")
-        .into_inner()
-}
-
-async fn next(stream: &mut Streaming<pb::WatchEvent>, within: Duration) -> WatchItem {
-    let msg = tokio::time::timeout(within, stream.message())
-        .await
-        .unwrap_or_else(|_| panic!("no watch event within {within:?}"))
-        .expect("watch stream error")
-        .expect("watch stream ended");
-    WatchItem::try_from(msg).expect("decode watch event")
 }
 
 async fn snapshot(stream: &mut Streaming<pb::WatchEvent>) -> Snapshot {

@@ -1,7 +1,13 @@
 //! Helpers shared by the discovery integration tests.
 
+use std::time::Duration;
+
 use base64::Engine as _;
+use meshgate_discovery::client::DiscoveryClient;
+use meshgate_discovery::model::WatchItem;
 use meshgate_discovery::pb;
+use tonic::transport::Channel;
+use tonic::Streaming;
 
 /// A node record of cluster c1 (id 1) with pod CIDR `cidr`; `key_byte`
 /// makes its WireGuard key and underlay address distinct.
@@ -17,4 +23,22 @@ pub fn pb_node(name: &str, cidr: &str, key_byte: u8) -> pb::Node {
         tunnel_ip: String::new(),
         roles: vec![],
     }
+}
+
+/// Opens a watch (every event, whole services).
+pub async fn watch(c: &mut DiscoveryClient<Channel>) -> Streaming<pb::WatchEvent> {
+    c.watch(pb::WatchRequest::default())
+        .await
+        .expect("watch")
+        .into_inner()
+}
+
+/// The next watch event, decoded; panics if none comes `within`.
+pub async fn next(stream: &mut Streaming<pb::WatchEvent>, within: Duration) -> WatchItem {
+    let msg = tokio::time::timeout(within, stream.message())
+        .await
+        .unwrap_or_else(|_| panic!("no watch event within {within:?}"))
+        .expect("watch stream error")
+        .expect("watch stream ended");
+    WatchItem::try_from(msg).expect("decode watch event")
 }
