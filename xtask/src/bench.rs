@@ -1,6 +1,7 @@
 //! `cargo xtask bench NAME`: a figure beside its anchors, measured in the same
 //! run on the same machine, reported as ratios and kept in docs/benchmarks.md.
 
+mod example;
 mod iperf;
 mod mesh;
 mod policy;

@@ -2,13 +2,12 @@
 //! (`discovery/examples/mesh_bench.rs`), the time until one change reaches
 //! every cluster's agent-facing view, against the 1 s p99 target.
 
-use std::process::{Command, Stdio};
-
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::Value;
 
+use super::example;
 use super::report::{self, Machine};
-use crate::util::{self, Steps};
+use crate::util::Steps;
 
 /// The target for a change to reach every cluster (p99).
 const TARGET_S: f64 = 1.0;
@@ -24,14 +23,7 @@ pub fn run(args: &[&str]) -> Result<()> {
     } = parse(args)?;
     let mut steps = Steps::new(3);
     steps.step("build mesh_bench (release)", || {
-        util::run(util::cargo().args([
-            "build",
-            "-p",
-            "meshgate-discovery",
-            "--release",
-            "--example",
-            "mesh_bench",
-        ]))
+        example::build("mesh_bench")
     })?;
     raise_fd_limit(clusters);
     // Without `--processes`: as few as the open-files limit allows.
@@ -66,21 +58,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         command.push_str(&format!(" --max-rss-mib {max_rss_mib}"));
     }
     let (result, ok) = steps.step(&format!("{clusters} federated discoveries"), || {
-        let bin = util::target_dir().join("release/examples/mesh_bench");
-        let mut cmd = Command::new(&bin);
-        cmd.args(&bench_args).stderr(Stdio::inherit());
-        eprintln!("$ {}", util::describe(&cmd));
-        let out = cmd
-            .output()
-            .with_context(|| format!("running {}", bin.display()))?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text
-            .lines()
-            .rev()
-            .find(|l| l.starts_with('{'))
-            .context("mesh_bench printed no JSON result")?;
-        let v: Value = serde_json::from_str(line).context("reading mesh_bench's JSON result")?;
-        Ok((v, out.status.success()))
+        example::run("mesh_bench", &bench_args).map(|(v, status)| (v, status.success()))
     })?;
     let machine = Machine::detect();
     let table = table(&result);

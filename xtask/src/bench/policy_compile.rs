@@ -3,13 +3,12 @@
 //! scratch and as single-change diffs, beside a plain `HashMap` fill of the
 //! same entries measured in the same run.
 
-use std::process::{Command, Stdio};
-
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::Value;
 
+use super::example;
 use super::report::{self, Machine};
-use crate::util::{self, Steps};
+use crate::util::Steps;
 
 pub fn run(args: &[&str]) -> Result<()> {
     if !args.is_empty() {
@@ -17,36 +16,16 @@ pub fn run(args: &[&str]) -> Result<()> {
     }
     let mut steps = Steps::new(3);
     steps.step("build policy_bench (release)", || {
-        util::run(util::cargo().args([
-            "build",
-            "-p",
-            "meshgate-discovery",
-            "--release",
-            "--example",
-            "policy_bench",
-        ]))
+        example::build("policy_bench")
     })?;
     let load = report::load_average();
     let result = steps.step("compile 10,000 entries", || {
-        let bin = util::target_dir().join("release/examples/policy_bench");
-        let mut cmd = Command::new(&bin);
-        cmd.stderr(Stdio::inherit());
-        eprintln!("$ {}", util::describe(&cmd));
-        let out = cmd
-            .output()
-            .with_context(|| format!("running {}", bin.display()))?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text
-            .lines()
-            .rev()
-            .find(|l| l.starts_with('{'))
-            .context("policy_bench printed no JSON result")?;
-        let v: Value = serde_json::from_str(line).context("reading policy_bench's JSON result")?;
+        let (v, status) = example::run("policy_bench", &[])?;
         if let Some(e) = v["error"].as_str() {
             bail!("policy_bench failed: {e}");
         }
-        if !out.status.success() {
-            bail!("policy_bench exited with {}", out.status);
+        if !status.success() {
+            bail!("policy_bench exited with {status}");
         }
         Ok(v)
     })?;
