@@ -236,31 +236,52 @@ fn ours(dir: &Path, opts: &Opts) -> Result<Rates> {
     let world = World::up(&bin, WORLD_EBPF, &file, &[])?;
     let s_ip = world.ip("c1/s")?;
     let _server = Server::start(WORLD_EBPF)?;
+    let load = |i: usize, n: usize| {
+        util::output(world.cmd().args([
+            "lab",
+            "policy",
+            "--world",
+            WORLD_EBPF,
+            files[i].to_str().context("path")?,
+        ]))
+        .with_context(|| format!("loading {n} policy entries"))
+    };
+    let check = |n: usize| {
+        let entries = policy_entries()?;
+        if entries != n {
+            bail!("the agent reports {entries} policy entries, not {n}");
+        }
+        // The entries are consulted: a port not among them is dropped.
+        if connects(WORLD_EBPF, &s_ip, 20_000) {
+            bail!("a port outside the policy got through: the policy is not enforced");
+        }
+        Ok(())
+    };
+    measure(WORLD_EBPF, &s_ip, opts, "entries", load, check)
+}
+
+/// `opts.rounds` rounds over [`SIZES`]: `load(i, n)` puts size `n` (the
+/// `i`th) in place (its time is reported), `check(n)` checks it is in
+/// force, then the rate is measured.
+fn measure<L, C>(
+    world: &str,
+    s_ip: &str,
+    opts: &Opts,
+    what: &str,
+    load: impl Fn(usize, usize) -> Result<L>,
+    check: impl Fn(usize) -> Result<C>,
+) -> Result<Rates> {
     let mut runs: Vec<Vec<f64>> = vec![Vec::new(); SIZES.len()];
     for round in 0..opts.rounds {
         for (i, n) in SIZES.iter().enumerate() {
             let t = Instant::now();
-            util::output(world.cmd().args([
-                "lab",
-                "policy",
-                "--world",
-                WORLD_EBPF,
-                files[i].to_str().context("path")?,
-            ]))
-            .with_context(|| format!("loading {n} policy entries"))?;
+            load(i, *n)?;
             let loaded = t.elapsed();
-            let entries = policy_entries()?;
-            if entries != *n {
-                bail!("the agent reports {entries} policy entries, not {n}");
-            }
-            // The entries are consulted: a port not among them is dropped.
-            if connects(WORLD_EBPF, &s_ip, 20_000) {
-                bail!("a port outside the policy got through: the policy is not enforced");
-            }
+            check(*n)?;
             std::thread::sleep(SETTLE);
-            let rate = rr(WORLD_EBPF, &s_ip, PORT, opts.seconds)?;
+            let rate = rr(world, s_ip, PORT, opts.seconds)?;
             eprintln!(
-                "round {}: {n} entries (loaded in {:?}): {rate:.0} transactions/s",
+                "round {}: {n} {what} (loaded in {:?}): {rate:.0} transactions/s",
                 round + 1,
                 loaded
             );
@@ -310,38 +331,30 @@ fn iptables(dir: &Path, opts: &Opts) -> Result<Rates> {
     let s_ip = world.ip("c1/s")?;
     let node = format!("mg-{WORLD_PLAIN}-c1-n-n1");
     let _server = Server::start(WORLD_PLAIN)?;
-    let mut runs: Vec<Vec<f64>> = vec![Vec::new(); SIZES.len()];
-    for round in 0..opts.rounds {
-        for (i, n) in SIZES.iter().enumerate() {
+    let files: Vec<PathBuf> = SIZES
+        .iter()
+        .map(|n| {
             let rules = dir.join(format!("iptables-{n}"));
             std::fs::write(&rules, iptables_rules(*n))?;
-            let t = Instant::now();
-            util::run(in_netns(&node, "iptables-restore").arg(&rules))
-                .with_context(|| format!("loading {n} iptables rules in {node}"))?;
-            let loaded = t.elapsed();
-            let listed = util::output(in_netns(&node, "iptables").args(["-S", "FORWARD"]))?;
-            let count = listed
-                .lines()
-                .filter(|l| l.starts_with("-A FORWARD"))
-                .count();
-            if count != n + 1 {
-                bail!("{node}'s FORWARD chain holds {count} rules, not {}", n + 1);
-            }
-            std::thread::sleep(SETTLE);
-            let rate = rr(WORLD_PLAIN, &s_ip, PORT, opts.seconds)?;
-            eprintln!(
-                "round {}: {n} iptables rules (loaded in {:?}): {rate:.0} transactions/s",
-                round + 1,
-                loaded
-            );
-            runs[i].push(rate);
+            Ok(rules)
+        })
+        .collect::<Result<_>>()?;
+    let load = |i: usize, n: usize| {
+        util::run(in_netns(&node, "iptables-restore").arg(&files[i]))
+            .with_context(|| format!("loading {n} iptables rules in {node}"))
+    };
+    let check = |n: usize| {
+        let listed = util::output(in_netns(&node, "iptables").args(["-S", "FORWARD"]))?;
+        let count = listed
+            .lines()
+            .filter(|l| l.starts_with("-A FORWARD"))
+            .count();
+        if count != n + 1 {
+            bail!("{node}'s FORWARD chain holds {count} rules, not {}", n + 1);
         }
-    }
-    Ok(SIZES
-        .iter()
-        .zip(runs)
-        .map(|(n, r)| (*n, median(r.clone()), r))
-        .collect())
+        Ok(())
+    };
+    measure(WORLD_PLAIN, &s_ip, opts, "iptables rules", load, check)
 }
 
 fn best(all: &[f64]) -> f64 {
