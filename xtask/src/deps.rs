@@ -1,74 +1,355 @@
-//! `cargo xtask deps`: the Debian packages and cargo components the project needs.
+//! `cargo xtask deps`: every prerequisite of the lab, the tests, the demo and
+//! the benchmarks, each checked by *using* it (compiling a proto that imports
+//! a well-known type, compiling and loading a BPF object, running each tool),
+//! never by asking dpkg whether a package is there. What fails is fixed by
+//! installing the Debian package named beside its check, and checked again.
+//!
+//! protoc is not a system dependency: every crate that compiles protos gets
+//! the vendored protoc (with its well-known includes) through `PROTOC`, which
+//! [`crate::util::cargo`] sets for every cargo it runs ([`protoc`]).
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
 use crate::util::{self, output};
 
-/// What the lab, the tests, the demo and the benchmarks run.
-pub const PACKAGES: &[&str] = &[
-    "iproute2",          // ip, ss: namespaces, links, routes
-    "iputils-ping",      // ping in the tests and the demo
-    "tcpdump",           // the demo's proof that the underlay carries no clear pod traffic
-    "iperf3",            // throughput benchmarks
-    "procps",            // sysctl, ps
-    "wireguard-go",      // the userspace anchor in `bench tunnel`
-    "wireguard-tools",   // wg
-    "nftables",          // nft
-    "iptables",          // the anchor of `bench policy` (iptables-restore)
-    "kmod",              // modprobe (kernel WireGuard when there is one)
-    "etcd-server",       // etcd for the HA discovery store's tests and lab worlds
-    "etcd-client",       // etcdctl, to look into that etcd when debugging
-    "protobuf-compiler", // protoc: the etcd-client crate compiles etcd's protos at build time
-    "clang",             // compiles the eBPF programs (ebpf/build.rs)
-    "libbpf-dev",        // <bpf/bpf_helpers.h> for the eBPF programs
-    "linux-libc-dev",    // <linux/bpf.h> and the other kernel UAPI headers
+/// One prerequisite: what it is, the Debian package that provides it, and how
+/// it is checked.
+struct Prereq {
+    what: &'static str,
+    /// The package that fixes a failed check; `None` when no package does.
+    package: Option<&'static str>,
+    check: fn(&Scratch) -> Result<()>,
+}
+
+/// In the order they are checked: later checks may use what earlier ones proved.
+const PREREQS: &[Prereq] = &[
+    Prereq {
+        what: "ip (namespaces, links, routes)",
+        package: Some("iproute2"),
+        check: |_| version("ip", &["-V"]),
+    },
+    Prereq {
+        what: "ss (sockets, used to wait for listeners)",
+        package: Some("iproute2"),
+        check: |_| version("ss", &["-V"]),
+    },
+    Prereq {
+        what: "ping",
+        package: Some("iputils-ping"),
+        check: |_| version("ping", &["-V"]),
+    },
+    Prereq {
+        what: "tcpdump (the captures that prove nothing crosses in clear)",
+        package: Some("tcpdump"),
+        check: |_| version("tcpdump", &["--version"]),
+    },
+    Prereq {
+        what: "iperf3 (throughput tests and benchmarks)",
+        package: Some("iperf3"),
+        check: |_| version("iperf3", &["--version"]),
+    },
+    Prereq {
+        what: "sysctl and ps",
+        package: Some("procps"),
+        check: |_| version("sysctl", &["--version"]).and_then(|()| version("ps", &["--version"])),
+    },
+    Prereq {
+        what: "wireguard-go (the userspace anchor of `bench tunnel`)",
+        package: Some("wireguard-go"),
+        check: |_| version("wireguard-go", &["--version"]),
+    },
+    Prereq {
+        what: "wg",
+        package: Some("wireguard-tools"),
+        check: |_| version("wg", &["--version"]),
+    },
+    Prereq {
+        what: "nft (a table checked against the kernel)",
+        package: Some("nftables"),
+        check: check_nft,
+    },
+    Prereq {
+        what: "iptables-restore (the anchor of `bench policy`)",
+        package: Some("iptables"),
+        check: check_iptables,
+    },
+    Prereq {
+        what: "modprobe",
+        package: Some("kmod"),
+        check: |_| version("modprobe", &["--version"]),
+    },
+    Prereq {
+        what: "etcd (the HA store's tests and lab worlds)",
+        package: Some("etcd-server"),
+        check: |_| version("etcd", &["--version"]),
+    },
+    Prereq {
+        what: "etcdctl",
+        package: Some("etcd-client"),
+        check: |_| version("etcdctl", &["version"]),
+    },
+    Prereq {
+        what: "python3 (the tests' UDP senders)",
+        package: Some("python3"),
+        check: |_| output(Command::new("python3").args(["-c", "import socket, json"])).map(drop),
+    },
+    Prereq {
+        what: "curl (the tests scrape the agents' metrics)",
+        package: Some("curl"),
+        check: |_| version("curl", &["--version"]),
+    },
+    Prereq {
+        what: "protoc with its well-known protos (compiling a proto that imports descriptor.proto)",
+        package: None,
+        check: check_protoc,
+    },
+    Prereq {
+        what: "clang targeting bpf",
+        package: Some("clang"),
+        check: |s| s.compile_bpf("plain", ""),
+    },
+    Prereq {
+        what: "the kernel UAPI headers (<linux/bpf.h>)",
+        package: Some("linux-libc-dev"),
+        check: |s| s.compile_bpf("uapi", "#include <linux/bpf.h>\n"),
+    },
+    Prereq {
+        what: "the libbpf headers (<bpf/bpf_helpers.h>)",
+        package: Some("libbpf-dev"),
+        check: |s| {
+            s.compile_bpf(
+                "libbpf",
+                "#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n",
+            )
+        },
+    },
+    Prereq {
+        what: "loading a BPF object into the kernel (tc on a veth in a scratch namespace)",
+        package: None,
+        check: check_bpf_load,
+    },
 ];
 
 pub fn run() -> Result<()> {
     util::require_root()?;
-    install_missing()?;
+    let scratch = Scratch::new()?;
+    let failed = failing(&scratch, PREREQS.iter());
+    if failed.is_empty() {
+        eprintln!("deps: all {} prerequisites work", PREREQS.len());
+    } else {
+        install_for(&scratch, &failed)?;
+    }
     check_cargo_components()
 }
 
-fn installed(pkg: &str) -> bool {
-    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
-        .is_ok_and(|status| status.trim() == "install ok installed")
+/// The prerequisites whose check fails, each with why.
+fn failing<'a>(
+    scratch: &Scratch,
+    prereqs: impl Iterator<Item = &'a Prereq>,
+) -> Vec<(&'a Prereq, anyhow::Error)> {
+    prereqs
+        .filter_map(|p| (p.check)(scratch).err().map(|e| (p, e)))
+        .collect()
 }
 
-fn install_missing() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .copied()
-        .filter(|pkg| !installed(pkg))
-        .collect();
-    if missing.is_empty() {
-        eprintln!("deps: all {} Debian packages are installed", PACKAGES.len());
+fn install_for(scratch: &Scratch, failed: &[(&Prereq, anyhow::Error)]) -> Result<()> {
+    for (p, err) in failed {
+        eprintln!("deps: {} does not work: {err:#}", p.what);
+    }
+    let mut packages: Vec<&str> = failed.iter().filter_map(|(p, _)| p.package).collect();
+    packages.sort_unstable();
+    packages.dedup();
+    if !packages.is_empty() {
+        eprintln!("deps: installing {}", packages.join(" "));
+        util::run(
+            Command::new("apt-get")
+                .arg("update")
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+        .context("apt-get update failed: is a Debian package mirror reachable?")?;
+        util::run(
+            Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(&packages)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+        .with_context(|| format!("installing {}", packages.join(" ")))?;
+    }
+    let still = failing(scratch, failed.iter().map(|(p, _)| *p));
+    if still.is_empty() {
+        eprintln!("deps: all {} prerequisites work", PREREQS.len());
         return Ok(());
     }
-    eprintln!("deps: installing {}", missing.join(" "));
-    util::run(
-        Command::new("apt-get")
-            .arg("update")
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .context("apt-get update failed: is a Debian package mirror reachable?")?;
-    util::run(
-        Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .with_context(|| format!("installing {}", missing.join(" ")))?;
-    let still: Vec<&str> = missing.into_iter().filter(|pkg| !installed(pkg)).collect();
-    if !still.is_empty() {
-        bail!(
-            "apt-get finished but these are still not installed: {}",
-            still.join(" ")
-        );
+    let lines: Vec<String> = still
+        .iter()
+        .map(|(p, err)| match p.package {
+            Some(pkg) => format!(
+                "- {} still fails after installing the Debian package {pkg}: {err:#}",
+                p.what
+            ),
+            None => format!("- {}: {err:#}", p.what),
+        })
+        .collect();
+    bail!("prerequisites that do not work:\n{}", lines.join("\n"))
+}
+
+/// `prog args` runs and exits 0.
+fn version(prog: &str, args: &[&str]) -> Result<()> {
+    output(Command::new(prog).args(args)).map(drop)
+}
+
+/// The protoc every cargo that xtask runs is given: `PROTOC` when the user set
+/// it, else the vendored one (protoc-bin-vendored, which carries the
+/// well-known protos beside its binary).
+pub fn protoc() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("PROTOC") {
+        return Ok(PathBuf::from(path));
     }
-    Ok(())
+    protoc_bin_vendored::protoc_bin_path()
+        .map_err(|e| anyhow::anyhow!("the vendored protoc has no binary for this machine: {e}"))
+}
+
+fn check_protoc(scratch: &Scratch) -> Result<()> {
+    let protoc = protoc()?;
+    let proto = scratch.write(
+        "check.proto",
+        "syntax = \"proto3\";\n\
+         package meshgate.depscheck;\n\
+         import \"google/protobuf/descriptor.proto\";\n\
+         message Check { google.protobuf.FileDescriptorProto file = 1; }\n",
+    )?;
+    let out = scratch.path("check.pb");
+    output(
+        Command::new(&protoc)
+            .arg("-I")
+            .arg(scratch.dir())
+            .arg("--descriptor_set_out")
+            .arg(&out)
+            .arg(&proto),
+    )
+    .with_context(|| {
+        format!(
+            "{} cannot compile a proto importing google/protobuf/descriptor.proto; \
+             unset PROTOC to use the vendored protoc, or point it at one whose \
+             well-known protos are installed (Debian: libprotobuf-dev)",
+            protoc.display()
+        )
+    })
+    .map(drop)
+}
+
+fn check_nft(scratch: &Scratch) -> Result<()> {
+    let file = scratch.write(
+        "check.nft",
+        "table inet mg_depscheck {\n  chain c {\n    type filter hook output priority 0; policy accept;\n  }\n}\n",
+    )?;
+    output(Command::new("nft").arg("--check").arg("-f").arg(&file)).map(drop)
+}
+
+fn check_iptables(scratch: &Scratch) -> Result<()> {
+    let file = scratch.write(
+        "check.rules",
+        "*filter\n:MG_DEPSCHECK - [0:0]\n-A MG_DEPSCHECK -p tcp --dport 1 -j ACCEPT\nCOMMIT\n",
+    )?;
+    output(
+        Command::new("iptables-restore")
+            .arg("--test")
+            .stdin(std::fs::File::open(&file).context("opening the iptables check rules")?),
+    )
+    .map(drop)
+}
+
+const BPF_PROG: &str = "#define SEC(name) __attribute__((section(name), used))\n\
+     SEC(\"tc\") int mg_depscheck(void *skb) { return 0; }\n\
+     char _license[] SEC(\"license\") = \"GPL\";\n";
+
+fn check_bpf_load(scratch: &Scratch) -> Result<()> {
+    let obj = scratch.path("plain.o");
+    if !obj.is_file() {
+        bail!("no BPF object to load: clang could not compile one (see above)");
+    }
+    let ns = format!("mg-deps-{}", std::process::id());
+    let netns = util::NetnsGuard::create(&ns)?;
+    let tc = |args: &[&str]| -> Result<()> {
+        output(util::in_netns(netns.name(), "tc").args(args)).map(drop)
+    };
+    output(util::in_netns(netns.name(), "ip").args([
+        "link", "add", "mgd0", "type", "veth", "peer", "name", "mgd1",
+    ]))
+    .context("adding a veth pair")?;
+    tc(&["qdisc", "add", "dev", "mgd0", "clsact"]).context("adding a clsact qdisc")?;
+    let obj = obj.to_string_lossy();
+    tc(&[
+        "filter", "add", "dev", "mgd0", "ingress", "bpf", "da", "obj", &obj, "sec", "tc",
+    ])
+    .context(
+        "loading a trivial tc program with the bpf syscall failed: the eBPF datapath \
+         needs a kernel with BPF and tc clsact, and iproute2 built with libbpf",
+    )
+}
+
+/// A scratch folder for the checks' inputs and outputs, removed when dropped.
+struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    fn new() -> Result<Self> {
+        let dir = util::target_dir()
+            .join("xtask-deps")
+            .join(std::process::id().to_string());
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Scratch { dir })
+    }
+
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
+        let path = self.path(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Compiles [`BPF_PROG`] after `includes` into `<name>.o` with `clang -target bpf`.
+    fn compile_bpf(&self, name: &str, includes: &str) -> Result<()> {
+        let src = self.write(&format!("{name}.c"), &format!("{includes}{BPF_PROG}"))?;
+        let mut clang = Command::new(std::env::var_os("CLANG").unwrap_or_else(|| "clang".into()));
+        clang.args(["-O2", "-g", "-target", "bpf"]);
+        if let Some(multiarch) = multiarch_include() {
+            clang.arg("-I").arg(multiarch);
+        }
+        clang
+            .arg("-c")
+            .arg(&src)
+            .arg("-o")
+            .arg(self.path(&format!("{name}.o")));
+        output(&mut clang).map(drop)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `/usr/include/<multiarch>` (for `<asm/types.h>`), as ebpf/build.rs uses.
+fn multiarch_include() -> Option<PathBuf> {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "x86_64-linux-gnu",
+        "aarch64" => "aarch64-linux-gnu",
+        _ => return None,
+    };
+    Some(Path::new("/usr/include").join(arch))
 }
 
 fn component_works(sub: &str) -> bool {

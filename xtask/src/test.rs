@@ -1,24 +1,65 @@
-//! `cargo xtask test`: everything CI runs, in order, stopping at the first failure.
+//! `cargo xtask test`: everything CI runs. It keeps going past a failing
+//! check or test binary (cargo's `--no-fail-fast`), so one failure never
+//! hides whether the rest pass, and ends with the list of every failure.
+//! Only the steps the rest stand on (deps, the release build) stop it.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
-use crate::util::{self, run_tee, Steps};
+use crate::util::{self, run_tee_all, Steps};
 use crate::{deps, lab};
 
-/// Sums of the `test result:` lines cargo test printed.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// What the test harness and cargo printed: sums of the `test result:` lines,
+/// and every failed test and test target.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Tally {
     pub passed: u64,
     pub failed: u64,
     pub ignored: u64,
+    /// `target: test` for each test the harness reported FAILED.
+    pub failed_tests: Vec<String>,
+    /// Targets cargo reported failed (a crash reports no test of its own).
+    pub failed_targets: Vec<String>,
+    /// The test target now running (from cargo's `Running ...` line).
+    current: String,
 }
 
 impl Tally {
-    /// Adds one `test result: ok. 3 passed; 0 failed; 1 ignored; ...` line; others are ignored.
+    /// Reads one line of cargo's or the harness's output; others are ignored.
     pub fn add_line(&mut self, line: &str) {
-        let Some(rest) = line.trim().strip_prefix("test result:") else {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("Running ") {
+            // `Running tests/lb.rs (target/release/deps/lb-1234)` or
+            // `Running unittests src/lib.rs (target/debug/deps/meshgate_tunnel-...)`
+            let binary = rest
+                .rsplit_once('(')
+                .map(|(_, b)| b.trim_end_matches(')'))
+                .unwrap_or(rest);
+            let file = binary.rsplit('/').next().unwrap_or(binary);
+            let name = file.rsplit_once('-').map_or(file, |(n, _)| n);
+            self.current = name.to_owned();
             return;
-        };
+        }
+        if let Some(rest) = line.strip_prefix("test result:") {
+            self.add_result(rest);
+            return;
+        }
+        if let Some(name) = line
+            .strip_prefix("test ")
+            .and_then(|r| r.strip_suffix(" ... FAILED"))
+        {
+            self.failed_tests.push(format!("{}: {name}", self.current));
+            return;
+        }
+        // `error: test failed, to rerun pass `--test lb``
+        if let Some(rest) = line.strip_prefix("error: test failed, to rerun pass `") {
+            let target = rest.trim_end_matches('`').to_owned();
+            if !self.failed_targets.contains(&target) {
+                self.failed_targets.push(target);
+            }
+        }
+    }
+
+    fn add_result(&mut self, rest: &str) {
         for part in rest.split(';') {
             let mut words = part.split_whitespace().rev();
             let (Some(what), Some(n)) = (words.next(), words.next()) else {
@@ -37,23 +78,56 @@ impl Tally {
 
 pub fn run() -> Result<()> {
     let mut tally = Tally::default();
-    let result = run_steps(&mut tally);
+    let mut failed_steps = Vec::new();
+    let result = run_steps(&mut tally, &mut failed_steps);
+    report(&tally, &failed_steps);
     // The closing line CI reads, whatever happened.
     println!(
         "{} passed, {} failed, {} skipped",
         tally.passed, tally.failed, tally.ignored
     );
-    result
+    result?;
+    if !failed_steps.is_empty() {
+        bail!(
+            "{} step(s) failed: {}",
+            failed_steps.len(),
+            failed_steps.join("; ")
+        );
+    }
+    Ok(())
 }
 
-fn run_steps(tally: &mut Tally) -> Result<()> {
+fn report(tally: &Tally, failed_steps: &[String]) {
+    if failed_steps.is_empty() {
+        return;
+    }
+    println!("\nfailures:");
+    for step in failed_steps {
+        println!("  step: {step}");
+    }
+    for test in &tally.failed_tests {
+        println!("  test: {test}");
+    }
+    for target in &tally.failed_targets {
+        println!("  test target: {target}");
+    }
+}
+
+fn run_steps(tally: &mut Tally, failed: &mut Vec<String>) -> Result<()> {
     let mut steps = Steps::new(7);
+    // Each of these records its failure and lets the run go on.
+    let mut keep_going = |steps: &mut Steps, name: &str, f: &mut dyn FnMut() -> Result<()>| {
+        if let Err(err) = steps.step(name, f) {
+            eprintln!("cargo xtask test: {err:#}; going on with the other steps");
+            failed.push(format!("{name}: {err:#}"));
+        }
+    };
     steps.step("deps", deps::run)?;
-    steps.step("cargo fmt --check", || {
+    keep_going(&mut steps, "cargo fmt --check", &mut || {
         util::run(util::cargo().args(["fmt", "--all", "--", "--check"]))
             .context("formatting differs: run `cargo fmt --all`")
-    })?;
-    steps.step("cargo clippy", || {
+    });
+    keep_going(&mut steps, "cargo clippy", &mut || {
         util::run(util::cargo().args([
             "clippy",
             "--workspace",
@@ -62,16 +136,17 @@ fn run_steps(tally: &mut Tally) -> Result<()> {
             "-D",
             "warnings",
         ]))
-    })?;
+    });
     steps.step("build meshgate (release)", || {
         util::run(util::cargo().args(["build", "-p", "meshgate-gateway", "--release"]))
     })?;
-    steps.step("unit and crate tests", || {
-        run_tee(
+    keep_going(&mut steps, "unit and crate tests", &mut || {
+        run_tee_all(
             // Root-only crate tests are #[ignore]d for unprivileged runs; here
             // (as root) they run too.
             util::cargo().args([
                 "test",
+                "--no-fail-fast",
                 "--workspace",
                 "--exclude",
                 "meshgate-e2e",
@@ -80,14 +155,15 @@ fn run_steps(tally: &mut Tally) -> Result<()> {
             ]),
             |line| tally.add_line(line),
         )
-    })?;
+    });
     let bin = util::meshgate_bin();
     steps.step("remove leftover lab worlds", || lab::down_all(&bin))?;
-    let e2e = steps.step("end-to-end tests (one at a time)", || {
-        run_tee(
+    keep_going(&mut steps, "end-to-end tests (one at a time)", &mut || {
+        let e2e = run_tee_all(
             util::cargo()
                 .args([
                     "test",
+                    "--no-fail-fast",
                     "--release",
                     "-p",
                     "meshgate-e2e",
@@ -96,12 +172,13 @@ fn run_steps(tally: &mut Tally) -> Result<()> {
                 ])
                 .env("MESHGATE_BIN", &bin),
             |line| tally.add_line(line),
-        )
+        );
+        // Whatever the tests left, even after a failure.
+        let cleanup = lab::down_all(&bin)
+            .context("the end-to-end tests left lab worlds that could not be taken down");
+        e2e.and(cleanup)
     });
-    // Whatever the tests left, even after a failure.
-    let cleanup = lab::down_all(&bin);
-    e2e?;
-    cleanup.context("the end-to-end tests left lab worlds that could not be taken down")
+    Ok(())
 }
 
 #[cfg(test)]
@@ -117,13 +194,38 @@ mod tests {
         );
         t.add_line("running 5 tests");
         t.add_line("test passed ... ok");
+        assert_eq!((t.passed, t.failed, t.ignored), (15, 2, 1));
+        assert!(t.failed_tests.is_empty());
+    }
+
+    #[test]
+    fn names_every_failed_test_and_target() {
+        let mut t = Tally::default();
+        let out = "\
+     Running tests/lb.rs (target/release/deps/lb-0123abcd)
+running 2 tests
+test failover_to_remote ... FAILED
+test local_first ... ok
+test result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out
+error: test failed, to rerun pass `--test lb`
+     Running tests/mesh.rs (target/release/deps/mesh-4567)
+running 1 test
+test every_pod_reaches_every_pod ... ok
+     Running tests/strict.rs (target/release/deps/strict-89ab)
+error: test failed, to rerun pass `--test strict`
+     Running unittests src/lib.rs (target/debug/deps/meshgate_tunnel-cdef)
+test keys::tests::rotate ... FAILED
+";
+        for line in out.lines() {
+            t.add_line(line);
+        }
         assert_eq!(
-            t,
-            Tally {
-                passed: 15,
-                failed: 2,
-                ignored: 1
-            }
+            t.failed_tests,
+            [
+                "lb: failover_to_remote",
+                "meshgate_tunnel: keys::tests::rotate"
+            ]
         );
+        assert_eq!(t.failed_targets, ["--test lb", "--test strict"]);
     }
 }

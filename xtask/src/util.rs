@@ -32,6 +32,11 @@ pub fn meshgate_bin() -> PathBuf {
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(repo_root());
+    // Crates that compile protos at build time (etcd-client) run the protoc
+    // named here, so no system protoc or libprotobuf-dev is needed.
+    if let Ok(protoc) = crate::deps::protoc() {
+        cmd.env("PROTOC", protoc);
+    }
     cmd
 }
 
@@ -117,29 +122,60 @@ pub fn succeeds(cmd: &mut Command) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Runs a command, copying its stdout line by line to ours and handing each
-/// line to `on_line` too (stderr stays inherited). Fails on a non-zero exit.
-pub fn run_tee(cmd: &mut Command, mut on_line: impl FnMut(&str)) -> Result<()> {
+/// Runs a command, reading its stdout and stderr line by line (cargo prints
+/// its `Running ...` and `error: test failed` lines on stderr): each line goes
+/// back to the stream it came from and to `on_line`, in the order they arrive.
+/// Fails on a non-zero exit.
+pub fn run_tee_all(cmd: &mut Command, mut on_line: impl FnMut(&str)) -> Result<()> {
     eprintln!("$ {}", describe(cmd));
     let mut child = cmd
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| spawn_error(cmd, e))?;
-    if let Some(stdout) = child.stdout.take() {
-        let mut ours = std::io::stdout();
-        for line in BufReader::new(stdout).lines() {
-            let line = line.context("reading the output of a command")?;
-            // Losing our own stdout is no reason to stop the command.
+    let (tx, rx) = std::sync::mpsc::channel::<(bool, String)>();
+    let mut readers = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        readers.push(forward_lines(out, false, tx.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        readers.push(forward_lines(err, true, tx.clone()));
+    }
+    drop(tx);
+    for (is_err, line) in rx {
+        // Losing our own stdout or stderr is no reason to stop the command.
+        if is_err {
+            let _ = writeln!(std::io::stderr(), "{line}");
+        } else {
+            let mut ours = std::io::stdout();
             let _ = writeln!(ours, "{line}");
             let _ = ours.flush();
-            on_line(&line);
         }
+        on_line(&line);
+    }
+    for reader in readers {
+        let _ = reader.join();
     }
     let status = child.wait().context("waiting for a command")?;
     if !status.success() {
         bail!("`{}` failed ({status})", describe(cmd));
     }
     Ok(())
+}
+
+fn forward_lines(
+    from: impl std::io::Read + Send + 'static,
+    is_err: bool,
+    tx: std::sync::mpsc::Sender<(bool, String)>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines() {
+            let Ok(line) = line else { break };
+            if tx.send((is_err, line)).is_err() {
+                break;
+            }
+        }
+    })
 }
 
 /// `ip netns exec NS prog args...`

@@ -24,7 +24,28 @@ pub struct Saved {
     pub peers: BTreeMap<String, PeerConfig>,
 }
 
+/// Writes state so that a crash or power loss leaves either the old file or
+/// the new one whole: a temp file, fsync'd, renamed into place, then the
+/// directory fsync'd so the rename itself is durable (as discovery's store).
 pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The status file is a snapshot rewritten every 500 ms, not state: it is
+/// replaced atomically but not fsync'd, which would cost a disk flush twice a
+/// second per agent for nothing a restart needs.
+fn write_snapshot(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
@@ -124,7 +145,7 @@ pub fn write_status(agent: &Agent) {
     let path = agent.cfg.state_dir.join(STATUS_FILE);
     let result = serde_json::to_vec_pretty(&status(agent))
         .map_err(std::io::Error::other)
-        .and_then(|bytes| write_atomic(&path, &bytes));
+        .and_then(|bytes| write_snapshot(&path, &bytes));
     if let Err(e) = result {
         warn!(path = %path.display(), error = %e, "writing status failed");
     }
@@ -135,5 +156,38 @@ pub async fn status_loop(agent: std::sync::Arc<Agent>) {
     loop {
         tick.tick().await;
         write_status(&agent);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_is_replaced_whole_and_a_crashed_write_is_harmless() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut saved = Saved {
+            tunnel_ip: Some(Ipv4Addr::new(100, 64, 0, 7)),
+            ..Saved::default()
+        };
+        save(dir.path(), &saved).expect("first save");
+        // A crash between writing the temp file and the rename leaves a
+        // half-written temp file behind: the saved state is still whole.
+        std::fs::write(dir.path().join("peers.tmp"), b"{\"tunnel_ip\": \"100.").expect("torn tmp");
+        let back = load(dir.path())
+            .expect("load")
+            .expect("peers.json is there");
+        assert_eq!(back.tunnel_ip, saved.tunnel_ip);
+        // The next save replaces both.
+        saved.tunnel_ip = Some(Ipv4Addr::new(100, 64, 0, 8));
+        save(dir.path(), &saved).expect("second save");
+        let back = load(dir.path())
+            .expect("load")
+            .expect("peers.json is there");
+        assert_eq!(back.tunnel_ip, saved.tunnel_ip);
+        assert!(
+            !dir.path().join("peers.tmp").exists(),
+            "the temp file is renamed into place, not left behind"
+        );
     }
 }
