@@ -463,6 +463,7 @@ fn start_server(
             remotes,
             remote_timeout: REMOTE_TIMEOUT,
         },
+        pod_cidrs: Vec::new(),
     };
     tokio::spawn(async move {
         if let Err(e) = serve_with_listener(cfg, listener, std::future::pending()).await {
@@ -718,7 +719,8 @@ impl View {
             E::EndpointRemoved(r) => {
                 self.endpoints.remove(&r.ip);
             }
-            E::IdentityAdded(_) => {}
+            // The bench measures nodes, endpoints and services.
+            E::IdentityAdded(_) | E::MeshCidrs(_) => {}
             E::ServiceUpdated(u) => {
                 if let Some(s) = u.service {
                     self.set_service(s);

@@ -7,11 +7,13 @@
 //! - [`check`] decides what of it may be imported and why the rest may not
 //!   (another cluster's name, ID or identity range, overlapping pod CIDRs,
 //!   endpoints outside their node's pod CIDRs, tunnel IPs outside the
-//!   remote's block, unreadable records);
+//!   remote's block, unreadable records), including the remote's own
+//!   cluster pod CIDRs (see [`crate::cidrs`]);
 //! - [`Imports`] holds what was imported per remote, turns every new check
 //!   result into the events that change it (unchanged records give none),
 //!   counts rejections, and expires a remote's state a timeout after its
-//!   connection broke; [`Imports::apply`] judges only what one event
+//!   connection broke (a remote's accepted cluster pod CIDRs stay while it
+//!   is configured); [`Imports::apply`] judges only what one event
 //!   changed, with the same outcome, and [`claims`] indexes the pod CIDRs
 //!   already claimed so overlap checks are look-ups.
 //!
@@ -200,6 +202,10 @@ pub fn with_revision(event: Event, rev: u64) -> Event {
             removed,
             added,
         },
+        Event::MeshCidrs { clusters, .. } => Event::MeshCidrs {
+            revision: rev,
+            clusters,
+        },
     }
 }
 
@@ -215,8 +221,12 @@ pub fn is_local(event: &Event, cluster: &str, cluster_id: u8) -> bool {
             ..
         } => c == cluster,
         Event::IdentityAdded { identity, .. } => cluster_of(identity.id) == u32::from(cluster_id),
-        // Merged views are for this cluster's agents; remotes merge their own.
-        Event::ServiceUpdated { .. } | Event::ServiceBackends { .. } => false,
+        // Merged views are for this cluster's agents; remotes merge their
+        // own. The mesh's CIDRs list remotes too; a local-only watcher gets
+        // this cluster's in its snapshot (they change only at a restart).
+        Event::ServiceUpdated { .. } | Event::ServiceBackends { .. } | Event::MeshCidrs { .. } => {
+            false
+        }
     }
 }
 

@@ -9,10 +9,12 @@
 //! [`store`] (persistence), [`server`] (tonic shell), [`client`],
 //! [`certs`] (mesh CA and certificates), [`tls`] (mutual TLS),
 //! [`service`] (services and their merge across clusters),
-//! [`policy`] (NetworkPolicy / CiliumNetworkPolicy → policy map entries).
+//! [`policy`] (NetworkPolicy / CiliumNetworkPolicy → policy map entries),
+//! [`cidrs`] (every cluster's pod CIDRs, checked and announced).
 
 pub mod alloc;
 pub mod certs;
+pub mod cidrs;
 pub mod client;
 pub mod endpoint;
 mod error;

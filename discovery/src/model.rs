@@ -9,6 +9,7 @@ use base64::Engine as _;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::cidrs::{CidrError, ClusterCidrs};
 use crate::endpoint::{Endpoint, EndpointError, Identity};
 use crate::pb;
 
@@ -95,6 +96,13 @@ pub enum Event {
         removed: Vec<crate::service::Backend>,
         added: Vec<crate::service::Backend>,
     },
+    /// The pod CIDRs of the mesh's clusters changed (a remote's accepted
+    /// ones): the whole list, this cluster first. Not sent to `local_only`
+    /// watchers, which get only this cluster's state.
+    MeshCidrs {
+        revision: u64,
+        clusters: Vec<ClusterCidrs>,
+    },
 }
 
 impl Event {
@@ -106,7 +114,8 @@ impl Event {
             | Event::EndpointRemoved { revision, .. }
             | Event::IdentityAdded { revision, .. }
             | Event::ServiceUpdated { revision, .. }
-            | Event::ServiceBackends { revision, .. } => *revision,
+            | Event::ServiceBackends { revision, .. }
+            | Event::MeshCidrs { revision, .. } => *revision,
         }
     }
 }
@@ -121,6 +130,10 @@ pub struct Snapshot {
     pub endpoints: Vec<Endpoint>,
     #[serde(default)]
     pub identities: Vec<Identity>,
+    /// Every cluster's pod CIDRs, this cluster first (only this cluster's
+    /// for a `local_only` watcher).
+    #[serde(default)]
+    pub clusters: Vec<ClusterCidrs>,
 }
 
 /// What a watcher receives: a snapshot or a single change.
@@ -180,6 +193,17 @@ pub enum ModelError {
     },
     #[error("node {node}: its pod CIDRs {a} and {b} overlap; list each range once")]
     PodCidrSelfOverlap { node: String, a: IpNet, b: IpNet },
+    #[error(
+        "node {node}: pod CIDR {cidr} is outside the pod CIDRs of cluster {cluster} \
+         ({cluster_cidrs}); give the node a range inside them (the agent's --pod-cidr), or add \
+         its range to discovery's --pod-cidr"
+    )]
+    PodCidrOutsideCluster {
+        node: String,
+        cidr: IpNet,
+        cluster: String,
+        cluster_cidrs: String,
+    },
     #[error("node {node}: field `tunnel_ip` {value:?} is not an IPv4 address")]
     TunnelIp { node: String, value: String },
     #[error("node {node}: a role is empty; use e.g. egress-gateway or cluster-gateway")]
@@ -449,6 +473,12 @@ impl From<&Event> for pb::WatchEvent {
                 removed: removed.iter().map(pb::Backend::from).collect(),
                 added: added.iter().map(pb::Backend::from).collect(),
             }),
+            Event::MeshCidrs { revision, clusters } => {
+                pb::watch_event::Event::MeshCidrs(pb::MeshCidrs {
+                    revision: *revision,
+                    clusters: clusters.iter().map(pb::ClusterCidrs::from).collect(),
+                })
+            }
         };
         pb::WatchEvent { event: Some(event) }
     }
@@ -467,6 +497,7 @@ impl From<&Snapshot> for pb::WatchEvent {
                 cluster_id: 0,
                 services: Vec::new(),
                 global_services: Vec::new(),
+                clusters: s.clusters.iter().map(pb::ClusterCidrs::from).collect(),
             })),
         }
     }
@@ -491,6 +522,20 @@ pub enum WatchDecodeError {
     EndpointIp { ip: String, node: String },
     #[error("watch event at revision {revision} carries an invalid service: {problem}")]
     Service { revision: u64, problem: String },
+    #[error("watch event at revision {revision} carries invalid pod CIDRs: {source}")]
+    Cidrs { revision: u64, source: CidrError },
+}
+
+fn clusters_from_pb(
+    revision: u64,
+    clusters: &[pb::ClusterCidrs],
+) -> Result<Vec<ClusterCidrs>, WatchDecodeError> {
+    clusters
+        .iter()
+        .map(|c| {
+            ClusterCidrs::try_from(c).map_err(|source| WatchDecodeError::Cidrs { revision, source })
+        })
+        .collect()
 }
 
 impl TryFrom<pb::WatchEvent> for WatchItem {
@@ -511,6 +556,11 @@ impl TryFrom<pb::WatchEvent> for WatchItem {
                     .map(Endpoint::try_from)
                     .collect::<Result<_, _>>()?,
                 identities: s.identities.into_iter().map(Identity::from).collect(),
+                clusters: clusters_from_pb(s.revision, &s.clusters)?,
+            })),
+            pb::watch_event::Event::MeshCidrs(m) => Ok(WatchItem::Event(Event::MeshCidrs {
+                revision: m.revision,
+                clusters: clusters_from_pb(m.revision, &m.clusters)?,
             })),
             pb::watch_event::Event::EndpointUpserted(u) => {
                 let endpoint = u.endpoint.ok_or(WatchDecodeError::Missing {
@@ -851,11 +901,30 @@ pub(crate) mod tests {
             let back = WatchItem::try_from(pb::WatchEvent::from(&e)).unwrap();
             assert_eq!(back, WatchItem::Event(e));
         }
+        let clusters = vec![
+            ClusterCidrs {
+                cluster: "c1".into(),
+                cluster_id: 1,
+                pod_cidrs: vec!["10.1.0.0/16".parse().unwrap()],
+            },
+            ClusterCidrs {
+                cluster: "c2".into(),
+                cluster_id: 2,
+                pod_cidrs: vec![],
+            },
+        ];
+        let e = Event::MeshCidrs {
+            revision: 13,
+            clusters: clusters.clone(),
+        };
+        let back = WatchItem::try_from(pb::WatchEvent::from(&e)).unwrap();
+        assert_eq!(back, WatchItem::Event(e));
         let s = Snapshot {
             revision: 9,
             nodes: vec![n],
             endpoints: vec![ep],
             identities: vec![id],
+            clusters,
         };
         let back = WatchItem::try_from(pb::WatchEvent::from(&s)).unwrap();
         assert_eq!(back, WatchItem::Snapshot(s));

@@ -16,6 +16,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::alloc::{AllocError, Allocations, Allocator};
+use crate::cidrs::ClusterCidrs;
 use crate::endpoint::{Endpoint, EndpointError, Identity};
 use crate::identity::{IdentityAllocations, IdentityAllocator, IdentityError};
 use crate::model::{first_overlap, short_key, Event, ModelError, Node, RemoveReason, Snapshot};
@@ -25,6 +26,10 @@ pub struct RegistryConfig {
     pub cluster: String,
     pub cluster_id: u8,
     pub lease_ttl_ms: u64,
+    /// This cluster's pod CIDRs (discovery's `--pod-cidr`, checked by
+    /// [`crate::cidrs::validate`]): a node may register only pod CIDRs
+    /// inside them. Empty: any (and the cluster announces none).
+    pub pod_cidrs: Vec<IpNet>,
 }
 
 /// What is persisted: nodes, tunnel IP allocations, endpoints, identity
@@ -255,12 +260,23 @@ impl Registry {
         self.revision
     }
 
+    /// This cluster's state; its `clusters` lists only this cluster.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             revision: self.revision,
             nodes: self.nodes.values().map(|e| e.node.clone()).collect(),
             endpoints: self.endpoints.values().cloned().collect(),
             identities: self.identity_list(),
+            clusters: vec![self.own_cidrs()],
+        }
+    }
+
+    /// This cluster's entry in the mesh's list of pod CIDRs.
+    pub fn own_cidrs(&self) -> ClusterCidrs {
+        ClusterCidrs {
+            cluster: self.cfg.cluster.clone(),
+            cluster_id: self.cfg.cluster_id,
+            pod_cidrs: self.cfg.pod_cidrs.clone(),
         }
     }
 
@@ -327,6 +343,7 @@ impl Registry {
     pub fn register(&mut self, mut node: Node, now: u64) -> Result<Registered, RegistryError> {
         node.validate()?;
         node.check_cluster(&self.cfg.cluster, self.cfg.cluster_id)?;
+        crate::cidrs::check_node(&node, &self.cfg.cluster, &self.cfg.pod_cidrs)?;
         for (other, entry) in &self.nodes {
             if *other == node.name {
                 continue;

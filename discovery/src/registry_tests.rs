@@ -13,6 +13,7 @@ fn reg() -> Registry {
         cluster: "c1".into(),
         cluster_id: 1,
         lease_ttl_ms: TTL,
+        pod_cidrs: Vec::new(),
     })
     .unwrap()
 }
@@ -185,6 +186,7 @@ fn from_state_rejects_other_cluster_and_inconsistency() {
         cluster: "c2".into(),
         cluster_id: 2,
         lease_ttl_ms: TTL,
+        pod_cidrs: Vec::new(),
     };
     let e = Registry::from_state(other, r.state(), 0).unwrap_err();
     assert!(
@@ -251,6 +253,7 @@ fn exhaustion_surfaces_as_error_without_change() {
         cluster: "c1".into(),
         cluster_id: 1,
         lease_ttl_ms: TTL,
+        pod_cidrs: Vec::new(),
     })
     .unwrap();
     let mut state = r.state();
@@ -263,4 +266,60 @@ fn exhaustion_surfaces_as_error_without_change() {
     let e = r.register(node("n1", "10.1.0.0/24", 1), 0).unwrap_err();
     assert!(matches!(e, RegistryError::Alloc(_)), "{e}");
     assert!(r.is_empty());
+}
+
+fn reg_with_cidrs(cidrs: &[&str]) -> Registry {
+    Registry::new(RegistryConfig {
+        cluster: "c1".into(),
+        cluster_id: 1,
+        lease_ttl_ms: TTL,
+        pod_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_node_outside_the_clusters_pod_cidrs_is_refused_naming_both_and_the_fix() {
+    let mut r = reg_with_cidrs(&["10.1.0.0/16", "10.11.0.0/16"]);
+    r.register(node("n1", "10.1.0.0/24", 1), 0).unwrap();
+    r.register(node("n2", "10.11.7.0/24", 2), 0).unwrap();
+    let mut n3 = node("n3", "10.1.1.0/24", 3);
+    // One CIDR inside, one outside.
+    n3.pod_cidrs.push("10.2.0.0/24".parse().unwrap());
+    let e = r.register(n3, 0).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RegistryError::Invalid(ModelError::PodCidrOutsideCluster { .. })
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "node n3: pod CIDR 10.2.0.0/24 is outside the pod CIDRs of cluster c1 \
+         (10.1.0.0/16, 10.11.0.0/16); give the node a range inside them (the agent's \
+         --pod-cidr), or add its range to discovery's --pod-cidr"
+    );
+    // Wider than a cluster CIDR it contains: outside too.
+    let e = r.register(node("n4", "10.0.0.0/15", 4), 0).unwrap_err();
+    assert!(e.to_string().contains("pod CIDR 10.0.0.0/15"), "{e}");
+    assert_eq!(r.len(), 2, "nothing registered");
+    assert_eq!(r.revision(), 2, "no revision taken");
+    // Without cluster CIDRs any range goes (as before).
+    reg().register(node("n3", "10.2.0.0/24", 3), 0).unwrap();
+}
+
+#[test]
+fn the_snapshot_lists_this_clusters_cidrs() {
+    let r = reg_with_cidrs(&["10.1.0.0/16"]);
+    let s = r.snapshot();
+    assert_eq!(s.clusters.len(), 1);
+    assert_eq!(s.clusters[0], r.own_cidrs());
+    assert_eq!(
+        (s.clusters[0].cluster.as_str(), s.clusters[0].cluster_id),
+        ("c1", 1)
+    );
+    assert_eq!(s.clusters[0].pod_cidrs[0].to_string(), "10.1.0.0/16");
+    // None configured: the entry is there, empty.
+    assert!(reg().snapshot().clusters[0].pod_cidrs.is_empty());
 }

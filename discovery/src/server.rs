@@ -51,6 +51,11 @@ pub struct ServerConfig {
     pub federation: FederationConfig,
     /// This cluster's services (their `cluster` is set to `cluster`).
     pub services: Vec<crate::service::Service>,
+    /// This cluster's pod CIDRs (`--pod-cidr`; IPv4, no host bits, none
+    /// overlapping another): nodes may register pod CIDRs only inside them,
+    /// and they lead the mesh's list of pod CIDRs in snapshots and
+    /// `MeshCidrs`. Empty: not checked, and this cluster lists none.
+    pub pod_cidrs: Vec<ipnet::IpNet>,
 }
 
 mod federation;
@@ -210,6 +215,8 @@ impl Shared {
         cfg.federation
             .validate(&cfg.cluster)
             .map_err(|e| Error::Config(e.to_string()))?;
+        crate::cidrs::validate(&cfg.pod_cidrs)
+            .map_err(|e| Error::Config(format!("--pod-cidr: {e}")))?;
         let mut store: Box<dyn Store> = match choice {
             StoreChoice::Embedded => Box::new(EmbeddedStore::open(&cfg.state_dir)?),
             StoreChoice::Etcd {
@@ -226,6 +233,7 @@ impl Shared {
             cluster: cfg.cluster.clone(),
             cluster_id: cfg.cluster_id,
             lease_ttl_ms: u64::from(lease_ttl_ms),
+            pod_cidrs: cfg.pod_cidrs.clone(),
         };
         let registry = match store.load()? {
             Some(state) => Registry::from_state(rcfg, state, 0)?,
@@ -237,6 +245,13 @@ impl Shared {
             revision = registry.revision(),
             "discovery state loaded; leases restarted"
         );
+        // Stored nodes registered before --pod-cidr (or with other ones)
+        // stay; only new registrations are refused.
+        for node in registry.nodes() {
+            if let Err(e) = crate::cidrs::check_node(node, &cfg.cluster, &cfg.pod_cidrs) {
+                warn!(node = %node.name, error = %e, "stored node outside --pod-cidr; kept");
+            }
+        }
         let mut local_services = cfg.services.clone();
         for s in &mut local_services {
             s.cluster = cfg.cluster.clone();
@@ -296,14 +311,16 @@ impl Shared {
 
     /// Logs and pushes this cluster's own changes (and its merged services)
     /// to watchers: all of them on `events`, and all but the merged services
-    /// (which remotes do not take) on `local_events`.
+    /// and the mesh's CIDRs (which remotes do not take) on `local_events`.
     fn broadcast(&self, events: Vec<Event>) {
         for event in events {
             log_event(&event);
             // No receivers is fine.
             if !matches!(
                 event,
-                Event::ServiceUpdated { .. } | Event::ServiceBackends { .. }
+                Event::ServiceUpdated { .. }
+                    | Event::ServiceBackends { .. }
+                    | Event::MeshCidrs { .. }
             ) {
                 let _ = self.local_events.send(event.clone());
             }
@@ -396,6 +413,10 @@ fn log_event(event: &Event) {
             added = added.len(),
             revision,
             "service backends changed"
+        ),
+        Event::MeshCidrs { revision, clusters } => info!(
+            clusters = clusters.len(),
+            revision, "mesh pod CIDRs changed"
         ),
     }
 }

@@ -230,6 +230,7 @@ mod tests {
             cluster: "c1".into(),
             cluster_id: 1,
             lease_ttl_ms: 1000,
+            pod_cidrs: Vec::new(),
         })
         .unwrap();
         r.register(Node::try_from(pb_node("n1", "10.1.0.0/24")).unwrap(), 0)

@@ -155,6 +155,7 @@ impl Replica {
             lease_ttl: ttl,
             services: Vec::new(),
             federation: Default::default(),
+            pod_cidrs: Vec::new(),
         };
         let task = tokio::spawn(serve_on(cfg, None, store, listener, async {
             let _ = stop_rx.await;

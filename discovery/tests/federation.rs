@@ -1,7 +1,8 @@
 //! Federation between real discovery servers on local ports: imports reach
 //! the merged watch stream, a `local_only` watch leaves them out, a broken
-//! link keeps them until the remote timeout, and a remote claiming our
-//! cluster ID gets nothing applied.
+//! link keeps them until the remote timeout, a remote claiming our
+//! cluster ID gets nothing applied, and every cluster's pod CIDRs are
+//! announced once and outlive a remote's expiry.
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
@@ -58,6 +59,19 @@ fn start(
     remotes: &[(&str, SocketAddr)],
     timeout: Duration,
 ) -> Running {
+    start_with_cidrs(dir, listener, cluster, id, remotes, timeout, &[])
+}
+
+/// [`start`] with the cluster's `--pod-cidr`s.
+fn start_with_cidrs(
+    dir: &Path,
+    listener: TcpListener,
+    cluster: &str,
+    id: u8,
+    remotes: &[(&str, SocketAddr)],
+    timeout: Duration,
+    pod_cidrs: &[&str],
+) -> Running {
     let addr = listener.local_addr().unwrap();
     let cfg = ServerConfig {
         listen: addr,
@@ -73,6 +87,7 @@ fn start(
                 .collect(),
             remote_timeout: timeout,
         },
+        pod_cidrs: pod_cidrs.iter().map(|c| c.parse().unwrap()).collect(),
     };
     let (stop, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(serve_with_listener(cfg, listener, async {
@@ -316,4 +331,151 @@ async fn a_remote_claiming_our_cluster_id_is_rejected_whole_and_counted() {
     );
     c1.stop().await;
     rogue.stop().await;
+}
+
+/// `(cluster/id, cidrs)` of each entry of a snapshot's or event's `clusters`.
+fn cidr_list(clusters: &[pb::ClusterCidrs]) -> Vec<(String, Vec<String>)> {
+    clusters
+        .iter()
+        .map(|c| {
+            (
+                format!("{}/{}", c.cluster, c.cluster_id),
+                c.pod_cidrs.clone(),
+            )
+        })
+        .collect()
+}
+
+fn only_c1() -> Vec<(String, Vec<String>)> {
+    vec![("c1/1".to_string(), vec!["10.1.0.0/16".to_string()])]
+}
+
+fn both_clusters() -> Vec<(String, Vec<String>)> {
+    let mut v = only_c1();
+    v.push(("c2/2".to_string(), vec!["10.2.0.0/16".to_string()]));
+    v
+}
+
+/// The next event of `stream`; panics if none comes within 10 s.
+async fn next_event(
+    stream: &mut tonic::Streaming<pb::WatchEvent>,
+    what: &str,
+) -> pb::watch_event::Event {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no watch event within 10 s"))
+        .expect("watch stream error")
+        .expect("watch stream ended")
+        .event
+        .expect("empty watch event")
+}
+
+fn c2_with_cidrs(dir: &Path, listener: TcpListener) -> Running {
+    start_with_cidrs(
+        dir,
+        listener,
+        "c2",
+        2,
+        &[],
+        Duration::from_secs(60),
+        &["10.2.0.0/16"],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_cidrs_are_announced_once_and_outlive_the_remote() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l1, _) = bind().await;
+    let (l2, a2) = bind().await;
+    let c1 = start_with_cidrs(
+        dir.path(),
+        l1,
+        "c1",
+        1,
+        &[("c2", a2)],
+        Duration::from_millis(1500),
+        &["10.1.0.0/16"],
+    );
+    let mut k1 = c1.client().await;
+    // c2 does not serve yet: c1 lists only itself.
+    let mut stream = k1
+        .watch(pb::WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    match next_event(&mut stream, "snapshot").await {
+        pb::watch_event::Event::Snapshot(s) => assert_eq!(cidr_list(&s.clusters), only_c1()),
+        other => panic!("first watch event must be a snapshot, got {other:?}"),
+    }
+
+    // c2 comes up: one MeshCidrs with both, c1 first.
+    let c2 = c2_with_cidrs(dir.path(), l2);
+    let first_rev = match next_event(&mut stream, "MeshCidrs once c2 is up").await {
+        pb::watch_event::Event::MeshCidrs(m) => {
+            assert_eq!(cidr_list(&m.clusters), both_clusters());
+            m.revision
+        }
+        other => panic!("expected MeshCidrs when c2 was first accepted, got {other:?}"),
+    };
+    assert_eq!(
+        cidr_list(&snapshot(&mut k1, false).await.clusters),
+        both_clusters()
+    );
+    // A local-only watcher (a remote discovery) gets only c1's own.
+    assert_eq!(
+        cidr_list(&snapshot(&mut k1, true).await.clusters),
+        only_c1()
+    );
+
+    // c2 restarts with the same range: c1 reconnects without a new MeshCidrs.
+    c2.stop().await;
+    let k = k1.clone();
+    eventually("c1 sees c2's link broken", Duration::from_secs(5), || {
+        let mut k = k.clone();
+        async move { !status(&mut k).await.remotes[0].connected }
+    })
+    .await;
+    let l2 = TcpListener::bind(a2).await.expect("bind c2's port again");
+    let c2 = c2_with_cidrs(dir.path(), l2);
+    let k = k1.clone();
+    eventually("c1 reconnected to c2", Duration::from_secs(10), || {
+        let mut k = k.clone();
+        async move { status(&mut k).await.remotes[0].connected }
+    })
+    .await;
+    // A node at c2 marks how far c1's events are read.
+    let mut k2 = c2.client().await;
+    node_with_pod(&mut k2, "c2", 2).await;
+    loop {
+        match next_event(&mut stream, "c2/n1 imported after the reconnect").await {
+            pb::watch_event::Event::Upserted(u)
+                if u.node.as_ref().is_some_and(|n| n.cluster == "c2") =>
+            {
+                break
+            }
+            pb::watch_event::Event::MeshCidrs(m) => panic!(
+                "MeshCidrs sent again (revision {}, first {first_rev}) though c2's CIDRs did \
+                 not change: {:?}",
+                m.revision,
+                cidr_list(&m.clusters)
+            ),
+            _ => {}
+        }
+    }
+
+    // c2 goes for good: its node expires, its CIDRs stay listed.
+    c2.stop().await;
+    loop {
+        match next_event(&mut stream, "c2/n1 removed at the remote timeout").await {
+            pb::watch_event::Event::Removed(r) if r.cluster == "c2" => break,
+            pb::watch_event::Event::MeshCidrs(m) => {
+                panic!("MeshCidrs on c2's expiry: {:?}", cidr_list(&m.clusters))
+            }
+            _ => {}
+        }
+    }
+    let s = snapshot(&mut k1, false).await;
+    assert!(s.nodes.is_empty(), "{:?}", node_names(&s));
+    assert_eq!(cidr_list(&s.clusters), both_clusters());
+    c1.stop().await;
 }

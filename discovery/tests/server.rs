@@ -49,14 +49,18 @@ fn config(dir: &Path, ttl: Duration) -> ServerConfig {
         lease_ttl: ttl,
         services: Vec::new(),
         federation: Default::default(),
+        pod_cidrs: Vec::new(),
     }
 }
 
 async fn start(dir: &Path, ttl: Duration) -> Running {
+    start_with(config(dir, ttl)).await
+}
+
+async fn start_with(cfg: ServerConfig) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().unwrap();
     let (stop, stop_rx) = oneshot::channel::<()>();
-    let cfg = config(dir, ttl);
     let task = tokio::spawn(serve_with_listener(cfg, listener, async {
         let _ = stop_rx.await;
     }));
@@ -419,4 +423,78 @@ async fn endpoints_get_identities_pushed_incrementally_and_survive_restart() {
     let ids: Vec<u32> = snap.identities.iter().map(|i| i.id).collect();
     assert_eq!(ids, [65_792, 65_793], "identities survive the restart");
     server.stop().await;
+}
+
+#[tokio::test]
+async fn cluster_pod_cidrs_refuse_nodes_outside_and_lead_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), Duration::from_secs(30));
+    cfg.pod_cidrs = vec!["10.1.0.0/16".parse().unwrap()];
+    let server = start_with(cfg).await;
+    let mut c = server.client().await;
+    register(&mut c, pb_node("n1", "10.1.0.0/24", 1)).await;
+    let status = c
+        .register(pb::RegisterRequest {
+            node: Some(pb_node("n2", "10.9.0.0/24", 2)),
+        })
+        .await
+        .expect_err("a node outside the cluster's pod CIDRs must be refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("node n2: pod CIDR 10.9.0.0/24 is outside")
+            && status.message().contains("(10.1.0.0/16)")
+            && status.message().contains("discovery's --pod-cidr"),
+        "{}",
+        status.message()
+    );
+    for local_only in [false, true] {
+        let mut stream = c
+            .watch(pb::WatchRequest {
+                local_only,
+                ..Default::default()
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        let s = match next(&mut stream, Duration::from_secs(2)).await {
+            WatchItem::Snapshot(s) => s,
+            other => panic!("first watch event must be a snapshot, got {other:?}"),
+        };
+        let names: Vec<&str> = s.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["n1"]);
+        assert_eq!(
+            s.clusters.len(),
+            1,
+            "local_only {local_only}: {:?}",
+            s.clusters
+        );
+        let own = &s.clusters[0];
+        assert_eq!((own.cluster.as_str(), own.cluster_id), ("c1", 1));
+        assert_eq!(
+            own.pod_cidrs,
+            ["10.1.0.0/16".parse::<ipnet::IpNet>().unwrap()]
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn overlapping_cluster_pod_cidrs_are_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), Duration::from_secs(30));
+    cfg.pod_cidrs = vec![
+        "10.1.0.0/16".parse().unwrap(),
+        "10.1.4.0/24".parse().unwrap(),
+    ];
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let e = serve_with_listener(cfg, listener, std::future::pending())
+        .await
+        .expect_err("overlapping --pod-cidr must be refused");
+    assert_eq!(
+        e.to_string(),
+        "invalid discovery config: --pod-cidr: pod CIDRs 10.1.0.0/16 and 10.1.4.0/24 overlap; \
+         list each range once"
+    );
 }

@@ -59,6 +59,7 @@ async fn start(
             remotes: vec![RemoteConfig::new(remote.0, format!("http://{}", remote.1))],
             remote_timeout: Duration::from_secs(30),
         },
+        pod_cidrs: Vec::new(),
     };
     tokio::spawn(serve_with_listener(cfg, listener, std::future::pending()));
 }

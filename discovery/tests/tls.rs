@@ -46,6 +46,7 @@ async fn start(state: &Path, certs: &CertLayout) -> Running {
         lease_ttl: Duration::from_secs(10),
         services: Vec::new(),
         federation: Default::default(),
+        pod_cidrs: Vec::new(),
     };
     let tls = ServerTls::from_files(
         &certs.discovery_cert("c1"),

@@ -53,6 +53,15 @@ struct {
 } mg_ipcache SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 4096);
+	__type(key, struct mg_ipcache_key);
+	__type(value, struct mg_mesh_cidr_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mg_mesh_cidrs SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 262144);
 	__type(key, struct mg_policy_key);
@@ -309,6 +318,14 @@ static __always_inline struct mg_config *config(void)
 	return bpf_map_lookup_elem(&mg_config, &zero);
 }
 
+/* Is addr inside the pod CIDR of some cluster of the mesh? */
+static __always_inline int in_mesh_cidr(__u32 addr)
+{
+	struct mg_ipcache_key key = { .prefixlen = 32, .addr = addr };
+
+	return bpf_map_lookup_elem(&mg_mesh_cidrs, &key) != NULL;
+}
+
 /* Strict mode: would this packet leave by an interface other than the mesh device? */
 static __always_inline int leaves_unencrypted(struct __sk_buff *skb, const struct flow *f,
 					      __u32 mesh_ifindex)
@@ -370,9 +387,15 @@ int mg_from_pod(struct __sk_buff *skb)
 	f.dst_identity = dst ? dst->identity & MG_IDENTITY_MASK : MG_IDENTITY_WORLD;
 	skb->mark = MG_MARK_MAGIC | f.src_identity;
 
+	/*
+	 * Strict mode guards every mesh address that is not a local pod: a
+	 * remote pod the ipcache knows, and any address inside any cluster's
+	 * pod CIDR (a departed pod, a stale backend, a pod not learnt yet).
+	 */
 	cfg = config();
-	if (cfg && (cfg->flags & MG_CFG_F_STRICT) && dst && !(dst->flags & MG_IPCACHE_F_LOCAL) &&
-	    dst->tunnel_ip && leaves_unencrypted(skb, &f, cfg->mesh_ifindex))
+	if (cfg && (cfg->flags & MG_CFG_F_STRICT) && !(dst && (dst->flags & MG_IPCACHE_F_LOCAL)) &&
+	    ((dst && dst->tunnel_ip) || in_mesh_cidr(f.daddr)) &&
+	    leaves_unencrypted(skb, &f, cfg->mesh_ifindex))
 		return drop(skb, &f, MG_REASON_STRICT_UNENCRYPTED, MG_POINT_FROM_POD);
 
 	if (ct_is_reply(&f, now))

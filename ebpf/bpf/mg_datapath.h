@@ -149,6 +149,15 @@ struct mg_counter {
 	__u64 bytes;
 };
 
+/*
+ * mg_mesh_cidrs: LPM trie, the pod CIDRs of every cluster of the mesh
+ * (key as mg_ipcache_key). Strict mode guards every address inside them,
+ * whether or not the ipcache knows it.
+ */
+struct mg_mesh_cidr_value {
+	__u32 cluster_id;
+};
+
 /* mg_config: array with one entry. */
 #define MG_CFG_F_STRICT 0x1
 
@@ -241,6 +250,7 @@ _Static_assert(sizeof(struct mg_ct_key) == 16, "mg_ct_key layout");
 _Static_assert(sizeof(struct mg_ct_value) == 16, "mg_ct_value layout");
 _Static_assert(sizeof(struct mg_counter) == 16, "mg_counter layout");
 _Static_assert(sizeof(struct mg_config) == 8, "mg_config layout");
+_Static_assert(sizeof(struct mg_mesh_cidr_value) == 4, "mg_mesh_cidr_value layout");
 _Static_assert(sizeof(struct mg_flow_event) == 40, "mg_flow_event layout");
 _Static_assert(sizeof(struct mg_lb_svc_key) == 8, "mg_lb_svc_key layout");
 _Static_assert(sizeof(struct mg_lb_svc_value) == 12, "mg_lb_svc_value layout");

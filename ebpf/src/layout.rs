@@ -20,6 +20,13 @@ pub struct IpcacheValue {
     pub flags: u32,
 }
 
+/// `struct mg_mesh_cidr_value` (key as the ipcache's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MeshCidrValue {
+    pub cluster_id: u32,
+}
+
 /// `MG_IPCACHE_F_LOCAL`.
 pub const IPCACHE_F_LOCAL: u32 = 0x1;
 
@@ -187,6 +194,7 @@ pub const MARK_MAGIC: u32 = 0x6d00_0000;
 
 // SAFETY: all of these are plain integers without implicit padding (every
 // pad is an explicit field), so any byte pattern is a valid value.
+unsafe impl aya::Pod for MeshCidrValue {}
 unsafe impl aya::Pod for IpcacheValue {}
 unsafe impl aya::Pod for PolicyKey {}
 unsafe impl aya::Pod for PolicyValue {}
@@ -234,6 +242,7 @@ mod tests {
             ("mg_ct_value", size_of::<CtValue>()),
             ("mg_counter", size_of::<Counter>()),
             ("mg_config", size_of::<Config>()),
+            ("mg_mesh_cidr_value", size_of::<MeshCidrValue>()),
             ("mg_flow_event", size_of::<RawFlowEvent>()),
             ("mg_lb_svc_key", size_of::<LbSvcKey>()),
             ("mg_lb_svc_value", size_of::<LbSvcValue>()),

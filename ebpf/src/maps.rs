@@ -8,6 +8,7 @@ mod counters;
 mod events;
 mod ipcache;
 mod lb;
+mod mesh_cidrs;
 mod policy;
 
 use std::mem::size_of;
@@ -20,7 +21,8 @@ pub use conntrack::{Conntrack, CtEntry};
 pub use counters::DropCounters;
 pub use events::{FlowEvent, FlowEvents};
 pub use ipcache::{IpCache, IpcacheEntry};
-pub use lb::{Affinity, Backend, Frontend, LbConnection, LbService, LoadBalancer};
+pub use lb::{Affinity, Backend, Frontend, LbConnection, LbService, LoadBalancer, RETIRE_GRACE};
+pub use mesh_cidrs::MeshCidrs;
 pub use policy::{Policy, PolicyRule, Proto};
 
 use crate::error::{Error, Result};
@@ -44,6 +46,12 @@ pub(crate) const MAP_SPECS: &[MapSpec] = &[
         map_type: MapType::LpmTrie,
         key_size: 4 + size::<IpcacheAddr>(),
         value_size: size::<IpcacheValue>(),
+    },
+    MapSpec {
+        name: mesh_cidrs::NAME,
+        map_type: MapType::LpmTrie,
+        key_size: 4 + size::<IpcacheAddr>(),
+        value_size: size::<MeshCidrValue>(),
     },
     MapSpec {
         name: policy::NAME,
@@ -130,6 +138,7 @@ impl MapSpec {
 /// All the maps of the datapath.
 pub struct Maps {
     pub ipcache: IpCache,
+    pub mesh_cidrs: MeshCidrs,
     pub policy: Policy,
     pub conntrack: Conntrack,
     pub drops: DropCounters,
@@ -167,6 +176,7 @@ impl Maps {
     pub(crate) fn from_maps(take: &mut dyn FnMut(&'static str) -> Result<Map>) -> Result<Self> {
         Ok(Self {
             ipcache: IpCache::new(take(ipcache::NAME)?)?,
+            mesh_cidrs: MeshCidrs::new(take(mesh_cidrs::NAME)?)?,
             policy: Policy::new(take(policy::NAME)?, take(policy::SEL_NAME)?)?,
             conntrack: Conntrack::new(take(conntrack::NAME)?)?,
             drops: DropCounters::new(take(counters::NAME)?)?,

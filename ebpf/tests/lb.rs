@@ -92,7 +92,7 @@ impl LbWorld {
         self.dp()
             .maps
             .lb
-            .set(&fe, affinity, backends)
+            .set(&fe, affinity, backends, std::time::Instant::now())
             .unwrap_or_else(|e| panic!("setting {fe}: {e}"));
     }
 }
@@ -367,6 +367,26 @@ fn a_removed_backend_gets_no_new_connection_and_an_empty_set_is_a_counted_drop()
         .expect("counter")
         .packets;
     assert_eq!(after, before + 1, "no-service-backend counted");
+
+    // Replaced backend sets stay readable for a grace time (a program may
+    // have read the frontend just before the switch), then are reaped.
+    let t0 = std::time::Instant::now();
+    let grace = meshgate_ebpf::maps::RETIRE_GRACE;
+    let b1 = w.backend(1, 9000, true);
+    let lb = &mut w.dp().maps.lb;
+    lb.reap(t0 + grace)
+        .expect("reap what earlier steps retired");
+    assert_eq!(lb.retired(), 0);
+    lb.set(&udp(71), Affinity::Local, &[b1], t0).expect("set");
+    assert_eq!(lb.retired(), 1, "the replaced set is retired, not deleted");
+    assert_eq!(
+        lb.reap(t0 + grace / 2).expect("reap"),
+        0,
+        "not before the grace"
+    );
+    assert_eq!(lb.services().expect("services")[&udp(71)].backends, [b1]);
+    assert_eq!(lb.reap(t0 + grace).expect("reap"), 1, "reaped after it");
+    assert_eq!(lb.retired(), 0);
 
     // Removing the frontend: the VIP is no longer translated; stale slots
     // of older revisions are gone.

@@ -18,6 +18,7 @@ mod paths;
 mod persist;
 mod services;
 mod sync;
+mod unreachable;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -163,6 +164,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     if let Some(saved) = saved {
         mesh::resume(&agent, saved).context("restoring the last known peers")?;
     }
+    // Plain datapath: the saved mesh CIDRs' unreachable routes, before
+    // discovery answers.
+    unreachable::sync(&agent);
     if agent.cfg.datapath == datapath::Mode::Ebpf {
         let dp = datapath::Ebpf::start(
             &agent.cfg.bpf_pin_dir,
@@ -188,7 +192,10 @@ async fn main_loop(agent: Arc<Agent>) -> anyhow::Result<()> {
     let mut usr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
     let mut usr2 = signal(SignalKind::user_defined2()).context("installing SIGUSR2 handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    tokio::spawn(sync::run(agent.clone()));
+    let session = tokio::spawn(sync::run(agent.clone()));
+    if agent.datapath.get().is_some() {
+        datapath::spawn_worker(agent.clone())?;
+    }
     tokio::spawn(persist::status_loop(agent.clone()));
     tokio::spawn(gateway_loop(agent.clone()));
     let observer = observe::start(&agent)?;
@@ -198,8 +205,8 @@ async fn main_loop(agent: Arc<Agent>) -> anyhow::Result<()> {
     rotation.tick().await;
     loop {
         tokio::select! {
-            _ = term.recv() => return leave(&agent).await,
-            _ = int.recv() => return leave(&agent).await,
+            _ = term.recv() => return leave(&agent, session).await,
+            _ = int.recv() => return leave(&agent, session).await,
             _ = usr2.recv() => {
                 persist::write_status(&agent);
                 info!("exiting for a restart: interface, routes and registration stay");
@@ -251,9 +258,19 @@ async fn gateway_loop(agent: Arc<Agent>) {
     }
 }
 
-/// Leaves the mesh: deregisters, removes the interface and its routes.
-async fn leave(agent: &Agent) -> anyhow::Result<()> {
+/// Leaves the mesh: ends the discovery session, deregisters, removes the
+/// interface and its routes.
+///
+/// The session ends first and for good: while it ran, a lease renewal due
+/// during the leave got "not found" for the node just deregistered and
+/// registered it again, with its endpoints, so discovery listed it (and its
+/// pods as service backends) for a whole lease after it was gone.
+async fn leave(agent: &Agent, session: tokio::task::JoinHandle<()>) -> anyhow::Result<()> {
     info!("leaving the mesh");
+    session.abort();
+    // Returns once the task is dropped: no renewal or registration of it
+    // can start after this point.
+    let _ = session.await;
     if let Err(e) = tokio::time::timeout(Duration::from_secs(2), sync::deregister(agent)).await {
         warn!(error = %e, "deregistration timed out; discovery will expire the lease");
     }
@@ -264,6 +281,7 @@ async fn leave(agent: &Agent) -> anyhow::Result<()> {
     if let Some(dp) = agent.datapath.get() {
         dp.remove().context("removing the eBPF datapath")?;
     }
+    unreachable::remove_all(agent);
     persist::forget(&agent.cfg.state_dir);
     let _ = std::fs::remove_file(observe::socket_path(&agent.cfg.state_dir));
     info!("left the mesh");

@@ -26,6 +26,20 @@ pub struct DiscoveryArgs {
     /// discovery replicas of the cluster.
     #[arg(long, default_value = "embedded")]
     pub store: meshgate_discovery::store::StoreChoice,
+    /// This cluster's pod CIDRs (its podCIDR): IPv4, host bits zero, none
+    /// overlapping another. Repeatable or comma-separated. A node may then
+    /// register only pod CIDRs inside them, and they are announced to
+    /// agents and remote clusters as this cluster's, so strict mode and
+    /// departed-node protection cover the whole range. Without it nodes'
+    /// pod CIDRs are not checked, this cluster announces none, and strict
+    /// mode and departed-node protection only cover nodes' own CIDRs.
+    #[arg(
+        long = "pod-cidr",
+        value_name = "CIDR",
+        value_delimiter = ',',
+        value_parser = parse_pod_cidr
+    )]
+    pub pod_cidrs: Vec<ipnet::IpNet>,
     /// Seconds after which a node that stopped renewing its lease is removed.
     #[arg(long, default_value_t = 10.0)]
     pub lease_ttl: f64,
@@ -52,6 +66,10 @@ pub struct DiscoveryArgs {
     pub client_ca: Option<PathBuf>,
 }
 
+fn parse_pod_cidr(value: &str) -> Result<ipnet::IpNet, meshgate_discovery::cidrs::CidrError> {
+    meshgate_discovery::cidrs::parse_pod_cidr(value)
+}
+
 pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
     if !(args.lease_ttl > 0.0 && args.lease_ttl < 86_400.0) {
         anyhow::bail!(
@@ -65,6 +83,8 @@ pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
             args.remote_timeout
         );
     }
+    meshgate_discovery::cidrs::validate(&args.pod_cidrs)
+        .map_err(|e| anyhow::anyhow!("--pod-cidr: {e}"))?;
     if args.store == meshgate_discovery::store::StoreChoice::Embedded {
         std::fs::create_dir_all(&args.state_dir)
             .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
@@ -93,6 +113,7 @@ pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
                 remote_timeout: Duration::from_secs_f64(args.remote_timeout),
             },
             services,
+            pod_cidrs: args.pod_cidrs,
         };
         meshgate_discovery::server::serve_with_store(cfg, tls, args.store, shutdown_signal())
             .await
@@ -151,6 +172,42 @@ mod tests {
                 compaction: Default::default(),
             })
         );
+    }
+
+    #[test]
+    fn pod_cidrs_are_repeatable_or_comma_separated_and_checked() {
+        let cidrs = |a: &DiscoveryArgs| {
+            a.pod_cidrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(parse(&[]).map(|a| cidrs(&a)), Ok(vec![]));
+        assert_eq!(
+            parse(&[
+                "--pod-cidr",
+                "10.1.0.0/16,10.11.0.0/16",
+                "--pod-cidr",
+                "10.21.0.0/16"
+            ])
+            .map(|a| cidrs(&a)),
+            Ok(vec![
+                "10.1.0.0/16".to_string(),
+                "10.11.0.0/16".to_string(),
+                "10.21.0.0/16".to_string()
+            ])
+        );
+        let Err(e) = parse(&["--pod-cidr", "10.1.0.5/16"]) else {
+            panic!("host bits must be refused");
+        };
+        assert!(
+            e.contains("--pod-cidr") && e.contains("use 10.1.0.0/16"),
+            "{e}"
+        );
+        let Err(e) = parse(&["--pod-cidr", "fd00::/64"]) else {
+            panic!("IPv6 must be refused");
+        };
+        assert!(e.contains("not IPv4"), "{e}");
     }
 
     #[test]

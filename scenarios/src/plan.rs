@@ -507,6 +507,8 @@ impl ClusterPlan {
             self.name.clone(),
             "--cluster-id".into(),
             self.id.to_string(),
+            "--pod-cidr".into(),
+            self.pod_cidr.to_string(),
             "--state-dir".into(),
             d.state_dir.display().to_string(),
             "--lease-ttl".into(),

@@ -14,45 +14,99 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use meshgate_e2e::{wait_until, World};
 
 const PORT: u16 = 7000;
+/// The project's own probe (`mg-probe`): backends answer with their name
+/// (`name`), the client opens one connection per interval and prints how
+/// each went (`conns`), in native code that does not load the machine in
+/// the window it measures.
+const PROBE: &str = env!("CARGO_BIN_EXE_mg-probe");
+/// How long a connection may take to open and answer.
+const TIMEOUT_MS: &str = "500";
 
-/// Answers every TCP connection on PORT with the pod's name.
-const SERVER: &str = "import socket,sys\n\
-s=socket.socket()\n\
-s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
-s.bind(('0.0.0.0',int(sys.argv[2])))\n\
-s.listen(128)\n\
-while True:\n    c,_=s.accept()\n    c.sendall(sys.argv[1].encode())\n    c.close()\n";
+/// One connection: when it began (unix s) and its outcome: `ok:<backend>`
+/// or a failure mode (`timeout`, `refused`, `unreachable`, `reset`,
+/// `no-answer`, `closed`, `error:...`; see mg-probe).
+type Conn = (f64, String);
 
-/// `count` connections to VIP:PORT, one started every `interval` s, each
-/// in its own thread (a connection that times out does not delay the
-/// next), each printed as `<start time> <backend name or ->`.
-const CLIENT: &str = "import socket,sys,time,threading\n\
-vip,port,n,gap=sys.argv[1],int(sys.argv[2]),int(sys.argv[3]),float(sys.argv[4])\n\
-out=threading.Lock()\n\
-def one(t):\n    try:\n        s=socket.create_connection((vip,port),timeout=0.5)\n        s.settimeout(0.5)\n        d=s.recv(64).decode() or '-'\n        s.close()\n    except Exception:\n        d='-'\n    with out:\n        print('%.3f %s'%(t,d),flush=True)\n\
-ts=[]\n\
-for i in range(n):\n    th=threading.Thread(target=one,args=(time.time(),))\n    th.start()\n    ts.append(th)\n    time.sleep(gap)\n\
-for th in ts:\n    th.join()\n";
+fn served_by(c: &Conn) -> Option<&str> {
+    c.1.strip_prefix("ok:")
+}
+
+/// Failed connections counted per failure mode.
+fn failure_modes<'a>(conns: impl IntoIterator<Item = &'a Conn>) -> BTreeMap<&'a str, usize> {
+    let mut m = BTreeMap::new();
+    for c in conns {
+        if served_by(c).is_none() {
+            *m.entry(c.1.as_str()).or_default() += 1;
+        }
+    }
+    m
+}
 
 /// Panics unless the connections begun at or after `from` were served by
 /// c2's backends, but for sporadic failures (at most 2 %, never two in a
 /// row): on this loaded lab a connection now and then misses its 0.5 s
-/// timeout, while backends that are picked but gone fail every time.
-fn served_by_c2_from(lines: &[(f64, String)], from: f64, what: &str) {
-    let after: Vec<&(f64, String)> = lines.iter().filter(|(t, _)| *t >= from).collect();
+/// timeout, while backends that are picked but gone fail every time. The
+/// message tells the failure modes apart and carries `evidence()`.
+fn served_by_c2_from(lines: &[Conn], from: f64, what: &str, evidence: impl Fn() -> String) {
+    let after: Vec<&Conn> = lines.iter().filter(|(t, _)| *t >= from).collect();
     let c1: Vec<_> = after
         .iter()
-        .filter(|(_, n)| n.starts_with("web1"))
+        .filter(|c| served_by(c).is_some_and(|n| n.starts_with("web1")))
         .collect();
-    assert!(c1.is_empty(), "{what}: served by c1: {c1:?}");
-    let failed: Vec<_> = after.iter().filter(|(_, n)| n == "-").collect();
-    let in_a_row = after.windows(2).any(|w| w[0].1 == "-" && w[1].1 == "-");
-    assert!(
-        failed.len() * 50 <= after.len() && !in_a_row,
-        "{what}: {} of {} connections failed (two in a row: {in_a_row}): {failed:?}",
+    let failed: Vec<String> = after
+        .iter()
+        .filter(|c| served_by(c).is_none())
+        .map(|(t, m)| format!("{:+.3} {m}", t - from))
+        .collect();
+    let in_a_row = after
+        .windows(2)
+        .any(|w| served_by(w[0]).is_none() && served_by(w[1]).is_none());
+    if c1.is_empty() && failed.len() * 50 <= after.len() && !in_a_row {
+        return;
+    }
+    panic!(
+        "{what}: of {} connections, {} served by c1 and {} failed (two in a row: {in_a_row}); \
+         failure modes {:?}; failures (s after {from:.3}): {failed:?}\n{}",
+        after.len(),
+        c1.len(),
         failed.len(),
-        after.len()
+        failure_modes(after.iter().copied()),
+        evidence()
     );
+}
+
+/// What the lab shows at a failure: drops per reason and the frontend's
+/// backends in c1/n1's pinned maps, `lab status`, and the agents' and
+/// c1 discovery's logs around the change.
+fn evidence(world: &World) -> String {
+    let mut out = String::from("--- evidence\n");
+    let pins = format!("/sys/fs/bpf/meshgate/lab/{}/c1-n1/maps", world.name);
+    match meshgate_ebpf::Maps::open_pinned(std::path::Path::new(&pins)) {
+        Ok(maps) => {
+            out += &format!("c1/n1 drops: {:?}\n", maps.drops.all());
+            out += &format!("c1/n1 mg_lb_svc/mg_lb_backends: {:?}\n", maps.lb.services());
+        }
+        Err(e) => out += &format!("c1/n1 maps at {pins}: {e}\n"),
+    }
+    out += &meshgate_e2e::meshgate(&["lab", "status", &world.name]);
+    for (c, n) in [("c1", "n1"), ("c1", "n2"), ("c1", "n3")] {
+        let log = format!("/run/meshgate/lab/{}/{c}/nodes/{n}/agent.log", world.name);
+        out += &format!("--- {c}/{n} agent log (last 15 lines)\n{}", tail(&log, 15));
+    }
+    let log = format!(
+        "/run/meshgate/lab/{}/c1/discovery/discovery.log",
+        world.name
+    );
+    out += &format!("--- c1 discovery log (last 25 lines)\n{}", tail(&log, 25));
+    out
+}
+
+fn tail(path: &str, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("({path}: {e})\n"));
+    let lines: Vec<&str> = text.lines().collect();
+    let mut s = lines[lines.len().saturating_sub(n)..].join("\n");
+    s.push('\n');
+    s
 }
 
 fn service(affinity: &str) -> String {
@@ -88,9 +142,9 @@ fn now() -> f64 {
         .as_secs_f64()
 }
 
-/// Parses the client's `<time> <name>` lines.
-fn parse(out: &str) -> Vec<(f64, String)> {
-    let mut v: Vec<(f64, String)> = out
+/// Parses the probe's `<time> <outcome>` lines, in time order.
+fn parse(out: &str) -> Vec<Conn> {
+    let mut v: Vec<Conn> = out
         .lines()
         .filter_map(|l| {
             let (t, n) = l.split_once(' ')?;
@@ -99,6 +153,22 @@ fn parse(out: &str) -> Vec<(f64, String)> {
         .collect();
     v.sort_by(|a, b| a.0.total_cmp(&b.0));
     v
+}
+
+/// `mg-probe conns` from `ns` to ip:PORT: `count` connections, one every
+/// `gap_ms`.
+fn conns_cmd(ip: &str, count: u32, gap_ms: u32) -> Vec<String> {
+    [
+        PROBE,
+        "conns",
+        ip,
+        &PORT.to_string(),
+        &count.to_string(),
+        &gap_ms.to_string(),
+        TIMEOUT_MS,
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 struct Servers(Vec<Child>);
@@ -162,11 +232,16 @@ fn local_affinity_keeps_connections_in_the_cluster_and_fails_over_to_the_other_w
     ] {
         servers.0.push(world.spawn_in_ns(
             &world.pod_ns(c, pod),
-            &["python3", "-c", SERVER, pod, &PORT.to_string()],
+            &[PROBE, "name", &PORT.to_string(), pod],
         ));
     }
     let client_ns = world.pod_ns("c1", "client");
-    let port = PORT.to_string();
+    let run = |ip: &str, count: u32, gap_ms: u32| -> Vec<Conn> {
+        let argv = conns_cmd(ip, count, gap_ms);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let out = world.in_ns(&client_ns, &argv);
+        parse(&String::from_utf8_lossy(&out.stdout))
+    };
     // Every backend answers (directly, not through the VIP): the servers are up.
     for (c, pod) in [
         ("c1", "web1a"),
@@ -175,30 +250,27 @@ fn local_affinity_keeps_connections_in_the_cluster_and_fails_over_to_the_other_w
         ("c2", "web2b"),
     ] {
         let ip = world.ip(&format!("{c}/{pod}"));
+        let mut last = Vec::new();
         let ok = wait_until(Duration::from_secs(10), || {
-            let out = world.in_ns(&client_ns, &["python3", "-c", CLIENT, &ip, &port, "1", "0"]);
-            String::from_utf8_lossy(&out.stdout).contains(pod)
+            last = run(&ip, 1, 0);
+            last.first().and_then(served_by) == Some(pod)
         });
         assert!(
             ok.is_some(),
-            "backend {c}/{pod} ({ip}) does not answer directly"
+            "backend {c}/{pod} ({ip}) does not answer directly: {last:?}"
         );
     }
 
     // 60 connections to the VIP: only c1's backends.
-    let out = world.in_ns(
-        &client_ns,
-        &["python3", "-c", CLIENT, &vip, &port, "60", "0"],
-    );
-    let got = parse(&String::from_utf8_lossy(&out.stdout));
+    let got = run(&vip, 60, 0);
     let mut per: BTreeMap<String, usize> = BTreeMap::new();
-    for (_, n) in &got {
-        *per.entry(n.clone()).or_default() += 1;
+    for c in &got {
+        *per.entry(c.1.clone()).or_default() += 1;
     }
     eprintln!("60 connections to {vip}:{PORT} from c1/client: {per:?}");
-    assert_eq!(got.len(), 60, "{out:?}");
+    assert_eq!(got.len(), 60, "{got:?}");
     assert!(
-        per.keys().all(|n| n == "web1a" || n == "web1b"),
+        per.keys().all(|n| n == "ok:web1a" || n == "ok:web1b"),
         "affinity local: only c1's backends may answer: {per:?}"
     );
     assert_eq!(
@@ -208,28 +280,32 @@ fn local_affinity_keeps_connections_in_the_cluster_and_fails_over_to_the_other_w
     );
 
     // A connection every 20 ms while c1's backends leave.
-    let mut client = world.spawn_in_ns(
-        &client_ns,
-        &["python3", "-c", CLIENT, &vip, &port, "1000", "0.02"],
-    );
+    let argv = conns_cmd(&vip, 1000, 20);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let mut client = world.spawn_in_ns(&client_ns, &argv);
     std::thread::sleep(Duration::from_millis(500));
-    // Poll c1's discovery (from before the backends leave) until it lists
-    // no c1 backend of web: (poll start, poll end, c1 backends listed).
+    // Poll c1's discovery from before the backends leave until 3 s after it
+    // first lists none: (poll start, poll end, c1 backends listed). Polling
+    // on after the change catches a departed backend coming back (a leaving
+    // agent that registered again once did exactly that).
     let history: Vec<(f64, f64, usize)> = std::thread::scope(|s| {
         let poller = s.spawn(|| {
             let mut history = Vec::new();
             let deadline = now() + 30.0;
-            while now() < deadline {
+            let mut gone_at: Option<f64> = None;
+            while now() < deadline && gone_at.is_none_or(|g| now() < g + 3.0) {
                 let started = now();
                 let web = world
                     .discovery_services("c1")
                     .remove("default/web")
                     .unwrap_or_default();
                 let c1 = web.iter().filter(|b| b.starts_with("c1 ")).count();
-                history.push((started, now(), c1));
-                if c1 == 0 && !web.is_empty() {
-                    break;
+                let end = now();
+                history.push((started, end, c1));
+                if c1 == 0 && !web.is_empty() && gone_at.is_none() {
+                    gone_at = Some(end);
                 }
+                std::thread::sleep(Duration::from_millis(20));
             }
             history
         });
@@ -238,40 +314,50 @@ fn local_affinity_keeps_connections_in_the_cluster_and_fails_over_to_the_other_w
         world.lab("stop", "c1/n3");
         poller.join().unwrap()
     });
-    assert!(
-        history.last().is_some_and(|h| h.2 == 0),
-        "c1's discovery still lists c1 backends of web: {history:?}"
-    );
+    let first_gone = history
+        .iter()
+        .position(|h| h.2 == 0)
+        .unwrap_or_else(|| panic!("c1's discovery still lists c1 backends of web: {history:?}"));
     // The change was published between the start of the last poll that
     // still listed a c1 backend and the end of the first that did not.
-    let gone_at = history.last().unwrap().1;
-    let listed_until = history.iter().rev().nth(1).map_or(gone_at, |h| h.0);
-    std::thread::sleep(Duration::from_secs(3));
+    let gone_at = history[first_gone].1;
+    let listed_until = first_gone.checked_sub(1).map_or(gone_at, |i| history[i].0);
+    let back: Vec<String> = history[first_gone..]
+        .iter()
+        .filter(|h| h.2 > 0)
+        .map(|(t, _, n)| format!("{:+.3}: {n} c1 backends", t - gone_at))
+        .collect();
+    assert!(
+        back.is_empty(),
+        "c1's departed backends came back in discovery after they left: {back:?}\n{}",
+        evidence(&world)
+    );
     let _ = client.kill();
     let out = client.wait_with_output().unwrap();
     let lines = parse(&String::from_utf8_lossy(&out.stdout));
-    let c2 = |n: &str| n == "web2a" || n == "web2b";
+    let c2 = |c: &Conn| served_by(c).is_some_and(|n| n == "web2a" || n == "web2b");
     // Failures in the window around the change: connections given a
     // departed backend (its node already left) before the agent switched.
     let window: Vec<String> = lines
         .iter()
-        .filter(|(t, n)| n == "-" && (*t - gone_at).abs() <= 1.0)
-        .map(|(t, _)| format!("{:+.3}", t - gone_at))
+        .filter(|c| served_by(c).is_none() && (c.0 - gone_at).abs() <= 1.0)
+        .map(|(t, m)| format!("{:+.3} {m}", t - gone_at))
         .collect();
     let first_c2 = lines
         .iter()
-        .find(|(_, n)| c2(n))
-        .unwrap_or_else(|| panic!("no connection reached c2's backends: {lines:?}"))
+        .find(|c| c2(c))
+        .unwrap_or_else(|| {
+            panic!(
+                "no connection reached c2's backends: {lines:?}\n{}",
+                evidence(&world)
+            )
+        })
         .0;
     eprintln!(
         "c1 backends gone from `meshgate services` at {gone_at:.3}, still listed by the poll \
-         begun {:+.3} s before (polls: {:?}); first c2-served connection began {:+.3} s, \
-         failed connections near the change began at {window:?} s",
+         begun {:+.3} s before; first c2-served connection began {:+.3} s, failed connections \
+         near the change: {window:?}",
         listed_until - gone_at,
-        history
-            .iter()
-            .map(|(t, _, n)| format!("{:+.3}:{n}", t - gone_at))
-            .collect::<Vec<_>>(),
         first_c2 - gone_at,
     );
     // The requirement: within 1 s of discovery publishing the change, new
@@ -280,8 +366,9 @@ fn local_affinity_keeps_connections_in_the_cluster_and_fails_over_to_the_other_w
         &lines,
         gone_at + 1.0,
         "1 s after discovery dropped c1's backends",
+        || evidence(&world),
     );
-    let later: Vec<&(f64, String)> = lines.iter().filter(|(t, _)| *t >= gone_at + 1.0).collect();
+    let later: Vec<&Conn> = lines.iter().filter(|(t, _)| *t >= gone_at + 1.0).collect();
     assert!(
         later.len() > 50,
         "too few connections after failover: {}",
@@ -295,23 +382,19 @@ fn local_affinity_keeps_connections_in_the_cluster_and_fails_over_to_the_other_w
 
     // The client node's agent restarts (SIGUSR2): the pinned service maps
     // keep translating, and the new agent keeps the frontend.
-    let client = world.spawn_in_ns(
-        &client_ns,
-        &["python3", "-c", CLIENT, &vip, &port, "400", "0.02"],
-    );
+    let argv = conns_cmd(&vip, 400, 20);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let client = world.spawn_in_ns(&client_ns, &argv);
     std::thread::sleep(Duration::from_millis(500));
     let restart_began = now();
     world.lab("restart", "c1/n1");
     let restarted = now();
     let out = client.wait_with_output().unwrap();
     let lines = parse(&String::from_utf8_lossy(&out.stdout));
-    let served = lines
-        .iter()
-        .filter(|(_, n)| n == "web2a" || n == "web2b")
-        .count();
-    let failed = lines.iter().filter(|(_, n)| n == "-").count();
+    let served = lines.iter().filter(|c| c2(c)).count();
+    let failed = failure_modes(&lines);
     eprintln!(
-        "across an agent restart of c1/n1: {served} of {} connections served by c2, {failed} failed",
+        "across an agent restart of c1/n1: {served} of {} connections served by c2, failed: {failed:?}",
         lines.len()
     );
     eprintln!(
@@ -319,12 +402,21 @@ fn local_affinity_keeps_connections_in_the_cluster_and_fails_over_to_the_other_w
         restarted - restart_began,
         lines
             .iter()
-            .filter(|(_, n)| n == "-")
-            .map(|(t, _)| format!("{:+.2}", t - restart_began))
+            .filter(|c| served_by(c).is_none())
+            .map(|(t, m)| format!("{:+.2} {m}", t - restart_began))
             .collect::<Vec<_>>()
     );
-    assert_eq!(served + failed, lines.len(), "only c2 may serve: {lines:?}");
-    served_by_c2_from(&lines, restarted + 1.0, "1 s after the agent restart");
+    let others: Vec<&Conn> = lines
+        .iter()
+        .filter(|c| served_by(c).is_some() && !c2(c))
+        .collect();
+    assert!(others.is_empty(), "only c2 may serve: {others:?}");
+    served_by_c2_from(
+        &lines,
+        restarted + 1.0,
+        "1 s after the agent restart",
+        || evidence(&world),
+    );
     let ok = wait_until(Duration::from_secs(10), || {
         world
             .status("c1", "n1")

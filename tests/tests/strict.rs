@@ -131,3 +131,290 @@ fn strict_mode_drops_and_counts_pod_traffic_misrouted_around_the_mesh_and_off_it
     );
     eprintln!("strict off: {} datagrams to {b} in clear", counts[0]);
 }
+
+/// `meshgate lab observe WORLD c1/n1 --reason strict-unencrypted --json`:
+/// the flows of that reason.
+fn strict_flows(world: &World) -> Vec<serde_json::Value> {
+    meshgate_e2e::meshgate(&[
+        "lab",
+        "observe",
+        &world.name,
+        "c1/n1",
+        "--reason",
+        "strict-unencrypted",
+        "--json",
+    ])
+    .lines()
+    .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+    .collect()
+}
+
+fn route_table(world: &World, ns: &str) -> String {
+    let out = world.in_ns(ns, &["ip", "route", "show", "table", ROUTE_TABLE]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Strict mode covers the mesh's pod CIDRs, not just the addresses the
+/// ipcache knows; and with or without strict mode, a departed node's pod
+/// CIDR never falls through to the main table's default route. n1 gets a
+/// default route out of its underlay (as every real node has), and the
+/// test shows that route does carry traffic in clear, so a leak would show.
+#[test]
+fn strict_mode_guards_every_address_of_the_mesh_pod_cidrs_and_departed_nodes_never_leak() {
+    let name = "strictcidr";
+    let world = World::up(name, &strict_ebpf(one_cluster(name, 3)));
+    let n1 = world.node_ns("c1", "n1");
+    let n2_underlay = world.ip("c1/n2");
+    let n2b = world.ip("c1/n2-b");
+    // An address inside n2's pod CIDR that no pod holds.
+    let octets: Vec<&str> = n2b.split('.').collect();
+    let unheld = format!("{}.{}.{}.200", octets[0], octets[1], octets[2]);
+    let ok = wait_until(Duration::from_secs(15), || {
+        world.ping("c1", "n1-a", &n2b, 1, "0.2").received == 1
+    });
+    assert!(
+        ok.is_some(),
+        "n1-a -> n2-b never worked in the strict world"
+    );
+
+    // The agent knows the cluster's pod CIDR (from discovery's --pod-cidr)
+    // and keeps it unreachable below the nodes' routes.
+    let ok = wait_until(Duration::from_secs(10), || {
+        route_table(&world, &n1).contains("unreachable 10.1.0.0/16")
+    });
+    assert!(
+        ok.is_some(),
+        "n1's table {ROUTE_TABLE} has no unreachable route for the cluster's pod CIDR:\n{}",
+        route_table(&world, &n1)
+    );
+
+    // A real node's default route, out of the underlay; it does carry a
+    // pod's traffic to the world in clear (so the captures below can fail).
+    let add = world.in_ns(
+        &n1,
+        &[
+            "ip",
+            "route",
+            "replace",
+            "default",
+            "via",
+            &n2_underlay,
+            "dev",
+            "eth0",
+        ],
+    );
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cap = Capture::start_immediate(&n1, "eth0", dir.path().join("world.pcap"));
+    send_udp(&world, "c1", "n1-a", "192.0.2.7", 9000, 5);
+    let counts = cap.stop_and_count(&["host 192.0.2.7"]);
+    assert!(
+        counts[0] >= 5,
+        "a datagram to the world was not seen leaving by the default route ({} of 5): \
+         the leak checks below would prove nothing",
+        counts[0]
+    );
+
+    // 1. Misroute an address no pod holds around the mesh: dropped, counted
+    //    and sent as a flow event, nothing in clear.
+    let (_, before) = strict_drops(&world, "c1", "n1");
+    let route = format!("{unheld}/32");
+    let add = world.in_ns(
+        &n1,
+        &[
+            "ip",
+            "route",
+            "add",
+            &route,
+            "via",
+            &n2_underlay,
+            "dev",
+            "eth0",
+            "table",
+            ROUTE_TABLE,
+        ],
+    );
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    let cap = Capture::start_immediate(&n1, "eth0", dir.path().join("unheld.pcap"));
+    send_udp(&world, "c1", "n1-a", &unheld, 9000, 20);
+    let counts = cap.stop_and_count(&[&format!("host {unheld}")]);
+    assert_eq!(
+        counts[0], 0,
+        "strict on: {} packets to {unheld} (in n2's pod CIDR, no pod) left n1's underlay in clear",
+        counts[0]
+    );
+    let mut after = 0;
+    let counted = wait_until(Duration::from_secs(5), || {
+        after = strict_drops(&world, "c1", "n1").1;
+        after >= before + 20
+    });
+    assert!(
+        counted.is_some(),
+        "strict-unencrypted counted {} drops for 20 datagrams to {unheld}",
+        after - before
+    );
+    let mut flows = Vec::new();
+    let seen = wait_until(Duration::from_secs(5), || {
+        flows = strict_flows(&world);
+        flows.iter().any(|f| f["dst"]["ip"] == unheld.as_str())
+    });
+    assert!(
+        seen.is_some(),
+        "no strict-unencrypted flow event to {unheld}: {flows:?}"
+    );
+    let del = world.in_ns(&n1, &["ip", "route", "del", &route, "table", ROUTE_TABLE]);
+    assert!(
+        del.status.success(),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+
+    // 2. n2 leaves: its /24 goes from n1's table, the cluster CIDR's
+    //    unreachable route stays, and n2's pod address does not fall
+    //    through to the default route, with strict mode on and off.
+    world.lab("stop", "c1/n2");
+    let n2_cidr = format!("{}.{}.{}.0/24", octets[0], octets[1], octets[2]);
+    let gone = wait_until(Duration::from_secs(5), || {
+        !route_table(&world, &n1).contains(&n2_cidr)
+    });
+    assert!(
+        gone.is_some(),
+        "n2's pod CIDR is still routed on n1 after n2 left:\n{}",
+        route_table(&world, &n1)
+    );
+    let table = route_table(&world, &n1);
+    assert!(
+        table.contains("unreachable 10.1.0.0/16"),
+        "the cluster's unreachable route went with n2:\n{table}"
+    );
+    let (_, before) = strict_drops(&world, "c1", "n1");
+    let cap = Capture::start_immediate(&n1, "eth0", dir.path().join("departed.pcap"));
+    send_udp(&world, "c1", "n1-a", &n2b, 9000, 20);
+    let counts = cap.stop_and_count(&[&format!("host {n2b}")]);
+    assert_eq!(
+        counts[0], 0,
+        "strict on: {} packets to departed n2's pod {n2b} left n1's underlay in clear",
+        counts[0]
+    );
+    let counted = wait_until(Duration::from_secs(5), || {
+        after = strict_drops(&world, "c1", "n1").1;
+        after >= before + 20
+    });
+    assert!(
+        counted.is_some(),
+        "strict-unencrypted counted {} drops for 20 datagrams to departed {n2b}",
+        after - before
+    );
+    // Strict off (as an agent without --strict sets the pinned config): the
+    // unreachable route alone keeps the departed CIDR off the default route.
+    let pins = PathBuf::from(format!("/sys/fs/bpf/meshgate/lab/{name}/c1-n1/maps"));
+    let mut maps = meshgate_ebpf::Maps::open_pinned(&pins).unwrap();
+    maps.config.set_strict(None).unwrap();
+    let cap = Capture::start_immediate(&n1, "eth0", dir.path().join("departed-off.pcap"));
+    send_udp(&world, "c1", "n1-a", &n2b, 9000, 20);
+    let counts = cap.stop_and_count(&[&format!("host {n2b}")]);
+    assert_eq!(
+        counts[0], 0,
+        "strict off: {} packets to departed n2's pod {n2b} fell through to the default route in clear",
+        counts[0]
+    );
+    eprintln!(
+        "unheld {unheld} and departed {n2b}: 0 packets in clear; the world address 192.0.2.7 \
+         left by the default route as it should"
+    );
+}
+
+/// The plain datapath (no eBPF): the cluster's pod CIDR is unreachable in
+/// the main table below the nodes' routes, so a departed node's pod address
+/// does not fall through to the default route in clear.
+#[test]
+fn on_the_plain_datapath_a_departed_nodes_pods_never_leave_by_the_default_route() {
+    let name = "strictplain";
+    let world = World::up(name, &one_cluster(name, 3));
+    let n1 = world.node_ns("c1", "n1");
+    let n2_underlay = world.ip("c1/n2");
+    let n2b = world.ip("c1/n2-b");
+    let unreachable = || {
+        let out = world.in_ns(&n1, &["ip", "route", "show", "type", "unreachable"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ok = wait_until(Duration::from_secs(10), || {
+        unreachable().contains("10.1.0.0/16")
+    });
+    assert!(
+        ok.is_some(),
+        "n1's main table has no unreachable route for the cluster's pod CIDR: {:?}",
+        unreachable()
+    );
+    let add = world.in_ns(
+        &n1,
+        &[
+            "ip",
+            "route",
+            "replace",
+            "default",
+            "via",
+            &n2_underlay,
+            "dev",
+            "eth0",
+        ],
+    );
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // The default route carries a pod's traffic to the world in clear: a
+    // leak below would show.
+    let cap = Capture::start_immediate(&n1, "eth0", dir.path().join("world.pcap"));
+    send_udp(&world, "c1", "n1-a", "192.0.2.7", 9000, 5);
+    let counts = cap.stop_and_count(&["host 192.0.2.7"]);
+    assert!(
+        counts[0] >= 5,
+        "the default route carried {} of 5",
+        counts[0]
+    );
+
+    world.lab("stop", "c1/n2");
+    let routes = || {
+        let out = world.in_ns(&n1, &["ip", "route", "show"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let gone = wait_until(Duration::from_secs(5), || !routes().contains("10.1.1.0/24"));
+    assert!(
+        gone.is_some(),
+        "n2's pod CIDR is still routed on n1:\n{}",
+        routes()
+    );
+    let cap = Capture::start_immediate(&n1, "eth0", dir.path().join("departed.pcap"));
+    send_udp(&world, "c1", "n1-a", &n2b, 9000, 20);
+    let counts = cap.stop_and_count(&[&format!("host {n2b}")]);
+    assert_eq!(
+        counts[0], 0,
+        "{} packets to departed n2's pod {n2b} fell through to the default route in clear",
+        counts[0]
+    );
+    assert!(
+        unreachable().contains("10.1.0.0/16"),
+        "the unreachable route went with n2"
+    );
+    // Leaving removes it.
+    world.lab("stop", "c1/n1");
+    let removed = wait_until(Duration::from_secs(5), || {
+        !unreachable().contains("10.1.0.0/16")
+    });
+    assert!(
+        removed.is_some(),
+        "n1 left the mesh but kept {:?}",
+        unreachable()
+    );
+}

@@ -2,7 +2,9 @@
 //! records, under its own cluster ID, with identities in its own range
 //! (`id >> 16 == cluster_id`), tunnel IPs in its own block, pod CIDRs that
 //! overlap neither ours nor another remote's, and endpoints inside their
-//! node's pod CIDRs. A remote that names another cluster or claims a cluster
+//! node's pod CIDRs. The cluster pod CIDRs it announces ([`cidrs`]) must
+//! overlap neither this cluster's (`--pod-cidr`) nor another remote's
+//! accepted ones, nor each other. A remote that names another cluster or claims a cluster
 //! ID already in use gets nothing applied at all; otherwise each bad record
 //! is rejected on its own and the rest is imported.
 //!
@@ -16,6 +18,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use super::claims::{Claims, Overlap};
 use super::RemoteView;
+use ipnet::IpNet;
+
 use crate::alloc::{CLUSTER_SHIFT as TUNNEL_SHIFT, TUNNEL_BASE};
 use crate::endpoint::Endpoint;
 use crate::identity::{cluster_of, Labels};
@@ -71,11 +75,13 @@ pub struct Rejection {
     pub detail: String,
 }
 
-/// This cluster: its name, ID and registered nodes.
+/// This cluster: its name, ID, pod CIDRs (`--pod-cidr`) and registered
+/// nodes.
 #[derive(Debug, Clone, Copy)]
 pub struct Local<'a> {
     pub cluster: &'a str,
     pub cluster_id: u8,
+    pub pod_cidrs: &'a [IpNet],
     pub nodes: &'a [&'a Node],
 }
 
@@ -85,6 +91,8 @@ pub struct OtherRemote<'a> {
     pub name: &'a str,
     pub cluster_id: Option<u8>,
     pub nodes: Vec<&'a Node>,
+    /// Its accepted cluster pod CIDRs.
+    pub cidrs: Vec<IpNet>,
 }
 
 /// What may be imported from a remote.
@@ -96,6 +104,8 @@ pub struct Accepted {
     pub identities: BTreeMap<u32, Labels>,
     /// Service definitions, by `namespace/name`.
     pub services: BTreeMap<String, Service>,
+    /// The cluster pod CIDRs it announced that may be listed, in its order.
+    pub cidrs: Vec<IpNet>,
 }
 
 /// The verdict on a remote's view: `accepted` is `None` when the remote as
@@ -134,8 +144,11 @@ pub fn check(
         view.is_whole(),
         "a view is checked whole only when it holds every record"
     );
+    let (cidrs, rejected) = cidrs(remote, &view.cidrs, local, others);
+    out.rejections.extend(rejected);
     let mut acc = Accepted {
         cluster_id: cid,
+        cidrs,
         ..Accepted::default()
     };
     for (id, i) in &view.identities {
@@ -236,6 +249,58 @@ pub fn whole(
         ));
     }
     Ok(cid)
+}
+
+/// The cluster pod CIDRs remote `remote` announced (as sent): those that
+/// may be listed, and a rejection (key `pod_cidr CIDR`) for each other one:
+/// unreadable, not IPv4, with host bits, or overlapping this cluster's, an
+/// earlier one of its own, or another remote's accepted ones.
+pub fn cidrs(
+    remote: &str,
+    sent: &[String],
+    local: &Local,
+    others: &(impl Claims + ?Sized),
+) -> (Vec<IpNet>, Vec<Rejection>) {
+    let mut accepted: Vec<IpNet> = Vec::new();
+    let mut rejected = Vec::new();
+    for value in sent {
+        let key = format!("pod_cidr {value}");
+        let cidr = match crate::cidrs::parse_pod_cidr(value) {
+            Ok(c) => c,
+            Err(e) => {
+                rejected.push(rejection(
+                    key,
+                    RejectReason::Invalid,
+                    format!(
+                        "remote {remote} announces a cluster pod CIDR that cannot be used: {e}"
+                    ),
+                ));
+                continue;
+            }
+        };
+        let clash = first_overlap(&[cidr], local.pod_cidrs)
+            .map(|(_, its)| format!("this cluster's ({}) pod CIDR {its}", local.cluster))
+            .or_else(|| {
+                first_overlap(&[cidr], &accepted)
+                    .map(|(_, its)| format!("its own pod CIDR {its} (listed before it)"))
+            })
+            .or_else(|| {
+                others
+                    .cidr_holder(&cidr)
+                    .map(|(holder, its)| format!("pod CIDR {its} of remote {holder}"))
+            });
+        match clash {
+            Some(what) => rejected.push(rejection(
+                key,
+                RejectReason::PodCidrOverlap,
+                format!(
+                    "remote {remote} announces cluster pod CIDR {cidr}, which overlaps {what};                      give every cluster its own range (the remote's or this discovery's                      --pod-cidr)"
+                ),
+            )),
+            None => accepted.push(cidr),
+        }
+    }
+    (accepted, rejected)
 }
 
 /// One identity of remote `remote` (cluster ID `cid`); key `identity ID`.

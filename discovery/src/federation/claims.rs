@@ -31,6 +31,9 @@ pub trait Claims {
     /// The first node (by remote name, then node name) whose pod CIDRs
     /// overlap `node`'s.
     fn overlap(&self, node: &Node) -> Option<Overlap>;
+    /// The first remote (by name) whose accepted cluster pod CIDRs overlap
+    /// `cidr`, with its CIDR that does.
+    fn cidr_holder(&self, cidr: &IpNet) -> Option<(&str, IpNet)>;
 }
 
 /// The plain form: every other remote's nodes, scanned.
@@ -52,6 +55,11 @@ impl Claims for [OtherRemote<'_>] {
                 })
             })
         })
+    }
+
+    fn cidr_holder(&self, cidr: &IpNet) -> Option<(&str, IpNet)> {
+        self.iter()
+            .find_map(|o| first_overlap(&[*cidr], &o.cidrs).map(|(_, its)| (o.name, its)))
     }
 }
 

@@ -13,7 +13,9 @@
 //! or changed endpoints, removed nodes.
 //!
 //! A broken connection ([`Imports::disconnected`]) keeps the remote's state;
-//! [`Imports::expire`] removes it `timeout` after the break. Identities are
+//! [`Imports::expire`] removes it `timeout` after the break, except the
+//! remote's accepted cluster pod CIDRs, kept (a plain list; tiny) while the
+//! remote is configured. Identities are
 //! never removed (as in one cluster): an identity never changes meaning.
 
 mod incremental;
@@ -29,6 +31,7 @@ use ipnet::IpNet;
 use super::check::{check, Local, RejectReason, Rejection};
 use super::claims::{CidrIndex, Claims, Overlap};
 use super::{RemoteConfig, RemoteView};
+use crate::cidrs::ClusterCidrs;
 use crate::endpoint::{Endpoint, Identity};
 use crate::model::{first_overlap, Event, Node, RemoveReason};
 use crate::service::Service;
@@ -61,6 +64,10 @@ struct Remote {
     /// Imported nodes that a local node registered since overlaps: judged
     /// again on the remote's next event.
     pending: BTreeSet<String>,
+    /// Its accepted cluster pod CIDRs as listed (none accepted: `None`).
+    /// Kept while the remote is configured, through a broken link and its
+    /// expiry: the range is still the remote's; a snapshot replaces them.
+    cidrs: Option<ClusterCidrs>,
 }
 
 /// The result of [`Imports::update`]: the changes (revision 0) and the
@@ -72,6 +79,9 @@ pub struct Update {
     /// The remote's accepted service definitions, when they changed (only
     /// a whole check changes them).
     pub services: Option<Vec<Service>>,
+    /// The remote's accepted cluster pod CIDRs changed (only a whole check
+    /// of a snapshot changes them): the mesh's list is to be sent again.
+    pub cidrs_changed: bool,
 }
 
 /// One remote, for `FederationStatus`.
@@ -131,6 +141,17 @@ impl Claims for Others<'_> {
             node: owner.1.clone(),
         })
     }
+
+    fn cidr_holder(&self, cidr: &IpNet) -> Option<(&str, IpNet)> {
+        self.imports
+            .remotes
+            .iter()
+            .filter(|(n, _)| n.as_str() != self.remote)
+            .find_map(|(n, r)| {
+                let listed = r.cidrs.as_ref()?;
+                first_overlap(&[*cidr], &listed.pod_cidrs).map(|(_, its)| (n.as_str(), its))
+            })
+    }
 }
 
 impl Imports {
@@ -149,6 +170,12 @@ impl Imports {
             cidrs: CidrIndex::default(),
             local: BTreeMap::new(),
         }
+    }
+
+    /// Every remote's accepted cluster pod CIDRs, by remote name (remotes
+    /// with none accepted are not listed).
+    pub fn cluster_cidrs(&self) -> impl Iterator<Item = &ClusterCidrs> {
+        self.remotes.values().filter_map(|r| r.cidrs.as_ref())
     }
 
     /// Every imported node.
@@ -303,6 +330,7 @@ impl Imports {
                 events: Vec::new(),
                 new_rejections,
                 services: None,
+                cidrs_changed: false,
             };
         };
         remote.judged = true;
@@ -311,6 +339,13 @@ impl Imports {
         remote.broken_at = None;
         remote.last_error.clear();
         remote.cluster_id = Some(acc.cluster_id);
+        let listed = (!acc.cidrs.is_empty()).then(|| ClusterCidrs {
+            cluster: name.to_string(),
+            cluster_id: acc.cluster_id,
+            pod_cidrs: acc.cidrs.clone(),
+        });
+        let cidrs_changed = remote.cidrs != listed;
+        remote.cidrs = listed;
         let mut events = Vec::new();
         for (id, labels) in &acc.identities {
             if !remote.identities.get(id).is_some_and(|p| p.is(labels)) {
@@ -382,6 +417,7 @@ impl Imports {
             events,
             new_rejections,
             services,
+            cidrs_changed,
         }
     }
 
@@ -398,7 +434,8 @@ impl Imports {
     }
 
     /// Removes the state of every remote whose connection broke at least
-    /// `timeout_ms` ago: its endpoints, then its nodes.
+    /// `timeout_ms` ago: its endpoints, then its nodes. Its accepted
+    /// cluster pod CIDRs stay listed (the range is still its).
     pub fn expire(&mut self, now: u64, timeout_ms: u64) -> Vec<(String, Vec<Event>)> {
         let mut out = Vec::new();
         for (name, r) in &mut self.remotes {

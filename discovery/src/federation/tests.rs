@@ -75,6 +75,7 @@ fn update(i: &mut Imports, name: &str, view: &mut RemoteView, now: u64) -> Updat
     let local = Local {
         cluster: "c1",
         cluster_id: 1,
+        pod_cidrs: &[],
         nodes: &refs,
     };
     i.update(name, view, &local, now)
@@ -100,6 +101,7 @@ fn kinds(events: &[Event]) -> Vec<String> {
             Event::ServiceBackends {
                 namespace, name, ..
             } => format!("~backends {namespace}/{name}"),
+            Event::MeshCidrs { clusters, .. } => format!("cidrs {}", clusters.len()),
         })
         .collect()
 }
@@ -505,6 +507,7 @@ fn imported_identities_leave_the_view_and_a_resync_stays_silent() {
     let local = Local {
         cluster: "c1",
         cluster_id: 1,
+        pod_cidrs: &[],
         nodes: &refs,
     };
     let u = i.apply("c2", &mut view, &touched, &local, 3);
@@ -548,6 +551,7 @@ fn records_imported_as_sent_leave_the_view_and_come_back_when_judged_again() {
     let local = Local {
         cluster: "c1",
         cluster_id: 1,
+        pod_cidrs: &[],
         nodes: &refs,
     };
     // n1 moves to 10.2.9.0/24: its released pod 10.2.0.10 is judged again
@@ -635,3 +639,5 @@ fn an_endpoint_ip_not_written_as_discovery_writes_it_is_refused() {
     );
     assert_eq!(i.endpoints().count(), 2);
 }
+
+mod cidrs;

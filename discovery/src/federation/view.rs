@@ -33,6 +33,11 @@ pub struct RemoteView {
     /// The endpoint keys by the node they name, to judge a node's
     /// endpoints again when the node changes.
     pub by_node: BTreeMap<String, BTreeSet<String>>,
+    /// The remote cluster's own pod CIDRs as sent: those of the snapshot's
+    /// `clusters` entry that names the remote's cluster and ID (the first
+    /// such; entries of other clusters are not the remote's to announce).
+    /// Fixed for a connection: a discovery's `--pod-cidr` is set at start.
+    pub cidrs: Vec<String>,
 }
 
 /// What one event changed in a view, so only that is judged again.
@@ -55,6 +60,12 @@ fn node_key(cluster: &str, name: &str) -> String {
 
 impl RemoteView {
     pub fn from_snapshot(s: pb::Snapshot) -> RemoteView {
+        let cidrs = s
+            .clusters
+            .into_iter()
+            .find(|c| c.cluster == s.cluster && c.cluster_id == s.cluster_id)
+            .map(|c| c.pod_cidrs)
+            .unwrap_or_default();
         RemoteView {
             cluster: s.cluster,
             cluster_id: s.cluster_id,
@@ -68,6 +79,7 @@ impl RemoteView {
             identities: s.identities.into_iter().map(|i| (i.id, i)).collect(),
             services: s.services,
             by_node: BTreeMap::new(),
+            cidrs,
         }
         .with_endpoints(s.endpoints)
     }
@@ -199,6 +211,12 @@ impl RemoteView {
             }
             Event::ServiceBackends(u) => {
                 self.revision = u.revision;
+                Touched::Nothing
+            }
+            // Not sent on local-only watches either; the remote's own CIDRs
+            // come with its snapshot.
+            Event::MeshCidrs(m) => {
+                self.revision = m.revision;
                 Touched::Nothing
             }
         }

@@ -14,6 +14,7 @@ fn reg() -> Registry {
         cluster: "c1".into(),
         cluster_id: 1,
         lease_ttl_ms: TTL,
+        pod_cidrs: Vec::new(),
     })
     .unwrap()
 }
@@ -77,6 +78,7 @@ fn kinds(events: &[Event]) -> Vec<&'static str> {
             Event::IdentityAdded { .. } => "id+",
             Event::ServiceUpdated { .. } => "svc~",
             Event::ServiceBackends { .. } => "svc+-",
+            Event::MeshCidrs { .. } => "cidrs",
         })
         .collect()
 }

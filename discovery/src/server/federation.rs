@@ -4,7 +4,8 @@
 //!
 //! Imported changes take revisions from the registry's sequence and go out on
 //! the same broadcast channel as local ones, under the same lock, so watchers
-//! see one ordered stream. They are not persisted: after a restart the links
+//! see one ordered stream. So does `MeshCidrs`, the mesh's pod CIDRs, sent
+//! whole when a remote's accepted ones change. They are not persisted: after a restart the links
 //! import everything again.
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::{Core, Shared};
+use crate::cidrs::ClusterCidrs;
 use crate::federation::{
     is_local, with_revision, FederationConfig, Local, RemoteConfig, RemoteView, Touched,
 };
@@ -173,9 +175,10 @@ fn import(shared: &Shared, name: &str, view: &mut RemoteView, touched: &Touched)
     let local = Local {
         cluster: &cfg.cluster,
         cluster_id: cfg.cluster_id,
+        pod_cidrs: &cfg.pod_cidrs,
         nodes: &local_nodes,
     };
-    let update = core.imports.apply(name, view, touched, &local, now);
+    let mut update = core.imports.apply(name, view, touched, &local, now);
     for r in &update.new_rejections {
         warn!(
             remote = %name,
@@ -190,7 +193,25 @@ fn import(shared: &Shared, name: &str, view: &mut RemoteView, touched: &Touched)
     }
     // What is imported and no check needs again (services, identities).
     core.imports.release(name, view);
+    if update.cidrs_changed {
+        // First, so agents guard the remote's range before they route into it.
+        update.events.insert(
+            0,
+            Event::MeshCidrs {
+                revision: 0,
+                clusters: mesh_cidrs(core),
+            },
+        );
+    }
     publish(shared, core, name, update.events, false);
+}
+
+/// Every cluster's pod CIDRs: this cluster's (`--pod-cidr`) first, then
+/// each remote's accepted ones, by remote name.
+fn mesh_cidrs(core: &Core) -> Vec<ClusterCidrs> {
+    std::iter::once(core.registry.own_cidrs())
+        .chain(core.imports.cluster_cidrs().cloned())
+        .collect()
 }
 
 /// Stamps imported changes with the next revisions and broadcasts them;
@@ -270,6 +291,16 @@ fn log_import(remote: &str, event: &Event) {
             revision,
             "service backends changed"
         ),
+        Event::MeshCidrs { revision, clusters } => info!(
+            remote,
+            clusters = %clusters
+                .iter()
+                .map(|c| format!("{}=[{}]", c.cluster, crate::cidrs::join(&c.pod_cidrs)))
+                .collect::<Vec<_>>()
+                .join(" "),
+            revision,
+            "mesh pod CIDRs changed"
+        ),
     }
 }
 
@@ -295,7 +326,8 @@ async fn expiry_loop(shared: Arc<Shared>, timeout_ms: u64) {
                 remote = %remote,
                 timeout_ms,
                 removed = events.len(),
-                "remote unreachable for the remote timeout; its nodes and endpoints are removed"
+                "remote unreachable for the remote timeout; its nodes and endpoints are removed \
+                 (its pod CIDRs stay listed)"
             );
             super::services::remote_changed(&mut core, &remote, &[]);
             publish(&shared, &mut core, &remote, events, true);
@@ -305,7 +337,9 @@ async fn expiry_loop(shared: Arc<Shared>, timeout_ms: u64) {
 }
 
 /// The snapshot a watcher starts with: this cluster's state, plus every
-/// import unless `local_only`; it names this cluster. The merged services
+/// import unless `local_only`; it names this cluster. Its `clusters` lists
+/// this cluster's pod CIDRs first (alone for `local_only`: what a remote
+/// imports as ours). The merged services
 /// imports changed are pushed first, so none is pushed again after it.
 pub(super) fn snapshot(
     shared: &Shared,
@@ -321,6 +355,7 @@ pub(super) fn snapshot(
         s.nodes.extend(core.imports.nodes().cloned());
         s.endpoints.extend(core.imports.endpoints());
         s.identities.extend(core.imports.identities());
+        s.clusters = mesh_cidrs(core);
     }
     let cfg = core.registry.config();
     let mut event = pb::WatchEvent::from(&s);

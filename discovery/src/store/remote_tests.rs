@@ -9,6 +9,7 @@ fn registry() -> Registry {
         cluster: "c1".into(),
         cluster_id: 1,
         lease_ttl_ms: 1000,
+        pod_cidrs: Vec::new(),
     })
     .unwrap()
 }

@@ -1,12 +1,16 @@
 //! `mg_lb_svc`, `mg_lb_backends` and `mg_lb_ct`: service load balancing.
 //! A service frontend (VIP, port, protocol) points at a backend set stored
 //! under a revision; [`LoadBalancer::set`] writes a new set under a fresh
-//! revision, switches the frontend to it in one map update and then deletes
-//! the old slots, so a new connection always picks from one whole set.
+//! revision and switches the frontend to it in one map update, so a new
+//! connection always picks from one whole set. The old slots are retired,
+//! not deleted: a program that read the frontend just before the switch may
+//! still read them, so [`LoadBalancer::reap`] deletes them only once they
+//! have been retired for [`RETIRE_GRACE`].
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap, Map, MapData};
 
@@ -111,11 +115,16 @@ fn proto_of(n: u8) -> Proto {
     }
 }
 
+/// How long the slots of a replaced backend set stay readable.
+pub const RETIRE_GRACE: Duration = Duration::from_millis(500);
+
 pub struct LoadBalancer {
     svc: HashMap<MapData, LbSvcKey, LbSvcValue>,
     backends: HashMap<MapData, LbBackendKey, LbBackendValue>,
     ct: HashMap<MapData, CtKey, LbCtValue>,
     next_rev: u32,
+    /// Replaced backend sets: (revision, slots, when replaced).
+    retired: Vec<(u32, u16, Instant)>,
 }
 
 impl LoadBalancer {
@@ -125,6 +134,7 @@ impl LoadBalancer {
             backends: typed(BACKENDS_NAME, backends, HashMap::try_from)?,
             ct: typed(CT_NAME, ct, HashMap::try_from)?,
             next_rev: 1,
+            retired: Vec::new(),
         };
         // Revisions of pinned entries are not used again.
         let mut max = 0u32;
@@ -155,13 +165,15 @@ impl LoadBalancer {
         })
     }
 
-    /// Sets the backends of `frontend` (creating it). Connections already
-    /// translated keep their backend; new ones pick from `backends` only.
+    /// Sets the backends of `frontend` (creating it) at `now`. Connections
+    /// already translated keep their backend; new ones pick from `backends`
+    /// only. The replaced set's slots are retired ([`Self::reap`]).
     pub fn set(
         &mut self,
         frontend: &Frontend,
         affinity: Affinity,
         backends: &[Backend],
+        now: Instant,
     ) -> Result<()> {
         let key = Self::key(frontend)?;
         let mut ordered: Vec<Backend> = backends.to_vec();
@@ -207,9 +219,30 @@ impl LoadBalancer {
             .insert(key, value, 0)
             .map_err(map_err(SVC_NAME, "writing a service"))?;
         if let Some(old) = old {
-            self.remove_slots(old.rev, old.count)?;
+            self.retired.push((old.rev, old.count, now));
         }
+        self.reap(now)?;
         Ok(())
+    }
+
+    /// Deletes the slots retired at least [`RETIRE_GRACE`] before `now`;
+    /// how many backend sets went.
+    pub fn reap(&mut self, now: Instant) -> Result<usize> {
+        let mut reaped = 0;
+        while let Some(&(rev, count, at)) = self.retired.first() {
+            if now.saturating_duration_since(at) < RETIRE_GRACE {
+                break;
+            }
+            self.remove_slots(rev, count)?;
+            self.retired.remove(0);
+            reaped += 1;
+        }
+        Ok(reaped)
+    }
+
+    /// Backend sets retired and not yet reaped.
+    pub fn retired(&self) -> usize {
+        self.retired.len()
     }
 
     fn remove_slots(&mut self, rev: u32, count: u16) -> Result<()> {

@@ -14,8 +14,12 @@
 //! the mesh removes it all.
 
 pub mod lb;
+pub mod mesh_cidrs;
 pub mod plan;
 pub mod policy;
+mod worker;
+
+pub use worker::{kick, spawn_worker};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -30,6 +34,7 @@ use meshgate_ebpf::{Attachment, Datapath, IpcacheEntry};
 use tracing::{debug, info, warn};
 
 use super::Agent;
+use mesh_cidrs::RouteKind;
 use plan::{Local, VXLAN_DEV};
 
 /// The VXLAN UDP port. It only ever travels inside WireGuard.
@@ -76,13 +81,19 @@ struct Inner {
     /// The attachments of the last reconcile; `None` before the first.
     attached: Option<BTreeSet<Attachment>>,
     /// Routes in [`ROUTE_TABLE`] (read at start, then kept).
-    routes: BTreeSet<Ipv4Net>,
+    routes: BTreeMap<Ipv4Net, RouteKind>,
+    /// What `mg_mesh_cidrs` holds (read from the map at load, then kept).
+    mesh_cidrs: BTreeMap<Ipv4Net, u8>,
+    /// This node's pod CIDR.
+    pod_cidr: Ipv4Net,
     /// Counts of the last successful attach reconcile: created, replaced, removed.
     last_reconcile: (usize, usize, usize),
     /// What the service load-balancing maps hold (read at load, then kept).
     lb: lb::LbState,
     /// Identity policy (`--policy`), if any file was given.
     policy: Option<policy::PolicyRuntime>,
+    /// Set by [`Ebpf::remove`]: no sync may put anything back afterwards.
+    removed: bool,
 }
 
 /// The loaded datapath of this agent.
@@ -90,6 +101,8 @@ pub struct Ebpf {
     inner: Mutex<Inner>,
     /// Local pods: IP -> host-side interface name.
     interfaces: BTreeMap<Ipv4Addr, String>,
+    /// Wakes the sync worker ([`worker`]).
+    kick: worker::Kick,
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<String> {
@@ -215,18 +228,14 @@ fn ensure_rule() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn table_routes() -> anyhow::Result<BTreeSet<Ipv4Net>> {
+fn table_routes() -> anyhow::Result<BTreeMap<Ipv4Net, RouteKind>> {
     let out = match ip(&["route", "show", "table", &ROUTE_TABLE.to_string()]) {
         Ok(out) => out,
         // No route was ever added to it.
         Err(e) if format!("{e}").contains("does not exist") => String::new(),
         Err(e) => return Err(e),
     };
-    Ok(out
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter_map(|n| n.parse::<Ipv4Net>().ok())
-        .collect())
+    Ok(out.lines().filter_map(mesh_cidrs::parse_route).collect())
 }
 
 impl Ebpf {
@@ -286,6 +295,14 @@ impl Ebpf {
         }
         ensure_rule()?;
         let routes = table_routes()?;
+        let pinned_cidrs: BTreeMap<Ipv4Net, u8> = dp
+            .maps
+            .mesh_cidrs
+            .entries()
+            .context("reading the pinned mesh CIDRs")?
+            .into_iter()
+            .filter_map(|((addr, len), id)| Some((Ipv4Net::new(addr, len).ok()?, id)))
+            .collect();
         let stale = dp
             .maps
             .lb
@@ -318,11 +335,15 @@ impl Ebpf {
                 applied,
                 attached: None,
                 routes,
+                mesh_cidrs: pinned_cidrs,
+                pod_cidr,
                 last_reconcile: (0, 0, 0),
                 lb,
                 policy,
+                removed: false,
             }),
             interfaces,
+            kick: worker::Kick::default(),
         })
     }
 
@@ -373,7 +394,8 @@ impl Ebpf {
 
     /// Removes everything: programs detached, pins, routes, rule and device.
     pub fn remove(&self) -> anyhow::Result<()> {
-        let inner = self.inner();
+        let mut inner = self.inner();
+        inner.removed = true;
         let pref = ROUTE_TABLE.to_string();
         let _ = ip(&["rule", "del", "pref", &pref]);
         let _ = ip(&["route", "flush", "table", &pref]);
@@ -432,15 +454,32 @@ pub fn sync(agent: &Agent) {
         node: &agent.cfg.node,
         interfaces: &interfaces,
     };
-    let (desired, identities) = {
+    let (desired, identities, clusters, mesh_map) = {
         let cache = agent.ipcache();
         let nodes = agent.nodes();
         let identities = ebpf_has_policy(ebpf).then(|| cache.identities.clone());
-        (plan::desired(&me, &cache, nodes.as_ref()), identities)
+        let node_cidrs = nodes.iter().flat_map(|ns| ns.values()).flat_map(|n| {
+            let id = u8::try_from(n.cluster_id).unwrap_or(0);
+            n.pod_cidrs
+                .iter()
+                .filter_map(move |c| Some((c.parse::<Ipv4Net>().ok()?, id)))
+        });
+        let mesh_map = nodes
+            .is_some()
+            .then(|| mesh_cidrs::map_entries(&cache.mesh_cidrs, node_cidrs));
+        (
+            plan::desired(&me, &cache, nodes.as_ref()),
+            identities,
+            cache.mesh_cidrs.clone(),
+            mesh_map,
+        )
     };
     let lb_desired = lb::desired(&agent.cfg.cluster, &agent.services().services);
     let mut inner = ebpf.inner();
     let inner = &mut *inner;
+    if inner.removed {
+        return; // the node left the mesh
+    }
     let prune = desired.pod_routes.is_some();
     sync_lb(inner, &lb_desired, prune);
     let changes = plan::diff(&inner.applied, &desired.ipcache, prune);
@@ -467,34 +506,12 @@ pub fn sync(agent: &Agent) {
     if let (Some(p), Some(identities)) = (inner.policy.as_mut(), identities.as_ref()) {
         p.sync_identities(&mut inner.dp.maps.policy, identities);
     }
+    if let Some(mesh_map) = &mesh_map {
+        sync_mesh_cidrs(inner, mesh_map);
+    }
     if let Some(routes) = &desired.pod_routes {
-        let table = ROUTE_TABLE.to_string();
-        for net in inner.routes.difference(routes).copied().collect::<Vec<_>>() {
-            let n = net.to_string();
-            match ip(&["route", "del", &n, "table", &table]) {
-                Ok(_) => {
-                    inner.routes.remove(&net);
-                }
-                Err(e) => warn!(route = %net, error = %format!("{e:#}"), "removing a route failed"),
-            }
-        }
-        for net in routes
-            .difference(&inner.routes)
-            .copied()
-            .collect::<Vec<_>>()
-        {
-            let n = net.to_string();
-            let args = [
-                "route", "replace", &n, "dev", VXLAN_DEV, "table", &table, "scope", "link",
-            ];
-            match ip(&args) {
-                Ok(_) => {
-                    info!(route = %net, device = VXLAN_DEV, "pod CIDR routed into the mesh");
-                    inner.routes.insert(net);
-                }
-                Err(e) => warn!(route = %net, error = %format!("{e:#}"), "adding a route failed"),
-            }
-        }
+        let table = mesh_cidrs::table(routes, &clusters, inner.pod_cidr);
+        sync_routes(inner, &table);
     }
     if inner.attached.as_ref() != Some(&desired.attachments) {
         match inner.dp.reconcile(&desired.attachments) {
@@ -527,8 +544,9 @@ pub fn sync(agent: &Agent) {
 /// once discovery's snapshot is in (`prune`), removed.
 fn sync_lb(inner: &mut Inner, desired: &lb::LbState, prune: bool) {
     let changes = lb::diff(&inner.lb, desired, prune);
+    let now = std::time::Instant::now();
     for (fe, affinity, backends) in changes.set {
-        match inner.dp.maps.lb.set(&fe, affinity, &backends) {
+        match inner.dp.maps.lb.set(&fe, affinity, &backends, now) {
             Ok(()) => {
                 let gone = lb::gone(inner.lb.get(&fe), &backends);
                 if fe.proto == meshgate_ebpf::Proto::Udp && !gone.is_empty() {
@@ -546,9 +564,13 @@ fn sync_lb(inner: &mut Inner, desired: &lb::LbState, prune: bool) {
                 inner.lb.insert(fe, (affinity, backends));
             }
             Err(e) => {
-                warn!(frontend = %fe, error = %e, "setting a service frontend failed; retried on the next update")
+                warn!(frontend = %fe, error = %e, "setting a service frontend failed; retried at the next sync (within 1 s)")
             }
         }
+    }
+    // Replaced backend sets, once no program can still be reading them.
+    if let Err(e) = inner.dp.maps.lb.reap(now) {
+        warn!(error = %e, "deleting replaced backend slots failed; retried at the next sync");
     }
     for fe in changes.remove {
         match inner.dp.maps.lb.remove(&fe) {
@@ -557,6 +579,111 @@ fn sync_lb(inner: &mut Inner, desired: &lb::LbState, prune: bool) {
                 inner.lb.remove(&fe);
             }
             Err(e) => warn!(frontend = %fe, error = %e, "removing a service frontend failed"),
+        }
+    }
+}
+
+/// `mg_mesh_cidrs` in step with the mesh's CIDRs (once the node records are known).
+fn sync_mesh_cidrs(inner: &mut Inner, want: &BTreeMap<Ipv4Net, u8>) {
+    let gone: Vec<Ipv4Net> = inner
+        .mesh_cidrs
+        .keys()
+        .filter(|n| !want.contains_key(n))
+        .copied()
+        .collect();
+    for net in gone {
+        match inner
+            .dp
+            .maps
+            .mesh_cidrs
+            .remove(net.addr(), net.prefix_len())
+        {
+            Ok(_) => {
+                info!(cidr = %net, "mesh CIDR removed");
+                inner.mesh_cidrs.remove(&net);
+            }
+            Err(e) => {
+                warn!(cidr = %net, error = %e, "removing a mesh CIDR failed; retried at the next sync")
+            }
+        }
+    }
+    for (net, id) in want {
+        if inner.mesh_cidrs.get(net) == Some(id) {
+            continue;
+        }
+        match inner
+            .dp
+            .maps
+            .mesh_cidrs
+            .set(net.addr(), net.prefix_len(), *id)
+        {
+            Ok(()) => {
+                info!(cidr = %net, cluster_id = id, "mesh CIDR set");
+                inner.mesh_cidrs.insert(*net, *id);
+            }
+            Err(e) => {
+                warn!(cidr = %net, error = %e, "setting a mesh CIDR failed; retried at the next sync")
+            }
+        }
+    }
+}
+
+/// The routing table in step with `want`: routes that went or changed kind
+/// deleted, new ones added; a failed one is retried at the next sync.
+fn sync_routes(inner: &mut Inner, want: &BTreeMap<Ipv4Net, RouteKind>) {
+    let table = ROUTE_TABLE.to_string();
+    let stale: Vec<(Ipv4Net, RouteKind)> = inner
+        .routes
+        .iter()
+        .filter(|(n, k)| want.get(n) != Some(k))
+        .map(|(n, k)| (*n, *k))
+        .collect();
+    for (net, kind) in stale {
+        let n = net.to_string();
+        let mut args = vec!["route", "del"];
+        args.extend(kind.ip_type());
+        args.extend([n.as_str(), "table", table.as_str()]);
+        match ip(&args) {
+            Ok(_) => {
+                inner.routes.remove(&net);
+            }
+            Err(e) => warn!(route = %net, error = %format!("{e:#}"), "removing a route failed"),
+        }
+    }
+    for (net, kind) in want {
+        if inner.routes.get(net) == Some(kind) {
+            continue;
+        }
+        let n = net.to_string();
+        let mut args = vec!["route", "replace"];
+        match kind.ip_type() {
+            Some(t) => args.extend([t, n.as_str(), "table", table.as_str()]),
+            None => args.extend([
+                n.as_str(),
+                "dev",
+                VXLAN_DEV,
+                "table",
+                table.as_str(),
+                "scope",
+                "link",
+            ]),
+        }
+        match ip(&args) {
+            Ok(_) => {
+                match kind {
+                    RouteKind::Dev => {
+                        info!(route = %net, device = VXLAN_DEV, "pod CIDR routed into the mesh")
+                    }
+                    RouteKind::Unreachable => {
+                        info!(route = %net, "mesh CIDR unreachable unless a node holds it")
+                    }
+                    RouteKind::Throw => {
+                        info!(route = %net, "own pod CIDR looked up in the main table")
+                    }
+                }
+                inner.routes.insert(*net, *kind);
+            }
+            Err(e) => warn!(route = %net, error = %format!("{e:#}"), "adding a route failed"),
         }
     }
 }

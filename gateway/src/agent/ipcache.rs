@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::Context;
+use ipnet::Ipv4Net;
 use meshgate_discovery::endpoint::{Endpoint, Identity};
 use meshgate_discovery::identity::Labels;
 use meshgate_discovery::pb;
@@ -33,6 +34,29 @@ pub struct IpCache {
     pub entries: BTreeMap<IpAddr, IpCacheEntry>,
     #[serde(default)]
     pub identities: BTreeMap<u32, Labels>,
+    /// Every cluster's pod CIDRs with its cluster ID, as discovery lists
+    /// them (its own cluster's and each remote's).
+    #[serde(default)]
+    pub mesh_cidrs: BTreeMap<Ipv4Net, u8>,
+}
+
+/// The CIDRs of discovery's cluster list; an unreadable one is an error.
+fn cluster_cidrs(clusters: &[pb::ClusterCidrs]) -> Result<BTreeMap<Ipv4Net, u8>, String> {
+    let mut out = BTreeMap::new();
+    for c in clusters {
+        let id = u8::try_from(c.cluster_id)
+            .map_err(|_| format!("cluster {} has ID {} (1..=255)", c.cluster, c.cluster_id))?;
+        for cidr in &c.pod_cidrs {
+            let net: Ipv4Net = cidr.parse().map_err(|_| {
+                format!(
+                    "cluster {}: pod CIDR {cidr:?} is not an IPv4 CIDR",
+                    c.cluster
+                )
+            })?;
+            out.insert(net.trunc(), id);
+        }
+    }
+    Ok(out)
 }
 
 fn entry(e: Endpoint) -> (IpAddr, IpCacheEntry) {
@@ -64,6 +88,7 @@ impl IpCache {
                     let i = Identity::from(i.clone());
                     next.identities.insert(i.id, i.labels);
                 }
+                next.mesh_cidrs = cluster_cidrs(&s.clusters)?;
                 let changed = next != *self;
                 *self = next;
                 Ok(changed)
@@ -92,6 +117,12 @@ impl IpCache {
                     .clone()
                     .ok_or_else(|| format!("identity event at revision {} is empty", a.revision))?;
                 Ok(self.identities.insert(i.id, i.labels.clone()) != Some(i.labels))
+            }
+            Event::MeshCidrs(m) => {
+                let next = cluster_cidrs(&m.clusters)?;
+                let changed = next != self.mesh_cidrs;
+                self.mesh_cidrs = next;
+                Ok(changed)
             }
             Event::Upserted(_)
             | Event::Removed(_)

@@ -32,6 +32,9 @@ pub struct Mesh {
     pub problems: Vec<String>,
     /// The peers last asked for and when, to pace retries of failed changes.
     pub last_attempt: Option<(BTreeMap<String, PeerConfig>, Instant)>,
+    /// Plain datapath: the unreachable routes of the mesh CIDRs this agent
+    /// keeps in the main table; `None` until first synced ([`super::unreachable`]).
+    pub unreachable: Option<std::collections::BTreeSet<Ipv4Net>>,
 }
 
 /// The WireGuard device's MTU (the eBPF datapath's VXLAN device is sized to

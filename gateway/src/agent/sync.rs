@@ -239,6 +239,13 @@ async fn session(agent: &Agent, url: &str, connected: &mut bool) -> anyhow::Resu
                 if let Some(e) = &event.event {
                     update_ipcache(agent, e);
                     update_services(agent, e)?;
+                    if matches!(
+                        e,
+                        pb::watch_event::Event::Snapshot(_) | pb::watch_event::Event::MeshCidrs(_)
+                    ) {
+                        // Plain datapath: rare, and a few `ip` calls at most.
+                        super::unreachable::sync(agent);
+                    }
                 }
                 let node_event = matches!(
                     event.event,
@@ -247,7 +254,7 @@ async fn session(agent: &Agent, url: &str, connected: &mut bool) -> anyhow::Resu
                         | Some(pb::watch_event::Event::Removed(_))
                 );
                 if !node_event {
-                    super::datapath::sync(agent);
+                    super::datapath::kick(agent);
                 }
                 match event.event {
                     Some(pb::watch_event::Event::Snapshot(s)) => {
@@ -270,12 +277,13 @@ async fn session(agent: &Agent, url: &str, connected: &mut bool) -> anyhow::Resu
                     | Some(pb::watch_event::Event::IdentityAdded(_))
                     | Some(pb::watch_event::Event::ServiceUpdated(_))
                     | Some(pb::watch_event::Event::ServiceBackends(_))
+                    | Some(pb::watch_event::Event::MeshCidrs(_))
                     | None => continue,
                 }
                 if have_snapshot {
                     *agent.nodes() = Some(nodes.clone());
                     refresh(agent);
-                    super::datapath::sync(agent);
+                    super::datapath::kick(agent);
                 }
             }
             _ = renew.tick() => {

@@ -118,7 +118,7 @@ fn process_arguments_follow_the_contract() {
     assert_eq!(
         c1.discovery_args(Duration::from_secs(10)).join(" "),
         "discovery --listen 198.18.1.2:7100 --cluster c1 --cluster-id 1 \
-         --state-dir /run/meshgate/lab/lab/c1/discovery --lease-ttl 10 \
+         --pod-cidr 10.1.0.0/16 --state-dir /run/meshgate/lab/lab/c1/discovery --lease-ttl 10 \
          --tls-cert /run/meshgate/lab/lab/certs/clusters/c1.pem \
          --tls-key /run/meshgate/lab/lab/certs/clusters/c1-key.pem \
          --client-ca /run/meshgate/lab/lab/certs/ca.pem \

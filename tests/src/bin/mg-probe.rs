@@ -10,6 +10,16 @@
 //!   error) if an exchange fails or takes over 2 s.
 //! - `udp-recv PORT SECONDS`: counts datagrams for SECONDS; prints the count.
 //! - `udp-send IP PORT INTERVAL_MS SECONDS`: one datagram every INTERVAL_MS.
+//! - `name PORT NAME`: answers every TCP connection with NAME and closes it
+//!   (the load-balancing tests' backends).
+//! - `conns IP PORT COUNT INTERVAL_MS TIMEOUT_MS`: COUNT connections, one
+//!   begun every INTERVAL_MS, each on its own thread (a slow one never
+//!   delays the next); one line per connection, `<unix start time> <outcome>`
+//!   where the outcome is `ok:<what the server sent>`, or how it failed:
+//!   `timeout` (no SYN-ACK), `refused` (RST to the SYN), `unreachable`
+//!   (ICMP unreachable or no route), `reset` (RST after connecting),
+//!   `no-answer` (connected, nothing read in time), `closed` (connected,
+//!   closed with nothing sent) or `error:<kind>`.
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
@@ -21,7 +31,8 @@ use std::time::{Duration, Instant};
 fn usage() -> ExitCode {
     eprintln!(
         "usage: mg-probe serve PORT[,PORT] | connect IP PORT TIMEOUT_MS | rr IP PORT SECONDS | \
-         udp-recv PORT SECONDS | udp-send IP PORT INTERVAL_MS SECONDS"
+         udp-recv PORT SECONDS | udp-send IP PORT INTERVAL_MS SECONDS | name PORT NAME | \
+         conns IP PORT COUNT INTERVAL_MS TIMEOUT_MS"
     );
     ExitCode::from(2)
 }
@@ -142,6 +153,70 @@ fn udp_send(ip: &str, port: &str, interval_ms: &str, secs: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn name_serve(port: &str, name: &str) -> ExitCode {
+    let l = TcpListener::bind(format!("0.0.0.0:{port}")).expect("binding the port");
+    println!("listening");
+    for mut s in l.incoming().flatten() {
+        let _ = s.write_all(name.as_bytes());
+    }
+    ExitCode::SUCCESS
+}
+
+/// How one connection went (see the module comment).
+fn outcome(to: SocketAddr, t: Duration) -> String {
+    use std::io::ErrorKind as K;
+    let mut s = match TcpStream::connect_timeout(&to, t) {
+        Ok(s) => s,
+        Err(e) => {
+            return match e.kind() {
+                K::TimedOut | K::WouldBlock => "timeout".into(),
+                K::ConnectionRefused => "refused".into(),
+                K::HostUnreachable | K::NetworkUnreachable => "unreachable".into(),
+                other => format!("error:{other:?}"),
+            }
+        }
+    };
+    let _ = s.set_read_timeout(Some(t));
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => "closed".into(),
+        Ok(n) => format!("ok:{}", String::from_utf8_lossy(&buf[..n])),
+        Err(e) => match e.kind() {
+            K::TimedOut | K::WouldBlock => "no-answer".into(),
+            K::ConnectionReset | K::ConnectionAborted => "reset".into(),
+            other => format!("error:{other:?}"),
+        },
+    }
+}
+
+fn conns(ip: &str, port: &str, count: &str, interval_ms: &str, timeout_ms: &str) -> ExitCode {
+    let to = addr(ip, port);
+    let count: u64 = count.parse().expect("count");
+    let every = Duration::from_millis(interval_ms.parse().expect("milliseconds"));
+    let t = Duration::from_millis(timeout_ms.parse().expect("milliseconds"));
+    let start = Instant::now();
+    let mut threads = Vec::new();
+    for i in 0..count {
+        // Paced from the start, so a late wake-up does not shift the rest.
+        let due = start + every * u32::try_from(i).unwrap_or(u32::MAX);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        threads.push(std::thread::spawn(move || {
+            let began = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64();
+            let what = outcome(to, t);
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{began:.3} {what}");
+            let _ = out.flush();
+        }));
+    }
+    for th in threads {
+        let _ = th.join();
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let a: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
@@ -151,6 +226,8 @@ fn main() -> ExitCode {
         ["rr", ip, port, s] => rr(ip, port, s),
         ["udp-recv", port, s] => udp_recv(port, s),
         ["udp-send", ip, port, i, s] => udp_send(ip, port, i, s),
+        ["name", port, name] => name_serve(port, name),
+        ["conns", ip, port, n, i, t] => conns(ip, port, n, i, t),
         _ => usage(),
     }
 }

@@ -227,6 +227,8 @@ impl Imports {
             events,
             new_rejections: new,
             services: None,
+            // Only a snapshot (checked whole) changes them.
+            cidrs_changed: false,
         }
     }
 }

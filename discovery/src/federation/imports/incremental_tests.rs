@@ -280,6 +280,7 @@ fn judging_one_event_equals_judging_the_whole_view_on_random_sequences() {
             let l = Local {
                 cluster: "c1",
                 cluster_id: 1,
+                pod_cidrs: &[],
                 nodes: &refs,
             };
             let a = one.apply(name, view, &touched, &l, now);
