@@ -38,6 +38,10 @@ pub fn probe() -> Result<(), BackendError> {
     })
 }
 
+/// The persistent keepalive of peers that ask for none: 25 s, as
+/// wg-quick users set it; the first goes out when the peer is added.
+pub const DEFAULT_KEEPALIVE_MS: u64 = 25_000;
+
 /// A kernel WireGuard interface.
 pub struct KernelDevice {
     iface: String,
@@ -116,11 +120,19 @@ impl Backend for KernelDevice {
                     }
                 }
                 let allowed: Vec<String> = new.allowed_ips.iter().map(|n| n.to_string()).collect();
-                // The kernel counts keepalives in whole seconds.
+                // The kernel counts keepalives in whole seconds. It starts a
+                // handshake only when it has something to send: setting a
+                // persistent keepalive on a new peer of an interface that is
+                // up sends one at once, so the handshake starts when the peer
+                // is added, as the userspace backend does (without it no
+                // pair handshook until pod traffic flowed, and `lab up`
+                // timed out on every kernel with WireGuard).
                 let keepalive = new
                     .keepalive_ms
-                    .map(|ms| ms.div_ceil(1000).max(1).to_string())
-                    .unwrap_or_else(|| "0".to_string());
+                    .unwrap_or(DEFAULT_KEEPALIVE_MS)
+                    .div_ceil(1000)
+                    .max(1)
+                    .to_string();
                 run(
                     "wg",
                     &[

@@ -5,6 +5,7 @@
 mod bench;
 mod demo;
 mod deps;
+mod kernel_lab;
 mod lab;
 mod test;
 mod util;
@@ -19,6 +20,9 @@ commands:
   test          run everything CI runs: deps, fmt, clippy, build, tests, e2e tests
   demo          bring up scenarios/one-cluster.yaml, ping across nodes, show the
                 underlay carries only WireGuard and the control plane
+  kernel-lab [-- CMD]
+                boot Debian's 6.1 kernel in a qemu VM (TCG) and run the kernel-path
+                end-to-end tests (kernel WireGuard) there, or CMD
   bench NAME    run a benchmark beside its anchors and record it in docs/benchmarks.md
                 (known: tunnel, mesh [--clusters N, default 32; 255 is the issue's target])
   help          this text";
@@ -30,6 +34,7 @@ fn main() -> ExitCode {
         ["deps"] => deps::run(),
         ["test"] => test::run(),
         ["demo"] => demo::run(),
+        ["kernel-lab", rest @ ..] => kernel_lab::run(rest),
         ["bench", name, rest @ ..] => bench::run(name, rest),
         ["bench"] => Err(anyhow::anyhow!(
             "cargo xtask bench needs a benchmark name; known: {}",

@@ -1,0 +1,223 @@
+//! `cargo xtask kernel-lab [-- CMD...]`: the kernel paths, run for real.
+//!
+//! The build machines' kernel has no WireGuard and no ESP. The kernel lab
+//! boots Debian's own kernel (`linux-image-amd64`, 6.1, with the wireguard,
+//! esp4, xfrm and vxlan modules) under qemu with virtme-ng, over the host's
+//! filesystem shared read-only, and runs the kernel-path end-to-end tests
+//! inside it (`tests/tests/kernel.rs`, `#[ignore]`d on the host), or CMD.
+//! qemu runs under TCG emulation: a KVM guest hangs at boot here (no nested
+//! virtualisation), so the lab says so and does not try KVM.
+//!
+//! The VM's result comes back as a marker line on its console, so a VM that
+//! does not boot, or a test that fails, fails the stage with the reason.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::util::{self, output};
+
+/// The kernel series the lab boots.
+const KERNEL_SERIES: &str = "6.1.";
+/// Printed by the guest script as its last line: `<marker> <exit code>`.
+const MARKER: &str = "MESHGATE-KERNEL-LAB-EXIT";
+
+pub fn run(args: &[&str]) -> Result<()> {
+    run_with(args, &mut |_| {})
+}
+
+/// [`run`], handing every line of the VM's console to `on_line` too.
+pub fn run_with(args: &[&str], on_line: &mut dyn FnMut(&str)) -> Result<()> {
+    util::require_root()?;
+    let started = Instant::now();
+    let kernel = prerequisites()?;
+    let cmd: String = match args {
+        [] => {
+            let tests = build_tests()?;
+            default_script(&tests)
+        }
+        ["--", rest @ ..] | rest => {
+            if rest.is_empty() {
+                bail!("cargo xtask kernel-lab -- CMD: CMD is missing");
+            }
+            rest.join(" ")
+        }
+    };
+    let rc = boot(&kernel, &cmd, on_line)?;
+    let took = started.elapsed().as_secs_f64();
+    eprintln!(
+        "kernel lab: kernel {} (Debian, qemu TCG), {took:.0} s in all, exit code {rc}",
+        kernel.release
+    );
+    if rc != 0 {
+        bail!("the kernel lab's command failed in the VM (exit code {rc}; its output is above)");
+    }
+    Ok(())
+}
+
+struct Kernel {
+    image: PathBuf,
+    release: String,
+}
+
+/// qemu, Debian's 6.1 kernel with its modules, and virtme-ng: checked by
+/// use, installed when missing.
+fn prerequisites() -> Result<Kernel> {
+    let qemu_ok = || util::succeeds(Command::new("qemu-system-x86_64").arg("--version"));
+    let kernel = find_kernel();
+    let missing: Vec<&str> = [
+        (!qemu_ok()).then_some("qemu-system-x86"),
+        kernel.is_none().then_some("linux-image-amd64"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !missing.is_empty() {
+        eprintln!("kernel lab: installing {}", missing.join(" "));
+        util::run(
+            Command::new("apt-get")
+                .arg("update")
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+        .context("apt-get update failed: is a Debian package mirror reachable?")?;
+        util::run(
+            Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+        .with_context(|| format!("installing {}", missing.join(" ")))?;
+    }
+    if !qemu_ok() {
+        bail!("qemu-system-x86_64 does not run after installing qemu-system-x86");
+    }
+    let kernel = find_kernel().with_context(|| {
+        format!(
+            "no Debian {KERNEL_SERIES}x kernel with the wireguard module in /boot and \
+             /lib/modules after installing linux-image-amd64 (this lab needs Debian 12's kernel)"
+        )
+    })?;
+    if !util::succeeds(Command::new("vng").arg("--version")) {
+        eprintln!("kernel lab: installing virtme-ng from PyPI");
+        util::run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "virtme-ng"]))
+            .context("installing virtme-ng (`pip install virtme-ng`) failed: is PyPI reachable?")?;
+        if !util::succeeds(Command::new("vng").arg("--version")) {
+            bail!("`vng` is not on PATH after `pip install virtme-ng`: add pip's bin directory to PATH");
+        }
+    }
+    Ok(kernel)
+}
+
+/// `/boot/vmlinuz-6.1.*` whose modules include WireGuard.
+fn find_kernel() -> Option<Kernel> {
+    let mut found: Vec<Kernel> = std::fs::read_dir("/boot")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let release = name.strip_prefix("vmlinuz-")?.to_owned();
+            let wg = Path::new("/lib/modules")
+                .join(&release)
+                .join("kernel/drivers/net/wireguard");
+            (release.starts_with(KERNEL_SERIES) && wg.is_dir()).then(|| Kernel {
+                image: e.path(),
+                release,
+            })
+        })
+        .collect();
+    found.sort_by(|a, b| a.release.cmp(&b.release));
+    found.pop()
+}
+
+/// What the default run needs: the release binaries and the kernel tests.
+struct Tests {
+    meshgate: PathBuf,
+    kernel_tests: PathBuf,
+}
+
+fn build_tests() -> Result<Tests> {
+    util::run(util::cargo().args(["build", "-p", "meshgate-gateway", "--release"]))?;
+    let out = output(util::cargo().args([
+        "test",
+        "--release",
+        "-p",
+        "meshgate-e2e",
+        "--test",
+        "kernel",
+        "--no-run",
+        "--message-format=json",
+    ]))
+    .context("building the kernel lab's tests")?;
+    let exe = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "kernel")
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .context("cargo built no executable for tests/tests/kernel.rs")?;
+    Ok(Tests {
+        meshgate: util::meshgate_bin(),
+        kernel_tests: exe,
+    })
+}
+
+/// The guest's default command: the modules the mesh needs, bpffs, then
+/// the kernel tests (the ignored ones: they need this kernel).
+fn default_script(t: &Tests) -> String {
+    format!(
+        "MESHGATE_BIN={} {} --ignored --test-threads=1",
+        t.meshgate.display(),
+        t.kernel_tests.display()
+    )
+}
+
+/// Boots the VM, runs `cmd` in it and returns its exit code.
+fn boot(kernel: &Kernel, cmd: &str, on_line: &mut dyn FnMut(&str)) -> Result<i32> {
+    // In the guest: modules, bpffs, a writable /run, then the command; the
+    // last line carries its exit code back.
+    let script = format!(
+        "uname -r; modprobe -a wireguard tun vxlan veth esp4 xfrm_user 2>&1; \
+         mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf; \
+         mkdir -p /run/meshgate /run/netns; \
+         cd {root}; ({cmd}); echo {MARKER} $?",
+        root = util::repo_root().display(),
+    );
+    eprintln!(
+        "kernel lab: booting {} under qemu TCG (KVM guests hang on this host), then: {cmd}",
+        kernel.image.display()
+    );
+    let mut vng = Command::new("vng");
+    vng.arg("--disable-kvm")
+        .arg("--run")
+        .arg(&kernel.image)
+        .args(["--cpus", "2", "--memory", "4G", "--exec", &script])
+        .current_dir(util::repo_root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    eprintln!("$ {}", util::describe(&vng));
+    let mut child = vng
+        .spawn()
+        .context("starting `vng` (virtme-ng): is it installed and on PATH?")?;
+    let mut rc = None;
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.context("reading the VM's console")?;
+            if let Some(code) = line.trim().strip_prefix(MARKER) {
+                rc = code.trim().parse::<i32>().ok();
+                continue;
+            }
+            println!("{line}");
+            on_line(&line);
+        }
+    }
+    let status = child.wait().context("waiting for the VM")?;
+    match rc {
+        Some(rc) => Ok(rc),
+        None => bail!(
+            "the VM ended ({status}) without reporting its command's exit code: it did not boot \
+             or the command never finished (the console output is above)"
+        ),
+    }
+}
