@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use meshgate_e2e::{one_cluster, Capture, World};
 
@@ -60,4 +61,74 @@ fn kernel_backend_is_picked_and_every_pod_reaches_every_pod_with_nothing_in_clea
         }
     }
     capture.assert_nothing_in_clear("net 10.1.0.0/16", 10);
+}
+
+/// 600 pings at 10 ms from n1-a to n2-a, with `during` run after 1 s.
+fn ping_through(world: &World, during: impl FnOnce()) -> meshgate_e2e::PingStats {
+    let to = world.ip("c1/n2-a");
+    let ping = world.spawn_in_ns(
+        &world.pod_ns("c1", "n1-a"),
+        &[
+            "ping", "-n", "-q", "-c", "600", "-i", "0.01", "-W", "2", &to,
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    during();
+    let out = ping.wait_with_output().unwrap();
+    meshgate_e2e::parse_ping(&String::from_utf8_lossy(&out.stdout))
+}
+
+#[test]
+#[ignore = "needs a kernel with WireGuard: runs in the kernel lab (cargo xtask kernel-lab)"]
+fn kernel_backend_rotates_keys_and_restarts_under_a_10ms_ping_losing_nothing() {
+    assert!(
+        std::path::Path::new("/sys/module/wireguard").exists(),
+        "{NEEDS}; this kernel has no WireGuard module loaded"
+    );
+    let world = World::up("kernrot", &one_cluster("kernrot", 2));
+    let before = (
+        world.status("c1", "n1").public_key,
+        world.status("c1", "n2").public_key,
+    );
+    let s = ping_through(&world, || {
+        world.lab("rotate-key", "c1/n2");
+        std::thread::sleep(Duration::from_millis(1500));
+        world.lab("rotate-key", "c1/n1");
+    });
+    assert_eq!(s.sent, 600, "{s:?}");
+    assert_eq!(
+        s.lost(),
+        0,
+        "kernel key rotation lost {} of {} pings",
+        s.lost(),
+        s.sent
+    );
+    let (n1, n2) = (world.status("c1", "n1"), world.status("c1", "n2"));
+    assert_ne!(n1.public_key, before.0, "n1 did not rotate");
+    assert_ne!(n2.public_key, before.1, "n2 did not rotate");
+    assert_eq!(
+        n1.peers[0].public_key, n2.public_key,
+        "n1 lacks n2's new key"
+    );
+    assert_eq!(
+        n2.peers[0].public_key, n1.public_key,
+        "n2 lacks n1's new key"
+    );
+
+    // An agent restart: the kernel device keeps forwarding meanwhile.
+    let old_pid = world.status("c1", "n2").pid;
+    let s = ping_through(&world, || {
+        world.lab("restart", "c1/n2");
+    });
+    assert_eq!(s.sent, 600, "{s:?}");
+    assert_eq!(
+        s.lost(),
+        0,
+        "a kernel-backend agent restart lost {} of {} pings",
+        s.lost(),
+        s.sent
+    );
+    let st = world.status("c1", "n2");
+    assert_ne!(st.pid, old_pid, "the agent was not restarted");
+    assert_eq!(st.backend, "kernel");
 }

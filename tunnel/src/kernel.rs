@@ -108,17 +108,6 @@ impl Backend for KernelDevice {
                 names.remove(&old.public_key);
             }
             PeerChange::Add(new) | PeerChange::Update { new, .. } => {
-                if let PeerChange::Update { old, .. } = change {
-                    if old.public_key != new.public_key {
-                        run(
-                            "wg",
-                            &["set", &self.iface, "peer", &old.public_key, "remove"],
-                            None,
-                            "replacing a peer key",
-                        )?;
-                        names.remove(&old.public_key);
-                    }
-                }
                 let allowed: Vec<String> = new.allowed_ips.iter().map(|n| n.to_string()).collect();
                 // The kernel counts keepalives in whole seconds. It starts a
                 // handshake only when it has something to send: setting a
@@ -151,6 +140,20 @@ impl Backend for KernelDevice {
                     "configuring a peer",
                 )?;
                 names.insert(new.public_key.clone(), new.name.clone());
+                // A new key: the new peer is set first, which moves the
+                // allowed IPs to it in the kernel, and only then is the old
+                // one removed, so no packet meets a gap with no peer.
+                if let PeerChange::Update { old, .. } = change {
+                    if old.public_key != new.public_key {
+                        run(
+                            "wg",
+                            &["set", &self.iface, "peer", &old.public_key, "remove"],
+                            None,
+                            "removing the peer's old key",
+                        )?;
+                        names.remove(&old.public_key);
+                    }
+                }
             }
         }
         Ok(())

@@ -3,7 +3,8 @@
 //! The build machines' kernel has no WireGuard and no ESP. The kernel lab
 //! boots Debian's own kernel (`linux-image-amd64`, 6.1, with the wireguard,
 //! esp4, xfrm and vxlan modules) under qemu with virtme-ng, over the host's
-//! filesystem shared read-only, and runs the kernel-path end-to-end tests
+//! filesystem shared read-only (qemu-system-x86, linux-image-amd64,
+//! busybox-static and virtme-ng are installed when missing), and runs the kernel-path end-to-end tests
 //! inside it (`tests/tests/kernel.rs`, `#[ignore]`d on the host), or CMD.
 //! qemu runs under TCG emulation: a KVM guest hangs at boot here (no nested
 //! virtualisation), so the lab says so and does not try KVM.
@@ -68,9 +69,13 @@ struct Kernel {
 fn prerequisites() -> Result<Kernel> {
     let qemu_ok = || util::succeeds(Command::new("qemu-system-x86_64").arg("--version"));
     let kernel = find_kernel();
+    // virtme-ng builds the guest's initramfs (Debian's kernel has its root
+    // filesystem drivers as modules) with busybox.
+    let busybox_ok = || util::succeeds(Command::new("busybox").arg("true"));
     let missing: Vec<&str> = [
         (!qemu_ok()).then_some("qemu-system-x86"),
         kernel.is_none().then_some("linux-image-amd64"),
+        (!busybox_ok()).then_some("busybox-static"),
     ]
     .into_iter()
     .flatten()
@@ -93,6 +98,9 @@ fn prerequisites() -> Result<Kernel> {
     }
     if !qemu_ok() {
         bail!("qemu-system-x86_64 does not run after installing qemu-system-x86");
+    }
+    if !busybox_ok() {
+        bail!("busybox does not run after installing busybox-static (virtme-ng needs it for the guest's initramfs)");
     }
     let kernel = find_kernel().with_context(|| {
         format!(
