@@ -203,11 +203,22 @@ fn boot(kernel: &Kernel, cmd: &str, on_line: &mut dyn FnMut(&str)) -> Result<i32
         .args(["--cpus", "2", "--memory", "4G", "--exec", &script])
         .current_dir(util::repo_root())
         .stdin(Stdio::null())
-        .stdout(Stdio::piped());
+        .stdout(Stdio::piped())
+        // Piped, never inherited: virtme-ng reopens its stderr (through
+        // /dev/stderr, truncating a log file it was redirected to).
+        .stderr(Stdio::piped());
     eprintln!("$ {}", util::describe(&vng));
     let mut child = vng
         .spawn()
         .context("starting `vng` (virtme-ng): is it installed and on PATH?")?;
+    let stderr = child.stderr.take().map(|err| {
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+            }
+        })
+    });
     let mut rc = None;
     if let Some(stdout) = child.stdout.take() {
         for line in BufReader::new(stdout).lines() {
@@ -221,6 +232,9 @@ fn boot(kernel: &Kernel, cmd: &str, on_line: &mut dyn FnMut(&str)) -> Result<i32
         }
     }
     let status = child.wait().context("waiting for the VM")?;
+    if let Some(t) = stderr {
+        let _ = t.join();
+    }
     match rc {
         Some(rc) => Ok(rc),
         None => bail!(
