@@ -108,15 +108,33 @@ fn prerequisites() -> Result<Kernel> {
              /lib/modules after installing linux-image-amd64 (this lab needs Debian 12's kernel)"
         )
     })?;
-    if !util::succeeds(Command::new("vng").arg("--version")) {
+    if vng().is_none() {
         eprintln!("kernel lab: installing virtme-ng from PyPI");
         util::run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "virtme-ng"]))
             .context("installing virtme-ng (`pip install virtme-ng`) failed: is PyPI reachable?")?;
-        if !util::succeeds(Command::new("vng").arg("--version")) {
-            bail!("`vng` is not on PATH after `pip install virtme-ng`: add pip's bin directory to PATH");
+        if vng().is_none() {
+            bail!(
+                "`vng` does not run after `pip install virtme-ng`: neither on PATH nor in \
+                 python3's scripts directory"
+            );
         }
     }
     Ok(kernel)
+}
+
+/// The `vng` that runs: on PATH, else in python3's scripts directory (where
+/// pip puts it; a pyenv shim may not know it before a rehash).
+fn vng() -> Option<PathBuf> {
+    if util::succeeds(Command::new("vng").arg("--version")) {
+        return Some(PathBuf::from("vng"));
+    }
+    let scripts = output(Command::new("python3").args([
+        "-c",
+        "import sysconfig; print(sysconfig.get_path('scripts'))",
+    ]))
+    .ok()?;
+    let path = Path::new(scripts.trim()).join("vng");
+    util::succeeds(Command::new(&path).arg("--version")).then_some(path)
 }
 
 /// `/boot/vmlinuz-6.1.*` whose modules include WireGuard.
@@ -196,7 +214,7 @@ fn boot(kernel: &Kernel, cmd: &str, on_line: &mut dyn FnMut(&str)) -> Result<i32
         "kernel lab: booting {} under qemu TCG (KVM guests hang on this host), then: {cmd}",
         kernel.image.display()
     );
-    let mut vng = Command::new("vng");
+    let mut vng = Command::new(vng().context("virtme-ng's `vng` does not run")?);
     vng.arg("--disable-kvm")
         .arg("--run")
         .arg(&kernel.image)
