@@ -137,6 +137,9 @@ pub struct ClusterPlan {
     /// The agents run with `--strict`.
     #[serde(default)]
     pub strict: bool,
+    /// The agents' `--backend`.
+    #[serde(default)]
+    pub backend: crate::scenario::Backend,
     /// Discovery replicas 2, 3, ... (replica 1 is `discovery`); they all
     /// keep the cluster's state in `etcd`.
     #[serde(default)]
@@ -320,6 +323,7 @@ impl Plan {
                 replicas,
                 etcd,
                 strict: c.strict.unwrap_or(s.strict),
+                backend: c.backend.unwrap_or(s.backend),
                 policy_file: (!s.policies.is_empty()
                     && c.datapath.unwrap_or(s.datapath) == Datapath::Ebpf)
                     .then(|| policies_file(world)),
@@ -596,6 +600,12 @@ impl ClusterPlan {
                 .flatten(),
         )
         .chain(self.strict.then(|| "--strict".to_string()))
+        .chain(
+            (!self.backend.is_auto())
+                .then(|| ["--backend".to_string(), self.backend.as_str().to_string()])
+                .into_iter()
+                .flatten(),
+        )
         .chain(
             self.policy_file
                 .iter()

@@ -38,12 +38,45 @@ pub struct Scenario {
     /// in every cluster that does not set its own.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub strict: bool,
+    /// The agents' WireGuard backend (`--backend`) in every cluster that
+    /// does not set its own: `auto` (default: kernel where the kernel has
+    /// WireGuard, else userspace), `kernel` or `userspace`.
+    #[serde(default, skip_serializing_if = "Backend::is_auto")]
+    pub backend: Backend,
     /// Identity policies, inline: each item one NetworkPolicy or
     /// CiliumNetworkPolicy object as `kubectl apply` takes it. Checked at
     /// `lab up`; given (as one file) to every agent of the clusters with
     /// the eBPF datapath. `meshgate lab policy` replaces them at run time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<serde_yaml::Value>,
+}
+
+/// Which WireGuard implementation the agents use (the agent's `--backend`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// The kernel's where it has WireGuard, else userspace.
+    #[default]
+    Auto,
+    /// The kernel's WireGuard; an agent fails to start without it.
+    Kernel,
+    /// Userspace WireGuard (boringtun on a TUN device).
+    Userspace,
+}
+
+impl Backend {
+    pub fn is_auto(&self) -> bool {
+        *self == Backend::Auto
+    }
+
+    /// The agent's `--backend` value.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Kernel => "kernel",
+            Backend::Userspace => "userspace",
+        }
+    }
 }
 
 /// How pod traffic between nodes is carried (the agent's `--datapath`).
@@ -92,6 +125,9 @@ pub struct Cluster {
     /// This cluster's strict encryption mode; the scenario's `strict` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strict: Option<bool>,
+    /// This cluster's WireGuard backend; the scenario's `backend` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<Backend>,
     #[serde(default)]
     pub nodes: Vec<Node>,
     /// This cluster's services (the shape of discovery's `--services` file);

@@ -303,3 +303,35 @@ fn ebpf_datapath_per_world_or_cluster_sets_agent_flags_pins_and_pod_mtu() {
     let err = Scenario::parse("bad.yaml", &bad).unwrap_err().to_string();
     assert!(err.contains("xdp"), "{err}");
 }
+
+#[test]
+fn the_backend_is_passed_per_cluster_and_auto_passes_nothing() {
+    let yaml = TWO
+        .replace("name: lab\n", "name: lab\nbackend: userspace\n")
+        .replace("    id: 7\n", "    id: 7\n    backend: kernel\n");
+    let p = Plan::new(&Scenario::parse("two.yaml", &yaml).unwrap()).unwrap();
+    let args = |c: &ClusterPlan| c.agent_args(&c.nodes[0]).join(" ");
+    assert!(
+        args(&p.clusters[0]).contains("--backend userspace"),
+        "{}",
+        args(&p.clusters[0])
+    );
+    assert!(
+        args(&p.clusters[1]).contains("--backend kernel"),
+        "{}",
+        args(&p.clusters[1])
+    );
+    assert!(
+        !args(&plan().clusters[0]).contains("--backend"),
+        "auto is the agent's default"
+    );
+    let bad = Scenario::parse(
+        "two.yaml",
+        &TWO.replace("name: lab\n", "name: lab\nbackend: ipsec\n"),
+    );
+    let err = bad.unwrap_err().to_string();
+    assert!(
+        err.contains("backend") && err.contains("userspace"),
+        "{err}"
+    );
+}
