@@ -15,13 +15,19 @@ const PODS: [&str; 6] = ["n1-a", "n1-b", "n2-a", "n2-b", "n3-a", "n3-b"];
 const NEEDS: &str =
     "needs a kernel with WireGuard: runs in the kernel lab (cargo xtask kernel-lab)";
 
-#[test]
-#[ignore = "needs a kernel with WireGuard: runs in the kernel lab (cargo xtask kernel-lab)"]
-fn kernel_backend_is_picked_and_every_pod_reaches_every_pod_with_nothing_in_clear() {
+/// Panics (these tests are ignored, not skipped, where it is missing)
+/// unless this kernel has WireGuard loaded.
+fn require_wireguard() {
     assert!(
         std::path::Path::new("/sys/module/wireguard").exists(),
         "{NEEDS}; this kernel has no WireGuard module loaded"
     );
+}
+
+#[test]
+#[ignore = "needs a kernel with WireGuard: runs in the kernel lab (cargo xtask kernel-lab)"]
+fn kernel_backend_is_picked_and_every_pod_reaches_every_pod_with_nothing_in_clear() {
+    require_wireguard();
     let world = World::up("kernreach", &one_cluster("kernreach", 3));
     for n in ["n1", "n2", "n3"] {
         let st = world.status("c1", n);
@@ -81,10 +87,7 @@ fn ping_through(world: &World, during: impl FnOnce()) -> meshgate_e2e::PingStats
 #[test]
 #[ignore = "needs a kernel with WireGuard: runs in the kernel lab (cargo xtask kernel-lab)"]
 fn kernel_backend_rotates_keys_and_restarts_under_a_10ms_ping_losing_nothing() {
-    assert!(
-        std::path::Path::new("/sys/module/wireguard").exists(),
-        "{NEEDS}; this kernel has no WireGuard module loaded"
-    );
+    require_wireguard();
     let world = World::up("kernrot", &one_cluster("kernrot", 2));
     let before = (
         world.status("c1", "n1").public_key,

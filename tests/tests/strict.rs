@@ -154,6 +154,62 @@ fn route_table(world: &World, ns: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `argv` in `ns`; panics with its stderr if it fails.
+fn run_ok(world: &World, ns: &str, argv: &[&str]) {
+    let out = world.in_ns(ns, argv);
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        argv.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Gives node namespace `ns` a default route out of its underlay via `via`,
+/// as every real node has, and shows it carries a pod's datagrams to a world
+/// address in clear: a leak in the checks that follow would be seen.
+fn add_leaking_default_route(world: &World, ns: &str, via: &str, dir: &std::path::Path) {
+    run_ok(
+        world,
+        ns,
+        &[
+            "ip", "route", "replace", "default", "via", via, "dev", "eth0",
+        ],
+    );
+    let cap = Capture::start_immediate(ns, "eth0", dir.join("world.pcap"));
+    send_udp(world, "c1", "n1-a", "192.0.2.7", 9000, 5);
+    let counts = cap.stop_and_count(&["host 192.0.2.7"]);
+    assert!(
+        counts[0] >= 5,
+        "a datagram to the world was not seen leaving by the default route ({} of 5): \
+         the leak checks that follow would prove nothing",
+        counts[0]
+    );
+}
+
+/// 20 UDP datagrams from c1/n1-a to `to`: how many crossed the underlay of
+/// node namespace `ns` in clear.
+fn sent_in_clear(world: &World, ns: &str, to: &str, pcap: std::path::PathBuf) -> usize {
+    let cap = Capture::start_immediate(ns, "eth0", pcap);
+    send_udp(world, "c1", "n1-a", to, 9000, 20);
+    cap.stop_and_count(&[&format!("host {to}")])[0]
+}
+
+/// Waits until c1/n1 counted at least `n` strict-unencrypted drops more than
+/// `before`; panics naming `what` with the count seen.
+fn wait_strict_drops(world: &World, before: u64, n: u64, what: &str) {
+    let mut after = before;
+    let counted = wait_until(Duration::from_secs(5), || {
+        after = strict_drops(world, "c1", "n1").1;
+        after >= before + n
+    });
+    assert!(
+        counted.is_some(),
+        "strict-unencrypted counted {} drops for {n} datagrams to {what}",
+        after - before
+    );
+}
+
 /// Strict mode covers the mesh's pod CIDRs, not just the addresses the
 /// ipcache knows; and with or without strict mode, a departed node's pod
 /// CIDR never falls through to the main table's default route. n1 gets a
@@ -188,42 +244,15 @@ fn strict_mode_guards_every_address_of_the_mesh_pod_cidrs_and_departed_nodes_nev
         route_table(&world, &n1)
     );
 
-    // A real node's default route, out of the underlay; it does carry a
-    // pod's traffic to the world in clear (so the captures below can fail).
-    let add = world.in_ns(
-        &n1,
-        &[
-            "ip",
-            "route",
-            "replace",
-            "default",
-            "via",
-            &n2_underlay,
-            "dev",
-            "eth0",
-        ],
-    );
-    assert!(
-        add.status.success(),
-        "{}",
-        String::from_utf8_lossy(&add.stderr)
-    );
     let dir = tempfile::tempdir().unwrap();
-    let cap = Capture::start_immediate(&n1, "eth0", dir.path().join("world.pcap"));
-    send_udp(&world, "c1", "n1-a", "192.0.2.7", 9000, 5);
-    let counts = cap.stop_and_count(&["host 192.0.2.7"]);
-    assert!(
-        counts[0] >= 5,
-        "a datagram to the world was not seen leaving by the default route ({} of 5): \
-         the leak checks below would prove nothing",
-        counts[0]
-    );
+    add_leaking_default_route(&world, &n1, &n2_underlay, dir.path());
 
     // 1. Misroute an address no pod holds around the mesh: dropped, counted
     //    and sent as a flow event, nothing in clear.
     let (_, before) = strict_drops(&world, "c1", "n1");
     let route = format!("{unheld}/32");
-    let add = world.in_ns(
+    run_ok(
+        &world,
         &n1,
         &[
             "ip",
@@ -238,29 +267,12 @@ fn strict_mode_guards_every_address_of_the_mesh_pod_cidrs_and_departed_nodes_nev
             ROUTE_TABLE,
         ],
     );
-    assert!(
-        add.status.success(),
-        "{}",
-        String::from_utf8_lossy(&add.stderr)
-    );
-    let cap = Capture::start_immediate(&n1, "eth0", dir.path().join("unheld.pcap"));
-    send_udp(&world, "c1", "n1-a", &unheld, 9000, 20);
-    let counts = cap.stop_and_count(&[&format!("host {unheld}")]);
+    let clear = sent_in_clear(&world, &n1, &unheld, dir.path().join("unheld.pcap"));
     assert_eq!(
-        counts[0], 0,
-        "strict on: {} packets to {unheld} (in n2's pod CIDR, no pod) left n1's underlay in clear",
-        counts[0]
+        clear, 0,
+        "strict on: {clear} packets to {unheld} (in n2's pod CIDR, no pod) left n1's underlay in clear"
     );
-    let mut after = 0;
-    let counted = wait_until(Duration::from_secs(5), || {
-        after = strict_drops(&world, "c1", "n1").1;
-        after >= before + 20
-    });
-    assert!(
-        counted.is_some(),
-        "strict-unencrypted counted {} drops for 20 datagrams to {unheld}",
-        after - before
-    );
+    wait_strict_drops(&world, before, 20, &unheld);
     let mut flows = Vec::new();
     let seen = wait_until(Duration::from_secs(5), || {
         flows = strict_flows(&world);
@@ -270,11 +282,10 @@ fn strict_mode_guards_every_address_of_the_mesh_pod_cidrs_and_departed_nodes_nev
         seen.is_some(),
         "no strict-unencrypted flow event to {unheld}: {flows:?}"
     );
-    let del = world.in_ns(&n1, &["ip", "route", "del", &route, "table", ROUTE_TABLE]);
-    assert!(
-        del.status.success(),
-        "{}",
-        String::from_utf8_lossy(&del.stderr)
+    run_ok(
+        &world,
+        &n1,
+        &["ip", "route", "del", &route, "table", ROUTE_TABLE],
     );
 
     // 2. n2 leaves: its /24 goes from n1's table, the cluster CIDR's
@@ -296,35 +307,21 @@ fn strict_mode_guards_every_address_of_the_mesh_pod_cidrs_and_departed_nodes_nev
         "the cluster's unreachable route went with n2:\n{table}"
     );
     let (_, before) = strict_drops(&world, "c1", "n1");
-    let cap = Capture::start_immediate(&n1, "eth0", dir.path().join("departed.pcap"));
-    send_udp(&world, "c1", "n1-a", &n2b, 9000, 20);
-    let counts = cap.stop_and_count(&[&format!("host {n2b}")]);
+    let clear = sent_in_clear(&world, &n1, &n2b, dir.path().join("departed.pcap"));
     assert_eq!(
-        counts[0], 0,
-        "strict on: {} packets to departed n2's pod {n2b} left n1's underlay in clear",
-        counts[0]
+        clear, 0,
+        "strict on: {clear} packets to departed n2's pod {n2b} left n1's underlay in clear"
     );
-    let counted = wait_until(Duration::from_secs(5), || {
-        after = strict_drops(&world, "c1", "n1").1;
-        after >= before + 20
-    });
-    assert!(
-        counted.is_some(),
-        "strict-unencrypted counted {} drops for 20 datagrams to departed {n2b}",
-        after - before
-    );
+    wait_strict_drops(&world, before, 20, &format!("departed {n2b}"));
     // Strict off (as an agent without --strict sets the pinned config): the
     // unreachable route alone keeps the departed CIDR off the default route.
     let pins = PathBuf::from(format!("/sys/fs/bpf/meshgate/lab/{name}/c1-n1/maps"));
     let mut maps = meshgate_ebpf::Maps::open_pinned(&pins).unwrap();
     maps.config.set_strict(None).unwrap();
-    let cap = Capture::start_immediate(&n1, "eth0", dir.path().join("departed-off.pcap"));
-    send_udp(&world, "c1", "n1-a", &n2b, 9000, 20);
-    let counts = cap.stop_and_count(&[&format!("host {n2b}")]);
+    let clear = sent_in_clear(&world, &n1, &n2b, dir.path().join("departed-off.pcap"));
     assert_eq!(
-        counts[0], 0,
-        "strict off: {} packets to departed n2's pod {n2b} fell through to the default route in clear",
-        counts[0]
+        clear, 0,
+        "strict off: {clear} packets to departed n2's pod {n2b} fell through to the default route in clear"
     );
     eprintln!(
         "unheld {unheld} and departed {n2b}: 0 packets in clear; the world address 192.0.2.7 \
@@ -354,35 +351,8 @@ fn on_the_plain_datapath_a_departed_nodes_pods_never_leave_by_the_default_route(
         "n1's main table has no unreachable route for the cluster's pod CIDR: {:?}",
         unreachable()
     );
-    let add = world.in_ns(
-        &n1,
-        &[
-            "ip",
-            "route",
-            "replace",
-            "default",
-            "via",
-            &n2_underlay,
-            "dev",
-            "eth0",
-        ],
-    );
-    assert!(
-        add.status.success(),
-        "{}",
-        String::from_utf8_lossy(&add.stderr)
-    );
     let dir = tempfile::tempdir().unwrap();
-    // The default route carries a pod's traffic to the world in clear: a
-    // leak below would show.
-    let cap = Capture::start_immediate(&n1, "eth0", dir.path().join("world.pcap"));
-    send_udp(&world, "c1", "n1-a", "192.0.2.7", 9000, 5);
-    let counts = cap.stop_and_count(&["host 192.0.2.7"]);
-    assert!(
-        counts[0] >= 5,
-        "the default route carried {} of 5",
-        counts[0]
-    );
+    add_leaking_default_route(&world, &n1, &n2_underlay, dir.path());
 
     world.lab("stop", "c1/n2");
     let routes = || {
@@ -395,13 +365,10 @@ fn on_the_plain_datapath_a_departed_nodes_pods_never_leave_by_the_default_route(
         "n2's pod CIDR is still routed on n1:\n{}",
         routes()
     );
-    let cap = Capture::start_immediate(&n1, "eth0", dir.path().join("departed.pcap"));
-    send_udp(&world, "c1", "n1-a", &n2b, 9000, 20);
-    let counts = cap.stop_and_count(&[&format!("host {n2b}")]);
+    let clear = sent_in_clear(&world, &n1, &n2b, dir.path().join("departed.pcap"));
     assert_eq!(
-        counts[0], 0,
-        "{} packets to departed n2's pod {n2b} fell through to the default route in clear",
-        counts[0]
+        clear, 0,
+        "{clear} packets to departed n2's pod {n2b} fell through to the default route in clear"
     );
     assert!(
         unreachable().contains("10.1.0.0/16"),

@@ -17,11 +17,11 @@ use crate::util::{self, output};
 
 /// One prerequisite: what it is, the Debian package that provides it, and how
 /// it is checked.
-struct Prereq {
-    what: &'static str,
+pub struct Prereq {
+    pub what: &'static str,
     /// The package that fixes a failed check; `None` when no package does.
-    package: Option<&'static str>,
-    check: fn(&Scratch) -> Result<()>,
+    pub package: Option<&'static str>,
+    pub check: fn(&Scratch) -> Result<()>,
 }
 
 /// In the order they are checked: later checks may use what earlier ones proved.
@@ -135,14 +135,21 @@ const PREREQS: &[Prereq] = &[
 
 pub fn run() -> Result<()> {
     util::require_root()?;
-    let scratch = Scratch::new()?;
-    let failed = failing(&scratch, PREREQS.iter());
-    if failed.is_empty() {
-        eprintln!("deps: all {} prerequisites work", PREREQS.len());
-    } else {
-        install_for(&scratch, &failed)?;
-    }
+    ensure(PREREQS)?;
     check_cargo_components()
+}
+
+/// Checks each of `prereqs` by use; installs the packages of those that
+/// fail and checks them again. Also what other commands (the kernel lab)
+/// use for their own prerequisites.
+pub fn ensure(prereqs: &[Prereq]) -> Result<()> {
+    let scratch = Scratch::new()?;
+    let failed = failing(&scratch, prereqs.iter());
+    if failed.is_empty() {
+        eprintln!("deps: all {} prerequisites work", prereqs.len());
+        return Ok(());
+    }
+    install_for(&scratch, &failed, prereqs.len())
 }
 
 /// The prerequisites whose check fails, each with why.
@@ -155,7 +162,7 @@ fn failing<'a>(
         .collect()
 }
 
-fn install_for(scratch: &Scratch, failed: &[(&Prereq, anyhow::Error)]) -> Result<()> {
+fn install_for(scratch: &Scratch, failed: &[(&Prereq, anyhow::Error)], all: usize) -> Result<()> {
     for (p, err) in failed {
         eprintln!("deps: {} does not work: {err:#}", p.what);
     }
@@ -180,7 +187,7 @@ fn install_for(scratch: &Scratch, failed: &[(&Prereq, anyhow::Error)]) -> Result
     }
     let still = failing(scratch, failed.iter().map(|(p, _)| *p));
     if still.is_empty() {
-        eprintln!("deps: all {} prerequisites work", PREREQS.len());
+        eprintln!("deps: all {all} prerequisites work");
         return Ok(());
     }
     let lines: Vec<String> = still
@@ -292,7 +299,7 @@ fn check_bpf_load(scratch: &Scratch) -> Result<()> {
 }
 
 /// A scratch folder for the checks' inputs and outputs, removed when dropped.
-struct Scratch {
+pub struct Scratch {
     dir: PathBuf,
 }
 
@@ -305,7 +312,7 @@ impl Scratch {
         Ok(Scratch { dir })
     }
 
-    fn dir(&self) -> &Path {
+    pub fn dir(&self) -> &Path {
         &self.dir
     }
 

@@ -4,7 +4,8 @@
 //! boots Debian's own kernel (`linux-image-amd64`, 6.1, with the wireguard,
 //! esp4, xfrm and vxlan modules) under qemu with virtme-ng, over the host's
 //! filesystem shared read-only (qemu-system-x86, linux-image-amd64,
-//! busybox-static and virtme-ng are installed when missing), and runs the kernel-path end-to-end tests
+//! busybox-static and python3-venv are installed when missing, virtme-ng
+//! from PyPI into a venv under target/), and runs the kernel-path end-to-end tests
 //! inside it (`tests/tests/kernel.rs`, `#[ignore]`d on the host), or CMD.
 //! qemu runs under TCG emulation: a KVM guest hangs at boot here (no nested
 //! virtualisation), so the lab says so and does not try KVM.
@@ -19,6 +20,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+use crate::deps::{self, Prereq};
 use crate::util::{self, output};
 
 /// The kernel series the lab boots.
@@ -64,77 +66,78 @@ struct Kernel {
     release: String,
 }
 
-/// qemu, Debian's 6.1 kernel with its modules, and virtme-ng: checked by
-/// use, installed when missing.
+/// The lab's prerequisites, each checked by use ([`deps::ensure`]).
+const PREREQS: &[Prereq] = &[
+    Prereq {
+        what: "qemu-system-x86_64",
+        package: Some("qemu-system-x86"),
+        check: |_| output(Command::new("qemu-system-x86_64").arg("--version")).map(drop),
+    },
+    Prereq {
+        what: "Debian's 6.1 kernel with the wireguard module (/boot, /lib/modules)",
+        package: Some("linux-image-amd64"),
+        check: |_| {
+            find_kernel().map(drop).with_context(|| {
+                format!("no /boot/vmlinuz-{KERNEL_SERIES}* with WireGuard modules")
+            })
+        },
+    },
+    Prereq {
+        // virtme-ng builds the guest's initramfs (Debian's kernel has its
+        // root filesystem drivers as modules) with busybox.
+        what: "busybox (virtme-ng's initramfs)",
+        package: Some("busybox-static"),
+        check: |_| output(Command::new("busybox").arg("true")).map(drop),
+    },
+    Prereq {
+        // virtme-ng comes from PyPI into a venv of the lab's own.
+        what: "python3 -m venv (with pip)",
+        package: Some("python3-venv"),
+        check: |s| {
+            output(
+                Command::new("python3")
+                    .args(["-m", "venv"])
+                    .arg(s.dir().join("venv")),
+            )
+            .map(drop)
+        },
+    },
+];
+
+/// qemu, Debian's 6.1 kernel with its modules, and virtme-ng.
 fn prerequisites() -> Result<Kernel> {
-    let qemu_ok = || util::succeeds(Command::new("qemu-system-x86_64").arg("--version"));
-    let kernel = find_kernel();
-    // virtme-ng builds the guest's initramfs (Debian's kernel has its root
-    // filesystem drivers as modules) with busybox.
-    let busybox_ok = || util::succeeds(Command::new("busybox").arg("true"));
-    let missing: Vec<&str> = [
-        (!qemu_ok()).then_some("qemu-system-x86"),
-        kernel.is_none().then_some("linux-image-amd64"),
-        (!busybox_ok()).then_some("busybox-static"),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    if !missing.is_empty() {
-        eprintln!("kernel lab: installing {}", missing.join(" "));
-        util::run(
-            Command::new("apt-get")
-                .arg("update")
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-        .context("apt-get update failed: is a Debian package mirror reachable?")?;
-        util::run(
-            Command::new("apt-get")
-                .args(["install", "-y", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-        .with_context(|| format!("installing {}", missing.join(" ")))?;
-    }
-    if !qemu_ok() {
-        bail!("qemu-system-x86_64 does not run after installing qemu-system-x86");
-    }
-    if !busybox_ok() {
-        bail!("busybox does not run after installing busybox-static (virtme-ng needs it for the guest's initramfs)");
-    }
-    let kernel = find_kernel().with_context(|| {
-        format!(
-            "no Debian {KERNEL_SERIES}x kernel with the wireguard module in /boot and \
-             /lib/modules after installing linux-image-amd64 (this lab needs Debian 12's kernel)"
-        )
-    })?;
+    deps::ensure(PREREQS)?;
+    let kernel = find_kernel().context("Debian's 6.1 kernel went away after its check")?;
     if vng().is_none() {
-        eprintln!("kernel lab: installing virtme-ng from PyPI");
-        util::run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "virtme-ng"]))
+        let venv = venv_dir();
+        eprintln!(
+            "kernel lab: installing virtme-ng from PyPI into {}",
+            venv.display()
+        );
+        util::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+            .context("making the kernel lab's python venv")?;
+        util::run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "virtme-ng"]))
             .context("installing virtme-ng (`pip install virtme-ng`) failed: is PyPI reachable?")?;
         if vng().is_none() {
             bail!(
-                "`vng` does not run after `pip install virtme-ng`: neither on PATH nor in \
-                 python3's scripts directory"
+                "`vng` does not run after `pip install virtme-ng` in {}",
+                venv.display()
             );
         }
     }
     Ok(kernel)
 }
 
-/// The `vng` that runs: on PATH, else in python3's scripts directory (where
-/// pip puts it; a pyenv shim may not know it before a rehash).
+/// The kernel lab's own python venv, for virtme-ng.
+fn venv_dir() -> PathBuf {
+    util::target_dir().join("kernel-lab").join("venv")
+}
+
+/// The `vng` that runs: the lab venv's, else one on PATH.
 fn vng() -> Option<PathBuf> {
-    if util::succeeds(Command::new("vng").arg("--version")) {
-        return Some(PathBuf::from("vng"));
-    }
-    let scripts = output(Command::new("python3").args([
-        "-c",
-        "import sysconfig; print(sysconfig.get_path('scripts'))",
-    ]))
-    .ok()?;
-    let path = Path::new(scripts.trim()).join("vng");
-    util::succeeds(Command::new(&path).arg("--version")).then_some(path)
+    [venv_dir().join("bin/vng"), PathBuf::from("vng")]
+        .into_iter()
+        .find(|v| util::succeeds(Command::new(v).arg("--version")))
 }
 
 /// `/boot/vmlinuz-6.1.*` whose modules include WireGuard.

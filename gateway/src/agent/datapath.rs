@@ -105,7 +105,8 @@ pub struct Ebpf {
     kick: worker::Kick,
 }
 
-fn ip(args: &[&str]) -> anyhow::Result<String> {
+/// `ip ARGS` (iproute2): its stdout, or an error with its stderr.
+pub(super) fn ip(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("ip")
         .args(args)
         .output()

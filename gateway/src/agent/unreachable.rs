@@ -8,28 +8,12 @@
 //! ([`super::datapath::mesh_cidrs`]).
 
 use std::collections::BTreeSet;
-use std::process::Command;
 
-use anyhow::{bail, Context};
 use ipnet::Ipv4Net;
 use tracing::{info, warn};
 
+use super::datapath::ip;
 use super::Agent;
-
-fn ip(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running `ip` (install iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// The unreachable routes of the main table now.
 fn present() -> BTreeSet<Ipv4Net> {
