@@ -217,7 +217,17 @@ fn boot(kernel: &Kernel, cmd: &str, on_line: &mut dyn FnMut(&str)) -> Result<i32
         "kernel lab: booting {} under qemu TCG (KVM guests hang on this host), then: {cmd}",
         kernel.image.display()
     );
-    let mut vng = Command::new(vng().context("virtme-ng's `vng` does not run")?);
+    let vng_bin = vng().context("virtme-ng's `vng` does not run")?;
+    let mut vng = Command::new(&vng_bin);
+    // vng runs its siblings (virtme-run, ...) by name: the venv's bin first.
+    if let Some(bin) = vng_bin.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![bin.to_path_buf()];
+        dirs.extend(std::env::split_paths(&path));
+        if let Ok(joined) = std::env::join_paths(dirs) {
+            vng.env("PATH", joined);
+        }
+    }
     vng.arg("--disable-kvm")
         .arg("--run")
         .arg(&kernel.image)
