@@ -767,6 +767,10 @@ pub struct PeerStatus {
     pub allowed_ips: Vec<String>,
     /// `None` (JSON `null`) until a handshake with this peer completed.
     pub last_handshake_age_ms: Option<u64>,
+    /// Milliseconds since anything (data, keepalive, heartbeat) last
+    /// arrived from this peer; `None` until something did.
+    #[serde(default)]
+    pub last_rx_age_ms: Option<u64>,
     pub tx_bytes: u64,
     pub rx_bytes: u64,
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 pub use meshgate_lab::AgentStatus;
 
+pub mod gateways;
 mod services;
 pub mod stream;
 mod tls;

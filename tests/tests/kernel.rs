@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use meshgate_e2e::gateways::{assert_failover_within_bound, gateways_world};
 use meshgate_e2e::{one_cluster, Capture, World};
 
 const PODS: [&str; 6] = ["n1-a", "n1-b", "n2-a", "n2-b", "n3-a", "n3-b"];
@@ -134,4 +135,34 @@ fn kernel_backend_rotates_keys_and_restarts_under_a_10ms_ping_losing_nothing() {
     let st = world.status("c1", "n2");
     assert_ne!(st.pid, old_pid, "the agent was not restarted");
     assert_eq!(st.backend, "kernel");
+}
+
+#[test]
+#[ignore = "needs a kernel with WireGuard: runs in the kernel lab (cargo xtask kernel-lab)"]
+fn kernel_backend_fails_over_cluster_gateways_within_2s_and_back() {
+    require_wireguard();
+    let world = gateways_world("kerngw");
+    for (c, n) in [
+        ("c1", "g1"),
+        ("c1", "g2"),
+        ("c1", "n3"),
+        ("c2", "g1"),
+        ("c2", "n3"),
+    ] {
+        let st = world.status(c, n);
+        assert_eq!(st.backend, "kernel", "{c}/{n} runs {}", st.backend);
+    }
+    // Receive ages come from the kernel's counters: a gateway's peers hear
+    // from it (heartbeats) well within the liveness bound.
+    let st = world.status("c1", "n3");
+    let g1 = st
+        .peers
+        .iter()
+        .find(|p| p.cluster == "c1" && p.node == "g1")
+        .unwrap();
+    assert!(
+        g1.last_rx_age_ms.is_some_and(|ms| ms < 900) && g1.last_handshake_age_ms.is_some(),
+        "c1/n3 has no fresh receive or handshake age for c1/g1 from the kernel: {g1:?}"
+    );
+    assert_failover_within_bound(&world);
 }

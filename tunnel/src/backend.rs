@@ -11,6 +11,8 @@ use crate::peers::PeerChange;
 pub enum BackendKind {
     Kernel,
     Userspace,
+    /// ESP over XFRM (`--encryption ipsec`).
+    Ipsec,
 }
 
 impl fmt::Display for BackendKind {
@@ -18,6 +20,7 @@ impl fmt::Display for BackendKind {
         f.write_str(match self {
             BackendKind::Kernel => "kernel",
             BackendKind::Userspace => "userspace",
+            BackendKind::Ipsec => "ipsec",
         })
     }
 }

@@ -4,17 +4,21 @@
 //! * [`peers`]: pure reconciliation of desired peers against the current ones.
 //! * [`lpm`]: longest-prefix match used for cryptokey routing.
 //! * [`userspace`]: WireGuard on boringtun over a persistent TUN device.
-//! * [`kernel`]: detection of the kernel WireGuard module.
+//! * [`kernel`]: kernel WireGuard over netlink.
+//! * [`ipsec`]: ESP between nodes over XFRM netlink (`--encryption ipsec`).
 //! * [`backend`]: the interface both backends share and the start-time choice.
 //! * [`routes`]: the interface address and the routes through the tunnel.
 
 pub mod backend;
 mod cmd;
+pub mod ipsec;
 pub mod kernel;
 pub mod keys;
 pub mod lpm;
+mod nlsock;
 pub mod peers;
 pub mod routes;
+mod rx_ages;
 pub mod tun;
 pub mod userspace;
 

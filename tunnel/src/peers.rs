@@ -26,6 +26,10 @@ pub struct PeerConfig {
     /// Milliseconds; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive_ms: Option<u64>,
+    /// The peer's own address inside the tunnel (one of `allowed_ips`),
+    /// where the kernel backend sends its sub-second heartbeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_ip: Option<std::net::Ipv4Addr>,
 }
 
 impl PeerConfig {
@@ -101,6 +105,7 @@ mod tests {
             endpoint: format!("{ip}:51820").parse().unwrap(),
             allowed_ips: nets.iter().map(|n| n.parse().unwrap()).collect(),
             keepalive_ms: None,
+            tunnel_ip: None,
         }
     }
 

@@ -58,6 +58,7 @@ fn peer(name: &str, key: &NodeKey, underlay: &str, tunnel: &str) -> PeerConfig {
         endpoint: format!("{underlay}:51820").parse().unwrap(),
         allowed_ips: vec![format!("{tunnel}/32").parse().unwrap()],
         keepalive_ms: None,
+        tunnel_ip: None,
     }
 }
 

@@ -60,6 +60,7 @@ pub fn peer_of(node: &pb::Node) -> Result<PeerConfig, String> {
         )
     })?;
     let mut allowed = Vec::new();
+    let mut tunnel_ip = None;
     for cidr in &node.pod_cidrs {
         let net: Ipv4Net = cidr
             .parse()
@@ -72,6 +73,7 @@ pub fn peer_of(node: &pb::Node) -> Result<PeerConfig, String> {
             .parse()
             .map_err(|_| format!("node {name}: tunnel ip {:?} is not IPv4", node.tunnel_ip))?;
         allowed.push(Ipv4Net::from(tip));
+        tunnel_ip = Some(tip);
     }
     let peer = PeerConfig {
         name,
@@ -79,6 +81,7 @@ pub fn peer_of(node: &pb::Node) -> Result<PeerConfig, String> {
         endpoint: SocketAddr::from((ip, port)),
         allowed_ips: allowed,
         keepalive_ms: None,
+        tunnel_ip,
     };
     peer.key().map_err(|e| e.to_string())?;
     Ok(peer)

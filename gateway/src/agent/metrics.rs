@@ -418,6 +418,7 @@ mod tests {
             endpoint: String::new(),
             allowed_ips: vec![],
             last_handshake_age_ms: Some(1500),
+            last_rx_age_ms: Some(100),
             tx_bytes: 10,
             rx_bytes: 20,
         });

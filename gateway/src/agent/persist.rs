@@ -133,6 +133,7 @@ pub fn status(agent: &Agent) -> AgentStatus {
                     endpoint: s.endpoint,
                     allowed_ips: s.allowed_ips,
                     last_handshake_age_ms: s.last_handshake_age_ms,
+                    last_rx_age_ms: s.last_rx_age_ms,
                     tx_bytes: s.tx_bytes,
                     rx_bytes: s.rx_bytes,
                 }

@@ -1,0 +1,104 @@
+//! Cluster gateways: the world of `scenarios/gateways.yaml` and the
+//! failover check, shared by the host suite (`tests/gateways.rs`) and the
+//! kernel lab's (`tests/kernel.rs`).
+
+use std::time::Duration;
+
+use crate::stream::{longest_gap, unix_now, PingStream};
+use crate::{wait_until, World};
+
+/// The failover bound the gateways must meet.
+pub const FAILOVER_BOUND: f64 = 2.0;
+
+/// `scenarios/gateways.yaml` under world name `name`.
+pub fn gateways_world(name: &str) -> World {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/gateways.yaml");
+    let yaml = std::fs::read_to_string(path).unwrap();
+    assert!(
+        yaml.contains("\nname: gw\n"),
+        "{path} no longer names world gw"
+    );
+    World::up(
+        name,
+        &yaml.replace("\nname: gw\n", &format!("\nname: {name}\n")),
+    )
+}
+
+/// Which gateway `cluster/node` uses towards cluster `of`.
+pub fn active_gateway(world: &World, cluster: &str, node: &str, of: &str) -> Option<String> {
+    world
+        .status(cluster, node)
+        .gateways
+        .iter()
+        .find(|g| g.cluster == of)
+        .map(|g| g.active.clone())
+}
+
+/// Fails a gateway with `lab fail` and returns when it happened.
+fn fail(world: &World, target: &str) -> f64 {
+    let at = unix_now();
+    world.lab("fail", target);
+    at
+}
+
+/// Kills each side's active gateway under a 20 ms ping stream (c1/n3-a to
+/// c2/n3-a) and brings one back: traffic moves to the other gateway and
+/// back, never stopping for [`FAILOVER_BOUND`].
+pub fn assert_failover_within_bound(world: &World) {
+    let to = world.ip("c2/n3-a");
+    // 50 replies a second for the whole test, c1/n3 → c1 gateway → c2 gateway → c2/n3.
+    let stream = PingStream::new(world.spawn_in_ns(
+        &world.pod_ns("c1", "n3-a"),
+        &["ping", "-D", "-n", "-i", "0.02", "-W", "1", "-w", "20", &to],
+    ));
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // The sending side's active gateway dies.
+    let t1 = fail(world, "c1/g1");
+    let moved = wait_until(Duration::from_secs(3), || {
+        active_gateway(world, "c1", "n3", "c1").as_deref() == Some("c1/g2")
+            && active_gateway(world, "c2", "g1", "c1").as_deref() == Some("c1/g2")
+    });
+    assert!(moved.is_some(), "c1/n3 and c2/g1 never switched to c1/g2");
+    std::thread::sleep(Duration::from_secs(2));
+
+    // It comes back: traffic returns to it (after its hold) without a stop.
+    let t2 = unix_now();
+    world.lab("recover", "c1/g1");
+    let back = wait_until(Duration::from_secs(5), || {
+        active_gateway(world, "c1", "n3", "c1").as_deref() == Some("c1/g1")
+    });
+    assert!(back.is_some(), "c1/n3 never went back to c1/g1");
+    std::thread::sleep(Duration::from_secs(1));
+
+    // The receiving side's active gateway dies.
+    let t3 = fail(world, "c2/g1");
+    let moved = wait_until(Duration::from_secs(3), || {
+        active_gateway(world, "c2", "n3", "c2").as_deref() == Some("c2/g2")
+    });
+    assert!(moved.is_some(), "c2/n3 never switched to c2/g2");
+    let (replies, out) = stream.finish();
+    let end = replies.last().copied().unwrap_or(t3);
+    assert!(
+        end > t3 + FAILOVER_BOUND,
+        "no replies after the second failure:\n{out}"
+    );
+    let gaps = [
+        ("c1/g1 killed", longest_gap(&replies, t1, t2)),
+        ("c1/g1 back", longest_gap(&replies, t2, t3)),
+        ("c2/g1 killed", longest_gap(&replies, t3, end)),
+    ];
+    eprintln!("longest gaps in the ping stream (20 ms interval): {gaps:?}");
+    for (what, gap) in gaps {
+        assert!(
+            gap < FAILOVER_BOUND,
+            "after {what}, traffic stopped for {gap:.2} s (bound {FAILOVER_BOUND} s)"
+        );
+    }
+    // The failover really happened through the other gateway: still flowing
+    // while both g1s are failed.
+    assert!(
+        world.ping("c1", "n3-a", &to, 5, "0.05").received == 5,
+        "c1/n3-a cannot reach c2/n3-a through c2/g2"
+    );
+}
