@@ -464,6 +464,7 @@ fn start_server(
             remote_timeout: REMOTE_TIMEOUT,
         },
         pod_cidrs: Vec::new(),
+        encryption: Default::default(),
     };
     tokio::spawn(async move {
         if let Err(e) = serve_with_listener(cfg, listener, std::future::pending()).await {
@@ -552,6 +553,7 @@ async fn register_once(
         pod_cidrs: vec![format!("10.{}.{i}.0/24", c + 1)],
         tunnel_ip: String::new(),
         roles: vec![],
+        encryption: Default::default(),
     };
     client
         .register(pb::RegisterRequest { node: Some(node) })

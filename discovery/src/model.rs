@@ -32,6 +32,46 @@ pub struct Node {
     pub tunnel_ip: Option<Ipv4Addr>,
     #[serde(default)]
     pub roles: Vec<String>,
+    /// How the node encrypts; a mesh mixes none.
+    #[serde(default)]
+    pub encryption: Encryption,
+}
+
+/// How nodes encrypt their traffic to each other (the agent's `--encryption`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encryption {
+    #[default]
+    Wireguard,
+    Ipsec,
+}
+
+impl Encryption {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Encryption::Wireguard => "wireguard",
+            Encryption::Ipsec => "ipsec",
+        }
+    }
+}
+
+impl std::fmt::Display for Encryption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Encryption {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "" | "wireguard" => Ok(Encryption::Wireguard),
+            "ipsec" => Ok(Encryption::Ipsec),
+            other => Err(format!(
+                "encryption {other:?} is not known: use wireguard or ipsec"
+            )),
+        }
+    }
 }
 
 /// Why a node left the registry.
@@ -145,6 +185,8 @@ pub enum WatchItem {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
+    #[error("node {node}: encryption {value:?} is not known: use wireguard or ipsec")]
+    Encryption { node: String, value: String },
     #[error("node name is empty; set the node's name (e.g. its Kubernetes node name)")]
     EmptyName,
     #[error("node name {name:?} is {len} bytes long; use at most {MAX_NAME_LEN}")]
@@ -364,6 +406,10 @@ impl TryFrom<pb::Node> for Node {
                 value: p.tunnel_ip.clone(),
             })?),
         };
+        let encryption = p.encryption.parse().map_err(|_| ModelError::Encryption {
+            node: name.clone(),
+            value: p.encryption.clone(),
+        })?;
         let node = Node {
             name,
             cluster: p.cluster,
@@ -374,6 +420,7 @@ impl TryFrom<pb::Node> for Node {
             pod_cidrs,
             tunnel_ip,
             roles: p.roles,
+            encryption,
         };
         node.validate()?;
         Ok(node)
@@ -392,6 +439,7 @@ impl From<&Node> for pb::Node {
             pod_cidrs: n.pod_cidrs.iter().map(ToString::to_string).collect(),
             tunnel_ip: n.tunnel_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             roles: n.roles.clone(),
+            encryption: n.encryption.as_str().to_string(),
         }
     }
 }
@@ -688,6 +736,9 @@ pub struct AgentStatus {
     /// The eBPF datapath, when the agent runs it (`--datapath ebpf`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datapath: Option<DatapathStatus>,
+    /// With `--encryption ipsec`: the key generation and the crypto path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipsec: Option<IpsecStatus>,
 }
 
 /// The eBPF datapath in [`AgentStatus`].
@@ -757,6 +808,17 @@ pub struct GatewayStatus {
     pub health: std::collections::BTreeMap<String, String>,
 }
 
+/// IPsec's state in [`AgentStatus`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpsecStatus {
+    /// The mesh secret generation outbound ESP is sent under.
+    pub generation: u8,
+    /// True while a rotation to a new generation is in progress.
+    pub rotating: bool,
+    /// `hardware (DEV)` or `software (DEV: why)`.
+    pub offload: String,
+}
+
 /// One peer in [`AgentStatus`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PeerStatus {
@@ -795,6 +857,7 @@ pub(crate) mod tests {
             pod_cidrs: vec![cidr.into()],
             tunnel_ip: String::new(),
             roles: vec![],
+            encryption: Default::default(),
         }
     }
 

@@ -56,6 +56,9 @@ pub struct ServerConfig {
     /// and they lead the mesh's list of pod CIDRs in snapshots and
     /// `MeshCidrs`. Empty: not checked, and this cluster lists none.
     pub pod_cidrs: Vec<ipnet::IpNet>,
+    /// How this mesh encrypts (`--encryption`): a node that registers with
+    /// another is refused, since a mesh mixes no encryption.
+    pub encryption: crate::model::Encryption,
 }
 
 mod federation;
@@ -152,6 +155,7 @@ pub async fn serve_on(
         .add_service(DiscoveryServer::new(Service {
             shared: shared.clone(),
             tls_cluster: tls.as_ref().map(|_| cfg.cluster.clone()),
+            encryption: cfg.encryption,
         }))
         .serve_with_incoming_shutdown(
             // No Nagle delay on pushed watch events (a 40 ms stall otherwise).
@@ -478,6 +482,8 @@ struct Service {
     shared: Arc<Shared>,
     /// With mutual TLS: the cluster served, to check peer certificates against.
     tls_cluster: Option<String>,
+    /// How this mesh encrypts; registrations with another are refused.
+    encryption: crate::model::Encryption,
 }
 
 impl Service {
@@ -521,6 +527,16 @@ impl Discovery for Service {
             .ok_or_else(|| Status::invalid_argument("RegisterRequest.node is missing"))?;
         self.authorize(peer.as_deref(), &node.cluster, &node.name)?;
         let node = Node::try_from(node).map_err(|e| registry_status(e.into()))?;
+        if node.encryption != self.encryption {
+            warn!(node = %node.name, asks = %node.encryption, mesh = %self.encryption, "registration refused: other encryption");
+            return Err(Status::failed_precondition(format!(
+                "node {}/{} registers with encryption {} but this mesh encrypts with {} \
+                 (discovery --encryption {}); a mesh mixes no encryption: start its agent \
+                 with --encryption {}",
+                node.cluster, node.name, node.encryption, self.encryption, self.encryption,
+                self.encryption
+            )));
+        }
         let shared = &self.shared;
         let now = shared.now();
         let node = shared.change(|registry| {

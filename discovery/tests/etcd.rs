@@ -156,6 +156,7 @@ impl Replica {
             services: Vec::new(),
             federation: Default::default(),
             pod_cidrs: Vec::new(),
+            encryption: Default::default(),
         };
         let task = tokio::spawn(serve_on(cfg, None, store, listener, async {
             let _ = stop_rx.await;

@@ -88,6 +88,7 @@ fn start_with_cidrs(
             remote_timeout: timeout,
         },
         pod_cidrs: pod_cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+        encryption: Default::default(),
     };
     let (stop, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(serve_with_listener(cfg, listener, async {
@@ -108,6 +109,7 @@ async fn node_with_pod(c: &mut DiscoveryClient<Channel>, cluster: &str, id: u8) 
         pod_cidrs: vec![format!("10.{id}.0.0/24")],
         tunnel_ip: String::new(),
         roles: vec![],
+        encryption: Default::default(),
     };
     c.register(pb::RegisterRequest { node: Some(node) })
         .await
@@ -297,6 +299,7 @@ async fn a_remote_claiming_our_cluster_id_is_rejected_whole_and_counted() {
         pod_cidrs: vec!["10.3.0.0/24".into()],
         tunnel_ip: String::new(),
         roles: vec![],
+        encryption: Default::default(),
     };
     kr.register(pb::RegisterRequest {
         node: Some(node.clone()),

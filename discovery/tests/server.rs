@@ -50,6 +50,7 @@ fn config(dir: &Path, ttl: Duration) -> ServerConfig {
         services: Vec::new(),
         federation: Default::default(),
         pod_cidrs: Vec::new(),
+        encryption: Default::default(),
     }
 }
 

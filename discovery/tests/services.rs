@@ -60,6 +60,7 @@ async fn start(
             remote_timeout: Duration::from_secs(30),
         },
         pod_cidrs: Vec::new(),
+        encryption: Default::default(),
     };
     tokio::spawn(serve_with_listener(cfg, listener, std::future::pending()));
 }
@@ -75,6 +76,7 @@ async fn report(c: &mut DiscoveryClient<Channel>, cluster: &str, id: u8, pods: &
         pod_cidrs: vec![format!("10.{id}.0.0/24")],
         tunnel_ip: String::new(),
         roles: vec![],
+        encryption: Default::default(),
     };
     c.register(pb::RegisterRequest { node: Some(node) })
         .await

@@ -47,6 +47,7 @@ async fn start(state: &Path, certs: &CertLayout) -> Running {
         services: Vec::new(),
         federation: Default::default(),
         pod_cidrs: Vec::new(),
+        encryption: Default::default(),
     };
     let tls = ServerTls::from_files(
         &certs.discovery_cert("c1"),
@@ -87,6 +88,7 @@ fn node(name: &str, cluster: &str, k: u8) -> pb::Node {
         pod_cidrs: vec![format!("10.1.{k}.0/24")],
         tunnel_ip: String::new(),
         roles: vec![],
+        encryption: Default::default(),
     }
 }
 

@@ -136,8 +136,20 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             _ => None,
         })
         .collect();
-    let (backend, fallback) = backend::start(cfg.backend, &cfg.interface, &key, cfg.listen_port)
-        .context("starting the WireGuard backend")?;
+    let (backend, fallback) = match (&cfg.encryption, &cfg.ipsec_secret) {
+        (meshgate_discovery::model::Encryption::Ipsec, Some(secret)) => {
+            let ipsec = meshgate_tunnel::ipsec::IpsecConfig {
+                me: cfg.mesh_name(),
+                underlay_ip: cfg.underlay_ip,
+                secret_file: secret.clone(),
+            };
+            let dev = meshgate_tunnel::ipsec::IpsecDevice::start(&cfg.interface, ipsec)
+                .context("starting the IPsec backend")?;
+            (Box::new(dev) as Box<dyn meshgate_tunnel::Backend>, None)
+        }
+        _ => backend::start(cfg.backend, &cfg.interface, &key, cfg.listen_port)
+            .context("starting the WireGuard backend")?,
+    };
     if let Some(reason) = &fallback {
         info!(reason = %reason, "kernel WireGuard unavailable; using the userspace backend");
     }

@@ -40,6 +40,10 @@ pub struct DiscoveryArgs {
         value_parser = parse_pod_cidr
     )]
     pub pod_cidrs: Vec<ipnet::IpNet>,
+    /// How the mesh encrypts: wireguard (the default) or ipsec. Nodes that
+    /// register with another are refused: a mesh mixes no encryption.
+    #[arg(long, default_value = "wireguard")]
+    pub encryption: meshgate_discovery::model::Encryption,
     /// Seconds after which a node that stopped renewing its lease is removed.
     #[arg(long, default_value_t = 10.0)]
     pub lease_ttl: f64,
@@ -114,6 +118,7 @@ pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
             },
             services,
             pod_cidrs: args.pod_cidrs,
+            encryption: args.encryption,
         };
         meshgate_discovery::server::serve_with_store(cfg, tls, args.store, shutdown_signal())
             .await

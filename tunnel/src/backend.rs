@@ -66,6 +66,14 @@ pub struct PeerStats {
     pub rx_bytes: u64,
 }
 
+/// What the IPsec backend reports of itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpsecState {
+    pub generation: u8,
+    pub rotating: bool,
+    pub offload: String,
+}
+
 /// Errors of the backends.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -100,6 +108,10 @@ pub trait Backend: Send + Sync {
     fn rotate_key(&self, key: &NodeKey) -> Result<(), BackendError>;
     /// Per-peer counters and handshake ages, in name order.
     fn stats(&self) -> Vec<PeerStats>;
+    /// IPsec's generation, rotation and offload state; `None` for WireGuard.
+    fn ipsec(&self) -> Option<IpsecState> {
+        None
+    }
     /// Stops the backend. With `remove_device` the interface (and so its
     /// routes) goes too, as when the node leaves; without it, the interface
     /// stays so a restarted agent resumes forwarding on it.

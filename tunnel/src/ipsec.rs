@@ -520,6 +520,15 @@ impl Backend for IpsecDevice {
         out
     }
 
+    fn ipsec(&self) -> Option<crate::backend::IpsecState> {
+        let (generation, rotating) = self.generation();
+        Some(crate::backend::IpsecState {
+            generation,
+            rotating,
+            offload: self.offload().to_string(),
+        })
+    }
+
     fn shutdown(&self, remove_device: bool) -> Result<(), BackendError> {
         self.shared.stop.store(true, Ordering::Relaxed);
         if remove_device {

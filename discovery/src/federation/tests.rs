@@ -17,6 +17,7 @@ fn pnode(cluster: &str, id: u8, name: &str, cidr: &str, k: u32) -> pb::Node {
         pod_cidrs: vec![cidr.into()],
         tunnel_ip: tunnel_ip(id, k).unwrap().to_string(),
         roles: vec![],
+        encryption: Default::default(),
     }
 }
 

@@ -22,6 +22,7 @@ pub fn pb_node(name: &str, cidr: &str, key_byte: u8) -> pb::Node {
         pod_cidrs: vec![cidr.into()],
         tunnel_ip: String::new(),
         roles: vec![],
+        encryption: Default::default(),
     }
 }
 

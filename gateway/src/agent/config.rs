@@ -47,6 +47,17 @@ pub struct AgentArgs {
     /// auto (kernel if present, else userspace), kernel or userspace.
     #[arg(long)]
     pub backend: Option<String>,
+    /// How traffic to other nodes is encrypted: wireguard (the default) or
+    /// ipsec (ESP in tunnel mode with AES-GCM, keys from --ipsec-secret).
+    /// A mesh mixes none: discovery refuses a node that differs.
+    #[arg(long)]
+    pub encryption: Option<String>,
+    /// With --encryption ipsec: the mesh secret file, the same on every
+    /// node (`<generation 1-15> <aes-gcm-128|aes-gcm-256> <base64 secret>`).
+    /// Replacing it with the next generation rotates every pair's keys
+    /// without loss, when it reaches all nodes within 3 s.
+    #[arg(long)]
+    pub ipsec_secret: Option<PathBuf>,
     /// Rotate the key every this many seconds (off by default).
     #[arg(long)]
     pub rotate_interval: Option<u64>,
@@ -112,6 +123,9 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     pub listen_port: u16,
     pub backend: BackendChoice,
+    pub encryption: meshgate_discovery::model::Encryption,
+    /// The mesh secret file (with `Encryption::Ipsec` only).
+    pub ipsec_secret: Option<PathBuf>,
     pub rotate_interval: Option<Duration>,
     pub interface: String,
     pub endpoints: Option<PathBuf>,
@@ -190,10 +204,32 @@ impl AgentArgs {
             pick!(tls_key),
             pick!(tls_server_name),
         )?;
-        let backend: BackendChoice = pick!(backend)
+        let backend_given = pick!(backend);
+        let given_backend = backend_given.is_some();
+        let backend: BackendChoice = backend_given
             .unwrap_or_else(|| "auto".into())
             .parse()
             .map_err(anyhow::Error::msg)?;
+        let encryption: meshgate_discovery::model::Encryption = pick!(encryption)
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--encryption: {e}"))?;
+        let ipsec_secret = pick!(ipsec_secret);
+        match (encryption, &ipsec_secret) {
+            (meshgate_discovery::model::Encryption::Ipsec, None) => bail!(
+                "--encryption ipsec needs --ipsec-secret FILE, the mesh secret every node holds \
+                 (make one with `echo \"1 aes-gcm-128 $(head -c 32 /dev/urandom | base64)\" > FILE`)"
+            ),
+            (meshgate_discovery::model::Encryption::Wireguard, Some(_)) => bail!(
+                "--ipsec-secret is only for --encryption ipsec (add --encryption ipsec, or leave \
+                 the secret out)"
+            ),
+            (meshgate_discovery::model::Encryption::Ipsec, Some(_)) if given_backend => bail!(
+                "--backend chooses the WireGuard implementation; with --encryption ipsec leave \
+                 it out"
+            ),
+            _ => {}
+        }
         let rotate_interval = match pick!(rotate_interval) {
             Some(0) => bail!("--rotate-interval 0 is not valid: give seconds, or leave it out"),
             other => other.map(Duration::from_secs),
@@ -242,7 +278,12 @@ impl AgentArgs {
             listen_port: pick!(listen_port).unwrap_or(51820),
             backend,
             rotate_interval,
-            interface: pick!(interface).unwrap_or_else(|| "mg-wg0".into()),
+            interface: pick!(interface).unwrap_or_else(|| match encryption {
+                meshgate_discovery::model::Encryption::Wireguard => "mg-wg0".into(),
+                meshgate_discovery::model::Encryption::Ipsec => "mg-ipsec0".into(),
+            }),
+            encryption,
+            ipsec_secret,
             endpoints: pick!(endpoints),
             tls,
         })
@@ -348,6 +389,34 @@ mod tests {
             a.resolve().unwrap().datapath,
             super::super::datapath::Mode::Ebpf
         );
+    }
+
+    #[test]
+    fn ipsec_needs_its_secret_and_no_wireguard_backend() {
+        let mut a = full();
+        a.encryption = Some("ipsec".into());
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(err.contains("needs --ipsec-secret FILE") && err.contains("head -c 32"), "{err}");
+        let mut a = full();
+        a.ipsec_secret = Some("s".into());
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(err.contains("only for --encryption ipsec"), "{err}");
+        let mut a = full();
+        a.encryption = Some("ipsec".into());
+        a.ipsec_secret = Some("s".into());
+        a.backend = Some("kernel".into());
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(err.contains("leave it out"), "{err}");
+        let mut a = full();
+        a.encryption = Some("tls".into());
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(err.contains("use wireguard or ipsec"), "{err}");
+        let mut a = full();
+        a.encryption = Some("ipsec".into());
+        a.ipsec_secret = Some("s".into());
+        let cfg = a.resolve().unwrap();
+        assert_eq!(cfg.interface, "mg-ipsec0");
+        assert_eq!(cfg.encryption, meshgate_discovery::model::Encryption::Ipsec);
     }
 
     #[test]

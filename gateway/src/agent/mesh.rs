@@ -111,6 +111,7 @@ pub fn refresh(agent: &Agent) {
             name: &name,
             cluster: &agent.cfg.cluster,
             gateway: agent.cfg.is_cluster_gateway(),
+            encryption: agent.cfg.encryption,
         };
         plan(&me, nodes, |n| live.health(n, now))
     };
@@ -240,6 +241,7 @@ mod tests {
             pod_cidrs: vec!["10.1.1.0/24".into()],
             tunnel_ip: "100.64.64.2".into(),
             roles: vec![],
+            encryption: Default::default(),
         }
     }
 
@@ -255,6 +257,7 @@ mod tests {
             name: "c1/n1",
             cluster: "c1",
             gateway: false,
+            encryption: Default::default(),
         };
         let paths = plan(&me, &nodes, |_| super::super::liveness::Health::Down);
         let (peers, problems) = (paths.peers, paths.problems);

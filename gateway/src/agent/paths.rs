@@ -34,6 +34,8 @@ pub struct Me<'a> {
     pub name: &'a str,
     pub cluster: &'a str,
     pub gateway: bool,
+    /// How this node encrypts: nodes that encrypt otherwise are not peered.
+    pub encryption: meshgate_discovery::model::Encryption,
 }
 
 /// The peers to configure, what was wrong with the records, and the
@@ -70,6 +72,16 @@ pub fn plan(
     let mut usable: BTreeMap<&String, (PeerConfig, bool)> = BTreeMap::new();
     for (name, node) in nodes {
         if name == me.name {
+            continue;
+        }
+        let theirs: meshgate_discovery::model::Encryption =
+            node.encryption.parse().unwrap_or_default();
+        if theirs != me.encryption {
+            out.problems.push(format!(
+                "node {name} encrypts with {theirs} but this node with {}: a mesh mixes no \
+                 encryption, so it is not peered (start every agent with the same --encryption)",
+                me.encryption
+            ));
             continue;
         }
         match peer_of(node) {

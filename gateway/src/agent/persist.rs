@@ -118,6 +118,14 @@ pub fn status(agent: &Agent) -> AgentStatus {
         services: agent.services().services.len(),
         gateways: mesh.gateways.clone(),
         datapath: agent.datapath.get().map(|d| d.status()),
+        ipsec: agent
+            .backend
+            .ipsec()
+            .map(|i| meshgate_discovery::model::IpsecStatus {
+                generation: i.generation,
+                rotating: i.rotating,
+                offload: i.offload,
+            }),
         peers: stats
             .into_iter()
             .map(|s| {

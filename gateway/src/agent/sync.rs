@@ -39,6 +39,7 @@ fn this_node(agent: &Agent) -> pb::Node {
         pod_cidrs: vec![cfg.pod_cidr.trunc().to_string()],
         tunnel_ip: String::new(),
         roles: cfg.roles.clone(),
+        encryption: cfg.encryption.as_str().to_string(),
     }
 }
 

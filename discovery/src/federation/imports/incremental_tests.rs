@@ -62,6 +62,7 @@ fn random_node(rng: &mut Rng, cluster: &str, id: u8) -> pb::Node {
         pod_cidrs: vec![cidr(rng)],
         tunnel_ip: tunnel.unwrap().to_string(),
         roles: vec![],
+        encryption: Default::default(),
     }
 }
 
@@ -200,6 +201,7 @@ fn random_local(rng: &mut Rng) -> Vec<Node> {
                 pod_cidrs: vec![cidr(rng)],
                 tunnel_ip: tunnel_ip(1, 1 + k as u32).unwrap().to_string(),
                 roles: vec![],
+                encryption: Default::default(),
             };
             Node::try_from(p).unwrap()
         })

@@ -175,6 +175,7 @@ mod tests {
                 pod_cidrs: vec![cidr.into()],
                 tunnel_ip: tunnel.into(),
                 roles: vec![],
+                encryption: Default::default(),
             },
         )
     }

@@ -16,6 +16,7 @@ fn node(cluster: &str, id: u8, name: &str, i: u8, gateway: bool) -> (String, pb:
             wg_public_key: KEY.into(),
             pod_cidrs: vec![format!("10.{id}.{i}.0/24")],
             tunnel_ip: format!("100.64.{}.{}", id * 64, i + 1),
+            encryption: String::new(),
             roles: if gateway {
                 vec![CLUSTER_GATEWAY.into()]
             } else {
@@ -66,6 +67,7 @@ fn without_gateways_every_node_is_a_direct_peer() {
         name: "c1/n1",
         cluster: "c1",
         gateway: false,
+        encryption: Default::default(),
     };
     let p = plan(&me, &nodes, all_up);
     assert_eq!(p.peers.keys().collect::<Vec<_>>(), vec!["c1/n2", "c2/n1"]);
@@ -79,6 +81,7 @@ fn an_ordinary_node_behind_gateways_sends_everything_foreign_to_its_active_gatew
         name: "c1/n3",
         cluster: "c1",
         gateway: false,
+        encryption: Default::default(),
     };
     let p = plan(&me, &world(), all_up);
     // Only its own cluster's nodes are peers; both gateways keep a session.
@@ -114,6 +117,7 @@ fn when_the_active_gateway_dies_its_prefixes_move_to_the_other() {
         name: "c1/n3",
         cluster: "c1",
         gateway: false,
+        encryption: Default::default(),
     };
     let p = plan(&me, &world(), |n| {
         if n == "c1/g1" {
@@ -134,6 +138,7 @@ fn a_gateway_reaches_other_gateways_directly_and_ordinary_nodes_through_theirs()
         name: "c1/g2",
         cluster: "c1",
         gateway: true,
+        encryption: Default::default(),
     };
     let p = plan(&me, &world(), |n| {
         if n == "c2/g1" {
@@ -172,6 +177,7 @@ fn a_node_of_a_routable_cluster_reaches_isolated_ones_through_their_gateways() {
         name: "c3/n1",
         cluster: "c3",
         gateway: false,
+        encryption: Default::default(),
     };
     let p = plan(&me, &world(), all_up);
     assert_eq!(
@@ -200,6 +206,7 @@ fn every_prefix_belongs_to_exactly_one_peer_on_every_node() {
             name,
             cluster: &n.cluster,
             gateway: n.roles.iter().any(|r| r == CLUSTER_GATEWAY),
+            encryption: Default::default(),
         };
         let p = plan(&me, &nodes, all_up);
         let mut seen = std::collections::BTreeSet::new();
@@ -224,6 +231,7 @@ fn bad_gateway_records_are_reported_not_applied() {
         name: "c3/n1",
         cluster: "c3",
         gateway: false,
+        encryption: Default::default(),
     };
     let p = plan(&me, &nodes, all_up);
     assert!(p.problems.iter().any(|e| e.contains("c1/g1")));
@@ -235,4 +243,28 @@ fn bad_gateway_records_are_reported_not_applied() {
         p.problems
     );
     assert!(!p.peers.contains_key("c1/n3"));
+}
+
+#[test]
+fn a_node_that_encrypts_otherwise_is_not_peered_and_says_why() {
+    let mut nodes = BTreeMap::new();
+    nodes.extend([node("c1", 1, "n1", 0, false), node("c1", 1, "n2", 1, false)]);
+    let mut odd = node("c1", 1, "n3", 2, false);
+    odd.1.encryption = "ipsec".into();
+    nodes.insert(odd.0, odd.1);
+    let me = Me {
+        name: "c1/n1",
+        cluster: "c1",
+        gateway: false,
+        encryption: Default::default(),
+    };
+    let p = plan(&me, &nodes, all_up);
+    assert_eq!(p.peers.keys().collect::<Vec<_>>(), vec!["c1/n2"]);
+    assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
+    assert!(
+        p.problems[0].contains("c1/n3 encrypts with ipsec but this node with wireguard")
+            && p.problems[0].contains("same --encryption"),
+        "{}",
+        p.problems[0]
+    );
 }
