@@ -533,7 +533,11 @@ impl Discovery for Service {
                 "node {}/{} registers with encryption {} but this mesh encrypts with {} \
                  (discovery --encryption {}); a mesh mixes no encryption: start its agent \
                  with --encryption {}",
-                node.cluster, node.name, node.encryption, self.encryption, self.encryption,
+                node.cluster,
+                node.name,
+                node.encryption,
+                self.encryption,
+                self.encryption,
                 self.encryption
             )));
         }

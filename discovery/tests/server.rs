@@ -499,3 +499,40 @@ async fn overlapping_cluster_pod_cidrs_are_a_config_error() {
          list each range once"
     );
 }
+
+#[tokio::test]
+async fn a_node_with_other_encryption_is_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), Duration::from_secs(5));
+    cfg.encryption = meshgate_discovery::model::Encryption::Ipsec;
+    let server = start_with(cfg).await;
+    let mut c = server.client().await;
+    let err = c
+        .register(pb::RegisterRequest {
+            node: Some(pb_node("n1", "10.1.0.0/24", 1)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    let msg = err.message();
+    assert!(
+        msg.contains("registers with encryption wireguard but this mesh encrypts with ipsec")
+            && msg.contains("start its agent with --encryption ipsec"),
+        "{msg}"
+    );
+    let mut ok = pb_node("n2", "10.1.1.0/24", 2);
+    ok.encryption = "ipsec".into();
+    let r = register(&mut c, ok).await;
+    assert_eq!(r.node.unwrap().encryption, "ipsec");
+    let mut bad = pb_node("n3", "10.1.2.0/24", 3);
+    bad.encryption = "rot13".into();
+    let err = c
+        .register(pb::RegisterRequest { node: Some(bad) })
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("use wireguard or ipsec"),
+        "{}",
+        err.message()
+    );
+}

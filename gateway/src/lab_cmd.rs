@@ -48,6 +48,13 @@ pub enum LabCommand {
     },
     /// Rotate a node's WireGuard key now.
     RotateKey { target: String },
+    /// Rotate the world's IPsec mesh secret (`encryption: ipsec`) to the
+    /// next generation and wait until every agent uses it.
+    RotateSecret {
+        /// The world (needed when several are up).
+        #[arg(long)]
+        world: Option<String>,
+    },
     /// Make a node fail: cut its underlay link and SIGKILL its agent.
     Fail { target: String },
     /// Bring a failed node back: link up, agent started again.
@@ -105,6 +112,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
             say(meshgate_lab::set_policies(world.as_deref(), &files)?)
         }
         LabCommand::RotateKey { target } => say(meshgate_lab::rotate_key(&target)?),
+        LabCommand::RotateSecret { world } => say(meshgate_lab::rotate_secret(world.as_deref())?),
         LabCommand::Fail { target } => say(meshgate_lab::fail(&target)?),
         LabCommand::Recover { target } => say(meshgate_lab::recover(&target, &bin()?)?),
         LabCommand::Observe { world, node, opts } => {

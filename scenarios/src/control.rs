@@ -391,3 +391,64 @@ pub fn recover(target: &str, meshgate_bin: &Path) -> Result<String> {
     let started = start_in(&mut rec, &t, &component, meshgate_bin)?;
     Ok(format!("underlay link {veth} up; {started}"))
 }
+
+/// How long `rotate-secret` waits for every agent to finish the rotation
+/// (accept, switch after 3 s, retire after 3 s more).
+const SECRET_ROTATE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Replaces the world's IPsec mesh secret with the next generation and
+/// waits until every agent sends under it with the old one retired.
+pub fn rotate_secret(world: Option<&str>) -> Result<String> {
+    let world = crate::world::pick_world(world)?;
+    let rec = WorldRecord::load_up(&world)?;
+    let Some(cluster) = rec
+        .plan
+        .clusters
+        .iter()
+        .find(|c| c.encryption == crate::scenario::Encryption::Ipsec)
+    else {
+        return Err(LabError::Target {
+            target: world,
+            problem: "no cluster of this world uses `encryption: ipsec`".to_string(),
+        });
+    };
+    let path = cluster.ipsec_secret();
+    let old = crate::world::ipsec::generation(&path)?;
+    let new = if old >= 15 { 1 } else { old + 1 };
+    crate::world::ipsec::write(&path, new)?;
+    let agents: Vec<(String, String)> = rec
+        .plan
+        .clusters
+        .iter()
+        .flat_map(|c| c.nodes.iter().map(|n| (c.name.clone(), n.name.clone())))
+        .collect();
+    let deadline = Instant::now() + SECRET_ROTATE_TIMEOUT;
+    loop {
+        let behind: Vec<String> = agents
+            .iter()
+            .filter(|(c, n)| {
+                !agent_status(&world, c, n)
+                    .ok()
+                    .and_then(|s| s.ipsec)
+                    .is_some_and(|i| i.generation == new && !i.rotating)
+            })
+            .map(|(c, n)| format!("{c}/{n}"))
+            .collect();
+        if behind.is_empty() {
+            return Ok(format!(
+                "IPsec secret generation {old} → {new} on {} agents",
+                agents.len()
+            ));
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::Timeout {
+                what: format!(
+                    "agents {} did not finish rotating to generation {new}",
+                    behind.join(", ")
+                ),
+                timeout: SECRET_ROTATE_TIMEOUT,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

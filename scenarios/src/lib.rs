@@ -20,7 +20,8 @@ pub mod target;
 pub mod world;
 
 pub use control::{
-    agent_status, exec, fail, ip, recover, restart, rotate_key, set_policies, start, status, stop,
+    agent_status, exec, fail, ip, recover, restart, rotate_key, rotate_secret, set_policies, start,
+    status, stop,
 };
 pub use error::LabError;
 pub use host::check_host;

@@ -86,6 +86,11 @@ pub fn certs_dir(world: &str) -> PathBuf {
     world_dir(world).join("certs")
 }
 
+/// The world's IPsec mesh secret, shared by all its agents.
+pub fn ipsec_secret_file(world: &str) -> PathBuf {
+    world_dir(world).join("ipsec-secret")
+}
+
 /// Prefix shared by every namespace of a world.
 pub fn ns_prefix(world: &str) -> String {
     format!("mg-{world}-")
@@ -140,6 +145,9 @@ pub struct ClusterPlan {
     /// The agents' `--backend`.
     #[serde(default)]
     pub backend: crate::scenario::Backend,
+    /// The agents' and discovery's `--encryption`.
+    #[serde(default)]
+    pub encryption: crate::scenario::Encryption,
     /// Discovery replicas 2, 3, ... (replica 1 is `discovery`); they all
     /// keep the cluster's state in `etcd`.
     #[serde(default)]
@@ -324,6 +332,7 @@ impl Plan {
                 etcd,
                 strict: c.strict.unwrap_or(s.strict),
                 backend: c.backend.unwrap_or(s.backend),
+                encryption: c.encryption.unwrap_or(s.encryption),
                 policy_file: (!s.policies.is_empty()
                     && c.datapath.unwrap_or(s.datapath) == Datapath::Ebpf)
                     .then(|| policies_file(world)),
@@ -457,6 +466,11 @@ impl ClusterPlan {
             .map(|(_, d)| d)
     }
 
+    /// The world's IPsec mesh secret (see [`ipsec_secret_file`]).
+    pub fn ipsec_secret(&self) -> PathBuf {
+        self.certs.with_file_name("ipsec-secret")
+    }
+
     /// `meshgate` arguments of this cluster's discovery.
     pub fn discovery_args(&self, lease_ttl: Duration) -> Vec<String> {
         self.replica_args(&self.discovery, lease_ttl)
@@ -513,6 +527,8 @@ impl ClusterPlan {
             self.id.to_string(),
             "--pod-cidr".into(),
             self.pod_cidr.to_string(),
+            "--encryption".into(),
+            self.encryption.as_str().into(),
             "--state-dir".into(),
             d.state_dir.display().to_string(),
             "--lease-ttl".into(),
@@ -603,6 +619,19 @@ impl ClusterPlan {
         .chain(
             (!self.backend.is_auto())
                 .then(|| ["--backend".to_string(), self.backend.as_str().to_string()])
+                .into_iter()
+                .flatten(),
+        )
+        .chain(
+            (self.encryption == crate::scenario::Encryption::Ipsec)
+                .then(|| {
+                    [
+                        "--encryption".to_string(),
+                        "ipsec".to_string(),
+                        "--ipsec-secret".to_string(),
+                        self.ipsec_secret().display().to_string(),
+                    ]
+                })
                 .into_iter()
                 .flatten(),
         )

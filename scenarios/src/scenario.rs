@@ -43,12 +43,24 @@ pub struct Scenario {
     /// WireGuard, else userspace), `kernel` or `userspace`.
     #[serde(default, skip_serializing_if = "Backend::is_auto")]
     pub backend: Backend,
+    /// How nodes encrypt (the agents' and discoveries' `--encryption`):
+    /// `wireguard` (default) or `ipsec` (the lab makes the world's mesh
+    /// secret; `meshgate lab rotate-secret` rotates it). A mesh mixes none:
+    /// a cluster may repeat the world's value, not differ from it.
+    #[serde(default, skip_serializing_if = "is_wireguard")]
+    pub encryption: Encryption,
     /// Identity policies, inline: each item one NetworkPolicy or
     /// CiliumNetworkPolicy object as `kubectl apply` takes it. Checked at
     /// `lab up`; given (as one file) to every agent of the clusters with
     /// the eBPF datapath. `meshgate lab policy` replaces them at run time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<serde_yaml::Value>,
+}
+
+pub use meshgate_discovery::model::Encryption;
+
+fn is_wireguard(e: &Encryption) -> bool {
+    *e == Encryption::Wireguard
 }
 
 /// Which WireGuard implementation the agents use (the agent's `--backend`).
@@ -128,6 +140,10 @@ pub struct Cluster {
     /// This cluster's WireGuard backend; the scenario's `backend` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<Backend>,
+    /// This cluster's encryption; the scenario's `encryption` when absent
+    /// (and it must not differ from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
     #[serde(default)]
     pub nodes: Vec<Node>,
     /// This cluster's services (the shape of discovery's `--services` file);

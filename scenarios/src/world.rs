@@ -3,6 +3,7 @@
 
 mod certs;
 pub(crate) mod ip;
+pub(crate) mod ipsec;
 pub(crate) mod record;
 mod wait;
 
@@ -74,6 +75,7 @@ pub fn up(file: &Path, opts: &UpOptions) -> Result<Summary> {
     }
     let result = build(&mut rec)
         .and_then(|()| certs::make(&rec.plan))
+        .and_then(|()| ipsec::make(&rec.plan))
         .and_then(|()| start_all(&mut rec, opts))
         .and_then(|()| wait::handshakes(&rec, opts.timeout));
     match result {

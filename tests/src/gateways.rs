@@ -24,6 +24,26 @@ pub fn gateways_world(name: &str) -> World {
     )
 }
 
+/// The smallest world [`assert_failover_within_bound`] runs in: clusters
+/// c1 and c2, isolated, each with gateways g1, g2 and one node n3 (for the
+/// kernel lab, where every agent costs seconds under emulation).
+pub fn gateway_pair_world(name: &str) -> World {
+    let mut y = format!("name: {name}\nclusters:\n");
+    for (c, id) in [("c1", 1), ("c2", 2)] {
+        y.push_str(&format!(
+            "  - name: {c}\n    id: {id}\n    podCIDR: 10.{id}.0.0/16\n    underlay: isolated\n    nodes:\n"
+        ));
+        for (n, gw) in [("g1", true), ("g2", true), ("n3", false)] {
+            y.push_str(&format!("      - name: {n}\n"));
+            if gw {
+                y.push_str("        roles: [cluster-gateway]\n");
+            }
+            y.push_str(&format!("        pods:\n          - name: {n}-a\n"));
+        }
+    }
+    World::up(name, &y)
+}
+
 /// Which gateway `cluster/node` uses towards cluster `of`.
 pub fn active_gateway(world: &World, cluster: &str, node: &str, of: &str) -> Option<String> {
     world

@@ -286,24 +286,32 @@ impl Capture {
     /// discovery control plane (TCP 7100), and no packet whose IP header
     /// matches the tcpdump filter `pod_nets` (pod addresses in clear).
     pub fn assert_nothing_in_clear(self, pod_nets: &str, min_wireguard: usize) {
-        const OTHER: &str = "not arp and not (udp port 51820) and not (tcp port 7100)";
+        self.assert_only_carried_by("udp port 51820", "WireGuard", pod_nets, min_wireguard)
+    }
+
+    /// [`Capture::assert_nothing_in_clear`] for any carrier: at least `min`
+    /// packets matching the tcpdump filter `carrier` (`esp` for IPsec),
+    /// nothing but them, ARP and discovery (TCP 7100), and no packet
+    /// matching `pod_nets`.
+    pub fn assert_only_carried_by(self, carrier: &str, name: &str, pod_nets: &str, min: usize) {
+        let other = format!("not arp and not ({carrier}) and not (tcp port 7100)");
         let ns = self.ns.clone();
         let file = self.file.clone();
-        let counts = self.stop_and_count(&["udp port 51820", OTHER, pod_nets]);
+        let counts = self.stop_and_count(&[carrier, &other, pod_nets]);
         assert!(
-            counts[0] > min_wireguard,
-            "{ns}: only {} WireGuard packets seen; did the traffic cross it?",
+            counts[0] > min,
+            "{ns}: only {} {name} packets seen; did the traffic cross it?",
             counts[0]
         );
         if counts[1] != 0 {
             let shown = Command::new("tcpdump")
                 .arg("-nr")
                 .arg(&file)
-                .args(OTHER.split_whitespace())
+                .args(other.split_whitespace())
                 .output()
                 .expect("reading the capture");
             panic!(
-                "{ns}: {} packets crossed the underlay outside WireGuard:\n{}",
+                "{ns}: {} packets crossed the underlay outside {name}:\n{}",
                 counts[1],
                 String::from_utf8_lossy(&shown.stdout)
             );

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use meshgate_e2e::gateways::{assert_failover_within_bound, gateways_world};
+use meshgate_e2e::gateways::{assert_failover_within_bound, gateway_pair_world};
 use meshgate_e2e::{one_cluster, Capture, World};
 
 const PODS: [&str; 6] = ["n1-a", "n1-b", "n2-a", "n2-b", "n3-a", "n3-b"];
@@ -72,11 +72,25 @@ fn kernel_backend_is_picked_and_every_pod_reaches_every_pod_with_nothing_in_clea
 
 /// 600 pings at 10 ms from n1-a to n2-a, with `during` run after 1 s.
 fn ping_through(world: &World, during: impl FnOnce()) -> meshgate_e2e::PingStats {
+    ping_count_through(world, 600, during)
+}
+
+/// `count` pings at 10 ms from n1-a to n2-a, with `during` run after 1 s.
+fn ping_count_through(world: &World, count: u32, during: impl FnOnce()) -> meshgate_e2e::PingStats {
     let to = world.ip("c1/n2-a");
     let ping = world.spawn_in_ns(
         &world.pod_ns("c1", "n1-a"),
         &[
-            "ping", "-n", "-q", "-c", "600", "-i", "0.01", "-W", "2", &to,
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.01",
+            "-W",
+            "2",
+            &to,
         ],
     );
     std::thread::sleep(Duration::from_millis(1000));
@@ -141,7 +155,7 @@ fn kernel_backend_rotates_keys_and_restarts_under_a_10ms_ping_losing_nothing() {
 #[ignore = "needs a kernel with WireGuard: runs in the kernel lab (cargo xtask kernel-lab)"]
 fn kernel_backend_fails_over_cluster_gateways_within_2s_and_back() {
     require_wireguard();
-    let world = gateways_world("kerngw");
+    let world = gateway_pair_world("kerngw");
     for (c, n) in [
         ("c1", "g1"),
         ("c1", "g2"),
@@ -165,4 +179,65 @@ fn kernel_backend_fails_over_cluster_gateways_within_2s_and_back() {
         "c1/n3 has no fresh receive or handshake age for c1/g1 from the kernel: {g1:?}"
     );
     assert_failover_within_bound(&world);
+}
+
+#[test]
+#[ignore = "needs a kernel with ESP: runs in the kernel lab (cargo xtask kernel-lab)"]
+fn ipsec_mesh_carries_every_pair_only_as_esp_and_rotates_its_secret_losing_nothing() {
+    let yaml =
+        one_cluster("kernesp", 3).replacen("\nclusters:", "\nencryption: ipsec\nclusters:", 1);
+    let world = World::up("kernesp", &yaml);
+    for n in ["n1", "n2", "n3"] {
+        let st = world.status("c1", n);
+        assert_eq!(st.backend, "ipsec", "c1/{n}");
+        let ipsec = st
+            .ipsec
+            .unwrap_or_else(|| panic!("c1/{n} shows no ipsec status"));
+        assert_eq!(ipsec.generation, 1, "c1/{n}: {ipsec:?}");
+        // virtio/veth have no ESP offload: the fallback is reported.
+        assert!(ipsec.offload.starts_with("software ("), "c1/{n}: {ipsec:?}");
+    }
+    let ips: BTreeMap<&str, String> = PODS
+        .iter()
+        .map(|p| (*p, world.ip(&format!("c1/{p}"))))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let capture = Capture::start(
+        &world.node_ns("c1", "n1"),
+        "eth0",
+        dir.path().join("n1.pcap"),
+    );
+    for from in PODS {
+        for to in PODS {
+            if from != to {
+                let s = world.ping("c1", from, &ips[to], 2, "0.1");
+                assert_eq!(
+                    s.received, 2,
+                    "{from} -> {to} ({}) over IPsec: {s:?}",
+                    ips[to]
+                );
+            }
+        }
+    }
+    capture.assert_only_carried_by("esp", "ESP", "net 10.1.0.0/16", 10);
+
+    // The mesh secret's next generation, under a 10 ms ping stream.
+    let s = ping_count_through(&world, 1000, || {
+        let said = meshgate_e2e::meshgate(&["lab", "rotate-secret", "--world", "kernesp"]);
+        assert!(said.contains("1 → 2"), "{said}");
+    });
+    assert_eq!(s.sent, 1000, "{s:?}");
+    assert_eq!(
+        s.lost(),
+        0,
+        "the IPsec secret rotation lost {} of {}",
+        s.lost(),
+        s.sent
+    );
+    for n in ["n1", "n2", "n3"] {
+        let ipsec = world.status("c1", n).ipsec.unwrap();
+        assert_eq!((ipsec.generation, ipsec.rotating), (2, false), "c1/{n}");
+    }
+    let s = world.ping("c1", "n3-a", &ips["n2-b"], 3, "0.1");
+    assert_eq!(s.received, 3, "after the rotation: {s:?}");
 }

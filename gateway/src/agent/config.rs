@@ -396,7 +396,10 @@ mod tests {
         let mut a = full();
         a.encryption = Some("ipsec".into());
         let err = a.resolve().unwrap_err().to_string();
-        assert!(err.contains("needs --ipsec-secret FILE") && err.contains("head -c 32"), "{err}");
+        assert!(
+            err.contains("needs --ipsec-secret FILE") && err.contains("head -c 32"),
+            "{err}"
+        );
         let mut a = full();
         a.ipsec_secret = Some("s".into());
         let err = a.resolve().unwrap_err().to_string();

@@ -120,6 +120,25 @@ pub fn validate(s: &Scenario) -> Vec<FieldError> {
     for (ci, c) in s.clusters.iter().enumerate() {
         let at = format!("clusters[{ci}]");
         check_name(&mut errors, format!("{at}.name"), &c.name, MAX_SHORT_NAME);
+        let encryption = c.encryption.unwrap_or(s.encryption);
+        if encryption != s.encryption {
+            errors.add(
+                format!("{at}.encryption"),
+                format!(
+                    "cluster \"{}\" encrypts with {encryption} but the world with {}: a mesh \
+                     mixes no encryption, so set `encryption:` once for the world",
+                    c.name, s.encryption
+                ),
+            );
+        }
+        if encryption == crate::scenario::Encryption::Ipsec
+            && !c.backend.unwrap_or(s.backend).is_auto()
+        {
+            errors.add(
+                format!("{at}.backend"),
+                "`backend` chooses the WireGuard implementation; with `encryption: ipsec` leave it out",
+            );
+        }
         if let Err(e) = meshgate_discovery::service::validate_all(&c.services) {
             errors.add(format!("{at}.services"), e.to_string());
         }
