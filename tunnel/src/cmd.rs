@@ -1,6 +1,7 @@
-//! Running the tools the tunnel drives (iproute2's `ip`, wireguard-tools'
-//! `wg`): a failure becomes a [`BackendError::Command`] naming the action,
-//! the command line and its stderr.
+//! Running the tools the tunnel drives (iproute2's `ip` and wireguard-tools'
+//! `wg`, for the kernel backend only; links, addresses and routes otherwise
+//! go over [`crate::netlink`]): a failure becomes a [`BackendError::Command`]
+//! naming the action, the command line and its stderr.
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -13,6 +13,7 @@ mod cmd;
 pub mod kernel;
 pub mod keys;
 pub mod lpm;
+pub mod netlink;
 pub mod peers;
 pub mod routes;
 pub mod tun;
