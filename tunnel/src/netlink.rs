@@ -29,6 +29,8 @@ pub use route::{Route, RouteType, MAIN_TABLE};
 pub use rule::Rule;
 
 use std::io;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
 
 use netlink_packet_core::{
     NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP,
@@ -45,6 +47,10 @@ const RECV_BUF: usize = 64 * 1024;
 /// How often a dump the kernel marks as interrupted (the table changed
 /// while it was read) is started again.
 const DUMP_ATTEMPTS: usize = 5;
+
+/// How long the kernel may take to answer one request (it answers at once;
+/// this only keeps a caller from hanging on a lost answer).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A route netlink socket in the calling thread's network namespace.
 ///
@@ -70,6 +76,7 @@ impl Netlink {
         // without them still answer with the errno.
         let _ = socket.set_ext_ack(true);
         let _ = socket.set_cap_ack(true);
+        set_recv_timeout(&socket, ANSWER_TIMEOUT).map_err(|e| NetlinkError::io(op(), e))?;
         Ok(Netlink {
             socket,
             seq: 0,
@@ -121,7 +128,7 @@ impl Netlink {
         req.finalize();
         let mut out = vec![0; req.buffer_len()];
         req.serialize(&mut out);
-        let sent = self.socket.send(&out, 0).map_err(Failure::Io)?;
+        let sent = retry_eintr(|| self.socket.send(&out, 0)).map_err(Failure::Io)?;
         if sent != out.len() {
             return Err(Failure::Io(io::Error::new(
                 io::ErrorKind::WriteZero,
@@ -132,10 +139,16 @@ impl Netlink {
         let mut answer = Vec::new();
         let mut interrupted = false;
         loop {
-            let n = self
-                .socket
-                .recv(&mut &mut self.buf[..], 0)
-                .map_err(Failure::Io)?;
+            let (socket, buf) = (&self.socket, &mut self.buf);
+            let n = retry_eintr(|| socket.recv(&mut &mut buf[..], 0)).map_err(|e| {
+                Failure::Io(match e.kind() {
+                    io::ErrorKind::WouldBlock => io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no answer from the kernel in {ANSWER_TIMEOUT:?}"),
+                    ),
+                    _ => e,
+                })
+            })?;
             let mut data = &self.buf[..n.min(self.buf.len())];
             while !data.is_empty() {
                 let frame = NetlinkBuffer::new_checked(data).map_err(Failure::decode)?;
@@ -182,6 +195,38 @@ impl Netlink {
             }
         }
     }
+}
+
+/// `f` again while a signal interrupts it.
+fn retry_eintr<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// SO_RCVTIMEO on `socket`.
+fn set_recv_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
+    };
+    // SAFETY: a valid socket descriptor and a timeval of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            std::ptr::from_ref(&tv).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Netlink messages are padded to 4 bytes.
