@@ -89,6 +89,8 @@ pub enum BackendError {
     KernelUnavailable { reason: String },
     #[error("{action}: {detail}")]
     Command { action: String, detail: String },
+    #[error(transparent)]
+    Netlink(#[from] crate::netlink::NetlinkError),
     #[error("starting the {what} thread: {source}")]
     Thread {
         what: &'static str,

@@ -64,6 +64,8 @@ pub enum IpsecError {
     Secret(#[from] SecretError),
     #[error(transparent)]
     Netlink(#[from] NlError),
+    #[error("{0} (the kernel needs CONFIG_XFRM_INTERFACE)")]
+    Link(#[from] crate::netlink::NetlinkError),
     #[error(
         "no interface has the underlay address {0}: --underlay-ip must be one of this node's \
          addresses"

@@ -10,11 +10,11 @@
 //! * [`routes`]: the interface address and the routes through the tunnel.
 
 pub mod backend;
-mod cmd;
 pub mod ipsec;
 pub mod kernel;
 pub mod keys;
 pub mod lpm;
+pub mod netlink;
 mod nlsock;
 pub mod peers;
 pub mod routes;

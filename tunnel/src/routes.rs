@@ -1,61 +1,46 @@
-//! The tunnel interface's address and the routes through it, set with
-//! iproute2 in the agent's network namespace.
+//! The tunnel interface's address and the routes through it, set over
+//! route netlink ([`crate::netlink`]) in the calling thread's network
+//! namespace. Each call is idempotent: replacing what is there, removing
+//! what is absent, succeed.
 
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use crate::backend::BackendError;
+use crate::netlink::{LinkChange, Netlink, NetlinkError, Route};
 
-fn ip(args: &[&str], action: String) -> Result<(), BackendError> {
-    crate::cmd::run("ip", args, None, &action).map(drop)
-}
-
-/// Gives the interface its tunnel address and MTU and brings it up.
-pub fn configure_interface(iface: &str, tunnel_ip: Ipv4Addr, mtu: u16) -> Result<(), BackendError> {
-    let action = format!("configuring interface {iface}");
-    ip(
-        &["addr", "replace", &format!("{tunnel_ip}/32"), "dev", iface],
-        action.clone(),
-    )?;
-    ip(
-        &["link", "set", "dev", iface, "mtu", &mtu.to_string(), "up"],
-        action,
+/// Gives the interface its tunnel address (a /32) and MTU and brings it up.
+pub fn configure_interface(iface: &str, tunnel_ip: Ipv4Addr, mtu: u16) -> Result<(), NetlinkError> {
+    let mut nl = Netlink::open()?;
+    nl.replace_address(iface, Ipv4Net::from(tunnel_ip))?;
+    nl.set_link(
+        iface,
+        &LinkChange {
+            mtu: Some(mtu.into()),
+            up: Some(true),
+            arp: None,
+        },
     )
 }
 
-/// Routes `net` through the tunnel interface.
-pub fn add_route(iface: &str, net: &Ipv4Net, src: Option<Ipv4Addr>) -> Result<(), BackendError> {
-    let net_s = net.to_string();
-    let mut args = vec!["route", "replace", net_s.as_str(), "dev", iface];
-    let src_s = src.map(|s| s.to_string());
-    if let Some(s) = src_s.as_deref() {
-        args.extend(["src", s]);
-    }
-    ip(&args, format!("routing {net} through {iface}"))
+/// Routes `net` through the tunnel interface (replacing any route to it).
+pub fn add_route(iface: &str, net: &Ipv4Net, src: Option<Ipv4Addr>) -> Result<(), NetlinkError> {
+    Netlink::open()?.replace_route(&Route::via_dev(*net, iface).with_src(src))
 }
 
-/// Removes the route to `net` through the tunnel interface, if present.
-pub fn remove_route(iface: &str, net: &Ipv4Net) -> Result<(), BackendError> {
-    let net_s = net.to_string();
-    match ip(
-        &["route", "del", net_s.as_str(), "dev", iface],
-        format!("removing route {net}"),
-    ) {
-        Err(BackendError::Command { detail, .. }) if detail.contains("No such process") => Ok(()),
+/// Removes the route to `net` through the tunnel interface, if present
+/// (a route through a device that is gone is gone too).
+pub fn remove_route(iface: &str, net: &Ipv4Net) -> Result<(), NetlinkError> {
+    match Netlink::open()?.delete_route(&Route::via_dev(*net, iface)) {
+        Err(e) if e.is_not_found() => Ok(()),
         other => other,
     }
 }
 
 /// Removes the interface, if present.
-pub fn delete_interface(iface: &str) -> Result<(), BackendError> {
-    match ip(
-        &["link", "del", iface],
-        format!("deleting interface {iface}"),
-    ) {
-        Err(BackendError::Command { detail, .. }) if detail.contains("Cannot find device") => {
-            Ok(())
-        }
+pub fn delete_interface(iface: &str) -> Result<(), NetlinkError> {
+    match Netlink::open()?.delete_link(iface) {
+        Err(e) if e.is_not_found() => Ok(()),
         other => other,
     }
 }

@@ -4,6 +4,7 @@
 mod example;
 mod iperf;
 mod mesh;
+mod netlink_routes;
 mod policy;
 mod policy_compile;
 mod report;
@@ -24,6 +25,7 @@ const BENCHES: &[(&str, bool, Bench)] = &[
     ("mesh", false, mesh::run),
     ("policy", true, policy::run),
     ("policy-compile", false, policy_compile::run),
+    ("netlink-routes", true, netlink_routes::run),
 ];
 
 pub fn known() -> Vec<&'static str> {

@@ -31,6 +31,7 @@ use anyhow::{bail, Context};
 use ipnet::Ipv4Net;
 use meshgate_discovery::model::DatapathStatus;
 use meshgate_ebpf::{Attachment, Datapath, IpcacheEntry};
+use meshgate_tunnel::netlink::{LinkChange, LinkKind, Netlink, Rule};
 use tracing::{debug, info, warn};
 
 use super::Agent;
@@ -105,22 +106,6 @@ pub struct Ebpf {
     kick: worker::Kick,
 }
 
-/// `ip ARGS` (iproute2): its stdout, or an error with its stderr.
-pub(super) fn ip(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running `ip` (install iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 fn ifindex(iface: &str) -> u32 {
     let Ok(name) = std::ffi::CString::new(iface) else {
         return 0;
@@ -133,36 +118,26 @@ fn ifindex(iface: &str) -> u32 {
 /// (`external`: the tunnel key comes from to_mesh), no ARP (to_mesh picks
 /// the remote; from_mesh marks frames for this host), MTU that fits inside
 /// the WireGuard MTU.
-fn ensure_vxlan(mtu: u16) -> anyhow::Result<()> {
-    if ifindex(VXLAN_DEV) == 0 {
-        ip(&[
-            "link",
-            "add",
-            VXLAN_DEV,
-            "type",
-            "vxlan",
-            "external",
-            "dstport",
-            &VXLAN_PORT.to_string(),
-        ])
-        .context("creating the VXLAN device (kernel needs CONFIG_VXLAN)")?;
-        info!(
+fn ensure_vxlan(nl: &mut Netlink, mtu: u16) -> anyhow::Result<()> {
+    match nl.add_link(VXLAN_DEV, &LinkKind::VxlanExternal { port: VXLAN_PORT }) {
+        Ok(()) => info!(
             device = VXLAN_DEV,
             port = VXLAN_PORT,
             "VXLAN device created"
-        );
+        ),
+        Err(e) if e.is_exists() => {}
+        Err(e) => {
+            return Err(e).context("creating the VXLAN device (the kernel needs CONFIG_VXLAN)")
+        }
     }
-    ip(&[
-        "link",
-        "set",
+    nl.set_link(
         VXLAN_DEV,
-        "mtu",
-        &mtu.to_string(),
-        "arp",
-        "off",
-        "up",
-    ])
-    .with_context(|| format!("configuring {VXLAN_DEV}"))?;
+        &LinkChange {
+            mtu: Some(mtu.into()),
+            up: Some(true),
+            arp: Some(false),
+        },
+    )?;
     Ok(())
 }
 
@@ -219,24 +194,26 @@ fn nft(script: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ensure_rule() -> anyhow::Result<()> {
-    let pref = ROUTE_TABLE.to_string();
-    let existing = ip(&["rule", "show", "pref", &pref])?;
-    if existing.trim().is_empty() {
-        ip(&["rule", "add", "pref", &pref, "lookup", &pref])
-            .context("adding the rule for the eBPF datapath's routing table")?;
+/// The rule that looks [`ROUTE_TABLE`] up (at its own priority), added
+/// unless a rule is at that priority already.
+fn ensure_rule(nl: &mut Netlink) -> anyhow::Result<()> {
+    if !nl.rules()?.iter().any(|r| r.priority == ROUTE_TABLE) {
+        nl.add_rule(&Rule {
+            priority: ROUTE_TABLE,
+            table: ROUTE_TABLE,
+        })
+        .context("adding the rule for the eBPF datapath's routing table")?;
     }
     Ok(())
 }
 
-fn table_routes() -> anyhow::Result<BTreeMap<Ipv4Net, RouteKind>> {
-    let out = match ip(&["route", "show", "table", &ROUTE_TABLE.to_string()]) {
-        Ok(out) => out,
-        // No route was ever added to it.
-        Err(e) if format!("{e}").contains("does not exist") => String::new(),
-        Err(e) => return Err(e),
-    };
-    Ok(out.lines().filter_map(mesh_cidrs::parse_route).collect())
+/// The routes of [`ROUTE_TABLE`] that the datapath makes.
+fn table_routes(nl: &mut Netlink) -> anyhow::Result<BTreeMap<Ipv4Net, RouteKind>> {
+    Ok(nl
+        .routes(ROUTE_TABLE)?
+        .iter()
+        .filter_map(RouteKind::of)
+        .collect())
 }
 
 impl Ebpf {
@@ -276,7 +253,8 @@ impl Ebpf {
         // The filter first: the device opens the VXLAN socket.
         nft(&nft_ruleset(wg_iface, pod_cidr))
             .context("filtering VXLAN to WireGuard only and pod traffic to VXLAN only")?;
-        ensure_vxlan(tunnel_mtu - VXLAN_OVERHEAD)?;
+        let mut nl = Netlink::open()?;
+        ensure_vxlan(&mut nl, tunnel_mtu - VXLAN_OVERHEAD)?;
         // Strict mode (or its absence) is set on every start: the pinned
         // config map keeps what the last agent set.
         let mesh_ifindex = ifindex(VXLAN_DEV);
@@ -294,8 +272,8 @@ impl Ebpf {
                 "strict mode: pod traffic to other nodes leaves only through the mesh"
             );
         }
-        ensure_rule()?;
-        let routes = table_routes()?;
+        ensure_rule(&mut nl)?;
+        let routes = table_routes(&mut nl)?;
         let pinned_cidrs: BTreeMap<Ipv4Net, u8> = dp
             .maps
             .mesh_cidrs
@@ -397,11 +375,19 @@ impl Ebpf {
     pub fn remove(&self) -> anyhow::Result<()> {
         let mut inner = self.inner();
         inner.removed = true;
-        let pref = ROUTE_TABLE.to_string();
-        let _ = ip(&["rule", "del", "pref", &pref]);
-        let _ = ip(&["route", "flush", "table", &pref]);
-        if ifindex(VXLAN_DEV) != 0 {
-            ip(&["link", "del", VXLAN_DEV]).with_context(|| format!("deleting {VXLAN_DEV}"))?;
+        let mut nl = Netlink::open()?;
+        match nl.delete_rule(ROUTE_TABLE) {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => warn!(error = %e, "removing the datapath's rule failed"),
+        }
+        if let Err(e) = nl.flush_table(ROUTE_TABLE) {
+            warn!(error = %e, "removing the datapath's routes failed");
+        }
+        match nl.delete_link(VXLAN_DEV) {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
         }
         if let Err(e) = nft(&format!("delete table inet {NFT_TABLE}\n")) {
             warn!(error = %format!("{e:#}"), "removing the VXLAN filter failed");
@@ -632,45 +618,40 @@ fn sync_mesh_cidrs(inner: &mut Inner, want: &BTreeMap<Ipv4Net, u8>) {
 /// The routing table in step with `want`: routes that went or changed kind
 /// deleted, new ones added; a failed one is retried at the next sync.
 fn sync_routes(inner: &mut Inner, want: &BTreeMap<Ipv4Net, RouteKind>) {
-    let table = ROUTE_TABLE.to_string();
     let stale: Vec<(Ipv4Net, RouteKind)> = inner
         .routes
         .iter()
         .filter(|(n, k)| want.get(n) != Some(k))
         .map(|(n, k)| (*n, *k))
         .collect();
+    let missing = want.iter().any(|(n, k)| inner.routes.get(n) != Some(k));
+    if stale.is_empty() && !missing {
+        return;
+    }
+    let mut nl = match Netlink::open() {
+        Ok(nl) => nl,
+        Err(e) => {
+            warn!(error = %e, "syncing the datapath's routes failed; retried at the next sync");
+            return;
+        }
+    };
     for (net, kind) in stale {
-        let n = net.to_string();
-        let mut args = vec!["route", "del"];
-        args.extend(kind.ip_type());
-        args.extend([n.as_str(), "table", table.as_str()]);
-        match ip(&args) {
-            Ok(_) => {
+        match nl.delete_route(&kind.route(net)) {
+            Ok(()) => {
                 inner.routes.remove(&net);
             }
-            Err(e) => warn!(route = %net, error = %format!("{e:#}"), "removing a route failed"),
+            Err(e) if e.is_not_found() => {
+                inner.routes.remove(&net);
+            }
+            Err(e) => warn!(route = %net, error = %e, "removing a route failed"),
         }
     }
     for (net, kind) in want {
         if inner.routes.get(net) == Some(kind) {
             continue;
         }
-        let n = net.to_string();
-        let mut args = vec!["route", "replace"];
-        match kind.ip_type() {
-            Some(t) => args.extend([t, n.as_str(), "table", table.as_str()]),
-            None => args.extend([
-                n.as_str(),
-                "dev",
-                VXLAN_DEV,
-                "table",
-                table.as_str(),
-                "scope",
-                "link",
-            ]),
-        }
-        match ip(&args) {
-            Ok(_) => {
+        match nl.replace_route(&kind.route(*net)) {
+            Ok(()) => {
                 match kind {
                     RouteKind::Dev => {
                         info!(route = %net, device = VXLAN_DEV, "pod CIDR routed into the mesh")
@@ -684,7 +665,7 @@ fn sync_routes(inner: &mut Inner, want: &BTreeMap<Ipv4Net, RouteKind>) {
                 }
                 inner.routes.insert(*net, *kind);
             }
-            Err(e) => warn!(route = %net, error = %format!("{e:#}"), "adding a route failed"),
+            Err(e) => warn!(route = %net, error = %e, "adding a route failed"),
         }
     }
 }

@@ -10,22 +10,31 @@
 use std::collections::BTreeSet;
 
 use ipnet::Ipv4Net;
+use meshgate_tunnel::netlink::{Netlink, NetlinkError, Route, RouteType, MAIN_TABLE};
 use tracing::{info, warn};
 
-use super::datapath::ip;
 use super::Agent;
 
 /// The unreachable routes of the main table now.
-fn present() -> BTreeSet<Ipv4Net> {
-    match ip(&["route", "show", "type", "unreachable"]) {
-        Ok(out) => out
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+fn present(nl: &mut Netlink) -> BTreeSet<Ipv4Net> {
+    match nl.routes(MAIN_TABLE) {
+        Ok(routes) => routes
+            .into_iter()
+            .filter(|r| r.kind == RouteType::Unreachable)
+            .map(|r| r.dst)
             .collect(),
         Err(e) => {
-            warn!(error = %format!("{e:#}"), "listing unreachable routes failed");
+            warn!(error = %e, "listing unreachable routes failed");
             BTreeSet::new()
         }
+    }
+}
+
+/// Deletes the unreachable route to `net`; one already gone is fine.
+fn delete(nl: &mut Netlink, net: Ipv4Net) -> Result<(), NetlinkError> {
+    match nl.delete_route(&Route::unreachable(net)) {
+        Err(e) if e.is_not_found() => Ok(()),
+        other => other,
     }
 }
 
@@ -46,32 +55,42 @@ pub fn sync(agent: &Agent) {
         agent.cfg.pod_cidr,
     );
     let mut mesh = agent.mesh();
+    if mesh.unreachable.as_ref() == Some(&want) {
+        return;
+    }
+    let mut nl = match Netlink::open() {
+        Ok(nl) => nl,
+        Err(e) => {
+            warn!(error = %e, "syncing the unreachable routes failed");
+            return;
+        }
+    };
     // At the first sync, `want` is the listing saved in ipcache.json: the
     // routes of it found in the kernel are ours (left by the last agent);
     // any other unreachable route is someone else's and never touched.
     let have = mesh
         .unreachable
-        .get_or_insert_with(|| present().intersection(&want).copied().collect());
+        .get_or_insert_with(|| present(&mut nl).intersection(&want).copied().collect());
     let stale: Vec<Ipv4Net> = have.difference(&want).copied().collect();
     for net in stale {
-        match ip(&["route", "del", "unreachable", &net.to_string()]) {
-            Ok(_) => {
+        match delete(&mut nl, net) {
+            Ok(()) => {
                 info!(route = %net, "mesh CIDR no longer listed; unreachable route removed");
                 have.remove(&net);
             }
             Err(e) => {
-                warn!(route = %net, error = %format!("{e:#}"), "removing an unreachable route failed")
+                warn!(route = %net, error = %e, "removing an unreachable route failed")
             }
         }
     }
     for net in want.difference(&have.clone()) {
-        match ip(&["route", "replace", "unreachable", &net.to_string()]) {
-            Ok(_) => {
+        match nl.replace_route(&Route::unreachable(*net)) {
+            Ok(()) => {
                 info!(route = %net, "mesh CIDR unreachable unless a node holds it");
                 have.insert(*net);
             }
             Err(e) => {
-                warn!(route = %net, error = %format!("{e:#}"), "adding an unreachable route failed")
+                warn!(route = %net, error = %e, "adding an unreachable route failed")
             }
         }
     }
@@ -80,9 +99,19 @@ pub fn sync(agent: &Agent) {
 /// When the node leaves: removes the routes it made.
 pub fn remove_all(agent: &Agent) {
     let made = agent.mesh().unreachable.take().unwrap_or_default();
+    if made.is_empty() {
+        return;
+    }
+    let mut nl = match Netlink::open() {
+        Ok(nl) => nl,
+        Err(e) => {
+            warn!(error = %e, "removing the unreachable routes failed");
+            return;
+        }
+    };
     for net in made {
-        if let Err(e) = ip(&["route", "del", "unreachable", &net.to_string()]) {
-            warn!(route = %net, error = %format!("{e:#}"), "removing an unreachable route failed");
+        if let Err(e) = delete(&mut nl, net) {
+            warn!(route = %net, error = %e, "removing an unreachable route failed");
         }
     }
 }

@@ -1,6 +1,6 @@
-//! The benchmarks that are examples of `meshgate-discovery` (`mesh_bench`,
-//! `policy_bench`): built in release, run, and read from the JSON line they
-//! print last.
+//! The benchmarks that are examples of a crate (`meshgate-discovery`'s
+//! `mesh_bench` and `policy_bench`, `meshgate-tunnel`'s `netlink_bench`):
+//! built in release, run, and read from the JSON line they print last.
 
 use std::process::{Command, ExitStatus, Stdio};
 
@@ -11,14 +11,12 @@ use crate::util;
 
 /// `cargo build -p meshgate-discovery --release --example NAME`.
 pub fn build(name: &str) -> Result<()> {
-    util::run(util::cargo().args([
-        "build",
-        "-p",
-        "meshgate-discovery",
-        "--release",
-        "--example",
-        name,
-    ]))
+    build_in("meshgate-discovery", name)
+}
+
+/// `cargo build -p PACKAGE --release --example NAME`.
+pub fn build_in(package: &str, name: &str) -> Result<()> {
+    util::run(util::cargo().args(["build", "-p", package, "--release", "--example", name]))
 }
 
 /// Runs the built example `name` with `args` (its stderr shown as it

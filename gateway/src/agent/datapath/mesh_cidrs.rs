@@ -16,6 +16,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::Ipv4Net;
+use meshgate_tunnel::netlink::{Route, RouteType};
+
+use super::plan::VXLAN_DEV;
 
 /// A route of the datapath's table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -29,13 +32,26 @@ pub enum RouteKind {
 }
 
 impl RouteKind {
-    /// The route type word of `ip route`, if any.
-    pub fn ip_type(self) -> Option<&'static str> {
+    /// The route of this kind to `net` in [`super::ROUTE_TABLE`].
+    pub fn route(self, net: Ipv4Net) -> Route {
         match self {
-            RouteKind::Dev => None,
-            RouteKind::Unreachable => Some("unreachable"),
-            RouteKind::Throw => Some("throw"),
+            RouteKind::Dev => Route::via_dev(net, VXLAN_DEV),
+            RouteKind::Unreachable => Route::unreachable(net),
+            RouteKind::Throw => Route::throw(net),
         }
+        .in_table(super::ROUTE_TABLE)
+    }
+
+    /// The prefix and kind of a route read from the table; `None` for
+    /// routes this table never holds.
+    pub fn of(route: &Route) -> Option<(Ipv4Net, RouteKind)> {
+        let kind = match route.kind {
+            RouteType::Unicast if route.dev.as_deref() == Some(VXLAN_DEV) => RouteKind::Dev,
+            RouteType::Unreachable => RouteKind::Unreachable,
+            RouteType::Throw => RouteKind::Throw,
+            _ => return None,
+        };
+        Some((route.dst, kind))
     }
 }
 
@@ -72,19 +88,6 @@ pub fn map_entries(
         m.entry(net.trunc()).or_insert(id);
     }
     m
-}
-
-/// Reads one line of `ip route show table N`: the prefix and its kind;
-/// `None` for lines this table never holds.
-pub fn parse_route(line: &str) -> Option<(Ipv4Net, RouteKind)> {
-    let mut words = line.split_whitespace();
-    let first = words.next()?;
-    let (kind, prefix) = match first {
-        "unreachable" => (RouteKind::Unreachable, words.next()?),
-        "throw" => (RouteKind::Throw, words.next()?),
-        prefix => (RouteKind::Dev, prefix),
-    };
-    Some((prefix.parse().ok()?, kind))
 }
 
 #[cfg(test)]
@@ -144,19 +147,26 @@ mod tests {
     }
 
     #[test]
-    fn reads_each_kind_of_route() {
-        assert_eq!(
-            parse_route("10.1.1.0/24 dev mg-vx0 scope link"),
-            Some((net("10.1.1.0/24"), RouteKind::Dev))
-        );
-        assert_eq!(
-            parse_route("unreachable 10.1.0.0/16"),
-            Some((net("10.1.0.0/16"), RouteKind::Unreachable))
-        );
-        assert_eq!(
-            parse_route("throw 10.1.0.0/24"),
-            Some((net("10.1.0.0/24"), RouteKind::Throw))
-        );
-        assert_eq!(parse_route("default via 1.2.3.4"), None);
+    fn each_kind_is_its_route_in_the_table_and_reads_back() {
+        for (kind, text) in [
+            (RouteKind::Dev, "10.1.1.0/24 dev mg-vx0 table 28007"),
+            (
+                RouteKind::Unreachable,
+                "unreachable 10.1.1.0/24 table 28007",
+            ),
+            (RouteKind::Throw, "throw 10.1.1.0/24 table 28007"),
+        ] {
+            let r = kind.route(net("10.1.1.0/24"));
+            assert_eq!(r.to_string(), text);
+            assert_eq!(RouteKind::of(&r), Some((net("10.1.1.0/24"), kind)));
+        }
+        // Not ours: a unicast route through another device, another type.
+        let other = Route::via_dev(net("10.1.1.0/24"), "eth0").in_table(28_007);
+        assert_eq!(RouteKind::of(&other), None);
+        let blackhole = Route {
+            kind: RouteType::Other(6),
+            ..Route::unreachable(net("10.1.1.0/24"))
+        };
+        assert_eq!(RouteKind::of(&blackhole), None);
     }
 }
