@@ -527,8 +527,6 @@ impl ClusterPlan {
             self.id.to_string(),
             "--pod-cidr".into(),
             self.pod_cidr.to_string(),
-            "--encryption".into(),
-            self.encryption.as_str().into(),
             "--state-dir".into(),
             d.state_dir.display().to_string(),
             "--lease-ttl".into(),
@@ -554,6 +552,12 @@ impl ClusterPlan {
         )
         .chain(services)
         .chain(store)
+        .chain(
+            (self.encryption == crate::scenario::Encryption::Ipsec)
+                .then(|| ["--encryption".to_string(), "ipsec".to_string()])
+                .into_iter()
+                .flatten(),
+        )
         .collect()
     }
 

@@ -482,3 +482,25 @@ fn policy_scenario_loads_and_a_bad_policy_is_named_by_its_index() {
         "{e}"
     );
 }
+
+#[test]
+fn encryption_is_one_for_the_mesh_and_ipsec_takes_no_wireguard_backend() {
+    let ipsec = BASE.replace("name: w\n", "name: w\nencryption: ipsec\n");
+    let s = Scenario::parse("t.yaml", &ipsec).unwrap();
+    assert_eq!(s.encryption, Encryption::Ipsec);
+    let plan = crate::plan::Plan::new(&s).unwrap();
+    let args = plan.clusters[0].agent_args(&plan.clusters[0].nodes[0]);
+    let at = args.iter().position(|a| a == "--encryption").unwrap();
+    assert_eq!(args[at + 1], "ipsec");
+    assert!(args.iter().any(|a| a == "--ipsec-secret"));
+    let d = plan.clusters[0].discovery_args(std::time::Duration::from_secs(10));
+    let at = d.iter().position(|a| a == "--encryption").unwrap();
+    assert_eq!(d[at + 1], "ipsec");
+    // A cluster may repeat the world's value, never differ from it.
+    let same = ipsec.replace("    id: 3\n", "    id: 3\n    encryption: ipsec\n");
+    assert!(Scenario::parse("t.yaml", &same).is_ok());
+    let mixed = BASE.replace("    id: 3\n", "    id: 3\n    encryption: ipsec\n");
+    has(&mixed, "clusters[0].encryption: cluster \"west\" encrypts with ipsec but the world with wireguard: a mesh mixes no encryption");
+    let with_backend = ipsec.replace("name: w\n", "name: w\nbackend: kernel\n");
+    has(&with_backend, "with `encryption: ipsec` leave it out");
+}
