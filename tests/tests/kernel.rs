@@ -240,4 +240,12 @@ fn ipsec_mesh_carries_every_pair_only_as_esp_and_rotates_its_secret_losing_nothi
     }
     let s = world.ping("c1", "n3-a", &ips["n2-b"], 3, "0.1");
     assert_eq!(s.received, 3, "after the rotation: {s:?}");
+
+    // An agent restart: the kernel's SAs and policies keep forwarding.
+    let s = ping_through(&world, || {
+        world.lab("restart", "c1/n2");
+    });
+    assert_eq!(s.sent, 600, "{s:?}");
+    assert_eq!(s.lost(), 0, "an IPsec agent restart lost {} of {}", s.lost(), s.sent);
+    assert_eq!(world.status("c1", "n2").ipsec.unwrap().generation, 2);
 }
