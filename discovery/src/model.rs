@@ -746,6 +746,11 @@ pub struct AgentStatus {
 pub struct DatapathStatus {
     /// Where its maps, programs and links are pinned.
     pub pin_dir: String,
+    /// How its programs are attached: `tcx` (TCX links, Linux 6.6+) or `tc`
+    /// (clsact + cls_bpf filters, the fallback below 6.6 or with
+    /// `MESHGATE_TC_ATTACH=tc`).
+    #[serde(default)]
+    pub attach: String,
     /// Entries in the `mg_ipcache` map.
     pub ipcache_entries: usize,
     /// Programs attached, `HOOK@INTERFACE`.

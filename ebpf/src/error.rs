@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use aya::maps::MapError;
 
-use crate::attach::Attachment;
+use crate::attach::{AttachMode, Attachment, BadAttachChoice};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -64,13 +64,39 @@ pub enum Error {
         found: String,
     },
 
-    #[error(
-        "attaching to {attachment}: {action}: {source}. tc programs are attached as TCX \
-         links, which need Linux 6.6 or later"
-    )]
+    #[error("attaching to {attachment} ({mode}): {action}: {source}{}", mode_hint(*.mode))]
     Attach {
         attachment: Attachment,
+        mode: AttachMode,
         action: &'static str,
+        #[source]
+        source: BoxError,
+    },
+
+    #[error("detaching {attachment} ({mode}): {action}: {source}")]
+    Detach {
+        attachment: Attachment,
+        mode: AttachMode,
+        action: &'static str,
+        #[source]
+        source: BoxError,
+    },
+
+    #[error(transparent)]
+    BadAttachChoice(#[from] BadAttachChoice),
+
+    #[error(
+        "MESHGATE_TC_ATTACH=tcx, but this kernel has no TCX (it needs Linux 6.6 or later; \
+         the probe got {}): leave MESHGATE_TC_ATTACH unset to attach with tc clsact instead",
+        io::Error::from_raw_os_error(*.errno)
+    )]
+    TcxMissing { errno: i32 },
+
+    #[error(
+        "probing whether this kernel has TCX (querying the TCX programs of lo) failed: \
+         {source}"
+    )]
+    TcxProbe {
         #[source]
         source: BoxError,
     },
@@ -92,6 +118,19 @@ pub enum Error {
 
     #[error("invalid attachment pin name {name:?} in {dir}: expected HOOK@INTERFACE")]
     BadPinName { name: String, dir: PathBuf },
+}
+
+fn mode_hint(mode: AttachMode) -> &'static str {
+    match mode {
+        AttachMode::Tcx => {
+            ". TCX links need Linux 6.6 or later (MESHGATE_TC_ATTACH=tc attaches with tc \
+             clsact instead)"
+        }
+        AttachMode::Tc => {
+            ". tc attaching needs the clsact qdisc and the bpf classifier \
+             (CONFIG_NET_SCH_INGRESS, CONFIG_NET_CLS_BPF)"
+        }
+    }
 }
 
 /// aya's program, link and pin errors, kept whole (the verifier log included).

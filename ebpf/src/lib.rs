@@ -19,9 +19,9 @@ pub mod maps;
 pub mod object;
 pub mod reason;
 
-pub use attach::{Attachment, Hook};
+pub use attach::{AttachChoice, AttachMode, Attachment, Hook};
 pub use error::{Error, Result};
-pub use loader::{remove_pin_dir, AttachOutcome, Datapath, ReconcileReport};
+pub use loader::{remove_pin_dir, AttachOutcome, Datapath, ReconcileReport, ATTACH_ENV};
 pub use maps::{
     Affinity, Backend, FlowEvent, Frontend, IpcacheEntry, LbConnection, LbService, Maps,
     PolicyRule, Proto,

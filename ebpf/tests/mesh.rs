@@ -309,7 +309,7 @@ fn to_mesh_sends_the_sender_identity_as_vni_and_from_mesh_enforces_it() {
     // Node 1 tracked A's flow and let B's reply in through from_mesh.
     let dp1 = w.dp1.as_mut().expect("dp1");
     assert_eq!(dp1.maps.drops.all().expect("drops"), Default::default());
-    let tcx = tcx_programs(&w.n1, "mgebpfvx", TcAttachType::Egress);
+    let tcx = attached_programs(&w.n1, "mgebpfvx", TcAttachType::Egress);
     assert_eq!(tcx.len(), 1, "to_mesh on the VXLAN egress");
 }
 

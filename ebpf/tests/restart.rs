@@ -64,7 +64,7 @@ fn pinned_state_survives_a_reload_and_enforcement_has_no_gap() {
     let a_sock = w.a.ns.udp_bind(a, 0);
     assert!(udp_passes(&a_sock, &b_allowed, SocketAddrV4::new(b, 7000)));
     assert!(!udp_passes(&a_sock, &b_denied, SocketAddrV4::new(b, 7001)));
-    let progs_before = w.tcx_programs("mgebpfa");
+    let progs_before = w.attached_programs("mgebpfa");
     assert_eq!(progs_before.len(), 1, "from_pod attached once");
     let drops_before = w.dp().maps.drops.get(Reason::PolicyIngress).expect("c");
 
@@ -94,7 +94,7 @@ fn pinned_state_survives_a_reload_and_enforcement_has_no_gap() {
     drop(w.dp.take());
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
-        w.tcx_programs("mgebpfa"),
+        w.attached_programs("mgebpfa"),
         progs_before,
         "the filter stays attached while no loader runs"
     );
@@ -125,7 +125,7 @@ fn pinned_state_survives_a_reload_and_enforcement_has_no_gap() {
     );
     assert_eq!(ok, sent, "allowed datagrams lost during the restart");
 
-    let progs_after = w.tcx_programs("mgebpfa");
+    let progs_after = w.attached_programs("mgebpfa");
     assert_eq!(
         progs_after.len(),
         1,
@@ -168,7 +168,7 @@ fn reconcile_detaches_interfaces_no_longer_desired_and_removes_stale_pins() {
         vec![Attachment::new("mgebpfc", Hook::FromPod)]
     );
     assert_eq!(report.replaced.len(), 2);
-    assert_eq!(w.tcx_programs("mgebpfc").len(), 1);
+    assert_eq!(w.attached_programs("mgebpfc").len(), 1);
 
     // B's address unknown to the ipcache: from_pod on B's veth drops its packets.
     let b = w.b.addr;
@@ -221,11 +221,11 @@ fn reconcile_detaches_interfaces_no_longer_desired_and_removes_stale_pins() {
     assert_eq!(report.stale_pins, vec![maps_dir.join("mg_old_map")]);
     assert!(!maps_dir.join("mg_old_map").exists());
     assert_eq!(
-        w.tcx_programs("mgebpfb"),
+        w.attached_programs("mgebpfb"),
         Vec::<u32>::new(),
         "detached from B's veth"
     );
-    assert_eq!(w.tcx_programs("mgebpfa").len(), 1, "A's stays");
+    assert_eq!(w.attached_programs("mgebpfa").len(), 1, "A's stays");
     assert_eq!(w.dp().pinned_attachments().expect("pins"), only_a);
     assert!(
         w.b.ns.ping(w.a.addr),

@@ -318,8 +318,13 @@ pub(crate) fn datapath_line(d: &meshgate_discovery::model::DatapathStatus) -> St
                 .unwrap_or_default()
         ),
     };
+    let attach = if d.attach.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", d.attach)
+    };
     format!(
-        "datapath ebpf{strict}: ipcache {} entries, {} attachments{lb}{policy}, drops: {drops}",
+        "datapath ebpf{strict}: ipcache {} entries, {} attachments{attach}{lb}{policy}, drops: {drops}",
         d.ipcache_entries,
         d.attachments.len()
     )
@@ -414,6 +419,11 @@ mod tests {
         assert_eq!(
             datapath_line(&d),
             "datapath ebpf: ipcache 4 entries, 1 attachments, drops: none"
+        );
+        d.attach = "tc".into();
+        assert_eq!(
+            datapath_line(&d),
+            "datapath ebpf: ipcache 4 entries, 1 attachments (tc), drops: none"
         );
         d.policy = Some(meshgate_discovery::model::PolicyStatus {
             entries: 12,

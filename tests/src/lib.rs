@@ -76,6 +76,10 @@ pub fn meshgate_output(args: &[&str]) -> Output {
         .expect("running meshgate")
 }
 
+/// Seconds `World::up` gives `lab up` (its `--timeout`) when set; `lab up`'s
+/// own default (30 s) otherwise.
+pub const UP_TIMEOUT_ENV: &str = "MESHGATE_LAB_UP_TIMEOUT";
+
 /// A lab world, torn down on drop.
 pub struct World {
     pub name: String,
@@ -105,6 +109,12 @@ impl World {
             }
         }
         args.extend_from_slice(extra);
+        // A slower machine (the kernel lab's emulated VM) gives `lab up`
+        // longer to reach a full mesh.
+        let timeout = std::env::var(UP_TIMEOUT_ENV).ok();
+        if let Some(t) = timeout.as_deref().filter(|_| !extra.contains(&"--timeout")) {
+            args.extend(["--timeout", t]);
+        }
         meshgate(&args);
         world
     }

@@ -45,17 +45,39 @@ fn identities(world: &World, cluster: &str, node: &str, ips: &[&str]) -> BTreeMa
     seen
 }
 
-/// Links pinned for a node (`HOOK@IFACE`).
+/// Attachments recorded for a node (`HOOK@IFACE`): TCX links pinned in
+/// `links/`, or tc filters recorded in `tc/` (kernels before 6.6).
 fn pinned_links(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir.join("links"))
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut names: Vec<String> = ["links", "tc"]
+        .iter()
+        .flat_map(|sub| std::fs::read_dir(dir.join(sub)).into_iter().flatten())
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     names
+}
+
+/// `tc` on kernels before 6.6 (no TCX) or with `MESHGATE_TC_ATTACH=tc`,
+/// else `tcx`.
+fn expected_attach_mode() -> &'static str {
+    if matches!(
+        std::env::var("MESHGATE_TC_ATTACH").as_deref(),
+        Ok("tc" | "netlink")
+    ) {
+        return "tc";
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut nums = release
+        .trim()
+        .split(['.', '-'])
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
+    if (major, minor) >= (6, 6) {
+        "tcx"
+    } else {
+        "tc"
+    }
 }
 
 fn namespaces_of(world: &str) -> Vec<String> {
@@ -96,6 +118,16 @@ fn pod_traffic_crosses_nodes_in_vxlan_with_the_source_identity_as_vni_inside_wir
         ],
         "{}",
         pins.display()
+    );
+    let attach = world
+        .status("c1", "n1")
+        .datapath
+        .expect("status.json shows the datapath")
+        .attach;
+    assert_eq!(
+        attach,
+        expected_attach_mode(),
+        "the attach mode in status.json for this kernel"
     );
 
     let dir = tempfile::tempdir().unwrap();
@@ -356,7 +388,7 @@ fn leaving_the_mesh_removes_the_datapath() {
     let name = "dpleave";
     let world = World::up(name, &ebpf(one_cluster(name, 2)));
     let pins = pin_dir(name, "c1", "n2");
-    assert!(pins.join("links").exists());
+    assert!(!pinned_links(&pins).is_empty());
     world.lab("stop", "c1/n2");
     let n2 = world.node_ns("c1", "n2");
     let show = |args: &[&str]| {
@@ -377,8 +409,14 @@ fn leaving_the_mesh_removes_the_datapath() {
     );
     let tc = show(&["link", "show", "pod0"]);
     assert!(tc.contains("pod0"), "the pod's veth itself stays: {tc}");
+    let filters = world.in_ns(&n2, &["tc", "filter", "show", "dev", "pod0", "ingress"]);
+    let filters = String::from_utf8_lossy(&filters.stdout);
+    assert!(
+        !filters.contains("mg_from_pod"),
+        "a tc filter left on the pod's veth: {filters}"
+    );
     // n1 still runs its datapath.
-    assert!(pin_dir(name, "c1", "n1").join("links").exists());
+    assert!(!pinned_links(&pin_dir(name, "c1", "n1")).is_empty());
 }
 
 #[test]

@@ -285,14 +285,27 @@ pub const ID_C: u32 = (1 << 16) | 258;
 pub struct OneNode {
     // Field order is drop order: datapath first, then pins, then namespaces.
     pub dp: Option<meshgate_ebpf::Datapath>,
+    /// How [`OneNode::load`] attaches (`MESHGATE_TC_ATTACH` unless given).
+    pub choice: meshgate_ebpf::AttachChoice,
     pub pins: PinDir,
     pub a: Pod,
     pub b: Pod,
     pub node: Netns,
 }
 
+/// The attach mode asked for by `MESHGATE_TC_ATTACH` (so the whole suite
+/// runs in tc mode on a TCX kernel with `MESHGATE_TC_ATTACH=tc`).
+pub fn env_choice() -> meshgate_ebpf::AttachChoice {
+    meshgate_ebpf::AttachChoice::from_env().unwrap_or_else(|e| panic!("{e}"))
+}
+
 impl OneNode {
     pub fn new() -> Self {
+        Self::with(env_choice())
+    }
+
+    /// [`OneNode::new`], attaching as `choice` says.
+    pub fn with(choice: meshgate_ebpf::AttachChoice) -> Self {
         require_root();
         let node = node("node");
         let a = Pod::new(&node, "a", "mgebpfa", Ipv4Addr::new(10, 77, 0, 2));
@@ -300,6 +313,7 @@ impl OneNode {
         let pins = PinDir::new();
         let mut w = Self {
             dp: None,
+            choice,
             pins,
             a,
             b,
@@ -323,8 +337,9 @@ impl OneNode {
     /// Loads the datapath (reusing pins) and reconciles to from_pod on both veths.
     pub fn load(&mut self) -> meshgate_ebpf::ReconcileReport {
         let pins = self.pins.0.clone();
+        let choice = self.choice;
         let (dp, report) = self.node.run(|| {
-            let mut dp = meshgate_ebpf::Datapath::load(&pins)
+            let mut dp = meshgate_ebpf::Datapath::load_with(&pins, choice)
                 .unwrap_or_else(|e| panic!("loading the datapath: {e}"));
             let report = dp
                 .reconcile(&Self::desired())
@@ -346,17 +361,85 @@ impl OneNode {
         self.dp.as_mut().expect("datapath loaded")
     }
 
-    /// Programs attached by TCX to the ingress of `iface` in the node namespace.
-    pub fn tcx_programs(&self, iface: &str) -> Vec<u32> {
-        tcx_programs(&self.node, iface, aya::programs::TcAttachType::Ingress)
+    /// Programs attached to the ingress of `iface` in the node namespace
+    /// (by TCX or tc).
+    pub fn attached_programs(&self, iface: &str) -> Vec<u32> {
+        attached_programs(&self.node, iface, aya::programs::TcAttachType::Ingress)
     }
 }
 
+/// The ids of the programs attached to `side` of `iface` in `ns`: TCX links
+/// (where the kernel has TCX), then tc filters.
+pub fn attached_programs(ns: &Netns, iface: &str, side: aya::programs::TcAttachType) -> Vec<u32> {
+    let mut ids = tcx_programs(ns, iface, side);
+    ids.extend(tc_filters(ns, iface, side).into_iter().map(|f| f.prog_id));
+    ids
+}
+
+/// Programs attached by TCX; none on a kernel without TCX.
 pub fn tcx_programs(ns: &Netns, iface: &str, side: aya::programs::TcAttachType) -> Vec<u32> {
     ns.run(|| {
-        aya::programs::SchedClassifier::query_tcx(iface, side)
-            .map(|(_, progs)| progs.iter().map(|p| p.id()).collect())
-            .unwrap_or_else(|e| panic!("query_tcx {iface}: {e}"))
+        match aya::programs::SchedClassifier::query_tcx(iface, side) {
+            Ok((_, progs)) => progs.iter().map(|p| p.id()).collect(),
+            Err(aya::programs::ProgramError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EINVAL) =>
+            {
+                Vec::new() // no TCX in this kernel
+            }
+            Err(e) => panic!("query_tcx {iface}: {e}"),
+        }
+    })
+}
+
+/// A bpf tc filter as `tc filter show` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcFilter {
+    pub pref: u16,
+    pub handle: u32,
+    pub name: String,
+    pub direct_action: bool,
+    pub prog_id: u32,
+}
+
+/// The bpf filters on `side` of `iface` in `ns` (`tc filter show`).
+pub fn tc_filters(ns: &Netns, iface: &str, side: aya::programs::TcAttachType) -> Vec<TcFilter> {
+    let side = match side {
+        aya::programs::TcAttachType::Egress => "egress",
+        _ => "ingress",
+    };
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", &ns.name, "tc", "filter", "show", "dev", iface, side,
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("tc filter show: {e} (is iproute2 installed?)"));
+    // No clsact qdisc: tc says so and lists nothing.
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(parse_tc_filter)
+        .collect()
+}
+
+/// One line of `tc filter show`: `filter protocol all pref 28007 bpf chain 0
+/// handle 0x1 mg_from_pod direct-action not_in_hw id 42 tag ... jited`.
+fn parse_tc_filter(line: &str) -> Option<TcFilter> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let after = |key: &str| {
+        words
+            .iter()
+            .position(|w| *w == key)
+            .and_then(|i| words.get(i + 1))
+            .copied()
+    };
+    words.contains(&"bpf").then_some(())?;
+    let handle = after("handle")?;
+    let handle = u32::from_str_radix(handle.trim_start_matches("0x"), 16).ok()?;
+    Some(TcFilter {
+        pref: after("pref")?.parse().ok()?,
+        handle,
+        name: after(after("handle")?)?.to_owned(),
+        direct_action: words.contains(&"direct-action"),
+        prog_id: after("id")?.parse().ok()?,
     })
 }
 
@@ -378,4 +461,90 @@ pub fn wait_event(
     }
     eprintln!("events seen instead: {seen:#?}");
     None
+}
+
+/// A steady UDP stream from a pod to two ports of another (one allowed, one
+/// denied by policy), counted on threads, to show that no packet goes
+/// without a program while programs are replaced: with no program on the
+/// veth, nothing enforces the policy and the denied port receives.
+pub struct Stream {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sender: std::thread::JoinHandle<usize>,
+    ok: std::thread::JoinHandle<usize>,
+    leaked: std::thread::JoinHandle<usize>,
+}
+
+/// What a [`Stream`] counted: rounds sent (one datagram to each port).
+#[derive(Debug)]
+pub struct StreamCount {
+    pub sent: usize,
+    pub ok: usize,
+    pub leaked: usize,
+}
+
+impl Stream {
+    pub fn start(from: &UdpSocket, allowed: &UdpSocket, denied: &UdpSocket) -> Self {
+        use std::sync::atomic::AtomicBool;
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let dst = |s: &UdpSocket| match s.local_addr().expect("local addr") {
+            std::net::SocketAddr::V4(a) => a,
+            other => panic!("not IPv4: {other}"),
+        };
+        let (to_ok, to_no) = (dst(allowed), dst(denied));
+        let ok = count_received(allowed, b"gap-ok", stop.clone());
+        let leaked = count_received(denied, b"gap-no", stop.clone());
+        let sender = {
+            let stop = stop.clone();
+            let s = from.try_clone().expect("clone");
+            std::thread::spawn(move || {
+                let mut sent = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    s.send_to(b"gap-ok", to_ok).expect("send");
+                    s.send_to(b"gap-no", to_no).expect("send");
+                    sent += 1;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                sent
+            })
+        };
+        Self {
+            stop,
+            sender,
+            ok,
+            leaked,
+        }
+    }
+
+    pub fn finish(self) -> StreamCount {
+        self.stop.store(true, Ordering::Relaxed);
+        StreamCount {
+            sent: self.sender.join().expect("sender"),
+            ok: self.ok.join().expect("receiver"),
+            leaked: self.leaked.join().expect("receiver"),
+        }
+    }
+}
+
+/// Counts, on a thread (so the socket buffer never fills), datagrams on `s`
+/// whose payload starts with `prefix`, until `stop` is set and `s` is quiet.
+fn count_received(
+    s: &UdpSocket,
+    prefix: &'static [u8],
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    let s = s.try_clone().expect("clone");
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let mut n = 0;
+        loop {
+            match s.recv_from(&mut buf) {
+                Ok((len, _)) if buf[..len].starts_with(prefix) => n += 1,
+                Ok(_) => {}
+                Err(_) if stop.load(Ordering::Relaxed) => return n,
+                Err(_) => {}
+            }
+        }
+    })
 }

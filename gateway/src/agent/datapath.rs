@@ -11,7 +11,9 @@
 //! Everything is pinned or lives in the kernel: an agent that exits for a
 //! restart (SIGUSR2) or crashes leaves the datapath forwarding; the next one
 //! reuses the pins, swaps its programs in atomically and reconciles. Leaving
-//! the mesh removes it all.
+//! the mesh removes it all. Programs attach as TCX links on Linux 6.6+ and
+//! as tc clsact filters below (`status.json`'s `datapath.attach`; how each
+//! is replaced in place: meshgate-ebpf's `loader.rs`).
 
 pub mod lb;
 pub mod mesh_cidrs;
@@ -237,7 +239,8 @@ impl Ebpf {
         }
         let mut dp = Datapath::load(pin_dir).with_context(|| {
             format!(
-                "loading the eBPF datapath with pins in {} (needs root, bpffs, Linux 6.6+ for TCX)",
+                "loading the eBPF datapath with pins in {} (needs root and bpffs; attaches \
+                 with TCX on Linux 6.6+, else tc clsact; MESHGATE_TC_ATTACH=auto|tcx|tc)",
                 pin_dir.display()
             )
         })?;
@@ -303,6 +306,7 @@ impl Ebpf {
             debug!(stale, "stale service backend slots removed");
         }
         info!(
+            attach = %dp.attach_mode(),
             lb_frontends = lb.len(),
             pin_dir = %pin_dir.display(), pinned_entries = applied.len(),
             routes = routes.len(), took_ms = started.elapsed().as_millis() as u64,
@@ -357,6 +361,7 @@ impl Ebpf {
             lb_frontends: inner.lb.len(),
             policy,
             pin_dir: inner.dp.pin_dir().display().to_string(),
+            attach: inner.dp.attach_mode().to_string(),
             created,
             replaced,
             removed,
