@@ -100,14 +100,6 @@ impl World {
             _dir: dir,
         };
         let mut args = vec!["lab", "up", file.to_str().unwrap()];
-        // The kernel lab's emulated VM is slower than a host: it asks for
-        // a longer wait for the handshakes (MESHGATE_LAB_TIMEOUT, seconds).
-        let timeout = std::env::var("MESHGATE_LAB_TIMEOUT").ok();
-        if let Some(t) = &timeout {
-            if !extra.contains(&"--timeout") {
-                args.extend(["--timeout", t.as_str()]);
-            }
-        }
         args.extend_from_slice(extra);
         // A slower machine (the kernel lab's emulated VM) gives `lab up`
         // longer to reach a full mesh.

@@ -176,7 +176,8 @@ fn ips(world: &World) -> std::collections::BTreeMap<&'static str, String> {
 fn wait_applied(world: &World) {
     let nodes = [("c1", "n1"), ("c1", "n2"), ("c2", "n1"), ("c2", "n2")];
     let mut last = String::new();
-    let ok = wait_until(Duration::from_secs(20), || {
+    // Generous: federation under the kernel lab's emulated VM takes long.
+    let ok = wait_until(Duration::from_secs(120), || {
         nodes.iter().all(|(c, n)| {
             let st = world.status(c, n);
             let p = st.datapath.and_then(|d| d.policy);
