@@ -29,9 +29,33 @@ fn require_wireguard() {
 #[ignore = "needs a kernel with WireGuard: runs in the kernel lab (cargo xtask kernel-lab)"]
 fn kernel_backend_is_picked_and_every_pod_reaches_every_pod_with_nothing_in_clear() {
     require_wireguard();
-    let world = World::up("kernreach", &one_cluster("kernreach", 3));
+    // The eBPF datapath (VXLAN inside kernel WireGuard); below Linux 6.6
+    // (no TCX) its programs attach with tc clsact.
+    let yaml =
+        one_cluster("kernreach", 3).replacen("\nclusters:", "\ndatapath: ebpf\nclusters:", 1);
+    let world = World::up("kernreach", &yaml);
+    let tcx = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .and_then(|r| {
+            let mut v = r
+                .trim()
+                .split(['.', '-'])
+                .map(|p| p.parse::<u32>().unwrap_or(0));
+            Some((v.next()?, v.next()?))
+        })
+        .is_some_and(|v| v >= (6, 6));
     for n in ["n1", "n2", "n3"] {
         let st = world.status("c1", n);
+        let attach = st
+            .datapath
+            .as_ref()
+            .map(|d| d.attach.clone())
+            .unwrap_or_default();
+        assert_eq!(
+            attach,
+            if tcx { "tcx" } else { "tc" },
+            "c1/{n}: the eBPF datapath's attach mode on this kernel"
+        );
         assert_eq!(
             st.backend, "kernel",
             "c1/{n}: --backend auto picked {} on a kernel with WireGuard",
