@@ -439,7 +439,12 @@ impl From<&Node> for pb::Node {
             pod_cidrs: n.pod_cidrs.iter().map(ToString::to_string).collect(),
             tunnel_ip: n.tunnel_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             roles: n.roles.clone(),
-            encryption: n.encryption.as_str().to_string(),
+            // WireGuard is the empty default, as in records from before
+            // the field existed.
+            encryption: match n.encryption {
+                Encryption::Wireguard => String::new(),
+                Encryption::Ipsec => "ipsec".to_string(),
+            },
         }
     }
 }

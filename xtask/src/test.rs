@@ -77,6 +77,11 @@ impl Tally {
     }
 }
 
+/// Crate tests that need what the build machines' kernel lacks (ESP): left
+/// out of the host's crate tests, run by the kernel lab (step 8).
+const KERNEL_LAB_ONLY: &[&str] =
+    &["ipsec_carries_every_pair_only_as_esp_rotates_without_loss_and_rejects_a_wrong_key"];
+
 pub fn run() -> Result<()> {
     let mut tally = Tally::default();
     let mut failed_steps = Vec::new();
@@ -142,20 +147,25 @@ fn run_steps(tally: &mut Tally, failed: &mut Vec<String>) -> Result<()> {
         util::run(util::cargo().args(["build", "-p", "meshgate-gateway", "--release"]))
     })?;
     keep_going(&mut steps, "unit and crate tests", &mut || {
-        run_tee_all(
-            // Root-only crate tests are #[ignore]d for unprivileged runs; here
-            // (as root) they run too.
-            util::cargo().args([
-                "test",
-                "--no-fail-fast",
-                "--workspace",
-                "--exclude",
-                "meshgate-e2e",
-                "--",
-                "--include-ignored",
-            ]),
-            |line| tally.add_line(line),
-        )
+        for t in KERNEL_LAB_ONLY {
+            eprintln!("unit and crate tests: {t} needs ESP, which this kernel lacks: step 8 (the kernel lab) runs it");
+        }
+        let mut cmd = util::cargo();
+        // Root-only crate tests are #[ignore]d for unprivileged runs; here
+        // (as root) they run too.
+        cmd.args([
+            "test",
+            "--no-fail-fast",
+            "--workspace",
+            "--exclude",
+            "meshgate-e2e",
+            "--",
+            "--include-ignored",
+        ]);
+        for t in KERNEL_LAB_ONLY {
+            cmd.args(["--skip", t]);
+        }
+        run_tee_all(&mut cmd, |line| tally.add_line(line))
     });
     let bin = util::meshgate_bin();
     steps.step("remove leftover lab worlds", || lab::down_all(&bin))?;
