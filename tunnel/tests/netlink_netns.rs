@@ -7,9 +7,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::fs::File;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -19,6 +17,10 @@ use meshgate_tunnel::netlink::{
 };
 use meshgate_tunnel::routes;
 use serde_json::Value;
+
+mod support;
+
+use support::{in_ns, ip};
 
 const TABLE: u32 = 28_007;
 
@@ -51,16 +53,7 @@ impl Netns {
 
     /// Runs `f` on a thread that has entered this namespace.
     fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.0);
-        std::thread::spawn(move || {
-            let file = File::open(&path).unwrap();
-            // SAFETY: setns on this thread only, with a valid namespace fd.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        in_ns(&self.0, f)
     }
 }
 
@@ -68,17 +61,6 @@ impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
-}
-
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn net(s: &str) -> Ipv4Net {

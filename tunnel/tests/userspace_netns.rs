@@ -7,8 +7,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::Duration;
 
@@ -16,40 +14,9 @@ use meshgate_tunnel::backend::Backend;
 use meshgate_tunnel::userspace::UserspaceDevice;
 use meshgate_tunnel::{routes, NodeKey, PeerChange, PeerConfig};
 
-struct Netns(Vec<String>);
+mod support;
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Runs `f` on a thread that has entered namespace `ns`; threads and
-/// processes it starts stay in that namespace.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = File::open(&path).unwrap();
-        // SAFETY: setns on this thread only, with a valid namespace fd.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .unwrap()
-}
+use support::{in_ns, ip, Netns};
 
 fn peer(name: &str, key: &NodeKey, underlay: &str, tunnel: &str) -> PeerConfig {
     PeerConfig {
