@@ -554,6 +554,8 @@ async fn register_once(
         tunnel_ip: String::new(),
         roles: vec![],
         encryption: Default::default(),
+        labels: Default::default(),
+        addresses: Default::default(),
     };
     client
         .register(pb::RegisterRequest { node: Some(node) })

@@ -3,6 +3,7 @@
 //! the fix. Also the agent status file types ([`AgentStatus`], [`PeerStatus`])
 //! fixed by docs/contracts.md.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use base64::Engine as _;
@@ -35,6 +36,23 @@ pub struct Node {
     /// How the node encrypts; a mesh mixes none.
     #[serde(default)]
     pub encryption: Encryption,
+    /// Node labels (egress gateway policies select gateway nodes by them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// IPv4 addresses of the node's interfaces (egress IPs are checked
+    /// against them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<NodeAddress>,
+}
+
+/// One IPv4 address of one of a node's interfaces.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NodeAddress {
+    pub interface: String,
+    pub ip: Ipv4Addr,
+    /// The interface holds the node's IPv4 default route.
+    #[serde(default)]
+    pub default_route: bool,
 }
 
 /// How nodes encrypt their traffic to each other (the agent's `--encryption`).
@@ -185,6 +203,8 @@ pub enum WatchItem {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
+    #[error("node {node}: address {value:?} is not an IPv4 address")]
+    NodeAddress { node: String, value: String },
     #[error("node {node}: encryption {value:?} is not known: use wireguard or ipsec")]
     Encryption { node: String, value: String },
     #[error("node name is empty; set the node's name (e.g. its Kubernetes node name)")]
@@ -410,6 +430,20 @@ impl TryFrom<pb::Node> for Node {
             node: name.clone(),
             value: p.encryption.clone(),
         })?;
+        let addresses = p
+            .addresses
+            .iter()
+            .map(|a| {
+                Ok(NodeAddress {
+                    interface: a.interface.clone(),
+                    ip: a.ip.trim().parse().map_err(|_| ModelError::NodeAddress {
+                        node: name.clone(),
+                        value: a.ip.clone(),
+                    })?,
+                    default_route: a.default_route,
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
         let node = Node {
             name,
             cluster: p.cluster,
@@ -421,6 +455,8 @@ impl TryFrom<pb::Node> for Node {
             tunnel_ip,
             roles: p.roles,
             encryption,
+            labels: p.labels,
+            addresses,
         };
         node.validate()?;
         Ok(node)
@@ -445,6 +481,20 @@ impl From<&Node> for pb::Node {
                 Encryption::Wireguard => String::new(),
                 Encryption::Ipsec => "ipsec".to_string(),
             },
+            labels: n
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            addresses: n
+                .addresses
+                .iter()
+                .map(|a| pb::NodeAddress {
+                    interface: a.interface.clone(),
+                    ip: a.ip.to_string(),
+                    default_route: a.default_route,
+                })
+                .collect(),
         }
     }
 }
@@ -744,6 +794,53 @@ pub struct AgentStatus {
     /// With `--encryption ipsec`: the key generation and the crypto path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipsec: Option<IpsecStatus>,
+    /// Egress gateway policies, when any is loaded (eBPF datapath).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressStatus>,
+}
+
+/// Egress gateways in [`AgentStatus`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressStatus {
+    /// Every loaded CiliumEgressGatewayPolicy, by name.
+    pub policies: Vec<EgressPolicyStatus>,
+    /// The egress IPs this node SNATs to as a gateway, with their interface.
+    #[serde(default)]
+    pub serving: BTreeMap<String, String>,
+    /// What could not be applied (conflicting policies, too many gateways...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// One egress gateway policy as this agent applies it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressPolicyStatus {
+    pub name: String,
+    /// This node's endpoints the policy selects.
+    pub endpoints: usize,
+    /// The gateways of this node's cluster's endpoints (a node selector
+    /// naming another cluster picks that cluster's nodes), in the order
+    /// flows are hashed over.
+    pub gateways: Vec<EgressGatewayStatus>,
+}
+
+/// One gateway of an [`EgressPolicyStatus`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressGatewayStatus {
+    /// `cluster/node`
+    pub node: String,
+    /// The egress IP it SNATs to, when the node has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_ip: Option<String>,
+    /// `up` or `down`, judged from the tunnel (this node itself is `up`).
+    pub health: String,
+    /// New flows may use it: it has its egress IP and a tunnel IP, and is up.
+    pub usable: bool,
+    /// Why it is not usable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    /// Flows of this node's endpoints through it now.
+    pub flows: u64,
 }
 
 /// The eBPF datapath in [`AgentStatus`].
@@ -868,6 +965,8 @@ pub(crate) mod tests {
             tunnel_ip: String::new(),
             roles: vec![],
             encryption: Default::default(),
+            labels: Default::default(),
+            addresses: Default::default(),
         }
     }
 

@@ -110,6 +110,8 @@ async fn node_with_pod(c: &mut DiscoveryClient<Channel>, cluster: &str, id: u8) 
         tunnel_ip: String::new(),
         roles: vec![],
         encryption: Default::default(),
+        labels: Default::default(),
+        addresses: Default::default(),
     };
     c.register(pb::RegisterRequest { node: Some(node) })
         .await
@@ -300,6 +302,8 @@ async fn a_remote_claiming_our_cluster_id_is_rejected_whole_and_counted() {
         tunnel_ip: String::new(),
         roles: vec![],
         encryption: Default::default(),
+        labels: Default::default(),
+        addresses: Default::default(),
     };
     kr.register(pb::RegisterRequest {
         node: Some(node.clone()),

@@ -77,6 +77,8 @@ async fn report(c: &mut DiscoveryClient<Channel>, cluster: &str, id: u8, pods: &
         tunnel_ip: String::new(),
         roles: vec![],
         encryption: Default::default(),
+        labels: Default::default(),
+        addresses: Default::default(),
     };
     c.register(pb::RegisterRequest { node: Some(node) })
         .await

@@ -89,6 +89,8 @@ fn node(name: &str, cluster: &str, k: u8) -> pb::Node {
         tunnel_ip: String::new(),
         roles: vec![],
         encryption: Default::default(),
+        labels: Default::default(),
+        addresses: Default::default(),
     }
 }
 

@@ -18,6 +18,8 @@ fn pnode(cluster: &str, id: u8, name: &str, cidr: &str, k: u32) -> pb::Node {
         tunnel_ip: tunnel_ip(id, k).unwrap().to_string(),
         roles: vec![],
         encryption: Default::default(),
+        labels: Default::default(),
+        addresses: Default::default(),
     }
 }
 

@@ -23,6 +23,8 @@ pub fn pb_node(name: &str, cidr: &str, key_byte: u8) -> pb::Node {
         tunnel_ip: String::new(),
         roles: vec![],
         encryption: Default::default(),
+        labels: Default::default(),
+        addresses: Default::default(),
     }
 }
 

@@ -242,6 +242,8 @@ mod tests {
             tunnel_ip: "100.64.64.2".into(),
             roles: vec![],
             encryption: Default::default(),
+            labels: Default::default(),
+            addresses: Default::default(),
         }
     }
 

@@ -63,6 +63,8 @@ fn random_node(rng: &mut Rng, cluster: &str, id: u8) -> pb::Node {
         tunnel_ip: tunnel.unwrap().to_string(),
         roles: vec![],
         encryption: Default::default(),
+        labels: Default::default(),
+        addresses: Default::default(),
     }
 }
 
@@ -202,6 +204,8 @@ fn random_local(rng: &mut Rng) -> Vec<Node> {
                 tunnel_ip: tunnel_ip(1, 1 + k as u32).unwrap().to_string(),
                 roles: vec![],
                 encryption: Default::default(),
+                labels: Default::default(),
+                addresses: Default::default(),
             };
             Node::try_from(p).unwrap()
         })

@@ -176,6 +176,8 @@ mod tests {
                 tunnel_ip: tunnel.into(),
                 roles: vec![],
                 encryption: Default::default(),
+                labels: Default::default(),
+                addresses: Default::default(),
             },
         )
     }

@@ -17,6 +17,8 @@ fn node(cluster: &str, id: u8, name: &str, i: u8, gateway: bool) -> (String, pb:
             pod_cidrs: vec![format!("10.{id}.{i}.0/24")],
             tunnel_ip: format!("100.64.{}.{}", id * 64, i + 1),
             encryption: String::new(),
+            labels: Default::default(),
+            addresses: Default::default(),
             roles: if gateway {
                 vec![CLUSTER_GATEWAY.into()]
             } else {
