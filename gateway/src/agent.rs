@@ -6,6 +6,7 @@
 //! SIGUSR2 exits for a restart (interface, routes and registration stay);
 //! SIGUSR1 rotates the key now; SIGHUP re-reads the `--policy` files.
 
+mod addresses;
 pub(crate) mod config;
 pub(crate) mod datapath;
 mod endpoints;
@@ -60,6 +61,13 @@ pub struct Agent {
     /// Set once loaded, after the tunnel is back (the pinned datapath
     /// forwards meanwhile).
     pub datapath: std::sync::OnceLock<datapath::Ebpf>,
+    /// The pods' host-side interfaces (their addresses are not the node's).
+    pub pod_interfaces: std::collections::BTreeSet<String>,
+    /// This node's interface addresses as last published.
+    pub addresses: Mutex<Vec<meshgate_discovery::model::NodeAddress>>,
+    /// This node is a candidate gateway of some egress gateway policy: it
+    /// sends keepalives to every peer, so they judge its health.
+    pub egress_gateway: std::sync::atomic::AtomicBool,
 }
 
 impl Agent {
@@ -81,6 +89,12 @@ impl Agent {
 
     pub fn liveness(&self) -> std::sync::MutexGuard<'_, liveness::Liveness> {
         self.liveness.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn addresses(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Vec<meshgate_discovery::model::NodeAddress>> {
+        self.addresses.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn services(&self) -> std::sync::MutexGuard<'_, services::Services> {
@@ -106,15 +120,16 @@ impl Agent {
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let cfg = args.resolve()?;
     // Policy files first: one that does not parse stops the agent here.
-    let policy = if cfg.policy_files.is_empty() {
-        None
+    let (policy, egress_policies) = if cfg.policy_files.is_empty() {
+        (None, Vec::new())
     } else {
-        let policies = datapath::policy::load_files(&cfg.policy_files)?;
-        Some(datapath::policy::PolicyRuntime::new(
+        let file = datapath::policy::load_files(&cfg.policy_files)?;
+        let rt = datapath::policy::PolicyRuntime::new(
             cfg.cluster_id,
             cfg.policy_files.clone(),
-            policies,
-        )?)
+            file.identity,
+        )?;
+        (Some(rt), file.egress)
     };
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
@@ -136,6 +151,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             _ => None,
         })
         .collect();
+    let pod_interfaces: std::collections::BTreeSet<String> = interfaces.values().cloned().collect();
     let (backend, fallback) = match (&cfg.encryption, &cfg.ipsec_secret) {
         (meshgate_discovery::model::Encryption::Ipsec, Some(secret)) => {
             let ipsec = meshgate_tunnel::ipsec::IpsecConfig {
@@ -169,6 +185,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         nodes: Mutex::new(None),
         liveness: Mutex::new(liveness::Liveness::default()),
         datapath: std::sync::OnceLock::new(),
+        addresses: Mutex::new(addresses::read(&pod_interfaces)),
+        pod_interfaces,
+        egress_gateway: std::sync::atomic::AtomicBool::new(false),
         cfg,
     });
     // Resume from what we last knew, before discovery answers: after a
@@ -188,6 +207,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             mesh::TUNNEL_MTU,
             agent.cfg.strict,
             policy,
+            egress_policies,
         )?;
         let _ = agent.datapath.set(dp);
         // Local pods from the saved ipcache, this process's programs swapped
@@ -209,6 +229,7 @@ async fn main_loop(agent: Arc<Agent>) -> anyhow::Result<()> {
         datapath::spawn_worker(agent.clone())?;
     }
     tokio::spawn(persist::status_loop(agent.clone()));
+    tokio::spawn(addresses::watch(agent.clone()));
     tokio::spawn(gateway_loop(agent.clone()));
     let observer = observe::start(&agent)?;
     metrics::start(agent.clone(), observer).await?;

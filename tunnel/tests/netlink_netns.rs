@@ -284,18 +284,12 @@ fn routes_of_each_type_in_main_and_in_table_28007() {
 #[ignore = "needs root (network namespaces): cargo xtask test runs it"]
 fn rules_are_added_once_listed_and_deleted_by_priority() {
     let ns = Netns::new();
-    let rule = Rule {
-        priority: TABLE,
-        table: TABLE,
-    };
+    let rule = Rule::lookup(TABLE, TABLE);
     ns.run(move || {
         let mut nl = Netlink::open().unwrap();
         let before = nl.rules().unwrap();
         assert!(
-            before.contains(&Rule {
-                priority: 32_766,
-                table: MAIN_TABLE
-            }),
+            before.contains(&Rule::lookup(32_766, MAIN_TABLE)),
             "{before:?}"
         );
         nl.add_rule(&rule).unwrap();
@@ -312,8 +306,28 @@ fn rules_are_added_once_listed_and_deleted_by_priority() {
         .collect();
     assert_eq!(ours.len(), 1, "{v}");
     assert_eq!(ours[0]["table"], "28007", "{v}");
+    // A rule for marked packets only reads back with its mark and mask.
+    let marked = Rule {
+        fwmark: Some((0x6c00_0000, 0xff00_0000)),
+        ..Rule::lookup(TABLE - 1, TABLE + 2)
+    };
     ns.run(move || {
         let mut nl = Netlink::open().unwrap();
+        nl.add_rule(&marked).unwrap();
+        assert!(nl.rules().unwrap().contains(&marked));
+    });
+    let v = ns.ip_json(&["rule", "show"]);
+    let m: Vec<&Value> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["priority"] == TABLE - 1)
+        .collect();
+    assert_eq!(m.len(), 1, "{v}");
+    assert_eq!(m[0]["fwmark"], "0x6c000000/0xff000000", "{v}");
+    ns.run(move || {
+        let mut nl = Netlink::open().unwrap();
+        nl.delete_rule(TABLE - 1).unwrap();
         nl.delete_rule(TABLE).unwrap();
         let e = nl.delete_rule(TABLE).unwrap_err();
         assert!(e.is_not_found(), "{e}");

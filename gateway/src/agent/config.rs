@@ -103,11 +103,17 @@ pub struct AgentArgs {
     #[arg(long)]
     #[serde(default)]
     pub strict: bool,
-    /// Identity policy: a YAML file of NetworkPolicy / CiliumNetworkPolicy
-    /// documents (repeatable; only with --datapath ebpf). SIGHUP re-reads
-    /// the files and applies the difference.
+    /// Policy: a YAML file of NetworkPolicy / CiliumNetworkPolicy /
+    /// CiliumEgressGatewayPolicy documents (repeatable; only with
+    /// --datapath ebpf). SIGHUP re-reads the files and applies the
+    /// difference.
     #[arg(long)]
     pub policy: Option<Vec<PathBuf>>,
+    /// A label of this node, `KEY=VALUE` (repeatable), published in its
+    /// node record: egress gateway policies select gateway nodes by them.
+    #[arg(long = "node-label", value_name = "KEY=VALUE")]
+    #[serde(default)]
+    pub node_labels: Vec<String>,
 }
 
 /// The resolved configuration.
@@ -140,6 +146,8 @@ pub struct AgentConfig {
     pub strict: bool,
     /// `--policy` files (empty: no policy is applied).
     pub policy_files: Vec<PathBuf>,
+    /// `--node-label`s.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl AgentConfig {
@@ -259,9 +267,16 @@ impl AgentArgs {
                  policy (add --datapath ebpf, or leave out --policy)"
             );
         }
+        let given_labels = if self.node_labels.is_empty() {
+            file.node_labels
+        } else {
+            self.node_labels
+        };
+        let labels = node_labels(&given_labels)?;
         let bpf_pin_dir =
             pick!(bpf_pin_dir).unwrap_or_else(|| super::datapath::default_pin_dir(&cluster, &node));
         Ok(AgentConfig {
+            labels,
             metrics_addr: pick!(metrics_addr),
             strict,
             policy_files,
@@ -288,6 +303,28 @@ impl AgentArgs {
             tls,
         })
     }
+}
+
+/// `--node-label KEY=VALUE`s as a map; a malformed or repeated key is an error.
+pub fn node_labels(given: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for l in given {
+        let Some((k, v)) = l.split_once('=') else {
+            bail!("--node-label {l:?} is not KEY=VALUE (e.g. --node-label egress=true)");
+        };
+        let (k, v) = (k.trim(), v.trim());
+        let bad = |s: &str| s.chars().any(|c| c.is_whitespace() || c == ',' || c == '=');
+        if k.is_empty() || bad(k) || bad(v) {
+            bail!(
+                "--node-label {l:?}: a label key is not empty, and neither key nor value holds \
+                 spaces, commas or '='"
+            );
+        }
+        if out.insert(k.to_string(), v.to_string()).is_some() {
+            bail!("--node-label gives the key {k:?} twice; give each label once");
+        }
+    }
+    Ok(out)
 }
 
 /// `--discovery`: one URL or several comma-separated, all http:// or all
@@ -433,6 +470,24 @@ mod tests {
         a.datapath = Some("ebpf".into());
         assert!(a.resolve().unwrap().strict);
         assert!(!full().resolve().unwrap().strict);
+    }
+
+    #[test]
+    fn node_labels_are_key_value_pairs() {
+        let mut a = full();
+        a.node_labels = vec!["egress=true".into(), "zone = a".into()];
+        let cfg = a.resolve().unwrap();
+        assert_eq!(cfg.labels["egress"], "true");
+        assert_eq!(cfg.labels["zone"], "a");
+        for bad in ["egress", "=x", "a b=c", "k=v,w"] {
+            let mut a = full();
+            a.node_labels = vec![bad.into()];
+            let err = a.resolve().unwrap_err().to_string();
+            assert!(err.contains("--node-label"), "{bad}: {err}");
+        }
+        let mut a = full();
+        a.node_labels = vec!["k=1".into(), "k=2".into()];
+        assert!(a.resolve().unwrap_err().to_string().contains("twice"));
     }
 
     #[test]

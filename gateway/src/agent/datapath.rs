@@ -15,6 +15,7 @@
 //! as tc clsact filters below (`status.json`'s `datapath.attach`; how each
 //! is replaced in place: meshgate-ebpf's `loader.rs`).
 
+pub mod egress;
 pub mod lb;
 pub mod mesh_cidrs;
 pub mod plan;
@@ -95,6 +96,8 @@ struct Inner {
     lb: lb::LbState,
     /// Identity policy (`--policy`), if any file was given.
     policy: Option<policy::PolicyRuntime>,
+    /// Egress gateway policies (from the same files).
+    egress: egress::EgressRuntime,
     /// Set by [`Ebpf::remove`]: no sync may put anything back afterwards.
     removed: bool,
 }
@@ -200,10 +203,7 @@ fn nft(script: &str) -> anyhow::Result<()> {
 /// unless a rule is at that priority already.
 fn ensure_rule(nl: &mut Netlink) -> anyhow::Result<()> {
     if !nl.rules()?.iter().any(|r| r.priority == ROUTE_TABLE) {
-        nl.add_rule(&Rule {
-            priority: ROUTE_TABLE,
-            table: ROUTE_TABLE,
-        })
+        nl.add_rule(&Rule::lookup(ROUTE_TABLE, ROUTE_TABLE))
         .context("adding the rule for the eBPF datapath's routing table")?;
     }
     Ok(())
@@ -230,6 +230,7 @@ impl Ebpf {
         tunnel_mtu: u16,
         strict: bool,
         policy: Option<policy::PolicyRuntime>,
+        egress_policies: Vec<meshgate_egress::EgressPolicy>,
     ) -> anyhow::Result<Ebpf> {
         let started = std::time::Instant::now();
         let sys = Path::new("/sys/fs/bpf");
@@ -305,6 +306,13 @@ impl Ebpf {
         if stale > 0 {
             debug!(stale, "stale service backend slots removed");
         }
+        let mut egress = egress::EgressRuntime::new(egress_policies);
+        egress.adopt_pinned(
+            dp.maps
+                .egress
+                .routes()
+                .context("reading the pinned egress routes")?,
+        );
         info!(
             attach = %dp.attach_mode(),
             lb_frontends = lb.len(),
@@ -323,6 +331,7 @@ impl Ebpf {
                 last_reconcile: (0, 0, 0),
                 lb,
                 policy,
+                egress,
                 removed: false,
             }),
             interfaces,
@@ -397,12 +406,20 @@ impl Ebpf {
         if let Err(e) = nft(&format!("delete table inet {NFT_TABLE}\n")) {
             warn!(error = %format!("{e:#}"), "removing the VXLAN filter failed");
         }
+        egress::remove_host(&mut nl);
         // Unpinning the links detaches the programs (this process holds no
         // link of its own).
         meshgate_ebpf::remove_pin_dir(inner.dp.pin_dir())
             .context("removing the eBPF datapath's pins")?;
         info!("eBPF datapath removed");
         Ok(())
+    }
+}
+
+impl Inner {
+    /// No egress route is left in the map (nothing to clear).
+    fn egress_cleared(&self) -> bool {
+        self.egress.applied_is_empty()
     }
 }
 
@@ -419,13 +436,114 @@ pub fn reload_policy(agent: &Agent) {
     let mut inner = ebpf.inner();
     let inner = &mut *inner;
     match inner.policy.as_mut() {
-        Some(p) => {
-            if let Err(e) = p.reload(&mut inner.dp.maps.policy) {
-                warn!(error = %format!("{e:#}"), "policy reload failed");
+        Some(p) => match p.reload(&mut inner.dp.maps.policy) {
+            Ok(egress) => {
+                info!(egress_policies = egress.len(), "egress gateway policies reloaded");
+                inner.egress.set_policies(egress);
             }
-        }
+            Err(e) => warn!(error = %format!("{e:#}"), "policy reload failed"),
+        },
         None => info!("SIGHUP: no --policy files to reload"),
     }
+    drop(inner);
+    sync_egress(agent);
+}
+
+/// Plans the egress routes from the agent's state and the gateways'
+/// health now, and applies what changed. Called after every sync and every
+/// [`egress::TICK`] while egress policies are loaded.
+pub fn sync_egress(agent: &Agent) {
+    let Some(ebpf) = agent.datapath.get() else {
+        return;
+    };
+    let policies = {
+        let inner = ebpf.inner();
+        // With no policy loaded there is nothing to plan, once the routes
+        // of the last one are cleared.
+        if inner.removed || (inner.egress.is_empty() && inner.egress_cleared()) {
+            return;
+        }
+        inner.egress.policies().to_vec()
+    };
+    let inputs = {
+        let cache = agent.ipcache();
+        let nodes = agent.nodes();
+        let Some(nodes) = nodes.as_ref() else {
+            return; // no node records yet: keep what the pinned map holds
+        };
+        egress::Inputs::gather(&cache, nodes)
+    };
+    let ages: BTreeMap<String, Option<u64>> = agent
+        .backend
+        .stats()
+        .into_iter()
+        .map(|s| (s.name, s.last_rx_age_ms))
+        .collect();
+    let (peers, tunnel_ip) = {
+        let mesh = agent.mesh();
+        (mesh.peers.clone(), mesh.tunnel_ip)
+    };
+    let dead_ms = egress::EGRESS_DEAD_AFTER.as_millis() as u64;
+    let alive = |peer: &str| {
+        ages.get(peer)
+            .copied()
+            .flatten()
+            .is_some_and(|ms| ms <= dead_ms)
+    };
+    let healthy = |node: &str| {
+        if ages.contains_key(node) {
+            return alive(node);
+        }
+        // Reached through a cluster gateway: as healthy as that hop.
+        let Some(t) = inputs.nodes.get(node).and_then(|n| n.2) else {
+            return false;
+        };
+        peers
+            .values()
+            .find(|p| p.allowed_ips.iter().any(|n| n.contains(&t)))
+            .is_some_and(|p| alive(&p.name))
+    };
+    let plan = inputs.plan(&agent.cfg.mesh_name(), &policies, healthy);
+    let gateway_of_any = plan.gateway_of_any;
+    {
+        let mut inner = ebpf.inner();
+        let inner = &mut *inner;
+        if inner.removed {
+            return;
+        }
+        egress::apply(&mut inner.egress, &mut inner.dp.maps, plan, tunnel_ip);
+    }
+    let was = agent
+        .egress_gateway
+        .swap(gateway_of_any, std::sync::atomic::Ordering::Relaxed);
+    if was != gateway_of_any {
+        info!(egress_gateway = gateway_of_any, "keepalives to every peer {}", if gateway_of_any { "on" } else { "off" });
+        super::mesh::refresh(agent);
+    }
+}
+
+/// Whether egress is active on this node (policies loaded, or routes left to clear).
+pub fn egress_active(agent: &Agent) -> bool {
+    agent.datapath.get().is_some_and(|d| {
+        let inner = d.inner();
+        !inner.egress.is_empty() || !inner.egress_cleared()
+    })
+}
+
+/// `status.json`'s egress section, when egress policies are loaded.
+pub fn egress_status(agent: &Agent) -> Option<meshgate_discovery::model::EgressStatus> {
+    let ebpf = agent.datapath.get()?;
+    let tunnel_of: BTreeMap<String, Ipv4Addr> = agent
+        .nodes()
+        .iter()
+        .flat_map(|n| n.iter())
+        .filter_map(|(name, n)| Some((name.clone(), n.tunnel_ip.parse().ok()?)))
+        .collect();
+    let inner = ebpf.inner();
+    if inner.egress.is_empty() {
+        return None;
+    }
+    Some(egress::status(&inner.egress, &inner.dp.maps, &tunnel_of))
 }
 
 /// Brings the datapath in step with the agent's ipcache, node records and

@@ -11,6 +11,11 @@ use std::time::{Duration, Instant};
 
 /// Keepalive interval towards and from cluster gateways.
 pub const KEEPALIVE_MS: u64 = 200;
+/// Keepalive interval from egress gateways to every peer.
+pub const EGRESS_KEEPALIVE_MS: u64 = 100;
+/// Silence after which an egress gateway counts as dead: its flows move
+/// within a second of its death (this, plus one egress tick).
+pub const EGRESS_DEAD_AFTER: Duration = Duration::from_millis(500);
 /// Silence after which a peer counts as dead.
 pub const DEAD_AFTER: Duration = Duration::from_millis(900);
 /// How long a peer must have been alive again before it is preferred.

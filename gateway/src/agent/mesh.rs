@@ -112,6 +112,9 @@ pub fn refresh(agent: &Agent) {
             cluster: &agent.cfg.cluster,
             gateway: agent.cfg.is_cluster_gateway(),
             encryption: agent.cfg.encryption,
+            egress_gateway: agent
+                .egress_gateway
+                .load(std::sync::atomic::Ordering::Relaxed),
         };
         plan(&me, nodes, |n| live.health(n, now))
     };
@@ -260,6 +263,8 @@ mod tests {
             cluster: "c1",
             gateway: false,
             encryption: Default::default(),
+
+            egress_gateway: false,
         };
         let paths = plan(&me, &nodes, |_| super::super::liveness::Health::Down);
         let (peers, problems) = (paths.peers, paths.problems);

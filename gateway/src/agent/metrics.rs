@@ -151,6 +151,9 @@ pub fn render(status: &AgentStatus, dp: Option<&DatapathFigures>) -> String {
             o.sample(name, &[("peer", &peer(p))], get(p));
         }
     }
+    if let Some(e) = &status.egress {
+        egress(&mut o, e);
+    }
     let Some(dp) = dp else {
         return o.0;
     };
@@ -226,6 +229,50 @@ pub fn render(status: &AgentStatus, dp: Option<&DatapathFigures>) -> String {
         dp.observe_clients,
     );
     o.0
+}
+
+/// Egress gateway policies: each gateway's usability and flows.
+fn egress(o: &mut Out, e: &meshgate_discovery::model::EgressStatus) {
+    o.family(
+        "meshgate_egress_gateway_up",
+        "gauge",
+        "1 while an egress gateway of a policy is usable for new flows (has its egress IP, is up).",
+    );
+    for p in &e.policies {
+        for g in &p.gateways {
+            o.sample(
+                "meshgate_egress_gateway_up",
+                &[("policy", &p.name), ("gateway", &g.node)],
+                u8::from(g.usable),
+            );
+        }
+    }
+    o.family(
+        "meshgate_egress_gateway_flows",
+        "gauge",
+        "Flows of this node's pods through an egress gateway (seen within a minute).",
+    );
+    for p in &e.policies {
+        for g in &p.gateways {
+            o.sample(
+                "meshgate_egress_gateway_flows",
+                &[("policy", &p.name), ("gateway", &g.node)],
+                g.flows,
+            );
+        }
+    }
+    o.family(
+        "meshgate_egress_policy_endpoints",
+        "gauge",
+        "This node's endpoints an egress gateway policy selects.",
+    );
+    for p in &e.policies {
+        o.sample(
+            "meshgate_egress_policy_endpoints",
+            &[("policy", &p.name)],
+            p.endpoints,
+        );
+    }
 }
 
 /// Reads the pinned drop counters (opened once, on first use).
@@ -406,6 +453,49 @@ mod tests {
             out.insert(key.to_string(), value.parse().unwrap());
         }
         out
+    }
+
+    #[test]
+    fn egress_gateways_are_exposed_per_policy() {
+        use meshgate_discovery::model::{EgressGatewayStatus, EgressPolicyStatus, EgressStatus};
+        let mut s = status();
+        s.egress = Some(EgressStatus {
+            policies: vec![EgressPolicyStatus {
+                name: "egress-client".into(),
+                endpoints: 2,
+                gateways: vec![
+                    EgressGatewayStatus {
+                        node: "c1/g1".into(),
+                        egress_ip: Some("203.0.113.50".into()),
+                        health: "up".into(),
+                        usable: true,
+                        problem: None,
+                        flows: 7,
+                    },
+                    EgressGatewayStatus {
+                        node: "c1/g2".into(),
+                        egress_ip: None,
+                        health: "down".into(),
+                        usable: false,
+                        problem: Some("down".into()),
+                        flows: 0,
+                    },
+                ],
+            }],
+            ..Default::default()
+        });
+        let m = parse(&render(&s, None));
+        let k = |f: &str, g: &str| format!("{f}{{policy=\"egress-client\",gateway=\"{g}\"}}");
+        assert_eq!(m[&k("meshgate_egress_gateway_up", "c1/g1")], 1.0);
+        assert_eq!(m[&k("meshgate_egress_gateway_up", "c1/g2")], 0.0);
+        assert_eq!(m[&k("meshgate_egress_gateway_flows", "c1/g1")], 7.0);
+        assert_eq!(
+            m["meshgate_egress_policy_endpoints{policy=\"egress-client\"}"],
+            2.0
+        );
+        assert!(!parse(&render(&status(), None))
+            .keys()
+            .any(|k| k.starts_with("meshgate_egress")));
     }
 
     #[test]

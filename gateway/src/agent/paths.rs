@@ -36,6 +36,10 @@ pub struct Me<'a> {
     pub gateway: bool,
     /// How this node encrypts: nodes that encrypt otherwise are not peered.
     pub encryption: meshgate_discovery::model::Encryption,
+    /// A candidate gateway of some egress gateway policy: it sends every
+    /// peer a keepalive each [`liveness::EGRESS_KEEPALIVE_MS`], so that
+    /// they see within half a second when it dies.
+    pub egress_gateway: bool,
 }
 
 /// The peers to configure, what was wrong with the records, and the
@@ -136,6 +140,9 @@ pub fn plan(
             let mut p = peer.clone();
             if me.gateway || *gw {
                 p.keepalive_ms = Some(KEEPALIVE_MS);
+            }
+            if me.egress_gateway {
+                p.keepalive_ms = Some(liveness::EGRESS_KEEPALIVE_MS);
             }
             out.peers.insert(p.name.clone(), p);
             continue;

@@ -118,7 +118,7 @@ pub fn status(agent: &Agent) -> AgentStatus {
         services: agent.services().services.len(),
         gateways: mesh.gateways.clone(),
         datapath: agent.datapath.get().map(|d| d.status()),
-        egress: None,
+        egress: super::datapath::egress_status(agent),
         ipsec: agent
             .backend
             .ipsec()

@@ -40,8 +40,8 @@ fn this_node(agent: &Agent) -> pb::Node {
         tunnel_ip: String::new(),
         roles: cfg.roles.clone(),
         encryption: cfg.encryption.as_str().to_string(),
-        labels: Default::default(),
-        addresses: Default::default(),
+        labels: cfg.labels.clone(),
+        addresses: super::addresses::to_pb(&agent.addresses()),
     }
 }
 

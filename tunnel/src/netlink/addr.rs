@@ -35,6 +35,28 @@ impl Netlink {
         .map(drop)
     }
 
+    /// Every IPv4 address of every device: (interface index, address).
+    pub fn all_addresses(&mut self) -> Result<Vec<(u32, Ipv4Net)>, NetlinkError> {
+        let mut req = AddressMessage::default();
+        req.header.family = AddressFamily::Inet;
+        let answer = self.dump(RouteNetlinkMessage::GetAddress(req), || {
+            "listing the addresses of every device".to_string()
+        })?;
+        Ok(answer
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) => {
+                    let ip = a.attributes.iter().find_map(|at| match at {
+                        AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                        _ => None,
+                    })?;
+                    Some((a.header.index, Ipv4Net::new(ip, a.header.prefix_len).ok()?))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
     /// The IPv4 addresses of `dev`, with their prefix lengths.
     pub fn addresses(&mut self, dev: &str) -> Result<Vec<Ipv4Net>, NetlinkError> {
         let op = || format!("listing the addresses of {dev}");

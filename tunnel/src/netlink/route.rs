@@ -64,6 +64,8 @@ pub struct Route {
     pub dev: Option<String>,
     /// The preferred source address (`src`).
     pub src: Option<Ipv4Addr>,
+    /// The next hop (`via`); none: the destination is on the link.
+    pub gateway: Option<Ipv4Addr>,
 }
 
 impl Route {
@@ -75,6 +77,7 @@ impl Route {
             table: MAIN_TABLE,
             dev: Some(dev.to_string()),
             src: None,
+            gateway: None,
         }
     }
 
@@ -86,6 +89,7 @@ impl Route {
             table: MAIN_TABLE,
             dev: None,
             src: None,
+            gateway: None,
         }
     }
 
@@ -100,6 +104,11 @@ impl Route {
     /// The same route in `table`.
     pub fn in_table(self, table: u32) -> Route {
         Route { table, ..self }
+    }
+
+    /// The same route through the next hop `gateway` (`via`).
+    pub fn with_gateway(self, gateway: Option<Ipv4Addr>) -> Route {
+        Route { gateway, ..self }
     }
 
     /// The same route with the preferred source `src`.
@@ -126,7 +135,7 @@ impl Route {
             m.header.protocol = RouteProtocol::Boot;
             // A unicast route without a gateway reaches its destination on
             // the link itself.
-            m.header.scope = if self.kind == RouteType::Unicast {
+            m.header.scope = if self.kind == RouteType::Unicast && self.gateway.is_none() {
                 RouteScope::Link
             } else {
                 RouteScope::Universe
@@ -139,6 +148,10 @@ impl Route {
         m.attributes.push(RouteAttribute::Table(self.table));
         if let Some(oif) = oif {
             m.attributes.push(RouteAttribute::Oif(oif));
+        }
+        if let (Some(gw), false) = (self.gateway, delete) {
+            m.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
         }
         if let (Some(src), false) = (self.src, delete) {
             m.attributes
@@ -157,6 +170,9 @@ impl fmt::Display for Route {
             RouteType::Other(n) => write!(f, "type {n} ")?,
         }
         write!(f, "{}", self.dst)?;
+        if let Some(gw) = self.gateway {
+            write!(f, " via {gw}")?;
+        }
         if let Some(dev) = &self.dev {
             write!(f, " dev {dev}")?;
         }
@@ -178,13 +194,15 @@ fn parse(m: RouteMessage, table: u32) -> Option<(Route, Option<u32>)> {
         return None;
     }
     let mut dst = Ipv4Addr::UNSPECIFIED;
-    let (mut in_table, mut oif, mut src) = (u32::from(m.header.table), None, None);
+    let (mut in_table, mut oif, mut src, mut gateway) =
+        (u32::from(m.header.table), None, None, None);
     for a in m.attributes {
         match a {
             RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = d,
             RouteAttribute::Table(t) => in_table = t,
             RouteAttribute::Oif(i) => oif = Some(i),
             RouteAttribute::PrefSource(RouteAddress::Inet(s)) => src = Some(s),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(g),
             _ => {}
         }
     }
@@ -197,6 +215,7 @@ fn parse(m: RouteMessage, table: u32) -> Option<(Route, Option<u32>)> {
         table,
         dev: None,
         src,
+        gateway,
     };
     Some((route, oif))
 }

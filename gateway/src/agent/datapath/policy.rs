@@ -126,17 +126,26 @@ pub fn apply(maps: &mut dyn PolicyMaps, d: &PolicyDiff) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads and parses every policy file; the first error names its file.
-pub fn load_files(files: &[PathBuf]) -> anyhow::Result<Vec<Policy>> {
-    let mut all = Vec::new();
+/// Reads and parses every policy file (identity and egress gateway
+/// policies); the first error names its file.
+pub fn load_files(files: &[PathBuf]) -> anyhow::Result<meshgate_egress::PolicyFile> {
+    let mut all = meshgate_egress::PolicyFile::default();
     for f in files {
-        let mut p = parse_policy_file(f).map_err(|e| {
+        let mut p = meshgate_egress::parse_policy_file(f).map_err(|e| {
             anyhow::anyhow!(
                 "{e} (fix the policy file; `meshgate policy check {}` shows what is refused)",
                 f.display()
             )
         })?;
-        all.append(&mut p);
+        all.identity.append(&mut p.identity);
+        all.egress.append(&mut p.egress);
+    }
+    let mut names = std::collections::BTreeSet::new();
+    if let Some(twice) = all.egress.iter().find(|p| !names.insert(p.name.clone())) {
+        anyhow::bail!(
+            "CiliumEgressGatewayPolicy {} is given twice across the policy files; give each once",
+            twice.name
+        );
     }
     Ok(all)
 }
@@ -251,10 +260,20 @@ impl PolicyRuntime {
         }
     }
 
-    /// Re-reads the files; on success the policy set is replaced by one
-    /// diff. On failure nothing changes and the error is kept for status.
-    pub fn reload(&mut self, maps: &mut dyn PolicyMaps) -> anyhow::Result<()> {
-        let policies = match load_files(&self.files) {
+    /// The files, as given.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// Re-reads the files; on success the identity policy set is replaced
+    /// by one diff and the egress gateway policies read are returned for
+    /// the caller to apply. On failure nothing changes and the error is
+    /// kept for status.
+    pub fn reload(
+        &mut self,
+        maps: &mut dyn PolicyMaps,
+    ) -> anyhow::Result<Vec<meshgate_egress::EgressPolicy>> {
+        let file = match load_files(&self.files) {
             Ok(p) => p,
             Err(e) => {
                 self.failed_reloads += 1;
@@ -262,6 +281,7 @@ impl PolicyRuntime {
                 return Err(e.context("reloading the policy files; the previous policy stays"));
             }
         };
+        let policies = file.identity;
         let before = self.state.clone();
         let d = match self.state.sync_policies(policies) {
             Ok(d) => d,
@@ -286,11 +306,13 @@ impl PolicyRuntime {
         );
         if self.in_step {
             if let Err(e) = apply(maps, &d) {
+                // The state is the new policy: the maps are reconciled
+                // with it on the next update.
                 self.in_step = false;
-                return Err(e.context("applying the reloaded policy; retried on the next update"));
+                warn!(error = %format!("{e:#}"), "applying the reloaded policy failed; retried on the next update");
             }
         }
-        Ok(())
+        Ok(file.egress)
     }
 
     /// Reads the maps and applies the diff to what the state wants.
@@ -401,7 +423,7 @@ spec:
         let dir = tempfile::tempdir().unwrap();
         let f = write(dir.path(), "p.yaml", POL);
         let files = vec![f.clone()];
-        let mut rt = PolicyRuntime::new(1, files.clone(), load_files(&files).unwrap()).unwrap();
+        let mut rt = PolicyRuntime::new(1, files.clone(), load_files(&files).unwrap().identity).unwrap();
         let mut m = Model::default();
         rt.sync_identities(&mut m, &BTreeMap::new());
         assert_eq!(
@@ -448,7 +470,7 @@ spec:
             (131_328, "web", "c2"),
         ]);
         let mut m = Model::default();
-        let mut first = PolicyRuntime::new(1, files.clone(), load_files(&files).unwrap()).unwrap();
+        let mut first = PolicyRuntime::new(1, files.clone(), load_files(&files).unwrap().identity).unwrap();
         first.sync_identities(&mut m, &known);
         // A stale entry an older policy left behind.
         let stale = PolicyEntry {
@@ -460,7 +482,7 @@ spec:
         };
         m.maps.entries.insert(stale, Verdict::Allow);
         m.writes = 0;
-        let mut second = PolicyRuntime::new(1, files.clone(), load_files(&files).unwrap()).unwrap();
+        let mut second = PolicyRuntime::new(1, files.clone(), load_files(&files).unwrap().identity).unwrap();
         second.sync_identities(&mut m, &known);
         assert_eq!(m.writes, 1, "only the stale entry is removed");
         assert_eq!(second.status().reconcile_writes, Some(1));
@@ -472,7 +494,7 @@ spec:
     fn a_failed_write_is_reconciled_on_the_next_sync() {
         let dir = tempfile::tempdir().unwrap();
         let files = vec![write(dir.path(), "p.yaml", POL)];
-        let mut rt = PolicyRuntime::new(1, files.clone(), load_files(&files).unwrap()).unwrap();
+        let mut rt = PolicyRuntime::new(1, files.clone(), load_files(&files).unwrap().identity).unwrap();
         let mut m = Model::default();
         let mut known = ids(&[(65_792, "db", "c1")]);
         rt.sync_identities(&mut m, &known);
@@ -483,7 +505,7 @@ spec:
         rt.sync_identities(&mut m, &known);
         assert_eq!(
             m.maps,
-            compile(&Scope::new(1), &load_files(&files).unwrap(), &known)
+            compile(&Scope::new(1), &load_files(&files).unwrap().identity, &known)
         );
     }
 

@@ -6,7 +6,9 @@
 //! next event at once. Kicks that arrive while a sync runs fold into one
 //! more sync, which reads the newest state. The worker also syncs every
 //! [`RESYNC`] without a kick: a map write or route that failed is retried
-//! then, not only when discovery happens to send another event.
+//! then, not only when discovery happens to send another event. While
+//! egress gateway policies are loaded it also plans the egress routes
+//! every [`super::egress::TICK`], so a dead gateway's flows move at once.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -59,12 +61,27 @@ pub fn spawn_worker(agent: Arc<Agent>) -> anyhow::Result<()> {
             let Some(dp) = agent.datapath.get() else {
                 return;
             };
+            let mut last_full = std::time::Instant::now();
             loop {
-                let kicked = dp.kick.take(RESYNC);
-                if !kicked {
-                    debug!("periodic datapath resync");
+                // Egress gateways' health is judged every tick while
+                // egress policies are loaded; the full sync stays at RESYNC.
+                let egress = super::egress_active(&agent);
+                let wait = if egress {
+                    super::egress::TICK
+                } else {
+                    RESYNC
+                };
+                let kicked = dp.kick.take(wait);
+                if kicked || last_full.elapsed() >= RESYNC {
+                    if !kicked {
+                        debug!("periodic datapath resync");
+                    }
+                    super::sync(&agent);
+                    last_full = std::time::Instant::now();
                 }
-                super::sync(&agent);
+                if egress || kicked {
+                    super::sync_egress(&agent);
+                }
             }
         })
         .context("starting the datapath sync thread")?;

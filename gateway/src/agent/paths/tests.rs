@@ -70,6 +70,7 @@ fn without_gateways_every_node_is_a_direct_peer() {
         cluster: "c1",
         gateway: false,
         encryption: Default::default(),
+        egress_gateway: false,
     };
     let p = plan(&me, &nodes, all_up);
     assert_eq!(p.peers.keys().collect::<Vec<_>>(), vec!["c1/n2", "c2/n1"]);
@@ -84,6 +85,7 @@ fn an_ordinary_node_behind_gateways_sends_everything_foreign_to_its_active_gatew
         cluster: "c1",
         gateway: false,
         encryption: Default::default(),
+        egress_gateway: false,
     };
     let p = plan(&me, &world(), all_up);
     // Only its own cluster's nodes are peers; both gateways keep a session.
@@ -120,6 +122,7 @@ fn when_the_active_gateway_dies_its_prefixes_move_to_the_other() {
         cluster: "c1",
         gateway: false,
         encryption: Default::default(),
+        egress_gateway: false,
     };
     let p = plan(&me, &world(), |n| {
         if n == "c1/g1" {
@@ -141,6 +144,7 @@ fn a_gateway_reaches_other_gateways_directly_and_ordinary_nodes_through_theirs()
         cluster: "c1",
         gateway: true,
         encryption: Default::default(),
+        egress_gateway: false,
     };
     let p = plan(&me, &world(), |n| {
         if n == "c2/g1" {
@@ -180,6 +184,7 @@ fn a_node_of_a_routable_cluster_reaches_isolated_ones_through_their_gateways() {
         cluster: "c3",
         gateway: false,
         encryption: Default::default(),
+        egress_gateway: false,
     };
     let p = plan(&me, &world(), all_up);
     assert_eq!(
@@ -209,6 +214,8 @@ fn every_prefix_belongs_to_exactly_one_peer_on_every_node() {
             cluster: &n.cluster,
             gateway: n.roles.iter().any(|r| r == CLUSTER_GATEWAY),
             encryption: Default::default(),
+
+            egress_gateway: false,
         };
         let p = plan(&me, &nodes, all_up);
         let mut seen = std::collections::BTreeSet::new();
@@ -234,6 +241,7 @@ fn bad_gateway_records_are_reported_not_applied() {
         cluster: "c3",
         gateway: false,
         encryption: Default::default(),
+        egress_gateway: false,
     };
     let p = plan(&me, &nodes, all_up);
     assert!(p.problems.iter().any(|e| e.contains("c1/g1")));
@@ -259,6 +267,7 @@ fn a_node_that_encrypts_otherwise_is_not_peered_and_says_why() {
         cluster: "c1",
         gateway: false,
         encryption: Default::default(),
+        egress_gateway: false,
     };
     let p = plan(&me, &nodes, all_up);
     assert_eq!(p.peers.keys().collect::<Vec<_>>(), vec!["c1/n2"]);
