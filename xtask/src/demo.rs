@@ -1,5 +1,8 @@
 //! `cargo xtask demo`: one cluster of three nodes; pods talk across nodes, and
 //! the underlay carries nothing but WireGuard, the control plane and ARP.
+//! Then egress gateways (`scenarios/egress.yaml`): a selected pod's
+//! connection reaches the external host from a gateway's egress IP, an
+//! unselected pod's from its node.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -27,7 +30,7 @@ const PAIRS: &[(&str, &str)] = &[
 ];
 
 pub fn run() -> Result<()> {
-    let mut steps = Steps::new(6);
+    let mut steps = Steps::new(8);
     steps.step("deps", crate::deps::run)?;
     steps.step("build meshgate (release)", || {
         util::run(util::cargo().args(["build", "-p", "meshgate-gateway", "--release"]))
@@ -42,7 +45,62 @@ pub fn run() -> Result<()> {
     steps.step("pods ping across nodes", || ping_pairs(&world))?;
     steps.step("underlay capture on n1", || capture(&world))?;
     drop(world);
-    eprintln!("\ndemo done: pods reach each other across nodes, and n1's underlay carried no clear pod packet");
+    let scenario = util::repo_root().join(EGRESS_SCENARIO);
+    let egress = steps.step("lab up (egress gateways)", || {
+        World::up(&bin, EGRESS_WORLD, &scenario, &[])
+    })?;
+    steps.step(
+        "pods call the internet host through egress gateways",
+        || egress_calls(&egress),
+    )?;
+    drop(egress);
+    eprintln!(
+        "\ndemo done: pods reach each other across nodes, n1's underlay carried no clear pod \
+         packet, and selected pods reach the internet from their gateways' egress IPs"
+    );
+    Ok(())
+}
+
+const EGRESS_WORLD: &str = "egress";
+const EGRESS_SCENARIO: &str = "scenarios/egress.yaml";
+/// The external host of the egress scenario; its TCP 8080 answers with the
+/// source address it saw.
+const INTERNET: &str = "203.0.113.10";
+
+/// What the external host sees of one TCP connection from a pod.
+fn seen_by_internet(world: &World, pod: &str) -> Result<String> {
+    let script = format!("exec 3<>/dev/tcp/{INTERNET}/8080 && head -n1 <&3");
+    let text = output(
+        world
+            .cmd()
+            .args(["lab", "exec", &world.target(pod), "--"])
+            .args(["timeout", "5", "bash", "-c", &script]),
+    )
+    .with_context(|| format!("{pod} could not reach {INTERNET}:8080"))?;
+    Ok(text.trim().to_string())
+}
+
+fn egress_calls(world: &World) -> Result<()> {
+    util::run(world.cmd().args(["lab", "status", EGRESS_WORLD]))?;
+    let n1 = world.ip("c1/n1")?;
+    println!("\n--- which source address {INTERNET} sees (policy egress-client: app=egress-client -> 203.0.113.0/24 via nodes egress=true, interface eg0)");
+    for (pod, want) in [
+        ("c1/app1", "203.0.113.50 or .51 (c1's gateways g1, g2)"),
+        ("c1/app2", "203.0.113.50 or .51 (c1's gateways g1, g2)"),
+        ("c2/app3", "203.0.113.60 (c2's own gateway)"),
+        ("c1/other1", "its node n1's address (not selected)"),
+    ] {
+        let seen = seen_by_internet(world, pod)?;
+        println!("  {pod:<10} seen from {seen:<15} expected: {want}");
+        let ok = match pod {
+            "c2/app3" => seen == "203.0.113.60",
+            "c1/other1" => seen == n1,
+            _ => seen == "203.0.113.50" || seen == "203.0.113.51",
+        };
+        if !ok {
+            bail!("{pod} reached {INTERNET} from {seen}, expected {want}");
+        }
+    }
     Ok(())
 }
 

@@ -55,7 +55,9 @@ pub fn read(skip: &BTreeSet<String>) -> Vec<NodeAddress> {
     }
 }
 
-fn read_inner(skip: &BTreeSet<String>) -> Result<Vec<NodeAddress>, meshgate_tunnel::netlink::NetlinkError> {
+fn read_inner(
+    skip: &BTreeSet<String>,
+) -> Result<Vec<NodeAddress>, meshgate_tunnel::netlink::NetlinkError> {
     let mut nl = Netlink::open()?;
     let mut names: BTreeMap<u32, Option<String>> = BTreeMap::new();
     let mut addrs = Vec::new();
@@ -113,7 +115,10 @@ pub async fn watch(agent: Arc<Agent>) {
             }
         };
         if changed {
-            info!(addresses = now.len(), "this node's addresses changed; registering again");
+            info!(
+                addresses = now.len(),
+                "this node's addresses changed; registering again"
+            );
             agent.reregister.notify_one();
         }
     }
@@ -140,8 +145,18 @@ mod tests {
         let got = select(&addrs, Some("eth0"), &skip);
         let shown: Vec<String> = got
             .iter()
-            .map(|a| format!("{}={}{}", a.interface, a.ip, if a.default_route { "*" } else { "" }))
+            .map(|a| {
+                format!(
+                    "{}={}{}",
+                    a.interface,
+                    a.ip,
+                    if a.default_route { "*" } else { "" }
+                )
+            })
             .collect();
-        assert_eq!(shown, ["eg0=203.0.113.50", "eg0=203.0.113.51", "eth0=198.18.1.10*"]);
+        assert_eq!(
+            shown,
+            ["eg0=203.0.113.50", "eg0=203.0.113.51", "eth0=198.18.1.10*"]
+        );
     }
 }

@@ -204,7 +204,7 @@ fn nft(script: &str) -> anyhow::Result<()> {
 fn ensure_rule(nl: &mut Netlink) -> anyhow::Result<()> {
     if !nl.rules()?.iter().any(|r| r.priority == ROUTE_TABLE) {
         nl.add_rule(&Rule::lookup(ROUTE_TABLE, ROUTE_TABLE))
-        .context("adding the rule for the eBPF datapath's routing table")?;
+            .context("adding the rule for the eBPF datapath's routing table")?;
     }
     Ok(())
 }
@@ -438,7 +438,10 @@ pub fn reload_policy(agent: &Agent) {
     match inner.policy.as_mut() {
         Some(p) => match p.reload(&mut inner.dp.maps.policy) {
             Ok(egress) => {
-                info!(egress_policies = egress.len(), "egress gateway policies reloaded");
+                info!(
+                    egress_policies = egress.len(),
+                    "egress gateway policies reloaded"
+                );
                 inner.egress.set_policies(egress);
             }
             Err(e) => warn!(error = %format!("{e:#}"), "policy reload failed"),
@@ -517,7 +520,11 @@ pub fn sync_egress(agent: &Agent) {
         .egress_gateway
         .swap(gateway_of_any, std::sync::atomic::Ordering::Relaxed);
     if was != gateway_of_any {
-        info!(egress_gateway = gateway_of_any, "keepalives to every peer {}", if gateway_of_any { "on" } else { "off" });
+        info!(
+            egress_gateway = gateway_of_any,
+            "keepalives to every peer {}",
+            if gateway_of_any { "on" } else { "off" }
+        );
         super::mesh::refresh(agent);
     }
 }

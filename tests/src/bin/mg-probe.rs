@@ -6,8 +6,9 @@
 //! - `connect IP PORT TIMEOUT_MS`: exit 0 if a TCP connection opens and one
 //!   byte comes back, 1 otherwise.
 //! - `rr IP PORT SECONDS`: 1-byte request/response over one TCP connection
-//!   for SECONDS; prints `transactions N rate R/s`; exits 1 (printing the
-//!   error) if an exchange fails or takes over 2 s.
+//!   for SECONDS; prints `local PORT` (its source port) once connected,
+//!   then `transactions N rate R/s`; exits 1 (printing the error) if an
+//!   exchange fails or takes over 2 s.
 //! - `udp-recv PORT SECONDS`: counts datagrams for SECONDS; prints the count.
 //! - `udp-send IP PORT INTERVAL_MS SECONDS`: one datagram every INTERVAL_MS.
 //! - `name PORT NAME`: answers every TCP connection with NAME and closes it
@@ -20,6 +21,13 @@
 //!   (ICMP unreachable or no route), `reset` (RST after connecting),
 //!   `no-answer` (connected, nothing read in time), `closed` (connected,
 //!   closed with nothing sent) or `error:<kind>`.
+//! - `rate IP PORT SECONDS THREADS`: THREADS loops of connect, read to the
+//!   end, close, for SECONDS; prints `connections N failed F rate R/s`.
+//! - `hold-serve PORT`: accepts TCP connections and keeps every one open
+//!   (reading nothing) until killed; prints `listening`.
+//! - `hold IP PORT COUNT SECONDS`: opens COUNT connections (32 threads)
+//!   and keeps them open for SECONDS; prints `held N of COUNT` once all
+//!   were tried (with the first failure, if any), then `done`.
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
@@ -32,7 +40,8 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: mg-probe serve PORT[,PORT] | connect IP PORT TIMEOUT_MS | rr IP PORT SECONDS | \
          udp-recv PORT SECONDS | udp-send IP PORT INTERVAL_MS SECONDS | name PORT NAME | \
-         conns IP PORT COUNT INTERVAL_MS TIMEOUT_MS"
+         conns IP PORT COUNT INTERVAL_MS TIMEOUT_MS | rate IP PORT SECONDS THREADS | \
+         hold-serve PORT | hold IP PORT COUNT SECONDS"
     );
     ExitCode::from(2)
 }
@@ -103,6 +112,9 @@ fn rr(ip: &str, port: &str, secs: &str) -> ExitCode {
     };
     s.set_nodelay(true).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    if let Ok(local) = s.local_addr() {
+        println!("local {}", local.port());
+    }
     let start = Instant::now();
     let mut n: u64 = 0;
     while start.elapsed() < d {
@@ -217,6 +229,127 @@ fn conns(ip: &str, port: &str, count: &str, interval_ms: &str, timeout_ms: &str)
     ExitCode::SUCCESS
 }
 
+fn rate(ip: &str, port: &str, secs: &str, threads: &str) -> ExitCode {
+    let to = addr(ip, port);
+    let d = Duration::from_secs_f64(secs.parse().expect("seconds"));
+    let threads: usize = threads.parse().expect("threads");
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0u64, 0u64);
+                let mut buf = [0u8; 256];
+                while start.elapsed() < d {
+                    let done = TcpStream::connect_timeout(&to, Duration::from_secs(2)).and_then(
+                        |mut s| {
+                            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                            while s.read(&mut buf)? > 0 {}
+                            Ok(())
+                        },
+                    );
+                    match done {
+                        Ok(()) => ok += 1,
+                        Err(_) => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let (mut ok, mut failed) = (0, 0);
+    for h in handles {
+        let (o, f) = h.join().unwrap_or((0, 0));
+        ok += o;
+        failed += f;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "connections {ok} failed {failed} rate {:.1}/s",
+        ok as f64 / secs
+    );
+    ExitCode::SUCCESS
+}
+
+/// Raises the open-file limit as far as the hard limit allows (root: far).
+fn more_files(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointers to an rlimit.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        let target = want.max(lim.rlim_cur);
+        let raised = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: target.max(lim.rlim_max),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn hold_serve(port: &str) -> ExitCode {
+    more_files(400_000);
+    let l = TcpListener::bind(format!("0.0.0.0:{port}")).expect("binding the port");
+    println!("listening");
+    let mut held = Vec::new();
+    for s in l.incoming() {
+        match s {
+            Ok(s) => held.push(s),
+            Err(e) => eprintln!("accept: {e}"),
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn hold(ip: &str, port: &str, count: &str, secs: &str) -> ExitCode {
+    let to = addr(ip, port);
+    let count: usize = count.parse().expect("count");
+    let d = Duration::from_secs_f64(secs.parse().expect("seconds"));
+    more_files(count as u64 + 1024);
+    const THREADS: usize = 32;
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let n = count / THREADS + usize::from(t < count % THREADS);
+            std::thread::spawn(move || {
+                let mut kept = Vec::with_capacity(n);
+                let mut first_error = None;
+                for _ in 0..n {
+                    match TcpStream::connect_timeout(&to, Duration::from_secs(3)) {
+                        Ok(s) => kept.push(s),
+                        Err(e) => {
+                            first_error.get_or_insert(e.to_string());
+                        }
+                    }
+                }
+                (kept, first_error)
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(count);
+    let mut first_error = None;
+    for h in handles {
+        if let Ok((mut kept, e)) = h.join() {
+            all.append(&mut kept);
+            if first_error.is_none() {
+                first_error = e;
+            }
+        }
+    }
+    match first_error {
+        Some(e) => println!("held {} of {count} (first failure: {e})", all.len()),
+        None => println!("held {} of {count}", all.len()),
+    }
+    let _ = std::io::stdout().flush();
+    std::thread::sleep(d);
+    drop(all);
+    println!("done");
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let a: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
@@ -228,6 +361,9 @@ fn main() -> ExitCode {
         ["udp-send", ip, port, i, s] => udp_send(ip, port, i, s),
         ["name", port, name] => name_serve(port, name),
         ["conns", ip, port, n, i, t] => conns(ip, port, n, i, t),
+        ["rate", ip, port, s, t] => rate(ip, port, s, t),
+        ["hold-serve", port] => hold_serve(port),
+        ["hold", ip, port, n, s] => hold(ip, port, n, s),
         _ => usage(),
     }
 }

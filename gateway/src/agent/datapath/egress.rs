@@ -30,8 +30,8 @@ use std::time::Duration;
 use anyhow::Context;
 use ipnet::Ipv4Net;
 use meshgate_discovery::model::{EgressStatus, NodeAddress};
-use meshgate_egress::{EgressPlan, EgressPolicy, EndpointView, NodeView};
 use meshgate_ebpf::{EgressRoute, MARK_EGRESS, MARK_SNAT};
+use meshgate_egress::{EgressPlan, EgressPolicy, EndpointView, NodeView};
 use meshgate_tunnel::netlink::{Netlink, Route, Rule, MAIN_TABLE};
 use tracing::{info, warn};
 
@@ -203,8 +203,22 @@ impl EgressRuntime {
 
 /// The inputs of a plan, owned, from the agent's ipcache and node records.
 pub struct Inputs {
-    pub nodes: BTreeMap<String, (String, BTreeMap<String, String>, Option<Ipv4Addr>, Vec<NodeAddress>)>,
-    pub endpoints: Vec<(Ipv4Addr, String, String, String, meshgate_discovery::identity::Labels)>,
+    pub nodes: BTreeMap<
+        String,
+        (
+            String,
+            BTreeMap<String, String>,
+            Option<Ipv4Addr>,
+            Vec<NodeAddress>,
+        ),
+    >,
+    pub endpoints: Vec<(
+        Ipv4Addr,
+        String,
+        String,
+        String,
+        meshgate_discovery::identity::Labels,
+    )>,
     pub problems: Vec<String>,
 }
 
@@ -382,7 +396,9 @@ pub fn apply(
                 info!(source = %key.0, destination = %key.1, "egress route removed");
                 rt.applied.remove(&key);
             }
-            Err(e) => warn!(source = %key.0, destination = %key.1, error = %e, "removing an egress route failed"),
+            Err(e) => {
+                warn!(source = %key.0, destination = %key.1, error = %e, "removing an egress route failed")
+            }
         }
     }
     if plan.problems != rt.last.problems {
@@ -405,8 +421,10 @@ fn apply_host(rt: &mut EgressRuntime, snat: &[Snat], problems: &mut Vec<String>)
     };
     if !rt.steering {
         let r = (|| -> anyhow::Result<()> {
-            nl.replace_route(&Route::via_dev(Ipv4Net::default(), super::plan::VXLAN_DEV).in_table(STEER_TABLE))
-                .context("routing egress traffic into the mesh device")?;
+            nl.replace_route(
+                &Route::via_dev(Ipv4Net::default(), super::plan::VXLAN_DEV).in_table(STEER_TABLE),
+            )
+            .context("routing egress traffic into the mesh device")?;
             if !nl.rules()?.iter().any(|r| r.priority == STEER_PRIORITY) {
                 nl.add_rule(&steer_rule())
                     .context("adding the rule for egress traffic")?;
@@ -443,7 +461,10 @@ fn apply_host(rt: &mut EgressRuntime, snat: &[Snat], problems: &mut Vec<String>)
     let mut ok = true;
     for n in &snat {
         if let Err(e) = nl.replace_route(&snat_route(n)) {
-            problems.push(format!("egress IP {}: routing out of {}: {e}", n.ip, n.interface));
+            problems.push(format!(
+                "egress IP {}: routing out of {}: {e}",
+                n.ip, n.interface
+            ));
             ok = false;
             continue;
         }
@@ -464,7 +485,10 @@ fn apply_host(rt: &mut EgressRuntime, snat: &[Snat], problems: &mut Vec<String>)
         problems.push(format!("egress SNAT rules: {e:#}"));
         ok = false;
     }
-    for old in before.iter().filter(|o| !snat.iter().any(|n| n.index == o.index)) {
+    for old in before
+        .iter()
+        .filter(|o| !snat.iter().any(|n| n.index == o.index))
+    {
         let _ = nl.delete_rule(SNAT_PRIORITY_BASE + u32::from(old.index));
         let _ = nl.flush_table(SNAT_TABLE_BASE + u32::from(old.index));
     }
@@ -486,7 +510,9 @@ pub fn remove_host(nl: &mut Netlink) {
             let _ = nl.flush_table(SNAT_TABLE_BASE + u32::from(i));
         }
     }
-    if let Err(e) = super::nft(&format!("table ip {NFT_TABLE} {{}}\ndelete table ip {NFT_TABLE}\n")) {
+    if let Err(e) = super::nft(&format!(
+        "table ip {NFT_TABLE} {{}}\ndelete table ip {NFT_TABLE}\n"
+    )) {
         warn!(error = %format!("{e:#}"), "removing the egress SNAT rules failed");
     }
 }
@@ -564,7 +590,9 @@ mod tests {
         assert_eq!(b[&ip("203.0.113.51")], 2);
         assert_eq!(b[&ip("203.0.113.49")], 1);
         assert_eq!(b.len(), 2);
-        let many: BTreeSet<Ipv4Addr> = (0..300u32).map(|i| Ipv4Addr::from(0x0a00_0000 + i)).collect();
+        let many: BTreeSet<Ipv4Addr> = (0..300u32)
+            .map(|i| Ipv4Addr::from(0x0a00_0000 + i))
+            .collect();
         let (c, refused) = assign_indices(&BTreeMap::new(), &many);
         assert_eq!(c.len(), 255);
         assert_eq!(refused.len(), 45);
@@ -580,8 +608,14 @@ mod tests {
         };
         let r = nft_ruleset(std::slice::from_ref(&n));
         assert!(r.starts_with("table ip meshgate_egress {}\ndelete table ip meshgate_egress\n"));
-        assert!(r.contains("type nat hook postrouting priority srcnat"), "{r}");
-        assert!(r.contains("meta mark 0x6b000003 counter snat ip to 203.0.113.50"), "{r}");
+        assert!(
+            r.contains("type nat hook postrouting priority srcnat"),
+            "{r}"
+        );
+        assert!(
+            r.contains("meta mark 0x6b000003 counter snat ip to 203.0.113.50"),
+            "{r}"
+        );
         assert_eq!(
             nft_ruleset(&[]),
             "table ip meshgate_egress {}\ndelete table ip meshgate_egress\n"

@@ -423,7 +423,8 @@ spec:
         let dir = tempfile::tempdir().unwrap();
         let f = write(dir.path(), "p.yaml", POL);
         let files = vec![f.clone()];
-        let mut rt = PolicyRuntime::new(1, files.clone(), load_files(&files).unwrap().identity).unwrap();
+        let mut rt =
+            PolicyRuntime::new(1, files.clone(), load_files(&files).unwrap().identity).unwrap();
         let mut m = Model::default();
         rt.sync_identities(&mut m, &BTreeMap::new());
         assert_eq!(
@@ -470,7 +471,8 @@ spec:
             (131_328, "web", "c2"),
         ]);
         let mut m = Model::default();
-        let mut first = PolicyRuntime::new(1, files.clone(), load_files(&files).unwrap().identity).unwrap();
+        let mut first =
+            PolicyRuntime::new(1, files.clone(), load_files(&files).unwrap().identity).unwrap();
         first.sync_identities(&mut m, &known);
         // A stale entry an older policy left behind.
         let stale = PolicyEntry {
@@ -482,7 +484,8 @@ spec:
         };
         m.maps.entries.insert(stale, Verdict::Allow);
         m.writes = 0;
-        let mut second = PolicyRuntime::new(1, files.clone(), load_files(&files).unwrap().identity).unwrap();
+        let mut second =
+            PolicyRuntime::new(1, files.clone(), load_files(&files).unwrap().identity).unwrap();
         second.sync_identities(&mut m, &known);
         assert_eq!(m.writes, 1, "only the stale entry is removed");
         assert_eq!(second.status().reconcile_writes, Some(1));
@@ -494,7 +497,8 @@ spec:
     fn a_failed_write_is_reconciled_on_the_next_sync() {
         let dir = tempfile::tempdir().unwrap();
         let files = vec![write(dir.path(), "p.yaml", POL)];
-        let mut rt = PolicyRuntime::new(1, files.clone(), load_files(&files).unwrap().identity).unwrap();
+        let mut rt =
+            PolicyRuntime::new(1, files.clone(), load_files(&files).unwrap().identity).unwrap();
         let mut m = Model::default();
         let mut known = ids(&[(65_792, "db", "c1")]);
         rt.sync_identities(&mut m, &known);
@@ -505,7 +509,11 @@ spec:
         rt.sync_identities(&mut m, &known);
         assert_eq!(
             m.maps,
-            compile(&Scope::new(1), &load_files(&files).unwrap().identity, &known)
+            compile(
+                &Scope::new(1),
+                &load_files(&files).unwrap().identity,
+                &known
+            )
         );
     }
 

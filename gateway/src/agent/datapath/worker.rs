@@ -66,11 +66,7 @@ pub fn spawn_worker(agent: Arc<Agent>) -> anyhow::Result<()> {
                 // Egress gateways' health is judged every tick while
                 // egress policies are loaded; the full sync stays at RESYNC.
                 let egress = super::egress_active(&agent);
-                let wait = if egress {
-                    super::egress::TICK
-                } else {
-                    RESYNC
-                };
+                let wait = if egress { super::egress::TICK } else { RESYNC };
                 let kicked = dp.kick.take(wait);
                 if kicked || last_full.elapsed() >= RESYNC {
                     if !kicked {
