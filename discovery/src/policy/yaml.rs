@@ -79,8 +79,8 @@ pub fn parse_label_selector(
     value: &serde_yaml::Value,
     key: &dyn Fn(&str) -> Result<String, String>,
 ) -> Result<super::Selector, SelectorFieldError> {
-    let s: super::selector::LabelSelectorYaml = serde_yaml::from_value(value.clone())
-        .map_err(|e| SelectorFieldError {
+    let s: super::selector::LabelSelectorYaml =
+        serde_yaml::from_value(value.clone()).map_err(|e| SelectorFieldError {
             field: String::new(),
             message: e.to_string(),
         })?;
