@@ -92,6 +92,9 @@ pub struct EgressPlan {
     pub watched: BTreeSet<String>,
 }
 
+/// A route's key: (source pod IP, destination or excluded CIDR).
+type RouteKey = (Ipv4Addr, Ipv4Net);
+
 /// One gateway candidate of one policy for one cluster's endpoints.
 #[derive(Debug, Clone)]
 struct Candidate<'n> {
@@ -159,9 +162,9 @@ pub fn plan(
 
     let mut out = EgressPlan::default();
     let mut problems: BTreeSet<String> = BTreeSet::new();
-    let mut owner: BTreeMap<(Ipv4Addr, Ipv4Net), &str> = BTreeMap::new();
+    let mut owner: BTreeMap<RouteKey, &str> = BTreeMap::new();
     // (winner, loser) → (first key, how many keys).
-    let mut conflicts: BTreeMap<(&str, &str), ((Ipv4Addr, Ipv4Net), usize)> = BTreeMap::new();
+    let mut conflicts: BTreeMap<(&str, &str), (RouteKey, usize)> = BTreeMap::new();
     let mut my_ifaces: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
 
     for p in order {
@@ -205,9 +208,12 @@ pub fn plan(
                         .filter(|g| g.name != me)
                         .map(|g| g.name.to_string()),
                 );
-            } else if my_snat.is_none() {
-                continue;
             }
+            // Whether this node holds the endpoint's routes; its keys are
+            // claimed either way, so that every node resolves an overlap
+            // the same way (a gateway does not serve a route its source
+            // node takes from another policy).
+            let here = on_me || my_snat.is_some();
             let gateways: Vec<Ipv4Addr> = c
                 .iter()
                 .filter(|g| g.usable)
@@ -233,12 +239,16 @@ pub fn plan(
                 let key = (e.ip, cidr);
                 match owner.get(&key) {
                     Some(&w) if w != p.name => {
-                        let entry = conflicts.entry((w, &p.name)).or_insert((key, 0));
-                        entry.1 += 1;
+                        if here {
+                            let entry = conflicts.entry((w, &p.name)).or_insert((key, 0));
+                            entry.1 += 1;
+                        }
                     }
                     _ => {
                         owner.insert(key, &p.name);
-                        out.routes.insert(key, route.clone());
+                        if here {
+                            out.routes.insert(key, route.clone());
+                        }
                     }
                 }
             }

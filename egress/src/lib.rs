@@ -33,6 +33,8 @@ mod policy;
 mod cegp_tests;
 #[cfg(test)]
 mod gateways_tests;
+#[cfg(test)]
+mod testworld;
 
 pub use cegp::{parse_document, API_VERSION};
 pub use describe::summary;
