@@ -1,10 +1,10 @@
 //! meshgate egress gateways, policy half (pure: no root, no I/O besides
 //! reading a policy file).
 //!
-//! - [`EgressPolicy`] and its parts ([`policy`](crate::EgressPolicy)):
+//! - [`EgressPolicy`] and its parts (`policy.rs`):
 //!   `CiliumEgressGatewayPolicy` (cilium.io/v2) as plain types, parsed by
-//!   `cegp` as Cilium writes it; what is not supported is refused with the
-//!   field's path ([`ParseError`]).
+//!   [`parse_document`] (`cegp.rs`) as Cilium writes it; what is not known or
+//!   not supported is refused with the field's path ([`ParseError`]).
 //! - [`parse_policy_text`] / [`parse_policy_file`]: one reader for policy
 //!   files mixing identity policies (`NetworkPolicy`,
 //!   `CiliumNetworkPolicy`, read by `meshgate_discovery::policy`) and
