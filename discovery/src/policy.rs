@@ -71,9 +71,13 @@ mod testutil;
 
 pub use compile::{compile, Compiled};
 pub use describe::summary;
+pub use k8s::NAMESPACE_NAME_LABEL;
 pub use selector::Selector;
 pub use state::{PolicyDiff, PolicyState};
-pub use yaml::{parse_policies, parse_policy_file};
+pub use yaml::{
+    parse_label_selector, parse_policies, parse_policies_with, parse_policy_file, OtherDocument,
+    SelectorFieldError, EGRESS_GATEWAY_KIND,
+};
 
 pub use crate::identity::{CLUSTER_LABEL, NAMESPACE_LABEL};
 

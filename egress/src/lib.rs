@@ -1,1 +1,47 @@
-//! Egress gateway and FQDN policy: not built yet (see README.md).
+//! meshgate egress gateways, policy half (pure: no root, no I/O besides
+//! reading a policy file).
+//!
+//! - [`EgressPolicy`] and its parts (`policy.rs`):
+//!   `CiliumEgressGatewayPolicy` (cilium.io/v2) as plain types, parsed by
+//!   [`parse_document`] (`cegp.rs`) as Cilium writes it; what is not known or
+//!   not supported is refused with the field's path ([`ParseError`]).
+//! - [`parse_policy_text`] / [`parse_policy_file`]: one reader for policy
+//!   files mixing identity policies (`NetworkPolicy`,
+//!   `CiliumNetworkPolicy`, read by `meshgate_discovery::policy`) and
+//!   egress gateway policies ([`PolicyFile`]).
+//! - [`gateways`]: the planner — policies, endpoints, nodes and gateway
+//!   health in; this node's routes, SNAT addresses and status out
+//!   ([`plan`], [`EgressPlan`]).
+//! - [`summary`]: one line per policy for `meshgate policy check`.
+//!
+//! The rest of the egress feature lives elsewhere: the eBPF side in
+//! `ebpf/` (maps `mg_egress`, the routes, and `mg_egress_ct`, the
+//! connection tracking that keeps a flow on its gateway), and the agent
+//! wiring that gathers the views, calls [`plan`] and writes the maps in
+//! `gateway/src/agent/datapath/egress.rs`. FQDN destinations
+//! (`destinationFQDNs`) are refused until the DNS proxy exists.
+
+mod cegp;
+mod describe;
+mod error;
+mod fields;
+mod file;
+pub mod gateways;
+mod policy;
+
+#[cfg(test)]
+mod cegp_tests;
+#[cfg(test)]
+mod gateways_tests;
+#[cfg(test)]
+mod testworld;
+
+pub use cegp::{parse_document, API_VERSION};
+pub use describe::summary;
+pub use error::ParseError;
+pub use file::{parse_policy_file, parse_policy_text, PolicyFile};
+pub use gateways::{
+    plan, EgressGatewayStatus, EgressPlan, EgressPolicyStatus, EndpointView, NodeAddress, NodeView,
+    Route, MAX_GATEWAYS,
+};
+pub use policy::{Destinations, EgressIpSource, EgressPolicy, EndpointSelector, GatewaySpec};

@@ -1,13 +1,15 @@
 //! `meshgate policy check FILE...`: reads NetworkPolicy / CiliumNetworkPolicy
-//! YAML files as the agent would and prints what each policy says, or every
-//! error (each names the file, the policy, the field and the fix).
+//! / CiliumEgressGatewayPolicy YAML files as the agent would and prints what
+//! each policy says, or every error (each names the file, the policy, the
+//! field and the fix).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use meshgate_discovery::policy::{parse_policy_file, summary, PolicyRef};
+use meshgate_discovery::policy::{summary, PolicyRef};
+use meshgate_egress::parse_policy_file;
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
@@ -25,12 +27,13 @@ pub fn check(files: &[PathBuf]) -> (String, bool) {
     let mut out = String::new();
     let mut errors = Vec::new();
     let mut seen: BTreeMap<PolicyRef, String> = BTreeMap::new();
+    let mut seen_egress: BTreeMap<String, String> = BTreeMap::new();
     let mut count = 0;
     for f in files {
+        let here = f.display().to_string();
         match parse_policy_file(f) {
-            Ok(policies) => {
-                for p in policies {
-                    let here = f.display().to_string();
+            Ok(file) => {
+                for p in file.identity {
                     if let Some(first) = seen.insert(p.id.clone(), here.clone()) {
                         errors.push(format!(
                             "{here}: {} is also defined in {first}; the second would replace \
@@ -39,6 +42,17 @@ pub fn check(files: &[PathBuf]) -> (String, bool) {
                         ));
                     }
                     out.push_str(&summary(&p));
+                    count += 1;
+                }
+                for p in file.egress {
+                    if let Some(first) = seen_egress.insert(p.name.clone(), here.clone()) {
+                        errors.push(format!(
+                            "{here}: CiliumEgressGatewayPolicy/{} is also defined in {first}; \
+                             the second would replace the first: keep one",
+                            p.name
+                        ));
+                    }
+                    out.push_str(&meshgate_egress::summary(&p));
                     count += 1;
                 }
             }
@@ -120,5 +134,58 @@ mod tests {
         assert!(text.ends_with("2 error(s)\n"), "{text}");
         let (text, ok) = check(&[dir.path().join("missing.yaml")]);
         assert!(!ok && text.contains("cannot read policy file"), "{text}");
+    }
+
+    const EGRESS: &str = "apiVersion: cilium.io/v2\nkind: CiliumEgressGatewayPolicy\nmetadata: {name: out}\n\
+         spec:\n  selectors: [{podSelector: {matchLabels: {app: web}}}]\n\
+         \x20 destinationCIDRs: [0.0.0.0/0]\n  excludedCIDRs: [10.0.0.0/8]\n\
+         \x20 egressGateways:\n  - {nodeSelector: {matchLabels: {egress: \"true\"}}, egressIP: 192.0.2.10}\n\
+         \x20 - {nodeSelector: {matchLabels: {pool: b}}, interface: eg0}\n";
+
+    #[test]
+    fn check_reads_egress_gateway_policies_beside_identity_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mixed = write(
+            &dir,
+            "mixed.yaml",
+            &format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+                 metadata: {{name: web, namespace: shop}}\nspec: {{podSelector: {{}}}}\n---\n{EGRESS}"
+            ),
+        );
+        let (text, ok) = check(std::slice::from_ref(&mixed));
+        assert!(ok, "{text}");
+        assert!(text.contains("NetworkPolicy shop/web\n"), "{text}");
+        assert!(
+            text.contains(
+                "CiliumEgressGatewayPolicy/out: [pods app=web] to 0.0.0.0/0 excluding 10.0.0.0/8 \
+                 via nodes [egress=true] (egress IP 192.0.2.10) and nodes [pool=b] (interface eg0)\n"
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("2 policies OK\n"), "{text}");
+
+        // The same egress policy in two files, and a refused field.
+        let bad = write(
+            &dir,
+            "bad.yaml",
+            &EGRESS
+                .replace("metadata: {name: out}", "metadata: {name: other}")
+                .replace("interface: eg0", "interface: eg0, egressIP: 192.0.2.11"),
+        );
+        let (text, ok) = check(&[mixed.clone(), mixed, bad]);
+        assert!(!ok);
+        assert!(
+            text.contains("CiliumEgressGatewayPolicy/out is also defined in"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "bad.yaml: document 1: CiliumEgressGatewayPolicy/other: spec.egressGateways[1]: \
+                 gives both egressIP and interface"
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("3 error(s)\n"), "{text}");
     }
 }

@@ -9,10 +9,46 @@ use serde::Deserialize;
 
 use super::{Policy, PolicyError, PolicyKind, PolicyRef};
 
+/// The kind of the egress gateway policies that `meshgate-egress` reads.
+pub const EGRESS_GATEWAY_KIND: &str = "CiliumEgressGatewayPolicy";
+
 /// Reads every policy of one or more YAML documents (`---` separated, as
 /// kubectl accepts; a `kind: List` with `items` is read item by item; empty
 /// documents are skipped). `source_name` (a file name) prefixes errors.
+///
+/// Identity policies only: any other kind is an error (a
+/// `CiliumEgressGatewayPolicy` one saying that `meshgate-egress` reads
+/// them). To read files that mix kinds, use [`parse_policies_with`].
 pub fn parse_policies(yaml: &str, source_name: &str) -> Result<Vec<Policy>, PolicyError> {
+    parse_policies_with(yaml, source_name, &mut |_: OtherDocument<'_>| {
+        Ok::<bool, PolicyError>(false)
+    })
+}
+
+/// A document (or `List` item) whose kind is not an identity policy, as
+/// handed to the `other` callback of [`parse_policies_with`].
+#[derive(Debug, Clone, Copy)]
+pub struct OtherDocument<'a> {
+    pub source_name: &'a str,
+    /// 1-based index of the `---` document (a `List`'s items share it).
+    pub index: usize,
+    /// Its `kind`.
+    pub kind: &'a str,
+    /// The whole document.
+    pub value: &'a serde_yaml::Value,
+}
+
+/// [`parse_policies`], handing every document of a kind other than
+/// `NetworkPolicy` / `CiliumNetworkPolicy` to `other`, which returns
+/// `Ok(true)` when it took the document and `Ok(false)` when the kind is not
+/// its either (then the document is refused as by [`parse_policies`]).
+/// Splitting, `List`s, empty documents and documents without `kind` are
+/// handled here as in [`parse_policies`].
+pub fn parse_policies_with<E: From<PolicyError>>(
+    yaml: &str,
+    source_name: &str,
+    other: &mut dyn FnMut(OtherDocument<'_>) -> Result<bool, E>,
+) -> Result<Vec<Policy>, E> {
     let mut out = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
         let index = i + 1;
@@ -21,9 +57,35 @@ pub fn parse_policies(yaml: &str, source_name: &str) -> Result<Vec<Policy>, Poli
             index,
             message: format!("not valid YAML: {e}"),
         })?;
-        parse_value(value, source_name, index, &mut out)?;
+        parse_value(value, source_name, index, &mut out, other)?;
     }
     Ok(out)
+}
+
+/// A problem in a label selector read by [`parse_label_selector`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelectorFieldError {
+    /// The field relative to the selector (`matchLabels.app`,
+    /// `matchExpressions[0].operator`); empty for the selector itself.
+    pub field: String,
+    pub message: String,
+}
+
+/// Reads a Kubernetes label selector (`matchLabels` + `matchExpressions`,
+/// nothing else) into a [`super::Selector`], mapping each label key through
+/// `key` (which may refuse a key with a message): the parsing the identity
+/// policies use, for other kinds that hold label selectors.
+pub fn parse_label_selector(
+    value: &serde_yaml::Value,
+    key: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<super::Selector, SelectorFieldError> {
+    let s: super::selector::LabelSelectorYaml =
+        serde_yaml::from_value(value.clone()).map_err(|e| SelectorFieldError {
+            field: String::new(),
+            message: e.to_string(),
+        })?;
+    s.to_selector(key)
+        .map_err(|(field, message)| SelectorFieldError { field, message })
 }
 
 /// Reads a policy file ([`parse_policies`] on its text).
@@ -36,12 +98,13 @@ pub fn parse_policy_file(path: &Path) -> Result<Vec<Policy>, PolicyError> {
     parse_policies(&text, &name)
 }
 
-fn parse_value(
+fn parse_value<E: From<PolicyError>>(
     value: serde_yaml::Value,
     source_name: &str,
     index: usize,
     out: &mut Vec<Policy>,
-) -> Result<(), PolicyError> {
+    other: &mut dyn FnMut(OtherDocument<'_>) -> Result<bool, E>,
+) -> Result<(), E> {
     let doc_err = |message: String| PolicyError::Document {
         source_name: source_name.to_string(),
         index,
@@ -55,8 +118,8 @@ fn parse_value(
         .and_then(|k| k.as_str())
         .ok_or_else(|| {
             doc_err(
-                "has no `kind`; policy documents are kind NetworkPolicy (networking.k8s.io/v1) \
-                 or CiliumNetworkPolicy (cilium.io/v2)"
+                "has no `kind`; policy documents are kind NetworkPolicy (networking.k8s.io/v1), \
+                 CiliumNetworkPolicy (cilium.io/v2) or CiliumEgressGatewayPolicy (cilium.io/v2)"
                     .into(),
             )
         })?
@@ -73,7 +136,7 @@ fn parse_value(
                 .and_then(|i| i.as_sequence())
                 .ok_or_else(|| doc_err("is a List without `items`".into()))?;
             for item in items {
-                parse_value(item.clone(), source_name, index, out)?;
+                parse_value(item.clone(), source_name, index, out, other)?;
             }
             return Ok(());
         }
@@ -84,13 +147,34 @@ fn parse_value(
                 "kind CiliumClusterwideNetworkPolicy is not supported; write a \
                  CiliumNetworkPolicy per namespace"
                     .into(),
-            ))
+            )
+            .into())
         }
-        other => {
+        kind_name => {
+            let doc = OtherDocument {
+                source_name,
+                index,
+                kind: kind_name,
+                value: &value,
+            };
+            if other(doc)? {
+                return Ok(());
+            }
+            if kind_name == EGRESS_GATEWAY_KIND {
+                return Err(doc_err(format!(
+                    "kind {EGRESS_GATEWAY_KIND} is an egress gateway policy, which this \
+                     identity policy reader does not take: egress gateway policies are read by \
+                     meshgate-egress's parser (meshgate_egress::parse_policy_text), which reads \
+                     identity policies too"
+                ))
+                .into());
+            }
             return Err(doc_err(format!(
-                "kind {other:?} is not a policy meshgate reads; supported kinds are \
-                 NetworkPolicy (networking.k8s.io/v1) and CiliumNetworkPolicy (cilium.io/v2)"
-            )))
+                "kind {kind_name:?} is not a policy meshgate reads; supported kinds are \
+                 NetworkPolicy (networking.k8s.io/v1) and CiliumNetworkPolicy (cilium.io/v2), \
+                 and {EGRESS_GATEWAY_KIND} (cilium.io/v2) through meshgate-egress's parser"
+            ))
+            .into());
         }
     };
     let meta: Metadata = match value.get("metadata") {
@@ -116,10 +200,12 @@ fn parse_value(
         policy: id.to_string(),
     };
     if api != want_api {
-        return Err(ctx.err(
-            "apiVersion",
-            format!("is {api:?}; {kind} is read in version {want_api}"),
-        ));
+        return Err(ctx
+            .err(
+                "apiVersion",
+                format!("is {api:?}; {kind} is read in version {want_api}"),
+            )
+            .into());
     }
     let spec = value.get("spec").cloned();
     let policy = match kind {
@@ -347,5 +433,63 @@ pub(crate) fn port_number(
                 serde_yaml::to_string(v).unwrap_or_default().trim()
             ),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EGRESS: &str = "apiVersion: cilium.io/v2\nkind: CiliumEgressGatewayPolicy\n\
+                          metadata: {name: out}\nspec: {}\n";
+    const NETPOL: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+                          metadata: {name: web, namespace: shop}\nspec: {podSelector: {}}\n";
+
+    #[test]
+    fn identity_reader_points_egress_policies_to_meshgate_egress() {
+        let e = parse_policies(EGRESS, "p.yaml").expect_err("egress kind refused");
+        let m = e.to_string();
+        assert!(m.starts_with("p.yaml: document 1:"), "{m}");
+        assert!(m.contains("read by meshgate-egress's parser"), "{m}");
+    }
+
+    #[test]
+    fn other_kinds_go_to_the_callback_lists_included() {
+        let text = format!(
+            "{NETPOL}---\n{EGRESS}---\napiVersion: v1\nkind: List\nitems:\n- {{kind: X, n: 1}}\n"
+        );
+        let mut seen = Vec::new();
+        let got = parse_policies_with(&text, "p.yaml", &mut |d: OtherDocument<'_>| {
+            seen.push((d.index, d.kind.to_string()));
+            Ok::<bool, PolicyError>(true)
+        })
+        .expect("parses");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].id.name, "web");
+        assert_eq!(
+            seen,
+            vec![(2, EGRESS_GATEWAY_KIND.to_string()), (3, "X".to_string())]
+        );
+        // A callback that does not take a kind leaves it refused.
+        let e = parse_policies_with(&text, "p.yaml", &mut |_: OtherDocument<'_>| {
+            Ok::<bool, PolicyError>(false)
+        })
+        .expect_err("refused");
+        assert!(e.to_string().contains("document 2"), "{e}");
+    }
+
+    #[test]
+    fn label_selectors_parse_with_key_mapping_and_name_the_field() {
+        let v: serde_yaml::Value = serde_yaml::from_str(
+            "{matchLabels: {app: web}, matchExpressions: [{key: tier, operator: Exists}]}",
+        )
+        .expect("yaml");
+        let s = parse_label_selector(&v, &|k| Ok(k.to_string())).expect("selector");
+        assert_eq!(s.to_string(), "app=web,tier");
+        let bad: serde_yaml::Value =
+            serde_yaml::from_str("{matchLabels: {zone: a}}").expect("yaml");
+        let e = parse_label_selector(&bad, &|k| Err(format!("no {k}"))).expect_err("refused");
+        assert_eq!(e.field, "matchLabels.zone");
+        assert_eq!(e.message, "no zone");
     }
 }
