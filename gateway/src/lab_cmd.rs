@@ -69,6 +69,13 @@ pub enum LabCommand {
         #[command(flatten)]
         opts: crate::observe_cmd::ObserveOpts,
     },
+    /// The lab's own process in each external's namespace: a TCP service
+    /// answering every connection with the source address it saw.
+    #[command(hide = true)]
+    ExternalServer {
+        #[arg(long, default_value_t = meshgate_lab::plan::EXTERNAL_PORT)]
+        port: u16,
+    },
 }
 
 fn bin() -> anyhow::Result<PathBuf> {
@@ -117,6 +124,11 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
         LabCommand::Recover { target } => say(meshgate_lab::recover(&target, &bin()?)?),
         LabCommand::Observe { world, node, opts } => {
             return crate::observe_cmd::run_lab(&world, node.as_deref(), &opts)
+        }
+        LabCommand::ExternalServer { port } => {
+            meshgate_lab::external_server::run(port).with_context(|| {
+                format!("serving the lab external's TCP service on port {port}")
+            })?;
         }
     }
     Ok(ExitCode::SUCCESS)

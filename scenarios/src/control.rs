@@ -71,7 +71,7 @@ fn with_process(target: &str) -> Result<(WorldRecord, Target, Component)> {
             TargetKind::Pod { node } => {
                 format!("a pod has no process; its node is {}/{node}", t.cluster)
             }
-            _ => "an external host has no meshgate process".to_string(),
+            _ => "this target has no process".to_string(),
         };
         return Err(LabError::Target {
             target: target.to_string(),
@@ -131,6 +131,21 @@ fn start_in(
             component: component.to_string(),
             pid,
         });
+    }
+    if t.kind == TargetKind::External {
+        let x = rec
+            .plan
+            .externals
+            .iter()
+            .find(|x| x.name == t.name)
+            .cloned()
+            .ok_or_else(|| LabError::Target {
+                target: format!("{}/{}", t.cluster, t.name),
+                problem: "external vanished from the world record".to_string(),
+            })?;
+        world::start_external(rec, &x, bin, LISTEN_TIMEOUT)?;
+        let pid = running_pid(rec, component).unwrap_or(0);
+        return Ok(format!("{component} started (pid {pid})"));
     }
     let c = rec
         .plan

@@ -39,14 +39,32 @@ pub fn check_host() -> Result<()> {
     }
 }
 
-/// nftables' `nft`, which isolated underlays need (bridge-family rules).
-pub fn check_nft() -> Result<()> {
+/// nftables' `nft`, which the plan's steps need: isolated underlays
+/// (bridge-family rules) and, in worlds with externals, the nodes' pod
+/// masquerade.
+pub fn check_nft(plan: &crate::plan::Plan) -> Result<()> {
+    let isolated = plan
+        .clusters
+        .iter()
+        .any(|c| c.underlay == crate::scenario::Underlay::Isolated);
+    let masquerade = !plan.externals.is_empty();
+    if !isolated && !masquerade {
+        return Ok(());
+    }
     match Command::new("nft").arg("--version").output() {
         Ok(out) if out.status.success() => Ok(()),
-        _ => Err(LabError::HostMissing {
-            missing: "the `nft` command (nftables), needed to isolate clusters with `underlay: isolated`".into(),
-            fix: "install nftables (e.g. apt-get install nftables), or make every cluster's underlay routable".into(),
-        }),
+        _ => {
+            let why = match (isolated, masquerade) {
+                (true, _) => "to isolate clusters with `underlay: isolated`",
+                _ => "to masquerade pod traffic to the world's externals",
+            };
+            Err(LabError::HostMissing {
+                missing: format!("the `nft` command (nftables), needed {why}"),
+                fix: "install nftables (e.g. apt-get install nftables), or make every \
+                      cluster's underlay routable and leave `externals` out"
+                    .into(),
+            })
+        }
     }
 }
 

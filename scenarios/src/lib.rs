@@ -9,6 +9,7 @@
 
 pub mod control;
 pub mod error;
+pub mod external_server;
 pub mod host;
 pub mod observe;
 pub mod plan;

@@ -15,7 +15,9 @@ use meshgate_discovery::certs::files::CertLayout;
 use meshgate_discovery::endpoint::{EndpointSpec, DEFAULT_NAMESPACE};
 use serde::{Deserialize, Serialize};
 
-use crate::scenario::{Datapath, Role, Scenario, StoreKind, Underlay};
+use crate::scenario::{
+    Datapath, Role, Scenario, StoreKind, Underlay, CLUSTER_LABEL, HOSTNAME_LABEL,
+};
 
 pub use steps::Step;
 
@@ -44,6 +46,13 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 pub const BPFFS_ROOT: &str = "/run/meshgate/bpffs";
 /// Where each lab agent serves Prometheus metrics, inside its node's namespace.
 pub const METRICS_ADDR: &str = "127.0.0.1:9962";
+/// The TCP port of every external's service (it answers each connection
+/// with the source address it saw).
+pub const EXTERNAL_PORT: u16 = 8080;
+/// The second interface of an egress-gateway node: a veth on the external
+/// network (the underlay bridge, where the externals are) holding the
+/// node's egress IPs.
+pub const EGRESS_INTERFACE: &str = "eg0";
 /// Name of the bridge in the underlay namespace.
 pub const BRIDGE: &str = "br0";
 /// Where world state lives: `<LAB_ROOT>/<world>/`.
@@ -201,6 +210,17 @@ pub struct NodePlan {
     #[serde(default)]
     pub bpf_pin_dir: PathBuf,
     pub pods: Vec<PodPlan>,
+    /// The scenario's node labels (the agent's `--node-label`s, beside the
+    /// two the lab adds: see [`ClusterPlan::node_labels`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Egress IPs on the node's [`EGRESS_INTERFACE`] (each a /32).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_ips: Vec<Ipv4Addr>,
+    /// The bridge-side end of the node's [`EGRESS_INTERFACE`] veth, on the
+    /// external network (egress-gateway nodes have one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_veth: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -220,6 +240,26 @@ pub struct ExternalPlan {
     pub netns: String,
     pub ul_veth: String,
     pub ip: Ipv4Addr,
+}
+
+impl ExternalPlan {
+    /// `meshgate` arguments of the external's TCP service
+    /// ([`crate::external_server`]).
+    pub fn server_args(&self) -> Vec<String> {
+        vec![
+            "lab".into(),
+            "external-server".into(),
+            "--port".into(),
+            EXTERNAL_PORT.to_string(),
+        ]
+    }
+
+    /// The log of the external's service, in the world dir.
+    pub fn server_log(&self, world: &str) -> PathBuf {
+        world_dir(world)
+            .join("externals")
+            .join(format!("{}.log", self.name))
+    }
 }
 
 /// What the plan could not compute: only for scenarios that skipped
@@ -315,6 +355,12 @@ impl Plan {
                     state_dir: agent_dir(world, &c.name, &n.name),
                     bpf_pin_dir: bpf_world_dir(world).join(format!("{}-{}", c.name, n.name)),
                     pods,
+                    labels: n.labels.clone(),
+                    egress_ips: n.egress_ips.clone(),
+                    egress_veth: n
+                        .roles
+                        .contains(&Role::EgressGateway)
+                        .then(|| format!("g{id}-{i}")),
                 });
             }
             clusters.push(ClusterPlan {
@@ -561,6 +607,16 @@ impl ClusterPlan {
         .collect()
     }
 
+    /// A node's labels as its agent gets them: the scenario's, with
+    /// [`HOSTNAME_LABEL`] (the node's name) and [`CLUSTER_LABEL`] (the
+    /// cluster's) added by the lab.
+    pub fn node_labels(&self, node: &NodePlan) -> BTreeMap<String, String> {
+        let mut labels = node.labels.clone();
+        labels.insert(HOSTNAME_LABEL.to_string(), node.name.clone());
+        labels.insert(CLUSTER_LABEL.to_string(), self.name.clone());
+        labels
+    }
+
     /// `meshgate` arguments of a node's agent.
     pub fn agent_args(&self, node: &NodePlan) -> Vec<String> {
         vec![
@@ -653,6 +709,11 @@ impl ClusterPlan {
                 .into_iter()
                 .flatten(),
         )
+        .chain(
+            self.node_labels(node)
+                .into_iter()
+                .flat_map(|(k, v)| ["--node-label".to_string(), format!("{k}={v}")]),
+        )
         .collect()
     }
 }
@@ -663,6 +724,10 @@ pub const ENDPOINTS_FILE: &str = "endpoints.yaml";
 impl NodePlan {
     pub fn is_cluster_gateway(&self) -> bool {
         self.roles.contains(&Role::ClusterGateway)
+    }
+
+    pub fn is_egress_gateway(&self) -> bool {
+        self.roles.contains(&Role::EgressGateway)
     }
 
     /// Where the lab writes this node's endpoints file.
@@ -691,3 +756,6 @@ mod tests;
 
 #[cfg(test)]
 mod replica_tests;
+
+#[cfg(test)]
+mod egress_tests;

@@ -1,4 +1,7 @@
-//! What the lab tells its user: the `up` summary and the `status` text.
+//! What the lab tells its user: the `up` summary and the `status` text
+//! (egress gateway lines in [`egress`]).
+
+mod egress;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -247,6 +250,7 @@ fn cluster_text(rec: &WorldRecord, c: &ClusterPlan, out: &mut Vec<String>) {
                 if let Some(d) = &s.datapath {
                     out.push(format!("    {}", datapath_line(d)));
                 }
+                out.extend(egress::egress_lines(s.egress.as_ref()));
                 for g in &s.gateways {
                     let health: Vec<String> =
                         g.health.iter().map(|(n, h)| format!("{n} {h}")).collect();
@@ -341,7 +345,16 @@ pub fn status_text(rec: &WorldRecord) -> Result<String> {
         cluster_text(rec, c, &mut out);
     }
     for x in &rec.plan.externals {
-        out.push(format!("external {}: {}", x.name, x.ip));
+        let service = Component::External {
+            name: x.name.clone(),
+        };
+        out.push(format!(
+            "external {}: {}, service :{} {}",
+            x.name,
+            x.ip,
+            crate::plan::EXTERNAL_PORT,
+            process_state(rec, &service)
+        ));
     }
     Ok(out.join("\n"))
 }

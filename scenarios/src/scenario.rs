@@ -219,7 +219,21 @@ pub struct Node {
     pub rotate_interval: Option<u64>,
     #[serde(default)]
     pub pods: Vec<Pod>,
+    /// Node labels, given to the agent as `--node-label KEY=VALUE` (egress
+    /// gateway policies select their gateways by them). The lab adds
+    /// [`HOSTNAME_LABEL`] and [`CLUSTER_LABEL`] itself.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Egress IPs of an `egress-gateway` node: each a /32 on the node's
+    /// second interface `eg0`, which sits on the external network.
+    #[serde(default, rename = "egressIPs", skip_serializing_if = "Vec::is_empty")]
+    pub egress_ips: Vec<Ipv4Addr>,
 }
+
+/// Node label the lab sets to the node's name.
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+/// Node label the lab sets to the cluster's name.
+pub const CLUSTER_LABEL: &str = "io.cilium.k8s.policy.cluster";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -354,3 +368,6 @@ pub fn check_policy_text(text: &str, source: &str) -> Result<usize, String> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod egress_tests;

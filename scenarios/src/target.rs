@@ -43,7 +43,10 @@ impl Target {
                 node: self.name.clone(),
             }),
             TargetKind::Discovery { replica } => Some(Component::discovery(&self.cluster, replica)),
-            TargetKind::Pod { .. } | TargetKind::External => None,
+            TargetKind::External => Some(Component::External {
+                name: self.name.clone(),
+            }),
+            TargetKind::Pod { .. } => None,
         }
     }
 }

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{LabError, Result};
 use crate::plan::{
-    bpf_world_dir, ns_prefix, world_dir, ClusterPlan, NodePlan, Plan, Step, LAB_ROOT,
+    bpf_world_dir, ns_prefix, world_dir, ClusterPlan, ExternalPlan, NodePlan, Plan, Step,
+    EXTERNAL_PORT, LAB_ROOT,
 };
 use crate::procs;
 use crate::report::Summary;
@@ -57,13 +58,8 @@ pub fn up(file: &Path, opts: &UpOptions) -> Result<Summary> {
     }
     let started = Instant::now();
     let mut rec = begin(file)?;
-    if rec
-        .plan
-        .clusters
-        .iter()
-        .any(|c| c.underlay == crate::scenario::Underlay::Isolated)
-    {
-        crate::host::check_nft()?;
+    if let Err(e) = crate::host::check_nft(&rec.plan) {
+        return Err(tear_down_after(e, &rec.plan.world));
     }
     if rec
         .plan
@@ -93,6 +89,9 @@ pub fn up(file: &Path, opts: &UpOptions) -> Result<Summary> {
 pub fn build_world_only(file: &Path) -> Result<Plan> {
     crate::host::check_host()?;
     let mut rec = begin(file)?;
+    if let Err(e) = crate::host::check_nft(&rec.plan) {
+        return Err(tear_down_after(e, &rec.plan.world));
+    }
     match build(&mut rec) {
         Ok(()) => Ok(rec.plan),
         Err(e) => Err(tear_down_after(e, &rec.plan.world)),
@@ -168,6 +167,14 @@ fn build(rec: &mut WorldRecord) -> Result<()> {
 
 fn start_all(rec: &mut WorldRecord, opts: &UpOptions) -> Result<()> {
     let deadline = Instant::now() + opts.timeout;
+    for x in rec.plan.externals.clone() {
+        start_external(
+            rec,
+            &x,
+            &opts.meshgate_bin,
+            deadline.saturating_duration_since(Instant::now()),
+        )?;
+    }
     let clusters = rec.plan.clusters.clone();
     for c in &clusters {
         start_etcd(rec, c, deadline.saturating_duration_since(Instant::now()))?;
@@ -231,6 +238,33 @@ fn start_etcd(rec: &mut WorldRecord, c: &ClusterPlan, timeout: Duration) -> Resu
     let component = p.component.clone();
     let pid = spawn_recorded(rec, p, bin)?;
     wait_port(&component, pid, &log, e.ip, e.client_port, timeout)
+}
+
+/// The record of an external's TCP service.
+pub(crate) fn external_record(world: &str, x: &ExternalPlan) -> ProcessRecord {
+    ProcessRecord {
+        component: Component::External {
+            name: x.name.clone(),
+        },
+        netns: x.netns.clone(),
+        args: x.server_args(),
+        log: x.server_log(world),
+        pid: None,
+    }
+}
+
+/// Starts an external's TCP service in its namespace and waits until it
+/// listens.
+pub(crate) fn start_external(
+    rec: &mut WorldRecord,
+    x: &ExternalPlan,
+    bin: &Path,
+    timeout: Duration,
+) -> Result<()> {
+    let p = external_record(&rec.plan.world, x);
+    let (component, log) = (p.component.clone(), p.log.clone());
+    let pid = spawn_recorded(rec, p, bin)?;
+    wait_port(&component, pid, &log, x.ip, EXTERNAL_PORT, timeout)
 }
 
 pub(crate) fn agent_record(c: &ClusterPlan, n: &NodePlan) -> ProcessRecord {
@@ -468,14 +502,17 @@ pub fn down(name: Option<&str>) -> Result<String> {
     }
     namespaces.retain(|ns| existing.contains(ns));
 
-    // Recorded processes, then any meshgate process found in the namespaces.
+    // Recorded processes, then any meshgate process found in the namespaces
+    // (externals' services go with the agents).
     let mut agents: Vec<u32> = Vec::new();
     let mut discoveries: Vec<u32> = Vec::new();
     let mut stores: Vec<u32> = Vec::new();
     if let Some(rec) = &rec {
         for p in &rec.processes {
             match (&p.component, p.pid) {
-                (Component::Agent { .. }, Some(pid)) => agents.push(pid),
+                (Component::Agent { .. } | Component::External { .. }, Some(pid)) => {
+                    agents.push(pid)
+                }
                 (Component::Discovery { .. } | Component::DiscoveryReplica { .. }, Some(pid)) => {
                     discoveries.push(pid)
                 }

@@ -149,6 +149,102 @@ fn build_world_only_then_down_twice() {
     drop(guard);
 }
 
+fn egress_scenario(world: &str) -> String {
+    format!(
+        r#"
+name: {world}
+clusters:
+  - name: c1
+    id: 1
+    podCIDR: 10.1.0.0/16
+    nodes:
+      - name: n1
+        pods:
+          - name: a
+      - name: g1
+        roles: [egress-gateway]
+        labels: {{egress: "true"}}
+        egressIPs: [203.0.113.50, 203.0.113.51]
+externals:
+  - name: internet
+    ip: 203.0.113.10
+"#
+    )
+}
+
+fn output(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("ip runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The MAC address of `dev` in `ns`.
+fn mac(ns: &str, dev: &str) -> String {
+    let text = output(&["-n", ns, "-br", "link", "show", dev]);
+    text.split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+#[ignore = "needs root (network namespaces, veth, nft): cargo xtask test runs it"]
+fn egress_gateway_interface_and_pod_masquerade() {
+    assert!(is_root(), "needs root (network namespaces, veth, nft)");
+    assert!(have_ping(), "`ping` not found: install iputils-ping");
+    let world = format!("e{}", std::process::id() % 1_000_000);
+    let file = std::env::temp_dir().join(format!("mg-lab-{world}.yaml"));
+    std::fs::write(&file, egress_scenario(&world)).expect("write scenario");
+    let _guard = WorldGuard {
+        name: world.clone(),
+        file: file.clone(),
+    };
+    meshgate_lab::build_world_only(Path::new(&file))
+        .unwrap_or_else(|e| panic!("building world {world} failed: {e}"));
+    let (g1, x) = (
+        format!("mg-{world}-c1-n-g1"),
+        format!("mg-{world}-x-internet"),
+    );
+    let addrs = output(&["-n", &g1, "-br", "addr", "show", "eg0"]);
+    assert!(
+        addrs.contains("203.0.113.50/32")
+            && addrs.contains("203.0.113.51/32")
+            && addrs.contains("UP"),
+        "eg0 of g1: {addrs}"
+    );
+    // The external reaches each egress IP, and learnt it at eg0's MAC, not eth0's.
+    for ip in ["203.0.113.50", "203.0.113.51"] {
+        assert!(ping(&x, ip), "the external cannot ping egress IP {ip}");
+        let neigh = output(&["-n", &x, "neigh", "show", ip]);
+        assert!(
+            neigh.contains(&mac(&g1, "eg0")) && !neigh.contains(&mac(&g1, "eth0")),
+            "ARP for {ip} answered by the wrong interface: {neigh} (eg0 {}, eth0 {})",
+            mac(&g1, "eg0"),
+            mac(&g1, "eth0")
+        );
+    }
+    // Without agents a pod reaches an external through its node's masquerade.
+    let pod = format!("mg-{world}-c1-p-a");
+    assert!(ping(&pod, "203.0.113.10"), "pod a cannot ping the external");
+    let rules = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("mg-{world}-c1-n-n1"),
+            "nft",
+            "list",
+            "table",
+            "ip",
+            "mg_lab_masq",
+        ])
+        .output()
+        .expect("nft runs");
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(
+        rules.contains("ip saddr 10.1.0.0/24 oifname \"eth0\"") && !rules.contains("packets 0 "),
+        "the masquerade rule did not count the pod's ping: {rules}"
+    );
+}
+
 #[test]
 #[ignore = "needs root (ip netns): cargo xtask test runs it"]
 fn down_of_unknown_world_succeeds() {

@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::{pod_mtu, Plan, BRIDGE, POD_GATEWAY, UNDERLAY_NET};
+use super::{pod_mtu, NodePlan, Plan, BRIDGE, EGRESS_INTERFACE, POD_GATEWAY, UNDERLAY_NET};
 use crate::scenario::Underlay;
 
 /// One step of building a world.
@@ -100,6 +100,12 @@ pub fn build(plan: &Plan) -> Vec<Step> {
                 s.sysctl(node, "net.ipv4.conf.default.send_redirects=0");
             }
             s.attach(ul, node, &n.ul_veth, &with_len(n.underlay_ip, ul_len));
+            if n.is_egress_gateway() {
+                egress_interface(&mut s, ul, n);
+            }
+            if !plan.externals.is_empty() {
+                masquerade(&mut s, n);
+            }
             // The pods' gateway: a local address answers their ARP and ping.
             s.ip(&[
                 "-n",
@@ -152,8 +158,115 @@ pub fn build(plan: &Plan) -> Vec<Step> {
         s.ip(&[
             "-n", ns, "route", "add", &underlay, "dev", "eth0", "scope", "link",
         ]);
+        // Replies to egress IPs go to the gateways' eg0, on the same bridge.
+        for ip in plan
+            .clusters
+            .iter()
+            .flat_map(|c| &c.nodes)
+            .flat_map(|n| &n.egress_ips)
+        {
+            s.ip(&[
+                "-n",
+                ns,
+                "route",
+                "add",
+                &with_len(*ip, 32),
+                "dev",
+                "eth0",
+                "scope",
+                "link",
+            ]);
+        }
     }
     s.0
+}
+
+/// An egress gateway's second interface: `eg0` in the node, its peer on the
+/// underlay bridge (the external network), each egress IP on it as a /32.
+/// ARP: only the interface holding an address answers for it
+/// (`arp_ignore=1`), and requests name the outgoing interface's own
+/// address (`arp_announce=2`), so eth0 never claims an egress IP.
+fn egress_interface(s: &mut Steps, ul: &str, n: &NodePlan) {
+    let Some(peer) = n.egress_veth.as_deref() else {
+        return;
+    };
+    let node = n.netns.as_str();
+    s.sysctl(node, "net.ipv4.conf.all.arp_ignore=1");
+    s.sysctl(node, "net.ipv4.conf.all.arp_announce=2");
+    s.ip(&[
+        "link",
+        "add",
+        EGRESS_INTERFACE,
+        "netns",
+        node,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        peer,
+        "netns",
+        ul,
+    ]);
+    s.ip(&["-n", ul, "link", "set", peer, "master", BRIDGE, "up"]);
+    for ip in &n.egress_ips {
+        s.ip(&[
+            "-n",
+            node,
+            "addr",
+            "add",
+            &with_len(*ip, 32),
+            "dev",
+            EGRESS_INTERFACE,
+        ]);
+    }
+    s.ip(&["-n", node, "link", "set", EGRESS_INTERFACE, "up"]);
+}
+
+/// nftables table (ip family) in every node namespace of a world with
+/// externals: the lab's stand-in for the cluster's usual masquerade of pod
+/// traffic to the world with the node's address.
+pub const MASQUERADE_TABLE: &str = "mg_lab_masq";
+
+/// Pod traffic of the node leaving `eth0` (to an external) is masqueraded
+/// to the node's address. At `srcnat + 10`, after an egress gateway's own
+/// SNAT at `srcnat`, so that one wins for the flows it takes.
+fn masquerade(s: &mut Steps, n: &NodePlan) {
+    let node = n.netns.as_str();
+    let pods = n.pod_cidr.to_string();
+    let nft = |s: &mut Steps, args: &[&str]| {
+        let mut all = vec!["netns", "exec", node, "nft"];
+        all.extend_from_slice(args);
+        s.ip(&all);
+    };
+    nft(s, &["add", "table", "ip", MASQUERADE_TABLE]);
+    nft(
+        s,
+        &[
+            "add",
+            "chain",
+            "ip",
+            MASQUERADE_TABLE,
+            "postrouting",
+            "{ type nat hook postrouting priority srcnat + 10; policy accept; }",
+        ],
+    );
+    nft(
+        s,
+        &[
+            "add",
+            "rule",
+            "ip",
+            MASQUERADE_TABLE,
+            "postrouting",
+            "ip",
+            "saddr",
+            &pods,
+            "oifname",
+            "\"eth0\"",
+            "counter",
+            "masquerade",
+        ],
+    );
 }
 
 /// nftables table (bridge family) in the underlay namespace that enforces
@@ -168,7 +281,8 @@ fn nft_set(names: &[&str]) -> String {
 /// Isolated clusters: on the underlay bridge, frames between a cluster's
 /// ordinary nodes and any port outside the cluster (other clusters'
 /// nodes and discoveries, externals) are dropped, in both directions. Its
-/// gateways and its discovery stay on the shared underlay.
+/// cluster gateways, its discovery and its egress gateways' `eg0` ports
+/// stay on the shared underlay (an `eg0` talks to externals).
 fn isolate(s: &mut Steps, plan: &Plan) {
     let ul = plan.underlay_ns.as_str();
     let isolated: Vec<_> = plan
@@ -202,6 +316,7 @@ fn isolate(s: &mut Steps, plan: &Plan) {
             .iter()
             .map(|n| n.ul_veth.as_str())
             .chain([c.discovery.ul_veth.as_str()])
+            .chain(c.nodes.iter().filter_map(|n| n.egress_veth.as_deref()))
             .collect();
         let walled: Vec<&str> = c
             .nodes

@@ -1,5 +1,7 @@
 //! Checks on a parsed scenario; every problem is reported with its field.
 
+mod labels;
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
@@ -211,7 +213,7 @@ pub fn validate(s: &Scenario) -> Vec<FieldError> {
         check_discovery(&mut errors, &at, c);
         check_nodes(&mut errors, s, ci);
     }
-    check_externals(&mut errors, s, &nets);
+    check_external_network(&mut errors, s, &nets);
     check_policies(&mut errors, s);
     errors.0
 }
@@ -321,6 +323,7 @@ fn check_nodes(errors: &mut Errors, s: &Scenario, ci: usize) {
                 "0 is not valid: give seconds (at least 1), or leave it out",
             );
         }
+        check_node_extras(errors, &format!("{at}.nodes[{ni}]"), n);
         let field = format!("{at}.nodes[{ni}].name");
         check_name(errors, field.clone(), &n.name, MAX_NAME);
         if is_discovery_name(&n.name) {
@@ -384,9 +387,85 @@ fn check_nodes(errors: &mut Errors, s: &Scenario, ci: usize) {
     }
 }
 
-fn check_externals(errors: &mut Errors, s: &Scenario, nets: &[(Ipv4Net, usize)]) {
+/// An address the lab puts on a host of the external network (an
+/// external's, or a gateway's egress IP): a unicast host address outside
+/// the lab's own ranges and every pod CIDR, used once in the world.
+/// `owners` maps each address seen so far to its owner (`externals[0]`).
+fn check_host_ip(
+    errors: &mut Errors,
+    s: &Scenario,
+    nets: &[(Ipv4Net, usize)],
+    owners: &mut BTreeMap<Ipv4Addr, String>,
+    (field, owner): (String, String),
+    ip: Ipv4Addr,
+) {
+    if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
+        errors.add(field.clone(), format!("{ip} is not a unicast host address"));
+    }
+    for (range, what) in reserved_ranges() {
+        if range.contains(&ip) {
+            errors.add(field.clone(), format!("{ip} is inside {range}, {what}"));
+        }
+    }
+    for (net, ci) in nets {
+        if net.contains(&ip) {
+            errors.add(
+                field.clone(),
+                format!(
+                    "{ip} is inside {net}, the podCIDR of cluster \"{}\"",
+                    s.clusters[*ci].name
+                ),
+            );
+        }
+    }
+    if let Some(first) = owners.get(&ip) {
+        errors.add(field, format!("{ip} is already used by {first}"));
+    } else {
+        owners.insert(ip, owner);
+    }
+}
+
+/// Node labels, and egress IPs only on egress gateways.
+fn check_node_extras(errors: &mut Errors, at: &str, n: &super::Node) {
+    for (key, value) in &n.labels {
+        if let Some(problem) = labels::label_problem(key, value) {
+            errors.add(format!("{at}.labels"), problem);
+        }
+    }
+    if !n.egress_ips.is_empty() && !n.roles.contains(&Role::EgressGateway) {
+        errors.add(
+            format!("{at}.egressIPs"),
+            format!(
+                "node \"{}\" has egress IPs but not the role egress-gateway: add \
+                 `roles: [egress-gateway]`, or leave egressIPs out",
+                n.name
+            ),
+        );
+    }
+}
+
+/// Egress IPs first, then externals' IPs: all in one address space.
+fn check_external_network(errors: &mut Errors, s: &Scenario, nets: &[(Ipv4Net, usize)]) {
+    let mut owners: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+    for (ci, c) in s.clusters.iter().enumerate() {
+        for (ni, n) in c.nodes.iter().enumerate() {
+            for (k, ip) in n.egress_ips.iter().enumerate() {
+                let field = format!("clusters[{ci}].nodes[{ni}].egressIPs[{k}]");
+                let owner = format!("{field} (an egress IP of {}/{})", c.name, n.name);
+                check_host_ip(errors, s, nets, &mut owners, (field, owner), *ip);
+            }
+        }
+    }
+    check_externals(errors, s, nets, &mut owners);
+}
+
+fn check_externals(
+    errors: &mut Errors,
+    s: &Scenario,
+    nets: &[(Ipv4Net, usize)],
+    owners: &mut BTreeMap<Ipv4Addr, String>,
+) {
     let mut names: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut ips: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
     for (xi, x) in s.externals.iter().enumerate() {
         let at = format!("externals[{xi}]");
         check_name(errors, format!("{at}.name"), &x.name, MAX_NAME);
@@ -398,31 +477,6 @@ fn check_externals(errors: &mut Errors, s: &Scenario, nets: &[(Ipv4Net, usize)])
         } else {
             names.insert(&x.name, xi);
         }
-        let field = format!("{at}.ip");
-        let ip = x.ip;
-        if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
-            errors.add(field.clone(), format!("{ip} is not a unicast host address"));
-        }
-        for (range, what) in reserved_ranges() {
-            if range.contains(&ip) {
-                errors.add(field.clone(), format!("{ip} is inside {range}, {what}"));
-            }
-        }
-        for (net, ci) in nets {
-            if net.contains(&ip) {
-                errors.add(
-                    field.clone(),
-                    format!(
-                        "{ip} is inside {net}, the podCIDR of cluster \"{}\"",
-                        s.clusters[*ci].name
-                    ),
-                );
-            }
-        }
-        if let Some(first) = ips.get(&ip) {
-            errors.add(field, format!("{ip} is already used by externals[{first}]"));
-        } else {
-            ips.insert(ip, xi);
-        }
+        check_host_ip(errors, s, nets, owners, (format!("{at}.ip"), at), x.ip);
     }
 }

@@ -30,6 +30,10 @@ pub enum Component {
     Etcd {
         cluster: String,
     },
+    /// The TCP service of an external host (`meshgate lab external-server`).
+    External {
+        name: String,
+    },
 }
 
 impl Component {
@@ -57,6 +61,7 @@ impl fmt::Display for Component {
                 write!(f, "discovery {cluster} replica {replica}")
             }
             Component::Etcd { cluster } => write!(f, "etcd {cluster}"),
+            Component::External { name } => write!(f, "service of external {name}"),
         }
     }
 }
