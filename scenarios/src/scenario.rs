@@ -355,11 +355,12 @@ pub fn policy_text(policies: &[serde_yaml::Value]) -> Result<String, String> {
     Ok(out)
 }
 
-/// Parses policy YAML as the agent will (the parser's error, its source
-/// named `source`; an empty `source` leaves the prefix out).
+/// Parses policy YAML as the agent will (identity and egress gateway
+/// policies; the parser's error, its source named `source`; an empty
+/// `source` leaves the prefix out). Returns how many policies it holds.
 pub fn check_policy_text(text: &str, source: &str) -> Result<usize, String> {
-    meshgate_discovery::policy::parse_policies(text, source)
-        .map(|p| p.len())
+    meshgate_egress::parse_policy_text(text, source)
+        .map(|p| p.identity.len() + p.egress.len())
         .map_err(|e| {
             let m = e.to_string();
             m.strip_prefix(": ").map(str::to_string).unwrap_or(m)

@@ -160,33 +160,37 @@ fn egress_yaml() -> (String, std::path::PathBuf) {
     (std::fs::read_to_string(&path).unwrap(), path)
 }
 
-/// `Scenario::load(egress.yaml)` fails only where the policy check is: the
-/// check (`check_policy_text`, discovery's identity-policy parser) does not
-/// read CiliumEgressGatewayPolicy until the combined parser
-/// (`meshgate_egress::parse_policy_text`) replaces it; then this loads.
+/// egress.yaml loads whole: its egress gateway policies pass the same
+/// check the agents apply (`meshgate_egress::parse_policy_text`).
 #[test]
-fn shipped_egress_file_loads_but_for_the_policy_kind() {
+fn shipped_egress_file_loads() {
     let (_, path) = egress_yaml();
-    match Scenario::load(&path) {
-        Ok(s) => assert_eq!(s.policies.len(), 1),
-        Err(ScenarioError::Invalid { errors, .. }) => {
-            for e in &errors {
-                assert!(e.field.starts_with("policies["), "{e}");
-                assert!(e.problem.contains("CiliumEgressGatewayPolicy"), "{e}");
-            }
-        }
-        Err(e) => panic!("egress.yaml: {e}"),
-    }
+    let s = Scenario::load(&path).unwrap_or_else(|e| panic!("egress.yaml: {e}"));
+    assert_eq!(s.policies.len(), 2);
+    // A bad egress policy is refused at load with the field named.
+    let (text, _) = egress_yaml();
+    let bad = text.replacen(
+        "        interface: eg0\n",
+        "        interface: eg0\n        egressIP: 203.0.113.50\n",
+        1,
+    );
+    assert_ne!(bad, text);
+    let err = Scenario::parse("egress.yaml", &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("egress-client") && err.contains("egressIP"),
+        "{err}"
+    );
 }
 
-/// Everything in egress.yaml but its policies, which are checked by kind
-/// here (see above for why not by the parser yet).
+/// What egress.yaml holds besides its policies' parse.
 #[test]
 fn shipped_egress_file_has_gateways_egress_ips_and_externals() {
     let (text, _) = egress_yaml();
     let mut s: Scenario = serde_yaml::from_str(&text).unwrap();
     let policies = std::mem::take(&mut s.policies);
-    assert_eq!(policies.len(), 1);
+    assert_eq!(policies.len(), 2);
     assert_eq!(policies[0]["kind"], "CiliumEgressGatewayPolicy");
     assert_eq!(
         policies[0]["spec"]["egressGateway"]["interface"], "eg0",

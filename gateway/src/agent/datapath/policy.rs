@@ -21,8 +21,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use meshgate_discovery::identity::Labels;
 use meshgate_discovery::policy::{
-    parse_policy_file, Compiled, Direction, Policy, PolicyDiff, PolicyEntry, PolicyState, Scope,
-    Selection, Verdict,
+    Compiled, Direction, Policy, PolicyDiff, PolicyEntry, PolicyState, Scope, Selection, Verdict,
 };
 use meshgate_ebpf::{PolicyRule, Proto};
 use tracing::{info, warn};
