@@ -279,3 +279,30 @@ fn a_node_that_encrypts_otherwise_is_not_peered_and_says_why() {
         p.problems[0]
     );
 }
+
+#[test]
+fn an_egress_gateway_sends_every_peer_fast_keepalives_and_others_do_not() {
+    let mut nodes = BTreeMap::new();
+    nodes.extend([
+        node("c1", 1, "n1", 0, false),
+        node("c1", 1, "n2", 1, false),
+        node("c1", 1, "g1", 2, false),
+    ]);
+    let me = |name, egress_gateway| Me {
+        name,
+        cluster: "c1",
+        gateway: false,
+        encryption: Default::default(),
+        egress_gateway,
+    };
+    let p = plan(&me("c1/g1", true), &nodes, all_up);
+    for peer in ["c1/n1", "c1/n2"] {
+        assert_eq!(
+            p.peers[peer].keepalive_ms,
+            Some(super::super::liveness::EGRESS_KEEPALIVE_MS),
+            "{peer}"
+        );
+    }
+    let p = plan(&me("c1/n1", false), &nodes, all_up);
+    assert!(p.peers.values().all(|p| p.keepalive_ms.is_none()));
+}
