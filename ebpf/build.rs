@@ -5,7 +5,12 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SOURCES: &[&str] = &["bpf/datapath.c", "bpf/mg_datapath.h", "bpf/lb.h"];
+const SOURCES: &[&str] = &[
+    "bpf/datapath.c",
+    "bpf/mg_datapath.h",
+    "bpf/lb.h",
+    "bpf/egress.h",
+];
 const FIX: &str = "install the Debian packages clang, libbpf-dev and linux-libc-dev \
                    (`cargo xtask deps` does this) or set CLANG to a clang that targets bpf";
 

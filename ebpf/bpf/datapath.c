@@ -19,6 +19,11 @@
  * on the way into the client pod (from_pod of a local backend's veth, or
  * from_mesh for a backend on another node). The maps and helpers are in lb.h.
  *
+ * Egress gateways: from_pod marks allowed traffic to a world address that an
+ * egress route selects (mg_egress) for its flow's gateway node (mg_egress_ct),
+ * to_mesh tunnels it there, and the gateway's from_mesh marks it for the
+ * agent's SNAT to the egress IP. The maps and helpers are in egress.h.
+ *
  * Every drop sets a reason (mg_datapath.h), is counted per reason in
  * mg_drops and sent as a flow event on mg_events. New allowed flows are
  * sent as flow events too.
@@ -346,6 +351,8 @@ static __always_inline int leaves_unencrypted(struct __sk_buff *skb, const struc
 	return fib.ifindex != mesh_ifindex;
 }
 
+#include "egress.h"
+
 SEC("classifier")
 int mg_from_pod(struct __sk_buff *skb)
 {
@@ -411,6 +418,12 @@ int mg_from_pod(struct __sk_buff *skb)
 		if (reason)
 			return drop(skb, &f, reason, MG_POINT_FROM_POD);
 	}
+	/* Allowed traffic to the world that an egress route selects goes to its gateway. */
+	if (is_world(dst, f.daddr)) {
+		reason = egress_steer(skb, &f, now);
+		if (reason)
+			return drop(skb, &f, reason, MG_POINT_FROM_POD);
+	}
 	if (!f.is_reply_type && ct_track(&f, now))
 		send_event(skb, &f, MG_VERDICT_ALLOW, MG_REASON_NONE, MG_POINT_FROM_POD);
 	return lb_pass(skb, &f, reverse, &rv, MG_POINT_FROM_POD);
@@ -423,30 +436,56 @@ int mg_to_mesh(struct __sk_buff *skb)
 	struct flow f = {};
 	struct mg_ipcache_value *src, *dst;
 	__u32 mark = skb->mark;
+	__u32 remote;
 
 	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK; /* collect_md drops what has no tunnel key */
 	if (parse_ipv4(skb, &f) < 0)
 		return drop(skb, &f, MG_REASON_MALFORMED, MG_POINT_TO_MESH);
 
-	if ((mark & MG_MARK_MAGIC_MASK) == MG_MARK_MAGIC) {
+	if ((mark & MG_MARK_MAGIC_MASK) == MG_MARK_EGRESS) {
+		/* Egress gateway traffic: to the gateway from_pod chose for the flow. */
 		f.src_identity = mark & MG_IDENTITY_MASK;
+		f.dst_identity = MG_IDENTITY_WORLD;
+		remote = egress_gateway(&f);
+		if (!remote)
+			return drop(skb, &f, MG_REASON_NO_EGRESS_GATEWAY, MG_POINT_TO_MESH);
 	} else {
-		/* Not from a pod's veth (the node itself): identity from the ipcache. */
-		src = ipcache_lookup(f.saddr);
-		f.src_identity = src ? src->identity & MG_IDENTITY_MASK : MG_IDENTITY_HOST;
+		if ((mark & MG_MARK_MAGIC_MASK) == MG_MARK_MAGIC) {
+			f.src_identity = mark & MG_IDENTITY_MASK;
+		} else {
+			/*
+			 * Not from a pod's veth: identity from the ipcache, else the
+			 * node itself, or the world if forwarded (a reply from the
+			 * internet de-SNATed on an egress gateway).
+			 */
+			src = ipcache_lookup(f.saddr);
+			if (src)
+				f.src_identity = src->identity & MG_IDENTITY_MASK;
+			else if (skb->ingress_ifindex)
+				f.src_identity = MG_IDENTITY_WORLD;
+			else
+				f.src_identity = MG_IDENTITY_HOST;
+		}
+		dst = ipcache_lookup(f.daddr);
+		if (!dst || !dst->tunnel_ip)
+			return drop(skb, &f, MG_REASON_NO_TUNNEL_ENDPOINT, MG_POINT_TO_MESH);
+		f.dst_identity = dst->identity & MG_IDENTITY_MASK;
+		remote = dst->tunnel_ip;
 	}
-	dst = ipcache_lookup(f.daddr);
-	if (!dst || !dst->tunnel_ip)
-		return drop(skb, &f, MG_REASON_NO_TUNNEL_ENDPOINT, MG_POINT_TO_MESH);
-	f.dst_identity = dst->identity & MG_IDENTITY_MASK;
 
 	__builtin_memset(&key, 0, sizeof(key));
 	key.tunnel_id = f.src_identity;
-	key.remote_ipv4 = bpf_ntohl(dst->tunnel_ip); /* the helper takes host order */
+	key.remote_ipv4 = bpf_ntohl(remote); /* the helper takes host order */
 	key.tunnel_ttl = 64;
 	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
 		return drop(skb, &f, MG_REASON_SET_TUNNEL_KEY, MG_POINT_TO_MESH);
+	/*
+	 * The device routes the encapsulated packet with this mark: the egress
+	 * mark's ip rule would send it back into the mesh device.
+	 */
+	if ((mark & MG_MARK_MAGIC_MASK) == MG_MARK_EGRESS)
+		skb->mark = MG_MARK_MAGIC | f.src_identity;
 	return TC_ACT_OK;
 }
 
@@ -457,6 +496,7 @@ int mg_from_mesh(struct __sk_buff *skb)
 	struct flow f = {};
 	struct mg_ipcache_value *dst;
 	struct mg_lb_ct_value rv = {};
+	__u32 snat_index;
 	int reverse;
 	__u64 now;
 	__u8 reason;
@@ -476,13 +516,25 @@ int mg_from_mesh(struct __sk_buff *skb)
 	/* The sender's identity is the VNI, never looked up from the source address. */
 	f.src_identity = key.tunnel_id & MG_IDENTITY_MASK;
 
+	now = bpf_ktime_get_ns();
 	dst = ipcache_lookup(f.daddr);
-	if (!dst || !(dst->flags & MG_IPCACHE_F_LOCAL))
-		return drop(skb, &f, MG_REASON_UNKNOWN_DESTINATION, MG_POINT_FROM_MESH);
+	if (!dst || !(dst->flags & MG_IPCACHE_F_LOCAL)) {
+		if (!is_world(dst, f.daddr))
+			return drop(skb, &f, MG_REASON_UNKNOWN_DESTINATION, MG_POINT_FROM_MESH);
+		/* Egress gateway traffic for this node: marked for the agent's SNAT. */
+		f.dst_identity = MG_IDENTITY_WORLD;
+		snat_index = egress_snat_index(&f);
+		if (!snat_index)
+			return drop(skb, &f, MG_REASON_EGRESS_NOT_GATEWAY, MG_POINT_FROM_MESH);
+		skb->mark = MG_MARK_SNAT | snat_index;
+		if (!f.is_reply_type && ct_track(&f, now))
+			send_event(skb, &f, MG_VERDICT_ALLOW, MG_REASON_NONE, MG_POINT_FROM_MESH);
+		bpf_skb_change_type(skb, PACKET_HOST);
+		return TC_ACT_OK;
+	}
 	f.dst_identity = dst->identity & MG_IDENTITY_MASK;
 	skb->mark = MG_MARK_MAGIC | f.src_identity;
 
-	now = bpf_ktime_get_ns();
 	if (!ct_is_reply(&f, now)) {
 		reason = policy_check(f.dst_identity, f.src_identity, f.dport, f.proto,
 				      MG_DIR_INGRESS);

@@ -23,6 +23,18 @@
 /* skb->mark as set by from_pod: magic in the top byte, identity below. */
 #define MG_MARK_MAGIC 0x6d000000
 #define MG_MARK_MAGIC_MASK 0xff000000
+/*
+ * from_pod: egress gateway traffic (| identity); to_mesh takes the remote
+ * from mg_egress_ct and puts MG_MARK_MAGIC | identity back (the VXLAN
+ * device routes the encapsulated packet with the mark)
+ */
+#define MG_MARK_EGRESS 0x6c000000
+/*
+ * on a gateway: SNAT this flow (| snat index 1..255; the agent's nft rule
+ * per egress IP matches it)
+ */
+#define MG_MARK_SNAT 0x6b000000
+#define MG_MARK_SNAT_INDEX_MASK 0x000000ff
 
 /* Why a packet was dropped. 0 is not a drop. */
 enum mg_reason {
@@ -53,7 +65,11 @@ enum mg_reason {
 	MG_REASON_STRICT_UNENCRYPTED = 12,
 	/* from_pod: a new connection to a service VIP whose chosen backend set is empty */
 	MG_REASON_NO_SERVICE_BACKEND = 13,
-	MG_REASON_MAX = 14,
+	/* from_pod, to_mesh: an egress gateway policy selects this flow but it has no gateway */
+	MG_REASON_NO_EGRESS_GATEWAY = 14,
+	/* from_mesh: a world destination this node is not an egress gateway for */
+	MG_REASON_EGRESS_NOT_GATEWAY = 15,
+	MG_REASON_MAX = 16,
 };
 
 /* Size of the per-reason counter array (room to add reasons). */
@@ -164,6 +180,7 @@ struct mg_mesh_cidr_value {
 struct mg_config {
 	__u32 flags;          /* MG_CFG_F_* */
 	__u32 mesh_ifindex;   /* strict mode: the only interface remote pod traffic may leave by */
+	__u32 tunnel_ip;      /* this node's tunnel IP, network order; 0 = unset */
 };
 
 /*
@@ -223,6 +240,38 @@ struct mg_lb_ct_value {
 	__u64 last_seen_ns;
 };
 
+/*
+ * Egress gateways (egress.h).
+ *
+ * mg_egress: LPM trie, (source pod, destination prefix) -> route. The key's
+ * prefixlen is 32 + the destination prefix length: the source matches
+ * exactly, the destination by longest prefix. An excluded CIDR is a longer
+ * prefix with MG_EGRESS_F_EXCLUDED. Gateways are node tunnel IPs; a flow
+ * picks one by its hash and keeps it in mg_egress_ct while it stays listed.
+ */
+#define MG_EGRESS_MAX_GWS 16
+#define MG_EGRESS_F_EXCLUDED 0x1
+
+struct mg_egress_key {
+	__u32 prefixlen;
+	__u32 saddr; /* network order */
+	__u32 daddr; /* network order */
+};
+
+struct mg_egress_value {
+	__u32 flags;      /* MG_EGRESS_F_* */
+	__u32 snat_index; /* 1..255 on a gateway of this route; 0: this node is not one */
+	__u32 count;      /* gateways[0, count) are used */
+	__u32 gateways[MG_EGRESS_MAX_GWS]; /* tunnel IPs, network order */
+};
+
+/* mg_egress_ct: LRU hash, forward 5-tuple (struct mg_ct_key) -> the flow's gateway. */
+struct mg_egress_ct_value {
+	__u32 gateway; /* tunnel IP, network order */
+	__u32 pad;
+	__u64 last_seen_ns;
+};
+
 /* mg_events: ring buffer of these. */
 struct mg_flow_event {
 	__u64 ts_ns;
@@ -249,7 +298,7 @@ _Static_assert(sizeof(struct mg_policy_sel_value) == 4, "mg_policy_sel_value lay
 _Static_assert(sizeof(struct mg_ct_key) == 16, "mg_ct_key layout");
 _Static_assert(sizeof(struct mg_ct_value) == 16, "mg_ct_value layout");
 _Static_assert(sizeof(struct mg_counter) == 16, "mg_counter layout");
-_Static_assert(sizeof(struct mg_config) == 8, "mg_config layout");
+_Static_assert(sizeof(struct mg_config) == 12, "mg_config layout");
 _Static_assert(sizeof(struct mg_mesh_cidr_value) == 4, "mg_mesh_cidr_value layout");
 _Static_assert(sizeof(struct mg_flow_event) == 40, "mg_flow_event layout");
 _Static_assert(sizeof(struct mg_lb_svc_key) == 8, "mg_lb_svc_key layout");
@@ -257,5 +306,8 @@ _Static_assert(sizeof(struct mg_lb_svc_value) == 12, "mg_lb_svc_value layout");
 _Static_assert(sizeof(struct mg_lb_backend_key) == 8, "mg_lb_backend_key layout");
 _Static_assert(sizeof(struct mg_lb_backend_value) == 8, "mg_lb_backend_value layout");
 _Static_assert(sizeof(struct mg_lb_ct_value) == 16, "mg_lb_ct_value layout");
+_Static_assert(sizeof(struct mg_egress_key) == 12, "mg_egress_key layout");
+_Static_assert(sizeof(struct mg_egress_value) == 76, "mg_egress_value layout");
+_Static_assert(sizeof(struct mg_egress_ct_value) == 16, "mg_egress_ct_value layout");
 
 #endif

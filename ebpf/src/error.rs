@@ -116,6 +116,17 @@ pub enum Error {
         proto: crate::Proto,
     },
 
+    #[error(
+        "egress route {src} -> {dst} has {count} gateways; the datapath holds at most \
+         {max} per route",
+        max = crate::maps::EGRESS_MAX_GATEWAYS
+    )]
+    TooManyEgressGateways {
+        src: std::net::Ipv4Addr,
+        dst: ipnet::Ipv4Net,
+        count: usize,
+    },
+
     #[error("invalid attachment pin name {name:?} in {dir}: expected HOOK@INTERFACE")]
     BadPinName { name: String, dir: PathBuf },
 }

@@ -97,6 +97,8 @@ pub struct Counter {
 pub struct Config {
     pub flags: u32,
     pub mesh_ifindex: u32,
+    /// This node's tunnel IP, network byte order; 0 = unset.
+    pub tunnel_ip: u32,
 }
 
 /// `MG_CFG_F_STRICT`.
@@ -173,6 +175,45 @@ pub struct LbCtValue {
     pub last_seen_ns: u64,
 }
 
+/// `struct mg_egress_key` without its prefix length (aya's `lpm_trie::Key`
+/// writes that): the source exactly, then the destination prefix, both in
+/// network byte order. The key's prefix length is 32 + the destination's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EgressAddrs {
+    pub saddr: u32,
+    pub daddr: u32,
+}
+
+/// `MG_EGRESS_MAX_GWS`.
+pub const EGRESS_MAX_GWS: usize = 16;
+/// `MG_EGRESS_F_EXCLUDED`.
+pub const EGRESS_F_EXCLUDED: u32 = 0x1;
+
+/// `struct mg_egress_value`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EgressValue {
+    /// `MG_EGRESS_F_*`.
+    pub flags: u32,
+    /// 1..255 on a gateway of this route; 0 = this node is not one.
+    pub snat_index: u32,
+    /// `gateways[..count]` are used.
+    pub count: u32,
+    /// Tunnel IPs, network byte order.
+    pub gateways: [u32; EGRESS_MAX_GWS],
+}
+
+/// `struct mg_egress_ct_value`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EgressCtValue {
+    /// Tunnel IP, network byte order.
+    pub gateway: u32,
+    pub pad: u32,
+    pub last_seen_ns: u64,
+}
+
 /// `MG_LB_AFFINITY_*`.
 pub const LB_AFFINITY_NONE: u32 = 0;
 pub const LB_AFFINITY_LOCAL: u32 = 1;
@@ -192,6 +233,19 @@ pub const SLOT_EVENTS_LOST: u32 = 31;
 /// `MG_MARK_MAGIC`: top byte of the skb mark `from_pod` sets.
 pub const MARK_MAGIC: u32 = 0x6d00_0000;
 
+/// `MG_MARK_EGRESS`: top byte of the mark `from_pod` sets (with the source
+/// identity below) on traffic it steers to an egress gateway on another
+/// node; the agent's ip rule routes it into the mesh device.
+pub const MARK_EGRESS: u32 = 0x6c00_0000;
+
+/// `MG_MARK_SNAT`: top byte of the mark an egress gateway sets (with the
+/// SNAT index 1..255 below) on traffic it sends out; the agent's ip rule
+/// and nft rule for that index route it and SNAT it to the egress IP.
+pub const MARK_SNAT: u32 = 0x6b00_0000;
+
+/// `MG_MARK_MAGIC_MASK`: the byte of the mark that says what it is.
+pub const MARK_MAGIC_MASK: u32 = 0xff00_0000;
+
 // SAFETY: all of these are plain integers without implicit padding (every
 // pad is an explicit field), so any byte pattern is a valid value.
 unsafe impl aya::Pod for MeshCidrValue {}
@@ -209,6 +263,9 @@ unsafe impl aya::Pod for LbSvcValue {}
 unsafe impl aya::Pod for LbBackendKey {}
 unsafe impl aya::Pod for LbBackendValue {}
 unsafe impl aya::Pod for LbCtValue {}
+unsafe impl aya::Pod for EgressAddrs {}
+unsafe impl aya::Pod for EgressValue {}
+unsafe impl aya::Pod for EgressCtValue {}
 
 #[cfg(test)]
 mod tests {
@@ -249,6 +306,9 @@ mod tests {
             ("mg_lb_backend_key", size_of::<LbBackendKey>()),
             ("mg_lb_backend_value", size_of::<LbBackendValue>()),
             ("mg_lb_ct_value", size_of::<LbCtValue>()),
+            ("mg_egress_key", 4 + size_of::<EgressAddrs>()),
+            ("mg_egress_value", size_of::<EgressValue>()),
+            ("mg_egress_ct_value", size_of::<EgressCtValue>()),
         ]
         .into_iter()
         .map(|(name, size)| (name.to_owned(), size))
@@ -293,6 +353,11 @@ mod tests {
             header_define("MG_LB_CT_F_REVERSE"),
             u32::from(LB_CT_F_REVERSE)
         );
+        assert_eq!(header_define("MG_MARK_EGRESS"), MARK_EGRESS);
+        assert_eq!(header_define("MG_MARK_SNAT"), MARK_SNAT);
+        assert_eq!(header_define("MG_MARK_MAGIC_MASK"), MARK_MAGIC_MASK);
+        assert_eq!(header_define("MG_EGRESS_MAX_GWS") as usize, EGRESS_MAX_GWS);
+        assert_eq!(header_define("MG_EGRESS_F_EXCLUDED"), EGRESS_F_EXCLUDED);
         const { assert!(SLOT_EVENTS_LOST < REASON_SLOTS) };
     }
 }

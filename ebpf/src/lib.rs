@@ -21,9 +21,10 @@ pub mod reason;
 
 pub use attach::{AttachChoice, AttachMode, Attachment, Hook};
 pub use error::{Error, Result};
+pub use layout::{MARK_EGRESS, MARK_MAGIC, MARK_SNAT};
 pub use loader::{remove_pin_dir, AttachOutcome, Datapath, ReconcileReport, ATTACH_ENV};
 pub use maps::{
-    Affinity, Backend, FlowEvent, Frontend, IpcacheEntry, LbConnection, LbService, Maps,
-    PolicyRule, Proto,
+    Affinity, Backend, Egress, EgressFlow, EgressRoute, FlowEvent, Frontend, IpcacheEntry,
+    LbConnection, LbService, Maps, PolicyRule, Proto, EGRESS_MAX_GATEWAYS,
 };
 pub use reason::{identity, Direction, Point, Reason, Verdict};

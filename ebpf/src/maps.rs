@@ -5,6 +5,7 @@
 mod config;
 mod conntrack;
 mod counters;
+mod egress;
 mod events;
 mod ipcache;
 mod lb;
@@ -19,6 +20,7 @@ use aya::maps::{Map, MapData, MapInfo, MapType};
 pub use config::ConfigMap;
 pub use conntrack::{Conntrack, CtEntry};
 pub use counters::DropCounters;
+pub use egress::{Egress, EgressFlow, EgressRoute, EGRESS_MAX_GATEWAYS};
 pub use events::{FlowEvent, FlowEvents};
 pub use ipcache::{IpCache, IpcacheEntry};
 pub use lb::{Affinity, Backend, Frontend, LbConnection, LbService, LoadBalancer, RETIRE_GRACE};
@@ -102,6 +104,18 @@ pub(crate) const MAP_SPECS: &[MapSpec] = &[
         value_size: size::<LbCtValue>(),
     },
     MapSpec {
+        name: egress::NAME,
+        map_type: MapType::LpmTrie,
+        key_size: 4 + size::<EgressAddrs>(),
+        value_size: size::<EgressValue>(),
+    },
+    MapSpec {
+        name: egress::CT_NAME,
+        map_type: MapType::LruHash,
+        key_size: size::<CtKey>(),
+        value_size: size::<EgressCtValue>(),
+    },
+    MapSpec {
         name: events::NAME,
         map_type: MapType::RingBuf,
         key_size: 0,
@@ -145,6 +159,7 @@ pub struct Maps {
     pub config: ConfigMap,
     pub events: FlowEvents,
     pub lb: LoadBalancer,
+    pub egress: Egress,
 }
 
 impl Maps {
@@ -187,6 +202,7 @@ impl Maps {
                 take(lb::BACKENDS_NAME)?,
                 take(lb::CT_NAME)?,
             )?,
+            egress: Egress::new(take(egress::NAME)?, take(egress::CT_NAME)?)?,
         })
     }
 }

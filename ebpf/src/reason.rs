@@ -70,6 +70,11 @@ c_enum! {
         StrictUnencrypted = 12 => "STRICT_UNENCRYPTED",
         /// `from_pod`: a new connection to a service VIP whose backend set is empty.
         NoServiceBackend = 13 => "NO_SERVICE_BACKEND",
+        /// `from_pod`, `to_mesh`: an egress gateway policy selects the flow
+        /// but has no gateway (dropped rather than sent with the pod's address).
+        NoEgressGateway = 14 => "NO_EGRESS_GATEWAY",
+        /// `from_mesh`: a world destination this node is not an egress gateway for.
+        EgressNotGateway = 15 => "EGRESS_NOT_GATEWAY",
     }
 }
 
@@ -185,6 +190,8 @@ mod tests {
         }
         assert_eq!(Reason::from_raw(200), None);
         assert_eq!(Reason::PolicyIngress.to_string(), "policy-ingress");
+        assert_eq!(Reason::NoEgressGateway.to_string(), "no-egress-gateway");
+        assert_eq!(Reason::EgressNotGateway.to_string(), "egress-not-gateway");
     }
 
     #[test]

@@ -6,140 +6,18 @@
 //! plain veth underlay, outside WireGuard, so that the capture can read the
 //! VNI. In the product they travel inside WireGuard.
 
+#[path = "support/mesh_world.rs"]
+mod mesh_world;
 #[path = "support/world.rs"]
 mod world;
 
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aya::programs::TcAttachType;
-use meshgate_ebpf::{
-    Attachment, Datapath, Direction, Hook, IpcacheEntry, Point, PolicyRule, Proto, Reason,
-};
+use mesh_world::*;
+use meshgate_ebpf::{Datapath, Direction, IpcacheEntry, Point, PolicyRule, Proto, Reason};
 use world::*;
-
-const VXLAN_PORT: u16 = 4789;
-
-/// A raw AF_PACKET capture on one interface, in a background thread.
-struct Capture {
-    stop: Arc<AtomicBool>,
-    frames: Arc<Mutex<Vec<Vec<u8>>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Capture {
-    fn start(ns: &Netns, iface: &str) -> Self {
-        let ifindex = ns.ifindex(iface);
-        let fd = ns.run(|| {
-            // SAFETY: plain socket creation; checked below.
-            let fd = unsafe {
-                libc::socket(
-                    libc::AF_PACKET,
-                    libc::SOCK_RAW,
-                    i32::from((libc::ETH_P_ALL as u16).to_be()),
-                )
-            };
-            assert!(
-                fd >= 0,
-                "AF_PACKET socket: {}",
-                std::io::Error::last_os_error()
-            );
-            // SAFETY: fd is ours; the sockaddr is fully initialised.
-            unsafe {
-                let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-                sll.sll_family = libc::AF_PACKET as u16;
-                sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-                sll.sll_ifindex = ifindex as i32;
-                let rc = libc::bind(
-                    fd,
-                    (&sll as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                );
-                assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-                let tv = libc::timeval {
-                    tv_sec: 0,
-                    tv_usec: 100_000,
-                };
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVTIMEO,
-                    (&tv as *const libc::timeval).cast(),
-                    std::mem::size_of::<libc::timeval>() as u32,
-                );
-            }
-            fd
-        });
-        let stop = Arc::new(AtomicBool::new(false));
-        let frames = Arc::new(Mutex::new(Vec::new()));
-        let (s, f) = (stop.clone(), frames.clone());
-        let thread = std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            while !s.load(Ordering::Relaxed) {
-                // SAFETY: buf is valid for its length.
-                let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-                if n > 0 {
-                    f.lock().expect("frames").push(buf[..n as usize].to_vec());
-                }
-            }
-            // SAFETY: closing our own fd once.
-            unsafe { libc::close(fd) };
-        });
-        Self {
-            stop,
-            frames,
-            thread: Some(thread),
-        }
-    }
-
-    fn frames(&self) -> Vec<Vec<u8>> {
-        self.frames.lock().expect("frames").clone()
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// A VXLAN packet seen on the underlay: VNI and the inner IPv4 addresses.
-#[derive(Debug)]
-struct Vxlan {
-    vni: u32,
-    inner_src: Ipv4Addr,
-    inner_dst: Ipv4Addr,
-}
-
-fn parse_vxlan(frame: &[u8]) -> Option<Vxlan> {
-    // Ethernet, IPv4, UDP to 4789, VXLAN (8 bytes), inner Ethernet, inner IPv4.
-    if frame.len() < 14 + 20 + 8 + 8 + 14 + 20 || frame[12..14] != [0x08, 0x00] {
-        return None;
-    }
-    let ip = &frame[14..];
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    if ip[9] != 17 {
-        return None;
-    }
-    let udp = &ip[ihl..];
-    if u16::from_be_bytes([udp[2], udp[3]]) != VXLAN_PORT {
-        return None;
-    }
-    let vx = &udp[8..];
-    assert_eq!(vx[0] & 0x08, 0x08, "VXLAN I flag (valid VNI) set");
-    let vni = u32::from_be_bytes([0, vx[4], vx[5], vx[6]]);
-    let inner = &vx[8 + 14..];
-    Some(Vxlan {
-        vni,
-        inner_src: Ipv4Addr::new(inner[12], inner[13], inner[14], inner[15]),
-        inner_dst: Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]),
-    })
-}
 
 struct TwoNodes {
     dp1: Option<Datapath>,
@@ -155,37 +33,6 @@ struct TwoNodes {
 
 const UL1: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
 const UL2: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
-
-fn vxlan(node: &Netns, remote_cidr: &str) {
-    node.ip(&[
-        "link", "add", "mgebpfvx", "type", "vxlan", "external", "dstport", "4789",
-    ]);
-    node.ip(&["link", "set", "mgebpfvx", "arp", "off", "up"]);
-    node.ip(&[
-        "route",
-        "add",
-        remote_cidr,
-        "dev",
-        "mgebpfvx",
-        "scope",
-        "link",
-    ]);
-}
-
-fn load(node: &Netns, pins: &PinDir, pods: &[&str]) -> Datapath {
-    node.run(|| {
-        let mut dp = Datapath::load(&pins.0).unwrap_or_else(|e| panic!("load: {e}"));
-        let mut desired: std::collections::BTreeSet<_> = pods
-            .iter()
-            .map(|p| Attachment::new(*p, Hook::FromPod))
-            .collect();
-        desired.insert(Attachment::new("mgebpfvx", Hook::ToMesh));
-        desired.insert(Attachment::new("mgebpfvx", Hook::FromMesh));
-        dp.reconcile(&desired)
-            .unwrap_or_else(|e| panic!("reconcile: {e}"));
-        dp
-    })
-}
 
 impl TwoNodes {
     fn new() -> Self {
@@ -203,12 +50,12 @@ impl TwoNodes {
         let a = Pod::new(&n1, "a", "mgebpfa", Ipv4Addr::new(10, 78, 1, 2));
         let c = Pod::new(&n1, "c", "mgebpfc", Ipv4Addr::new(10, 78, 1, 3));
         let b = Pod::new(&n2, "b", "mgebpfb", Ipv4Addr::new(10, 78, 2, 2));
-        vxlan(&n1, "10.78.2.0/24");
-        vxlan(&n2, "10.78.1.0/24");
+        vxlan(&n1, &["10.78.2.0/24"]);
+        vxlan(&n2, &["10.78.1.0/24"]);
         let pins1 = PinDir::new();
         let pins2 = PinDir::new();
-        let mut dp1 = load(&n1, &pins1, &["mgebpfa", "mgebpfc"]);
-        let mut dp2 = load(&n2, &pins2, &["mgebpfb"]);
+        let mut dp1 = load_mesh_node(&n1, &pins1, &["mgebpfa", "mgebpfc"]);
+        let mut dp2 = load_mesh_node(&n2, &pins2, &["mgebpfb"]);
 
         let ipc1 = &mut dp1.maps.ipcache;
         ipc1.upsert(a.addr, 32, IpcacheEntry::local(ID_A, n1.ifindex("mgebpfa")))

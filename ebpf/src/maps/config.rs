@@ -1,5 +1,7 @@
 //! `mg_config`: datapath-wide switches.
 
+use std::net::Ipv4Addr;
+
 use aya::maps::{Array, Map, MapData};
 
 use super::{map_err, typed};
@@ -39,5 +41,20 @@ impl ConfigMap {
             }
         }
         self.map.set(0, cfg, 0).map_err(map_err(NAME, "writing"))
+    }
+
+    /// This node's tunnel IP: an egress route whose chosen gateway is this
+    /// address is SNATed here (`MARK_SNAT`) instead of being sent into the
+    /// mesh. `None` unsets it (this node is then never its own gateway).
+    pub fn set_tunnel_ip(&mut self, tunnel_ip: Option<Ipv4Addr>) -> Result<()> {
+        let mut cfg = self.get()?;
+        cfg.tunnel_ip = tunnel_ip.map_or(0, |ip| u32::from_ne_bytes(ip.octets()));
+        self.map.set(0, cfg, 0).map_err(map_err(NAME, "writing"))
+    }
+
+    /// The tunnel IP set by [`Self::set_tunnel_ip`].
+    pub fn tunnel_ip(&self) -> Result<Option<Ipv4Addr>> {
+        let raw = self.get()?.tunnel_ip;
+        Ok((raw != 0).then(|| Ipv4Addr::from(raw.to_ne_bytes())))
     }
 }

@@ -191,6 +191,33 @@ impl Netns {
             .unwrap_or_else(|e| panic!("tcp listen {addr}:{port} in {}: {e}", self.name))
     }
 
+    /// Loads an nftables ruleset (`nft -f -`) in this namespace; its tables
+    /// go with the namespace.
+    pub fn nft(&self, ruleset: &str) {
+        use std::io::Write as _;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("nft: {e} (is nftables installed?)"));
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(ruleset.as_bytes())
+            .expect("writing the ruleset");
+        let out = child.wait_with_output().expect("nft");
+        assert!(
+            out.status.success(),
+            "nft -f - in {} failed ({}): {}\n{ruleset}",
+            self.name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn tcp_connect(&self, dst: Ipv4Addr, port: u16) -> std::io::Result<TcpStream> {
         self.run(|| {
             TcpStream::connect_timeout(
@@ -266,6 +293,18 @@ impl Pod {
             host_if: host_if.to_owned(),
         }
     }
+}
+
+/// A veth pair between two namespaces, `a_if` (address `a_addr`, with its
+/// prefix length) in `a` and `b_if` (`b_addr`) in `b`, both up.
+pub fn veth(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: &str) {
+    a.ip(&[
+        "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+    ]);
+    a.ip(&["addr", "add", a_addr, "dev", a_if]);
+    b.ip(&["addr", "add", b_addr, "dev", b_if]);
+    a.ip(&["link", "set", a_if, "up"]);
+    b.ip(&["link", "set", b_if, "up"]);
 }
 
 /// A node namespace with IP forwarding on.
