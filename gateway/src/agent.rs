@@ -206,8 +206,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             agent.cfg.pod_cidr,
             mesh::TUNNEL_MTU,
             agent.cfg.strict,
-            policy,
-            egress_policies,
+            datapath::Policies {
+                identity: policy,
+                egress: egress_policies,
+            },
         )?;
         let _ = agent.datapath.set(dp);
         // Local pods from the saved ipcache, this process's programs swapped

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::error::LabError;
 
-pub use meshgate_discovery::model::{AgentStatus, PeerStatus};
+pub use meshgate_discovery::model::{AgentStatus, EgressStatus, PeerStatus};
 
 /// Reads and parses a `status.json`.
 pub fn read(path: &Path) -> Result<AgentStatus, LabError> {

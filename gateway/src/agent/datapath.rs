@@ -78,6 +78,14 @@ pub fn default_pin_dir(cluster: &str, node: &str) -> PathBuf {
     Path::new("/sys/fs/bpf/meshgate").join(format!("{cluster}-{node}"))
 }
 
+/// The policies of the `--policy` files, parsed at start.
+pub struct Policies {
+    /// Identity policy, if any file was given.
+    pub identity: Option<policy::PolicyRuntime>,
+    /// Egress gateway policies.
+    pub egress: Vec<meshgate_egress::EgressPolicy>,
+}
+
 struct Inner {
     dp: Datapath,
     /// What `mg_ipcache` holds (read from the map at load, then kept).
@@ -229,9 +237,12 @@ impl Ebpf {
         pod_cidr: Ipv4Net,
         tunnel_mtu: u16,
         strict: bool,
-        policy: Option<policy::PolicyRuntime>,
-        egress_policies: Vec<meshgate_egress::EgressPolicy>,
+        policies: Policies,
     ) -> anyhow::Result<Ebpf> {
+        let Policies {
+            identity: policy,
+            egress: egress_policies,
+        } = policies;
         let started = std::time::Instant::now();
         let sys = Path::new("/sys/fs/bpf");
         if pin_dir.starts_with(sys) {
@@ -433,22 +444,23 @@ pub fn reload_policy(agent: &Agent) {
     let Some(ebpf) = agent.datapath.get() else {
         return;
     };
-    let mut inner = ebpf.inner();
-    let inner = &mut *inner;
-    match inner.policy.as_mut() {
-        Some(p) => match p.reload(&mut inner.dp.maps.policy) {
-            Ok(egress) => {
-                info!(
-                    egress_policies = egress.len(),
-                    "egress gateway policies reloaded"
-                );
-                inner.egress.set_policies(egress);
-            }
-            Err(e) => warn!(error = %format!("{e:#}"), "policy reload failed"),
-        },
-        None => info!("SIGHUP: no --policy files to reload"),
+    {
+        let mut guard = ebpf.inner();
+        let inner = &mut *guard;
+        match inner.policy.as_mut() {
+            Some(p) => match p.reload(&mut inner.dp.maps.policy) {
+                Ok(egress) => {
+                    info!(
+                        egress_policies = egress.len(),
+                        "egress gateway policies reloaded"
+                    );
+                    inner.egress.set_policies(egress);
+                }
+                Err(e) => warn!(error = %format!("{e:#}"), "policy reload failed"),
+            },
+            None => info!("SIGHUP: no --policy files to reload"),
+        }
     }
-    drop(inner);
     sync_egress(agent);
 }
 
@@ -498,7 +510,7 @@ pub fn sync_egress(agent: &Agent) {
             return alive(node);
         }
         // Reached through a cluster gateway: as healthy as that hop.
-        let Some(t) = inputs.nodes.get(node).and_then(|n| n.2) else {
+        let Some(t) = inputs.nodes.get(node).and_then(|n| n.tunnel_ip) else {
             return false;
         };
         peers

@@ -194,31 +194,30 @@ impl EgressRuntime {
         // cannot be read back from the map; keep the order they had by
         // assigning in address order again (as at the first start).
     }
+}
 
-    /// Whether this node is a candidate gateway (it must send keepalives).
-    pub fn gateway_of_any(&self) -> bool {
-        self.last.gateway_of_any
-    }
+/// One node record as the planner reads it.
+pub struct NodeInput {
+    pub cluster: String,
+    pub labels: BTreeMap<String, String>,
+    pub tunnel_ip: Option<Ipv4Addr>,
+    pub addresses: Vec<NodeAddress>,
+}
+
+/// One endpoint as the planner reads it.
+pub struct EndpointInput {
+    pub ip: Ipv4Addr,
+    pub cluster: String,
+    /// `cluster/node`
+    pub node: String,
+    pub namespace: String,
+    pub labels: meshgate_discovery::identity::Labels,
 }
 
 /// The inputs of a plan, owned, from the agent's ipcache and node records.
 pub struct Inputs {
-    pub nodes: BTreeMap<
-        String,
-        (
-            String,
-            BTreeMap<String, String>,
-            Option<Ipv4Addr>,
-            Vec<NodeAddress>,
-        ),
-    >,
-    pub endpoints: Vec<(
-        Ipv4Addr,
-        String,
-        String,
-        String,
-        meshgate_discovery::identity::Labels,
-    )>,
+    pub nodes: BTreeMap<String, NodeInput>,
+    pub endpoints: Vec<EndpointInput>,
     pub problems: Vec<String>,
 }
 
@@ -244,12 +243,12 @@ impl Inputs {
                     .collect();
                 (
                     name.clone(),
-                    (
-                        n.cluster.clone(),
-                        n.labels.clone(),
-                        n.tunnel_ip.parse().ok(),
-                        addrs,
-                    ),
+                    NodeInput {
+                        cluster: n.cluster.clone(),
+                        labels: n.labels.clone(),
+                        tunnel_ip: n.tunnel_ip.parse().ok(),
+                        addresses: addrs,
+                    },
                 )
             })
             .collect();
@@ -265,13 +264,13 @@ impl Inputs {
                 ));
                 continue;
             };
-            endpoints.push((
+            endpoints.push(EndpointInput {
                 ip,
-                e.cluster.clone(),
-                format!("{}/{}", e.cluster, e.node),
-                e.namespace.clone(),
-                labels.clone(),
-            ));
+                cluster: e.cluster.clone(),
+                node: format!("{}/{}", e.cluster, e.node),
+                namespace: e.namespace.clone(),
+                labels: labels.clone(),
+            });
         }
         Inputs {
             nodes,
@@ -289,15 +288,15 @@ impl Inputs {
         let nodes: BTreeMap<String, NodeView<'_>> = self
             .nodes
             .iter()
-            .map(|(name, (cluster, labels, tunnel_ip, addresses))| {
+            .map(|(name, n)| {
                 (
                     name.clone(),
                     NodeView {
                         name,
-                        cluster,
-                        labels,
-                        tunnel_ip: *tunnel_ip,
-                        addresses,
+                        cluster: &n.cluster,
+                        labels: &n.labels,
+                        tunnel_ip: n.tunnel_ip,
+                        addresses: &n.addresses,
                     },
                 )
             })
@@ -305,12 +304,12 @@ impl Inputs {
         let endpoints: Vec<EndpointView<'_>> = self
             .endpoints
             .iter()
-            .map(|(ip, cluster, node, namespace, labels)| EndpointView {
-                ip: *ip,
-                cluster,
-                node,
-                namespace,
-                labels,
+            .map(|e| EndpointView {
+                ip: e.ip,
+                cluster: &e.cluster,
+                node: &e.node,
+                namespace: &e.namespace,
+                labels: &e.labels,
             })
             .collect();
         let mut plan = meshgate_egress::plan(me, policies, &endpoints, &nodes, healthy);
@@ -469,10 +468,7 @@ fn apply_host(rt: &mut EgressRuntime, snat: &[Snat], problems: &mut Vec<String>)
             continue;
         }
         let rule = snat_rule(n.index);
-        let has = nl
-            .rules()
-            .map(|rs| rs.iter().any(|r| *r == rule))
-            .unwrap_or(false);
+        let has = nl.rules().map(|rs| rs.contains(&rule)).unwrap_or(false);
         if !has {
             let _ = nl.delete_rule(rule.priority);
             if let Err(e) = nl.add_rule(&rule) {

@@ -259,11 +259,6 @@ impl PolicyRuntime {
         }
     }
 
-    /// The files, as given.
-    pub fn files(&self) -> &[PathBuf] {
-        &self.files
-    }
-
     /// Re-reads the files; on success the identity policy set is replaced
     /// by one diff and the egress gateway policies read are returned for
     /// the caller to apply. On failure nothing changes and the error is
