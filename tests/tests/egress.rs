@@ -342,10 +342,12 @@ fn a_dead_gateway_s_flows_move_within_a_second_its_return_and_a_policy_change_mo
         "8 connections were not spread over both gateways: {before:?}"
     );
 
-    // A connection every 20 ms from app1 while g1 dies.
+    // A connection every 20 ms from app1 while g1 dies. Each has 500 ms:
+    // less than TCP's 1 s SYN retransmission, so one sent to the dead g1
+    // fails rather than being rescued by a retransmission after the switch.
     let stream = world.spawn_in_ns(
         &world.pod_ns("c1", "app1"),
-        &[PROBE, "conns", INTERNET, "8080", "400", "20", "1500"],
+        &[PROBE, "conns", INTERNET, "8080", "400", "20", "500"],
     );
     std::thread::sleep(Duration::from_secs(2));
     let killed = unix_now();
@@ -363,6 +365,16 @@ fn a_dead_gateway_s_flows_move_within_a_second_its_return_and_a_policy_change_mo
     let out = stream.wait_with_output().unwrap();
     let got = parse_conns(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(got.len(), 400, "{}", String::from_utf8_lossy(&out.stderr));
+    let before: BTreeSet<&str> = got
+        .iter()
+        .filter(|(t, _)| *t < killed)
+        .map(|(_, w)| w.as_str())
+        .collect();
+    assert!(
+        before.contains(format!("ok:{G1}").as_str())
+            && before.contains(format!("ok:{G2}").as_str()),
+        "before the kill, new flows did not use both gateways: {before:?}"
+    );
     let after: Vec<&(f64, String)> = got.iter().filter(|(t, _)| *t >= killed + 1.0).collect();
     let bad: Vec<String> = after
         .iter()
@@ -401,11 +413,13 @@ fn a_dead_gateway_s_flows_move_within_a_second_its_return_and_a_policy_change_mo
 
     // A policy change that keeps app2 selected (one more destination, one
     // more selector) keeps its connections and their gateways.
-    let mut policies = scenario_policies();
-    policies = policies.replace(
-        "destinationCIDRs: [203.0.113.0/24]",
-        "destinationCIDRs: [203.0.113.0/24, 192.0.2.0/24]",
-    );
+    let policies = scenario_policies(|yaml| {
+        yaml.replacen(
+            "        - podSelector: {matchLabels: {app: egress-client}}\n      destinationCIDRs: [203.0.113.0/24]",
+            "        - podSelector: {matchLabels: {app: egress-client}}\n        - podSelector: {matchLabels: {app: more}}\n      destinationCIDRs: [203.0.113.0/24, 192.0.2.0/24]",
+            1,
+        )
+    });
     assert!(
         policies.contains("192.0.2.0/24"),
         "the scenario's policy changed shape"
@@ -432,10 +446,12 @@ fn a_dead_gateway_s_flows_move_within_a_second_its_return_and_a_policy_change_mo
     }
 }
 
-/// The scenario's `policies:` as one YAML text (for `lab policy`).
-fn scenario_policies() -> String {
+/// The scenario's `policies:`, edited by `edit` on the file's text, as one
+/// YAML text (for `lab policy`).
+fn scenario_policies(edit: impl Fn(&str) -> String) -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/egress.yaml");
-    let s = meshgate_lab::Scenario::load(std::path::Path::new(path)).unwrap();
+    let text = edit(&std::fs::read_to_string(path).unwrap());
+    let s = meshgate_lab::Scenario::parse("egress.yaml", &text).unwrap();
     meshgate_lab::scenario::policy_text(&s.policies).unwrap()
 }
 
