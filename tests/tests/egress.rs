@@ -259,6 +259,25 @@ fn selected_pods_leave_from_the_egress_ips_and_the_rest_from_their_node() {
     );
     assert_eq!(sources(&world, "c1", "other1", INTERNET, 2), set(&[&n1_ip]));
     assert!(sources(&world, "c1", "app1", INTERNET, 4).is_subset(&c1));
+
+    // A gateway whose node loses its egress IP is unusable, says why, and
+    // new flows avoid it (the node's addresses are re-read every 3 s).
+    world.in_ns(
+        &world.node_ns("c1", "g2"),
+        &["ip", "addr", "del", &format!("{G2}/32"), "dev", "eg0"],
+    );
+    let gone = wait_until(Duration::from_secs(15), || {
+        gateways(&world, "c1", "n1", "egress-client")
+            == [("c1/g1".to_string(), true), ("c1/g2".to_string(), false)]
+    });
+    let st = egress_status(&world, "c1", "n1");
+    assert!(gone.is_some(), "c1/g2 still usable without its egress IP: {st:?}");
+    let g2 = &st.policies.iter().find(|p| p.name == "egress-client").unwrap().gateways[1];
+    assert!(
+        g2.problem.as_deref().is_some_and(|p| p.contains("eg0")),
+        "c1/g2's problem does not name its interface: {g2:?}"
+    );
+    assert_eq!(sources(&world, "c1", "app1", INTERNET, 10), set(&[G1]));
 }
 
 /// Long-lived connections from `pod` to the external echo service, each
@@ -462,4 +481,53 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Isolated underlays: c1's and c2's ordinary nodes reach outside their
+/// cluster only through their cluster gateways (cg1). c1's egress gateway
+/// g1 reaches the external network on its eg0 only.
+fn isolated_yaml(name: &str) -> String {
+    let policies = scenario_policies(|y| y.to_string());
+    let mut y = format!(
+        "name: {name}\ndatapath: ebpf\nclusters:\n\
+         \x20 - name: c1\n    id: 1\n    podCIDR: 10.1.0.0/16\n    underlay: isolated\n    nodes:\n\
+         \x20     - {{name: cg1, roles: [cluster-gateway]}}\n\
+         \x20     - {{name: g1, roles: [egress-gateway], labels: {{egress: \"true\"}}, egressIPs: [{G1}]}}\n\
+         \x20     - name: n1\n        pods: [{{name: app1, labels: {{app: egress-client}}}}]\n\
+         \x20 - name: c2\n    id: 2\n    podCIDR: 10.2.0.0/16\n    underlay: isolated\n    nodes:\n\
+         \x20     - {{name: cg1, roles: [cluster-gateway]}}\n\
+         \x20     - name: n1\n        pods: [{{name: via1, labels: {{app: via-c1}}}}]\n\
+         externals:\n  - {{name: internet, ip: {INTERNET}}}\npolicies:\n"
+    );
+    let docs: Vec<serde_yaml::Value> = policies
+        .split("---\n")
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| serde_yaml::from_str(d).unwrap())
+        .collect();
+    let list = serde_yaml::to_string(&docs).unwrap();
+    for line in list.lines() {
+        y.push_str("  ");
+        y.push_str(line);
+        y.push('\n');
+    }
+    y
+}
+
+#[test]
+fn egress_works_through_cluster_gateways_where_underlays_are_isolated() {
+    let world = World::up("egiso", &isolated_yaml("egiso"));
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = Capture::start(
+        &world.node_ns("c2", "n1"),
+        "eth0",
+        dir.path().join("c2n1.pcap"),
+    );
+    // c1's walled node leaves through its own cluster's egress gateway.
+    assert_eq!(sources(&world, "c1", "app1", INTERNET, 5), set(&[G1]));
+    // c2's walled node, under the policy naming cluster c1: through c2's
+    // cluster gateway, c1's cluster gateway, to c1's egress gateway.
+    assert_eq!(sources(&world, "c2", "via1", INTERNET, 5), set(&[G1]));
+    n1.assert_nothing_in_clear("net 10.0.0.0/8", 10);
+    let gws = gateways(&world, "c2", "n1", "via-c1");
+    assert_eq!(gws, [("c1/g1".to_string(), true)], "as c2/n1 sees it");
 }

@@ -43,6 +43,9 @@ pub fn run_with(args: &[&str], on_line: &mut dyn FnMut(&str)) -> Result<()> {
     let cmd: String = match args {
         [] => {
             let tests = build_tests()?;
+            for (name, why) in KERNEL_TESTS_SKIPPED {
+                eprintln!("kernel lab: not in the default run: {name} ({why})");
+            }
             default_script(&tests)
         }
         ["--", rest @ ..] | rest => {
@@ -194,7 +197,21 @@ const EBPF_TESTS: &[(&str, &[&str])] = &[
         "mesh",
         &["strict_mode_drops_pod_traffic_to_a_remote_node_that_would_leave_unencrypted"],
     ),
+    (
+        "egress",
+        &["a_selected_pod_leaves_through_the_gateway_with_its_egress_ip"],
+    ),
 ];
+
+/// Kernel tests (`tests/tests/kernel.rs`) the default run leaves out to keep
+/// the stage in budget, each with why; `cargo xtask kernel-lab -- CMD` runs
+/// them. The run says so when it starts.
+const KERNEL_TESTS_SKIPPED: &[(&str, &str)] = &[(
+    "ipsec_mesh_carries_only_esp_rotates_and_restarts_losing_nothing",
+    "the IPsec world with the eBPF datapath in strict mode runs the same checks (ESP only, \
+     secret rotation, restart) over the same SAs; this one differs only in routing pod \
+     CIDRs straight into the XFRM interface",
+)];
 
 /// Whether the default run adds [`DATAPATH_TESTS`]: off to keep the stage
 /// in budget, since the kernel tests' reach world and the IPsec world in
@@ -278,9 +295,13 @@ fn test_binaries(
 fn default_script(t: &Tests) -> String {
     let bin = t.meshgate.display();
     // Under TCG a world takes longer to form than `lab up`'s 30 s.
+    let skips: String = KERNEL_TESTS_SKIPPED
+        .iter()
+        .map(|(name, _)| format!(" --skip {name}"))
+        .collect();
     let mut steps = vec![
         format!(
-            "MESHGATE_BIN={bin} MESHGATE_LAB_UP_TIMEOUT=120 {} --ignored --test-threads=1",
+            "MESHGATE_BIN={bin} MESHGATE_LAB_UP_TIMEOUT=120 {} --ignored --test-threads=1{skips}",
             t.kernel_tests.display()
         ),
         format!("{} --ignored --test-threads=1", t.ipsec.display()),

@@ -217,6 +217,16 @@ fn failovers(world: &World, n: usize) -> Result<Vec<f64>> {
                 .stdout(Stdio::piped()),
             "mg-probe conns",
         )?;
+        // Read the stream's output on the side: waiting drops the child.
+        let mut stdout = stream
+            .child_mut()
+            .and_then(|c| c.stdout.take())
+            .context("mg-probe conns' stdout")?;
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+            text
+        });
         std::thread::sleep(Duration::from_millis(800));
         let killed = now();
         util::run(world.cmd().args(["lab", "fail", &world.target(gw)]))?;
@@ -224,9 +234,9 @@ fn failovers(world: &World, n: usize) -> Result<Vec<f64>> {
         if !status.success() {
             bail!("mg-probe conns failed ({status})");
         }
-        let mut text = String::new();
-        if let Some(mut o) = stream.child_mut().and_then(|c| c.stdout.take()) {
-            std::io::Read::read_to_string(&mut o, &mut text)?;
+        let text = reader.join().unwrap_or_default();
+        if text.lines().count() < 300 {
+            bail!("mg-probe conns reported {} of 300 connections", text.lines().count());
         }
         let last_failed = text
             .lines()
@@ -243,6 +253,7 @@ fn failovers(world: &World, n: usize) -> Result<Vec<f64>> {
         out.push(took);
         util::run(world.cmd().args(["lab", "recover", &world.target(gw)]))?;
     }
+    wait_usable(Duration::from_secs(20))?;
     Ok(out)
 }
 
