@@ -170,8 +170,19 @@ impl Datapath {
                     action: "opening the pin",
                     source,
                 })?;
-                spec.check(&info, &path)?;
-                debug!(map = spec.name, "reusing pinned map");
+                match spec.check(&info, &path) {
+                    Ok(()) => debug!(map = spec.name, "reusing pinned map"),
+                    // mg_config holds nothing but what the agent writes at
+                    // every start (before its programs are swapped in): a pin
+                    // of an older layout is replaced, not refused, so an
+                    // upgraded agent starts over the old pins. The old
+                    // programs keep the old map until they are replaced.
+                    Err(e) if spec.name == crate::maps::CONFIG_MAP => {
+                        tracing::warn!(map = spec.name, error = %e, "pinned map of another layout replaced");
+                        remove_if_exists(&path)?;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         let mut ebpf = EbpfLoader::new()

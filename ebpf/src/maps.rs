@@ -42,6 +42,9 @@ const fn size<T>() -> u32 {
     size_of::<T>() as u32
 }
 
+/// The config map's name (its pin is rebuilt when its layout changed).
+pub(crate) const CONFIG_MAP: &str = config::NAME;
+
 pub(crate) const MAP_SPECS: &[MapSpec] = &[
     MapSpec {
         name: ipcache::NAME,

@@ -271,8 +271,16 @@ fn selected_pods_leave_from_the_egress_ips_and_the_rest_from_their_node() {
             == [("c1/g1".to_string(), true), ("c1/g2".to_string(), false)]
     });
     let st = egress_status(&world, "c1", "n1");
-    assert!(gone.is_some(), "c1/g2 still usable without its egress IP: {st:?}");
-    let g2 = &st.policies.iter().find(|p| p.name == "egress-client").unwrap().gateways[1];
+    assert!(
+        gone.is_some(),
+        "c1/g2 still usable without its egress IP: {st:?}"
+    );
+    let g2 = &st
+        .policies
+        .iter()
+        .find(|p| p.name == "egress-client")
+        .unwrap()
+        .gateways[1];
     assert!(
         g2.problem.as_deref().is_some_and(|p| p.contains("eg0")),
         "c1/g2's problem does not name its interface: {g2:?}"

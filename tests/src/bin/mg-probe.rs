@@ -24,7 +24,9 @@
 //! - `rate IP PORT SECONDS THREADS`: THREADS loops of connect, read to the
 //!   end, close, for SECONDS; prints `connections N failed F rate R/s`.
 //! - `hold-serve PORT`: accepts TCP connections and keeps every one open
-//!   (reading nothing) until killed; prints `listening`.
+//!   (reading nothing) until killed; prints `listening`. The port is bound
+//!   with SO_REUSEPORT: several of them share it, each holding as many as
+//!   its open-file limit allows.
 //! - `hold IP PORT COUNT SECONDS`: opens COUNT connections (32 threads)
 //!   and keeps them open for SECONDS; prints `held N of COUNT` once all
 //!   were tried (with the first failure, if any), then `done`.
@@ -291,15 +293,66 @@ fn more_files(want: u64) {
     }
 }
 
+/// A listener on `0.0.0.0:port` with SO_REUSEPORT, so that several
+/// processes (each under its own open-file limit) share one port.
+fn reuseport_listener(port: u16) -> std::io::Result<TcpListener> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor this function owns until
+    // it is handed to TcpListener.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let one: libc::c_int = 1;
+        for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr { s_addr: 0 },
+            sin_zero: [0; 8],
+        };
+        if libc::bind(
+            fd,
+            &addr as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        ) != 0
+            || libc::listen(fd, 65_535) != 0
+        {
+            let e = std::io::Error::last_os_error();
+            libc::close(fd);
+            return Err(e);
+        }
+        Ok(TcpListener::from_raw_fd(fd))
+    }
+}
+
 fn hold_serve(port: &str) -> ExitCode {
     more_files(400_000);
-    let l = TcpListener::bind(format!("0.0.0.0:{port}")).expect("binding the port");
+    let l = reuseport_listener(port.parse().expect("port")).expect("binding the port");
     println!("listening");
     let mut held = Vec::new();
+    let mut full = false;
     for s in l.incoming() {
         match s {
             Ok(s) => held.push(s),
-            Err(e) => eprintln!("accept: {e}"),
+            Err(e) => {
+                // Out of descriptors: say so once, and let the other
+                // processes on the port take the rest.
+                if !full {
+                    eprintln!("accept after {} connections: {e}", held.len());
+                    full = true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
     ExitCode::SUCCESS

@@ -27,6 +27,8 @@ use crate::util::{self, in_netns, ChildGuard, Steps};
 const WORLD: &str = "egbench";
 const INTERNET: &str = "203.0.113.10";
 const HOLD_PORT: &str = "8081";
+/// Server processes sharing the hold port.
+const SERVERS: usize = 5;
 
 struct Opts {
     failovers: usize,
@@ -236,7 +238,10 @@ fn failovers(world: &World, n: usize) -> Result<Vec<f64>> {
         }
         let text = reader.join().unwrap_or_default();
         if text.lines().count() < 300 {
-            bail!("mg-probe conns reported {} of 300 connections", text.lines().count());
+            bail!(
+                "mg-probe conns reported {} of 300 connections",
+                text.lines().count()
+            );
         }
         let last_failed = text
             .lines()
@@ -305,32 +310,45 @@ fn ceiling(world: &World, dir: &std::path::Path, total: usize) -> Result<(usize,
         f.to_str().context("path")?,
     ]))?;
     std::thread::sleep(Duration::from_secs(2));
-    let _server = ChildGuard::spawn(
-        in_netns(&internet_ns(), &probe())
-            .args(["hold-serve", HOLD_PORT])
-            .stdout(Stdio::null()),
-        "mg-probe hold-serve",
-    )?;
-    std::thread::sleep(Duration::from_millis(300));
     let hold = |pods: &[&str], each: usize| -> Result<usize> {
+        // Processes here may hold 20,000 descriptors each (the hard
+        // limit): the server is several processes sharing the port
+        // (SO_REUSEPORT), started afresh for each run, and each pod's
+        // connections come from two client processes.
+        let _servers: Vec<ChildGuard> = (0..SERVERS)
+            .map(|_| {
+                ChildGuard::spawn(
+                    in_netns(&internet_ns(), &probe())
+                        .args(["hold-serve", HOLD_PORT])
+                        .stdout(Stdio::null()),
+                    "mg-probe hold-serve",
+                )
+            })
+            .collect::<Result<_>>()?;
+        std::thread::sleep(Duration::from_millis(300));
         let mut clients = Vec::new();
         for pod in pods {
             let ns = pod_ns("c1", pod);
             util::run(
                 in_netns(&ns, "sysctl").args(["-qw", "net.ipv4.ip_local_port_range=1024 65535"]),
             )?;
-            clients.push(ChildGuard::spawn(
-                in_netns(&ns, &probe())
-                    .args(["hold", INTERNET, HOLD_PORT, &each.to_string(), "30"])
-                    .stdout(Stdio::null()),
-                "mg-probe hold",
-            )?);
+            // At most 15,000 connections per client process.
+            let parts = each.div_ceil(15_000).max(1);
+            for k in 0..parts {
+                let share = each / parts + usize::from(k < each % parts);
+                clients.push(ChildGuard::spawn(
+                    in_netns(&ns, &probe())
+                        .args(["hold", INTERNET, HOLD_PORT, &share.to_string(), "40"])
+                        .stdout(Stdio::null()),
+                    "mg-probe hold",
+                )?);
+            }
         }
         // Wait until the count stops growing, then read it.
         let mut last = 0;
         let mut stable = 0;
         let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(28) && stable < 3 {
+        while t.elapsed() < Duration::from_secs(38) && stable < 3 {
             std::thread::sleep(Duration::from_secs(1));
             let n: usize = held_by_source()?.values().sum();
             if n == last && n > 0 {
