@@ -402,10 +402,15 @@ fn section(
          in turn), as the time from the kill to the start of the last connection that\n\
          still failed (a connection begun every 10 ms, 300 ms timeout): p50 {p50:.3} s,\n\
          p99 {p99:.3} s, max {max:.3} s (target: under 1 s). Every run: {all}.\n\n\
-         The held connections went through c1/g1 alone (the policy narrowed to it\n\
-         with `lab policy`) from two pods with the full local port range; the\n\
-         gateway's SNAT uses the whole port range of its egress IP (Cilium's limit\n\
-         is 32,768 per egress IP and remote endpoint).\n",
+         The gateway path crosses one userspace WireGuard hop (boringtun, with\n\
+         VXLAN inside) from the pod's node to the gateway; the anchor crosses none\n\
+         (the node's own interface), so the rate and throughput ratios are mostly\n\
+         the userspace tunnel's cost (`cargo xtask bench tunnel`; issue 14 is its\n\
+         speed-up). The held connections went through c1/g1 alone (the policy\n\
+         narrowed to it with `lab policy`) from two pods with the full local port\n\
+         range, SNATed to its one egress IP over the whole port range (Cilium's\n\
+         limit is 32,768 per egress IP and remote endpoint); the anchor is the one\n\
+         unselected pod, one source address behind its node's masquerade.\n",
         date = report::today(),
         r1 = rates.0,
         r2 = rates.1,
