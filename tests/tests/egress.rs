@@ -525,7 +525,7 @@ fn isolated_yaml(name: &str) -> String {
 fn egress_works_through_cluster_gateways_where_underlays_are_isolated() {
     let world = World::up("egiso", &isolated_yaml("egiso"));
     let dir = tempfile::tempdir().unwrap();
-    let n1 = Capture::start(
+    let n1 = Capture::start_immediate(
         &world.node_ns("c2", "n1"),
         "eth0",
         dir.path().join("c2n1.pcap"),

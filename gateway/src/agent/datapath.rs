@@ -549,7 +549,9 @@ pub fn egress_active(agent: &Agent) -> bool {
     })
 }
 
-/// `status.json`'s egress section, when egress policies are loaded.
+/// `status.json`'s egress section, when egress policies are loaded. Takes
+/// the node records, then the datapath: never call it holding the mesh lock
+/// (`mesh::refresh` takes that while holding the node records).
 pub fn egress_status(agent: &Agent) -> Option<meshgate_discovery::model::EgressStatus> {
     let ebpf = agent.datapath.get()?;
     let tunnel_of: BTreeMap<String, Ipv4Addr> = agent

@@ -97,6 +97,9 @@ pub fn status(agent: &Agent) -> AgentStatus {
         let cache = agent.ipcache();
         (cache.entries.len(), cache.identities.len())
     };
+    // Before the mesh lock: it reads the node records, and mesh::refresh
+    // takes the mesh lock while holding those.
+    let egress = super::datapath::egress_status(agent);
     let mesh = agent.mesh();
     let cfg = &agent.cfg;
     AgentStatus {
@@ -118,7 +121,7 @@ pub fn status(agent: &Agent) -> AgentStatus {
         services: agent.services().services.len(),
         gateways: mesh.gateways.clone(),
         datapath: agent.datapath.get().map(|d| d.status()),
-        egress: super::datapath::egress_status(agent),
+        egress,
         ipsec: agent
             .backend
             .ipsec()
