@@ -560,11 +560,16 @@ pub fn egress_status(agent: &Agent) -> Option<meshgate_discovery::model::EgressS
         .flat_map(|n| n.iter())
         .filter_map(|(name, n)| Some((name.clone(), n.tunnel_ip.parse().ok()?)))
         .collect();
-    let inner = ebpf.inner();
+    let mut guard = ebpf.inner();
+    let inner = &mut *guard;
     if inner.egress.is_empty() {
         return None;
     }
-    Some(egress::status(&inner.egress, &inner.dp.maps, &tunnel_of))
+    Some(egress::status(
+        &mut inner.egress,
+        &inner.dp.maps,
+        &tunnel_of,
+    ))
 }
 
 /// Brings the datapath in step with the agent's ipcache, node records and

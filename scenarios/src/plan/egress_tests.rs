@@ -87,15 +87,20 @@ fn egress_gateways_get_eg0_on_the_bridge_with_their_ips() {
     assert_eq!(
         g1_steps,
         [
-            "netns exec mg-eg-c1-n-g1 sysctl -qw net.ipv4.conf.all.arp_ignore=1",
-            "netns exec mg-eg-c1-n-g1 sysctl -qw net.ipv4.conf.all.arp_announce=2",
             "link add eg0 netns mg-eg-c1-n-g1 type veth peer name g1-2 netns mg-eg-ul",
+            "netns exec mg-eg-c1-n-g1 sysctl -qw net.ipv4.conf.eth0.arp_ignore=1",
+            "netns exec mg-eg-c1-n-g1 sysctl -qw net.ipv4.conf.eth0.arp_announce=2",
+            "netns exec mg-eg-c1-n-g1 sysctl -qw net.ipv4.conf.eg0.arp_ignore=1",
+            "netns exec mg-eg-c1-n-g1 sysctl -qw net.ipv4.conf.eg0.arp_announce=2",
             "-n mg-eg-c1-n-g1 addr add 203.0.113.50/32 dev eg0",
             "-n mg-eg-c1-n-g1 addr add 203.0.113.52/32 dev eg0",
             "-n mg-eg-c1-n-g1 link set eg0 up",
         ]
     );
     assert!(all.contains(&"-n mg-eg-ul link set g1-2 master br0 up".to_string()));
+    // Never for all interfaces: the pods' veths answer ARP for the pod
+    // gateway address, which is on lo.
+    assert!(!all.iter().any(|l| l.contains("conf.all.arp_")), "{all:?}");
     // A gateway without egress IPs still has the interface, empty.
     assert!(all.contains(
         &"link add eg0 netns mg-eg-c1-n-g2 type veth peer name g1-3 netns mg-eg-ul".to_string()

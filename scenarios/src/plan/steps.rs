@@ -183,16 +183,16 @@ pub fn build(plan: &Plan) -> Vec<Step> {
 
 /// An egress gateway's second interface: `eg0` in the node, its peer on the
 /// underlay bridge (the external network), each egress IP on it as a /32.
-/// ARP: only the interface holding an address answers for it
-/// (`arp_ignore=1`), and requests name the outgoing interface's own
-/// address (`arp_announce=2`), so eth0 never claims an egress IP.
+/// ARP on eth0 and eg0 only (the pods' veths must keep answering for the
+/// pod gateway address on `lo`): only the interface holding an address
+/// answers for it (`arp_ignore=1`), and requests name the outgoing
+/// interface's own address (`arp_announce=2`), so eth0 never claims an
+/// egress IP.
 fn egress_interface(s: &mut Steps, ul: &str, n: &NodePlan) {
     let Some(peer) = n.egress_veth.as_deref() else {
         return;
     };
     let node = n.netns.as_str();
-    s.sysctl(node, "net.ipv4.conf.all.arp_ignore=1");
-    s.sysctl(node, "net.ipv4.conf.all.arp_announce=2");
     s.ip(&[
         "link",
         "add",
@@ -208,6 +208,10 @@ fn egress_interface(s: &mut Steps, ul: &str, n: &NodePlan) {
         ul,
     ]);
     s.ip(&["-n", ul, "link", "set", peer, "master", BRIDGE, "up"]);
+    for dev in ["eth0", EGRESS_INTERFACE] {
+        s.sysctl(node, &format!("net.ipv4.conf.{dev}.arp_ignore=1"));
+        s.sysctl(node, &format!("net.ipv4.conf.{dev}.arp_announce=2"));
+    }
     for ip in &n.egress_ips {
         s.ip(&[
             "-n",

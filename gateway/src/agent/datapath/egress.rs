@@ -49,6 +49,10 @@ pub const SNAT_PRIORITY_BASE: u32 = 27_700;
 pub const SNAT_TABLE_BASE: u32 = 28_100;
 /// A flow not seen for this long no longer counts in status.
 const FLOW_FRESH: Duration = Duration::from_secs(60);
+/// How often the host side is looked at again when nothing changed.
+const HOST_RECHECK: Duration = Duration::from_secs(1);
+/// How often status counts the flows per gateway (a walk of `mg_egress_ct`).
+const FLOW_RECOUNT: Duration = Duration::from_secs(5);
 
 /// SNAT indices (1..=255) of the egress IPs wanted: an IP keeps its index
 /// while wanted; new ones get the lowest free, in address order.
@@ -153,6 +157,11 @@ pub struct EgressRuntime {
     last: EgressPlan,
     /// Problems of the host side (nft, rules), for status.
     host_problems: Vec<String>,
+    /// When the host side was last looked at, and what was wrong with it.
+    host_checked: Option<std::time::Instant>,
+    host_side: Vec<String>,
+    /// Flows per gateway tunnel IP, and when they were counted.
+    flows: Option<(std::time::Instant, BTreeMap<Ipv4Addr, u64>)>,
 }
 
 impl EgressRuntime {
@@ -166,6 +175,9 @@ impl EgressRuntime {
             tunnel_ip: None,
             last: EgressPlan::default(),
             host_problems: Vec::new(),
+            host_checked: None,
+            host_side: Vec::new(),
+            flows: None,
         }
     }
 
@@ -411,6 +423,29 @@ pub fn apply(
 /// The steering rule (once) and the SNAT rules, tables and nftables rules
 /// (when they change).
 fn apply_host(rt: &mut EgressRuntime, snat: &[Snat], problems: &mut Vec<String>) {
+    // Every tick calls this: with nothing new to set up, the host (the
+    // default route's next hop) is looked at again only every HOST_RECHECK.
+    let key: Vec<(u8, Ipv4Addr, String)> = snat
+        .iter()
+        .map(|n| (n.index, n.ip, n.interface.clone()))
+        .collect();
+    let unchanged = rt.steering
+        && rt.host.as_ref().is_some_and(|h| {
+            h.iter()
+                .map(|n| (n.index, n.ip, n.interface.clone()))
+                .eq(key.iter().cloned())
+        });
+    if unchanged && rt.host_checked.is_some_and(|t| t.elapsed() < HOST_RECHECK) {
+        problems.extend(rt.host_side.iter().cloned());
+        return;
+    }
+    rt.host_checked = Some(std::time::Instant::now());
+    let first = problems.len();
+    apply_host_now(rt, snat, problems);
+    rt.host_side = problems[first..].to_vec();
+}
+
+fn apply_host_now(rt: &mut EgressRuntime, snat: &[Snat], problems: &mut Vec<String>) {
     let mut nl = match Netlink::open() {
         Ok(nl) => nl,
         Err(e) => {
@@ -516,19 +551,31 @@ pub fn remove_host(nl: &mut Netlink) {
 /// `status.json`'s egress section: the last plan, with the flows per
 /// gateway from `mg_egress_ct`.
 pub fn status(
-    rt: &EgressRuntime,
+    rt: &mut EgressRuntime,
     maps: &meshgate_ebpf::Maps,
     tunnel_of: &BTreeMap<String, Ipv4Addr>,
 ) -> EgressStatus {
-    let now = monotonic_ns();
-    let mut per_gateway: BTreeMap<Ipv4Addr, u64> = BTreeMap::new();
-    if let Ok(flows) = maps.egress.flows() {
-        for f in flows {
-            if now.saturating_sub(f.last_seen_ns) <= FLOW_FRESH.as_nanos() as u64 {
-                *per_gateway.entry(f.gateway).or_default() += 1;
+    let stale = rt
+        .flows
+        .as_ref()
+        .is_none_or(|(at, _)| at.elapsed() >= FLOW_RECOUNT);
+    if stale {
+        let now = monotonic_ns();
+        let mut per_gateway: BTreeMap<Ipv4Addr, u64> = BTreeMap::new();
+        if let Ok(flows) = maps.egress.flows() {
+            for f in flows {
+                if now.saturating_sub(f.last_seen_ns) <= FLOW_FRESH.as_nanos() as u64 {
+                    *per_gateway.entry(f.gateway).or_default() += 1;
+                }
             }
         }
+        rt.flows = Some((std::time::Instant::now(), per_gateway));
     }
+    let per_gateway = rt
+        .flows
+        .as_ref()
+        .map(|(_, f)| f.clone())
+        .unwrap_or_default();
     let mut policies = rt.last.status.clone();
     for p in &mut policies {
         for g in &mut p.gateways {
