@@ -67,9 +67,13 @@ fn fail(world: &World, target: &str) -> f64 {
 pub fn assert_failover_within_bound(world: &World) {
     let to = world.ip("c2/n3-a");
     // 50 replies a second for the whole test, c1/n3 → c1 gateway → c2 gateway → c2/n3.
+    // A count, not a deadline (`-w`): with a deadline, iputils ping exits at
+    // the first ICMP error, which a kernel path may send while a gateway dies.
     let stream = PingStream::new(world.spawn_in_ns(
         &world.pod_ns("c1", "n3-a"),
-        &["ping", "-D", "-n", "-i", "0.02", "-W", "1", "-w", "20", &to],
+        &[
+            "ping", "-D", "-n", "-i", "0.02", "-W", "1", "-c", "1000", &to,
+        ],
     ));
     std::thread::sleep(Duration::from_millis(1500));
 

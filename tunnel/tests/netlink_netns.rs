@@ -324,7 +324,11 @@ fn rules_are_added_once_listed_and_deleted_by_priority() {
         .filter(|r| r["priority"] == TABLE - 1)
         .collect();
     assert_eq!(m.len(), 1, "{v}");
-    assert_eq!(m[0]["fwmark"], "0x6c000000/0xff000000", "{v}");
+    assert_eq!(
+        (m[0]["fwmark"].as_str(), m[0]["fwmask"].as_str()),
+        (Some("0x6c000000"), Some("0xff000000")),
+        "{v}"
+    );
     ns.run(move || {
         let mut nl = Netlink::open().unwrap();
         nl.delete_rule(TABLE - 1).unwrap();
