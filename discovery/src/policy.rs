@@ -69,6 +69,7 @@ mod state_tests;
 #[cfg(test)]
 mod testutil;
 
+pub use cilium::{cilium_key, NAMESPACE_LABELS_PREFIX};
 pub use compile::{compile, Compiled};
 pub use describe::summary;
 pub use k8s::NAMESPACE_NAME_LABEL;

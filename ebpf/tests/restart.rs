@@ -6,7 +6,7 @@
 mod world;
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,30 +25,6 @@ fn allow_a_udp_7000() -> PolicyRule {
         proto: Proto::Udp,
         direction: Direction::Ingress,
     }
-}
-
-/// Counts, on a thread (so the socket buffer never fills), datagrams on `s`
-/// whose payload starts with `prefix`, until `stop` is set and `s` is quiet.
-fn count_received(
-    s: &UdpSocket,
-    prefix: &'static [u8],
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<usize> {
-    let s = s.try_clone().expect("clone");
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 64];
-        let mut n = 0;
-        loop {
-            match s.recv_from(&mut buf) {
-                Ok((len, _)) if buf[..len].starts_with(prefix) => n += 1,
-                Ok(_) => {}
-                Err(_) if stop.load(Ordering::Relaxed) => return n,
-                Err(_) => {}
-            }
-        }
-    })
 }
 
 #[test]

@@ -11,7 +11,8 @@ use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net};
 use meshgate_discovery::policy::{
-    parse_label_selector, OtherDocument, Selector, NAMESPACE_LABEL, NAMESPACE_NAME_LABEL,
+    cilium_key, parse_label_selector, OtherDocument, Selector, NAMESPACE_LABELS_PREFIX,
+    NAMESPACE_NAME_LABEL,
 };
 use serde_yaml::Value;
 
@@ -22,9 +23,6 @@ use crate::{
 
 /// The apiVersion the kind is read in.
 pub const API_VERSION: &str = "cilium.io/v2";
-
-/// Prefix of Cilium's namespace-label selector keys, which cannot be matched.
-const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
 
 /// Reads one `CiliumEgressGatewayPolicy` document.
 pub fn parse_document(doc: &OtherDocument<'_>) -> Result<EgressPolicy, ParseError> {
@@ -348,28 +346,17 @@ fn cidr_list(ctx: &Ctx<'_>, field: &str, v: Option<&Value>) -> Result<Vec<Ipv4Ne
     Ok(out)
 }
 
-/// Pod selector keys: Cilium's `k8s:` / `any:` source prefixes are dropped
-/// (identities hold Kubernetes labels); other sources and namespace labels
-/// are refused.
+/// Pod selector keys: as in CiliumNetworkPolicy (`k8s:` / `any:` dropped,
+/// other sources and namespace labels refused); the refusal of a namespace
+/// label says where this kind selects namespaces.
 fn pod_key(k: &str) -> Result<String, String> {
-    let plain = match k.split_once(':') {
-        None => k,
-        Some(("k8s" | "any", rest)) => rest,
-        Some((source, _)) => {
-            return Err(format!(
-                "label source {source:?} is not supported; select by Kubernetes labels \
-                 (no prefix, or k8s:/any:)"
-            ))
+    cilium_key(k).map_err(|e| {
+        if k.contains(NAMESPACE_LABELS_PREFIX) {
+            format!("{e} here, or {NAMESPACE_NAME_LABEL} in namespaceSelector")
+        } else {
+            e
         }
-    };
-    if plain.starts_with(NAMESPACE_LABELS_PREFIX) {
-        return Err(format!(
-            "namespace labels ({NAMESPACE_LABELS_PREFIX}*) are not supported: meshgate knows a \
-             namespace only by its name; select it with {NAMESPACE_LABEL} here or \
-             {NAMESPACE_NAME_LABEL} in namespaceSelector"
-        ));
-    }
-    Ok(plain.to_string())
+    })
 }
 
 fn namespace_key(k: &str) -> Result<String, String> {

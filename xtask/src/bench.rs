@@ -11,7 +11,11 @@ mod policy_compile;
 mod report;
 mod tunnel;
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Result};
+
+use crate::util;
 
 type Bench = fn(&[&str]) -> Result<()>;
 
@@ -44,4 +48,25 @@ pub fn run(name: &str, args: &[&str]) -> Result<()> {
         }
         None => bail!("unknown benchmark `{name}`; known: {}", known().join(", ")),
     }
+}
+
+/// A binary of the release build.
+fn release_bin(name: &str) -> PathBuf {
+    util::target_dir().join("release").join(name)
+}
+
+/// Builds `meshgate` and `mg-probe` for the benches that drive lab worlds.
+fn build_release() -> Result<()> {
+    // Two builds, as the e2e tests do them: one command for both
+    // packages would unify their dependencies' features differently
+    // and build those dependencies a second time.
+    util::run(util::cargo().args(["build", "--release", "-p", "meshgate-gateway"]))?;
+    util::run(util::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "meshgate-e2e",
+        "--bin",
+        "mg-probe",
+    ]))
 }

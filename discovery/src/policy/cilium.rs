@@ -13,7 +13,8 @@ use super::{
 };
 
 /// Prefix of Cilium's namespace-label selectors, which meshgate cannot match.
-const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
+/// Cilium's prefix of namespace labels in an endpoint's labels.
+pub const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
 
 type Extra = BTreeMap<String, Value>;
 
@@ -271,8 +272,9 @@ fn selector(ctx: &Ctx, field: &str, s: &LabelSelectorYaml) -> Result<Selector, P
 }
 
 /// Cilium label keys may carry a source prefix: `k8s:` and `any:` are
-/// dropped (identities hold Kubernetes labels); others are refused.
-fn cilium_key(k: &str) -> Result<String, String> {
+/// dropped (identities hold Kubernetes labels); others are refused, as are
+/// namespace labels. Also the egress gateway policies' pod selectors.
+pub fn cilium_key(k: &str) -> Result<String, String> {
     let plain = match k.split_once(':') {
         None => k,
         Some(("k8s" | "any", rest)) => rest,

@@ -566,7 +566,7 @@ impl Stream {
 
 /// Counts, on a thread (so the socket buffer never fills), datagrams on `s`
 /// whose payload starts with `prefix`, until `stop` is set and `s` is quiet.
-fn count_received(
+pub fn count_received(
     s: &UdpSocket,
     prefix: &'static [u8],
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,

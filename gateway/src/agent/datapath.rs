@@ -427,13 +427,6 @@ impl Ebpf {
     }
 }
 
-impl Inner {
-    /// No egress route is left in the map (nothing to clear).
-    fn egress_cleared(&self) -> bool {
-        self.egress.applied_is_empty()
-    }
-}
-
 fn ebpf_has_policy(ebpf: &Ebpf) -> bool {
     ebpf.inner().policy.is_some()
 }
@@ -475,7 +468,7 @@ pub fn sync_egress(agent: &Agent) {
         let inner = ebpf.inner();
         // With no policy loaded there is nothing to plan, once the routes
         // of the last one are cleared.
-        if inner.removed || (inner.egress.is_empty() && inner.egress_cleared()) {
+        if inner.removed || (inner.egress.is_empty() && inner.egress.applied_is_empty()) {
             return;
         }
         inner.egress.policies().to_vec()
@@ -545,7 +538,7 @@ pub fn sync_egress(agent: &Agent) {
 pub fn egress_active(agent: &Agent) -> bool {
     agent.datapath.get().is_some_and(|d| {
         let inner = d.inner();
-        !inner.egress.is_empty() || !inner.egress_cleared()
+        !inner.egress.is_empty() || !inner.egress.applied_is_empty()
     })
 }
 

@@ -233,32 +233,24 @@ pub fn render(status: &AgentStatus, dp: Option<&DatapathFigures>) -> String {
 
 /// Egress gateway policies: each gateway's usability and flows.
 fn egress(o: &mut Out, e: &meshgate_discovery::model::EgressStatus) {
-    o.family(
-        "meshgate_egress_gateway_up",
-        "gauge",
-        "1 while an egress gateway of a policy is usable for new flows (has its egress IP, is up).",
-    );
-    for p in &e.policies {
-        for g in &p.gateways {
-            o.sample(
-                "meshgate_egress_gateway_up",
-                &[("policy", &p.name), ("gateway", &g.node)],
-                u8::from(g.usable),
-            );
-        }
-    }
-    o.family(
-        "meshgate_egress_gateway_flows",
-        "gauge",
-        "Flows of this node's pods through an egress gateway (seen within a minute).",
-    );
-    for p in &e.policies {
-        for g in &p.gateways {
-            o.sample(
-                "meshgate_egress_gateway_flows",
-                &[("policy", &p.name), ("gateway", &g.node)],
-                g.flows,
-            );
+    type Gateway = meshgate_discovery::model::EgressGatewayStatus;
+    for (name, help, get) in [
+        (
+            "meshgate_egress_gateway_up",
+            "1 while an egress gateway of a policy is usable for new flows (has its egress IP, is up).",
+            (|g| u64::from(g.usable)) as fn(&Gateway) -> u64,
+        ),
+        (
+            "meshgate_egress_gateway_flows",
+            "Flows of this node's pods through an egress gateway (seen within a minute).",
+            |g| g.flows,
+        ),
+    ] {
+        o.family(name, "gauge", help);
+        for p in &e.policies {
+            for g in &p.gateways {
+                o.sample(name, &[("policy", &p.name), ("gateway", &g.node)], get(g));
+            }
         }
     }
     o.family(

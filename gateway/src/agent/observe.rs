@@ -109,7 +109,8 @@ impl Observer {
     }
 }
 
-fn clock_ns(clock: libc::clockid_t) -> u64 {
+/// A clock in nanoseconds (`CLOCK_MONOTONIC` is the clock of `bpf_ktime_get_ns`).
+pub(crate) fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -32,6 +32,13 @@ impl Steps {
             .push(Step::Ip(args.iter().map(|a| a.to_string()).collect()));
     }
 
+    /// `nft ARGS...` in namespace `ns`.
+    fn nft(&mut self, ns: &str, args: &[&str]) {
+        let mut all = vec!["netns", "exec", ns, "nft"];
+        all.extend_from_slice(args);
+        self.ip(&all);
+    }
+
     fn sysctl(&mut self, ns: &str, setting: &str) {
         self.ip(&["netns", "exec", ns, "sysctl", "-qw", setting]);
     }
@@ -237,11 +244,7 @@ pub const MASQUERADE_TABLE: &str = "mg_lab_masq";
 fn masquerade(s: &mut Steps, n: &NodePlan) {
     let node = n.netns.as_str();
     let pods = n.pod_cidr.to_string();
-    let nft = |s: &mut Steps, args: &[&str]| {
-        let mut all = vec!["netns", "exec", node, "nft"];
-        all.extend_from_slice(args);
-        s.ip(&all);
-    };
+    let nft = |s: &mut Steps, args: &[&str]| s.nft(node, args);
     nft(s, &["add", "table", "ip", MASQUERADE_TABLE]);
     nft(
         s,
@@ -297,11 +300,7 @@ fn isolate(s: &mut Steps, plan: &Plan) {
     if isolated.is_empty() {
         return;
     }
-    let nft = |s: &mut Steps, args: &[&str]| {
-        let mut all = vec!["netns", "exec", ul, "nft"];
-        all.extend_from_slice(args);
-        s.ip(&all);
-    };
+    let nft = |s: &mut Steps, args: &[&str]| s.nft(ul, args);
     nft(s, &["add", "table", "bridge", ISOLATION_TABLE]);
     nft(
         s,

@@ -56,11 +56,7 @@ fn parse(args: &[&str]) -> Result<Opts> {
 }
 
 fn probe() -> String {
-    util::target_dir()
-        .join("release")
-        .join("mg-probe")
-        .display()
-        .to_string()
+    super::release_bin("mg-probe").display().to_string()
 }
 
 fn pod_ns(cluster: &str, pod: &str) -> String {
@@ -74,17 +70,10 @@ fn internet_ns() -> String {
 pub fn run(args: &[&str]) -> Result<()> {
     let opts = parse(args)?;
     let mut steps = Steps::new(7);
-    steps.step("build meshgate and mg-probe (release)", || {
-        util::run(util::cargo().args(["build", "--release", "-p", "meshgate-gateway"]))?;
-        util::run(util::cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "meshgate-e2e",
-            "--bin",
-            "mg-probe",
-        ]))
-    })?;
+    steps.step(
+        "build meshgate and mg-probe (release)",
+        super::build_release,
+    )?;
     let dir = std::env::temp_dir().join(format!("meshgate-bench-egress-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let text = std::fs::read_to_string(util::repo_root().join("scenarios/egress.yaml"))
@@ -95,7 +84,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         text.replace("\nname: egress\n", &format!("\nname: {WORLD}\n")),
     )?;
     let load = report::load_average();
-    let bin = util::target_dir().join("release").join("meshgate");
+    let bin = super::release_bin("meshgate");
     let world = steps.step("lab up (egress gateways)", || {
         World::up(&bin, WORLD, &file, &[])
     })?;

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use super::release_bin;
 use super::report::{self, Machine};
 use crate::lab::World;
 use crate::util::{self, in_netns, Steps};
@@ -61,20 +62,10 @@ pub fn run(args: &[&str]) -> Result<()> {
         bail!("iptables-restore is missing (the anchor): run `cargo xtask deps` (Debian package iptables)");
     }
     let mut steps = Steps::new(4);
-    steps.step("build meshgate and mg-probe (release)", || {
-        // Two builds, as the e2e tests do them: one command for both
-        // packages would unify their dependencies' features differently
-        // and build those dependencies a second time.
-        util::run(util::cargo().args(["build", "--release", "-p", "meshgate-gateway"]))?;
-        util::run(util::cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "meshgate-e2e",
-            "--bin",
-            "mg-probe",
-        ]))
-    })?;
+    steps.step(
+        "build meshgate and mg-probe (release)",
+        super::build_release,
+    )?;
     let dir = tempfile_dir()?;
     let load = report::load_average();
     let ours = steps.step("eBPF datapath, 10 and 10,000 policy entries", || {
@@ -100,10 +91,6 @@ fn tempfile_dir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("meshgate-bench-policy-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
-}
-
-fn release_bin(name: &str) -> PathBuf {
-    util::target_dir().join("release").join(name)
 }
 
 /// One node, a client pod and a server pod.

@@ -560,7 +560,7 @@ pub fn status(
         .as_ref()
         .is_none_or(|(at, _)| at.elapsed() >= FLOW_RECOUNT);
     if stale {
-        let now = monotonic_ns();
+        let now = crate::agent::observe::clock_ns(libc::CLOCK_MONOTONIC);
         let mut per_gateway: BTreeMap<Ipv4Addr, u64> = BTreeMap::new();
         if let Ok(flows) = maps.egress.flows() {
             for f in flows {
@@ -598,17 +598,6 @@ pub fn status(
             .collect(),
         problems,
     }
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds, the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to write into.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[cfg(test)]
