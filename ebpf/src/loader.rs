@@ -465,7 +465,11 @@ pub fn remove_pin_dir(pin_dir: &Path) -> Result<()> {
             continue;
         }
         for name in read_dir(&dir)? {
-            remove_if_exists(&dir.join(name))?;
+            let pin = dir.join(name);
+            if sub == Record::Link.dir() {
+                crate::bpffs::detach_pinned_link(&pin)?;
+            }
+            remove_if_exists(&pin)?;
         }
         std::fs::remove_dir(&dir).map_err(|source| Error::Io {
             action: "removing",
@@ -515,6 +519,9 @@ fn remove_record(pin_dir: &Path, attachment: &Attachment, record: Record) -> Res
     }
     if record == Record::Filter && interface_exists(&attachment.iface) {
         delete_filter(attachment)?;
+    }
+    if record == Record::Link {
+        crate::bpffs::detach_pinned_link(&pin)?;
     }
     remove_if_exists(&pin)?;
     Ok(true)
