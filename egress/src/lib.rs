@@ -22,6 +22,8 @@
 //! (`destinationFQDNs`) are refused until the DNS proxy exists.
 
 mod cegp;
+pub mod dnsproxy;
+pub mod fqdn;
 mod describe;
 mod error;
 mod fields;
