@@ -13,6 +13,7 @@
 
 
 pub mod decide;
+pub mod fuzz;
 pub mod state;
 
 #[cfg(test)]
