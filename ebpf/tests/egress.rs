@@ -63,6 +63,7 @@ fn route(snat_index: u8, gateways: &[Ipv4Addr]) -> EgressRoute {
         excluded: false,
         snat_index,
         gateways: gateways.to_vec(),
+        fqdn_tag: 0,
     }
 }
 
@@ -224,6 +225,7 @@ impl EgressWorld {
                 excluded: true,
                 snat_index: 0,
                 gateways: vec![],
+                fqdn_tag: 0,
             },
         )
         .expect("excluded");
@@ -398,7 +400,8 @@ fn an_excluded_cidr_is_left_alone() {
             EgressRoute {
                 excluded: true,
                 snat_index: 0,
-                gateways: vec![]
+                gateways: vec![],
+                fqdn_tag: 0,
             }
         )),
         "{routes:?}"

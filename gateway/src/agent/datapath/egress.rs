@@ -336,6 +336,7 @@ fn map_route(r: &meshgate_egress::Route, indices: &BTreeMap<Ipv4Addr, u8>) -> Eg
         excluded: r.excluded,
         snat_index: r.snat.and_then(|ip| indices.get(&ip).copied()).unwrap_or(0),
         gateways: r.gateways.clone(),
+        fqdn_tag: 0,
     }
 }
 
