@@ -230,15 +230,19 @@ fn a_resolved_address_is_reachable_by_its_identity_only() {
     .expect("an allow event for the admitted flow");
     assert_eq!(
         (ev.src, ev.src_identity, ev.dst_identity, ev.point),
-        (Ipv4Addr::new(10, 77, 0, 2), ID_A, identity::WORLD, Some(Point::FromPod))
+        (
+            Ipv4Addr::new(10, 77, 0, 2),
+            ID_A,
+            identity::WORLD,
+            Some(Point::FromPod)
+        )
     );
 
     // B has no entry.
     f.dp().maps.events.drain();
     assert_eq!(f.udp(&f.w.b, EXT, UDP_PORT), None, "B has no entry");
     let b = f.w.b.addr;
-    let ev = wait_event(f.dp(), |e| e.src == b && e.dst == EXT)
-        .expect("B's drop event");
+    let ev = wait_event(f.dp(), |e| e.src == b && e.dst == EXT).expect("B's drop event");
     assert_eq!(
         (ev.reason, ev.src_identity),
         (Some(Reason::PolicyEgress), ID_B)
@@ -275,7 +279,10 @@ fn a_resolved_address_is_reachable_by_its_identity_only() {
     let mut entries = fqdn.entries().expect("entries");
     entries.sort_by_key(|(id, addr, _)| (*id, *addr));
     let addrs: Vec<(u32, Ipv4Addr)> = entries.iter().map(|(i, a, _)| (*i, *a)).collect();
-    assert_eq!(addrs, vec![(ID_A, Ipv4Addr::new(10, 77, 0, 3)), (ID_A, EXT)]);
+    assert_eq!(
+        addrs,
+        vec![(ID_A, Ipv4Addr::new(10, 77, 0, 3)), (ID_A, EXT)]
+    );
     assert!(fqdn.remove(ID_A, EXT).expect("remove"));
     assert!(!fqdn.remove(ID_A, EXT).expect("remove again"));
     assert_eq!(
@@ -291,12 +298,11 @@ fn a_new_flow_needs_an_unexpired_entry_but_a_live_flow_outlasts_it() {
     let mut f = FqdnWorld::new();
     f.set(ID_A, EXT, monotonic_ns() + MINUTE_NS, FqdnPorts::Any);
 
-    let conn = f
-        .w
-        .a
-        .ns
-        .tcp_connect(EXT, ECHO_PORT)
-        .unwrap_or_else(|e| panic!("A -> {EXT}:{ECHO_PORT} with an entry: {e}"));
+    let conn =
+        f.w.a
+            .ns
+            .tcp_connect(EXT, ECHO_PORT)
+            .unwrap_or_else(|e| panic!("A -> {EXT}:{ECHO_PORT} with an entry: {e}"));
     conn.set_read_timeout(Some(Duration::from_secs(2)))
         .expect("timeout");
     let mut conn = BufReader::new(conn);
@@ -329,10 +335,7 @@ fn a_new_flow_needs_an_unexpired_entry_but_a_live_flow_outlasts_it() {
         echoed(&mut conn, "after"),
         "the established TCP connection keeps working (its conntrack entry is live)"
     );
-    assert!(
-        udp_seen_as(&udp, udp_dst).is_some(),
-        "the UDP flow too"
-    );
+    assert!(udp_seen_as(&udp, udp_dst).is_some(), "the UDP flow too");
     let entry = f.dp().maps.fqdn.get(ID_A, EXT).expect("get");
     assert_eq!(
         entry.map(|e| e.expires_ns),
@@ -342,7 +345,10 @@ fn a_new_flow_needs_an_unexpired_entry_but_a_live_flow_outlasts_it() {
 
     // Renewed (the proxy answered the name again): new flows pass again.
     f.set(ID_A, EXT, monotonic_ns() + MINUTE_NS, FqdnPorts::Any);
-    assert!(f.tcp(&f.w.a, EXT, TCP_PORT), "renewed: new connections pass");
+    assert!(
+        f.tcp(&f.w.a, EXT, TCP_PORT),
+        "renewed: new connections pass"
+    );
 }
 
 #[test]
@@ -364,13 +370,20 @@ fn only_the_ports_of_an_entry_are_admitted() {
     let before = f.drops(Reason::PolicyEgress);
     let a = &f.w.a;
     assert!(f.tcp(a, EXT, TCP_PORT), "tcp/{TCP_PORT} is listed");
-    assert!(f.tcp(a, EXT, ANY_PROTO_PORT), "any protocol on {ANY_PROTO_PORT}");
+    assert!(
+        f.tcp(a, EXT, ANY_PROTO_PORT),
+        "any protocol on {ANY_PROTO_PORT}"
+    );
     assert!(
         f.udp(a, EXT, ANY_PROTO_PORT).is_some(),
         "any protocol on {ANY_PROTO_PORT}: UDP too"
     );
     assert!(!f.tcp(a, EXT, OTHER_PORT), "tcp/{OTHER_PORT} is not listed");
-    assert_eq!(f.udp(a, EXT, UDP_PORT), None, "udp/{UDP_PORT} is not listed");
+    assert_eq!(
+        f.udp(a, EXT, UDP_PORT),
+        None,
+        "udp/{UDP_PORT} is not listed"
+    );
     assert_eq!(
         f.udp(a, EXT, TCP_PORT),
         None,
@@ -386,7 +399,12 @@ fn only_the_ports_of_an_entry_are_admitted() {
     assert!(f.udp(a, EXT, OTHER_PORT).is_some(), "any UDP port");
     assert!(!f.tcp(a, EXT, TCP_PORT), "no TCP port");
     assert_eq!(
-        f.dp().maps.fqdn.get(ID_A, EXT).expect("get").map(|e| e.ports),
+        f.dp()
+            .maps
+            .fqdn
+            .get(ID_A, EXT)
+            .expect("get")
+            .map(|e| e.ports),
         Some(FqdnPorts::Only(vec![(17, 0)]))
     );
 
@@ -405,7 +423,10 @@ fn only_the_ports_of_an_entry_are_admitted() {
         )
         .expect_err("9 ports");
     assert!(err.to_string().contains("at most 8"), "{err}");
-    assert!(f.udp(&f.w.a, EXT, UDP_PORT).is_some(), "the entry is unchanged");
+    assert!(
+        f.udp(&f.w.a, EXT, UDP_PORT).is_some(),
+        "the entry is unchanged"
+    );
     let _ = &f.ext;
 }
 
@@ -464,7 +485,10 @@ fn with_the_dns_proxy_flag_pod_dns_reaches_the_node_without_egress_policy() {
         Some("10.77.0.2"),
         "UDP DNS reaches the node's proxy"
     );
-    assert!(f.tcp(&f.w.a, RESOLVER, 53), "TCP DNS reaches the node's proxy");
+    assert!(
+        f.tcp(&f.w.a, RESOLVER, 53),
+        "TCP DNS reaches the node's proxy"
+    );
     let ev = wait_event(f.dp(), |e| {
         e.dst == RESOLVER && e.dport == 53 && e.proto == 17
     })
@@ -491,7 +515,11 @@ fn with_the_dns_proxy_flag_pod_dns_reaches_the_node_without_egress_policy() {
     assert!(f.wait_drop(Reason::PolicyEgress, before) > before);
 
     // A local pod's ingress policy still holds: B takes nothing in.
-    f.dp().maps.policy.select(ID_B, true, true).expect("select B");
+    f.dp()
+        .maps
+        .policy
+        .select(ID_B, true, true)
+        .expect("select B");
     let before = f.drops(Reason::PolicyIngress);
     assert_eq!(f.udp(&f.w.a, f.w.b.addr, 53), None);
     assert!(
@@ -545,7 +573,9 @@ fn another_process_opens_mg_fqdn_through_the_pins() {
             },
         )
         .expect("set through the pin");
-    maps.config.set_dns_proxy(true).expect("flag through the pin");
+    maps.config
+        .set_dns_proxy(true)
+        .expect("flag through the pin");
     assert!(
         f.udp(&f.w.a, EXT, UDP_PORT).is_some(),
         "the entry written through the pin admits the flow"

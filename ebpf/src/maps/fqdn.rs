@@ -204,7 +204,14 @@ mod tests {
         };
         let err = entry.to_raw(5, ADDR).expect_err("9 ports");
         assert!(
-            matches!(err, Error::TooManyFqdnPorts { count: 9, identity: 5, .. }),
+            matches!(
+                err,
+                Error::TooManyFqdnPorts {
+                    count: 9,
+                    identity: 5,
+                    ..
+                }
+            ),
             "{err}"
         );
         assert!(err.to_string().contains("at most 8"), "{err}");
