@@ -10,6 +10,7 @@ const SOURCES: &[&str] = &[
     "bpf/mg_datapath.h",
     "bpf/lb.h",
     "bpf/egress.h",
+    "bpf/fqdn.h",
 ];
 const FIX: &str = "install the Debian packages clang, libbpf-dev and linux-libc-dev \
                    (`cargo xtask deps` does this) or set CLANG to a clang that targets bpf";

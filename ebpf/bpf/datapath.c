@@ -24,6 +24,13 @@
  * to_mesh tunnels it there, and the gateway's from_mesh marks it for the
  * agent's SNAT to the egress IP. The maps and helpers are in egress.h.
  *
+ * FQDN policy: a packet to a world address that egress policy denies for
+ * lack of a rule passes if the node's DNS proxy answered that address for a
+ * name the source identity may reach (mg_fqdn, unexpired, port listed) or
+ * if its flow is live in conntrack. With the DNS proxy flag in mg_config,
+ * pod DNS (port 53) goes to the host stack without egress policy, for the
+ * proxy's DNAT rule. The map and helpers are in fqdn.h.
+ *
  * Every drop sets a reason (mg_datapath.h), is counted per reason in
  * mg_drops and sent as a flow event on mg_events. New allowed flows are
  * sent as flow events too.
@@ -352,6 +359,7 @@ static __always_inline int leaves_unencrypted(struct __sk_buff *skb, const struc
 }
 
 #include "egress.h"
+#include "fqdn.h"
 
 SEC("classifier")
 int mg_from_pod(struct __sk_buff *skb)
@@ -360,7 +368,7 @@ int mg_from_pod(struct __sk_buff *skb)
 	struct mg_ipcache_value *src, *dst;
 	struct mg_config *cfg;
 	struct mg_lb_ct_value rv = {};
-	int reverse = 0;
+	int reverse = 0, steered;
 	__u32 daddr;
 	__u64 now;
 	__u8 reason;
@@ -408,10 +416,29 @@ int mg_from_pod(struct __sk_buff *skb)
 	if (ct_is_reply(&f, now))
 		return lb_pass(skb, &f, reverse, &rv, MG_POINT_FROM_POD);
 
-	reason = policy_check(f.src_identity, f.dst_identity, f.dport, f.proto, MG_DIR_EGRESS);
-	if (reason)
-		return drop(skb, &f, reason, MG_POINT_FROM_POD);
-	/* A local destination gets no from_mesh pass: apply its ingress policy here. */
+	/*
+	 * DNS for the node's proxy: no egress policy (the proxy judges the
+	 * query) and no steering (the mark must stay for its DNAT rule).
+	 */
+	steered = dns_steered(cfg, &f, daddr, reverse);
+	if (!steered) {
+		reason = policy_check(f.src_identity, f.dst_identity, f.dport, f.proto,
+				      MG_DIR_EGRESS);
+		/*
+		 * Denied to the world for lack of a rule (not by a deny
+		 * rule): an answer of the DNS proxy may admit it.
+		 */
+		if (reason == MG_REASON_POLICY_EGRESS && is_world(dst, f.daddr) &&
+		    fqdn_allows(&f, now))
+			reason = MG_REASON_NONE;
+		if (reason)
+			return drop(skb, &f, reason, MG_POINT_FROM_POD);
+	}
+	/*
+	 * A local destination gets no from_mesh pass: apply its ingress policy
+	 * here (DNS too: should the proxy's DNAT be missing, the pod is still
+	 * protected as a remote one is by its node's from_mesh).
+	 */
 	if (dst && (dst->flags & MG_IPCACHE_F_LOCAL)) {
 		reason = policy_check(f.dst_identity, f.src_identity, f.dport, f.proto,
 				      MG_DIR_INGRESS);
@@ -419,7 +446,7 @@ int mg_from_pod(struct __sk_buff *skb)
 			return drop(skb, &f, reason, MG_POINT_FROM_POD);
 	}
 	/* Allowed traffic to the world that an egress route selects goes to its gateway. */
-	if (is_world(dst, f.daddr)) {
+	if (!steered && is_world(dst, f.daddr)) {
 		reason = egress_steer(skb, &f, now);
 		if (reason)
 			return drop(skb, &f, reason, MG_POINT_FROM_POD);

@@ -176,6 +176,16 @@ struct mg_mesh_cidr_value {
 
 /* mg_config: array with one entry. */
 #define MG_CFG_F_STRICT 0x1
+/*
+ * The node's DNS proxy runs: from_pod passes a pod's UDP/TCP packet to port
+ * 53 (not a reply, not translated by the load balancer) to the host stack
+ * without the source's egress policy and without egress gateway steering,
+ * marked MG_MARK_MAGIC | identity as always; the proxy's nft rule DNATs it
+ * to the proxy, which enforces DNS policy. Strict mode and the ingress
+ * policy of a local destination still apply. Set by the proxy (through the
+ * pins) once its DNAT rule is in place, cleared before it is removed.
+ */
+#define MG_CFG_F_DNS_PROXY 0x2
 
 struct mg_config {
 	__u32 flags;          /* MG_CFG_F_* */
@@ -251,6 +261,14 @@ struct mg_lb_ct_value {
  */
 #define MG_EGRESS_MAX_GWS 16
 #define MG_EGRESS_F_EXCLUDED 0x1
+/*
+ * A /32 route the DNS proxy wrote for a destinationFQDNs egress policy (an
+ * address it answered for a name the policy selects); the policy's 16-bit
+ * tag is in flags >> 16. The datapath treats it as any other route; the tag
+ * tells its writer which routes are its own (the agent leaves them alone).
+ */
+#define MG_EGRESS_F_FQDN 0x2
+#define MG_EGRESS_FQDN_TAG_SHIFT 16
 
 struct mg_egress_key {
 	__u32 prefixlen;
@@ -270,6 +288,41 @@ struct mg_egress_ct_value {
 	__u32 gateway; /* tunnel IP, network order */
 	__u32 pad;
 	__u64 last_seen_ns;
+};
+
+/*
+ * FQDN policy (toFQDNs).
+ *
+ * mg_fqdn: hash, (identity, world address) -> until when and on which ports
+ * that identity may reach the address although its egress policy allows it
+ * nothing there: the node's DNS proxy answered the address for a name that
+ * identity's toFQDNs rules allow, and writes the entry (through the pins,
+ * also while the agent is down) before it returns the answer. from_pod
+ * consults it only when egress policy denied (MG_REASON_POLICY_EGRESS, not
+ * an explicit deny) a packet to a world address. A flow whose own mg_ct
+ * entry is live keeps passing after expires_ns (a connection outlasts the
+ * name's TTL, as conntrack does); a new flow needs expires_ns > now.
+ */
+#define MG_FQDN_MAX_PORTS 8
+#define MG_FQDN_F_ANY_PORT 0x1 /* any protocol, any port: ports[] unused */
+
+struct mg_fqdn_key {
+	__u32 identity;
+	__u32 addr; /* network order */
+};
+
+/* proto 0: any protocol (on port, if port != 0); port 0: any port of proto. */
+struct mg_fqdn_port {
+	__u16 port; /* host order, as mg_policy_key.dport */
+	__u8 proto;
+	__u8 pad;
+};
+
+struct mg_fqdn_value {
+	__u64 expires_ns; /* bpf_ktime_get_ns() clock (CLOCK_MONOTONIC) */
+	__u32 flags;      /* MG_FQDN_F_* */
+	__u32 nports;     /* ports[0, nports) are used */
+	struct mg_fqdn_port ports[MG_FQDN_MAX_PORTS];
 };
 
 /* mg_events: ring buffer of these. */
@@ -309,5 +362,8 @@ _Static_assert(sizeof(struct mg_lb_ct_value) == 16, "mg_lb_ct_value layout");
 _Static_assert(sizeof(struct mg_egress_key) == 12, "mg_egress_key layout");
 _Static_assert(sizeof(struct mg_egress_value) == 76, "mg_egress_value layout");
 _Static_assert(sizeof(struct mg_egress_ct_value) == 16, "mg_egress_ct_value layout");
+_Static_assert(sizeof(struct mg_fqdn_key) == 8, "mg_fqdn_key layout");
+_Static_assert(sizeof(struct mg_fqdn_port) == 4, "mg_fqdn_port layout");
+_Static_assert(sizeof(struct mg_fqdn_value) == 48, "mg_fqdn_value layout");
 
 #endif

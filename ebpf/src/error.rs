@@ -127,6 +127,17 @@ pub enum Error {
         count: usize,
     },
 
+    #[error(
+        "FQDN entry for identity {identity} -> {addr} lists {count} (protocol, port) pairs; \
+         the datapath holds at most {max} per entry: allow any port instead, or fewer ports",
+        max = crate::maps::FQDN_MAX_PORTS
+    )]
+    TooManyFqdnPorts {
+        identity: u32,
+        addr: std::net::Ipv4Addr,
+        count: usize,
+    },
+
     #[error("invalid attachment pin name {name:?} in {dir}: expected HOOK@INTERFACE")]
     BadPinName { name: String, dir: PathBuf },
 }

@@ -103,6 +103,9 @@ pub struct Config {
 
 /// `MG_CFG_F_STRICT`.
 pub const CFG_F_STRICT: u32 = 0x1;
+/// `MG_CFG_F_DNS_PROXY`: pod DNS (port 53) goes to the host stack, for the
+/// node's DNS proxy, without egress policy or egress gateway steering.
+pub const CFG_F_DNS_PROXY: u32 = 0x2;
 
 /// `struct mg_flow_event`.
 #[repr(C)]
@@ -189,6 +192,11 @@ pub struct EgressAddrs {
 pub const EGRESS_MAX_GWS: usize = 16;
 /// `MG_EGRESS_F_EXCLUDED`.
 pub const EGRESS_F_EXCLUDED: u32 = 0x1;
+/// `MG_EGRESS_F_FQDN`: a route the DNS proxy wrote for a destinationFQDNs
+/// policy, whose tag is `flags >> EGRESS_FQDN_TAG_SHIFT`.
+pub const EGRESS_F_FQDN: u32 = 0x2;
+/// `MG_EGRESS_FQDN_TAG_SHIFT`.
+pub const EGRESS_FQDN_TAG_SHIFT: u32 = 16;
 
 /// `struct mg_egress_value`.
 #[repr(C)]
@@ -212,6 +220,44 @@ pub struct EgressCtValue {
     pub gateway: u32,
     pub pad: u32,
     pub last_seen_ns: u64,
+}
+
+/// `MG_FQDN_MAX_PORTS`.
+pub const FQDN_MAX_PORTS: usize = 8;
+/// `MG_FQDN_F_ANY_PORT`.
+pub const FQDN_F_ANY_PORT: u32 = 0x1;
+
+/// `struct mg_fqdn_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FqdnKey {
+    pub identity: u32,
+    /// Network byte order.
+    pub addr: u32,
+}
+
+/// `struct mg_fqdn_port`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FqdnPort {
+    /// Host byte order (as `PolicyKey::dport`); 0 = any port of `proto`.
+    pub port: u16,
+    /// 0 = any protocol.
+    pub proto: u8,
+    pub pad: u8,
+}
+
+/// `struct mg_fqdn_value`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FqdnValue {
+    /// `bpf_ktime_get_ns()` clock (CLOCK_MONOTONIC).
+    pub expires_ns: u64,
+    /// `MG_FQDN_F_*`.
+    pub flags: u32,
+    /// `ports[..nports]` are used.
+    pub nports: u32,
+    pub ports: [FqdnPort; FQDN_MAX_PORTS],
 }
 
 /// `MG_LB_AFFINITY_*`.
@@ -266,6 +312,8 @@ unsafe impl aya::Pod for LbCtValue {}
 unsafe impl aya::Pod for EgressAddrs {}
 unsafe impl aya::Pod for EgressValue {}
 unsafe impl aya::Pod for EgressCtValue {}
+unsafe impl aya::Pod for FqdnKey {}
+unsafe impl aya::Pod for FqdnValue {}
 
 #[cfg(test)]
 mod tests {
@@ -309,6 +357,9 @@ mod tests {
             ("mg_egress_key", 4 + size_of::<EgressAddrs>()),
             ("mg_egress_value", size_of::<EgressValue>()),
             ("mg_egress_ct_value", size_of::<EgressCtValue>()),
+            ("mg_fqdn_key", size_of::<FqdnKey>()),
+            ("mg_fqdn_port", size_of::<FqdnPort>()),
+            ("mg_fqdn_value", size_of::<FqdnValue>()),
         ]
         .into_iter()
         .map(|(name, size)| (name.to_owned(), size))
@@ -358,6 +409,14 @@ mod tests {
         assert_eq!(header_define("MG_MARK_MAGIC_MASK"), MARK_MAGIC_MASK);
         assert_eq!(header_define("MG_EGRESS_MAX_GWS") as usize, EGRESS_MAX_GWS);
         assert_eq!(header_define("MG_EGRESS_F_EXCLUDED"), EGRESS_F_EXCLUDED);
+        assert_eq!(header_define("MG_EGRESS_F_FQDN"), EGRESS_F_FQDN);
+        assert_eq!(
+            header_define("MG_EGRESS_FQDN_TAG_SHIFT"),
+            EGRESS_FQDN_TAG_SHIFT
+        );
+        assert_eq!(header_define("MG_CFG_F_DNS_PROXY"), CFG_F_DNS_PROXY);
+        assert_eq!(header_define("MG_FQDN_MAX_PORTS") as usize, FQDN_MAX_PORTS);
+        assert_eq!(header_define("MG_FQDN_F_ANY_PORT"), FQDN_F_ANY_PORT);
         const { assert!(SLOT_EVENTS_LOST < REASON_SLOTS) };
     }
 }

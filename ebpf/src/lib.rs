@@ -12,6 +12,7 @@
 
 pub mod attach;
 pub mod bpffs;
+pub mod clock;
 pub mod error;
 pub mod layout;
 pub mod loader;
@@ -20,11 +21,13 @@ pub mod object;
 pub mod reason;
 
 pub use attach::{AttachChoice, AttachMode, Attachment, Hook};
+pub use clock::monotonic_ns;
 pub use error::{Error, Result};
 pub use layout::{MARK_EGRESS, MARK_MAGIC, MARK_SNAT};
 pub use loader::{remove_pin_dir, AttachOutcome, Datapath, ReconcileReport, ATTACH_ENV};
 pub use maps::{
-    Affinity, Backend, Egress, EgressFlow, EgressRoute, FlowEvent, Frontend, IpcacheEntry,
-    LbConnection, LbService, Maps, PolicyRule, Proto, EGRESS_MAX_GATEWAYS,
+    Affinity, Backend, Egress, EgressFlow, EgressRoute, FlowEvent, Fqdn, FqdnEntry, FqdnPorts,
+    Frontend, IpcacheEntry, LbConnection, LbService, Maps, PolicyRule, Proto, EGRESS_MAX_GATEWAYS,
+    FQDN_MAX_PORTS,
 };
 pub use reason::{identity, Direction, Point, Reason, Verdict};

@@ -7,6 +7,7 @@ mod conntrack;
 mod counters;
 mod egress;
 mod events;
+mod fqdn;
 mod ipcache;
 mod lb;
 mod mesh_cidrs;
@@ -22,6 +23,7 @@ pub use conntrack::{Conntrack, CtEntry};
 pub use counters::DropCounters;
 pub use egress::{Egress, EgressFlow, EgressRoute, EGRESS_MAX_GATEWAYS};
 pub use events::{FlowEvent, FlowEvents};
+pub use fqdn::{Fqdn, FqdnEntry, FqdnPorts, FQDN_MAX_PORTS};
 pub use ipcache::{IpCache, IpcacheEntry};
 pub use lb::{Affinity, Backend, Frontend, LbConnection, LbService, LoadBalancer, RETIRE_GRACE};
 pub use mesh_cidrs::MeshCidrs;
@@ -119,6 +121,12 @@ pub(crate) const MAP_SPECS: &[MapSpec] = &[
         value_size: size::<EgressCtValue>(),
     },
     MapSpec {
+        name: fqdn::NAME,
+        map_type: MapType::Hash,
+        key_size: size::<FqdnKey>(),
+        value_size: size::<FqdnValue>(),
+    },
+    MapSpec {
         name: events::NAME,
         map_type: MapType::RingBuf,
         key_size: 0,
@@ -163,6 +171,7 @@ pub struct Maps {
     pub events: FlowEvents,
     pub lb: LoadBalancer,
     pub egress: Egress,
+    pub fqdn: Fqdn,
 }
 
 impl Maps {
@@ -206,6 +215,7 @@ impl Maps {
                 take(lb::CT_NAME)?,
             )?,
             egress: Egress::new(take(egress::NAME)?, take(egress::CT_NAME)?)?,
+            fqdn: Fqdn::new(take(fqdn::NAME)?)?,
         })
     }
 }

@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 use mesh_world::*;
 use meshgate_ebpf::{
-    identity, Datapath, EgressFlow, EgressRoute, IpcacheEntry, Point, Reason, Verdict, MARK_EGRESS,
-    MARK_SNAT,
+    identity, monotonic_ns, Datapath, EgressFlow, EgressRoute, FqdnEntry, FqdnPorts, IpcacheEntry,
+    Point, Reason, Verdict, MARK_EGRESS, MARK_SNAT,
 };
 use world::*;
 
@@ -63,6 +63,7 @@ fn route(snat_index: u8, gateways: &[Ipv4Addr]) -> EgressRoute {
         excluded: false,
         snat_index,
         gateways: gateways.to_vec(),
+        fqdn_tag: 0,
     }
 }
 
@@ -224,6 +225,7 @@ impl EgressWorld {
                 excluded: true,
                 snat_index: 0,
                 gateways: vec![],
+                fqdn_tag: 0,
             },
         )
         .expect("excluded");
@@ -398,7 +400,8 @@ fn an_excluded_cidr_is_left_alone() {
             EgressRoute {
                 excluded: true,
                 snat_index: 0,
-                gateways: vec![]
+                gateways: vec![],
+                fqdn_tag: 0,
             }
         )),
         "{routes:?}"
@@ -562,4 +565,93 @@ fn a_pod_on_a_gateway_is_snated_on_its_own_node() {
     assert!(result.is_err(), "{result:?}");
     assert!(wait_dropped(&w.dp_a, Reason::NoEgressGateway) >= 1);
     let _ = (&w.ext, &w.b, &w.c);
+}
+
+#[test]
+#[ignore = "needs root (bpf, network namespaces): cargo xtask test runs it"]
+fn an_fqdn_route_steers_like_a_cidr_route_and_keeps_its_tag() {
+    let mut w = EgressWorld::new();
+    // A destinationFQDNs policy as the DNS proxy writes it: the pod's egress
+    // policy allows it nothing, the proxy resolved EXT for it (mg_fqdn) and
+    // wrote a /32 route through C tagged with the policy; on C the /32 route
+    // (also tagged) replaces the /24 one.
+    let tagged = |snat_index: u8, gateway: Ipv4Addr| EgressRoute {
+        fqdn_tag: 0x0abc,
+        ..route(snat_index, &[gateway])
+    };
+    let ext32 = net("203.0.113.10/32");
+    w.dp_a
+        .maps
+        .policy
+        .select(ID_A, false, true)
+        .expect("select");
+    w.dp_a
+        .maps
+        .fqdn
+        .set(
+            ID_A,
+            EXT,
+            &FqdnEntry {
+                expires_ns: monotonic_ns() + 60_000_000_000,
+                ports: FqdnPorts::Only(vec![(6, TCP_PORT)]),
+            },
+        )
+        .expect("fqdn entry");
+    w.dp_a
+        .maps
+        .egress
+        .set(POD_A, ext32, &tagged(0, UL_C))
+        .expect("fqdn route");
+    assert!(w
+        .dp_c
+        .maps
+        .egress
+        .remove(POD_A, net("203.0.113.0/24"))
+        .expect("remove"));
+    w.dp_c
+        .maps
+        .egress
+        .set(POD_A, ext32, &tagged(1, UL_C))
+        .expect("gateway's fqdn route");
+
+    let seen = tcp_seen_as(&w.pod.ns, EXT, TCP_PORT)
+        .unwrap_or_else(|e| panic!("pod -> {EXT}:{TCP_PORT} by the FQDN route: {e}"));
+    assert_eq!(
+        seen, EGRESS_IP_C,
+        "the /32 FQDN route (through C) wins over 0.0.0.0/0 (through B)"
+    );
+    assert!(w
+        .flows()
+        .iter()
+        .any(|f| f.daddr == EXT && f.dport == TCP_PORT && f.gateway == UL_C));
+
+    let mut routes = w.dp_a.maps.egress.routes().expect("routes");
+    routes.sort_by_key(|(s, d, _)| (*s, *d));
+    let tags: Vec<(Ipv4Net, u16)> = routes.iter().map(|(_, d, r)| (*d, r.fqdn_tag)).collect();
+    assert_eq!(
+        tags,
+        vec![
+            (net("0.0.0.0/0"), 0),
+            (net("198.51.100.0/24"), 0),
+            (ext32, 0x0abc),
+        ],
+        "the tag reads back; CIDR routes have none"
+    );
+    assert_eq!(
+        w.dp_c.maps.egress.routes().expect("routes"),
+        vec![(POD_A, ext32, tagged(1, UL_C))]
+    );
+    for (node, dp) in [("A", &w.dp_a), ("C", &w.dp_c)] {
+        assert_eq!(
+            dp.maps.drops.all().expect("drops"),
+            Default::default(),
+            "no drops on {node}"
+        );
+    }
+
+    // The route does not admit anything by itself: a port the entry does not
+    // list is dropped by policy before any steering.
+    let (s, _) = w.pod_udp();
+    assert_eq!(udp_seen_as(&s, SocketAddrV4::new(EXT, UDP_PORT)), None);
+    assert!(wait_dropped(&w.dp_a, Reason::PolicyEgress) >= 1);
 }

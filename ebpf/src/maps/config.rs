@@ -6,7 +6,7 @@ use aya::maps::{Array, Map, MapData};
 
 use super::{map_err, typed};
 use crate::error::Result;
-use crate::layout::{Config, CFG_F_STRICT};
+use crate::layout::{Config, CFG_F_DNS_PROXY, CFG_F_STRICT};
 
 pub(crate) const NAME: &str = "mg_config";
 
@@ -41,6 +41,28 @@ impl ConfigMap {
             }
         }
         self.map.set(0, cfg, 0).map_err(map_err(NAME, "writing"))
+    }
+
+    /// Whether the node's DNS proxy runs: with `true`, a pod's UDP or TCP
+    /// packet to port 53 (not one the load balancer translated, not a reply)
+    /// goes to the host stack without the source's egress policy and without
+    /// egress gateway steering, marked `MARK_MAGIC | identity`, for the
+    /// proxy's DNAT rule (which must be in place first: until it is, such
+    /// packets go where they were sent, unjudged). Strict mode and a local
+    /// destination's ingress policy still apply. Other flags are kept.
+    pub fn set_dns_proxy(&mut self, on: bool) -> Result<()> {
+        let mut cfg = self.get()?;
+        if on {
+            cfg.flags |= CFG_F_DNS_PROXY;
+        } else {
+            cfg.flags &= !CFG_F_DNS_PROXY;
+        }
+        self.map.set(0, cfg, 0).map_err(map_err(NAME, "writing"))
+    }
+
+    /// The flag set by [`Self::set_dns_proxy`].
+    pub fn dns_proxy(&self) -> Result<bool> {
+        Ok(self.get()?.flags & CFG_F_DNS_PROXY != 0)
     }
 
     /// This node's tunnel IP: an egress route whose chosen gateway is this

@@ -16,7 +16,8 @@ use ipnet::Ipv4Net;
 use super::{is_not_found, map_err, typed};
 use crate::error::{Error, Result};
 use crate::layout::{
-    CtKey, EgressAddrs, EgressCtValue, EgressValue, EGRESS_F_EXCLUDED, EGRESS_MAX_GWS,
+    CtKey, EgressAddrs, EgressCtValue, EgressValue, EGRESS_FQDN_TAG_SHIFT, EGRESS_F_EXCLUDED,
+    EGRESS_F_FQDN, EGRESS_MAX_GWS,
 };
 
 pub(crate) const NAME: &str = "mg_egress";
@@ -36,6 +37,11 @@ pub struct EgressRoute {
     /// Tunnel IPs of the gateway nodes; empty = the traffic is dropped
     /// (`no-egress-gateway`), never sent with the pod's own address.
     pub gateways: Vec<Ipv4Addr>,
+    /// 0: a CIDR route (the agent's). Else the tag of the destinationFQDNs
+    /// policy the DNS proxy wrote this /32 route for (kept in the flags,
+    /// `MG_EGRESS_F_FQDN`); the datapath steers it like any other route,
+    /// and the agent leaves such routes to the proxy.
+    pub fqdn_tag: u16,
 }
 
 /// A flow steered to a gateway, as `mg_egress_ct` holds it.
@@ -80,8 +86,12 @@ impl EgressRoute {
                 count: self.gateways.len(),
             });
         }
+        let mut flags = if self.excluded { EGRESS_F_EXCLUDED } else { 0 };
+        if self.fqdn_tag != 0 {
+            flags |= EGRESS_F_FQDN | u32::from(self.fqdn_tag) << EGRESS_FQDN_TAG_SHIFT;
+        }
         let mut v = EgressValue {
-            flags: if self.excluded { EGRESS_F_EXCLUDED } else { 0 },
+            flags,
             snat_index: u32::from(self.snat_index),
             count: self.gateways.len() as u32,
             gateways: [0; EGRESS_MAX_GWS],
@@ -98,6 +108,11 @@ impl EgressRoute {
             excluded: v.flags & EGRESS_F_EXCLUDED != 0,
             snat_index: u8::try_from(v.snat_index).unwrap_or(0),
             gateways: v.gateways[..count].iter().map(|g| ip(*g)).collect(),
+            fqdn_tag: if v.flags & EGRESS_F_FQDN != 0 {
+                (v.flags >> EGRESS_FQDN_TAG_SHIFT) as u16
+            } else {
+                0
+            },
         }
     }
 }
@@ -183,6 +198,7 @@ mod tests {
             excluded: false,
             snat_index: 3,
             gateways: vec![Ipv4Addr::new(100, 64, 0, 7), Ipv4Addr::new(100, 64, 0, 8)],
+            fqdn_tag: 0,
         };
         let src = Ipv4Addr::new(10, 0, 0, 1);
         let v = route.to_raw(src, net("0.0.0.0/0")).expect("raw");
@@ -208,6 +224,7 @@ mod tests {
             excluded: true,
             snat_index: 0,
             gateways: vec![],
+            fqdn_tag: 0,
         };
         let v = route
             .to_raw(Ipv4Addr::LOCALHOST, net("10.0.0.0/8"))
@@ -217,11 +234,34 @@ mod tests {
     }
 
     #[test]
+    fn an_fqdn_route_keeps_its_tag_in_the_flags() {
+        let route = EgressRoute {
+            excluded: false,
+            snat_index: 1,
+            gateways: vec![Ipv4Addr::new(100, 64, 0, 7)],
+            fqdn_tag: 0xbeef,
+        };
+        let v = route
+            .to_raw(Ipv4Addr::new(10, 0, 0, 1), net("203.0.113.7/32"))
+            .expect("raw");
+        assert_eq!(v.flags, EGRESS_F_FQDN | 0xbeef << 16);
+        assert_eq!(v.flags & EGRESS_F_EXCLUDED, 0, "the datapath steers it");
+        assert_eq!(EgressRoute::from_raw(&v), route);
+        // Tag bits without the flag (no writer does that) are no tag.
+        let untagged = EgressValue {
+            flags: 0x1234 << 16,
+            ..v
+        };
+        assert_eq!(EgressRoute::from_raw(&untagged).fqdn_tag, 0);
+    }
+
+    #[test]
     fn more_than_sixteen_gateways_is_an_error() {
         let route = EgressRoute {
             excluded: false,
             snat_index: 0,
             gateways: (0..17).map(|i| Ipv4Addr::new(100, 64, 0, i)).collect(),
+            fqdn_tag: 0,
         };
         let err = route
             .to_raw(Ipv4Addr::new(10, 0, 0, 1), net("0.0.0.0/0"))

@@ -201,7 +201,13 @@ impl EgressRuntime {
 
     /// What the pinned map holds, read once after load.
     pub fn adopt_pinned(&mut self, routes: Vec<(Ipv4Addr, Ipv4Net, EgressRoute)>) {
-        self.applied = routes.into_iter().map(|(s, d, r)| ((s, d), r)).collect();
+        // Routes the DNS proxy wrote (destinationFQDNs, `fqdn_tag != 0`) are
+        // its own: not adopted, so never removed as stale here.
+        self.applied = routes
+            .into_iter()
+            .filter(|(_, _, r)| r.fqdn_tag == 0)
+            .map(|(s, d, r)| ((s, d), r))
+            .collect();
         // The indices the pinned routes use for this node's egress IPs
         // cannot be read back from the map; keep the order they had by
         // assigning in address order again (as at the first start).
@@ -336,6 +342,7 @@ fn map_route(r: &meshgate_egress::Route, indices: &BTreeMap<Ipv4Addr, u8>) -> Eg
         excluded: r.excluded,
         snat_index: r.snat.and_then(|ip| indices.get(&ip).copied()).unwrap_or(0),
         gateways: r.gateways.clone(),
+        fqdn_tag: 0,
     }
 }
 
