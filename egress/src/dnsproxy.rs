@@ -12,6 +12,7 @@
 //! `gateway/src/dnsproxy.rs`.
 
 
+pub mod datapath;
 pub mod decide;
 pub mod fuzz;
 pub mod state;
