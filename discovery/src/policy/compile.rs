@@ -115,6 +115,8 @@ pub(crate) fn for_each_entry(
             let peers = |rule: &super::Rule| -> BTreeSet<u32> {
                 match &rule.peers {
                     Peers::Any => BTreeSet::from([0]),
+                    // World addresses, allowed by the DNS proxy's map.
+                    Peers::Fqdns(_) => BTreeSet::new(),
                     Peers::Selected(sels) => identities
                         .iter()
                         // 0 is the wildcard in entries, never a peer.
