@@ -22,17 +22,19 @@
 //! (`destinationFQDNs`) are refused until the DNS proxy exists.
 
 mod cegp;
-pub mod dnsproxy;
-pub mod fqdn;
 mod describe;
+pub mod dnsproxy;
 mod error;
 mod fields;
 mod file;
+pub mod fqdn;
 pub mod gateways;
 mod policy;
 
 #[cfg(test)]
 mod cegp_tests;
+#[cfg(test)]
+mod fqdn_tests;
 #[cfg(test)]
 mod gateways_tests;
 #[cfg(test)]
