@@ -82,7 +82,7 @@ mod state_tests;
 mod testutil;
 
 pub use cilium::{cilium_key, NAMESPACE_LABELS_PREFIX};
-pub use compile::{compile, Compiled};
+pub use compile::{compile, is_subject, Compiled};
 pub use describe::summary;
 pub use fqdn::{FqdnError, FqdnMatch, MAX_FQDN_LENGTH, MAX_LABEL_LENGTH};
 pub use k8s::NAMESPACE_NAME_LABEL;

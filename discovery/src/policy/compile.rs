@@ -43,8 +43,9 @@ pub fn compile<'a>(
     out
 }
 
-/// Whether `id` is a subject of `subject` (local, and matching).
-pub(crate) fn is_subject(scope: &Scope, subject: &Selector, id: u32, labels: &Labels) -> bool {
+/// Whether `id` is a subject of `subject` (local, and matching): the rule
+/// every consumer of the policies (these maps, the DNS proxy's view) uses.
+pub fn is_subject(scope: &Scope, subject: &Selector, id: u32, labels: &Labels) -> bool {
     cluster_of(id) == u32::from(scope.cluster_id) && subject.matches(labels)
 }
 
