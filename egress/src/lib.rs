@@ -45,6 +45,8 @@ mod dns_policy_tests;
 #[cfg(test)]
 mod fqdn_tests;
 #[cfg(test)]
+mod gateways_fqdn_tests;
+#[cfg(test)]
 mod gateways_tests;
 #[cfg(test)]
 mod testworld;
@@ -55,7 +57,7 @@ pub use dns_policy::identity_dns;
 pub use error::ParseError;
 pub use file::{parse_policy_file, parse_policy_text, PolicyFile};
 pub use gateways::{
-    plan, EgressGatewayStatus, EgressPlan, EgressPolicyStatus, EndpointView, NodeAddress, NodeView,
-    Route, MAX_GATEWAYS,
+    fqdn_tag, plan, EgressGatewayStatus, EgressPlan, EgressPolicyStatus, EndpointView, FqdnRoutes,
+    NodeAddress, NodeView, Route, MAX_GATEWAYS,
 };
 pub use policy::{Destinations, EgressIpSource, EgressPolicy, EndpointSelector, GatewaySpec};
