@@ -1,12 +1,14 @@
 //! Identity policy: Kubernetes `NetworkPolicy` and the L3/L4 part of
-//! `CiliumNetworkPolicy`, read from YAML and compiled into the entries of the
-//! datapath's policy maps (pure; no I/O, no eBPF types).
+//! `CiliumNetworkPolicy` (with its FQDN and DNS rules), read from YAML and
+//! compiled into the entries of the datapath's policy maps (pure; no I/O, no
+//! eBPF types).
 //!
 //! Layout: [`selector`] (label selectors matched against identity label
 //! sets), `yaml` (documents → [`Policy`]; `k8s` and `cilium` hold the
 //! two kinds), `compile` (policies + identities → [`Compiled`]),
 //! `state` ([`PolicyState`]: the same, incrementally, as [`PolicyDiff`]s),
-//! `describe` ([`summary`], for `meshgate policy check`).
+//! `describe` ([`summary`], for `meshgate policy check`), `fqdn`
+//! ([`FqdnMatch`]: `matchName` / `matchPattern`, checked).
 //!
 //! # What the output means
 //!
@@ -40,8 +42,15 @@
 //!   `toPorts` allows those ports from/to any peer; a port without protocol is
 //!   `ANY`, which for a given port means TCP, UDP and SCTP, and with no port
 //!   means any protocol.
+//! - Cilium `toFQDNs` (egress allow rules, alone as the rule's peers, as
+//!   Cilium requires) and `toPorts[].rules.dns` are read into
+//!   [`Peers::Fqdns`] and [`Rule::dns`] for the DNS proxy (see
+//!   `meshgate_egress::dns_policy`); a `toFQDNs` rule selects its subjects in
+//!   egress and gives no entries here. Names and patterns are checked as
+//!   [`FqdnMatch`] says.
 //! - What is not supported is an error naming the policy and the field, never
-//!   skipped: `ipBlock`, CIDR, entity, FQDN, service and L7 rules, ICMP
+//!   skipped: `ipBlock`, CIDR, entity, service and L7 rules other than DNS,
+//!   `toFQDNs` in deny rules, ICMP
 //!   rules, named ports, namespace labels other than the namespace's name,
 //!   `CiliumClusterwideNetworkPolicy`, port ranges over
 //!   1024 ports (each port is one entry). Stricter than Kubernetes: rules of a
@@ -53,6 +62,7 @@
 
 mod compile;
 mod describe;
+mod fqdn;
 pub mod selector;
 mod state;
 mod yaml;
@@ -60,6 +70,8 @@ mod yaml;
 mod cilium;
 mod k8s;
 
+#[cfg(test)]
+mod cilium_fqdn_tests;
 #[cfg(test)]
 mod cilium_tests;
 #[cfg(test)]
@@ -70,8 +82,9 @@ mod state_tests;
 mod testutil;
 
 pub use cilium::{cilium_key, NAMESPACE_LABELS_PREFIX};
-pub use compile::{compile, Compiled};
+pub use compile::{compile, is_subject, Compiled};
 pub use describe::summary;
+pub use fqdn::{FqdnError, FqdnMatch, MAX_FQDN_LENGTH, MAX_LABEL_LENGTH};
 pub use k8s::NAMESPACE_NAME_LABEL;
 pub use selector::Selector;
 pub use state::{PolicyDiff, PolicyState};
@@ -207,6 +220,12 @@ pub enum Peers {
     Any,
     /// Identities matching any of these selectors (none: the rule allows nothing).
     Selected(Vec<Selector>),
+    /// `toFQDNs` (egress allow rules only; never empty): the addresses the
+    /// DNS proxy answered for a matching name, which are world addresses,
+    /// not identities. The rule gives no `mg_policy` entries (the DNS
+    /// proxy's map allows those addresses in the datapath) but selects its
+    /// subjects in egress like any egress rule.
+    Fqdns(Vec<FqdnMatch>),
 }
 
 /// One rule, normalised from either kind.
@@ -217,6 +236,10 @@ pub struct Rule {
     pub peers: Peers,
     /// Never empty: "any port" is `[PortProto::ANY]`.
     pub ports: Vec<PortProto>,
+    /// `toPorts[].rules.dns` of an egress rule, all its port rules together:
+    /// the names its subjects may look up at all (the DNS proxy's rule; the
+    /// ports above are compiled as usual). Empty: the rule has no DNS rule.
+    pub dns: Vec<FqdnMatch>,
 }
 
 /// A subject selector with the directions it selects and its rules. A

@@ -11,12 +11,13 @@ use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net};
 use meshgate_discovery::policy::{
-    cilium_key, parse_label_selector, OtherDocument, Selector, NAMESPACE_LABELS_PREFIX,
+    cilium_key, parse_label_selector, FqdnMatch, OtherDocument, Selector, NAMESPACE_LABELS_PREFIX,
     NAMESPACE_NAME_LABEL,
 };
 use serde_yaml::Value;
 
 use crate::fields::{no_hint, shape, Ctx};
+use crate::fqdn::NameMatch;
 use crate::{
     Destinations, EgressIpSource, EgressPolicy, EndpointSelector, GatewaySpec, ParseError,
 };
@@ -94,11 +95,12 @@ pub fn parse_document(doc: &OtherDocument<'_>) -> Result<EgressPolicy, ParseErro
         &[
             "selectors",
             "destinationCIDRs",
+            "destinationFQDNs",
             "excludedCIDRs",
             "egressGateway",
             "egressGateways",
         ],
-        &spec_hint,
+        &no_hint,
     )?;
 
     let mut selectors = Vec::new();
@@ -114,11 +116,12 @@ pub fn parse_document(doc: &OtherDocument<'_>) -> Result<EgressPolicy, ParseErro
     }
 
     let cidrs = cidr_list(&ctx, "spec.destinationCIDRs", spec.get("destinationCIDRs"))?;
-    if cidrs.is_empty() {
+    let fqdns = fqdn_list(&ctx, "spec.destinationFQDNs", spec.get("destinationFQDNs"))?;
+    if cidrs.is_empty() && fqdns.is_empty() {
         return Err(ctx.err(
             "spec.destinationCIDRs",
             "is missing or empty; list the destinations to route through the gateway \
-             (`0.0.0.0/0` for all)",
+             (`0.0.0.0/0` for all), or the names in destinationFQDNs",
         ));
     }
     let excluded = cidr_list(&ctx, "spec.excludedCIDRs", spec.get("excludedCIDRs"))?;
@@ -166,20 +169,63 @@ pub fn parse_document(doc: &OtherDocument<'_>) -> Result<EgressPolicy, ParseErro
     Ok(EgressPolicy {
         name,
         selectors,
-        destinations: Destinations { cidrs, excluded },
+        destinations: Destinations {
+            cidrs,
+            fqdns,
+            excluded,
+        },
         gateways,
     })
 }
 
-fn spec_hint(field: &str) -> Option<String> {
-    match field {
-        "destinationFQDNs" => Some(
-            "is not supported yet: FQDN destinations come with the DNS proxy; use \
-             destinationCIDRs"
-                .into(),
-        ),
-        _ => None,
+/// `destinationFQDNs`: `{matchName}` / `{matchPattern}` items, checked as
+/// in `toFQDNs` ([`FqdnMatch`]); absent is none, an empty list is refused.
+fn fqdn_list(ctx: &Ctx<'_>, field: &str, v: Option<&Value>) -> Result<Vec<NameMatch>, ParseError> {
+    let items = ctx.list(field, v)?;
+    if items.is_empty() && v.is_some_and(|v| !v.is_null()) {
+        return Err(ctx.err(
+            field,
+            "is empty; list names (`- matchName: api.example.com`) or patterns \
+             (`- matchPattern: \"*.example.com\"`), or remove it",
+        ));
     }
+    let mut out = Vec::new();
+    for (f, item) in items {
+        let m = ctx
+            .map(&f, Some(item))?
+            .ok_or_else(|| ctx.err(&f, "is empty; give matchName or matchPattern"))?;
+        ctx.only(&f, m, &["matchName", "matchPattern"], &no_hint)?;
+        let name_field = format!("{f}.matchName");
+        let pattern_field = format!("{f}.matchPattern");
+        let name = ctx.string(&name_field, m.get("matchName"))?;
+        let pattern = ctx.string(&pattern_field, m.get("matchPattern"))?;
+        let checked =
+            match (name, pattern) {
+                (Some(n), None) => {
+                    FqdnMatch::name(&n).map_err(|e| ctx.err(&name_field, e.to_string()))?
+                }
+                (None, Some(p)) => {
+                    FqdnMatch::pattern(&p).map_err(|e| ctx.err(&pattern_field, e.to_string()))?
+                }
+                (Some(_), Some(_)) => return Err(ctx.err(
+                    &f,
+                    "gives both matchName and matchPattern; give one per item (write two items)",
+                )),
+                (None, None) => {
+                    return Err(ctx.err(
+                        &f,
+                        "gives neither matchName nor matchPattern (or an empty one); give one \
+                     (`matchName: api.example.com`)",
+                    ))
+                }
+            };
+        let m = NameMatch::from(checked);
+        if out.contains(&m) {
+            return Err(ctx.err(&f, format!("{m} is listed twice; remove one")));
+        }
+        out.push(m);
+    }
+    Ok(out)
 }
 
 fn endpoint_selector(

@@ -4,6 +4,7 @@ use std::net::Ipv4Addr;
 
 use meshgate_discovery::policy::{NAMESPACE_LABEL, NAMESPACE_NAME_LABEL};
 
+use crate::fqdn::NameMatch;
 use crate::{
     parse_policy_file, parse_policy_text, summary, EgressIpSource, ParseError, PolicyFile,
 };
@@ -246,9 +247,9 @@ fn duplicate_names_are_refused_naming_both_documents() {
 #[test]
 fn identity_errors_pass_through() {
     let e = err("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: x, namespace: s}\n\
-                 spec:\n  endpointSelector: {}\n  egress:\n  - toFQDNs: [{matchName: example.com}]\n");
+                 spec:\n  endpointSelector: {}\n  egress:\n  - toFQDNs: [{matchName: \"*.example.com\"}]\n");
     assert!(matches!(e, ParseError::Identity(_)), "{e:?}");
-    assert_eq!(e.field(), Some("spec.egress[0].toFQDNs"));
+    assert_eq!(e.field(), Some("spec.egress[0].toFQDNs[0].matchName"));
     let e = err("kind: Pod\n");
     assert!(
         e.to_string()
@@ -311,14 +312,89 @@ fn unknown_fields_are_refused_with_their_path() {
 }
 
 #[test]
-fn fqdn_destinations_are_refused_until_the_dns_proxy() {
-    let e = err(&policy(&format!(
-        "{BASIC}  destinationFQDNs: [{{matchName: example.com}}]\n"
+fn fqdn_destinations_are_read_with_or_without_cidrs() {
+    let f = parse(&policy(&format!(
+        "{BASIC}  destinationFQDNs: [{{matchName: API.example.com.}}, {{matchPattern: \"*.example.com\"}}]\n"
     )));
+    let p = &f.egress[0];
+    assert_eq!(
+        p.destinations.cidrs,
+        vec!["0.0.0.0/0".parse::<ipnet::Ipv4Net>().expect("cidr")]
+    );
+    assert_eq!(
+        p.destinations.fqdns,
+        vec![
+            NameMatch::MatchName("api.example.com".into()),
+            NameMatch::MatchPattern("*.example.com".into()),
+        ]
+    );
+    assert_eq!(
+        summary(p),
+        "CiliumEgressGatewayPolicy/out: [pods app=web] to 0.0.0.0/0 and addresses of name \
+         api.example.com or pattern *.example.com via nodes [egress=true] (default-route \
+         interface)\n"
+    );
+    let only = BASIC.replace(
+        "  destinationCIDRs: [\"0.0.0.0/0\"]\n",
+        "  destinationFQDNs: [{matchPattern: \"**.example.com\"}]\n  excludedCIDRs: [10.0.0.0/8]\n",
+    );
+    let f = parse(&policy(&only));
+    let p = &f.egress[0];
+    assert!(p.destinations.cidrs.is_empty());
+    assert_eq!(
+        summary(p),
+        "CiliumEgressGatewayPolicy/out: [pods app=web] to addresses of pattern **.example.com \
+         excluding 10.0.0.0/8 via nodes [egress=true] (default-route interface)\n"
+    );
+}
+
+#[test]
+fn bad_fqdn_destinations_are_refused_naming_the_field() {
+    let with = |list: &str| policy(&format!("{BASIC}  destinationFQDNs: {list}\n"));
+    let cases = [
+        (
+            "[{matchName: \"*.a.com\"}]",
+            "spec.destinationFQDNs[0].matchName",
+            "matchPattern",
+        ),
+        (
+            "[{matchPattern: \"a.**.com\"}]",
+            "spec.destinationFQDNs[0].matchPattern",
+            "`**.`",
+        ),
+        (
+            "[{matchPattern: \"a_b c\"}]",
+            "spec.destinationFQDNs[0].matchPattern",
+            "allowed",
+        ),
+        (
+            "[{matchName: a.com, matchPattern: b.com}]",
+            "spec.destinationFQDNs[0]",
+            "both",
+        ),
+        ("[{}]", "spec.destinationFQDNs[0]", "neither"),
+        ("[{matchName: \"\"}]", "spec.destinationFQDNs[0]", "neither"),
+        (
+            "[{matchNames: a.com}]",
+            "spec.destinationFQDNs[0].matchNames",
+            "matchName, matchPattern",
+        ),
+        (
+            "[{matchName: a.com}, {matchName: A.com}]",
+            "spec.destinationFQDNs[1]",
+            "twice",
+        ),
+        ("[]", "spec.destinationFQDNs", "is empty"),
+        ("a.com", "spec.destinationFQDNs", "not a list"),
+    ];
+    for (list, field, what) in cases {
+        assert_field(&err(&with(list)), field, what);
+    }
+    let neither = BASIC.replace("  destinationCIDRs: [\"0.0.0.0/0\"]\n", "");
     assert_field(
-        &e,
-        "spec.destinationFQDNs",
-        "not supported yet: FQDN destinations come with the DNS proxy; use destinationCIDRs",
+        &err(&policy(&neither)),
+        "spec.destinationCIDRs",
+        "or the names in destinationFQDNs",
     );
 }
 

@@ -6,6 +6,7 @@ use crate::EgressPolicy;
 ///
 /// ```text
 /// CiliumEgressGatewayPolicy/out: pods [app=web] or [kubernetes.io/metadata.name=shop] to 0.0.0.0/0 excluding 10.0.0.0/8 via nodes [egress=true] (egress IP 192.0.2.10)
+/// CiliumEgressGatewayPolicy/api: [pods app=web] to 192.0.2.0/24 and addresses of name api.example.com or pattern *.example.com via nodes [egress=true] (default-route interface)
 /// ```
 pub fn summary(p: &EgressPolicy) -> String {
     let selectors: Vec<String> = p
@@ -31,11 +32,19 @@ pub fn summary(p: &EgressPolicy) -> String {
             .collect::<Vec<_>>()
             .join(",")
     };
+    let mut to = Vec::new();
+    if !p.destinations.cidrs.is_empty() {
+        to.push(join(&p.destinations.cidrs));
+    }
+    if !p.destinations.fqdns.is_empty() {
+        let names: Vec<String> = p.destinations.fqdns.iter().map(|m| m.to_string()).collect();
+        to.push(format!("addresses of {}", names.join(" or ")));
+    }
     let mut out = format!(
         "CiliumEgressGatewayPolicy/{}: {} to {}",
         p.name,
         selectors.join(" or "),
-        join(&p.destinations.cidrs)
+        to.join(" and ")
     );
     if !p.destinations.excluded.is_empty() {
         out.push_str(&format!(" excluding {}", join(&p.destinations.excluded)));

@@ -26,6 +26,14 @@
 //!   gateways, with this node's egress IP to SNAT to.
 //! - Two policies giving one key: the first by name wins; a problem names
 //!   both.
+//! - `destinationFQDNs` (see `fqdn`): a policy with names gives, on a node
+//!   with selected pods of its own or SNATing for it, one [`FqdnRoutes`]
+//!   for the DNS proxy: the node's selected pods, and the gateways and SNAT
+//!   address its CIDR routes have (the candidates depend only on the
+//!   source's cluster, so a node's pods share them). Its routes are tagged
+//!   [`fqdn_tag`]; of two policies with one tag, the second by name gets no
+//!   FQDN routes and a problem names both. A policy with names only still
+//!   has status, watched gateways and SNAT on its gateways, like any.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -37,6 +45,10 @@ use meshgate_discovery::policy::{CLUSTER_LABEL, NAMESPACE_LABEL};
 pub use meshgate_discovery::model::{EgressGatewayStatus, EgressPolicyStatus, NodeAddress};
 
 use crate::{EgressIpSource, EgressPolicy, GatewaySpec};
+
+mod fqdn;
+
+pub use fqdn::{fqdn_tag, FqdnRoutes};
 
 /// Most gateways one route holds (the datapath's per-route array).
 pub const MAX_GATEWAYS: usize = 16;
@@ -90,6 +102,9 @@ pub struct EgressPlan {
     pub gateway_of_any: bool,
     /// The gateway nodes whose health this node's routes depend on.
     pub watched: BTreeSet<String>,
+    /// The `destinationFQDNs` policies this node has selected pods or SNAT
+    /// for, in name order.
+    pub fqdn: Vec<FqdnRoutes>,
 }
 
 /// A route's key: (source pod IP, destination or excluded CIDR).
@@ -166,10 +181,29 @@ pub fn plan(
     // (winner, loser) → (first key, how many keys).
     let mut conflicts: BTreeMap<(&str, &str), (RouteKey, usize)> = BTreeMap::new();
     let mut my_ifaces: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+    let mut tags: BTreeMap<u16, &str> = BTreeMap::new();
 
     for p in order {
         let mine = candidates(&p.gateways, my_cluster, nodes, &node_labels, &mut is_up);
         report(p, &mine, me, true, &mut problems);
+        let tag = (!p.destinations.fqdns.is_empty())
+            .then(|| fqdn_tag(&p.name))
+            .filter(|t| match tags.get(t) {
+                Some(first) => {
+                    problems.insert(format!(
+                        "egress policies {first} and {} have the same FQDN route tag {t}; \
+                         {}'s destinationFQDNs are not applied (the first by name keeps the \
+                         tag): rename one",
+                        p.name, p.name
+                    ));
+                    false
+                }
+                None => {
+                    tags.insert(*t, &p.name);
+                    true
+                }
+            });
+        let mut fqdn = fqdn::Gather::default();
         let mut per_cluster: BTreeMap<&str, Vec<Candidate<'_>>> = BTreeMap::new();
         let mut selected_here = 0usize;
 
@@ -214,11 +248,15 @@ pub fn plan(
             // the same way (a gateway does not serve a route its source
             // node takes from another policy).
             let here = on_me || my_snat.is_some();
-            let gateways: Vec<Ipv4Addr> = c
-                .iter()
-                .filter(|g| g.usable)
-                .filter_map(|g| g.tunnel_ip)
-                .collect();
+            let gateways = usable_ips(&c);
+            if tag.is_some() {
+                if on_me {
+                    fqdn.source(e.ip, &gateways);
+                }
+                if let Some((ip, _)) = my_snat {
+                    fqdn.snat(ip);
+                }
+            }
             let via = Route {
                 excluded: false,
                 gateways,
@@ -254,6 +292,10 @@ pub fn plan(
             }
         }
 
+        if let Some(tag) = tag {
+            out.fqdn
+                .extend(fqdn.finish(p, tag, usable_ips(&mine), &mut problems));
+        }
         out.status.push(EgressPolicyStatus {
             name: p.name.clone(),
             endpoints: selected_here,
@@ -261,11 +303,10 @@ pub fn plan(
         });
     }
 
-    for r in out.routes.values() {
-        if let Some(ip) = r.snat {
-            if let Some(iface) = my_ifaces.get(&ip) {
-                out.snat.insert(ip, iface.clone());
-            }
+    let snat_ips = out.routes.values().map(|r| r.snat);
+    for ip in snat_ips.chain(out.fqdn.iter().map(|f| f.snat)).flatten() {
+        if let Some(iface) = my_ifaces.get(&ip) {
+            out.snat.insert(ip, iface.clone());
         }
     }
     out.problems.extend(problems);
@@ -282,6 +323,15 @@ pub fn plan(
         ));
     }
     out
+}
+
+/// Tunnel IPs of the usable candidates, in hash order.
+fn usable_ips(cands: &[Candidate<'_>]) -> Vec<Ipv4Addr> {
+    cands
+        .iter()
+        .filter(|g| g.usable)
+        .filter_map(|g| g.tunnel_ip)
+        .collect()
 }
 
 /// The candidates of `specs` for endpoints of `cluster`, in hash order

@@ -6,6 +6,8 @@ use ipnet::Ipv4Net;
 use meshgate_discovery::identity::Labels;
 use meshgate_discovery::policy::Selector;
 
+use crate::fqdn::NameMatch;
+
 /// One `CiliumEgressGatewayPolicy` (cluster-scoped: a name, no namespace).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EgressPolicy {
@@ -13,24 +15,31 @@ pub struct EgressPolicy {
     /// `spec.selectors`: an endpoint is selected when any of them matches.
     /// Never empty.
     pub selectors: Vec<EndpointSelector>,
-    /// `spec.destinationCIDRs` / `spec.excludedCIDRs`.
+    /// `spec.destinationCIDRs` / `spec.destinationFQDNs` / `spec.excludedCIDRs`.
     pub destinations: Destinations,
     /// `spec.egressGateway`, or the entries of `spec.egressGateways`, in the
     /// order written. Never empty.
     pub gateways: Vec<GatewaySpec>,
 }
 
-/// Where the selected traffic goes through the gateways.
+/// Where the selected traffic goes through the gateways: `cidrs`, `fqdns`
+/// or both, never neither.
 ///
-/// Today only CIDRs. `destinationFQDNs` is refused by the parser until the
-/// DNS proxy exists; it will add a field here (the FQDN patterns), whose
-/// resolved addresses the agent turns into more routes beside `cidrs`.
+/// Cilium itself requires `destinationCIDRs` (it has no
+/// `destinationFQDNs` in the open-source kind); meshgate also takes a policy
+/// with names only. The addresses the DNS proxy answers for a matching name
+/// get routes beside those of `cidrs` (planned as
+/// [`crate::EgressPlan::fqdn`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Destinations {
-    /// `destinationCIDRs`: IPv4, no host bits, no duplicates; never empty.
+    /// `destinationCIDRs`: IPv4, no host bits, no duplicates.
     pub cidrs: Vec<Ipv4Net>,
+    /// `destinationFQDNs`: names and patterns as in `toFQDNs`, checked,
+    /// normalised, no duplicates.
+    pub fqdns: Vec<NameMatch>,
     /// `excludedCIDRs`: traffic to these leaves as it would without the
-    /// policy. None of them is also in `cidrs`.
+    /// policy (also when a name answers an address in them). None of them
+    /// is also in `cidrs`.
     pub excluded: Vec<Ipv4Net>,
 }
 

@@ -122,18 +122,53 @@ mod tests {
             &dir,
             "bad.yaml",
             "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: out, namespace: shop}\n\
-             spec:\n  endpointSelector: {}\n  egress:\n  - toFQDNs: [{matchName: example.com}]\n",
+             spec:\n  endpointSelector: {}\n  egress:\n  - toFQDNs: [{matchPattern: \"a.**.example.com\"}]\n",
         );
         let (text, ok) = check(&[good.clone(), bad, good]);
         assert!(!ok);
         assert!(
-            text.contains("bad.yaml: CiliumNetworkPolicy shop/out: spec.egress[0].toFQDNs"),
+            text.contains(
+                "bad.yaml: CiliumNetworkPolicy shop/out: spec.egress[0].toFQDNs[0].matchPattern: \
+                 \"a.**.example.com\": `**` is only allowed as a leading `**.`"
+            ),
             "{text}"
         );
         assert!(text.contains("also defined in"), "{text}");
         assert!(text.ends_with("2 error(s)\n"), "{text}");
         let (text, ok) = check(&[dir.path().join("missing.yaml")]);
         assert!(!ok && text.contains("cannot read policy file"), "{text}");
+    }
+
+    #[test]
+    fn check_shows_fqdn_and_dns_rules() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = write(
+            &dir,
+            "fqdn.yaml",
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: web, namespace: shop}\n\
+             spec:\n  endpointSelector: {matchLabels: {app: web}}\n  egress:\n\
+             \x20 - toEndpoints: [{matchLabels: {io.kubernetes.pod.namespace: kube-system}}]\n\
+             \x20   toPorts: [{ports: [{port: \"53\", protocol: UDP}], rules: {dns: [{matchPattern: \"*.example.com\"}]}}]\n\
+             \x20 - toFQDNs: [{matchName: api.example.com}]\n\
+             \x20   toPorts: [{ports: [{port: \"443\", protocol: TCP}]}]\n\
+             ---\napiVersion: cilium.io/v2\nkind: CiliumEgressGatewayPolicy\nmetadata: {name: api}\n\
+             spec:\n  selectors: [{podSelector: {matchLabels: {app: web}}}]\n\
+             \x20 destinationFQDNs: [{matchPattern: \"**.example.com\"}]\n\
+             \x20 egressGateway: {nodeSelector: {matchLabels: {egress: \"true\"}}}\n",
+        );
+        let (text, ok) = check(std::slice::from_ref(&f));
+        assert!(ok, "{text}");
+        for line in [
+            "  subject app=web,io.kubernetes.pod.namespace=shop; default deny: egress\n",
+            "  egress allow to [io.kubernetes.pod.namespace=kube-system] on 53/udp\n",
+            "    DNS lookups limited to pattern *.example.com\n",
+            "  egress allow to addresses of name api.example.com on 443/tcp\n",
+            "CiliumEgressGatewayPolicy/api: [pods app=web] to addresses of pattern **.example.com \
+             via nodes [egress=true] (default-route interface)\n",
+        ] {
+            assert!(text.contains(line), "{text:?} should hold {line:?}");
+        }
+        assert!(text.ends_with("2 policies OK\n"), "{text}");
     }
 
     const EGRESS: &str = "apiVersion: cilium.io/v2\nkind: CiliumEgressGatewayPolicy\nmetadata: {name: out}\n\

@@ -1,4 +1,5 @@
-//! The L3/L4 part of `CiliumNetworkPolicy` (cilium.io/v2) → [`Policy`].
+//! The L3/L4 part of `CiliumNetworkPolicy` (cilium.io/v2) → [`Policy`],
+//! with its `toFQDNs` peers and `toPorts[].rules.dns` (see `fqdn_rules`).
 
 use std::collections::BTreeMap;
 
@@ -8,8 +9,8 @@ use serde_yaml::Value;
 use super::selector::{LabelSelectorYaml, Requirement, Selector};
 use super::yaml::{expand_ports, port_number, Ctx};
 use super::{
-    Direction, Peers, Policy, PolicyError, PolicyRef, PolicySpec, PortProto, Rule, Selection,
-    Verdict, NAMESPACE_LABEL, PROTO_ANY, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    Direction, FqdnMatch, Peers, Policy, PolicyError, PolicyRef, PolicySpec, PortProto, Rule,
+    Selection, Verdict, NAMESPACE_LABEL, PROTO_ANY, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
 
 /// Prefix of Cilium's namespace-label selectors, which meshgate cannot match.
@@ -49,6 +50,8 @@ struct DefaultDeny {
 struct PeerRule {
     from_endpoints: Option<Value>,
     to_endpoints: Option<Value>,
+    #[serde(rename = "toFQDNs")]
+    to_fqdns: Option<Value>,
     to_ports: Option<Value>,
     #[serde(flatten)]
     extra: Extra,
@@ -57,6 +60,7 @@ struct PeerRule {
 #[derive(Debug, Deserialize)]
 struct PortRule {
     ports: Option<Value>,
+    rules: Option<Value>,
     #[serde(flatten)]
     extra: Extra,
 }
@@ -201,12 +205,49 @@ fn peer_rule(
             format!("is not a field of this rule; this direction's peers are `{peers_field}`"),
         ));
     }
-    ctx.no_extra(field, &r.extra, &[peers_field, "toPorts"])?;
+    let fqdns = match (dir, verdict, &r.to_fqdns) {
+        (_, _, None) => None,
+        (Direction::Ingress, _, Some(_)) => {
+            return Err(ctx.err(
+                &format!("{field}.toFQDNs"),
+                "is not a field of an ingress rule: FQDN peers are egress destinations \
+                 (toFQDNs in `egress`)",
+            ))
+        }
+        (Direction::Egress, Verdict::Deny, Some(_)) => {
+            return Err(ctx.err(
+                &format!("{field}.toFQDNs"),
+                "is not supported in deny rules (Cilium does not support toFQDNs in \
+                 egressDeny either): allow the names you want in `egress` instead, and the \
+                 rest stays denied",
+            ))
+        }
+        (Direction::Egress, Verdict::Allow, Some(v)) => {
+            if r.to_endpoints.is_some() {
+                return Err(ctx.err(
+                    &format!("{field}.toFQDNs"),
+                    "cannot be combined with toEndpoints in one rule (as in Cilium, toFQDNs \
+                     is the rule's only L3 peer): write them as two egress rules",
+                ));
+            }
+            let list = fqdn_list(ctx, &format!("{field}.toFQDNs"), v)?;
+            Some(list)
+        }
+    };
+    let known: &[&str] = match dir {
+        Direction::Ingress => &[peers_field, "toPorts"],
+        Direction::Egress => &[peers_field, "toFQDNs", "toPorts"],
+    };
+    ctx.no_extra(field, &r.extra, known)?;
 
     let mut ports = Vec::new();
+    let mut dns = Vec::new();
     for (f, pr) in ctx.list(&format!("{field}.toPorts"), r.to_ports.as_ref())? {
         let pr: PortRule = ctx.typed(&f, pr)?;
-        ctx.no_extra(&f, &pr.extra, &["ports"])?;
+        ctx.no_extra(&f, &pr.extra, &["ports", "rules"])?;
+        if let Some(rules) = &pr.rules {
+            dns.extend(dns_rules(ctx, dir, verdict, &format!("{f}.rules"), rules)?);
+        }
         let list = ctx.list(&format!("{f}.ports"), pr.ports.as_ref())?;
         if list.is_empty() {
             return Err(ctx.err(
@@ -240,7 +281,9 @@ fn peer_rule(
     }
 
     let peer_list = ctx.list(&format!("{field}.{peers_field}"), peers.as_ref())?;
-    let peers = if !peer_list.is_empty() {
+    let peers = if let Some(names) = fqdns {
+        Peers::Fqdns(names)
+    } else if !peer_list.is_empty() {
         let mut sels = Vec::new();
         for (f, s) in peer_list {
             let s: LabelSelectorYaml = ctx.typed(&f, s)?;
@@ -263,7 +306,96 @@ fn peer_rule(
         verdict,
         peers,
         ports,
+        dns,
     })
+}
+
+/// `toPorts[].rules` at `field`: DNS rules (`dns`) on egress allow rules;
+/// other L7 rules are refused with their field.
+fn dns_rules(
+    ctx: &Ctx,
+    dir: Direction,
+    verdict: Verdict,
+    field: &str,
+    rules: &Value,
+) -> Result<Vec<FqdnMatch>, PolicyError> {
+    let m: Extra = ctx.typed(field, rules.clone())?;
+    if let Some(k) = m.keys().find(|k| k.as_str() != "dns") {
+        return Err(ctx.err(
+            &format!("{field}.{k}"),
+            "is not supported: L7 rules other than DNS are not enforced by meshgate; remove \
+             them (L3/L4 toPorts.ports and rules.dns are supported)",
+        ));
+    }
+    let Some(v) = m.get("dns").filter(|v| !v.is_null()) else {
+        return Err(ctx.err(
+            field,
+            "is empty; give `dns:` with the names the subjects may look up, or remove `rules`",
+        ));
+    };
+    let dns_field = format!("{field}.dns");
+    match (dir, verdict) {
+        (Direction::Ingress, _) => Err(ctx.err(
+            &dns_field,
+            "is not supported on ingress: DNS rules say which names the subjects may look up, \
+             so they go on egress rules (towards the DNS server)",
+        )),
+        (Direction::Egress, Verdict::Deny) => Err(ctx.err(
+            &dns_field,
+            "is not supported in deny rules (Cilium has no L7 deny rules): list the names \
+             allowed in an `egress` rule instead",
+        )),
+        (Direction::Egress, Verdict::Allow) => fqdn_list(ctx, &dns_field, v),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FqdnYaml {
+    match_name: Option<String>,
+    match_pattern: Option<String>,
+    #[serde(flatten)]
+    extra: Extra,
+}
+
+/// A non-empty list of `{matchName}` / `{matchPattern}` at `field`, each
+/// checked ([`FqdnMatch`]).
+fn fqdn_list(ctx: &Ctx, field: &str, v: &Value) -> Result<Vec<FqdnMatch>, PolicyError> {
+    let items = ctx.list(field, Some(v))?;
+    if items.is_empty() {
+        return Err(ctx.err(
+            field,
+            "is empty; list names (`- matchName: api.example.com`) or patterns \
+             (`- matchPattern: \"*.example.com\"`)",
+        ));
+    }
+    let mut out = Vec::new();
+    for (f, item) in items {
+        let y: FqdnYaml = ctx.typed(&f, item)?;
+        ctx.no_extra(&f, &y.extra, &["matchName", "matchPattern"])?;
+        let m =
+            match (y.match_name, y.match_pattern) {
+                (Some(n), None) => FqdnMatch::name(&n)
+                    .map_err(|e| ctx.err(&format!("{f}.matchName"), e.to_string()))?,
+                (None, Some(p)) => FqdnMatch::pattern(&p)
+                    .map_err(|e| ctx.err(&format!("{f}.matchPattern"), e.to_string()))?,
+                (Some(_), Some(_)) => return Err(ctx.err(
+                    &f,
+                    "gives both matchName and matchPattern; give one per item (write two items)",
+                )),
+                (None, None) => {
+                    return Err(ctx.err(
+                        &f,
+                        "gives neither matchName nor matchPattern; give one (`matchName: \
+                     api.example.com`)",
+                    ))
+                }
+            };
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    Ok(out)
 }
 
 fn selector(ctx: &Ctx, field: &str, s: &LabelSelectorYaml) -> Result<Selector, PolicyError> {

@@ -43,8 +43,9 @@ pub fn compile<'a>(
     out
 }
 
-/// Whether `id` is a subject of `subject` (local, and matching).
-pub(crate) fn is_subject(scope: &Scope, subject: &Selector, id: u32, labels: &Labels) -> bool {
+/// Whether `id` is a subject of `subject` (local, and matching): the rule
+/// every consumer of the policies (these maps, the DNS proxy's view) uses.
+pub fn is_subject(scope: &Scope, subject: &Selector, id: u32, labels: &Labels) -> bool {
     cluster_of(id) == u32::from(scope.cluster_id) && subject.matches(labels)
 }
 
@@ -115,6 +116,8 @@ pub(crate) fn for_each_entry(
             let peers = |rule: &super::Rule| -> BTreeSet<u32> {
                 match &rule.peers {
                     Peers::Any => BTreeSet::from([0]),
+                    // World addresses, allowed by the DNS proxy's map.
+                    Peers::Fqdns(_) => BTreeSet::new(),
                     Peers::Selected(sels) => identities
                         .iter()
                         // 0 is the wildcard in entries, never a peer.

@@ -1,16 +1,19 @@
 //! A short text of a parsed policy, for `meshgate policy check`.
 
 use super::{
-    Direction, Peers, Policy, PortProto, Verdict, PROTO_ANY, PROTO_ICMP, PROTO_SCTP, PROTO_TCP,
-    PROTO_UDP,
+    Direction, FqdnMatch, Peers, Policy, PortProto, Verdict, PROTO_ANY, PROTO_ICMP, PROTO_SCTP,
+    PROTO_TCP, PROTO_UDP,
 };
 
 /// One line per subject and per rule:
 ///
 /// ```text
 /// CiliumNetworkPolicy shop/web
-///   subject app=web,io.kubernetes.pod.namespace=shop; default deny: ingress
-///   ingress allow from app=client,io.kubernetes.pod.namespace=shop on 80/tcp
+///   subject app=web,io.kubernetes.pod.namespace=shop; default deny: ingress, egress
+///   ingress allow from [app=client,io.kubernetes.pod.namespace=shop] on 80/tcp
+///   egress allow to [k8s-app=kube-dns,io.kubernetes.pod.namespace=kube-system] on 53/udp
+///     DNS lookups limited to pattern *.example.com
+///   egress allow to addresses of name api.example.com or pattern *.example.com on 443/tcp
 /// ```
 pub fn summary(p: &Policy) -> String {
     let mut out = format!("{}\n", p.id);
@@ -49,14 +52,26 @@ pub fn summary(p: &Policy) -> String {
                     .map(|s| format!("[{s}]"))
                     .collect::<Vec<_>>()
                     .join(" or "),
+                Peers::Fqdns(names) => format!("addresses of {}", fqdns(names)),
             };
             out.push_str(&format!(
                 "  {dir} {verdict} {prep} {peers} on {}\n",
                 ports(&r.ports)
             ));
+            if !r.dns.is_empty() {
+                out.push_str(&format!("    DNS lookups limited to {}\n", fqdns(&r.dns)));
+            }
         }
     }
     out
+}
+
+/// `name a.example.com or pattern *.example.com`.
+fn fqdns(list: &[FqdnMatch]) -> String {
+    list.iter()
+        .map(|m| m.to_string())
+        .collect::<Vec<_>>()
+        .join(" or ")
 }
 
 fn proto_name(p: u8) -> String {

@@ -193,6 +193,7 @@ fn rule(
         verdict: Verdict::Allow,
         peers,
         ports,
+        dns: Vec::new(),
     })
 }
 

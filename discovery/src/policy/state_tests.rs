@@ -5,8 +5,8 @@
 use super::selector::{Op, Requirement};
 use super::testutil::*;
 use super::{
-    compile, Compiled, Direction, Peers, Policy, PolicyDiff, PolicyKind, PolicyRef, PolicySpec,
-    PolicyState, PortProto, Rule, Scope, Selection, Selector, Verdict, CLUSTER_LABEL,
+    compile, Compiled, Direction, FqdnMatch, Peers, Policy, PolicyDiff, PolicyKind, PolicyRef,
+    PolicySpec, PolicyState, PortProto, Rule, Scope, Selection, Selector, Verdict, CLUSTER_LABEL,
     NAMESPACE_LABEL, PROTO_TCP, PROTO_UDP,
 };
 use crate::identity::Labels;
@@ -97,12 +97,15 @@ fn random_rule(r: &mut Rng) -> Rule {
         } else {
             Verdict::Allow
         },
-        peers: match r.below(4) {
+        peers: match r.below(5) {
             0 => Peers::Any,
             1 => Peers::Selected(Vec::new()),
+            // Selects, gives no entries.
+            2 => Peers::Fqdns(vec![FqdnMatch::Name("example.com".into())]),
             _ => Peers::Selected((0..1 + r.below(2)).map(|_| random_selector(r)).collect()),
         },
         ports: (0..n).map(|_| *r.pick(&ports_pool)).collect(),
+        dns: Vec::new(),
     }
 }
 

@@ -43,6 +43,28 @@ pub fn parse_err(yaml: &str) -> PolicyError {
     }
 }
 
+/// A CiliumNetworkPolicy `shop/p` with `spec` (indented two spaces).
+pub fn cnp(spec: &str) -> String {
+    format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: p\n  namespace: shop\nspec:\n{spec}"
+    )
+}
+
+/// `cnp(spec)` is refused at `field`, the message naming the source, the
+/// policy and `words`.
+pub fn assert_err(spec: &str, field: &str, words: &[&str]) {
+    let e = parse_err(&cnp(spec));
+    let text = e.to_string();
+    assert!(
+        text.starts_with("test.yaml: CiliumNetworkPolicy shop/p: "),
+        "names the source and policy: {text}"
+    );
+    assert_eq!(e.field(), Some(field), "{text}");
+    for w in words {
+        assert!(text.contains(w), "{text:?} should mention {w:?}");
+    }
+}
+
 pub fn compile_yaml(yaml: &str, ids: &BTreeMap<u32, Labels>) -> Compiled {
     compile(&Scope::new(LOCAL), &parse(yaml), ids)
 }

@@ -337,12 +337,12 @@ fn unsupported_hint(field: &str) -> Option<&'static str> {
             "entities (world, host, cluster, all) are not supported yet; select endpoints \
              with fromEndpoints/toEndpoints, or omit the peers to allow any peer"
         }
-        "toFQDNs" => "FQDN rules are not part of identity policy yet; use the egress FQDN policy",
         "toServices" | "toGroups" | "fromGroups" | "fromNodes" | "toNodes" | "fromRequires"
         | "toRequires" => "only fromEndpoints/toEndpoints peers are supported",
         "icmps" => "ICMP type rules are not supported; omit toPorts to allow all protocols",
-        "rules" | "serverNames" | "originatingTLS" | "terminatingTLS" | "listener" => {
-            "L7 rules are not enforced by meshgate; remove them (L3/L4 toPorts.ports is supported)"
+        "serverNames" | "originatingTLS" | "terminatingTLS" | "listener" => {
+            "L7 rules are not enforced by meshgate; remove them (L3/L4 toPorts.ports and \
+             rules.dns on egress are supported)"
         }
         "authentication" => "mutual authentication is not supported; remove it",
         "nodeSelector" => "node policies are not supported; use endpointSelector",

@@ -27,7 +27,9 @@ pub struct ProxyPolicy {
     pub clusterset: BTreeMap<String, Ipv4Addr>,
 }
 
-/// The DNS rules of one identity.
+/// The DNS rules of one identity, as [`crate::dns_policy::identity_dns`]
+/// computes them from the identity policies. Names and patterns are
+/// normalised ([`NameMatch`]); match queries with [`NameMatch::matches`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityDns {
     /// `toPorts[].rules.dns` of the rules that apply to it: the names it may
@@ -49,20 +51,27 @@ pub struct FqdnReach {
 
 /// One `CiliumEgressGatewayPolicy` with `destinationFQDNs`, as this node
 /// applies it: the answered addresses of a matching name, for a source pod
-/// listed here, get an `mg_egress` route with `route`'s gateways.
+/// listed here, get an `mg_egress` route with these gateways. Planned by
+/// [`crate::plan`] ([`crate::EgressPlan::fqdn`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FqdnEgress {
     pub policy: String,
     /// Marks the policy's routes in `mg_egress` so the agent can refresh
-    /// their gateways on failover and remove them with the policy.
+    /// their gateways on failover and remove them with the policy:
+    /// [`crate::gateways::fqdn_tag`] of the name, never 0, unique among the
+    /// entries of one file (the planner drops the second of two that
+    /// collide).
     pub tag: u16,
     pub names: Vec<NameMatch>,
     /// The local pods the policy selects.
     pub sources: Vec<Ipv4Addr>,
     /// `excludedCIDRs`: answered addresses inside them get no route.
     pub excluded: Vec<ipnet::Ipv4Net>,
-    /// On a gateway node: its SNAT index for the policy; 0 otherwise.
+    /// On a gateway node: its SNAT index for the policy; 0 otherwise (the
+    /// agent's index of the planned egress IP,
+    /// [`crate::gateways::FqdnRoutes::to_proxy`]).
     pub snat_index: u8,
-    /// Tunnel IPs of the usable gateways (empty: the traffic is dropped).
+    /// Tunnel IPs of the usable gateways (empty: the traffic is dropped),
+    /// in hash order: those of the policy's CIDR routes for these sources.
     pub gateways: Vec<Ipv4Addr>,
 }
