@@ -11,7 +11,6 @@
 //! The sockets, the steering and the restarts are the I/O shell in
 //! `gateway/src/dnsproxy.rs`.
 
-
 pub mod datapath;
 pub mod decide;
 pub mod fuzz;

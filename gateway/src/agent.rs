@@ -209,6 +209,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             datapath::Policies {
                 identity: policy,
                 egress: egress_policies,
+                dns_proxy: agent.cfg.dns_proxy,
             },
         )?;
         let _ = agent.datapath.set(dp);

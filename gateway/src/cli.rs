@@ -55,6 +55,8 @@ pub enum Command {
     /// Stream the flow events (allowed flows and drops with their reason) of
     /// the agent whose state directory is given (eBPF datapath only).
     Observe(ObserveArgs),
+    /// Run the node's DNS proxy (FQDN policy): its own process beside the agent.
+    Dnsproxy(Box<crate::dnsproxy::DnsProxyArgs>),
     /// Print the ipcache (IP → identity, node) of the agent whose state directory is given.
     Ipcache {
         #[arg(long, default_value = "/var/lib/meshgate")]
@@ -74,6 +76,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy { command } => crate::policy_cmd::run(command),
         Command::Status { state_dir } => crate::agent::print_status(&state_dir),
         Command::Observe(args) => crate::observe_cmd::run(args),
+        Command::Dnsproxy(args) => crate::dnsproxy::run(*args),
         Command::Ipcache { state_dir } => crate::ipcache_cmd::run(&state_dir),
     }
 }

@@ -44,6 +44,10 @@ pub struct ObserveOpts {
     /// flows matched by then.
     #[arg(long)]
     pub timeout: Option<f64>,
+    /// `dns`: the DNS proxies' query events (name, type, verdict, the
+    /// answer's addresses) instead of the datapath's flows.
+    #[arg(long, value_parser = ["dns"])]
+    pub protocol: Option<String>,
 }
 
 /// `meshgate observe`.
@@ -68,6 +72,10 @@ struct Source {
 }
 
 pub fn run(args: ObserveArgs) -> anyhow::Result<ExitCode> {
+    if args.opts.protocol.is_some() {
+        let dir = args.state_dir.clone();
+        return crate::observe_dns::observe(vec![(dir.display().to_string(), dir)], &args.opts);
+    }
     let source = match args.socket {
         Some(socket) => Source {
             label: socket.display().to_string(),
@@ -85,6 +93,9 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<ExitCode> {
 
 /// `meshgate lab observe WORLD [CLUSTER/NODE]`.
 pub fn run_lab(world: &str, node: Option<&str>, opts: &ObserveOpts) -> anyhow::Result<ExitCode> {
+    if opts.protocol.is_some() {
+        return crate::observe_dns::observe(meshgate_lab::observe::agent_dirs(world, node)?, opts);
+    }
     let sources = meshgate_lab::observe::agent_dirs(world, node)?
         .into_iter()
         .map(|(label, dir)| Source {
@@ -385,6 +396,7 @@ mod tests {
             count: None,
             last: 20,
             timeout: Some(5.0),
+            protocol: None,
         }
     }
 

@@ -7,8 +7,8 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use meshgate_ebpf::EgressRoute;
-use meshgate_ebpf::{FqdnEntry, FqdnPorts};
 use meshgate_ebpf::Maps;
+use meshgate_ebpf::{FqdnEntry, FqdnPorts};
 
 use super::decide::Learned;
 

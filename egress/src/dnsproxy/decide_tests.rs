@@ -229,7 +229,10 @@ fn identities_without_fqdn_rules_learn_nothing_to_reach() {
     assert_eq!(l.addresses.len(), 1);
     assert!(l.reach.is_empty());
     assert_eq!(l.reach_ports, None);
-    assert!(l.egress.is_empty(), "another pod: not a source of the policy");
+    assert!(
+        l.egress.is_empty(),
+        "another pod: not a source of the policy"
+    );
 }
 
 #[test]
@@ -248,10 +251,7 @@ fn garbage_is_formerr_or_dropped_never_a_panic() {
     // A name that is a compression pointer to itself.
     let mut looped = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
     looped.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
-    assert_eq!(
-        d.on_query(Some(APP), &looped).verdict,
-        Verdict::Malformed
-    );
+    assert_eq!(d.on_query(Some(APP), &looped).verdict, Verdict::Malformed);
     // A response sent as a query.
     let q = query("a.example.com", RecordType::A);
     let resp = answer(&q, vec![]);

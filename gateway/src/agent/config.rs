@@ -103,6 +103,13 @@ pub struct AgentArgs {
     #[arg(long)]
     #[serde(default)]
     pub strict: bool,
+    /// FQDN policy through the node's DNS proxy (needs --datapath ebpf):
+    /// pods' DNS (UDP and TCP port 53) is let through to the host, where
+    /// `meshgate dnsproxy` takes it, and the agent writes the proxy's
+    /// policy file `<state-dir>/dnsproxy-policy.json`.
+    #[arg(long)]
+    #[serde(default)]
+    pub dns_proxy: bool,
     /// Policy: a YAML file of NetworkPolicy / CiliumNetworkPolicy /
     /// CiliumEgressGatewayPolicy documents (repeatable; only with
     /// --datapath ebpf). SIGHUP re-reads the files and applies the
@@ -144,6 +151,8 @@ pub struct AgentConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Strict encryption mode (eBPF datapath only).
     pub strict: bool,
+    /// DNS proxy steering and its policy file (eBPF datapath only).
+    pub dns_proxy: bool,
     /// `--policy` files (empty: no policy is applied).
     pub policy_files: Vec<PathBuf>,
     /// `--node-label`s.
@@ -260,6 +269,12 @@ impl AgentArgs {
                  eBPF programs (add --datapath ebpf, or leave --strict out)"
             );
         }
+        let dns_proxy = self.dns_proxy || file.dns_proxy;
+        if dns_proxy && datapath != super::datapath::Mode::Ebpf {
+            bail!(
+                "--dns-proxy needs --datapath ebpf: the eBPF programs steer pods' DNS to the                  proxy and enforce what it learns (add --datapath ebpf, or leave out --dns-proxy)"
+            );
+        }
         let policy_files = pick!(policy).unwrap_or_default();
         if !policy_files.is_empty() && datapath != super::datapath::Mode::Ebpf {
             bail!(
@@ -279,6 +294,7 @@ impl AgentArgs {
             labels,
             metrics_addr: pick!(metrics_addr),
             strict,
+            dns_proxy,
             policy_files,
             datapath,
             bpf_pin_dir,

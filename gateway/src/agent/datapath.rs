@@ -15,6 +15,7 @@
 //! as tc clsact filters below (`status.json`'s `datapath.attach`; how each
 //! is replaced in place: meshgate-ebpf's `loader.rs`).
 
+pub mod dns;
 pub mod egress;
 pub mod lb;
 pub mod mesh_cidrs;
@@ -84,6 +85,9 @@ pub struct Policies {
     pub identity: Option<policy::PolicyRuntime>,
     /// Egress gateway policies.
     pub egress: Vec<meshgate_egress::EgressPolicy>,
+    /// FQDN policy through the node's DNS proxy (`--dns-proxy`): pods' DNS
+    /// is let through to it, and its policy file is written.
+    pub dns_proxy: bool,
 }
 
 struct Inner {
@@ -106,6 +110,8 @@ struct Inner {
     policy: Option<policy::PolicyRuntime>,
     /// Egress gateway policies (from the same files).
     egress: egress::EgressRuntime,
+    /// The DNS proxy's policy file, with `--dns-proxy`.
+    dns: Option<dns::DnsFile>,
     /// Set by [`Ebpf::remove`]: no sync may put anything back afterwards.
     removed: bool,
 }
@@ -242,6 +248,7 @@ impl Ebpf {
         let Policies {
             identity: policy,
             egress: egress_policies,
+            dns_proxy,
         } = policies;
         let started = std::time::Instant::now();
         let sys = Path::new("/sys/fs/bpf");
@@ -280,6 +287,13 @@ impl Ebpf {
             .config
             .set_strict(strict.then_some(mesh_ifindex))
             .context("setting strict mode in the pinned mg_config map")?;
+        dp.maps
+            .config
+            .set_dns_proxy(dns_proxy)
+            .context("setting DNS proxy steering in the pinned mg_config map")?;
+        if dns_proxy {
+            info!("DNS proxy: pods' DNS goes to the node's meshgate dnsproxy");
+        }
         if strict {
             info!(
                 mesh_device = VXLAN_DEV,
@@ -343,6 +357,7 @@ impl Ebpf {
                 lb,
                 policy,
                 egress,
+                dns: dns_proxy.then(dns::DnsFile::default),
                 removed: false,
             }),
             interfaces,
@@ -532,6 +547,42 @@ pub fn sync_egress(agent: &Agent) {
         );
         super::mesh::refresh(agent);
     }
+}
+
+/// Rewrites the DNS proxy's policy file if what it says changed (with
+/// `--dns-proxy`). Takes the ipcache and the services, then the datapath.
+/// Between full syncs (`full` false: an egress tick) only a change of the
+/// FQDN egress routes (a failover) rewrites it.
+pub fn sync_dns(agent: &Agent, full: bool) {
+    let Some(ebpf) = agent.datapath.get() else {
+        return;
+    };
+    if !full {
+        let inner = ebpf.inner();
+        match inner.dns.as_ref() {
+            Some(f) if !f.egress_changed(&inner.egress.fqdn_routes()) => return,
+            None => return,
+            Some(_) => {}
+        }
+    }
+    let ids = agent.ipcache().identities.clone();
+    let clusterset = dns::clusterset(agent.services().services.values());
+    let mut guard = ebpf.inner();
+    let inner = &mut *guard;
+    if inner.removed {
+        return;
+    }
+    let Some(file) = inner.dns.as_mut() else {
+        return;
+    };
+    let rules = inner
+        .policy
+        .as_ref()
+        .map(|p| p.identity_dns())
+        .unwrap_or_default();
+    let identities = dns::identities(agent.cfg.cluster_id, &ids, rules);
+    let fqdn = inner.egress.fqdn_routes();
+    file.write(&agent.cfg.state_dir, identities, fqdn, clusterset);
 }
 
 /// Whether egress is active on this node (policies loaded, or routes left to clear).

@@ -329,6 +329,13 @@ pub async fn start(agent: Arc<Agent>, observer: Option<Arc<Observer>>) -> anyhow
     Ok(())
 }
 
+/// Serves `render`'s text on `addr` (for the DNS proxy's metrics too).
+pub(crate) async fn spawn_server(addr: SocketAddr, render: Render) -> anyhow::Result<()> {
+    let listener = bind(addr).await?;
+    tokio::spawn(serve(listener, render));
+    Ok(())
+}
+
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     let l = TcpListener::bind(addr).await.with_context(|| {
         format!("serving metrics on --metrics-addr {addr} (is the port taken? give another)")
@@ -337,7 +344,7 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     Ok(l)
 }
 
-type Render = Arc<dyn Fn() -> String + Send + Sync>;
+pub(crate) type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
 async fn serve(listener: TcpListener, render: Render) {
     loop {

@@ -347,6 +347,17 @@ fn map_route(r: &meshgate_egress::Route, indices: &BTreeMap<Ipv4Addr, u8>) -> Eg
 }
 
 /// Brings the maps and the host in step with a new plan.
+impl EgressRuntime {
+    /// The FQDN egress routes of the last plan (for the DNS proxy's file).
+    pub fn fqdn_routes(&self) -> Vec<meshgate_egress::dnsproxy::state::FqdnEgress> {
+        self.last
+            .fqdn
+            .iter()
+            .map(|f| f.to_proxy(&self.indices))
+            .collect()
+    }
+}
+
 pub fn apply(
     rt: &mut EgressRuntime,
     maps: &mut meshgate_ebpf::Maps,

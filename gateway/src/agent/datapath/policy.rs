@@ -194,6 +194,13 @@ impl PolicyRuntime {
         self.counts = (m.entries.len(), m.selected.len());
     }
 
+    /// What each identity may look up and reach by name (the DNS proxy's
+    /// view of the same policies).
+    pub fn identity_dns(&self) -> BTreeMap<u32, meshgate_egress::dnsproxy::state::IdentityDns> {
+        let policies: Vec<Policy> = self.state.policies().cloned().collect();
+        meshgate_egress::identity_dns(self.state.scope(), &policies, self.state.identities())
+    }
+
     /// Entries and selected identities the policy gives now.
     pub fn counts(&self) -> (usize, usize) {
         self.counts

@@ -68,7 +68,8 @@ pub fn spawn_worker(agent: Arc<Agent>) -> anyhow::Result<()> {
                 let egress = super::egress_active(&agent);
                 let wait = if egress { super::egress::TICK } else { RESYNC };
                 let kicked = dp.kick.take(wait);
-                if kicked || last_full.elapsed() >= RESYNC {
+                let full = kicked || last_full.elapsed() >= RESYNC;
+                if full {
                     if !kicked {
                         debug!("periodic datapath resync");
                     }
@@ -77,6 +78,9 @@ pub fn spawn_worker(agent: Arc<Agent>) -> anyhow::Result<()> {
                 }
                 if egress || kicked {
                     super::sync_egress(&agent);
+                }
+                if full || egress {
+                    super::sync_dns(&agent, full);
                 }
             }
         })
