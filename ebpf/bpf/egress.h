@@ -44,7 +44,7 @@ static __always_inline struct mg_egress_value *egress_route(__u32 saddr, __u32 d
 	struct mg_egress_key key = { .prefixlen = 64, .saddr = saddr, .daddr = daddr };
 	struct mg_egress_value *route = bpf_map_lookup_elem(&mg_egress, &key);
 
-	if (!route || (route->flags & MG_EGRESS_F_EXCLUDED))
+	if (!route || (route->flags & (MG_EGRESS_F_EXCLUDED | MG_EGRESS_F_GATEWAY_ONLY)))
 		return NULL;
 	return route;
 }
@@ -135,9 +135,12 @@ static __always_inline __u32 egress_gateway(const struct flow *f)
  */
 static __always_inline __u32 egress_snat_index(const struct flow *f)
 {
-	struct mg_egress_value *route = egress_route(f->saddr, f->daddr);
+	struct mg_egress_key key = { .prefixlen = 64, .saddr = f->saddr, .daddr = f->daddr };
+	struct mg_egress_value *route = bpf_map_lookup_elem(&mg_egress, &key);
 
-	if (!route || route->snat_index > MG_MARK_SNAT_INDEX_MASK)
+	/* Gateway-only routes count here: they exist for this lookup. */
+	if (!route || (route->flags & MG_EGRESS_F_EXCLUDED) ||
+	    route->snat_index > MG_MARK_SNAT_INDEX_MASK)
 		return 0;
 	return route->snat_index;
 }

@@ -269,6 +269,13 @@ struct mg_lb_ct_value {
  */
 #define MG_EGRESS_F_FQDN 0x2
 #define MG_EGRESS_FQDN_TAG_SHIFT 16
+/*
+ * A route for from_mesh only, on a gateway node: traffic of this source that
+ * another node steered here (for a destinationFQDNs policy, whose addresses
+ * only the source node's DNS proxy saw) is SNATed with its index. from_pod
+ * ignores it: it never steers by it.
+ */
+#define MG_EGRESS_F_GATEWAY_ONLY 0x4
 
 struct mg_egress_key {
 	__u32 prefixlen;

@@ -195,6 +195,9 @@ pub const EGRESS_F_EXCLUDED: u32 = 0x1;
 /// `MG_EGRESS_F_FQDN`: a route the DNS proxy wrote for a destinationFQDNs
 /// policy, whose tag is `flags >> EGRESS_FQDN_TAG_SHIFT`.
 pub const EGRESS_F_FQDN: u32 = 0x2;
+/// `MG_EGRESS_F_GATEWAY_ONLY`: a route only from_mesh uses (SNAT on a
+/// gateway for traffic another node steered here).
+pub const EGRESS_F_GATEWAY_ONLY: u32 = 0x4;
 /// `MG_EGRESS_FQDN_TAG_SHIFT`.
 pub const EGRESS_FQDN_TAG_SHIFT: u32 = 16;
 

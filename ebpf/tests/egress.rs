@@ -64,6 +64,7 @@ fn route(snat_index: u8, gateways: &[Ipv4Addr]) -> EgressRoute {
         snat_index,
         gateways: gateways.to_vec(),
         fqdn_tag: 0,
+        gateway_only: false,
     }
 }
 
@@ -226,6 +227,7 @@ impl EgressWorld {
                 snat_index: 0,
                 gateways: vec![],
                 fqdn_tag: 0,
+                gateway_only: false,
             },
         )
         .expect("excluded");
@@ -402,6 +404,7 @@ fn an_excluded_cidr_is_left_alone() {
                 snat_index: 0,
                 gateways: vec![],
                 fqdn_tag: 0,
+                gateway_only: false,
             }
         )),
         "{routes:?}"
@@ -577,6 +580,7 @@ fn an_fqdn_route_steers_like_a_cidr_route_and_keeps_its_tag() {
     // (also tagged) replaces the /24 one.
     let tagged = |snat_index: u8, gateway: Ipv4Addr| EgressRoute {
         fqdn_tag: 0x0abc,
+        gateway_only: false,
         ..route(snat_index, &[gateway])
     };
     let ext32 = net("203.0.113.10/32");
@@ -602,17 +606,24 @@ fn an_fqdn_route_steers_like_a_cidr_route_and_keeps_its_tag() {
         .egress
         .set(POD_A, ext32, &tagged(0, UL_C))
         .expect("fqdn route");
+    // C, the gateway, never saw the answer: it SNATs the pod's traffic by
+    // a gateway-only wildcard route (what its planner gives for a source on
+    // another node), which only from_mesh uses.
     assert!(w
         .dp_c
         .maps
         .egress
         .remove(POD_A, net("203.0.113.0/24"))
         .expect("remove"));
+    let wildcard = EgressRoute {
+        gateway_only: true,
+        ..route(1, &[])
+    };
     w.dp_c
         .maps
         .egress
-        .set(POD_A, ext32, &tagged(1, UL_C))
-        .expect("gateway's fqdn route");
+        .set(POD_A, net("0.0.0.0/0"), &wildcard)
+        .expect("gateway's wildcard route");
 
     let seen = tcp_seen_as(&w.pod.ns, EXT, TCP_PORT)
         .unwrap_or_else(|e| panic!("pod -> {EXT}:{TCP_PORT} by the FQDN route: {e}"));
@@ -639,7 +650,8 @@ fn an_fqdn_route_steers_like_a_cidr_route_and_keeps_its_tag() {
     );
     assert_eq!(
         w.dp_c.maps.egress.routes().expect("routes"),
-        vec![(POD_A, ext32, tagged(1, UL_C))]
+        vec![(POD_A, net("0.0.0.0/0"), wildcard)],
+        "gateway_only reads back"
     );
     for (node, dp) in [("A", &w.dp_a), ("C", &w.dp_c)] {
         assert_eq!(
@@ -654,4 +666,33 @@ fn an_fqdn_route_steers_like_a_cidr_route_and_keeps_its_tag() {
     let (s, _) = w.pod_udp();
     assert_eq!(udp_seen_as(&s, SocketAddrV4::new(EXT, UDP_PORT)), None);
     assert!(wait_dropped(&w.dp_a, Reason::PolicyEgress) >= 1);
+}
+
+#[test]
+#[ignore = "needs root (bpf, network namespaces): cargo xtask test runs it"]
+fn a_gateway_only_route_never_steers_the_pods_own_traffic() {
+    let mut w = EgressWorld::new();
+    // Where the excluded route was, a gateway-only one: from_pod must not
+    // steer by it (nor drop for want of gateways); the pod leaves as itself.
+    w.dp_a
+        .maps
+        .egress
+        .set(
+            POD_A,
+            net("198.51.100.0/24"),
+            &EgressRoute {
+                gateway_only: true,
+                ..route(1, &[])
+            },
+        )
+        .expect("route");
+    let seen = tcp_seen_as(&w.pod.ns, EXT_DIRECT, TCP_PORT)
+        .unwrap_or_else(|e| panic!("pod -> {EXT_DIRECT}: {e}"));
+    assert_eq!(seen, POD_A.to_string(), "not steered, not SNATed");
+    assert!(w.flows().iter().all(|f| f.daddr != EXT_DIRECT));
+    assert_eq!(
+        w.dp_a.maps.drops.all().expect("drops"),
+        Default::default(),
+        "nothing dropped"
+    );
 }

@@ -466,6 +466,7 @@ fn with_the_dns_proxy_flag_pod_dns_reaches_the_node_without_egress_policy() {
                 snat_index: 0,
                 gateways: vec![Ipv4Addr::new(192, 168, 99, 1)],
                 fqdn_tag: 0,
+                gateway_only: false,
             },
         )
         .expect("route");

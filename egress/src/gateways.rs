@@ -85,6 +85,11 @@ pub struct Route {
     pub gateways: Vec<Ipv4Addr>,
     /// This node's egress IP when this node is one of the usable gateways.
     pub snat: Option<Ipv4Addr>,
+    /// Only for traffic that arrives from the mesh (the gateway's SNAT),
+    /// never for steering: the wildcard route a gateway keeps for each
+    /// source of a destinationFQDNs policy on another node, whose answered
+    /// addresses only that node's DNS proxy knows.
+    pub gateway_only: bool,
 }
 
 /// What [`plan`] decides for one node.
@@ -261,18 +266,31 @@ pub fn plan(
                 excluded: false,
                 gateways,
                 snat: my_snat.map(|(ip, _)| ip),
+                gateway_only: false,
             };
             let skip = Route {
                 excluded: true,
                 gateways: Vec::new(),
                 snat: None,
+                gateway_only: false,
             };
+            // A gateway SNATs the FQDN traffic of sources on other nodes by
+            // a wildcard route (their node's proxy routes the addresses).
+            let gateway_only = Route {
+                excluded: false,
+                gateways: Vec::new(),
+                snat: my_snat.map(|(ip, _)| ip),
+                gateway_only: true,
+            };
+            let wildcard = (tag.is_some() && !on_me && my_snat.is_some())
+                .then(|| (Ipv4Net::default(), &gateway_only));
             let routes = p
                 .destinations
                 .cidrs
                 .iter()
                 .map(|c| (*c, &via))
-                .chain(p.destinations.excluded.iter().map(|c| (*c, &skip)));
+                .chain(p.destinations.excluded.iter().map(|c| (*c, &skip)))
+                .chain(wildcard);
             for (cidr, route) in routes {
                 let key = (e.ip, cidr);
                 match owner.get(&key) {

@@ -79,6 +79,21 @@ fn gateway_of_a_names_only_policy_snats_like_for_cidrs() {
     );
     assert!(p.gateway_of_any);
     assert!(p.status[0].gateways[0].usable);
+    // The source on west/a: a wildcard route for the SNAT of what west/a's
+    // proxy steers here, used by from_mesh only.
+    let wildcard = crate::Route {
+        excluded: false,
+        gateways: Vec::new(),
+        snat: Some(ip("192.0.2.11")),
+        gateway_only: true,
+    };
+    assert_eq!(
+        p.routes,
+        routes(&[
+            ("10.1.0.5", "10.0.0.0/8", excluded()),
+            ("10.1.0.5", "0.0.0.0/0", wildcard)
+        ])
+    );
     let proxy = want.to_proxy(&BTreeMap::from([(ip("192.0.2.11"), 3)]));
     assert_eq!(proxy.snat_index, 3);
     assert_eq!(

@@ -177,6 +177,7 @@ pub fn west() -> World {
 
 pub fn via(gws: &[&str], snat: Option<&str>) -> Route {
     Route {
+        gateway_only: false,
         excluded: false,
         gateways: gws.iter().map(|g| ip(g)).collect(),
         snat: snat.map(ip),
@@ -185,6 +186,7 @@ pub fn via(gws: &[&str], snat: Option<&str>) -> Route {
 
 pub fn excluded() -> Route {
     Route {
+        gateway_only: false,
         excluded: true,
         gateways: Vec::new(),
         snat: None,

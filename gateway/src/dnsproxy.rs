@@ -14,7 +14,7 @@
 
 mod events;
 mod handoff;
-mod host;
+pub(crate) mod host;
 mod metrics;
 mod serve;
 mod upstream;
@@ -37,6 +37,8 @@ pub use events::{observe_socket, DnsEvent};
 
 /// The address the proxy listens on (on `lo`) and pods' DNS is DNATed to.
 pub const LISTEN: Ipv4Addr = Ipv4Addr::new(169, 254, 53, 53);
+/// Its port.
+pub const PORT: u16 = 53;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RefuseArg {
@@ -62,7 +64,7 @@ pub struct DnsProxyArgs {
     /// The proxy's address (put on `lo`); pods' DNS is DNATed to it.
     #[arg(long, default_value_t = LISTEN)]
     pub listen: Ipv4Addr,
-    #[arg(long, default_value_t = 53)]
+    #[arg(long, default_value_t = PORT)]
     pub port: u16,
     /// Answered addresses stay reachable at least this many seconds, whatever their TTL.
     #[arg(long, default_value_t = 60)]

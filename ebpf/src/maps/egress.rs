@@ -17,7 +17,7 @@ use super::{is_not_found, map_err, typed};
 use crate::error::{Error, Result};
 use crate::layout::{
     CtKey, EgressAddrs, EgressCtValue, EgressValue, EGRESS_FQDN_TAG_SHIFT, EGRESS_F_EXCLUDED,
-    EGRESS_F_FQDN, EGRESS_MAX_GWS,
+    EGRESS_F_FQDN, EGRESS_F_GATEWAY_ONLY, EGRESS_MAX_GWS,
 };
 
 pub(crate) const NAME: &str = "mg_egress";
@@ -42,6 +42,11 @@ pub struct EgressRoute {
     /// `MG_EGRESS_F_FQDN`); the datapath steers it like any other route,
     /// and the agent leaves such routes to the proxy.
     pub fqdn_tag: u16,
+    /// On a gateway node: a route only `from_mesh` uses, to SNAT traffic
+    /// that another node steered here (`MG_EGRESS_F_GATEWAY_ONLY`; for
+    /// destinationFQDNs policies, whose addresses only the source node's
+    /// DNS proxy saw). `from_pod` never steers by it.
+    pub gateway_only: bool,
 }
 
 /// A flow steered to a gateway, as `mg_egress_ct` holds it.
@@ -87,6 +92,9 @@ impl EgressRoute {
             });
         }
         let mut flags = if self.excluded { EGRESS_F_EXCLUDED } else { 0 };
+        if self.gateway_only {
+            flags |= EGRESS_F_GATEWAY_ONLY;
+        }
         if self.fqdn_tag != 0 {
             flags |= EGRESS_F_FQDN | u32::from(self.fqdn_tag) << EGRESS_FQDN_TAG_SHIFT;
         }
@@ -106,6 +114,7 @@ impl EgressRoute {
         let count = (v.count as usize).min(EGRESS_MAX_GWS);
         Self {
             excluded: v.flags & EGRESS_F_EXCLUDED != 0,
+            gateway_only: v.flags & EGRESS_F_GATEWAY_ONLY != 0,
             snat_index: u8::try_from(v.snat_index).unwrap_or(0),
             gateways: v.gateways[..count].iter().map(|g| ip(*g)).collect(),
             fqdn_tag: if v.flags & EGRESS_F_FQDN != 0 {
@@ -199,6 +208,7 @@ mod tests {
             snat_index: 3,
             gateways: vec![Ipv4Addr::new(100, 64, 0, 7), Ipv4Addr::new(100, 64, 0, 8)],
             fqdn_tag: 0,
+            gateway_only: false,
         };
         let src = Ipv4Addr::new(10, 0, 0, 1);
         let v = route.to_raw(src, net("0.0.0.0/0")).expect("raw");
@@ -225,6 +235,7 @@ mod tests {
             snat_index: 0,
             gateways: vec![],
             fqdn_tag: 0,
+            gateway_only: false,
         };
         let v = route
             .to_raw(Ipv4Addr::LOCALHOST, net("10.0.0.0/8"))
@@ -240,6 +251,7 @@ mod tests {
             snat_index: 1,
             gateways: vec![Ipv4Addr::new(100, 64, 0, 7)],
             fqdn_tag: 0xbeef,
+            gateway_only: false,
         };
         let v = route
             .to_raw(Ipv4Addr::new(10, 0, 0, 1), net("203.0.113.7/32"))
@@ -262,6 +274,7 @@ mod tests {
             snat_index: 0,
             gateways: (0..17).map(|i| Ipv4Addr::new(100, 64, 0, i)).collect(),
             fqdn_tag: 0,
+            gateway_only: false,
         };
         let err = route
             .to_raw(Ipv4Addr::new(10, 0, 0, 1), net("0.0.0.0/0"))

@@ -57,6 +57,7 @@ pub fn write_learned(
             snat_index: e.snat_index,
             gateways: e.gateways.clone(),
             fqdn_tag: e.tag,
+            gateway_only: false,
         };
         let dst = Ipv4Net::new(*addr, 32).expect("32 is a valid prefix length");
         maps.egress.set(source, dst, &route)?;

@@ -287,10 +287,23 @@ impl Ebpf {
             .config
             .set_strict(strict.then_some(mesh_ifindex))
             .context("setting strict mode in the pinned mg_config map")?;
+        // The DNAT to the proxy is in place before the datapath lets pods'
+        // DNS through without policy, and goes only after it stops: with no
+        // proxy running, DNS fails at the proxy's address, never leaves.
+        let was_on = dp.maps.config.dns_proxy().unwrap_or(false);
+        if dns_proxy {
+            crate::dnsproxy::host::install(crate::dnsproxy::LISTEN, crate::dnsproxy::PORT)
+                .context("steering pods' DNS to the DNS proxy (--dns-proxy)")?;
+        }
         dp.maps
             .config
             .set_dns_proxy(dns_proxy)
             .context("setting DNS proxy steering in the pinned mg_config map")?;
+        if was_on && !dns_proxy {
+            if let Err(e) = crate::dnsproxy::host::uninstall(crate::dnsproxy::LISTEN) {
+                warn!(error = %format!("{e:#}"), "removing the DNS proxy's steering");
+            }
+        }
         if dns_proxy {
             info!("DNS proxy: pods' DNS goes to the node's meshgate dnsproxy");
         }

@@ -162,6 +162,8 @@ pub struct EgressRuntime {
     host_side: Vec<String>,
     /// Flows per gateway tunnel IP, and when they were counted.
     flows: Option<(std::time::Instant, BTreeMap<Ipv4Addr, u64>)>,
+    /// When the DNS proxy's FQDN routes were last brought in step.
+    fqdn_swept: Option<std::time::Instant>,
 }
 
 impl EgressRuntime {
@@ -178,6 +180,7 @@ impl EgressRuntime {
             host_checked: None,
             host_side: Vec::new(),
             flows: None,
+            fqdn_swept: None,
         }
     }
 
@@ -343,6 +346,7 @@ fn map_route(r: &meshgate_egress::Route, indices: &BTreeMap<Ipv4Addr, u8>) -> Eg
         snat_index: r.snat.and_then(|ip| indices.get(&ip).copied()).unwrap_or(0),
         gateways: r.gateways.clone(),
         fqdn_tag: 0,
+        gateway_only: r.gateway_only,
     }
 }
 
@@ -435,7 +439,58 @@ pub fn apply(
             warn!(problem = %p, "egress");
         }
     }
+    let fqdn_changed = plan.fqdn != rt.last.fqdn;
     rt.last = plan;
+    if fqdn_changed || rt.fqdn_swept.is_none_or(|t| t.elapsed() >= FQDN_SWEEP) {
+        sweep_fqdn_routes(maps, &rt.fqdn_routes());
+        rt.fqdn_swept = Some(std::time::Instant::now());
+    }
+}
+
+/// How often the DNS proxy's routes are checked without a plan change
+/// (the proxy may have written a route from a policy file older than the
+/// last failover).
+pub const FQDN_SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Brings the routes the DNS proxy wrote (`fqdn_tag != 0`) in step with
+/// the plan: gateways and SNAT index refreshed (failover), routes of a
+/// policy that is gone or of a pod it no longer selects removed.
+fn sweep_fqdn_routes(
+    maps: &mut meshgate_ebpf::Maps,
+    fqdn: &[meshgate_egress::dnsproxy::state::FqdnEgress],
+) {
+    let routes = match maps.egress.routes() {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "reading the DNS proxy's egress routes failed");
+            return;
+        }
+    };
+    for (src, dst, route) in routes.into_iter().filter(|(_, _, r)| r.fqdn_tag != 0) {
+        let want = fqdn
+            .iter()
+            .find(|f| f.tag == route.fqdn_tag && f.sources.contains(&src));
+        let result = match want {
+            None => maps.egress.remove(src, dst).map(|_| "removed"),
+            Some(f) if f.gateways != route.gateways || f.snat_index != route.snat_index => {
+                let next = EgressRoute {
+                    gateways: f.gateways.clone(),
+                    snat_index: f.snat_index,
+                    ..route.clone()
+                };
+                maps.egress.set(src, dst, &next).map(|_| "refreshed")
+            }
+            Some(_) => continue,
+        };
+        match result {
+            Ok(what) => {
+                info!(source = %src, destination = %dst, tag = route.fqdn_tag, "FQDN egress route {what}")
+            }
+            Err(e) => {
+                warn!(source = %src, destination = %dst, error = %e, "updating an FQDN egress route failed")
+            }
+        }
+    }
 }
 
 /// The steering rule (once) and the SNAT rules, tables and nftables rules
