@@ -260,3 +260,101 @@ fn dns_server_answers_dig_over_udp_and_tcp() {
         assert_eq!(s, &want.to_string(), "rotation {seen:?}");
     }
 }
+
+/// Tears a lab world down even when the test panics.
+struct WorldGuard {
+    name: String,
+    file: PathBuf,
+    child: Option<Child>,
+}
+
+impl Drop for WorldGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Err(e) = meshgate_lab::down(Some(&self.name)) {
+            eprintln!("cleanup of world {} failed: {e}", self.name);
+        }
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+#[test]
+#[ignore = "needs root (network namespaces, veth, nft) and dig: cargo xtask test runs it"]
+fn dns_world_gives_pods_a_resolv_conf_and_a_reachable_server() {
+    assert!(is_root(), "run as root (cargo xtask test does)");
+    let world = format!("dn{}", std::process::id() % 1_000_000);
+    let file = std::env::temp_dir().join(format!("mg-lab-{world}.yaml"));
+    std::fs::write(
+        &file,
+        SCENARIO
+            .replace("name: dnstest", &format!("name: {world}"))
+            .replace("nodes: [{name: n1}]", "nodes: [{name: n1, pods: [{name: a}, {name: b}]}]"),
+    )
+    .expect("write scenario");
+    let mut guard = WorldGuard {
+        name: world.clone(),
+        file: file.clone(),
+        child: None,
+    };
+    let plan = meshgate_lab::build_world_only(&file)
+        .unwrap_or_else(|e| panic!("building world {world} failed: {e}"));
+    let dns = plan.dns.clone().expect("a dns plan");
+    let pods = [format!("mg-{world}-c1-p-a"), format!("mg-{world}-c1-p-b")];
+    for pod in &pods {
+        let conf = std::fs::read_to_string(format!("/etc/netns/{pod}/resolv.conf"))
+            .unwrap_or_else(|e| panic!("{pod} has no resolv.conf: {e}"));
+        assert!(conf.contains("nameserver 10.96.0.10\n"), "{pod}: {conf}");
+        // `ip netns exec` bind-mounts it over /etc/resolv.conf.
+        let seen = Command::new("ip")
+            .args(["netns", "exec", pod, "cat", "/etc/resolv.conf"])
+            .output()
+            .expect("ip netns exec runs");
+        assert_eq!(String::from_utf8_lossy(&seen.stdout), conf, "{pod}");
+    }
+    assert!(dns.records_file().is_file(), "no records file");
+
+    // The server as the lab starts it, in its namespace.
+    let listen = std::net::SocketAddr::from((dns.server, 53));
+    match meshgate_bin() {
+        Some(bin) => {
+            let child = Command::new("ip")
+                .args(["netns", "exec", &dns.netns])
+                .arg(&bin)
+                .args(dns.server_args())
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {} lab dns-server: {e}", bin.display()));
+            guard.child = Some(child);
+        }
+        None => serve_in_namespace(&dns.netns, listen, dns.records_file()),
+    }
+    // A pod reaches it across its node (masqueraded), over UDP and TCP.
+    let dig = Dig {
+        ns: &pods[0],
+        server: dns.server.to_string(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dig.answer(&["api.example.com"]).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "pod a got no answer from the DNS server at {listen} within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(dig.answer(&["+tcp", "many.example.com"]).len(), 1000);
+    let node = Dig {
+        ns: &format!("mg-{world}-c1-n-n1"),
+        server: dns.server.to_string(),
+    };
+    assert_eq!(node.answer(&["www.example.com"]).len(), 2, "from the node");
+
+    drop(guard);
+    for pod in &pods {
+        assert!(
+            !std::path::Path::new(&format!("/etc/netns/{pod}")).exists(),
+            "down left /etc/netns/{pod}"
+        );
+    }
+}
