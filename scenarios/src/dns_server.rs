@@ -134,14 +134,18 @@ pub fn serve(zone: Arc<Zone>, sockets: Sockets) -> Result<(), DnsServerError> {
         .name("dns-tcp".into())
         .spawn(move || serve_tcp(tcp_zone, &tcp))
         .map_err(|source| DnsServerError::Serve {
-            addr: udp.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+            addr: udp
+                .local_addr()
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
             source,
         })?;
     serve_udp(&zone, &udp)
 }
 
 fn serve_udp(zone: &Zone, udp: &UdpSocket) -> Result<(), DnsServerError> {
-    let addr = udp.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+    let addr = udp
+        .local_addr()
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
     let mut buf = vec![0u8; 65_535];
     loop {
         let (n, peer) = match udp.recv_from(&mut buf) {

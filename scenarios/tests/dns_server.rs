@@ -46,7 +46,9 @@ impl Drop for Guard {
         }
         // A server thread dies with the test process; its sockets with
         // the namespace.
-        let _ = Command::new("ip").args(["netns", "delete", &self.ns]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.ns])
+            .status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -161,8 +163,8 @@ fn dns_server_answers_dig_over_udp_and_tcp() {
         dir: dir.clone(),
         child: None,
     };
-    let plan = Plan::new(&Scenario::parse("dnstest.yaml", SCENARIO).expect("scenario"))
-        .expect("plan");
+    let plan =
+        Plan::new(&Scenario::parse("dnstest.yaml", SCENARIO).expect("scenario")).expect("plan");
     let dns = plan.dns.expect("a dns plan");
     std::fs::create_dir_all(&dir).expect("tmp dir");
     let records = dir.join("records.json");
@@ -171,14 +173,28 @@ fn dns_server_answers_dig_over_udp_and_tcp() {
 
     ip(&["netns", "add", &ns]);
     ip(&["-n", &ns, "link", "set", "lo", "up"]);
-    ip(&["-n", &ns, "addr", "add", &format!("{}/32", dns.server), "dev", "lo"]);
+    ip(&[
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        &format!("{}/32", dns.server),
+        "dev",
+        "lo",
+    ]);
     let listen = std::net::SocketAddr::from((dns.server, 53));
     match meshgate_bin() {
         Some(bin) => {
             let child = Command::new("ip")
                 .args(["netns", "exec", &ns])
                 .arg(&bin)
-                .args(["lab", "dns-server", "--listen", &listen.to_string(), "--records"])
+                .args([
+                    "lab",
+                    "dns-server",
+                    "--listen",
+                    &listen.to_string(),
+                    "--records",
+                ])
                 .arg(&records)
                 .spawn()
                 .unwrap_or_else(|e| panic!("starting {} lab dns-server: {e}", bin.display()));
@@ -197,7 +213,10 @@ fn dns_server_answers_dig_over_udp_and_tcp() {
         if !got.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "no answer from the DNS server within 10 s");
+        assert!(
+            Instant::now() < deadline,
+            "no answer from the DNS server within 10 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -207,7 +226,12 @@ fn dns_server_answers_dig_over_udp_and_tcp() {
         args.extend_from_slice(tcp);
         assert_eq!(
             dig.answer(&args),
-            [("api.example.com.".into(), 30, "A".into(), "203.0.113.10".into())],
+            [(
+                "api.example.com.".into(),
+                30,
+                "A".into(),
+                "203.0.113.10".into()
+            )],
             "{tcp:?}"
         );
         let mut args = vec!["short.example.com"];
@@ -218,16 +242,34 @@ fn dns_server_answers_dig_over_udp_and_tcp() {
     assert_eq!(
         dig.answer(&["alias.example.com"]),
         [
-            ("alias.example.com.".into(), 7, "CNAME".into(), "www.example.com.".into()),
-            ("www.example.com.".into(), 30, "CNAME".into(), "api.example.com.".into()),
-            ("api.example.com.".into(), 30, "A".into(), "203.0.113.10".into()),
+            (
+                "alias.example.com.".into(),
+                7,
+                "CNAME".into(),
+                "www.example.com.".into()
+            ),
+            (
+                "www.example.com.".into(),
+                30,
+                "CNAME".into(),
+                "api.example.com.".into()
+            ),
+            (
+                "api.example.com.".into(),
+                30,
+                "A".into(),
+                "203.0.113.10".into()
+            ),
         ]
     );
     // NXDOMAIN; AAAA of a known name: NOERROR without answers.
     let h = dig.header(&["nope.example.com"]);
     assert!(h.contains("status: NXDOMAIN"), "{h}");
     let h = dig.header(&["api.example.com", "AAAA"]);
-    assert!(h.contains("status: NOERROR") && h.contains("ANSWER: 0"), "{h}");
+    assert!(
+        h.contains("status: NOERROR") && h.contains("ANSWER: 0"),
+        "{h}"
+    );
     // 1,000 addresses: truncated over UDP (dig +ignore shows the TC
     // flag), complete when dig retries over TCP by itself, and over TCP.
     let h = dig.header(&["+ignore", "many.example.com"]);
@@ -291,7 +333,10 @@ fn dns_world_gives_pods_a_resolv_conf_and_a_reachable_server() {
         &file,
         SCENARIO
             .replace("name: dnstest", &format!("name: {world}"))
-            .replace("nodes: [{name: n1}]", "nodes: [{name: n1, pods: [{name: a}, {name: b}]}]"),
+            .replace(
+                "nodes: [{name: n1}]",
+                "nodes: [{name: n1, pods: [{name: a}, {name: b}]}]",
+            ),
     )
     .expect("write scenario");
     let mut guard = WorldGuard {

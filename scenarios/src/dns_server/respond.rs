@@ -95,10 +95,9 @@ fn answer(zone: &Zone, q: &Query, out: &mut Message) {
             Entry::Addresses { ttl, .. } => {
                 if matches!(qtype, RecordType::A | RecordType::ANY) {
                     let ttl = *ttl;
-                    let records = entry
-                        .answer_addresses()
-                        .into_iter()
-                        .map(|ip: Ipv4Addr| Record::from_rdata(owner.clone(), ttl, RData::A(A(ip))));
+                    let records = entry.answer_addresses().into_iter().map(|ip: Ipv4Addr| {
+                        Record::from_rdata(owner.clone(), ttl, RData::A(A(ip)))
+                    });
                     out.add_answers(records);
                 }
                 // AAAA and every other type: NOERROR, no data.
@@ -114,7 +113,11 @@ fn encode(out: &Message, query: &Message, transport: Transport) -> Option<Vec<u8
     let bytes = match out.to_vec() {
         Ok(b) => b,
         Err(_) => {
-            let mut fail = Message::error_msg(out.metadata.id, out.metadata.op_code, ResponseCode::ServFail);
+            let mut fail = Message::error_msg(
+                out.metadata.id,
+                out.metadata.op_code,
+                ResponseCode::ServFail,
+            );
             fail.add_queries(out.queries.iter().cloned());
             return fail.to_vec().ok();
         }

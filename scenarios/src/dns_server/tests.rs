@@ -93,14 +93,26 @@ fn a_record_with_its_ttl() {
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert_eq!(addresses(&m), ["203.0.113.10".parse::<Ipv4Addr>().unwrap()]);
     assert_eq!(m.answers[0].ttl, 30);
-    let m = ask(&z, "SHORT.Example.COM.", RecordType::A, Transport::Udp, None);
+    let m = ask(
+        &z,
+        "SHORT.Example.COM.",
+        RecordType::A,
+        Transport::Udp,
+        None,
+    );
     assert_eq!(m.answers[0].ttl, 2);
 }
 
 #[test]
 fn cname_chain_then_addresses() {
     let z = zone();
-    let m = ask(&z, "alias.example.com.", RecordType::A, Transport::Udp, None);
+    let m = ask(
+        &z,
+        "alias.example.com.",
+        RecordType::A,
+        Transport::Udp,
+        None,
+    );
     let kinds: Vec<(String, RecordType)> = m
         .answers
         .iter()
@@ -116,7 +128,13 @@ fn cname_chain_then_addresses() {
     );
     assert_eq!(m.answers[0].ttl, 5);
     // A CNAME query gets the alias only.
-    let m = ask(&z, "www.example.com.", RecordType::CNAME, Transport::Udp, None);
+    let m = ask(
+        &z,
+        "www.example.com.",
+        RecordType::CNAME,
+        Transport::Udp,
+        None,
+    );
     assert_eq!(m.answers.len(), 1);
     assert_eq!(m.answers[0].record_type(), RecordType::CNAME);
 }
@@ -127,7 +145,13 @@ fn unknown_names_are_nxdomain_and_aaaa_is_nodata() {
     let m = ask(&z, "nope.example.com.", RecordType::A, Transport::Udp, None);
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     assert!(m.answers.is_empty());
-    let m = ask(&z, "api.example.com.", RecordType::AAAA, Transport::Udp, None);
+    let m = ask(
+        &z,
+        "api.example.com.",
+        RecordType::AAAA,
+        Transport::Udp,
+        None,
+    );
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert!(m.answers.is_empty());
 }
@@ -139,7 +163,13 @@ fn large_answers_are_truncated_over_udp_and_whole_over_tcp() {
     assert!(m.metadata.truncation);
     assert!(m.answers.is_empty());
     assert_eq!(m.queries.len(), 1);
-    let m = ask(&z, "many.example.com.", RecordType::A, Transport::Udp, Some(4096));
+    let m = ask(
+        &z,
+        "many.example.com.",
+        RecordType::A,
+        Transport::Udp,
+        Some(4096),
+    );
     assert!(m.metadata.truncation, "16 kB do not fit 4096");
     assert!(m.edns.is_some(), "an EDNS query gets an OPT record back");
     let m = ask(&z, "many.example.com.", RecordType::A, Transport::Tcp, None);
@@ -160,7 +190,13 @@ fn large_answers_are_truncated_over_udp_and_whole_over_tcp() {
         },
     );
     let z = Zone::new(&r).unwrap();
-    let m = ask(&z, "twenty.example.com.", RecordType::A, Transport::Udp, Some(100));
+    let m = ask(
+        &z,
+        "twenty.example.com.",
+        RecordType::A,
+        Transport::Udp,
+        Some(100),
+    );
     assert!(!m.metadata.truncation);
     assert_eq!(addresses(&m).len(), 20);
 }
@@ -170,7 +206,13 @@ fn rotating_names_answer_the_next_address_each_time() {
     let z = zone();
     let got: Vec<Ipv4Addr> = (0..66)
         .map(|_| {
-            let m = ask(&z, "rotate.example.com.", RecordType::A, Transport::Udp, None);
+            let m = ask(
+                &z,
+                "rotate.example.com.",
+                RecordType::A,
+                Transport::Udp,
+                None,
+            );
             let a = addresses(&m);
             assert_eq!(a.len(), 1);
             a[0]
@@ -232,11 +274,13 @@ fn two_questions_are_formerr_and_other_opcodes_notimp() {
     let mut m = Message::new(7, MessageType::Query, OpCode::Query);
     m.add_query(Query::query(Name::from_str("a.").unwrap(), RecordType::A));
     m.add_query(Query::query(Name::from_str("b.").unwrap(), RecordType::A));
-    let out = Message::from_vec(&respond(&z, &m.to_vec().unwrap(), Transport::Udp).unwrap()).unwrap();
+    let out =
+        Message::from_vec(&respond(&z, &m.to_vec().unwrap(), Transport::Udp).unwrap()).unwrap();
     assert_eq!(out.metadata.response_code, ResponseCode::FormErr);
     let mut m = Message::new(8, MessageType::Query, OpCode::Status);
     m.add_query(Query::query(Name::from_str("a.").unwrap(), RecordType::A));
-    let out = Message::from_vec(&respond(&z, &m.to_vec().unwrap(), Transport::Udp).unwrap()).unwrap();
+    let out =
+        Message::from_vec(&respond(&z, &m.to_vec().unwrap(), Transport::Udp).unwrap()).unwrap();
     assert_eq!(out.metadata.response_code, ResponseCode::NotImp);
 }
 

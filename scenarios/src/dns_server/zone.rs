@@ -51,9 +51,9 @@ pub enum ZoneRecord {
 impl ZoneRecord {
     pub fn ttl(&self) -> u32 {
         match self {
-            ZoneRecord::A { ttl, .. } | ZoneRecord::Range { ttl, .. } | ZoneRecord::Cname { ttl, .. } => {
-                *ttl
-            }
+            ZoneRecord::A { ttl, .. }
+            | ZoneRecord::Range { ttl, .. }
+            | ZoneRecord::Cname { ttl, .. } => *ttl,
         }
     }
 
@@ -79,7 +79,9 @@ impl ZoneRecord {
 pub enum ZoneError {
     #[error("\"{name}\" is not a DNS name: {problem}")]
     BadName { name: String, problem: String },
-    #[error("\"{name}\" is given twice (names are case-insensitive, a trailing dot changes nothing)")]
+    #[error(
+        "\"{name}\" is given twice (names are case-insensitive, a trailing dot changes nothing)"
+    )]
     Duplicate { name: String },
     #[error("{name}: cname target \"{target}\" is not a DNS name: {problem}")]
     BadTarget {
@@ -198,7 +200,10 @@ pub fn check(records: &BTreeMap<String, ZoneRecord>) -> Vec<ZoneError> {
     for (name, r) in &names {
         let name = name.clone();
         if r.ttl() > MAX_TTL {
-            errors.push(ZoneError::Ttl { name: name.clone(), ttl: r.ttl() });
+            errors.push(ZoneError::Ttl {
+                name: name.clone(),
+                ttl: r.ttl(),
+            });
         }
         match r {
             ZoneRecord::A { addresses, .. } if addresses.is_empty() => {
@@ -206,9 +211,11 @@ pub fn check(records: &BTreeMap<String, ZoneRecord>) -> Vec<ZoneError> {
             }
             ZoneRecord::Range { start, count, .. } => {
                 if !(1..=MAX_RANGE).contains(count) {
-                    errors.push(ZoneError::Count { name: name.clone(), count: *count });
-                } else if u64::from(u32::from(*start)) + u64::from(*count) - 1
-                    > u64::from(u32::MAX)
+                    errors.push(ZoneError::Count {
+                        name: name.clone(),
+                        count: *count,
+                    });
+                } else if u64::from(u32::from(*start)) + u64::from(*count) - 1 > u64::from(u32::MAX)
                 {
                     errors.push(ZoneError::RangeOverflow {
                         name: name.clone(),

@@ -121,11 +121,20 @@ fn without_dns_nothing_changes() {
     ));
     assert!(p.dns.is_none());
     let c = &p.clusters[0];
-    assert!(!c.agent_args(c.node("n1").unwrap()).contains(&"--dns-proxy".to_string()));
+    assert!(!c
+        .agent_args(c.node("n1").unwrap())
+        .contains(&"--dns-proxy".to_string()));
     let l = lines(&p);
-    assert!(!l.iter().any(|x| x.contains("203.0.113.53") || x.contains("mg_lab_masq")));
+    assert!(!l
+        .iter()
+        .any(|x| x.contains("203.0.113.53") || x.contains("mg_lab_masq")));
     // No --min-ttl when the scenario has none.
     let p = plan(&FQDN.replace("  minTTL: 5\n", ""));
     let n1 = p.clusters[0].node("n1").unwrap();
-    assert!(!p.dns.as_ref().unwrap().proxy_args(n1).contains(&"--min-ttl".to_string()));
+    assert!(!p
+        .dns
+        .as_ref()
+        .unwrap()
+        .proxy_args(n1)
+        .contains(&"--min-ttl".to_string()));
 }

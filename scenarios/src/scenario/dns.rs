@@ -130,7 +130,11 @@ fn mapping(at: &str, m: &serde_yaml::Mapping) -> Result<ZoneRecord, Vec<FieldErr
             None => {
                 errors.push(err(
                     format!("{at}.ttl"),
-                    format!("{} is not a TTL in seconds (0..={})", show(v), zone::MAX_TTL),
+                    format!(
+                        "{} is not a TTL in seconds (0..={})",
+                        show(v),
+                        zone::MAX_TTL
+                    ),
                 ));
                 DEFAULT_TTL
             }
@@ -159,7 +163,10 @@ fn mapping(at: &str, m: &serde_yaml::Mapping) -> Result<ZoneRecord, Vec<FieldErr
                     "count goes with range, not with addresses",
                 ));
             }
-            match fields.get("addresses").map(|v| addresses(&format!("{at}.addresses"), v)) {
+            match fields
+                .get("addresses")
+                .map(|v| addresses(&format!("{at}.addresses"), v))
+            {
                 Some(Ok(addresses)) => Some(ZoneRecord::A {
                     addresses,
                     ttl,
@@ -218,7 +225,11 @@ fn range(
     rotate: bool,
     errors: &mut Vec<FieldError>,
 ) -> Option<ZoneRecord> {
-    let start = match fields.get("range").and_then(|v| v.as_str()).map(str::parse::<Ipv4Addr>) {
+    let start = match fields
+        .get("range")
+        .and_then(|v| v.as_str())
+        .map(str::parse::<Ipv4Addr>)
+    {
         Some(Ok(ip)) => Some(ip),
         _ => {
             let shown = fields.get("range").map(|v| show(v)).unwrap_or_default();
@@ -259,7 +270,10 @@ fn range(
 /// `[ip, ...]`: each an IPv4 address.
 fn addresses(at: &str, value: &Value) -> Result<Vec<Ipv4Addr>, Vec<FieldError>> {
     let Value::Sequence(items) = value else {
-        return Err(vec![err(at, format!("{} is not a list of addresses", show(value)))]);
+        return Err(vec![err(
+            at,
+            format!("{} is not a list of addresses", show(value)),
+        )]);
     };
     let mut errors = Vec::new();
     let mut out = Vec::with_capacity(items.len());

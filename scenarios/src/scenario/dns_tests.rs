@@ -94,8 +94,9 @@ fn the_documented_records_parse_with_defaults() {
 fn dns_needs_the_ebpf_datapath() {
     let errs = errors(&with_dns(RECORDS, "plain"));
     assert!(
-        errs.iter().any(|e| e.starts_with("dns: `dns:` runs a DNS proxy")
-            && e.contains("set `datapath: ebpf`")),
+        errs.iter()
+            .any(|e| e.starts_with("dns: `dns:` runs a DNS proxy")
+                && e.contains("set `datapath: ebpf`")),
         "{errs:#?}"
     );
 }
@@ -170,8 +171,14 @@ fn the_two_addresses_are_checked() {
         "  server: 203.0.113.10\n",
         "dns.server: 203.0.113.10 is already used by externals[0]",
     );
-    has("  server: 198.18.0.53\n", "dns.server: 198.18.0.53 is inside 198.18.0.0/15");
-    has("  server: 10.1.2.3\n", "dns.server: 10.1.2.3 is inside 10.1.0.0/16, the podCIDR");
+    has(
+        "  server: 198.18.0.53\n",
+        "dns.server: 198.18.0.53 is inside 198.18.0.0/15",
+    );
+    has(
+        "  server: 10.1.2.3\n",
+        "dns.server: 10.1.2.3 is inside 10.1.0.0/16, the podCIDR",
+    );
     has(
         "  clusterIP: 10.96.1.10\n",
         "dns.clusterIP: 10.96.1.10 is inside 10.96.1.0/24, where the lab gives cluster \"c1\"'s services",

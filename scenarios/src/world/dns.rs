@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use super::record::{Component, ProcessRecord, WorldRecord};
 use super::{spawn_recorded, wait_listening_on, Listen};
 use crate::error::{LabError, Result};
-use crate::plan::dns::{
-    proxy_log, resolv_conf_path, DnsPlan, DNS_PORT, PROXY_ADDR, RESOLV_MARK,
-};
+use crate::plan::dns::{proxy_log, resolv_conf_path, DnsPlan, DNS_PORT, PROXY_ADDR, RESOLV_MARK};
 use crate::plan::{ClusterPlan, NodePlan, Plan};
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> LabError {

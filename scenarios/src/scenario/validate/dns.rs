@@ -82,7 +82,9 @@ fn check_cluster_ip(
     if let Some(owner) = owners.get(&ip) {
         errors.add(
             field,
-            format!("{ip} is already used by {owner}; the cluster IP is a service address of its own"),
+            format!(
+                "{ip} is already used by {owner}; the cluster IP is a service address of its own"
+            ),
         );
     }
     for c in &s.clusters {
