@@ -76,6 +76,18 @@ pub enum LabCommand {
         #[arg(long, default_value_t = meshgate_lab::plan::EXTERNAL_PORT)]
         port: u16,
     },
+    /// The lab's upstream DNS server (in its own namespace, at the
+    /// scenario's `dns.server`): answers the records file's names over UDP
+    /// and TCP.
+    #[command(hide = true)]
+    DnsServer {
+        /// Address to serve on, UDP and TCP (e.g. 203.0.113.53:53).
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// The records (JSON, as the lab writes it from `dns.records`).
+        #[arg(long)]
+        records: PathBuf,
+    },
 }
 
 fn bin() -> anyhow::Result<PathBuf> {
@@ -129,6 +141,10 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
             meshgate_lab::external_server::run(port).with_context(|| {
                 format!("serving the lab external's TCP service on port {port}")
             })?;
+        }
+        LabCommand::DnsServer { listen, records } => {
+            meshgate_lab::dns_server::run(listen, &records)
+                .with_context(|| format!("serving the lab's DNS on {listen}"))?;
         }
     }
     Ok(ExitCode::SUCCESS)

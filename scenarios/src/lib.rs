@@ -8,6 +8,7 @@
 //! and the per-target commands in [`control`].
 
 pub mod control;
+pub mod dns_server;
 pub mod error;
 pub mod external_server;
 pub mod host;

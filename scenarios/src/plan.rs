@@ -2,6 +2,7 @@
 //! validated scenario without touching the system (docs/contracts.md, "Lab
 //! addressing").
 
+pub mod dns;
 mod steps;
 pub mod vips;
 
@@ -116,6 +117,9 @@ pub struct Plan {
     /// The scenario's `policies`, as the text of [`policies_file`].
     #[serde(default)]
     pub policies: String,
+    /// The world's DNS (the scenario's `dns:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<dns::DnsPlan>,
 }
 
 /// The world's policy file, given to every eBPF-datapath agent as `--policy`.
@@ -167,6 +171,9 @@ pub struct ClusterPlan {
     /// The agents' `--policy` file (eBPF datapath and scenario policies).
     #[serde(default)]
     pub policy_file: Option<PathBuf>,
+    /// The agents run with `--dns-proxy` (the world has `dns:`).
+    #[serde(default)]
+    pub dns_proxy: bool,
 }
 
 /// A cluster's etcd: one member in a namespace of its own on the underlay,
@@ -382,6 +389,7 @@ impl Plan {
                 policy_file: (!s.policies.is_empty()
                     && c.datapath.unwrap_or(s.datapath) == Datapath::Ebpf)
                     .then(|| policies_file(world)),
+                dns_proxy: s.dns.is_some(),
             });
         }
         let urls: Vec<(String, String)> = clusters
@@ -417,6 +425,16 @@ impl Plan {
             externals,
             policies: crate::scenario::policy_text(&s.policies)
                 .map_err(|e| PlanError(format!("policies: {e}")))?,
+            dns: match &s.dns {
+                Some(spec) => {
+                    let records = crate::scenario::dns::records(spec).map_err(|e| {
+                        let e: Vec<String> = e.iter().map(ToString::to_string).collect();
+                        PlanError(e.join("; "))
+                    })?;
+                    Some(dns::DnsPlan::new(world, spec, records))
+                }
+                None => None,
+            },
         })
     }
 
@@ -433,7 +451,17 @@ impl Plan {
             }
         }
         all.extend(self.externals.iter().map(|x| x.netns.clone()));
+        all.extend(self.dns.iter().map(|d| d.netns.clone()));
         all
+    }
+
+    /// Every pod namespace of the world.
+    pub fn pod_namespaces(&self) -> impl Iterator<Item = &str> {
+        self.clusters
+            .iter()
+            .flat_map(|c| &c.nodes)
+            .flat_map(|n| &n.pods)
+            .map(|p| p.netns.as_str())
     }
 
     pub fn cluster(&self, name: &str) -> Option<&ClusterPlan> {
@@ -700,6 +728,7 @@ impl ClusterPlan {
                 .iter()
                 .flat_map(|f| ["--policy".to_string(), f.display().to_string()]),
         )
+        .chain(self.dns_proxy.then(|| "--dns-proxy".to_string()))
         .chain(
             (!node.roles.is_empty())
                 .then(|| {
@@ -759,3 +788,6 @@ mod replica_tests;
 
 #[cfg(test)]
 mod egress_tests;
+
+#[cfg(test)]
+mod dns_tests;

@@ -165,16 +165,28 @@ pub fn log_tail(path: &Path, n: usize) -> String {
 /// Does the process `pid` (in its network namespace) have a TCP socket
 /// listening on `ip:port` (or the wildcard)?
 pub fn listening(pid: u32, ip: Ipv4Addr, port: u16) -> bool {
-    let Ok(tcp) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else {
+    bound(pid, "tcp", "0A", ip, port)
+}
+
+/// Does the network namespace of `pid` have an unconnected UDP socket
+/// bound to `ip:port` (or the wildcard)? (Like [`listening`], it reads the
+/// namespace's socket table: any process of the namespace counts.)
+pub fn listening_udp(pid: u32, ip: Ipv4Addr, port: u16) -> bool {
+    // UDP sockets that are not connected show state 07 (TCP_CLOSE).
+    bound(pid, "udp", "07", ip, port)
+}
+
+fn bound(pid: u32, table: &str, state_want: &str, ip: Ipv4Addr, port: u16) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
         return false;
     };
     let want = format!("{:08X}:{port:04X}", u32::from_ne_bytes(ip.octets()));
     let any = format!("00000000:{port:04X}");
-    tcp.lines().skip(1).any(|l| {
+    text.lines().skip(1).any(|l| {
         let mut f = l.split_whitespace();
         let local = f.nth(1).unwrap_or_default();
         let state = f.nth(1).unwrap_or_default();
-        state == "0A" && (local == want || local == any)
+        state == state_want && (local == want || local == any)
     })
 }
 
@@ -186,6 +198,21 @@ mod tests {
     fn own_process_is_alive_and_bogus_is_not() {
         assert!(alive(std::process::id()));
         assert!(!alive(u32::MAX - 1));
+    }
+
+    #[test]
+    fn sees_its_own_udp_and_tcp_sockets() {
+        let me = std::process::id();
+        let lo = Ipv4Addr::LOCALHOST;
+        let udp = std::net::UdpSocket::bind((lo, 0)).expect("bind udp");
+        let port = udp.local_addr().expect("addr").port();
+        assert!(listening_udp(me, lo, port));
+        assert!(!listening(me, lo, port) || std::net::TcpStream::connect((lo, port)).is_ok());
+        let tcp = std::net::TcpListener::bind((lo, 0)).expect("bind tcp");
+        let tport = tcp.local_addr().expect("addr").port();
+        assert!(listening(me, lo, tport));
+        drop(udp);
+        assert!(!listening_udp(me, lo, port));
     }
 
     #[test]

@@ -282,6 +282,18 @@ fn cluster_text(rec: &WorldRecord, c: &ClusterPlan, out: &mut Vec<String>) {
                 n.name, n.underlay_ip
             )),
         }
+        if rec.plan.dns.is_some() {
+            let proxy = Component::DnsProxy {
+                cluster: c.name.clone(),
+                node: n.name.clone(),
+            };
+            out.push(format!(
+                "    dns proxy {}:{}: {}",
+                crate::plan::dns::PROXY_ADDR,
+                crate::plan::dns::DNS_PORT,
+                process_state(rec, &proxy)
+            ));
+        }
     }
 }
 
@@ -354,6 +366,19 @@ pub fn status_text(rec: &WorldRecord) -> Result<String> {
             x.ip,
             crate::plan::EXTERNAL_PORT,
             process_state(rec, &service)
+        ));
+    }
+    if let Some(d) = &rec.plan.dns {
+        out.push(format!(
+            "dns server {}:{} ({} names; pods' nameserver {}{}): {}",
+            d.server,
+            crate::plan::dns::DNS_PORT,
+            d.records.len(),
+            d.cluster_ip,
+            d.min_ttl
+                .map(|t| format!(", proxies' min TTL {t} s"))
+                .unwrap_or_default(),
+            process_state(rec, &Component::DnsServer)
         ));
     }
     Ok(out.join("\n"))

@@ -1,6 +1,7 @@
 //! Scenario YAML: the topology of a lab world (clusters, nodes, pods,
 //! externals), parsed with serde and validated before anything is built.
 
+pub mod dns;
 mod validate;
 
 pub use validate::{
@@ -55,6 +56,11 @@ pub struct Scenario {
     /// the eBPF datapath. `meshgate lab policy` replaces them at run time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<serde_yaml::Value>,
+    /// The world's DNS: an upstream server with these records on the
+    /// external network, a DNS proxy on every node (needs `datapath:
+    /// ebpf`), and pods' resolv.conf naming `clusterIP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<dns::DnsSpec>,
 }
 
 pub use meshgate_discovery::model::Encryption;
@@ -372,3 +378,6 @@ mod tests;
 
 #[cfg(test)]
 mod egress_tests;
+
+#[cfg(test)]
+mod dns_tests;

@@ -2,6 +2,7 @@
 //! processes, and tears it down.
 
 mod certs;
+pub(crate) mod dns;
 pub(crate) mod ip;
 pub(crate) mod ipsec;
 pub(crate) mod record;
@@ -162,7 +163,7 @@ fn build(rec: &mut WorldRecord) -> Result<()> {
         }
         ip::ip(&step.ip_args())?;
     }
-    Ok(())
+    dns::write_files(&rec.plan)
 }
 
 fn start_all(rec: &mut WorldRecord, opts: &UpOptions) -> Result<()> {
@@ -175,6 +176,11 @@ fn start_all(rec: &mut WorldRecord, opts: &UpOptions) -> Result<()> {
             deadline.saturating_duration_since(Instant::now()),
         )?;
     }
+    dns::start_server(
+        rec,
+        &opts.meshgate_bin,
+        deadline.saturating_duration_since(Instant::now()),
+    )?;
     let clusters = rec.plan.clusters.clone();
     for c in &clusters {
         start_etcd(rec, c, deadline.saturating_duration_since(Instant::now()))?;
@@ -190,7 +196,9 @@ fn start_all(rec: &mut WorldRecord, opts: &UpOptions) -> Result<()> {
             start_agent(rec, c, n, &opts.meshgate_bin)?;
         }
     }
-    Ok(())
+    // After the agents: each writes its proxy's policy file. The proxies
+    // get a deadline of their own (the agents' startup is not theirs).
+    dns::start_proxies(rec, &opts.meshgate_bin, opts.timeout)
 }
 
 /// Discovery replica `k` of the cluster (1 when there is no such replica).
@@ -378,7 +386,7 @@ pub(crate) fn wait_replica_listening(
     )
 }
 
-/// Waits until `pid` listens on `ip:port`; fails early if it exits.
+/// Waits until `pid` listens on `ip:port` (TCP); fails early if it exits.
 fn wait_port(
     component: &Component,
     pid: u32,
@@ -387,6 +395,31 @@ fn wait_port(
     port: u16,
     timeout: Duration,
 ) -> Result<()> {
+    let at = Listen {
+        ip,
+        port,
+        udp: false,
+    };
+    wait_listening_on(component, pid, log, at, timeout)
+}
+
+/// Where a process is waited for: TCP `ip:port`, and UDP too if `udp`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Listen {
+    pub ip: std::net::Ipv4Addr,
+    pub port: u16,
+    pub udp: bool,
+}
+
+/// Waits until `pid` listens at `at`; fails early if it exits.
+pub(crate) fn wait_listening_on(
+    component: &Component,
+    pid: u32,
+    log: &Path,
+    at: Listen,
+    timeout: Duration,
+) -> Result<()> {
+    let Listen { ip, port, udp } = at;
     let deadline = Instant::now() + timeout;
     loop {
         if !procs::alive(pid) {
@@ -397,13 +430,19 @@ fn wait_port(
                 tail: procs::log_tail(log, 10),
             });
         }
-        if procs::listening(pid, ip, port) {
+        let tcp = procs::listening(pid, ip, port);
+        if tcp && (!udp || procs::listening_udp(pid, ip, port)) {
             return Ok(());
         }
         if Instant::now() >= deadline {
+            let what = match (udp, tcp) {
+                (false, _) => "TCP",
+                (true, false) => "TCP and UDP",
+                (true, true) => "UDP",
+            };
             return Err(LabError::Timeout {
                 what: format!(
-                    "{component} did not listen on {ip}:{port} (log {}:\n{})",
+                    "{component} did not listen on {ip}:{port} {what} (log {}:\n{})",
                     log.display(),
                     procs::log_tail(log, 10)
                 ),
@@ -444,17 +483,22 @@ pub(crate) fn pick_world(name: Option<&str>) -> Result<String> {
 /// Existing namespaces named `mg-<world>-*` that do not belong to another
 /// world whose name extends this one (`a` vs `a-b`).
 fn world_namespaces(world: &str) -> Result<Vec<String>> {
-    let prefix = ns_prefix(world);
-    let longer: Vec<String> = worlds()
-        .into_iter()
-        .filter(|w| w != world)
-        .map(|w| ns_prefix(&w))
-        .filter(|p| p.len() > prefix.len() && p.starts_with(&prefix))
-        .collect();
     Ok(ip::netns_list()?
         .into_iter()
-        .filter(|ns| ns.starts_with(&prefix) && !longer.iter().any(|p| ns.starts_with(p)))
+        .filter(|ns| in_world(world, ns))
         .collect())
+}
+
+/// Is `ns` named `mg-<world>-*` and not a namespace of another world up
+/// whose name extends this one?
+fn in_world(world: &str, ns: &str) -> bool {
+    let prefix = ns_prefix(world);
+    ns.starts_with(&prefix)
+        && !worlds()
+            .into_iter()
+            .filter(|w| w != world)
+            .map(|w| ns_prefix(&w))
+            .any(|p| p.len() > prefix.len() && p.starts_with(&prefix) && ns.starts_with(&p))
 }
 
 fn check_world_name(world: &str) -> Result<()> {
@@ -504,15 +548,18 @@ pub fn down(name: Option<&str>) -> Result<String> {
 
     // Recorded processes, then any meshgate process found in the namespaces
     // (externals' services go with the agents).
+    let mut proxies: Vec<u32> = Vec::new();
     let mut agents: Vec<u32> = Vec::new();
     let mut discoveries: Vec<u32> = Vec::new();
     let mut stores: Vec<u32> = Vec::new();
     if let Some(rec) = &rec {
         for p in &rec.processes {
             match (&p.component, p.pid) {
-                (Component::Agent { .. } | Component::External { .. }, Some(pid)) => {
-                    agents.push(pid)
-                }
+                (Component::DnsProxy { .. }, Some(pid)) => proxies.push(pid),
+                (
+                    Component::Agent { .. } | Component::External { .. } | Component::DnsServer,
+                    Some(pid),
+                ) => agents.push(pid),
                 (Component::Discovery { .. } | Component::DiscoveryReplica { .. }, Some(pid)) => {
                     discoveries.push(pid)
                 }
@@ -523,7 +570,7 @@ pub fn down(name: Option<&str>) -> Result<String> {
     }
     for ns in &namespaces {
         for pid in ip::netns_pids(ns).unwrap_or_default() {
-            if ![&agents, &discoveries, &stores]
+            if ![&proxies, &agents, &discoveries, &stores]
                 .iter()
                 .any(|l| l.contains(&pid))
             {
@@ -531,8 +578,10 @@ pub fn down(name: Option<&str>) -> Result<String> {
             }
         }
     }
-    // etcd last: discoveries leave their last change in it.
-    let stopped = procs::terminate(&agents, DOWN_GRACE)
+    // DNS proxies before their agents; etcd last: discoveries leave their
+    // last change in it.
+    let stopped = procs::terminate(&proxies, DOWN_GRACE)
+        + procs::terminate(&agents, DOWN_GRACE)
         + procs::terminate(&discoveries, DOWN_GRACE)
         + procs::terminate(&stores, DOWN_GRACE);
 
@@ -542,6 +591,15 @@ pub fn down(name: Option<&str>) -> Result<String> {
         match ip::netns_delete(ns) {
             Ok(()) => deleted += 1,
             Err(e) => failures.push(e.to_string()),
+        }
+    }
+    // The pods' resolv.conf (worlds with `dns:`), found by name so that a
+    // world that crashed before its record was complete loses them too.
+    for ns in dns::netns_etc_names() {
+        if in_world(&world, &ns) {
+            if let Err(e) = dns::remove_resolv_conf(&ns) {
+                failures.push(e.to_string());
+            }
         }
     }
     // Pins of the world's eBPF datapaths (agents that left removed their

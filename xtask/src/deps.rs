@@ -102,6 +102,23 @@ const PREREQS: &[Prereq] = &[
         check: |_| version("curl", &["--version"]),
     },
     Prereq {
+        what: "dig (the DNS tests query the lab's DNS server and the proxies)",
+        package: Some("bind9-dnsutils"),
+        check: |_| version("dig", &["-v"]),
+    },
+    Prereq {
+        // dnsmasq-base: the binary without the dnsmasq package's system
+        // service, which would take port 53 on the host.
+        what: "dnsmasq (the forwarder `bench dns` measures the DNS proxy against)",
+        package: Some("dnsmasq-base"),
+        check: |_| version("dnsmasq", &["--version"]),
+    },
+    Prereq {
+        what: "dnsperf (the DNS benchmark's load generator)",
+        package: Some("dnsperf"),
+        check: |_| version("dnsperf", &["-h"]),
+    },
+    Prereq {
         what: "protoc with its well-known protos (compiling a proto that imports descriptor.proto)",
         package: None,
         check: check_protoc,

@@ -79,7 +79,6 @@ pub fn build(plan: &Plan) -> Vec<Step> {
     let mut s = Steps(Vec::new());
     let ul = plan.underlay_ns.as_str();
     let gw = POD_GATEWAY.to_string();
-    let underlay = UNDERLAY_NET.to_string();
     let ul_len = UNDERLAY_NET.prefix_len();
 
     s.namespace(ul, false);
@@ -110,7 +109,7 @@ pub fn build(plan: &Plan) -> Vec<Step> {
             if n.is_egress_gateway() {
                 egress_interface(&mut s, ul, n);
             }
-            if !plan.externals.is_empty() {
+            if !plan.externals.is_empty() || plan.dns.is_some() {
                 masquerade(&mut s, n);
             }
             // The pods' gateway: a local address answers their ARP and ping.
@@ -125,8 +124,8 @@ pub fn build(plan: &Plan) -> Vec<Step> {
                 "scope",
                 "link",
             ]);
-            for x in &plan.externals {
-                let ip = with_len(x.ip, 32);
+            for ip in world_hosts(plan) {
+                let ip = with_len(ip, 32);
                 s.ip(&[
                     "-n", node, "route", "add", &ip, "dev", "eth0", "scope", "link",
                 ]);
@@ -158,34 +157,60 @@ pub fn build(plan: &Plan) -> Vec<Step> {
 
     isolate(&mut s, plan);
 
-    for x in &plan.externals {
-        let ns = x.netns.as_str();
-        s.namespace(ns, false);
-        s.attach(ul, ns, &x.ul_veth, &with_len(x.ip, 32));
-        s.ip(&[
-            "-n", ns, "route", "add", &underlay, "dev", "eth0", "scope", "link",
-        ]);
-        // Replies to egress IPs go to the gateways' eg0, on the same bridge.
-        for ip in plan
-            .clusters
-            .iter()
-            .flat_map(|c| &c.nodes)
-            .flat_map(|n| &n.egress_ips)
-        {
-            s.ip(&[
-                "-n",
-                ns,
-                "route",
-                "add",
-                &with_len(*ip, 32),
-                "dev",
-                "eth0",
-                "scope",
-                "link",
-            ]);
-        }
+    let hosts = plan
+        .externals
+        .iter()
+        .map(|x| (x.netns.as_str(), x.ul_veth.as_str(), x.ip))
+        .chain(
+            plan.dns
+                .iter()
+                .map(|d| (d.netns.as_str(), d.ul_veth.as_str(), d.server)),
+        );
+    for (ns, ul_veth, ip) in hosts {
+        world_host(&mut s, plan, (ns, ul_veth), ip);
     }
     s.0
+}
+
+/// The addresses of the world's hosts outside every cluster: the
+/// externals' and the DNS server's.
+fn world_hosts(plan: &Plan) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    plan.externals
+        .iter()
+        .map(|x| x.ip)
+        .chain(plan.dns.iter().map(|d| d.server))
+}
+
+/// A host on the external network (an external, the DNS server): its
+/// namespace on the underlay bridge with its address as a /32, a route to
+/// the underlay, and routes to the egress IPs (replies go to the gateways'
+/// eg0, on the same bridge).
+fn world_host(s: &mut Steps, plan: &Plan, (ns, ul_veth): (&str, &str), ip: Ipv4Addr) {
+    let ul = plan.underlay_ns.as_str();
+    let underlay = UNDERLAY_NET.to_string();
+    s.namespace(ns, false);
+    s.attach(ul, ns, ul_veth, &with_len(ip, 32));
+    s.ip(&[
+        "-n", ns, "route", "add", &underlay, "dev", "eth0", "scope", "link",
+    ]);
+    for ip in plan
+        .clusters
+        .iter()
+        .flat_map(|c| &c.nodes)
+        .flat_map(|n| &n.egress_ips)
+    {
+        s.ip(&[
+            "-n",
+            ns,
+            "route",
+            "add",
+            &with_len(*ip, 32),
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ]);
+    }
 }
 
 /// An egress gateway's second interface: `eg0` in the node, its peer on the
@@ -320,6 +345,8 @@ fn isolate(s: &mut Steps, plan: &Plan) {
             .map(|n| n.ul_veth.as_str())
             .chain([c.discovery.ul_veth.as_str()])
             .chain(c.nodes.iter().filter_map(|n| n.egress_veth.as_deref()))
+            // Every node's DNS proxy forwards to the world's DNS server.
+            .chain(plan.dns.iter().map(|d| d.ul_veth.as_str()))
             .collect();
         let walled: Vec<&str> = c
             .nodes

@@ -1,5 +1,6 @@
 //! Checks on a parsed scenario; every problem is reported with its field.
 
+mod dns;
 mod labels;
 
 use std::collections::BTreeMap;
@@ -457,6 +458,7 @@ fn check_external_network(errors: &mut Errors, s: &Scenario, nets: &[(Ipv4Net, u
         }
     }
     check_externals(errors, s, nets, &mut owners);
+    dns::check(errors, s, nets, &mut owners);
 }
 
 fn check_externals(

@@ -34,6 +34,13 @@ pub enum Component {
     External {
         name: String,
     },
+    /// The world's upstream DNS server (`meshgate lab dns-server`).
+    DnsServer,
+    /// A node's DNS proxy (`meshgate dnsproxy`).
+    DnsProxy {
+        cluster: String,
+        node: String,
+    },
 }
 
 impl Component {
@@ -62,6 +69,8 @@ impl fmt::Display for Component {
             }
             Component::Etcd { cluster } => write!(f, "etcd {cluster}"),
             Component::External { name } => write!(f, "service of external {name}"),
+            Component::DnsServer => write!(f, "DNS server"),
+            Component::DnsProxy { cluster, node } => write!(f, "DNS proxy {cluster}/{node}"),
         }
     }
 }
