@@ -37,6 +37,9 @@ pub enum LabCommand {
     Start { target: String },
     /// Restart a node's agent (forwarding resumes at once) or a discovery.
     Restart { target: String },
+    /// Restart a node's DNS proxy: the new one takes the old one's sockets
+    /// before the old one stops, so no query is lost.
+    RestartDns { target: String },
     /// Replace a world's policies with those of FILEs (NetworkPolicy /
     /// CiliumNetworkPolicy YAML) and have its agents reload them (SIGHUP).
     Policy {
@@ -127,6 +130,9 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
         LabCommand::Stop { target } => say(meshgate_lab::stop(&target)?),
         LabCommand::Start { target } => say(meshgate_lab::start(&target, &bin()?)?),
         LabCommand::Restart { target } => say(meshgate_lab::restart(&target, &bin()?)?),
+        LabCommand::RestartDns { target } => {
+            say(meshgate_lab::restart_dns_proxy(&target, &bin()?)?)
+        }
         LabCommand::Policy { world, files } => {
             say(meshgate_lab::set_policies(world.as_deref(), &files)?)
         }

@@ -467,3 +467,46 @@ pub fn rotate_secret(world: Option<&str>) -> Result<String> {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// How long the old DNS proxy may take to hand over and finish its queries.
+const DNS_HANDOFF_GRACE: Duration = Duration::from_secs(15);
+
+/// `meshgate lab restart-dns WORLD:CLUSTER/NODE`: starts a new DNS proxy on
+/// the node with the recorded arguments while the old one runs; the new one
+/// takes the old one's sockets, and the old one exits once the new one
+/// serves (no query lost). Waits for that exit.
+pub fn restart_dns_proxy(target: &str, meshgate_bin: &Path) -> Result<String> {
+    let t = target::resolve(target)?;
+    if !matches!(t.kind, TargetKind::Node) {
+        return Err(LabError::Target {
+            target: target.to_string(),
+            problem: "a DNS proxy runs on a node: give WORLD:CLUSTER/NODE".to_string(),
+        });
+    }
+    let mut rec = WorldRecord::load_up(&t.world)?;
+    let component = Component::DnsProxy {
+        cluster: t.cluster.clone(),
+        node: t.name.clone(),
+    };
+    let p = rec
+        .process(&component)
+        .cloned()
+        .ok_or_else(|| LabError::Target {
+            target: target.to_string(),
+            problem: "this world runs no DNS proxy (the scenario has no `dns:`)".to_string(),
+        })?;
+    let old = require_running(&rec, &component)?;
+    let new = world::spawn_recorded(&mut rec, p, meshgate_bin)?;
+    if !procs::wait_exit(old, DNS_HANDOFF_GRACE) {
+        return Err(LabError::Target {
+            target: target.to_string(),
+            problem: format!(
+                "the old DNS proxy (pid {old}) did not exit within {DNS_HANDOFF_GRACE:?} after \
+                 pid {new} started: the handoff failed (see the node's dnsproxy.log)"
+            ),
+        });
+    }
+    Ok(format!(
+        "{component}: pid {old} handed its sockets to pid {new} and exited"
+    ))
+}

@@ -22,8 +22,8 @@ pub mod target;
 pub mod world;
 
 pub use control::{
-    agent_status, exec, fail, ip, recover, restart, rotate_key, rotate_secret, set_policies, start,
-    status, stop,
+    agent_status, exec, fail, ip, recover, restart, restart_dns_proxy, rotate_key, rotate_secret,
+    set_policies, start, status, stop,
 };
 pub use error::LabError;
 pub use host::check_host;

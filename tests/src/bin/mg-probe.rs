@@ -30,8 +30,12 @@
 //! - `hold IP PORT COUNT SECONDS`: opens COUNT connections (32 threads)
 //!   and keeps them open for SECONDS; prints `held N of COUNT` once all
 //!   were tried (with the first failure, if any), then `done`.
+//! - `dns-connect`, `dns-load`, `dns-query`: see `mg-probe/dns.rs`.
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
+
+#[path = "mg-probe/dns.rs"]
+mod dns;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -43,7 +47,9 @@ fn usage() -> ExitCode {
         "usage: mg-probe serve PORT[,PORT] | connect IP PORT TIMEOUT_MS | rr IP PORT SECONDS | \
          udp-recv PORT SECONDS | udp-send IP PORT INTERVAL_MS SECONDS | name PORT NAME | \
          conns IP PORT COUNT INTERVAL_MS TIMEOUT_MS | rate IP PORT SECONDS THREADS | \
-         hold-serve PORT | hold IP PORT COUNT SECONDS"
+         hold-serve PORT | hold IP PORT COUNT SECONDS | \
+         dns-connect SERVER TEMPLATE FROM COUNT PORT TIMEOUT_MS | dns-load SERVER NAME QPS SECONDS | \
+         dns-query SERVER NAME"
     );
     ExitCode::from(2)
 }
@@ -417,6 +423,11 @@ fn main() -> ExitCode {
         ["rate", ip, port, s, t] => rate(ip, port, s, t),
         ["hold-serve", port] => hold_serve(port),
         ["hold", ip, port, n, s] => hold(ip, port, n, s),
+        ["dns-connect", srv, tmpl, from, n, port, t] => {
+            dns::connect_after_lookup(srv, tmpl, from, n, port, t)
+        }
+        ["dns-load", srv, name, qps, s] => dns::load(srv, name, qps, s),
+        ["dns-query", srv, name] => dns::query(srv, name),
         _ => usage(),
     }
 }
