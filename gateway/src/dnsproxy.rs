@@ -16,6 +16,7 @@ mod events;
 mod handoff;
 pub(crate) mod host;
 mod metrics;
+mod pool;
 mod serve;
 mod upstream;
 
@@ -83,10 +84,17 @@ pub struct DnsProxyArgs {
     pub uninstall: bool,
 }
 
+/// (identity, address) -> (expiry, ports) of the mg_fqdn entries written.
+pub(crate) type Written = std::collections::HashMap<(u32, Ipv4Addr), (u64, Vec<(u8, u16)>)>;
+
 /// What the serving tasks share.
 pub(crate) struct Core {
     pub upstream: SocketAddr,
     pub upstream_timeout: Duration,
+    pub pool: pool::UdpPool,
+    /// What this process wrote into mg_fqdn: (identity, address) ->
+    /// (expiry, ports), so an answer that extends nothing costs no syscall.
+    pub written: Mutex<Written>,
     pub decider: RwLock<Arc<Decider>>,
     pub maps: Mutex<Maps>,
     pub metrics: metrics::Metrics,
@@ -124,6 +132,10 @@ async fn main(args: DnsProxyArgs) -> anyhow::Result<()> {
     let core = Arc::new(Core {
         upstream: args.upstream,
         upstream_timeout: Duration::from_millis(args.upstream_timeout_ms),
+        pool: pool::UdpPool::new(args.upstream)
+            .await
+            .with_context(|| format!("opening sockets to the upstream {}", args.upstream))?,
+        written: Mutex::default(),
         decider: RwLock::new(Arc::new(Decider::new(policy, refuse_with, args.min_ttl))),
         maps: Mutex::new(maps),
         metrics: metrics::Metrics::default(),

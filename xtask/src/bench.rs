@@ -1,6 +1,7 @@
 //! `cargo xtask bench NAME`: a figure beside its anchors, measured in the same
 //! run on the same machine, reported as ratios and kept in docs/benchmarks.md.
 
+mod dns;
 mod egress;
 mod example;
 mod iperf;
@@ -32,6 +33,7 @@ const BENCHES: &[(&str, bool, Bench)] = &[
     ("policy-compile", false, policy_compile::run),
     ("netlink-routes", true, netlink_routes::run),
     ("egress", true, egress::run),
+    ("dns", true, dns::run),
 ];
 
 pub fn known() -> Vec<&'static str> {

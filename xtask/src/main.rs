@@ -5,6 +5,7 @@
 mod bench;
 mod demo;
 mod deps;
+mod fuzz;
 mod kernel_lab;
 mod lab;
 mod test;
@@ -23,8 +24,11 @@ commands:
   kernel-lab [-- CMD]
                 boot Debian's 6.1 kernel in a qemu VM (TCG) and run the kernel-path
                 end-to-end tests (kernel WireGuard) there, or CMD
+  fuzz [--seconds N]
+                fuzz the DNS proxy's parse-and-decide path with cargo-fuzz (60 s;
+                installs nightly and cargo-fuzz when missing)
   bench NAME    run a benchmark beside its anchors and record it in docs/benchmarks.md
-                (known: tunnel, mesh [--clusters N, default 32; 255 is the issue's target])
+                (known: tunnel, mesh [--clusters N], policy, policy-compile, netlink-routes, egress, dns)
   help          this text";
 
 fn main() -> ExitCode {
@@ -35,6 +39,7 @@ fn main() -> ExitCode {
         ["test"] => test::run(),
         ["demo"] => demo::run(),
         ["kernel-lab", rest @ ..] => kernel_lab::run(rest),
+        ["fuzz", rest @ ..] => fuzz::run(rest),
         ["bench", name, rest @ ..] => bench::run(name, rest),
         ["bench"] => Err(anyhow::anyhow!(
             "cargo xtask bench needs a benchmark name; known: {}",

@@ -120,7 +120,7 @@ fn report(tally: &Tally, failed_steps: &[String]) {
 }
 
 fn run_steps(tally: &mut Tally, failed: &mut Vec<String>) -> Result<()> {
-    let mut steps = Steps::new(8);
+    let mut steps = Steps::new(9);
     // Each of these records its failure and lets the run go on.
     let mut keep_going = |steps: &mut Steps, name: &str, f: &mut dyn FnMut() -> Result<()>| {
         if let Err(err) = steps.step(name, f) {
@@ -167,6 +167,16 @@ fn run_steps(tally: &mut Tally, failed: &mut Vec<String>) -> Result<()> {
         }
         run_tee_all(&mut cmd, |line| tally.add_line(line))
     });
+    keep_going(
+        &mut steps,
+        "fuzz the DNS proxy (60 s; corpus replay on CI)",
+        &mut || {
+            if !crate::fuzz::test_step()? {
+                tally.ignored += 1;
+            }
+            Ok(())
+        },
+    );
     let bin = util::meshgate_bin();
     steps.step("remove leftover lab worlds", || lab::down_all(&bin))?;
     keep_going(&mut steps, "end-to-end tests (one at a time)", &mut || {

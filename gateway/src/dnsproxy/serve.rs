@@ -143,7 +143,7 @@ async fn answer(core: &Core, peer: SocketAddr, packet: &[u8], tcp: bool) -> Opti
             let r = if tcp {
                 upstream::tcp(core.upstream, packet, core.upstream_timeout).await
             } else {
-                upstream::udp(core.upstream, packet, core.upstream_timeout).await
+                core.pool.ask(packet, core.upstream_timeout).await
             };
             let took = started.elapsed();
             event.upstream_ms = Some(took.as_secs_f64() * 1000.0);
@@ -223,8 +223,29 @@ impl Core {
         pod: Ipv4Addr,
         learned: &meshgate_egress::dnsproxy::decide::Learned,
     ) -> meshgate_ebpf::Result<()> {
+        let now = now_ns();
+        // An entry this process wrote that already lasts about as long (a
+        // tenth of the TTL, at most 2 s, earlier) is not written again.
+        let ports = learned.reach_ports.clone().unwrap_or_default();
+        let mut fresh = learned.clone();
+        {
+            let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+            fresh.reach.retain(|(addr, expires)| {
+                let slack = ((expires.saturating_sub(now)) / 10).min(2_000_000_000);
+                !written
+                    .get(&(identity, *addr))
+                    .is_some_and(|(e, p)| *p == ports && *e >= expires.saturating_sub(slack))
+            });
+        }
         let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
-        let w = datapath::write_learned(&mut maps, identity, pod, learned, now_ns())?;
+        let w = datapath::write_learned(&mut maps, identity, pod, &fresh, now)?;
+        drop(maps);
+        {
+            let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+            for (addr, expires) in &fresh.reach {
+                written.insert((identity, *addr), (*expires, ports.clone()));
+            }
+        }
         self.metrics
             .addresses_written
             .fetch_add(w.addresses as u64, Ordering::Relaxed);
@@ -235,6 +256,10 @@ impl Core {
     }
 
     pub fn collect_expired(&self, now_ns: u64) -> meshgate_ebpf::Result<(usize, usize)> {
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, (expires, _)| *expires > now_ns);
         let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
         datapath::collect_expired(&mut maps, now_ns)
     }

@@ -1,4 +1,4 @@
-//! Forwarding a query to the upstream server, over UDP or TCP, with a
+//! Forwarding a query to the upstream server over TCP (UDP: `pool.rs`), with a
 //! deadline: an unreachable upstream is an error at once (ICMP) or at the
 //! deadline, never a hang.
 
@@ -6,32 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
-
-/// Sends `query` over UDP from a fresh port and returns the answer with
-/// the same ID.
-pub async fn udp(
-    upstream: SocketAddr,
-    query: &[u8],
-    deadline: Duration,
-) -> std::io::Result<Vec<u8>> {
-    let work = async {
-        let sock = UdpSocket::bind(("0.0.0.0", 0)).await?;
-        sock.connect(upstream).await?;
-        sock.send(query).await?;
-        let mut buf = vec![0u8; 65535];
-        loop {
-            let n = sock.recv(&mut buf).await?;
-            if n >= 2 && query.len() >= 2 && buf[..2] == query[..2] {
-                buf.truncate(n);
-                return Ok(buf);
-            }
-        }
-    };
-    tokio::time::timeout(deadline, work)
-        .await
-        .unwrap_or_else(|_| Err(timed_out(upstream, deadline)))
-}
+use tokio::net::TcpStream;
 
 /// Sends `query` over a new TCP connection and returns the answer.
 pub async fn tcp(
