@@ -2,7 +2,10 @@
 //! the underlay carries nothing but WireGuard, the control plane and ARP.
 //! Then egress gateways (`scenarios/egress.yaml`): a selected pod's
 //! connection reaches the external host from a gateway's egress IP, an
-//! unselected pod's from its node.
+//! unselected pod's from its node. Last, FQDN policy (`scenarios/fqdn.yaml`):
+//! an allowed name resolves through the node's DNS proxy and its address
+//! opens; a refused name gets REFUSED, and its address stays closed even
+//! dialled directly.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -30,7 +33,7 @@ const PAIRS: &[(&str, &str)] = &[
 ];
 
 pub fn run() -> Result<()> {
-    let mut steps = Steps::new(8);
+    let mut steps = Steps::new(10);
     steps.step("deps", crate::deps::run)?;
     steps.step("build meshgate (release)", || {
         util::run(util::cargo().args(["build", "-p", "meshgate-gateway", "--release"]))
@@ -54,11 +57,102 @@ pub fn run() -> Result<()> {
         || egress_calls(&egress),
     )?;
     drop(egress);
+    let scenario = util::repo_root().join(FQDN_SCENARIO);
+    let fqdn = steps.step("lab up (FQDN policy, DNS proxies)", || {
+        World::up(&bin, FQDN_WORLD, &scenario, &[])
+    })?;
+    steps.step("an allowed and a refused name", || fqdn_calls(&fqdn))?;
+    drop(fqdn);
     eprintln!(
         "\ndemo done: pods reach each other across nodes, n1's underlay carried no clear pod \
-         packet, and selected pods reach the internet from their gateways' egress IPs"
+         packet, selected pods reach the internet from their gateways' egress IPs, and pods \
+         reach by name only what their DNS policy allows"
     );
     Ok(())
+}
+
+const FQDN_WORLD: &str = "fqdn";
+const FQDN_SCENARIO: &str = "scenarios/fqdn.yaml";
+
+/// `dig +short NAME` and `dig NAME`'s status in a pod.
+fn dig(world: &World, pod: &str, name: &str) -> Result<(String, String)> {
+    let run = |args: &[&str]| {
+        output(
+            world
+                .cmd()
+                .args([
+                    "lab",
+                    "exec",
+                    &world.target(pod),
+                    "--",
+                    "dig",
+                    "+tries=1",
+                    "+time=2",
+                ])
+                .args(args),
+        )
+    };
+    let short = run(&["+short", name])?;
+    let full = run(&[name])?;
+    let status = full
+        .lines()
+        .find_map(|l| l.split("status: ").nth(1))
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("?")
+        .to_string();
+    Ok((
+        status,
+        short.split_whitespace().last().unwrap_or("").to_string(),
+    ))
+}
+
+/// Whether a TCP connection from `pod` to `addr`:8080 gets the external's answer.
+fn reaches(world: &World, pod: &str, addr: &str) -> bool {
+    let script = format!("exec 3<>/dev/tcp/{addr}/8080 && head -n1 <&3");
+    util::succeeds(
+        world
+            .cmd()
+            .args(["lab", "exec", &world.target(pod), "--"])
+            .args(["timeout", "2", "bash", "-c", &script]),
+    )
+}
+
+fn fqdn_calls(world: &World) -> Result<()> {
+    println!("\n--- c1/other1 may look up api.example.com only (CiliumNetworkPolicy rules.dns), and reach nothing by name;");
+    println!("    c1/app1 may look up any name and reach api.example.com and *.example.com on TCP 8080 (toFQDNs)");
+    for (pod, name, want_status, want_reach) in [
+        ("c1/app1", "api.example.com", "NOERROR", true),
+        ("c1/other1", "www.example.com", "REFUSED", false),
+        ("c1/other1", "api.example.com", "NOERROR", false),
+    ] {
+        let (status, addr) = dig(world, pod, name)?;
+        let target = if addr.is_empty() {
+            "203.0.113.10"
+        } else {
+            addr.as_str()
+        };
+        let reach = reaches(world, pod, target);
+        println!(
+            "  {pod:<10} dig {name:<16} {status:<8} {addr:<13} {target}:8080 {}",
+            if reach { "reached" } else { "closed" }
+        );
+        if status != want_status || reach != want_reach {
+            bail!(
+                "{pod}: {name} gave {status} and {target} {}; expected {want_status} and {}",
+                if reach { "reachable" } else { "closed" },
+                if want_reach { "reachable" } else { "closed" }
+            );
+        }
+    }
+    util::run(world.cmd().args([
+        "lab",
+        "observe",
+        FQDN_WORLD,
+        "--protocol",
+        "dns",
+        "--last",
+        "3",
+    ]))
 }
 
 const EGRESS_WORLD: &str = "egress";
