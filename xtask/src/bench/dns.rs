@@ -212,8 +212,7 @@ fn section(
 ) -> String {
     let ms = |v: f64| format!("{v:.3}");
     format!(
-        "## dns\n\n\
-         `cargo xtask bench dns` on {machine}; load average {load} before, {load_after} after.\n\
+        "`cargo xtask bench dns` on {machine}; load average {load} before, {load_after} after.\n\
          The DNS proxy (`meshgate dnsproxy`, {RULES} extra toFQDNs rules on the querying\n\
          identity, every answer's addresses written into mg_fqdn before it is sent) beside\n\
          dnsmasq (`--cache-size=0`), both forwarding to the lab's DNS server; dnsperf\n\
