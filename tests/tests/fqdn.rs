@@ -126,7 +126,6 @@ fn seen_as(w: &World, pod: &str, addr: &str) -> String {
 }
 
 #[test]
-#[ignore = "needs root (network namespaces, bpf): cargo xtask test runs it"]
 fn names_resolve_and_open_only_what_the_policy_allows() {
     let w = fqdn_world("fq");
 
@@ -231,7 +230,6 @@ fn names_resolve_and_open_only_what_the_policy_allows() {
 }
 
 #[test]
-#[ignore = "needs root (network namespaces, bpf): cargo xtask test runs it"]
 fn an_expired_name_closes_new_connections_but_not_live_ones() {
     let w = fqdn_world("fqx");
     let x = format!("mg-{}-x-short", w.name);
@@ -260,6 +258,23 @@ fn an_expired_name_closes_new_connections_but_not_live_ones() {
     // Looking it up again opens it again.
     assert_eq!(lookup(&w, "app1", "short.example.com").0, "NOERROR");
     assert!(connects(&w, "app1", SHORT, ECHO_PORT) || connects(&w, "app1", SHORT, "8080"));
+
+    // The upstream gone: SERVFAIL at once, never a hang.
+    let dns_ns = format!("mg-{}-dns", w.name);
+    let pids = std::process::Command::new("ip")
+        .args(["netns", "pids", &dns_ns])
+        .output()
+        .unwrap();
+    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+        unsafe { libc::kill(pid.parse().unwrap(), libc::SIGKILL) };
+    }
+    let began = std::time::Instant::now();
+    assert_eq!(lookup(&w, "app1", "api.example.com").0, "SERVFAIL");
+    assert!(
+        began.elapsed() < Duration::from_millis(1800),
+        "SERVFAIL took {:?}",
+        began.elapsed()
+    );
 }
 
 fn load_result(out: &str) -> (u64, u64) {
@@ -275,7 +290,6 @@ fn load_result(out: &str) -> (u64, u64) {
 }
 
 #[test]
-#[ignore = "needs root (network namespaces, bpf): cargo xtask test runs it"]
 fn dns_fails_no_query_across_agent_and_proxy_restarts() {
     let w = fqdn_world("fqr");
     let ns = w.pod_ns("c1", "app1");
@@ -316,7 +330,6 @@ fn dns_fails_no_query_across_agent_and_proxy_restarts() {
 }
 
 #[test]
-#[ignore = "needs root (network namespaces, bpf): cargo xtask test runs it"]
 fn an_fqdn_egress_policy_sends_the_answered_addresses_through_the_gateway() {
     let v = scenario("fqdn-egress.yaml", "fqe");
     let w = World::up("fqe", &serde_yaml::to_string(&v).unwrap());
