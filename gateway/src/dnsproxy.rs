@@ -247,9 +247,8 @@ async fn watch_policy(core: Arc<Core>, path: PathBuf) {
                     egress = policy.egress.len(),
                     "policy read"
                 );
-                let mut next = (**d).clone();
-                next.policy = policy;
-                *d = Arc::new(next);
+                // A new decider: its name index is built from the policy.
+                *d = Arc::new(Decider::new(policy, d.refuse_with, d.min_ttl));
             }
             Err(e) => warn!(error = %format!("{e:#}"), "keeping the previous policy"),
         }

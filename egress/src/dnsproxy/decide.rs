@@ -2,14 +2,14 @@
 //! what to do out; an upstream answer in, what to write into the datapath
 //! before the client gets it. No sockets, no clock (time is passed in).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{RData, Record, RecordType};
 
 use super::state::{FqdnEgress, IdentityDns, ProxyPolicy};
-use crate::fqdn::normalise;
+use crate::fqdn::{normalise, NameMatch};
 
 /// What a query's verdict was, for events and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -94,15 +94,99 @@ pub struct Decider {
     pub refuse_with: RefuseWith,
     /// Answered addresses are reachable for at least this long.
     pub min_ttl: u32,
+    /// Per identity, its rules' names indexed: a `matchName` is one hash
+    /// lookup, only patterns are tried one by one.
+    index: BTreeMap<u32, NameIndex>,
+}
+
+/// The names of one identity's rules: which lookup entries and which
+/// `toFQDNs` rules (by position) a name matches.
+#[derive(Clone, Debug, Default)]
+struct NameIndex {
+    lookup_names: HashSet<String>,
+    lookup_patterns: Vec<NameMatch>,
+    reach_names: HashMap<String, Vec<usize>>,
+    reach_patterns: Vec<(usize, NameMatch)>,
+}
+
+impl NameIndex {
+    fn of(rules: &IdentityDns) -> NameIndex {
+        let mut ix = NameIndex::default();
+        for m in rules.lookups.iter().flatten() {
+            match m {
+                NameMatch::MatchName(n) => {
+                    ix.lookup_names.insert(n.clone());
+                }
+                p => ix.lookup_patterns.push(p.clone()),
+            }
+        }
+        for (i, r) in rules.reach.iter().enumerate() {
+            for m in &r.names {
+                match m {
+                    NameMatch::MatchName(n) => ix.reach_names.entry(n.clone()).or_default().push(i),
+                    p => ix.reach_patterns.push((i, p.clone())),
+                }
+            }
+        }
+        ix
+    }
 }
 
 impl Decider {
     pub fn new(policy: ProxyPolicy, refuse_with: RefuseWith, min_ttl: u32) -> Self {
+        let index = policy
+            .identities
+            .iter()
+            .map(|(id, rules)| (*id, NameIndex::of(rules)))
+            .collect();
         Decider {
             policy,
             refuse_with,
             min_ttl,
+            index,
         }
+    }
+
+    /// [`may_look_up`] through the index.
+    fn looks_up(&self, identity: u32, rules: &IdentityDns, name: &str) -> bool {
+        let Some(ix) = self.index.get(&identity) else {
+            return may_look_up(rules, name);
+        };
+        rules.lookups.is_none()
+            || ix.lookup_names.contains(name)
+            || ix.lookup_patterns.iter().any(|p| p.matches(name))
+    }
+
+    /// [`reach_ports`] through the index.
+    fn ports_for(&self, identity: u32, rules: &IdentityDns, name: &str) -> Option<Vec<(u8, u16)>> {
+        let Some(ix) = self.index.get(&identity) else {
+            return reach_ports(rules, name);
+        };
+        let mut matched: BTreeSet<usize> = ix
+            .reach_names
+            .get(name)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        matched.extend(
+            ix.reach_patterns
+                .iter()
+                .filter(|(_, p)| p.matches(name))
+                .map(|(i, _)| *i),
+        );
+        if matched.is_empty() {
+            return None;
+        }
+        let mut ports = BTreeSet::new();
+        for i in matched {
+            let r = &rules.reach[i];
+            if r.ports.is_empty() {
+                return Some(Vec::new());
+            }
+            ports.extend(r.ports.iter().copied());
+        }
+        Some(ports.into_iter().collect())
     }
 
     /// Decides about `packet`, a query from a pod with `identity` (`None`:
@@ -128,15 +212,15 @@ impl Decider {
             name: normalise(&q.name().to_ascii()),
             qtype: q.query_type(),
         };
-        let rules = identity.and_then(|id| self.policy.identities.get(&id));
-        let Some(rules) = rules else {
+        let found = identity.and_then(|id| Some((id, self.policy.identities.get(&id)?)));
+        let Some((id, rules)) = found else {
             return Decision {
                 verdict: Verdict::UnknownIdentity,
                 action: reply(&msg, ResponseCode::ServFail, Vec::new()),
                 question: Some(question),
             };
         };
-        if !may_look_up(rules, &question.name) {
+        if !self.looks_up(id, rules, &question.name) {
             let code = match self.refuse_with {
                 RefuseWith::Refused => ResponseCode::Refused,
                 RefuseWith::NxDomain => ResponseCode::NXDomain,
@@ -191,7 +275,7 @@ impl Decider {
         }
         let ttl_ns = |ttl: u32| u64::from(ttl.max(self.min_ttl)) * 1_000_000_000;
         if let Some(rules) = self.policy.identities.get(&identity) {
-            if let Some(ports) = reach_ports(rules, &question.name) {
+            if let Some(ports) = self.ports_for(identity, rules, &question.name) {
                 learned.reach_ports = Some(ports);
                 learned.reach = learned
                     .addresses

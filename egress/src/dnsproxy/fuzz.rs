@@ -72,7 +72,18 @@ pub fn one(data: &[u8]) {
         name: "api.example.com".into(),
         qtype: hickory_proto::rr::RecordType::A,
     });
-    let _ = d.on_answer(1, Ipv4Addr::new(10, 0, 0, 1), &q, data, 0);
+    let learned = d.on_answer(1, Ipv4Addr::new(10, 0, 0, 1), &q, data, 0);
+    // The decider's name index agrees with the plain walk over the rules.
+    if let Some(rules) = d.policy.identities.get(&1) {
+        if !learned.addresses.is_empty() {
+            assert_eq!(
+                learned.reach_ports,
+                super::decide::reach_ports(rules, &q.name),
+                "{}",
+                q.name
+            );
+        }
+    }
     let _ = super::decide::servfail(data);
     for n in [d.policy.identities.get(&1)] {
         if let (Some(rules), Ok(s)) = (n, std::str::from_utf8(data)) {
