@@ -108,8 +108,10 @@ pub fn run(args: DnsProxyArgs) -> anyhow::Result<ExitCode> {
         host::uninstall(args.listen)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: a query's work is short, and on a node the proxy shares
+    // the cores with the pods it serves (measured by `cargo xtask bench
+    // dns` beside two worker threads).
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
