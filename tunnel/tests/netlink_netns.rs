@@ -157,6 +157,11 @@ fn addresses_are_replaced_idempotently_and_read_back() {
         let e = nl.replace_address("mg-missing", a).unwrap_err();
         assert!(e.is_not_found(), "{e}");
         assert!(e.to_string().contains("mg-missing"), "{e}");
+        // Removing: the address goes, and a second removal says it was not there.
+        let b = net("100.64.0.2/32");
+        nl.replace_address("mgd0", b).unwrap();
+        assert!(nl.remove_address("mgd0", b).unwrap());
+        assert!(!nl.remove_address("mgd0", b).unwrap());
     });
     let v = ns.ip_json(&["addr", "show", "dev", "mgd0"]);
     let addrs: Vec<(String, u64)> = v[0]["addr_info"]

@@ -22,21 +22,21 @@ fn fuzz_dir() -> PathBuf {
 }
 
 fn has_nightly() -> bool {
-    Command::new("rustup")
-        .args(["run", "nightly", "rustc", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success())
+    util::succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"]))
 }
 
 fn has_cargo_fuzz() -> bool {
-    Command::new("cargo")
-        .args(["+nightly", "fuzz", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success())
+    util::succeeds(Command::new("cargo").args(["+nightly", "fuzz", "--version"]))
 }
 
 /// Installs the nightly toolchain and cargo-fuzz when missing.
 fn ensure_tools() -> Result<()> {
+    if !util::succeeds(Command::new("rustup").arg("--version")) {
+        bail!(
+            "cargo-fuzz needs a nightly toolchain, installed here with rustup, which this \
+             machine lacks: install Rust with rustup (https://rustup.rs), then run this again"
+        );
+    }
     if !has_nightly() {
         util::run(Command::new("rustup").args([
             "toolchain",
@@ -106,6 +106,14 @@ pub fn test_step() -> Result<bool> {
             "fuzz: SKIPPED on CI (MESHGATE_CI is set): the nightly build of the fuzz target takes \
              longer than CI allows; the corpus replay and 10,000+ mutations of it ran with the unit \
              tests (meshgate_egress::dnsproxy::fuzz). `cargo xtask fuzz` runs libFuzzer for 60 s."
+        );
+        return Ok(false);
+    }
+    if !util::succeeds(Command::new("rustup").arg("--version")) {
+        eprintln!(
+            "fuzz: SKIPPED: cargo-fuzz needs a nightly toolchain, and this Rust was not \
+             installed with rustup, which is how `cargo xtask fuzz` installs nightly; the \
+             corpus replay and its mutations ran with the unit tests"
         );
         return Ok(false);
     }

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{RData, Record, RecordType};
 
-use super::state::{FqdnEgress, IdentityDns, ProxyPolicy};
+use super::state::{FqdnEgress, FqdnReach, IdentityDns, ProxyPolicy};
 use crate::fqdn::{normalise, NameMatch};
 
 /// What a query's verdict was, for events and metrics.
@@ -175,18 +175,7 @@ impl Decider {
                 .filter(|(_, p)| p.matches(name))
                 .map(|(i, _)| *i),
         );
-        if matched.is_empty() {
-            return None;
-        }
-        let mut ports = BTreeSet::new();
-        for i in matched {
-            let r = &rules.reach[i];
-            if r.ports.is_empty() {
-                return Some(Vec::new());
-            }
-            ports.extend(r.ports.iter().copied());
-        }
-        Some(ports.into_iter().collect())
+        union_ports(matched.into_iter().map(|i| &rules.reach[i]))
     }
 
     /// Decides about `packet`, a query from a pod with `identity` (`None`:
@@ -323,25 +312,27 @@ pub fn may_look_up(rules: &IdentityDns, name: &str) -> bool {
 /// identity: the union of the matching `toFQDNs` rules' ports (empty = any
 /// port), or None when no rule matches.
 pub fn reach_ports(rules: &IdentityDns, name: &str) -> Option<Vec<(u8, u16)>> {
+    union_ports(
+        rules
+            .reach
+            .iter()
+            .filter(|r| r.names.iter().any(|n| n.matches(name))),
+    )
+}
+
+/// The union of the ports of `matched` rules (empty = any port, which one
+/// rule without ports gives), or None when no rule matched.
+fn union_ports<'a>(matched: impl Iterator<Item = &'a FqdnReach>) -> Option<Vec<(u8, u16)>> {
     let mut ports = BTreeSet::new();
-    let mut any = false;
-    let mut matched = false;
-    for r in rules
-        .reach
-        .iter()
-        .filter(|r| r.names.iter().any(|n| n.matches(name)))
-    {
-        matched = true;
+    let mut matched = matched.peekable();
+    matched.peek()?;
+    for r in matched {
         if r.ports.is_empty() {
-            any = true;
+            return Some(Vec::new());
         }
         ports.extend(r.ports.iter().copied());
     }
-    match (matched, any) {
-        (false, _) => None,
-        (true, true) => Some(Vec::new()),
-        (true, false) => Some(ports.into_iter().collect()),
-    }
+    Some(ports.into_iter().collect())
 }
 
 /// The A records of `msg`'s answer section reached from `qname` through

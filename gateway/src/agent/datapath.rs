@@ -186,7 +186,9 @@ fn nft_ruleset(wg_iface: &str, pod_cidr: Ipv4Net) -> String {
     )
 }
 
-fn nft(script: &str) -> anyhow::Result<()> {
+/// Runs an `nft -f -` script (one transaction): the agent's tables and the
+/// DNS proxy's steering.
+pub(crate) fn nft(script: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut child = Command::new("nft")
         .args(["-f", "-"])
@@ -194,8 +196,8 @@ fn nft(script: &str) -> anyhow::Result<()> {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .context(
-            "running `nft`: the eBPF datapath needs nftables to accept VXLAN only from \
-             WireGuard (install nftables, e.g. apt-get install nftables)",
+            "running `nft`: the eBPF datapath needs nftables (VXLAN only from WireGuard, \
+             egress SNAT, DNS steering; install nftables, e.g. apt-get install nftables)",
         )?;
     child
         .stdin

@@ -9,9 +9,12 @@
 //! query to a missing rule; `--uninstall` removes them.
 
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
+use ipnet::Ipv4Net;
+use meshgate_tunnel::netlink::Netlink;
+
+use crate::agent::datapath::nft;
 
 pub const NFT_TABLE: &str = "meshgate_dns";
 
@@ -33,57 +36,20 @@ pub fn ruleset(listen: Ipv4Addr, port: u16) -> String {
 
 /// Puts `listen` on `lo` (idempotent) and installs the steering table.
 pub fn install(listen: Ipv4Addr, port: u16) -> anyhow::Result<()> {
-    run(
-        Command::new("ip").args(["addr", "replace", &format!("{listen}/32"), "dev", "lo"]),
-        None,
-    )
-    .context("adding the proxy's address to lo (needs root and iproute2)")?;
-    run(
-        Command::new("nft").args(["-f", "-"]),
-        Some(&ruleset(listen, port)),
-    )
-    .context("installing the nft rule that steers pods' DNS to the proxy (needs nftables)")
+    Netlink::open()?
+        .replace_address("lo", Ipv4Net::from(listen))
+        .context("adding the proxy's address to lo (needs root)")?;
+    nft(&ruleset(listen, port))
+        .context("installing the nft rule that steers pods' DNS to the proxy")
 }
 
 /// Removes the steering table and the address.
 pub fn uninstall(listen: Ipv4Addr) -> anyhow::Result<()> {
-    run(
-        Command::new("nft").args(["-f", "-"]),
-        Some(&format!(
-            "table ip {NFT_TABLE} {{}}\ndelete table ip {NFT_TABLE}\n"
-        )),
-    )?;
-    let _ = run(
-        Command::new("ip").args(["addr", "del", &format!("{listen}/32"), "dev", "lo"]),
-        None,
-    );
-    Ok(())
-}
-
-fn run(cmd: &mut Command, stdin: Option<&str>) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let name = cmd.get_program().to_string_lossy().into_owned();
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().with_context(|| format!("running {name}"))?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes())
-            .with_context(|| format!("writing to {name}"))?;
-    }
-    let out = child
-        .wait_with_output()
-        .with_context(|| format!("waiting for {name}"))?;
-    if !out.status.success() {
-        bail!(
-            "{name} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    nft(&format!(
+        "table ip {NFT_TABLE} {{}}\ndelete table ip {NFT_TABLE}\n"
+    ))?;
+    Netlink::open()?
+        .remove_address("lo", Ipv4Net::from(listen))
+        .context("removing the proxy's address from lo")?;
     Ok(())
 }

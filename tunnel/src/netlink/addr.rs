@@ -1,4 +1,4 @@
-//! Addresses: replace one on a device, list a device's.
+//! Addresses: replace or remove one on a device, list a device's.
 
 use std::net::IpAddr;
 
@@ -33,6 +33,19 @@ impl Netlink {
             op,
         )
         .map(drop)
+    }
+
+    /// Takes `addr` off `dev` (`ip addr del ADDR dev DEV`); false when it
+    /// was not there.
+    pub fn remove_address(&mut self, dev: &str, addr: Ipv4Net) -> Result<bool, NetlinkError> {
+        let op = || format!("removing address {addr} from {dev}");
+        let index = self.require_link(dev, op)?;
+        match self.request(RouteNetlinkMessage::DelAddress(message(index, addr)), 0, op) {
+            Ok(_) => Ok(true),
+            // EADDRNOTAVAIL: no such address on the device.
+            Err(e) if e.is_not_found() || e.errno() == Some(libc::EADDRNOTAVAIL) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Every IPv4 address of every device: (interface index, address).
