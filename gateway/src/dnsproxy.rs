@@ -95,6 +95,8 @@ pub(crate) struct Core {
     /// What this process wrote into mg_fqdn: (identity, address) ->
     /// (expiry, ports), so an answer that extends nothing costs no syscall.
     pub written: Mutex<Written>,
+    /// Pod address -> (identity, when read): see [`serve::IDENTITY_FRESH`].
+    pub identities: Mutex<std::collections::HashMap<Ipv4Addr, (u32, std::time::Instant)>>,
     pub decider: RwLock<Arc<Decider>>,
     pub maps: Mutex<Maps>,
     pub metrics: metrics::Metrics,
@@ -138,6 +140,7 @@ async fn main(args: DnsProxyArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("opening sockets to the upstream {}", args.upstream))?,
         written: Mutex::default(),
+        identities: Mutex::default(),
         decider: RwLock::new(Arc::new(Decider::new(policy, refuse_with, args.min_ttl))),
         maps: Mutex::new(maps),
         metrics: metrics::Metrics::default(),

@@ -96,6 +96,10 @@ impl Events {
         if r.len() == KEPT {
             r.pop_front();
         }
+        if self.live.receiver_count() == 0 {
+            r.push_back(e);
+            return;
+        }
         r.push_back(e.clone());
         drop(r);
         let _ = self.live.send(e);

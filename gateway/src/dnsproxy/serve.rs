@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use meshgate_egress::dnsproxy::datapath;
-use meshgate_egress::dnsproxy::decide::{servfail, Action, Verdict};
+use meshgate_egress::dnsproxy::decide::{servfail, Action, Learned, Verdict};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
@@ -17,6 +17,13 @@ use tracing::{debug, warn};
 use super::events::DnsEvent;
 use super::handoff::Sockets;
 use super::{upstream, Core};
+
+/// How long a pod's identity read from the ipcache is used without
+/// reading it again: an identity change (new labels, a pod address
+/// reused) reaches the proxy at most this late.
+pub const IDENTITY_FRESH: Duration = Duration::from_millis(250);
+/// Identities kept at most (a node's pods; expired ones go first).
+const IDENTITY_CACHE_MAX: usize = 4096;
 
 /// The running loops; [`Serving::stop`] stops reading new queries.
 pub struct Serving {
@@ -207,13 +214,40 @@ pub async fn collect_expired(core: Arc<Core>) {
 }
 
 impl Core {
-    /// The identity of a pod of this node, from the pinned ipcache.
+    /// The identity of a pod of this node, from the pinned ipcache. A
+    /// known identity is kept [`IDENTITY_FRESH`], so a burst of queries
+    /// costs one map lookup; an unknown one is looked up each time (a new
+    /// pod is served as soon as the agent has written it).
     pub fn identity_of(&self, pod: Ipv4Addr) -> Option<u32> {
-        let maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
-        match maps.ipcache.lookup(pod) {
-            Ok(Some(e)) if e.local => Some(e.identity),
-            _ => None,
+        let now = Instant::now();
+        {
+            let ids = self.identities.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((id, at)) = ids.get(&pod) {
+                if now.duration_since(*at) < IDENTITY_FRESH {
+                    return Some(*id);
+                }
+            }
         }
+        let found = {
+            let maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+            match maps.ipcache.lookup(pod) {
+                Ok(Some(e)) if e.local => Some(e.identity),
+                _ => None,
+            }
+        };
+        let mut ids = self.identities.lock().unwrap_or_else(|e| e.into_inner());
+        match found {
+            Some(id) => {
+                if ids.len() >= IDENTITY_CACHE_MAX {
+                    ids.retain(|_, (_, at)| now.duration_since(*at) < IDENTITY_FRESH);
+                }
+                ids.insert(pod, (id, now));
+            }
+            None => {
+                ids.remove(&pod);
+            }
+        }
+        found
     }
 
     /// Writes an answer's addresses (before the pod gets it).
@@ -221,29 +255,42 @@ impl Core {
         &self,
         identity: u32,
         pod: Ipv4Addr,
-        learned: &meshgate_egress::dnsproxy::decide::Learned,
+        learned: &Learned,
     ) -> meshgate_ebpf::Result<()> {
         let now = now_ns();
         // An entry this process wrote that already lasts about as long (a
         // tenth of the TTL, at most 2 s, earlier) is not written again.
-        let ports = learned.reach_ports.clone().unwrap_or_default();
-        let mut fresh = learned.clone();
-        {
+        let ports: &[(u8, u16)] = learned.reach_ports.as_deref().unwrap_or_default();
+        let fresh: Vec<(Ipv4Addr, u64)> = {
             let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-            fresh.reach.retain(|(addr, expires)| {
-                let slack = ((expires.saturating_sub(now)) / 10).min(2_000_000_000);
-                !written
-                    .get(&(identity, *addr))
-                    .is_some_and(|(e, p)| *p == ports && *e >= expires.saturating_sub(slack))
-            });
+            learned
+                .reach
+                .iter()
+                .filter(|(addr, expires)| {
+                    let slack = ((expires.saturating_sub(now)) / 10).min(2_000_000_000);
+                    !written.get(&(identity, *addr)).is_some_and(|(e, p)| {
+                        p.as_slice() == ports && *e >= expires.saturating_sub(slack)
+                    })
+                })
+                .copied()
+                .collect()
+        };
+        if fresh.is_empty() && learned.egress.is_empty() {
+            return Ok(());
         }
+        let todo = Learned {
+            addresses: Vec::new(),
+            reach: fresh,
+            reach_ports: learned.reach_ports.clone(),
+            egress: learned.egress.clone(),
+        };
         let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
-        let w = datapath::write_learned(&mut maps, identity, pod, &fresh, now)?;
+        let w = datapath::write_learned(&mut maps, identity, pod, &todo, now)?;
         drop(maps);
         {
             let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-            for (addr, expires) in &fresh.reach {
-                written.insert((identity, *addr), (*expires, ports.clone()));
+            for (addr, expires) in &todo.reach {
+                written.insert((identity, *addr), (*expires, ports.to_vec()));
             }
         }
         self.metrics
