@@ -16,6 +16,7 @@ mod events;
 mod handoff;
 pub(crate) mod host;
 mod metrics;
+mod mmsg;
 mod pool;
 mod serve;
 mod upstream;
@@ -91,7 +92,7 @@ pub(crate) type Written = std::collections::HashMap<(u32, Ipv4Addr), (u64, Vec<(
 pub(crate) struct Core {
     pub upstream: SocketAddr,
     pub upstream_timeout: Duration,
-    pub pool: pool::UdpPool,
+    pub pool: pool::UdpPool<serve::Waiting>,
     /// What this process wrote into mg_fqdn: (identity, address) ->
     /// (expiry, ports), so an answer that extends nothing costs no syscall.
     pub written: Mutex<Written>,
