@@ -63,6 +63,8 @@
 mod compile;
 mod describe;
 mod fqdn;
+mod icmp;
+mod peers;
 pub mod selector;
 mod state;
 mod yaml;
@@ -85,12 +87,17 @@ pub use cilium::{cilium_key, NAMESPACE_LABELS_PREFIX};
 pub use compile::{compile, is_subject, Compiled};
 pub use describe::summary;
 pub use fqdn::{FqdnError, FqdnMatch, MAX_FQDN_LENGTH, MAX_LABEL_LENGTH};
+pub use icmp::{icmp_type, icmp_type_name, ICMP_TYPE_BASE};
+pub use peers::{
+    cidr_label, label_warning, CIDR_PREFIX, CLUSTER_ENTITY_KEY, RESERVED_NAMES, RESERVED_PREFIX,
+    SERVICE_ACCOUNT_LABEL,
+};
 pub use k8s::NAMESPACE_NAME_LABEL;
 pub use selector::Selector;
 pub use state::{PolicyDiff, PolicyState};
 pub use yaml::{
-    parse_label_selector, parse_policies, parse_policies_with, parse_policy_file, OtherDocument,
-    SelectorFieldError, EGRESS_GATEWAY_KIND,
+    parse_label_selector, parse_policies, parse_policies_report, parse_policies_with,
+    parse_policy_file, OtherDocument, SelectorFieldError, EGRESS_GATEWAY_KIND,
 };
 
 pub use crate::identity::{CLUSTER_LABEL, NAMESPACE_LABEL};
@@ -174,6 +181,8 @@ impl Scope {
 pub enum PolicyKind {
     NetworkPolicy,
     CiliumNetworkPolicy,
+    /// Cluster-scoped: its [`PolicyRef::namespace`] is empty.
+    CiliumClusterwideNetworkPolicy,
 }
 
 impl std::fmt::Display for PolicyKind {
@@ -181,11 +190,13 @@ impl std::fmt::Display for PolicyKind {
         f.write_str(match self {
             PolicyKind::NetworkPolicy => "NetworkPolicy",
             PolicyKind::CiliumNetworkPolicy => "CiliumNetworkPolicy",
+            PolicyKind::CiliumClusterwideNetworkPolicy => "CiliumClusterwideNetworkPolicy",
         })
     }
 }
 
-/// Names a policy object: kind, namespace, name.
+/// Names a policy object: kind, namespace (empty for a cluster-scoped
+/// kind), name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PolicyRef {
     pub kind: PolicyKind,
@@ -194,8 +205,81 @@ pub struct PolicyRef {
 }
 
 impl std::fmt::Display for PolicyRef {
+    /// `CiliumNetworkPolicy shop/web`; `CiliumClusterwideNetworkPolicy web`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// What to do with the L7 part (`toPorts[].rules.http` / `.kafka`) of a
+/// Cilium rule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum L7Mode {
+    /// Refuse the policy (the default: an L7 rule meshgate does not enforce
+    /// would allow more than it says).
+    #[default]
+    Refuse,
+    /// Keep the rule's L3/L4 part and warn that the L7 part is not enforced.
+    Ignore,
+}
+
+/// How policy files are read ([`parse_policies_report`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ParseOptions {
+    /// Warnings ([`PolicyWarning`]) are errors instead (`--strict-policy`).
+    pub strict: bool,
+    /// `--l7 ignore|refuse`.
+    pub l7: L7Mode,
+}
+
+/// A policy that is read, but whose meaning is probably not what its author
+/// wants (a selector that can never match, an overridden namespace, a
+/// deprecated field, an L7 part not enforced). With
+/// [`ParseOptions::strict`] each is a [`PolicyError::Invalid`] instead.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyWarning {
+    /// The file (or other source) name.
+    pub source_name: String,
+    /// The policy ([`PolicyRef`] as text).
+    pub policy: String,
+    /// The field path (`spec.ingress[0].fromEndpoints[0].matchLabels.x`).
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for PolicyWarning {
+    /// `file: policy: field: message`, as [`PolicyError::Invalid`].
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {}: {}: {}",
+            self.source_name, self.policy, self.field, self.message
+        )
+    }
+}
+
+/// Everything read from one source: the policies read without error, every
+/// warning, and every error (a policy with an error is left out of
+/// `policies`, and so is a document the `other` callback refused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseReport<E> {
+    pub policies: Vec<Policy>,
+    pub warnings: Vec<PolicyWarning>,
+    pub errors: Vec<E>,
+}
+
+impl<E> ParseReport<E> {
+    /// The policies if there is no error, else the first error (warnings
+    /// dropped: callers that show them read the fields).
+    pub fn into_result(self) -> Result<Vec<Policy>, E> {
+        match self.errors.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(self.policies),
+        }
     }
 }
 
