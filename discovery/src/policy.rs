@@ -73,6 +73,8 @@ mod cilium;
 mod k8s;
 
 #[cfg(test)]
+mod cilium_examples_tests;
+#[cfg(test)]
 mod cilium_fqdn_tests;
 #[cfg(test)]
 mod cilium_tests;
@@ -88,11 +90,11 @@ pub use compile::{compile, is_subject, Compiled};
 pub use describe::summary;
 pub use fqdn::{FqdnError, FqdnMatch, MAX_FQDN_LENGTH, MAX_LABEL_LENGTH};
 pub use icmp::{icmp_type, icmp_type_name, ICMP_TYPE_BASE};
+pub use k8s::NAMESPACE_NAME_LABEL;
 pub use peers::{
     cidr_label, label_warning, CIDR_PREFIX, CLUSTER_ENTITY_KEY, RESERVED_NAMES, RESERVED_PREFIX,
     SERVICE_ACCOUNT_LABEL,
 };
-pub use k8s::NAMESPACE_NAME_LABEL;
 pub use selector::Selector;
 pub use state::{PolicyDiff, PolicyState};
 pub use yaml::{

@@ -89,7 +89,10 @@ pub(crate) fn translate(
     }
     parts.extend(ctx.list("specs", specs.as_ref())?);
     if parts.is_empty() {
-        return Err(ctx.err("spec", format!("is missing (a {} has spec or specs)", id.kind)));
+        return Err(ctx.err(
+            "spec",
+            format!("is missing (a {} has spec or specs)", id.kind),
+        ));
     }
     let mut out = Vec::new();
     for (field, value) in parts {
@@ -395,7 +398,11 @@ fn peer_rule(
     };
 
     // An empty list is no peer field (as in Cilium).
-    let nonempty = |v: &Option<Value>| v.as_ref().and_then(|v| v.as_sequence()).is_some_and(|s| !s.is_empty());
+    let nonempty = |v: &Option<Value>| {
+        v.as_ref()
+            .and_then(|v| v.as_sequence())
+            .is_some_and(|s| !s.is_empty())
+    };
     out.has_l3 = nonempty(&endpoints_v)
         || nonempty(&entities_v)
         || nonempty(&cidr_v)
@@ -592,10 +599,7 @@ fn peer_selector(
     s: &LabelSelectorYaml,
 ) -> Result<Selector, PolicyError> {
     let sel = read_selector(ctx, field, s, &cilium_key_any, false)?;
-    if clusterwide(id)
-        || names_namespace(&sel)
-        || super::peers::selects_non_endpoints(&sel)
-    {
+    if clusterwide(id) || names_namespace(&sel) || super::peers::selects_non_endpoints(&sel) {
         return Ok(sel);
     }
     if let Some(r) = sel

@@ -27,8 +27,8 @@ const NAMES: [(&str, u8); 14] = [
     ("EchoReply", 0),
     ("DestinationUnreachable", 3),
     ("Redirect", 5),
-    ("Echo", 8),
     ("EchoRequest", 8),
+    ("Echo", 8),
     ("RouterAdvertisement", 9),
     ("RouterSelection", 10),
     ("TimeExceeded", 11),
@@ -104,21 +104,21 @@ pub(crate) fn icmps(ctx: &Ctx, field: &str, v: &Value) -> Result<Vec<PortProto>,
 }
 
 fn type_number(ctx: &Ctx, field: &str, v: Option<&Value>) -> Result<u8, PolicyError> {
-    let names = || {
-        NAMES
-            .iter()
-            .map(|(n, _)| *n)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let names = || NAMES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
     match v {
         None => Err(ctx.err(
             field,
             "is missing; give the ICMP type, a number 0..=255 or a name (EchoRequest)",
         )),
-        Some(Value::Number(n)) => n.as_u64().and_then(|n| u8::try_from(n).ok()).ok_or_else(|| {
-            ctx.err(field, format!("{n} is not an ICMP type; use a number 0..=255"))
-        }),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|n| u8::try_from(n).ok())
+            .ok_or_else(|| {
+                ctx.err(
+                    field,
+                    format!("{n} is not an ICMP type; use a number 0..=255"),
+                )
+            }),
         Some(Value::String(s)) => {
             if let Ok(n) = s.parse::<u8>() {
                 return Ok(n);
