@@ -84,6 +84,8 @@ mod k8s_tests;
 mod state_tests;
 #[cfg(test)]
 mod testutil;
+#[cfg(test)]
+mod warnings_tests;
 
 pub use cilium::{cilium_key, NAMESPACE_LABELS_PREFIX};
 pub use compile::{compile, is_subject, Compiled};
