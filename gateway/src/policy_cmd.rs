@@ -312,4 +312,109 @@ mod tests {
         );
         assert!(text.ends_with("3 error(s)\n"), "{text}");
     }
+
+    #[test]
+    fn check_reports_every_problem_warnings_and_the_flags() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cnp = |name: &str, spec: &str| {
+            format!(
+                "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n{spec}"
+            )
+        };
+        let warn = write(
+            &dir,
+            "warn.yaml",
+            &cnp(
+                "sa",
+                "  endpointSelector: {matchLabels: {io.cilium.k8s.policy.service-account: web}}\n  egress:\n  - toEntities: [world]\n",
+            ),
+        );
+        let (text, ok) = check(std::slice::from_ref(&warn), &ParseOptions::default());
+        assert!(ok, "{text}");
+        assert!(
+            text.contains(
+                "warn.yaml: CiliumNetworkPolicy shop/sa: \
+                 spec.endpointSelector.matchLabels.io.cilium.k8s.policy.service-account: no \
+                 endpoint carries"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("\nwarning: /"), "{text}");
+        assert!(text.contains("egress allow to [reserved:world]"), "{text}");
+        assert!(text.ends_with("1 policies OK, 1 warning(s)\n"), "{text}");
+        let strict = ParseOptions {
+            strict: true,
+            ..ParseOptions::default()
+        };
+        let (text, ok) = check(std::slice::from_ref(&warn), &strict);
+        assert!(!ok);
+        assert!(text.contains("refused by --strict-policy"), "{text}");
+        assert!(text.ends_with("1 error(s)\n"), "{text}");
+
+        // Every error of a file, in two policies, and the good one's warning.
+        let bad = write(
+            &dir,
+            "bad.yaml",
+            &format!(
+                "{}---\n{}",
+                cnp(
+                    "a",
+                    "  endpointSelector: {}\n  egress:\n  - toCIDR: [\"2001:db8::/32\"]\n  - toEntities: [wrld]\n"
+                ),
+                cnp(
+                    "b",
+                    "  endpointSelector: {}\n  ingress:\n  - toPorts:\n    - ports: [{port: \"80\", protocol: TCP}]\n      rules: {http: [{method: GET}]}\n"
+                )
+            ),
+        );
+        let (text, ok) = check(&[bad.clone(), warn.clone()], &ParseOptions::default());
+        assert!(!ok);
+        for part in [
+            "bad.yaml: CiliumNetworkPolicy shop/a: spec.egress[0].toCIDR[0]: 2001:db8::/32 is an IPv6 prefix",
+            "bad.yaml: CiliumNetworkPolicy shop/a: spec.egress[1].toEntities[0]: \"wrld\" is not an entity",
+            "bad.yaml: CiliumNetworkPolicy shop/b: spec.ingress[0].toPorts[0].rules.http: is not supported",
+            "warn.yaml: CiliumNetworkPolicy shop/sa:",
+        ] {
+            assert!(text.contains(part), "{text:?} should hold {part:?}");
+        }
+        assert!(text.ends_with("3 error(s), 1 warning(s)\n"), "{text}");
+        // --l7 ignore: policy b is read, with its warning.
+        let ignore = ParseOptions {
+            l7: L7Mode::Ignore,
+            ..ParseOptions::default()
+        };
+        let (text, _) = check(std::slice::from_ref(&bad), &ignore);
+        assert!(text.ends_with("2 error(s), 1 warning(s)\n"), "{text}");
+        assert!(
+            text.contains("shop/b: spec.ingress[0].toPorts[0].rules.http: is not enforced"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn flags_parse() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(subcommand)]
+            c: PolicyCommand,
+        }
+        let t = T::try_parse_from(["t", "check", "--strict-policy", "--l7", "ignore", "a.yaml"])
+            .expect("parses");
+        let PolicyCommand::Check {
+            files,
+            strict_policy,
+            l7,
+        } = t.c;
+        assert_eq!(files, vec![PathBuf::from("a.yaml")]);
+        assert!(strict_policy);
+        assert_eq!(L7Mode::from(l7), L7Mode::Ignore);
+        let t = T::try_parse_from(["t", "check", "a.yaml"]).expect("parses");
+        let PolicyCommand::Check {
+            strict_policy, l7, ..
+        } = t.c;
+        assert!(!strict_policy);
+        assert_eq!(L7Mode::from(l7), L7Mode::Refuse);
+        assert!(T::try_parse_from(["t", "check", "--l7", "enforce", "a.yaml"]).is_err());
+    }
 }
