@@ -1,14 +1,18 @@
-//! Identity policy: Kubernetes `NetworkPolicy` and the L3/L4 part of
-//! `CiliumNetworkPolicy` (with its FQDN and DNS rules), read from YAML and
-//! compiled into the entries of the datapath's policy maps (pure; no I/O, no
-//! eBPF types).
+//! Identity policy: Kubernetes `NetworkPolicy`, and the L3/L4 part of
+//! `CiliumNetworkPolicy` and `CiliumClusterwideNetworkPolicy` (with their
+//! FQDN and DNS rules), read from YAML and compiled into the entries of the
+//! datapath's policy maps (pure; no I/O, no eBPF types).
 //!
 //! Layout: [`selector`] (label selectors matched against identity label
-//! sets), `yaml` (documents → [`Policy`]; `k8s` and `cilium` hold the
-//! two kinds), `compile` (policies + identities → [`Compiled`]),
+//! sets), `yaml` (documents → [`Policy`], [`ParseReport`] with every error
+//! and [`PolicyWarning`]; `k8s` and `cilium` hold the kinds), `peers`
+//! (entities and CIDR peers as selectors, label keys that can never match),
+//! `icmp` (`icmps` rules), `compile` (policies + identities → [`Compiled`]),
 //! `state` ([`PolicyState`]: the same, incrementally, as [`PolicyDiff`]s),
 //! `describe` ([`summary`], for `meshgate policy check`), `fqdn`
-//! ([`FqdnMatch`]: `matchName` / `matchPattern`, checked).
+//! ([`FqdnMatch`]: `matchName` / `matchPattern`, checked). The CIDR
+//! identities the agent allocates for the policies' prefixes are
+//! `policy/cidr.rs`'s; the reserved identities are `crate::identity`'s.
 //!
 //! # What the output means
 //!
@@ -16,47 +20,86 @@
 //! mg_policy_key` in `ebpf/bpf/mg_datapath.h`: `remote_identity` 0 = any
 //! identity, `dport` 0 = any port of `proto`, `proto` 0 = any protocol (and
 //! then `dport` is 0), `direction` 0 = ingress, 1 = egress, seen from the
-//! local endpoint. Its value is a [`Verdict`]; when an allow and a deny rule
-//! give the same key, deny wins (the datapath also lets a deny found at any of
-//! its lookups win over allows found at others). [`Selection`] is the value of
-//! `mg_policy_sel` (an identity not selected in a direction allows all in that
-//! direction). The agent maps these onto `meshgate_ebpf`'s typed maps.
+//! local endpoint; for ICMP ([`PROTO_ICMP`]) `dport` is
+//! [`ICMP_TYPE_BASE`]` + type` (0 = any ICMP). Its value is a [`Verdict`];
+//! when an allow and a deny rule give the same key, deny wins (the datapath
+//! also lets a deny found at any of its lookups win over allows found at
+//! others). [`Selection`] is the value of `mg_policy_sel` (an identity not
+//! selected in a direction allows all in that direction). The agent maps
+//! these onto `meshgate_ebpf`'s typed maps.
 //!
 //! # Semantics
 //!
 //! - Subjects are the **local** identities (this cluster's ID) matching the
-//!   subject selector, scoped to the policy's namespace.
+//!   subject selector, scoped to the policy's namespace (a
+//!   `CiliumNetworkPolicy`'s `endpointSelector` naming another namespace is
+//!   overridden, as Cilium does, with a warning). A clusterwide policy's
+//!   subjects are in every namespace, unless its selector names a namespace
+//!   or namespace labels.
 //! - A peer selector without a namespace requirement means the policy's
 //!   namespace (Kubernetes `podSelector` alone; Cilium `fromEndpoints` /
-//!   `toEndpoints` without `io.kubernetes.pod.namespace`). A peer selector
-//!   without a requirement on [`CLUSTER_LABEL`] matches only identities of the
-//!   local cluster, unless [`Scope::peers_any_cluster`] is set (Cilium's older
-//!   default); naming the cluster label is how a rule reaches another cluster.
+//!   `toEndpoints` without `io.kubernetes.pod.namespace`, namespace labels
+//!   or not, as in Cilium), and every namespace in a clusterwide policy. A
+//!   peer selector without a requirement on [`CLUSTER_LABEL`] matches only
+//!   identities of the local cluster, unless [`Scope::peers_any_cluster`] is
+//!   set (Cilium's older default); naming the cluster label is how a rule
+//!   reaches another cluster.
+//! - Namespaces are selected by name ([`NAMESPACE_LABEL`]; Kubernetes'
+//!   [`NAMESPACE_NAME_LABEL`] in a `namespaceSelector`) or by label: a
+//!   `namespaceSelector` key `k`, and Cilium's
+//!   `k8s:io.cilium.k8s.namespace.labels.k`, are the endpoints'
+//!   `io.cilium.k8s.namespace.labels.k` labels. [`SERVICE_ACCOUNT_LABEL`] is
+//!   an endpoint label like any.
+//! - Entities and CIDR peers are selectors on the labels of the reserved
+//!   identities (`reserved:<name>`) and of the CIDR identities
+//!   (`cidr:<prefix>`, [`cidr_label`]), never scoped to a namespace or a
+//!   cluster: `world` (= `world-ipv4`), `host`, `remote-node`,
+//!   `kube-apiserver`, `init`, `health`, `unmanaged` select their identity
+//!   (`world` also every CIDR identity); `all` is any peer (remote identity
+//!   0); `cluster` is every identity of the local cluster
+//!   ([`CLUSTER_ENTITY_KEY`]) plus host, remote-node, init, health, unmanaged
+//!   and kube-apiserver. `toCIDR` / `toCIDRSet` (and `ipBlock`) prefixes are
+//!   canonical (10.1.2.3/8 is 10.0.0.0/8); an `except` is `DoesNotExist` on
+//!   its `cidr:` label. CIDR rules select world addresses, not endpoints: a
+//!   selector that names no `reserved:` / `cidr:` label never matches an
+//!   identity of cluster 0.
 //! - Kubernetes: `policyTypes` defaults to `Ingress`, plus `Egress` when the
 //!   policy has egress rules; `ingress: [{}]` allows everything;
 //!   a selected direction with no rules denies everything; a port without
 //!   protocol is TCP; no `ports` means every port and protocol.
 //! - Cilium: a direction is selected when the policy has allow or deny rules
 //!   in it (`enableDefaultDeny` can turn that off); `ingress: [{}]` selects
-//!   and allows nothing (Cilium's default-deny idiom); a rule with only
-//!   `toPorts` allows those ports from/to any peer; a port without protocol is
-//!   `ANY`, which for a given port means TCP, UDP and SCTP, and with no port
-//!   means any protocol.
+//!   and allows nothing (Cilium's default-deny idiom); a rule's L3 peers
+//!   (endpoints, entities, CIDRs) add up; a rule with only `toPorts` / `icmps`
+//!   allows those ports from/to any peer; `toPorts` and `icmps` in one rule
+//!   are alternatives; a port without protocol is `ANY`, which for a given
+//!   port means TCP, UDP and SCTP, and with no port means any protocol.
+//!   `ingressDeny` / `egressDeny` win over every allow (entries and
+//!   selection). `fromRequires` / `toRequires` (deprecated in Cilium: a
+//!   warning) are ANDed onto the endpoint selectors of every rule of the
+//!   same list of the same spec.
 //! - Cilium `toFQDNs` (egress allow rules, alone as the rule's peers, as
 //!   Cilium requires) and `toPorts[].rules.dns` are read into
 //!   [`Peers::Fqdns`] and [`Rule::dns`] for the DNS proxy (see
 //!   `meshgate_egress::dns_policy`); a `toFQDNs` rule selects its subjects in
 //!   egress and gives no entries here. Names and patterns are checked as
-//!   [`FqdnMatch`] says.
+//!   [`FqdnMatch`] says. `rules.http` / `rules.kafka` are refused, or with
+//!   [`L7Mode::Ignore`] left out with a warning (the L3/L4 part enforced).
+//! - No silent non-match: a selector needing a label no identity source sets
+//!   (an unknown `io.cilium.k8s.policy.*` or `reserved:` key, a reserved
+//!   label in a subject, [`label_warning`]), an overridden namespace, the
+//!   `ingress` entity, an `except` equal to its cidr: a [`PolicyWarning`],
+//!   an error with [`ParseOptions::strict`].
 //! - What is not supported is an error naming the policy and the field, never
-//!   skipped: `ipBlock`, CIDR, entity, service and L7 rules other than DNS,
-//!   `toFQDNs` in deny rules, ICMP
-//!   rules, named ports, namespace labels other than the namespace's name,
-//!   `CiliumClusterwideNetworkPolicy`, port ranges over
-//!   1024 ports (each port is one entry). Stricter than Kubernetes: rules of a
-//!   direction that `policyTypes` leaves out are an error, not ignored.
+//!   skipped: service, group and node peers, L7 rules other than DNS (unless
+//!   ignored), L7 and `toFQDNs` in deny rules, IPv6 (prefixes, ICMP family,
+//!   `world-ipv6`), CIDR groups, named ports, port ranges over 1024 ports
+//!   (each port is one entry), label sources other than `k8s:`, `any:` and
+//!   `reserved:`. Stricter than Kubernetes: rules of a direction that
+//!   `policyTypes` leaves out are an error, not ignored.
 //! - A policy without `metadata.namespace` is in `default` (as kubectl with a
-//!   context on the default namespace).
+//!   context on the default namespace); a clusterwide one has none
+//!   ([`PolicyRef::namespace`] is empty).
 //! - Replies of allowed connections pass by the datapath's connection
 //!   tracking, not by entries here.
 

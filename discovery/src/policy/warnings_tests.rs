@@ -291,6 +291,8 @@ fn l7_rules_are_refused_by_default_and_ignored_on_request() {
     assert!(!tcp(&c, WEB, DB, 81, Ingress), "deny-only: selected");
 }
 
+type Check = fn(&super::Compiled);
+
 /// One hint: `spec` is refused at `field` with `hint`; `fixed` (the hint
 /// applied) parses, without warning, to what `check` asserts.
 struct Hint {
@@ -298,7 +300,7 @@ struct Hint {
     field: &'static str,
     hint: &'static str,
     fixed: &'static str,
-    check: fn(&super::Compiled),
+    check: Check,
 }
 
 #[test]
@@ -433,7 +435,14 @@ fn network_policy_hints_applied_give_the_stated_meaning() {
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: n, namespace: shop}}\nspec:\n{spec}"
         )
     };
-    let cases: [(&str, &str, &str, &str, fn(&super::Compiled)); 4] = [
+    type Case = (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        Check,
+    );
+    let cases: [Case; 4] = [
         (
             "  podSelector: {}\n  ingress:\n  - from: [{}]\n",
             "spec.ingress[0].from[0]",
