@@ -194,6 +194,30 @@ fn entities_select_cilium_s_identities() {
     );
     assert!(!tcp(&c, WEB, WORLD, 80, Egress));
     assert!(!tcp(&c, WEB, DB, 443, Egress));
+    // `cluster` is the local cluster even where selectors reach every
+    // cluster (Cilium's older default).
+    let mut loose = Scope::new(LOCAL);
+    loose.peers_any_cluster = true;
+    let c = compile(
+        &loose,
+        &parse(&cnp(
+            "  endpointSelector: {matchLabels: {app: web}}\n  egress:\n  - toEntities: [cluster]\n",
+        )),
+        &world(),
+    );
+    assert!(!tcp(&c, WEB, REMOTE_CLIENT, 1, Egress));
+    assert!(tcp(&c, WEB, OTHER, 1, Egress) && tcp(&c, WEB, HOST, 1, Egress));
+    let c = compile(
+        &loose,
+        &parse(&cnp(
+            "  endpointSelector: {matchLabels: {app: web}}\n  egress:\n  - toEndpoints: [{matchLabels: {app: client}}]\n",
+        )),
+        &world(),
+    );
+    assert!(
+        tcp(&c, WEB, REMOTE_CLIENT, 1, Egress),
+        "an endpoint selector does reach it"
+    );
     // Entities are not scoped to the policy's namespace nor to an
     // endpoint's cluster, and an endpoint selector never reaches them.
     let c = web_egress(

@@ -419,6 +419,50 @@ fn hints_applied_give_the_stated_meaning() {
                 assert!(!tcp(c, WEB, DB, 80, Egress), "the rest is denied");
             },
         },
+        Hint {
+            spec: "  endpointSelector: {}\n  ingress:\n  - fromEndpoints: [{matchLabels: {cidr:10.0.0.0/8: \"\"}}]\n",
+            field: "spec.ingress[0].fromEndpoints[0].matchLabels.cidr:10.0.0.0/8",
+            hint: "write the prefix in toCIDR / toCIDRSet (fromCIDR / fromCIDRSet on ingress)",
+            fixed: "  endpointSelector: {}\n  ingress:\n  - fromCIDR: [10.0.0.0/8]\n",
+            check: |c| {
+                assert!(c.entries.is_empty(), "no CIDR identity fed");
+                assert!(!tcp(c, WEB, DB, 80, Ingress), "selected, pods not matched");
+            },
+        },
+        Hint {
+            spec: "  endpointSelector: {}\n  egress:\n  - icmps: [{fields: []}]\n",
+            field: "spec.egress[0].icmps[0].fields",
+            hint: "list the ICMP types (`- {type: EchoRequest, family: IPv4}`)",
+            fixed: "  endpointSelector: {}\n  egress:\n  - icmps: [{fields: [{type: EchoRequest, family: IPv4}]}]\n",
+            check: |c| {
+                assert!(datapath_allows(c, WEB, HOST, 264, super::PROTO_ICMP, Egress));
+                assert!(!datapath_allows(c, WEB, HOST, 256, super::PROTO_ICMP, Egress));
+            },
+        },
+        Hint {
+            spec: "  endpointSelector: {matchExpressions: [{key: app, operator: Exists, values: [web]}]}\n  ingress: [{}]\n",
+            field: "spec.endpointSelector.matchExpressions[0].values",
+            hint: "takes no values; remove them",
+            fixed: "  endpointSelector: {matchExpressions: [{key: app, operator: Exists}]}\n  ingress: [{}]\n",
+            check: |c| assert_eq!(c.selected.keys().copied().collect::<Vec<_>>(), vec![WEB, DB]),
+        },
+        Hint {
+            spec: "  endpointSelector: {}\n  egress:\n  - toEntities: [world-ipv6]\n",
+            field: "spec.egress[0].toEntities[0]",
+            hint: "use world (or world-ipv4)",
+            fixed: "  endpointSelector: {}\n  egress:\n  - toEntities: [world-ipv4]\n",
+            check: |c| {
+                let mut w = world();
+                w.insert(2, BTreeMap::from([("reserved:world".into(), String::new())]));
+                let c2 = super::compile(
+                    &super::Scope::new(LOCAL),
+                    &parse(&cnp("  endpointSelector: {}\n  egress:\n  - toEntities: [world-ipv4]\n")),
+                    &w,
+                );
+                assert!(tcp(&c2, WEB, 2, 80, Egress) && !tcp(&c2, WEB, HOST, 80, Egress));
+                assert!(!tcp(c, WEB, HOST, 80, Egress));
+            },
+        },
     ];
     for h in hints {
         assert_err(h.spec, h.field, &[h.hint]);
@@ -491,4 +535,21 @@ fn the_old_entity_hint_is_gone() {
         let e = parse_err(&cnp(spec)).to_string();
         assert!(!e.contains("omit the peers"), "{e}");
     }
+}
+
+#[test]
+fn clusterwide_hint_applied_selects_every_namespace() {
+    let ccnp = "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: cw}\nspec:\n";
+    let e = parse_err(&format!("{ccnp}  ingress: [{{}}]\n"));
+    assert_eq!(e.field(), Some("spec.endpointSelector"));
+    assert!(e
+        .to_string()
+        .contains("use `endpointSelector: {}` for every endpoint of every namespace"));
+    let fixed = format!("{ccnp}  endpointSelector: {{}}\n  ingress: [{{}}]\n");
+    no_warning(&fixed);
+    let c = compile_yaml(&fixed, &world());
+    assert_eq!(
+        c.selected.keys().copied().collect::<Vec<_>>(),
+        vec![WEB, DB, OTHER_WEB, OTHER_DB]
+    );
 }
