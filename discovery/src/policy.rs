@@ -52,7 +52,7 @@
 //!   an endpoint label like any.
 //! - Entities and CIDR peers are selectors on the labels of the reserved
 //!   identities (`reserved:<name>`) and of the CIDR identities
-//!   (`cidr:<prefix>`, [`cidr_label`]), never scoped to a namespace or a
+//!   (`cidr:<prefix>`), never scoped to a namespace or a
 //!   cluster: `world` (= `world-ipv4`), `host`, `remote-node`,
 //!   `kube-apiserver`, `init`, `health`, `unmanaged` select their identity
 //!   (`world` also every CIDR identity); `all` is any peer (remote identity
@@ -136,10 +136,7 @@ pub use describe::summary;
 pub use fqdn::{FqdnError, FqdnMatch, MAX_FQDN_LENGTH, MAX_LABEL_LENGTH};
 pub use icmp::{icmp_type, icmp_type_name, ICMP_TYPE_BASE};
 pub use k8s::NAMESPACE_NAME_LABEL;
-pub use peers::{
-    cidr_label, label_warning, CIDR_PREFIX, CLUSTER_ENTITY_KEY, RESERVED_NAMES, RESERVED_PREFIX,
-    SERVICE_ACCOUNT_LABEL,
-};
+pub use peers::{label_warning, CLUSTER_ENTITY_KEY, RESERVED_NAMES, SERVICE_ACCOUNT_LABEL};
 pub use selector::Selector;
 pub use state::{PolicyDiff, PolicyState};
 pub use yaml::{

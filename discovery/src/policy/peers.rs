@@ -26,10 +26,12 @@ use super::selector::{LabelSelectorYaml, Requirement, Selector};
 use super::yaml::Ctx;
 use super::{PolicyError, NAMESPACE_LABEL};
 
-/// Source prefix of the reserved identities' labels (`reserved:host`).
-pub const RESERVED_PREFIX: &str = "reserved:";
-/// Source prefix of the CIDR identities' labels (`cidr:10.0.0.0/8`).
-pub const CIDR_PREFIX: &str = "cidr:";
+/// Source prefix of the reserved identities' labels (`reserved:host`; the
+/// same as `cidr.rs`'s `RESERVED_LABEL_PREFIX`).
+pub(crate) const RESERVED_PREFIX: &str = "reserved:";
+/// Source prefix of the CIDR identities' labels (`cidr:10.0.0.0/8`; the same
+/// as `cidr.rs`'s `CIDR_LABEL_PREFIX`).
+pub(crate) const CIDR_PREFIX: &str = "cidr:";
 /// The requirement key of the `cluster` entity: a requirement `Exists` on it
 /// matches every identity of the local cluster (no identity carries it as a
 /// label; `compile::is_peer` resolves it against the scope).
@@ -108,7 +110,7 @@ pub(crate) fn entity(name: &str) -> Result<Entity, String> {
 }
 
 /// `cidr:<prefix>`, the label CIDR identities carry for `net`.
-pub fn cidr_label(net: &Ipv4Net) -> String {
+pub(crate) fn cidr_label(net: &Ipv4Net) -> String {
     format!("{CIDR_PREFIX}{net}")
 }
 
