@@ -274,18 +274,64 @@ pub enum L7Mode {
 /// How policy files are read ([`parse_policies_report`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ParseOptions {
-    /// Warnings ([`PolicyWarning`]) are errors instead (`--strict-policy`).
+    /// Warnings ([`PolicyWarning`]) of the kinds that
+    /// [`WarningKind::strict_refuses`] are errors instead (`--strict-policy`).
     pub strict: bool,
     /// `--l7 ignore|refuse`.
     pub l7: L7Mode,
 }
 
+/// What a [`PolicyWarning`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WarningKind {
+    /// A selector (or entity, or `except`) that can never match: it needs a
+    /// label no identity source sets.
+    NeverMatches,
+    /// A `CiliumNetworkPolicy`'s `endpointSelector` names another namespace
+    /// than the policy's: overridden with the policy's own, as Cilium does.
+    NamespaceOverridden,
+    /// A namespace-label peer of a `CiliumNetworkPolicy` without a namespace:
+    /// limited to the policy's own namespace, as in Cilium.
+    NamespaceScoped,
+    /// `fromRequires` / `toRequires`: enforced, but deprecated in Cilium.
+    Deprecated,
+    /// An L7 rule left out by [`L7Mode::Ignore`].
+    L7NotEnforced,
+}
+
+impl WarningKind {
+    /// True for the kinds [`ParseOptions::strict`] refuses: the policy does
+    /// not do what it reads as. A deprecated field that is enforced, and an
+    /// L7 part ignored on request, stay warnings.
+    pub fn strict_refuses(self) -> bool {
+        match self {
+            WarningKind::NeverMatches
+            | WarningKind::NamespaceOverridden
+            | WarningKind::NamespaceScoped => true,
+            WarningKind::Deprecated | WarningKind::L7NotEnforced => false,
+        }
+    }
+
+    /// A short name (for logs and metric labels): `never-matches`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WarningKind::NeverMatches => "never-matches",
+            WarningKind::NamespaceOverridden => "namespace-overridden",
+            WarningKind::NamespaceScoped => "namespace-scoped",
+            WarningKind::Deprecated => "deprecated",
+            WarningKind::L7NotEnforced => "l7-not-enforced",
+        }
+    }
+}
+
 /// A policy that is read, but whose meaning is probably not what its author
 /// wants (a selector that can never match, an overridden namespace, a
 /// deprecated field, an L7 part not enforced). With
-/// [`ParseOptions::strict`] each is a [`PolicyError::Invalid`] instead.
+/// [`ParseOptions::strict`] the kinds that [`WarningKind::strict_refuses`]
+/// are a [`PolicyError::Invalid`] instead.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PolicyWarning {
+    pub kind: WarningKind,
     /// The file (or other source) name.
     pub source_name: String,
     /// The policy ([`PolicyRef`] as text).

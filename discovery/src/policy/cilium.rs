@@ -16,8 +16,8 @@ use super::selector::{LabelSelectorYaml, Requirement, Selector};
 use super::yaml::{expand_ports, port_number, Ctx};
 use super::{
     Direction, FqdnMatch, L7Mode, Peers, Policy, PolicyError, PolicyKind, PolicyRef, PolicySpec,
-    PortProto, Rule, Selection, Verdict, NAMESPACE_LABEL, PROTO_ANY, PROTO_SCTP, PROTO_TCP,
-    PROTO_UDP,
+    PortProto, Rule, Selection, Verdict, WarningKind, NAMESPACE_LABEL, PROTO_ANY, PROTO_SCTP,
+    PROTO_TCP, PROTO_UDP,
 };
 
 /// Cilium's prefix of namespace labels in an endpoint's labels.
@@ -226,6 +226,7 @@ fn subject(
     for r in sel.requirements {
         if r.key == NAMESPACE_LABEL && !r.matches(&own) {
             ctx.warn(
+                WarningKind::NamespaceOverridden,
                 field,
                 format!(
                     "selects on {NAMESPACE_LABEL} ({}), which the policy's own namespace {:?} \
@@ -458,7 +459,7 @@ fn peer_rule(
         match entity(name) {
             Ok(Entity::All) => out.all = true,
             Ok(Entity::Selectors(s)) => out.others.extend(s),
-            Ok(Entity::Nothing(m)) => ctx.warn(&f, m),
+            Ok(Entity::Nothing(m)) => ctx.warn(WarningKind::NeverMatches, &f, m),
             Err(m) => ctx.report(ctx.err(&f, m)),
         }
     }
@@ -490,6 +491,7 @@ fn peer_rule(
     if let Some(v) = requires_v {
         let f = format!("{field}.{}", mine.requires);
         ctx.warn(
+            WarningKind::Deprecated,
             &f,
             format!(
                 "is deprecated in Cilium; it is enforced here (its requirements are added to \
@@ -608,6 +610,7 @@ fn peer_selector(
         .find(|r| r.key.starts_with(NAMESPACE_LABELS_PREFIX))
     {
         ctx.warn(
+            WarningKind::NamespaceScoped,
             field,
             format!(
                 "selects namespaces by label ({}) but names no namespace, so, as in Cilium, it \
@@ -657,6 +660,7 @@ fn cidr_rule(ctx: &Ctx, field: &str, c: &CidrRuleYaml) -> Result<Selector, Polic
         }
         if e == net {
             ctx.warn(
+                WarningKind::NeverMatches,
                 &f,
                 format!("excludes the whole of {net}, so this entry matches nothing"),
             );
@@ -702,6 +706,7 @@ fn l7_rules(
                      part only",
                 )),
                 L7Mode::Ignore => ctx.warn(
+                    WarningKind::L7NotEnforced,
                     &kf,
                     "is not enforced (--l7 ignore): the rule's L3/L4 part is, so every \
                      request on these ports from these peers is allowed",

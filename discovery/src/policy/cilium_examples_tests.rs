@@ -568,6 +568,19 @@ fn requires_are_anded_onto_the_endpoint_selectors_of_the_direction() {
     assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
     assert_eq!(r.warnings[0].field, "spec.ingress[0].fromRequires");
     assert!(r.warnings[0].message.contains("deprecated"));
+    assert_eq!(r.warnings[0].kind, super::WarningKind::Deprecated);
+    let strict = ParseOptions {
+        strict: true,
+        ..ParseOptions::default()
+    };
+    let r = parse_policies_report(&yaml, "test.yaml", &strict, &mut |_| {
+        Ok::<bool, PolicyError>(false)
+    });
+    assert!(
+        r.errors.is_empty(),
+        "enforced, so not refused: {:?}",
+        r.errors
+    );
 }
 
 #[test]

@@ -24,7 +24,7 @@ use ipnet::{IpNet, Ipv4Net};
 
 use super::selector::{LabelSelectorYaml, Requirement, Selector};
 use super::yaml::Ctx;
-use super::{PolicyError, NAMESPACE_LABEL};
+use super::{PolicyError, WarningKind, NAMESPACE_LABEL};
 
 /// Source prefix of the reserved identities' labels (`reserved:host`; the
 /// same as `cidr.rs`'s `RESERVED_LABEL_PREFIX`).
@@ -223,7 +223,7 @@ pub(crate) fn read_selector(
     for (f, r) in &reqs {
         if r.needs_label() {
             if let Some(m) = label_warning(&r.key, subject) {
-                ctx.warn(&format!("{field}.{f}"), m);
+                ctx.warn(WarningKind::NeverMatches, &format!("{field}.{f}"), m);
             }
         }
     }

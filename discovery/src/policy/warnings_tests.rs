@@ -5,7 +5,10 @@
 use std::collections::BTreeMap;
 
 use super::testutil::*;
-use super::{parse_policies_report, Direction::*, L7Mode, ParseOptions, ParseReport, PolicyError};
+use super::{
+    parse_policies_report, Direction::*, L7Mode, ParseOptions, ParseReport, PolicyError,
+    WarningKind,
+};
 use crate::identity::Labels;
 
 const WEB: u32 = 0x01_0101;
@@ -54,6 +57,7 @@ fn assert_warns(spec: &str, field: &str, words: &[&str]) {
     assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
     let w = &r.warnings[0];
     assert_eq!(w.field, field, "{w}");
+    assert!(w.kind.strict_refuses(), "{w}");
     let text = w.to_string();
     assert!(
         text.starts_with("test.yaml: CiliumNetworkPolicy shop/p: "),
@@ -265,7 +269,11 @@ fn l7_rules_are_refused_by_default_and_ignored_on_request() {
     assert!(!tcp(&c, WEB, OTHER_DB, 80, Ingress));
     assert!(tcp(&c, WEB, OTHER_DB, 9092, Ingress));
     assert!(!tcp(&c, WEB, DB, 81, Ingress));
-    // Strict and ignore: the warning is an error.
+    assert!(r
+        .warnings
+        .iter()
+        .all(|w| w.kind == WarningKind::L7NotEnforced));
+    // Strict and ignore: asked for, so still a warning, not a refusal.
     let r = report(
         &yaml,
         ParseOptions {
@@ -273,7 +281,8 @@ fn l7_rules_are_refused_by_default_and_ignored_on_request() {
             l7: L7Mode::Ignore,
         },
     );
-    assert_eq!(r.errors.len(), 2);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.warnings.len(), 2);
     // L7 in a deny rule is refused in both modes; the fix (deny the port).
     let deny = "  endpointSelector: {}\n  ingressDeny:\n  - toPorts:\n    - ports: [{port: \"80\", protocol: TCP}]\n      rules: {http: [{method: DELETE}]}\n";
     for opts in [ParseOptions::default(), ignore] {

@@ -8,7 +8,10 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::{ParseOptions, ParseReport, Policy, PolicyError, PolicyKind, PolicyRef, PolicyWarning};
+use super::{
+    ParseOptions, ParseReport, Policy, PolicyError, PolicyKind, PolicyRef, PolicyWarning,
+    WarningKind,
+};
 
 /// The kind of the egress gateway policies that `meshgate-egress` reads.
 pub const EGRESS_GATEWAY_KIND: &str = "CiliumEgressGatewayPolicy";
@@ -324,14 +327,16 @@ impl Ctx {
         }
     }
 
-    /// Records a warning; with [`ParseOptions::strict`], an error.
-    pub fn warn(&self, field: &str, message: impl Into<String>) {
+    /// Records a warning; with [`ParseOptions::strict`], an error if the
+    /// kind is one strict refuses ([`WarningKind::strict_refuses`]).
+    pub fn warn(&self, kind: WarningKind, field: &str, message: impl Into<String>) {
         let message = message.into();
-        if self.opts.strict {
+        if self.opts.strict && kind.strict_refuses() {
             self.report(self.err(field, format!("{message} (refused by --strict-policy)")));
             return;
         }
         let w = PolicyWarning {
+            kind,
             source_name: self.source_name.clone(),
             policy: self.policy.clone(),
             field: field.to_string(),
