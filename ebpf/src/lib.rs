@@ -30,4 +30,5 @@ pub use maps::{
     Frontend, IpcacheEntry, LbConnection, LbService, Maps, PolicyRule, Proto, EGRESS_MAX_GATEWAYS,
     FQDN_MAX_PORTS,
 };
+pub use maps::icmp_type_port;
 pub use reason::{identity, Direction, Point, Reason, Verdict};
