@@ -163,7 +163,7 @@ fn main() {
     );
 }
 
-fn args() -> Result<(usize, usize, usize), String> {
+fn args() -> Result<(usize, usize, usize, usize), String> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let (mut ids, mut pols, mut cidrs, mut rounds) = (500, 50, 10_000, 21);
     let mut it = argv.iter();

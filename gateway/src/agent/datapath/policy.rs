@@ -1033,9 +1033,11 @@ mod cidr_tests {
             port(TCP, 443),
         )]);
         let mut rt = PolicyRuntime::new(1, vec![], vec![v1]).unwrap();
-        let mut m = Model::default();
         // Allowed before (db unselected), during and after the first sync.
-        m.probes = vec![probe("10.1.2.3", TCP, 443)];
+        let mut m = Model {
+            probes: vec![probe("10.1.2.3", TCP, 443)],
+            ..Model::default()
+        };
         rt.sync_identities(&mut m, &known(), &BTreeSet::new());
         assert_eq!(m.violations, Vec::<String>::new());
         assert_eq!(m.world, BTreeMap::from([(net("10.0.0.0/8"), 0x100)]));
