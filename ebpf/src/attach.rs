@@ -17,13 +17,10 @@ pub enum Hook {
     ToMesh,
     /// `mg_from_mesh` on the ingress of the VXLAN device.
     FromMesh,
-    /// `mg_to_pod` on the egress of a pod's host-side veth (ingress policy
-    /// of what reaches the pod from outside the mesh).
-    ToPod,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 4] = [Hook::FromPod, Hook::ToMesh, Hook::FromMesh, Hook::ToPod];
+    pub const ALL: [Hook; 3] = [Hook::FromPod, Hook::ToMesh, Hook::FromMesh];
 
     /// The program's name in the object (and its pin name).
     pub const fn program(self) -> &'static str {
@@ -31,14 +28,13 @@ impl Hook {
             Hook::FromPod => "mg_from_pod",
             Hook::ToMesh => "mg_to_mesh",
             Hook::FromMesh => "mg_from_mesh",
-            Hook::ToPod => "mg_to_pod",
         }
     }
 
     pub const fn attach_type(self) -> TcAttachType {
         match self {
             Hook::FromPod | Hook::FromMesh => TcAttachType::Ingress,
-            Hook::ToMesh | Hook::ToPod => TcAttachType::Egress,
+            Hook::ToMesh => TcAttachType::Egress,
         }
     }
 
@@ -53,7 +49,6 @@ impl Hook {
             Hook::FromPod => (PRIORITY, 1),
             Hook::ToMesh => (PRIORITY, 2),
             Hook::FromMesh => (PRIORITY, 3),
-            Hook::ToPod => (PRIORITY, 4),
         }
     }
 
@@ -62,7 +57,6 @@ impl Hook {
             Hook::FromPod => "from_pod",
             Hook::ToMesh => "to_mesh",
             Hook::FromMesh => "from_mesh",
-            Hook::ToPod => "to_pod",
         }
     }
 

@@ -271,8 +271,7 @@ impl Ebpf {
             .entries()
             .context("reading the pinned ipcache")?
             .into_iter()
-            // World entries are the policy's (policy.rs), not endpoints.
-            .filter(|(_, len, e)| *len == 32 && !e.world)
+            .filter(|(_, len, _)| *len == 32)
             .map(|(ip, _, e)| (ip, e))
             .collect();
         // The filter first: the device opens the VXLAN socket.
@@ -472,7 +471,7 @@ pub fn reload_policy(agent: &Agent) {
         let mut guard = ebpf.inner();
         let inner = &mut *guard;
         match inner.policy.as_mut() {
-            Some(p) => match p.reload(&mut inner.dp.maps) {
+            Some(p) => match p.reload(&mut inner.dp.maps.policy) {
                 Ok(egress) => {
                     info!(
                         egress_policies = egress.len(),
@@ -700,8 +699,7 @@ pub fn sync(agent: &Agent) {
         }
     }
     if let (Some(p), Some(identities)) = (inner.policy.as_mut(), identities.as_ref()) {
-        let mesh: BTreeSet<Ipv4Net> = clusters.keys().copied().collect();
-        p.sync_identities(&mut inner.dp.maps, identities, &mesh);
+        p.sync_identities(&mut inner.dp.maps.policy, identities);
     }
     if let Some(mesh_map) = &mesh_map {
         sync_mesh_cidrs(inner, mesh_map);
