@@ -239,9 +239,19 @@ fn unsupported_fields_are_errors_naming_policy_field_and_fix() {
         &["not supported in deny rules", "Cilium"],
     );
     assert_err(
+        "  endpointSelector: {}\n  egress:\n  - toCIDR: [10.0.0.0/8]\n",
+        "spec.egress[0].toCIDR",
+        &["CIDR"],
+    );
+    assert_err(
+        "  endpointSelector: {}\n  ingress:\n  - fromEntities: [world]\n",
+        "spec.ingress[0].fromEntities",
+        &["entities"],
+    );
+    assert_err(
         "  endpointSelector: {}\n  ingress:\n  - toPorts:\n    - ports: [{port: \"80\"}]\n      rules: {http: [{method: GET}]}\n",
         "spec.ingress[0].toPorts[0].rules.http",
-        &["L7 rules other than DNS", "--l7 ignore"],
+        &["L7 rules other than DNS"],
     );
     assert_err(
         "  endpointSelector: {}\n  ingress:\n  - toPorts: [{ports: [{port: \"80\", protocol: ICMP}]}]\n",
@@ -254,8 +264,13 @@ fn unsupported_fields_are_errors_naming_policy_field_and_fix() {
         &["named port"],
     );
     assert_err(
-        "  endpointSelector: {matchLabels: {container:app: web}}\n",
-        "spec.endpointSelector.matchLabels.container:app",
+        "  endpointSelector: {}\n  ingress:\n  - fromEndpoints: [{matchLabels: {io.cilium.k8s.namespace.labels.team: a}}]\n",
+        "spec.ingress[0].fromEndpoints[0].matchLabels.io.cilium.k8s.namespace.labels.team",
+        &["io.kubernetes.pod.namespace"],
+    );
+    assert_err(
+        "  endpointSelector: {matchLabels: {reserved:host: \"\"}}\n",
+        "spec.endpointSelector.matchLabels.reserved:host",
         &["label source"],
     );
     assert_err(
@@ -343,10 +358,9 @@ fn broken_yaml_and_missing_names_say_where() {
         cnp("  endpointSelector: {}\n")
     ))
     .to_string();
-    assert_eq!(
-        e,
-        "test.yaml: CiliumClusterwideNetworkPolicy c: spec.endpointSelector: is required; use \
-         `endpointSelector: {}` for every endpoint of every namespace"
+    assert!(
+        e.starts_with("test.yaml: document 2:") && e.contains("CiliumNetworkPolicy per namespace"),
+        "{e}"
     );
     let e = parse_err(&cnp(
         "  endpointSelector: {}\n  ingress:\n  - toPorts: [{ports: [{port: \"70000\"}]}]\n",
