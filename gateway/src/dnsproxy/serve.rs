@@ -75,7 +75,7 @@ const MAX_QUERY: usize = 4096;
 /// A forwarded UDP query waiting for its upstream answer.
 pub(crate) struct Waiting {
     client: SocketAddrV4,
-    client_id: [u8; 2],
+    /// As the pod sent it (its ID goes back into the answer).
     query: Vec<u8>,
     forward: Forward,
 }
@@ -112,7 +112,6 @@ async fn udp_loop(core: Arc<Core>, sock: Arc<UdpSocket>) {
                     let mut out = d.data.to_vec();
                     let w = Waiting {
                         client,
-                        client_id: [d.data[0], d.data[1]],
                         query: d.data.to_vec(),
                         forward,
                     };
@@ -183,7 +182,7 @@ async fn upstream_answers(core: Arc<Core>, client: Arc<UdpSocket>, slot: usize) 
                         continue;
                     };
                     let mut answer = d.data.to_vec();
-                    answer[..2].copy_from_slice(&w.client_id);
+                    answer[..2].copy_from_slice(&w.query[..2]);
                     if let Some(r) = finish(&core, &w.query, w.forward, Ok(answer)) {
                         replies.push((w.client, r));
                     }
@@ -213,13 +212,7 @@ async fn sweep_deadlines(core: Arc<Core>, client: Arc<UdpSocket>) {
     loop {
         tokio::time::sleep(pool::SWEEP).await;
         for w in core.pool.expired(Instant::now()) {
-            let e = std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!(
-                    "upstream {} did not answer within {:?}",
-                    core.pool.upstream, core.upstream_timeout
-                ),
-            );
+            let e = upstream::timed_out(core.pool.upstream, core.upstream_timeout);
             if let Some(r) = finish(&core, &w.query, w.forward, Err(e)) {
                 replies.push((w.client, r));
             }

@@ -39,7 +39,7 @@ pub async fn read_framed<R: AsyncReadExt + Unpin>(r: &mut R) -> std::io::Result<
     Ok(msg)
 }
 
-fn timed_out(upstream: SocketAddr, deadline: Duration) -> std::io::Error {
+pub fn timed_out(upstream: SocketAddr, deadline: Duration) -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::TimedOut,
         format!("upstream {upstream} did not answer within {deadline:?}"),
