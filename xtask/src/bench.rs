@@ -45,6 +45,10 @@ pub fn run(name: &str, args: &[&str]) -> Result<()> {
         Some((_, root, bench)) => {
             if *root {
                 crate::util::require_root()?;
+                // What the benchmarks run (clang for the build, dnsperf,
+                // iperf3, dnsmasq, ...) is installed when missing, as for
+                // `cargo xtask test`.
+                crate::deps::run()?;
             }
             bench(args)
         }

@@ -16,7 +16,7 @@
 //! The VM's result comes back as a marker line on its console, so a VM that
 //! does not boot, or a test that fails, fails the stage with the reason.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -42,6 +42,9 @@ pub fn run_with(args: &[&str], on_line: &mut dyn FnMut(&str)) -> Result<()> {
     let kernel = prerequisites()?;
     let cmd: String = match args {
         [] => {
+            // The build needs the host's own prerequisites (clang, libbpf
+            // headers, ...), as `cargo xtask test` does.
+            deps::run()?;
             let tests = build_tests()?;
             for (name, why) in KERNEL_TESTS_SKIPPED {
                 eprintln!("kernel lab: not in the default run: {name} ({why})");
@@ -374,6 +377,7 @@ fn boot(kernel: &Kernel, cmd: &str, on_line: &mut dyn FnMut(&str)) -> Result<i32
         }
     }
     vng.arg("--disable-kvm")
+        .arg("--verbose")
         .arg("--run")
         .arg(&kernel.image)
         .args(["--cpus", "2", "--memory", "4G", "--exec", &exec])
@@ -387,12 +391,28 @@ fn boot(kernel: &Kernel, cmd: &str, on_line: &mut dyn FnMut(&str)) -> Result<i32
     let mut child = vng
         .spawn()
         .context("starting `vng` (virtme-ng): is it installed and on PATH?")?;
+    // With `-v` the guest kernel's console comes on vng's stderr: its
+    // lines go to a log file (boot noise), everything else is shown; the
+    // last kernel lines are kept to show why a VM died.
+    let console_log = util::target_dir().join("kernel-lab").join("console.log");
+    let mut log = std::fs::File::create(&console_log)
+        .with_context(|| format!("creating {}", console_log.display()))?;
     let stderr = child.stderr.take().map(|err| {
         std::thread::spawn(move || {
+            let mut last = std::collections::VecDeque::new();
             for line in BufReader::new(err).lines() {
                 let Ok(line) = line else { break };
-                eprintln!("{line}");
+                let _ = writeln!(log, "{line}");
+                if is_kernel_line(&line) {
+                    if last.len() == KERNEL_LINES_KEPT {
+                        last.pop_front();
+                    }
+                    last.push_back(line);
+                } else {
+                    eprintln!("{line}");
+                }
             }
+            last
         })
     });
     let mut rc = None;
@@ -408,15 +428,55 @@ fn boot(kernel: &Kernel, cmd: &str, on_line: &mut dyn FnMut(&str)) -> Result<i32
         }
     }
     let status = child.wait().context("waiting for the VM")?;
-    if let Some(t) = stderr {
-        let _ = t.join();
-    }
+    let kernel_lines = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
     let _ = std::fs::remove_file(&script_file);
     match rc {
         Some(rc) => Ok(rc),
-        None => bail!(
-            "the VM ended ({status}) without reporting its command's exit code: it did not boot \
-             or the command never finished (the console output is above)"
-        ),
+        None => {
+            eprintln!(
+                "kernel lab: the guest kernel's last {} console lines (all of them: {}):",
+                kernel_lines.len(),
+                console_log.display()
+            );
+            for line in &kernel_lines {
+                eprintln!("  {line}");
+            }
+            // virtme-ng boots with panic=-1 and -no-reboot: 255 is a panic.
+            let why = if status.code() == Some(255) {
+                "the guest kernel panicked (its console is above)"
+            } else {
+                "it did not boot or the command never finished (the console output is above)"
+            };
+            bail!("the VM ended ({status}) without reporting its command's exit code: {why}")
+        }
+    }
+}
+
+/// How many of the guest kernel's console lines [`boot`] keeps to show.
+const KERNEL_LINES_KEPT: usize = 80;
+
+/// A kernel console line: `[    1.904391] ...`.
+fn is_kernel_line(line: &str) -> bool {
+    line.strip_prefix('[')
+        .and_then(|rest| rest.split_once(']'))
+        .is_some_and(|(stamp, _)| {
+            let stamp = stamp.trim_start();
+            !stamp.is_empty() && stamp.chars().all(|c| c.is_ascii_digit() || c == '.')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_kernel_line;
+
+    #[test]
+    fn kernel_console_lines_are_told_from_the_commands_output() {
+        assert!(is_kernel_line("[    1.904391] loop: module loaded"));
+        assert!(is_kernel_line(
+            "[  265.1] Kernel panic - not syncing: Fatal exception"
+        ));
+        assert!(!is_kernel_line("test ipsec_mesh ... ok"));
+        assert!(!is_kernel_line("[c1/n1] agent started"));
+        assert!(!is_kernel_line("[] empty"));
     }
 }
