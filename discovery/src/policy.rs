@@ -103,6 +103,7 @@
 //! - Replies of allowed connections pass by the datapath's connection
 //!   tracking, not by entries here.
 
+pub mod cidr;
 mod compile;
 mod describe;
 mod fqdn;

@@ -128,7 +128,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             cfg.cluster_id,
             cfg.policy_files.clone(),
             file.identity,
-        )?;
+        )?
+        .with_kube_apiservers(cfg.kube_apiservers.iter().copied());
         (Some(rt), file.egress)
     };
     std::fs::create_dir_all(&cfg.state_dir)

@@ -121,6 +121,12 @@ pub struct AgentArgs {
     #[arg(long = "node-label", value_name = "KEY=VALUE")]
     #[serde(default)]
     pub node_labels: Vec<String>,
+    /// An address of the Kubernetes API server (repeatable; with
+    /// --policy): the datapath gives it identity kube-apiserver (7), which
+    /// `toEntities: [kube-apiserver]` selects.
+    #[arg(long = "kube-apiserver", value_name = "IP")]
+    #[serde(default)]
+    pub kube_apiserver: Vec<Ipv4Addr>,
 }
 
 /// The resolved configuration.
@@ -157,6 +163,8 @@ pub struct AgentConfig {
     pub policy_files: Vec<PathBuf>,
     /// `--node-label`s.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// `--kube-apiserver` addresses.
+    pub kube_apiservers: Vec<Ipv4Addr>,
 }
 
 impl AgentConfig {
@@ -290,7 +298,19 @@ impl AgentArgs {
         let labels = node_labels(&given_labels)?;
         let bpf_pin_dir =
             pick!(bpf_pin_dir).unwrap_or_else(|| super::datapath::default_pin_dir(&cluster, &node));
+        let kube_apiservers = if self.kube_apiserver.is_empty() {
+            file.kube_apiserver
+        } else {
+            self.kube_apiserver
+        };
+        if !kube_apiservers.is_empty() && policy_files.is_empty() {
+            bail!(
+                "--kube-apiserver gives the API server its identity for policy: it needs \
+                 --policy (add the policy files, or leave out --kube-apiserver)"
+            );
+        }
         Ok(AgentConfig {
+            kube_apiservers,
             labels,
             metrics_addr: pick!(metrics_addr),
             strict,
