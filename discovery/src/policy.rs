@@ -301,6 +301,15 @@ pub enum WarningKind {
 }
 
 impl WarningKind {
+    /// Every kind.
+    pub const ALL: [WarningKind; 5] = [
+        WarningKind::NeverMatches,
+        WarningKind::NamespaceOverridden,
+        WarningKind::NamespaceScoped,
+        WarningKind::Deprecated,
+        WarningKind::L7NotEnforced,
+    ];
+
     /// True for the kinds [`ParseOptions::strict`] refuses: the policy does
     /// not do what it reads as. A deprecated field that is enforced, and an
     /// L7 part ignored on request, stay warnings.

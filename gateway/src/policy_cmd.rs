@@ -8,18 +8,15 @@
 //! L3/L4 part of rules with HTTP/Kafka rules.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Subcommand, ValueEnum};
-use meshgate_discovery::policy::{
-    parse_policies_report, summary, L7Mode, OtherDocument, ParseOptions, PolicyRef, PolicyWarning,
-    EGRESS_GATEWAY_KIND,
-};
-use meshgate_egress::{EgressPolicy, ParseError};
+use meshgate_discovery::policy::{summary, L7Mode, ParseOptions, PolicyRef};
 
 /// `--l7`: what to do with HTTP / Kafka rules.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum L7Arg {
     /// Refuse the policy (default).
     #[default]
@@ -54,44 +51,6 @@ impl From<L7Arg> for L7Mode {
     }
 }
 
-/// Everything of one file: identity and egress gateway policies, warnings,
-/// errors.
-struct FileReport {
-    identity: Vec<meshgate_discovery::policy::Policy>,
-    egress: Vec<EgressPolicy>,
-    warnings: Vec<PolicyWarning>,
-    errors: Vec<String>,
-}
-
-fn read_file(path: &Path, opts: &ParseOptions) -> FileReport {
-    let name = path.display().to_string();
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            return FileReport {
-                identity: Vec::new(),
-                egress: Vec::new(),
-                warnings: Vec::new(),
-                errors: vec![format!("cannot read policy file {name}: {e}")],
-            }
-        }
-    };
-    let mut egress = Vec::new();
-    let report = parse_policies_report(&text, &name, opts, &mut |doc: OtherDocument<'_>| {
-        if doc.kind != EGRESS_GATEWAY_KIND {
-            return Ok::<bool, ParseError>(false);
-        }
-        egress.push(meshgate_egress::parse_document(&doc)?);
-        Ok(true)
-    });
-    FileReport {
-        identity: report.policies,
-        egress,
-        warnings: report.warnings,
-        errors: report.errors.iter().map(|e| e.to_string()).collect(),
-    }
-}
-
 /// The report text and whether every file was read without error (pure
 /// but for reading the files).
 pub fn check(files: &[PathBuf], opts: &ParseOptions) -> (String, bool) {
@@ -103,10 +62,10 @@ pub fn check(files: &[PathBuf], opts: &ParseOptions) -> (String, bool) {
     let mut count = 0;
     for f in files {
         let here = f.display().to_string();
-        let file = read_file(f, opts);
-        errors.extend(file.errors);
-        warnings.extend(file.warnings);
-        for p in file.identity {
+        let report = meshgate_egress::parse_policy_file_report(f, opts);
+        errors.extend(report.errors.iter().map(|e| e.to_string()));
+        warnings.extend(report.warnings);
+        for p in report.file.identity {
             if let Some(first) = seen.insert(p.id.clone(), here.clone()) {
                 errors.push(format!(
                     "{here}: {} is also defined in {first}; the second would replace the \
@@ -117,7 +76,7 @@ pub fn check(files: &[PathBuf], opts: &ParseOptions) -> (String, bool) {
             out.push_str(&summary(&p));
             count += 1;
         }
-        for p in file.egress {
+        for p in report.file.egress {
             if let Some(first) = seen_egress.insert(p.name.clone(), here.clone()) {
                 errors.push(format!(
                     "{here}: CiliumEgressGatewayPolicy/{} is also defined in {first}; the \

@@ -36,8 +36,7 @@ pub(crate) const CIDR_PREFIX: &str = "cidr:";
 /// matches every identity of the local cluster (no identity carries it as a
 /// label; `compile::is_peer` resolves it against the scope).
 pub const CLUSTER_ENTITY_KEY: &str = "reserved:cluster";
-/// The label holding an endpoint's Kubernetes service account.
-pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
+pub use crate::endpoint::SERVICE_ACCOUNT_LABEL;
 /// Prefix of Cilium's own endpoint labels.
 const POLICY_LABELS_PREFIX: &str = "io.cilium.k8s.policy.";
 /// Names of the reserved identities meshgate has (`reserved:<name>`), as in

@@ -173,28 +173,58 @@ pub fn apply(maps: &mut dyn PolicyMaps, d: &PolicyDiff) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the policy files hold, and the warnings read with it.
+pub struct Loaded {
+    pub file: meshgate_egress::PolicyFile,
+    pub warnings: Vec<meshgate_discovery::policy::PolicyWarning>,
+}
+
 /// Reads and parses every policy file (identity and egress gateway
-/// policies); the first error names its file.
-pub fn load_files(files: &[PathBuf]) -> anyhow::Result<meshgate_egress::PolicyFile> {
+/// policies) with `opts`; an error lists every problem of every file, each
+/// naming its file.
+pub fn load_files(
+    files: &[PathBuf],
+    opts: &meshgate_discovery::policy::ParseOptions,
+) -> anyhow::Result<Loaded> {
     let mut all = meshgate_egress::PolicyFile::default();
+    let mut warnings = Vec::new();
+    let mut errors = Vec::new();
     for f in files {
-        let mut p = meshgate_egress::parse_policy_file(f).map_err(|e| {
-            anyhow::anyhow!(
-                "{e} (fix the policy file; `meshgate policy check {}` shows what is refused)",
-                f.display()
-            )
-        })?;
-        all.identity.append(&mut p.identity);
-        all.egress.append(&mut p.egress);
+        let mut r = meshgate_egress::parse_policy_file_report(f, opts);
+        errors.extend(r.errors.iter().map(|e| e.to_string()));
+        warnings.append(&mut r.warnings);
+        all.identity.append(&mut r.file.identity);
+        all.egress.append(&mut r.file.egress);
     }
     let mut names = std::collections::BTreeSet::new();
     if let Some(twice) = all.egress.iter().find(|p| !names.insert(p.name.clone())) {
-        anyhow::bail!(
+        errors.push(format!(
             "CiliumEgressGatewayPolicy {} is given twice across the policy files; give each once",
             twice.name
-        );
+        ));
     }
-    Ok(all)
+    match errors.as_slice() {
+        [] => Ok(Loaded {
+            file: all,
+            warnings,
+        }),
+        [one] => anyhow::bail!(
+            "{one} (fix the policy file; `meshgate policy check` shows what is refused)"
+        ),
+        many => anyhow::bail!(
+            "{} errors in the policy files (fix them; `meshgate policy check` shows what is \
+             refused): {}",
+            many.len(),
+            many.join("; ")
+        ),
+    }
+}
+
+/// Logs each warning of the policy files, once per load.
+pub fn log_warnings(warnings: &[meshgate_discovery::policy::PolicyWarning]) {
+    for w in warnings {
+        tracing::warn!(kind = w.kind.as_str(), "policy: {w}");
+    }
 }
 
 /// The agent's policy: files, state and what was applied.
@@ -225,6 +255,10 @@ pub struct PolicyRuntime {
     apiservers: BTreeSet<Ipv4Addr>,
     /// The mesh's pod CIDRs: no world entry is written inside one.
     mesh: BTreeSet<Ipv4Net>,
+    /// How the files are read (`--strict-policy`, `--l7`), at a reload too.
+    options: meshgate_discovery::policy::ParseOptions,
+    /// The warnings of the files as last read.
+    warnings: Vec<meshgate_discovery::policy::PolicyWarning>,
 }
 
 /// A diff as three, applied in this order around the world entries: the
@@ -277,9 +311,23 @@ impl PolicyRuntime {
             world: BTreeMap::new(),
             apiservers: BTreeSet::new(),
             mesh: BTreeSet::new(),
+            options: meshgate_discovery::policy::ParseOptions::default(),
+            warnings: Vec::new(),
         };
         rt.recount();
         Ok(rt)
+    }
+
+    /// How the files were read at start, and their warnings then: a
+    /// reload reads them the same way.
+    pub fn with_options(
+        mut self,
+        options: meshgate_discovery::policy::ParseOptions,
+        warnings: Vec<meshgate_discovery::policy::PolicyWarning>,
+    ) -> Self {
+        self.options = options;
+        self.warnings = warnings;
+        self
     }
 
     /// The Kubernetes API server's addresses (`--kube-apiserver`): /32
@@ -318,6 +366,14 @@ impl PolicyRuntime {
             failed_reloads: self.failed_reloads,
             last_error: self.last_error.clone(),
             reconcile_writes: self.reconcile_writes,
+            warnings: self
+                .warnings
+                .iter()
+                .map(|w| meshgate_discovery::model::PolicyWarningStatus {
+                    kind: w.kind.as_str().to_string(),
+                    warning: w.to_string(),
+                })
+                .collect(),
         }
     }
 
@@ -486,7 +542,7 @@ impl PolicyRuntime {
         &mut self,
         maps: &mut dyn PolicyMaps,
     ) -> anyhow::Result<Vec<meshgate_egress::EgressPolicy>> {
-        let file = match load_files(&self.files) {
+        let loaded = match load_files(&self.files, &self.options) {
             Ok(p) => p,
             Err(e) => {
                 self.failed_reloads += 1;
@@ -494,8 +550,10 @@ impl PolicyRuntime {
                 return Err(e.context("reloading the policy files; the previous policy stays"));
             }
         };
-        self.replace_policies(maps, file.identity)?;
-        Ok(file.egress)
+        self.replace_policies(maps, loaded.file.identity)?;
+        log_warnings(&loaded.warnings);
+        self.warnings = loaded.warnings;
+        Ok(loaded.file.egress)
     }
 
     /// Makes `policies` the identity policy set, with the CIDR identities
@@ -798,13 +856,80 @@ spec:
         p
     }
 
+    /// A policy that reads fine but can never select anything: no endpoint
+    /// carries the (misspelt) service-account label.
+    const NEVER: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: sa, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {io.cilium.k8s.policy.service-account: web}}\n  egress:\n  - toEntities: [world]\n";
+
+    #[test]
+    fn load_files_lists_every_error_and_returns_the_warnings() {
+        let dir = tempfile::tempdir().unwrap();
+        let never = write(dir.path(), "never.yaml", NEVER);
+        let loaded = load_files(std::slice::from_ref(&never), &Default::default()).unwrap();
+        assert_eq!(loaded.file.identity.len(), 1);
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+        assert_eq!(loaded.warnings[0].kind.as_str(), "never-matches");
+        let strict = meshgate_discovery::policy::ParseOptions {
+            strict: true,
+            ..Default::default()
+        };
+        let err = format!(
+            "{:#}",
+            load_files(std::slice::from_ref(&never), &strict).err().unwrap()
+        );
+        assert!(err.contains("never.yaml") && err.contains("--strict-policy"), "{err}");
+        let bad1 = write(dir.path(), "bad1.yaml", "kind: NetworkPolicy\n");
+        let bad2 = write(dir.path(), "bad2.yaml", ": : :\n");
+        let err = format!("{:#}", load_files(&[bad1, never, bad2], &strict).err().unwrap());
+        assert!(err.starts_with("3 errors in the policy files"), "{err}");
+        for f in ["bad1.yaml", "bad2.yaml", "never.yaml"] {
+            assert!(err.contains(f), "{f}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_reload_reads_the_files_as_at_start_and_shows_their_warnings() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(dir.path(), "p.yaml", POL);
+        let files = vec![f.clone()];
+        let strict = meshgate_discovery::policy::ParseOptions {
+            strict: true,
+            ..Default::default()
+        };
+        let loaded = load_files(&files, &strict).unwrap();
+        let mut rt = PolicyRuntime::new(1, files.clone(), loaded.file.identity)
+            .unwrap()
+            .with_options(strict, loaded.warnings);
+        assert!(rt.status().warnings.is_empty());
+        let mut m = Model::default();
+        // The misspelt selector is refused at the reload, as it would be at
+        // start; the policy in force stays.
+        std::fs::write(&f, format!("{POL}---\n{NEVER}")).unwrap();
+        assert!(rt.reload(&mut m).is_err());
+        let st = rt.status();
+        assert!(
+            st.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("--strict-policy")),
+            "{st:?}"
+        );
+        assert_eq!(st.failed_reloads, 1);
+        // Read as warnings, they are shown in status.json.
+        let mut rt = PolicyRuntime::new(1, files.clone(), load_files(&files, &Default::default()).unwrap().file.identity)
+            .unwrap();
+        rt.reload(&mut m).unwrap();
+        let st = rt.status();
+        assert_eq!(st.warnings.len(), 1, "{st:?}");
+        assert_eq!(st.warnings[0].kind, "never-matches");
+        assert!(st.warnings[0].warning.contains("p.yaml: CiliumNetworkPolicy shop/sa"), "{st:?}");
+    }
+
     #[test]
     fn identities_then_reload_keep_the_maps_equal_to_a_full_compile() {
         let dir = tempfile::tempdir().unwrap();
         let f = write(dir.path(), "p.yaml", POL);
         let files = vec![f.clone()];
         let mut rt =
-            PolicyRuntime::new(1, files.clone(), load_files(&files).unwrap().identity).unwrap();
+            PolicyRuntime::new(1, files.clone(), load_files(&files, &Default::default()).unwrap().file.identity).unwrap();
         let mut m = Model::default();
         rt.sync_identities(&mut m, &BTreeMap::new(), &BTreeSet::new());
         assert_eq!(
@@ -852,7 +977,7 @@ spec:
         ]);
         let mut m = Model::default();
         let mut first =
-            PolicyRuntime::new(1, files.clone(), load_files(&files).unwrap().identity).unwrap();
+            PolicyRuntime::new(1, files.clone(), load_files(&files, &Default::default()).unwrap().file.identity).unwrap();
         first.sync_identities(&mut m, &known, &BTreeSet::new());
         // A stale entry an older policy left behind.
         let stale = PolicyEntry {
@@ -865,7 +990,7 @@ spec:
         m.maps.entries.insert(stale, Verdict::Allow);
         m.writes = 0;
         let mut second =
-            PolicyRuntime::new(1, files.clone(), load_files(&files).unwrap().identity).unwrap();
+            PolicyRuntime::new(1, files.clone(), load_files(&files, &Default::default()).unwrap().file.identity).unwrap();
         second.sync_identities(&mut m, &known, &BTreeSet::new());
         assert_eq!(m.writes, 1, "only the stale entry is removed");
         assert_eq!(second.status().reconcile_writes, Some(1));
@@ -878,7 +1003,7 @@ spec:
         let dir = tempfile::tempdir().unwrap();
         let files = vec![write(dir.path(), "p.yaml", POL)];
         let mut rt =
-            PolicyRuntime::new(1, files.clone(), load_files(&files).unwrap().identity).unwrap();
+            PolicyRuntime::new(1, files.clone(), load_files(&files, &Default::default()).unwrap().file.identity).unwrap();
         let mut m = Model::default();
         let mut known = ids(&[(65_792, "db", "c1")]);
         rt.sync_identities(&mut m, &known, &BTreeSet::new());
@@ -891,7 +1016,7 @@ spec:
             m.maps,
             compile(
                 &Scope::new(1),
-                &load_files(&files).unwrap().identity,
+                &load_files(&files, &Default::default()).unwrap().file.identity,
                 &known
             )
         );
