@@ -15,6 +15,14 @@
 //! `HashMap` with the same 10,000 entries (what any compiler has to do at
 //! least once); the single changes are also given against the full compile.
 //!
+//! CIDR rules: one policy allowing one local identity egress to
+//! `--cidrs` /32 prefixes (default 10,000) on one port: collecting the
+//! prefixes, numbering their CIDR identities with labels, a full compile
+//! over the endpoint and CIDR identities, and adding the CIDR identities one
+//! by one to a `PolicyState` holding the endpoints and the policy (the
+//! agent's path when the prefixes appear). Anchor: the same `HashMap` fill
+//! of that compile's entries.
+//!
 //! Run by `cargo xtask bench policy-compile`; by hand:
 //! `cargo run --release -p meshgate-discovery --example policy_bench`.
 //! The result is one JSON line on stdout.
@@ -24,18 +32,23 @@ use std::collections::{BTreeMap, HashMap};
 use std::hint::black_box;
 use std::time::Instant;
 
-use meshgate_discovery::identity::{endpoint_labels, identity, Labels};
-use meshgate_discovery::policy::{compile, parse_policies, Policy, PolicyState, Scope, Verdict};
+use meshgate_discovery::identity::{endpoint_labels, identity, Labels, CLUSTER_LABEL};
+use meshgate_discovery::policy::cidr::{cidr_prefixes, CidrIdentities};
+use meshgate_discovery::policy::selector::{Op, Requirement};
+use meshgate_discovery::policy::{
+    compile, parse_policies, Direction, Peers, Policy, PolicyKind, PolicyRef, PolicySpec,
+    PolicyState, PortProto, Rule, Scope, Selection, Selector, Verdict, NAMESPACE_LABEL, PROTO_TCP,
+};
 use serde_json::json;
 
 const USAGE: &str = "usage: policy_bench [--identities N per cluster (default 500, max 60000)] \
-[--policies N (default 50, max 100)] [--rounds N (default 21)]";
+[--policies N (default 50, max 100)] [--cidrs N (default 10000, max 65280)] [--rounds N (default 21)]";
 
 const LOCAL: u8 = 1;
 const REMOTE: u8 = 2;
 
 fn main() {
-    let (identities, policies, rounds) = match args() {
+    let (identities, policies, cidrs, rounds) = match args() {
         Ok(a) => a,
         Err(e) => {
             eprintln!("{e}\n{USAGE}");
@@ -123,6 +136,7 @@ fn main() {
     let (remote_s, remote_n) =
         one(&|st| diff_size(st.add_identity(new_remote.0, new_remote.1.clone())));
     let (remove_s, remove_n) = one(&|st| diff_size(st.remove_policy(&parsed[0].id)));
+    let cidr = cidr_figures(&scope, &ids, cidrs, rounds);
 
     let op =
         |s: f64, n: usize| json!({"seconds": s, "diff_items": n, "vs_full_compile": s / compile_s});
@@ -144,13 +158,14 @@ fn main() {
             "add_local_identity": op(local_s, local_n),
             "add_remote_identity": op(remote_s, remote_n),
             "remove_policy": op(remove_s, remove_n),
+            "cidr": cidr,
         })
     );
 }
 
-fn args() -> Result<(usize, usize, usize), String> {
+fn args() -> Result<(usize, usize, usize, usize), String> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    let (mut ids, mut pols, mut rounds) = (500, 50, 21);
+    let (mut ids, mut pols, mut cidrs, mut rounds) = (500, 50, 10_000, 21);
     let mut it = argv.iter();
     while let Some(a) = it.next() {
         let v = it.next().ok_or(format!("{a} needs a value"))?;
@@ -158,11 +173,125 @@ fn args() -> Result<(usize, usize, usize), String> {
         match a.as_str() {
             "--identities" if (1..=60_000).contains(&n) => ids = n,
             "--policies" if (1..=100).contains(&n) => pols = n,
+            "--cidrs" if (1..=65_280).contains(&n) => cidrs = n,
             "--rounds" if n >= 1 => rounds = n,
             _ => return Err(format!("{a} {v}: unknown option or out of range")),
         }
     }
-    Ok((ids, pols, rounds))
+    Ok((ids, pols, cidrs, rounds))
+}
+
+/// The CIDR figures (see the module docs), as JSON.
+fn cidr_figures(
+    scope: &Scope,
+    ids: &BTreeMap<u32, Labels>,
+    n: usize,
+    rounds: usize,
+) -> serde_json::Value {
+    let exists = |key: String| Requirement {
+        key,
+        op: Op::Exists,
+        values: Default::default(),
+    };
+    let peers: Vec<Selector> = (0..n as u32)
+        .map(|i| {
+            let a = std::net::Ipv4Addr::from(0x6440_0000 + i);
+            Selector::all()
+                .with(exists(format!("cidr:{a}/32")))
+                // Reaches cluster 0 under either rule for peers.
+                .with(Requirement {
+                    key: CLUSTER_LABEL.into(),
+                    op: Op::DoesNotExist,
+                    values: Default::default(),
+                })
+        })
+        .collect();
+    let policy = Policy {
+        id: PolicyRef {
+            kind: PolicyKind::CiliumNetworkPolicy,
+            namespace: "ns0".into(),
+            name: "to-cidrs".into(),
+        },
+        specs: vec![PolicySpec {
+            subject: Selector::all()
+                .with(Requirement::is_in("app", "svc0"))
+                .with(Requirement::is_in("version", "v0"))
+                .with(Requirement::is_in(NAMESPACE_LABEL, "ns0")),
+            selects: Selection {
+                ingress: false,
+                egress: true,
+            },
+            rules: vec![Rule {
+                direction: Direction::Egress,
+                verdict: Verdict::Allow,
+                peers: Peers::Selected(peers),
+                ports: vec![PortProto {
+                    proto: PROTO_TCP,
+                    port: 443,
+                }],
+                dns: vec![],
+            }],
+        }],
+    };
+    let policies = [policy];
+    let prefixes_s = median(rounds, || {
+        black_box(cidr_prefixes(&policies).len());
+    });
+    let named = cidr_prefixes(&policies);
+    let number_s = median(rounds, || {
+        let mut c = CidrIdentities::default();
+        let _ = black_box(c.allocate(&named));
+        black_box(c.identities(&named).len());
+    });
+    let mut c = CidrIdentities::default();
+    if let Err(e) = c.allocate(&named) {
+        return json!({"error": e.to_string()});
+    }
+    let mut all = ids.clone();
+    all.extend(c.identities(&named));
+    let compile_s = median(rounds, || {
+        black_box(compile(scope, &policies, &all).entries.len());
+    });
+    let full = compile(scope, &policies, &all);
+    let entries: Vec<_> = full.entries.iter().map(|(k, v)| (*k, *v)).collect();
+    let anchor_s = median(rounds, || {
+        let mut m: HashMap<_, Verdict> = HashMap::new();
+        for (k, v) in &entries {
+            m.insert(*k, *v);
+        }
+        black_box(m.len());
+    });
+    let mut base = PolicyState::new(scope.clone());
+    for (id, l) in ids {
+        base.add_identity(*id, l.clone());
+    }
+    base.upsert_policy(policies[0].clone());
+    let cidr_ids = c.identities(&named);
+    let add_rounds = rounds.clamp(1, 3);
+    let mut samples = Vec::new();
+    for _ in 0..add_rounds {
+        let mut st = base.clone();
+        let t = Instant::now();
+        for (id, l) in &cidr_ids {
+            black_box(st.add_identity(*id, l.clone()));
+        }
+        samples.push(t.elapsed().as_secs_f64());
+        if st.maps() != full {
+            return json!({"error": "adding the CIDR identities one by one differs from the full compile"});
+        }
+    }
+    let add_s = med(samples);
+    json!({
+        "prefixes": named.len(),
+        "entries": full.entries.len(),
+        "anchor_hashmap_fill_s": anchor_s,
+        "collect_prefixes_s": prefixes_s,
+        "number_and_label_s": number_s,
+        "compile_s": compile_s,
+        "compile_vs_anchor": compile_s / anchor_s,
+        "state_add_identities_s": add_s,
+        "state_add_identities_vs_compile": add_s / compile_s,
+    })
 }
 
 fn pod(cluster: u8, app: usize, ns: usize, version: usize) -> Labels {

@@ -67,17 +67,39 @@ pub struct EndpointSpec {
     /// eBPF datapath attaches `from_pod`. Not sent to discovery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+    /// The pod's Kubernetes service account (`default` when not given, as
+    /// in Kubernetes): its identity carries it as
+    /// [`SERVICE_ACCOUNT_LABEL`], which policies select by.
+    #[serde(
+        default,
+        rename = "serviceAccount",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub service_account: Option<String>,
 }
+
+/// The label holding an endpoint's Kubernetes service account (Cilium's).
+pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
+/// The service account of a pod that names none (Kubernetes').
+pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
 
 impl EndpointSpec {
     /// The report entry for this endpoint (node, cluster and identity are
-    /// filled by discovery).
+    /// filled by discovery): its labels with its service account's.
     pub fn to_pb(&self) -> pb::Endpoint {
+        let mut labels = self.labels.clone();
+        labels
+            .entry(SERVICE_ACCOUNT_LABEL.to_string())
+            .or_insert_with(|| {
+                self.service_account
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_SERVICE_ACCOUNT.to_string())
+            });
         pb::Endpoint {
             ip: self.ip.to_string(),
             name: self.name.clone(),
             namespace: self.namespace.clone(),
-            labels: self.labels.clone(),
+            labels,
             node: String::new(),
             cluster: String::new(),
             identity: 0,
@@ -269,5 +291,12 @@ mod tests {
                 .unwrap();
         assert_eq!(spec.namespace, "default");
         assert_eq!(spec.to_pb().labels["app"], "web");
+        // Every pod has a service account, `default` unless it names one.
+        assert_eq!(spec.to_pb().labels[SERVICE_ACCOUNT_LABEL], "default");
+        let spec: EndpointSpec = serde_json::from_str(
+            r#"{"name":"a","ip":"10.1.0.10","serviceAccount":"payments"}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.to_pb().labels[SERVICE_ACCOUNT_LABEL], "payments");
     }
 }

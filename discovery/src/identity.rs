@@ -8,7 +8,9 @@
 //! Reserved identities are cluster-independent (cluster_id 0) and use
 //! Cilium's numbers, so policies written for Cilium read the same here:
 //! [`UNKNOWN`] = 0, [`HOST`] = 1, [`WORLD`] = 2, [`UNMANAGED`] = 3,
-//! [`REMOTE_NODE`] = 6.
+//! [`HEALTH`] = 4, [`INIT`] = 5, [`REMOTE_NODE`] = 6, [`KUBE_APISERVER`] = 7.
+//! Cluster 0's local IDs from [`LOCAL_MIN`] are the node-local CIDR
+//! identities of policy prefixes (`policy::cidr`).
 //!
 //! The label set of an endpoint is its pod labels plus
 //! [`NAMESPACE_LABEL`] (its namespace) and [`CLUSTER_LABEL`] (added by
@@ -40,8 +42,14 @@ pub const HOST: u32 = 1;
 pub const WORLD: u32 = 2;
 /// A workload not managed by meshgate.
 pub const UNMANAGED: u32 = 3;
+/// Cilium's health-check endpoints.
+pub const HEALTH: u32 = 4;
+/// An endpoint whose identity is not resolved yet.
+pub const INIT: u32 = 5;
 /// Another node of the mesh.
 pub const REMOTE_NODE: u32 = 6;
+/// The Kubernetes API server (its addresses are given to the agent).
+pub const KUBE_APISERVER: u32 = 7;
 
 /// Lowest and highest local ID handed out; below 256 is reserved.
 pub const LOCAL_MIN: u32 = 256;
@@ -61,7 +69,10 @@ pub fn reserved_name(id: u32) -> Option<&'static str> {
         HOST => Some("reserved:host"),
         WORLD => Some("reserved:world"),
         UNMANAGED => Some("reserved:unmanaged"),
+        HEALTH => Some("reserved:health"),
+        INIT => Some("reserved:init"),
         REMOTE_NODE => Some("reserved:remote-node"),
+        KUBE_APISERVER => Some("reserved:kube-apiserver"),
         _ => None,
     }
 }
@@ -234,9 +245,25 @@ mod tests {
     #[test]
     fn reserved_numbers_are_ciliums() {
         assert_eq!(
-            (UNKNOWN, HOST, WORLD, UNMANAGED, REMOTE_NODE),
-            (0, 1, 2, 3, 6)
+            (
+                UNKNOWN,
+                HOST,
+                WORLD,
+                UNMANAGED,
+                HEALTH,
+                INIT,
+                REMOTE_NODE,
+                KUBE_APISERVER
+            ),
+            (0, 1, 2, 3, 4, 5, 6, 7)
         );
+        assert_eq!(reserved_name(HEALTH), Some("reserved:health"));
+        assert_eq!(reserved_name(INIT), Some("reserved:init"));
+        assert_eq!(
+            reserved_name(KUBE_APISERVER),
+            Some("reserved:kube-apiserver")
+        );
+        assert_eq!(reserved_name(8), None);
         assert_eq!(reserved_name(6), Some("reserved:remote-node"));
         assert_eq!(reserved_name(256), None);
         assert!(cluster_of(REMOTE_NODE) == 0 && local_of(REMOTE_NODE) < LOCAL_MIN);

@@ -902,6 +902,20 @@ pub struct PolicyStatus {
     /// successful one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The warnings of the policy files as last read (`meshgate policy
+    /// check` shows the same): policies that may not do what they read as.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<PolicyWarningStatus>,
+}
+
+/// One warning of the policy files in [`PolicyStatus`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyWarningStatus {
+    /// `never-matches`, `namespace-overridden`, `namespace-scoped`,
+    /// `deprecated`, `l7-not-enforced`.
+    pub kind: String,
+    /// `file: policy: field: message`.
+    pub warning: String,
 }
 
 /// One cluster's cluster-gateway choice in [`AgentStatus`].

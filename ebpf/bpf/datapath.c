@@ -10,6 +10,18 @@
  *                 destination node's tunnel IP (from the ipcache).
  *   mg_from_mesh  ingress of the VXLAN device: VNI = source identity, ingress
  *                 policy of the destination endpoint, conntrack.
+ *   mg_to_pod     egress of a pod's host-side veth: ingress policy of the pod
+ *                 for what neither from_pod nor from_mesh judged (forwarded
+ *                 from outside the mesh: world, or a CIDR identity), conntrack.
+ *
+ * Entities and CIDR rules: reserved identities are Cilium's (host 1, world
+ * 2, remote-node 6, kube-apiserver 7). A world ipcache entry
+ * (MG_IPCACHE_F_WORLD: a policy's CIDR prefix with its node-local CIDR
+ * identity, or a kube-apiserver address) gives its identity to policy and
+ * is a world address for everything else; it never applies inside a mesh
+ * pod CIDR (ipcache_lookup). Traffic a remote node's own stack sends through
+ * the mesh (VNI host) is remote-node here. ICMP is looked up in policy with
+ * dport = MG_ICMP_TYPE_BASE + type (flow.policy_port).
  *
  * Service load balancing: from_pod translates a new TCP/UDP connection to a
  * service VIP:port to a backend chosen by affinity (mg_lb_svc,
@@ -130,6 +142,8 @@ struct flow {
 	__u8 proto;
 	__u8 is_reply_type; /* ICMP echo reply: ports are swapped for conntrack */
 	__u16 l4_off;       /* offset of the L4 header in the frame */
+	__u16 policy_port;  /* dport for policy: the L4 port, ICMP: MG_ICMP_TYPE_BASE + type */
+	__u16 pad;
 	__u32 src_identity;
 	__u32 dst_identity;
 };
@@ -150,6 +164,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct flow *f)
 	f->dport = 0;
 	f->is_reply_type = 0;
 	f->l4_off = 0;
+	f->policy_port = 0;
 	/* Non-first fragments carry no L4 header: ports stay 0. */
 	if (ip.frag_off & bpf_htons(0x1fff))
 		return 0;
@@ -162,11 +177,13 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct flow *f)
 			return -1;
 		f->sport = bpf_ntohs(ports[0]);
 		f->dport = bpf_ntohs(ports[1]);
+		f->policy_port = f->dport;
 	} else if (ip.protocol == IPPROTO_ICMP) {
 		__u8 hdr[6]; /* type, code, checksum, echo id */
 
 		if (bpf_skb_load_bytes(skb, l4, hdr, sizeof(hdr)) < 0)
 			return -1;
+		f->policy_port = MG_ICMP_TYPE_BASE + hdr[0];
 		if (hdr[0] == ICMP_ECHO) {
 			f->sport = ((__u16)hdr[4] << 8) | hdr[5];
 		} else if (hdr[0] == ICMP_ECHOREPLY) {
@@ -177,11 +194,37 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct flow *f)
 	return 0;
 }
 
-static __always_inline struct mg_ipcache_value *ipcache_lookup(__u32 addr)
+/* Is addr inside the pod CIDR of some cluster of the mesh? */
+static __always_inline int in_mesh_cidr(__u32 addr)
 {
 	struct mg_ipcache_key key = { .prefixlen = 32, .addr = addr };
 
-	return bpf_map_lookup_elem(&mg_ipcache, &key);
+	return bpf_map_lookup_elem(&mg_mesh_cidrs, &key) != NULL;
+}
+
+/*
+ * The ipcache entry of addr (longest prefix). A world entry (a policy's
+ * CIDR prefix) found for an address inside a mesh pod CIDR does not count:
+ * that address keeps the meaning it has without an entry.
+ */
+static __always_inline struct mg_ipcache_value *ipcache_lookup(__u32 addr)
+{
+	struct mg_ipcache_key key = { .prefixlen = 32, .addr = addr };
+	struct mg_ipcache_value *v = bpf_map_lookup_elem(&mg_ipcache, &key);
+
+	if (v && (v->flags & MG_IPCACHE_F_WORLD) && in_mesh_cidr(addr))
+		return NULL;
+	return v;
+}
+
+/* A world entry's identity for a world source, else world. */
+static __always_inline __u32 world_identity(__u32 addr)
+{
+	struct mg_ipcache_value *v = ipcache_lookup(addr);
+
+	if (v && (v->flags & MG_IPCACHE_F_WORLD))
+		return v->identity & MG_IDENTITY_MASK;
+	return MG_IDENTITY_WORLD;
 }
 
 static __always_inline void send_event(struct __sk_buff *skb, const struct flow *f, __u8 verdict,
@@ -330,14 +373,6 @@ static __always_inline struct mg_config *config(void)
 	return bpf_map_lookup_elem(&mg_config, &zero);
 }
 
-/* Is addr inside the pod CIDR of some cluster of the mesh? */
-static __always_inline int in_mesh_cidr(__u32 addr)
-{
-	struct mg_ipcache_key key = { .prefixlen = 32, .addr = addr };
-
-	return bpf_map_lookup_elem(&mg_mesh_cidrs, &key) != NULL;
-}
-
 /* Strict mode: would this packet leave by an interface other than the mesh device? */
 static __always_inline int leaves_unencrypted(struct __sk_buff *skb, const struct flow *f,
 					      __u32 mesh_ifindex)
@@ -422,7 +457,7 @@ int mg_from_pod(struct __sk_buff *skb)
 	 */
 	steered = dns_steered(cfg, &f, daddr, reverse);
 	if (!steered) {
-		reason = policy_check(f.src_identity, f.dst_identity, f.dport, f.proto,
+		reason = policy_check(f.src_identity, f.dst_identity, f.policy_port, f.proto,
 				      MG_DIR_EGRESS);
 		/*
 		 * Denied to the world for lack of a rule (not by a deny
@@ -440,7 +475,7 @@ int mg_from_pod(struct __sk_buff *skb)
 	 * protected as a remote one is by its node's from_mesh).
 	 */
 	if (dst && (dst->flags & MG_IPCACHE_F_LOCAL)) {
-		reason = policy_check(f.dst_identity, f.src_identity, f.dport, f.proto,
+		reason = policy_check(f.dst_identity, f.src_identity, f.policy_port, f.proto,
 				      MG_DIR_INGRESS);
 		if (reason)
 			return drop(skb, &f, reason, MG_POINT_FROM_POD);
@@ -484,13 +519,14 @@ int mg_to_mesh(struct __sk_buff *skb)
 			/*
 			 * Not from a pod's veth: identity from the ipcache, else the
 			 * node itself, or the world if forwarded (a reply from the
-			 * internet de-SNATed on an egress gateway).
+			 * internet de-SNATed on an egress gateway); a world entry's
+			 * identity is this node's, so the world it is.
 			 */
 			src = ipcache_lookup(f.saddr);
-			if (src)
+			if (src && !(src->flags & MG_IPCACHE_F_WORLD))
 				f.src_identity = src->identity & MG_IDENTITY_MASK;
 			else if (skb->ingress_ifindex)
-				f.src_identity = MG_IDENTITY_WORLD;
+				f.src_identity = MG_IDENTITY_WORLD; /* CIDR identities are node-local */
 			else
 				f.src_identity = MG_IDENTITY_HOST;
 		}
@@ -540,8 +576,16 @@ int mg_from_mesh(struct __sk_buff *skb)
 	__builtin_memset(&key, 0, sizeof(key));
 	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
 		return drop(skb, &f, MG_REASON_NO_TUNNEL_KEY, MG_POINT_FROM_MESH);
-	/* The sender's identity is the VNI, never looked up from the source address. */
+	/*
+	 * The sender's identity is the VNI, never looked up from the source
+	 * address: the sending node's own stack is remote-node here, and the
+	 * world it forwards gets this node's CIDR identity of its source.
+	 */
 	f.src_identity = key.tunnel_id & MG_IDENTITY_MASK;
+	if (f.src_identity == MG_IDENTITY_HOST)
+		f.src_identity = MG_IDENTITY_REMOTE_NODE;
+	else if (f.src_identity == MG_IDENTITY_WORLD)
+		f.src_identity = world_identity(f.saddr);
 
 	now = bpf_ktime_get_ns();
 	dst = ipcache_lookup(f.daddr);
@@ -563,7 +607,7 @@ int mg_from_mesh(struct __sk_buff *skb)
 	skb->mark = MG_MARK_MAGIC | f.src_identity;
 
 	if (!ct_is_reply(&f, now)) {
-		reason = policy_check(f.dst_identity, f.src_identity, f.dport, f.proto,
+		reason = policy_check(f.dst_identity, f.src_identity, f.policy_port, f.proto,
 				      MG_DIR_INGRESS);
 		if (reason)
 			return drop(skb, &f, reason, MG_POINT_FROM_MESH);
@@ -578,4 +622,44 @@ int mg_from_mesh(struct __sk_buff *skb)
 	/* A reply of a backend on another node to a client here: source back to the VIP. */
 	reverse = lb_reverse_lookup(&f, now, &rv);
 	return lb_pass(skb, &f, reverse, &rv, MG_POINT_FROM_MESH);
+}
+
+/*
+ * Egress of a pod's host-side veth: what reaches the pod without passing
+ * from_pod or from_mesh (both mark what they judged MG_MARK_MAGIC |
+ * identity): a packet forwarded from outside the mesh (the world, a CIDR
+ * identity by its source) is judged by the pod's ingress policy here. The
+ * node's own stack (kubelet probes, the DNS proxy's answers; ingress
+ * ifindex 0) passes, as Cilium allows the local host by default.
+ */
+SEC("classifier")
+int mg_to_pod(struct __sk_buff *skb)
+{
+	struct flow f = {};
+	struct mg_ipcache_value *dst;
+	__u64 now;
+	__u8 reason;
+
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	if ((skb->mark & MG_MARK_MAGIC_MASK) == MG_MARK_MAGIC || !skb->ingress_ifindex)
+		return TC_ACT_OK;
+	if (parse_ipv4(skb, &f) < 0)
+		return drop(skb, &f, MG_REASON_MALFORMED, MG_POINT_TO_POD);
+	dst = ipcache_lookup(f.daddr);
+	if (!dst || !(dst->flags & MG_IPCACHE_F_LOCAL))
+		return TC_ACT_OK; /* not a pod with an identity: nothing selects it */
+	f.dst_identity = dst->identity & MG_IDENTITY_MASK;
+	/* Not through the mesh: never a mesh identity, whatever the source says. */
+	f.src_identity = world_identity(f.saddr);
+	now = bpf_ktime_get_ns();
+	if (ct_is_reply(&f, now))
+		return TC_ACT_OK;
+	reason = policy_check(f.dst_identity, f.src_identity, f.policy_port, f.proto,
+			      MG_DIR_INGRESS);
+	if (reason)
+		return drop(skb, &f, reason, MG_POINT_TO_POD);
+	if (!f.is_reply_type && ct_track(&f, now))
+		send_event(skb, &f, MG_VERDICT_ALLOW, MG_REASON_NONE, MG_POINT_TO_POD);
+	return TC_ACT_OK;
 }

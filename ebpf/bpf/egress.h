@@ -49,10 +49,14 @@ static __always_inline struct mg_egress_value *egress_route(__u32 saddr, __u32 d
 	return route;
 }
 
-/* A world address: no ipcache entry and outside every cluster's pod CIDR. */
+/*
+ * A world address: no ipcache entry, or a world entry (a policy's CIDR
+ * prefix, which ipcache_lookup never returns inside a mesh pod CIDR), and
+ * outside every cluster's pod CIDR.
+ */
 static __always_inline int is_world(const struct mg_ipcache_value *dst, __u32 daddr)
 {
-	return !dst && !in_mesh_cidr(daddr);
+	return (!dst || (dst->flags & MG_IPCACHE_F_WORLD)) && !in_mesh_cidr(daddr);
 }
 
 /* Is gw among the route's gateways[0, count)? */

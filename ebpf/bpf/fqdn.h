@@ -40,7 +40,7 @@ static __always_inline int fqdn_port_match(const struct mg_fqdn_value *v, const 
 		if (i >= nports)
 			break;
 		if ((v->ports[i].proto == 0 || v->ports[i].proto == f->proto) &&
-		    (v->ports[i].port == 0 || v->ports[i].port == f->dport))
+		    (v->ports[i].port == 0 || v->ports[i].port == f->policy_port))
 			return 1;
 	}
 	return 0;

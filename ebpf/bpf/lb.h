@@ -176,6 +176,7 @@ static __always_inline __u8 lb_forward(struct __sk_buff *skb, struct flow *f, __
 		return MG_REASON_MALFORMED;
 	f->daddr = be.addr;
 	f->dport = be.port;
+	f->policy_port = be.port; /* TCP/UDP only: policy judges the backend port */
 	return MG_REASON_NONE;
 }
 

@@ -18,6 +18,7 @@
 #define MG_IDENTITY_HOST 1
 #define MG_IDENTITY_WORLD 2
 #define MG_IDENTITY_REMOTE_NODE 6
+#define MG_IDENTITY_KUBE_APISERVER 7
 #define MG_IDENTITY_MASK 0x00ffffff
 
 /* skb->mark as set by from_pod: magic in the top byte, identity below. */
@@ -85,6 +86,7 @@ enum mg_point {
 	MG_POINT_FROM_POD = 1,
 	MG_POINT_TO_MESH = 2,
 	MG_POINT_FROM_MESH = 3,
+	MG_POINT_TO_POD = 4,
 };
 
 enum mg_verdict {
@@ -104,6 +106,17 @@ struct mg_ipcache_key {
 };
 
 #define MG_IPCACHE_F_LOCAL 0x1 /* an endpoint of this node */
+/*
+ * A world prefix the agent writes for policy: a CIDR rule's prefix (its
+ * node-local CIDR identity, 0x100..=0xffff) or a kube-apiserver address
+ * (identity 7). The identity is what policy sees; for everything else
+ * (FQDN admission, egress gateway steering, strict mode, tunnels) the
+ * address is a world address, as with no entry. Such an entry never applies
+ * inside a mesh pod CIDR (ipcache_lookup ignores it there): CIDR rules
+ * select world addresses, not endpoints. Its identity never leaves the node
+ * (to_mesh sends world).
+ */
+#define MG_IPCACHE_F_WORLD 0x2
 
 struct mg_ipcache_value {
 	__u32 identity;
@@ -115,8 +128,10 @@ struct mg_ipcache_value {
 /*
  * mg_policy: hash, (local identity, remote identity, port, proto, direction)
  * -> verdict. remote_identity 0 matches any identity, dport 0 any port of
- * proto, proto 0 any protocol (dport must then be 0).
+ * proto, proto 0 any protocol (dport must then be 0). ICMP (proto 1) has no
+ * ports: dport is MG_ICMP_TYPE_BASE + the ICMP type (0 = any type).
  */
+#define MG_ICMP_TYPE_BASE 256
 struct mg_policy_key {
 	__u32 local_identity;
 	__u32 remote_identity;

@@ -17,10 +17,13 @@ pub enum Hook {
     ToMesh,
     /// `mg_from_mesh` on the ingress of the VXLAN device.
     FromMesh,
+    /// `mg_to_pod` on the egress of a pod's host-side veth (ingress policy
+    /// of what reaches the pod from outside the mesh).
+    ToPod,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 3] = [Hook::FromPod, Hook::ToMesh, Hook::FromMesh];
+    pub const ALL: [Hook; 4] = [Hook::FromPod, Hook::ToMesh, Hook::FromMesh, Hook::ToPod];
 
     /// The program's name in the object (and its pin name).
     pub const fn program(self) -> &'static str {
@@ -28,13 +31,14 @@ impl Hook {
             Hook::FromPod => "mg_from_pod",
             Hook::ToMesh => "mg_to_mesh",
             Hook::FromMesh => "mg_from_mesh",
+            Hook::ToPod => "mg_to_pod",
         }
     }
 
     pub const fn attach_type(self) -> TcAttachType {
         match self {
             Hook::FromPod | Hook::FromMesh => TcAttachType::Ingress,
-            Hook::ToMesh => TcAttachType::Egress,
+            Hook::ToMesh | Hook::ToPod => TcAttachType::Egress,
         }
     }
 
@@ -49,6 +53,7 @@ impl Hook {
             Hook::FromPod => (PRIORITY, 1),
             Hook::ToMesh => (PRIORITY, 2),
             Hook::FromMesh => (PRIORITY, 3),
+            Hook::ToPod => (PRIORITY, 4),
         }
     }
 
@@ -57,6 +62,7 @@ impl Hook {
             Hook::FromPod => "from_pod",
             Hook::ToMesh => "to_mesh",
             Hook::FromMesh => "from_mesh",
+            Hook::ToPod => "to_pod",
         }
     }
 

@@ -29,6 +29,10 @@ pub struct MeshCidrValue {
 
 /// `MG_IPCACHE_F_LOCAL`.
 pub const IPCACHE_F_LOCAL: u32 = 0x1;
+/// `MG_IPCACHE_F_WORLD`: a world prefix written for policy (CIDR identity).
+pub const IPCACHE_F_WORLD: u32 = 0x2;
+/// `MG_ICMP_TYPE_BASE`: policy's dport of ICMP type `t` is this + `t`.
+pub const ICMP_TYPE_BASE: u16 = 256;
 
 /// `struct mg_policy_key`.
 #[repr(C)]
@@ -390,6 +394,11 @@ mod tests {
     #[test]
     fn constants_match_the_c_header() {
         assert_eq!(header_define("MG_IPCACHE_F_LOCAL"), IPCACHE_F_LOCAL);
+        assert_eq!(header_define("MG_IPCACHE_F_WORLD"), IPCACHE_F_WORLD);
+        assert_eq!(
+            header_define("MG_ICMP_TYPE_BASE"),
+            u32::from(ICMP_TYPE_BASE)
+        );
         assert_eq!(header_define("MG_SEL_INGRESS"), SEL_INGRESS);
         assert_eq!(header_define("MG_SEL_EGRESS"), SEL_EGRESS);
         assert_eq!(header_define("MG_CFG_F_STRICT"), CFG_F_STRICT);

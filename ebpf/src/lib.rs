@@ -25,6 +25,7 @@ pub use clock::monotonic_ns;
 pub use error::{Error, Result};
 pub use layout::{MARK_EGRESS, MARK_MAGIC, MARK_SNAT};
 pub use loader::{remove_pin_dir, AttachOutcome, Datapath, ReconcileReport, ATTACH_ENV};
+pub use maps::icmp_type_port;
 pub use maps::{
     Affinity, Backend, Egress, EgressFlow, EgressRoute, FlowEvent, Fqdn, FqdnEntry, FqdnPorts,
     Frontend, IpcacheEntry, LbConnection, LbService, Maps, PolicyRule, Proto, EGRESS_MAX_GATEWAYS,

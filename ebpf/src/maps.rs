@@ -27,7 +27,7 @@ pub use fqdn::{Fqdn, FqdnEntry, FqdnPorts, FQDN_MAX_PORTS};
 pub use ipcache::{IpCache, IpcacheEntry};
 pub use lb::{Affinity, Backend, Frontend, LbConnection, LbService, LoadBalancer, RETIRE_GRACE};
 pub use mesh_cidrs::MeshCidrs;
-pub use policy::{Policy, PolicyRule, Proto};
+pub use policy::{icmp_type_port, Policy, PolicyRule, Proto};
 
 use crate::error::{Error, Result};
 use crate::layout::*;

@@ -84,6 +84,7 @@ c_enum! {
         FromPod = 1 => "FROM_POD",
         ToMesh = 2 => "TO_MESH",
         FromMesh = 3 => "FROM_MESH",
+        ToPod = 4 => "TO_POD",
     }
 }
 
@@ -109,6 +110,7 @@ pub mod identity {
     pub const HOST: u32 = 1;
     pub const WORLD: u32 = 2;
     pub const REMOTE_NODE: u32 = 6;
+    pub const KUBE_APISERVER: u32 = 7;
     /// Identities are 24 bits: they travel in the VXLAN VNI.
     pub const MASK: u32 = 0x00ff_ffff;
 }
@@ -201,6 +203,7 @@ mod tests {
             ("MG_IDENTITY_HOST", identity::HOST),
             ("MG_IDENTITY_WORLD", identity::WORLD),
             ("MG_IDENTITY_REMOTE_NODE", identity::REMOTE_NODE),
+            ("MG_IDENTITY_KUBE_APISERVER", identity::KUBE_APISERVER),
             ("MG_IDENTITY_MASK", identity::MASK),
         ] {
             let line = HEADER

@@ -223,3 +223,46 @@ fn strict_mode_drops_pod_traffic_to_a_remote_node_that_would_leave_unencrypted()
     dp1.maps.config.set_strict(None).expect("strict off");
     assert!(w.a.ns.ping(w.b.addr), "strict off: the clear path works");
 }
+
+#[test]
+#[ignore = "needs root (bpf, network namespaces): cargo xtask test runs it"]
+fn a_remote_nodes_own_traffic_is_remote_node_on_the_receiving_node() {
+    let mut w = TwoNodes::new();
+    let dp2 = w.dp2.as_mut().expect("dp2");
+    dp2.maps.policy.select(ID_B, true, false).expect("select");
+    dp2.maps.events.drain();
+    // Node 1's own stack: to_mesh sends VNI host (1); node 2 is not that host.
+    let ping = |w: &TwoNodes| {
+        std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &w.n1.name, "ping", "-c1", "-W1", "-n", "-q",
+            ])
+            .args(["-I", &UL1.to_string(), &w.b.addr.to_string()])
+            .output()
+            .expect("ping")
+            .status
+            .success()
+    };
+    assert!(!ping(&w), "B selects ingress and allows nothing");
+    let dp2 = w.dp2.as_mut().expect("dp2");
+    let ev = wait_event(dp2, |e| e.reason == Some(Reason::PolicyIngress))
+        .expect("node 2 reports the drop");
+    assert_eq!((ev.point, ev.src), (Some(Point::FromMesh), UL1));
+    assert_eq!(
+        ev.src_identity,
+        meshgate_ebpf::identity::REMOTE_NODE,
+        "another node's stack is remote-node here"
+    );
+    // fromEntities: remote-node.
+    dp2.maps
+        .policy
+        .allow(&PolicyRule {
+            local_identity: ID_B,
+            remote_identity: Some(meshgate_ebpf::identity::REMOTE_NODE),
+            port: None,
+            proto: Proto::Any,
+            direction: Direction::Ingress,
+        })
+        .expect("allow");
+    assert!(ping(&w), "remote-node is allowed: node 1's stack reaches B");
+}

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use meshgate_discovery::policy::{parse_policies_with, OtherDocument, Policy, EGRESS_GATEWAY_KIND};
+use meshgate_discovery::policy::{
+    parse_policies_report, OtherDocument, ParseOptions, Policy, PolicyWarning, EGRESS_GATEWAY_KIND,
+};
 
 use crate::{cegp, EgressPolicy, ParseError};
 
@@ -20,11 +22,37 @@ pub struct PolicyFile {
 /// `kind: List`), identity and egress gateway kinds mixed; `source_name`
 /// (a file name) prefixes errors. Documents are split and identity
 /// policies read by `meshgate_discovery::policy`; two egress gateway
-/// policies of one name are an error.
+/// policies of one name are an error. Default [`ParseOptions`], the first
+/// error only ([`parse_policy_text_report`] gives them all, and warnings).
 pub fn parse_policy_text(text: &str, source_name: &str) -> Result<PolicyFile, ParseError> {
+    parse_policy_text_report(text, source_name, &ParseOptions::default()).into_result()
+}
+
+/// Everything read from one policy source: what was read, every warning
+/// and every error (a policy with an error is left out of `file`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileReport {
+    pub file: PolicyFile,
+    pub warnings: Vec<PolicyWarning>,
+    pub errors: Vec<ParseError>,
+}
+
+impl FileReport {
+    /// The policies if there is no error, else the first error.
+    pub fn into_result(self) -> Result<PolicyFile, ParseError> {
+        match self.errors.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(self.file),
+        }
+    }
+}
+
+/// [`parse_policy_text`] with `opts` (`--strict-policy`, `--l7`), going on
+/// after an error: the report holds every error and every warning.
+pub fn parse_policy_text_report(text: &str, source_name: &str, opts: &ParseOptions) -> FileReport {
     let mut egress: Vec<EgressPolicy> = Vec::new();
     let mut first: BTreeMap<String, usize> = BTreeMap::new();
-    let identity = parse_policies_with(text, source_name, &mut |doc: OtherDocument<'_>| {
+    let report = parse_policies_report(text, source_name, opts, &mut |doc: OtherDocument<'_>| {
         if doc.kind != EGRESS_GATEWAY_KIND {
             return Ok(false);
         }
@@ -40,8 +68,31 @@ pub fn parse_policy_text(text: &str, source_name: &str) -> Result<PolicyFile, Pa
         first.insert(p.name.clone(), doc.index);
         egress.push(p);
         Ok(true)
-    })?;
-    Ok(PolicyFile { identity, egress })
+    });
+    FileReport {
+        file: PolicyFile {
+            identity: report.policies,
+            egress,
+        },
+        warnings: report.warnings,
+        errors: report.errors,
+    }
+}
+
+/// Reads a policy file ([`parse_policy_text_report`] on its text); a file
+/// that cannot be read is the report's one error.
+pub fn parse_policy_file_report(path: &Path, opts: &ParseOptions) -> FileReport {
+    let name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_policy_text_report(&text, &name, opts),
+        Err(e) => FileReport {
+            errors: vec![ParseError::Read {
+                path: name,
+                message: e.to_string(),
+            }],
+            ..FileReport::default()
+        },
+    }
 }
 
 /// Reads a policy file ([`parse_policy_text`] on its text).

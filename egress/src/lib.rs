@@ -55,7 +55,10 @@ pub use cegp::{parse_document, API_VERSION};
 pub use describe::summary;
 pub use dns_policy::identity_dns;
 pub use error::ParseError;
-pub use file::{parse_policy_file, parse_policy_text, PolicyFile};
+pub use file::{
+    parse_policy_file, parse_policy_file_report, parse_policy_text, parse_policy_text_report,
+    FileReport, PolicyFile,
+};
 pub use gateways::{
     fqdn_tag, plan, EgressGatewayStatus, EgressPlan, EgressPolicyStatus, EndpointView, FqdnRoutes,
     NodeAddress, NodeView, Route, MAX_GATEWAYS,

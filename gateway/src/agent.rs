@@ -13,6 +13,7 @@ mod endpoints;
 pub(crate) mod ipcache;
 mod liveness;
 mod mesh;
+mod namespaces;
 pub(crate) mod metrics;
 pub(crate) mod observe;
 mod paths;
@@ -123,13 +124,16 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let (policy, egress_policies) = if cfg.policy_files.is_empty() {
         (None, Vec::new())
     } else {
-        let file = datapath::policy::load_files(&cfg.policy_files)?;
+        let loaded = datapath::policy::load_files(&cfg.policy_files, &cfg.policy_options)?;
+        datapath::policy::log_warnings(&loaded.warnings);
         let rt = datapath::policy::PolicyRuntime::new(
             cfg.cluster_id,
             cfg.policy_files.clone(),
-            file.identity,
-        )?;
-        (Some(rt), file.egress)
+            loaded.file.identity,
+        )?
+        .with_options(cfg.policy_options, loaded.warnings)
+        .with_kube_apiservers(cfg.kube_apiservers.iter().copied());
+        (Some(rt), loaded.file.egress)
     };
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
@@ -139,6 +143,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         Some(path) => endpoints::load(path, cfg.pod_cidr)?,
         None => Vec::new(),
     };
+    // What the endpoints report, namespace labels included: checked
+    // before anything is set up.
+    let mut reported: Vec<pb::Endpoint> = endpoints.iter().map(|e| e.to_pb()).collect();
+    if let Some(path) = &cfg.namespaces {
+        namespaces::apply(&mut reported, &namespaces::load(path)?)?;
+    }
     // The last ipcache seen, until discovery sends a fresh snapshot.
     let cache = ipcache::load(&cfg.state_dir).unwrap_or_else(|e| {
         warn!(error = %format!("{e:#}"), "ignoring the saved ipcache; discovery will resend it");
@@ -179,7 +189,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         key: Mutex::new(key),
         mesh: Mutex::new(Mesh::default()),
         reregister: tokio::sync::Notify::new(),
-        endpoints: endpoints.iter().map(|e| e.to_pb()).collect(),
+        endpoints: reported,
         ipcache: Mutex::new(cache.unwrap_or_default()),
         services: Mutex::new(services::Services::default()),
         nodes: Mutex::new(None),

@@ -1,81 +1,129 @@
 //! `meshgate policy check FILE...`: reads NetworkPolicy / CiliumNetworkPolicy
-//! / CiliumEgressGatewayPolicy YAML files as the agent would and prints what
-//! each policy says, or every error (each names the file, the policy, the
-//! field and the fix).
+//! / CiliumClusterwideNetworkPolicy / CiliumEgressGatewayPolicy YAML files as
+//! the agent would and prints what each policy says, every warning (a
+//! selector that can never match, an overridden namespace, a deprecated
+//! field, an L7 part not enforced), and every error of every file (each
+//! names the file, the policy, the field and the fix). Exits non-zero on an
+//! error; `--strict-policy` makes warnings errors, `--l7 ignore` reads the
+//! L3/L4 part of rules with HTTP/Kafka rules.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Subcommand;
-use meshgate_discovery::policy::{summary, PolicyRef};
-use meshgate_egress::parse_policy_file;
+use clap::{Subcommand, ValueEnum};
+use meshgate_discovery::policy::{summary, L7Mode, ParseOptions, PolicyRef};
+
+/// `--l7`: what to do with HTTP / Kafka rules.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum L7Arg {
+    /// Refuse the policy (default).
+    #[default]
+    Refuse,
+    /// Enforce the rule's L3/L4 part and warn that the L7 part is not.
+    Ignore,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Parse policy files and print a summary of each policy, or the errors.
+    /// Parse policy files and print a summary of each policy, its warnings,
+    /// or every error.
     Check {
         /// YAML files (one or more `---` separated documents each).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Refuse policies with warnings (as the agent's --strict-policy).
+        #[arg(long)]
+        strict_policy: bool,
+        /// HTTP / Kafka (L7) rules: refuse the policy, or ignore the L7 part.
+        #[arg(long, value_enum, default_value_t = L7Arg::Refuse)]
+        l7: L7Arg,
     },
+}
+
+impl From<L7Arg> for L7Mode {
+    fn from(a: L7Arg) -> L7Mode {
+        match a {
+            L7Arg::Refuse => L7Mode::Refuse,
+            L7Arg::Ignore => L7Mode::Ignore,
+        }
+    }
 }
 
 /// The report text and whether every file was read without error (pure
 /// but for reading the files).
-pub fn check(files: &[PathBuf]) -> (String, bool) {
+pub fn check(files: &[PathBuf], opts: &ParseOptions) -> (String, bool) {
     let mut out = String::new();
     let mut errors = Vec::new();
+    let mut warnings = Vec::new();
     let mut seen: BTreeMap<PolicyRef, String> = BTreeMap::new();
     let mut seen_egress: BTreeMap<String, String> = BTreeMap::new();
     let mut count = 0;
     for f in files {
         let here = f.display().to_string();
-        match parse_policy_file(f) {
-            Ok(file) => {
-                for p in file.identity {
-                    if let Some(first) = seen.insert(p.id.clone(), here.clone()) {
-                        errors.push(format!(
-                            "{here}: {} is also defined in {first}; the second would replace \
-                             the first: keep one",
-                            p.id
-                        ));
-                    }
-                    out.push_str(&summary(&p));
-                    count += 1;
-                }
-                for p in file.egress {
-                    if let Some(first) = seen_egress.insert(p.name.clone(), here.clone()) {
-                        errors.push(format!(
-                            "{here}: CiliumEgressGatewayPolicy/{} is also defined in {first}; \
-                             the second would replace the first: keep one",
-                            p.name
-                        ));
-                    }
-                    out.push_str(&meshgate_egress::summary(&p));
-                    count += 1;
-                }
+        let report = meshgate_egress::parse_policy_file_report(f, opts);
+        errors.extend(report.errors.iter().map(|e| e.to_string()));
+        warnings.extend(report.warnings);
+        for p in report.file.identity {
+            if let Some(first) = seen.insert(p.id.clone(), here.clone()) {
+                errors.push(format!(
+                    "{here}: {} is also defined in {first}; the second would replace the \
+                     first: keep one",
+                    p.id
+                ));
             }
-            Err(e) => errors.push(e.to_string()),
+            out.push_str(&summary(&p));
+            count += 1;
+        }
+        for p in report.file.egress {
+            if let Some(first) = seen_egress.insert(p.name.clone(), here.clone()) {
+                errors.push(format!(
+                    "{here}: CiliumEgressGatewayPolicy/{} is also defined in {first}; the \
+                     second would replace the first: keep one",
+                    p.name
+                ));
+            }
+            out.push_str(&meshgate_egress::summary(&p));
+            count += 1;
         }
     }
+    let mut notes = String::new();
+    for w in &warnings {
+        notes.push_str(&format!("warning: {w}\n"));
+    }
+    let w = if warnings.is_empty() {
+        String::new()
+    } else {
+        format!(", {} warning(s)", warnings.len())
+    };
     if errors.is_empty() {
-        out.push_str(&format!("{count} policies OK\n"));
+        out.push_str(&notes);
+        out.push_str(&format!("{count} policies OK{w}\n"));
         (out, true)
     } else {
         let mut text = String::new();
         for e in &errors {
             text.push_str(&format!("error: {e}\n"));
         }
-        text.push_str(&format!("{} error(s)\n", errors.len()));
+        text.push_str(&notes);
+        text.push_str(&format!("{} error(s){w}\n", errors.len()));
         (text, false)
     }
 }
 
 pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
     match command {
-        PolicyCommand::Check { files } => {
-            let (text, ok) = check(&files);
+        PolicyCommand::Check {
+            files,
+            strict_policy,
+            l7,
+        } => {
+            let opts = ParseOptions {
+                strict: strict_policy,
+                l7: l7.into(),
+            };
+            let (text, ok) = check(&files, &opts);
             if ok {
                 #[allow(clippy::print_stdout)]
                 {
@@ -109,7 +157,7 @@ mod tests {
             "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: web, namespace: shop}\n\
              spec:\n  endpointSelector: {matchLabels: {app: web}}\n  ingress:\n  - toPorts: [{ports: [{port: \"80\", protocol: TCP}]}]\n",
         );
-        let (text, ok) = check(std::slice::from_ref(&good));
+        let (text, ok) = check(std::slice::from_ref(&good), &ParseOptions::default());
         assert!(ok, "{text}");
         assert!(text.contains("CiliumNetworkPolicy shop/web"), "{text}");
         assert!(
@@ -124,7 +172,7 @@ mod tests {
             "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: out, namespace: shop}\n\
              spec:\n  endpointSelector: {}\n  egress:\n  - toFQDNs: [{matchPattern: \"a.**.example.com\"}]\n",
         );
-        let (text, ok) = check(&[good.clone(), bad, good]);
+        let (text, ok) = check(&[good.clone(), bad, good], &ParseOptions::default());
         assert!(!ok);
         assert!(
             text.contains(
@@ -135,7 +183,7 @@ mod tests {
         );
         assert!(text.contains("also defined in"), "{text}");
         assert!(text.ends_with("2 error(s)\n"), "{text}");
-        let (text, ok) = check(&[dir.path().join("missing.yaml")]);
+        let (text, ok) = check(&[dir.path().join("missing.yaml")], &ParseOptions::default());
         assert!(!ok && text.contains("cannot read policy file"), "{text}");
     }
 
@@ -156,7 +204,7 @@ mod tests {
              \x20 destinationFQDNs: [{matchPattern: \"**.example.com\"}]\n\
              \x20 egressGateway: {nodeSelector: {matchLabels: {egress: \"true\"}}}\n",
         );
-        let (text, ok) = check(std::slice::from_ref(&f));
+        let (text, ok) = check(std::slice::from_ref(&f), &ParseOptions::default());
         assert!(ok, "{text}");
         for line in [
             "  subject app=web,io.kubernetes.pod.namespace=shop; default deny: egress\n",
@@ -188,7 +236,7 @@ mod tests {
                  metadata: {{name: web, namespace: shop}}\nspec: {{podSelector: {{}}}}\n---\n{EGRESS}"
             ),
         );
-        let (text, ok) = check(std::slice::from_ref(&mixed));
+        let (text, ok) = check(std::slice::from_ref(&mixed), &ParseOptions::default());
         assert!(ok, "{text}");
         assert!(text.contains("NetworkPolicy shop/web\n"), "{text}");
         assert!(
@@ -208,7 +256,7 @@ mod tests {
                 .replace("metadata: {name: out}", "metadata: {name: other}")
                 .replace("interface: eg0", "interface: eg0, egressIP: 192.0.2.11"),
         );
-        let (text, ok) = check(&[mixed.clone(), mixed, bad]);
+        let (text, ok) = check(&[mixed.clone(), mixed, bad], &ParseOptions::default());
         assert!(!ok);
         assert!(
             text.contains("CiliumEgressGatewayPolicy/out is also defined in"),
@@ -222,5 +270,110 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("3 error(s)\n"), "{text}");
+    }
+
+    #[test]
+    fn check_reports_every_problem_warnings_and_the_flags() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cnp = |name: &str, spec: &str| {
+            format!(
+                "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n{spec}"
+            )
+        };
+        let warn = write(
+            &dir,
+            "warn.yaml",
+            &cnp(
+                "sa",
+                "  endpointSelector: {matchLabels: {io.cilium.k8s.policy.service-account: web}}\n  egress:\n  - toEntities: [world]\n",
+            ),
+        );
+        let (text, ok) = check(std::slice::from_ref(&warn), &ParseOptions::default());
+        assert!(ok, "{text}");
+        assert!(
+            text.contains(
+                "warn.yaml: CiliumNetworkPolicy shop/sa: \
+                 spec.endpointSelector.matchLabels.io.cilium.k8s.policy.service-account: no \
+                 endpoint carries"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("\nwarning: /"), "{text}");
+        assert!(text.contains("egress allow to [reserved:world]"), "{text}");
+        assert!(text.ends_with("1 policies OK, 1 warning(s)\n"), "{text}");
+        let strict = ParseOptions {
+            strict: true,
+            ..ParseOptions::default()
+        };
+        let (text, ok) = check(std::slice::from_ref(&warn), &strict);
+        assert!(!ok);
+        assert!(text.contains("refused by --strict-policy"), "{text}");
+        assert!(text.ends_with("1 error(s)\n"), "{text}");
+
+        // Every error of a file, in two policies, and the good one's warning.
+        let bad = write(
+            &dir,
+            "bad.yaml",
+            &format!(
+                "{}---\n{}",
+                cnp(
+                    "a",
+                    "  endpointSelector: {}\n  egress:\n  - toCIDR: [\"2001:db8::/32\"]\n  - toEntities: [wrld]\n"
+                ),
+                cnp(
+                    "b",
+                    "  endpointSelector: {}\n  ingress:\n  - toPorts:\n    - ports: [{port: \"80\", protocol: TCP}]\n      rules: {http: [{method: GET}]}\n"
+                )
+            ),
+        );
+        let (text, ok) = check(&[bad.clone(), warn.clone()], &ParseOptions::default());
+        assert!(!ok);
+        for part in [
+            "bad.yaml: CiliumNetworkPolicy shop/a: spec.egress[0].toCIDR[0]: 2001:db8::/32 is an IPv6 prefix",
+            "bad.yaml: CiliumNetworkPolicy shop/a: spec.egress[1].toEntities[0]: \"wrld\" is not an entity",
+            "bad.yaml: CiliumNetworkPolicy shop/b: spec.ingress[0].toPorts[0].rules.http: is not supported",
+            "warn.yaml: CiliumNetworkPolicy shop/sa:",
+        ] {
+            assert!(text.contains(part), "{text:?} should hold {part:?}");
+        }
+        assert!(text.ends_with("3 error(s), 1 warning(s)\n"), "{text}");
+        // --l7 ignore: policy b is read, with its warning.
+        let ignore = ParseOptions {
+            l7: L7Mode::Ignore,
+            ..ParseOptions::default()
+        };
+        let (text, _) = check(std::slice::from_ref(&bad), &ignore);
+        assert!(text.ends_with("2 error(s), 1 warning(s)\n"), "{text}");
+        assert!(
+            text.contains("shop/b: spec.ingress[0].toPorts[0].rules.http: is not enforced"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn flags_parse() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(subcommand)]
+            c: PolicyCommand,
+        }
+        let t = T::try_parse_from(["t", "check", "--strict-policy", "--l7", "ignore", "a.yaml"])
+            .expect("parses");
+        let PolicyCommand::Check {
+            files,
+            strict_policy,
+            l7,
+        } = t.c;
+        assert_eq!(files, vec![PathBuf::from("a.yaml")]);
+        assert!(strict_policy);
+        assert_eq!(L7Mode::from(l7), L7Mode::Ignore);
+        let t = T::try_parse_from(["t", "check", "a.yaml"]).expect("parses");
+        let PolicyCommand::Check {
+            strict_policy, l7, ..
+        } = t.c;
+        assert!(!strict_policy);
+        assert_eq!(L7Mode::from(l7), L7Mode::Refuse);
+        assert!(T::try_parse_from(["t", "check", "--l7", "enforce", "a.yaml"]).is_err());
     }
 }

@@ -120,6 +120,15 @@ pub struct Plan {
     /// The world's DNS (the scenario's `dns:`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<dns::DnsPlan>,
+    /// The scenario's `namespaces` (labels by namespace), written to
+    /// [`namespaces_file`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// The world's namespaces file, given to every agent as `--namespaces`.
+pub fn namespaces_file(world: &str) -> PathBuf {
+    world_dir(world).join("namespaces.yaml")
 }
 
 /// The world's policy file, given to every eBPF-datapath agent as `--policy`.
@@ -174,6 +183,9 @@ pub struct ClusterPlan {
     /// The agents run with `--dns-proxy` (the world has `dns:`).
     #[serde(default)]
     pub dns_proxy: bool,
+    /// The agents' `--namespaces` file (the scenario has `namespaces`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces_file: Option<PathBuf>,
 }
 
 /// A cluster's etcd: one member in a namespace of its own on the underlay,
@@ -239,6 +251,12 @@ pub struct PodPlan {
     /// The node-side end of the pod's veth (`pod<j>`).
     pub node_veth: String,
     pub ip: Ipv4Addr,
+    /// Its namespace (none: `default`) and service account (none:
+    /// `default`), as the scenario gives them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -349,6 +367,8 @@ impl Plan {
                         netns: format!("{prefix}-p-{}", p.name),
                         node_veth: format!("pod{j}"),
                         ip: offset(base, 10 + j as u32),
+                        namespace: p.namespace.clone(),
+                        service_account: p.service_account.clone(),
                     })
                     .collect();
                 nodes.push(NodePlan {
@@ -390,6 +410,7 @@ impl Plan {
                     && c.datapath.unwrap_or(s.datapath) == Datapath::Ebpf)
                     .then(|| policies_file(world)),
                 dns_proxy: s.dns.is_some(),
+                namespaces_file: (!s.namespaces.is_empty()).then(|| namespaces_file(world)),
             });
         }
         let urls: Vec<(String, String)> = clusters
@@ -435,6 +456,7 @@ impl Plan {
                 }
                 None => None,
             },
+            namespaces: s.namespaces.clone(),
         })
     }
 
@@ -730,6 +752,11 @@ impl ClusterPlan {
         )
         .chain(self.dns_proxy.then(|| "--dns-proxy".to_string()))
         .chain(
+            self.namespaces_file
+                .iter()
+                .flat_map(|f| ["--namespaces".to_string(), f.display().to_string()]),
+        )
+        .chain(
             (!node.roles.is_empty())
                 .then(|| {
                     let roles: Vec<String> = node.roles.iter().map(Role::to_string).collect();
@@ -764,17 +791,22 @@ impl NodePlan {
         self.state_dir.join(ENDPOINTS_FILE)
     }
 
-    /// This node's pods as the agent's `--endpoints` entries (namespace
-    /// `default`, the scenario's labels).
+    /// This node's pods as the agent's `--endpoints` entries (the
+    /// scenario's namespace, `default` when none, service account and
+    /// labels).
     pub fn endpoint_specs(&self) -> Vec<EndpointSpec> {
         self.pods
             .iter()
             .map(|p| EndpointSpec {
                 name: p.name.clone(),
-                namespace: DEFAULT_NAMESPACE.to_string(),
+                namespace: p
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
                 ip: IpAddr::V4(p.ip),
                 labels: p.labels.clone(),
                 interface: Some(p.node_veth.clone()),
+                service_account: p.service_account.clone(),
             })
             .collect()
     }

@@ -56,6 +56,12 @@ pub struct Scenario {
     /// the eBPF datapath. `meshgate lab policy` replaces them at run time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<serde_yaml::Value>,
+    /// Namespaces' labels (`name: {key: value}`), as a cluster's API
+    /// server would hold them: given to every agent (`--namespaces`), whose
+    /// endpoints carry them as `io.cilium.k8s.namespace.labels.<key>` for
+    /// namespace selectors by label.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     /// The world's DNS: an upstream server with these records on the
     /// external network, a DNS proxy on every node (needs `datapath:
     /// ebpf`), and pods' resolv.conf naming `clusterIP`.
@@ -263,6 +269,13 @@ pub struct Pod {
     pub name: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Its Kubernetes namespace (default: `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Its service account (default: `default`), which policies select by
+    /// `io.cilium.k8s.policy.serviceaccount`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -134,6 +134,17 @@ fn begin(file: &Path) -> Result<WorldRecord> {
     if !plan.policies.is_empty() {
         write_policies(&world, &plan.policies)?;
     }
+    if !plan.namespaces.is_empty() {
+        let path = crate::plan::namespaces_file(&world);
+        let text = serde_yaml::to_string(&plan.namespaces).map_err(|e| LabError::Io {
+            what: format!("writing {}", path.display()),
+            source: std::io::Error::other(e),
+        })?;
+        std::fs::write(&path, text).map_err(|source| LabError::Io {
+            what: format!("writing {}", path.display()),
+            source,
+        })?;
+    }
     let scenario_path = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
     let rec = WorldRecord::new(plan, &scenario_path);
     rec.save()?;

@@ -114,7 +114,9 @@ fn pod_traffic_crosses_nodes_in_vxlan_with_the_source_identity_as_vni_inside_wir
             "from_mesh@mg-vx0",
             "from_pod@pod0",
             "from_pod@pod1",
-            "to_mesh@mg-vx0"
+            "to_mesh@mg-vx0",
+            "to_pod@pod0",
+            "to_pod@pod1"
         ],
         "{}",
         pins.display()
@@ -305,8 +307,8 @@ fn agent_restart_keeps_the_pinned_datapath_forwarding() {
     let dp = st.datapath.expect("status.json shows the datapath");
     assert_eq!(
         (dp.created, dp.replaced, dp.removed),
-        (0, 4, 0),
-        "the new agent swapped its programs into the 4 pinned links: {dp:?}"
+        (0, 6, 0),
+        "the new agent swapped its programs into the 6 pinned links: {dp:?}"
     );
     assert!(dp.drops.is_empty(), "no drops: {:?}", dp.drops);
     // And traffic keeps flowing after the restart.
@@ -382,11 +384,16 @@ fn a_restarted_agent_reconciles_gone_veths_and_stale_map_entries() {
     assert!(pruned.is_some(), "the stale ipcache entry was not removed");
     assert_eq!(
         pinned_links(&pins),
-        ["from_mesh@mg-vx0", "from_pod@pod0", "to_mesh@mg-vx0"],
-        "from_pod of the deleted veth was unpinned"
+        [
+            "from_mesh@mg-vx0",
+            "from_pod@pod0",
+            "to_mesh@mg-vx0",
+            "to_pod@pod0"
+        ],
+        "from_pod and to_pod of the deleted veth were unpinned"
     );
     let dp = world.status("c1", "n2").datapath.unwrap();
-    assert_eq!((dp.created, dp.replaced, dp.removed), (0, 3, 1), "{dp:?}");
+    assert_eq!((dp.created, dp.replaced, dp.removed), (0, 4, 2), "{dp:?}");
     // The other pod keeps its path, and its entry is the agent's.
     let s = world.ping("c1", "n1-a", &a, 3, "0.05");
     assert_eq!(s.received, 3, "n1-a -> n2-a after the restart: {s:?}");

@@ -239,19 +239,9 @@ fn unsupported_fields_are_errors_naming_policy_field_and_fix() {
         &["not supported in deny rules", "Cilium"],
     );
     assert_err(
-        "  endpointSelector: {}\n  egress:\n  - toCIDR: [10.0.0.0/8]\n",
-        "spec.egress[0].toCIDR",
-        &["CIDR"],
-    );
-    assert_err(
-        "  endpointSelector: {}\n  ingress:\n  - fromEntities: [world]\n",
-        "spec.ingress[0].fromEntities",
-        &["entities"],
-    );
-    assert_err(
         "  endpointSelector: {}\n  ingress:\n  - toPorts:\n    - ports: [{port: \"80\"}]\n      rules: {http: [{method: GET}]}\n",
         "spec.ingress[0].toPorts[0].rules.http",
-        &["L7 rules other than DNS"],
+        &["L7 rules other than DNS", "--l7 ignore"],
     );
     assert_err(
         "  endpointSelector: {}\n  ingress:\n  - toPorts: [{ports: [{port: \"80\", protocol: ICMP}]}]\n",
@@ -264,13 +254,8 @@ fn unsupported_fields_are_errors_naming_policy_field_and_fix() {
         &["named port"],
     );
     assert_err(
-        "  endpointSelector: {}\n  ingress:\n  - fromEndpoints: [{matchLabels: {io.cilium.k8s.namespace.labels.team: a}}]\n",
-        "spec.ingress[0].fromEndpoints[0].matchLabels.io.cilium.k8s.namespace.labels.team",
-        &["io.kubernetes.pod.namespace"],
-    );
-    assert_err(
-        "  endpointSelector: {matchLabels: {reserved:host: \"\"}}\n",
-        "spec.endpointSelector.matchLabels.reserved:host",
+        "  endpointSelector: {matchLabels: {container:app: web}}\n",
+        "spec.endpointSelector.matchLabels.container:app",
         &["label source"],
     );
     assert_err(
@@ -358,9 +343,10 @@ fn broken_yaml_and_missing_names_say_where() {
         cnp("  endpointSelector: {}\n")
     ))
     .to_string();
-    assert!(
-        e.starts_with("test.yaml: document 2:") && e.contains("CiliumNetworkPolicy per namespace"),
-        "{e}"
+    assert_eq!(
+        e,
+        "test.yaml: CiliumClusterwideNetworkPolicy c: spec.endpointSelector: is required; use \
+         `endpointSelector: {}` for every endpoint of every namespace"
     );
     let e = parse_err(&cnp(
         "  endpointSelector: {}\n  ingress:\n  - toPorts: [{ports: [{port: \"70000\"}]}]\n",

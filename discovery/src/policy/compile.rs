@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::peers::selects_non_endpoints;
+use super::selector::Op;
 use super::{Peers, Policy, PolicyEntry, Scope, Selection, Selector, Verdict, CLUSTER_LABEL};
 use crate::identity::{cluster_of, Labels};
 
@@ -50,12 +52,30 @@ pub fn is_subject(scope: &Scope, subject: &Selector, id: u32, labels: &Labels) -
 }
 
 /// Whether `id` is a peer matched by `sel`: a selector that does not name a
-/// cluster reaches local identities only, unless the scope says otherwise.
+/// cluster reaches local identities only, unless the scope says otherwise;
+/// the identities of cluster 0 (reserved and CIDR identities, node-local)
+/// only by a selector naming their `reserved:` / `cidr:` labels (an endpoint
+/// selector never matches them); a requirement on
+/// [`super::CLUSTER_ENTITY_KEY`] holds for the local cluster's identities.
 pub(crate) fn is_peer(scope: &Scope, sel: &Selector, id: u32, labels: &Labels) -> bool {
-    (scope.peers_any_cluster
-        || sel.mentions(CLUSTER_LABEL)
-        || cluster_of(id) == u32::from(scope.cluster_id))
-        && sel.matches(labels)
+    let cluster = cluster_of(id);
+    let local = cluster == u32::from(scope.cluster_id);
+    let reach = if cluster == 0 {
+        selects_non_endpoints(sel)
+    } else {
+        scope.peers_any_cluster || sel.mentions(CLUSTER_LABEL) || local
+    };
+    reach
+        && sel.requirements.iter().all(|r| {
+            if r.key == super::CLUSTER_ENTITY_KEY {
+                match r.op {
+                    Op::Exists | Op::In => local,
+                    Op::DoesNotExist | Op::NotIn => !local,
+                }
+            } else {
+                r.matches(labels)
+            }
+        })
 }
 
 /// The directions `policy` selects identity `id` in.

@@ -1,8 +1,8 @@
 //! A short text of a parsed policy, for `meshgate policy check`.
 
 use super::{
-    Direction, FqdnMatch, Peers, Policy, PortProto, Verdict, PROTO_ANY, PROTO_ICMP, PROTO_SCTP,
-    PROTO_TCP, PROTO_UDP,
+    icmp_type_name, Direction, FqdnMatch, Peers, Policy, PortProto, Verdict, ICMP_TYPE_BASE,
+    PROTO_ANY, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
 
 /// One line per subject and per rule:
@@ -92,6 +92,7 @@ pub fn ports(list: &[PortProto]) -> String {
         let pp = list[i];
         let mut j = i;
         while pp.port != 0
+            && pp.proto != PROTO_ICMP
             && j + 1 < list.len()
             && list[j + 1].proto == pp.proto
             && u32::from(list[j + 1].port) == u32::from(list[j].port) + 1
@@ -100,6 +101,14 @@ pub fn ports(list: &[PortProto]) -> String {
         }
         parts.push(match (pp.proto, pp.port) {
             (PROTO_ANY, _) => "any port and protocol".into(),
+            (PROTO_ICMP, 0) => "any icmp type".into(),
+            (PROTO_ICMP, p) if p >= ICMP_TYPE_BASE => {
+                let t = u8::try_from(p - ICMP_TYPE_BASE).unwrap_or(u8::MAX);
+                match icmp_type_name(t) {
+                    Some(name) => format!("icmp type {t} ({name})"),
+                    None => format!("icmp type {t}"),
+                }
+            }
             (proto, 0) => format!("any {} port", proto_name(proto)),
             (proto, p) if j > i => format!("{p}-{}/{}", list[j].port, proto_name(proto)),
             (proto, p) => format!("{p}/{}", proto_name(proto)),

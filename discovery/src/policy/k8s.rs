@@ -5,15 +5,17 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_yaml::Value;
 
+use super::peers::{cidr_selector, parse_cidr, read_selector};
 use super::selector::{LabelSelectorYaml, Requirement, Selector};
 use super::yaml::{expand_ports, port_number, Ctx};
 use super::{
     Direction, Peers, Policy, PolicyError, PolicyRef, PolicySpec, PortProto, Rule, Selection,
-    Verdict, NAMESPACE_LABEL, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    Verdict, NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
 
-/// The namespace label Kubernetes sets on every namespace: the only one
-/// meshgate knows (identities carry the namespace name, not its labels).
+/// The namespace label Kubernetes sets on every namespace: selecting it is
+/// selecting the namespace's name ([`NAMESPACE_LABEL`]); other namespace
+/// labels are the endpoints' `io.cilium.k8s.namespace.labels.<key>`.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 type Extra = BTreeMap<String, Value>;
@@ -43,6 +45,7 @@ struct RuleYaml {
 struct PeerYaml {
     pod_selector: Option<Value>,
     namespace_selector: Option<Value>,
+    ip_block: Option<Value>,
     #[serde(flatten)]
     extra: Extra,
 }
@@ -68,7 +71,7 @@ pub(crate) fn translate(
         "spec",
         &spec.extra,
         &["podSelector", "policyTypes", "ingress", "egress"],
-    )?;
+    );
     let pod_selector: LabelSelectorYaml = ctx
         .opt("spec.podSelector", spec.pod_selector.as_ref())?
         .ok_or_else(|| {
@@ -77,7 +80,7 @@ pub(crate) fn translate(
                 "is required; use `podSelector: {}` to select every pod of the namespace",
             )
         })?;
-    let subject = selector(ctx, "spec.podSelector", &pod_selector, &plain_key)?
+    let subject = read_selector(ctx, "spec.podSelector", &pod_selector, &plain_key, true)?
         .with(Requirement::is_in(NAMESPACE_LABEL, &id.namespace));
     let ingress = ctx.list("spec.ingress", spec.ingress.as_ref())?;
     let egress = ctx.list("spec.egress", spec.egress.as_ref())?;
@@ -111,7 +114,7 @@ pub(crate) fn translate(
         (Direction::Egress, egress, "egress"),
     ] {
         if !list.is_empty() && !selects.get(dir) {
-            return Err(ctx.err(
+            ctx.report(ctx.err(
                 &format!("spec.{name}"),
                 format!(
                     "has rules but policyTypes does not list {}; add it, or remove the rules",
@@ -124,8 +127,12 @@ pub(crate) fn translate(
             ));
         }
         for (f, r) in list {
-            let r: RuleYaml = ctx.typed(&f, r)?;
-            rules.push(rule(ctx, &id, dir, &f, &r)?);
+            let r = ctx
+                .typed::<RuleYaml>(&f, r)
+                .and_then(|r| rule(ctx, &id, dir, &f, &r));
+            if let Some(r) = ctx.attempt(r) {
+                rules.push(r);
+            }
         }
     }
     Ok(Policy {
@@ -155,22 +162,26 @@ fn rule(
             format!("is not a field of this rule; this direction's peers are `{peers_field}`"),
         ));
     }
-    ctx.no_extra(field, &r.extra, &[peers_field, "ports"])?;
+    ctx.no_extra(field, &r.extra, &[peers_field, "ports"]);
     let peers = ctx.list(&format!("{field}.{peers_field}"), peers.as_ref())?;
     let peers = if peers.is_empty() {
         Peers::Any
     } else {
         let mut sels = Vec::new();
         for (f, p) in peers {
-            let p: PeerYaml = ctx.typed(&f, p)?;
-            sels.push(peer(ctx, id, &f, &p)?);
+            let p = ctx
+                .typed::<PeerYaml>(&f, p)
+                .and_then(|p| peer(ctx, id, &f, &p));
+            if let Some(p) = ctx.attempt(p) {
+                sels.push(p);
+            }
         }
         Peers::Selected(sels)
     };
     let mut ports = Vec::new();
     for (f, p) in ctx.list(&format!("{field}.ports"), r.ports.as_ref())? {
         let p: PortYaml = ctx.typed(&f, p)?;
-        ctx.no_extra(&f, &p.extra, &["protocol", "port", "endPort"])?;
+        ctx.no_extra(&f, &p.extra, &["protocol", "port", "endPort"]);
         let proto = match p.protocol.as_deref().unwrap_or("TCP") {
             "TCP" => PROTO_TCP,
             "UDP" => PROTO_UDP,
@@ -198,7 +209,21 @@ fn rule(
 }
 
 fn peer(ctx: &Ctx, id: &PolicyRef, field: &str, p: &PeerYaml) -> Result<Selector, PolicyError> {
-    ctx.no_extra(field, &p.extra, &["podSelector", "namespaceSelector"])?;
+    ctx.no_extra(
+        field,
+        &p.extra,
+        &["podSelector", "namespaceSelector", "ipBlock"],
+    );
+    if let Some(b) = &p.ip_block {
+        if p.pod_selector.is_some() || p.namespace_selector.is_some() {
+            return Err(ctx.err(
+                &format!("{field}.ipBlock"),
+                "cannot be combined with podSelector or namespaceSelector in one peer (as in \
+                 Kubernetes): write it as its own peer (`- ipBlock: ...`)",
+            ));
+        }
+        return ip_block(ctx, &format!("{field}.ipBlock"), b);
+    }
     let pod: Option<LabelSelectorYaml> =
         ctx.opt(&format!("{field}.podSelector"), p.pod_selector.as_ref())?;
     let ns: Option<LabelSelectorYaml> = ctx.opt(
@@ -206,16 +231,17 @@ fn peer(ctx: &Ctx, id: &PolicyRef, field: &str, p: &PeerYaml) -> Result<Selector
         p.namespace_selector.as_ref(),
     )?;
     let mut sel = match &pod {
-        Some(s) => selector(ctx, &format!("{field}.podSelector"), s, &plain_key)?,
+        Some(s) => read_selector(ctx, &format!("{field}.podSelector"), s, &plain_key, false)?,
         None => Selector::all(),
     };
     match &ns {
         Some(ns) => {
-            let nsel = selector(
+            let nsel = read_selector(
                 ctx,
                 &format!("{field}.namespaceSelector"),
                 ns,
                 &namespace_key,
+                false,
             )?;
             sel.requirements.extend(nsel.requirements);
         }
@@ -226,34 +252,61 @@ fn peer(ctx: &Ctx, id: &PolicyRef, field: &str, p: &PeerYaml) -> Result<Selector
             return Err(ctx.err(
                 field,
                 "a peer needs podSelector and/or namespaceSelector (`podSelector: {}` is every \
-                 pod of the policy's namespace)",
+                 pod of the policy's namespace), or ipBlock",
             ))
         }
     }
     Ok(sel)
 }
 
-fn selector(
-    ctx: &Ctx,
-    field: &str,
-    s: &LabelSelectorYaml,
-    key: &dyn Fn(&str) -> Result<String, String>,
-) -> Result<Selector, PolicyError> {
-    s.to_selector(key)
-        .map_err(|(f, m)| ctx.err(&format!("{field}.{f}"), m))
+#[derive(Debug, Deserialize)]
+struct IpBlockYaml {
+    cidr: Option<String>,
+    except: Option<Vec<String>>,
+    #[serde(flatten)]
+    extra: Extra,
+}
+
+/// `ipBlock`: the CIDR identities of `cidr` but its `except`s, as Cilium
+/// reads it (world addresses, not pods).
+fn ip_block(ctx: &Ctx, field: &str, v: &Value) -> Result<Selector, PolicyError> {
+    let b: IpBlockYaml = ctx.typed(field, v.clone())?;
+    ctx.no_extra(field, &b.extra, &["cidr", "except"]);
+    let cidr = b.cidr.as_deref().ok_or_else(|| {
+        ctx.err(
+            &format!("{field}.cidr"),
+            "is missing; give the prefix (`cidr: 10.0.0.0/8`)",
+        )
+    })?;
+    let net = parse_cidr(cidr).map_err(|m| ctx.err(&format!("{field}.cidr"), m))?;
+    let mut excepts = Vec::new();
+    for (i, e) in b.except.iter().flatten().enumerate() {
+        let f = format!("{field}.except[{i}]");
+        let e = parse_cidr(e).map_err(|m| ctx.err(&f, m))?;
+        if !net.contains(&e) {
+            return Err(ctx.err(
+                &f,
+                format!(
+                    "{e} is not inside cidr {net}: an except removes part of its cidr; fix the \
+                     prefix, or write {e} as its own ipBlock"
+                ),
+            ));
+        }
+        excepts.push(e);
+    }
+    Ok(cidr_selector(&net, &excepts))
 }
 
 fn plain_key(k: &str) -> Result<String, String> {
     Ok(k.to_string())
 }
 
+/// Namespace label keys: the name label is the namespace's name; any other
+/// is the endpoints' `io.cilium.k8s.namespace.labels.<key>`.
 fn namespace_key(k: &str) -> Result<String, String> {
     if k == NAMESPACE_NAME_LABEL {
         Ok(NAMESPACE_LABEL.to_string())
     } else {
-        Err(format!(
-            "namespace label {k:?} is not supported: meshgate knows a namespace only by its \
-             name; select namespaces with {NAMESPACE_NAME_LABEL}"
-        ))
+        Ok(format!("{NAMESPACE_LABELS_PREFIX}{k}"))
     }
 }

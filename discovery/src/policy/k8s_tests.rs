@@ -392,19 +392,19 @@ fn assert_err(e: &super::PolicyError, field: &str, words: &[&str]) {
 #[test]
 fn bad_input_names_the_policy_the_field_and_the_fix() {
     assert_err(
-        &bad("  podSelector: {}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/8}\n"),
+        &bad("  podSelector: {}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/8, except: [192.168.0.0/16]}\n"),
+        "spec.ingress[0].from[0].ipBlock.except[0]",
+        &["not inside cidr 10.0.0.0/8"],
+    );
+    assert_err(
+        &bad("  podSelector: {}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/8}\n      podSelector: {}\n"),
         "spec.ingress[0].from[0].ipBlock",
-        &["not supported", "CIDR"],
+        &["its own peer"],
     );
     assert_err(
         &bad("  podSelector: {}\n  ingress:\n  - ports:\n    - port: http\n"),
         "spec.ingress[0].ports[0].port",
         &["named port", "port number"],
-    );
-    assert_err(
-        &bad("  podSelector: {}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {team: a}}\n"),
-        "spec.ingress[0].from[0].namespaceSelector.matchLabels.team",
-        &["kubernetes.io/metadata.name"],
     );
     assert_err(
         &bad("  podSelector: {}\n  ingress:\n  - ports: [{protocol: ICMP}]\n"),

@@ -35,6 +35,27 @@ impl Requirement {
         }
     }
 
+    pub fn exists(key: &str) -> Self {
+        Requirement {
+            key: key.to_string(),
+            op: Op::Exists,
+            values: BTreeSet::new(),
+        }
+    }
+
+    pub fn does_not_exist(key: &str) -> Self {
+        Requirement {
+            key: key.to_string(),
+            op: Op::DoesNotExist,
+            values: BTreeSet::new(),
+        }
+    }
+
+    /// True for `In` and `Exists`: the requirement needs the label.
+    pub fn needs_label(&self) -> bool {
+        matches!(self.op, Op::In | Op::Exists)
+    }
+
     pub fn matches(&self, labels: &Labels) -> bool {
         let v = labels.get(&self.key);
         match self.op {
@@ -128,16 +149,32 @@ impl LabelSelectorYaml {
         &self,
         key: &dyn Fn(&str) -> Result<String, String>,
     ) -> Result<Selector, SelectorProblem> {
+        Ok(Selector {
+            requirements: self
+                .to_requirements(key)?
+                .into_iter()
+                .map(|(_, r)| r)
+                .collect(),
+        })
+    }
+
+    /// The requirements of [`LabelSelectorYaml::to_selector`], each with the
+    /// field it comes from (`matchLabels.app`, `matchExpressions[0]`).
+    pub(crate) fn to_requirements(
+        &self,
+        key: &dyn Fn(&str) -> Result<String, String>,
+    ) -> Result<Vec<(String, Requirement)>, SelectorProblem> {
         if let Some(k) = self.extra.keys().next() {
             return Err((
                 k.clone(),
                 "unknown selector field; a selector has matchLabels and matchExpressions".into(),
             ));
         }
-        let mut sel = Selector::all();
+        let mut sel = Vec::new();
         for (k, v) in self.match_labels.iter().flatten() {
-            let mapped = key(k).map_err(|m| (format!("matchLabels.{k}"), m))?;
-            sel.requirements.push(Requirement::is_in(&mapped, v));
+            let field = format!("matchLabels.{k}");
+            let mapped = key(k).map_err(|m| (field.clone(), m))?;
+            sel.push((field, Requirement::is_in(&mapped, v)));
         }
         for (i, e) in self.match_expressions.iter().flatten().enumerate() {
             let field = format!("matchExpressions[{i}]");
@@ -178,11 +215,14 @@ impl LabelSelectorYaml {
                 }
                 _ => {}
             }
-            sel.requirements.push(Requirement {
-                key: mapped,
-                op,
-                values,
-            });
+            sel.push((
+                field,
+                Requirement {
+                    key: mapped,
+                    op,
+                    values,
+                },
+            ));
         }
         Ok(sel)
     }

@@ -1,13 +1,17 @@
 //! YAML documents → [`Policy`]: splitting (`---`, or a `kind: List`),
 //! dispatch on `kind`, and what both kinds share (field checks, errors).
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::{Policy, PolicyError, PolicyKind, PolicyRef};
+use super::{
+    ParseOptions, ParseReport, Policy, PolicyError, PolicyKind, PolicyRef, PolicyWarning,
+    WarningKind,
+};
 
 /// The kind of the egress gateway policies that `meshgate-egress` reads.
 pub const EGRESS_GATEWAY_KIND: &str = "CiliumEgressGatewayPolicy";
@@ -15,6 +19,8 @@ pub const EGRESS_GATEWAY_KIND: &str = "CiliumEgressGatewayPolicy";
 /// Reads every policy of one or more YAML documents (`---` separated, as
 /// kubectl accepts; a `kind: List` with `items` is read item by item; empty
 /// documents are skipped). `source_name` (a file name) prefixes errors.
+/// Default [`ParseOptions`]; the first error only, warnings dropped (see
+/// [`parse_policies_report`] for all of them).
 ///
 /// Identity policies only: any other kind is an error (a
 /// `CiliumEgressGatewayPolicy` one saying that `meshgate-egress` reads
@@ -39,27 +45,53 @@ pub struct OtherDocument<'a> {
 }
 
 /// [`parse_policies`], handing every document of a kind other than
-/// `NetworkPolicy` / `CiliumNetworkPolicy` to `other`, which returns
-/// `Ok(true)` when it took the document and `Ok(false)` when the kind is not
-/// its either (then the document is refused as by [`parse_policies`]).
-/// Splitting, `List`s, empty documents and documents without `kind` are
-/// handled here as in [`parse_policies`].
+/// `NetworkPolicy` / `CiliumNetworkPolicy` / `CiliumClusterwideNetworkPolicy`
+/// to `other`, which returns `Ok(true)` when it took the document and
+/// `Ok(false)` when the kind is not its either (then the document is refused
+/// as by [`parse_policies`]). Splitting, `List`s, empty documents and
+/// documents without `kind` are handled here as in [`parse_policies`].
 pub fn parse_policies_with<E: From<PolicyError>>(
     yaml: &str,
     source_name: &str,
     other: &mut dyn FnMut(OtherDocument<'_>) -> Result<bool, E>,
 ) -> Result<Vec<Policy>, E> {
-    let mut out = Vec::new();
+    parse_policies_report(yaml, source_name, &ParseOptions::default(), other).into_result()
+}
+
+/// Reads every document as [`parse_policies_with`] does, with `opts`, and
+/// goes on after an error: the report holds every error (each policy's, and
+/// each of the `other` callback) and every warning of the source. A policy
+/// with an error is not in [`ParseReport::policies`]. Invalid YAML stops the
+/// reading at that document (what follows cannot be split reliably).
+pub fn parse_policies_report<E: From<PolicyError>>(
+    yaml: &str,
+    source_name: &str,
+    opts: &ParseOptions,
+    other: &mut dyn FnMut(OtherDocument<'_>) -> Result<bool, E>,
+) -> ParseReport<E> {
+    let mut report = ParseReport {
+        policies: Vec::new(),
+        warnings: Vec::new(),
+        errors: Vec::new(),
+    };
     for (i, doc) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
         let index = i + 1;
-        let value = serde_yaml::Value::deserialize(doc).map_err(|e| PolicyError::Document {
-            source_name: source_name.to_string(),
-            index,
-            message: format!("not valid YAML: {e}"),
-        })?;
-        parse_value(value, source_name, index, &mut out, other)?;
+        match serde_yaml::Value::deserialize(doc) {
+            Ok(value) => parse_value(value, source_name, index, opts, &mut report, other),
+            Err(e) => {
+                report.errors.push(
+                    PolicyError::Document {
+                        source_name: source_name.to_string(),
+                        index,
+                        message: format!("not valid YAML: {e}"),
+                    }
+                    .into(),
+                );
+                break;
+            }
+        }
     }
-    Ok(out)
+    report
 }
 
 /// A problem in a label selector read by [`parse_label_selector`].
@@ -102,7 +134,21 @@ fn parse_value<E: From<PolicyError>>(
     value: serde_yaml::Value,
     source_name: &str,
     index: usize,
-    out: &mut Vec<Policy>,
+    opts: &ParseOptions,
+    report: &mut ParseReport<E>,
+    other: &mut dyn FnMut(OtherDocument<'_>) -> Result<bool, E>,
+) {
+    if let Err(e) = parse_one(value, source_name, index, opts, report, other) {
+        report.errors.push(e);
+    }
+}
+
+fn parse_one<E: From<PolicyError>>(
+    value: serde_yaml::Value,
+    source_name: &str,
+    index: usize,
+    opts: &ParseOptions,
+    report: &mut ParseReport<E>,
     other: &mut dyn FnMut(OtherDocument<'_>) -> Result<bool, E>,
 ) -> Result<(), E> {
     let doc_err = |message: String| PolicyError::Document {
@@ -119,7 +165,8 @@ fn parse_value<E: From<PolicyError>>(
         .ok_or_else(|| {
             doc_err(
                 "has no `kind`; policy documents are kind NetworkPolicy (networking.k8s.io/v1), \
-                 CiliumNetworkPolicy (cilium.io/v2) or CiliumEgressGatewayPolicy (cilium.io/v2)"
+                 CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy (cilium.io/v2), or \
+                 CiliumEgressGatewayPolicy (cilium.io/v2)"
                     .into(),
             )
         })?
@@ -136,19 +183,14 @@ fn parse_value<E: From<PolicyError>>(
                 .and_then(|i| i.as_sequence())
                 .ok_or_else(|| doc_err("is a List without `items`".into()))?;
             for item in items {
-                parse_value(item.clone(), source_name, index, out, other)?;
+                parse_value(item.clone(), source_name, index, opts, report, other);
             }
             return Ok(());
         }
         "NetworkPolicy" => (PolicyKind::NetworkPolicy, "networking.k8s.io/v1"),
         "CiliumNetworkPolicy" => (PolicyKind::CiliumNetworkPolicy, "cilium.io/v2"),
         "CiliumClusterwideNetworkPolicy" => {
-            return Err(doc_err(
-                "kind CiliumClusterwideNetworkPolicy is not supported; write a \
-                 CiliumNetworkPolicy per namespace"
-                    .into(),
-            )
-            .into())
+            (PolicyKind::CiliumClusterwideNetworkPolicy, "cilium.io/v2")
         }
         kind_name => {
             let doc = OtherDocument {
@@ -171,8 +213,9 @@ fn parse_value<E: From<PolicyError>>(
             }
             return Err(doc_err(format!(
                 "kind {kind_name:?} is not a policy meshgate reads; supported kinds are \
-                 NetworkPolicy (networking.k8s.io/v1) and CiliumNetworkPolicy (cilium.io/v2), \
-                 and {EGRESS_GATEWAY_KIND} (cilium.io/v2) through meshgate-egress's parser"
+                 NetworkPolicy (networking.k8s.io/v1), CiliumNetworkPolicy and \
+                 CiliumClusterwideNetworkPolicy (cilium.io/v2), and {EGRESS_GATEWAY_KIND} \
+                 (cilium.io/v2) through meshgate-egress's parser"
             ))
             .into());
         }
@@ -186,36 +229,45 @@ fn parse_value<E: From<PolicyError>>(
         .name
         .filter(|n| !n.is_empty())
         .ok_or_else(|| doc_err(format!("{kind} has no metadata.name; give it a name")))?;
-    let id = PolicyRef {
-        kind,
+    let namespace = match kind {
+        // Cluster-scoped: a namespace in its metadata means nothing (as
+        // kubectl drops it).
+        PolicyKind::CiliumClusterwideNetworkPolicy => String::new(),
         // As kubectl with a context on the default namespace.
-        namespace: meta
+        PolicyKind::NetworkPolicy | PolicyKind::CiliumNetworkPolicy => meta
             .namespace
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| "default".to_string()),
+    };
+    let id = PolicyRef {
+        kind,
+        namespace,
         name,
     };
-    let ctx = Ctx {
-        source_name: source_name.to_string(),
-        policy: id.to_string(),
-    };
+    let ctx = Ctx::new(source_name, &id, *opts);
     if api != want_api {
-        return Err(ctx
-            .err(
-                "apiVersion",
-                format!("is {api:?}; {kind} is read in version {want_api}"),
-            )
-            .into());
+        ctx.report(ctx.err(
+            "apiVersion",
+            format!("is {api:?}; {kind} is read in version {want_api}"),
+        ));
     }
     let spec = value.get("spec").cloned();
     let policy = match kind {
-        PolicyKind::NetworkPolicy => super::k8s::translate(&ctx, id, spec)?,
-        PolicyKind::CiliumNetworkPolicy => {
+        PolicyKind::NetworkPolicy => super::k8s::translate(&ctx, id, spec),
+        PolicyKind::CiliumNetworkPolicy | PolicyKind::CiliumClusterwideNetworkPolicy => {
             let specs = value.get("specs").cloned();
-            super::cilium::translate(&ctx, id, spec, specs)?
+            super::cilium::translate(&ctx, id, spec, specs)
         }
     };
-    out.push(policy);
+    if let Err(e) = policy.as_ref() {
+        ctx.report(e.clone());
+    }
+    let (errors, warnings) = ctx.take();
+    report.warnings.extend(warnings);
+    match policy {
+        Ok(p) if errors.is_empty() => report.policies.push(p),
+        _ => report.errors.extend(errors.into_iter().map(E::from)),
+    }
     Ok(())
 }
 
@@ -225,13 +277,28 @@ struct Metadata {
     namespace: Option<String>,
 }
 
-/// Error context: which policy of which source.
+/// The context of one policy being read: which policy of which source, the
+/// options, and the problems found so far (every one is kept, so that one
+/// reading reports them all).
 pub(crate) struct Ctx {
     pub source_name: String,
     pub policy: String,
+    pub opts: ParseOptions,
+    errors: RefCell<Vec<PolicyError>>,
+    warnings: RefCell<Vec<PolicyWarning>>,
 }
 
 impl Ctx {
+    pub fn new(source_name: &str, id: &PolicyRef, opts: ParseOptions) -> Self {
+        Ctx {
+            source_name: source_name.to_string(),
+            policy: id.to_string(),
+            opts,
+            errors: RefCell::new(Vec::new()),
+            warnings: RefCell::new(Vec::new()),
+        }
+    }
+
     pub fn err(&self, field: &str, message: impl Into<String>) -> PolicyError {
         PolicyError::Invalid {
             source_name: self.source_name.clone(),
@@ -239,6 +306,51 @@ impl Ctx {
             field: field.to_string(),
             message: message.into(),
         }
+    }
+
+    /// Records an error and goes on (the policy is refused at the end).
+    pub fn report(&self, e: PolicyError) {
+        let mut errors = self.errors.borrow_mut();
+        if !errors.contains(&e) {
+            errors.push(e);
+        }
+    }
+
+    /// The value, or `None` with the error recorded.
+    pub fn attempt<T>(&self, r: Result<T, PolicyError>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.report(e);
+                None
+            }
+        }
+    }
+
+    /// Records a warning; with [`ParseOptions::strict`], an error if the
+    /// kind is one strict refuses ([`WarningKind::strict_refuses`]).
+    pub fn warn(&self, kind: WarningKind, field: &str, message: impl Into<String>) {
+        let message = message.into();
+        if self.opts.strict && kind.strict_refuses() {
+            self.report(self.err(field, format!("{message} (refused by --strict-policy)")));
+            return;
+        }
+        let w = PolicyWarning {
+            kind,
+            source_name: self.source_name.clone(),
+            policy: self.policy.clone(),
+            field: field.to_string(),
+            message,
+        };
+        let mut warnings = self.warnings.borrow_mut();
+        if !warnings.contains(&w) {
+            warnings.push(w);
+        }
+    }
+
+    /// The errors and warnings recorded.
+    pub fn take(self) -> (Vec<PolicyError>, Vec<PolicyWarning>) {
+        (self.errors.into_inner(), self.warnings.into_inner())
     }
 
     /// Deserializes `value` at `field` into `T`.
@@ -286,30 +398,30 @@ impl Ctx {
         }
     }
 
-    /// Refuses fields that were not recognised: a known unsupported one
-    /// with its hint, any other as unknown, listing the supported ones.
+    /// Records an error for every field that was not recognised: a known
+    /// unsupported one with its hint, any other as unknown, listing the
+    /// supported ones.
     pub fn no_extra(
         &self,
         field: &str,
         extra: &BTreeMap<String, serde_yaml::Value>,
         supported: &[&str],
-    ) -> Result<(), PolicyError> {
-        let Some(k) = extra.keys().next() else {
-            return Ok(());
-        };
-        let path = if field.is_empty() {
-            k.clone()
-        } else {
-            format!("{field}.{k}")
-        };
-        let msg = match unsupported_hint(k) {
-            Some(hint) => format!("is not supported: {hint}"),
-            None => format!(
-                "is not a field meshgate knows here; supported fields: {}",
-                supported.join(", ")
-            ),
-        };
-        Err(self.err(&path, msg))
+    ) {
+        for k in extra.keys() {
+            let path = if field.is_empty() {
+                k.clone()
+            } else {
+                format!("{field}.{k}")
+            };
+            let msg = match unsupported_hint(k) {
+                Some(hint) => format!("is not supported: {hint}"),
+                None => format!(
+                    "is not a field meshgate knows here; supported fields: {}",
+                    supported.join(", ")
+                ),
+            };
+            self.report(self.err(&path, msg));
+        }
     }
 }
 
@@ -329,20 +441,17 @@ fn shape(v: &serde_yaml::Value) -> &'static str {
 /// Why a known field of either kind is refused, and what to do instead.
 fn unsupported_hint(field: &str) -> Option<&'static str> {
     Some(match field {
-        "ipBlock" | "fromCIDR" | "fromCIDRSet" | "toCIDR" | "toCIDRSet" => {
-            "CIDR peers are not enforced by meshgate identity policy (only identities are); \
-             select pods by label, or use an egress gateway policy for external destinations"
+        "toServices" | "toGroups" | "fromGroups" | "fromNodes" | "toNodes" => {
+            "service, group and node peers are not supported; select endpoints \
+             (fromEndpoints/toEndpoints), entities (fromEntities/toEntities) or addresses \
+             (fromCIDRSet/toCIDRSet)"
         }
-        "fromEntities" | "toEntities" => {
-            "entities (world, host, cluster, all) are not supported yet; select endpoints \
-             with fromEndpoints/toEndpoints, or omit the peers to allow any peer"
+        "cidrGroupRef" | "cidrGroupSelector" => {
+            "CiliumCIDRGroup references are not supported; write the prefix as `cidr:`"
         }
-        "toServices" | "toGroups" | "fromGroups" | "fromNodes" | "toNodes" | "fromRequires"
-        | "toRequires" => "only fromEndpoints/toEndpoints peers are supported",
-        "icmps" => "ICMP type rules are not supported; omit toPorts to allow all protocols",
         "serverNames" | "originatingTLS" | "terminatingTLS" | "listener" => {
-            "L7 rules are not enforced by meshgate; remove them (L3/L4 toPorts.ports and \
-             rules.dns on egress are supported)"
+            "TLS and listener rules are not enforced by meshgate; remove them (L3/L4 \
+             toPorts.ports and rules.dns on egress are supported)"
         }
         "authentication" => "mutual authentication is not supported; remove it",
         "nodeSelector" => "node policies are not supported; use endpointSelector",

@@ -7,7 +7,7 @@ use aya::maps::{Map, MapData};
 
 use super::{is_not_found, map_err, typed};
 use crate::error::Result;
-use crate::layout::{IpcacheAddr, IpcacheValue, IPCACHE_F_LOCAL};
+use crate::layout::{IpcacheAddr, IpcacheValue, IPCACHE_F_LOCAL, IPCACHE_F_WORLD};
 
 pub(crate) const NAME: &str = "mg_ipcache";
 
@@ -24,6 +24,11 @@ pub struct IpcacheEntry {
     /// Local endpoints: the host-side interface index its packets must come
     /// from (anti-spoofing); 0 = not checked.
     pub ifindex: u32,
+    /// A world prefix written for policy (a CIDR rule's prefix, a
+    /// kube-apiserver address): its identity is what policy sees, the
+    /// address is a world address for all else, and the entry never applies
+    /// inside a mesh pod CIDR.
+    pub world: bool,
 }
 
 impl IpcacheEntry {
@@ -34,6 +39,7 @@ impl IpcacheEntry {
             tunnel_ip: None,
             local: true,
             ifindex,
+            world: false,
         }
     }
 
@@ -44,6 +50,19 @@ impl IpcacheEntry {
             tunnel_ip: Some(tunnel_ip),
             local: false,
             ifindex: 0,
+            world: false,
+        }
+    }
+
+    /// A world prefix with the identity policy gives it (a CIDR identity,
+    /// or kube-apiserver).
+    pub fn world(identity: u32) -> Self {
+        Self {
+            identity,
+            tunnel_ip: None,
+            local: false,
+            ifindex: 0,
+            world: true,
         }
     }
 
@@ -54,7 +73,8 @@ impl IpcacheEntry {
                 .tunnel_ip
                 .map_or(0, |ip| u32::from_ne_bytes(ip.octets())),
             ifindex: self.ifindex,
-            flags: if self.local { IPCACHE_F_LOCAL } else { 0 },
+            flags: if self.local { IPCACHE_F_LOCAL } else { 0 }
+                | if self.world { IPCACHE_F_WORLD } else { 0 },
         }
     }
 
@@ -64,6 +84,7 @@ impl IpcacheEntry {
             tunnel_ip: (v.tunnel_ip != 0).then(|| Ipv4Addr::from(v.tunnel_ip.to_ne_bytes())),
             local: v.flags & IPCACHE_F_LOCAL != 0,
             ifindex: v.ifindex,
+            world: v.flags & IPCACHE_F_WORLD != 0,
         }
     }
 }
@@ -139,5 +160,8 @@ mod tests {
         let l = IpcacheEntry::local(300, 12);
         assert_eq!(l.to_raw().flags, IPCACHE_F_LOCAL);
         assert_eq!(IpcacheEntry::from_raw(l.to_raw()), l);
+        let w = IpcacheEntry::world(0x100);
+        assert_eq!(w.to_raw().flags, IPCACHE_F_WORLD);
+        assert_eq!(IpcacheEntry::from_raw(w.to_raw()), w);
     }
 }

@@ -3,6 +3,10 @@
 //! The datapath does a fixed number of lookups per packet (exact, any port,
 //! any protocol; each for the remote identity and for any identity), so its
 //! cost does not grow with the number of rules.
+//!
+//! ICMP has no ports: a rule for one ICMP type has `port` =
+//! [`icmp_type_port`]`(type)` (`MG_ICMP_TYPE_BASE` + type), the port the
+//! datapath looks ICMP packets up with; `port: None` is any ICMP type.
 
 use aya::maps::{HashMap, Map, MapData};
 
@@ -34,6 +38,11 @@ impl Proto {
             Proto::Other(n) => n,
         }
     }
+}
+
+/// The `port` of a rule for ICMP type `icmp_type` (echo request = 8).
+pub const fn icmp_type_port(icmp_type: u8) -> u16 {
+    crate::layout::ICMP_TYPE_BASE + icmp_type as u16
 }
 
 /// One rule: what `local_identity` may exchange with `remote_identity` in

@@ -116,11 +116,33 @@ pub struct AgentArgs {
     /// difference.
     #[arg(long)]
     pub policy: Option<Vec<PathBuf>>,
+    /// Refuse (at start, and at a SIGHUP reload) policies with a warning
+    /// that means they do not do what they read as: a selector that can
+    /// never match, an overridden namespace (see `meshgate policy check`).
+    #[arg(long)]
+    #[serde(default)]
+    pub strict_policy: bool,
+    /// HTTP / Kafka (L7) rules in the policy files: refuse the policy (the
+    /// default), or ignore the L7 part, enforce the L3/L4 part and warn.
+    #[arg(long, value_enum)]
+    pub l7: Option<crate::policy_cmd::L7Arg>,
+    /// Namespaces' labels, a YAML map `name: {key: value}` (the same file
+    /// on every node of a cluster): each endpoint carries its namespace's
+    /// as `io.cilium.k8s.namespace.labels.<key>`, which namespace selectors
+    /// by label select. Read at start.
+    #[arg(long)]
+    pub namespaces: Option<PathBuf>,
     /// A label of this node, `KEY=VALUE` (repeatable), published in its
     /// node record: egress gateway policies select gateway nodes by them.
     #[arg(long = "node-label", value_name = "KEY=VALUE")]
     #[serde(default)]
     pub node_labels: Vec<String>,
+    /// An address of the Kubernetes API server (repeatable; with
+    /// --policy): the datapath gives it identity kube-apiserver (7), which
+    /// `toEntities: [kube-apiserver]` selects.
+    #[arg(long = "kube-apiserver", value_name = "IP")]
+    #[serde(default)]
+    pub kube_apiserver: Vec<Ipv4Addr>,
 }
 
 /// The resolved configuration.
@@ -155,8 +177,14 @@ pub struct AgentConfig {
     pub dns_proxy: bool,
     /// `--policy` files (empty: no policy is applied).
     pub policy_files: Vec<PathBuf>,
+    /// `--namespaces` file.
+    pub namespaces: Option<PathBuf>,
+    /// How they are read (`--strict-policy`, `--l7`).
+    pub policy_options: meshgate_discovery::policy::ParseOptions,
     /// `--node-label`s.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// `--kube-apiserver` addresses.
+    pub kube_apiservers: Vec<Ipv4Addr>,
 }
 
 impl AgentConfig {
@@ -272,7 +300,8 @@ impl AgentArgs {
         let dns_proxy = self.dns_proxy || file.dns_proxy;
         if dns_proxy && datapath != super::datapath::Mode::Ebpf {
             bail!(
-                "--dns-proxy needs --datapath ebpf: the eBPF programs steer pods' DNS to the                  proxy and enforce what it learns (add --datapath ebpf, or leave out --dns-proxy)"
+                "--dns-proxy needs --datapath ebpf: the eBPF programs steer pods' DNS to the \
+                 proxy and enforce what it learns (add --datapath ebpf, or leave out --dns-proxy)"
             );
         }
         let policy_files = pick!(policy).unwrap_or_default();
@@ -282,6 +311,18 @@ impl AgentArgs {
                  policy (add --datapath ebpf, or leave out --policy)"
             );
         }
+        let strict_policy = self.strict_policy || file.strict_policy;
+        let l7 = pick!(l7);
+        if policy_files.is_empty() && (strict_policy || l7.is_some()) {
+            bail!(
+                "--strict-policy and --l7 say how the --policy files are read: they need \
+                 --policy (add the policy files, or leave them out)"
+            );
+        }
+        let policy_options = meshgate_discovery::policy::ParseOptions {
+            strict: strict_policy,
+            l7: l7.unwrap_or_default().into(),
+        };
         let given_labels = if self.node_labels.is_empty() {
             file.node_labels
         } else {
@@ -290,12 +331,26 @@ impl AgentArgs {
         let labels = node_labels(&given_labels)?;
         let bpf_pin_dir =
             pick!(bpf_pin_dir).unwrap_or_else(|| super::datapath::default_pin_dir(&cluster, &node));
+        let kube_apiservers = if self.kube_apiserver.is_empty() {
+            file.kube_apiserver
+        } else {
+            self.kube_apiserver
+        };
+        if !kube_apiservers.is_empty() && policy_files.is_empty() {
+            bail!(
+                "--kube-apiserver gives the API server its identity for policy: it needs \
+                 --policy (add the policy files, or leave out --kube-apiserver)"
+            );
+        }
         Ok(AgentConfig {
+            kube_apiservers,
             labels,
             metrics_addr: pick!(metrics_addr),
             strict,
             dns_proxy,
             policy_files,
+            policy_options,
+            namespaces: pick!(namespaces),
             datapath,
             bpf_pin_dir,
             roles,
@@ -441,6 +496,37 @@ mod tests {
         assert_eq!(
             a.resolve().unwrap().datapath,
             super::super::datapath::Mode::Ebpf
+        );
+    }
+
+    #[test]
+    fn strict_policy_and_l7_say_how_the_policy_files_are_read() {
+        use meshgate_discovery::policy::{L7Mode, ParseOptions};
+        let cfg = full().resolve().unwrap();
+        assert_eq!(cfg.policy_options, ParseOptions::default());
+        let mut a = full();
+        a.strict_policy = true;
+        let err = format!("{:#}", a.resolve().unwrap_err());
+        assert!(
+            err.contains("--strict-policy and --l7 say how the --policy files are read"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(
+            &path,
+            "datapath: ebpf\npolicy: [p.yaml]\nstrict_policy: true\nl7: ignore\n",
+        )
+        .unwrap();
+        let mut a = full();
+        a.config = Some(path);
+        let cfg = a.resolve().unwrap();
+        assert_eq!(
+            cfg.policy_options,
+            ParseOptions {
+                strict: true,
+                l7: L7Mode::Ignore
+            }
         );
     }
 

@@ -271,7 +271,8 @@ impl Ebpf {
             .entries()
             .context("reading the pinned ipcache")?
             .into_iter()
-            .filter(|(_, len, _)| *len == 32)
+            // World entries are the policy's (policy.rs), not endpoints.
+            .filter(|(_, len, e)| *len == 32 && !e.world)
             .map(|(ip, _, e)| (ip, e))
             .collect();
         // The filter first: the device opens the VXLAN socket.
@@ -471,7 +472,7 @@ pub fn reload_policy(agent: &Agent) {
         let mut guard = ebpf.inner();
         let inner = &mut *guard;
         match inner.policy.as_mut() {
-            Some(p) => match p.reload(&mut inner.dp.maps.policy) {
+            Some(p) => match p.reload(&mut inner.dp.maps) {
                 Ok(egress) => {
                     info!(
                         egress_policies = egress.len(),
@@ -699,7 +700,8 @@ pub fn sync(agent: &Agent) {
         }
     }
     if let (Some(p), Some(identities)) = (inner.policy.as_mut(), identities.as_ref()) {
-        p.sync_identities(&mut inner.dp.maps.policy, identities);
+        let mesh: BTreeSet<Ipv4Net> = clusters.keys().copied().collect();
+        p.sync_identities(&mut inner.dp.maps, identities, &mesh);
     }
     if let Some(mesh_map) = &mesh_map {
         sync_mesh_cidrs(inner, mesh_map);

@@ -39,6 +39,21 @@ pub struct DatapathFigures {
     pub observe_clients: usize,
 }
 
+/// `meshgate_policy_warnings{kind}`: the policy files' warnings by kind
+/// (every kind, zero ones too, so an alert can watch for any).
+fn policy_warnings(o: &mut Out, p: &meshgate_discovery::model::PolicyStatus) {
+    let name = "meshgate_policy_warnings";
+    o.family(
+        name,
+        "gauge",
+        "Warnings of the policy files as last read, by kind (see `meshgate policy check`).",
+    );
+    for kind in meshgate_discovery::policy::WarningKind::ALL.map(|k| k.as_str()) {
+        let n = p.warnings.iter().filter(|w| w.kind == kind).count();
+        o.sample(name, &[("kind", kind)], n);
+    }
+}
+
 /// A label value with `\`, `"` and newlines escaped.
 fn esc(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -164,6 +179,9 @@ pub fn render(status: &AgentStatus, dp: Option<&DatapathFigures>) -> String {
             "Entries in the eBPF datapath's mg_ipcache map.",
             d.ipcache_entries,
         );
+        if let Some(p) = &d.policy {
+            policy_warnings(&mut o, p);
+        }
     }
     o.one(
         "meshgate_policy_entries",
@@ -495,6 +513,28 @@ mod tests {
         assert!(!parse(&render(&status(), None))
             .keys()
             .any(|k| k.starts_with("meshgate_egress")));
+    }
+
+    #[test]
+    fn policy_warnings_are_counted_by_kind() {
+        use meshgate_discovery::model::{PolicyStatus, PolicyWarningStatus};
+        let mut s = status();
+        s.datapath = Some(DatapathStatus {
+            policy: Some(PolicyStatus {
+                warnings: vec![
+                    PolicyWarningStatus {
+                        kind: "never-matches".into(),
+                        warning: "p.yaml: CiliumNetworkPolicy a/b: spec: ...".into(),
+                    };
+                    2
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let m = parse(&render(&s, Some(&DatapathFigures::default())));
+        assert_eq!(m["meshgate_policy_warnings{kind=\"never-matches\"}"], 2.0);
+        assert_eq!(m["meshgate_policy_warnings{kind=\"deprecated\"}"], 0.0);
     }
 
     #[test]

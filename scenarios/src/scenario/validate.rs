@@ -43,6 +43,9 @@ impl Errors {
     }
 }
 
+/// A Kubernetes name (namespace, service account): a DNS label.
+const MAX_K8S_NAME: usize = 63;
+
 fn name_problem(name: &str, max: usize) -> Option<String> {
     if name.is_empty() {
         return Some("must not be empty".to_string());
@@ -216,6 +219,12 @@ pub fn validate(s: &Scenario) -> Vec<FieldError> {
     }
     check_external_network(&mut errors, s, &nets);
     check_policies(&mut errors, s);
+    for (ns, labels) in &s.namespaces {
+        check_name(&mut errors, format!("namespaces.{ns}"), ns, MAX_K8S_NAME);
+        if labels.keys().any(|k| k.trim().is_empty()) {
+            errors.add(format!("namespaces.{ns}"), "a label key is empty");
+        }
+    }
     errors.0
 }
 
@@ -357,7 +366,14 @@ fn check_nodes(errors: &mut Errors, s: &Scenario, ci: usize) {
             );
         }
         for (pi, p) in n.pods.iter().enumerate() {
-            let field = format!("{at}.nodes[{ni}].pods[{pi}].name");
+            let pod_at = format!("{at}.nodes[{ni}].pods[{pi}]");
+            if let Some(ns) = &p.namespace {
+                check_name(errors, format!("{pod_at}.namespace"), ns, MAX_K8S_NAME);
+            }
+            if let Some(sa) = &p.service_account {
+                check_name(errors, format!("{pod_at}.serviceAccount"), sa, MAX_K8S_NAME);
+            }
+            let field = format!("{pod_at}.name");
             check_name(errors, field.clone(), &p.name, MAX_NAME);
             if is_discovery_name(&p.name) {
                 errors.add(

@@ -1,15 +1,23 @@
 //! `cargo xtask bench policy`: TCP request/response rate between two pods of
 //! one node with 10 and with 10,000 policy entries in the eBPF datapath's
-//! `mg_policy`, beside the same with 10 and 10,000 iptables rules in the
-//! node's FORWARD chain (plain datapath), measured in the same run.
+//! `mg_policy`, with 10,000 CIDR prefixes (10,000 world entries in the
+//! ipcache's LPM trie and their policy entries), and with entity entries
+//! beside 10,000 identity entries, beside the same with 10 and 10,000
+//! iptables rules in the node's FORWARD chain (plain datapath), measured in
+//! the same run.
 //!
 //! The pods are on one node so that the figure is the datapath's and not the
 //! userspace WireGuard's. The policy entries are all for the server's
 //! identity (one allowed port per entry from the client's identity, the
 //! measured port among them); the iptables rules match TCP ports of a source
 //! that is not the client, so every packet walks all of them before the
-//! final accept. Configurations are interleaved over several rounds and the
-//! median taken, to spread the noise of a shared machine over all four.
+//! final accept. The CIDR configuration gives the server's ingress 10,000
+//! `fromCIDR` /32 prefixes (each a CIDR identity, an ipcache world entry and
+//! a policy entry) beside the client's port, so every packet's ipcache
+//! lookups go through the larger trie; the entity configuration adds
+//! `fromEntities` (world, host, remote-node, kube-apiserver) to the 10,000
+//! identity entries. Configurations are interleaved over several rounds and
+//! the median taken, to spread the noise of a shared machine over them all.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -25,7 +33,67 @@ use crate::util::{self, in_netns, Steps};
 const WORLD_EBPF: &str = "polbe";
 const WORLD_PLAIN: &str = "polbp";
 const PORT: u16 = 5001;
+/// What the eBPF datapath's policy holds in a configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Config {
+    /// `n` entries for the server's identity from the client's, one TCP port each.
+    Entries(usize),
+    /// The client's port plus `n` `fromCIDR` /32 prefixes on another port.
+    Cidrs(usize),
+    /// `n` identity entries plus `fromEntities` on another port.
+    Entities(usize),
+}
+
+/// The eBPF configurations; the first is the baseline of the ratios.
+const CONFIGS: [Config; 4] = [
+    Config::Entries(10),
+    Config::Entries(10_000),
+    Config::Cidrs(10_000),
+    Config::Entities(10_000),
+];
+/// The iptables anchor's rule counts.
 const SIZES: [usize; 2] = [10, 10_000];
+/// The entities of [`Config::Entities`], each one entry.
+const ENTITIES: [&str; 4] = ["world", "host", "remote-node", "kube-apiserver"];
+/// The port the CIDR and entity rules allow (not measured).
+const OTHER_PORT: u16 = 5002;
+
+impl Config {
+    /// The entries the agent reports for it.
+    fn entries(self) -> usize {
+        match self {
+            Config::Entries(n) => n,
+            Config::Cidrs(n) => 1 + n,
+            Config::Entities(n) => n + ENTITIES.len(),
+        }
+    }
+
+    fn name(self) -> String {
+        match self {
+            Config::Entries(n) => format!("policy entries {}", thousands(n)),
+            Config::Cidrs(n) => format!("CIDR prefixes {} (+1 entry)", thousands(n)),
+            Config::Entities(n) => format!(
+                "policy entries {} + {} entity entries",
+                thousands(n),
+                ENTITIES.len()
+            ),
+        }
+    }
+
+    fn file_name(self) -> String {
+        format!("{self:?}")
+            .to_ascii_lowercase()
+            .replace(['(', ')'], "-")
+    }
+}
+
+fn thousands(n: usize) -> String {
+    if n >= 1000 {
+        format!("{},{:03}", n / 1000, n % 1000)
+    } else {
+        n.to_string()
+    }
+}
 const ROUNDS: usize = 8;
 const SECONDS: u64 = 2;
 /// Pause after a configuration change before measuring.
@@ -68,9 +136,10 @@ pub fn run(args: &[&str]) -> Result<()> {
     )?;
     let dir = tempfile_dir()?;
     let load = report::load_average();
-    let ours = steps.step("eBPF datapath, 10 and 10,000 policy entries", || {
-        ours(&dir, &opts)
-    })?;
+    let ours = steps.step(
+        "eBPF datapath: 10 and 10,000 entries, 10,000 CIDR prefixes, entities",
+        || ours(&dir, &opts),
+    )?;
     let ipt = steps.step("plain datapath, 10 and 10,000 iptables rules", || {
         iptables(&dir, &opts)
     })?;
@@ -112,25 +181,52 @@ fn scenario(world: &str, ebpf: bool, policy: Option<&str>) -> String {
     y
 }
 
-/// A CiliumNetworkPolicy giving `n` entries for the server's identity: TCP
-/// from the client on the measured port and `n - 1` others.
-fn policy(n: usize) -> String {
+/// A CiliumNetworkPolicy for the server's identity as `c` says: TCP from
+/// the client on the measured port (and `n - 1` others for
+/// [`Config::Entries`] and [`Config::Entities`]); `fromCIDR` /32 prefixes
+/// (100.64.0.0/10, not pod addresses) or `fromEntities` on [`OTHER_PORT`].
+fn policy(c: Config) -> String {
+    let client_ports = match c {
+        Config::Entries(n) | Config::Entities(n) => n,
+        Config::Cidrs(_) => 1,
+    };
     let mut y = String::from(
         "- apiVersion: cilium.io/v2\n  kind: CiliumNetworkPolicy\n  metadata: {name: rr, namespace: default}\n  \
          spec:\n    endpointSelector: {matchLabels: {app: rrs}}\n    ingress:\n      \
          - fromEndpoints: [{matchLabels: {app: rrc}}]\n        toPorts:\n          - ports:\n",
     );
-    for port in std::iter::once(PORT).chain((0..n - 1).map(|i| 20_001 + i as u16)) {
+    for port in std::iter::once(PORT).chain((0..client_ports - 1).map(|i| 20_001 + i as u16)) {
         y.push_str(&format!(
             "              - {{port: \"{port}\", protocol: TCP}}\n"
         ));
+    }
+    let other = format!(
+        "        toPorts:\n          - ports:\n              - {{port: \"{OTHER_PORT}\", protocol: TCP}}\n"
+    );
+    match c {
+        Config::Entries(_) => {}
+        Config::Cidrs(n) => {
+            y.push_str("      - fromCIDR:\n");
+            for i in 0..n as u32 {
+                let a = std::net::Ipv4Addr::from(0x6440_0000 + i);
+                y.push_str(&format!("          - {a}/32\n"));
+            }
+            y.push_str(&other);
+        }
+        Config::Entities(_) => {
+            y.push_str(&format!(
+                "      - fromEntities: [{}]\n",
+                ENTITIES.join(", ")
+            ));
+            y.push_str(&other);
+        }
     }
     y
 }
 
 /// The policy as a file for `meshgate lab policy` (a top-level document).
-fn policy_file(dir: &Path, n: usize) -> Result<PathBuf> {
-    let text: String = policy(n)
+fn policy_file(dir: &Path, c: Config) -> Result<PathBuf> {
+    let text: String = policy(c)
         .lines()
         .map(|l| {
             format!(
@@ -141,7 +237,7 @@ fn policy_file(dir: &Path, n: usize) -> Result<PathBuf> {
             )
         })
         .collect();
-    let path = dir.join(format!("policy-{n}.yaml"));
+    let path = dir.join(format!("policy-{}.yaml", c.file_name()));
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
@@ -209,21 +305,22 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Rates (median over rounds, all rounds) for each of [`SIZES`].
-type Rates = Vec<(usize, f64, Vec<f64>)>;
+/// Rates (configuration name, median over rounds, all rounds), one per
+/// configuration.
+type Rates = Vec<(String, f64, Vec<f64>)>;
 
 fn ours(dir: &Path, opts: &Opts) -> Result<Rates> {
     let bin = release_bin("meshgate");
     let file = dir.join("ebpf.yaml");
-    std::fs::write(&file, scenario(WORLD_EBPF, true, Some(&policy(SIZES[0]))))?;
-    let files: Vec<PathBuf> = SIZES
+    std::fs::write(&file, scenario(WORLD_EBPF, true, Some(&policy(CONFIGS[0]))))?;
+    let files: Vec<PathBuf> = CONFIGS
         .iter()
-        .map(|n| policy_file(dir, *n))
+        .map(|c| policy_file(dir, *c))
         .collect::<Result<_>>()?;
     let world = World::up(&bin, WORLD_EBPF, &file, &[])?;
     let s_ip = world.ip("c1/s")?;
     let _server = Server::start(WORLD_EBPF)?;
-    let load = |i: usize, n: usize| {
+    let load = |i: usize| {
         util::output(world.cmd().args([
             "lab",
             "policy",
@@ -231,12 +328,16 @@ fn ours(dir: &Path, opts: &Opts) -> Result<Rates> {
             WORLD_EBPF,
             files[i].to_str().context("path")?,
         ]))
-        .with_context(|| format!("loading {n} policy entries"))
+        .with_context(|| format!("loading {}", CONFIGS[i].name()))
     };
-    let check = |n: usize| {
+    let check = |i: usize| {
+        let n = CONFIGS[i].entries();
         let entries = policy_entries()?;
         if entries != n {
-            bail!("the agent reports {entries} policy entries, not {n}");
+            bail!(
+                "the agent reports {entries} policy entries, not {n} ({})",
+                CONFIGS[i].name()
+            );
         }
         // The entries are consulted: a port not among them is dropped.
         if connects(WORLD_EBPF, &s_ip, 20_000) {
@@ -244,41 +345,42 @@ fn ours(dir: &Path, opts: &Opts) -> Result<Rates> {
         }
         Ok(())
     };
-    measure(WORLD_EBPF, &s_ip, opts, "entries", load, check)
+    let names: Vec<String> = CONFIGS.iter().map(|c| c.name()).collect();
+    measure(WORLD_EBPF, &s_ip, opts, &names, load, check)
 }
 
-/// `opts.rounds` rounds over [`SIZES`]: `load(i, n)` puts size `n` (the
-/// `i`th) in place (its time is reported), `check(n)` checks it is in
+/// `opts.rounds` rounds over the configurations `names`: `load(i)` puts
+/// the `i`th in place (its time is reported), `check(i)` checks it is in
 /// force, then the rate is measured.
 fn measure<L, C>(
     world: &str,
     s_ip: &str,
     opts: &Opts,
-    what: &str,
-    load: impl Fn(usize, usize) -> Result<L>,
+    names: &[String],
+    load: impl Fn(usize) -> Result<L>,
     check: impl Fn(usize) -> Result<C>,
 ) -> Result<Rates> {
-    let mut runs: Vec<Vec<f64>> = vec![Vec::new(); SIZES.len()];
+    let mut runs: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     for round in 0..opts.rounds {
-        for (i, n) in SIZES.iter().enumerate() {
+        for (i, name) in names.iter().enumerate() {
             let t = Instant::now();
-            load(i, *n)?;
+            load(i)?;
             let loaded = t.elapsed();
-            check(*n)?;
+            check(i)?;
             std::thread::sleep(SETTLE);
             let rate = rr(world, s_ip, PORT, opts.seconds)?;
             eprintln!(
-                "round {}: {n} {what} (loaded in {:?}): {rate:.0} transactions/s",
+                "round {}: {name} (loaded in {:?}): {rate:.0} transactions/s",
                 round + 1,
                 loaded
             );
             runs[i].push(rate);
         }
     }
-    Ok(SIZES
+    Ok(names
         .iter()
         .zip(runs)
-        .map(|(n, r)| (*n, median(r.clone()), r))
+        .map(|(n, r)| (n.clone(), median(r.clone()), r))
         .collect())
 }
 
@@ -326,11 +428,12 @@ fn iptables(dir: &Path, opts: &Opts) -> Result<Rates> {
             Ok(rules)
         })
         .collect::<Result<_>>()?;
-    let load = |i: usize, n: usize| {
+    let load = |i: usize| {
         util::run(in_netns(&node, "iptables-restore").arg(&files[i]))
-            .with_context(|| format!("loading {n} iptables rules in {node}"))
+            .with_context(|| format!("loading {} iptables rules in {node}", SIZES[i]))
     };
-    let check = |n: usize| {
+    let check = |i: usize| {
+        let n = SIZES[i];
         let listed = util::output(in_netns(&node, "iptables").args(["-S", "FORWARD"]))?;
         let count = listed
             .lines()
@@ -341,7 +444,11 @@ fn iptables(dir: &Path, opts: &Opts) -> Result<Rates> {
         }
         Ok(())
     };
-    measure(WORLD_PLAIN, &s_ip, opts, "iptables rules", load, check)
+    let names: Vec<String> = SIZES
+        .iter()
+        .map(|n| format!("iptables FORWARD rules {}", thousands(*n)))
+        .collect();
+    measure(WORLD_PLAIN, &s_ip, opts, &names, load, check)
 }
 
 fn best(all: &[f64]) -> f64 {
@@ -352,33 +459,40 @@ fn table(ours: &Rates, ipt: &Rates) -> String {
     let mut t = String::from(
         "| configuration | transactions/s, median | best round | rounds |\n|---|---:|---:|---|\n",
     );
-    let row = |name: &str, (n, med, all): &(usize, f64, Vec<f64>)| {
+    let row = |prefix: &str, (name, med, all): &(String, f64, Vec<f64>)| {
         let rounds: Vec<String> = all.iter().map(|r| format!("{r:.0}")).collect();
         format!(
-            "| {name} {n} | {med:.0} | {:.0} | {} |\n",
+            "| {prefix}{name} | {med:.0} | {:.0} | {} |\n",
             best(all),
             rounds.join(", ")
         )
     };
     for r in ours {
-        t.push_str(&row("eBPF datapath, policy entries", r));
+        t.push_str(&row("eBPF datapath, ", r));
     }
     for r in ipt {
-        t.push_str(&row("plain datapath, iptables FORWARD rules", r));
+        t.push_str(&row("plain datapath, ", r));
     }
-    let median_ratio = |r: &Rates| r[1].1 / r[0].1;
-    let best_ratio = |r: &Rates| best(&r[1].2) / best(&r[0].2);
+    // Each larger configuration against the first (10 entries / 10 rules).
+    let median_ratio = |r: &Rates, i: usize| r[i].1 / r[0].1;
+    let best_ratio = |r: &Rates, i: usize| best(&r[i].2) / best(&r[0].2);
     let verdict = |x: f64| if x >= 0.95 { "met" } else { "**not met**" };
+    t.push_str("\n| ratio | of medians | of best rounds |\n|---|---:|---:|\n");
+    for i in 1..ours.len() {
+        t.push_str(&format!(
+            "| ours, {} / ours, {} (target ≥ 0.95) | **{:.3}** ({}) | **{:.3}** ({}) |\n",
+            ours[i].0,
+            ours[0].0,
+            median_ratio(ours, i),
+            verdict(median_ratio(ours, i)),
+            best_ratio(ours, i),
+            verdict(best_ratio(ours, i)),
+        ));
+    }
     t.push_str(&format!(
-        "\n| ratio | of medians | of best rounds |\n|---|---:|---:|\n\
-         | ours@10,000 / ours@10 (target ≥ 0.95) | **{:.3}** ({}) | **{:.3}** ({}) |\n\
-         | iptables@10,000 / iptables@10 | {:.3} | {:.3} |\n",
-        median_ratio(ours),
-        verdict(median_ratio(ours)),
-        best_ratio(ours),
-        verdict(best_ratio(ours)),
-        median_ratio(ipt),
-        best_ratio(ipt),
+        "| iptables@10,000 / iptables@10 | {:.3} | {:.3} |\n",
+        median_ratio(ipt, 1),
+        best_ratio(ipt, 1),
     ));
     t
 }
@@ -395,7 +509,11 @@ fn section(machine: &Machine, load: &str, load_after: &str, opts: &Opts, table: 
          CiliumNetworkPolicy giving the server's identity 10 or 10,000 entries (one\n\
          allowed TCP port each from the client's identity, the measured port among\n\
          them; the agent's status confirms the count, and a port outside them is\n\
-         checked to be dropped), switched with `meshgate lab policy`. Anchor: the\n\
+         checked to be dropped); the client's port plus 10,000 `fromCIDR` /32\n\
+         prefixes (10,000 CIDR identities: world entries in the ipcache's LPM trie,\n\
+         which every packet's lookups walk, and their entries); 10,000 entries plus\n\
+         `fromEntities` (world, host, remote-node, kube-apiserver); switched with\n\
+         `meshgate lab policy`. Anchor: the\n\
          plain datapath with 10 or 10,000 rules in the node's iptables FORWARD chain\n\
          (iptables-nft; rules matching another source, so each packet walks them all)\n\
          ahead of an accept. {rounds} rounds of {secs} s per configuration,\n\

@@ -101,11 +101,14 @@ pub fn desired(
     // Every pod veth that exists gets from_pod, also before its identity is
     // known: until then from_pod drops what it sends (`unknown-source`), so
     // no pod traffic ever leaves without its identity (to_mesh would
-    // otherwise send it as `host`).
+    // otherwise send it as `host`). And to_pod, the pod's ingress policy for
+    // what reaches it from outside the mesh (fromCIDR, fromEntities world).
     for (iface, ifindex) in me.interfaces.values() {
         if *ifindex != 0 {
             out.attachments
                 .insert(Attachment::new(iface.clone(), Hook::FromPod));
+            out.attachments
+                .insert(Attachment::new(iface.clone(), Hook::ToPod));
         }
     }
     out.attachments
@@ -240,10 +243,13 @@ mod tests {
         // pod1 has no identity yet: from_pod anyway (it drops its traffic
         // as unknown-source until the identity arrives).
         let names: Vec<String> = d.attachments.iter().map(|a| a.to_string()).collect();
-        assert_eq!(d.attachments.len(), 4, "{names:?}");
+        assert_eq!(d.attachments.len(), 6, "{names:?}");
         assert!(d
             .attachments
             .contains(&Attachment::new("pod1", Hook::FromPod)));
+        assert!(d
+            .attachments
+            .contains(&Attachment::new("pod1", Hook::ToPod)));
         assert!(!d.ipcache.contains_key(&ip("10.1.0.11")));
     }
 

@@ -1,0 +1,106 @@
+//! The agent's `--namespaces` file: the labels of each namespace
+//! (`name: {key: value}`), as a cluster's API server holds them. Each
+//! endpoint reports its namespace's labels as
+//! `io.cilium.k8s.namespace.labels.<key>`, which namespace selectors by
+//! label select (Cilium's labels). Read at start; every agent of a
+//! cluster is given the same file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use meshgate_discovery::identity::Labels;
+use meshgate_discovery::pb;
+use meshgate_discovery::policy::NAMESPACE_LABELS_PREFIX;
+
+/// Labels by namespace.
+pub type Namespaces = BTreeMap<String, Labels>;
+
+/// Parses the file's text.
+pub fn parse(text: &str) -> anyhow::Result<Namespaces> {
+    if text.trim().is_empty() {
+        return Ok(Namespaces::new());
+    }
+    let ns: Namespaces = serde_yaml::from_str(text)
+        .context("not a YAML map of namespace name to its labels ({key: value})")?;
+    for (name, labels) in &ns {
+        if name.trim().is_empty() {
+            bail!("a namespace name is empty; give each namespace's name");
+        }
+        if labels.keys().any(|k| k.trim().is_empty()) {
+            bail!("namespace {name}: a label key is empty");
+        }
+    }
+    Ok(ns)
+}
+
+/// Reads and checks the file.
+pub fn load(path: &Path) -> anyhow::Result<Namespaces> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the namespaces file {}", path.display()))?;
+    parse(&text).with_context(|| format!("namespaces file {}", path.display()))
+}
+
+/// Adds each endpoint's namespace labels to its labels. An endpoint that
+/// sets such a label itself is refused: they come from the namespace.
+pub fn apply(endpoints: &mut [pb::Endpoint], ns: &Namespaces) -> anyhow::Result<()> {
+    for e in endpoints.iter_mut() {
+        if let Some(k) = e.labels.keys().find(|k| k.starts_with(NAMESPACE_LABELS_PREFIX)) {
+            bail!(
+                "endpoint {}/{}: label {k} is a namespace label: set it on namespace {} in \
+                 the --namespaces file, not on the pod",
+                e.namespace,
+                e.name,
+                e.namespace
+            );
+        }
+        for (k, v) in ns.get(&e.namespace).into_iter().flatten() {
+            e.labels
+                .insert(format!("{NAMESPACE_LABELS_PREFIX}{k}"), v.clone());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ep(name: &str, namespace: &str) -> pb::Endpoint {
+        pb::Endpoint {
+            name: name.into(),
+            namespace: namespace.into(),
+            ip: "10.1.0.10".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn endpoints_carry_their_namespaces_labels() {
+        let ns = parse("shop: {team: payments, env: prod}\nother: {}\n").unwrap();
+        let mut eps = vec![ep("a", "shop"), ep("b", "default")];
+        apply(&mut eps, &ns).unwrap();
+        assert_eq!(
+            eps[0].labels["io.cilium.k8s.namespace.labels.team"],
+            "payments"
+        );
+        assert_eq!(eps[0].labels["io.cilium.k8s.namespace.labels.env"], "prod");
+        assert!(eps[1].labels.is_empty(), "{:?}", eps[1].labels);
+        assert!(parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn wrong_files_and_pod_set_namespace_labels_are_refused() {
+        let e = format!("{:#}", parse("- shop\n").unwrap_err());
+        assert!(e.contains("namespace name to its labels"), "{e}");
+        let e = format!("{:#}", parse("shop: {'': x}\n").unwrap_err());
+        assert!(e.contains("namespace shop: a label key is empty"), "{e}");
+        let mut eps = vec![ep("a", "shop")];
+        eps[0]
+            .labels
+            .insert("io.cilium.k8s.namespace.labels.team".into(), "x".into());
+        let e = format!("{:#}", apply(&mut eps, &Namespaces::new()).unwrap_err());
+        assert!(e.contains("set it on namespace shop"), "{e}");
+    }
+}
