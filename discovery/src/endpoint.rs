@@ -293,10 +293,9 @@ mod tests {
         assert_eq!(spec.to_pb().labels["app"], "web");
         // Every pod has a service account, `default` unless it names one.
         assert_eq!(spec.to_pb().labels[SERVICE_ACCOUNT_LABEL], "default");
-        let spec: EndpointSpec = serde_json::from_str(
-            r#"{"name":"a","ip":"10.1.0.10","serviceAccount":"payments"}"#,
-        )
-        .unwrap();
+        let spec: EndpointSpec =
+            serde_json::from_str(r#"{"name":"a","ip":"10.1.0.10","serviceAccount":"payments"}"#)
+                .unwrap();
         assert_eq!(spec.to_pb().labels[SERVICE_ACCOUNT_LABEL], "payments");
     }
 }

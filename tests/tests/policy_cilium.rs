@@ -190,7 +190,9 @@ fn wait_applied(world: &World, reloads: Option<[u64; 2]>) {
             let ids = world.ipcache("c1", n).len();
             last = format!("c1/{n}: {p:?}, ipcache {ids}");
             ids >= PODS.len()
-                && p.is_some_and(|p| p.applied && p.entries > 0 && reloads.is_none_or(|r| p.reloads > r[i]))
+                && p.is_some_and(|p| {
+                    p.applied && p.entries > 0 && reloads.is_none_or(|r| p.reloads > r[i])
+                })
         })
     });
     assert!(ok.is_some(), "policy never applied everywhere: {last}");
@@ -237,8 +239,15 @@ fn service_accounts_namespace_labels_entities_cidr_except_icmp_deny_and_clusterw
         ],
     );
 
-    let reloads = ["n1", "n2"]
-        .map(|n| world.status("c1", n).datapath.unwrap().policy.unwrap().reloads);
+    let reloads = ["n1", "n2"].map(|n| {
+        world
+            .status("c1", n)
+            .datapath
+            .unwrap()
+            .policy
+            .unwrap()
+            .reloads
+    });
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("second.yaml");
     std::fs::write(&f, SECOND).unwrap();

@@ -68,7 +68,8 @@ pub fn run_with(args: &[&str], on_line: &mut dyn FnMut(&str)) -> Result<()> {
                 "kernel lab: {e:#}\nkernel lab: the guest kernel panicked (not a test's \
                  failure); running the lab's command once more"
             );
-            boot(&kernel, &cmd, on_line).context("the guest kernel panicked on the first try too")?
+            boot(&kernel, &cmd, on_line)
+                .context("the guest kernel panicked on the first try too")?
         }
         other => other?,
     };

@@ -45,7 +45,11 @@ pub fn load(path: &Path) -> anyhow::Result<Namespaces> {
 /// sets such a label itself is refused: they come from the namespace.
 pub fn apply(endpoints: &mut [pb::Endpoint], ns: &Namespaces) -> anyhow::Result<()> {
     for e in endpoints.iter_mut() {
-        if let Some(k) = e.labels.keys().find(|k| k.starts_with(NAMESPACE_LABELS_PREFIX)) {
+        if let Some(k) = e
+            .labels
+            .keys()
+            .find(|k| k.starts_with(NAMESPACE_LABELS_PREFIX))
+        {
             bail!(
                 "endpoint {}/{}: label {k} is a namespace label: set it on namespace {} in \
                  the --namespaces file, not on the pod",

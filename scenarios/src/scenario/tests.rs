@@ -504,3 +504,36 @@ fn encryption_is_one_for_the_mesh_and_ipsec_takes_no_wireguard_backend() {
     let with_backend = ipsec.replace("name: w\n", "name: w\nbackend: kernel\n");
     has(&with_backend, "with `encryption: ipsec` leave it out");
 }
+
+#[test]
+fn pods_namespaces_service_accounts_and_namespace_labels_reach_the_agents() {
+    let yaml = BASE.replace(
+        "            labels: {app: web}\n",
+        "            labels: {app: web}\n            namespace: shop\n            serviceAccount: payments\n",
+    ) + "namespaces:\n  shop: {team: payments}\n";
+    let s = Scenario::parse("t.yaml", &yaml).unwrap();
+    let plan = crate::plan::Plan::new(&s).unwrap();
+    assert_eq!(plan.namespaces["shop"]["team"], "payments");
+    let c = &plan.clusters[0];
+    let spec = &c.nodes[0].endpoint_specs()[0];
+    assert_eq!(
+        (spec.namespace.as_str(), spec.service_account.as_deref()),
+        ("shop", Some("payments"))
+    );
+    let args = c.agent_args(&c.nodes[0]);
+    let at = args.iter().position(|a| a == "--namespaces").unwrap();
+    assert!(args[at + 1].ends_with("w/namespaces.yaml"), "{args:?}");
+    // Without `namespaces:`, no file and no flag.
+    let plain = crate::plan::Plan::new(&Scenario::parse("t.yaml", BASE).unwrap()).unwrap();
+    let args = plain.clusters[0].agent_args(&plain.clusters[0].nodes[0]);
+    assert!(!args.iter().any(|a| a == "--namespaces"), "{args:?}");
+
+    has(
+        &yaml.replace("namespace: shop", "namespace: Shop"),
+        "pods[0].namespace: \"Shop\" contains 'S'",
+    );
+    has(
+        &yaml.replace("  shop: {team", "  bad_ns: {team"),
+        "namespaces.bad_ns",
+    );
+}

@@ -874,12 +874,20 @@ spec:
         };
         let err = format!(
             "{:#}",
-            load_files(std::slice::from_ref(&never), &strict).err().unwrap()
+            load_files(std::slice::from_ref(&never), &strict)
+                .err()
+                .unwrap()
         );
-        assert!(err.contains("never.yaml") && err.contains("--strict-policy"), "{err}");
+        assert!(
+            err.contains("never.yaml") && err.contains("--strict-policy"),
+            "{err}"
+        );
         let bad1 = write(dir.path(), "bad1.yaml", "kind: NetworkPolicy\n");
         let bad2 = write(dir.path(), "bad2.yaml", ": : :\n");
-        let err = format!("{:#}", load_files(&[bad1, never, bad2], &strict).err().unwrap());
+        let err = format!(
+            "{:#}",
+            load_files(&[bad1, never, bad2], &strict).err().unwrap()
+        );
         assert!(err.starts_with("3 errors in the policy files"), "{err}");
         for f in ["bad1.yaml", "bad2.yaml", "never.yaml"] {
             assert!(err.contains(f), "{f}: {err}");
@@ -914,13 +922,25 @@ spec:
         );
         assert_eq!(st.failed_reloads, 1);
         // Read as warnings, they are shown in status.json.
-        let mut rt = PolicyRuntime::new(1, files.clone(), load_files(&files, &Default::default()).unwrap().file.identity)
-            .unwrap();
+        let mut rt = PolicyRuntime::new(
+            1,
+            files.clone(),
+            load_files(&files, &Default::default())
+                .unwrap()
+                .file
+                .identity,
+        )
+        .unwrap();
         rt.reload(&mut m).unwrap();
         let st = rt.status();
         assert_eq!(st.warnings.len(), 1, "{st:?}");
         assert_eq!(st.warnings[0].kind, "never-matches");
-        assert!(st.warnings[0].warning.contains("p.yaml: CiliumNetworkPolicy shop/sa"), "{st:?}");
+        assert!(
+            st.warnings[0]
+                .warning
+                .contains("p.yaml: CiliumNetworkPolicy shop/sa"),
+            "{st:?}"
+        );
     }
 
     #[test]
@@ -928,8 +948,15 @@ spec:
         let dir = tempfile::tempdir().unwrap();
         let f = write(dir.path(), "p.yaml", POL);
         let files = vec![f.clone()];
-        let mut rt =
-            PolicyRuntime::new(1, files.clone(), load_files(&files, &Default::default()).unwrap().file.identity).unwrap();
+        let mut rt = PolicyRuntime::new(
+            1,
+            files.clone(),
+            load_files(&files, &Default::default())
+                .unwrap()
+                .file
+                .identity,
+        )
+        .unwrap();
         let mut m = Model::default();
         rt.sync_identities(&mut m, &BTreeMap::new(), &BTreeSet::new());
         assert_eq!(
@@ -976,8 +1003,15 @@ spec:
             (131_328, "web", "c2"),
         ]);
         let mut m = Model::default();
-        let mut first =
-            PolicyRuntime::new(1, files.clone(), load_files(&files, &Default::default()).unwrap().file.identity).unwrap();
+        let mut first = PolicyRuntime::new(
+            1,
+            files.clone(),
+            load_files(&files, &Default::default())
+                .unwrap()
+                .file
+                .identity,
+        )
+        .unwrap();
         first.sync_identities(&mut m, &known, &BTreeSet::new());
         // A stale entry an older policy left behind.
         let stale = PolicyEntry {
@@ -989,8 +1023,15 @@ spec:
         };
         m.maps.entries.insert(stale, Verdict::Allow);
         m.writes = 0;
-        let mut second =
-            PolicyRuntime::new(1, files.clone(), load_files(&files, &Default::default()).unwrap().file.identity).unwrap();
+        let mut second = PolicyRuntime::new(
+            1,
+            files.clone(),
+            load_files(&files, &Default::default())
+                .unwrap()
+                .file
+                .identity,
+        )
+        .unwrap();
         second.sync_identities(&mut m, &known, &BTreeSet::new());
         assert_eq!(m.writes, 1, "only the stale entry is removed");
         assert_eq!(second.status().reconcile_writes, Some(1));
@@ -1002,8 +1043,15 @@ spec:
     fn a_failed_write_is_reconciled_on_the_next_sync() {
         let dir = tempfile::tempdir().unwrap();
         let files = vec![write(dir.path(), "p.yaml", POL)];
-        let mut rt =
-            PolicyRuntime::new(1, files.clone(), load_files(&files, &Default::default()).unwrap().file.identity).unwrap();
+        let mut rt = PolicyRuntime::new(
+            1,
+            files.clone(),
+            load_files(&files, &Default::default())
+                .unwrap()
+                .file
+                .identity,
+        )
+        .unwrap();
         let mut m = Model::default();
         let mut known = ids(&[(65_792, "db", "c1")]);
         rt.sync_identities(&mut m, &known, &BTreeSet::new());
@@ -1016,7 +1064,10 @@ spec:
             m.maps,
             compile(
                 &Scope::new(1),
-                &load_files(&files, &Default::default()).unwrap().file.identity,
+                &load_files(&files, &Default::default())
+                    .unwrap()
+                    .file
+                    .identity,
                 &known
             )
         );
