@@ -47,8 +47,9 @@ pub struct Agent {
     pub mesh: Mutex<Mesh>,
     /// Woken when the node must register again (its key changed).
     pub reregister: tokio::sync::Notify,
-    /// This node's endpoints (from `--endpoints`), reported after registering.
-    pub endpoints: Vec<pb::Endpoint>,
+    /// This node's endpoints (from `--endpoints`, with their namespaces'
+    /// labels), reported after registering.
+    pub endpoints: Mutex<Vec<pb::Endpoint>>,
     /// The mesh-wide ipcache as last seen on the watch stream.
     pub ipcache: Mutex<IpCache>,
     /// This cluster's services with merged backends, from the watch stream.
@@ -145,10 +146,17 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     // What the endpoints report, namespace labels included: checked
     // before anything is set up.
-    let mut reported: Vec<pb::Endpoint> = endpoints.iter().map(|e| e.to_pb()).collect();
-    if let Some(path) = &cfg.namespaces {
-        namespaces::apply(&mut reported, &namespaces::load(path)?)?;
-    }
+    let listed: Vec<pb::Endpoint> = endpoints.iter().map(|e| e.to_pb()).collect();
+    let (reported, namespaces_seen) = match &cfg.namespaces {
+        Some(path) => {
+            let text = namespaces::read(path)?;
+            let reported = namespaces::parse(&text)
+                .and_then(|ns| namespaces::apply(&listed, &ns))
+                .with_context(|| format!("namespaces file {}", path.display()))?;
+            (reported, Some(text))
+        }
+        None => (listed.clone(), None),
+    };
     // The last ipcache seen, until discovery sends a fresh snapshot.
     let cache = ipcache::load(&cfg.state_dir).unwrap_or_else(|e| {
         warn!(error = %format!("{e:#}"), "ignoring the saved ipcache; discovery will resend it");
@@ -189,7 +197,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         key: Mutex::new(key),
         mesh: Mutex::new(Mesh::default()),
         reregister: tokio::sync::Notify::new(),
-        endpoints: reported,
+        endpoints: Mutex::new(reported),
         ipcache: Mutex::new(cache.unwrap_or_default()),
         services: Mutex::new(services::Services::default()),
         nodes: Mutex::new(None),
@@ -228,10 +236,16 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         datapath::sync(&agent);
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(main_loop(agent))
+    let watch_namespaces = namespaces_seen.map(|text| (listed, text));
+    runtime.block_on(main_loop(agent, watch_namespaces))
 }
 
-async fn main_loop(agent: Arc<Agent>) -> anyhow::Result<()> {
+/// `watch_namespaces`: the endpoints as listed and the namespaces file's
+/// text they were given labels from, when there is one to watch.
+async fn main_loop(
+    agent: Arc<Agent>,
+    watch_namespaces: Option<(Vec<pb::Endpoint>, String)>,
+) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut usr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
@@ -243,6 +257,9 @@ async fn main_loop(agent: Arc<Agent>) -> anyhow::Result<()> {
     }
     tokio::spawn(persist::status_loop(agent.clone()));
     tokio::spawn(addresses::watch(agent.clone()));
+    if let Some((listed, text)) = watch_namespaces {
+        tokio::spawn(namespaces::watch(agent.clone(), listed, text));
+    }
     tokio::spawn(gateway_loop(agent.clone()));
     let observer = observe::start(&agent)?;
     metrics::start(agent.clone(), observer).await?;

@@ -281,4 +281,121 @@ fn service_accounts_namespace_labels_entities_cidr_except_icmp_deny_and_clusterw
             Row("tool2", "web1", Ping, false),
         ],
     );
+
+    // Back to the first set; then namespace labels change at run time:
+    // `default` joins the payments team and `shop` gains a label (every
+    // shop pod gets a new identity) while shop's pay1 pings ops' tool2,
+    // which the policy allows before and after.
+    let reloads = ["n1", "n2"].map(|n| {
+        world
+            .status("c1", n)
+            .datapath
+            .unwrap()
+            .policy
+            .unwrap()
+            .reloads
+    });
+    let f = dir.path().join("first.yaml");
+    std::fs::write(&f, FIRST_AGAIN).unwrap();
+    let out = meshgate_output(&["lab", "policy", "--world", name, f.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_applied(&world, Some(reloads));
+    check(
+        &world,
+        "the first set again",
+        &[
+            Row("web1", "tool2", Ping, false),
+            Row("pay1", "tool2", Ping, true),
+        ],
+    );
+    let before = world.ipcache("c1", "n1");
+    let pay1_ip = world.ip("c1/pay1");
+    let ping = world.spawn_in_ns(
+        &world.pod_ns("c1", "pay1"),
+        &[
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            "300",
+            "-i",
+            "0.01",
+            "-W",
+            "1",
+            &world.ip("c1/tool2"),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let ns_file = meshgate_lab::plan::namespaces_file(name);
+    let tmp = ns_file.with_extension("tmp");
+    std::fs::write(
+        &tmp,
+        "shop: {team: payments, tier: gold}\nops: {team: operations}\ndefault: {team: payments}\n",
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &ns_file).unwrap();
+    let out = ping.wait_with_output().unwrap();
+    let s = meshgate_e2e::parse_ping(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(s.sent, 300, "{s:?}");
+    assert_eq!(
+        s.lost(),
+        0,
+        "pay1 -> tool2 lost {} of {} pings while shop's labels changed",
+        s.lost(),
+        s.sent
+    );
+    let was = before.get(&pay1_ip).map(|e| e.1);
+    assert!(
+        was.is_some(),
+        "pay1 ({pay1_ip}) is not in n1's ipcache: {before:?}"
+    );
+    let changed = wait_until(Duration::from_secs(30), || {
+        world.ipcache("c1", "n1").get(&pay1_ip).map(|e| e.1) != was
+    });
+    assert!(
+        changed.is_some(),
+        "pay1's identity did not change with its namespace's labels"
+    );
+    // The new labels select: default's pods now reach ops.
+    let reached = wait_until(Duration::from_secs(30), || {
+        passes(&world, "web1", &world.ip("c1/tool2"), Ping)
+    });
+    assert!(
+        reached.is_some(),
+        "web1 (namespace default, now team=payments) does not reach tool2"
+    );
+    check(
+        &world,
+        "after the namespace labels changed",
+        &[
+            Row("web1", "tool2", Ping, true),
+            Row("cli1", "tool2", Tcp(80), true),
+            Row("pay2", "tool2", Tcp(80), true),
+            Row("web1", "pay1", Ping, false),
+        ],
+    );
 }
+
+/// The scenario's policies, for `lab policy`.
+const FIRST_AGAIN: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: pay-sa, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {io.cilium.k8s.policy.serviceaccount: payments}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: pay}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-payments, namespace: ops}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+  ingress:
+    - from: [{namespaceSelector: {matchLabels: {team: payments}}}]
+"#;

@@ -129,7 +129,8 @@ pub struct AgentArgs {
     /// Namespaces' labels, a YAML map `name: {key: value}` (the same file
     /// on every node of a cluster): each endpoint carries its namespace's
     /// as `io.cilium.k8s.namespace.labels.<key>`, which namespace selectors
-    /// by label select. Read at start.
+    /// by label select. Re-read every second: changed labels are
+    /// reported, and identities and policies follow.
     #[arg(long)]
     pub namespaces: Option<PathBuf>,
     /// A label of this node, `KEY=VALUE` (repeatable), published in its

@@ -678,6 +678,14 @@ pub fn sync(agent: &Agent) {
     }
     let prune = desired.pod_routes.is_some();
     sync_lb(inner, &lb_desired, prune);
+    // Policy first: an identity new to this node (a pod whose labels
+    // changed) has its entries before an ipcache entry names it, so no
+    // flow that its policy allows is dropped in between. Identities are
+    // never freed by discovery: the old one's entries stay meanwhile.
+    if let (Some(p), Some(identities)) = (inner.policy.as_mut(), identities.as_ref()) {
+        let mesh: BTreeSet<Ipv4Net> = clusters.keys().copied().collect();
+        p.sync_identities(&mut inner.dp.maps, identities, &mesh);
+    }
     let changes = plan::diff(&inner.applied, &desired.ipcache, prune);
     for (ip, e) in changes.upsert {
         match inner.dp.maps.ipcache.upsert(ip, 32, e) {
@@ -698,10 +706,6 @@ pub fn sync(agent: &Agent) {
             }
             Err(e) => warn!(%ip, error = %e, "removing an ipcache entry failed"),
         }
-    }
-    if let (Some(p), Some(identities)) = (inner.policy.as_mut(), identities.as_ref()) {
-        let mesh: BTreeSet<Ipv4Net> = clusters.keys().copied().collect();
-        p.sync_identities(&mut inner.dp.maps, identities, &mesh);
     }
     if let Some(mesh_map) = &mesh_map {
         sync_mesh_cidrs(inner, mesh_map);

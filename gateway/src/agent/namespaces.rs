@@ -2,16 +2,22 @@
 //! (`name: {key: value}`), as a cluster's API server holds them. Each
 //! endpoint reports its namespace's labels as
 //! `io.cilium.k8s.namespace.labels.<key>`, which namespace selectors by
-//! label select (Cilium's labels). Read at start; every agent of a
-//! cluster is given the same file.
+//! label select (Cilium's labels). Read at start, then every second: a
+//! change of labels reports the endpoints again ([`watch`]). Every agent of
+//! a cluster is given the same file.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use meshgate_discovery::identity::Labels;
 use meshgate_discovery::pb;
 use meshgate_discovery::policy::NAMESPACE_LABELS_PREFIX;
+use tracing::{info, warn};
+
+use super::Agent;
 
 /// Labels by namespace.
 pub type Namespaces = BTreeMap<String, Labels>;
@@ -34,17 +40,18 @@ pub fn parse(text: &str) -> anyhow::Result<Namespaces> {
     Ok(ns)
 }
 
-/// Reads and checks the file.
-pub fn load(path: &Path) -> anyhow::Result<Namespaces> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the namespaces file {}", path.display()))?;
-    parse(&text).with_context(|| format!("namespaces file {}", path.display()))
+/// The file's text.
+pub fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("reading the namespaces file {}", path.display()))
 }
 
-/// Adds each endpoint's namespace labels to its labels. An endpoint that
-/// sets such a label itself is refused: they come from the namespace.
-pub fn apply(endpoints: &mut [pb::Endpoint], ns: &Namespaces) -> anyhow::Result<()> {
-    for e in endpoints.iter_mut() {
+/// `listed` (the endpoints as the endpoints file gives them) with each
+/// endpoint's namespace labels added. An endpoint that sets such a label
+/// itself is refused: they come from the namespace.
+pub fn apply(listed: &[pb::Endpoint], ns: &Namespaces) -> anyhow::Result<Vec<pb::Endpoint>> {
+    let mut out = listed.to_vec();
+    for e in out.iter_mut() {
         if let Some(k) = e
             .labels
             .keys()
@@ -63,7 +70,58 @@ pub fn apply(endpoints: &mut [pb::Endpoint], ns: &Namespaces) -> anyhow::Result<
                 .insert(format!("{NAMESPACE_LABELS_PREFIX}{k}"), v.clone());
         }
     }
-    Ok(())
+    Ok(out)
+}
+
+/// How often the file is read again.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// Reads the file every [`RECHECK`]. When a namespace's labels change, the
+/// endpoints take the new ones and the node registers again, which
+/// reports them: discovery gives the changed endpoints their new
+/// identities, and every agent's policy follows (the datapath writes a new
+/// identity's entries before its ipcache entries point at it). A file that
+/// no longer reads is logged once and changes nothing.
+pub async fn watch(agent: Arc<Agent>, listed: Vec<pb::Endpoint>, mut last: String) {
+    let Some(path) = agent.cfg.namespaces.clone() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(RECHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let text = match read(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                if !last.is_empty() {
+                    warn!(error = %format!("{e:#}"), "the namespaces file does not read; the labels stay");
+                    last.clear();
+                }
+                continue;
+            }
+        };
+        if text == last {
+            continue;
+        }
+        last.clone_from(&text);
+        let now = match parse(&text).and_then(|ns| apply(&listed, &ns)) {
+            Ok(now) => now,
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), file = %path.display(), "the namespaces file is refused; the labels stay");
+                continue;
+            }
+        };
+        let changed = {
+            let mut reported = agent.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = *reported != now;
+            *reported = now;
+            changed
+        };
+        if changed {
+            info!("namespace labels changed; reporting the endpoints again");
+            agent.reregister.notify_one();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -83,8 +141,7 @@ mod tests {
     #[test]
     fn endpoints_carry_their_namespaces_labels() {
         let ns = parse("shop: {team: payments, env: prod}\nother: {}\n").unwrap();
-        let mut eps = vec![ep("a", "shop"), ep("b", "default")];
-        apply(&mut eps, &ns).unwrap();
+        let eps = apply(&[ep("a", "shop"), ep("b", "default")], &ns).unwrap();
         assert_eq!(
             eps[0].labels["io.cilium.k8s.namespace.labels.team"],
             "payments"
@@ -104,7 +161,7 @@ mod tests {
         eps[0]
             .labels
             .insert("io.cilium.k8s.namespace.labels.team".into(), "x".into());
-        let e = format!("{:#}", apply(&mut eps, &Namespaces::new()).unwrap_err());
+        let e = format!("{:#}", apply(&eps, &Namespaces::new()).unwrap_err());
         assert!(e.contains("set it on namespace shop"), "{e}");
     }
 }

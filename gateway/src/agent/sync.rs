@@ -157,7 +157,11 @@ async fn report_endpoints(agent: &Agent, url: &str, client: &mut DiscoveryClient
     let req = pb::ReportEndpointsRequest {
         node: agent.cfg.node.clone(),
         cluster: agent.cfg.cluster.clone(),
-        endpoints: agent.endpoints.clone(),
+        endpoints: agent
+            .endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
     };
     match tokio::time::timeout(CALL_TIMEOUT, client.report_endpoints(req)).await {
         Ok(Ok(resp)) => {
