@@ -130,6 +130,16 @@ fn capture(ns: &str, file: &Path) -> Child {
     child
 }
 
+/// Stops a capture with SIGINT, so tcpdump writes what it still holds (a
+/// SIGKILL lost the last packets under the kernel lab's emulated CPU).
+fn stop(mut tcpdump: Child) {
+    // SAFETY: a signal to our own child (`ip netns exec` execs tcpdump).
+    unsafe {
+        libc::kill(tcpdump.id() as i32, libc::SIGINT);
+    }
+    let _ = tcpdump.wait();
+}
+
 fn count(file: &Path, filter: &str) -> usize {
     let out = Command::new("tcpdump")
         .args(["-n", "-r"])
@@ -230,7 +240,7 @@ fn ipsec_carries_every_pair_only_as_esp_rotates_without_loss_and_rejects_a_wrong
 
     // Every pair of a, b, c, from pod address to pod address, as ESP only.
     let pcap = dir.path().join("a.pcap");
-    let mut tcpdump = capture(&a.ns, &pcap);
+    let tcpdump = capture(&a.ns, &pcap);
     for x in [a, b, c] {
         for y in [a, b, c] {
             if x.name != y.name {
@@ -240,8 +250,7 @@ fn ipsec_carries_every_pair_only_as_esp_rotates_without_loss_and_rejects_a_wrong
         }
     }
     std::thread::sleep(Duration::from_millis(300)); // tcpdump's last writes
-    let _ = tcpdump.kill();
-    let _ = tcpdump.wait();
+    stop(tcpdump);
     let esp = count(&pcap, "esp");
     let clear = count(&pcap, "net 10.9.0.0/16 or net 100.64.9.0/24");
     assert!(
