@@ -140,6 +140,17 @@ fn stop(mut tcpdump: Child) {
     let _ = tcpdump.wait();
 }
 
+/// The capture as tcpdump prints it (for a failure's message).
+fn listing(file: &Path) -> String {
+    let out = Command::new("tcpdump")
+        .args(["-n", "-tt", "-r"])
+        .arg(file)
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn count(file: &Path, filter: &str) -> usize {
     let out = Command::new("tcpdump")
         .args(["-n", "-r"])
@@ -249,13 +260,20 @@ fn ipsec_carries_every_pair_only_as_esp_rotates_without_loss_and_rejects_a_wrong
             }
         }
     }
+    // tcpdump may lag behind (the kernel lab's emulated CPU): its last
+    // packets are waited for, up to 5 s, before it is stopped.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count(&pcap, "esp") < 24 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     std::thread::sleep(Duration::from_millis(300)); // tcpdump's last writes
     stop(tcpdump);
     let esp = count(&pcap, "esp");
     let clear = count(&pcap, "net 10.9.0.0/16 or net 100.64.9.0/24");
     assert!(
         esp >= 24,
-        "a's underlay saw only {esp} ESP packets for 24 pings through a"
+        "a's underlay saw only {esp} ESP packets for 24 pings through a; the capture:\n{}",
+        listing(&pcap)
     );
     assert_eq!(
         clear, 0,

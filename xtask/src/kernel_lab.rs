@@ -230,6 +230,13 @@ const KERNEL_TESTS_SKIPPED: &[(&str, &str)] = &[(
      CIDRs straight into the XFRM interface",
 )];
 
+/// How much the kernel tests' timing bounds are stretched under TCG
+/// (`MESHGATE_EMULATED_SLOWDOWN`; only the cluster gateway failover reads
+/// it): the 6-agent world's failover met its 2 s in some runs and missed
+/// it in others (3.6 s; a recovery over 5 s). The host suite checks the
+/// real bound with the userspace backend.
+const EMULATED_SLOWDOWN: u32 = 2;
+
 /// Whether the default run adds [`DATAPATH_TESTS`]: off to keep the stage
 /// in budget, since the kernel tests' reach world and the IPsec world in
 /// strict mode already run the eBPF datapath end to end on 6.1 (VXLAN in
@@ -318,7 +325,7 @@ fn default_script(t: &Tests) -> String {
         .collect();
     let mut steps = vec![
         format!(
-            "MESHGATE_BIN={bin} MESHGATE_LAB_UP_TIMEOUT=120 {} --ignored --test-threads=1{skips}",
+            "MESHGATE_BIN={bin} MESHGATE_LAB_UP_TIMEOUT=120 MESHGATE_EMULATED_SLOWDOWN={EMULATED_SLOWDOWN} {} --ignored --test-threads=1{skips}",
             t.kernel_tests.display()
         ),
         format!("{} --ignored --test-threads=1", t.ipsec.display()),
