@@ -10,19 +10,6 @@ use crate::{wait_until, World};
 /// The failover bound the gateways must meet.
 pub const FAILOVER_BOUND: f64 = 2.0;
 
-/// How much slower than real time the machine runs: 1, or
-/// `MESHGATE_EMULATED_SLOWDOWN` where the kernel lab sets it (qemu TCG:
-/// every step of the 6-agent world runs several times slower, and the
-/// 2 s bound is met there in some runs and not others). The host suite
-/// always checks the real bound.
-fn slowdown() -> f64 {
-    std::env::var("MESHGATE_EMULATED_SLOWDOWN")
-        .ok()
-        .and_then(|v| v.parse::<f64>().ok())
-        .filter(|f| *f >= 1.0)
-        .unwrap_or(1.0)
-}
-
 /// `scenarios/gateways.yaml` under world name `name`.
 pub fn gateways_world(name: &str) -> World {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/gateways.yaml");
@@ -78,31 +65,21 @@ fn fail(world: &World, target: &str) -> f64 {
 /// c2/n3-a) and brings one back: traffic moves to the other gateway and
 /// back, never stopping for [`FAILOVER_BOUND`].
 pub fn assert_failover_within_bound(world: &World) {
-    let scale = slowdown();
-    let bound = FAILOVER_BOUND * scale;
-    if scale > 1.0 {
-        eprintln!(
-            "emulated machine: the failover bound and waits are scaled by {scale} \
-             (bound {bound} s); the host suite checks {FAILOVER_BOUND} s"
-        );
-    }
-    let secs = |s: f64| Duration::from_secs_f64(s * scale);
     let to = world.ip("c2/n3-a");
     // 50 replies a second for the whole test, c1/n3 → c1 gateway → c2 gateway → c2/n3.
     // A count, not a deadline (`-w`): with a deadline, iputils ping exits at
     // the first ICMP error, which a kernel path may send while a gateway dies.
-    let count = ((1000.0 * scale) as u32).to_string();
     let stream = PingStream::new(world.spawn_in_ns(
         &world.pod_ns("c1", "n3-a"),
         &[
-            "ping", "-D", "-n", "-i", "0.02", "-W", "1", "-c", &count, &to,
+            "ping", "-D", "-n", "-i", "0.02", "-W", "1", "-c", "1000", &to,
         ],
     ));
     std::thread::sleep(Duration::from_millis(1500));
 
     // The sending side's active gateway dies.
     let t1 = fail(world, "c1/g1");
-    let moved = wait_until(secs(3.0), || {
+    let moved = wait_until(Duration::from_secs(3), || {
         active_gateway(world, "c1", "n3", "c1").as_deref() == Some("c1/g2")
             && active_gateway(world, "c2", "g1", "c1").as_deref() == Some("c1/g2")
     });
@@ -112,7 +89,7 @@ pub fn assert_failover_within_bound(world: &World) {
     // It comes back: traffic returns to it (after its hold) without a stop.
     let t2 = unix_now();
     world.lab("recover", "c1/g1");
-    let back = wait_until(secs(5.0), || {
+    let back = wait_until(Duration::from_secs(5), || {
         active_gateway(world, "c1", "n3", "c1").as_deref() == Some("c1/g1")
     });
     assert!(back.is_some(), "c1/n3 never went back to c1/g1");
@@ -120,14 +97,14 @@ pub fn assert_failover_within_bound(world: &World) {
 
     // The receiving side's active gateway dies.
     let t3 = fail(world, "c2/g1");
-    let moved = wait_until(secs(3.0), || {
+    let moved = wait_until(Duration::from_secs(3), || {
         active_gateway(world, "c2", "n3", "c2").as_deref() == Some("c2/g2")
     });
     assert!(moved.is_some(), "c2/n3 never switched to c2/g2");
     let (replies, out) = stream.finish();
     let end = replies.last().copied().unwrap_or(t3);
     assert!(
-        end > t3 + bound,
+        end > t3 + FAILOVER_BOUND,
         "no replies after the second failure:\n{out}"
     );
     let gaps = [
@@ -138,8 +115,8 @@ pub fn assert_failover_within_bound(world: &World) {
     eprintln!("longest gaps in the ping stream (20 ms interval): {gaps:?}");
     for (what, gap) in gaps {
         assert!(
-            gap < bound,
-            "after {what}, traffic stopped for {gap:.2} s (bound {bound} s)"
+            gap < FAILOVER_BOUND,
+            "after {what}, traffic stopped for {gap:.2} s (bound {FAILOVER_BOUND} s)"
         );
     }
     // The failover really happened through the other gateway: still flowing
