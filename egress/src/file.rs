@@ -97,10 +97,5 @@ pub fn parse_policy_file_report(path: &Path, opts: &ParseOptions) -> FileReport 
 
 /// Reads a policy file ([`parse_policy_text`] on its text).
 pub fn parse_policy_file(path: &Path) -> Result<PolicyFile, ParseError> {
-    let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ParseError::Read {
-        path: name.clone(),
-        message: e.to_string(),
-    })?;
-    parse_policy_text(&text, &name)
+    parse_policy_file_report(path, &ParseOptions::default()).into_result()
 }

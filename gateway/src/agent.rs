@@ -150,8 +150,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let (reported, namespaces_seen) = match &cfg.namespaces {
         Some(path) => {
             let text = namespaces::read(path)?;
-            let reported = namespaces::parse(&text)
-                .and_then(|ns| namespaces::apply(&listed, &ns))
+            let reported = namespaces::labelled(&listed, &text)
                 .with_context(|| format!("namespaces file {}", path.display()))?;
             (reported, Some(text))
         }

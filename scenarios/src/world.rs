@@ -140,10 +140,7 @@ fn begin(file: &Path) -> Result<WorldRecord> {
             what: format!("writing {}", path.display()),
             source: std::io::Error::other(e),
         })?;
-        std::fs::write(&path, text).map_err(|source| LabError::Io {
-            what: format!("writing {}", path.display()),
-            source,
-        })?;
+        write_replacing(&path, &text)?;
     }
     let scenario_path = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
     let rec = WorldRecord::new(plan, &scenario_path);
@@ -151,16 +148,21 @@ fn begin(file: &Path) -> Result<WorldRecord> {
     Ok(rec)
 }
 
-/// Writes the world's policy file (temp file + rename: an agent reading it
+/// Writes the world's policy file ([`write_replacing`]: an agent reading it
 /// on SIGHUP sees the old text or the new, never half).
 pub(crate) fn write_policies(world: &str, text: &str) -> Result<()> {
-    let path = crate::plan::policies_file(world);
+    write_replacing(&crate::plan::policies_file(world), text)
+}
+
+/// Writes `path` through a temp file and a rename, so a reader sees the
+/// old text or the new, never half (the agents re-read these files).
+fn write_replacing(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension("yaml.tmp");
     std::fs::write(&tmp, text).map_err(|source| LabError::Io {
         what: format!("writing {}", tmp.display()),
         source,
     })?;
-    std::fs::rename(&tmp, &path).map_err(|source| LabError::Io {
+    std::fs::rename(&tmp, path).map_err(|source| LabError::Io {
         what: format!("replacing {}", path.display()),
         source,
     })

@@ -163,6 +163,18 @@ impl World {
     }
 }
 
+/// Processes started in pods (servers, probes), killed on drop.
+pub struct Procs(pub Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 impl Drop for World {
     fn drop(&mut self) {
         let out = meshgate_output(&["lab", "down", &self.name]);

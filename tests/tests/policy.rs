@@ -11,7 +11,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meshgate_e2e::{meshgate, meshgate_output, wait_until, World};
+use meshgate_e2e::{meshgate, meshgate_output, wait_until, Procs, World};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_mg-probe");
 const TCP: u8 = 6;
@@ -102,18 +102,6 @@ fn scenario(name: &str) -> String {
     let text = std::fs::read_to_string(path).unwrap();
     assert!(text.contains("\nname: policy\n"));
     text.replace("\nname: policy\n", &format!("\nname: {name}\n"))
-}
-
-/// Processes started in pods, killed on drop.
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 fn probe_cmd(world: &World, p: Pod, args: &[&str]) -> Command {

@@ -10,10 +10,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use meshgate_e2e::{meshgate_output, wait_until, World};
+use meshgate_e2e::{meshgate_output, wait_until, Procs, World};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_mg-probe");
 
@@ -113,18 +113,6 @@ const PODS: [(&str, &str); 5] = [
     ("pay2", "n2"),
 ];
 
-/// Processes started in pods, killed on drop.
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 fn probe(world: &World, pod: &str, args: &[&str]) -> Command {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", &world.pod_ns("c1", pod), PROBE])
@@ -202,6 +190,30 @@ fn wait_applied(world: &World, reloads: Option<[u64; 2]>) {
     }
 }
 
+/// `meshgate lab policy` with `text`, waiting until both agents have
+/// applied it.
+fn replace_policies(world: &World, name: &str, text: &str) {
+    let reloads = ["n1", "n2"].map(|n| {
+        world
+            .status("c1", n)
+            .datapath
+            .unwrap()
+            .policy
+            .unwrap()
+            .reloads
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("policies.yaml");
+    std::fs::write(&f, text).unwrap();
+    let out = meshgate_output(&["lab", "policy", "--world", name, f.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_applied(world, Some(reloads));
+}
+
 #[test]
 fn service_accounts_namespace_labels_entities_cidr_except_icmp_deny_and_clusterwide_policies_are_enforced(
 ) {
@@ -218,6 +230,8 @@ fn service_accounts_namespace_labels_entities_cidr_except_icmp_deny_and_clusterw
         );
     }
     wait_applied(&world, None);
+    // The first set as the lab wrote it, to go back to.
+    let first = std::fs::read_to_string(meshgate_lab::plan::policies_file(name)).unwrap();
     use Probe::*;
     check(
         &world,
@@ -239,25 +253,7 @@ fn service_accounts_namespace_labels_entities_cidr_except_icmp_deny_and_clusterw
         ],
     );
 
-    let reloads = ["n1", "n2"].map(|n| {
-        world
-            .status("c1", n)
-            .datapath
-            .unwrap()
-            .policy
-            .unwrap()
-            .reloads
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("second.yaml");
-    std::fs::write(&f, SECOND).unwrap();
-    let out = meshgate_output(&["lab", "policy", "--world", name, f.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    wait_applied(&world, Some(reloads));
+    replace_policies(&world, name, SECOND);
     check(
         &world,
         "clusterwide policy, entities, CIDR except, ICMP, deny, world",
@@ -286,24 +282,7 @@ fn service_accounts_namespace_labels_entities_cidr_except_icmp_deny_and_clusterw
     // `default` joins the payments team and `shop` gains a label (every
     // shop pod gets a new identity) while shop's pay1 pings ops' tool2,
     // which the policy allows before and after.
-    let reloads = ["n1", "n2"].map(|n| {
-        world
-            .status("c1", n)
-            .datapath
-            .unwrap()
-            .policy
-            .unwrap()
-            .reloads
-    });
-    let f = dir.path().join("first.yaml");
-    std::fs::write(&f, FIRST_AGAIN).unwrap();
-    let out = meshgate_output(&["lab", "policy", "--world", name, f.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    wait_applied(&world, Some(reloads));
+    replace_policies(&world, name, &first);
     check(
         &world,
         "the first set again",
@@ -379,23 +358,3 @@ fn service_accounts_namespace_labels_entities_cidr_except_icmp_deny_and_clusterw
         ],
     );
 }
-
-/// The scenario's policies, for `lab policy`.
-const FIRST_AGAIN: &str = r#"
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: pay-sa, namespace: shop}
-spec:
-  endpointSelector: {matchLabels: {io.cilium.k8s.policy.serviceaccount: payments}}
-  ingress:
-    - fromEndpoints: [{matchLabels: {app: pay}}]
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: from-payments, namespace: ops}
-spec:
-  podSelector: {}
-  policyTypes: [Ingress]
-  ingress:
-    - from: [{namespaceSelector: {matchLabels: {team: payments}}}]
-"#;

@@ -73,6 +73,12 @@ pub fn apply(listed: &[pb::Endpoint], ns: &Namespaces) -> anyhow::Result<Vec<pb:
     Ok(out)
 }
 
+/// `listed` with the labels of the namespaces file's `text` ([`parse`],
+/// then [`apply`]).
+pub fn labelled(listed: &[pb::Endpoint], text: &str) -> anyhow::Result<Vec<pb::Endpoint>> {
+    apply(listed, &parse(text)?)
+}
+
 /// How often the file is read again.
 const RECHECK: Duration = Duration::from_secs(1);
 
@@ -104,7 +110,7 @@ pub async fn watch(agent: Arc<Agent>, listed: Vec<pb::Endpoint>, mut last: Strin
             continue;
         }
         last.clone_from(&text);
-        let now = match parse(&text).and_then(|ns| apply(&listed, &ns)) {
+        let now = match labelled(&listed, &text) {
             Ok(now) => now,
             Err(e) => {
                 warn!(error = %format!("{e:#}"), file = %path.display(), "the namespaces file is refused; the labels stay");

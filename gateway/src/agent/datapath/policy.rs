@@ -626,7 +626,6 @@ impl PolicyRuntime {
             .sync_policies(policies)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         self.named = new_named;
-        self.extra = None;
         let [sets, selects, removes] = split(d);
         written += self.write(maps, &sets);
         self.write_world(maps, Self::world_upserts);
@@ -877,6 +876,12 @@ spec:
     /// carries the (misspelt) service-account label.
     const NEVER: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: sa, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {io.cilium.k8s.policy.service-account: web}}\n  egress:\n  - toEntities: [world]\n";
 
+    /// A runtime over `files` as the agent starts one (default options).
+    fn runtime(files: &[PathBuf]) -> PolicyRuntime {
+        let loaded = load_files(files, &Default::default()).unwrap();
+        PolicyRuntime::new(1, files.to_vec(), loaded.file.identity).unwrap()
+    }
+
     #[test]
     fn load_files_lists_every_error_and_returns_the_warnings() {
         let dir = tempfile::tempdir().unwrap();
@@ -939,15 +944,7 @@ spec:
         );
         assert_eq!(st.failed_reloads, 1);
         // Read as warnings, they are shown in status.json.
-        let mut rt = PolicyRuntime::new(
-            1,
-            files.clone(),
-            load_files(&files, &Default::default())
-                .unwrap()
-                .file
-                .identity,
-        )
-        .unwrap();
+        let mut rt = runtime(&files);
         rt.reload(&mut m).unwrap();
         let st = rt.status();
         assert_eq!(st.warnings.len(), 1, "{st:?}");
@@ -965,15 +962,7 @@ spec:
         let dir = tempfile::tempdir().unwrap();
         let f = write(dir.path(), "p.yaml", POL);
         let files = vec![f.clone()];
-        let mut rt = PolicyRuntime::new(
-            1,
-            files.clone(),
-            load_files(&files, &Default::default())
-                .unwrap()
-                .file
-                .identity,
-        )
-        .unwrap();
+        let mut rt = runtime(&files);
         let mut m = Model::default();
         rt.sync_identities(&mut m, &BTreeMap::new(), &BTreeSet::new());
         assert_eq!(
@@ -1020,15 +1009,7 @@ spec:
             (131_328, "web", "c2"),
         ]);
         let mut m = Model::default();
-        let mut first = PolicyRuntime::new(
-            1,
-            files.clone(),
-            load_files(&files, &Default::default())
-                .unwrap()
-                .file
-                .identity,
-        )
-        .unwrap();
+        let mut first = runtime(&files);
         first.sync_identities(&mut m, &known, &BTreeSet::new());
         // A stale entry an older policy left behind.
         let stale = PolicyEntry {
@@ -1040,15 +1021,7 @@ spec:
         };
         m.maps.entries.insert(stale, Verdict::Allow);
         m.writes = 0;
-        let mut second = PolicyRuntime::new(
-            1,
-            files.clone(),
-            load_files(&files, &Default::default())
-                .unwrap()
-                .file
-                .identity,
-        )
-        .unwrap();
+        let mut second = runtime(&files);
         second.sync_identities(&mut m, &known, &BTreeSet::new());
         assert_eq!(m.writes, 1, "only the stale entry is removed");
         assert_eq!(second.status().reconcile_writes, Some(1));
@@ -1060,15 +1033,7 @@ spec:
     fn a_failed_write_is_reconciled_on_the_next_sync() {
         let dir = tempfile::tempdir().unwrap();
         let files = vec![write(dir.path(), "p.yaml", POL)];
-        let mut rt = PolicyRuntime::new(
-            1,
-            files.clone(),
-            load_files(&files, &Default::default())
-                .unwrap()
-                .file
-                .identity,
-        )
-        .unwrap();
+        let mut rt = runtime(&files);
         let mut m = Model::default();
         let mut known = ids(&[(65_792, "db", "c1")]);
         rt.sync_identities(&mut m, &known, &BTreeSet::new());
