@@ -853,8 +853,11 @@ pub struct DatapathStatus {
     /// `MESHGATE_TC_ATTACH=tc`).
     #[serde(default)]
     pub attach: String,
-    /// Entries in the `mg_ipcache` map.
+    /// Endpoint entries in the `mg_ipcache` map (pods, local and remote).
     pub ipcache_entries: usize,
+    /// Node address entries in `mg_ipcache` (`host` and `remote-node`).
+    #[serde(default)]
+    pub node_entries: usize,
     /// Programs attached, `HOOK@INTERFACE`.
     pub attachments: Vec<String>,
     /// What the last attach reconcile of this process did: links made new,

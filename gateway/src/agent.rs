@@ -67,6 +67,8 @@ pub struct Agent {
     pub pod_interfaces: std::collections::BTreeSet<String>,
     /// This node's interface addresses as last published.
     pub addresses: Mutex<Vec<meshgate_discovery::model::NodeAddress>>,
+    /// Every address of this node but loopback's (the `host` entity).
+    pub host_addresses: Mutex<std::collections::BTreeSet<std::net::Ipv4Addr>>,
     /// This node is a candidate gateway of some egress gateway policy: it
     /// sends keepalives to every peer, so they judge its health.
     pub egress_gateway: std::sync::atomic::AtomicBool,
@@ -97,6 +99,14 @@ impl Agent {
         &self,
     ) -> std::sync::MutexGuard<'_, Vec<meshgate_discovery::model::NodeAddress>> {
         self.addresses.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn host_addresses(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<std::net::Ipv4Addr>> {
+        self.host_addresses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn services(&self) -> std::sync::MutexGuard<'_, services::Services> {
@@ -169,6 +179,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         })
         .collect();
     let pod_interfaces: std::collections::BTreeSet<String> = interfaces.values().cloned().collect();
+    let read_addresses = addresses::read(&pod_interfaces);
     let (backend, fallback) = match (&cfg.encryption, &cfg.ipsec_secret) {
         (meshgate_discovery::model::Encryption::Ipsec, Some(secret)) => {
             let ipsec = meshgate_tunnel::ipsec::IpsecConfig {
@@ -202,7 +213,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         nodes: Mutex::new(None),
         liveness: Mutex::new(liveness::Liveness::default()),
         datapath: std::sync::OnceLock::new(),
-        addresses: Mutex::new(addresses::read(&pod_interfaces)),
+        addresses: Mutex::new(read_addresses.published),
+        host_addresses: Mutex::new(read_addresses.host),
         pod_interfaces,
         egress_gateway: std::sync::atomic::AtomicBool::new(false),
         cfg,

@@ -186,6 +186,9 @@ pub struct ClusterPlan {
     /// The agents' `--namespaces` file (the scenario has `namespaces`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespaces_file: Option<PathBuf>,
+    /// The agents' `--kube-apiserver` addresses (with a policy file only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kube_apiservers: Vec<Ipv4Addr>,
 }
 
 /// A cluster's etcd: one member in a namespace of its own on the underlay,
@@ -390,6 +393,13 @@ impl Plan {
                         .then(|| format!("g{id}-{i}")),
                 });
             }
+            let policy_file = (!s.policies.is_empty()
+                && c.datapath.unwrap_or(s.datapath) == Datapath::Ebpf)
+                .then(|| policies_file(world));
+            let kube_apiservers = match policy_file {
+                Some(_) => s.kube_apiservers.clone(),
+                None => Vec::new(),
+            };
             clusters.push(ClusterPlan {
                 name: c.name.clone(),
                 id,
@@ -406,11 +416,10 @@ impl Plan {
                 strict: c.strict.unwrap_or(s.strict),
                 backend: c.backend.unwrap_or(s.backend),
                 encryption: c.encryption.unwrap_or(s.encryption),
-                policy_file: (!s.policies.is_empty()
-                    && c.datapath.unwrap_or(s.datapath) == Datapath::Ebpf)
-                    .then(|| policies_file(world)),
+                policy_file,
                 dns_proxy: s.dns.is_some(),
                 namespaces_file: (!s.namespaces.is_empty()).then(|| namespaces_file(world)),
+                kube_apiservers,
             });
         }
         let urls: Vec<(String, String)> = clusters
@@ -755,6 +764,11 @@ impl ClusterPlan {
             self.namespaces_file
                 .iter()
                 .flat_map(|f| ["--namespaces".to_string(), f.display().to_string()]),
+        )
+        .chain(
+            self.kube_apiservers
+                .iter()
+                .flat_map(|ip| ["--kube-apiserver".to_string(), ip.to_string()]),
         )
         .chain(
             (!node.roles.is_empty())

@@ -62,6 +62,11 @@ pub struct Scenario {
     /// namespace selectors by label.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// The Kubernetes API server's addresses, as a cluster would have them
+    /// (the agents' `--kube-apiserver`): the `kube-apiserver` entity of the
+    /// policies. Needs `policies`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kube_apiservers: Vec<Ipv4Addr>,
     /// The world's DNS: an upstream server with these records on the
     /// external network, a DNS proxy on every node (needs `datapath:
     /// ebpf`), and pods' resolv.conf naming `clusterIP`.

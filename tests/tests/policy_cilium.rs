@@ -3,9 +3,10 @@
 //! service accounts, namespace selectors by label (from the world's
 //! `namespaces:`), then, replaced at run time with `meshgate lab policy`,
 //! a clusterwide policy with entities and a CIDR set with `except`, an
-//! ICMP-only rule, an ingress deny and `toEntities: [world]`. Real packets:
-//! pings and TCP connects (`mg-probe`) between pod namespaces and to the
-//! externals. Each row of a table says who may reach whom; every row is
+//! ICMP-only rule, an ingress deny and `toEntities: [world]`; then the
+//! `host`, `remote-node` and `kube-apiserver` entities and `fromCIDR` from
+//! the world. Real packets: pings and TCP connects (`mg-probe`) between pod
+//! namespaces, the nodes' own stacks and the externals. Each row of a table says who may reach whom; every row is
 //! checked, the denied ones as well as the allowed.
 
 #![allow(clippy::unwrap_used)]
@@ -38,6 +39,8 @@ clusters:
 externals:
   - {name: ext1, ip: 203.0.113.10}
   - {name: ext2, ip: 203.0.113.11}
+  - {name: ext3, ip: 203.0.113.12}
+kubeApiservers: [203.0.113.12]
 namespaces:
   shop: {team: payments}
   ops: {team: operations}
@@ -105,6 +108,48 @@ spec:
     - toEntities: [world]
 "#;
 
+/// Replaces the second: the nodes, the API server and the world by CIDR.
+const THIRD: &str = r#"
+# Clients: their own node and the API server (ext3), nothing else.
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-host, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+    - toEntities: [host, kube-apiserver]
+---
+# tool: the other nodes only.
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: tool-nodes, namespace: ops}
+spec:
+  endpointSelector: {matchLabels: {app: tool}}
+  egress:
+    - toEntities: [remote-node]
+---
+# web: from the other nodes only (its own node's stack always reaches it).
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-from-nodes, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+    - fromEntities: [remote-node]
+---
+# pay: from ext1 only, by CIDR.
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: pay-from-ext1, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: pay}}
+  ingress:
+    - fromCIDR: [203.0.113.10/32]
+"#;
+
+/// The port the nodes' own stacks serve on.
+const NODE_PORT: u16 = 7000;
+
 const PODS: [(&str, &str); 5] = [
     ("web1", "n1"),
     ("pay1", "n1"),
@@ -113,9 +158,19 @@ const PODS: [(&str, &str); 5] = [
     ("pay2", "n2"),
 ];
 
-fn probe(world: &World, pod: &str, args: &[&str]) -> Command {
+/// The namespace of a row's source: a pod, `node:<name>` (the node's own
+/// stack) or `ext:<name>` (an external).
+fn source_ns(world: &World, from: &str) -> String {
+    match from.split_once(':') {
+        Some(("node", n)) => world.node_ns("c1", n),
+        Some(("ext", x)) => format!("mg-{}-x-{x}", world.name),
+        _ => world.pod_ns("c1", from),
+    }
+}
+
+fn probe(world: &World, from: &str, args: &[&str]) -> Command {
     let mut c = Command::new("ip");
-    c.args(["netns", "exec", &world.pod_ns("c1", pod), PROBE])
+    c.args(["netns", "exec", &source_ns(world, from), PROBE])
         .args(args);
     c
 }
@@ -130,11 +185,14 @@ enum Probe {
 /// `from` -> `to` (a pod or an external's address) with `probe`: allowed?
 struct Row(&'static str, &'static str, Probe, bool);
 
+/// A row's target: an address, `underlay:<node>` or `tunnel:<node>` (a
+/// node's addresses), or a pod.
 fn target_ip(world: &World, to: &str) -> String {
-    if to.contains('.') {
-        to.to_string()
-    } else {
-        world.ip(&format!("c1/{to}"))
+    match to.split_once(':') {
+        Some(("underlay", n)) => world.status("c1", n).underlay_ip,
+        Some(("tunnel", n)) => world.status("c1", n).tunnel_ip,
+        _ if to.contains('.') => to.to_string(),
+        _ => world.ip(&format!("c1/{to}")),
     }
 }
 
@@ -220,6 +278,15 @@ fn service_accounts_namespace_labels_entities_cidr_except_icmp_deny_and_clusterw
     let name = "polcil";
     let world = World::up(name, &SCENARIO.replace("NAME", name));
     let mut servers = Procs(Vec::new());
+    for node in ["node:n1", "node:n2"] {
+        servers.0.push(
+            probe(&world, node, &["serve", &NODE_PORT.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+    }
     for (pod, _) in PODS {
         servers.0.push(
             probe(&world, pod, &["serve", "80"])
@@ -275,6 +342,61 @@ fn service_accounts_namespace_labels_entities_cidr_except_icmp_deny_and_clusterw
             // tool: the world, no pod (the pay pods would take it).
             Row("tool2", "203.0.113.11", Ping, true),
             Row("tool2", "web1", Ping, false),
+        ],
+    );
+
+    // The nodes and the world's hosts reach pods: ext1 and ext2 route the
+    // pods of n1 through n1 (the lab gives them no such route).
+    let n1_underlay = target_ip(&world, "underlay:n1");
+    for x in ["ext1", "ext2"] {
+        let out = world.in_ns(
+            &source_ns(&world, &format!("ext:{x}")),
+            &[
+                "ip",
+                "route",
+                "add",
+                &format!("{}/32", world.ip("c1/pay1")),
+                "via",
+                &n1_underlay,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    replace_policies(&world, name, THIRD);
+    check(
+        &world,
+        "host, remote-node, kube-apiserver, fromCIDR",
+        &[
+            // client: its own node (the pods' gateway address, its underlay
+            // and tunnel IPs) and the API server; not the other node.
+            Row("cli1", "169.254.1.1", Tcp(NODE_PORT), true),
+            Row("cli1", "underlay:n1", Tcp(NODE_PORT), true),
+            Row("cli1", "tunnel:n1", Tcp(NODE_PORT), true),
+            Row("cli1", "203.0.113.12", Ping, true),
+            Row("cli1", "underlay:n2", Tcp(NODE_PORT), false),
+            Row("cli1", "203.0.113.10", Ping, false),
+            Row("cli1", "web1", Ping, false),
+            // tool (on n2): the other node; not its own node, not the
+            // world, not the API server.
+            Row("tool2", "underlay:n1", Tcp(NODE_PORT), true),
+            Row("tool2", "169.254.1.1", Tcp(NODE_PORT), false),
+            Row("tool2", "underlay:n2", Tcp(NODE_PORT), false),
+            Row("tool2", "203.0.113.12", Ping, false),
+            Row("tool2", "203.0.113.10", Ping, false),
+            // web: n2's stack (remote-node) and its own node's (host, let
+            // in as Cilium lets it by default); no pod.
+            Row("node:n2", "web1", Tcp(80), true),
+            Row("node:n1", "web1", Tcp(80), true),
+            Row("pay1", "web1", Tcp(80), false),
+            Row("tool2", "web1", Tcp(80), false),
+            // pay1: from ext1 by CIDR, not ext2, no pod.
+            Row("ext:ext1", "pay1", Tcp(80), true),
+            Row("ext:ext2", "pay1", Tcp(80), false),
+            Row("web1", "pay1", Tcp(80), false),
         ],
     );
 

@@ -66,6 +66,24 @@ impl IpcacheEntry {
         }
     }
 
+    /// A node's own address (its underlay, tunnel or interface address):
+    /// `host` (1) for this node, `remote-node` (6) for the others. Neither a
+    /// mesh endpoint (no tunnel IP: nothing is tunnelled to it) nor world.
+    pub fn node(identity: u32) -> Self {
+        Self {
+            identity,
+            tunnel_ip: None,
+            local: false,
+            ifindex: 0,
+            world: false,
+        }
+    }
+
+    /// Written by [`Self::node`].
+    pub fn is_node(&self) -> bool {
+        !self.local && !self.world && self.tunnel_ip.is_none()
+    }
+
     fn to_raw(self) -> IpcacheValue {
         IpcacheValue {
             identity: self.identity,
@@ -163,5 +181,9 @@ mod tests {
         let w = IpcacheEntry::world(0x100);
         assert_eq!(w.to_raw().flags, IPCACHE_F_WORLD);
         assert_eq!(IpcacheEntry::from_raw(w.to_raw()), w);
+        let n = IpcacheEntry::node(6);
+        assert_eq!((n.to_raw().flags, n.to_raw().tunnel_ip), (0, 0));
+        assert_eq!(IpcacheEntry::from_raw(n.to_raw()), n);
+        assert!(n.is_node() && !l.is_node() && !w.is_node() && !e.is_node());
     }
 }

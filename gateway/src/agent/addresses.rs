@@ -4,7 +4,9 @@
 //! registration, and re-read every few seconds: a change re-registers.
 //!
 //! Left out: loopback, meshgate's own devices (`mg-*`) and the pods'
-//! host-side interfaces.
+//! host-side interfaces. The same read gives the eBPF datapath every
+//! address of the node but loopback (the pods' gateway address among
+//! them): what a pod reaching them reaches is the `host` entity.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -44,20 +46,27 @@ pub fn select(
     out
 }
 
-/// Reads the node's addresses; an error leaves the list empty (and is logged).
-pub fn read(skip: &BTreeSet<String>) -> Vec<NodeAddress> {
+/// What one read of the node's addresses gives.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Read {
+    /// Published in the node record ([`select`]).
+    pub published: Vec<NodeAddress>,
+    /// Every IPv4 address of every interface but loopback's 127/8.
+    pub host: BTreeSet<Ipv4Addr>,
+}
+
+/// Reads the node's addresses; an error leaves them empty (and is logged).
+pub fn read(skip: &BTreeSet<String>) -> Read {
     match read_inner(skip) {
         Ok(a) => a,
         Err(e) => {
             debug!(error = %e, "reading this node's addresses failed");
-            Vec::new()
+            Read::default()
         }
     }
 }
 
-fn read_inner(
-    skip: &BTreeSet<String>,
-) -> Result<Vec<NodeAddress>, meshgate_tunnel::netlink::NetlinkError> {
+fn read_inner(skip: &BTreeSet<String>) -> Result<Read, meshgate_tunnel::netlink::NetlinkError> {
     let mut nl = Netlink::open()?;
     let mut names: BTreeMap<u32, Option<String>> = BTreeMap::new();
     let mut addrs = Vec::new();
@@ -79,7 +88,14 @@ fn read_inner(
         .into_iter()
         .find(|r| r.dst == Ipv4Net::default() && r.dev.is_some())
         .and_then(|r| r.dev);
-    Ok(select(&addrs, default_dev.as_deref(), skip))
+    Ok(Read {
+        published: select(&addrs, default_dev.as_deref(), skip),
+        host: addrs
+            .iter()
+            .map(|(_, ip)| *ip)
+            .filter(|ip| !ip.is_loopback())
+            .collect(),
+    })
 }
 
 /// The addresses as the node record carries them.
@@ -95,7 +111,8 @@ pub fn to_pb(addrs: &[NodeAddress]) -> Vec<pb::NodeAddress> {
 }
 
 /// Re-reads the addresses every [`RECHECK`]; when they differ from the
-/// registered ones, the node registers again.
+/// registered ones, the node registers again; when the host's differ, the
+/// datapath's entries follow.
 pub async fn watch(agent: Arc<Agent>) {
     let mut tick = tokio::time::interval(RECHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -105,6 +122,16 @@ pub async fn watch(agent: Arc<Agent>) {
         let now = tokio::task::spawn_blocking(move || read(&a.pod_interfaces))
             .await
             .unwrap_or_default();
+        let host_changed = {
+            let mut host = agent.host_addresses();
+            let changed = *host != now.host;
+            *host = now.host;
+            changed
+        };
+        if host_changed {
+            super::datapath::sync(&agent);
+        }
+        let now = now.published;
         let changed = {
             let mut published = agent.addresses();
             if *published != now {

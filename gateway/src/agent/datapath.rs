@@ -416,7 +416,8 @@ impl Ebpf {
             created,
             replaced,
             removed,
-            ipcache_entries: inner.applied.len(),
+            ipcache_entries: inner.applied.values().filter(|e| !e.is_node()).count(),
+            node_entries: inner.applied.values().filter(|e| e.is_node()).count(),
             attachments: inner
                 .attached
                 .iter()
@@ -645,10 +646,12 @@ pub fn sync(agent: &Agent) {
         .iter()
         .map(|(ip, name)| (*ip, (name.clone(), ifindex(name))))
         .collect();
+    let host = agent.host_addresses().clone();
     let me = Local {
         cluster: &agent.cfg.cluster,
         node: &agent.cfg.node,
         interfaces: &interfaces,
+        host: &host,
     };
     let (desired, identities, clusters, mesh_map) = {
         let cache = agent.ipcache();
@@ -682,8 +685,18 @@ pub fn sync(agent: &Agent) {
     // changed) has its entries before an ipcache entry names it, so no
     // flow that its policy allows is dropped in between. Identities are
     // never freed by discovery: the old one's entries stay meanwhile.
+    // The nodes' addresses are theirs, not a CIDR rule's: the policy
+    // writes no world entry for one (and takes out any it wrote before the
+    // node came), so the node entries below hold those keys alone.
+    let node_addrs: BTreeSet<Ipv4Addr> = desired
+        .ipcache
+        .iter()
+        .filter(|(_, e)| e.is_node())
+        .map(|(ip, _)| *ip)
+        .collect();
     if let (Some(p), Some(identities)) = (inner.policy.as_mut(), identities.as_ref()) {
         let mesh: BTreeSet<Ipv4Net> = clusters.keys().copied().collect();
+        p.set_node_addresses(node_addrs);
         p.sync_identities(&mut inner.dp.maps, identities, &mesh);
     }
     let changes = plan::diff(&inner.applied, &desired.ipcache, prune);
@@ -699,6 +712,16 @@ pub fn sync(agent: &Agent) {
         }
     }
     for ip in changes.remove {
+        // A departed node's address a CIDR rule names: the policy has just
+        // written its world entry over the node's.
+        if inner
+            .policy
+            .as_ref()
+            .is_some_and(|p| p.holds_world(Ipv4Net::from(ip)))
+        {
+            inner.applied.remove(&ip);
+            continue;
+        }
         match inner.dp.maps.ipcache.remove(ip, 32) {
             Ok(_) => {
                 debug!(%ip, "ipcache entry removed");

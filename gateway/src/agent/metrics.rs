@@ -176,8 +176,14 @@ pub fn render(status: &AgentStatus, dp: Option<&DatapathFigures>) -> String {
         o.one(
             "meshgate_datapath_ipcache_entries",
             "gauge",
-            "Entries in the eBPF datapath's mg_ipcache map.",
+            "Endpoint entries in the eBPF datapath's mg_ipcache map.",
             d.ipcache_entries,
+        );
+        o.one(
+            "meshgate_datapath_node_entries",
+            "gauge",
+            "Node address entries (host, remote-node) in the eBPF datapath's mg_ipcache map.",
+            d.node_entries,
         );
         if let Some(p) = &d.policy {
             policy_warnings(&mut o, p);

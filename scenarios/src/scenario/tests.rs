@@ -463,6 +463,7 @@ fn policy_scenario_loads_and_a_bad_policy_is_named_by_its_index() {
     let args = plan.clusters[0].agent_args(&plan.clusters[0].nodes[0]);
     let at = args.iter().position(|a| a == "--policy").unwrap();
     assert!(args[at + 1].ends_with("policy/policies.yaml"), "{args:?}");
+    assert!(!args.iter().any(|a| a == "--kube-apiserver"), "{args:?}");
 
     let text = std::fs::read_to_string(&path).unwrap();
     let bad = text.replacen("protocol: TCP", "protocol: TPC", 1);
@@ -472,6 +473,16 @@ fn policy_scenario_loads_and_a_bad_policy_is_named_by_its_index() {
     assert!(
         e.starts_with("policy.yaml: policies[0]: CiliumNetworkPolicy default/db-ingress"),
         "{e}"
+    );
+    // The API server's addresses go to the agents with the policies.
+    let with_api = format!("{text}\nkubeApiservers: [203.0.113.12]\n");
+    let api = crate::plan::Plan::new(&Scenario::parse("policy.yaml", &with_api).unwrap()).unwrap();
+    let args = api.clusters[0].agent_args(&api.clusters[0].nodes[0]);
+    let at = args.iter().position(|a| a == "--kube-apiserver").unwrap();
+    assert_eq!(args[at + 1], "203.0.113.12", "{args:?}");
+    has(
+        &format!("{BASE}kubeApiservers: [203.0.113.12]\n"),
+        "kubeApiservers: the kube-apiserver entity is for the policies, and there are none",
     );
     let plain = text.replace("datapath: ebpf\n", "");
     let e = Scenario::parse("policy.yaml", &plain)

@@ -219,6 +219,12 @@ pub fn validate(s: &Scenario) -> Vec<FieldError> {
     }
     check_external_network(&mut errors, s, &nets);
     check_policies(&mut errors, s);
+    if !s.kube_apiservers.is_empty() && s.policies.is_empty() {
+        errors.add(
+            "kubeApiservers",
+            "the kube-apiserver entity is for the policies, and there are none: add `policies` (with `datapath: ebpf`), or drop `kubeApiservers`",
+        );
+    }
     for (ns, labels) in &s.namespaces {
         check_name(&mut errors, format!("namespaces.{ns}"), ns, MAX_K8S_NAME);
         if labels.keys().any(|k| k.trim().is_empty()) {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::Ipv4Net;
-use meshgate_discovery::pb;
+use meshgate_discovery::{identity, pb};
 use meshgate_ebpf::{Attachment, Hook, IpcacheEntry};
 
 use crate::agent::ipcache::IpCache;
@@ -20,12 +20,15 @@ pub struct Local<'a> {
     pub cluster: &'a str,
     pub node: &'a str,
     pub interfaces: &'a BTreeMap<Ipv4Addr, (String, u32)>,
+    /// This node's own addresses, every interface's but loopback (the pods'
+    /// gateway address among them): the `host` entity.
+    pub host: &'a BTreeSet<Ipv4Addr>,
 }
 
 /// The datapath state wanted now.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Desired {
-    /// `mg_ipcache`, one /32 per endpoint.
+    /// `mg_ipcache`, one /32 per endpoint and per node address.
     pub ipcache: BTreeMap<Ipv4Addr, IpcacheEntry>,
     /// Other nodes' pod CIDRs, routed into the VXLAN device. `None` while
     /// the node records are unknown (leave the routes as they are).
@@ -43,6 +46,40 @@ fn tunnel_ips(nodes: &BTreeMap<String, pb::Node>) -> BTreeMap<(&str, &str), Ipv4
             Some(((n.cluster.as_str(), n.name.as_str()), ip))
         })
         .collect()
+}
+
+/// The nodes' own addresses with the identity a pod's traffic to them gets:
+/// `host` for this node's (`me.host`, and its underlay and tunnel IPs),
+/// `remote-node` for every other node's underlay, tunnel and published
+/// interface addresses, of any cluster. An address two nodes claim is
+/// `host` if one of them is this node.
+pub fn node_entries(
+    me: &Local<'_>,
+    nodes: Option<&BTreeMap<String, pb::Node>>,
+) -> BTreeMap<Ipv4Addr, u32> {
+    let mut out: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
+    for n in nodes.into_iter().flat_map(|ns| ns.values()) {
+        let id = if n.cluster == me.cluster && n.name == me.node {
+            identity::HOST
+        } else {
+            identity::REMOTE_NODE
+        };
+        let addrs = [n.underlay_ip.as_str(), n.tunnel_ip.as_str()]
+            .into_iter()
+            .chain(n.addresses.iter().map(|a| a.ip.as_str()))
+            .filter_map(|a| a.parse::<Ipv4Addr>().ok())
+            .filter(|a| !a.is_loopback() && !a.is_unspecified());
+        for a in addrs {
+            let e = out.entry(a).or_insert(id);
+            if id == identity::HOST {
+                *e = id;
+            }
+        }
+    }
+    for a in me.host {
+        out.insert(*a, identity::HOST);
+    }
+    out
 }
 
 /// Computes the wanted state. With `nodes` unknown (no snapshot yet since
@@ -77,6 +114,10 @@ pub fn desired(
                 e.cluster, e.node
             )),
         }
+    }
+    // A pod's address is never a node's: the endpoint's entry wins.
+    for (ip, id) in node_entries(me, nodes) {
+        out.ipcache.entry(ip).or_insert(IpcacheEntry::node(id));
     }
     if let Some(nodes) = nodes {
         let mut routes = BTreeSet::new();
@@ -218,10 +259,12 @@ mod tests {
     #[test]
     fn local_remote_routes_and_attachments() {
         let (cache, nodes, ifaces) = world();
+        let host = BTreeSet::new();
         let me = Local {
             cluster: "c1",
             node: "n1",
             interfaces: &ifaces,
+            host: &host,
         };
         let d = desired(&me, &cache, Some(&nodes));
         let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
@@ -232,7 +275,8 @@ mod tests {
         );
         assert!(!d.ipcache.contains_key(&ip("10.1.2.10")), "no tunnel IP");
         assert_eq!(d.problems.len(), 1, "{:?}", d.problems);
-        assert_eq!(d.ipcache.len(), 2, "IPv6 left out");
+        let pods = d.ipcache.values().filter(|e| !e.is_node()).count();
+        assert_eq!(pods, 2, "IPv6 left out");
         let routes: Vec<String> = d
             .pod_routes
             .unwrap()
@@ -256,10 +300,12 @@ mod tests {
     #[test]
     fn before_the_node_records_only_local_entries_and_nothing_pruned() {
         let (cache, _, ifaces) = world();
+        let host = BTreeSet::new();
         let me = Local {
             cluster: "c1",
             node: "n1",
             interfaces: &ifaces,
+            host: &host,
         };
         let d = desired(&me, &cache, None);
         assert_eq!(d.ipcache.len(), 1);
@@ -275,5 +321,69 @@ mod tests {
         let c = diff(&stale, &d.ipcache, true);
         assert_eq!(c.remove, vec!["10.1.9.9".parse::<Ipv4Addr>().unwrap()]);
         assert!(diff(&d.ipcache, &d.ipcache, true) == Changes::default());
+    }
+
+    #[test]
+    fn node_addresses_are_host_here_and_remote_node_elsewhere_and_pods_win() {
+        let (cache, mut nodes, ifaces) = world();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        for (k, u) in [
+            ("c1/n1", "198.18.1.10"),
+            ("c1/n2", "198.18.1.11"),
+            ("c1/n3", "198.18.1.12"),
+        ] {
+            nodes.get_mut(k).unwrap().underlay_ip = u.into();
+        }
+        nodes.get_mut("c1/n2").unwrap().addresses = vec![
+            pb::NodeAddress {
+                interface: "eg0".into(),
+                ip: "203.0.113.200".into(),
+                default_route: false,
+            },
+            // A pod's address published by mistake stays the pod's.
+            pb::NodeAddress {
+                interface: "eth1".into(),
+                ip: "10.1.1.10".into(),
+                default_route: false,
+            },
+        ];
+        let (c2, mut c2n3) = node("n3", "100.65.0.3", "10.2.3.0/24");
+        c2n3.cluster = "c2".into();
+        c2n3.underlay_ip = "198.18.2.13".into();
+        nodes.insert(c2.replace("c1", "c2"), c2n3);
+        let host: BTreeSet<Ipv4Addr> = [ip("169.254.1.1"), ip("198.18.1.10")].into();
+        let me = Local {
+            cluster: "c1",
+            node: "n1",
+            interfaces: &ifaces,
+            host: &host,
+        };
+        let d = desired(&me, &cache, Some(&nodes));
+        let node_id = |s: &str| {
+            let e = d.ipcache.get(&ip(s)).copied();
+            assert!(e.is_none_or(|e| e.is_node()), "{s}: {e:?}");
+            e.map(|e| e.identity)
+        };
+        for h in ["169.254.1.1", "198.18.1.10", "100.64.0.1"] {
+            assert_eq!(node_id(h), Some(identity::HOST), "{h}");
+        }
+        for r in [
+            "198.18.1.11",
+            "100.64.0.2",
+            "203.0.113.200",
+            "198.18.1.12",
+            "198.18.2.13",
+            "100.65.0.3",
+        ] {
+            assert_eq!(node_id(r), Some(identity::REMOTE_NODE), "{r}");
+        }
+        assert_eq!(
+            d.ipcache[&ip("10.1.1.10")],
+            IpcacheEntry::remote(65_793, ip("100.64.0.2"))
+        );
+        // Before the node records: this node's own addresses only.
+        let d = desired(&me, &cache, None);
+        let nodes_only: Vec<_> = d.ipcache.iter().filter(|(_, e)| e.is_node()).collect();
+        assert_eq!(nodes_only.len(), 2, "{nodes_only:?}");
     }
 }

@@ -255,6 +255,9 @@ pub struct PolicyRuntime {
     apiservers: BTreeSet<Ipv4Addr>,
     /// The mesh's pod CIDRs: no world entry is written inside one.
     mesh: BTreeSet<Ipv4Net>,
+    /// The nodes' addresses (the datapath's `host` and `remote-node`
+    /// entries): no world entry is written for one.
+    nodes: BTreeSet<Ipv4Addr>,
     /// [`Self::extra_identities`] of `named`, kept between syncs (10,000
     /// prefixes' label sets cost 2% of a core rebuilt at every sync);
     /// dropped wherever `named` or `cidrs` change.
@@ -315,6 +318,7 @@ impl PolicyRuntime {
             world: BTreeMap::new(),
             apiservers: BTreeSet::new(),
             mesh: BTreeSet::new(),
+            nodes: BTreeSet::new(),
             options: meshgate_discovery::policy::ParseOptions::default(),
             warnings: Vec::new(),
             extra: None,
@@ -340,6 +344,16 @@ impl PolicyRuntime {
     pub fn with_kube_apiservers(mut self, ips: impl IntoIterator<Item = Ipv4Addr>) -> Self {
         self.apiservers = ips.into_iter().collect();
         self
+    }
+
+    /// The nodes' addresses now (taken at the next world write).
+    pub fn set_node_addresses(&mut self, nodes: BTreeSet<Ipv4Addr>) {
+        self.nodes = nodes;
+    }
+
+    /// Whether the ipcache holds a world entry of ours for `net`.
+    pub fn holds_world(&self, net: Ipv4Net) -> bool {
+        self.world.contains_key(&net)
     }
 
     fn recount(&mut self) {
@@ -391,13 +405,17 @@ impl PolicyRuntime {
     }
 
     /// The world entries wanted: every CIDR identity's prefix and the API
-    /// servers, none inside a mesh pod CIDR.
+    /// servers, none inside a mesh pod CIDR and none a node's address.
     fn wanted_world(&self) -> BTreeMap<Ipv4Net, u32> {
         let mut out: BTreeMap<Ipv4Net, u32> = self.cidrs.iter().collect();
         for ip in &self.apiservers {
             out.insert(Ipv4Net::from(*ip), identity::KUBE_APISERVER);
         }
-        out.retain(|net, _| !self.mesh.iter().any(|m| m.contains(net)));
+        out.retain(|net, _| {
+            let in_mesh = self.mesh.iter().any(|m| m.contains(net));
+            let a_node = net.prefix_len() == 32 && self.nodes.contains(&net.addr());
+            !in_mesh && !a_node
+        });
         out
     }
 
@@ -1336,6 +1354,47 @@ mod cidr_tests {
             .identities()
             .values()
             .any(|l| l.contains_key("cidr:10.77.1.0/24")));
+    }
+
+    #[test]
+    fn a_node_address_named_by_a_cidr_rule_gets_no_world_entry_while_the_node_is_there() {
+        let p = egress(vec![
+            (
+                cidr_peer("198.18.1.11/32", &[]),
+                Verdict::Allow,
+                PortProto::ANY,
+            ),
+            (
+                cidr_peer("198.18.0.0/15", &[]),
+                Verdict::Allow,
+                PortProto::ANY,
+            ),
+        ]);
+        let mut rt = PolicyRuntime::new(1, vec![], vec![p]).unwrap();
+        let mut m = Model::default();
+        rt.sync_identities(&mut m, &known(), &BTreeSet::new());
+        assert!(m.world.contains_key(&net("198.18.1.11/32")));
+        assert!(rt.holds_world(net("198.18.1.11/32")));
+        // The node comes: its /32 is taken out (the datapath's node entry
+        // holds the key), the /15 stays.
+        rt.set_node_addresses(BTreeSet::from(["198.18.1.11".parse().unwrap()]));
+        rt.sync_identities(&mut m, &known(), &BTreeSet::new());
+        let prefixes: Vec<String> = m.world.keys().map(|n| n.to_string()).collect();
+        assert_eq!(prefixes, ["198.18.0.0/15"]);
+        assert!(!rt.holds_world(net("198.18.1.11/32")));
+        // A reload keeps it out.
+        let again = egress(vec![(
+            cidr_peer("198.18.1.11/32", &[]),
+            Verdict::Allow,
+            port(TCP, 22),
+        )]);
+        rt.replace_policies(&mut m, vec![again]).unwrap();
+        assert!(m.world.is_empty(), "{:?}", m.world);
+        // The node goes: the rule's world entry is back.
+        rt.set_node_addresses(BTreeSet::new());
+        rt.sync_identities(&mut m, &known(), &BTreeSet::new());
+        assert!(rt.holds_world(net("198.18.1.11/32")));
+        assert_eq!(m.world.len(), 1);
     }
 
     #[test]
