@@ -129,7 +129,7 @@ pub async fn watch(agent: Arc<Agent>) {
             changed
         };
         if host_changed {
-            super::datapath::sync(&agent);
+            super::datapath::kick(&agent);
         }
         let now = now.published;
         let changed = {
