@@ -228,6 +228,16 @@ mod tests {
 
     type Interfaces = BTreeMap<Ipv4Addr, (String, u32)>;
 
+    /// This node: c1/n1.
+    fn n1<'a>(ifaces: &'a Interfaces, host: &'a BTreeSet<Ipv4Addr>) -> Local<'a> {
+        Local {
+            cluster: "c1",
+            node: "n1",
+            interfaces: ifaces,
+            host,
+        }
+    }
+
     fn world() -> (IpCache, BTreeMap<String, pb::Node>, Interfaces) {
         let mut cache = IpCache::default();
         cache
@@ -260,12 +270,7 @@ mod tests {
     fn local_remote_routes_and_attachments() {
         let (cache, nodes, ifaces) = world();
         let host = BTreeSet::new();
-        let me = Local {
-            cluster: "c1",
-            node: "n1",
-            interfaces: &ifaces,
-            host: &host,
-        };
+        let me = n1(&ifaces, &host);
         let d = desired(&me, &cache, Some(&nodes));
         let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         assert_eq!(d.ipcache[&ip("10.1.0.10")], IpcacheEntry::local(65_792, 7));
@@ -301,12 +306,7 @@ mod tests {
     fn before_the_node_records_only_local_entries_and_nothing_pruned() {
         let (cache, _, ifaces) = world();
         let host = BTreeSet::new();
-        let me = Local {
-            cluster: "c1",
-            node: "n1",
-            interfaces: &ifaces,
-            host: &host,
-        };
+        let me = n1(&ifaces, &host);
         let d = desired(&me, &cache, None);
         assert_eq!(d.ipcache.len(), 1);
         assert_eq!(d.pod_routes, None);
@@ -352,12 +352,7 @@ mod tests {
         c2n3.underlay_ip = "198.18.2.13".into();
         nodes.insert(c2.replace("c1", "c2"), c2n3);
         let host: BTreeSet<Ipv4Addr> = [ip("169.254.1.1"), ip("198.18.1.10")].into();
-        let me = Local {
-            cluster: "c1",
-            node: "n1",
-            interfaces: &ifaces,
-            host: &host,
-        };
+        let me = n1(&ifaces, &host);
         let d = desired(&me, &cache, Some(&nodes));
         let node_id = |s: &str| {
             let e = d.ipcache.get(&ip(s)).copied();
