@@ -14,9 +14,8 @@
 mod genl;
 mod heartbeat;
 
-pub use heartbeat::HEARTBEAT_PORT;
-
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddrV4;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -155,7 +154,10 @@ impl KernelDevice {
             })?;
         }
         let beat = match (cfg.keepalive_ms, cfg.tunnel_ip) {
-            (Some(ms), Some(ip)) if ms < 1000 => Some((ip, Duration::from_millis(ms))),
+            (Some(ms), Some(ip)) if ms < 1000 => Some((
+                SocketAddrV4::new(ip, cfg.endpoint.port()),
+                Duration::from_millis(ms),
+            )),
             _ => None,
         };
         self.heartbeat.set(&cfg.name, beat);

@@ -223,22 +223,12 @@ const EBPF_TESTS: &[(&str, &[&str])] = &[
 /// Kernel tests (`tests/tests/kernel.rs`) the default run leaves out to keep
 /// the stage in budget, each with why; `cargo xtask kernel-lab -- CMD` runs
 /// them. The run says so when it starts.
-const KERNEL_TESTS_SKIPPED: &[(&str, &str)] = &[
-    (
-        "kernel_backend_fails_over_cluster_gateways_within_2s_and_back",
-        "under TCG it failed 3 of its last 4 runs: a 3.6 s gap at a failover, no switch \
-         back within 5 s, and a 5.2 s stop when traffic moved back to the recovered gateway \
-         (about a WireGuard handshake retry's 5 s: likely the switch back not waiting for the \
-         handshake, not confirmed); \
-         the host suite checks the 2 s failover with the userspace backend",
-    ),
-    (
-        "ipsec_mesh_carries_only_esp_rotates_and_restarts_losing_nothing",
-        "the IPsec world with the eBPF datapath in strict mode runs the same checks (ESP only, \
+const KERNEL_TESTS_SKIPPED: &[(&str, &str)] = &[(
+    "ipsec_mesh_carries_only_esp_rotates_and_restarts_losing_nothing",
+    "the IPsec world with the eBPF datapath in strict mode runs the same checks (ESP only, \
      secret rotation, restart) over the same SAs; this one differs only in routing pod \
      CIDRs straight into the XFRM interface",
-    ),
-];
+)];
 
 /// Whether the default run adds [`DATAPATH_TESTS`]: off to keep the stage
 /// in budget, since the kernel tests' reach world and the IPsec world in

@@ -10,7 +10,8 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 use super::peers::{
-    cidr_selector, cilium_key_any, entity, names_namespace, parse_cidr, read_selector, Entity,
+    cidr_selector, cilium_key_any, entity, names_namespace, never_given, parse_cidr, read_selector,
+    Entity,
 };
 use super::selector::{LabelSelectorYaml, Requirement, Selector};
 use super::yaml::{expand_ports, port_number, Ctx};
@@ -458,7 +459,12 @@ fn peer_rule(
         };
         match entity(name) {
             Ok(Entity::All) => out.all = true,
-            Ok(Entity::Selectors(s)) => out.others.extend(s),
+            Ok(Entity::Selectors(s)) => {
+                if let Some(why) = never_given(name) {
+                    ctx.warn(WarningKind::NeverMatches, &f, why);
+                }
+                out.others.extend(s)
+            }
             Ok(Entity::Nothing(m)) => ctx.warn(WarningKind::NeverMatches, &f, m),
             Err(m) => ctx.report(ctx.err(&f, m)),
         }

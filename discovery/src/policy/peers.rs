@@ -51,6 +51,31 @@ pub const RESERVED_NAMES: [&str; 7] = [
     "kube-apiserver",
 ];
 
+/// Why no packet ever carries the reserved identity `name`, for the
+/// reserved identities meshgate never gives out (`init`, `health`,
+/// `unmanaged`): a rule naming one selects that identity, as in Cilium, but
+/// matches no traffic here.
+pub(crate) fn never_given(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "init" => {
+            "meshgate gives no packet the reserved:init identity: an endpoint has its identity \
+             before the datapath lets its first packet through (fail-closed), so a rule for \
+             endpoints still starting up matches nothing; remove it"
+        }
+        "health" => {
+            "meshgate runs no health endpoints (reserved:health), so a rule for them matches \
+             nothing: agents check each other with heartbeats from the node itself, which are \
+             host or remote-node; remove it, or write host / remote-node"
+        }
+        "unmanaged" => {
+            "meshgate gives no packet the reserved:unmanaged identity: every pod on a meshgate \
+             node is one of its endpoints, and an address it does not know is world, so a rule \
+             for unmanaged pods matches nothing; remove it, or write world"
+        }
+        _ => return None,
+    })
+}
+
 /// What an entity selects.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Entity {
@@ -157,6 +182,9 @@ pub fn label_warning(key: &str, subject: bool) -> Option<String> {
                  other identities that are not endpoints, and host policies are not \
                  supported), so this subject selector selects nothing"
             ));
+        }
+        if let Some(why) = never_given(name) {
+            return Some(format!("{key:?}: {why}"));
         }
         if key == CLUSTER_ENTITY_KEY || RESERVED_NAMES.contains(&name) {
             return None;

@@ -105,6 +105,31 @@ fn selectors_that_can_never_match_warn() {
         "spec.egress[0].toEntities[0]",
         &["matches nothing"],
     );
+    // Reserved identities meshgate never gives out: the rule stays (it
+    // selects that identity, as in Cilium) and warns, as an entity and as
+    // a label.
+    for (entity, why) in [
+        ("init", "fail-closed"),
+        ("health", "write host / remote-node"),
+        ("unmanaged", "or write world"),
+    ] {
+        assert_warns(
+            &format!("  endpointSelector: {{}}\n  ingress:\n  - fromEntities: [{entity}]\n"),
+            "spec.ingress[0].fromEntities[0]",
+            &["matches nothing", why],
+        );
+        assert_warns(
+            &format!(
+                "  endpointSelector: {{}}\n  egress:\n  - toEndpoints: [{{matchLabels: {{reserved:{entity}: \"\"}}}}]\n"
+            ),
+            &format!("spec.egress[0].toEndpoints[0].matchLabels.reserved:{entity}"),
+            &["meshgate", why],
+        );
+    }
+    // `cluster` names them among others: no warning.
+    no_warning(&cnp(
+        "  endpointSelector: {}\n  egress:\n  - toEntities: [cluster]\n",
+    ));
     // Known labels do not warn; a reserved label in a peer selects the
     // reserved identity (not scoped to the namespace), as in Cilium.
     let known = cnp(

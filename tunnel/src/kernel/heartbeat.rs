@@ -2,10 +2,17 @@
 //! wants something from each gateway peer every 200 ms (see the agent's
 //! `liveness`), but the kernel's persistent keepalive counts whole seconds.
 //! So for peers that ask for a keepalive under a second, a thread sends a
-//! small UDP datagram to the peer's tunnel address, through the tunnel,
-//! that often: it arrives encrypted, and the peer's receive count grows.
-//! Each node binds the heartbeat port and never reads it, so heartbeats
-//! end in a full socket buffer, with no ICMP reply and no other effect.
+//! small UDP datagram that often to the peer's tunnel address, through the
+//! tunnel: it arrives encrypted, and the peer's receive count grows.
+//!
+//! It goes to the peer's WireGuard listen port, which the peer's kernel
+//! holds for as long as its WireGuard device exists, agent or not: the
+//! device drops the datagram (not a WireGuard message) without a word. A
+//! port nobody binds would not do: while the peer's agent is down (a
+//! crash, a restart), its kernel would answer each heartbeat with an ICMP
+//! port unreachable through the tunnel, and those replies, rate-limited to
+//! about one a second, would make a gateway with no agent look alive now
+//! and then.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -13,15 +20,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tracing::{trace, warn};
+use tracing::trace;
 
-/// The UDP port heartbeats go to, on the peer's tunnel address.
-pub const HEARTBEAT_PORT: u16 = 51_871;
 /// How often the thread wakes to send what is due.
 const TICK: Duration = Duration::from_millis(20);
 
 struct Target {
-    ip: Ipv4Addr,
+    to: SocketAddrV4,
     every: Duration,
     due: Instant,
 }
@@ -40,14 +45,7 @@ pub struct Heartbeat {
 
 impl Heartbeat {
     pub fn start() -> std::io::Result<Self> {
-        let socket = match UdpSocket::bind((Ipv4Addr::UNSPECIFIED, HEARTBEAT_PORT)) {
-            Ok(s) => s,
-            Err(e) => {
-                // Still send; the peer's kernel may answer with ICMP.
-                warn!(port = HEARTBEAT_PORT, error = %e, "heartbeat port taken; sending from any port");
-                UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?
-            }
-        };
+        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
         let shared = Arc::new(Shared::default());
         let s = shared.clone();
         std::thread::Builder::new()
@@ -56,19 +54,20 @@ impl Heartbeat {
         Ok(Heartbeat { shared })
     }
 
-    /// Sends to `name` at `ip` every `every`, or stops with `None`.
-    pub fn set(&self, name: &str, target: Option<(Ipv4Addr, Duration)>) {
+    /// Sends to `name` at `to` (its tunnel address and WireGuard listen
+    /// port) every `every`, or stops with `None`.
+    pub fn set(&self, name: &str, target: Option<(SocketAddrV4, Duration)>) {
         let mut t = self
             .shared
             .targets
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         match target {
-            Some((ip, every)) => {
+            Some((to, every)) => {
                 t.insert(
                     name.to_string(),
                     Target {
-                        ip,
+                        to,
                         every,
                         due: Instant::now(),
                     },
@@ -90,19 +89,19 @@ impl Drop for Heartbeat {
 fn run(socket: &UdpSocket, shared: &Shared) {
     while !shared.stop.load(Ordering::Relaxed) {
         let now = Instant::now();
-        let due: Vec<(String, Ipv4Addr)> = {
+        let due: Vec<(String, SocketAddrV4)> = {
             let mut t = shared.targets.lock().unwrap_or_else(|p| p.into_inner());
             t.iter_mut()
                 .filter(|(_, t)| t.due <= now)
                 .map(|(name, t)| {
                     t.due = now + t.every;
-                    (name.clone(), t.ip)
+                    (name.clone(), t.to)
                 })
                 .collect()
         };
-        for (name, ip) in due {
+        for (name, to) in due {
             // A peer with no route yet fails here; it is retried next time.
-            if let Err(e) = socket.send_to(b"mg-hb", SocketAddrV4::new(ip, HEARTBEAT_PORT)) {
+            if let Err(e) = socket.send_to(b"mg-hb", to) {
                 trace!(peer = %name, error = %e, "heartbeat not sent");
             }
         }
