@@ -18,6 +18,7 @@ mod namespaces;
 pub(crate) mod observe;
 mod paths;
 mod persist;
+mod pods;
 mod services;
 mod sync;
 mod unreachable;
@@ -47,9 +48,20 @@ pub struct Agent {
     pub mesh: Mutex<Mesh>,
     /// Woken when the node must register again (its key changed).
     pub reregister: tokio::sync::Notify,
-    /// This node's endpoints (from `--endpoints`, with their namespaces'
-    /// labels), reported after registering.
+    /// This node's endpoints (from `--endpoints` and the CNI, with their
+    /// namespaces' labels), reported after registering and on each change
+    /// ([`recompute_endpoints`]).
     pub endpoints: Mutex<Vec<pb::Endpoint>>,
+    /// The endpoints as `--endpoints` lists them, and their host-side
+    /// interfaces.
+    pub file_endpoints: Vec<pb::Endpoint>,
+    pub file_interfaces: BTreeMap<std::net::Ipv4Addr, String>,
+    /// The pods `meshgate-cni` added ([`pods`]).
+    pub pods: Mutex<pods::Pods>,
+    /// The `--namespaces` file's text last read that was accepted.
+    pub namespaces_text: Mutex<Option<String>>,
+    /// Woken when the endpoints must be reported again.
+    pub report: tokio::sync::Notify,
     /// The mesh-wide ipcache as last seen on the watch stream.
     pub ipcache: Mutex<IpCache>,
     /// This cluster's services with merged backends, from the watch stream.
@@ -64,7 +76,7 @@ pub struct Agent {
     /// forwards meanwhile).
     pub datapath: std::sync::OnceLock<datapath::Ebpf>,
     /// The pods' host-side interfaces (their addresses are not the node's).
-    pub pod_interfaces: std::collections::BTreeSet<String>,
+    pub pod_interfaces: Mutex<std::collections::BTreeSet<String>>,
     /// This node's interface addresses as last published.
     pub addresses: Mutex<Vec<meshgate_discovery::model::NodeAddress>>,
     /// Every address of this node but loopback's (the `host` entity).
@@ -107,6 +119,10 @@ impl Agent {
         self.host_addresses
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn pods(&self) -> std::sync::MutexGuard<'_, pods::Pods> {
+        self.pods.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn services(&self) -> std::sync::MutexGuard<'_, services::Services> {
@@ -157,27 +173,35 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     // What the endpoints report, namespace labels included: checked
     // before anything is set up.
     let listed: Vec<pb::Endpoint> = endpoints.iter().map(|e| e.to_pb()).collect();
+    let pods = pods::still_there(pods::load(&cfg.state_dir)?);
+    let mut all = listed.clone();
+    all.extend(pods.values().map(|p| p.to_pb()));
     let (reported, namespaces_seen) = match &cfg.namespaces {
         Some(path) => {
             let text = namespaces::read(path)?;
-            let reported = namespaces::labelled(&listed, &text)
+            let reported = namespaces::labelled(&all, &text)
                 .with_context(|| format!("namespaces file {}", path.display()))?;
             (reported, Some(text))
         }
-        None => (listed.clone(), None),
+        None => (all, None),
     };
     // The last ipcache seen, until discovery sends a fresh snapshot.
     let cache = ipcache::load(&cfg.state_dir).unwrap_or_else(|e| {
         warn!(error = %format!("{e:#}"), "ignoring the saved ipcache; discovery will resend it");
         None
     });
-    let interfaces: BTreeMap<std::net::Ipv4Addr, String> = endpoints
+    let file_interfaces: BTreeMap<std::net::Ipv4Addr, String> = endpoints
         .iter()
         .filter_map(|e| match (e.ip, &e.interface) {
             (std::net::IpAddr::V4(ip), Some(i)) => Some((ip, i.clone())),
             _ => None,
         })
         .collect();
+    let mut interfaces = file_interfaces.clone();
+    interfaces.extend(
+        pods.values()
+            .map(|p| (p.pod.ip, p.pod.host_interface.clone())),
+    );
     let pod_interfaces: std::collections::BTreeSet<String> = interfaces.values().cloned().collect();
     let read_addresses = addresses::read(&pod_interfaces);
     let (backend, fallback) = match (&cfg.encryption, &cfg.ipsec_secret) {
@@ -208,6 +232,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         mesh: Mutex::new(Mesh::default()),
         reregister: tokio::sync::Notify::new(),
         endpoints: Mutex::new(reported),
+        file_endpoints: listed,
+        file_interfaces,
+        pods: Mutex::new(pods),
+        namespaces_text: Mutex::new(namespaces_seen.clone()),
+        report: tokio::sync::Notify::new(),
         ipcache: Mutex::new(cache.unwrap_or_default()),
         services: Mutex::new(services::Services::default()),
         nodes: Mutex::new(None),
@@ -215,7 +244,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         datapath: std::sync::OnceLock::new(),
         addresses: Mutex::new(read_addresses.published),
         host_addresses: Mutex::new(read_addresses.host),
-        pod_interfaces,
+        pod_interfaces: Mutex::new(pod_interfaces),
         egress_gateway: std::sync::atomic::AtomicBool::new(false),
         cfg,
     });
@@ -247,16 +276,45 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         datapath::sync(&agent);
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let watch_namespaces = namespaces_seen.map(|text| (listed, text));
-    runtime.block_on(main_loop(agent, watch_namespaces))
+    runtime.block_on(main_loop(agent))
 }
 
-/// `watch_namespaces`: the endpoints as listed and the namespaces file's
-/// text they were given labels from, when there is one to watch.
-async fn main_loop(
-    agent: Arc<Agent>,
-    watch_namespaces: Option<(Vec<pb::Endpoint>, String)>,
-) -> anyhow::Result<()> {
+/// Recomputes the endpoints from the endpoints file, the CNI's pods and
+/// the namespaces file's labels; the pods' interfaces follow, for the
+/// datapath and the address watcher. Whether the endpoints changed (then
+/// they must be reported). A namespace label set on a pod is refused.
+pub fn recompute_endpoints(agent: &Agent) -> anyhow::Result<bool> {
+    let pods = agent.pods().clone();
+    let mut all = agent.file_endpoints.clone();
+    all.extend(pods.values().map(|p| p.to_pb()));
+    let text = agent
+        .namespaces_text
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let now = match text {
+        Some(t) => namespaces::labelled(&all, &t)?,
+        None => all,
+    };
+    let mut interfaces = agent.file_interfaces.clone();
+    interfaces.extend(
+        pods.values()
+            .map(|p| (p.pod.ip, p.pod.host_interface.clone())),
+    );
+    *agent
+        .pod_interfaces
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = interfaces.values().cloned().collect();
+    if let Some(dp) = agent.datapath.get() {
+        dp.set_interfaces(interfaces);
+    }
+    let mut reported = agent.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+    let changed = *reported != now;
+    *reported = now;
+    Ok(changed)
+}
+
+async fn main_loop(agent: Arc<Agent>) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut usr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
@@ -268,9 +326,15 @@ async fn main_loop(
     }
     tokio::spawn(persist::status_loop(agent.clone()));
     tokio::spawn(addresses::watch(agent.clone()));
-    if let Some((listed, text)) = watch_namespaces {
-        tokio::spawn(namespaces::watch(agent.clone(), listed, text));
+    if let Some(text) = agent
+        .namespaces_text
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+    {
+        tokio::spawn(namespaces::watch(agent.clone(), text));
     }
+    pods::serve(agent.clone()).await?;
     tokio::spawn(gateway_loop(agent.clone()));
     let observer = observe::start(&agent)?;
     metrics::start(agent.clone(), observer).await?;

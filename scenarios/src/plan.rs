@@ -699,6 +699,8 @@ impl ClusterPlan {
             node.state_dir.display().to_string(),
             "--endpoints".into(),
             node.endpoints_file().display().to_string(),
+            "--pod-labels".into(),
+            node.pod_labels_file().display().to_string(),
             "--tls-ca".into(),
             self.cert_layout().ca_cert().display().to_string(),
             "--tls-cert".into(),
@@ -803,6 +805,12 @@ impl NodePlan {
     /// Where the lab writes this node's endpoints file.
     pub fn endpoints_file(&self) -> PathBuf {
         self.state_dir.join(ENDPOINTS_FILE)
+    }
+
+    /// The labels of pods added through `meshgate-cni` (the agent's
+    /// `--pod-labels`: `namespace/name: {labels: {...}}`), empty at first.
+    pub fn pod_labels_file(&self) -> PathBuf {
+        self.state_dir.join("pod-labels.yaml")
     }
 
     /// This node's pods as the agent's `--endpoints` entries (the

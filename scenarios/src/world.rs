@@ -346,7 +346,13 @@ pub(crate) fn write_endpoints_file(n: &NodePlan) -> Result<()> {
         path: path.clone(),
         problem: e.to_string(),
     })?;
-    std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))
+    std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))?;
+    // Kept across agent restarts: the labels of the pods added since.
+    let labels = n.pod_labels_file();
+    if !labels.exists() {
+        std::fs::write(&labels, "").map_err(io(format!("writing {}", labels.display())))?;
+    }
+    Ok(())
 }
 
 /// Spawns a recorded process and records its pid.

@@ -114,6 +114,18 @@ const PREREQS: &[Prereq] = &[
         check: |_| version("dnsmasq", &["--version"]),
     },
     Prereq {
+        what: "the CNI reference plugins (meshgate-cni delegates IPAM to host-local)",
+        package: Some("containernetworking-plugins"),
+        check: |_| {
+            output(
+                Command::new("/usr/lib/cni/host-local")
+                    .env("CNI_COMMAND", "VERSION")
+                    .stdin(std::process::Stdio::null()),
+            )
+            .map(drop)
+        },
+    },
+    Prereq {
         what: "dnsperf (the DNS benchmark's load generator)",
         package: Some("dnsperf"),
         check: |_| version("dnsperf", &["-h"]),

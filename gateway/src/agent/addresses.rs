@@ -119,9 +119,16 @@ pub async fn watch(agent: Arc<Agent>) {
     loop {
         tick.tick().await;
         let a = agent.clone();
-        let now = tokio::task::spawn_blocking(move || read(&a.pod_interfaces))
-            .await
-            .unwrap_or_default();
+        let now = tokio::task::spawn_blocking(move || {
+            let pods = a
+                .pod_interfaces
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            read(&pods)
+        })
+        .await
+        .unwrap_or_default();
         let host_changed = {
             let mut host = agent.host_addresses();
             let changed = *host != now.host;

@@ -133,6 +133,11 @@ pub struct AgentArgs {
     /// reported, and identities and policies follow.
     #[arg(long)]
     pub namespaces: Option<PathBuf>,
+    /// The label source of pods added through `meshgate-cni`, a YAML map
+    /// `namespace/name: {labels: {key: value}, serviceAccount: NAME}`,
+    /// read at each ADD (until the Kubernetes API is wired in).
+    #[arg(long)]
+    pub pod_labels: Option<PathBuf>,
     /// A label of this node, `KEY=VALUE` (repeatable), published in its
     /// node record: egress gateway policies select gateway nodes by them.
     #[arg(long = "node-label", value_name = "KEY=VALUE")]
@@ -180,6 +185,8 @@ pub struct AgentConfig {
     pub policy_files: Vec<PathBuf>,
     /// `--namespaces` file.
     pub namespaces: Option<PathBuf>,
+    /// `--pod-labels` file.
+    pub pod_labels: Option<PathBuf>,
     /// How they are read (`--strict-policy`, `--l7`).
     pub policy_options: meshgate_discovery::policy::ParseOptions,
     /// `--node-label`s.
@@ -352,6 +359,7 @@ impl AgentArgs {
             policy_files,
             policy_options,
             namespaces: pick!(namespaces),
+            pod_labels: pick!(pod_labels),
             datapath,
             bpf_pin_dir,
             roles,

@@ -34,7 +34,7 @@ use std::sync::Mutex;
 use anyhow::{bail, Context};
 use ipnet::Ipv4Net;
 use meshgate_discovery::model::DatapathStatus;
-use meshgate_ebpf::{Attachment, Datapath, IpcacheEntry};
+use meshgate_ebpf::{Attachment, Datapath, Hook, IpcacheEntry};
 use meshgate_tunnel::netlink::{LinkChange, LinkKind, Netlink, Rule};
 use tracing::{debug, info, warn};
 
@@ -119,8 +119,9 @@ struct Inner {
 /// The loaded datapath of this agent.
 pub struct Ebpf {
     inner: Mutex<Inner>,
-    /// Local pods: IP -> host-side interface name.
-    interfaces: BTreeMap<Ipv4Addr, String>,
+    /// Local pods: IP -> host-side interface name (the endpoints file's
+    /// and the CNI's, [`Ebpf::set_interfaces`]).
+    interfaces: Mutex<BTreeMap<Ipv4Addr, String>>,
     /// Wakes the sync worker ([`worker`]).
     kick: worker::Kick,
 }
@@ -376,13 +377,39 @@ impl Ebpf {
                 dns: dns_proxy.then(dns::DnsFile::default),
                 removed: false,
             }),
-            interfaces,
+            interfaces: Mutex::new(interfaces),
             kick: worker::Kick::default(),
         })
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The local pods' host-side interfaces from now on (the next sync
+    /// attaches to new ones and forgets gone ones).
+    pub fn set_interfaces(&self, interfaces: BTreeMap<Ipv4Addr, String>) {
+        *self.interfaces.lock().unwrap_or_else(|p| p.into_inner()) = interfaces;
+    }
+
+    /// Whether the pod at `ip` behind `iface` is in the datapath: its
+    /// ipcache entry written with `identity` and that interface, and
+    /// `from_pod` attached there.
+    pub fn ready_for(&self, ip: Ipv4Addr, iface: &str, identity: u32) -> bool {
+        let index = ifindex(iface);
+        if index == 0 {
+            return false;
+        }
+        let inner = self.inner();
+        let entry = inner
+            .applied
+            .get(&ip)
+            .is_some_and(|e| e.local && e.identity == identity && e.ifindex == index);
+        let attached = inner
+            .attached
+            .as_ref()
+            .is_some_and(|a| a.contains(&Attachment::new(iface, Hook::FromPod)));
+        entry && attached
     }
 
     /// The datapath's figures for `status.json`.
@@ -643,6 +670,8 @@ pub fn sync(agent: &Agent) {
     };
     let interfaces: BTreeMap<Ipv4Addr, (String, u32)> = ebpf
         .interfaces
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
         .iter()
         .map(|(ip, name)| (*ip, (name.clone(), ifindex(name))))
         .collect();

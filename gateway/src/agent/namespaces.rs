@@ -83,12 +83,12 @@ pub fn labelled(listed: &[pb::Endpoint], text: &str) -> anyhow::Result<Vec<pb::E
 const RECHECK: Duration = Duration::from_secs(1);
 
 /// Reads the file every [`RECHECK`]. When a namespace's labels change, the
-/// endpoints take the new ones and the node registers again, which
-/// reports them: discovery gives the changed endpoints their new
-/// identities, and every agent's policy follows (the datapath writes a new
-/// identity's entries before its ipcache entries point at it). A file that
-/// no longer reads is logged once and changes nothing.
-pub async fn watch(agent: Arc<Agent>, listed: Vec<pb::Endpoint>, mut last: String) {
+/// endpoints take the new ones and are reported again: discovery gives the
+/// changed endpoints their new identities, and every agent's policy
+/// follows (the datapath writes a new identity's entries before its
+/// ipcache entries point at it). A file that no longer reads is logged
+/// once and changes nothing; one that is refused keeps the labels.
+pub async fn watch(agent: Arc<Agent>, mut last: String) {
     let Some(path) = agent.cfg.namespaces.clone() else {
         return;
     };
@@ -110,22 +110,28 @@ pub async fn watch(agent: Arc<Agent>, listed: Vec<pb::Endpoint>, mut last: Strin
             continue;
         }
         last.clone_from(&text);
-        let now = match labelled(&listed, &text) {
-            Ok(now) => now,
+        if let Err(e) = parse(&text) {
+            warn!(error = %format!("{e:#}"), file = %path.display(), "the namespaces file is refused; the labels stay");
+            continue;
+        }
+        let before = agent
+            .namespaces_text
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(text);
+        match super::recompute_endpoints(&agent) {
+            Ok(true) => {
+                info!("namespace labels changed; reporting the endpoints again");
+                agent.report.notify_one();
+            }
+            Ok(false) => {}
             Err(e) => {
                 warn!(error = %format!("{e:#}"), file = %path.display(), "the namespaces file is refused; the labels stay");
-                continue;
+                *agent
+                    .namespaces_text
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = before;
             }
-        };
-        let changed = {
-            let mut reported = agent.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-            let changed = *reported != now;
-            *reported = now;
-            changed
-        };
-        if changed {
-            info!("namespace labels changed; reporting the endpoints again");
-            agent.reregister.notify_one();
         }
     }
 }

@@ -308,6 +308,9 @@ async fn session(agent: &Agent, url: &str, connected: &mut bool) -> anyhow::Resu
             _ = agent.reregister.notified() => {
                 register(agent, url, &mut client).await?;
             }
+            _ = agent.report.notified() => {
+                report_endpoints(agent, url, &mut client).await;
+            }
         }
     }
 }

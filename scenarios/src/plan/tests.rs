@@ -130,6 +130,7 @@ fn process_arguments_follow_the_contract() {
         "agent --node n2 --cluster c1 --cluster-id 1 --discovery https://198.18.1.2:7100 \
          --underlay-ip 198.18.1.11 --pod-cidr 10.1.1.0/24 --state-dir /run/meshgate/lab/lab/c1/nodes/n2 \
          --endpoints /run/meshgate/lab/lab/c1/nodes/n2/endpoints.yaml \
+         --pod-labels /run/meshgate/lab/lab/c1/nodes/n2/pod-labels.yaml \
          --tls-ca /run/meshgate/lab/lab/certs/ca.pem \
          --tls-cert /run/meshgate/lab/lab/certs/agents/c1/n2.pem \
          --tls-key /run/meshgate/lab/lab/certs/agents/c1/n2-key.pem \

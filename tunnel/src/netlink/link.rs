@@ -14,6 +14,10 @@ use super::{Netlink, NetlinkError};
 pub enum LinkKind {
     /// `type veth peer name PEER` (tests, benchmarks; both ends here).
     Veth { peer: String },
+    /// `type veth peer name PEER netns FD`: the peer end made in another
+    /// network namespace (a pod's, by an open fd of it), as a CNI plugin
+    /// makes a pod's interface.
+    VethPeerIn { peer: String, netns_fd: i32 },
     /// `type vxlan external dstport PORT`: collect_md (the tunnel key and
     /// remote come with each packet, set by a program), no learning.
     VxlanExternal { port: u16 },
@@ -26,6 +30,9 @@ impl std::fmt::Display for LinkKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LinkKind::Veth { peer } => write!(f, "veth peer name {peer}"),
+            LinkKind::VethPeerIn { peer, netns_fd } => {
+                write!(f, "veth peer name {peer} netns fd {netns_fd}")
+            }
             LinkKind::VxlanExternal { port } => write!(f, "vxlan external dstport {port}"),
             LinkKind::Xfrm { if_id, link } => match link {
                 Some(l) => write!(f, "xfrm if_id {if_id} dev index {l}"),
@@ -100,6 +107,14 @@ fn info(kind: &LinkKind) -> Vec<LinkInfo> {
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(by_name(peer)))),
         ],
+        LinkKind::VethPeerIn { peer, netns_fd } => {
+            let mut p = by_name(peer);
+            p.attributes.push(LinkAttribute::NetNsFd(*netns_fd));
+            vec![
+                LinkInfo::Kind(InfoKind::Veth),
+                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
+            ]
+        }
         LinkKind::VxlanExternal { port } => vec![
             LinkInfo::Kind(InfoKind::Vxlan),
             LinkInfo::Data(InfoData::Vxlan(vec![

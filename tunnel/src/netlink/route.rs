@@ -66,6 +66,9 @@ pub struct Route {
     pub src: Option<Ipv4Addr>,
     /// The next hop (`via`); none: the destination is on the link.
     pub gateway: Option<Ipv4Addr>,
+    /// `onlink`: the next hop is on the link even though no prefix of the
+    /// device covers it (a pod's `default via 169.254.1.1 onlink`).
+    pub onlink: bool,
 }
 
 impl Route {
@@ -78,6 +81,7 @@ impl Route {
             dev: Some(dev.to_string()),
             src: None,
             gateway: None,
+            onlink: false,
         }
     }
 
@@ -90,6 +94,7 @@ impl Route {
             dev: None,
             src: None,
             gateway: None,
+            onlink: false,
         }
     }
 
@@ -109,6 +114,14 @@ impl Route {
     /// The same route through the next hop `gateway` (`via`).
     pub fn with_gateway(self, gateway: Option<Ipv4Addr>) -> Route {
         Route { gateway, ..self }
+    }
+
+    /// The same route with its next hop taken as on the link (`onlink`).
+    pub fn onlink(self) -> Route {
+        Route {
+            onlink: true,
+            ..self
+        }
     }
 
     /// The same route with the preferred source `src`.
@@ -149,6 +162,9 @@ impl Route {
         if let Some(oif) = oif {
             m.attributes.push(RouteAttribute::Oif(oif));
         }
+        if self.onlink && !delete {
+            m.header.flags |= RouteFlags::Onlink;
+        }
         if let (Some(gw), false) = (self.gateway, delete) {
             m.attributes
                 .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
@@ -178,6 +194,9 @@ impl fmt::Display for Route {
         }
         if let Some(src) = self.src {
             write!(f, " src {src}")?;
+        }
+        if self.onlink {
+            f.write_str(" onlink")?;
         }
         if self.table != MAIN_TABLE {
             write!(f, " table {}", self.table)?;
@@ -216,6 +235,7 @@ fn parse(m: RouteMessage, table: u32) -> Option<(Route, Option<u32>)> {
         dev: None,
         src,
         gateway,
+        onlink: m.header.flags.contains(RouteFlags::Onlink),
     };
     Some((route, oif))
 }
