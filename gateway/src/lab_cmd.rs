@@ -31,6 +31,32 @@ pub enum LabCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Start a container on a node with `runtime: containerd`, through
+    /// `ctr run --cni` (and so `meshgate-cni`).
+    Run {
+        /// The node, CLUSTER/NODE.
+        target: String,
+        /// The container's name (its pod is `default/default-NAME`).
+        #[arg(long)]
+        name: String,
+        /// A label of its endpoint, KEY=VALUE (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// The world (needed when several are up).
+        #[arg(long)]
+        world: Option<String>,
+        /// The command (default: `sleep 1000000`).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Remove a container started with `lab run` (its CNI DEL included).
+    Rm {
+        target: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        world: Option<String>,
+    },
     /// Stop a node's agent (it leaves the mesh) or a discovery.
     Stop { target: String },
     /// Start a stopped agent or discovery again.
@@ -127,6 +153,38 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
             let code = meshgate_lab::exec(&target, &command)?;
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
         }
+        LabCommand::Run {
+            target,
+            name,
+            labels,
+            world,
+            command,
+        } => {
+            let mut map = std::collections::BTreeMap::new();
+            for l in &labels {
+                let (k, v) = l.split_once('=').with_context(|| {
+                    format!("--label {l:?} is not KEY=VALUE; write e.g. --label app=web")
+                })?;
+                map.insert(k.to_string(), v.to_string());
+            }
+            let command = if command.is_empty() {
+                vec!["sleep".to_string(), "1000000".to_string()]
+            } else {
+                command
+            };
+            say(meshgate_lab::runtime::run(
+                world.as_deref(),
+                &target,
+                &name,
+                &map,
+                &command,
+            )?)
+        }
+        LabCommand::Rm {
+            target,
+            name,
+            world,
+        } => say(meshgate_lab::runtime::rm(world.as_deref(), &target, &name)?),
         LabCommand::Stop { target } => say(meshgate_lab::stop(&target)?),
         LabCommand::Start { target } => say(meshgate_lab::start(&target, &bin()?)?),
         LabCommand::Restart { target } => say(meshgate_lab::restart(&target, &bin()?)?),

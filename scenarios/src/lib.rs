@@ -16,6 +16,7 @@ pub mod observe;
 pub mod plan;
 mod procs;
 pub mod report;
+pub mod runtime;
 pub mod scenario;
 pub mod status;
 pub mod target;

@@ -243,6 +243,9 @@ pub struct NodePlan {
     /// external network (egress-gateway nodes have one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress_veth: Option<String>,
+    /// The node's container runtime, if the scenario gives it one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<crate::scenario::Runtime>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -387,6 +390,7 @@ impl Plan {
                     pods,
                     labels: n.labels.clone(),
                     egress_ips: n.egress_ips.clone(),
+                    runtime: n.runtime,
                     egress_veth: n
                         .roles
                         .contains(&Role::EgressGateway)

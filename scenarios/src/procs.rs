@@ -30,9 +30,16 @@ pub fn spawn(bin: &Path, netns: &str, args: &[String], log: &Path) -> Result<u32
     let err = out
         .try_clone()
         .map_err(io(format!("opening log {}", log.display())))?;
-    let child = Command::new("ip")
-        .args(["netns", "exec", netns])
-        .arg(bin)
+    // No namespace: the host's (containerd, whose runc needs the host's
+    // cgroup mounts, which `ip netns exec` hides by remounting /sys).
+    let mut cmd = if netns.is_empty() {
+        Command::new(bin)
+    } else {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", netns]).arg(bin);
+        c
+    };
+    let child = cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(out)

@@ -245,6 +245,17 @@ pub struct Node {
     /// second interface `eg0`, which sits on the external network.
     #[serde(default, rename = "egressIPs", skip_serializing_if = "Vec::is_empty")]
     pub egress_ips: Vec<Ipv4Addr>,
+    /// A container runtime on the node: `containerd` starts one for it, and
+    /// `lab run` makes containers there through `meshgate-cni`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Runtime>,
+}
+
+/// A node's container runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    Containerd,
 }
 
 /// Node label the lab sets to the node's name.

@@ -209,6 +209,17 @@ fn start_all(rec: &mut WorldRecord, opts: &UpOptions) -> Result<()> {
             start_agent(rec, c, n, &opts.meshgate_bin)?;
         }
     }
+    for c in &clusters {
+        for n in &c.nodes {
+            crate::runtime::start(
+                rec,
+                c,
+                n,
+                &opts.meshgate_bin,
+                crate::plan::pod_mtu(c.datapath),
+            )?;
+        }
+    }
     // After the agents: each writes its proxy's policy file. The proxies
     // get a deadline of their own (the agents' startup is not theirs).
     dns::start_proxies(rec, &opts.meshgate_bin, opts.timeout)
@@ -565,6 +576,10 @@ pub fn down(name: Option<&str>) -> Result<String> {
     }
     namespaces.retain(|ns| existing.contains(ns));
 
+    // Containers first: their processes are in namespaces of their own.
+    if let Some(rec) = &rec {
+        crate::runtime::stop_all(rec);
+    }
     // Recorded processes, then any meshgate process found in the namespaces
     // (externals' services go with the agents).
     let mut proxies: Vec<u32> = Vec::new();
@@ -582,7 +597,9 @@ pub fn down(name: Option<&str>) -> Result<String> {
                 (Component::Discovery { .. } | Component::DiscoveryReplica { .. }, Some(pid)) => {
                     discoveries.push(pid)
                 }
-                (Component::Etcd { .. }, Some(pid)) => stores.push(pid),
+                (Component::Etcd { .. } | Component::Containerd { .. }, Some(pid)) => {
+                    stores.push(pid)
+                }
                 _ => {}
             }
         }

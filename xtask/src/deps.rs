@@ -126,6 +126,31 @@ const PREREQS: &[Prereq] = &[
         },
     },
     Prereq {
+        what: "containerd and ctr (nodes with `runtime: containerd` in the lab)",
+        package: Some("containerd"),
+        check: |_| {
+            version("ctr", &["--version"]).and_then(|()| version("containerd", &["--version"]))
+        },
+    },
+    Prereq {
+        what: "runc (containerd's OCI runtime)",
+        package: Some("runc"),
+        check: |_| version("runc", &["--version"]),
+    },
+    Prereq {
+        what: "busybox-static (the lab's container image is built from it)",
+        package: Some("busybox-static"),
+        check: |_| {
+            output(Command::new("/bin/busybox").args(["sh", "-c", "true"])).map(drop)?;
+            // The static build runs in a container that holds nothing else:
+            // a dynamic one has a PT_INTERP program header (its loader).
+            if has_interpreter(&std::fs::read("/bin/busybox")?) {
+                anyhow::bail!("/bin/busybox is dynamically linked: install busybox-static");
+            }
+            Ok(())
+        },
+    },
+    Prereq {
         what: "dnsperf (the DNS benchmark's load generator)",
         package: Some("dnsperf"),
         check: |_| version("dnsperf", &["-h"]),
@@ -233,6 +258,33 @@ fn install_for(scratch: &Scratch, failed: &[(&Prereq, anyhow::Error)], all: usiz
 }
 
 /// `prog args` runs and exits 0.
+/// Whether an ELF64 little-endian executable names a program interpreter
+/// (PT_INTERP), i.e. is dynamically linked; false for anything else.
+fn has_interpreter(elf: &[u8]) -> bool {
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| {
+        elf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_le_bytes)
+    };
+    if elf.get(..5) != Some(b"\x7fELF\x02".as_slice()) {
+        return false;
+    }
+    let (Some(phoff), Some(size), Some(count)) = (u64_at(32), u16_at(54), u16_at(56)) else {
+        return false;
+    };
+    (0..usize::from(count)).any(|i| {
+        usize::try_from(phoff)
+            .ok()
+            .and_then(|off| u32_at(off + i * usize::from(size)))
+            == Some(3)
+    })
+}
+
 fn version(prog: &str, args: &[&str]) -> Result<()> {
     output(Command::new(prog).args(args)).map(drop)
 }
@@ -423,4 +475,18 @@ fn check_cargo_components() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod elf_tests {
+    use super::has_interpreter;
+
+    #[test]
+    fn a_dynamic_executable_names_its_interpreter_and_other_bytes_do_not() {
+        // /bin/sh is dynamically linked on Debian and Ubuntu.
+        let sh = std::fs::read("/bin/sh").expect("reading /bin/sh");
+        assert!(has_interpreter(&sh), "/bin/sh should be dynamic");
+        assert!(!has_interpreter(b"#!/bin/sh\necho ld-linux\n"));
+        assert!(!has_interpreter(b"\x7fELF\x02"));
+    }
 }

@@ -250,8 +250,8 @@ pub fn netconf(stdin: &[u8]) -> Result<(NetConf, Value), CniError> {
 }
 
 /// The pod's namespace and name from `CNI_ARGS` (`K8S_POD_NAMESPACE`,
-/// `K8S_POD_NAME`), else `default` and the container ID's first 12
-/// characters.
+/// `K8S_POD_NAME`), else `default` and the container ID (`ctr run --cni`
+/// passes no pod name: its container ID is `<ctr namespace>-<name>`).
 pub fn pod_name(env: &Env) -> (String, String) {
     let ns = env
         .args
@@ -262,7 +262,7 @@ pub fn pod_name(env: &Env) -> (String, String) {
         .args
         .get("K8S_POD_NAME")
         .cloned()
-        .unwrap_or_else(|| env.container_id.chars().take(12).collect());
+        .unwrap_or_else(|| env.container_id.clone());
     (ns, name)
 }
 
@@ -314,6 +314,15 @@ mod tests {
         let e = env(c, &get).unwrap();
         assert_eq!(e.command, Command::Add);
         assert_eq!(pod_name(&e), ("shop".into(), "web-1".into()));
+        let bare = Env {
+            args: BTreeMap::new(),
+            container_id: "default-client-10".into(),
+            ..e.clone()
+        };
+        assert_eq!(
+            pod_name(&bare),
+            ("default".into(), "default-client-10".into())
+        );
         assert_eq!(e.path.len(), 2);
         let (conf, _) = netconf(CONF.as_bytes()).unwrap();
         assert_eq!((conf.mtu, conf.ipam.kind.as_str()), (1420, "host-local"));

@@ -41,6 +41,11 @@ pub enum Component {
         cluster: String,
         node: String,
     },
+    /// A node's containerd (`runtime: containerd`; not a `meshgate` process).
+    Containerd {
+        cluster: String,
+        node: String,
+    },
 }
 
 impl Component {
@@ -71,6 +76,7 @@ impl fmt::Display for Component {
             Component::External { name } => write!(f, "service of external {name}"),
             Component::DnsServer => write!(f, "DNS server"),
             Component::DnsProxy { cluster, node } => write!(f, "DNS proxy {cluster}/{node}"),
+            Component::Containerd { cluster, node } => write!(f, "containerd {cluster}/{node}"),
         }
     }
 }
