@@ -52,10 +52,9 @@ pub struct Agent {
     /// namespaces' labels), reported after registering and on each change
     /// ([`recompute_endpoints`]).
     pub endpoints: Mutex<Vec<pb::Endpoint>>,
-    /// The endpoints as `--endpoints` lists them, and their host-side
-    /// interfaces.
-    pub file_endpoints: Vec<pb::Endpoint>,
-    pub file_interfaces: BTreeMap<std::net::Ipv4Addr, String>,
+    /// The endpoints as `--endpoints` lists them (re-read every second and
+    /// on SIGHUP: [`endpoints::watch`]).
+    pub file_endpoints: Mutex<endpoints::FileEndpoints>,
     /// The pods `meshgate-cni` added ([`pods`]).
     pub pods: Mutex<pods::Pods>,
     /// The `--namespaces` file's text last read that was accepted.
@@ -166,9 +165,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
     let key = NodeKey::load_or_generate(&cfg.key_path()).context("loading the node key")?;
     let saved = persist::load(&cfg.state_dir).context("loading the agent's saved state")?;
-    let endpoints = match &cfg.endpoints {
+    let (endpoints, endpoints_text) = match &cfg.endpoints {
         Some(path) => endpoints::load(path, cfg.pod_cidr)?,
-        None => Vec::new(),
+        None => (Vec::new(), String::new()),
     };
     // What the endpoints report, namespace labels included: checked
     // before anything is set up.
@@ -190,14 +189,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         warn!(error = %format!("{e:#}"), "ignoring the saved ipcache; discovery will resend it");
         None
     });
-    let file_interfaces: BTreeMap<std::net::Ipv4Addr, String> = endpoints
-        .iter()
-        .filter_map(|e| match (e.ip, &e.interface) {
-            (std::net::IpAddr::V4(ip), Some(i)) => Some((ip, i.clone())),
-            _ => None,
-        })
-        .collect();
-    let mut interfaces = file_interfaces.clone();
+    let file = endpoints::FileEndpoints::of(&endpoints, endpoints_text);
+    let mut interfaces = file.interfaces.clone();
     interfaces.extend(
         pods.values()
             .map(|p| (p.pod.ip, p.pod.host_interface.clone())),
@@ -232,8 +225,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         mesh: Mutex::new(Mesh::default()),
         reregister: tokio::sync::Notify::new(),
         endpoints: Mutex::new(reported),
-        file_endpoints: listed,
-        file_interfaces,
+        file_endpoints: Mutex::new(file),
         pods: Mutex::new(pods),
         namespaces_text: Mutex::new(namespaces_seen.clone()),
         report: tokio::sync::Notify::new(),
@@ -285,7 +277,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 /// they must be reported). A namespace label set on a pod is refused.
 pub fn recompute_endpoints(agent: &Agent) -> anyhow::Result<bool> {
     let pods = agent.pods().clone();
-    let mut all = agent.file_endpoints.clone();
+    let file = agent
+        .file_endpoints
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let mut all = file.reported;
     all.extend(pods.values().map(|p| p.to_pb()));
     let text = agent
         .namespaces_text
@@ -296,7 +293,7 @@ pub fn recompute_endpoints(agent: &Agent) -> anyhow::Result<bool> {
         Some(t) => namespaces::labelled(&all, &t)?,
         None => all,
     };
-    let mut interfaces = agent.file_interfaces.clone();
+    let mut interfaces = file.interfaces;
     interfaces.extend(
         pods.values()
             .map(|p| (p.pod.ip, p.pod.host_interface.clone())),
@@ -326,6 +323,7 @@ async fn main_loop(agent: Arc<Agent>) -> anyhow::Result<()> {
     }
     tokio::spawn(persist::status_loop(agent.clone()));
     tokio::spawn(addresses::watch(agent.clone()));
+    tokio::spawn(endpoints::watch(agent.clone()));
     if let Some(text) = agent
         .namespaces_text
         .lock()
@@ -353,6 +351,7 @@ async fn main_loop(agent: Arc<Agent>) -> anyhow::Result<()> {
                 std::process::exit(0);
             }
             _ = hup.recv() => {
+                endpoints::reread(&agent);
                 let a = agent.clone();
                 let _ = tokio::task::spawn_blocking(move || {
                     datapath::reload_policy(&a);

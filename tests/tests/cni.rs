@@ -327,3 +327,72 @@ fn cni_adds_and_deletes_pods_at_run_time_with_identity_and_policy_from_the_first
         "addresses still held after a failed ADD: {held:?}"
     );
 }
+
+#[test]
+fn the_endpoints_file_is_followed_at_run_time() {
+    let world = World::up("cnif", &SCENARIO.replace("NAME", "cnif"));
+    let st = world.status("c1", "n1");
+    let ip = range(&st.pod_cidr, 77);
+    let node_ns = world.node_ns("c1", "n1");
+    // A pod made by hand, as the lab makes its pods: a veth, its /32, the
+    // gateway route, proxy ARP and the node's /32 route.
+    let pod = Netns::new("mgcnif-p");
+    let sh = |ns: &str, cmd: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "sh", "-c", cmd])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{cmd}: {out:?}");
+    };
+    sh(
+        &node_ns,
+        "ip link add filepod type veth peer name eth0 netns mgcnif-p",
+    );
+    sh(&pod.0, &format!("ip link set eth0 mtu 1370 up && ip addr add {ip}/32 dev eth0 && ip route add 169.254.1.1 dev eth0 scope link && ip route add default via 169.254.1.1 dev eth0 onlink"));
+    sh(&node_ns, &format!("sysctl -qw net.ipv4.conf.filepod.proxy_arp=1 net.ipv4.conf.filepod.rp_filter=0 && ip link set filepod mtu 1370 up && ip route add {ip}/32 dev filepod"));
+    let file = format!(
+        "/run/meshgate/lab/{}/c1/nodes/n1/endpoints.yaml",
+        world.name
+    );
+    let before = std::fs::read_to_string(&file).unwrap();
+    let entry = format!("- name: filepod\n  namespace: default\n  ip: {ip}\n  labels: {{app: client}}\n  interface: filepod\n");
+    std::fs::write(&file, format!("{before}{entry}")).unwrap();
+    let there = wait_until(Duration::from_secs(5), || {
+        world.ipcache("c1", "n2").contains_key(&ip)
+    });
+    assert!(
+        there.is_some(),
+        "n2 never learned {ip} from n1's endpoints file"
+    );
+    let web2 = world.ip("c1/web2");
+    let reached = wait_until(Duration::from_secs(5), || ping_from(&pod.0, &web2, 1) == 1);
+    assert!(
+        reached.is_some(),
+        "the file's new client pod never reached web2"
+    );
+    // A broken file changes nothing.
+    std::fs::write(&file, "- name: [broken\n").unwrap();
+    let log = format!("/run/meshgate/lab/{}/c1/nodes/n1/agent.log", world.name);
+    let refused = wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("the endpoints file is refused")
+    });
+    assert!(
+        refused.is_some(),
+        "the agent never said it refused the broken file"
+    );
+    assert!(
+        world.ipcache("c1", "n2").contains_key(&ip),
+        "a broken file removed {ip}"
+    );
+    // Taken out of the file: gone from the other node.
+    std::fs::write(&file, &before).unwrap();
+    let gone = wait_until(Duration::from_secs(5), || {
+        !world.ipcache("c1", "n2").contains_key(&ip)
+    });
+    assert!(
+        gone.is_some(),
+        "{ip} stayed in n2's ipcache after leaving the file"
+    );
+}

@@ -1,15 +1,23 @@
 //! The agent's `--endpoints` file: a YAML list of the pods on this node
 //! (`{name, namespace (default "default"), ip, labels}`), reported to
 //! discovery after every registration. Checked here first, so a wrong file
-//! stops the agent at start with the file and entry named.
+//! stops the agent at start with the file and entry named. Re-read every
+//! second and on SIGHUP ([`watch`], [`reread`]): endpoints added, changed
+//! or removed are reported and the datapath follows; a file that no longer
+//! reads or is refused changes nothing (logged).
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use ipnet::Ipv4Net;
 use meshgate_discovery::endpoint::EndpointSpec;
+use meshgate_discovery::pb;
+use tracing::{info, warn};
+
+use super::Agent;
 
 /// Parses the file's text and checks every entry against this node's pod CIDR.
 pub fn parse(text: &str, pod_cidr: Ipv4Net) -> anyhow::Result<Vec<EndpointSpec>> {
@@ -42,11 +50,134 @@ pub fn parse(text: &str, pod_cidr: Ipv4Net) -> anyhow::Result<Vec<EndpointSpec>>
     Ok(specs)
 }
 
-/// Reads and checks the file.
-pub fn load(path: &Path, pod_cidr: Ipv4Net) -> anyhow::Result<Vec<EndpointSpec>> {
+/// Reads and checks the file; the endpoints and the text.
+pub fn load(path: &Path, pod_cidr: Ipv4Net) -> anyhow::Result<(Vec<EndpointSpec>, String)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the endpoints file {}", path.display()))?;
-    parse(&text, pod_cidr).with_context(|| format!("endpoints file {}", path.display()))
+    let specs =
+        parse(&text, pod_cidr).with_context(|| format!("endpoints file {}", path.display()))?;
+    Ok((specs, text))
+}
+
+/// What the endpoints file last gave that was accepted.
+#[derive(Clone, Debug, Default)]
+pub struct FileEndpoints {
+    pub text: String,
+    /// As reported (before namespace labels).
+    pub reported: Vec<pb::Endpoint>,
+    /// Their host-side interfaces.
+    pub interfaces: BTreeMap<Ipv4Addr, String>,
+}
+
+impl FileEndpoints {
+    pub fn of(specs: &[EndpointSpec], text: String) -> FileEndpoints {
+        FileEndpoints {
+            text,
+            reported: specs.iter().map(EndpointSpec::to_pb).collect(),
+            interfaces: specs
+                .iter()
+                .filter_map(|e| match (e.ip, &e.interface) {
+                    (IpAddr::V4(ip), Some(i)) => Some((ip, i.clone())),
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// How often the file is read again.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads the file again now (SIGHUP, and every [`RECHECK`]); a change is
+/// applied (reported, the datapath kicked).
+pub fn reread(agent: &Agent) {
+    let Some(path) = agent.cfg.endpoints.clone() else {
+        return;
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            let mut file = agent
+                .file_endpoints
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if !file.text.is_empty() {
+                warn!(file = %path.display(), error = %e, "the endpoints file does not read; its endpoints stay");
+                // Logged once: the next good read is a change again.
+                file.text.clear();
+            }
+            return;
+        }
+    };
+    let before = {
+        let file = agent
+            .file_endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if file.text == text {
+            return;
+        }
+        file.clone()
+    };
+    let specs = match parse(&text, agent.cfg.pod_cidr) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(file = %path.display(), error = %format!("{e:#}"), "the endpoints file is refused; its endpoints stay");
+            agent
+                .file_endpoints
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .text = text;
+            return;
+        }
+    };
+    let pods = agent.pods().clone();
+    if let Some(p) = pods
+        .values()
+        .find(|p| specs.iter().any(|s| s.ip == IpAddr::V4(p.pod.ip)))
+    {
+        warn!(file = %path.display(), ip = %p.pod.ip, pod = %p.pod.key(), "the endpoints file lists an address a CNI pod holds; the file is refused, its endpoints stay");
+        agent
+            .file_endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .text = text;
+        return;
+    }
+    *agent
+        .file_endpoints
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = FileEndpoints::of(&specs, text);
+    match super::recompute_endpoints(agent) {
+        Ok(changed) => {
+            info!(endpoints = specs.len(), "the endpoints file changed");
+            if changed {
+                agent.report.notify_one();
+            }
+            super::datapath::kick(agent);
+        }
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "the endpoints file's endpoints are refused; the old ones stay");
+            *agent
+                .file_endpoints
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = before;
+        }
+    }
+}
+
+/// Re-reads the file every [`RECHECK`].
+pub async fn watch(agent: Arc<Agent>) {
+    if agent.cfg.endpoints.is_none() {
+        return;
+    }
+    let mut tick = tokio::time::interval(RECHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let a = agent.clone();
+        let _ = tokio::task::spawn_blocking(move || reread(&a)).await;
+    }
 }
 
 #[cfg(test)]

@@ -229,8 +229,12 @@ fn refuse(agent: &Agent, pod: &Pod, pods: &Pods) -> Option<String> {
     }
     let file = agent
         .file_endpoints
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .reported
         .iter()
-        .find(|e| e.ip == pod.ip.to_string());
+        .find(|e| e.ip == pod.ip.to_string())
+        .cloned();
     if let Some(e) = file {
         return Some(format!(
             "pod IP {} is already endpoint {}/{} of the endpoints file; IPAM and the file \
