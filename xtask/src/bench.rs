@@ -1,6 +1,7 @@
 //! `cargo xtask bench NAME`: a figure beside its anchors, measured in the same
 //! run on the same machine, reported as ratios and kept in docs/benchmarks.md.
 
+mod cni;
 mod dns;
 mod egress;
 mod example;
@@ -34,6 +35,7 @@ const BENCHES: &[(&str, bool, Bench)] = &[
     ("netlink-routes", true, netlink_routes::run),
     ("egress", true, egress::run),
     ("dns", true, dns::run),
+    ("cni", true, cni::run),
 ];
 
 pub fn known() -> Vec<&'static str> {
