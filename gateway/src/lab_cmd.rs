@@ -28,6 +28,9 @@ pub enum LabCommand {
     /// Run a command inside a pod's or node's namespace.
     Exec {
         target: String,
+        /// Run it in this container of the node (`lab run`) instead.
+        #[arg(long)]
+        container: Option<String>,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -149,8 +152,15 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
         LabCommand::Down { name } => say(meshgate_lab::down(name.as_deref())?),
         LabCommand::Status { name } => say(meshgate_lab::status(name.as_deref())?),
         LabCommand::Ip { target } => say(meshgate_lab::ip(&target)?),
-        LabCommand::Exec { target, command } => {
-            let code = meshgate_lab::exec(&target, &command)?;
+        LabCommand::Exec {
+            target,
+            container,
+            command,
+        } => {
+            let code = match container {
+                Some(name) => meshgate_lab::runtime::exec_target(&target, &name, &command)?,
+                None => meshgate_lab::exec(&target, &command)?,
+            };
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
         }
         LabCommand::Run {

@@ -458,6 +458,22 @@ pub fn run(
     Ok(format!("container {name} on {target}: {ip}"))
 }
 
+/// `lab exec [WORLD:]CLUSTER/NODE --container NAME -- CMD`: runs `command`
+/// in the container with the terminal's output; its exit code.
+pub fn exec_target(target: &str, name: &str, command: &[String]) -> Result<i32> {
+    let t = crate::target::resolve(target)?;
+    let argv: Vec<&str> = command.iter().map(String::as_str).collect();
+    let out = exec(&t.world, &format!("{}/{}", t.cluster, t.name), name, &argv)?;
+    let _ = std::io::stdout().write_all(&out.stdout);
+    let _ = std::io::stderr().write_all(&out.stderr);
+    use std::os::unix::process::ExitStatusExt;
+    Ok(out
+        .status
+        .code()
+        .or_else(|| out.status.signal().map(|s| 128 + s))
+        .unwrap_or(1))
+}
+
 /// Runs `command` in container `name` (`ctr task exec`).
 pub fn exec(world: &str, target: &str, name: &str, command: &[&str]) -> Result<Output> {
     let rec = WorldRecord::load_up(world)?;

@@ -5,7 +5,10 @@
 //! unselected pod's from its node. Last, FQDN policy (`scenarios/fqdn.yaml`):
 //! an allowed name resolves through the node's DNS proxy and its address
 //! opens; a refused name gets REFUSED, and its address stays closed even
-//! dialled directly.
+//! dialled directly. When containerd is there (`cargo xtask deps` installs
+//! it), two of the first world's nodes run it, and two real containers made
+//! through `ctr run --cni` (so `meshgate-cni`) reach each other and a pod;
+//! the demo says which it uses.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -33,13 +36,23 @@ const PAIRS: &[(&str, &str)] = &[
 ];
 
 pub fn run() -> Result<()> {
-    let mut steps = Steps::new(10);
+    let mut steps = Steps::new(11);
     steps.step("deps", crate::deps::run)?;
     steps.step("build meshgate (release)", || {
         util::run(util::cargo().args(["build", "-p", "meshgate-gateway", "--release"]))
     })?;
     let bin = util::meshgate_bin();
-    let scenario = util::repo_root().join(SCENARIO);
+    let containerd = containerd_works();
+    let scenario = match &containerd {
+        Ok(()) => {
+            eprintln!("containerd works here: nodes n1 and n2 run it, and the demo makes real containers there");
+            with_containerd(&util::repo_root().join(SCENARIO))?
+        }
+        Err(why) => {
+            eprintln!("containerd is not usable here ({why:#}): pods are network namespaces only");
+            util::repo_root().join(SCENARIO)
+        }
+    };
     // Dropped last: the world goes down whatever happens below.
     let world = steps.step("lab up", || World::up(&bin, WORLD, &scenario, &[]))?;
     steps.step("lab status", || {
@@ -47,7 +60,18 @@ pub fn run() -> Result<()> {
     })?;
     steps.step("pods ping across nodes", || ping_pairs(&world))?;
     steps.step("underlay capture on n1", || capture(&world))?;
+    if containerd.is_ok() {
+        steps.step(
+            "real containers through containerd and meshgate-cni",
+            || containers(&world),
+        )?;
+    } else {
+        steps.step("real containers (skipped: no containerd)", || Ok(()))?;
+    }
     drop(world);
+    if containerd.is_ok() {
+        let _ = std::fs::remove_file(&scenario);
+    }
     let scenario = util::repo_root().join(EGRESS_SCENARIO);
     let egress = steps.step("lab up (egress gateways)", || {
         World::up(&bin, EGRESS_WORLD, &scenario, &[])
@@ -63,10 +87,15 @@ pub fn run() -> Result<()> {
     })?;
     steps.step("an allowed and a refused name", || fqdn_calls(&fqdn))?;
     drop(fqdn);
+    let containers_said = if containerd.is_ok() {
+        "real containers joined the mesh through meshgate-cni, "
+    } else {
+        ""
+    };
     eprintln!(
         "\ndemo done: pods reach each other across nodes, n1's underlay carried no clear pod \
-         packet, selected pods reach the internet from their gateways' egress IPs, and pods \
-         reach by name only what their DNS policy allows"
+         packet, {containers_said}selected pods reach the internet from their gateways' egress \
+         IPs, and pods reach by name only what their DNS policy allows"
     );
     Ok(())
 }
@@ -194,6 +223,92 @@ fn egress_calls(world: &World) -> Result<()> {
         if !ok {
             bail!("{pod} reached {INTERNET} from {seen}, expected {want}");
         }
+    }
+    Ok(())
+}
+
+/// Whether containerd and ctr run here.
+fn containerd_works() -> Result<()> {
+    output(Command::new("containerd").arg("--version"))?;
+    output(Command::new("ctr").arg("--version"))?;
+    Ok(())
+}
+
+/// The demo scenario with `runtime: containerd` on n1 and n2, in a temp file.
+fn with_containerd(scenario: &Path) -> Result<PathBuf> {
+    let text = std::fs::read_to_string(scenario)
+        .with_context(|| format!("reading {}", scenario.display()))?;
+    let mut out = text.clone();
+    for n in ["n1", "n2"] {
+        let at = format!("      - name: {n}\n");
+        if !out.contains(&at) {
+            bail!(
+                "{} no longer has node {n} as the demo expects",
+                scenario.display()
+            );
+        }
+        out = out.replacen(&at, &format!("{at}        runtime: containerd\n"), 1);
+    }
+    let path = std::env::temp_dir().join(format!("meshgate-demo-{}.yaml", std::process::id()));
+    std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// Two containers through `ctr run --cni` on n1 and n2: the client pings
+/// the web container and a namespace pod, then both are removed.
+fn containers(world: &World) -> Result<()> {
+    let run = |node: &str, name: &str, label: &str| -> Result<String> {
+        let said = output(world.cmd().args([
+            "lab",
+            "run",
+            &format!("c1/{node}"),
+            "--name",
+            name,
+            "--label",
+            label,
+            "--world",
+            WORLD,
+        ]))?;
+        println!("{}", said.trim());
+        said.trim()
+            .rsplit(' ')
+            .next()
+            .map(str::to_string)
+            .context("lab run printed no address")
+    };
+    let web = run("n1", "web-c", "app=web")?;
+    run("n2", "cli-c", "app=client")?;
+    let pod = world.ip("c1/n1-a")?;
+    for (what, ip) in [
+        ("container web-c on n1", web.as_str()),
+        ("pod n1-a", pod.as_str()),
+    ] {
+        println!("\n--- container cli-c on n2 -> {what} ({ip})");
+        util::run(
+            world
+                .cmd()
+                .args([
+                    "lab",
+                    "exec",
+                    &world.target("c1/n2"),
+                    "--container",
+                    "cli-c",
+                    "--",
+                ])
+                .args(["ping", "-c", "3", "-i", "0.2", "-W", "1", ip]),
+        )
+        .with_context(|| format!("container cli-c cannot ping {what} at {ip}"))?;
+    }
+    for (node, name) in [("n1", "web-c"), ("n2", "cli-c")] {
+        util::run(world.cmd().args([
+            "lab",
+            "rm",
+            &format!("c1/{node}"),
+            "--name",
+            name,
+            "--world",
+            WORLD,
+        ]))?;
     }
     Ok(())
 }
