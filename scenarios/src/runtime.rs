@@ -445,7 +445,11 @@ pub fn run(
         });
     }
     set_labels(&n, name, Some(labels))?;
-    let mut args = vec!["run", "-d", "--cni", IMAGE, name];
+    // runc's state of its own: two nodes' containerds must not share
+    // runc's default root (/run/containerd/runc), where container IDs
+    // would clash.
+    let runc_root = dir(&n).join("runc").display().to_string();
+    let mut args = vec!["run", "-d", "--cni", "--runc-root", &runc_root, IMAGE, name];
     args.extend(command.iter().map(String::as_str));
     if let Err(e) = ctr_ok(&n, &args, true) {
         // ctr made the container (and maybe its task) before its network

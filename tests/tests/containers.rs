@@ -341,3 +341,49 @@ fn containers_come_and_go_through_the_cni_plugin_encrypted_identified_and_police
         live.len()
     );
 }
+
+#[test]
+fn containers_in_two_federated_clusters_reach_each_other() {
+    let yaml = meshgate_e2e::clusters("ctrfed", 2, 1).replace(
+        "      - name: n1\n",
+        "      - name: n1\n        runtime: containerd\n",
+    );
+    let world = World::up("ctrfed", &yaml);
+    let mut ips = BTreeMap::new();
+    for c in ["c1", "c2"] {
+        let target = format!("{c}/n1");
+        let said = lab(&[
+            "lab",
+            "run",
+            &target,
+            "--name",
+            "box",
+            "--world",
+            &world.name,
+        ])
+        .unwrap_or_else(|e| panic!("lab run on {target}: {e}"));
+        ips.insert(c, said.trim().rsplit(' ').next().unwrap().to_string());
+    }
+    let pod_c2 = world.ip("c2/n1-a");
+    for (from, to) in [
+        ("c1", ips["c2"].clone()),
+        ("c2", ips["c1"].clone()),
+        ("c1", pod_c2),
+    ] {
+        // The other cluster learns the container through federation.
+        let reached = wait_until(Duration::from_secs(5), || {
+            let out = meshgate_lab::runtime::exec(
+                &world.name,
+                &format!("{from}/n1"),
+                "box",
+                &["ping", "-c", "1", "-W", "1", &to],
+            )
+            .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains(" 0% packet loss")
+        });
+        assert!(
+            reached.is_some(),
+            "the container on {from}/n1 never reached {to}"
+        );
+    }
+}

@@ -98,6 +98,7 @@ fn quantile(v: &[f64], q: f64) -> f64 {
 fn ctr_host_net(node: &str, name: &str) -> Result<f64> {
     let sock = node_dir(node).join("containerd/containerd.sock");
     let sock = sock.display().to_string();
+    let runc_root = node_dir(node).join("containerd/runc").display().to_string();
     let t = Instant::now();
     util::output(std::process::Command::new("ctr").args([
         "-a",
@@ -105,6 +106,8 @@ fn ctr_host_net(node: &str, name: &str) -> Result<f64> {
         "run",
         "-d",
         "--net-host",
+        "--runc-root",
+        &runc_root,
         "meshgate.local/busybox:1",
         name,
         "sleep",
