@@ -61,6 +61,8 @@ pub struct Agent {
     pub namespaces_text: Mutex<Option<String>>,
     /// Woken when the endpoints must be reported again.
     pub report: tokio::sync::Notify,
+    /// Held while [`recompute_endpoints`] runs.
+    pub recomputing: Mutex<()>,
     /// The mesh-wide ipcache as last seen on the watch stream.
     pub ipcache: Mutex<IpCache>,
     /// This cluster's services with merged backends, from the watch stream.
@@ -229,6 +231,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         pods: Mutex::new(pods),
         namespaces_text: Mutex::new(namespaces_seen.clone()),
         report: tokio::sync::Notify::new(),
+        recomputing: Mutex::new(()),
         ipcache: Mutex::new(cache.unwrap_or_default()),
         services: Mutex::new(services::Services::default()),
         nodes: Mutex::new(None),
@@ -276,6 +279,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 /// datapath and the address watcher. Whether the endpoints changed (then
 /// they must be reported). A namespace label set on a pod is refused.
 pub fn recompute_endpoints(agent: &Agent) -> anyhow::Result<bool> {
+    // One at a time: two callers that read the inputs in one order and
+    // wrote the results in the other would leave the older set in place.
+    let _one = agent.recomputing.lock().unwrap_or_else(|p| p.into_inner());
     let pods = agent.pods().clone();
     let file = agent
         .file_endpoints
@@ -333,6 +339,7 @@ async fn main_loop(agent: Arc<Agent>) -> anyhow::Result<()> {
         tokio::spawn(namespaces::watch(agent.clone(), text));
     }
     pods::serve(agent.clone()).await?;
+    tokio::spawn(pods::watch_labels(agent.clone()));
     tokio::spawn(gateway_loop(agent.clone()));
     let observer = observe::start(&agent)?;
     metrics::start(agent.clone(), observer).await?;

@@ -414,7 +414,11 @@ fn set_labels(n: &NodePlan, name: &str, labels: Option<&BTreeMap<String, String>
         path: path.clone(),
         problem: e.to_string(),
     })?;
-    std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))
+    // Replaced whole: the agent watches the file and must never read it
+    // half-written (an empty file would take every pod's labels).
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, text).map_err(io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, &path).map_err(io(format!("replacing {}", path.display())))
 }
 
 /// The address the agent holds for container `name` of node `n`.
@@ -452,9 +456,10 @@ pub fn run(
     let mut args = vec!["run", "-d", "--cni", "--runc-root", &runc_root, IMAGE, name];
     args.extend(command.iter().map(String::as_str));
     if let Err(e) = ctr_ok(&n, &args, true) {
-        // ctr made the container (and maybe its task) before its network
-        // failed: take them out. The plugin undid its own part.
-        let _ = remove_container(&n, name);
+        // ctr made the container (and maybe its task), and maybe its
+        // network, before a later step failed: take them out, CNI DEL
+        // included (a no-op for what the plugin undid itself).
+        let _ = remove(&n, name);
         let _ = set_labels(&n, name, None);
         return Err(e);
     }

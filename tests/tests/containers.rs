@@ -39,6 +39,9 @@ policies:
         - fromEndpoints: [{matchLabels: {app: client}}]
 "#;
 
+/// A service whose only backends are containers (`app: echo`).
+const SERVICE: &str = "    services:\n      - name: echo\n        ports: [{name: echo, port: 7070, protocol: TCP}]\n        selector: {app: echo}\n    nodes:\n";
+
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
 /// Containers made in the churn, and how many stay up at once.
 const CHURN: usize = 20;
@@ -183,7 +186,10 @@ fn pod_veths(world: &World, node: &str) -> usize {
 #[test]
 fn containers_come_and_go_through_the_cni_plugin_encrypted_identified_and_policed_from_the_first_packet(
 ) {
-    let world = World::up("ctrs", &SCENARIO.replace("NAME", "ctrs"));
+    let yaml = SCENARIO
+        .replace("NAME", "ctrs")
+        .replacen("    nodes:\n", SERVICE, 1);
+    let world = World::up("ctrs", &yaml);
     let web1 = world.ip("c1/web1");
     let dir = tempfile::tempdir().unwrap();
     let captures: Vec<Capture> = NODES
@@ -299,6 +305,91 @@ fn containers_come_and_go_through_the_cni_plugin_encrypted_identified_and_police
         );
         assert_eq!(pod_veths(&world, node), mine.len(), "{node}: pod veths");
     }
+
+    // A relabelled pod (the label source changed) gets its new identity,
+    // and the policy follows: the last client is a client no more.
+    let (last, (last_node, _)) = live
+        .last_key_value()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .unwrap();
+    let labels = format!("{}/pod-labels.yaml", node_dir(&world, &last_node));
+    let text = std::fs::read_to_string(&labels).unwrap();
+    let entry = format!("default/default-{last}:\n  labels:\n    app: client\n");
+    assert!(text.contains(&entry), "{labels}: {text}");
+    // Replaced whole, as a label source must be (the agent watches it).
+    let tmp = format!("{labels}.tmp");
+    std::fs::write(
+        &tmp,
+        text.replace(&entry, &entry.replace("app: client", "app: other")),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &labels).unwrap();
+    let denied = wait_until(Duration::from_secs(5), || {
+        !ping(&world, &last_node, &last, &web1)
+    });
+    assert!(
+        denied.is_some(),
+        "{last}, relabelled app=other, still reaches web1"
+    );
+
+    // Load balancing follows: a container labelled app=echo becomes the
+    // service's backend and serves its VIP; removed, it is no backend.
+    let services = format!("{}/services.json", node_dir(&world, "n1"));
+    let backends = |want: usize| {
+        let mut vip = String::new();
+        let ok = wait_until(Duration::from_secs(5), || {
+            let v: serde_json::Value = std::fs::read_to_string(&services)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+            let echo = &v["services"]["default/echo"];
+            vip = echo["vip"].as_str().unwrap_or_default().to_string();
+            echo["backends"].as_array().map_or(0, Vec::len) == want
+        });
+        assert!(
+            ok.is_some(),
+            "n1 never saw default/echo with {want} backends"
+        );
+        vip
+    };
+    lab(&[
+        "lab",
+        "run",
+        "c1/n3",
+        "--name",
+        "echo1",
+        "--label",
+        "app=echo",
+        "--world",
+        &world.name,
+        "--",
+        "nc",
+        "-ll",
+        "-p",
+        "7070",
+        "-e",
+        "/bin/sh",
+    ])
+    .unwrap();
+    let vip = backends(1);
+    let web1_ns = world.pod_ns("c1", "web1");
+    let said = wait_until(Duration::from_secs(5), || {
+        let out = world.in_ns(
+            &web1_ns,
+            &[
+                "sh",
+                "-c",
+                &format!("echo 'echo hi' | /bin/busybox nc -w 2 {vip} 7070"),
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).contains("hi")
+    });
+    assert!(
+        said.is_some(),
+        "web1 got no answer from the container behind {vip}:7070"
+    );
+    rm(&world, "n3", "echo1");
+    backends(0);
 
     // With the agent down, ADD fails (the runtime would retry) and leaves
     // nothing: no container, no veth, no IP.

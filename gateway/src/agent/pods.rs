@@ -13,7 +13,7 @@
 //!
 //! Labels come from the label source, `--pod-labels FILE` (until the
 //! Kubernetes API is wired in): `namespace/name: {labels: {...},
-//! serviceAccount: NAME}`, read at each ADD.
+//! serviceAccount: NAME}`, read at each ADD and watched ([`watch_labels`]).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -41,6 +41,8 @@ const PODS_FILE: &str = "pods.json";
 pub const ADD_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often an ADD looks whether it is there yet.
 const POLL: Duration = Duration::from_millis(10);
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;
 
@@ -103,24 +105,119 @@ struct LabelEntry {
     service_account: Option<String>,
 }
 
-/// The labels file's entry for `namespace/name`, if the file has one.
-fn labels_for(file: &Path, namespace: &str, name: &str) -> anyhow::Result<LabelEntry> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("reading the pod labels file {}", file.display()))?;
+/// The labels file's entries by `namespace/name`.
+fn parse_labels(file: &Path, text: &str) -> anyhow::Result<BTreeMap<String, LabelEntry>> {
     if text.trim().is_empty() {
-        return Ok(LabelEntry::default());
+        return Ok(BTreeMap::new());
     }
-    let all: BTreeMap<String, LabelEntry> = serde_yaml::from_str(&text).with_context(|| {
+    serde_yaml::from_str(text).with_context(|| {
         format!(
             "pod labels file {}: not a YAML map of `namespace/name: {{labels: {{...}}, \
              serviceAccount: NAME}}`",
             file.display()
         )
-    })?;
-    Ok(all
-        .get(&format!("{namespace}/{name}"))
-        .cloned()
+    })
+}
+
+/// The labels file's entry for `namespace/name`, if the file has one.
+fn labels_for(file: &Path, namespace: &str, name: &str) -> anyhow::Result<LabelEntry> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the pod labels file {}", file.display()))?;
+    Ok(parse_labels(file, &text)?
+        .remove(&format!("{namespace}/{name}"))
         .unwrap_or_default())
+}
+
+/// How often the label source is read again.
+const LABELS_RECHECK: Duration = Duration::from_secs(1);
+
+/// Re-reads the label source every [`LABELS_RECHECK`]: a pod whose labels
+/// or service account changed takes the new ones (saved), and the
+/// endpoints are reported again, so its identity, and every node's policy,
+/// follow. A file that does not read or parse changes nothing (logged).
+pub async fn watch_labels(agent: Arc<Agent>) {
+    let Some(path) = agent.cfg.pod_labels.clone() else {
+        return;
+    };
+    let mut last: Option<String> = None;
+    let mut tick = tokio::time::interval(LABELS_RECHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                if last.take().is_some() {
+                    warn!(file = %path.display(), error = %e, "the pod labels file does not read; the pods' labels stay");
+                }
+                continue;
+            }
+        };
+        if last.as_deref() == Some(text.as_str()) {
+            continue;
+        }
+        last = Some(text.clone());
+        let all = match parse_labels(&path, &text) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "the pod labels file is refused; the pods' labels stay");
+                continue;
+            }
+        };
+        let (relabelled, before) = {
+            let mut pods = agent.pods();
+            let before = pods.clone();
+            let mut keys = Vec::new();
+            for (key, rec) in pods.iter_mut() {
+                let e = all
+                    .get(&format!("{}/{}", rec.pod.namespace, rec.pod.name))
+                    .cloned()
+                    .unwrap_or_default();
+                if rec.labels != e.labels || rec.service_account != e.service_account {
+                    rec.labels = e.labels;
+                    rec.service_account = e.service_account;
+                    keys.push(key.clone());
+                }
+            }
+            if !keys.is_empty() {
+                if let Err(e) = save(&agent.cfg.state_dir, &pods) {
+                    warn!(error = %format!("{e:#}"), "writing the relabelled pods failed; the labels stay");
+                    *pods = before.clone();
+                    keys.clear();
+                    // Tried again on the next tick.
+                    last = None;
+                }
+            }
+            (keys, before)
+        };
+        if relabelled.is_empty() {
+            continue;
+        }
+        match super::recompute_endpoints(&agent) {
+            Ok(changed) => {
+                info!(pods = ?relabelled, "pod labels changed; reporting the endpoints again");
+                if changed {
+                    agent.report.notify_one();
+                }
+                super::datapath::kick(&agent);
+            }
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "the pods' new labels are refused; the old ones stay");
+                let mut pods = agent.pods();
+                // Only the relabelled pods' labels go back: pods added or
+                // deleted meanwhile stay as they are.
+                for key in &relabelled {
+                    if let (Some(now), Some(old)) = (pods.get_mut(key), before.get(key)) {
+                        now.labels.clone_from(&old.labels);
+                        now.service_account.clone_from(&old.service_account);
+                    }
+                }
+                if let Err(e) = save(&agent.cfg.state_dir, &pods) {
+                    warn!(error = %format!("{e:#}"), "writing the pods back failed");
+                }
+            }
+        }
+    }
 }
 
 /// The pods kept by an earlier run whose host-side veth still exists; the
@@ -176,16 +273,19 @@ async fn handle(agent: Arc<Agent>, stream: UnixStream) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
-    let answer = match reader.read_line(&mut line).await {
-        Ok(_) => match serde_json::from_str::<Request>(&line) {
+    // A client that never sends its line does not hold a task for ever.
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
+    let answer = match read {
+        Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
             Ok(req) => answer(&agent, req).await,
             Err(e) => Answer::Error {
                 message: format!("the agent cannot read this request: {e}"),
             },
         },
-        Err(e) => Answer::Error {
+        Ok(Err(e)) => Answer::Error {
             message: format!("reading the request: {e}"),
         },
+        Err(_) => return,
     };
     let mut text = serde_json::to_string(&answer).unwrap_or_else(|e| {
         format!(r#"{{"result":"error","message":"encoding the answer: {e}"}}"#)
@@ -256,17 +356,20 @@ fn refuse(agent: &Agent, pod: &Pod, pods: &Pods) -> Option<String> {
 
 async fn add(agent: &Arc<Agent>, pod: Pod) -> anyhow::Result<Answer> {
     let key = pod.key();
-    let entry = match &agent.cfg.pod_labels {
-        Some(file) => labels_for(file, &pod.namespace, &pod.name)?,
-        None => LabelEntry::default(),
-    };
-    let record = PodRecord {
-        pod,
-        labels: entry.labels,
-        service_account: entry.service_account,
-    };
-    {
+    let record = {
         let mut pods = agent.pods();
+        // Under the lock: the label watcher cannot relabel the pods between
+        // this read and the insert, so no pod keeps labels older than the
+        // file's.
+        let entry = match &agent.cfg.pod_labels {
+            Some(file) => labels_for(file, &pod.namespace, &pod.name)?,
+            None => LabelEntry::default(),
+        };
+        let record = PodRecord {
+            pod,
+            labels: entry.labels,
+            service_account: entry.service_account,
+        };
         if let Some(why) = refuse(agent, &record.pod, &pods) {
             bail!("{why}");
         }
@@ -278,9 +381,10 @@ async fn add(agent: &Arc<Agent>, pod: Pod) -> anyhow::Result<Answer> {
             };
             return Err(e);
         }
-    }
+        record
+    };
     if let Err(e) = changed(agent) {
-        forget(agent, &key).await;
+        forget(agent, &key, &record).await;
         return Err(e.context("the pod's labels are refused"));
     }
     let started = Instant::now();
@@ -299,16 +403,11 @@ async fn add(agent: &Arc<Agent>, pod: Pod) -> anyhow::Result<Answer> {
             });
         }
         if Instant::now() >= deadline {
-            forget(agent, &key).await;
+            let why = not_ready_why(agent, &record);
+            forget(agent, &key, &record).await;
             bail!(
-                "the agent did not get the pod's identity from discovery{} within {} s, so \
-                 the pod was not added (check `meshgate status` on this node: is discovery \
-                 reachable?); retry",
-                if agent.datapath.get().is_some() {
-                    " and the datapath ready"
-                } else {
-                    ""
-                },
+                "the pod was not ready within {} s ({why}), so it was not added; check \
+                 `meshgate status` on this node (is discovery reachable?) and retry",
                 ADD_TIMEOUT.as_secs()
             );
         }
@@ -327,6 +426,30 @@ fn reported_labels(agent: &Agent, ip: Ipv4Addr) -> Labels {
         .find(|e| e.ip == ip)
         .map(|e| e.labels.clone())
         .unwrap_or_default()
+}
+
+/// Which part of readiness a pod lacks, for the timeout's message.
+fn not_ready_why(agent: &Agent, record: &PodRecord) -> String {
+    let entry = agent
+        .ipcache()
+        .entries
+        .get(&IpAddr::V4(record.pod.ip))
+        .cloned();
+    match entry {
+        None => "discovery's ipcache never listed its address".into(),
+        Some(e) if e.node != agent.cfg.node || e.cluster != agent.cfg.cluster => {
+            format!("discovery lists its address on {}/{}", e.cluster, e.node)
+        }
+        Some(e) if e.identity == 0 => "discovery gave it no identity".into(),
+        Some(e) => match agent.datapath.get() {
+            Some(_) => format!(
+                "it has identity {}, but the eBPF datapath does not hold it with from_pod \
+                 attached to {}",
+                e.identity, record.pod.host_interface
+            ),
+            None => format!("it has identity {}", e.identity),
+        },
+    }
 }
 
 /// The pod's identity once discovery has given it and the datapath (if
@@ -354,7 +477,10 @@ fn ready(agent: &Agent, record: &PodRecord) -> Option<u32> {
 }
 
 async fn del(agent: &Arc<Agent>, key: &str) -> anyhow::Result<Answer> {
-    forget(agent, key).await;
+    let held = agent.pods().get(key).cloned();
+    if let Some(record) = held {
+        forget(agent, key, &record).await;
+    }
     Ok(Answer::Ok {
         identity: None,
         pod: None,
@@ -362,11 +488,17 @@ async fn del(agent: &Arc<Agent>, key: &str) -> anyhow::Result<Answer> {
     })
 }
 
-/// Removes `key`'s pod, if held, and reports the endpoints.
-async fn forget(agent: &Arc<Agent>, key: &str) {
+/// Removes `key`'s pod if it is still `record` (a newer ADD of the same
+/// container interface is not undone by an older one's failure), and
+/// reports the endpoints.
+async fn forget(agent: &Arc<Agent>, key: &str, record: &PodRecord) {
     let gone = {
         let mut pods = agent.pods();
-        let gone = pods.remove(key);
+        let gone = if pods.get(key) == Some(record) {
+            pods.remove(key)
+        } else {
+            None
+        };
         if gone.is_some() {
             if let Err(e) = save(&agent.cfg.state_dir, &pods) {
                 warn!(pod = %key, error = %format!("{e:#}"), "writing the pods after a delete failed; the next change writes it");

@@ -9,7 +9,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 /// The CNI versions this plugin speaks.
-pub const SUPPORTED: [&str; 4] = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+/// (Not 1.1.0: it adds STATUS and GC, which this plugin does not have.)
+pub const SUPPORTED: [&str; 3] = ["0.3.1", "0.4.0", "1.0.0"];
 /// The version results are written in (the config's, when supported).
 pub const VERSION: &str = "1.0.0";
 

@@ -84,7 +84,18 @@ fn ask(socket: &Path, req: &Request, timeout: Duration) -> Result<Answer, CniErr
     line.push('\n');
     s.write_all(line.as_bytes()).map_err(down)?;
     let mut answer = String::new();
-    BufReader::new(s).read_line(&mut answer).map_err(down)?;
+    BufReader::new(s).read_line(&mut answer).map_err(|e| {
+        CniError::new(
+            code::TRY_AGAIN_LATER,
+            "the meshgate agent took too long to answer",
+            format!(
+                "{}: no answer within {} s ({e}); the agent is up: see `meshgate status` and \
+                 its log on this node; the runtime retries",
+                socket.display(),
+                timeout.as_secs()
+            ),
+        )
+    })?;
     serde_json::from_str(&answer).map_err(|e| {
         CniError::new(
             code::TRY_AGAIN_LATER,
@@ -133,17 +144,8 @@ fn add(env: &Env, conf: &NetConf, raw: &Value) -> Result<Value, CniError> {
         ip,
         host_interface: host.clone(),
     };
-    let identity =
-        match ask(&conf.agent_socket, &Request::Add(pod), AGENT_TIMEOUT).map_err(undo_link)? {
-            Answer::Ok { identity, .. } => identity,
-            Answer::Error { message } => {
-                return Err(undo_link(CniError::new(
-                    code::AGENT_REFUSED,
-                    "the meshgate agent refused the pod",
-                    message,
-                )))
-            }
-        };
+    // From here on the agent may hold the pod (it saves it before
+    // answering): every failure, a lost answer included, tells it to forget.
     let undo_agent = |e: CniError| {
         let _ = ask(
             &conf.agent_socket,
@@ -155,8 +157,28 @@ fn add(env: &Env, conf: &NetConf, raw: &Value) -> Result<Value, CniError> {
         );
         undo_link(e)
     };
+    let identity =
+        match ask(&conf.agent_socket, &Request::Add(pod), AGENT_TIMEOUT).map_err(undo_agent)? {
+            Answer::Ok { identity, .. } => identity,
+            Answer::Error { message } => {
+                return Err(undo_link(CniError::new(
+                    code::AGENT_REFUSED,
+                    "the meshgate agent refused the pod",
+                    message,
+                )))
+            }
+        };
     pod_net::open_host_side(&host, ip).map_err(undo_agent)?;
     Ok(result(conf, env, &host, ip, identity))
+}
+
+/// The result's address: 0.3.x and 0.4.0 results also name the IP version.
+fn ip_entry(version: &str, ip: Ipv4Addr, gw: &str) -> Value {
+    let mut e = json!({"address": format!("{ip}/32"), "gateway": gw, "interface": 1});
+    if version.starts_with("0.") {
+        e["version"] = json!("4");
+    }
+    e
 }
 
 /// The ADD result (spec 1.0.0 "Success").
@@ -168,7 +190,7 @@ fn result(conf: &NetConf, env: &Env, host: &str, ip: Ipv4Addr, identity: Option<
             {"name": host},
             {"name": env.ifname, "sandbox": env.netns},
         ],
-        "ips": [{"address": format!("{ip}/32"), "gateway": gw, "interface": 1}],
+        "ips": [ip_entry(&conf.cni_version, ip, &gw)],
         "routes": [{"dst": "0.0.0.0/0", "gw": gw}],
         "dns": {},
     });
