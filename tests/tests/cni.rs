@@ -32,6 +32,7 @@ clusters:
         pods:
           - {name: web2, labels: {app: web}}
           - {name: db2, labels: {app: db}}
+          - {name: pay2, labels: {app: pay}}
 policies:
   - apiVersion: cilium.io/v2
     kind: CiliumNetworkPolicy
@@ -40,6 +41,13 @@ policies:
       endpointSelector: {matchLabels: {app: web}}
       ingress:
         - fromEndpoints: [{matchLabels: {app: client}}]
+  - apiVersion: cilium.io/v2
+    kind: CiliumNetworkPolicy
+    metadata: {name: pay-from-payments, namespace: default}
+    spec:
+      endpointSelector: {matchLabels: {app: pay}}
+      ingress:
+        - fromEndpoints: [{matchLabels: {io.cilium.k8s.policy.serviceaccount: payments}}]
 "#;
 
 const IPAM_DIR: &str = "/usr/lib/cni";
@@ -202,7 +210,11 @@ fn cni_adds_and_deletes_pods_at_run_time_with_identity_and_policy_from_the_first
         "/run/meshgate/lab/{}/c1/nodes/n1/pod-labels.yaml",
         world.name
     );
-    std::fs::write(&labels, "default/client-1:\n  labels: {app: client}\n").unwrap();
+    std::fs::write(
+        &labels,
+        "default/client-1:\n  labels: {app: client}\ndefault/payer-1:\n  serviceAccount: payments\n",
+    )
+    .unwrap();
     let web2 = world.ip("c1/web2");
     let db2 = world.ip("c1/db2");
 
@@ -267,6 +279,29 @@ fn cni_adds_and_deletes_pods_at_run_time_with_identity_and_policy_from_the_first
     );
     // Remote pods reach the new pod back through the mesh.
     assert_eq!(world.ping("c1", "db2", &ip_b, 1, "0.1").received, 1);
+
+    // A service account from the label source: a policy selecting by it
+    // lets the payer in, and not the client (service account `default`).
+    let pay2 = world.ip("c1/pay2");
+    let p = Netns::new("mgcni-p");
+    let added_p = cni.ok(
+        "ADD",
+        "ctr-p",
+        &p.path(),
+        "K8S_POD_NAMESPACE=default;K8S_POD_NAME=payer-1",
+    );
+    assert_eq!(
+        ping_from(&p.0, &pay2, 1),
+        1,
+        "the payments pod's first ping to pay2"
+    );
+    assert_eq!(
+        ping_from(&a.0, &pay2, 2),
+        0,
+        "client-1 (service account default) reached pay2"
+    );
+    cni.ok("DEL", "ctr-p", &p.path(), "");
+    assert_ne!(ip_of(&added_p), ip_a);
 
     // CHECK verifies what ADD made.
     cni.ok("CHECK", "ctr-a", &a.path(), "");
