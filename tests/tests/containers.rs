@@ -478,3 +478,60 @@ fn containers_in_two_federated_clusters_reach_each_other() {
         );
     }
 }
+
+#[test]
+fn a_container_selected_by_an_egress_gateway_policy_leaves_through_the_gateway() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/egress.yaml");
+    let yaml = std::fs::read_to_string(path).unwrap();
+    let first_node = "      - name: n1\n        pods:\n          - {name: app1";
+    assert!(yaml.contains(first_node), "{path} changed its first node");
+    let yaml = yaml
+        .replace("\nname: egress\n", "\nname: ctregr\n")
+        .replacen(
+            first_node,
+            "      - name: n1\n        runtime: containerd\n        pods:\n          - {name: app1",
+            1,
+        );
+    let world = World::up("ctregr", &yaml);
+    // The external answers each connection with the source address it saw.
+    let seen = |name: &str| {
+        let mut said = String::new();
+        let ok = wait_until(Duration::from_secs(10), || {
+            let out = meshgate_lab::runtime::exec(
+                &world.name,
+                "c1/n1",
+                name,
+                &["nc", "-w", "3", "203.0.113.10", "8080"],
+            )
+            .unwrap();
+            said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            !said.is_empty()
+        });
+        assert!(ok.is_some(), "{name} got no answer from the external");
+        said
+    };
+    for (name, label) in [("sel1", "app=egress-client"), ("unsel1", "app=other")] {
+        lab(&[
+            "lab",
+            "run",
+            "c1/n1",
+            "--name",
+            name,
+            "--label",
+            label,
+            "--world",
+            &world.name,
+        ])
+        .unwrap_or_else(|e| panic!("lab run {name}: {e}"));
+    }
+    let sel = seen("sel1");
+    assert!(
+        sel == "203.0.113.50" || sel == "203.0.113.51",
+        "the selected container left from {sel}, not a gateway's egress IP"
+    );
+    assert_eq!(
+        seen("unsel1"),
+        "198.18.1.10",
+        "the unselected container leaves from its node"
+    );
+}
