@@ -243,6 +243,19 @@ fn cni_adds_and_deletes_pods_at_run_time_with_identity_and_policy_from_the_first
         "{added}"
     );
     assert_eq!(added["routes"][0]["gw"], "169.254.1.1", "{added}");
+    // The pod's MTU (the eBPF datapath's, from the config) on both ends.
+    let veth_a = added["interfaces"][0]["name"].as_str().unwrap().to_string();
+    for (ns, dev) in [
+        (a.0.as_str(), "eth0"),
+        (cni.node_ns.as_str(), veth_a.as_str()),
+    ] {
+        let out = Command::new("ip")
+            .args(["-n", ns, "link", "show", dev])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(text.contains("mtu 1370"), "{ns} {dev}: {text}");
+    }
     // The first packet passes: by the time ADD returned, the pod had its
     // identity and from_pod. One ping, no retry.
     assert_eq!(

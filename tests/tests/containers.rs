@@ -240,6 +240,17 @@ fn containers_come_and_go_through_the_cni_plugin_encrypted_identified_and_police
         for (other, (_, other_ip)) in &live {
             assert_ne!(&ip, other_ip, "{name} got {ip}, still held by {other}");
         }
+        // Every live pair: the new container and each live one, both ways.
+        for (other, (other_node, other_ip)) in &live {
+            assert!(
+                ping(&world, node, &name, other_ip),
+                "{name} cannot reach {other} ({other_ip})"
+            );
+            assert!(
+                ping(&world, other_node, other, &ip),
+                "{other} cannot reach {name} ({ip})"
+            );
+        }
         seen_ips.insert(ip.clone());
         live.insert(name, (node.to_string(), ip));
         if live.len() > LIVE {
