@@ -30,7 +30,7 @@ use crate::model::{short_key, Event, ModelError, Node};
 use crate::pb;
 use crate::pb::discovery_server::{Discovery, DiscoveryServer};
 use crate::registry::{Registry, RegistryConfig, RegistryError};
-use crate::store::{EmbeddedStore, Store, StoreChoice, StoreError};
+use crate::store::{Store, StoreChoice, StoreError};
 use crate::tls::ServerTls;
 use crate::Error;
 
@@ -222,7 +222,7 @@ impl Shared {
         crate::cidrs::validate(&cfg.pod_cidrs)
             .map_err(|e| Error::Config(format!("--pod-cidr: {e}")))?;
         let mut store: Box<dyn Store> = match choice {
-            StoreChoice::Embedded => Box::new(EmbeddedStore::open(&cfg.state_dir)?),
+            StoreChoice::Embedded => Box::new(crate::store::db::DbStore::open(&cfg.state_dir)?),
             StoreChoice::Etcd {
                 endpoints,
                 compaction,

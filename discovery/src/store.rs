@@ -1,6 +1,9 @@
 //! Persistence of the registry state behind the [`Store`] seam.
-//! [`EmbeddedStore`] (the default) keeps `<state_dir>/state.json`, written by
-//! write-to-temp + fsync + rename (+ fsync of the directory) after every change.
+//! [`db::DbStore`] (the default, `embedded`) keeps one record per node,
+//! endpoint, identity and allocation in `<state_dir>/state.redb`.
+//! [`EmbeddedStore`] is the earlier store, `<state_dir>/state.json`, written by
+//! write-to-temp + fsync + rename (+ fsync of the directory) after every
+//! change; it reads a `state.json` that [`db::DbStore`] migrates.
 //! A corrupt file is an error naming the file; it is never overwritten silently.
 //! [`etcd::EtcdStore`] shares the state between several discovery replicas
 //! of one cluster ([`StoreChoice`] picks one from `--store`).
@@ -15,6 +18,7 @@ use crate::model::Event;
 use crate::registry::RegistryState;
 
 mod choice;
+pub mod db;
 pub mod etcd;
 pub mod remote;
 
@@ -49,6 +53,16 @@ pub enum StoreError {
         path: PathBuf,
         step: &'static str,
         source: std::io::Error,
+    },
+    #[error(
+        "the state database {path} failed while {op}: {reason}; if it is damaged, move it \\
+         away (with state.json.migrated beside it, rename that back to state.json to start \\
+         from the last migrated state)"
+    )]
+    Db {
+        path: PathBuf,
+        op: &'static str,
+        reason: String,
     },
     #[error("cannot encode state for {path}: {source}")]
     Encode {
@@ -218,14 +232,15 @@ impl Store for EmbeddedStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::model::tests::pb_node;
     use crate::model::Node;
     use crate::registry::{Registry, RegistryConfig};
 
-    fn sample() -> RegistryState {
+    /// A registry with one node and one endpoint (one identity).
+    pub(crate) fn sample() -> RegistryState {
         let mut r = Registry::new(RegistryConfig {
             cluster: "c1".into(),
             cluster_id: 1,

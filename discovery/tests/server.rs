@@ -251,7 +251,7 @@ async fn restart_keeps_nodes_and_tunnel_ips() {
     let mut stream = watch(&mut c).await;
     let before = snapshot(&mut stream).await;
     server.stop().await;
-    assert!(dir.path().join("state.json").exists());
+    assert!(dir.path().join("state.redb").exists());
 
     let server = start(dir.path(), Duration::from_secs(10)).await;
     let mut c = server.client().await;

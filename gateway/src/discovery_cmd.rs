@@ -21,7 +21,7 @@ pub struct DiscoveryArgs {
     /// Where the embedded store keeps its state.
     #[arg(long, default_value = "/var/lib/meshgate-discovery")]
     pub state_dir: PathBuf,
-    /// Where the cluster's state lives: `embedded` (state.json in
+    /// Where the cluster's state lives: `embedded` (state.redb in
     /// --state-dir) or `etcd://HOST:PORT[,HOST:PORT...]`, shared by several
     /// discovery replicas of the cluster.
     #[arg(long, default_value = "embedded")]

@@ -193,7 +193,7 @@ fn one_replica() -> u32 {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StoreKind {
-    /// `state.json` in the discovery's state dir.
+    /// `state.redb` in the discovery's state dir.
     #[default]
     Embedded,
     /// One etcd for the cluster, started by the lab.

@@ -4,12 +4,12 @@ use std::fmt;
 use std::str::FromStr;
 
 /// The accepted forms, for messages.
-pub const STORE_FORMS: &str = "`embedded` (the default: state.json in --state-dir) or \
+pub const STORE_FORMS: &str = "`embedded` (the default: state.redb in --state-dir) or \
      `etcd://HOST:PORT[,HOST:PORT...]` (state shared by several discovery replicas)";
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum StoreChoice {
-    /// `state.json` in the server's state dir.
+    /// `state.redb` in the server's state dir.
     #[default]
     Embedded,
     /// etcd at these `HOST:PORT` endpoints.

@@ -1,0 +1,355 @@
+//! The embedded store on redb (`<state_dir>/state.redb`): one record per
+//! node, endpoint, identity and tunnel-IP allocation, and the revision, each
+//! change one write transaction holding only the records that changed
+//! (redb's commit is crash-safe: a crash leaves the last committed state).
+//!
+//! redb rather than SQLite: the records are key → JSON value with no query
+//! beyond "all of a kind", so a key-value store fits; it is pure Rust (no C
+//! library to build or install on a fresh machine) and its commit is
+//! durable by default.
+//!
+//! An existing `state.json` (the store before this one) is migrated on the
+//! first start: its state written whole in one transaction, then the file
+//! renamed to `state.json.migrated` and kept.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{EmbeddedStore, Store, StoreError, STATE_FILE};
+use crate::model::Event;
+use crate::registry::RegistryState;
+
+/// The database file in the state dir.
+pub const DB_FILE: &str = "state.redb";
+/// What `state.json` becomes once migrated.
+pub const MIGRATED_FILE: &str = "state.json.migrated";
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+const ALLOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("allocations");
+const IDENTITIES: TableDefinition<u32, &[u8]> = TableDefinition::new("identities");
+const ENDPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("endpoints");
+
+/// The registry's scalar fields, one record.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Meta {
+    format: u32,
+    cluster: String,
+    cluster_id: u8,
+    revision: u64,
+}
+
+/// The state as records by key, to diff one save against the last.
+#[derive(Default, PartialEq)]
+struct Records {
+    nodes: BTreeMap<String, Vec<u8>>,
+    allocations: BTreeMap<String, Vec<u8>>,
+    identities: BTreeMap<u32, Vec<u8>>,
+    endpoints: BTreeMap<String, Vec<u8>>,
+    meta: Vec<u8>,
+}
+
+pub struct DbStore {
+    dir: PathBuf,
+    db: Database,
+    /// What the database holds (after load or the last save).
+    last: Option<Records>,
+    /// Records the last save wrote (upserted or removed).
+    written: usize,
+}
+
+impl std::fmt::Debug for DbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DbStore({})", self.path().display())
+    }
+}
+
+fn db_err<'a>(path: &'a Path, op: &'static str) -> impl Fn(redb::Error) -> StoreError + 'a {
+    move |e| StoreError::Db {
+        path: path.to_path_buf(),
+        op,
+        reason: e.to_string(),
+    }
+}
+
+fn encode<T: Serialize>(path: &Path, v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|source| StoreError::Encode {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn decode<T: DeserializeOwned>(path: &Path, what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!("record {what}: {e}"),
+    })
+}
+
+impl DbStore {
+    /// Opens (or creates) the database in `dir`, migrating `state.json`.
+    pub fn open(dir: &Path) -> Result<DbStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(DB_FILE);
+        let json = dir.join(STATE_FILE);
+        // A state.json to migrate is read first: one that is refused
+        // (corrupt, another format) stops here, before any database exists.
+        let migrating = if !path.exists() && json.exists() {
+            EmbeddedStore::open(dir)?.load()?
+        } else {
+            None
+        };
+        let db = Database::create(&path).map_err(|e| StoreError::Db {
+            path: path.clone(),
+            op: "opening",
+            reason: e.to_string(),
+        })?;
+        let mut store = DbStore {
+            dir: dir.to_path_buf(),
+            db,
+            last: None,
+            written: 0,
+        };
+        store.create_tables()?;
+        if let Some(state) = migrating {
+            let kept = dir.join(MIGRATED_FILE);
+            let moved = store.save(&state, &[]).and_then(|()| {
+                std::fs::rename(&json, &kept).map_err(|source| StoreError::Write {
+                    path: json.clone(),
+                    step: "renaming the migrated state.json",
+                    source,
+                })
+            });
+            if let Err(e) = moved {
+                // Half a migration is none: the next start tries again.
+                drop(store);
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+            tracing::info!(from = %json.display(), kept = %kept.display(), "state.json migrated into the database");
+        }
+        Ok(store)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(DB_FILE)
+    }
+
+    /// Records the last save wrote (upserted or removed), the meta record
+    /// included.
+    pub fn last_written(&self) -> usize {
+        self.written
+    }
+
+    fn create_tables(&self) -> Result<(), StoreError> {
+        let path = self.path();
+        let err = db_err(&path, "creating the tables");
+        let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        {
+            txn.open_table(META).map_err(|e| err(e.into()))?;
+            txn.open_table(NODES).map_err(|e| err(e.into()))?;
+            txn.open_table(ALLOCATIONS).map_err(|e| err(e.into()))?;
+            txn.open_table(IDENTITIES).map_err(|e| err(e.into()))?;
+            txn.open_table(ENDPOINTS).map_err(|e| err(e.into()))?;
+        }
+        txn.commit().map_err(|e| err(e.into()))
+    }
+
+    fn records(&self, state: &RegistryState) -> Result<Records, StoreError> {
+        let path = self.path();
+        let mut r = Records {
+            meta: encode(
+                &path,
+                &Meta {
+                    format: super::STATE_FORMAT,
+                    cluster: state.cluster.clone(),
+                    cluster_id: state.cluster_id,
+                    revision: state.revision,
+                },
+            )?,
+            ..Records::default()
+        };
+        for (k, n) in &state.nodes {
+            r.nodes.insert(k.clone(), encode(&path, n)?);
+        }
+        for (k, ip) in &state.allocations {
+            r.allocations.insert(k.clone(), encode(&path, ip)?);
+        }
+        for i in &state.identities {
+            r.identities.insert(i.id, encode(&path, i)?);
+        }
+        for e in &state.endpoints {
+            r.endpoints.insert(e.ip.to_string(), encode(&path, e)?);
+        }
+        Ok(r)
+    }
+}
+
+/// Writes into `table` what differs between `old` and `new`: upserts, then
+/// removals.
+fn apply_str(
+    table: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    old: Option<&BTreeMap<String, Vec<u8>>>,
+    new: &BTreeMap<String, Vec<u8>>,
+    err: &dyn Fn(redb::Error) -> StoreError,
+) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for (k, v) in new {
+        if old.and_then(|o| o.get(k)) != Some(v) {
+            table
+                .insert(k.as_str(), v.as_slice())
+                .map_err(|e| err(e.into()))?;
+            n += 1;
+        }
+    }
+    for k in old.into_iter().flat_map(|o| o.keys()) {
+        if !new.contains_key(k) {
+            table.remove(k.as_str()).map_err(|e| err(e.into()))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// [`apply_str`] for the identities' integer keys.
+fn apply_u32(
+    table: &mut redb::Table<'_, u32, &'static [u8]>,
+    old: Option<&BTreeMap<u32, Vec<u8>>>,
+    new: &BTreeMap<u32, Vec<u8>>,
+    err: &dyn Fn(redb::Error) -> StoreError,
+) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for (k, v) in new {
+        if old.and_then(|o| o.get(k)) != Some(v) {
+            table.insert(*k, v.as_slice()).map_err(|e| err(e.into()))?;
+            n += 1;
+        }
+    }
+    for k in old.into_iter().flat_map(|o| o.keys()) {
+        if !new.contains_key(k) {
+            table.remove(*k).map_err(|e| err(e.into()))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+impl Store for DbStore {
+    fn load(&mut self) -> Result<Option<RegistryState>, StoreError> {
+        let path = self.path();
+        let err = db_err(&path, "reading");
+        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let meta_t = txn.open_table(META).map_err(|e| err(e.into()))?;
+        let Some(meta) = meta_t.get("state").map_err(|e| err(e.into()))? else {
+            return Ok(None);
+        };
+        let meta: Meta = decode(&path, "meta", meta.value())?;
+        if meta.format != super::STATE_FORMAT {
+            return Err(StoreError::Format {
+                path: path.clone(),
+                found: meta.format,
+            });
+        }
+        let mut state = RegistryState {
+            cluster: meta.cluster,
+            cluster_id: meta.cluster_id,
+            revision: meta.revision,
+            nodes: BTreeMap::new(),
+            allocations: BTreeMap::new(),
+            identities: Vec::new(),
+            endpoints: Vec::new(),
+        };
+        for row in txn
+            .open_table(NODES)
+            .map_err(|e| err(e.into()))?
+            .iter()
+            .map_err(|e| err(e.into()))?
+        {
+            let (k, v) = row.map_err(|e| err(e.into()))?;
+            state
+                .nodes
+                .insert(k.value().to_string(), decode(&path, k.value(), v.value())?);
+        }
+        for row in txn
+            .open_table(ALLOCATIONS)
+            .map_err(|e| err(e.into()))?
+            .iter()
+            .map_err(|e| err(e.into()))?
+        {
+            let (k, v) = row.map_err(|e| err(e.into()))?;
+            state
+                .allocations
+                .insert(k.value().to_string(), decode(&path, k.value(), v.value())?);
+        }
+        for row in txn
+            .open_table(IDENTITIES)
+            .map_err(|e| err(e.into()))?
+            .iter()
+            .map_err(|e| err(e.into()))?
+        {
+            let (k, v) = row.map_err(|e| err(e.into()))?;
+            state.identities.push(decode(
+                &path,
+                &format!("identity {}", k.value()),
+                v.value(),
+            )?);
+        }
+        for row in txn
+            .open_table(ENDPOINTS)
+            .map_err(|e| err(e.into()))?
+            .iter()
+            .map_err(|e| err(e.into()))?
+        {
+            let (k, v) = row.map_err(|e| err(e.into()))?;
+            state.endpoints.push(decode(&path, k.value(), v.value())?);
+        }
+        // In IP order, as the registry keeps them.
+        state.endpoints.sort_by_key(|e| e.ip);
+        self.last = Some(self.records(&state)?);
+        Ok(Some(state))
+    }
+
+    fn save(&mut self, state: &RegistryState, _events: &[Event]) -> Result<(), StoreError> {
+        let path = self.path();
+        let new = self.records(state)?;
+        if self.last.as_ref() == Some(&new) {
+            return Ok(());
+        }
+        let err = db_err(&path, "writing");
+        let old = self.last.as_ref();
+        let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        let mut written = 1;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+            meta.insert("state", new.meta.as_slice())
+                .map_err(|e| err(e.into()))?;
+            let mut t = txn.open_table(NODES).map_err(|e| err(e.into()))?;
+            written += apply_str(&mut t, old.map(|o| &o.nodes), &new.nodes, &err)?;
+            let mut t = txn.open_table(ALLOCATIONS).map_err(|e| err(e.into()))?;
+            written += apply_str(&mut t, old.map(|o| &o.allocations), &new.allocations, &err)?;
+            let mut t = txn.open_table(IDENTITIES).map_err(|e| err(e.into()))?;
+            written += apply_u32(&mut t, old.map(|o| &o.identities), &new.identities, &err)?;
+            let mut t = txn.open_table(ENDPOINTS).map_err(|e| err(e.into()))?;
+            written += apply_str(&mut t, old.map(|o| &o.endpoints), &new.endpoints, &err)?;
+        }
+        txn.commit().map_err(|e| err(e.into()))?;
+        self.last = Some(new);
+        self.written = written;
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.path().display().to_string()
+    }
+}
+
+#[cfg(test)]
+#[path = "db_tests.rs"]
+mod tests;
