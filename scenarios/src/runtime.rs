@@ -67,6 +67,13 @@ pub fn container_id(name: &str) -> String {
     format!("default-{name}")
 }
 
+/// `prog` in a directory of the PATH, if it is there.
+fn in_path(prog: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+}
+
 /// Checks what a runtime node needs on this host.
 pub fn check_host(meshgate_bin: &Path) -> Result<()> {
     let cni = meshgate_bin.with_file_name("meshgate-cni");
@@ -80,7 +87,8 @@ pub fn check_host(meshgate_bin: &Path) -> Result<()> {
             "apt-get install containerd (or `cargo xtask deps`)",
         ),
         (
-            PathBuf::from("/usr/sbin/runc"),
+            // containerd's shim finds runc on the PATH.
+            in_path("runc").unwrap_or_else(|| PathBuf::from("runc")),
             "apt-get install runc (or `cargo xtask deps`)",
         ),
         (
@@ -416,9 +424,7 @@ fn set_labels(n: &NodePlan, name: &str, labels: Option<&BTreeMap<String, String>
     })?;
     // Replaced whole: the agent watches the file and must never read it
     // half-written (an empty file would take every pod's labels).
-    let tmp = path.with_extension("yaml.tmp");
-    std::fs::write(&tmp, text).map_err(io(format!("writing {}", tmp.display())))?;
-    std::fs::rename(&tmp, &path).map_err(io(format!("replacing {}", path.display())))
+    crate::world::write_replacing(&path, &text)
 }
 
 /// The address the agent holds for container `name` of node `n`.

@@ -156,7 +156,7 @@ pub(crate) fn write_policies(world: &str, text: &str) -> Result<()> {
 
 /// Writes `path` through a temp file and a rename, so a reader sees the
 /// old text or the new, never half (the agents re-read these files).
-fn write_replacing(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write_replacing(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension("yaml.tmp");
     std::fs::write(&tmp, text).map_err(|source| LabError::Io {
         what: format!("writing {}", tmp.display()),
@@ -357,7 +357,8 @@ pub(crate) fn write_endpoints_file(n: &NodePlan) -> Result<()> {
         path: path.clone(),
         problem: e.to_string(),
     })?;
-    std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))?;
+    // Replaced whole: the agent re-reads it every second.
+    write_replacing(&path, &text)?;
     // Kept across agent restarts: the labels of the pods added since.
     let labels = n.pod_labels_file();
     if !labels.exists() {

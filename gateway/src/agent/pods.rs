@@ -413,7 +413,7 @@ async fn add(agent: &Arc<Agent>, pod: Pod) -> anyhow::Result<Answer> {
             });
         }
         if Instant::now() >= deadline {
-            let why = not_ready_why(agent, &record);
+            let why = readiness(agent, &record).err().unwrap_or_default();
             forget(agent, &key, &record).await;
             bail!(
                 "the pod was not ready within {} s ({why}), so it was not added; check \
@@ -438,52 +438,46 @@ fn reported_labels(agent: &Agent, ip: Ipv4Addr) -> Labels {
         .unwrap_or_default()
 }
 
-/// Which part of readiness a pod lacks, for the timeout's message.
-fn not_ready_why(agent: &Agent, record: &PodRecord) -> String {
-    let entry = agent
-        .ipcache()
-        .entries
-        .get(&IpAddr::V4(record.pod.ip))
-        .cloned();
-    match entry {
-        None => "discovery's ipcache never listed its address".into(),
-        Some(e) if e.node != agent.cfg.node || e.cluster != agent.cfg.cluster => {
-            format!("discovery lists its address on {}/{}", e.cluster, e.node)
-        }
-        Some(e) if e.identity == 0 => "discovery gave it no identity".into(),
-        Some(e) => match agent.datapath.get() {
-            Some(_) => format!(
-                "it has identity {}, but the eBPF datapath does not hold it with from_pod \
-                 attached to {}",
-                e.identity, record.pod.host_interface
-            ),
-            None => format!("it has identity {}", e.identity),
-        },
-    }
-}
-
-/// The pod's identity once discovery has given it and the datapath (if
-/// any) holds the pod.
-fn ready(agent: &Agent, record: &PodRecord) -> Option<u32> {
+/// The pod's identity once discovery has given it to this pod on this node
+/// and the datapath (if any) holds the pod; else which part is missing,
+/// for the timeout's message.
+fn readiness(agent: &Agent, record: &PodRecord) -> Result<u32, String> {
     let identity = {
         let cache = agent.ipcache();
-        let e = cache.entries.get(&IpAddr::V4(record.pod.ip))?;
-        let mine = e.node == agent.cfg.node
-            && e.cluster == agent.cfg.cluster
-            && e.namespace == record.pod.namespace
-            && e.name == record.pod.name
-            && e.identity != 0;
-        if !mine {
-            return None;
+        let Some(e) = cache.entries.get(&IpAddr::V4(record.pod.ip)) else {
+            return Err("discovery's ipcache never listed its address".into());
+        };
+        if e.node != agent.cfg.node || e.cluster != agent.cfg.cluster {
+            return Err(format!(
+                "discovery lists its address on {}/{}",
+                e.cluster, e.node
+            ));
+        }
+        if e.namespace != record.pod.namespace || e.name != record.pod.name {
+            return Err(format!(
+                "discovery lists its address for {}/{}",
+                e.namespace, e.name
+            ));
+        }
+        if e.identity == 0 {
+            return Err("discovery gave it no identity".into());
         }
         e.identity
     };
     match agent.datapath.get() {
-        Some(dp) => dp
-            .ready_for(record.pod.ip, &record.pod.host_interface, identity)
-            .then_some(identity),
-        None => Some(identity),
+        Some(dp) if !dp.ready_for(record.pod.ip, &record.pod.host_interface, identity) => {
+            Err(format!(
+                "it has identity {identity}, but the eBPF datapath does not hold it with \
+                 from_pod attached to {}",
+                record.pod.host_interface
+            ))
+        }
+        _ => Ok(identity),
     }
+}
+
+fn ready(agent: &Agent, record: &PodRecord) -> Option<u32> {
+    readiness(agent, record).ok()
 }
 
 async fn del(agent: &Arc<Agent>, key: &str) -> anyhow::Result<Answer> {

@@ -87,11 +87,7 @@ fn follow(since: Instant, done: impl Fn() -> bool) -> Result<Duration> {
 fn quantile(v: &[f64], q: f64) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((s.len() as f64 - 1.0) * q).round() as usize;
-    s[i.min(s.len() - 1)]
+    report::percentile(&s, q)
 }
 
 /// `ctr run` on `node`'s containerd with host networking (the anchor).

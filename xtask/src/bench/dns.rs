@@ -153,14 +153,6 @@ fn field(out: &str, label: &str) -> Option<f64> {
         .ok()
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 /// dnsperf from the pod against `server:port`, served by process `pid`;
 /// `qps` None = unlimited.
 fn dnsperf(queries: &str, server: &str, port: &str, pid: u32, qps: Option<&str>) -> Result<Run> {
@@ -197,9 +189,9 @@ fn dnsperf(queries: &str, server: &str, port: &str, pid: u32, qps: Option<&str>)
     Ok(Run {
         qps: qps_seen,
         lost_pct: lost,
-        p50_ms: percentile(&lat, 0.5),
-        p99_ms: percentile(&lat, 0.99),
-        p999_ms: percentile(&lat, 0.999),
+        p50_ms: report::percentile(&lat, 0.5),
+        p99_ms: report::percentile(&lat, 0.99),
+        p999_ms: report::percentile(&lat, 0.999),
         cpu_us: cpu / completed,
     })
 }

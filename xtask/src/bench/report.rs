@@ -47,6 +47,16 @@ impl std::fmt::Display for Machine {
     }
 }
 
+/// The `p` quantile (0..=1) of `sorted` (ascending), nearest rank; NaN
+/// when empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
 /// The 1-minute load average: other work on the machine skews a figure.
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
