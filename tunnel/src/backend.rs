@@ -74,6 +74,22 @@ pub struct IpsecState {
     pub offload: String,
 }
 
+/// What the userspace backend's datapath offloads, as probed at start
+/// (and, for UDP GSO, as still on after the kernel's answers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Offloads {
+    /// The kernel hands over TCP super-packets (TUN TSO).
+    pub tso: bool,
+    /// The kernel hands over UDP super-packets (TUN USO, Linux 6.2+).
+    pub uso: bool,
+    /// Received TCP segments are coalesced into super-packets for the kernel.
+    pub gro_writes: bool,
+    /// Datagrams one UDP send may carry (1: no GSO).
+    pub udp_gso_segments: usize,
+    /// Received datagrams arrive coalesced (UDP GRO).
+    pub udp_gro: bool,
+}
+
 /// Errors of the backends.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -112,6 +128,10 @@ pub trait Backend: Send + Sync {
     fn stats(&self) -> Vec<PeerStats>;
     /// IPsec's generation, rotation and offload state; `None` for WireGuard.
     fn ipsec(&self) -> Option<IpsecState> {
+        None
+    }
+    /// The userspace datapath's offloads; `None` for the kernel's backends.
+    fn offloads(&self) -> Option<Offloads> {
         None
     }
     /// Stops the backend. With `remove_device` the interface (and so its

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod lpm;
 pub mod netlink;
 mod nlsock;
+pub mod offload;
 pub mod peers;
 pub mod routes;
 mod rx_ages;

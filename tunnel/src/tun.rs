@@ -13,6 +13,50 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const TUN_F_CSUM: libc::c_uint = 0x01;
+const TUN_F_TSO4: libc::c_uint = 0x02;
+const TUN_F_USO4: libc::c_uint = 0x20;
+const TUN_F_USO6: libc::c_uint = 0x40;
+
+/// Which offloads a TUN queue uses, probed when it is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TunOffloads {
+    /// Packets carry a `virtio_net_hdr` (`IFF_VNET_HDR`): needed for the rest.
+    pub vnet_hdr: bool,
+    /// The kernel hands over TCP super-packets (`TUN_F_TSO4`) and leaves
+    /// checksums to us (`TUN_F_CSUM`); we also write coalesced TCP.
+    pub tso: bool,
+    /// The kernel hands over UDP super-packets (`TUN_F_USO4`, Linux 6.2+).
+    pub uso: bool,
+}
+
+/// Which offloads to ask for (all of them unless told otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WantOffloads {
+    pub tso: bool,
+    pub uso: bool,
+    /// Coalesced writes (GRO): needs the vnet header even without TSO/USO.
+    pub gro: bool,
+}
+
+impl WantOffloads {
+    fn vnet_hdr(&self) -> bool {
+        self.tso || self.uso || self.gro
+    }
+}
+
+impl Default for WantOffloads {
+    fn default() -> Self {
+        WantOffloads {
+            tso: true,
+            uso: true,
+            gro: true,
+        }
+    }
+}
 
 /// Errors opening the TUN device.
 #[derive(Debug, thiserror::Error)]
@@ -44,11 +88,13 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
-/// An attached queue of a persistent TUN device (layer 3, no packet info).
+/// An attached queue of a persistent TUN device (layer 3, no packet info,
+/// with a `virtio_net_hdr` on each packet when offloads are on).
 #[derive(Debug)]
 pub struct Tun {
     fd: OwnedFd,
     name: String,
+    offloads: TunOffloads,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -61,6 +107,20 @@ impl Tun {
     /// Creates the device `name`, or attaches to it if it already exists
     /// (as after an agent restart), and marks it persistent.
     pub fn attach(name: &str) -> Result<Tun, TunError> {
+        Tun::attach_with(
+            name,
+            WantOffloads {
+                tso: false,
+                uso: false,
+                gro: false,
+            },
+        )
+    }
+
+    /// As [`Tun::attach`], asking for the offloads in `want`: each is
+    /// probed, and what the kernel refuses is left off ([`Tun::offloads`]
+    /// says what is on). With none, packets carry no vnet header.
+    pub fn attach_with(name: &str, want: WantOffloads) -> Result<Tun, TunError> {
         if !valid_name(name) {
             return Err(TunError::BadName(name.to_string()));
         }
@@ -77,7 +137,7 @@ impl Tun {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let mut req = IfReq {
             name: [0; libc::IFNAMSIZ],
-            flags: IFF_TUN | IFF_NO_PI,
+            flags: IFF_TUN | IFF_NO_PI | if want.vnet_hdr() { IFF_VNET_HDR } else { 0 },
             _pad: [0; 22],
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -101,14 +161,31 @@ impl Tun {
                 source: io::Error::last_os_error(),
             });
         }
+        // Non-blocking: the loops wait in poll(2) and drain in batches.
+        // SAFETY: fcntl on a valid fd.
+        unsafe {
+            let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
+        let offloads = probe_offloads(&fd, want);
         Ok(Tun {
             fd,
             name: name.to_string(),
+            offloads,
         })
+    }
+
+    /// The offloads this queue uses.
+    pub fn offloads(&self) -> TunOffloads {
+        self.offloads
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
     }
 
     /// Clears the persistent flag: the device goes away when the last
@@ -123,25 +200,14 @@ impl Tun {
 
     /// Waits up to `timeout` for a packet; `Ok(None)` on timeout.
     pub fn recv(&self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: one valid pollfd.
-        let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if ready < 0 {
-            let err = io::Error::last_os_error();
-            return if err.kind() == io::ErrorKind::Interrupted {
-                Ok(None)
-            } else {
-                Err(err)
-            };
-        }
-        if ready == 0 {
+        if !wait_readable(self.fd.as_raw_fd(), timeout)? {
             return Ok(None);
         }
+        self.try_recv(buf)
+    }
+
+    /// Reads one packet if one is queued; `Ok(None)` if none is.
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         // SAFETY: buf is valid for writes of buf.len() bytes.
         let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         if n < 0 {
@@ -162,5 +228,82 @@ impl Tun {
             return Err(io::Error::last_os_error());
         }
         Ok(n as usize)
+    }
+}
+
+/// Waits until `fd` is readable, up to `timeout`; `Ok(false)` on timeout
+/// or a signal.
+pub fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) -> io::Result<bool> {
+    wait_for(fd, libc::POLLIN, timeout)
+}
+
+/// Waits until `fd` takes writes, up to `timeout`.
+pub fn wait_writable(fd: std::os::fd::RawFd, timeout: Duration) -> io::Result<bool> {
+    wait_for(fd, libc::POLLOUT, timeout)
+}
+
+fn wait_for(fd: std::os::fd::RawFd, events: libc::c_short, timeout: Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd.
+    let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if ready < 0 {
+        let err = io::Error::last_os_error();
+        return if err.kind() == io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(err)
+        };
+    }
+    Ok(ready > 0)
+}
+
+/// Sets the queue's offloads to what `want` asks and the kernel takes:
+/// UDP segmentation needs Linux 6.2, so a refusal there retries without it.
+/// Always called, so a device re-attached by a newer or older agent never
+/// keeps offloads its reader does not expect.
+fn probe_offloads(fd: &OwnedFd, want: WantOffloads) -> TunOffloads {
+    let set = |flags: libc::c_uint| {
+        // SAFETY: TUNSETOFFLOAD takes an unsigned int argument.
+        unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, flags as libc::c_ulong) == 0 }
+    };
+    if !want.vnet_hdr() {
+        set(0);
+        return TunOffloads::default();
+    }
+    let hdr_len: libc::c_int = crate::offload::VNET_HDR_LEN as libc::c_int;
+    // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETVNETHDRSZ, &hdr_len) } < 0 {
+        // The header stays on, at the kernel's default size (ours).
+        set(0);
+        return TunOffloads {
+            vnet_hdr: true,
+            ..TunOffloads::default()
+        };
+    }
+    let tso = if want.tso { TUN_F_TSO4 } else { 0 };
+    if want.uso && set(TUN_F_CSUM | tso | TUN_F_USO4 | TUN_F_USO6) {
+        return TunOffloads {
+            vnet_hdr: true,
+            tso: want.tso,
+            uso: true,
+        };
+    }
+    if want.tso && set(TUN_F_CSUM | tso) {
+        return TunOffloads {
+            vnet_hdr: true,
+            tso: true,
+            uso: false,
+        };
+    }
+    set(0);
+    TunOffloads {
+        vnet_hdr: true,
+        tso: false,
+        uso: false,
     }
 }

@@ -5,7 +5,13 @@
 //! thread that drives boringtun's timers and retires replaced slots. The
 //! device survives the agent: the TUN device is persistent, so on restart
 //! the agent re-attaches and handshakes again with every peer at once.
+//!
+//! Both directions run in batches with offloads ([`io`]): the kernel hands
+//! over TCP/UDP super-packets, which are split, encrypted straight into one
+//! UDP GSO buffer and sent in one call; received GRO batches are decrypted
+//! and coalesced into super-packets for the kernel.
 
+mod io;
 mod peer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,14 +27,21 @@ use boringtun::x25519::{PublicKey as XPublic, StaticSecret};
 use rand_core::RngCore;
 use tracing::{debug, info, trace, warn};
 
-use crate::backend::{Backend, BackendError, BackendKind, PeerStats};
+use crate::backend::{Backend, BackendError, BackendKind, Offloads, PeerStats};
 use crate::keys::NodeKey;
 use crate::lpm::Lpm;
 use crate::peers::{PeerChange, PeerConfig};
-use crate::tun::Tun;
+use crate::tun::{Tun, WantOffloads};
+use io::{GsoBatch, RecvBufs, TunWriter, Udp, DATA_OVERHEAD};
 use peer::{Peer, Slot};
 
 const BUF: usize = 65_536 + 256;
+/// A handshake initiation, which `encapsulate` writes when no session is up.
+const HANDSHAKE_INIT_LEN: usize = 148;
+/// Names the offloads to use, comma-separated, or `none` (default: all of
+/// `tso,uso,gro,udp-gso,udp-gro`); for measuring each step and for kernels
+/// that misbehave with one.
+pub const OFFLOADS_ENV: &str = "MESHGATE_USERSPACE_OFFLOADS";
 const POLL: Duration = Duration::from_millis(200);
 const TIMER_TICK: Duration = Duration::from_millis(100);
 
@@ -53,7 +66,9 @@ struct State {
 struct Shared {
     iface: String,
     tun: Tun,
-    udp: UdpSocket,
+    udp: Udp,
+    /// Coalesce received TCP into super-packets (needs the vnet header).
+    gro_writes: bool,
     stop: AtomicBool,
     state: RwLock<State>,
     next_index: AtomicU32,
@@ -74,7 +89,7 @@ impl Shared {
     }
 
     fn send_udp(&self, packet: &[u8], to: SocketAddr) {
-        if let Err(e) = self.udp.send_to(packet, to) {
+        if let Err(e) = self.udp.sock.send_to(packet, to) {
             trace!(%to, error = %e, "udp send failed");
         }
     }
@@ -111,42 +126,66 @@ impl Shared {
         }
     }
 
-    /// Sends one IP packet read from the TUN device to its peer.
-    fn outbound(&self, packet: &[u8], buf: &mut [u8]) {
-        let Some(dst) = ipv4_dst(packet) else {
+    /// Encrypts one IP packet read from the TUN device into the batch for
+    /// its peer. `last` keeps the previous packet's peer: a burst goes to
+    /// one peer, so the route is looked up once for it.
+    fn outbound(
+        &self,
+        packet: &[u8],
+        batch: &mut GsoBatch,
+        last: &mut Option<(Ipv4Addr, PeerRef)>,
+        buf: &mut [u8],
+    ) {
+        let Some(dst) = io::ipv4_dst(packet) else {
             trace!("dropping a non-IPv4 packet from the tunnel interface");
             return;
         };
-        let Some(peer) = self.read().routes.lookup(dst).cloned() else {
-            trace!(%dst, "no peer for destination");
-            return;
+        let peer = match last {
+            Some((d, p)) if *d == dst => p.clone(),
+            _ => {
+                let Some(peer) = self.read().routes.lookup(dst).cloned() else {
+                    trace!(%dst, "no peer for destination");
+                    return;
+                };
+                *last = Some((dst, peer.clone()));
+                peer
+            }
         };
         let mut peer = lock(&peer);
         let endpoint = peer.endpoint;
-        match peer.sending_slot() {
-            Some(i) => {
-                if let TunnResult::WriteToNetwork(pkt) = peer.slots[i].tunn.encapsulate(packet, buf)
-                {
-                    self.send_udp(pkt, endpoint);
-                }
-                if i != 0 {
-                    // A newer slot is waiting for its handshake: nudge it.
-                    self.initiate(&mut peer, buf);
-                }
-            }
-            None => {
-                if let Some(slot) = peer.slots.first_mut() {
-                    // Queued inside boringtun until the handshake completes.
-                    if let TunnResult::WriteToNetwork(pkt) = slot.tunn.encapsulate(packet, buf) {
-                        self.send_udp(pkt, endpoint);
-                    }
-                }
-            }
+        // Queued inside boringtun until a handshake completes when no slot
+        // has a session yet.
+        let (slot, nudge) = match peer.sending_slot() {
+            Some(i) => (i, i != 0),
+            None => (0, false),
+        };
+        let Some(s) = peer.slots.get_mut(slot) else {
+            return;
+        };
+        batch.push(
+            &self.udp,
+            endpoint,
+            (packet.len() + DATA_OVERHEAD).max(HANDSHAKE_INIT_LEN),
+            |out| match s.tunn.encapsulate(packet, out) {
+                TunnResult::WriteToNetwork(pkt) => Some(pkt.len()),
+                _ => None,
+            },
+        );
+        if nudge {
+            // A newer slot is waiting for its handshake: nudge it.
+            self.initiate(&mut peer, buf);
         }
     }
 
-    /// Handles one datagram from the underlay.
-    fn inbound(&self, datagram: &[u8], from: SocketAddr, buf: &mut [u8]) {
+    /// Handles one datagram from the underlay; decrypted packets go to
+    /// `deliver`.
+    fn inbound(
+        &self,
+        datagram: &[u8],
+        from: SocketAddr,
+        buf: &mut [u8],
+        deliver: &mut impl FnMut(&[u8]),
+    ) {
         let parsed = match Tunn::parse_incoming_packet(datagram) {
             Ok(p) => p,
             Err(e) => {
@@ -216,9 +255,7 @@ impl Shared {
                 }
                 TunnResult::WriteToTunnelV4(pkt, src) => {
                     if allowed.iter().any(|n| n.contains(&src)) {
-                        if let Err(e) = self.tun.send(pkt) {
-                            trace!(error = %e, "tun write failed");
-                        }
+                        deliver(pkt);
                     } else {
                         debug!(%src, "dropping a packet from a source the peer may not use");
                     }
@@ -309,16 +346,6 @@ impl State {
     }
 }
 
-fn ipv4_dst(packet: &[u8]) -> Option<Ipv4Addr> {
-    if packet.len() >= 20 && packet[0] >> 4 == 4 {
-        Some(Ipv4Addr::new(
-            packet[16], packet[17], packet[18], packet[19],
-        ))
-    } else {
-        None
-    }
-}
-
 /// The userspace WireGuard device.
 pub struct UserspaceDevice {
     shared: Arc<Shared>,
@@ -329,22 +356,28 @@ impl UserspaceDevice {
     /// Attaches to (or creates) the persistent TUN device `iface`, binds
     /// the WireGuard UDP port and starts forwarding.
     pub fn start(iface: &str, key: &NodeKey, listen_port: u16) -> Result<Self, BackendError> {
-        let tun = Tun::attach(iface)?;
-        let udp = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, listen_port))).map_err(
-            |source| BackendError::Bind {
-                port: listen_port,
-                source,
+        let want = Wanted::from_env();
+        let tun = Tun::attach_with(
+            iface,
+            WantOffloads {
+                tso: want.tso,
+                uso: want.uso,
+                gro: want.gro,
             },
         )?;
-        udp.set_read_timeout(Some(POLL))
-            .map_err(|source| BackendError::Bind {
-                port: listen_port,
-                source,
-            })?;
+        let gro_writes = want.gro && tun.offloads().vnet_hdr;
+        let bind_err = |source| BackendError::Bind {
+            port: listen_port,
+            source,
+        };
+        let sock = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, listen_port)))
+            .map_err(bind_err)?;
+        let udp = Udp::new(sock, want.udp_gso, want.udp_gro).map_err(bind_err)?;
         let shared = Arc::new(Shared {
             iface: iface.to_string(),
             tun,
             udp,
+            gro_writes,
             stop: AtomicBool::new(false),
             state: RwLock::new(State::default()),
             next_index: AtomicU32::new(rand_core::OsRng.next_u32()),
@@ -360,33 +393,37 @@ impl UserspaceDevice {
             threads: Mutex::new(Vec::new()),
         };
         device.spawn("tun-rx", |s| {
-            let mut pkt = vec![0u8; BUF];
+            let mut rd = vec![0u8; BUF];
+            let mut scratch = Vec::with_capacity(BUF);
             let mut out = vec![0u8; BUF];
+            let mut batch = GsoBatch::default();
             while !s.stop.load(Ordering::Relaxed) {
-                match s.tun.recv(&mut pkt, POLL) {
-                    Ok(Some(n)) => s.outbound(&pkt[..n], &mut out),
-                    Ok(None) => {}
+                match crate::tun::wait_readable(s.tun.as_raw_fd(), POLL) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
                     Err(e) => {
-                        warn!(error = %e, "reading the TUN device failed");
+                        warn!(error = %e, "waiting on the TUN device failed");
                         std::thread::sleep(POLL);
+                        continue;
                     }
                 }
+                let mut last = None;
+                io::read_tun_batch(&s.tun, &mut rd, &mut scratch, |pkt| {
+                    s.outbound(pkt, &mut batch, &mut last, &mut out)
+                });
+                batch.flush(&s.udp);
             }
         })?;
         device.spawn("udp-rx", |s| {
-            let mut pkt = vec![0u8; BUF];
+            let mut bufs = RecvBufs::new(s.udp.gro());
             let mut out = vec![0u8; BUF];
+            let mut writer = TunWriter::new(s.gro_writes);
             while !s.stop.load(Ordering::Relaxed) {
-                match s.udp.recv_from(&mut pkt) {
-                    Ok((n, from)) => s.inbound(&pkt[..n], from, &mut out),
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
-                    Err(e) => {
-                        trace!(error = %e, "udp receive failed");
-                    }
+                let n = bufs.recv(&s.udp, POLL, |d, from| {
+                    s.inbound(d, from, &mut out, &mut |pkt| writer.push(&s.tun, pkt))
+                });
+                if n > 0 {
+                    writer.flush(&s.tun);
                 }
             }
         })?;
@@ -397,10 +434,16 @@ impl UserspaceDevice {
                 std::thread::sleep(TIMER_TICK);
             }
         })?;
+        let offloads = device.offloads();
         info!(
             interface = iface,
             port = listen_port,
             backend = "userspace",
+            tso = offloads.tso,
+            uso = offloads.uso,
+            gro_writes = offloads.gro_writes,
+            udp_gso_segments = offloads.udp_gso_segments,
+            udp_gro = offloads.udp_gro,
             "WireGuard device up"
         );
         Ok(device)
@@ -513,7 +556,70 @@ impl UserspaceDevice {
     }
 }
 
+/// The offloads asked for through [`OFFLOADS_ENV`].
+struct Wanted {
+    tso: bool,
+    uso: bool,
+    gro: bool,
+    udp_gso: bool,
+    udp_gro: bool,
+}
+
+impl Wanted {
+    fn from_env() -> Wanted {
+        let all = Wanted {
+            tso: true,
+            uso: true,
+            gro: true,
+            udp_gso: true,
+            udp_gro: true,
+        };
+        let Ok(v) = std::env::var(OFFLOADS_ENV) else {
+            return all;
+        };
+        let v = v.trim();
+        if v.is_empty() || v == "all" {
+            return all;
+        }
+        let names: Vec<&str> = v.split(',').map(str::trim).collect();
+        for n in &names {
+            if !matches!(*n, "none" | "tso" | "uso" | "gro" | "udp-gso" | "udp-gro") {
+                warn!(
+                    name = n,
+                    "{OFFLOADS_ENV}: unknown offload ignored (known: tso, uso, gro, udp-gso, udp-gro, all, none)"
+                );
+            }
+        }
+        let has = |n: &str| names.contains(&n);
+        Wanted {
+            tso: has("tso"),
+            uso: has("uso"),
+            gro: has("gro"),
+            udp_gso: has("udp-gso"),
+            udp_gro: has("udp-gro"),
+        }
+    }
+}
+
+impl UserspaceDevice {
+    /// What the datapath offloads now.
+    pub fn offloads(&self) -> Offloads {
+        let t = self.shared.tun.offloads();
+        Offloads {
+            tso: t.tso,
+            uso: t.uso,
+            gro_writes: self.shared.gro_writes,
+            udp_gso_segments: self.shared.udp.max_segments(),
+            udp_gro: self.shared.udp.gro(),
+        }
+    }
+}
+
 impl Backend for UserspaceDevice {
+    fn offloads(&self) -> Option<Offloads> {
+        Some(UserspaceDevice::offloads(self))
+    }
+
     fn kind(&self) -> BackendKind {
         BackendKind::Userspace
     }
