@@ -797,6 +797,24 @@ pub struct AgentStatus {
     /// Egress gateway policies, when any is loaded (eBPF datapath).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<EgressStatus>,
+    /// The userspace backend's offloads, as probed and still on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offloads: Option<OffloadStatus>,
+}
+
+/// The userspace WireGuard datapath's offloads in [`AgentStatus`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffloadStatus {
+    /// The kernel hands the TUN reader TCP super-packets.
+    pub tun_tso: bool,
+    /// The kernel hands the TUN reader UDP super-packets (Linux 6.2+).
+    pub tun_uso: bool,
+    /// Received TCP segments are coalesced into super-packets (GRO).
+    pub tun_gro: bool,
+    /// Datagrams one UDP send carries at most (1: no GSO).
+    pub udp_gso_segments: usize,
+    /// Received datagrams arrive coalesced (UDP GRO).
+    pub udp_gro: bool,
 }
 
 /// Egress gateways in [`AgentStatus`].

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 pub use meshgate_lab::AgentStatus;
 
 pub mod gateways;
+pub mod netns;
 mod services;
 pub mod stream;
 mod tls;

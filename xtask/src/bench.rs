@@ -6,6 +6,7 @@ mod dns;
 mod egress;
 mod example;
 mod iperf;
+mod latency;
 mod mesh;
 mod netlink_routes;
 mod policy;

@@ -128,6 +128,32 @@ pub fn render(status: &AgentStatus, dp: Option<&DatapathFigures>) -> String {
         "WireGuard key rotations since the agent started.",
         status.key_rotations,
     );
+    if let Some(off) = &status.offloads {
+        o.family(
+            "meshgate_userspace_offload",
+            "gauge",
+            "1 for each offload the userspace WireGuard datapath uses, 0 for one it does not.",
+        );
+        for (kind, on) in [
+            ("tun_tso", off.tun_tso),
+            ("tun_uso", off.tun_uso),
+            ("tun_gro", off.tun_gro),
+            ("udp_gso", off.udp_gso_segments > 1),
+            ("udp_gro", off.udp_gro),
+        ] {
+            o.sample(
+                "meshgate_userspace_offload",
+                &[("kind", kind)],
+                u8::from(on),
+            );
+        }
+        o.one(
+            "meshgate_userspace_udp_gso_segments",
+            "gauge",
+            "Datagrams one UDP send carries at most (1: no GSO).",
+            off.udp_gso_segments,
+        );
+    }
     o.one(
         "meshgate_wireguard_peers",
         "gauge",
@@ -476,6 +502,24 @@ mod tests {
             out.insert(key.to_string(), value.parse().unwrap());
         }
         out
+    }
+
+    #[test]
+    fn userspace_offloads_are_exposed() {
+        let mut s = status();
+        assert!(!render(&s, None).contains("meshgate_userspace_offload"));
+        s.offloads = Some(meshgate_discovery::model::OffloadStatus {
+            tun_tso: true,
+            tun_uso: false,
+            tun_gro: true,
+            udp_gso_segments: 64,
+            udp_gro: true,
+        });
+        let m = parse(&render(&s, None));
+        assert_eq!(m["meshgate_userspace_offload{kind=\"tun_tso\"}"], 1.0);
+        assert_eq!(m["meshgate_userspace_offload{kind=\"tun_uso\"}"], 0.0);
+        assert_eq!(m["meshgate_userspace_offload{kind=\"udp_gso\"}"], 1.0);
+        assert_eq!(m["meshgate_userspace_udp_gso_segments"], 64.0);
     }
 
     #[test]

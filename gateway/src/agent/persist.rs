@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use meshgate_discovery::model::{AgentStatus, PeerStatus};
+use meshgate_discovery::model::{AgentStatus, OffloadStatus, PeerStatus};
 use meshgate_tunnel::PeerConfig;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
@@ -130,6 +130,13 @@ pub fn status(agent: &Agent) -> AgentStatus {
                 rotating: i.rotating,
                 offload: i.offload,
             }),
+        offloads: agent.backend.offloads().map(|o| OffloadStatus {
+            tun_tso: o.tso,
+            tun_uso: o.uso,
+            tun_gro: o.gro_writes,
+            udp_gso_segments: o.udp_gso_segments,
+            udp_gro: o.udp_gro,
+        }),
         peers: stats
             .into_iter()
             .map(|s| {
