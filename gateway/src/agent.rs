@@ -3,13 +3,16 @@
 //! status for `meshgate status` and the lab.
 //!
 //! Signals: SIGTERM/SIGINT leave the mesh (deregister, remove the interface);
-//! SIGUSR2 exits for a restart (interface, routes and registration stay);
+//! SIGUSR2 exits for a restart (interface, routes and registration stay;
+//! the userspace backend forwards on until the next agent took over, see
+//! `handoff`);
 //! SIGUSR1 rotates the key now; SIGHUP re-reads the `--policy` files.
 
 mod addresses;
 pub(crate) mod config;
 pub(crate) mod datapath;
 mod endpoints;
+mod handoff;
 pub(crate) mod ipcache;
 mod liveness;
 mod mesh;
@@ -85,6 +88,9 @@ pub struct Agent {
     /// This node is a candidate gateway of some egress gateway policy: it
     /// sends keepalives to every peer, so they judge its health.
     pub egress_gateway: std::sync::atomic::AtomicBool,
+    /// Set while this (old) agent hands over to the next: its datapath
+    /// worker writes no maps any more.
+    pub handing_off: std::sync::atomic::AtomicBool,
 }
 
 impl Agent {
@@ -199,6 +205,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     );
     let pod_interfaces: std::collections::BTreeSet<String> = interfaces.values().cloned().collect();
     let read_addresses = addresses::read(&pod_interfaces);
+    // A restart's handover: an old agent still forwarding (see handoff.rs).
+    let mut standby = handoff::incoming(&cfg.state_dir);
     let (backend, fallback) = match (&cfg.encryption, &cfg.ipsec_secret) {
         (meshgate_discovery::model::Encryption::Ipsec, Some(secret)) => {
             let ipsec = meshgate_tunnel::ipsec::IpsecConfig {
@@ -210,8 +218,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 .context("starting the IPsec backend")?;
             (Box::new(dev) as Box<dyn meshgate_tunnel::Backend>, None)
         }
-        _ => backend::start(cfg.backend, &cfg.interface, &key, cfg.listen_port)
-            .context("starting the WireGuard backend")?,
+        _ => start_wireguard(&cfg, &key, &mut standby)?,
     };
     if let Some(reason) = &fallback {
         info!(reason = %reason, "kernel WireGuard unavailable; using the userspace backend");
@@ -241,12 +248,20 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         host_addresses: Mutex::new(read_addresses.host),
         pod_interfaces: Mutex::new(pod_interfaces),
         egress_gateway: std::sync::atomic::AtomicBool::new(false),
+        handing_off: std::sync::atomic::AtomicBool::new(false),
         cfg,
     });
     // Resume from what we last knew, before discovery answers: after a
     // restart this puts every peer back and starts handshakes at once.
     if let Some(saved) = saved {
         mesh::resume(&agent, saved).context("restoring the last known peers")?;
+    }
+    if let Some(old) = standby {
+        info!(
+            old_pid = old,
+            "standing by beside the old agent until every peer has a session"
+        );
+        handoff::take_over(agent.clone());
     }
     // Plain datapath: the saved mesh CIDRs' unreachable routes, before
     // discovery answers.
@@ -271,7 +286,61 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         datapath::sync(&agent);
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(main_loop(agent))
+    match runtime.block_on(main_loop(agent.clone()))? {
+        Exit::Done => Ok(()),
+        Exit::Handoff => {
+            // Every task stops (servers, discovery session, state files);
+            // the WireGuard threads forward on until the new agent is up.
+            agent
+                .handing_off
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            handoff::serve_out(&agent)
+        }
+    }
+}
+
+/// How the main loop ended.
+enum Exit {
+    Done,
+    /// SIGUSR2 with a userspace backend: hand over to the next agent.
+    Handoff,
+}
+
+/// Starts the WireGuard backend; beside an old agent (`standby`) when
+/// one is handing over. If the old one cannot share the device (an older
+/// agent, a single-queue device), it is told to go and the start waits for
+/// it; `standby` is then cleared.
+fn start_wireguard(
+    cfg: &AgentConfig,
+    key: &NodeKey,
+    standby: &mut Option<u32>,
+) -> anyhow::Result<(Box<dyn meshgate_tunnel::Backend>, Option<String>)> {
+    let generation = handoff::next_generation(&cfg.state_dir);
+    let opts = |standby: bool| meshgate_tunnel::userspace::UserspaceOptions {
+        generation,
+        standby,
+    };
+    let start = |standby: bool| {
+        backend::start_with(
+            cfg.backend,
+            &cfg.interface,
+            key,
+            cfg.listen_port,
+            opts(standby),
+        )
+    };
+    if let Some(old) = *standby {
+        match start(true) {
+            Ok(b) => return Ok(b),
+            Err(e) => {
+                warn!(error = %e, old_pid = old, "cannot start beside the old agent: waiting for it to exit");
+                handoff::let_go(&cfg.state_dir, old);
+                *standby = None;
+            }
+        }
+    }
+    start(false).context("starting the WireGuard backend")
 }
 
 /// Recomputes the endpoints from the endpoints file, the CNI's pods and
@@ -317,7 +386,7 @@ pub fn recompute_endpoints(agent: &Agent) -> anyhow::Result<bool> {
     Ok(changed)
 }
 
-async fn main_loop(agent: Arc<Agent>) -> anyhow::Result<()> {
+async fn main_loop(agent: Arc<Agent>) -> anyhow::Result<Exit> {
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut usr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
@@ -348,10 +417,14 @@ async fn main_loop(agent: Arc<Agent>) -> anyhow::Result<()> {
     rotation.tick().await;
     loop {
         tokio::select! {
-            _ = term.recv() => return leave(&agent, session).await,
-            _ = int.recv() => return leave(&agent, session).await,
+            _ = term.recv() => return leave(&agent, session).await.map(|()| Exit::Done),
+            _ = int.recv() => return leave(&agent, session).await.map(|()| Exit::Done),
             _ = usr2.recv() => {
                 persist::write_status(&agent);
+                if agent.backend.begin_handoff() {
+                    info!("restart: handing over to the next agent; interface, routes and registration stay");
+                    return Ok(Exit::Handoff);
+                }
                 info!("exiting for a restart: interface, routes and registration stay");
                 // Exit at once: the TUN device is persistent, so dropping
                 // nothing more keeps the interface and its routes in place.

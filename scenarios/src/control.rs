@@ -189,12 +189,70 @@ pub fn start(target: &str, meshgate_bin: &Path) -> Result<String> {
 /// start again at once. Discovery: SIGTERM, then start again.
 pub fn restart(target: &str, meshgate_bin: &Path) -> Result<String> {
     let (mut rec, t, component) = with_process(target)?;
-    let stopped = match t.kind {
-        TargetKind::Node => stop_with(&mut rec, &component, SIGUSR2, RESTART_GRACE)?,
-        _ => stop_with(&mut rec, &component, SIGTERM, LEAVE_GRACE)?,
-    };
+    if t.kind == TargetKind::Node {
+        return restart_agent(&mut rec, &t, &component, meshgate_bin);
+    }
+    let stopped = stop_with(&mut rec, &component, SIGTERM, LEAVE_GRACE)?;
     let started = start_in(&mut rec, &t, &component, meshgate_bin)?;
     Ok(format!("{stopped}; {started}"))
+}
+
+/// An agent that hands over (the userspace backend) forwards on after
+/// SIGUSR2 until the new one took over; the agent's `handoff-old.pid`
+/// says so (docs/contracts.md).
+const HANDOFF_FILE: &str = "handoff-old.pid";
+/// How long the old agent may take to hand over once the new one runs.
+const HANDOFF_GRACE: Duration = Duration::from_secs(20);
+
+/// SIGUSR2; once the old agent has exited or says it is handing over,
+/// the new one starts; then the old one must be gone within the grace.
+fn restart_agent(
+    rec: &mut WorldRecord,
+    t: &Target,
+    component: &Component,
+    bin: &Path,
+) -> Result<String> {
+    let pid = require_running(rec, component)?;
+    let marker = agent_dir(&t.world, &t.cluster, &t.name).join(HANDOFF_FILE);
+    let says_handing_over = || {
+        std::fs::read_to_string(&marker)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            == Some(pid)
+    };
+    procs::signal(pid, SIGUSR2)?;
+    let deadline = Instant::now() + RESTART_GRACE;
+    let mut handing_over = false;
+    while procs::alive(pid) {
+        if says_handing_over() {
+            handing_over = true;
+            break;
+        }
+        if Instant::now() >= deadline {
+            procs::signal(pid, SIGKILL)?;
+            procs::wait_exit(pid, Duration::from_secs(2));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    rec.set_pid(component, None)?;
+    let started = start_in(rec, t, component, bin)?;
+    if !handing_over {
+        return Ok(format!("{component} (pid {pid}) stopped; {started}"));
+    }
+    if !procs::wait_exit(pid, HANDOFF_GRACE) {
+        procs::signal(pid, SIGKILL)?;
+        return Err(LabError::Target {
+            target: format!("{}/{}", t.cluster, t.name),
+            problem: format!(
+                "the old agent (pid {pid}) did not hand over within {HANDOFF_GRACE:?} after \
+                 the new one started: killed it (see the node's agent.log)"
+            ),
+        });
+    }
+    Ok(format!(
+        "{component} (pid {pid}) handed over to the new agent; {started}"
+    ))
 }
 
 /// How long `set_policies` waits for every agent to report the reload.

@@ -233,3 +233,87 @@ fn offloads_carry_full_size_fragmented_tcp_udp_and_mixed_traffic_intact() {
         "UDP GSO datagrams amid TCP both ways: {got} of {sent} arrived (every one intact)"
     );
 }
+
+#[test]
+fn five_agent_restarts_in_a_row_lose_no_ping_and_keep_an_iperf3_stream_going() {
+    let world = World::up("e2e-handover", &one_cluster("e2e-handover", 2));
+    let to = world.ip("c1/n2-a");
+    let iperf_to = world.ip("c1/n2-b");
+    let mut server = world.spawn_in_ns(
+        &world.pod_ns("c1", "n2-b"),
+        &["iperf3", "-s", "-1", "-B", &iperf_to],
+    );
+    let listening = meshgate_e2e::wait_until(Duration::from_secs(10), || {
+        let out = world.in_ns(
+            &world.pod_ns("c1", "n2-b"),
+            &["ss", "-ltnH", "sport = :5201"],
+        );
+        !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+    });
+    assert!(listening.is_some(), "iperf3 server did not listen");
+    let iperf = world.spawn_in_ns(
+        &world.pod_ns("c1", "n1-b"),
+        &["iperf3", "-c", &iperf_to, "-t", "12", "-i", "1", "-J"],
+    );
+    let ping = world.spawn_in_ns(
+        &world.pod_ns("c1", "n1-a"),
+        &[
+            "ping", "-n", "-q", "-c", "1000", "-i", "0.01", "-W", "1", &to,
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    // Both ends in turn: the restarted agent's sending (its TUN queue) and
+    // receiving (its sessions) are both handed over.
+    for (i, node) in ["n2", "n1", "n2", "n1", "n2"].into_iter().enumerate() {
+        let before = world.status("c1", node).pid;
+        let said = world.lab("restart", &format!("c1/{node}"));
+        assert!(
+            said.contains("handed over"),
+            "restart {i} of {node} did not hand over: {said}"
+        );
+        let after = world.status("c1", node).pid;
+        let mut st = after;
+        let new = meshgate_e2e::wait_until(Duration::from_secs(10), || {
+            st = world.status("c1", node).pid;
+            st != before
+        });
+        assert!(
+            new.is_some(),
+            "restart {i}: {node} still reports pid {before} ({after})"
+        );
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let out = ping.wait_with_output().unwrap();
+    let p = parse_ping(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(p.sent, 1000);
+    assert_eq!(
+        p.lost(),
+        0,
+        "five agent restarts during a 10 ms ping stream lost {} of {} pings",
+        p.lost(),
+        p.sent
+    );
+    let out = iperf.wait_with_output().unwrap();
+    let _ = server.wait();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "iperf3 printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(
+        json.get("error").is_none(),
+        "iperf3 failed across the restarts: {json}"
+    );
+    let rates: Vec<f64> = json["intervals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["sum"]["bits_per_second"].as_f64().unwrap())
+        .collect();
+    assert!(rates.len() >= 11, "iperf3 intervals: {rates:?}");
+    assert!(
+        rates.iter().all(|r| *r > 1e8),
+        "an iperf3 second across the restarts carried under 100 Mbit/s: {rates:?}"
+    );
+}

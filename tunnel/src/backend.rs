@@ -107,6 +107,11 @@ pub enum BackendError {
     Command { action: String, detail: String },
     #[error(transparent)]
     Netlink(#[from] crate::netlink::NetlinkError),
+    #[error("restart handover: {action}: {source}")]
+    Handover {
+        action: &'static str,
+        source: std::io::Error,
+    },
     #[error("starting the {what} thread: {source}")]
     Thread {
         what: &'static str,
@@ -134,6 +139,23 @@ pub trait Backend: Send + Sync {
     fn offloads(&self) -> Option<Offloads> {
         None
     }
+    /// Lossless restart, old process: steer received datagrams by session
+    /// to this process or the one that takes over, and keep forwarding.
+    /// `false`: the backend needs no handover (the kernel keeps the state).
+    fn begin_handoff(&self) -> bool {
+        false
+    }
+    /// Lossless restart, old process: stop taking packets from the kernel
+    /// (the new process has them now); received ones are still decrypted.
+    fn release_tx(&self) {}
+    /// Lossless restart, new process: start taking packets from the kernel.
+    fn activate(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// Whether every peer has a session to send on.
+    fn sessions_ready(&self) -> bool {
+        true
+    }
     /// Stops the backend. With `remove_device` the interface (and so its
     /// routes) goes too, as when the node leaves; without it, the interface
     /// stays so a restarted agent resumes forwarding on it.
@@ -147,12 +169,30 @@ pub fn start(
     key: &NodeKey,
     listen_port: u16,
 ) -> Result<(Box<dyn Backend>, Option<String>), BackendError> {
+    start_with(
+        choice,
+        interface,
+        key,
+        listen_port,
+        crate::userspace::UserspaceOptions::default(),
+    )
+}
+
+/// As [`start`], with the userspace backend's handover options.
+pub fn start_with(
+    choice: BackendChoice,
+    interface: &str,
+    key: &NodeKey,
+    listen_port: u16,
+    opts: crate::userspace::UserspaceOptions,
+) -> Result<(Box<dyn Backend>, Option<String>), BackendError> {
     match choice {
         BackendChoice::Userspace => Ok((
-            Box::new(crate::userspace::UserspaceDevice::start(
+            Box::new(crate::userspace::UserspaceDevice::start_with(
                 interface,
                 key,
                 listen_port,
+                opts,
             )?),
             None,
         )),
@@ -177,10 +217,11 @@ pub fn start(
                 None,
             )),
             Err(BackendError::KernelUnavailable { reason }) => Ok((
-                Box::new(crate::userspace::UserspaceDevice::start(
+                Box::new(crate::userspace::UserspaceDevice::start_with(
                     interface,
                     key,
                     listen_port,
+                    opts,
                 )?),
                 Some(reason),
             )),

@@ -14,6 +14,11 @@ const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+const IFF_ATTACH_QUEUE: libc::c_short = 0x0200;
+const IFF_DETACH_QUEUE: libc::c_short = 0x0400;
+const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
+const TUNSETSTEERINGEBPF: libc::c_ulong = 0x8004_54e0;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const TUN_F_CSUM: libc::c_uint = 0x01;
@@ -95,6 +100,9 @@ pub struct Tun {
     fd: OwnedFd,
     name: String,
     offloads: TunOffloads,
+    /// The device takes more than one queue (`IFF_MULTI_QUEUE`): a new
+    /// agent attaches beside the old one for a lossless handover.
+    multi_queue: bool,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -127,33 +135,16 @@ impl Tun {
         if !std::path::Path::new("/dev/net/tun").exists() {
             return Err(TunError::NoTunDevice);
         }
-        let path = CString::new("/dev/net/tun").map_err(|_| TunError::NoTunDevice)?;
-        // SAFETY: plain open(2) of a constant path; the fd is owned right away.
-        let raw = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-        if raw < 0 {
-            return Err(TunError::Open(io::Error::last_os_error()));
-        }
-        // SAFETY: raw is a fresh, valid fd that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mut req = IfReq {
-            name: [0; libc::IFNAMSIZ],
-            flags: IFF_TUN | IFF_NO_PI | if want.vnet_hdr() { IFF_VNET_HDR } else { 0 },
-            _pad: [0; 22],
-        };
-        req.name[..name.len()].copy_from_slice(name.as_bytes());
-        // SAFETY: TUNSETIFF reads and writes an ifreq, which IfReq lays out.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
-            let source = io::Error::last_os_error();
-            if source.raw_os_error() == Some(libc::EBUSY) {
-                return Err(TunError::Busy {
-                    name: name.to_string(),
-                });
+        // Multi-queue first; a device made single-queue (by an agent from
+        // before multi-queue) answers EINVAL and is attached as it is.
+        let flags = IFF_TUN | IFF_NO_PI | if want.vnet_hdr() { IFF_VNET_HDR } else { 0 };
+        let (fd, multi_queue) = match open_queue(name, flags | IFF_MULTI_QUEUE) {
+            Ok(fd) => (fd, true),
+            Err(TunError::Attach { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
+                (open_queue(name, flags)?, false)
             }
-            return Err(TunError::Attach {
-                name: name.to_string(),
-                source,
-            });
-        }
+            Err(e) => return Err(e),
+        };
         // SAFETY: TUNSETPERSIST takes an integer argument.
         if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) } < 0 {
             return Err(TunError::Persist {
@@ -172,7 +163,49 @@ impl Tun {
             fd,
             name: name.to_string(),
             offloads,
+            multi_queue,
         })
+    }
+
+    /// Whether the device is multi-queue.
+    pub fn multi_queue(&self) -> bool {
+        self.multi_queue
+    }
+
+    /// Sends every packet the kernel routes into the device to queue
+    /// `index` (an eBPF steering program of two instructions; an index past
+    /// the last queue wraps, so it falls back to the queues there are).
+    /// A restart's new process points the kernel at itself with it, so the
+    /// old process's queue only empties and nothing is dropped when it goes.
+    pub fn steer_to_queue(&self, index: u32) -> io::Result<()> {
+        let prog = load_return_program(index)?;
+        let raw: libc::c_int = prog.as_raw_fd();
+        // SAFETY: TUNSETSTEERINGEBPF reads an int (the program's fd); the
+        // device keeps its own reference to the program.
+        if unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETSTEERINGEBPF, &raw) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Takes this queue out of (`false`) or back into (`true`) the kernel's
+    /// choice of queues for outgoing packets. A detached queue still writes
+    /// to the kernel; it is read nothing. Multi-queue devices only.
+    pub fn set_queue_enabled(&self, enabled: bool) -> io::Result<()> {
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags: if enabled {
+                IFF_ATTACH_QUEUE
+            } else {
+                IFF_DETACH_QUEUE
+            },
+            _pad: [0; 22],
+        };
+        // SAFETY: TUNSETQUEUE reads an ifreq's flags.
+        if unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETQUEUE, &mut req) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// The offloads this queue uses.
@@ -229,6 +262,77 @@ impl Tun {
         }
         Ok(n as usize)
     }
+}
+
+/// Loads a socket-filter eBPF program that returns `value`: `r0 = value;
+/// exit`, through bpf(2) directly (two instructions need no loader).
+fn load_return_program(value: u32) -> io::Result<OwnedFd> {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
+    // struct bpf_insn: code, regs (dst | src << 4), off, imm.
+    let insns: [[u8; 8]; 2] = {
+        let mut mov = [0u8; 8];
+        mov[0] = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K, dst r0
+        mov[4..8].copy_from_slice(&(value as i32).to_le_bytes());
+        let mut exit = [0u8; 8];
+        exit[0] = 0x95; // BPF_JMP | BPF_EXIT
+        [mov, exit]
+    };
+    let license = b"GPL\0";
+    // union bpf_attr, BPF_PROG_LOAD's leading fields: prog_type, insn_cnt,
+    // insns, license (the rest zero).
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_SOCKET_FILTER.to_ne_bytes());
+    attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: bpf(BPF_PROG_LOAD) with an attr buffer of the kernel's size
+    // whose pointers (insns, license) outlive the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            attr.as_mut_ptr(),
+            attr.len() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh program fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// Opens /dev/net/tun and attaches it to device `name` with `flags`.
+fn open_queue(name: &str, flags: libc::c_short) -> Result<OwnedFd, TunError> {
+    let path = CString::new("/dev/net/tun").map_err(|_| TunError::NoTunDevice)?;
+    // SAFETY: plain open(2) of a constant path; the fd is owned right away.
+    let raw = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if raw < 0 {
+        return Err(TunError::Open(io::Error::last_os_error()));
+    }
+    // SAFETY: raw is a fresh, valid fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags,
+        _pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads and writes an ifreq, which IfReq lays out.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
+        let source = io::Error::last_os_error();
+        if source.raw_os_error() == Some(libc::EBUSY) {
+            return Err(TunError::Busy {
+                name: name.to_string(),
+            });
+        }
+        return Err(TunError::Attach {
+            name: name.to_string(),
+            source,
+        });
+    }
+    Ok(fd)
 }
 
 /// Waits until `fd` is readable, up to `timeout`; `Ok(false)` on timeout

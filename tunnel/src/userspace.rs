@@ -13,9 +13,21 @@
 
 mod io;
 mod peer;
+mod steer;
+
+/// How a userspace device starts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UserspaceOptions {
+    /// 0 or 1, flipped at each restart: marks this process's sessions so a
+    /// handover tells them from the old process's.
+    pub generation: u8,
+    /// Attach beside an old process that still forwards (see
+    /// [`UserspaceDevice::start_with`]).
+    pub standby: bool,
+}
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
@@ -67,6 +79,10 @@ struct Shared {
     iface: String,
     tun: Tun,
     udp: Udp,
+    /// Bit 23 of every session index this process makes (see [`steer`]).
+    generation: u32,
+    /// The old process of a handover stops reading the TUN queue.
+    tx_stop: AtomicBool,
     /// Coalesce received TCP into super-packets (needs the vnet header).
     gro_writes: bool,
     stop: AtomicBool,
@@ -95,7 +111,8 @@ impl Shared {
     }
 
     fn new_slot(&self, key: &LocalKey, peer_public: [u8; 32]) -> Slot {
-        let index = self.next_index.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
+        let index = (self.next_index.fetch_add(1, Ordering::Relaxed) & 0x007f_ffff)
+            | (self.generation << 23);
         let tunn = Tunn::new(
             key.secret.clone(),
             XPublic::from(peer_public),
@@ -356,6 +373,20 @@ impl UserspaceDevice {
     /// Attaches to (or creates) the persistent TUN device `iface`, binds
     /// the WireGuard UDP port and starts forwarding.
     pub fn start(iface: &str, key: &NodeKey, listen_port: u16) -> Result<Self, BackendError> {
+        Self::start_with(iface, key, listen_port, UserspaceOptions::default())
+    }
+
+    /// As [`UserspaceDevice::start`]; with `opts.standby` the device
+    /// attaches beside an old process still forwarding (a restart's
+    /// handover): it takes no packets from the kernel until
+    /// [`Backend::activate`], while it handshakes and already delivers what
+    /// peers send on its new sessions.
+    pub fn start_with(
+        iface: &str,
+        key: &NodeKey,
+        listen_port: u16,
+        opts: UserspaceOptions,
+    ) -> Result<Self, BackendError> {
         let want = Wanted::from_env();
         let tun = Tun::attach_with(
             iface,
@@ -366,18 +397,32 @@ impl UserspaceDevice {
             },
         )?;
         let gro_writes = want.gro && tun.offloads().vnet_hdr;
+        if opts.standby {
+            if !tun.multi_queue() {
+                // Only a multi-queue device takes a second reader.
+                return Err(BackendError::Tun(crate::tun::TunError::Busy {
+                    name: iface.to_string(),
+                }));
+            }
+            tun.set_queue_enabled(false)
+                .map_err(|source| BackendError::Handover {
+                    action: "detaching the new TUN queue until the sessions are up",
+                    source,
+                })?;
+        }
         let bind_err = |source| BackendError::Bind {
             port: listen_port,
             source,
         };
-        let sock = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, listen_port)))
-            .map_err(bind_err)?;
+        let sock = steer::bind_reuseport(listen_port).map_err(bind_err)?;
         let udp = Udp::new(sock, want.udp_gso, want.udp_gro).map_err(bind_err)?;
         let shared = Arc::new(Shared {
             iface: iface.to_string(),
             tun,
             udp,
             gro_writes,
+            generation: u32::from(opts.generation & 1),
+            tx_stop: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             state: RwLock::new(State::default()),
             next_index: AtomicU32::new(rand_core::OsRng.next_u32()),
@@ -398,6 +443,10 @@ impl UserspaceDevice {
             let mut out = vec![0u8; BUF];
             let mut batch = GsoBatch::default();
             while !s.stop.load(Ordering::Relaxed) {
+                if s.tx_stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(POLL);
+                    continue;
+                }
                 match crate::tun::wait_readable(s.tun.as_raw_fd(), POLL) {
                     Ok(true) => {}
                     Ok(false) => continue,
@@ -618,6 +667,56 @@ impl UserspaceDevice {
 impl Backend for UserspaceDevice {
     fn offloads(&self) -> Option<Offloads> {
         Some(UserspaceDevice::offloads(self))
+    }
+
+    fn begin_handoff(&self) -> bool {
+        if !self.shared.tun.multi_queue() {
+            return false;
+        }
+        match steer::attach(&self.shared.udp.sock, self.shared.generation) {
+            Ok(()) => {
+                info!(
+                    generation = self.shared.generation,
+                    "handing over: datagrams of this process's sessions stay here, the rest go to the new one"
+                );
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot steer datagrams between old and new process: restart without handover");
+                false
+            }
+        }
+    }
+
+    fn release_tx(&self) {
+        self.shared.tx_stop.store(true, Ordering::Relaxed);
+        if let Err(e) = self.shared.tun.set_queue_enabled(false) {
+            warn!(error = %e, "detaching the old TUN queue");
+        }
+    }
+
+    fn activate(&self) -> Result<(), BackendError> {
+        self.shared
+            .tun
+            .set_queue_enabled(true)
+            .map_err(|source| BackendError::Handover {
+                action: "attaching the new TUN queue",
+                source,
+            })?;
+        // This queue is the second (the old process's is the first): every
+        // packet comes here from now on, and the old queue only empties.
+        if let Err(e) = self.shared.tun.steer_to_queue(1) {
+            warn!(error = %e, "cannot steer the kernel's packets to the new TUN queue: the old queue's last packets may be dropped when it goes");
+        }
+        Ok(())
+    }
+
+    fn sessions_ready(&self) -> bool {
+        self.shared
+            .read()
+            .peers
+            .values()
+            .all(|p| lock(p).sending_slot().is_some())
     }
 
     fn kind(&self) -> BackendKind {

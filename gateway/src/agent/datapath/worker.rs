@@ -68,6 +68,10 @@ pub fn spawn_worker(agent: Arc<Agent>) -> anyhow::Result<()> {
                 let egress = super::egress_active(&agent);
                 let wait = if egress { super::egress::TICK } else { RESYNC };
                 let kicked = dp.kick.take(wait);
+                if agent.handing_off.load(std::sync::atomic::Ordering::Relaxed) {
+                    // The next agent owns the maps now.
+                    continue;
+                }
                 let full = kicked || last_full.elapsed() >= RESYNC;
                 if full {
                     if !kicked {

@@ -1,0 +1,148 @@
+//! Lossless restarts of the userspace backend (issue 14): the old agent
+//! keeps forwarding until the new one holds working sessions.
+//!
+//! 1. `SIGUSR2` to the old agent: its backend starts steering datagrams by
+//!    session (see `meshgate_tunnel::userspace`), its async work stops
+//!    (discovery session, servers, state files: the runtime is dropped),
+//!    and it writes `handoff-old.pid`. Only its WireGuard threads run on.
+//! 2. The new agent sees that file with a live pid: it attaches a second
+//!    TUN queue (detached from the kernel's choice for now) and joins the
+//!    WireGuard port, restores its peers and handshakes with every one.
+//!    Peers switch to the new sessions, whose datagrams reach it.
+//! 3. Once every peer has a session (or after [`SESSIONS_WAIT`]), the new
+//!    agent attaches its TUN queue and writes `handoff-ready`.
+//!    Its queue's eBPF steering sends the new queue every packet, so the
+//!    old queue only empties.
+//! 4. The old agent forwards for [`RX_GRACE`] more (its queue's last
+//!    packets, datagrams still in flight on its sessions), detaches its
+//!    queue, and exits.
+//!
+//! The kernel backend and IPsec need none of this: the kernel keeps their
+//! state, and the old agent exits at once as before.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::Agent;
+
+const OLD_FILE: &str = "handoff-old.pid";
+const READY_FILE: &str = "handoff-ready";
+const GENERATION_FILE: &str = "wg-generation";
+/// How long the old agent waits for the new one at most.
+pub const WAIT_READY: Duration = Duration::from_secs(15);
+/// How long the new agent waits for sessions with every peer at most.
+pub const SESSIONS_WAIT: Duration = Duration::from_secs(3);
+/// How long the old agent still decrypts after the new one took over.
+pub const RX_GRACE: Duration = Duration::from_millis(300);
+
+fn path(dir: &Path, file: &str) -> PathBuf {
+    dir.join(file)
+}
+
+fn alive(pid: u32) -> bool {
+    // SAFETY: kill with signal 0 only checks the process exists.
+    pid != std::process::id() && unsafe { libc::kill(pid as libc::pid_t, 0) } == 0
+}
+
+fn read_pid(p: &Path) -> Option<u32> {
+    std::fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
+/// The pid of an old agent handing over to us, if one is.
+pub fn incoming(dir: &Path) -> Option<u32> {
+    let _ = std::fs::remove_file(path(dir, READY_FILE));
+    read_pid(&path(dir, OLD_FILE)).filter(|pid| alive(*pid))
+}
+
+/// The generation this process's sessions carry: the last one flipped.
+pub fn next_generation(dir: &Path) -> u8 {
+    let p = path(dir, GENERATION_FILE);
+    let last: u8 = std::fs::read_to_string(&p)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1);
+    let next = (last + 1) & 1;
+    if let Err(e) = std::fs::write(&p, format!("{next}\n")) {
+        warn!(path = %p.display(), error = %e, "cannot record the session generation");
+    }
+    next
+}
+
+/// Old agent, after its runtime stopped: says it is handing over, waits
+/// for the new agent, lets go, and exits.
+pub fn serve_out(agent: &Agent) -> ! {
+    let dir = &agent.cfg.state_dir;
+    let me = std::process::id();
+    if let Err(e) = std::fs::write(path(dir, OLD_FILE), format!("{me}\n")) {
+        warn!(error = %e, "cannot announce the handover: exiting now");
+        std::process::exit(0);
+    }
+    info!("forwarding until the new agent holds its sessions");
+    let start = Instant::now();
+    let ready = loop {
+        if read_pid(&path(dir, READY_FILE)).is_some_and(|p| p != me) {
+            break true;
+        }
+        if start.elapsed() > WAIT_READY {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if ready {
+        // The kernel sends the new agent every packet now: this queue
+        // empties, and what is in flight on this process's sessions is
+        // still decrypted here.
+        std::thread::sleep(RX_GRACE);
+        agent.backend.release_tx();
+        info!(
+            took_ms = start.elapsed().as_millis() as u64,
+            "handed over: exiting"
+        );
+    } else {
+        agent.backend.release_tx();
+        warn!("no new agent took over within {WAIT_READY:?}: exiting");
+    }
+    let _ = std::fs::remove_file(path(dir, OLD_FILE));
+    std::process::exit(0);
+}
+
+/// New agent, when the old one could not share the device (an agent from
+/// before multi-queue, or a single-queue device): tells it to go, and
+/// waits until it has.
+pub fn let_go(dir: &Path, old: u32) {
+    let _ = std::fs::write(path(dir, READY_FILE), format!("{}\n", std::process::id()));
+    let start = Instant::now();
+    while alive(old) && start.elapsed() < WAIT_READY {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// New agent, standing by beside the old one: once every peer has a
+/// session, takes the kernel's packets and tells the old agent to go.
+pub fn take_over(agent: Arc<Agent>) {
+    let spawned = std::thread::Builder::new()
+        .name("handover".into())
+        .spawn(move || {
+            let start = Instant::now();
+            while !agent.backend.sessions_ready() && start.elapsed() < SESSIONS_WAIT {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let all = agent.backend.sessions_ready();
+            if let Err(e) = agent.backend.activate() {
+                warn!(error = %e, "taking over from the old agent");
+            }
+            let dir = &agent.cfg.state_dir;
+            let _ = std::fs::write(path(dir, READY_FILE), format!("{}\n", std::process::id()));
+            info!(
+                sessions_with_every_peer = all,
+                took_ms = start.elapsed().as_millis() as u64,
+                "took over from the old agent"
+            );
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "starting the handover thread");
+    }
+}
