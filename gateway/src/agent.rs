@@ -205,6 +205,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     );
     let pod_interfaces: std::collections::BTreeSet<String> = interfaces.values().cloned().collect();
     let read_addresses = addresses::read(&pod_interfaces);
+    let lock = handoff::lock_state_dir(&cfg.state_dir, handoff::LOCK_WAIT)?;
     // A restart's handover: an old agent still forwarding (see handoff.rs).
     let mut standby = handoff::incoming(&cfg.state_dir);
     let (backend, fallback) = match (&cfg.encryption, &cfg.ipsec_secret) {
@@ -287,7 +288,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     match runtime.block_on(main_loop(agent.clone()))? {
-        Exit::Done => Ok(()),
+        Exit::Done => {
+            drop(lock);
+            Ok(())
+        }
         Exit::Handoff => {
             // Every task stops (servers, discovery session, state files);
             // the WireGuard threads forward on until the new agent is up.
@@ -295,6 +299,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 .handing_off
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             runtime.shutdown_timeout(Duration::from_secs(1));
+            drop(lock);
             handoff::serve_out(&agent)
         }
     }

@@ -1,5 +1,6 @@
 //! `cargo xtask demo`: one cluster of three nodes; pods talk across nodes, and
-//! the underlay carries nothing but WireGuard, the control plane and ARP.
+//! the underlay carries nothing but WireGuard, the control plane and ARP; an
+//! agent restart during a 10 ms ping stream loses nothing.
 //! Then egress gateways (`scenarios/egress.yaml`): a selected pod's
 //! connection reaches the external host from a gateway's egress IP, an
 //! unselected pod's from its node. Last, FQDN policy (`scenarios/fqdn.yaml`):
@@ -36,7 +37,7 @@ const PAIRS: &[(&str, &str)] = &[
 ];
 
 pub fn run() -> Result<()> {
-    let mut steps = Steps::new(11);
+    let mut steps = Steps::new(12);
     steps.step("deps", crate::deps::run)?;
     steps.step("build meshgate (release)", || {
         util::run(util::cargo().args(["build", "-p", "meshgate-gateway", "--release"]))
@@ -60,6 +61,9 @@ pub fn run() -> Result<()> {
     })?;
     steps.step("pods ping across nodes", || ping_pairs(&world))?;
     steps.step("underlay capture on n1", || capture(&world))?;
+    steps.step("agent restart during a ping stream", || {
+        restart_under_ping(&world)
+    })?;
     if containerd.is_ok() {
         steps.step(
             "real containers through containerd and meshgate-cni",
@@ -325,6 +329,38 @@ fn ping_pairs(world: &World) -> Result<()> {
         )
         .with_context(|| format!("c1/{from} cannot ping c1/{to} at {ip}"))?;
     }
+    Ok(())
+}
+
+/// Restarts n2's agent while n1-a pings n2-a every 10 ms: the old agent
+/// forwards until the new one holds its sessions (issue 14), so nothing
+/// is lost.
+fn restart_under_ping(world: &World) -> Result<()> {
+    let ip = world.ip("c1/n2-a")?;
+    let ping = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pod_ns("n1-a"),
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            "200",
+        ])
+        .args(["-i", "0.01", "-W", "1", &ip])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting ping")?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    util::run(world.cmd().args(["lab", "restart", &world.target("c1/n2")]))?;
+    let out = ping.wait_with_output().context("waiting for ping")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or("no ping summary");
+    println!("\nc1/n1-a -> c1/n2-a every 10 ms across n2's agent restart: {summary}");
     Ok(())
 }
 

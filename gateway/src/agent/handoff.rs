@@ -28,6 +28,9 @@ use tracing::{info, warn};
 
 use super::Agent;
 
+const LOCK_FILE: &str = "agent.lock";
+/// How long a starting agent waits for the state directory's lock.
+pub const LOCK_WAIT: Duration = Duration::from_secs(5);
 const OLD_FILE: &str = "handoff-old.pid";
 const READY_FILE: &str = "handoff-ready";
 const GENERATION_FILE: &str = "wg-generation";
@@ -49,6 +52,37 @@ fn alive(pid: u32) -> bool {
 
 fn read_pid(p: &Path) -> Option<u32> {
     std::fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
+/// Takes the state directory's lock: one agent per node at a time (the
+/// multi-queue TUN device and the shared WireGuard port would not refuse a
+/// second one). An old agent lets go of it when it starts handing over;
+/// this waits up to `wait` for that.
+pub fn lock_state_dir(dir: &Path, wait: Duration) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let p = path(dir, LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(|e| anyhow::anyhow!("opening {}: {e}", p.display()))?;
+    let start = Instant::now();
+    loop {
+        // SAFETY: flock on an open file's fd.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(file);
+        }
+        if start.elapsed() > wait {
+            anyhow::bail!(
+                "another agent runs with state dir {} (it holds {}): stop it first \
+                 (SIGTERM leaves the mesh), or send it SIGUSR2 to hand over to this one",
+                dir.display(),
+                p.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The pid of an old agent handing over to us, if one is.
@@ -144,5 +178,36 @@ pub fn take_over(agent: Arc<Agent>) {
         });
     if let Err(e) = spawned {
         warn!(error = %e, "starting the handover thread");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn one_agent_per_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock_state_dir(dir.path(), Duration::ZERO).unwrap();
+        let err = lock_state_dir(dir.path(), Duration::from_millis(50)).unwrap_err();
+        assert!(err.to_string().contains("another agent runs"), "{err}");
+        drop(first);
+        lock_state_dir(dir.path(), Duration::ZERO).expect("free once the first lets go");
+    }
+
+    #[test]
+    fn generations_alternate_and_stale_markers_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen: Vec<u8> = (0..4).map(|_| next_generation(dir.path())).collect();
+        assert_eq!(seen, [0, 1, 0, 1]);
+        // A marker left by a process that is gone is no handover.
+        std::fs::write(dir.path().join(OLD_FILE), "999999999\n").unwrap();
+        std::fs::write(dir.path().join(READY_FILE), "1\n").unwrap();
+        assert_eq!(incoming(dir.path()), None);
+        assert!(
+            !dir.path().join(READY_FILE).exists(),
+            "a stale ready marker is removed"
+        );
     }
 }
