@@ -205,7 +205,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     );
     let pod_interfaces: std::collections::BTreeSet<String> = interfaces.values().cloned().collect();
     let read_addresses = addresses::read(&pod_interfaces);
-    let lock = handoff::lock_state_dir(&cfg.state_dir, handoff::LOCK_WAIT)?;
+    let lock = handoff::lock_node(&cfg.state_dir, &cfg.interface, handoff::LOCK_WAIT)?;
     // A restart's handover: an old agent still forwarding (see handoff.rs).
     let mut standby = handoff::incoming(&cfg.state_dir);
     let (backend, fallback) = match (&cfg.encryption, &cfg.ipsec_secret) {
@@ -426,7 +426,7 @@ async fn main_loop(agent: Arc<Agent>) -> anyhow::Result<Exit> {
             _ = int.recv() => return leave(&agent, session).await.map(|()| Exit::Done),
             _ = usr2.recv() => {
                 persist::write_status(&agent);
-                if agent.backend.begin_handoff() {
+                if agent.backend.begin_handoff() && handoff::announce(&agent.cfg.state_dir) {
                     info!("restart: handing over to the next agent; interface, routes and registration stay");
                     return Ok(Exit::Handoff);
                 }

@@ -127,10 +127,14 @@ fn start_in(
     bin: &Path,
 ) -> Result<String> {
     if let Some(pid) = running_pid(rec, component) {
-        return Err(LabError::AlreadyRunning {
-            component: component.to_string(),
-            pid,
-        });
+        // An agent handing over (after SIGUSR2) forwards on only until a
+        // new one takes over: starting that one is what it waits for.
+        if !(t.kind == TargetKind::Node && handing_over(t, pid)) {
+            return Err(LabError::AlreadyRunning {
+                component: component.to_string(),
+                pid,
+            });
+        }
     }
     if t.kind == TargetKind::External {
         let x = rec
@@ -204,6 +208,14 @@ const HANDOFF_FILE: &str = "handoff-old.pid";
 /// How long the old agent may take to hand over once the new one runs.
 const HANDOFF_GRACE: Duration = Duration::from_secs(20);
 
+/// Whether agent `pid` of node `t` says it is handing over.
+fn handing_over(t: &Target, pid: u32) -> bool {
+    std::fs::read_to_string(agent_dir(&t.world, &t.cluster, &t.name).join(HANDOFF_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        == Some(pid)
+}
+
 /// SIGUSR2; once the old agent has exited or says it is handing over,
 /// the new one starts; then the old one must be gone within the grace.
 fn restart_agent(
@@ -213,13 +225,7 @@ fn restart_agent(
     bin: &Path,
 ) -> Result<String> {
     let pid = require_running(rec, component)?;
-    let marker = agent_dir(&t.world, &t.cluster, &t.name).join(HANDOFF_FILE);
-    let says_handing_over = || {
-        std::fs::read_to_string(&marker)
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-            == Some(pid)
-    };
+    let says_handing_over = || handing_over(t, pid);
     procs::signal(pid, SIGUSR2)?;
     let deadline = Instant::now() + RESTART_GRACE;
     let mut handing_over = false;

@@ -54,18 +54,41 @@ fn read_pid(p: &Path) -> Option<u32> {
     std::fs::read_to_string(p).ok()?.trim().parse().ok()
 }
 
-/// Takes the state directory's lock: one agent per node at a time (the
-/// multi-queue TUN device and the shared WireGuard port would not refuse a
-/// second one). An old agent lets go of it when it starts handing over;
-/// this waits up to `wait` for that.
-pub fn lock_state_dir(dir: &Path, wait: Duration) -> anyhow::Result<std::fs::File> {
+/// Takes the locks that keep one agent per node: the state directory's,
+/// and the WireGuard device's in this network namespace (under
+/// `/run/meshgate`, keyed by the namespace and the interface, so a second
+/// agent with another state directory is refused too: the multi-queue TUN
+/// device and the shared WireGuard port would not refuse it). An old agent
+/// lets go of both when it starts handing over; this waits up to `wait`.
+pub fn lock_node(
+    state_dir: &Path,
+    interface: &str,
+    wait: Duration,
+) -> anyhow::Result<Vec<std::fs::File>> {
+    let mut held = vec![lock_file(&path(state_dir, LOCK_FILE), wait)?];
+    match device_lock_path(interface) {
+        Ok(p) => held.push(lock_file(&p, wait)?),
+        Err(e) => warn!(error = %e, "cannot lock the node's WireGuard device (is /run writable?)"),
+    }
+    Ok(held)
+}
+
+/// `/run/meshgate/wg-<netns inode>-<interface>.lock`.
+fn device_lock_path(interface: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let netns = std::fs::metadata("/proc/self/ns/net")?.ino();
+    let dir = Path::new("/run/meshgate");
+    std::fs::create_dir_all(dir)?;
+    Ok(dir.join(format!("wg-{netns}-{interface}.lock")))
+}
+
+fn lock_file(p: &Path, wait: Duration) -> anyhow::Result<std::fs::File> {
     use std::os::fd::AsRawFd;
-    let p = path(dir, LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&p)
+        .open(p)
         .map_err(|e| anyhow::anyhow!("opening {}: {e}", p.display()))?;
     let start = Instant::now();
     loop {
@@ -75,9 +98,8 @@ pub fn lock_state_dir(dir: &Path, wait: Duration) -> anyhow::Result<std::fs::Fil
         }
         if start.elapsed() > wait {
             anyhow::bail!(
-                "another agent runs with state dir {} (it holds {}): stop it first \
+                "another agent still running on this node holds {}: stop it first \
                  (SIGTERM leaves the mesh), or send it SIGUSR2 to hand over to this one",
-                dir.display(),
                 p.display()
             );
         }
@@ -105,14 +127,30 @@ pub fn next_generation(dir: &Path) -> u8 {
     next
 }
 
-/// Old agent, after its runtime stopped: says it is handing over, waits
-/// for the new agent, lets go, and exits.
+/// Old agent, at SIGUSR2: says it is handing over (`handoff-old.pid`), so
+/// the lab starts the new agent; that one waits for this one's locks, which
+/// go with its runtime. `false` if it cannot say so (then it just exits).
+pub fn announce(dir: &Path) -> bool {
+    match std::fs::write(path(dir, OLD_FILE), format!("{}\n", std::process::id())) {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(error = %e, "cannot announce the handover: exiting instead");
+            false
+        }
+    }
+}
+
+/// Old agent, after its runtime stopped and its locks went: waits for the
+/// new agent, lets go, and exits.
 pub fn serve_out(agent: &Agent) -> ! {
     let dir = &agent.cfg.state_dir;
     let me = std::process::id();
-    if let Err(e) = std::fs::write(path(dir, OLD_FILE), format!("{me}\n")) {
-        warn!(error = %e, "cannot announce the handover: exiting now");
-        std::process::exit(0);
+    // The runtime's signal handlers are gone with it: SIGTERM and SIGINT
+    // stop this process at once again (leaving the device, as a crash).
+    // SAFETY: resetting two signals to their default action.
+    unsafe {
+        libc::signal(libc::SIGTERM, libc::SIG_DFL);
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
     }
     info!("forwarding until the new agent holds its sessions");
     let start = Instant::now();
@@ -189,11 +227,15 @@ mod tests {
     #[test]
     fn one_agent_per_state_dir() {
         let dir = tempfile::tempdir().unwrap();
-        let first = lock_state_dir(dir.path(), Duration::ZERO).unwrap();
-        let err = lock_state_dir(dir.path(), Duration::from_millis(50)).unwrap_err();
-        assert!(err.to_string().contains("another agent runs"), "{err}");
+        let p = dir.path().join(LOCK_FILE);
+        let first = lock_file(&p, Duration::ZERO).unwrap();
+        let err = lock_file(&p, Duration::from_millis(50)).unwrap_err();
+        assert!(
+            err.to_string().contains("another agent still running"),
+            "{err}"
+        );
         drop(first);
-        lock_state_dir(dir.path(), Duration::ZERO).expect("free once the first lets go");
+        lock_file(&p, Duration::ZERO).expect("free once the first lets go");
     }
 
     #[test]

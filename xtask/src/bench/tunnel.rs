@@ -3,7 +3,8 @@
 //! four TCP streams, 64-byte UDP datagrams a second, CPU per gigabit, ping
 //! RTT and TCP_RR; then meshgate once per offload step, so each step's gain
 //! is measured in the same run. `MESHGATE_BENCH_BASELINE_BIN=<older
-//! meshgate>` adds that build as a column, for before/after figures.
+//! meshgate>` adds that build as a column, for before/after figures
+//! (`MESHGATE_BENCH_BASELINE_NAME` names it in docs/benchmarks.md).
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -179,8 +180,10 @@ fn section(
 ) -> String {
     let before = match baseline {
         Some(b) => format!(
-            "\n\n\"meshgate before\" is the build at `{}` (`{BASELINE_ENV}`), measured in the same run.",
-            b.display()
+            "\n\n\"meshgate before\" is {} (`{BASELINE_ENV}`), measured in the same run.",
+            std::env::var("MESHGATE_BENCH_BASELINE_NAME")
+                .map(|n| format!("the build of {n}"))
+                .unwrap_or_else(|_| format!("the build at `{}`", b.display()))
         ),
         None => String::new(),
     };
