@@ -197,6 +197,19 @@ fn complete_checksum(hdr: &VnetHdr, pkt: &mut [u8]) -> Result<(), SplitError> {
     Ok(())
 }
 
+/// One segment of a super-packet into `seg`: the headers, then `chunk`,
+/// with the IPv4 total length, `id` and header checksum set (the
+/// transport header is the caller's to finish).
+fn start_segment(seg: &mut Vec<u8>, headers: &[u8], chunk: &[u8], id: u16, ihl: usize) {
+    seg.clear();
+    seg.extend_from_slice(headers);
+    seg.extend_from_slice(chunk);
+    let total = seg.len() as u16;
+    seg[2..4].copy_from_slice(&total.to_be_bytes());
+    seg[4..6].copy_from_slice(&id.to_be_bytes());
+    ipv4_checksum(seg, ihl);
+}
+
 fn split_tcp(
     hdr: &VnetHdr,
     pkt: &[u8],
@@ -224,13 +237,7 @@ fn split_tcp(
     for (i, chunk) in payload.chunks(mss).enumerate() {
         let first = i == 0;
         let last = i + 1 == count;
-        seg.clear();
-        seg.extend_from_slice(&pkt[..hl]);
-        seg.extend_from_slice(chunk);
-        let total = seg.len() as u16;
-        seg[2..4].copy_from_slice(&total.to_be_bytes());
-        seg[4..6].copy_from_slice(&id.wrapping_add(i as u16).to_be_bytes());
-        ipv4_checksum(seg, ihl);
+        start_segment(seg, &pkt[..hl], chunk, id.wrapping_add(i as u16), ihl);
         let s = seq.wrapping_add((i * mss) as u32);
         seg[ihl + 4..ihl + 8].copy_from_slice(&s.to_be_bytes());
         let mut f = flags;
@@ -273,13 +280,7 @@ fn split_udp(
     let payload = &pkt[hl..];
     let mut count = 0;
     for (i, chunk) in payload.chunks(size).enumerate() {
-        seg.clear();
-        seg.extend_from_slice(&pkt[..hl]);
-        seg.extend_from_slice(chunk);
-        let total = seg.len() as u16;
-        seg[2..4].copy_from_slice(&total.to_be_bytes());
-        seg[4..6].copy_from_slice(&id.wrapping_add(i as u16).to_be_bytes());
-        ipv4_checksum(seg, ihl);
+        start_segment(seg, &pkt[..hl], chunk, id.wrapping_add(i as u16), ihl);
         let udp_len = (8 + chunk.len()) as u16;
         seg[ihl + 4..ihl + 6].copy_from_slice(&udp_len.to_be_bytes());
         transport_checksum(seg, ihl, PROTO_UDP);

@@ -113,21 +113,10 @@ fn valid_name(name: &str) -> bool {
 
 impl Tun {
     /// Creates the device `name`, or attaches to it if it already exists
-    /// (as after an agent restart), and marks it persistent.
-    pub fn attach(name: &str) -> Result<Tun, TunError> {
-        Tun::attach_with(
-            name,
-            WantOffloads {
-                tso: false,
-                uso: false,
-                gro: false,
-            },
-        )
-    }
-
-    /// As [`Tun::attach`], asking for the offloads in `want`: each is
-    /// probed, and what the kernel refuses is left off ([`Tun::offloads`]
-    /// says what is on). With none, packets carry no vnet header.
+    /// (as after an agent restart), and marks it persistent; asks for the
+    /// offloads in `want`: each is probed, and what the kernel refuses is
+    /// left off ([`Tun::offloads`] says what is on). With none, packets
+    /// carry no vnet header.
     pub fn attach_with(name: &str, want: WantOffloads) -> Result<Tun, TunError> {
         if !valid_name(name) {
             return Err(TunError::BadName(name.to_string()));
@@ -229,14 +218,6 @@ impl Tun {
             return Err(io::Error::last_os_error());
         }
         Ok(())
-    }
-
-    /// Waits up to `timeout` for a packet; `Ok(None)` on timeout.
-    pub fn recv(&self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
-        if !wait_readable(self.fd.as_raw_fd(), timeout)? {
-            return Ok(None);
-        }
-        self.try_recv(buf)
     }
 
     /// Reads one packet if one is queued; `Ok(None)` if none is.

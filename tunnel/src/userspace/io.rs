@@ -113,7 +113,13 @@ impl Udp {
     }
 }
 
-fn set_int(sock: &UdpSocket, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> bool {
+/// Sets an int socket option; `false` (errno set) when refused.
+pub(super) fn set_int(
+    sock: &UdpSocket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> bool {
     // SAFETY: setsockopt with a pointer to one int and its size.
     unsafe {
         libc::setsockopt(

@@ -40,18 +40,7 @@ pub fn bind_reuseport(port: u16) -> io::Result<UdpSocket> {
     }
     // SAFETY: raw is a fresh socket nothing else owns.
     let sock = unsafe { UdpSocket::from_raw_fd(raw) };
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt with one int.
-    if unsafe {
-        libc::setsockopt(
-            raw,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEPORT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    } < 0
-    {
+    if !super::io::set_int(&sock, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1) {
         return Err(io::Error::last_os_error());
     }
     let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
