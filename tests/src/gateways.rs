@@ -2,6 +2,8 @@
 //! failover check, shared by the host suite (`tests/gateways.rs`) and the
 //! kernel lab's (`tests/kernel.rs`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::stream::{longest_gap, unix_now, PingStream};
@@ -54,6 +56,127 @@ pub fn active_gateway(world: &World, cluster: &str, node: &str, of: &str) -> Opt
         .map(|g| g.active.clone())
 }
 
+/// What the nodes on the ping's path saw, sampled every 100 ms while the
+/// failover check runs: printed when it fails, so a gap can be traced to
+/// a node that switched late or a peer that still looked alive.
+struct Timeline {
+    stop: Arc<AtomicBool>,
+    lines: Arc<Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Timeline {
+    fn start(world: &World, t0: f64) -> Timeline {
+        let stop = Arc::new(AtomicBool::new(false));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (s, l, name) = (stop.clone(), lines.clone(), world.name.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let mut line = format!("{:7.2}", unix_now() - t0);
+                for (c, n) in [
+                    ("c1", "n3"),
+                    ("c1", "g1"),
+                    ("c2", "g1"),
+                    ("c2", "g2"),
+                    ("c2", "n3"),
+                ] {
+                    let Ok(st) = meshgate_lab::agent_status(&name, c, n) else {
+                        line.push_str(&format!(" | {c}/{n} -"));
+                        continue;
+                    };
+                    let gws: Vec<String> = st
+                        .gateways
+                        .iter()
+                        .map(|g| format!("{}:{}", g.cluster, g.active))
+                        .collect();
+                    let ages: Vec<String> = st
+                        .peers
+                        .iter()
+                        .filter(|p| p.node.starts_with('g'))
+                        .map(|p| {
+                            let age = p.last_rx_age_ms.map_or("-".into(), |a| a.to_string());
+                            format!("{}/{}={age}", p.cluster, p.node)
+                        })
+                        .collect();
+                    line.push_str(&format!(
+                        " | {c}/{n} {} [{}]",
+                        gws.join(","),
+                        ages.join(" ")
+                    ));
+                }
+                l.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Timeline {
+            stop,
+            lines,
+            thread: Some(thread),
+        }
+    }
+
+    /// The samples so far, one line each, then what the kernel shows on the
+    /// nodes of the path: WireGuard counters and handshakes before and
+    /// after 2 s of c1/g1's underlay traffic, and the neighbour tables.
+    fn report(&self, world: &World) -> String {
+        let mut out = String::from(
+            "what the nodes saw (active gateway per cluster [receive age ms per gateway peer]):\n",
+        );
+        out.push_str(
+            &self
+                .lines
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .join("\n"),
+        );
+        // What crosses c1/g1's underlay link for 2 s, and which WireGuard
+        // counters move meanwhile.
+        let g1 = world.node_ns("c1", "g1");
+        let n3 = world.node_ns("c1", "n3");
+        let dump = |ns: &str| {
+            let o = world.in_ns(ns, &["wg", "show", "all", "dump"]);
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        out.push_str(&format!(
+            "\n--- c1/g1 wg dump before:\n{}--- c1/n3 wg dump before:\n{}",
+            dump(&g1),
+            dump(&n3)
+        ));
+        let cap = world.in_ns(
+            &g1,
+            &["timeout", "2", "tcpdump", "-n", "-i", "eth0", "-c", "60"],
+        );
+        out.push_str(&format!(
+            "--- c1/g1 eth0 for 2 s:\n{}{}",
+            String::from_utf8_lossy(&cap.stdout),
+            String::from_utf8_lossy(&cap.stderr)
+        ));
+        out.push_str(&format!(
+            "--- c1/g1 wg dump after:\n{}--- c1/n3 wg dump after:\n{}",
+            dump(&g1),
+            dump(&n3)
+        ));
+        for (c, n) in [("c1", "g1"), ("c2", "g1"), ("c1", "n3")] {
+            for argv in [&["wg", "show", "all", "dump"][..], &["ip", "neigh"][..]] {
+                let o = world.in_ns(&world.node_ns(c, n), argv);
+                out.push_str(&format!("--- {c}/{n}: {}\n", argv.join(" ")));
+                out.push_str(&String::from_utf8_lossy(&o.stdout));
+                out.push_str(&String::from_utf8_lossy(&o.stderr));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Timeline {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Fails a gateway with `lab fail` and returns when it happened.
 fn fail(world: &World, target: &str) -> f64 {
     let at = unix_now();
@@ -76,6 +199,8 @@ pub fn assert_failover_within_bound(world: &World) {
         ],
     ));
     std::thread::sleep(Duration::from_millis(1500));
+    let t0 = unix_now();
+    let timeline = Timeline::start(world, t0);
 
     // The sending side's active gateway dies.
     let t1 = fail(world, "c1/g1");
@@ -83,7 +208,11 @@ pub fn assert_failover_within_bound(world: &World) {
         active_gateway(world, "c1", "n3", "c1").as_deref() == Some("c1/g2")
             && active_gateway(world, "c2", "g1", "c1").as_deref() == Some("c1/g2")
     });
-    assert!(moved.is_some(), "c1/n3 and c2/g1 never switched to c1/g2");
+    assert!(
+        moved.is_some(),
+        "c1/n3 and c2/g1 never switched to c1/g2; {}",
+        timeline.report(world)
+    );
     std::thread::sleep(Duration::from_secs(2));
 
     // It comes back: traffic returns to it (after its hold) without a stop.
@@ -92,7 +221,11 @@ pub fn assert_failover_within_bound(world: &World) {
     let back = wait_until(Duration::from_secs(5), || {
         active_gateway(world, "c1", "n3", "c1").as_deref() == Some("c1/g1")
     });
-    assert!(back.is_some(), "c1/n3 never went back to c1/g1");
+    assert!(
+        back.is_some(),
+        "c1/n3 never went back to c1/g1; {}",
+        timeline.report(world)
+    );
     std::thread::sleep(Duration::from_secs(1));
 
     // The receiving side's active gateway dies.
@@ -100,7 +233,11 @@ pub fn assert_failover_within_bound(world: &World) {
     let moved = wait_until(Duration::from_secs(3), || {
         active_gateway(world, "c2", "n3", "c2").as_deref() == Some("c2/g2")
     });
-    assert!(moved.is_some(), "c2/n3 never switched to c2/g2");
+    assert!(
+        moved.is_some(),
+        "c2/n3 never switched to c2/g2; {}",
+        timeline.report(world)
+    );
     let (replies, out) = stream.finish();
     let end = replies.last().copied().unwrap_or(t3);
     assert!(
@@ -116,7 +253,13 @@ pub fn assert_failover_within_bound(world: &World) {
     for (what, gap) in gaps {
         assert!(
             gap < FAILOVER_BOUND,
-            "after {what}, traffic stopped for {gap:.2} s (bound {FAILOVER_BOUND} s)"
+            "after {what}, traffic stopped for {gap:.2} s (bound {FAILOVER_BOUND} s); \
+             c1/g1 failed at {:.2} s, back at {:.2} s, c2/g1 failed at {:.2} s; \
+             {}",
+            t1 - t0,
+            t2 - t0,
+            t3 - t0,
+            timeline.report(world),
         );
     }
     // The failover really happened through the other gateway: still flowing

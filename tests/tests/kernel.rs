@@ -157,7 +157,17 @@ fn kernel_backend_rotates_keys_and_restarts_under_a_10ms_ping_losing_nothing() {
         "n2 lacks n1's new key"
     );
 
-    // An agent restart: the kernel device keeps forwarding meanwhile.
+    // An agent restart: the kernel device keeps forwarding meanwhile, on
+    // the sessions it has (the new agent sets the same key: no peer has
+    // to handshake again).
+    let handshakes = || {
+        let o = world.in_ns(
+            &world.node_ns("c1", "n2"),
+            &["wg", "show", "mg-wg0", "latest-handshakes"],
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let sessions = handshakes();
     let old_pid = world.status("c1", "n2").pid;
     let s = ping_through(&world, || {
         world.lab("restart", "c1/n2");
@@ -173,6 +183,11 @@ fn kernel_backend_rotates_keys_and_restarts_under_a_10ms_ping_losing_nothing() {
     let st = world.status("c1", "n2");
     assert_ne!(st.pid, old_pid, "the agent was not restarted");
     assert_eq!(st.backend, "kernel");
+    assert_eq!(
+        handshakes(),
+        sessions,
+        "the restarted agent made its peers handshake again (were the sessions expired?)"
+    );
 }
 
 #[test]

@@ -36,8 +36,25 @@ fn family_id() -> Result<u16, GenlError> {
     ))
 }
 
-/// Sets `iface`'s private key and listen port; its peers stay as they are.
+/// A Curve25519 secret as the kernel stores it: clamped (RFC 7748). The
+/// same key either way, but the kernel compares a key it is given with the
+/// clamped copy it holds, and takes any difference for a new key: it
+/// expires every peer's session. Our keys are kept unclamped (x25519
+/// clamps at use), so without this every agent start on a device that
+/// persisted made each peer handshake again; after a crash those first
+/// handshakes often did not complete, and a gateway back from one was
+/// silent to its peers until WireGuard retried 5 s later.
+fn clamped(mut secret: [u8; 32]) -> [u8; 32] {
+    secret[0] &= 248;
+    secret[31] &= 127;
+    secret[31] |= 64;
+    secret
+}
+
+/// Sets `iface`'s private key and listen port; its peers stay as they are,
+/// and so do their sessions when the key is the one the device has.
 pub fn set_key_and_port(iface: &str, secret: [u8; 32], port: u16) -> Result<(), GenlError> {
+    let secret = clamped(secret);
     let mut msg = GenlMessage::from_payload(WireguardMessage {
         cmd: WireguardCmd::SetDevice,
         attributes: vec![
@@ -54,4 +71,20 @@ pub fn set_key_and_port(iface: &str, secret: [u8; 32], port: u16) -> Result<(), 
         &format!("setting the private key and port {port} of {iface}"),
     )
     .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use boringtun::x25519::{PublicKey, StaticSecret};
+
+    #[test]
+    fn the_clamped_secret_is_the_same_key_and_what_the_kernel_holds() {
+        let raw = [0xffu8; 32];
+        let c = super::clamped(raw);
+        assert_eq!(c[0] & 7, 0, "low bits cleared");
+        assert_eq!(c[31] & 0xc0, 0x40, "top bit cleared, next set");
+        assert_eq!(super::clamped(c), c, "clamping twice changes nothing");
+        let public = |s: [u8; 32]| PublicKey::from(&StaticSecret::from(s)).to_bytes();
+        assert_eq!(public(c), public(raw), "clamping does not change the key");
+    }
 }
