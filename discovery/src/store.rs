@@ -95,9 +95,9 @@ pub enum StoreError {
         source: serde_json::Error,
     },
     #[error(
-        "state is {bytes} bytes, over the {} bytes one etcd request may carry; this cluster \
-         is too large for the etcd store",
-        etcd::MAX_STATE_BYTES
+        "a record of {bytes} bytes (one node's endpoints) is over the {} bytes one etcd \
+         request may carry; the etcd store cannot keep it",
+        etcd::MAX_TXN_BYTES
     )]
     EtcdTooLarge { url: String, bytes: usize },
     /// Another replica changed the state first; this is what it wrote.
@@ -127,10 +127,10 @@ pub trait Store: Send {
     fn newer(&self, _mark: StoreMark) -> Option<i64> {
         None
     }
-    /// Records the state at `mark` as what this replica holds (after
+    /// Records `remote` as the state this replica holds (after
     /// [`Store::newer`], once the registry took it: a state this replica
     /// could not take is never overwritten by it).
-    fn adopt(&mut self, _mark: StoreMark) {}
+    fn adopt(&mut self, _remote: &RemoteState) {}
     /// Whether this replica sees every lease renewal, so it may expire nodes.
     fn may_expire(&self) -> bool {
         true

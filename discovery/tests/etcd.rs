@@ -3,229 +3,17 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
+#[path = "etcd/harness.rs"]
+mod harness;
 
 use common::{next, pb_node, watch};
-use meshgate_discovery::client::{connect, pb, DiscoveryClient};
+use harness::{endpoint, free_port, register, snapshot_of, wait_upsert, Etcd, Replica};
+use meshgate_discovery::client::pb;
 use meshgate_discovery::model::{Event, Snapshot, WatchItem};
-use meshgate_discovery::server::{serve_on, ServerConfig};
 use meshgate_discovery::store::StoreChoice;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tonic::transport::Channel;
-use tonic::Streaming;
-
-const ETCD: &str = "/usr/bin/etcd";
-
-/// A real etcd on loopback; killed and its data dir removed on drop.
-struct Etcd {
-    child: Child,
-    client: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Etcd {
-    /// Starts etcd on free ports; tries other ports when one was taken in
-    /// the meantime (tests run in parallel).
-    fn start() -> Etcd {
-        assert!(
-            Path::new(ETCD).exists(),
-            "{ETCD} is missing: these tests run a real etcd. Install it with `cargo xtask deps` \
-             (or `apt-get install etcd-server`); `cargo xtask test` installs it itself"
-        );
-        let mut last_log = String::new();
-        for _ in 0..5 {
-            match Etcd::try_start() {
-                Ok(etcd) => return etcd,
-                Err(log) => last_log = log,
-            }
-        }
-        panic!("etcd did not start (5 tries on free ports); last log:\n{last_log}");
-    }
-
-    fn try_start() -> Result<Etcd, String> {
-        // On tmpfs when there is one: etcd syncs every write, which a busy
-        // disk makes slow.
-        let dir = match Path::new("/dev/shm").is_dir() {
-            true => tempfile::tempdir_in("/dev/shm").unwrap(),
-            false => tempfile::tempdir().unwrap(),
-        };
-        let (cport, pport) = (free_port(), free_port());
-        let client: SocketAddr = format!("127.0.0.1:{cport}").parse().unwrap();
-        let peer = format!("http://127.0.0.1:{pport}");
-        let log_path = dir.path().join("etcd.log");
-        let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(ETCD)
-            .args(["--name", "etcdtest"])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &format!("http://{client}")])
-            .args(["--advertise-client-urls", &format!("http://{client}")])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("etcdtest={peer}")])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {ETCD}: {e}"));
-        let mut etcd = Etcd {
-            child,
-            client,
-            _dir: dir,
-        };
-        let t = Instant::now();
-        // Ours answers etcd's /version (another test's server may hold the port).
-        while !answers_as_etcd(client) {
-            let exited = etcd.child.try_wait().ok().flatten().is_some();
-            if exited || t.elapsed() > Duration::from_secs(15) {
-                return Err(std::fs::read_to_string(&log_path).unwrap_or_default());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if etcd.child.try_wait().ok().flatten().is_some() {
-            return Err(std::fs::read_to_string(&log_path).unwrap_or_default());
-        }
-        Ok(etcd)
-    }
-
-    fn store(&self) -> StoreChoice {
-        format!("etcd://{}", self.client).parse().unwrap()
-    }
-}
-
-/// Whether `addr` answers `GET /version` as etcd does.
-fn answers_as_etcd(addr: SocketAddr) -> bool {
-    use std::io::{Read as _, Write as _};
-    let Ok(mut c) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = c.set_read_timeout(Some(Duration::from_millis(500)));
-    if c.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut body = String::new();
-    let _ = c.read_to_string(&mut body);
-    body.contains("etcdserver")
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Replica {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), meshgate_discovery::Error>>,
-}
-
-impl Replica {
-    async fn start(store: StoreChoice, ttl: Duration) -> Replica {
-        Replica::start_as(store, ttl, 1).await
-    }
-
-    /// A replica of cluster `c1` that believes its ID is `cluster_id`.
-    async fn start_as(store: StoreChoice, ttl: Duration, cluster_id: u8) -> Replica {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stop_rx) = oneshot::channel::<()>();
-        let cfg = ServerConfig {
-            listen: addr,
-            cluster: "c1".into(),
-            cluster_id,
-            state_dir: "/nonexistent-etcd-store-is-used".into(),
-            lease_ttl: ttl,
-            services: Vec::new(),
-            federation: Default::default(),
-            pod_cidrs: Vec::new(),
-            encryption: Default::default(),
-        };
-        let task = tokio::spawn(serve_on(cfg, None, store, listener, async {
-            let _ = stop_rx.await;
-        }));
-        Replica {
-            addr,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn client(&self) -> DiscoveryClient<Channel> {
-        let t = Instant::now();
-        loop {
-            match connect(&format!("http://{}", self.addr)).await {
-                Ok(c) => return c,
-                Err(e) if t.elapsed() > Duration::from_secs(5) => panic!("connect: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    }
-
-    /// Kills the replica: its server task is aborted, as if the process died.
-    fn kill(mut self) {
-        self.stop.take();
-        self.task.abort();
-    }
-}
-
-async fn register(c: &mut DiscoveryClient<Channel>, node: pb::Node) -> pb::Node {
-    c.register(pb::RegisterRequest { node: Some(node) })
-        .await
-        .expect("register")
-        .into_inner()
-        .node
-        .unwrap()
-}
-
-async fn snapshot_of(c: &mut DiscoveryClient<Channel>) -> Snapshot {
-    let mut s = watch(c).await;
-    match next(&mut s, Duration::from_secs(3)).await {
-        WatchItem::Snapshot(s) => s,
-        other => panic!("first watch event must be a snapshot, got {other:?}"),
-    }
-}
-
-/// Waits for an upsert of `name` on `stream`, skipping other events.
-async fn wait_upsert(stream: &mut Streaming<pb::WatchEvent>, name: &str) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match next(stream, left).await {
-            WatchItem::Event(Event::Upserted { node, revision }) if node.name == name => {
-                return revision
-            }
-            WatchItem::Snapshot(s) if s.nodes.iter().any(|n| n.name == name) => return s.revision,
-            _ => {}
-        }
-    }
-}
-
-fn endpoint(ip: &str, app: &str) -> pb::Endpoint {
-    pb::Endpoint {
-        ip: ip.into(),
-        name: format!("{app}-pod"),
-        labels: [("app".to_string(), app.to_string())].into(),
-        ..Default::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_state_allocate_uniquely_and_survive_one_dying() {
@@ -464,7 +252,7 @@ async fn old_history_is_compacted_and_replicas_keep_following() {
     loop {
         let old = kv
             .get(
-                "/meshgate/c1/state",
+                "/meshgate/c1/meta",
                 Some(etcd_client::GetOptions::new().with_revision(2)),
             )
             .await;
@@ -513,4 +301,205 @@ async fn a_replica_that_cannot_take_the_shared_state_refuses_changes_instead_of_
     register(&mut ca, pb_node("n3", "10.1.3.0/24", 3)).await;
     a.kill();
     b.kill();
+}
+
+/// Every key under the cluster's prefix, relative, with its value and
+/// mod revision; and the revision read at.
+async fn keys(etcd: &Etcd) -> (Vec<(String, Vec<u8>, i64)>, i64) {
+    let mut kv = etcd_client::Client::connect([format!("http://{}", etcd.client)], None)
+        .await
+        .unwrap();
+    let all = kv
+        .get(
+            "/meshgate/c1/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    let keys = all
+        .kvs()
+        .iter()
+        .map(|k| {
+            let key = String::from_utf8_lossy(k.key()).into_owned();
+            let key = key.trim_start_matches("/meshgate/c1/").to_string();
+            (key, k.value().to_vec(), k.mod_revision())
+        })
+        .collect();
+    (keys, all.header().unwrap().revision())
+}
+
+fn endpoints_of(node: u8, count: u32) -> pb::ReportEndpointsRequest {
+    pb::ReportEndpointsRequest {
+        node: format!("n{node}"),
+        cluster: "c1".into(),
+        endpoints: (0..count)
+            .map(|i| {
+                endpoint(
+                    &format!("10.1.{node}.{}", 10 + i),
+                    &format!("app{}", i % 10),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// A cluster over what the one-key store took (1 MiB, about 5,000
+/// endpoints) is kept one key per record; a change writes only its own
+/// records; a replica started later reads them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_over_the_old_one_key_limit_is_kept_one_key_per_record() {
+    const NODES: u8 = 80;
+    const PER_NODE: u32 = 100;
+    let etcd = Etcd::start();
+    let ttl = Duration::from_secs(120);
+    let a = Replica::start(etcd.store(), ttl).await;
+    let mut ca = a.client().await;
+    for n in 0..NODES {
+        register(
+            &mut ca,
+            pb_node(&format!("n{n}"), &format!("10.1.{n}.0/24"), n + 1),
+        )
+        .await;
+        ca.report_endpoints(endpoints_of(n, PER_NODE))
+            .await
+            .expect("report endpoints");
+    }
+    let (all, _) = keys(&etcd).await;
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    for (k, _, _) in &all {
+        *kinds.entry(k.split('/').next().unwrap()).or_default() += 1;
+    }
+    let n = usize::from(NODES);
+    assert_eq!(
+        kinds,
+        BTreeMap::from([
+            ("allocations", n),
+            ("endpoints", n),
+            ("identities", 10),
+            ("lease", n),
+            ("meta", 1),
+            ("nodes", n),
+        ]),
+        "one key per node, allocation, identity and node's endpoints, and no single-key state"
+    );
+    let bytes: usize = all.iter().map(|(_, v, _)| v.len()).sum();
+    assert!(
+        bytes > 1024 * 1024,
+        "the records hold {bytes} bytes: not over the old one-key limit"
+    );
+
+    // One pod more on n5: n5's endpoint list and meta are written, nothing else.
+    ca.report_endpoints(endpoints_of(5, PER_NODE + 1))
+        .await
+        .expect("report endpoints");
+    let (all, revision) = keys(&etcd).await;
+    let touched: Vec<&str> = all
+        .iter()
+        .filter(|(_, _, r)| *r == revision)
+        .map(|(k, _, _)| k.as_str())
+        .collect();
+    assert_eq!(touched, ["endpoints/n5", "meta"]);
+
+    let b = Replica::start(etcd.store(), ttl).await;
+    let s = snapshot_of(&mut b.client().await).await;
+    assert_eq!(s.nodes.len(), n);
+    assert_eq!(s.endpoints.len(), n * PER_NODE as usize + 1);
+    assert_eq!(s.identities.len(), 10);
+    a.kill();
+    b.kill();
+}
+
+/// What a discovery before one key per record wrote (the whole state in
+/// `state`) is read, rewritten as records and kept as `state.migrated`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_single_key_state_of_an_older_discovery_is_migrated_and_kept() {
+    use meshgate_discovery::model::Node;
+    use meshgate_discovery::registry::{Registry, RegistryConfig};
+    let etcd = Etcd::start();
+    let mut r = Registry::new(RegistryConfig {
+        cluster: "c1".into(),
+        cluster_id: 1,
+        lease_ttl_ms: 60_000,
+        pod_cidrs: Vec::new(),
+    })
+    .unwrap();
+    // 50 nodes: over 128 records, more than one etcd transaction takes.
+    const NODES: u8 = 50;
+    for n in 0..NODES {
+        let name = format!("n{n}");
+        r.register(
+            Node::try_from(pb_node(&name, &format!("10.1.{n}.0/24"), n + 1)).unwrap(),
+            0,
+        )
+        .unwrap();
+        r.report_endpoints(&name, "c1", vec![endpoint(&format!("10.1.{n}.10"), "web")])
+            .unwrap();
+    }
+    let tunnel_ips: BTreeMap<String, String> = r
+        .state()
+        .nodes
+        .values()
+        .map(|n| (n.name.clone(), format!("{:?}", n.tunnel_ip)))
+        .collect();
+    let old = serde_json::to_vec(&serde_json::json!({
+        "format": 1,
+        "state": r.state(),
+        "events": [],
+    }))
+    .unwrap();
+    let mut kv = etcd_client::Client::connect([format!("http://{}", etcd.client)], None)
+        .await
+        .unwrap();
+    kv.put("/meshgate/c1/state", old.clone(), None)
+        .await
+        .unwrap();
+
+    let a = Replica::start(etcd.store(), Duration::from_secs(60)).await;
+    let mut ca = a.client().await;
+    let s = snapshot_of(&mut ca).await;
+    let held: BTreeMap<String, String> = s
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), format!("{:?}", n.tunnel_ip)))
+        .collect();
+    assert_eq!(
+        held, tunnel_ips,
+        "the nodes and their tunnel IPs, as they were"
+    );
+    assert_eq!(s.endpoints.len(), usize::from(NODES));
+    let (all, _) = keys(&etcd).await;
+    let names: BTreeSet<&str> = all.iter().map(|(k, _, _)| k.as_str()).collect();
+    for k in [
+        "meta",
+        "nodes/n1",
+        "allocations/n1",
+        "endpoints/n1",
+        "state.migrated",
+    ] {
+        assert!(names.contains(k), "no {k} after the migration: {names:?}");
+    }
+    assert!(!names.contains("state"), "the single key stayed: {names:?}");
+    let revisions: BTreeSet<i64> = all
+        .iter()
+        .filter(|(k, _, _)| !k.starts_with("lease/"))
+        .map(|(_, _, r)| *r)
+        .collect();
+    assert_eq!(
+        revisions.len(),
+        2,
+        "151 records and meta go in two transactions (etcd takes 128 operations in one)"
+    );
+    let kept = all.iter().find(|(k, _, _)| k == "state.migrated").unwrap();
+    assert_eq!(kept.1, old, "the old state is kept as it was");
+    // Allocation goes on from the migrated state.
+    let new = register(&mut ca, pb_node("new", "10.2.0.0/24", 200)).await;
+    let new_ip = format!(
+        "{:?}",
+        Some(new.tunnel_ip.parse::<std::net::Ipv4Addr>().unwrap())
+    );
+    assert!(
+        !tunnel_ips.values().any(|ip| *ip == new_ip),
+        "{new_ip} handed out twice"
+    );
+    a.kill();
 }

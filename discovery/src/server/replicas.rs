@@ -82,7 +82,7 @@ pub(super) fn adopt(shared: &Shared, core: &mut Core, newer: RemoteState, now: u
         return;
     };
     let changes = remote::events_for(&core.registry.state(), held_version, &newer);
-    let mut state = newer.state;
+    let mut state = newer.state.clone();
     // Keep this replica's revisions increasing.
     state.revision = state.revision.max(core.registry.revision());
     let cfg = core.registry.config().clone();
@@ -101,7 +101,7 @@ pub(super) fn adopt(shared: &Shared, core: &mut Core, newer: RemoteState, now: u
             return;
         }
     };
-    core.store.adopt(mark);
+    core.store.adopt(&newer);
     for node in core.registry.nodes() {
         if let Some(deadline) = core.registry.lease_expires_at(&node.name) {
             // Restarting at `deadline - ttl` puts the deadline back as it was.

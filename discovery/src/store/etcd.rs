@@ -1,32 +1,39 @@
 //! The etcd store: the registry state of one cluster shared by several
-//! discovery replicas.
+//! discovery replicas, one key per record under `/meshgate/<cluster>/`
+//! (the layout is in [`records`]).
 //!
-//! Keys under `/meshgate/<cluster>/`:
-//! - `state`: the whole [`RegistryState`] as JSON, with the events of the
-//!   change that wrote it. Written only by a transaction that compares the
-//!   key's `mod_revision` with the one this replica last saw, so a replica
-//!   that missed another's change gets a conflict (and the newer state)
-//!   instead of overwriting it. One key keeps every change atomic (a node,
-//!   its tunnel IP allocation, its endpoints and any new identity together)
-//!   and identities and tunnel IPs unique across replicas, at the cost of
-//!   rewriting the whole state per change and etcd's request size limit
-//!   (1.5 MiB by default; [`MAX_STATE_BYTES`] refuses a state near it,
-//!   roughly 5,000 endpoints).
-//! - `lease/<node>`: written when a node registers or renews at any replica;
-//!   every replica restarts that node's lease when it sees the write, so a
-//!   node renewing at replica B is not expired by replica A. Deleted with
-//!   the change that removes the node.
+//! - A change writes only the records it changed, with `meta`, in one
+//!   transaction that first compares `meta`'s `mod_revision` with the one
+//!   this replica last saw: a replica that missed another's change gets a
+//!   conflict (and the newer state) instead of overwriting it. New tunnel
+//!   IP allocations and identities are also written only if their keys do
+//!   not exist yet, so no value is handed out twice. A change over etcd's
+//!   limits for one transaction (128 operations, [`MAX_TXN_BYTES`]) is
+//!   written in several, `meta` last; such a change is atomic for other
+//!   replicas (they take the state when `meta` changes) but not against a
+//!   concurrent change at another replica, which may then see part of it.
+//! - `lease/<node>`: written when a node registers or renews at any
+//!   replica; every replica restarts that node's lease when it sees the
+//!   write, so a node renewing at replica B is not expired by replica A.
+//!   Deleted with the change that removes the node. A renewal writes this
+//!   one small key.
+//! - Replicas read the records in pages at one revision, and follow them
+//!   with a watch from the next; after a broken watch (or one cancelled
+//!   because etcd compacted the history it needed) they read everything
+//!   again and take it as one change, so watchers see only what changed.
+//! - An existing single-key `state` (discoveries before this layout) is
+//!   migrated on first start and kept as `state.migrated`.
 //!
 //! Every write keeps a revision in etcd's history; every `every` writes
 //! ([`Compaction`], 1000 by default) a replica compacts the history older
-//! than the last `keep` revisions (1000; a replica whose watch falls
-//! further behind reads the state again), so etcd does not fill up with
-//! old states.
+//! than the last `keep` revisions (1000), so etcd does not fill up.
 //!
 //! etcd's client is async; the [`Store`] seam is synchronous (it runs
-//! under the server's mutex, like the embedded store's fsync). Calls are
+//! under the server's mutex, like the embedded store's commit). Calls are
 //! sent to a small runtime of the store's own and waited for, with a
 //! timeout; a watch on that runtime forwards other replicas' changes.
+
+mod records;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,12 +41,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, Txn, TxnOp,
+    WatchOptions,
 };
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use self::records::{Meta, Mirror, OldStateDoc, Op, Records};
 use super::remote::{RemoteChange, RemoteState, StoreMark};
 use super::{Compaction, Store, StoreError, STATE_FORMAT};
 use crate::model::Event;
@@ -47,33 +55,77 @@ use crate::registry::RegistryState;
 
 /// Time allowed for one etcd request.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
-/// Largest state written (etcd refuses requests over 1.5 MiB by default).
-pub const MAX_STATE_BYTES: usize = 1024 * 1024;
+/// Largest transaction written, in key and value bytes (etcd refuses
+/// requests over 1.5 MiB by default); one record over it is refused.
+pub const MAX_TXN_BYTES: usize = 1024 * 1024;
+/// Most operations in one transaction (etcd's default `--max-txn-ops`).
+const MAX_TXN_OPS: usize = 128;
+/// Keys read per request when reading everything.
+const PAGE: i64 = 64;
 const WATCH_RETRY: Duration = Duration::from_millis(500);
-
-#[derive(Serialize, Deserialize)]
-struct StateDoc {
-    format: u32,
-    state: RegistryState,
-    #[serde(default)]
-    events: Vec<Event>,
-}
 
 pub struct EtcdStore {
     /// As the user wrote it, for messages.
     url: String,
-    state_key: String,
-    lease_prefix: String,
+    /// `/meshgate/<cluster>/`.
+    prefix: String,
     client: Client,
     runtime: Option<tokio::runtime::Runtime>,
-    /// What this replica's registry reflects of the `state` key.
+    /// Where the state this replica's registry reflects stands (`meta`).
     seen: StoreMark,
+    /// The records of that state, as etcd holds them.
+    last: Records,
     remote: Option<mpsc::UnboundedReceiver<RemoteChange>>,
     remote_tx: mpsc::UnboundedSender<RemoteChange>,
     watching: Arc<AtomicBool>,
     /// Writes since this replica last compacted etcd's history.
     writes: u32,
     compaction: Compaction,
+    /// Keys the last change wrote (put or deleted), `meta` included.
+    written: usize,
+}
+
+/// Everything under a prefix at one revision.
+struct Snapshot {
+    kvs: Vec<KeyValue>,
+    revision: i64,
+}
+
+/// The end of the key range of `prefix`.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
+/// Reads every key under `prefix`, in pages, all at the revision of the
+/// first page.
+async fn read_all(mut client: Client, prefix: String) -> Result<Snapshot, etcd_client::Error> {
+    let end = prefix_end(&prefix);
+    let mut from = prefix.into_bytes();
+    let mut revision = 0;
+    let mut kvs = Vec::new();
+    loop {
+        let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        if revision > 0 {
+            options = options.with_revision(revision);
+        }
+        let resp = client.get(from.clone(), Some(options)).await?;
+        if revision == 0 {
+            revision = resp.header().map_or(0, |h| h.revision());
+        }
+        let page = resp.kvs();
+        if let Some(last) = page.last() {
+            from = last.key().to_vec();
+            from.push(0);
+        }
+        kvs.extend(page.iter().cloned());
+        if !resp.more() || page.is_empty() {
+            return Ok(Snapshot { kvs, revision });
+        }
+    }
 }
 
 impl EtcdStore {
@@ -105,20 +157,29 @@ impl EtcdStore {
             reason,
         })?;
         let (remote_tx, remote) = mpsc::unbounded_channel();
-        let prefix = format!("/meshgate/{cluster}/");
         Ok(EtcdStore {
             url: url.to_string(),
-            state_key: format!("{prefix}state"),
-            lease_prefix: format!("{prefix}lease/"),
+            prefix: format!("/meshgate/{cluster}/"),
             client,
             runtime: Some(runtime),
             seen: StoreMark::default(),
+            last: Records::new(),
             remote: Some(remote),
             remote_tx,
             watching: Arc::new(AtomicBool::new(false)),
             writes: 0,
             compaction,
+            written: 0,
         })
+    }
+
+    /// Keys the last change wrote (put or deleted), `meta` included.
+    pub fn last_written(&self) -> usize {
+        self.written
+    }
+
+    fn key(&self, relative: &str) -> String {
+        format!("{}{relative}", self.prefix)
     }
 
     /// Counts a write at etcd `revision`; now and then compacts the history
@@ -159,41 +220,147 @@ impl EtcdStore {
         })
     }
 
-    fn decode(&self, kv: &etcd_client::KeyValue) -> Result<RemoteState, StoreError> {
-        let doc: StateDoc =
-            serde_json::from_slice(kv.value()).map_err(|e| StoreError::EtcdCorrupt {
+    fn read(&self, op: &'static str) -> Result<Snapshot, StoreError> {
+        self.call(op, read_all(self.client.clone(), self.prefix.clone()))
+    }
+
+    /// The records of a snapshot, decoded.
+    fn mirror(&self, snap: &Snapshot) -> Result<Mirror, StoreError> {
+        let mut m = Mirror::default();
+        for kv in &snap.kvs {
+            let Some(key) = kv.key().strip_prefix(self.prefix.as_bytes()) else {
+                continue;
+            };
+            let key = String::from_utf8_lossy(key);
+            m.put(&key, kv.value(), kv.version(), kv.mod_revision())
+                .map_err(|e| StoreError::EtcdCorrupt {
+                    url: self.url.clone(),
+                    key: self.key(&e.key),
+                    reason: e.reason,
+                })?;
+        }
+        Ok(m)
+    }
+
+    fn encode_err(&self) -> impl Fn(serde_json::Error) -> StoreError + '_ {
+        |source| StoreError::EtcdEncode {
+            url: self.url.clone(),
+            source,
+        }
+    }
+
+    /// Writes `ops`, then `meta` (with `extra` beside it), each transaction
+    /// comparing `meta`'s revision with `meta_revision` (and new
+    /// allocations' and identities' keys with nothing); the revision of
+    /// the last write, or `None` if a compare failed.
+    fn write(
+        &self,
+        op: &'static str,
+        ops: Vec<Op>,
+        meta: &Meta,
+        extra: Vec<TxnOp>,
+        meta_revision: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let meta_bytes = serde_json::to_vec(meta).map_err(self.encode_err())?;
+        let reserve = 1 + extra.len();
+        let mut txns = records::chunks(ops, MAX_TXN_OPS, MAX_TXN_BYTES, reserve);
+        let last = txns.len() - 1;
+        let mut revision = 0;
+        for (i, chunk) in txns.drain(..).enumerate() {
+            let mut when = vec![Compare::mod_revision(
+                self.key(records::META),
+                CompareOp::Equal,
+                meta_revision,
+            )];
+            let mut then = Vec::with_capacity(chunk.len() + reserve);
+            for o in chunk {
+                if o.must_be_new() {
+                    when.push(Compare::create_revision(
+                        self.key(o.key()),
+                        CompareOp::Equal,
+                        0,
+                    ));
+                }
+                then.push(match o {
+                    Op::Put { key, value, .. } => TxnOp::put(self.key(&key), value, None),
+                    Op::Delete(key) => TxnOp::delete(self.key(&key), None),
+                });
+            }
+            if i == last {
+                then.push(TxnOp::put(
+                    self.key(records::META),
+                    meta_bytes.clone(),
+                    None,
+                ));
+                then.extend(extra.iter().cloned());
+            }
+            let txn = Txn::new().when(when).and_then(then);
+            let mut client = self.client.clone();
+            let resp = self.call(op, async move { client.txn(txn).await })?;
+            if !resp.succeeded() {
+                return Ok(None);
+            }
+            revision = resp.header().map_or(0, |h| h.revision());
+        }
+        Ok(Some(revision))
+    }
+
+    /// Rewrites a single-key state of an older discovery as records and
+    /// keeps it as `state.migrated`. Another replica migrating at the same
+    /// time makes this one's compare fail; the caller reads again.
+    fn migrate(&mut self, old: &KeyValue) -> Result<(), StoreError> {
+        let key = self.key(records::OLD_STATE);
+        let doc: OldStateDoc =
+            serde_json::from_slice(old.value()).map_err(|e| StoreError::EtcdCorrupt {
                 url: self.url.clone(),
-                key: self.state_key.clone(),
+                key: key.clone(),
                 reason: e.to_string(),
             })?;
         if doc.format != STATE_FORMAT {
             return Err(StoreError::EtcdCorrupt {
                 url: self.url.clone(),
-                key: self.state_key.clone(),
+                key,
                 reason: format!(
                     "format {} (this discovery reads format {STATE_FORMAT})",
                     doc.format
                 ),
             });
         }
-        Ok(RemoteState {
-            state: doc.state,
-            events: doc.events,
-            version: kv.version(),
-            mod_revision: kv.mod_revision(),
-        })
+        let recs = records::records(&doc.state).map_err(self.encode_err())?;
+        let ops = records::diff(&Records::new(), &recs);
+        let meta = Meta {
+            format: STATE_FORMAT,
+            cluster: doc.state.cluster.clone(),
+            cluster_id: doc.state.cluster_id,
+            revision: doc.state.revision,
+            events: Vec::new(),
+        };
+        let keep = vec![
+            TxnOp::put(self.key(records::MIGRATED), old.value().to_vec(), None),
+            TxnOp::delete(key.clone(), None),
+        ];
+        match self.write("migrating the single-key state", ops, &meta, keep, 0)? {
+            Some(_) => info!(
+                etcd = %self.url,
+                from = %key,
+                nodes = doc.state.nodes.len(),
+                endpoints = doc.state.endpoints.len(),
+                "single-key etcd state migrated to one key per record (kept as state.migrated)"
+            ),
+            None => debug!(etcd = %self.url, "another replica migrated the state first"),
+        }
+        Ok(())
     }
 
-    fn start_watch(&self, from_revision: i64) {
+    fn start_watch(&self, from_revision: i64, mirror: Mirror) {
         let Some(runtime) = &self.runtime else { return };
         let watch = WatchLoop {
             client: self.client.clone(),
-            prefix: self.state_key.trim_end_matches("state").to_string(),
-            state_key: self.state_key.clone(),
-            lease_prefix: self.lease_prefix.clone(),
+            prefix: self.prefix.clone(),
             url: self.url.clone(),
             tx: self.remote_tx.clone(),
             watching: self.watching.clone(),
+            mirror,
         };
         runtime.spawn(watch.run(from_revision));
     }
@@ -234,91 +401,98 @@ impl Drop for EtcdStore {
 
 impl Store for EtcdStore {
     fn load(&mut self) -> Result<Option<RegistryState>, StoreError> {
-        let mut client = self.client.clone();
-        let key = self.state_key.clone();
-        let resp = self
-            .call(
-                "reading the state",
-                async move { client.get(key, None).await },
-            )
-            .map_err(|e| match e {
-                StoreError::Etcd { url, reason, .. } => StoreError::EtcdUnreachable { url, reason },
-                e => e,
-            })?;
-        let revision = resp.header().map_or(0, |h| h.revision());
-        let loaded = match resp.kvs().first() {
-            Some(kv) => {
-                let remote = self.decode(kv)?;
+        let unreachable = |e| match e {
+            StoreError::Etcd { url, reason, .. } => StoreError::EtcdUnreachable { url, reason },
+            e => e,
+        };
+        let mut snap = self.read("reading the state").map_err(unreachable)?;
+        let mut mirror = self.mirror(&snap)?;
+        let old_key = self.key(records::OLD_STATE);
+        if !mirror.has_state() {
+            if let Some(old) = snap.kvs.iter().find(|kv| kv.key() == old_key.as_bytes()) {
+                let old = old.clone();
+                self.migrate(&old)?;
+                snap = self.read("reading the migrated state")?;
+                mirror = self.mirror(&snap)?;
+            }
+        }
+        let loaded = match mirror.remote() {
+            Some(remote) => {
                 self.seen = remote.mark();
+                self.last = records::records(&remote.state).map_err(self.encode_err())?;
                 Some(remote.state)
             }
             None => None,
         };
-        self.start_watch(revision + 1);
+        self.start_watch(snap.revision + 1, mirror);
         Ok(loaded)
     }
 
     fn save(&mut self, state: &RegistryState, events: &[Event]) -> Result<(), StoreError> {
-        let doc = StateDoc {
-            format: STATE_FORMAT,
-            state: state.clone(),
-            events: events.to_vec(),
-        };
-        let bytes = serde_json::to_vec(&doc).map_err(|source| StoreError::EtcdEncode {
-            url: self.url.clone(),
-            source,
-        })?;
-        if bytes.len() > MAX_STATE_BYTES {
+        let new = records::records(state).map_err(self.encode_err())?;
+        if let Some((_, v)) = new.iter().find(|(k, v)| k.len() + v.len() > MAX_TXN_BYTES) {
             return Err(StoreError::EtcdTooLarge {
                 url: self.url.clone(),
-                bytes: bytes.len(),
+                bytes: v.len(),
             });
         }
-        let key = self.state_key.clone();
-        let mut writes = vec![TxnOp::put(key.clone(), bytes, None)];
+        let ops = records::diff(&self.last, &new);
+        let written = ops.len() + 1;
+        let meta = Meta {
+            format: STATE_FORMAT,
+            cluster: state.cluster.clone(),
+            cluster_id: state.cluster_id,
+            revision: state.revision,
+            events: events.to_vec(),
+        };
         // A removed node's lease key goes with it.
-        writes.extend(events.iter().filter_map(|e| match e {
-            Event::Removed { name, .. } => {
-                Some(TxnOp::delete(format!("{}{name}", self.lease_prefix), None))
+        let leases: Vec<TxnOp> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Removed { name, .. } => Some(TxnOp::delete(
+                    self.key(&format!("{}{name}", records::LEASES)),
+                    None,
+                )),
+                _ => None,
+            })
+            .collect();
+        match self.write(
+            "saving a change",
+            ops,
+            &meta,
+            leases,
+            self.seen.mod_revision,
+        )? {
+            Some(revision) => {
+                self.seen = StoreMark {
+                    version: self.seen.version + 1,
+                    mod_revision: revision,
+                };
+                self.last = new;
+                self.written = written;
+                self.wrote(revision);
+                Ok(())
             }
-            _ => None,
-        }));
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
-                self.seen.mod_revision,
-            )])
-            .and_then(writes)
-            .or_else([TxnOp::get(key, None)]);
-        let mut client = self.client.clone();
-        let resp = self.call("saving the state", async move { client.txn(txn).await })?;
-        if resp.succeeded() {
-            let revision = resp.header().map_or(0, |h| h.revision());
-            self.seen = StoreMark {
-                version: self.seen.version + 1,
-                mod_revision: revision,
-            };
-            self.wrote(revision);
-            return Ok(());
-        }
-        let latest = resp.op_responses().into_iter().find_map(|r| match r {
-            TxnOpResponse::Get(get) => get.kvs().first().cloned(),
-            _ => None,
-        });
-        match latest {
-            Some(kv) => Err(StoreError::Conflict(Box::new(self.decode(&kv)?))),
-            None => Err(StoreError::Etcd {
-                url: self.url.clone(),
-                op: "saving the state",
-                reason: format!("key {} was deleted behind discovery's back", self.state_key),
-            }),
+            None => {
+                let snap = self.read("reading the newer state")?;
+                match self.mirror(&snap)?.remote() {
+                    Some(remote) => Err(StoreError::Conflict(Box::new(remote))),
+                    None => Err(StoreError::Etcd {
+                        url: self.url.clone(),
+                        op: "saving a change",
+                        reason: format!(
+                            "key {} was deleted behind discovery's back",
+                            self.key(records::META)
+                        ),
+                    }),
+                }
+            }
         }
     }
 
     fn renewed(&mut self, node: &str) -> Result<(), StoreError> {
         let mut client = self.client.clone();
-        let key = format!("{}{node}", self.lease_prefix);
+        let key = self.key(&format!("{}{node}", records::LEASES));
         let resp = self.call("recording a lease renewal", async move {
             client.put(key, Vec::<u8>::new(), None).await
         })?;
@@ -334,8 +508,11 @@ impl Store for EtcdStore {
         (mark.mod_revision > self.seen.mod_revision).then_some(self.seen.version)
     }
 
-    fn adopt(&mut self, mark: StoreMark) {
-        self.seen = mark;
+    fn adopt(&mut self, remote: &RemoteState) {
+        self.seen = remote.mark();
+        // Without the records the next change rewrites every key, which is
+        // still correct.
+        self.last = records::records(&remote.state).unwrap_or_default();
     }
 
     fn may_expire(&self) -> bool {
@@ -344,21 +521,21 @@ impl Store for EtcdStore {
     }
 
     fn describe(&self) -> String {
-        format!("{} (key {})", self.url, self.state_key)
+        format!("{} (keys under {})", self.url, self.prefix)
     }
 }
 
 /// Follows the cluster's keys and forwards what changed; after a broken
-/// watch it reads the state again (changes may have been missed) and
+/// watch it reads everything again (changes may have been missed) and
 /// watches from there.
 struct WatchLoop {
     client: Client,
     prefix: String,
-    state_key: String,
-    lease_prefix: String,
     url: String,
     tx: mpsc::UnboundedSender<RemoteChange>,
     watching: Arc<AtomicBool>,
+    /// The records as of the last event seen.
+    mirror: Mirror,
 }
 
 impl WatchLoop {
@@ -379,72 +556,93 @@ impl WatchLoop {
         }
     }
 
-    /// Reads the state as it is now (forwarded; the server ignores it if it
-    /// holds it already); the revision to watch from.
+    /// Reads everything as it is now and forwards it as one change (the
+    /// server ignores it if it holds it already, and otherwise pushes only
+    /// the difference); the revision to watch from.
     async fn resync(&mut self) -> Result<i64, etcd_client::Error> {
-        let resp = self.client.get(self.state_key.clone(), None).await?;
-        if let Some(kv) = resp.kvs().first() {
-            self.forward(kv);
+        let snap = read_all(self.client.clone(), self.prefix.clone()).await?;
+        let mut mirror = Mirror::default();
+        for kv in &snap.kvs {
+            self.take(&mut mirror, kv);
         }
-        Ok(resp.header().map_or(0, |h| h.revision()) + 1)
+        self.mirror = mirror;
+        self.forward_state();
+        Ok(snap.revision + 1)
+    }
+
+    /// Puts `kv` into `mirror`; an unreadable record is logged and skipped.
+    fn take(&self, mirror: &mut Mirror, kv: &KeyValue) {
+        let Some(key) = kv.key().strip_prefix(self.prefix.as_bytes()) else {
+            return;
+        };
+        let key = String::from_utf8_lossy(key);
+        if let Err(e) = mirror.put(&key, kv.value(), kv.version(), kv.mod_revision()) {
+            warn!(etcd = %self.url, error = %e, "record in etcd is not readable; ignored");
+        }
+    }
+
+    fn forward_state(&self) {
+        if let Some(remote) = self.mirror.remote() {
+            let _ = self.tx.send(RemoteChange::State(remote));
+        }
     }
 
     async fn follow(&mut self, from: &mut i64) -> Result<(), etcd_client::Error> {
-        let options = WatchOptions::new().with_prefix().with_start_revision(*from);
+        let options = WatchOptions::new()
+            .with_range(prefix_end(&self.prefix))
+            .with_start_revision(*from);
         let mut stream = self
             .client
             .watch(self.prefix.clone(), Some(options))
             .await?;
         self.watching.store(true, Ordering::Relaxed);
         info!(etcd = %self.url, from = *from, "watching etcd for other replicas' changes");
+        let lease_prefix = format!("{}{}", self.prefix, records::LEASES);
+        let meta_key = format!("{}{}", self.prefix, records::META);
         while let Some(resp) = stream.message().await? {
             if resp.canceled() {
                 warn!(etcd = %self.url, reason = resp.cancel_reason(), compacted = resp.compact_revision(), "etcd cancelled the watch");
                 return Ok(());
             }
+            // A response holds whole revisions: the state is forwarded once
+            // its `meta` changed, with every record of the change in.
+            let mut changed = false;
             for event in resp.events() {
                 let Some(kv) = event.kv() else { continue };
                 *from = kv.mod_revision() + 1;
-                if event.event_type() == EventType::Put {
-                    self.forward(kv);
+                let key = kv.key();
+                if let Some(node) = key
+                    .strip_prefix(lease_prefix.as_bytes())
+                    .and_then(|n| std::str::from_utf8(n).ok())
+                {
+                    if event.event_type() == EventType::Put {
+                        let _ = self.tx.send(RemoteChange::Renewed {
+                            node: node.to_string(),
+                        });
+                    }
+                    continue;
                 }
+                match event.event_type() {
+                    EventType::Put => {
+                        let mut mirror = std::mem::take(&mut self.mirror);
+                        self.take(&mut mirror, kv);
+                        self.mirror = mirror;
+                        changed |= key == meta_key.as_bytes();
+                    }
+                    EventType::Delete => {
+                        if let Some(k) = key.strip_prefix(self.prefix.as_bytes()) {
+                            self.mirror.delete(&String::from_utf8_lossy(k));
+                        }
+                    }
+                }
+            }
+            if changed {
+                self.forward_state();
             }
             if self.tx.is_closed() {
                 return Ok(());
             }
         }
         Ok(())
-    }
-
-    fn forward(&self, kv: &etcd_client::KeyValue) {
-        let change = if kv.key() == self.state_key.as_bytes() {
-            match serde_json::from_slice::<StateDoc>(kv.value()) {
-                Ok(doc) if doc.format == STATE_FORMAT => RemoteChange::State(RemoteState {
-                    state: doc.state,
-                    events: doc.events,
-                    version: kv.version(),
-                    mod_revision: kv.mod_revision(),
-                }),
-                Ok(doc) => {
-                    warn!(etcd = %self.url, format = doc.format, "state in etcd has another format; ignored");
-                    return;
-                }
-                Err(e) => {
-                    warn!(etcd = %self.url, error = %e, "state in etcd is not readable; ignored");
-                    return;
-                }
-            }
-        } else if let Some(node) = kv
-            .key()
-            .strip_prefix(self.lease_prefix.as_bytes())
-            .and_then(|n| std::str::from_utf8(n).ok())
-        {
-            RemoteChange::Renewed {
-                node: node.to_string(),
-            }
-        } else {
-            return;
-        };
-        let _ = self.tx.send(change);
     }
 }

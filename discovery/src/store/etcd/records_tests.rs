@@ -1,0 +1,161 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use crate::model::tests::pb_node;
+use crate::store::tests::sample;
+
+fn meta_of(state: &RegistryState) -> Vec<u8> {
+    serde_json::to_vec(&Meta {
+        format: STATE_FORMAT,
+        cluster: state.cluster.clone(),
+        cluster_id: state.cluster_id,
+        revision: state.revision,
+        events: Vec::new(),
+    })
+    .unwrap()
+}
+
+/// `sample()` with a second node holding two endpoints.
+fn two_nodes() -> RegistryState {
+    let mut s = sample();
+    s.nodes.insert(
+        "n2".into(),
+        Node::try_from(pb_node("n2", "10.1.1.0/24")).unwrap(),
+    );
+    s.allocations
+        .insert("n2".into(), "100.64.64.2".parse().unwrap());
+    for ip in ["10.1.1.11", "10.1.1.10"] {
+        let mut e = s.endpoints[0].clone();
+        e.ip = ip.parse().unwrap();
+        e.node = "n2".into();
+        s.endpoints.push(e);
+    }
+    s.endpoints.sort_by_key(|e| e.ip);
+    s
+}
+
+fn mirror_of(state: &RegistryState) -> Mirror {
+    let mut m = Mirror::default();
+    for (k, v) in records(state).unwrap() {
+        m.put(&k, &v, 1, 5).unwrap();
+    }
+    m.put(META, &meta_of(state), 3, 7).unwrap();
+    m
+}
+
+#[test]
+fn the_records_rebuild_the_state() {
+    let state = two_nodes();
+    let keys: Vec<String> = records(&state).unwrap().into_keys().collect();
+    let identity = format!("identities/{}", state.identities[0].id);
+    assert_eq!(
+        keys,
+        [
+            "allocations/n1",
+            "allocations/n2",
+            "endpoints/n1",
+            "endpoints/n2",
+            identity.as_str(),
+            "nodes/n1",
+            "nodes/n2",
+        ]
+    );
+    let remote = mirror_of(&state).remote().unwrap();
+    assert_eq!(remote.state, state);
+    assert_eq!((remote.version, remote.mod_revision), (3, 7));
+    assert!(Mirror::default().remote().is_none(), "no meta, no state");
+}
+
+#[test]
+fn a_change_writes_only_its_records() {
+    let old = two_nodes();
+    let before = records(&old).unwrap();
+    // One endpoint of n2 goes: n2's endpoint list, nothing else.
+    let mut new = old.clone();
+    new.endpoints.retain(|e| e.ip.to_string() != "10.1.1.11");
+    let ops = diff(&before, &records(&new).unwrap());
+    assert_eq!(
+        ops.iter().map(Op::key).collect::<Vec<_>>(),
+        ["endpoints/n2"]
+    );
+    assert!(!ops[0].must_be_new(), "an update is not a creation");
+    // n2 leaves: its node, allocation and endpoints are deleted.
+    let mut gone = old.clone();
+    gone.nodes.remove("n2");
+    gone.allocations.remove("n2");
+    gone.endpoints.retain(|e| e.node != "n2");
+    let ops = diff(&before, &records(&gone).unwrap());
+    assert_eq!(
+        ops,
+        [
+            Op::Delete("allocations/n2".into()),
+            Op::Delete("endpoints/n2".into()),
+            Op::Delete("nodes/n2".into()),
+        ]
+    );
+    // Coming back: the allocation is new (compare-and-swap on creation),
+    // the node record is not guarded so.
+    let ops = diff(&records(&gone).unwrap(), &before);
+    let new_keys: Vec<&str> = ops
+        .iter()
+        .filter(|o| o.must_be_new())
+        .map(Op::key)
+        .collect();
+    assert_eq!(new_keys, ["allocations/n2"]);
+    assert!(diff(&before, &before).is_empty(), "no change, no write");
+}
+
+#[test]
+fn big_changes_are_split_within_the_limits_keeping_room_for_meta() {
+    let put = |i: usize, bytes: usize| Op::Put {
+        key: format!("nodes/n{i}"),
+        value: vec![b'x'; bytes],
+        created: true,
+    };
+    let ops: Vec<Op> = (0..300).map(|i| put(i, 10)).collect();
+    let c = chunks(ops, 128, 1 << 20, 2);
+    assert_eq!(
+        c.iter().map(Vec::len).collect::<Vec<_>>(),
+        [128, 128, 44],
+        "by count"
+    );
+    // Full to the last op: meta gets a transaction of its own.
+    let c = chunks((0..128).map(|i| put(i, 10)).collect(), 128, 1 << 20, 1);
+    assert_eq!(c.iter().map(Vec::len).collect::<Vec<_>>(), [128, 0]);
+    // By bytes; one op over the limit goes alone.
+    let c = chunks(
+        vec![put(0, 600), put(1, 600), put(2, 5000), put(3, 10)],
+        128,
+        1000,
+        1,
+    );
+    assert_eq!(c.iter().map(Vec::len).collect::<Vec<_>>(), [1, 1, 1, 1]);
+    // Nothing to write: one (empty) transaction, for meta.
+    assert_eq!(chunks(Vec::new(), 128, 1000, 1).len(), 1);
+}
+
+#[test]
+fn unreadable_records_are_errors_naming_the_key_and_change_nothing() {
+    let state = sample();
+    let mut m = mirror_of(&state);
+    let e = m.put("nodes/n1", b"{not json", 2, 9).unwrap_err();
+    assert_eq!(e.key, "nodes/n1");
+    let other = Meta {
+        format: STATE_FORMAT + 6,
+        cluster: "c1".into(),
+        cluster_id: 1,
+        revision: 1,
+        events: Vec::new(),
+    };
+    let e = m
+        .put(META, &serde_json::to_vec(&other).unwrap(), 4, 10)
+        .unwrap_err();
+    assert!(e.reason.contains("format"), "{e}");
+    assert_eq!(m.remote().unwrap().state, state, "nothing changed");
+    // Keys of no record (leases, the old state) are left alone.
+    m.put("lease/n1", b"", 1, 11).unwrap();
+    m.put(OLD_STATE, b"whatever", 1, 12).unwrap();
+    assert_eq!(m.remote().unwrap().state, state);
+    m.delete("nodes/n1");
+    assert!(!m.remote().unwrap().state.nodes.contains_key("n1"));
+}
