@@ -10,10 +10,11 @@ mod common;
 mod harness;
 
 use common::{next, pb_node, watch};
-use harness::{endpoint, free_port, register, snapshot_of, wait_upsert, Etcd, Replica};
-use meshgate_discovery::client::pb;
+use harness::{endpoint, free_port, register, snapshot_of, wait_upsert, Etcd, Relay, Replica};
+use meshgate_discovery::client::{pb, DiscoveryClient};
 use meshgate_discovery::model::{Event, Snapshot, WatchItem};
 use meshgate_discovery::store::StoreChoice;
+use tonic::transport::Channel;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_state_allocate_uniquely_and_survive_one_dying() {
@@ -213,14 +214,13 @@ async fn unreachable_etcd_at_start_is_a_clear_error() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn old_history_is_compacted_and_replicas_keep_following() {
-    let etcd = Etcd::start();
-    let ttl = Duration::from_secs(30);
-    // Small figures, so that a test makes it compact with few writes.
-    const COMPACT_EVERY: u32 = 50;
-    const KEEP_REVISIONS: i64 = 20;
-    let store = match etcd.store() {
+// Small figures, so that a test makes a replica compact with few writes.
+const COMPACT_EVERY: u32 = 50;
+const KEEP_REVISIONS: i64 = 20;
+
+/// The store of `etcd`, compacting every [`COMPACT_EVERY`] writes.
+fn compacting(etcd: &Etcd) -> StoreChoice {
+    match etcd.store() {
         StoreChoice::Etcd { endpoints, .. } => StoreChoice::Etcd {
             endpoints,
             compaction: meshgate_discovery::store::Compaction {
@@ -229,16 +229,15 @@ async fn old_history_is_compacted_and_replicas_keep_following() {
             },
         },
         other => other,
-    };
-    let a = Replica::start(store.clone(), ttl).await;
-    let b = Replica::start(store, ttl).await;
-    let (mut ca, mut cb) = (a.client().await, b.client().await);
-    register(&mut ca, pb_node("n1", "10.1.0.0/24", 1)).await;
-    // Every renewal is a write; enough of them make A compact all but the
-    // last KEEP_REVISIONS revisions, the first state write among them.
+    }
+}
+
+/// Renews n1 through `c` (a replica on a [`compacting`] store) until etcd
+/// has compacted its history past `revision`.
+async fn compact_past(etcd: &Etcd, c: &mut DiscoveryClient<Channel>, revision: i64) {
     let writes = 2 * COMPACT_EVERY + 10;
     for _ in 0..writes {
-        ca.renew(pb::RenewRequest {
+        c.renew(pb::RenewRequest {
             name: "n1".into(),
             cluster: "c1".into(),
         })
@@ -253,19 +252,34 @@ async fn old_history_is_compacted_and_replicas_keep_following() {
         let old = kv
             .get(
                 "/meshgate/c1/meta",
-                Some(etcd_client::GetOptions::new().with_revision(2)),
+                Some(etcd_client::GetOptions::new().with_revision(revision)),
             )
             .await;
         match old {
-            Err(e) if e.to_string().contains("compacted") => break,
+            Err(e) if e.to_string().contains("compacted") => return,
             other => assert!(
                 t.elapsed() < Duration::from_secs(5),
-                "revision 2 was not compacted after {writes} writes (keeping {KEEP_REVISIONS}): {:?}",
+                "revision {revision} was not compacted after {writes} writes (keeping \
+                 {KEEP_REVISIONS}): {:?}",
                 other.map(|r| r.header().map(|h| h.revision()))
             ),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_history_is_compacted_and_replicas_keep_following() {
+    let etcd = Etcd::start();
+    let ttl = Duration::from_secs(30);
+    let store = compacting(&etcd);
+    let a = Replica::start(store.clone(), ttl).await;
+    let b = Replica::start(store, ttl).await;
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    register(&mut ca, pb_node("n1", "10.1.0.0/24", 1)).await;
+    // Every renewal is a write; enough of them make A compact all but the
+    // last KEEP_REVISIONS revisions, the first state write among them.
+    compact_past(&etcd, &mut ca, 2).await;
     // B still follows A's changes, and A B's.
     let mut wb = watch(&mut cb).await;
     register(&mut ca, pb_node("n2", "10.1.1.0/24", 2)).await;
@@ -502,4 +516,76 @@ async fn the_single_key_state_of_an_older_discovery_is_migrated_and_kept() {
         "{new_ip} handed out twice"
     );
     a.kill();
+}
+
+/// A replica cut off from etcd while the other changes the state and etcd
+/// compacts the history it would have watched: once back, it reads
+/// everything again, and its watchers get what changed and no removal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_through_a_compaction_resyncs_without_spurious_removals() {
+    let etcd = Etcd::start();
+    let ttl = Duration::from_secs(60);
+    let store = compacting(&etcd);
+    let relay = Relay::start(etcd.client).await;
+    let a = Replica::start(store.clone(), ttl).await;
+    let b = Replica::start(relay.store(&store), ttl).await;
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let mut wb = watch(&mut cb).await;
+    match next(&mut wb, Duration::from_secs(3)).await {
+        WatchItem::Snapshot(_) => {}
+        other => panic!("first watch event must be a snapshot, got {other:?}"),
+    }
+    // 30 nodes: more keys than B reads in one page.
+    for i in 0..30u8 {
+        register(
+            &mut ca,
+            pb_node(&format!("n{i}"), &format!("10.1.{i}.0/24"), i + 1),
+        )
+        .await;
+    }
+    // B follows A before the cut.
+    wait_upsert(&mut wb, "n29").await;
+    let (_, cut_at) = keys(&etcd).await;
+
+    relay.cut();
+    let err = cb
+        .register(pb::RegisterRequest {
+            node: Some(pb_node("b", "10.2.0.0/24", 99)),
+        })
+        .await
+        .expect_err("B is cut off from etcd: its changes must be refused");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    register(&mut ca, pb_node("n30", "10.1.30.0/24", 31)).await;
+    ca.report_endpoints(endpoints_of(0, 3))
+        .await
+        .expect("report endpoints");
+    compact_past(&etcd, &mut ca, cut_at).await;
+    relay.heal();
+
+    // B's watchers get n30 and n0's endpoints, and nothing removed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut got_n30, mut endpoints) = (false, BTreeSet::new());
+    while !(got_n30 && endpoints.len() == 3) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "B did not catch up within 10 s (n30: {got_n30}, endpoints {endpoints:?})"
+        );
+        match next(&mut wb, left).await {
+            WatchItem::Event(Event::Upserted { node, .. }) => got_n30 |= node.name == "n30",
+            WatchItem::Event(Event::EndpointUpserted { endpoint, .. }) => {
+                endpoints.insert(endpoint.ip);
+            }
+            WatchItem::Event(e @ (Event::Removed { .. } | Event::EndpointRemoved { .. })) => {
+                panic!("a spurious removal after the resync: {e:?}")
+            }
+            WatchItem::Snapshot(s) => panic!("a second snapshot on B's watch: {s:?}"),
+            _ => {}
+        }
+    }
+    let (sa, sb) = (snapshot_of(&mut ca).await, snapshot_of(&mut cb).await);
+    assert_eq!(sb.nodes, sa.nodes, "B holds A's nodes");
+    assert_eq!(sb.endpoints, sa.endpoints, "B holds A's endpoints");
+    a.kill();
+    b.kill();
 }

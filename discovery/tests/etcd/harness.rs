@@ -222,3 +222,66 @@ pub fn endpoint(ip: &str, app: &str) -> pb::Endpoint {
         ..Default::default()
     }
 }
+
+/// A TCP relay to etcd that the test can cut (every connection dropped,
+/// new ones refused) and heal: a replica behind it is cut off from etcd
+/// as by a network partition.
+pub struct Relay {
+    pub addr: SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(to: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut cut_rx = cut_rx.clone();
+                if *cut_rx.borrow() {
+                    continue; // dropped: refused while cut
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_rx.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Relay { addr, cut, task }
+    }
+
+    pub fn cut(&self) {
+        let _ = self.cut.send(true);
+    }
+
+    pub fn heal(&self) {
+        let _ = self.cut.send(false);
+    }
+
+    /// `store`, reaching etcd through this relay.
+    pub fn store(&self, store: &StoreChoice) -> StoreChoice {
+        match store {
+            StoreChoice::Etcd { compaction, .. } => StoreChoice::Etcd {
+                endpoints: vec![self.addr.to_string()],
+                compaction: *compaction,
+            },
+            other => other.clone(),
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
