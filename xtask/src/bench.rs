@@ -12,6 +12,7 @@ mod netlink_routes;
 mod policy;
 mod policy_compile;
 mod report;
+mod scale;
 mod tunnel;
 
 use std::path::PathBuf;
@@ -31,6 +32,7 @@ const BENCHES: &[(&str, bool, Bench)] = &[
         tunnel::run()
     }),
     ("mesh", false, mesh::run),
+    ("scale", false, scale::run),
     ("policy", true, policy::run),
     ("policy-compile", false, policy_compile::run),
     ("netlink-routes", true, netlink_routes::run),
