@@ -139,13 +139,20 @@ pub struct Registered {
     pub events: Vec<Event>,
 }
 
+/// The nodes by name. Persistent maps (`imbl`): a clone shares them, so
+/// the backup taken before each change costs nothing at any size.
+type Nodes = imbl::OrdMap<String, Entry>;
+/// The endpoints by IP (a node's lie in its pod CIDRs: see
+/// [`Registry::endpoints_in`]).
+type Endpoints = imbl::OrdMap<IpAddr, Endpoint>;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registry {
     cfg: RegistryConfig,
-    nodes: BTreeMap<String, Entry>,
+    nodes: Nodes,
     alloc: Allocator,
     revision: u64,
-    endpoints: BTreeMap<IpAddr, Endpoint>,
+    endpoints: Endpoints,
     identities: IdentityAllocator,
 }
 
@@ -155,10 +162,10 @@ impl Registry {
         let identities = IdentityAllocator::new(cfg.cluster_id)?;
         Ok(Registry {
             cfg,
-            nodes: BTreeMap::new(),
+            nodes: Nodes::new(),
             alloc,
             revision: 0,
-            endpoints: BTreeMap::new(),
+            endpoints: Endpoints::new(),
             identities,
         })
     }
@@ -178,7 +185,7 @@ impl Registry {
             });
         }
         let alloc = Allocator::from_allocations(cfg.cluster_id, &state.allocations)?;
-        let mut nodes = BTreeMap::new();
+        let mut nodes = Nodes::new();
         for (name, node) in state.nodes {
             let bad = |reason: String| RegistryError::StateInconsistent {
                 node: name.clone(),
@@ -304,11 +311,30 @@ impl Registry {
 
     /// The endpoints of a node, in IP order.
     pub fn endpoints_of(&self, node: &str) -> Vec<Endpoint> {
-        self.endpoints
-            .values()
-            .filter(|e| e.node == node)
+        let Some(entry) = self.nodes.get(node) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Endpoint> = self
+            .endpoints_in(node, &entry.node.pod_cidrs)
             .cloned()
-            .collect()
+            .collect();
+        out.sort_by_key(|e| e.ip);
+        out
+    }
+
+    /// The endpoints of `node` within `cidrs` (its pod CIDRs, where every
+    /// endpoint of it lies: reports outside them are refused), found by
+    /// range, without a look at other nodes' endpoints.
+    fn endpoints_in<'a>(
+        &'a self,
+        node: &'a str,
+        cidrs: &'a [IpNet],
+    ) -> impl Iterator<Item = &'a Endpoint> + 'a {
+        cidrs
+            .iter()
+            .flat_map(move |c| self.endpoints.range(c.network()..=c.broadcast()))
+            .map(|(_, e)| e)
+            .filter(move |e| e.node == node)
     }
 
     pub fn identities(&self) -> &IdentityAllocator {
@@ -367,6 +393,11 @@ impl Registry {
         }
         node.tunnel_ip = Some(self.alloc.allocate(&node.name)?);
         let expires_at_ms = now.saturating_add(self.cfg.lease_ttl_ms);
+        let old_cidrs = self
+            .nodes
+            .get(&node.name)
+            .map(|e| e.node.pod_cidrs.clone())
+            .unwrap_or_default();
         if let Some(entry) = self.nodes.get_mut(&node.name) {
             entry.expires_at_ms = expires_at_ms;
             if entry.node == node {
@@ -389,7 +420,7 @@ impl Registry {
             node: node.clone(),
         }];
         // A node whose pod CIDRs changed keeps only the endpoints still inside.
-        events.extend(self.remove_endpoints(&node.name, |e| {
+        events.extend(self.remove_endpoints(&node.name, &old_cidrs, |e| {
             !node.pod_cidrs.iter().any(|c| c.contains(&e.ip))
         }));
         Ok(Registered { node, events })
@@ -449,7 +480,12 @@ impl Registry {
         if !self.nodes.contains_key(name) {
             return Vec::new();
         }
-        let mut events = self.remove_endpoints(name, |_| true);
+        let cidrs = self
+            .nodes
+            .get(name)
+            .map(|e| e.node.pod_cidrs.clone())
+            .unwrap_or_default();
+        let mut events = self.remove_endpoints(name, &cidrs, |_| true);
         if let Some(entry) = self.nodes.remove(name) {
             self.alloc.release(name);
             self.revision += 1;

@@ -302,7 +302,7 @@ impl Shared {
         if events.is_empty() {
             return Ok(());
         }
-        if let Err(e) = core.store.save(&core.registry.state(), &events) {
+        if let Err(e) = core.store.save_change(&core.registry, &events) {
             core.registry = backup;
             return Err(e);
         }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::model::Event;
-use crate::registry::RegistryState;
+use crate::registry::{Registry, RegistryState};
 
 mod choice;
 pub mod db;
@@ -114,6 +114,13 @@ pub trait Store: Send {
     /// [`StoreError::Conflict`] when another replica changed it since this
     /// one last loaded or adopted it.
     fn save(&mut self, state: &RegistryState, events: &[Event]) -> Result<(), StoreError>;
+    /// Stores the change `events` made to the state `registry` now holds
+    /// (after one load or save): what the server calls for each change. A
+    /// store of records writes only those the events touch, without the
+    /// whole state; the default saves the whole state.
+    fn save_change(&mut self, registry: &Registry, events: &[Event]) -> Result<(), StoreError> {
+        self.save(&registry.state(), events)
+    }
     /// Records that `node` renewed its lease here, for the other replicas.
     fn renewed(&mut self, _node: &str) -> Result<(), StoreError> {
         Ok(())

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use super::{Entry, Registry, RegistryError};
+use super::{Registry, RegistryError};
 use crate::endpoint::{endpoint_from_report, Endpoint, Identity};
 use crate::identity::{endpoint_labels, IdentityAllocator};
 use crate::model::Event;
@@ -89,7 +89,7 @@ impl Registry {
                 identity,
             });
         }
-        events.extend(self.remove_endpoints(node, |e| !wanted.contains_key(&e.ip)));
+        events.extend(self.remove_endpoints(node, &cidrs, |e| !wanted.contains_key(&e.ip)));
         for (ip, e) in wanted {
             if self.endpoints.get(&ip) == Some(&e) {
                 continue;
@@ -107,18 +107,22 @@ impl Registry {
         })
     }
 
-    /// Removes the endpoints of `node` for which `pred` holds; one event each.
+    /// Removes the endpoints of `node` (within `cidrs`, its pod CIDRs) for
+    /// which `pred` holds; one event each.
     pub(super) fn remove_endpoints(
         &mut self,
         node: &str,
+        cidrs: &[ipnet::IpNet],
         pred: impl Fn(&Endpoint) -> bool,
     ) -> Vec<Event> {
-        let gone: Vec<IpAddr> = self
-            .endpoints
-            .values()
-            .filter(|e| e.node == node && pred(e))
+        let mut gone: Vec<IpAddr> = self
+            .endpoints_in(node, cidrs)
+            .filter(|e| pred(e))
             .map(|e| e.ip)
             .collect();
+        // In IP order (overlapping CIDRs would list one twice).
+        gone.sort();
+        gone.dedup();
         let mut events = Vec::with_capacity(gone.len());
         for ip in gone {
             if let Some(e) = self.endpoints.remove(&ip) {
@@ -139,11 +143,11 @@ impl Registry {
 /// endpoint's node is stored, its IP is in that node's pod CIDRs, and its
 /// identity is allocated to its label set.
 pub(super) fn restore(
-    nodes: &BTreeMap<String, Entry>,
+    nodes: &super::Nodes,
     identities: &IdentityAllocator,
     stored: Vec<Endpoint>,
-) -> Result<BTreeMap<IpAddr, Endpoint>, RegistryError> {
-    let mut out = BTreeMap::new();
+) -> Result<super::Endpoints, RegistryError> {
+    let mut out = super::Endpoints::new();
     for e in stored {
         let bad = |reason: String| RegistryError::StateInconsistent {
             node: e.node.clone(),

@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use super::{EmbeddedStore, Store, StoreError, STATE_FILE};
 use crate::model::Event;
-use crate::registry::RegistryState;
+use crate::registry::{Registry, RegistryState};
 
 /// The database file in the state dir.
 pub const DB_FILE: &str = "state.redb";
@@ -56,7 +56,9 @@ struct Records {
 pub struct DbStore {
     dir: PathBuf,
     db: Database,
-    /// What the database holds (after load or the last save).
+    /// What the database holds, after a load or a whole-state save; `None`
+    /// once a change was written from its events (a whole-state save then
+    /// reads what is stored to diff against).
     last: Option<Records>,
     /// Records the last save wrote (upserted or removed).
     written: usize,
@@ -319,6 +321,9 @@ impl Store for DbStore {
     fn save(&mut self, state: &RegistryState, _events: &[Event]) -> Result<(), StoreError> {
         let path = self.path();
         let new = self.records(state)?;
+        if self.last.is_none() {
+            self.last = Some(self.stored_records()?);
+        }
         if self.last.as_ref() == Some(&new) {
             return Ok(());
         }
@@ -345,8 +350,123 @@ impl Store for DbStore {
         Ok(())
     }
 
+    fn save_change(&mut self, registry: &Registry, events: &[Event]) -> Result<(), StoreError> {
+        let path = self.path();
+        let err = db_err(&path, "writing");
+        let cfg = registry.config();
+        let meta = encode(
+            &path,
+            &Meta {
+                format: super::STATE_FORMAT,
+                cluster: cfg.cluster.clone(),
+                cluster_id: cfg.cluster_id,
+                revision: registry.revision(),
+            },
+        )?;
+        let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        let mut written = 1;
+        {
+            let mut meta_t = txn.open_table(META).map_err(|e| err(e.into()))?;
+            meta_t
+                .insert("state", meta.as_slice())
+                .map_err(|e| err(e.into()))?;
+            let mut nodes = txn.open_table(NODES).map_err(|e| err(e.into()))?;
+            let mut allocs = txn.open_table(ALLOCATIONS).map_err(|e| err(e.into()))?;
+            let mut ids = txn.open_table(IDENTITIES).map_err(|e| err(e.into()))?;
+            let mut eps = txn.open_table(ENDPOINTS).map_err(|e| err(e.into()))?;
+            for event in events {
+                match event {
+                    Event::Upserted { node, .. } => {
+                        let n = encode(&path, node)?;
+                        nodes
+                            .insert(node.name.as_str(), n.as_slice())
+                            .map_err(|e| err(e.into()))?;
+                        if let Some(ip) = node.tunnel_ip {
+                            let ip = encode(&path, &ip)?;
+                            allocs
+                                .insert(node.name.as_str(), ip.as_slice())
+                                .map_err(|e| err(e.into()))?;
+                        }
+                        written += 2;
+                    }
+                    Event::Removed { name, .. } => {
+                        nodes.remove(name.as_str()).map_err(|e| err(e.into()))?;
+                        allocs.remove(name.as_str()).map_err(|e| err(e.into()))?;
+                        written += 2;
+                    }
+                    Event::EndpointUpserted { endpoint, .. } => {
+                        let v = encode(&path, endpoint)?;
+                        eps.insert(endpoint.ip.to_string().as_str(), v.as_slice())
+                            .map_err(|e| err(e.into()))?;
+                        written += 1;
+                    }
+                    Event::EndpointRemoved { ip, .. } => {
+                        eps.remove(ip.to_string().as_str())
+                            .map_err(|e| err(e.into()))?;
+                        written += 1;
+                    }
+                    Event::IdentityAdded { identity, .. } => {
+                        let v = encode(&path, identity)?;
+                        ids.insert(identity.id, v.as_slice())
+                            .map_err(|e| err(e.into()))?;
+                        written += 1;
+                    }
+                    // Services and the mesh's CIDRs are not stored.
+                    _ => {}
+                }
+            }
+        }
+        txn.commit().map_err(|e| err(e.into()))?;
+        self.last = None;
+        self.written = written;
+        Ok(())
+    }
+
     fn describe(&self) -> String {
         self.path().display().to_string()
+    }
+}
+
+impl DbStore {
+    /// Every record the database holds, encoded as stored.
+    fn stored_records(&self) -> Result<Records, StoreError> {
+        let path = self.path();
+        let err = db_err(&path, "reading");
+        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let mut r = Records::default();
+        if let Some(m) = txn
+            .open_table(META)
+            .map_err(|e| err(e.into()))?
+            .get("state")
+            .map_err(|e| err(e.into()))?
+        {
+            r.meta = m.value().to_vec();
+        }
+        for (table, into) in [
+            (NODES, &mut r.nodes),
+            (ALLOCATIONS, &mut r.allocations),
+            (ENDPOINTS, &mut r.endpoints),
+        ] {
+            for row in txn
+                .open_table(table)
+                .map_err(|e| err(e.into()))?
+                .iter()
+                .map_err(|e| err(e.into()))?
+            {
+                let (k, v) = row.map_err(|e| err(e.into()))?;
+                into.insert(k.value().to_string(), v.value().to_vec());
+            }
+        }
+        for row in txn
+            .open_table(IDENTITIES)
+            .map_err(|e| err(e.into()))?
+            .iter()
+            .map_err(|e| err(e.into()))?
+        {
+            let (k, v) = row.map_err(|e| err(e.into()))?;
+            r.identities.insert(k.value(), v.value().to_vec());
+        }
+        Ok(r)
     }
 }
 

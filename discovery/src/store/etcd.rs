@@ -35,6 +35,7 @@
 
 mod records;
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -51,7 +52,7 @@ use self::records::{Meta, Mirror, OldStateDoc, Op, Records};
 use super::remote::{RemoteChange, RemoteState, StoreMark};
 use super::{Compaction, Store, StoreError, STATE_FORMAT};
 use crate::model::Event;
-use crate::registry::RegistryState;
+use crate::registry::{Registry, RegistryState};
 
 /// Time allowed for one etcd request.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -73,8 +74,9 @@ pub struct EtcdStore {
     runtime: Option<tokio::runtime::Runtime>,
     /// Where the state this replica's registry reflects stands (`meta`).
     seen: StoreMark,
-    /// The records of that state, as etcd holds them.
-    last: Records,
+    /// The allocation and identity keys of that state (a new one is
+    /// written only where nobody created it meanwhile).
+    guarded: BTreeSet<String>,
     remote: Option<mpsc::UnboundedReceiver<RemoteChange>>,
     remote_tx: mpsc::UnboundedSender<RemoteChange>,
     watching: Arc<AtomicBool>,
@@ -163,7 +165,7 @@ impl EtcdStore {
             client,
             runtime: Some(runtime),
             seen: StoreMark::default(),
-            last: Records::new(),
+            guarded: BTreeSet::new(),
             remote: Some(remote),
             remote_tx,
             watching: Arc::new(AtomicBool::new(false)),
@@ -352,6 +354,85 @@ impl EtcdStore {
         Ok(())
     }
 
+    /// Writes a change's `ops` with `meta` (compare-and-swap); a conflict
+    /// comes back with the newer state.
+    fn commit(
+        &mut self,
+        ops: Vec<Op>,
+        (cluster, cluster_id, revision): (&str, u8, u64),
+        events: &[Event],
+    ) -> Result<(), StoreError> {
+        if let Some(op) = ops.iter().find(|o| o.size() > MAX_TXN_BYTES) {
+            return Err(StoreError::EtcdTooLarge {
+                url: self.url.clone(),
+                bytes: op.size(),
+            });
+        }
+        let written = ops.len() + 1;
+        let mut guarded = self.guarded.clone();
+        for o in &ops {
+            match o {
+                Op::Put { key, .. } if records::is_guarded(key) => {
+                    guarded.insert(key.clone());
+                }
+                Op::Delete(key) => {
+                    guarded.remove(key);
+                }
+                _ => {}
+            }
+        }
+        let meta = Meta {
+            format: STATE_FORMAT,
+            cluster: cluster.to_string(),
+            cluster_id,
+            revision,
+            events: events.to_vec(),
+        };
+        // A removed node's lease key goes with it.
+        let leases: Vec<TxnOp> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Removed { name, .. } => Some(TxnOp::delete(
+                    self.key(&format!("{}{name}", records::LEASES)),
+                    None,
+                )),
+                _ => None,
+            })
+            .collect();
+        match self.write(
+            "saving a change",
+            ops,
+            &meta,
+            leases,
+            self.seen.mod_revision,
+        )? {
+            Some(revision) => {
+                self.seen = StoreMark {
+                    version: self.seen.version + 1,
+                    mod_revision: revision,
+                };
+                self.guarded = guarded;
+                self.written = written;
+                self.wrote(revision);
+                Ok(())
+            }
+            None => {
+                let snap = self.read("reading the newer state")?;
+                match self.mirror(&snap)?.remote() {
+                    Some(remote) => Err(StoreError::Conflict(Box::new(remote))),
+                    None => Err(StoreError::Etcd {
+                        url: self.url.clone(),
+                        op: "saving a change",
+                        reason: format!(
+                            "key {} was deleted behind discovery's back",
+                            self.key(records::META)
+                        ),
+                    }),
+                }
+            }
+        }
+    }
+
     fn start_watch(&self, from_revision: i64, mirror: Mirror) {
         let Some(runtime) = &self.runtime else { return };
         let watch = WatchLoop {
@@ -419,7 +500,7 @@ impl Store for EtcdStore {
         let loaded = match mirror.remote() {
             Some(remote) => {
                 self.seen = remote.mark();
-                self.last = records::records(&remote.state).map_err(self.encode_err())?;
+                self.guarded = guarded_keys(&remote.state);
                 Some(remote.state)
             }
             None => None,
@@ -429,65 +510,36 @@ impl Store for EtcdStore {
     }
 
     fn save(&mut self, state: &RegistryState, events: &[Event]) -> Result<(), StoreError> {
+        // The whole state, diffed against what etcd holds (read whole):
+        // the server saves its changes with `save_change` instead.
         let new = records::records(state).map_err(self.encode_err())?;
-        if let Some((_, v)) = new.iter().find(|(k, v)| k.len() + v.len() > MAX_TXN_BYTES) {
-            return Err(StoreError::EtcdTooLarge {
-                url: self.url.clone(),
-                bytes: v.len(),
-            });
-        }
-        let ops = records::diff(&self.last, &new);
-        let written = ops.len() + 1;
-        let meta = Meta {
-            format: STATE_FORMAT,
-            cluster: state.cluster.clone(),
-            cluster_id: state.cluster_id,
-            revision: state.revision,
-            events: events.to_vec(),
-        };
-        // A removed node's lease key goes with it.
-        let leases: Vec<TxnOp> = events
+        let snap = self.read("reading the state to diff against")?;
+        let stored: Records = snap
+            .kvs
             .iter()
-            .filter_map(|e| match e {
-                Event::Removed { name, .. } => Some(TxnOp::delete(
-                    self.key(&format!("{}{name}", records::LEASES)),
-                    None,
-                )),
-                _ => None,
+            .filter_map(|kv| {
+                let key =
+                    std::str::from_utf8(kv.key().strip_prefix(self.prefix.as_bytes())?).ok()?;
+                records::is_record(key).then(|| (key.to_string(), kv.value().to_vec()))
             })
             .collect();
-        match self.write(
-            "saving a change",
+        let ops = records::diff(&stored, &new);
+        self.commit(
             ops,
-            &meta,
-            leases,
-            self.seen.mod_revision,
-        )? {
-            Some(revision) => {
-                self.seen = StoreMark {
-                    version: self.seen.version + 1,
-                    mod_revision: revision,
-                };
-                self.last = new;
-                self.written = written;
-                self.wrote(revision);
-                Ok(())
-            }
-            None => {
-                let snap = self.read("reading the newer state")?;
-                match self.mirror(&snap)?.remote() {
-                    Some(remote) => Err(StoreError::Conflict(Box::new(remote))),
-                    None => Err(StoreError::Etcd {
-                        url: self.url.clone(),
-                        op: "saving a change",
-                        reason: format!(
-                            "key {} was deleted behind discovery's back",
-                            self.key(records::META)
-                        ),
-                    }),
-                }
-            }
-        }
+            (&state.cluster, state.cluster_id, state.revision),
+            events,
+        )
+    }
+
+    fn save_change(&mut self, registry: &Registry, events: &[Event]) -> Result<(), StoreError> {
+        let ops = records::change_ops(registry, events, |k| self.guarded.contains(k))
+            .map_err(self.encode_err())?;
+        let cfg = registry.config();
+        self.commit(
+            ops,
+            (&cfg.cluster, cfg.cluster_id, registry.revision()),
+            events,
+        )
     }
 
     fn renewed(&mut self, node: &str) -> Result<(), StoreError> {
@@ -510,9 +562,7 @@ impl Store for EtcdStore {
 
     fn adopt(&mut self, remote: &RemoteState) {
         self.seen = remote.mark();
-        // Without the records the next change rewrites every key, which is
-        // still correct.
-        self.last = records::records(&remote.state).unwrap_or_default();
+        self.guarded = guarded_keys(&remote.state);
     }
 
     fn may_expire(&self) -> bool {
@@ -645,4 +695,14 @@ impl WatchLoop {
         }
         Ok(())
     }
+}
+
+/// The allocation and identity keys of `state`.
+fn guarded_keys(state: &RegistryState) -> BTreeSet<String> {
+    state
+        .allocations
+        .keys()
+        .map(|n| records::allocation_key(n))
+        .chain(state.identities.iter().map(|i| records::identity_key(i.id)))
+        .collect()
 }

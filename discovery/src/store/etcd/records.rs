@@ -64,29 +64,115 @@ pub struct OldStateDoc {
 /// encoded.
 pub type Records = BTreeMap<String, Vec<u8>>;
 
+pub fn node_key(name: &str) -> String {
+    format!("{NODES}{name}")
+}
+
+pub fn allocation_key(name: &str) -> String {
+    format!("{ALLOCATIONS}{name}")
+}
+
+pub fn identity_key(id: u32) -> String {
+    format!("{IDENTITIES}{id}")
+}
+
+pub fn endpoints_key(node: &str) -> String {
+    format!("{ENDPOINTS}{node}")
+}
+
+/// Whether `key` is an allocation's or an identity's: created only where
+/// nobody created it meanwhile.
+pub fn is_guarded(key: &str) -> bool {
+    key.starts_with(ALLOCATIONS) || key.starts_with(IDENTITIES)
+}
+
+/// Whether `key` is one of the records [`records`] makes.
+pub fn is_record(key: &str) -> bool {
+    [NODES, ALLOCATIONS, IDENTITIES, ENDPOINTS]
+        .iter()
+        .any(|p| key.starts_with(p))
+}
+
 /// The records of `state`.
 pub fn records(state: &RegistryState) -> Result<Records, serde_json::Error> {
     let mut r = Records::new();
     for (name, node) in &state.nodes {
-        r.insert(format!("{NODES}{name}"), serde_json::to_vec(node)?);
+        r.insert(node_key(name), serde_json::to_vec(node)?);
     }
     for (name, ip) in &state.allocations {
-        r.insert(format!("{ALLOCATIONS}{name}"), serde_json::to_vec(ip)?);
+        r.insert(allocation_key(name), serde_json::to_vec(ip)?);
     }
     for identity in &state.identities {
-        r.insert(
-            format!("{IDENTITIES}{}", identity.id),
-            serde_json::to_vec(identity)?,
-        );
+        r.insert(identity_key(identity.id), serde_json::to_vec(identity)?);
     }
     let mut by_node: BTreeMap<&str, Vec<&Endpoint>> = BTreeMap::new();
     for e in &state.endpoints {
         by_node.entry(e.node.as_str()).or_default().push(e);
     }
     for (node, eps) in by_node {
-        r.insert(format!("{ENDPOINTS}{node}"), serde_json::to_vec(&eps)?);
+        r.insert(endpoints_key(node), serde_json::to_vec(&eps)?);
     }
     Ok(r)
+}
+
+/// The writes of a change from its events alone: the records they touch,
+/// read from `registry` (which holds the state after the change). A node's
+/// endpoint list is rewritten when any of its endpoints changed. `exists`
+/// says whether an allocation or identity key is stored already.
+pub fn change_ops(
+    registry: &crate::registry::Registry,
+    events: &[Event],
+    exists: impl Fn(&str) -> bool,
+) -> Result<Vec<Op>, serde_json::Error> {
+    let mut ops = Vec::new();
+    let mut touched: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    let put = |key: String, value: Vec<u8>, guarded: bool| Op::Put {
+        created: guarded && !exists(&key),
+        key,
+        value,
+    };
+    for event in events {
+        match event {
+            Event::Upserted { node, .. } => {
+                ops.push(put(node_key(&node.name), serde_json::to_vec(node)?, false));
+                if let Some(ip) = node.tunnel_ip {
+                    ops.push(put(
+                        allocation_key(&node.name),
+                        serde_json::to_vec(&ip)?,
+                        true,
+                    ));
+                }
+            }
+            Event::Removed { name, .. } => {
+                ops.push(Op::Delete(node_key(name)));
+                ops.push(Op::Delete(allocation_key(name)));
+                touched.insert(name);
+            }
+            Event::EndpointUpserted { endpoint, .. } => {
+                touched.insert(&endpoint.node);
+            }
+            Event::EndpointRemoved { node, .. } => {
+                touched.insert(node);
+            }
+            Event::IdentityAdded { identity, .. } => {
+                ops.push(put(
+                    identity_key(identity.id),
+                    serde_json::to_vec(identity)?,
+                    true,
+                ));
+            }
+            _ => {}
+        }
+    }
+    for node in touched {
+        let eps = registry.endpoints_of(node);
+        ops.push(if eps.is_empty() {
+            Op::Delete(endpoints_key(node))
+        } else {
+            put(endpoints_key(node), serde_json::to_vec(&eps)?, false)
+        });
+    }
+    Ok(ops)
 }
 
 /// One write of a change.
@@ -120,8 +206,7 @@ impl Op {
     /// Whether its key must not exist before it (a new allocation or
     /// identity: the per-key compare-and-swap).
     pub fn must_be_new(&self) -> bool {
-        matches!(self, Op::Put { key, created: true, .. }
-            if key.starts_with(ALLOCATIONS) || key.starts_with(IDENTITIES))
+        matches!(self, Op::Put { key, created: true, .. } if is_guarded(key))
     }
 }
 
