@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use meshgate_discovery::client::{connect, pb, DiscoveryClient};
 use meshgate_discovery::model::{Event, WatchItem};
-use meshgate_discovery::registry::RegistryState;
+use meshgate_discovery::registry::{Registry, RegistryConfig, RegistryState};
 use meshgate_discovery::server::{serve_on, ServerConfig};
 use meshgate_discovery::service::{Protocol, Service, ServicePort};
 use meshgate_discovery::store::db::DbStore;
@@ -252,21 +252,47 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     sorted.get(i).copied()
 }
 
-/// Times one endpoint change saved on `store` over `state`, `rounds` times
-/// (median, ms).
+/// Times one endpoint change saved on `store` as the server saves it
+/// (`save_change`, from the change's events), over `state`, `rounds` times
+/// (median, ms). The store is first given the whole state.
 fn save_ms(store: &mut dyn Store, state: &RegistryState, rounds: usize) -> Result<f64, String> {
-    let mut state = state.clone();
-    store.save(&state, &[]).map_err(|e| e.to_string())?;
+    let cfg = RegistryConfig {
+        cluster: state.cluster.clone(),
+        cluster_id: state.cluster_id,
+        lease_ttl_ms: u64::MAX / 4,
+        pod_cidrs: Vec::new(),
+    };
+    let mut r = Registry::from_state(cfg, state.clone(), 0).map_err(|e| e.to_string())?;
+    store.save(state, &[]).map_err(|e| e.to_string())?;
     let mut times = Vec::with_capacity(rounds);
-    for r in 0..rounds {
-        let at = r % state.endpoints.len().max(1);
-        let Some(e) = state.endpoints.get_mut(at) else {
+    for round in 0..rounds {
+        let Some(changed) = state
+            .endpoints
+            .get(round * 7919 % state.endpoints.len().max(1))
+        else {
             break;
         };
-        e.name = format!("save{r}");
-        state.revision += 1;
+        let report: Vec<pb::Endpoint> = r
+            .endpoints_of(&changed.node)
+            .into_iter()
+            .map(|e| pb::Endpoint {
+                ip: e.ip.to_string(),
+                name: if e.ip == changed.ip {
+                    format!("save{round}")
+                } else {
+                    e.name
+                },
+                namespace: e.namespace,
+                labels: e.labels.into_iter().collect(),
+                ..Default::default()
+            })
+            .collect();
+        let events = r
+            .report_endpoints(&changed.node, "", report)
+            .map_err(|e| e.to_string())?
+            .events;
         let t = Instant::now();
-        store.save(&state, &[]).map_err(|e| e.to_string())?;
+        store.save_change(&r, &events).map_err(|e| e.to_string())?;
         times.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     times.sort_by(f64::total_cmp);
@@ -334,22 +360,37 @@ async fn run(a: Args, report: &mut BTreeMap<&'static str, Value>) -> Result<(), 
     for _ in 0..a.watchers {
         let mut c = client(addr).await?;
         let seen = seen.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
         ready.push(rx);
         tokio::spawn(async move {
-            let Ok(resp) = c.watch(pb::WatchRequest::default()).await else {
-                return;
-            };
-            let mut stream = resp.into_inner();
             let mut tx = Some(tx);
-            while let Ok(Some(ev)) = stream.message().await {
+            let mut stream = match c.watch(pb::WatchRequest::default()).await {
+                Ok(resp) => resp.into_inner(),
+                Err(e) => {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(Err(format!("watch refused: {e}")));
+                    }
+                    return;
+                }
+            };
+            loop {
+                let ev = match stream.message().await {
+                    Ok(Some(ev)) => ev,
+                    Ok(None) => break,
+                    Err(e) => {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(Err(format!("watch broken: {e}")));
+                        }
+                        break;
+                    }
+                };
                 let Ok(item) = WatchItem::try_from(ev) else {
                     continue;
                 };
                 match item {
                     WatchItem::Snapshot(_) => {
                         if let Some(tx) = tx.take() {
-                            let _ = tx.send(());
+                            let _ = tx.send(Ok(()));
                         }
                     }
                     WatchItem::Event(Event::EndpointUpserted { endpoint, .. }) => {
@@ -372,7 +413,7 @@ async fn run(a: Args, report: &mut BTreeMap<&'static str, Value>) -> Result<(), 
     }
     for rx in ready {
         rx.await
-            .map_err(|_| "a watcher ended before its snapshot")?;
+            .map_err(|_| "a watcher ended before its snapshot".to_string())??;
     }
     report.insert("watchers_ready_s", json!(t.elapsed().as_secs_f64()));
     let (rss_w, cpu0) = usage(pid);

@@ -16,6 +16,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// connection counts as dead.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Largest message a client takes (gRPC's default is 4 MiB). A watch
+/// starts with the whole state in one snapshot message, about 150 bytes an
+/// endpoint: 4 MiB stopped at some 25,000 endpoints; this allows about
+/// 1.5 million.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
 /// Connects to discovery at `endpoint` (e.g. `http://198.18.1.2:7100`),
 /// failing after [`CONNECT_TIMEOUT`]. No per-request timeout is set, so
 /// `Watch` streams stay open; put deadlines on unary calls yourself.
@@ -92,7 +98,7 @@ pub async fn connect_with(
             })?
             .map_err(|status| probe_error(&status, endpoint, tls))?;
     }
-    Ok(DiscoveryClient::new(channel))
+    Ok(DiscoveryClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 /// With TLS 1.3 the server checks our certificate after we consider the

@@ -189,7 +189,14 @@ struct Shared {
     stop: watch::Receiver<bool>,
     start: Instant,
     lease_ttl_ms: u32,
+    /// Snapshots being built and handed to their watchers at once: each
+    /// holds the whole state, so a crowd of new watchers (every agent
+    /// after a restart) is served a few at a time.
+    snapshots: tokio::sync::Semaphore,
 }
+
+/// See [`Shared::snapshots`].
+const SNAPSHOTS_AT_ONCE: usize = 2;
 
 impl Shared {
     fn open(
@@ -279,6 +286,7 @@ impl Shared {
             stop,
             start: Instant::now(),
             lease_ttl_ms,
+            snapshots: tokio::sync::Semaphore::new(SNAPSHOTS_AT_ONCE),
         })
     }
 
@@ -683,12 +691,27 @@ fn whole(shared: &Shared, event: &Event) -> Option<Event> {
     })
 }
 
-/// Sends a snapshot; returns its revision, or `None` if the watcher is gone.
-/// With `local_only`, without what was imported from remote clusters.
-async fn send_snapshot(shared: &Shared, tx: &WatchTx, local_only: bool) -> Option<u64> {
-    let (revision, snapshot) = federation::snapshot(shared, &mut shared.lock(), local_only);
+/// Subscribes to the changes, then sends a snapshot (queued changes up to
+/// its revision are skipped): the subscription and the snapshot's
+/// revision, or `None` if the watcher is gone. With `local_only`, without
+/// what was imported from remote clusters. The snapshot is built outside
+/// the registry's lock (from an O(1) copy of the registry), a few at a
+/// time ([`Shared::snapshots`]).
+async fn subscribe_and_snapshot(
+    shared: &Shared,
+    tx: &WatchTx,
+    local_only: bool,
+) -> Option<(broadcast::Receiver<Event>, u64)> {
+    let _turn = shared.snapshots.acquire().await.ok()?;
+    let events = if local_only {
+        shared.local_events.subscribe()
+    } else {
+        shared.events.subscribe()
+    };
+    let source = federation::snapshot_source(shared, &mut shared.lock(), local_only);
+    let (revision, snapshot) = source.build();
     tx.send(Ok(snapshot)).await.ok()?;
-    Some(revision)
+    Some((events, revision))
 }
 
 async fn watch_task(shared: Arc<Shared>, tx: WatchTx, local_only: bool, deltas: bool) {
@@ -696,13 +719,8 @@ async fn watch_task(shared: Arc<Shared>, tx: WatchTx, local_only: bool, deltas: 
     if *stop.borrow() {
         return;
     }
-    // Subscribe before the snapshot; queued deltas up to its revision are skipped.
-    let mut events = if local_only {
-        shared.local_events.subscribe()
-    } else {
-        shared.events.subscribe()
-    };
-    let Some(mut last) = send_snapshot(&shared, &tx, local_only).await else {
+    let Some((mut events, mut last)) = subscribe_and_snapshot(&shared, &tx, local_only).await
+    else {
         return;
     };
     debug!(revision = last, local_only, "watcher started");
@@ -735,9 +753,8 @@ async fn watch_task(shared: Arc<Shared>, tx: WatchTx, local_only: bool, deltas: 
             }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 warn!(missed, "watcher lagged; sending a fresh snapshot");
-                events = events.resubscribe();
-                match send_snapshot(&shared, &tx, local_only).await {
-                    Some(rev) => last = rev,
+                match subscribe_and_snapshot(&shared, &tx, local_only).await {
+                    Some((fresh, rev)) => (events, last) = (fresh, rev),
                     None => break,
                 }
             }

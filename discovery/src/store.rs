@@ -246,6 +246,66 @@ pub(crate) mod tests {
     use crate::model::Node;
     use crate::registry::{Registry, RegistryConfig};
 
+    /// Drives a registry through `steps` random changes (seeded):
+    /// registrations, some narrowing a node's pod CIDR, endpoint reports,
+    /// deregistrations and expiries, over six nodes; `each` gets the
+    /// registry after every change, with the change's events.
+    pub(crate) fn random_changes(
+        seed: u64,
+        steps: usize,
+        mut each: impl FnMut(&Registry, &[Event], usize),
+    ) {
+        use base64::Engine as _;
+        let mut r = Registry::new(RegistryConfig {
+            cluster: "c1".into(),
+            cluster_id: 1,
+            lease_ttl_ms: 1000,
+            pod_cidrs: Vec::new(),
+        })
+        .unwrap();
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let mut now = 0;
+        for step in 0..steps {
+            let n = next(6) as u8;
+            let name = format!("n{n}");
+            let events = match next(10) {
+                0..=2 => {
+                    let prefix = if next(3) == 0 { 25 } else { 24 };
+                    let mut p = pb_node(&name, &format!("10.1.{n}.0/{prefix}"));
+                    p.wg_public_key = base64::engine::general_purpose::STANDARD.encode([n + 1; 32]);
+                    r.register(Node::try_from(p).unwrap(), now)
+                        .map(|x| x.events)
+                        .unwrap_or_default()
+                }
+                3..=7 => {
+                    let eps = (0..next(6))
+                        .map(|i| crate::pb::Endpoint {
+                            ip: format!("10.1.{n}.{}", 1 + next(200)),
+                            name: format!("p{i}"),
+                            labels: [("app".to_string(), format!("a{}", next(8)))].into(),
+                            ..Default::default()
+                        })
+                        .collect();
+                    r.report_endpoints(&name, "c1", eps)
+                        .map(|x| x.events)
+                        .unwrap_or_default()
+                }
+                8 => r.deregister(&name, "c1").unwrap(),
+                _ => {
+                    now += 600;
+                    r.expire(now)
+                }
+            };
+            each(&r, &events, step);
+        }
+    }
+
     /// A registry with one node and one endpoint (one identity).
     pub(crate) fn sample() -> RegistryState {
         let mut r = Registry::new(RegistryConfig {

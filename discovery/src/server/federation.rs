@@ -341,38 +341,75 @@ async fn expiry_loop(shared: Arc<Shared>, timeout_ms: u64) {
 /// this cluster's pod CIDRs first (alone for `local_only`: what a remote
 /// imports as ours). The merged services
 /// imports changed are pushed first, so none is pushed again after it.
-pub(super) fn snapshot(
+pub(super) fn snapshot_source(
     shared: &Shared,
     core: &mut Core,
     local_only: bool,
-) -> (u64, pb::WatchEvent) {
+) -> SnapshotSource {
     for event in super::services::flush(core) {
         log_import("*", &event);
         let _ = shared.events.send(event);
     }
-    let mut s = core.registry.snapshot();
-    if !local_only {
-        s.nodes.extend(core.imports.nodes().cloned());
-        s.endpoints.extend(core.imports.endpoints());
-        s.identities.extend(core.imports.identities());
-        s.clusters = mesh_cidrs(core);
+    let imported = (!local_only).then(|| Imported {
+        nodes: core.imports.nodes().cloned().collect(),
+        endpoints: core.imports.endpoints().collect(),
+        identities: core.imports.identities().collect(),
+        clusters: mesh_cidrs(core),
+        global_services: core
+            .merged
+            .services()
+            .values()
+            .map(pb::GlobalService::from)
+            .collect(),
+    });
+    SnapshotSource {
+        registry: core.registry.clone(),
+        services: core.services.iter().map(pb::Service::from).collect(),
+        imported,
     }
-    let cfg = core.registry.config();
-    let mut event = pb::WatchEvent::from(&s);
-    if let Some(pb::watch_event::Event::Snapshot(p)) = &mut event.event {
-        p.cluster = cfg.cluster.clone();
-        p.cluster_id = u32::from(cfg.cluster_id);
-        p.services = core.services.iter().map(pb::Service::from).collect();
-        if !local_only {
-            p.global_services = core
-                .merged
-                .services()
-                .values()
-                .map(pb::GlobalService::from)
-                .collect();
+}
+
+/// What a watcher's snapshot is made of, taken under the lock in O(1)
+/// for this cluster's own state (the registry's maps are persistent) and
+/// built outside it.
+pub(super) struct SnapshotSource {
+    registry: crate::registry::Registry,
+    services: Vec<pb::Service>,
+    imported: Option<Imported>,
+}
+
+struct Imported {
+    nodes: Vec<crate::model::Node>,
+    endpoints: Vec<crate::endpoint::Endpoint>,
+    identities: Vec<crate::endpoint::Identity>,
+    clusters: Vec<crate::cidrs::ClusterCidrs>,
+    global_services: Vec<pb::GlobalService>,
+}
+
+impl SnapshotSource {
+    /// The snapshot event and its revision.
+    pub(super) fn build(self) -> (u64, pb::WatchEvent) {
+        let mut s = self.registry.snapshot();
+        let global_services = match self.imported {
+            Some(i) => {
+                s.nodes.extend(i.nodes);
+                s.endpoints.extend(i.endpoints);
+                s.identities.extend(i.identities);
+                s.clusters = i.clusters;
+                i.global_services
+            }
+            None => Vec::new(),
+        };
+        let cfg = self.registry.config();
+        let mut event = pb::WatchEvent::from(&s);
+        if let Some(pb::watch_event::Event::Snapshot(p)) = &mut event.event {
+            p.cluster = cfg.cluster.clone();
+            p.cluster_id = u32::from(cfg.cluster_id);
+            p.services = self.services;
+            p.global_services = global_services;
         }
+        (s.revision, event)
     }
-    (s.revision, event)
 }
 
 /// Whether a watcher gets this event.

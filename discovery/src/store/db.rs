@@ -246,13 +246,11 @@ fn apply_u32(
 impl Store for DbStore {
     fn load(&mut self) -> Result<Option<RegistryState>, StoreError> {
         let path = self.path();
-        let err = db_err(&path, "reading");
-        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
-        let meta_t = txn.open_table(META).map_err(|e| err(e.into()))?;
-        let Some(meta) = meta_t.get("state").map_err(|e| err(e.into()))? else {
+        let stored = self.stored_records()?;
+        if stored.meta.is_empty() {
             return Ok(None);
-        };
-        let meta: Meta = decode(&path, "meta", meta.value())?;
+        }
+        let meta: Meta = decode(&path, "meta", &stored.meta)?;
         if meta.format != super::STATE_FORMAT {
             return Err(StoreError::Format {
                 path: path.clone(),
@@ -268,53 +266,23 @@ impl Store for DbStore {
             identities: Vec::new(),
             endpoints: Vec::new(),
         };
-        for row in txn
-            .open_table(NODES)
-            .map_err(|e| err(e.into()))?
-            .iter()
-            .map_err(|e| err(e.into()))?
-        {
-            let (k, v) = row.map_err(|e| err(e.into()))?;
+        for (k, v) in &stored.nodes {
+            state.nodes.insert(k.clone(), decode(&path, k, v)?);
+        }
+        for (k, v) in &stored.allocations {
+            state.allocations.insert(k.clone(), decode(&path, k, v)?);
+        }
+        for (id, v) in &stored.identities {
             state
-                .nodes
-                .insert(k.value().to_string(), decode(&path, k.value(), v.value())?);
+                .identities
+                .push(decode(&path, &format!("identity {id}"), v)?);
         }
-        for row in txn
-            .open_table(ALLOCATIONS)
-            .map_err(|e| err(e.into()))?
-            .iter()
-            .map_err(|e| err(e.into()))?
-        {
-            let (k, v) = row.map_err(|e| err(e.into()))?;
-            state
-                .allocations
-                .insert(k.value().to_string(), decode(&path, k.value(), v.value())?);
-        }
-        for row in txn
-            .open_table(IDENTITIES)
-            .map_err(|e| err(e.into()))?
-            .iter()
-            .map_err(|e| err(e.into()))?
-        {
-            let (k, v) = row.map_err(|e| err(e.into()))?;
-            state.identities.push(decode(
-                &path,
-                &format!("identity {}", k.value()),
-                v.value(),
-            )?);
-        }
-        for row in txn
-            .open_table(ENDPOINTS)
-            .map_err(|e| err(e.into()))?
-            .iter()
-            .map_err(|e| err(e.into()))?
-        {
-            let (k, v) = row.map_err(|e| err(e.into()))?;
-            state.endpoints.push(decode(&path, k.value(), v.value())?);
+        for (k, v) in &stored.endpoints {
+            state.endpoints.push(decode(&path, k, v)?);
         }
         // In IP order, as the registry keeps them.
         state.endpoints.sort_by_key(|e| e.ip);
-        self.last = Some(self.records(&state)?);
+        self.last = Some(stored);
         Ok(Some(state))
     }
 

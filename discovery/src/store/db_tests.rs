@@ -79,63 +79,16 @@ fn a_corrupt_state_json_is_refused_before_any_database_exists() {
 }
 
 /// Changes written from their events alone (as the server saves them)
-/// load back as the registry holds them, over random registrations, pod
-/// CIDR changes, endpoint reports, deregistrations and expiries.
+/// load back as the registry holds them, over random changes.
 #[test]
 fn changes_written_from_their_events_load_as_the_registry_holds_them() {
-    use crate::registry::{Registry, RegistryConfig};
-    use base64::Engine as _;
     for seed in 1..=20u64 {
         let dir = tempfile::tempdir().unwrap();
         let mut s = DbStore::open(dir.path()).unwrap();
         assert!(s.load().unwrap().is_none());
-        let mut r = Registry::new(RegistryConfig {
-            cluster: "c1".into(),
-            cluster_id: 1,
-            lease_ttl_ms: 1000,
-            pod_cidrs: Vec::new(),
-        })
-        .unwrap();
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut next = move |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
-        let mut now = 0;
-        for step in 0..200 {
-            let n = next(6) as u8;
-            let name = format!("n{n}");
-            let events = match next(10) {
-                0..=2 => {
-                    let prefix = if next(3) == 0 { 25 } else { 24 };
-                    let mut p = pb_node(&name, &format!("10.1.{n}.0/{prefix}"));
-                    p.wg_public_key = base64::engine::general_purpose::STANDARD.encode([n + 1; 32]);
-                    r.register(Node::try_from(p).unwrap(), now)
-                        .map(|x| x.events)
-                        .unwrap_or_default()
-                }
-                3..=7 => {
-                    let eps = (0..next(6))
-                        .map(|i| crate::pb::Endpoint {
-                            ip: format!("10.1.{n}.{}", 1 + next(200)),
-                            name: format!("p{i}"),
-                            labels: [("app".to_string(), format!("a{}", next(5)))].into(),
-                            ..Default::default()
-                        })
-                        .collect();
-                    r.report_endpoints(&name, "c1", eps)
-                        .map(|x| x.events)
-                        .unwrap_or_default()
-                }
-                8 => r.deregister(&name, "c1").unwrap(),
-                _ => {
-                    now += 600;
-                    r.expire(now)
-                }
-            };
-            s.save_change(&r, &events).unwrap();
+        let mut last = None;
+        crate::store::tests::random_changes(seed, 200, |r, events, step| {
+            s.save_change(r, events).unwrap();
             if step % 50 == 49 {
                 assert_eq!(
                     s.load().unwrap(),
@@ -143,15 +96,32 @@ fn changes_written_from_their_events_load_as_the_registry_holds_them() {
                     "seed {seed} step {step}"
                 );
             }
-        }
+            last = Some(r.state());
+        });
+        let last = last.unwrap();
         drop(s);
         let mut s = DbStore::open(dir.path()).unwrap();
-        assert_eq!(s.load().unwrap(), Some(r.state()), "seed {seed}, reopened");
+        assert_eq!(
+            s.load().unwrap(),
+            Some(last.clone()),
+            "seed {seed}, reopened"
+        );
         // A whole-state save after changes written from events diffs against
         // what is stored: nothing stale is left.
-        let mut st = r.state();
+        let mut st = last;
         st.endpoints.clear();
         st.revision += 1;
+        let r = crate::registry::Registry::from_state(
+            crate::registry::RegistryConfig {
+                cluster: "c1".into(),
+                cluster_id: 1,
+                lease_ttl_ms: 1000,
+                pod_cidrs: Vec::new(),
+            },
+            st.clone(),
+            0,
+        )
+        .unwrap();
         s.save_change(&r, &[]).unwrap();
         s.save(&st, &[]).unwrap();
         assert_eq!(s.load().unwrap(), Some(st), "seed {seed}, whole save");

@@ -161,62 +161,14 @@ fn unreadable_records_are_errors_naming_the_key_and_change_nothing() {
 }
 
 /// The writes made from a change's events alone keep the stored records
-/// equal to the records of the whole state, over random registrations,
-/// pod CIDR changes, endpoint reports, deregistrations and expiries; new
+/// equal to the records of the whole state, over random changes; new
 /// allocations and identities are the guarded creations.
 #[test]
 fn writes_from_events_keep_the_records_of_the_whole_state() {
-    use crate::registry::{Registry, RegistryConfig};
-    use base64::Engine as _;
     for seed in 1..=20u64 {
-        let mut r = Registry::new(RegistryConfig {
-            cluster: "c1".into(),
-            cluster_id: 1,
-            lease_ttl_ms: 1000,
-            pod_cidrs: Vec::new(),
-        })
-        .unwrap();
         let mut stored = Records::new();
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut next = move |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
-        let mut now = 0;
-        for step in 0..300 {
-            let n = next(6) as u8;
-            let name = format!("n{n}");
-            let events = match next(10) {
-                0..=2 => {
-                    let prefix = if next(3) == 0 { 25 } else { 24 };
-                    let mut p = pb_node(&name, &format!("10.1.{n}.0/{prefix}"));
-                    p.wg_public_key = base64::engine::general_purpose::STANDARD.encode([n + 1; 32]);
-                    r.register(Node::try_from(p).unwrap(), now)
-                        .map(|x| x.events)
-                        .unwrap_or_default()
-                }
-                3..=7 => {
-                    let eps = (0..next(6))
-                        .map(|i| crate::pb::Endpoint {
-                            ip: format!("10.1.{n}.{}", 1 + next(200)),
-                            name: format!("p{i}"),
-                            labels: [("app".to_string(), format!("a{}", next(8)))].into(),
-                            ..Default::default()
-                        })
-                        .collect();
-                    r.report_endpoints(&name, "c1", eps)
-                        .map(|x| x.events)
-                        .unwrap_or_default()
-                }
-                8 => r.deregister(&name, "c1").unwrap(),
-                _ => {
-                    now += 600;
-                    r.expire(now)
-                }
-            };
-            let ops = change_ops(&r, &events, |k| stored.contains_key(k)).unwrap();
+        crate::store::tests::random_changes(seed, 300, |r, events, step| {
+            let ops = change_ops(r, events, |k| stored.contains_key(k)).unwrap();
             for op in ops {
                 if op.must_be_new() {
                     assert!(
@@ -239,6 +191,6 @@ fn writes_from_events_keep_the_records_of_the_whole_state() {
                 records(&r.state()).unwrap(),
                 "seed {seed} step {step}: {events:?}"
             );
-        }
+        });
     }
 }
