@@ -85,6 +85,8 @@ pub struct EtcdStore {
     compaction: Compaction,
     /// Keys the last change wrote (put or deleted), `meta` included.
     written: usize,
+    /// This replica's ID in the `meta` it writes.
+    writer: String,
 }
 
 /// Everything under a prefix at one revision.
@@ -172,6 +174,7 @@ impl EtcdStore {
             writes: 0,
             compaction,
             written: 0,
+            writer: replica_id(),
         })
     }
 
@@ -336,6 +339,7 @@ impl EtcdStore {
             cluster_id: doc.state.cluster_id,
             revision: doc.state.revision,
             events: Vec::new(),
+            writer: self.writer.clone(),
         };
         let keep = vec![
             TxnOp::put(self.key(records::MIGRATED), old.value().to_vec(), None),
@@ -387,6 +391,7 @@ impl EtcdStore {
             cluster_id,
             revision,
             events: events.to_vec(),
+            writer: self.writer.clone(),
         };
         // A removed node's lease key goes with it.
         let leases: Vec<TxnOp> = events
@@ -442,6 +447,7 @@ impl EtcdStore {
             tx: self.remote_tx.clone(),
             watching: self.watching.clone(),
             mirror,
+            writer: self.writer.clone(),
         };
         runtime.spawn(watch.run(from_revision));
     }
@@ -586,6 +592,10 @@ struct WatchLoop {
     watching: Arc<AtomicBool>,
     /// The records as of the last event seen.
     mirror: Mirror,
+    /// This replica's ID: its own changes are not forwarded (the registry
+    /// has them; rebuilding the state for each would cost the cluster's
+    /// size a change).
+    writer: String,
 }
 
 impl WatchLoop {
@@ -686,7 +696,7 @@ impl WatchLoop {
                     }
                 }
             }
-            if changed {
+            if changed && self.mirror.written_by() != Some(self.writer.as_str()) {
                 self.forward_state();
             }
             if self.tx.is_closed() {
@@ -705,4 +715,20 @@ fn guarded_keys(state: &RegistryState) -> BTreeSet<String> {
         .map(|n| records::allocation_key(n))
         .chain(state.identities.iter().map(|i| records::identity_key(i.id)))
         .collect()
+}
+
+/// An ID for this replica's writes: the time, the process and a counter,
+/// hashed; distinct across replicas and restarts.
+fn replica_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static STORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.write_u64(STORES.fetch_add(1, Ordering::Relaxed));
+    format!("{:016x}", h.finish())
 }

@@ -49,6 +49,10 @@ pub struct Meta {
     /// The events of the change that wrote this.
     #[serde(default)]
     pub events: Vec<Event>,
+    /// Which replica wrote it (an ID each store picks at start): a
+    /// replica's watch passes over its own changes.
+    #[serde(default)]
+    pub writer: String,
 }
 
 /// The single-key state of discoveries before this layout.
@@ -344,6 +348,11 @@ impl Mirror {
         } else if let Some(node) = key.strip_prefix(ENDPOINTS) {
             self.endpoints.remove(node);
         }
+    }
+
+    /// The replica that wrote `meta` last.
+    pub fn written_by(&self) -> Option<&str> {
+        self.meta.as_ref().map(|m| m.meta.writer.as_str())
     }
 
     /// Whether a `meta` was read: a state is stored.

@@ -11,6 +11,7 @@ fn meta_of(state: &RegistryState) -> Vec<u8> {
         cluster_id: state.cluster_id,
         revision: state.revision,
         events: Vec::new(),
+        writer: "r1".into(),
     })
     .unwrap()
 }
@@ -146,6 +147,7 @@ fn unreadable_records_are_errors_naming_the_key_and_change_nothing() {
         cluster_id: 1,
         revision: 1,
         events: Vec::new(),
+        writer: String::new(),
     };
     let e = m
         .put(META, &serde_json::to_vec(&other).unwrap(), 4, 10)
