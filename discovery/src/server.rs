@@ -709,7 +709,11 @@ async fn subscribe_and_snapshot(
         shared.events.subscribe()
     };
     let source = federation::snapshot_source(shared, &mut shared.lock(), local_only);
-    let (revision, snapshot) = source.build();
+    // Off the runtime's workers: a snapshot of a large cluster takes a
+    // while, and the workers must go on accepting and serving meanwhile.
+    let (revision, snapshot) = tokio::task::spawn_blocking(move || source.build())
+        .await
+        .ok()?;
     tx.send(Ok(snapshot)).await.ok()?;
     Some((events, revision))
 }
