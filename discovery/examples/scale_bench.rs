@@ -364,7 +364,12 @@ async fn run(a: Args, report: &mut BTreeMap<&'static str, Value>) -> Result<(), 
         ready.push(rx);
         tokio::spawn(async move {
             let mut tx = Some(tx);
-            let mut stream = match c.watch(pb::WatchRequest::default()).await {
+            // As agents watch: service backends as deltas.
+            let req = pb::WatchRequest {
+                local_only: false,
+                backend_deltas: true,
+            };
+            let mut stream = match c.watch(req).await {
                 Ok(resp) => resp.into_inner(),
                 Err(e) => {
                     if let Some(tx) = tx.take() {
