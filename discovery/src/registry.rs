@@ -322,6 +322,14 @@ impl Registry {
         out
     }
 
+    /// `name`'s pod CIDRs (none if it is not registered).
+    fn pod_cidrs_of(&self, name: &str) -> Vec<IpNet> {
+        self.nodes
+            .get(name)
+            .map(|e| e.node.pod_cidrs.clone())
+            .unwrap_or_default()
+    }
+
     /// The endpoints of `node` within `cidrs` (its pod CIDRs, where every
     /// endpoint of it lies: reports outside them are refused), found by
     /// range, without a look at other nodes' endpoints.
@@ -393,11 +401,7 @@ impl Registry {
         }
         node.tunnel_ip = Some(self.alloc.allocate(&node.name)?);
         let expires_at_ms = now.saturating_add(self.cfg.lease_ttl_ms);
-        let old_cidrs = self
-            .nodes
-            .get(&node.name)
-            .map(|e| e.node.pod_cidrs.clone())
-            .unwrap_or_default();
+        let old_cidrs = self.pod_cidrs_of(&node.name);
         if let Some(entry) = self.nodes.get_mut(&node.name) {
             entry.expires_at_ms = expires_at_ms;
             if entry.node == node {
@@ -480,11 +484,7 @@ impl Registry {
         if !self.nodes.contains_key(name) {
             return Vec::new();
         }
-        let cidrs = self
-            .nodes
-            .get(name)
-            .map(|e| e.node.pod_cidrs.clone())
-            .unwrap_or_default();
+        let cidrs = self.pod_cidrs_of(name);
         let mut events = self.remove_endpoints(name, &cidrs, |_| true);
         if let Some(entry) = self.nodes.remove(name) {
             self.alloc.release(name);

@@ -130,20 +130,23 @@ impl Timeline {
                 .join("\n"),
         );
         // What crosses c1/g1's underlay link for 2 s, and which WireGuard
-        // counters move meanwhile.
-        let g1 = world.node_ns("c1", "g1");
-        let n3 = world.node_ns("c1", "n3");
-        let dump = |ns: &str| {
-            let o = world.in_ns(ns, &["wg", "show", "all", "dump"]);
-            String::from_utf8_lossy(&o.stdout).into_owned()
+        // counters and handshakes move meanwhile on the path's nodes.
+        let path = [("c1", "g1"), ("c1", "n3"), ("c2", "g1")];
+        let dumps = |when: &str| {
+            let mut text = String::new();
+            for (c, n) in path {
+                let o = world.in_ns(&world.node_ns(c, n), &["wg", "show", "all", "dump"]);
+                text.push_str(&format!(
+                    "--- {c}/{n} wg dump {when}:\n{}",
+                    String::from_utf8_lossy(&o.stdout)
+                ));
+            }
+            text
         };
-        out.push_str(&format!(
-            "\n--- c1/g1 wg dump before:\n{}--- c1/n3 wg dump before:\n{}",
-            dump(&g1),
-            dump(&n3)
-        ));
+        out.push('\n');
+        out.push_str(&dumps("before"));
         let cap = world.in_ns(
-            &g1,
+            &world.node_ns("c1", "g1"),
             &["timeout", "2", "tcpdump", "-n", "-i", "eth0", "-c", "60"],
         );
         out.push_str(&format!(
@@ -151,18 +154,14 @@ impl Timeline {
             String::from_utf8_lossy(&cap.stdout),
             String::from_utf8_lossy(&cap.stderr)
         ));
-        out.push_str(&format!(
-            "--- c1/g1 wg dump after:\n{}--- c1/n3 wg dump after:\n{}",
-            dump(&g1),
-            dump(&n3)
-        ));
-        for (c, n) in [("c1", "g1"), ("c2", "g1"), ("c1", "n3")] {
-            for argv in [&["wg", "show", "all", "dump"][..], &["ip", "neigh"][..]] {
-                let o = world.in_ns(&world.node_ns(c, n), argv);
-                out.push_str(&format!("--- {c}/{n}: {}\n", argv.join(" ")));
-                out.push_str(&String::from_utf8_lossy(&o.stdout));
-                out.push_str(&String::from_utf8_lossy(&o.stderr));
-            }
+        out.push_str(&dumps("after"));
+        for (c, n) in path {
+            let o = world.in_ns(&world.node_ns(c, n), &["ip", "neigh"]);
+            out.push_str(&format!(
+                "--- {c}/{n}: ip neigh\n{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ));
         }
         out
     }

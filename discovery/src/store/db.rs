@@ -56,10 +56,6 @@ struct Records {
 pub struct DbStore {
     dir: PathBuf,
     db: Database,
-    /// What the database holds, after a load or a whole-state save; `None`
-    /// once a change was written from its events (a whole-state save then
-    /// reads what is stored to diff against).
-    last: Option<Records>,
     /// Records the last save wrote (upserted or removed).
     written: usize,
 }
@@ -116,7 +112,6 @@ impl DbStore {
         let mut store = DbStore {
             dir: dir.to_path_buf(),
             db,
-            last: None,
             written: 0,
         };
         store.create_tables()?;
@@ -167,15 +162,7 @@ impl DbStore {
     fn records(&self, state: &RegistryState) -> Result<Records, StoreError> {
         let path = self.path();
         let mut r = Records {
-            meta: encode(
-                &path,
-                &Meta {
-                    format: super::STATE_FORMAT,
-                    cluster: state.cluster.clone(),
-                    cluster_id: state.cluster_id,
-                    revision: state.revision,
-                },
-            )?,
+            meta: meta_record(&path, &state.cluster, state.cluster_id, state.revision)?,
             ..Records::default()
         };
         for (k, n) in &state.nodes {
@@ -192,6 +179,24 @@ impl DbStore {
         }
         Ok(r)
     }
+}
+
+/// The meta record.
+fn meta_record(
+    path: &Path,
+    cluster: &str,
+    cluster_id: u8,
+    revision: u64,
+) -> Result<Vec<u8>, StoreError> {
+    encode(
+        path,
+        &Meta {
+            format: super::STATE_FORMAT,
+            cluster: cluster.to_string(),
+            cluster_id,
+            revision,
+        },
+    )
 }
 
 /// Writes into `table` what differs between `old` and `new`: upserts, then
@@ -282,21 +287,20 @@ impl Store for DbStore {
         }
         // In IP order, as the registry keeps them.
         state.endpoints.sort_by_key(|e| e.ip);
-        self.last = Some(stored);
         Ok(Some(state))
     }
 
     fn save(&mut self, state: &RegistryState, _events: &[Event]) -> Result<(), StoreError> {
         let path = self.path();
+        // The whole state, diffed against what is stored (read whole): the
+        // server saves its changes with `save_change` instead.
         let new = self.records(state)?;
-        if self.last.is_none() {
-            self.last = Some(self.stored_records()?);
-        }
-        if self.last.as_ref() == Some(&new) {
+        let stored = self.stored_records()?;
+        if stored == new {
             return Ok(());
         }
         let err = db_err(&path, "writing");
-        let old = self.last.as_ref();
+        let old = Some(&stored);
         let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
         let mut written = 1;
         {
@@ -313,7 +317,6 @@ impl Store for DbStore {
             written += apply_str(&mut t, old.map(|o| &o.endpoints), &new.endpoints, &err)?;
         }
         txn.commit().map_err(|e| err(e.into()))?;
-        self.last = Some(new);
         self.written = written;
         Ok(())
     }
@@ -322,15 +325,7 @@ impl Store for DbStore {
         let path = self.path();
         let err = db_err(&path, "writing");
         let cfg = registry.config();
-        let meta = encode(
-            &path,
-            &Meta {
-                format: super::STATE_FORMAT,
-                cluster: cfg.cluster.clone(),
-                cluster_id: cfg.cluster_id,
-                revision: registry.revision(),
-            },
-        )?;
+        let meta = meta_record(&path, &cfg.cluster, cfg.cluster_id, registry.revision())?;
         let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
         let mut written = 1;
         {
@@ -385,7 +380,6 @@ impl Store for DbStore {
             }
         }
         txn.commit().map_err(|e| err(e.into()))?;
-        self.last = None;
         self.written = written;
         Ok(())
     }

@@ -83,8 +83,6 @@ pub struct EtcdStore {
     /// Writes since this replica last compacted etcd's history.
     writes: u32,
     compaction: Compaction,
-    /// Keys the last change wrote (put or deleted), `meta` included.
-    written: usize,
     /// This replica's ID in the `meta` it writes.
     writer: String,
 }
@@ -173,14 +171,8 @@ impl EtcdStore {
             watching: Arc::new(AtomicBool::new(false)),
             writes: 0,
             compaction,
-            written: 0,
             writer: replica_id(),
         })
-    }
-
-    /// Keys the last change wrote (put or deleted), `meta` included.
-    pub fn last_written(&self) -> usize {
-        self.written
     }
 
     fn key(&self, relative: &str) -> String {
@@ -233,16 +225,11 @@ impl EtcdStore {
     fn mirror(&self, snap: &Snapshot) -> Result<Mirror, StoreError> {
         let mut m = Mirror::default();
         for kv in &snap.kvs {
-            let Some(key) = kv.key().strip_prefix(self.prefix.as_bytes()) else {
-                continue;
-            };
-            let key = String::from_utf8_lossy(key);
-            m.put(&key, kv.value(), kv.version(), kv.mod_revision())
-                .map_err(|e| StoreError::EtcdCorrupt {
-                    url: self.url.clone(),
-                    key: self.key(&e.key),
-                    reason: e.reason,
-                })?;
+            take(&self.prefix, &mut m, kv).map_err(|e| StoreError::EtcdCorrupt {
+                url: self.url.clone(),
+                key: self.key(&e.key),
+                reason: e.reason,
+            })?;
         }
         Ok(m)
     }
@@ -268,10 +255,10 @@ impl EtcdStore {
     ) -> Result<Option<i64>, StoreError> {
         let meta_bytes = serde_json::to_vec(meta).map_err(self.encode_err())?;
         let reserve = 1 + extra.len();
-        let mut txns = records::chunks(ops, MAX_TXN_OPS, MAX_TXN_BYTES, reserve);
+        let txns = records::chunks(ops, MAX_TXN_OPS, MAX_TXN_BYTES, reserve);
         let last = txns.len() - 1;
         let mut revision = 0;
-        for (i, chunk) in txns.drain(..).enumerate() {
+        for (i, chunk) in txns.into_iter().enumerate() {
             let mut when = vec![Compare::mod_revision(
                 self.key(records::META),
                 CompareOp::Equal,
@@ -372,7 +359,6 @@ impl EtcdStore {
                 bytes: op.size(),
             });
         }
-        let written = ops.len() + 1;
         let mut guarded = self.guarded.clone();
         for o in &ops {
             match o {
@@ -417,7 +403,6 @@ impl EtcdStore {
                     mod_revision: revision,
                 };
                 self.guarded = guarded;
-                self.written = written;
                 self.wrote(revision);
                 Ok(())
             }
@@ -623,22 +608,11 @@ impl WatchLoop {
         let snap = read_all(self.client.clone(), self.prefix.clone()).await?;
         let mut mirror = Mirror::default();
         for kv in &snap.kvs {
-            self.take(&mut mirror, kv);
+            take_or_warn(&self.url, &self.prefix, &mut mirror, kv);
         }
         self.mirror = mirror;
         self.forward_state();
         Ok(snap.revision + 1)
-    }
-
-    /// Puts `kv` into `mirror`; an unreadable record is logged and skipped.
-    fn take(&self, mirror: &mut Mirror, kv: &KeyValue) {
-        let Some(key) = kv.key().strip_prefix(self.prefix.as_bytes()) else {
-            return;
-        };
-        let key = String::from_utf8_lossy(key);
-        if let Err(e) = mirror.put(&key, kv.value(), kv.version(), kv.mod_revision()) {
-            warn!(etcd = %self.url, error = %e, "record in etcd is not readable; ignored");
-        }
     }
 
     fn forward_state(&self) {
@@ -684,9 +658,7 @@ impl WatchLoop {
                 }
                 match event.event_type() {
                     EventType::Put => {
-                        let mut mirror = std::mem::take(&mut self.mirror);
-                        self.take(&mut mirror, kv);
-                        self.mirror = mirror;
+                        take_or_warn(&self.url, &self.prefix, &mut self.mirror, kv);
                         changed |= key == meta_key.as_bytes();
                     }
                     EventType::Delete => {
@@ -704,6 +676,26 @@ impl WatchLoop {
             }
         }
         Ok(())
+    }
+}
+
+/// Puts `kv` (a key under `prefix`) into `mirror`.
+fn take(prefix: &str, mirror: &mut Mirror, kv: &KeyValue) -> Result<(), records::RecordError> {
+    match kv.key().strip_prefix(prefix.as_bytes()) {
+        Some(key) => mirror.put(
+            &String::from_utf8_lossy(key),
+            kv.value(),
+            kv.version(),
+            kv.mod_revision(),
+        ),
+        None => Ok(()),
+    }
+}
+
+/// [`take`], for the watch: an unreadable record is logged and skipped.
+fn take_or_warn(url: &str, prefix: &str, mirror: &mut Mirror, kv: &KeyValue) {
+    if let Err(e) = take(prefix, mirror, kv) {
+        warn!(etcd = %url, error = %e, "record in etcd is not readable; ignored");
     }
 }
 
