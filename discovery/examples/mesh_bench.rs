@@ -752,14 +752,13 @@ async fn watcher(
     let mut converged = false;
     loop {
         // An agent opens the stream again when it breaks; so does this.
-        let mut stream = match client
-            .watch(pb::WatchRequest {
-                local_only: false,
-                backend_deltas: true,
-            })
-            .await
-        {
-            Ok(s) => s.into_inner(),
+        let req = pb::WatchRequest {
+            local_only: false,
+            backend_deltas: true,
+            snapshot_parts: true,
+        };
+        let mut stream = match meshgate_discovery::client::watch(&mut client, req).await {
+            Ok(s) => s,
             Err(_) => {
                 WATCH_BREAKS.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(200)).await;

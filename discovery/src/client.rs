@@ -10,6 +10,9 @@ pub use crate::pb::discovery_client::DiscoveryClient;
 pub use crate::tls::ClientTls;
 use crate::Error;
 
+mod watch;
+pub use watch::{watch, PartsError, SnapshotParts, WatchStream};
+
 /// How long [`connect`] waits for the TCP/HTTP2 connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long an HTTP/2 keepalive ping may go unanswered before the
@@ -17,9 +20,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Largest message a client takes (gRPC's default is 4 MiB). A watch
-/// starts with the whole state in one snapshot message, about 150 bytes an
-/// endpoint: 4 MiB stopped at some 25,000 endpoints; this allows about
-/// 1.5 million.
+/// opened with [`watch`] takes its snapshot in parts of about 64 KiB; a
+/// plain `Watch` (or one to a discovery older than parts) starts with the
+/// whole state in one snapshot message, about 150 bytes an endpoint: 4 MiB
+/// stopped at some 25,000 endpoints; this allows about 1.5 million.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 /// Connects to discovery at `endpoint` (e.g. `http://198.18.1.2:7100`),

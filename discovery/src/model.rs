@@ -601,6 +601,7 @@ impl From<&Snapshot> for pb::WatchEvent {
                 services: Vec::new(),
                 global_services: Vec::new(),
                 clusters: s.clusters.iter().map(pb::ClusterCidrs::from).collect(),
+                more: false,
             })),
         }
     }

@@ -11,6 +11,7 @@ pub use endpoints::Reported;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::ops::Bound;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -307,6 +308,38 @@ impl Registry {
     /// Every endpoint, in IP order.
     pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
         self.endpoints.values()
+    }
+
+    /// The nodes after `after` (all of them after `None`), in name order:
+    /// a snapshot goes out in parts from a copy of the registry, each part
+    /// resuming after the last record of the one before.
+    pub fn nodes_after<'a>(&'a self, after: Option<&'a str>) -> impl Iterator<Item = &'a Node> {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.nodes
+            .range::<_, str>((from, Bound::Unbounded))
+            .map(|(_, e)| &e.node)
+    }
+
+    /// The endpoints after the IP `after` (all after `None`), in IP order;
+    /// see [`Registry::nodes_after`].
+    pub fn endpoints_after(&self, after: Option<IpAddr>) -> impl Iterator<Item = &Endpoint> {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.endpoints
+            .range((from, Bound::Unbounded))
+            .map(|(_, e)| e)
+    }
+
+    /// The identities after the ID `after` (all after `None`), in ID
+    /// order; see [`Registry::nodes_after`].
+    pub fn identities_after(&self, after: Option<u32>) -> impl Iterator<Item = Identity> + '_ {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.identities
+            .allocations()
+            .range((from, Bound::Unbounded))
+            .map(|(id, labels)| Identity {
+                id: *id,
+                labels: labels.clone(),
+            })
     }
 
     /// The endpoints of a node, in IP order.

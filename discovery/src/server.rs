@@ -64,6 +64,7 @@ pub struct ServerConfig {
 mod federation;
 mod replicas;
 mod services;
+mod snapshots;
 
 /// Binds `cfg.listen` and serves until `shutdown` completes.
 pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
@@ -189,14 +190,21 @@ struct Shared {
     stop: watch::Receiver<bool>,
     start: Instant,
     lease_ttl_ms: u32,
-    /// Snapshots being built and handed to their watchers at once: each
-    /// holds the whole state, so a crowd of new watchers (every agent
-    /// after a restart) is served a few at a time.
+    /// Whole snapshots (to watchers that do not take parts) being built
+    /// and handed to their watchers at once: each holds the whole state,
+    /// so a crowd of such watchers is served a few at a time.
     snapshots: tokio::sync::Semaphore,
+    /// Snapshots being streamed in parts at once; see
+    /// [`subscribe_and_snapshot`].
+    snapshot_streams: tokio::sync::Semaphore,
+    /// Snapshots being sent (memory is given back after a burst of them).
+    sending: Arc<snapshots::InFlight>,
 }
 
 /// See [`Shared::snapshots`].
 const SNAPSHOTS_AT_ONCE: usize = 2;
+/// See [`Shared::snapshot_streams`].
+const SNAPSHOT_STREAMS_AT_ONCE: usize = 32;
 
 impl Shared {
     fn open(
@@ -287,6 +295,8 @@ impl Shared {
             start: Instant::now(),
             lease_ttl_ms,
             snapshots: tokio::sync::Semaphore::new(SNAPSHOTS_AT_ONCE),
+            snapshot_streams: tokio::sync::Semaphore::new(SNAPSHOT_STREAMS_AT_ONCE),
+            sending: Arc::default(),
         })
     }
 
@@ -640,12 +650,12 @@ impl Discovery for Service {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let req = request.into_inner();
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        tokio::spawn(watch_task(
-            self.shared.clone(),
-            tx,
-            req.local_only,
-            req.backend_deltas,
-        ));
+        let watcher = Watcher {
+            local_only: req.local_only,
+            deltas: req.backend_deltas,
+            parts: req.snapshot_parts,
+        };
+        tokio::spawn(watch_task(self.shared.clone(), tx, watcher));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -694,39 +704,63 @@ fn whole(shared: &Shared, event: &Event) -> Option<Event> {
 /// Subscribes to the changes, then sends a snapshot (queued changes up to
 /// its revision are skipped): the subscription and the snapshot's
 /// revision, or `None` if the watcher is gone. With `local_only`, without
-/// what was imported from remote clusters. The snapshot is built outside
-/// the registry's lock (from an O(1) copy of the registry), a few at a
-/// time ([`Shared::snapshots`]).
+/// what was imported from remote clusters. With `parts`, streamed in
+/// parts; see [`snapshots`].
 async fn subscribe_and_snapshot(
     shared: &Shared,
     tx: &WatchTx,
-    local_only: bool,
+    watcher: Watcher,
 ) -> Option<(broadcast::Receiver<Event>, u64)> {
-    let _turn = shared.snapshots.acquire().await.ok()?;
-    let events = if local_only {
+    // A whole snapshot holds the whole state: a few at a time. Parts
+    // hold little each, but what a snapshot has in flight (its queued
+    // parts, HTTP/2's send buffer) adds up over thousands of watchers that
+    // start at once and read slowly: a few dozen at a time.
+    let _turn = match watcher.parts {
+        true => shared.snapshot_streams.acquire().await.ok()?,
+        false => shared.snapshots.acquire().await.ok()?,
+    };
+    let events = if watcher.local_only {
         shared.local_events.subscribe()
     } else {
         shared.events.subscribe()
     };
-    let source = federation::snapshot_source(shared, &mut shared.lock(), local_only);
-    // Off the runtime's workers: a snapshot of a large cluster takes a
-    // while, and the workers must go on accepting and serving meanwhile.
-    let (revision, snapshot) = tokio::task::spawn_blocking(move || source.build())
-        .await
-        .ok()?;
-    tx.send(Ok(snapshot)).await.ok()?;
+    let source = federation::snapshot_source(shared, &mut shared.lock(), watcher.local_only);
+    let revision = source.revision();
+    let _sending = shared.sending.start();
+    if watcher.parts {
+        source.send_parts(tx).await?;
+    } else {
+        // Off the runtime's workers: a snapshot of a large cluster takes
+        // a while, and the workers must go on accepting and serving.
+        let whole = tokio::task::spawn_blocking(move || source.whole())
+            .await
+            .ok()?;
+        tx.send(Ok(snapshots::event(whole))).await.ok()?;
+    }
     Some((events, revision))
 }
 
-async fn watch_task(shared: Arc<Shared>, tx: WatchTx, local_only: bool, deltas: bool) {
+/// What a watcher asked for.
+#[derive(Debug, Clone, Copy)]
+struct Watcher {
+    local_only: bool,
+    /// Takes `ServiceBackends` (else whole `ServiceUpdated`).
+    deltas: bool,
+    /// Takes a snapshot in parts.
+    parts: bool,
+}
+
+async fn watch_task(shared: Arc<Shared>, tx: WatchTx, watcher: Watcher) {
     let mut stop = shared.stop.clone();
     if *stop.borrow() {
         return;
     }
-    let Some((mut events, mut last)) = subscribe_and_snapshot(&shared, &tx, local_only).await
-    else {
+    let Some((mut events, mut last)) = subscribe_and_snapshot(&shared, &tx, watcher).await else {
         return;
     };
+    let Watcher {
+        local_only, deltas, ..
+    } = watcher;
     debug!(revision = last, local_only, "watcher started");
     let own = {
         let cfg = shared.lock().registry.config().clone();
@@ -757,7 +791,7 @@ async fn watch_task(shared: Arc<Shared>, tx: WatchTx, local_only: bool, deltas: 
             }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 warn!(missed, "watcher lagged; sending a fresh snapshot");
-                match subscribe_and_snapshot(&shared, &tx, local_only).await {
+                match subscribe_and_snapshot(&shared, &tx, watcher).await {
                     Some((fresh, rev)) => (events, last) = (fresh, rev),
                     None => break,
                 }

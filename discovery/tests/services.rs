@@ -189,14 +189,14 @@ async fn global_service_backends_are_merged_and_pushed_per_service() {
     // A watcher of c1 sees web in its snapshot, then only web's new
     // backend (not db, not web whole) when c1's own web pod appears; one
     // that does not take backend changes (an older agent) gets web whole.
-    let mut w = c1
-        .watch(pb::WatchRequest {
-            local_only: false,
-            backend_deltas: true,
-        })
+    let req = pb::WatchRequest {
+        local_only: false,
+        backend_deltas: true,
+        snapshot_parts: true,
+    };
+    let mut w = meshgate_discovery::client::watch(&mut c1, req)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let mut older = c1
         .watch(pb::WatchRequest::default())
         .await

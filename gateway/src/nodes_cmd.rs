@@ -108,11 +108,10 @@ pub fn run(args: NodesArgs) -> anyhow::Result<()> {
             async move {
                 let why =
                     |s: &tonic::Status| meshgate_discovery::client::explain_status(s, &url, tls);
-                let mut stream = client
-                    .watch(pb::WatchRequest::default())
+                let req = pb::WatchRequest::default();
+                let mut stream = meshgate_discovery::client::watch(&mut client, req)
                     .await
-                    .map_err(|s| anyhow!("watch refused: {}", why(&s)))?
-                    .into_inner();
+                    .map_err(|s| anyhow!("watch refused: {}", why(&s)))?;
                 let first = stream
                     .message()
                     .await

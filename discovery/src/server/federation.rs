@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::snapshots::{Imported, SnapshotSource};
 use super::{Core, Shared};
 use crate::cidrs::ClusterCidrs;
 use crate::federation::{
@@ -120,14 +121,14 @@ async fn session(
     let mut client = crate::client::connect_with(url, tls)
         .await
         .map_err(|e| e.to_string())?;
-    let mut stream = client
-        .watch(pb::WatchRequest {
-            local_only: true,
-            backend_deltas: true,
-        })
+    let req = pb::WatchRequest {
+        local_only: true,
+        backend_deltas: true,
+        snapshot_parts: true,
+    };
+    let mut stream = crate::client::watch(&mut client, req)
         .await
-        .map_err(|s| format!("watch refused: {}", s.message()))?
-        .into_inner();
+        .map_err(|s| format!("watch refused: {}", s.message()))?;
     let mut view: Option<RemoteView> = None;
     loop {
         let msg = tokio::select! {
@@ -350,66 +351,29 @@ pub(super) fn snapshot_source(
         log_import("*", &event);
         let _ = shared.events.send(event);
     }
-    let imported = (!local_only).then(|| Imported {
-        nodes: core.imports.nodes().cloned().collect(),
-        endpoints: core.imports.endpoints().collect(),
-        identities: core.imports.identities().collect(),
-        clusters: mesh_cidrs(core),
-        global_services: core
-            .merged
-            .services()
-            .values()
-            .map(pb::GlobalService::from)
-            .collect(),
-    });
-    SnapshotSource {
-        registry: core.registry.clone(),
-        services: core.services.iter().map(pb::Service::from).collect(),
-        imported,
-    }
-}
-
-/// What a watcher's snapshot is made of, taken under the lock in O(1)
-/// for this cluster's own state (the registry's maps are persistent) and
-/// built outside it.
-pub(super) struct SnapshotSource {
-    registry: crate::registry::Registry,
-    services: Vec<pb::Service>,
-    imported: Option<Imported>,
-}
-
-struct Imported {
-    nodes: Vec<crate::model::Node>,
-    endpoints: Vec<crate::endpoint::Endpoint>,
-    identities: Vec<crate::endpoint::Identity>,
-    clusters: Vec<crate::cidrs::ClusterCidrs>,
-    global_services: Vec<pb::GlobalService>,
-}
-
-impl SnapshotSource {
-    /// The snapshot event and its revision.
-    pub(super) fn build(self) -> (u64, pb::WatchEvent) {
-        let mut s = self.registry.snapshot();
-        let global_services = match self.imported {
-            Some(i) => {
-                s.nodes.extend(i.nodes);
-                s.endpoints.extend(i.endpoints);
-                s.identities.extend(i.identities);
-                s.clusters = i.clusters;
-                i.global_services
-            }
-            None => Vec::new(),
+    let cfg = core.registry.config();
+    let mut header = pb::Snapshot {
+        cluster: cfg.cluster.clone(),
+        cluster_id: u32::from(cfg.cluster_id),
+        ..Default::default()
+    };
+    let (merged, imported) = if local_only {
+        header.clusters = vec![pb::ClusterCidrs::from(&core.registry.own_cidrs())];
+        (imbl::OrdMap::new(), None)
+    } else {
+        header.clusters = mesh_cidrs(core)
+            .iter()
+            .map(pb::ClusterCidrs::from)
+            .collect();
+        let imported = Imported {
+            nodes: core.imports.nodes().cloned().collect(),
+            endpoints: core.imports.endpoints().collect(),
+            identities: core.imports.identities().collect(),
         };
-        let cfg = self.registry.config();
-        let mut event = pb::WatchEvent::from(&s);
-        if let Some(pb::watch_event::Event::Snapshot(p)) = &mut event.event {
-            p.cluster = cfg.cluster.clone();
-            p.cluster_id = u32::from(cfg.cluster_id);
-            p.services = self.services;
-            p.global_services = global_services;
-        }
-        (s.revision, event)
-    }
+        (core.merged.services().clone(), Some(imported))
+    };
+    let services = core.services.clone();
+    SnapshotSource::new(core.registry.clone(), header, services, merged, imported)
 }
 
 /// Whether a watcher gets this event.

@@ -147,8 +147,10 @@ pub struct MergedServices {
     defs: BTreeMap<String, Service>,
     /// Per cluster (the local one included), in name order.
     clusters: BTreeMap<String, Contribution>,
-    /// The merged services, patched as backends change.
-    merged: BTreeMap<String, GlobalService>,
+    /// The merged services, patched as backends change. A persistent map:
+    /// a watcher's snapshot takes a copy in O(1) and reads it outside the
+    /// lock.
+    merged: imbl::OrdMap<String, GlobalService>,
     /// Services patched since the last flush, with each backend touched
     /// and whether its last change left it in.
     dirty: BTreeMap<String, BTreeMap<Backend, bool>>,
@@ -173,7 +175,7 @@ impl MergedServices {
                 .map(|s| (s.key(), s.clone()))
                 .collect(),
             clusters: BTreeMap::new(),
-            merged: BTreeMap::new(),
+            merged: imbl::OrdMap::new(),
             dirty: BTreeMap::new(),
             rebuild: BTreeSet::new(),
         };
@@ -184,7 +186,7 @@ impl MergedServices {
     }
 
     /// The merged services (those changed since the last flush included).
-    pub fn services(&self) -> &BTreeMap<String, GlobalService> {
+    pub fn services(&self) -> &imbl::OrdMap<String, GlobalService> {
         &self.merged
     }
 

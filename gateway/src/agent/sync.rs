@@ -223,14 +223,14 @@ fn update_services(agent: &Agent, event: &pb::watch_event::Event) -> anyhow::Res
 async fn session(agent: &Agent, url: &str, connected: &mut bool) -> anyhow::Result<()> {
     let mut client = connect_with(url, agent.cfg.tls.as_ref()).await?;
     let ttl = register(agent, url, &mut client).await?;
-    let mut stream = client
-        .watch(pb::WatchRequest {
-            local_only: false,
-            backend_deltas: true,
-        })
+    let req = pb::WatchRequest {
+        local_only: false,
+        backend_deltas: true,
+        snapshot_parts: true,
+    };
+    let mut stream = meshgate_discovery::client::watch(&mut client, req)
         .await
-        .map_err(|s| anyhow!("watch refused: {}", why(agent, url, &s)))?
-        .into_inner();
+        .map_err(|s| anyhow!("watch refused: {}", why(agent, url, &s)))?;
     agent.mesh().discovery_connected = true;
     *connected = true;
     let mut nodes: BTreeMap<String, pb::Node> = BTreeMap::new();

@@ -18,11 +18,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshgate_discovery::client::{connect, pb, DiscoveryClient};
-use meshgate_discovery::model::{Event, WatchItem};
 use meshgate_discovery::registry::{Registry, RegistryConfig, RegistryState};
 use meshgate_discovery::server::{serve_on, ServerConfig};
 use meshgate_discovery::service::{Protocol, Service, ServicePort};
@@ -31,9 +30,12 @@ use meshgate_discovery::store::{EmbeddedStore, Store, StoreChoice};
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
+mod watchers;
+
 const USAGE: &str = "scale_bench --store embedded|etcd://HOST:PORT [--state-dir DIR] \
 [--nodes N (5000)] [--endpoints E (30)] [--identities I (1000)] [--services S (500)] \
-[--watchers W (200)] [--rate R (100)] [--seconds T (60)] [--register-timeout S (600)]";
+[--watchers W (200)] [--rate R (100)] [--seconds T (60)] [--register-timeout S (600)] \
+[--snapshots parts|whole (parts)]";
 
 struct Args {
     store: String,
@@ -46,6 +48,8 @@ struct Args {
     rate: u32,
     seconds: u64,
     register_timeout: Duration,
+    /// `parts` (as agents ask) or `whole` (as older agents did).
+    snapshots: String,
 }
 
 fn parse() -> Result<Args, String> {
@@ -60,6 +64,7 @@ fn parse() -> Result<Args, String> {
         rate: 100,
         seconds: 60,
         register_timeout: Duration::from_secs(600),
+        snapshots: "parts".into(),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -81,6 +86,8 @@ fn parse() -> Result<Args, String> {
             "--rate" => a.rate = num()?.max(1) as u32,
             "--seconds" => a.seconds = num()?,
             "--register-timeout" => a.register_timeout = Duration::from_secs(num()?),
+            "--snapshots" if value == "parts" || value == "whole" => a.snapshots = value.clone(),
+            "--snapshots" => return Err(format!("--snapshots {value:?}: parts or whole\n{USAGE}")),
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
         }
     }
@@ -140,6 +147,15 @@ async fn serve(argv: &[String]) -> Result<(), String> {
         let _ = std::io::stdin().read_to_end(&mut sink);
         let _ = stop_tx.send(());
     });
+    // The live heap (what the allocator has handed out and not got back),
+    // for the parent to read: RSS also counts what the allocator keeps.
+    let heap_file = Path::new(dir).join("heap");
+    std::thread::spawn(move || loop {
+        // SAFETY: mallinfo2 only reads the allocator's counters.
+        let m = unsafe { libc::mallinfo2() };
+        let _ = std::fs::write(&heap_file, (m.uordblks + m.hblkhd).to_string());
+        std::thread::sleep(Duration::from_millis(100));
+    });
     #[allow(clippy::print_stdout)]
     {
         println!("ready {addr}");
@@ -175,6 +191,26 @@ fn spawn_server(args: &Args, dir: &Path) -> Result<(Child, SocketAddr), String> 
         .parse()
         .map_err(|e| format!("{line:?}: {e}"))?;
     Ok((child, addr))
+}
+
+/// The discovery's live heap, KiB, as its `--serve` process last wrote it
+/// (every 100 ms; waits that long for a fresh figure).
+async fn heap_kib(dir: &Path) -> u64 {
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    std::fs::read_to_string(dir.join("heap"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map_or(0, |b| b / 1024)
+}
+
+/// The peak RSS of `pid` so far, KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// (RSS KiB, CPU seconds) of `pid`.
@@ -348,81 +384,36 @@ async fn run(a: Args, report: &mut BTreeMap<&'static str, Value>) -> Result<(), 
     report.insert("registration_s", json!(reg_s));
     let (rss_reg, _) = usage(pid);
     report.insert("rss_registered_kib", json!(rss_reg));
+    report.insert("peak_rss_registered_kib", json!(peak_rss_kib(pid)));
+    let heap_reg = heap_kib(dir.path()).await;
+    report.insert("heap_registered_kib", json!(heap_reg));
     eprintln!("scale_bench: {registered} nodes, {eps} endpoints registered in {reg_s:.1} s");
     if registered == 0 {
         return Err("no node registered".into());
     }
 
     // Watchers: each takes its snapshot, then notes when each change arrives.
-    let seen: Arc<Mutex<BTreeMap<u64, Vec<Instant>>>> = Arc::default();
     let t = Instant::now();
-    let mut ready = Vec::new();
-    for _ in 0..a.watchers {
-        let mut c = client(addr).await?;
-        let seen = seen.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
-        ready.push(rx);
-        tokio::spawn(async move {
-            let mut tx = Some(tx);
-            // As agents watch: service backends as deltas.
-            let req = pb::WatchRequest {
-                local_only: false,
-                backend_deltas: true,
-            };
-            let mut stream = match c.watch(req).await {
-                Ok(resp) => resp.into_inner(),
-                Err(e) => {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(Err(format!("watch refused: {e}")));
-                    }
-                    return;
-                }
-            };
-            loop {
-                let ev = match stream.message().await {
-                    Ok(Some(ev)) => ev,
-                    Ok(None) => break,
-                    Err(e) => {
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send(Err(format!("watch broken: {e}")));
-                        }
-                        break;
-                    }
-                };
-                let Ok(item) = WatchItem::try_from(ev) else {
-                    continue;
-                };
-                match item {
-                    WatchItem::Snapshot(_) => {
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send(Ok(()));
-                        }
-                    }
-                    WatchItem::Event(Event::EndpointUpserted { endpoint, .. }) => {
-                        if let Some(mark) = endpoint
-                            .name
-                            .strip_prefix('c')
-                            .and_then(|m| m.parse::<u64>().ok())
-                        {
-                            seen.lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .entry(mark)
-                                .or_default()
-                                .push(Instant::now());
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        });
-    }
-    for rx in ready {
-        rx.await
-            .map_err(|_| "a watcher ended before its snapshot".to_string())??;
-    }
+    let parts = a.snapshots == "parts";
+    let watchers = watchers::open(addr, a.watchers, parts, eps).await?;
     report.insert("watchers_ready_s", json!(t.elapsed().as_secs_f64()));
-    let (rss_w, cpu0) = usage(pid);
+    report.insert("peak_rss_watchers_kib", json!(peak_rss_kib(pid)));
+    // Settled: the discovery gives back a burst's memory a second after.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rss_w, _) = usage(pid);
     report.insert("rss_watchers_kib", json!(rss_w));
+    let heap_w = heap_kib(dir.path()).await;
+    report.insert("heap_watchers_kib", json!(heap_w));
+    report.insert(
+        "heap_per_watcher_kib",
+        json!(heap_w.saturating_sub(heap_reg) as f64 / f64::from(a.watchers.max(1))),
+    );
+    let (_, cpu0) = usage(pid);
+    eprintln!(
+        "scale_bench: {} watchers have their snapshots after {:.1} s",
+        a.watchers,
+        t.elapsed().as_secs_f64()
+    );
 
     // The changes, paced at --rate.
     let mut c = client(addr).await?;
@@ -446,31 +437,33 @@ async fn run(a: Args, report: &mut BTreeMap<&'static str, Value>) -> Result<(), 
     // Late events: wait until every watcher has every change, or 30 s.
     let want = a.watchers as usize;
     let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(30) {
-        let all = seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .filter(|v| v.len() >= want)
-            .count();
-        if all as u64 >= total {
-            break;
-        }
+    while t.elapsed() < Duration::from_secs(30)
+        && watchers.marks_seen.load(Ordering::Relaxed) < total * want as u64
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (rss_end, cpu1) = usage(pid);
+    report.insert("heap_end_kib", json!(heap_kib(dir.path()).await));
+    let seen = watchers.stop().await;
+    let mut at_watchers = vec![0usize; sent.len()];
     let mut lat: Vec<f64> = Vec::new();
-    let mut complete = 0;
-    {
-        let seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
-        for (mark, at) in sent.iter().enumerate() {
-            if let Some(times) = seen.get(&(mark as u64)) {
-                if times.len() >= want {
-                    complete += 1;
-                }
-                lat.extend(times.iter().map(|r| r.duration_since(*at).as_secs_f64()));
+    for w in &seen {
+        for (mark, when) in &w.marks {
+            if let Some(at) = sent.get(*mark as usize) {
+                at_watchers[*mark as usize] += 1;
+                lat.push(when.duration_since(*at).as_secs_f64());
             }
         }
+    }
+    let complete = at_watchers.iter().filter(|n| **n >= want).count();
+    report.insert(
+        "snapshots_again",
+        json!(seen.iter().map(|w| w.snapshots_again).sum::<u64>()),
+    );
+    let broken: Vec<&String> = seen.iter().filter_map(|w| w.broken.as_ref()).collect();
+    report.insert("watch_streams_broken", json!(broken.len()));
+    if let Some(first) = broken.first() {
+        report.insert("first_broken", json!(first));
     }
     lat.sort_by(f64::total_cmp);
     report.insert("changes", json!(total));
@@ -553,6 +546,7 @@ async fn main() {
     report.insert("services", json!(a.services));
     report.insert("watchers", json!(a.watchers));
     report.insert("rate", json!(a.rate));
+    report.insert("snapshots", json!(a.snapshots));
     let outcome = run(a, &mut report).await;
     report.insert(
         "error",
