@@ -35,14 +35,12 @@ use tonic::transport::Channel;
 mod procs;
 
 const USAGE: &str = "usage: mesh_bench [--clusters N (1..=255, default 8)] [--nodes N (default 20)] \
-[--services N (default 50)] [--endpoints N per node (default 3)] [--changes K (default 20, max 150)] \
+[--services N (default 50)] [--endpoints N per node (default 3)] [--changes K (default 20)] \
 [--timeout SECONDS (default 300)] [--processes K (servers in K child processes; default 1)] \
 [--max-rss-mib M (stop when all processes together exceed it; default 0 = no limit)] [--state-dir DIR (where the servers' state dirs go; default the \
 system temp dir)]";
 /// How long one change may take to reach every cluster before it counts as lost.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
-/// First host octet of the IPs that changes give endpoints (initial ones are 10..).
-const CHANGE_HOST: usize = 100;
 /// How long a server keeps a remote's state after its link broke. Longer
 /// than the default 60 s: at N >= 128 on 2 CPUs a starved link may stay
 /// down for a minute while everything registers at once, and expiring then
@@ -110,18 +108,19 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     let ok = (1..=255).contains(&a.clusters)
-        && (1..=255).contains(&a.nodes)
+        && a.nodes >= 1
         && a.services >= 1
-        && (1..=CHANGE_HOST - 10).contains(&a.endpoints)
-        && a.changes <= 250 - CHANGE_HOST
+        && a.endpoints >= 1
         && !a.timeout.is_zero()
         && (1..=a.clusters).contains(&a.processes);
     if !ok {
         return Err(format!(
-            "out of range: clusters 1..=255, nodes 1..=255, services >= 1, endpoints 1..=90, \
-             changes 0..=150, timeout > 0, processes 1..=clusters\n{USAGE}"
+            "out of range: clusters 1..=255, nodes >= 1, services >= 1, endpoints >= 1, \
+             timeout > 0, processes 1..=clusters\n{USAGE}"
         ));
     }
+    let layout = Layout::new(&a).map_err(|e| format!("{e}\n{USAGE}"))?;
+    let _ = LAYOUT.set(layout);
     Ok(a)
 }
 
@@ -271,7 +270,7 @@ async fn run(args: Args, report: Report) -> Result<(), String> {
         tasks.spawn(async move {
             for i in 0..args.nodes {
                 register(&mut client, c, i).await?;
-                let ips: Vec<String> = (0..args.endpoints).map(|j| ip(c, i, 10 + j)).collect();
+                let ips: Vec<String> = (0..args.endpoints).map(|j| ip(c, i, 1 + j)).collect();
                 report_endpoints(&mut client, c, i, &ips, args).await?;
                 REGISTERED.fetch_add(1, Ordering::Relaxed);
             }
@@ -328,9 +327,8 @@ async fn run(args: Args, report: Report) -> Result<(), String> {
     for k in 0..args.changes {
         let c = rng.below(n);
         let i = rng.below(args.nodes);
-        let host = CHANGE_HOST + k;
-        let new_ip = ip(c, i, host);
-        let mut ips: Vec<String> = (0..args.endpoints).map(|j| ip(c, i, 10 + j)).collect();
+        let new_ip = change_ip(c, i, k);
+        let mut ips: Vec<String> = (0..args.endpoints).map(|j| ip(c, i, 1 + j)).collect();
         ips[0].clone_from(&new_ip);
         let mut client = clients[c].clone();
         let t0 = Instant::now();
@@ -410,9 +408,73 @@ fn cluster_id(c: usize) -> u8 {
     u8::try_from(c + 1).unwrap_or(u8::MAX)
 }
 
-/// Node `i` of cluster `c` has pod CIDR 10.<id>.<i>.0/24: never overlapping.
+/// How the run's addresses are laid out in 10.0.0.0/8: each node has a
+/// block of `node_block` addresses (its pod CIDR), room for its endpoints
+/// (offsets 1..=E) and the changes (after them); each cluster a block of
+/// `cluster_block`, both powers of two so the CIDRs never overlap.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    node_block: u32,
+    cluster_block: u32,
+    endpoints: u32,
+    nodes: u32,
+}
+
+static LAYOUT: std::sync::OnceLock<Layout> = std::sync::OnceLock::new();
+
+impl Layout {
+    fn new(a: &Args) -> Result<Layout, String> {
+        let node_block = (a.endpoints + a.changes + 2).next_power_of_two();
+        let cluster_block = (a.nodes * node_block).next_power_of_two();
+        if a.clusters * cluster_block > 1 << 24 {
+            return Err(format!(
+                "{} clusters x {} nodes x {node_block} addresses a node (endpoints + changes + 2,                  to a power of two) do not fit in 10.0.0.0/8; ask for fewer",
+                a.clusters, a.nodes
+            ));
+        }
+        if a.clusters * a.nodes >= 1 << 17 {
+            return Err("clusters x nodes must stay under 131,072 (underlay 198.18.0.0/15)".into());
+        }
+        Ok(Layout {
+            node_block: node_block as u32,
+            cluster_block: cluster_block as u32,
+            endpoints: a.endpoints as u32,
+            nodes: a.nodes as u32,
+        })
+    }
+
+    fn get() -> Layout {
+        *LAYOUT.get().expect("the layout is set before the run")
+    }
+
+    /// The first address of node `i` of cluster `c`.
+    fn node_base(self, c: usize, i: usize) -> u32 {
+        (10 << 24) + c as u32 * self.cluster_block + i as u32 * self.node_block
+    }
+
+    /// Node `i` of cluster `c`'s underlay address, in 198.18.0.0/15.
+    fn underlay(self, c: usize, i: usize) -> String {
+        let n = c as u32 * self.nodes + i as u32 + 1;
+        std::net::Ipv4Addr::from((198 << 24) + (18 << 16) + n).to_string()
+    }
+
+    fn pod_cidr(self, c: usize, i: usize) -> String {
+        let prefix = 32 - self.node_block.trailing_zeros();
+        format!(
+            "{}/{prefix}",
+            std::net::Ipv4Addr::from(self.node_base(c, i))
+        )
+    }
+}
+
+/// Endpoint `host` (1..) of node `i` of cluster `c`, inside its pod CIDR.
 fn ip(c: usize, i: usize, host: usize) -> String {
-    format!("10.{}.{i}.{host}", c + 1)
+    std::net::Ipv4Addr::from(Layout::get().node_base(c, i) + host as u32).to_string()
+}
+
+/// The address change `k` gives an endpoint of node `i` of cluster `c`.
+fn change_ip(c: usize, i: usize, k: usize) -> String {
+    ip(c, i, Layout::get().endpoints as usize + 1 + k)
 }
 
 /// Global, shared services `s0..`, each selecting `app=sJ` in `default`.
@@ -541,16 +603,17 @@ async fn register_once(
 ) -> Result<(), String> {
     let mut key = [0u8; 32];
     key[0] = cluster_id(c);
-    key[1] = u8::try_from(i).unwrap_or(u8::MAX);
-    key[2] = 1;
+    key[1..5].copy_from_slice(&(i as u32).to_be_bytes());
+    key[5] = 1;
+    let underlay = Layout::get().underlay(c, i);
     let node = pb::Node {
         name: format!("n{i}"),
         cluster: cluster_name(c),
         cluster_id: u32::from(cluster_id(c)),
-        underlay_ip: format!("198.18.{}.{}", c + 1, i),
+        underlay_ip: underlay,
         listen_port: 51820,
         wg_public_key: base64::engine::general_purpose::STANDARD.encode(key),
-        pod_cidrs: vec![format!("10.{}.{i}.0/24", c + 1)],
+        pod_cidrs: vec![Layout::get().pod_cidr(c, i)],
         tunnel_ip: String::new(),
         roles: vec![],
         encryption: Default::default(),
@@ -641,10 +704,9 @@ struct View {
 }
 
 fn is_change_ip(ip: &str) -> bool {
-    ip.rsplit('.')
-        .next()
-        .and_then(|h| h.parse::<usize>().ok())
-        .is_some_and(|h| h >= CHANGE_HOST)
+    let l = Layout::get();
+    ip.parse::<std::net::Ipv4Addr>()
+        .is_ok_and(|a| u32::from(a) % l.node_block > l.endpoints)
 }
 
 impl View {

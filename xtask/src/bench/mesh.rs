@@ -279,7 +279,7 @@ fn section(machine: &Machine, load: &str, command: &str, table: &str) -> String 
          `discovery/examples/mesh_bench.rs` starts N discovery servers in one process on\n\
          127.0.0.1 (plaintext; `mesh_bench --processes K` spreads them over K child\n\
          processes), each federated with all the others, and registers through\n\
-         the gRPC API 20 nodes per cluster (pod CIDR 10.<cluster id>.<node>.0/24), 3\n\
+         the gRPC API 20 nodes per cluster (each a pod CIDR of its own in 10.0.0.0/8), 3\n\
          endpoints per node, and 50 global services per cluster (every endpoint a backend\n\
          of one). One agent-facing `Watch` per cluster keeps the view an agent would. A\n\
          view has converged when it holds every node, endpoint and merged backend. Then\n\
