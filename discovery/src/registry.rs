@@ -6,8 +6,10 @@
 //! security identities; reporting them is in [`endpoints`].
 
 mod endpoints;
+mod follow;
 
 pub use endpoints::Reported;
+pub use follow::RecordChanges;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -126,6 +128,36 @@ pub enum RegistryError {
     },
 }
 
+/// Whether a stored node record may be taken: stored under its name, valid,
+/// of this cluster, its tunnel IP the one allocated to it.
+fn check_stored_node(
+    cfg: &RegistryConfig,
+    alloc: &Allocator,
+    name: &str,
+    node: &Node,
+) -> Result<(), RegistryError> {
+    let bad = |reason: String| RegistryError::StateInconsistent {
+        node: name.to_string(),
+        reason,
+    };
+    if node.name != name {
+        return Err(bad(format!(
+            "stored under a different name {:?}",
+            node.name
+        )));
+    }
+    node.validate()?;
+    node.check_cluster(&cfg.cluster, cfg.cluster_id)?;
+    if node.tunnel_ip.is_none() || node.tunnel_ip != alloc.get(name) {
+        return Err(bad(format!(
+            "tunnel IP {:?} does not match its allocation {:?}",
+            node.tunnel_ip,
+            alloc.get(name)
+        )));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
     node: Node,
@@ -188,25 +220,7 @@ impl Registry {
         let alloc = Allocator::from_allocations(cfg.cluster_id, &state.allocations)?;
         let mut nodes = Nodes::new();
         for (name, node) in state.nodes {
-            let bad = |reason: String| RegistryError::StateInconsistent {
-                node: name.clone(),
-                reason,
-            };
-            if node.name != name {
-                return Err(bad(format!(
-                    "stored under a different name {:?}",
-                    node.name
-                )));
-            }
-            node.validate()?;
-            node.check_cluster(&cfg.cluster, cfg.cluster_id)?;
-            if node.tunnel_ip.is_none() || node.tunnel_ip != alloc.get(&name) {
-                return Err(bad(format!(
-                    "tunnel IP {:?} does not match its allocation {:?}",
-                    node.tunnel_ip,
-                    alloc.get(&name)
-                )));
-            }
+            check_stored_node(&cfg, &alloc, &name, &node)?;
             let expires_at_ms = now.saturating_add(cfg.lease_ttl_ms);
             nodes.insert(
                 name,

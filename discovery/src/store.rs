@@ -23,7 +23,7 @@ pub mod etcd;
 pub mod remote;
 
 pub use choice::{Compaction, StoreChoice};
-pub use remote::{RemoteChange, RemoteState, StoreMark};
+pub use remote::{RemoteChange, RemotePatch, RemoteState, StoreMark};
 
 /// Version of the `state.json` layout.
 pub const STATE_FORMAT: u32 = 1;
@@ -138,6 +138,13 @@ pub trait Store: Send {
     /// [`Store::newer`], once the registry took it: a state this replica
     /// could not take is never overwritten by it).
     fn adopt(&mut self, _remote: &RemoteState) {}
+    /// [`Store::adopt`] for a change taken record by record.
+    fn adopt_patch(&mut self, _patch: &RemotePatch) {}
+    /// Everything stored, read now (shared stores; `None` for the others):
+    /// for another replica's change that cannot be taken record by record.
+    fn read_remote(&mut self) -> Result<Option<RemoteState>, StoreError> {
+        Ok(None)
+    }
     /// Whether this replica sees every lease renewal, so it may expire nodes.
     fn may_expire(&self) -> bool {
         true

@@ -13,7 +13,7 @@
 //! the store before (the anchor). Prints one JSON line.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -141,20 +141,20 @@ async fn serve(argv: &[String]) -> Result<(), String> {
         pod_cidrs: Vec::new(),
         encryption: Default::default(),
     };
+    // Stdin: a line asks for the live heap (what the allocator has handed
+    // out and not got back; RSS also counts what it keeps), written to
+    // `heap` in the state dir with the line's number; its end stops the
+    // discovery. On demand only: mallinfo2 walks the allocator's free lists
+    // under its lock, which a loaded discovery would feel.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = std::io::stdin().read_to_end(&mut sink);
-        let _ = stop_tx.send(());
-    });
-    // The live heap (what the allocator has handed out and not got back),
-    // for the parent to read: RSS also counts what the allocator keeps.
     let heap_file = Path::new(dir).join("heap");
-    std::thread::spawn(move || loop {
-        // SAFETY: mallinfo2 only reads the allocator's counters.
-        let m = unsafe { libc::mallinfo2() };
-        let _ = std::fs::write(&heap_file, (m.uordblks + m.hblkhd).to_string());
-        std::thread::sleep(Duration::from_millis(100));
+    std::thread::spawn(move || {
+        for (n, _) in std::io::stdin().lines().map_while(Result::ok).enumerate() {
+            // SAFETY: mallinfo2 only reads the allocator's counters.
+            let m = unsafe { libc::mallinfo2() };
+            let _ = std::fs::write(&heap_file, format!("{n} {}", m.uordblks + m.hblkhd));
+        }
+        let _ = stop_tx.send(());
     });
     #[allow(clippy::print_stdout)]
     {
@@ -193,14 +193,25 @@ fn spawn_server(args: &Args, dir: &Path) -> Result<(Child, SocketAddr), String> 
     Ok((child, addr))
 }
 
-/// The discovery's live heap, KiB, as its `--serve` process last wrote it
-/// (every 100 ms; waits that long for a fresh figure).
-async fn heap_kib(dir: &Path) -> u64 {
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    std::fs::read_to_string(dir.join("heap"))
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .map_or(0, |b| b / 1024)
+/// The discovery's live heap, KiB: asked on its stdin (the `n`th
+/// question, from 0), read from the `heap` file its answer goes to.
+async fn heap_kib(server: &mut Child, dir: &Path, n: &mut u64) -> u64 {
+    use std::io::Write as _;
+    let asked = *n;
+    *n += 1;
+    if let Some(stdin) = server.stdin.as_mut() {
+        let _ = writeln!(stdin, "heap");
+    }
+    for _ in 0..100 {
+        let answer = std::fs::read_to_string(dir.join("heap")).unwrap_or_default();
+        if let Some((seq, bytes)) = answer.trim().split_once(' ') {
+            if seq.parse() == Ok(asked) {
+                return bytes.parse::<u64>().map_or(0, |b| b / 1024);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    0
 }
 
 /// The peak RSS of `pid` so far, KiB.
@@ -339,7 +350,8 @@ async fn run(a: Args, report: &mut BTreeMap<&'static str, Value>) -> Result<(), 
     let dir = tempfile::tempdir_in(&a.state_dir).map_err(|e| e.to_string())?;
     let (child, addr) = spawn_server(&a, dir.path())?;
     let pid = child.id();
-    let _child = KillOnDrop(child);
+    let mut server = KillOnDrop(child);
+    let mut asked = 0;
     let (rss0, _) = usage(pid);
     report.insert("rss_start_kib", json!(rss0));
 
@@ -385,7 +397,7 @@ async fn run(a: Args, report: &mut BTreeMap<&'static str, Value>) -> Result<(), 
     let (rss_reg, _) = usage(pid);
     report.insert("rss_registered_kib", json!(rss_reg));
     report.insert("peak_rss_registered_kib", json!(peak_rss_kib(pid)));
-    let heap_reg = heap_kib(dir.path()).await;
+    let heap_reg = heap_kib(&mut server.0, dir.path(), &mut asked).await;
     report.insert("heap_registered_kib", json!(heap_reg));
     eprintln!("scale_bench: {registered} nodes, {eps} endpoints registered in {reg_s:.1} s");
     if registered == 0 {
@@ -402,7 +414,7 @@ async fn run(a: Args, report: &mut BTreeMap<&'static str, Value>) -> Result<(), 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss_w, _) = usage(pid);
     report.insert("rss_watchers_kib", json!(rss_w));
-    let heap_w = heap_kib(dir.path()).await;
+    let heap_w = heap_kib(&mut server.0, dir.path(), &mut asked).await;
     report.insert("heap_watchers_kib", json!(heap_w));
     report.insert(
         "heap_per_watcher_kib",
@@ -443,7 +455,10 @@ async fn run(a: Args, report: &mut BTreeMap<&'static str, Value>) -> Result<(), 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (rss_end, cpu1) = usage(pid);
-    report.insert("heap_end_kib", json!(heap_kib(dir.path()).await));
+    report.insert(
+        "heap_end_kib",
+        json!(heap_kib(&mut server.0, dir.path(), &mut asked).await),
+    );
     let seen = watchers.stop().await;
     let mut at_watchers = vec![0usize; sent.len()];
     let mut lat: Vec<f64> = Vec::new();
@@ -482,7 +497,7 @@ async fn run(a: Args, report: &mut BTreeMap<&'static str, Value>) -> Result<(), 
         json!((rss_w.saturating_sub(rss_reg)) as f64 / want.max(1) as f64),
     );
     drop(c);
-    drop(_child);
+    drop(server);
 
     // The store's bytes, and one change's save on it and on the anchor.
     if a.store == "embedded" {

@@ -149,28 +149,41 @@ pub(super) fn restore(
 ) -> Result<super::Endpoints, RegistryError> {
     let mut out = super::Endpoints::new();
     for e in stored {
-        let bad = |reason: String| RegistryError::StateInconsistent {
-            node: e.node.clone(),
-            reason: format!("endpoint {} ({}): {reason}", e.full_name(), e.ip),
-        };
-        let Some(entry) = nodes.get(&e.node) else {
-            return Err(bad("its node is not stored".into()));
-        };
-        if !entry.node.pod_cidrs.iter().any(|c| c.contains(&e.ip)) {
-            return Err(bad("IP outside the node's pod CIDRs".into()));
-        }
-        let labels = endpoint_labels(&e.labels, &e.namespace, &e.cluster);
-        if identities.get(&labels) != Some(e.identity) {
-            return Err(bad(format!(
-                "identity {} is not the one allocated to its labels ({:?})",
-                e.identity,
-                identities.get(&labels)
-            )));
-        }
-        if out.contains_key(&e.ip) {
-            return Err(bad("IP stored twice".into()));
-        }
+        check_stored(nodes, identities, &out, &e)?;
         out.insert(e.ip, e);
     }
     Ok(out)
+}
+
+/// Whether a stored endpoint may go into `taken` beside `nodes` and
+/// `identities`: its node is there, its IP inside the node's pod CIDRs and
+/// not taken, its identity the one of its labels.
+pub(super) fn check_stored(
+    nodes: &super::Nodes,
+    identities: &IdentityAllocator,
+    taken: &super::Endpoints,
+    e: &Endpoint,
+) -> Result<(), RegistryError> {
+    let bad = |reason: String| RegistryError::StateInconsistent {
+        node: e.node.clone(),
+        reason: format!("endpoint {} ({}): {reason}", e.full_name(), e.ip),
+    };
+    let Some(entry) = nodes.get(&e.node) else {
+        return Err(bad("its node is not stored".into()));
+    };
+    if !entry.node.pod_cidrs.iter().any(|c| c.contains(&e.ip)) {
+        return Err(bad("IP outside the node's pod CIDRs".into()));
+    }
+    let labels = endpoint_labels(&e.labels, &e.namespace, &e.cluster);
+    if identities.get(&labels) != Some(e.identity) {
+        return Err(bad(format!(
+            "identity {} is not the one allocated to its labels ({:?})",
+            e.identity,
+            identities.get(&labels)
+        )));
+    }
+    if taken.contains_key(&e.ip) {
+        return Err(bad("IP stored twice".into()));
+    }
+    Ok(())
 }

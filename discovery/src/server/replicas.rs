@@ -27,7 +27,7 @@ use super::{services, Core, Shared};
 use crate::federation::with_revision;
 use crate::model::Event;
 use crate::registry::{Registry, RegistryError};
-use crate::store::{remote, RemoteChange, RemoteState, StoreError};
+use crate::store::{remote, RemoteChange, RemotePatch, RemoteState, StoreError};
 
 /// Attempts of one change before it is refused (each lost to another
 /// replica's concurrent change).
@@ -109,6 +109,13 @@ pub(super) fn adopt(shared: &Shared, core: &mut Core, newer: RemoteState, now: u
         }
     }
     core.registry = registry;
+    publish(shared, core, changes, newer.mod_revision);
+}
+
+/// Pushes the events of another replica's change, taken, to this
+/// replica's watchers: stamped from its own revision sequence, with the
+/// merged services they change.
+fn publish(shared: &Shared, core: &mut Core, changes: Vec<Event>, etcd_revision: i64) {
     let mut events: Vec<Event> = changes
         .into_iter()
         .map(|e| with_revision(e, core.registry.next_revision()))
@@ -116,11 +123,42 @@ pub(super) fn adopt(shared: &Shared, core: &mut Core, newer: RemoteState, now: u
     let merged = services::events(core, &events);
     events.extend(merged);
     debug!(
-        etcd_revision = newer.mod_revision,
+        etcd_revision,
         events = events.len(),
-        "adopted another replica's change"
+        "took another replica's change"
     );
     shared.broadcast(events);
+}
+
+/// Takes another replica's change record by record when it follows the
+/// state this replica holds (the watch's usual case): its cost is the
+/// change's, not the cluster's. Otherwise (a change missed, or records
+/// that do not fit), the whole stored state is read and adopted.
+pub(super) fn adopt_patch(shared: &Shared, core: &mut Core, patch: RemotePatch, now: u64) {
+    let Some(held_version) = core.store.newer(patch.mark()) else {
+        return;
+    };
+    if patch.version == held_version + 1 {
+        match core.registry.apply_records(&patch.changes, now) {
+            Ok(()) => {
+                core.store.adopt_patch(&patch);
+                publish(shared, core, patch.events, patch.mod_revision);
+                return;
+            }
+            Err(e) => debug!(
+                error = %e,
+                "another replica's change does not apply record by record; reading the whole state"
+            ),
+        }
+    }
+    match core.store.read_remote() {
+        Ok(Some(state)) => adopt(shared, core, state, now),
+        Ok(None) => {}
+        Err(e) => warn!(
+            error = %e,
+            "reading the state another replica wrote failed; its next change brings it"
+        ),
+    }
 }
 
 /// Follows the store's feed of other replicas' changes (shared stores only).
@@ -142,6 +180,7 @@ async fn follow(shared: Arc<Shared>, mut feed: mpsc::UnboundedReceiver<RemoteCha
         let mut core = shared.lock();
         match change {
             RemoteChange::State(newer) => adopt(&shared, &mut core, newer, now),
+            RemoteChange::Patch(patch) => adopt_patch(&shared, &mut core, patch, now),
             RemoteChange::Renewed { node } => {
                 // Unknown here yet (its state comes next) or already gone: fine.
                 let _ = core.registry.renew(&node, "", now);

@@ -2,6 +2,8 @@
 //! node, endpoint, identity and tunnel-IP allocation, and the revision, each
 //! change one write transaction holding only the records that changed
 //! (redb's commit is crash-safe: a crash leaves the last committed state).
+//! Services have no records: they are the discovery's configuration
+//! (`--services`), read again at every start, not state it keeps.
 //!
 //! redb rather than SQLite: the records are key → JSON value with no query
 //! beyond "all of a kind", so a key-value store fits; it is pure Rust (no C

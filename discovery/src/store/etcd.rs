@@ -49,7 +49,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use self::records::{Meta, Mirror, OldStateDoc, Op, Records};
-use super::remote::{RemoteChange, RemoteState, StoreMark};
+use super::remote::{RemoteChange, RemotePatch, RemoteState, StoreMark};
 use super::{Compaction, Store, StoreError, STATE_FORMAT};
 use crate::model::Event;
 use crate::registry::{Registry, RegistryState};
@@ -556,6 +556,31 @@ impl Store for EtcdStore {
         self.guarded = guarded_keys(&remote.state);
     }
 
+    fn adopt_patch(&mut self, patch: &RemotePatch) {
+        self.seen = patch.mark();
+        let c = &patch.changes;
+        let allocations = c
+            .allocations
+            .iter()
+            .map(|(n, ip)| (records::allocation_key(n), ip.is_some()));
+        let identities = c
+            .identities
+            .iter()
+            .map(|(id, i)| (records::identity_key(*id), i.is_some()));
+        for (key, stored) in allocations.chain(identities) {
+            if stored {
+                self.guarded.insert(key);
+            } else {
+                self.guarded.remove(&key);
+            }
+        }
+    }
+
+    fn read_remote(&mut self) -> Result<Option<RemoteState>, StoreError> {
+        let snap = self.read("reading the state another replica wrote")?;
+        Ok(self.mirror(&snap)?.remote())
+    }
+
     fn may_expire(&self) -> bool {
         // Without a working watch, renewals at other replicas go unseen.
         self.watching.load(Ordering::Relaxed)
@@ -578,8 +603,9 @@ struct WatchLoop {
     /// The records as of the last event seen.
     mirror: Mirror,
     /// This replica's ID: its own changes are not forwarded (the registry
-    /// has them; rebuilding the state for each would cost the cluster's
-    /// size a change).
+    /// has them). Other replicas' go as the records they wrote
+    /// ([`RemoteChange::Patch`]): taking a change costs its size, not the
+    /// cluster's.
     writer: String,
 }
 
@@ -615,7 +641,8 @@ impl WatchLoop {
         Ok(snap.revision + 1)
     }
 
-    fn forward_state(&self) {
+    fn forward_state(&mut self) {
+        self.mirror.untouch();
         if let Some(remote) = self.mirror.remote() {
             let _ = self.tx.send(RemoteChange::State(remote));
         }
@@ -668,8 +695,12 @@ impl WatchLoop {
                     }
                 }
             }
-            if changed && self.mirror.written_by() != Some(self.writer.as_str()) {
-                self.forward_state();
+            if changed {
+                if self.mirror.written_by() == Some(self.writer.as_str()) {
+                    self.mirror.untouch();
+                } else if let Some(patch) = self.mirror.take_patch() {
+                    let _ = self.tx.send(RemoteChange::Patch(patch));
+                }
             }
             if self.tx.is_closed() {
                 return Ok(());

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use crate::model::{Event, RemoveReason};
-use crate::registry::RegistryState;
+use crate::registry::{RecordChanges, RegistryState};
 
 /// A state as stored in the shared store, with the store's bookkeeping.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,14 +46,36 @@ impl RemoteState {
     }
 }
 
+/// Another replica's change as the records it wrote, with `meta`'s
+/// bookkeeping: what a replica that follows the store's watch applies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemotePatch {
+    pub changes: RecordChanges,
+    /// The events of the change.
+    pub events: Vec<Event>,
+    /// The store's version and revision of the change (its `meta`).
+    pub version: i64,
+    pub mod_revision: i64,
+}
+
+impl RemotePatch {
+    pub fn mark(&self) -> StoreMark {
+        StoreMark {
+            version: self.version,
+            mod_revision: self.mod_revision,
+        }
+    }
+}
+
 /// What changed in the shared store that this replica did not write.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RemoteChange {
+    /// Everything stored (after a resync).
     State(RemoteState),
+    /// One change, record by record (while the watch follows).
+    Patch(RemotePatch),
     /// A node's lease was renewed (at any replica).
-    Renewed {
-        node: String,
-    },
+    Renewed { node: String },
 }
 
 /// The events that turn `held` (at store version `held_version`) into

@@ -19,15 +19,15 @@
 //! - `state`: the whole state in one key, as discoveries before this
 //!   layout wrote it; migrated on first start and kept as `state.migrated`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::endpoint::{Endpoint, Identity};
 use crate::model::{Event, Node};
-use crate::registry::RegistryState;
-use crate::store::remote::RemoteState;
+use crate::registry::{RecordChanges, RegistryState};
+use crate::store::remote::{RemotePatch, RemoteState};
 use crate::store::STATE_FORMAT;
 
 pub const META: &str = "meta";
@@ -281,6 +281,8 @@ pub struct Mirror {
     allocations: BTreeMap<String, Ipv4Addr>,
     identities: BTreeMap<u32, Identity>,
     endpoints: BTreeMap<String, Vec<Endpoint>>,
+    /// The record keys put or deleted since the last patch was taken.
+    touched: BTreeSet<String>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, RecordError> {
@@ -318,6 +320,7 @@ impl Mirror {
                 version,
                 mod_revision,
             });
+            return Ok(());
         } else if let Some(name) = key.strip_prefix(NODES) {
             self.nodes.insert(name.to_string(), decode(key, value)?);
         } else if let Some(name) = key.strip_prefix(ALLOCATIONS) {
@@ -331,12 +334,18 @@ impl Mirror {
             self.identities.insert(id, decode(key, value)?);
         } else if let Some(node) = key.strip_prefix(ENDPOINTS) {
             self.endpoints.insert(node.to_string(), decode(key, value)?);
+        } else {
+            return Ok(());
         }
+        self.touched.insert(key.to_string());
         Ok(())
     }
 
     /// Takes a delete of `key` (relative).
     pub fn delete(&mut self, key: &str) {
+        if is_record(key) {
+            self.touched.insert(key.to_string());
+        }
         if key == META {
             self.meta = None;
         } else if let Some(name) = key.strip_prefix(NODES) {
@@ -358,6 +367,45 @@ impl Mirror {
     /// Whether a `meta` was read: a state is stored.
     pub fn has_state(&self) -> bool {
         self.meta.is_some()
+    }
+
+    /// The records put or deleted since the patch taken before, as they
+    /// stand now, with `meta`'s bookkeeping; `None` when nothing is
+    /// stored. The next patch starts from here.
+    pub fn take_patch(&mut self) -> Option<RemotePatch> {
+        let touched = std::mem::take(&mut self.touched);
+        let at = self.meta.as_ref()?;
+        let mut changes = RecordChanges {
+            revision: at.meta.revision,
+            ..Default::default()
+        };
+        for key in &touched {
+            if let Some(name) = key.strip_prefix(NODES) {
+                let node = self.nodes.get(name).cloned();
+                changes.nodes.insert(name.to_string(), node);
+            } else if let Some(name) = key.strip_prefix(ALLOCATIONS) {
+                let ip = self.allocations.get(name).copied();
+                changes.allocations.insert(name.to_string(), ip);
+            } else if let Some(id) = key.strip_prefix(IDENTITIES).and_then(|i| i.parse().ok()) {
+                let identity = self.identities.get(&id).cloned();
+                changes.identities.insert(id, identity);
+            } else if let Some(node) = key.strip_prefix(ENDPOINTS) {
+                let list = self.endpoints.get(node).cloned();
+                changes.endpoints.insert(node.to_string(), list);
+            }
+        }
+        Some(RemotePatch {
+            changes,
+            events: at.meta.events.clone(),
+            version: at.version,
+            mod_revision: at.mod_revision,
+        })
+    }
+
+    /// Forgets the records touched so far (they were this replica's own
+    /// change, or went out whole).
+    pub fn untouch(&mut self) {
+        self.touched.clear();
     }
 
     /// The state the records make, with `meta`'s bookkeeping; `None` when

@@ -196,3 +196,115 @@ fn writes_from_events_keep_the_records_of_the_whole_state() {
         });
     }
 }
+
+/// A replica that follows the records each change writes (its watch), and
+/// takes them record by record, holds what the replica that made the
+/// changes holds, over random changes.
+#[test]
+fn a_follower_taking_each_change_record_by_record_holds_the_leaders_state() {
+    for seed in 1..=20u64 {
+        let mut stored = Records::new();
+        let mut mirror = Mirror::default();
+        let mut follower: Option<crate::registry::Registry> = None;
+        let mut version = 0;
+        crate::store::tests::random_changes(seed, 300, |r, events, step| {
+            if events.is_empty() {
+                return;
+            }
+            let f = follower
+                .get_or_insert_with(|| crate::registry::Registry::new(r.config().clone()).unwrap());
+            for op in change_ops(r, events, |k| stored.contains_key(k)).unwrap() {
+                match op {
+                    Op::Put { key, value, .. } => {
+                        mirror.put(&key, &value, 1, 1).unwrap();
+                        stored.insert(key, value);
+                    }
+                    Op::Delete(key) => {
+                        mirror.delete(&key);
+                        stored.remove(&key);
+                    }
+                }
+            }
+            version += 1;
+            let meta = serde_json::to_vec(&Meta {
+                format: STATE_FORMAT,
+                cluster: "c1".into(),
+                cluster_id: 1,
+                revision: r.revision(),
+                events: events.to_vec(),
+                writer: "leader".into(),
+            })
+            .unwrap();
+            mirror.put(META, &meta, version, version).unwrap();
+            let patch = mirror.take_patch().unwrap();
+            assert_eq!(patch.events, events, "seed {seed} step {step}");
+            if let Err(e) = f.apply_records(&patch.changes, 0) {
+                panic!("seed {seed} step {step}: {e}; {:?}", patch.changes);
+            }
+            assert_eq!(f.state(), r.state(), "seed {seed} step {step}: {events:?}");
+            assert!(mirror.take_patch().unwrap().changes.nodes.is_empty());
+        });
+        assert!(follower.is_some(), "seed {seed}: no change made");
+    }
+}
+
+/// Records a patch cannot judge alone are refused, and leave the
+/// registry as it was (the caller reads the whole state instead).
+#[test]
+fn a_patch_that_does_not_fit_is_refused_and_changes_nothing() {
+    let mut r = crate::registry::Registry::new(crate::registry::RegistryConfig {
+        cluster: "c1".into(),
+        cluster_id: 1,
+        lease_ttl_ms: 1000,
+        pod_cidrs: Vec::new(),
+    })
+    .unwrap();
+    let nodes = [
+        ("n1", "10.1.0.0/24", "10.1.0.10", 1u8),
+        ("n2", "10.1.1.0/24", "10.1.1.10", 2),
+    ];
+    for (name, cidr, ip, key) in nodes {
+        use base64::Engine as _;
+        let mut node = pb_node(name, cidr);
+        node.wg_public_key = base64::engine::general_purpose::STANDARD.encode([key; 32]);
+        r.register(Node::try_from(node).unwrap(), 0).unwrap();
+        let ep = crate::pb::Endpoint {
+            ip: ip.into(),
+            name: format!("{name}-a"),
+            labels: [("app".to_string(), "web".to_string())].into(),
+            ..Default::default()
+        };
+        r.report_endpoints(name, "c1", vec![ep]).unwrap();
+    }
+    let state = r.state();
+    // n2 goes, its endpoints stay: not a state any replica writes.
+    let gone = crate::registry::RecordChanges {
+        revision: state.revision + 1,
+        nodes: [("n2".to_string(), None)].into(),
+        ..Default::default()
+    };
+    let e = r.apply_records(&gone, 0).unwrap_err();
+    assert!(e.to_string().contains("n2"), "{e}");
+    // An endpoint in another node's CIDR.
+    let mut stray = state.endpoints[0].clone();
+    stray.ip = "10.1.1.99".parse().unwrap();
+    let wrong = crate::registry::RecordChanges {
+        revision: state.revision + 1,
+        endpoints: [("n1".to_string(), Some(vec![stray]))].into(),
+        ..Default::default()
+    };
+    let e = r.apply_records(&wrong, 0).unwrap_err();
+    assert!(
+        e.to_string().contains("outside the node's pod CIDRs"),
+        "{e}"
+    );
+    // An identity deleted.
+    let id = state.identities[0].id;
+    let deleted = crate::registry::RecordChanges {
+        revision: state.revision + 1,
+        identities: [(id, None)].into(),
+        ..Default::default()
+    };
+    assert!(r.apply_records(&deleted, 0).is_err());
+    assert_eq!(r.state(), state);
+}
