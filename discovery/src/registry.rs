@@ -264,14 +264,7 @@ impl Registry {
     }
 
     fn identity_list(&self) -> Vec<Identity> {
-        self.identities
-            .allocations()
-            .iter()
-            .map(|(id, labels)| Identity {
-                id: *id,
-                labels: labels.clone(),
-            })
-            .collect()
+        self.identities_after(None).collect()
     }
 
     pub fn config(&self) -> &RegistryConfig {

@@ -86,7 +86,7 @@ impl SnapshotParts {
                 return Ok(Some(pb::WatchEvent { event: other }));
             }
         };
-        let mut joined = match self.pending.take() {
+        let joined = match self.pending.take() {
             None => part,
             Some(mut p) => {
                 if p.revision != part.revision {
@@ -108,7 +108,6 @@ impl SnapshotParts {
             self.pending = Some(joined);
             return Ok(None);
         }
-        joined.more = false;
         Ok(Some(pb::WatchEvent {
             event: Some(pb::watch_event::Event::Snapshot(joined)),
         }))
