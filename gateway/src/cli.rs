@@ -57,6 +57,13 @@ pub enum Command {
     Observe(ObserveArgs),
     /// Run the node's DNS proxy (FQDN policy): its own process beside the agent.
     Dnsproxy(Box<crate::dnsproxy::DnsProxyArgs>),
+    /// Print the CRDs meshgate reads (Cilium's kinds, MCS's ServiceExport,
+    /// MeshgateRemoteCluster), generated from its Rust types; with
+    /// --out-dir, write one file each (`<plural>.<group>.yaml`).
+    Crds {
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
     /// Print the ipcache (IP → identity, node) of the agent whose state directory is given.
     Ipcache {
         #[arg(long, default_value = "/var/lib/meshgate")]
@@ -78,5 +85,31 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Observe(args) => crate::observe_cmd::run(args),
         Command::Dnsproxy(args) => crate::dnsproxy::run(*args),
         Command::Ipcache { state_dir } => crate::ipcache_cmd::run(&state_dir),
+        Command::Crds { out_dir } => crds(out_dir.as_deref()).map(|_| ExitCode::SUCCESS),
     }
+}
+
+/// `meshgate crds`.
+fn crds(out_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut all = String::new();
+    for crd in crate::k8s::crds::all() {
+        let yaml = crate::k8s::crds::to_yaml(&crd).context("encoding a CRD")?;
+        match out_dir {
+            Some(dir) => {
+                let path = dir.join(crate::k8s::crds::file_name(&crd));
+                std::fs::write(&path, &yaml)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            None => {
+                all.push_str("---\n");
+                all.push_str(&yaml);
+            }
+        }
+    }
+    #[allow(clippy::print_stdout)]
+    {
+        print!("{all}");
+    }
+    Ok(())
 }

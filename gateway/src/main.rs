@@ -8,6 +8,7 @@ mod dnsproxy;
 mod federation_cmd;
 mod flow;
 mod ipcache_cmd;
+mod k8s;
 mod lab_cmd;
 mod nodes_cmd;
 mod observe_cmd;

@@ -108,11 +108,11 @@ fn save(dir: &Path, pods: &Pods) -> anyhow::Result<()> {
 /// The label source's entry for a pod.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LabelEntry {
+pub struct LabelEntry {
     #[serde(default)]
-    labels: Labels,
+    pub labels: Labels,
     #[serde(default, rename = "serviceAccount")]
-    service_account: Option<String>,
+    pub service_account: Option<String>,
 }
 
 /// The labels file's entries by `namespace/name`.
@@ -174,60 +174,72 @@ pub async fn watch_labels(agent: Arc<Agent>) {
                 continue;
             }
         };
-        let (relabelled, before) = {
-            let mut pods = agent.pods();
-            let before = pods.clone();
-            let mut keys = Vec::new();
-            for (key, rec) in pods.iter_mut() {
-                let e = all
-                    .get(&format!("{}/{}", rec.pod.namespace, rec.pod.name))
-                    .cloned()
-                    .unwrap_or_default();
-                if rec.labels != e.labels || rec.service_account != e.service_account {
-                    rec.labels = e.labels;
-                    rec.service_account = e.service_account;
-                    keys.push(key.clone());
-                }
-            }
-            if !keys.is_empty() {
-                if let Err(e) = save(&agent.cfg.state_dir, &pods) {
-                    warn!(error = %format!("{e:#}"), "writing the relabelled pods failed; the labels stay");
-                    *pods = before.clone();
-                    keys.clear();
-                    // Tried again on the next tick.
-                    last = None;
-                }
-            }
-            (keys, before)
-        };
-        if relabelled.is_empty() {
-            continue;
+        if relabel(&agent, &all).is_err() {
+            // Tried again on the next tick.
+            last = None;
         }
-        match super::recompute_endpoints(&agent) {
-            Ok(changed) => {
-                info!(pods = ?relabelled, "pod labels changed; reporting the endpoints again");
-                if changed {
-                    agent.report.notify_one();
-                }
-                super::datapath::kick(&agent);
+    }
+}
+
+/// Gives each pod the labels and service account of `all` (its entry by
+/// `namespace/name`; none: no labels), saves them, and reports the
+/// endpoints again if any changed. Labels that are refused (a namespace
+/// label set on a pod) go back to the old ones for the relabelled pods
+/// (logged). An error when the new labels could not be saved (nothing
+/// changed).
+pub fn relabel(agent: &Arc<Agent>, all: &BTreeMap<String, LabelEntry>) -> anyhow::Result<()> {
+    let (relabelled, before) = {
+        let mut pods = agent.pods();
+        let before = pods.clone();
+        let mut keys = Vec::new();
+        for (key, rec) in pods.iter_mut() {
+            let e = all
+                .get(&format!("{}/{}", rec.pod.namespace, rec.pod.name))
+                .cloned()
+                .unwrap_or_default();
+            if rec.labels != e.labels || rec.service_account != e.service_account {
+                rec.labels = e.labels;
+                rec.service_account = e.service_account;
+                keys.push(key.clone());
             }
-            Err(e) => {
-                warn!(error = %format!("{e:#}"), "the pods' new labels are refused; the old ones stay");
-                let mut pods = agent.pods();
-                // Only the relabelled pods' labels go back: pods added or
-                // deleted meanwhile stay as they are.
-                for key in &relabelled {
-                    if let (Some(now), Some(old)) = (pods.get_mut(key), before.get(key)) {
-                        now.labels.clone_from(&old.labels);
-                        now.service_account.clone_from(&old.service_account);
-                    }
+        }
+        if !keys.is_empty() {
+            if let Err(e) = save(&agent.cfg.state_dir, &pods) {
+                warn!(error = %format!("{e:#}"), "writing the relabelled pods failed; the labels stay");
+                *pods = before;
+                return Err(e);
+            }
+        }
+        (keys, before)
+    };
+    if relabelled.is_empty() {
+        return Ok(());
+    }
+    match super::recompute_endpoints(agent) {
+        Ok(changed) => {
+            info!(pods = ?relabelled, "pod labels changed; reporting the endpoints again");
+            if changed {
+                agent.report.notify_one();
+            }
+            super::datapath::kick(agent);
+        }
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "the pods' new labels are refused; the old ones stay");
+            let mut pods = agent.pods();
+            // Only the relabelled pods' labels go back: pods added or
+            // deleted meanwhile stay as they are.
+            for key in &relabelled {
+                if let (Some(now), Some(old)) = (pods.get_mut(key), before.get(key)) {
+                    now.labels.clone_from(&old.labels);
+                    now.service_account.clone_from(&old.service_account);
                 }
-                if let Err(e) = save(&agent.cfg.state_dir, &pods) {
-                    warn!(error = %format!("{e:#}"), "writing the pods back failed");
-                }
+            }
+            if let Err(e) = save(&agent.cfg.state_dir, &pods) {
+                warn!(error = %format!("{e:#}"), "writing the pods back failed");
             }
         }
     }
+    Ok(())
 }
 
 /// The pods kept by an earlier run whose host-side veth still exists; the
