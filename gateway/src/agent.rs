@@ -9,11 +9,13 @@
 //! SIGUSR1 rotates the key now; SIGHUP re-reads the `--policy` files.
 
 mod addresses;
+mod cni_conf;
 pub(crate) mod config;
 pub(crate) mod datapath;
 mod endpoints;
 mod handoff;
 pub(crate) mod ipcache;
+mod kube_source;
 mod liveness;
 mod mesh;
 pub(crate) mod metrics;
@@ -60,8 +62,16 @@ pub struct Agent {
     pub file_endpoints: Mutex<endpoints::FileEndpoints>,
     /// The pods `meshgate-cni` added ([`pods`]).
     pub pods: Mutex<pods::Pods>,
-    /// The `--namespaces` file's text last read that was accepted.
-    pub namespaces_text: Mutex<Option<String>>,
+    /// The namespaces' labels last accepted (from the `--namespaces` file
+    /// or the Kubernetes API); `None`: no namespace labels.
+    pub namespaces: Mutex<Option<namespaces::Namespaces>>,
+    /// With `--inventory kubernetes`: the pods on this node as the API
+    /// lists them (labels, service account by `namespace/name`), which the
+    /// pods `meshgate-cni` adds take; `None` otherwise.
+    pub kube_pods: Mutex<Option<BTreeMap<String, pods::LabelEntry>>>,
+    /// This node's labels, published in its node record (`--node-label`,
+    /// or the Node's labels from the API).
+    pub node_labels: Mutex<BTreeMap<String, String>>,
     /// Woken when the endpoints must be reported again.
     pub report: tokio::sync::Notify,
     /// Held while [`recompute_endpoints`] runs.
@@ -153,9 +163,46 @@ impl Agent {
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
-    let cfg = args.resolve()?;
+    let mut cfg = args.resolve()?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    // With --inventory kubernetes, the API's first lists stand where the
+    // files are read: nothing is set up before them.
+    let kube = match &cfg.inventory {
+        config::Inventory::Kubernetes { kubeconfig } => Some(runtime.block_on(
+            kube_source::first_sync(&cfg.node, kubeconfig.as_deref(), &cfg.policy_options),
+        )?),
+        config::Inventory::Files => None,
+    };
+    if let Some(k) = &kube {
+        if cfg.pod_cidr_from_node {
+            cfg.pod_cidr = k.node.pod_cidr.with_context(|| {
+                format!(
+                    "Node {} has no IPv4 pod CIDR in spec.podCIDRs: give --pod-cidr, or let the \
+                     cluster allocate node CIDRs (kube-controller-manager --allocate-node-cidrs)",
+                    cfg.node
+                )
+            })?;
+        }
+        cfg.labels = k.node.labels.clone();
+    }
     // Policy files first: one that does not parse stops the agent here.
-    let (policy, egress_policies) = if cfg.policy_files.is_empty() {
+    let (policy, egress_policies) = if let Some(k) = &kube {
+        let parsed = &k.policies;
+        for e in &parsed.errors {
+            warn!(error = %e, "a policy object from the Kubernetes API is refused; skipped, the others apply");
+        }
+        datapath::policy::log_warnings(&parsed.warnings);
+        let mut rt = datapath::policy::PolicyRuntime::new(
+            cfg.cluster_id,
+            Vec::new(),
+            parsed.file.identity.clone(),
+        )
+        .context("the policies from the Kubernetes API")?
+        .with_options(cfg.policy_options, parsed.warnings.clone())
+        .with_kube_apiservers(cfg.kube_apiservers.iter().copied());
+        rt.set_refused(&parsed.errors);
+        (Some(rt), parsed.file.egress.clone())
+    } else if cfg.policy_files.is_empty() {
         (None, Vec::new())
     } else {
         let loaded = datapath::policy::load_files(&cfg.policy_files, &cfg.policy_options)?;
@@ -183,14 +230,21 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let pods = pods::still_there(pods::load(&cfg.state_dir)?);
     let mut all = listed.clone();
     all.extend(pods.values().map(|p| p.to_pb()));
-    let (reported, namespaces_seen) = match &cfg.namespaces {
-        Some(path) => {
+    let (reported, namespaces_seen, namespaces_text) = match (&cfg.namespaces, &kube) {
+        (Some(path), _) => {
             let text = namespaces::read(path)?;
-            let reported = namespaces::labelled(&all, &text)
+            let ns = namespaces::parse(&text)
                 .with_context(|| format!("namespaces file {}", path.display()))?;
-            (reported, Some(text))
+            let reported = namespaces::apply(&all, &ns)
+                .with_context(|| format!("namespaces file {}", path.display()))?;
+            (reported, Some(ns), Some(text))
         }
-        None => (all, None),
+        (None, Some(k)) => {
+            let reported = namespaces::apply(&all, &k.namespaces)
+                .context("the namespaces' labels from the Kubernetes API")?;
+            (reported, Some(k.namespaces.clone()), None)
+        }
+        (None, None) => (all, None, None),
     };
     // The last ipcache seen, until discovery sends a fresh snapshot.
     let cache = ipcache::load(&cfg.state_dir).unwrap_or_else(|e| {
@@ -237,7 +291,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         endpoints: Mutex::new(reported),
         file_endpoints: Mutex::new(file),
         pods: Mutex::new(pods),
-        namespaces_text: Mutex::new(namespaces_seen.clone()),
+        namespaces: Mutex::new(namespaces_seen),
+        kube_pods: Mutex::new(kube.as_ref().map(|k| k.pods.clone())),
+        node_labels: Mutex::new(cfg.labels.clone()),
         report: tokio::sync::Notify::new(),
         recomputing: Mutex::new(()),
         ipcache: Mutex::new(cache.unwrap_or_default()),
@@ -286,8 +342,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         // in, before discovery answers.
         datapath::sync(&agent);
     }
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    match runtime.block_on(main_loop(agent.clone()))? {
+    match runtime.block_on(main_loop(agent.clone(), namespaces_text, kube))? {
         Exit::Done => {
             drop(lock);
             Ok(())
@@ -364,13 +419,13 @@ pub fn recompute_endpoints(agent: &Agent) -> anyhow::Result<bool> {
         .clone();
     let mut all = file.reported;
     all.extend(pods.values().map(|p| p.to_pb()));
-    let text = agent
-        .namespaces_text
+    let ns = agent
+        .namespaces
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let now = match text {
-        Some(t) => namespaces::labelled(&all, &t)?,
+    let now = match ns {
+        Some(ns) => namespaces::apply(&all, &ns)?,
         None => all,
     };
     let mut interfaces = file.interfaces;
@@ -391,7 +446,11 @@ pub fn recompute_endpoints(agent: &Agent) -> anyhow::Result<bool> {
     Ok(changed)
 }
 
-async fn main_loop(agent: Arc<Agent>) -> anyhow::Result<Exit> {
+async fn main_loop(
+    agent: Arc<Agent>,
+    namespaces_text: Option<String>,
+    kube: Option<kube_source::KubeStart>,
+) -> anyhow::Result<Exit> {
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut usr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
@@ -404,15 +463,34 @@ async fn main_loop(agent: Arc<Agent>) -> anyhow::Result<Exit> {
     tokio::spawn(persist::status_loop(agent.clone()));
     tokio::spawn(addresses::watch(agent.clone()));
     tokio::spawn(endpoints::watch(agent.clone()));
-    if let Some(text) = agent
-        .namespaces_text
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-    {
+    if let Some(text) = namespaces_text {
         tokio::spawn(namespaces::watch(agent.clone(), text));
     }
+    if let Some(k) = kube {
+        // The pods' labels as the API lists them now (a pod relabelled
+        // while the agent was down), then every change.
+        if let Some(labels) = agent
+            .kube_pods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            if let Err(e) = pods::relabel(&agent, &labels) {
+                warn!(error = %format!("{e:#}"), "the pods' labels from the API could not be saved");
+            }
+        }
+        kube_source::follow(agent.clone(), k.inventory, k.node);
+    }
     pods::serve(agent.clone()).await?;
+    if let Some(dir) = &agent.cfg.cni_conf_dir {
+        let conf = cni_conf::conflist(
+            agent.cfg.pod_cidr,
+            cni_conf::pod_mtu(agent.cfg.datapath == datapath::Mode::Ebpf),
+            &pods::socket_path(&agent.cfg.state_dir),
+        );
+        let path = cni_conf::write(dir, &conf)?;
+        info!(file = %path.display(), "CNI config written: pods start through meshgate-cni");
+    }
     tokio::spawn(pods::watch_labels(agent.clone()));
     tokio::spawn(gateway_loop(agent.clone()));
     let observer = observe::start(&agent)?;

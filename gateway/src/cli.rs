@@ -64,6 +64,18 @@ pub enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Print the agent's ClusterRole: list and watch on exactly what it
+    /// reads from the Kubernetes API.
+    Rbac,
+    /// Install the CNI plugin: copy `meshgate-cni` (from beside this
+    /// binary, or --from) into --bin-dir, atomically (the deploy
+    /// manifests' init container runs this).
+    CniInstall {
+        #[arg(long, default_value = "/opt/cni/bin")]
+        bin_dir: PathBuf,
+        #[arg(long)]
+        from: Option<PathBuf>,
+    },
     /// Print the ipcache (IP → identity, node) of the agent whose state directory is given.
     Ipcache {
         #[arg(long, default_value = "/var/lib/meshgate")]
@@ -85,6 +97,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Observe(args) => crate::observe_cmd::run(args),
         Command::Dnsproxy(args) => crate::dnsproxy::run(*args),
         Command::Ipcache { state_dir } => crate::ipcache_cmd::run(&state_dir),
+        Command::Rbac => {
+            let yaml = crate::k8s::rbac::to_yaml(&crate::k8s::rbac::agent())
+                .map_err(|e| anyhow::anyhow!("encoding the ClusterRole: {e}"))?;
+            #[allow(clippy::print_stdout)]
+            {
+                print!("{yaml}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CniInstall { bin_dir, from } => {
+            cni_install(&bin_dir, from.as_deref()).map(|_| ExitCode::SUCCESS)
+        }
         Command::Crds { out_dir } => crds(out_dir.as_deref()).map(|_| ExitCode::SUCCESS),
     }
 }
@@ -112,4 +136,59 @@ fn crds(out_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
         print!("{all}");
     }
     Ok(())
+}
+
+/// `meshgate cni-install`: the plugin copied next to a temporary name,
+/// then renamed over the old one, so a runtime never runs half a binary.
+fn cni_install(bin_dir: &std::path::Path, from: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::os::unix::fs::PermissionsExt;
+    let from = match from {
+        Some(f) => f.to_path_buf(),
+        None => std::env::current_exe()
+            .context("finding this binary's directory")?
+            .with_file_name("meshgate-cni"),
+    };
+    std::fs::create_dir_all(bin_dir)
+        .with_context(|| format!("creating the CNI bin directory {}", bin_dir.display()))?;
+    let dest = bin_dir.join("meshgate-cni");
+    let tmp = bin_dir.join(".meshgate-cni.tmp");
+    std::fs::copy(&from, &tmp).with_context(|| {
+        format!(
+            "copying {} to {} (give --from the meshgate-cni binary)",
+            from.display(),
+            tmp.display()
+        )
+    })?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("making {} executable", tmp.display()))?;
+    std::fs::rename(&tmp, &dest).with_context(|| format!("installing {}", dest.display()))?;
+    tracing::info!(plugin = %dest.display(), "CNI plugin installed");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn cni_install_copies_the_plugin_executable_and_replaces_an_old_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::write(&src, b"new plugin").unwrap();
+        let bin = dir.path().join("opt/cni/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("meshgate-cni"), b"old").unwrap();
+        super::cni_install(&bin, Some(&src)).unwrap();
+        let dest = bin.join("meshgate-cni");
+        assert_eq!(std::fs::read(&dest).unwrap(), b"new plugin");
+        assert_eq!(
+            std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+        assert!(!bin.join(".meshgate-cni.tmp").exists());
+        let err = super::cni_install(&bin, Some(&dir.path().join("missing"))).unwrap_err();
+        assert!(format!("{err:#}").contains("give --from"), "{err:#}");
+    }
 }

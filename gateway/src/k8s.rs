@@ -12,11 +12,14 @@ pub mod fake_apiserver;
 pub mod fixtures;
 pub mod inventory;
 pub mod mirror;
+pub mod rbac;
 pub mod resources;
 pub mod watch;
 
 #[cfg(test)]
 mod crds_tests;
+#[cfg(test)]
+mod deploy_tests;
 #[cfg(test)]
 mod watch_tests;
 

@@ -156,6 +156,11 @@ const PREREQS: &[Prereq] = &[
         check: |_| version("dnsperf", &["-h"]),
     },
     Prereq {
+        what: "kubectl kustomize (renders the deploy manifests offline)",
+        package: Some("kubernetes-client"),
+        check: check_kustomize,
+    },
+    Prereq {
         what: "protoc with its well-known protos (compiling a proto that imports descriptor.proto)",
         package: None,
         check: check_protoc,
@@ -283,6 +288,38 @@ fn has_interpreter(elf: &[u8]) -> bool {
             .and_then(|off| u32_at(off + i * usize::from(size)))
             == Some(3)
     })
+}
+
+/// Renders a base and an overlay the way `deploy/kubernetes` is laid out
+/// (`bases`, `patchesStrategicMerge`: what kustomize reads from the 2.0
+/// that Debian's kubectl 1.20 embeds to today's).
+fn check_kustomize(s: &Scratch) -> Result<()> {
+    let base = s.path("kustomize/base");
+    let overlay = s.path("kustomize/overlay");
+    for d in [&base, &overlay] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    s.write(
+        "kustomize/base/kustomization.yaml",
+        "namespace: mg-check\nresources:\n- cm.yaml\n",
+    )?;
+    s.write(
+        "kustomize/base/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: mg\ndata:\n  a: \"1\"\n",
+    )?;
+    s.write(
+        "kustomize/overlay/kustomization.yaml",
+        "bases:\n- ../base\npatchesStrategicMerge:\n- patch.yaml\n",
+    )?;
+    s.write(
+        "kustomize/overlay/patch.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: mg\ndata:\n  a: \"2\"\n",
+    )?;
+    let out = output(Command::new("kubectl").arg("kustomize").arg(&overlay))?;
+    if !(out.contains("namespace: mg-check") && out.contains("a: \"2\"")) {
+        bail!("kubectl kustomize rendered something else:\n{out}");
+    }
+    Ok(())
 }
 
 fn version(prog: &str, args: &[&str]) -> Result<()> {

@@ -143,6 +143,24 @@ pub struct AgentArgs {
     #[arg(long = "node-label", value_name = "KEY=VALUE")]
     #[serde(default)]
     pub node_labels: Vec<String>,
+    /// Where the agent's inventory comes from: `files` (the default: the
+    /// --policy, --namespaces, --pod-labels and --node-label given) or
+    /// `kubernetes`: its Node (pod CIDR, labels), the pods on it (labels of
+    /// the pods `meshgate-cni` adds), the namespaces and every policy kind
+    /// (NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy,
+    /// CiliumEgressGatewayPolicy), watched from the API (needs --datapath
+    /// ebpf).
+    #[arg(long)]
+    pub inventory: Option<String>,
+    /// Write the node's CNI network config (`05-meshgate.conflist`:
+    /// meshgate-cni, host-local IPAM on the pod CIDR) into this directory
+    /// once the agent serves its CNI socket (e.g. /etc/cni/net.d).
+    #[arg(long)]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// With --inventory kubernetes: the kubeconfig to reach the API with
+    /// (default: KUBECONFIG, ~/.kube/config, then the pod's service account).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
     /// An address of the Kubernetes API server (repeatable; with
     /// --policy): the datapath gives it identity kube-apiserver (7), which
     /// `toEntities: [kube-apiserver]` selects.
@@ -193,6 +211,26 @@ pub struct AgentConfig {
     pub labels: std::collections::BTreeMap<String, String>,
     /// `--kube-apiserver` addresses.
     pub kube_apiservers: Vec<Ipv4Addr>,
+    /// Where the inventory comes from.
+    pub inventory: Inventory,
+    /// `--cni-conf-dir`.
+    pub cni_conf_dir: Option<PathBuf>,
+    /// `--pod-cidr` was not given: the Node's `spec.podCIDRs` gives it
+    /// (with `Inventory::Kubernetes` only; `pod_cidr` is set at start).
+    pub pod_cidr_from_node: bool,
+}
+
+/// Where the agent's node, pods, namespaces and policies come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inventory {
+    Files,
+    Kubernetes { kubeconfig: Option<PathBuf> },
+}
+
+impl Inventory {
+    pub fn is_kubernetes(&self) -> bool {
+        matches!(self, Inventory::Kubernetes { .. })
+    }
 }
 
 impl AgentConfig {
@@ -313,6 +351,53 @@ impl AgentArgs {
             );
         }
         let policy_files = pick!(policy).unwrap_or_default();
+        let inventory = match pick!(inventory).as_deref() {
+            None | Some("files") => {
+                if pick!(kubeconfig).is_some() {
+                    bail!("--kubeconfig is for --inventory kubernetes (add it, or leave --kubeconfig out)");
+                }
+                Inventory::Files
+            }
+            Some("kubernetes") => Inventory::Kubernetes {
+                kubeconfig: pick!(kubeconfig),
+            },
+            Some(other) => bail!("--inventory {other:?}: use files or kubernetes"),
+        };
+        if inventory.is_kubernetes() {
+            let given = [
+                ("--policy", !policy_files.is_empty()),
+                (
+                    "--namespaces",
+                    self.namespaces.is_some() || file.namespaces.is_some(),
+                ),
+                (
+                    "--pod-labels",
+                    self.pod_labels.is_some() || file.pod_labels.is_some(),
+                ),
+                (
+                    "--node-label",
+                    !self.node_labels.is_empty() || !file.node_labels.is_empty(),
+                ),
+                (
+                    "--endpoints",
+                    self.endpoints.is_some() || file.endpoints.is_some(),
+                ),
+            ];
+            if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
+                bail!(
+                    "{flag} is read from the Kubernetes API with --inventory kubernetes (policies, \
+                     namespaces, pod and node labels; pods come through meshgate-cni): leave \
+                     {flag} out, or use --inventory files"
+                );
+            }
+            if datapath != super::datapath::Mode::Ebpf {
+                bail!(
+                    "--inventory kubernetes needs --datapath ebpf: the policies it reads are \
+                     enforced by the eBPF programs (add --datapath ebpf)"
+                );
+            }
+        }
+        let has_policy = !policy_files.is_empty() || inventory.is_kubernetes();
         if !policy_files.is_empty() && datapath != super::datapath::Mode::Ebpf {
             bail!(
                 "--policy needs --datapath ebpf: only the eBPF datapath enforces identity \
@@ -321,7 +406,7 @@ impl AgentArgs {
         }
         let strict_policy = self.strict_policy || file.strict_policy;
         let l7 = pick!(l7);
-        if policy_files.is_empty() && (strict_policy || l7.is_some()) {
+        if !has_policy && (strict_policy || l7.is_some()) {
             bail!(
                 "--strict-policy and --l7 say how the --policy files are read: they need \
                  --policy (add the policy files, or leave them out)"
@@ -344,13 +429,27 @@ impl AgentArgs {
         } else {
             self.kube_apiserver
         };
-        if !kube_apiservers.is_empty() && policy_files.is_empty() {
+        if !kube_apiservers.is_empty() && !has_policy {
             bail!(
                 "--kube-apiserver gives the API server its identity for policy: it needs \
                  --policy (add the policy files, or leave out --kube-apiserver)"
             );
         }
+        let pod_cidr = pick!(pod_cidr);
+        let pod_cidr_from_node = pod_cidr.is_none() && inventory.is_kubernetes();
+        let pod_cidr = match pod_cidr {
+            Some(c) => c,
+            // Set from the Node at start.
+            None if pod_cidr_from_node => Ipv4Net::default(),
+            None => bail!(
+                "the agent needs --pod-cidr (flag, or the same name in snake_case in --config), \
+                 or --inventory kubernetes to take it from the Node"
+            ),
+        };
         Ok(AgentConfig {
+            cni_conf_dir: pick!(cni_conf_dir),
+            inventory,
+            pod_cidr_from_node,
             kube_apiservers,
             labels,
             metrics_addr: pick!(metrics_addr),
@@ -368,7 +467,7 @@ impl AgentArgs {
             cluster_id,
             discovery,
             underlay_ip: need!(underlay_ip, "--underlay-ip"),
-            pod_cidr: need!(pod_cidr, "--pod-cidr"),
+            pod_cidr,
             state_dir: pick!(state_dir).unwrap_or_else(|| PathBuf::from("/var/lib/meshgate")),
             listen_port: pick!(listen_port).unwrap_or(51820),
             backend,
@@ -487,6 +586,67 @@ mod tests {
             cfg.bpf_pin_dir,
             std::path::Path::new("/sys/fs/bpf/meshgate/c1-n1")
         );
+    }
+
+    #[test]
+    fn kubernetes_inventory_takes_the_pod_cidr_from_the_node_and_refuses_the_files_it_replaces() {
+        let mut a = full();
+        a.inventory = Some("kubernetes".into());
+        a.pod_cidr = None;
+        let err = format!("{:#}", a.resolve().unwrap_err());
+        assert!(
+            err.contains("--inventory kubernetes needs --datapath ebpf"),
+            "{err}"
+        );
+        let mut a = full();
+        a.inventory = Some("kubernetes".into());
+        a.datapath = Some("ebpf".into());
+        a.pod_cidr = None;
+        a.kubeconfig = Some("/etc/kube.conf".into());
+        a.strict_policy = true;
+        let cfg = a.resolve().unwrap();
+        assert!(cfg.pod_cidr_from_node);
+        assert!(
+            cfg.policy_options.strict,
+            "--strict-policy reads the API's policies"
+        );
+        assert_eq!(
+            cfg.inventory,
+            Inventory::Kubernetes {
+                kubeconfig: Some("/etc/kube.conf".into())
+            }
+        );
+        for (flag, set) in [
+            (
+                "--policy",
+                (|a: &mut AgentArgs| a.policy = Some(vec!["p.yaml".into()])) as fn(&mut AgentArgs),
+            ),
+            ("--namespaces", |a| a.namespaces = Some("ns.yaml".into())),
+            ("--pod-labels", |a| a.pod_labels = Some("l.yaml".into())),
+            ("--node-label", |a| a.node_labels = vec!["a=b".into()]),
+            ("--endpoints", |a| a.endpoints = Some("e.yaml".into())),
+        ] {
+            let mut a = full();
+            a.inventory = Some("kubernetes".into());
+            a.datapath = Some("ebpf".into());
+            set(&mut a);
+            let err = format!("{:#}", a.resolve().unwrap_err());
+            assert!(
+                err.starts_with(&format!("{flag} is read from the Kubernetes API")),
+                "{err}"
+            );
+        }
+        let mut a = full();
+        a.inventory = Some("k8s".into());
+        assert!(format!("{:#}", a.resolve().unwrap_err()).contains("use files or kubernetes"));
+        let mut a = full();
+        a.kubeconfig = Some("k".into());
+        assert!(format!("{:#}", a.resolve().unwrap_err()).contains("--kubeconfig is for"));
+        // Files stay the default, and need --pod-cidr.
+        let mut a = full();
+        a.pod_cidr = None;
+        assert!(format!("{:#}", a.resolve().unwrap_err()).contains("--pod-cidr"));
+        assert_eq!(full().resolve().unwrap().inventory, Inventory::Files);
     }
 
     #[test]

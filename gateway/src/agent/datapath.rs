@@ -496,6 +496,10 @@ pub fn reload_policy(agent: &Agent) {
     let Some(ebpf) = agent.datapath.get() else {
         return;
     };
+    if agent.cfg.inventory.is_kubernetes() {
+        info!("SIGHUP: the policies come from the Kubernetes API, which the agent watches");
+        return;
+    }
     {
         let mut guard = ebpf.inner();
         let inner = &mut *guard;
@@ -511,6 +515,45 @@ pub fn reload_policy(agent: &Agent) {
                 Err(e) => warn!(error = %format!("{e:#}"), "policy reload failed"),
             },
             None => info!("SIGHUP: no --policy files to reload"),
+        }
+    }
+    sync_egress(agent);
+}
+
+/// Applies the policies read from the Kubernetes API (every kind at once:
+/// the identity policies' difference, and the egress gateway policies).
+/// A set that is refused as a whole (more prefixes than the node has CIDR
+/// identities) keeps the previous policy.
+pub fn apply_api_policies(agent: &Agent, parsed: crate::k8s::inventory::ParsedPolicies) {
+    let Some(ebpf) = agent.datapath.get() else {
+        return;
+    };
+    for e in &parsed.errors {
+        warn!(error = %e, "a policy object from the Kubernetes API is refused; skipped, the others apply");
+    }
+    {
+        let mut guard = ebpf.inner();
+        let inner = &mut *guard;
+        if inner.removed {
+            return;
+        }
+        let Some(p) = inner.policy.as_mut() else {
+            return;
+        };
+        match p.apply_from_api(
+            &mut inner.dp.maps,
+            parsed.file.identity,
+            parsed.warnings,
+            &parsed.errors,
+        ) {
+            Ok(()) => {
+                info!(
+                    egress_policies = parsed.file.egress.len(),
+                    "policies from the Kubernetes API applied"
+                );
+                inner.egress.set_policies(parsed.file.egress);
+            }
+            Err(e) => warn!(error = %format!("{e:#}"), "the Kubernetes API's policies are refused"),
         }
     }
     sync_egress(agent);

@@ -73,12 +73,6 @@ pub fn apply(listed: &[pb::Endpoint], ns: &Namespaces) -> anyhow::Result<Vec<pb:
     Ok(out)
 }
 
-/// `listed` with the labels of the namespaces file's `text` ([`parse`],
-/// then [`apply`]).
-pub fn labelled(listed: &[pb::Endpoint], text: &str) -> anyhow::Result<Vec<pb::Endpoint>> {
-    apply(listed, &parse(text)?)
-}
-
 /// How often the file is read again.
 const RECHECK: Duration = Duration::from_secs(1);
 
@@ -110,28 +104,39 @@ pub async fn watch(agent: Arc<Agent>, mut last: String) {
             continue;
         }
         last.clone_from(&text);
-        if let Err(e) = parse(&text) {
-            warn!(error = %format!("{e:#}"), file = %path.display(), "the namespaces file is refused; the labels stay");
-            continue;
-        }
-        let before = agent
-            .namespaces_text
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace(text);
-        match super::recompute_endpoints(&agent) {
-            Ok(true) => {
-                info!("namespace labels changed; reporting the endpoints again");
-                agent.report.notify_one();
-            }
-            Ok(false) => {}
+        let ns = match parse(&text) {
+            Ok(ns) => ns,
             Err(e) => {
                 warn!(error = %format!("{e:#}"), file = %path.display(), "the namespaces file is refused; the labels stay");
-                *agent
-                    .namespaces_text
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = before;
+                continue;
             }
+        };
+        set(&agent, ns, &path.display().to_string());
+    }
+}
+
+/// Makes `ns` the namespaces' labels (from the file `source`, or the
+/// Kubernetes API): the endpoints take them and are reported again if they
+/// changed. Refused (a pod that sets a namespace label itself), the old
+/// labels stay (logged).
+pub fn set(agent: &Agent, ns: Namespaces, source: &str) {
+    let before = agent
+        .namespaces
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .replace(ns);
+    match super::recompute_endpoints(agent) {
+        Ok(true) => {
+            info!(
+                source,
+                "namespace labels changed; reporting the endpoints again"
+            );
+            agent.report.notify_one();
+        }
+        Ok(false) => {}
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), source, "the namespaces' labels are refused; the old ones stay");
+            *agent.namespaces.lock().unwrap_or_else(|p| p.into_inner()) = before;
         }
     }
 }

@@ -242,6 +242,38 @@ pub fn relabel(agent: &Arc<Agent>, all: &BTreeMap<String, LabelEntry>) -> anyhow
     Ok(())
 }
 
+/// How long an ADD waits for its pod on the API's list of this node's pods.
+const LISTED_WAIT: Duration = Duration::from_secs(10);
+
+/// With `--inventory kubernetes`: waits until the pod watcher lists the
+/// pod (the kubelet runs the CNI plugin after the pod is bound to this
+/// node, but the watch may be a moment behind), so it starts with its
+/// labels. Refused when it does not come.
+async fn wait_listed(agent: &Agent, pod: &Pod) -> anyhow::Result<()> {
+    let key = format!("{}/{}", pod.namespace, pod.name);
+    let end = Instant::now() + LISTED_WAIT;
+    loop {
+        let listed = agent
+            .kube_pods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|k| k.contains_key(&key));
+        if listed {
+            return Ok(());
+        }
+        if Instant::now() >= end {
+            bail!(
+                "pod {key} is not on the Kubernetes API's list of pods on node {} after {}s: is \
+                 it scheduled here, and can the agent list pods (its RBAC)?",
+                agent.cfg.node,
+                LISTED_WAIT.as_secs()
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// The pods kept by an earlier run whose host-side veth still exists; the
 /// others' containers went while the agent was down (logged).
 pub fn still_there(pods: Pods) -> Pods {
@@ -378,14 +410,23 @@ fn refuse(agent: &Agent, pod: &Pod, pods: &Pods) -> Option<String> {
 
 async fn add(agent: &Arc<Agent>, pod: Pod) -> anyhow::Result<Answer> {
     let key = pod.key();
+    if agent.cfg.inventory.is_kubernetes() {
+        wait_listed(agent, &pod).await?;
+    }
     let record = {
         let mut pods = agent.pods();
         // Under the lock: the label watcher cannot relabel the pods between
         // this read and the insert, so no pod keeps labels older than the
-        // file's.
+        // file's (or the API's).
         let entry = match &agent.cfg.pod_labels {
             Some(file) => labels_for(file, &pod.namespace, &pod.name)?,
-            None => LabelEntry::default(),
+            None => agent
+                .kube_pods
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .and_then(|k| k.get(&format!("{}/{}", pod.namespace, pod.name)).cloned())
+                .unwrap_or_default(),
         };
         let record = PodRecord {
             pod,

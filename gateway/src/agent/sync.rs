@@ -40,7 +40,11 @@ fn this_node(agent: &Agent) -> pb::Node {
         tunnel_ip: String::new(),
         roles: cfg.roles.clone(),
         encryption: cfg.encryption.as_str().to_string(),
-        labels: cfg.labels.clone(),
+        labels: agent
+            .node_labels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
         addresses: super::addresses::to_pb(&agent.addresses()),
     }
 }

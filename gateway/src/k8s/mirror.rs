@@ -82,6 +82,7 @@ impl Mirror {
     }
 
     /// Whether a first list was complete.
+    #[cfg(test)]
     pub fn synced(&self) -> bool {
         self.synced
     }

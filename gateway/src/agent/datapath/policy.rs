@@ -589,6 +589,36 @@ impl PolicyRuntime {
         Ok(loaded.file.egress)
     }
 
+    /// Policies from the Kubernetes API: `identity` replaces the set (as
+    /// [`Self::replace_policies`]); the objects that were refused
+    /// (`refused`, each naming its object) are kept for status, and the
+    /// others apply.
+    pub fn apply_from_api(
+        &mut self,
+        maps: &mut dyn PolicyMaps,
+        identity: Vec<Policy>,
+        warnings: Vec<meshgate_discovery::policy::PolicyWarning>,
+        refused: &[String],
+    ) -> anyhow::Result<()> {
+        self.replace_policies(maps, identity)?;
+        log_warnings(&warnings);
+        self.warnings = warnings;
+        self.set_refused(refused);
+        Ok(())
+    }
+
+    /// The policy objects the API holds that were refused (status and
+    /// `meshgate status` show them).
+    pub fn set_refused(&mut self, refused: &[String]) {
+        if !refused.is_empty() {
+            self.last_error = Some(format!(
+                "{} policy object(s) refused and skipped: {}",
+                refused.len(),
+                refused.join("; ")
+            ));
+        }
+    }
+
     /// Makes `policies` the identity policy set, with the CIDR identities
     /// and world entries it needs, in an order that drops no flow allowed
     /// before and after (every CIDR identity is labelled with the old and

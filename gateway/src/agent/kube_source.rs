@@ -1,0 +1,199 @@
+//! `--inventory kubernetes`: the agent's node, pods, namespaces and
+//! policies from the API ([`crate::k8s::inventory`]'s watchers), applied as
+//! the files' are: the Node's pod CIDR and labels (labels published again
+//! when they change), the labels of the pods `meshgate-cni` adds (by
+//! `namespace/name`), the namespaces' labels, and every policy kind.
+//!
+//! Nothing is set up before every first list is complete, so no pod ever
+//! runs under a partial policy set; after that the API server being away
+//! changes nothing applied (the watchers keep what they read and retry).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tracing::{info, warn};
+
+use super::namespaces::Namespaces;
+use super::pods::LabelEntry;
+use super::Agent;
+use crate::k8s::inventory::{self, Inventory, NodeFacts, ParsedPolicies};
+use crate::k8s::mirror::Objects;
+use crate::k8s::resources;
+use crate::k8s::watch::Feed;
+
+/// How often the wait for the first lists says what it still waits for.
+const WAIT_LOG: Duration = Duration::from_secs(10);
+
+/// What the first complete lists gave, and the watchers going on.
+pub struct KubeStart {
+    pub inventory: Inventory,
+    pub node: NodeFacts,
+    pub pods: BTreeMap<String, LabelEntry>,
+    pub namespaces: Namespaces,
+    pub policies: ParsedPolicies,
+}
+
+/// Starts the watchers and waits for every first list (logging what it
+/// still waits for every [`WAIT_LOG`]).
+pub async fn first_sync(
+    node: &str,
+    kubeconfig: Option<&Path>,
+    opts: &meshgate_discovery::policy::ParseOptions,
+) -> anyhow::Result<KubeStart> {
+    let client = crate::k8s::client(kubeconfig).await?;
+    let mut inv = inventory::start(&client, node);
+    let mut logged = Instant::now();
+    loop {
+        let mut missing: Vec<&str> = Vec::new();
+        let feeds = [
+            (resources::NODES.plural, &inv.node),
+            (resources::PODS.plural, &inv.pods),
+            (resources::NAMESPACES.plural, &inv.namespaces),
+        ];
+        for (name, feed) in feeds.into_iter().chain(
+            resources::POLICIES
+                .iter()
+                .map(|w| w.plural)
+                .zip(inv.policies.iter()),
+        ) {
+            if feed.borrow().is_none() {
+                missing.push(name);
+            }
+        }
+        if missing.is_empty() {
+            break;
+        }
+        if logged.elapsed() >= WAIT_LOG {
+            warn!(waiting_for = ?missing, "waiting for the Kubernetes API's first lists; nothing is set up until they come");
+            logged = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let nodes = seen(&mut inv.node);
+    let node_facts = inventory::node_facts(&nodes, node).with_context(|| {
+        format!(
+            "the Kubernetes API has no Node {node:?}: give --node the name of this node's Node \
+             object (kubectl get nodes)"
+        )
+    })?;
+    let pods = labels_of(&seen(&mut inv.pods));
+    let namespaces = inventory::namespace_labels(&seen(&mut inv.namespaces));
+    let policies = parse(&mut inv.policies, opts);
+    info!(
+        pods = pods.len(),
+        namespaces = namespaces.len(),
+        policies = policies.file.identity.len(),
+        egress_policies = policies.file.egress.len(),
+        refused = policies.errors.len(),
+        "first lists from the Kubernetes API read"
+    );
+    Ok(KubeStart {
+        inventory: inv,
+        node: node_facts,
+        pods,
+        namespaces,
+        policies,
+    })
+}
+
+/// The feed's objects, marked seen.
+fn seen(feed: &mut Feed) -> Arc<Objects> {
+    feed.borrow_and_update().clone().unwrap_or_default()
+}
+
+fn labels_of(objects: &Objects) -> BTreeMap<String, LabelEntry> {
+    inventory::pod_facts(objects)
+        .into_iter()
+        .map(|(k, f)| {
+            (
+                k,
+                LabelEntry {
+                    labels: f.labels,
+                    service_account: f.service_account,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Every policy kind's objects now, parsed.
+fn parse(feeds: &mut [Feed], opts: &meshgate_discovery::policy::ParseOptions) -> ParsedPolicies {
+    let all: Vec<Arc<Objects>> = feeds.iter_mut().map(seen).collect();
+    let docs = inventory::policy_documents(
+        resources::POLICIES
+            .into_iter()
+            .zip(all.iter().map(|o| &**o)),
+    );
+    inventory::parse_policies(&docs, opts)
+}
+
+/// Applies every change the watchers bring from now on.
+pub fn follow(agent: Arc<Agent>, inv: Inventory, start_node: NodeFacts) {
+    let Inventory {
+        node,
+        pods,
+        namespaces,
+        mut policies,
+    } = inv;
+    let a = agent.clone();
+    tokio::spawn(on_change(pods, move |objects| {
+        let labels = labels_of(objects);
+        *a.kube_pods.lock().unwrap_or_else(|p| p.into_inner()) = Some(labels.clone());
+        if let Err(e) = super::pods::relabel(&a, &labels) {
+            warn!(error = %format!("{e:#}"), "the pods' labels from the API could not be saved; tried again at the next change");
+        }
+    }));
+    let a = agent.clone();
+    tokio::spawn(on_change(namespaces, move |objects| {
+        super::namespaces::set(&a, inventory::namespace_labels(objects), "kubernetes");
+    }));
+    let a = agent.clone();
+    let name = agent.cfg.node.clone();
+    let mut last = start_node;
+    tokio::spawn(on_change(node, move |objects| {
+        let Some(now) = inventory::node_facts(objects, &name) else {
+            warn!(node = %name, "this node's Node object is gone from the API; the agent keeps what it had");
+            return;
+        };
+        if now.labels != last.labels {
+            info!(node = %name, "the Node's labels changed; publishing them");
+            *a.node_labels.lock().unwrap_or_else(|p| p.into_inner()) = now.labels.clone();
+            a.reregister.notify_one();
+        }
+        if now.pod_cidr != last.pod_cidr {
+            warn!(node = %name, was = ?last.pod_cidr, now = ?now.pod_cidr,
+                "the Node's pod CIDR changed; the agent keeps its own until it restarts");
+        }
+        last = now;
+    }));
+    let opts = agent.cfg.policy_options;
+    tokio::spawn(async move {
+        loop {
+            // Any kind's change: all kinds parsed again, applied at once.
+            let changes = policies.iter_mut().map(|f| Box::pin(f.changed()));
+            let (r, _, _) = futures::future::select_all(changes).await;
+            if r.is_err() {
+                return;
+            }
+            let parsed = parse(&mut policies, &opts);
+            let a = agent.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                super::datapath::apply_api_policies(&a, parsed)
+            })
+            .await;
+        }
+    });
+}
+
+/// Calls `apply` with the feed's objects at each change.
+async fn on_change(mut feed: Feed, mut apply: impl FnMut(&Objects) + Send + 'static) {
+    while feed.changed().await.is_ok() {
+        let objects = feed.borrow_and_update().clone();
+        if let Some(o) = objects {
+            apply(&o);
+        }
+    }
+}
