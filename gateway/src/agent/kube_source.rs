@@ -197,3 +197,118 @@ async fn on_change(mut feed: Feed, mut apply: impl FnMut(&Objects) + Send + 'sta
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    //! Against the FAKE API server of `k8s::fake_apiserver` (no Kubernetes
+    //! API server can run here), through a kubeconfig as a user gives one.
+
+    use super::*;
+    use crate::k8s::fake_apiserver::FakeApiServer;
+    use crate::k8s::fixtures;
+
+    async fn api() -> (FakeApiServer, tempfile::TempDir, std::path::PathBuf) {
+        let api = FakeApiServer::start(&resources::agent()).await;
+        for f in [
+            fixtures::NODES,
+            fixtures::PODS,
+            fixtures::NAMESPACES,
+            fixtures::POLICIES,
+        ] {
+            api.apply_fixture(f);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
+                 users:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: fake\n    user: u\n\
+                 current-context: c\n",
+                api.url()
+            ),
+        )
+        .unwrap();
+        (api, dir, kubeconfig)
+    }
+
+    #[tokio::test]
+    async fn the_first_lists_give_the_node_its_pods_namespaces_and_policies() {
+        let (_api, _dir, kubeconfig) = api().await;
+        let start = first_sync("n1", Some(&kubeconfig), &Default::default())
+            .await
+            .unwrap();
+        assert_eq!(start.node.pod_cidr, Some("10.1.1.0/24".parse().unwrap()));
+        assert_eq!(start.node.labels["egress-gateway"], "true");
+        assert_eq!(
+            start.pods.keys().collect::<Vec<_>>(),
+            ["shop/db-0", "shop/web-5d8f7c9b4-x2k1p"],
+            "this node's pods, host-network ones left out"
+        );
+        assert_eq!(
+            start.pods["shop/web-5d8f7c9b4-x2k1p"]
+                .service_account
+                .as_deref(),
+            Some("web")
+        );
+        assert_eq!(start.namespaces["shop"]["team"], "retail");
+        assert_eq!(start.policies.file.identity.len(), 3);
+        assert_eq!(start.policies.file.egress.len(), 1);
+        assert_eq!(
+            start.policies.errors.len(),
+            1,
+            "the broken policy, reported and skipped"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_node_the_api_does_not_have_is_named() {
+        let (_api, _dir, kubeconfig) = api().await;
+        let err = first_sync("n9", Some(&kubeconfig), &Default::default())
+            .await
+            .err()
+            .unwrap();
+        assert!(format!("{err:#}").contains("no Node \"n9\""), "{err:#}");
+    }
+
+    #[tokio::test]
+    async fn the_agent_waits_for_an_api_server_that_is_down_at_start() {
+        let (api, _dir, kubeconfig) = api().await;
+        api.set_down(true);
+        let k = kubeconfig.clone();
+        let sync =
+            tokio::spawn(async move { first_sync("n1", Some(&k), &Default::default()).await });
+        // Refused meanwhile: the sync is still waiting, nothing set up.
+        let end = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < end {
+            assert!(
+                !sync.is_finished(),
+                "first_sync gave up or went on without the API"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        api.set_down(false);
+        let start = tokio::time::timeout(Duration::from_secs(30), sync)
+            .await
+            .expect("the first lists came once the API server was back")
+            .unwrap()
+            .unwrap();
+        assert_eq!(start.pods.len(), 2);
+    }
+
+    #[test]
+    fn a_bad_kubeconfig_is_named() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let err = rt
+            .block_on(crate::k8s::client(Some(Path::new(
+                "/nonexistent/kubeconfig",
+            ))))
+            .err()
+            .unwrap();
+        assert!(
+            format!("{err:#}").contains("reading the kubeconfig /nonexistent/kubeconfig"),
+            "{err:#}"
+        );
+    }
+}
