@@ -118,6 +118,10 @@ pub async fn serve_with_listener_tls(
     serve_on(cfg, tls, StoreChoice::Embedded, listener, shutdown).await
 }
 
+/// This cluster's service definitions as they change at run time (from
+/// the Kubernetes API): each value replaces them all.
+pub type ServicesFeed = watch::Receiver<Vec<crate::service::Service>>;
+
 /// Serves on `listener` with optional mutual TLS, keeping the state in `store`.
 pub async fn serve_on(
     cfg: ServerConfig,
@@ -126,10 +130,25 @@ pub async fn serve_on(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    serve_on_with_services(cfg, tls, store, listener, None, shutdown).await
+}
+
+/// [`serve_on`], with `cfg.services` replaced by each value of `services`
+/// (when given): every watcher then gets a fresh snapshot, which drops
+/// the services no longer defined.
+pub async fn serve_on_with_services(
+    cfg: ServerConfig,
+    tls: Option<ServerTls>,
+    store: StoreChoice,
+    listener: TcpListener,
+    services: Option<ServicesFeed>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let addr = listener.local_addr().unwrap_or(cfg.listen);
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared::open(&cfg, &store, stop_rx)?);
     let sweeper = tokio::spawn(sweep_loop(shared.clone()));
+    let definitions = services.map(|feed| tokio::spawn(services_loop(shared.clone(), feed)));
     let follower = replicas::spawn(&shared);
     let links = federation::spawn(&shared, &cfg.federation, tls.as_ref());
     info!(
@@ -165,6 +184,7 @@ pub async fn serve_on(
         )
         .await;
     sweeper.abort();
+    definitions.iter().for_each(tokio::task::JoinHandle::abort);
     follower.iter().for_each(tokio::task::JoinHandle::abort);
     links.iter().for_each(tokio::task::JoinHandle::abort);
     result.map_err(|source| Error::Serve { addr, source })
@@ -175,7 +195,8 @@ struct Core {
     store: Box<dyn Store>,
     /// State imported from remote clusters.
     imports: Imports,
-    /// This cluster's service definitions (fixed at start).
+    /// This cluster's service definitions (from the config, or replaced
+    /// at run time: [`Shared::replace_services`]).
     services: Vec<crate::service::Service>,
     /// Their merged form as last pushed (kept up to date incrementally).
     merged: crate::service::MergedServices,
@@ -199,6 +220,9 @@ struct Shared {
     snapshot_streams: tokio::sync::Semaphore,
     /// Snapshots being sent (memory is given back after a burst of them).
     sending: Arc<snapshots::InFlight>,
+    /// Bumped when this cluster's service definitions were replaced: every
+    /// watcher gets a fresh snapshot (which is how a removed service goes).
+    resync: watch::Sender<u64>,
 }
 
 /// See [`Shared::snapshots`].
@@ -297,7 +321,37 @@ impl Shared {
             snapshots: tokio::sync::Semaphore::new(SNAPSHOTS_AT_ONCE),
             snapshot_streams: tokio::sync::Semaphore::new(SNAPSHOT_STREAMS_AT_ONCE),
             sending: Arc::default(),
+            resync: watch::channel(0).0,
         })
+    }
+
+    /// Makes `services` this cluster's service definitions. Refused (logged,
+    /// the old ones stay) when one is invalid. The merged services that
+    /// changed are pushed, then every watcher gets a fresh snapshot.
+    fn replace_services(&self, mut services: Vec<crate::service::Service>) {
+        let events = {
+            let mut core = self.lock();
+            let cluster = core.registry.config().cluster.clone();
+            for s in &mut services {
+                s.cluster = cluster.clone();
+            }
+            if let Err(e) = crate::service::validate_all(&services) {
+                warn!(error = %e, "the new service definitions are refused; the old ones stay");
+                return;
+            }
+            if services == core.services {
+                return;
+            }
+            let core = &mut *core;
+            let endpoints: Vec<crate::endpoint::Endpoint> =
+                core.registry.endpoints().cloned().collect();
+            core.merged.set_local(&services, &endpoints);
+            core.services = services;
+            services::flush(core)
+        };
+        info!(changed = events.len(), "service definitions replaced");
+        self.broadcast(events);
+        self.resync.send_modify(|n| *n += 1);
     }
 
     fn now(&self) -> u64 {
@@ -440,6 +494,17 @@ fn log_event(event: &Event) {
             clusters = clusters.len(),
             revision, "mesh pod CIDRs changed"
         ),
+    }
+}
+
+/// Takes each new value of the services feed.
+async fn services_loop(shared: Arc<Shared>, mut feed: ServicesFeed) {
+    loop {
+        let services = feed.borrow_and_update().clone();
+        shared.replace_services(services);
+        if feed.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -762,6 +827,7 @@ async fn watch_task(shared: Arc<Shared>, tx: WatchTx, watcher: Watcher) {
         local_only, deltas, ..
     } = watcher;
     debug!(revision = last, local_only, "watcher started");
+    let mut resync = shared.resync.subscribe();
     let own = {
         let cfg = shared.lock().registry.config().clone();
         (cfg.cluster, cfg.cluster_id)
@@ -771,6 +837,17 @@ async fn watch_task(shared: Arc<Shared>, tx: WatchTx, watcher: Watcher) {
             r = events.recv() => r,
             _ = tx.closed() => break,
             _ = stop.changed() => break,
+            r = resync.changed() => {
+                if r.is_err() {
+                    break;
+                }
+                debug!("service definitions replaced; sending a fresh snapshot");
+                match subscribe_and_snapshot(&shared, &tx, watcher).await {
+                    Some((fresh, rev)) => (events, last) = (fresh, rev),
+                    None => break,
+                }
+                continue;
+            }
         };
         match received {
             Ok(event) => {

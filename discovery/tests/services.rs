@@ -261,3 +261,125 @@ async fn global_service_backends_are_merged_and_pushed_per_service() {
         "the older watcher's whole service"
     );
 }
+
+/// Polls `c`'s Services RPC until `ok` holds.
+async fn services_until(
+    c: &mut DiscoveryClient<Channel>,
+    what: &str,
+    ok: impl Fn(&BTreeMap<String, Vec<String>>) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = services(c).await;
+        if ok(&got) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within 10 s; services: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn service_definitions_replaced_at_run_time_reach_watchers_and_remote_clusters() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l1, l2) = (
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    );
+    let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
+    // c1 defines api as global; c2's definitions come from a feed (as the
+    // Kubernetes API's Services would), starting with web only.
+    start(
+        dir.path(),
+        "c1",
+        1,
+        l1,
+        ("c2", a2),
+        vec![svc("api", "api", true)],
+    )
+    .await;
+    let (feed, rx) = tokio::sync::watch::channel(vec![svc("web", "web", false)]);
+    let cfg = ServerConfig {
+        listen: a2,
+        cluster: "c2".into(),
+        cluster_id: 2,
+        state_dir: dir.path().join("c2"),
+        lease_ttl: Duration::from_secs(30),
+        services: Vec::new(),
+        federation: FederationConfig {
+            remotes: vec![RemoteConfig::new("c1", format!("http://{a1}"))],
+            remote_timeout: Duration::from_secs(30),
+        },
+        pod_cidrs: Vec::new(),
+        encryption: Default::default(),
+    };
+    tokio::spawn(meshgate_discovery::server::serve_on_with_services(
+        cfg,
+        None,
+        meshgate_discovery::store::StoreChoice::Embedded,
+        l2,
+        Some(rx),
+        std::future::pending(),
+    ));
+    let mut c1 = connect(&format!("http://{a1}")).await.unwrap();
+    let mut c2 = loop {
+        match connect(&format!("http://{a2}")).await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    report(&mut c2, "c2", 2, &[(10, "web"), (11, "api")]).await;
+    services_until(&mut c2, "c2 serves the feed's web", |s| {
+        s.get("default/web") == Some(&vec!["c2 10.2.0.10".to_string()])
+    })
+    .await;
+    let mut w = meshgate_discovery::client::watch(
+        &mut c2,
+        pb::WatchRequest {
+            local_only: false,
+            backend_deltas: true,
+            snapshot_parts: true,
+        },
+    )
+    .await
+    .unwrap();
+    match w.message().await.unwrap().and_then(|e| e.event) {
+        Some(pb::watch_event::Event::Snapshot(s)) => {
+            let names: Vec<&str> = s.global_services.iter().map(|g| g.name.as_str()).collect();
+            assert_eq!(names, ["web"]);
+        }
+        other => panic!("want a snapshot, got {other:?}"),
+    }
+    // api is defined, web goes: watchers get a fresh snapshot without web,
+    // and c1 merges c2's api backend into its own api.
+    feed.send(vec![svc("api", "api", true)]).unwrap();
+    let fresh = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(pb::watch_event::Event::Snapshot(s)) =
+                w.message().await.unwrap().and_then(|e| e.event)
+            {
+                return s;
+            }
+        }
+    })
+    .await
+    .expect("a fresh snapshot after the definitions changed");
+    let names: Vec<&str> = fresh
+        .global_services
+        .iter()
+        .map(|g| g.name.as_str())
+        .collect();
+    assert_eq!(names, ["api"], "web is gone, api is there");
+    services_until(&mut c2, "c2 serves api, not web", |s| {
+        s.get("default/api") == Some(&vec!["c2 10.2.0.11".to_string()])
+            && !s.contains_key("default/web")
+    })
+    .await;
+    services_until(&mut c1, "c1 merges c2's api", |s| {
+        s.get("default/api") == Some(&vec!["c2 10.2.0.11".to_string()])
+    })
+    .await;
+}

@@ -64,8 +64,8 @@ pub enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
-    /// Print the agent's ClusterRole: list and watch on exactly what it
-    /// reads from the Kubernetes API.
+    /// Print the agent's and discovery's ClusterRoles: list and watch on
+    /// exactly what each reads from the Kubernetes API.
     Rbac,
     /// Install the CNI plugin: copy `meshgate-cni` (from beside this
     /// binary, or --from) into --bin-dir, atomically (the deploy
@@ -98,7 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dnsproxy(args) => crate::dnsproxy::run(*args),
         Command::Ipcache { state_dir } => crate::ipcache_cmd::run(&state_dir),
         Command::Rbac => {
-            let yaml = crate::k8s::rbac::to_yaml(&crate::k8s::rbac::agent())
+            let yaml = crate::k8s::rbac::to_yaml(&crate::k8s::rbac::all())
                 .map_err(|e| anyhow::anyhow!("encoding the ClusterRole: {e}"))?;
             #[allow(clippy::print_stdout)]
             {

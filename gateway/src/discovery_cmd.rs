@@ -58,6 +58,16 @@ pub struct DiscoveryArgs {
     /// selector, annotations, export); global ones are merged across clusters.
     #[arg(long)]
     pub services: Option<PathBuf>,
+    /// Where this cluster's services come from: `files` (the default:
+    /// --services) or `kubernetes`: every Service with a selector and MCS's
+    /// ServiceExports, watched from the API; a change of definitions gives
+    /// every watcher a fresh snapshot.
+    #[arg(long, default_value = "files", value_parser = ["files", "kubernetes"])]
+    pub inventory: String,
+    /// With --inventory kubernetes: the kubeconfig to reach the API with
+    /// (default: KUBECONFIG, ~/.kube/config, then the pod's service account).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
     /// This discovery's TLS certificate (PEM); with --tls-key and
     /// --client-ca, gRPC is served over mutual TLS only.
     #[arg(long, requires_all = ["tls_key", "client_ca"])]
@@ -100,12 +110,35 @@ pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
         ),
         _ => None,
     };
+    let kubernetes = args.inventory == "kubernetes";
+    if kubernetes && args.services.is_some() {
+        anyhow::bail!(
+            "--services is read from the Kubernetes API with --inventory kubernetes: leave \
+             --services out, or use --inventory files"
+        );
+    }
+    if !kubernetes && args.kubeconfig.is_some() {
+        anyhow::bail!(
+            "--kubeconfig is for --inventory kubernetes (add it, or leave --kubeconfig out)"
+        );
+    }
     let services = match &args.services {
         Some(path) => crate::services_file::load(path)?,
         None => Vec::new(),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
+        // The first lists stand where the file is read: served from the start.
+        let (services, feed) = if kubernetes {
+            let client = crate::k8s::client(args.kubeconfig.as_deref()).await?;
+            let mut feeds = crate::k8s::services::start(&client);
+            let first = feeds.first().await;
+            let (tx, rx) = tokio::sync::watch::channel(first.clone());
+            feeds.follow(tx);
+            (first, Some(rx))
+        } else {
+            (services, None)
+        };
         let cfg = meshgate_discovery::server::ServerConfig {
             listen: args.listen,
             cluster: args.cluster,
@@ -120,9 +153,19 @@ pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
             pod_cidrs: args.pod_cidrs,
             encryption: args.encryption,
         };
-        meshgate_discovery::server::serve_with_store(cfg, tls, args.store, shutdown_signal())
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
-            .context("discovery server failed")
+            .with_context(|| format!("binding {}", cfg.listen))?;
+        meshgate_discovery::server::serve_on_with_services(
+            cfg,
+            tls,
+            args.store,
+            listener,
+            feed,
+            shutdown_signal(),
+        )
+        .await
+        .context("discovery server failed")
     })
 }
 

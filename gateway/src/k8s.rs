@@ -14,6 +14,7 @@ pub mod inventory;
 pub mod mirror;
 pub mod rbac;
 pub mod resources;
+pub mod services;
 pub mod watch;
 
 #[cfg(test)]

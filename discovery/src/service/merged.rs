@@ -228,6 +228,32 @@ impl MergedServices {
         }
     }
 
+    /// Replaces the local cluster's definitions (`defs`) and recomputes
+    /// their backends from `endpoints`: a service no longer defined is
+    /// dropped from [`Self::services`] (no change is reported for it: the
+    /// server resends snapshots), changed and new ones are reported at the
+    /// next [`Self::flush`].
+    pub fn set_local<'a>(
+        &mut self,
+        defs: &[Service],
+        endpoints: impl IntoIterator<Item = &'a Endpoint>,
+    ) {
+        let new: BTreeMap<String, Service> = defs
+            .iter()
+            .filter(|s| s.cluster == self.local)
+            .map(|s| (s.key(), s.clone()))
+            .collect();
+        for gone in self.defs.keys().filter(|k| !new.contains_key(*k)) {
+            self.merged.remove(gone);
+            self.dirty.remove(gone);
+        }
+        self.rebuild.extend(new.keys().cloned());
+        self.defs = new;
+        let own: Vec<Service> = self.defs.values().cloned().collect();
+        let local = self.local.clone();
+        self.set_cluster(&local, &own, endpoints);
+    }
+
     /// Replaces what `cluster` defines (`defs`: all of its definitions;
     /// only those that take part are kept) and recomputes its backends from
     /// `endpoints` (that cluster's; others are ignored).

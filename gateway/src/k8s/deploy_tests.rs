@@ -142,45 +142,74 @@ fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
 }
 
 #[test]
-fn the_agent_may_list_and_watch_exactly_what_its_watchers_read() {
-    let committed = std::fs::read_to_string(deploy().join("base/agent-clusterrole.yaml")).unwrap();
+fn the_agent_and_discovery_may_list_and_watch_exactly_what_their_watchers_read() {
+    let committed = std::fs::read_to_string(deploy().join("base/clusterroles.yaml")).unwrap();
     assert_eq!(
         committed,
-        super::rbac::to_yaml(&super::rbac::agent()).unwrap(),
-        "base/agent-clusterrole.yaml is stale: run `cargo run -p meshgate-gateway --bin meshgate -- rbac > \
-         deploy/kubernetes/base/agent-clusterrole.yaml`"
+        super::rbac::to_yaml(&super::rbac::all()).unwrap(),
+        "base/clusterroles.yaml is stale: run `cargo run -p meshgate-gateway --bin meshgate -- rbac > \
+         deploy/kubernetes/base/clusterroles.yaml`"
     );
-    let want = serde_json::to_value(super::rbac::agent()).unwrap();
     for dir in OVERLAYS {
         let objects = render(dir);
         let roles = of_kind(&objects, "ClusterRole");
-        assert_eq!(roles.len(), 1, "{dir}: one ClusterRole, the agent's");
-        assert_eq!(roles[0]["rules"], want["rules"], "{dir}: the agent's rules");
-        // Bound to the DaemonSet's service account, and nothing else bound.
         let bindings = of_kind(&objects, "ClusterRoleBinding");
-        assert_eq!(bindings.len(), 1, "{dir}");
-        let sa =
-            &of_kind(&objects, "DaemonSet")[0]["spec"]["template"]["spec"]["serviceAccountName"];
-        assert_eq!(bindings[0]["subjects"][0]["name"], *sa, "{dir}");
-        assert_eq!(bindings[0]["subjects"][0]["namespace"], "meshgate-system");
-        assert_eq!(bindings[0]["roleRef"]["name"], roles[0]["metadata"]["name"]);
+        assert_eq!(
+            roles.len(),
+            2,
+            "{dir}: the agent's and discovery's ClusterRoles only"
+        );
+        assert_eq!(bindings.len(), 2, "{dir}");
         assert!(
             of_kind(&objects, "Role").is_empty() && of_kind(&objects, "RoleBinding").is_empty()
         );
+        for (want, workload) in [
+            (super::rbac::agent(), "DaemonSet"),
+            (
+                super::rbac::discovery(),
+                if dir.ends_with("etcd") {
+                    "Deployment"
+                } else {
+                    "StatefulSet"
+                },
+            ),
+        ] {
+            let want = serde_json::to_value(want).unwrap();
+            let name = &want["metadata"]["name"];
+            let role = roles
+                .iter()
+                .find(|r| r["metadata"]["name"] == *name)
+                .unwrap();
+            assert_eq!(role["rules"], want["rules"], "{dir}: {name}'s rules");
+            // Bound to its workload's service account, in meshgate-system.
+            let binding = bindings
+                .iter()
+                .find(|b| b["roleRef"]["name"] == *name)
+                .unwrap();
+            let sa =
+                &of_kind(&objects, workload)[0]["spec"]["template"]["spec"]["serviceAccountName"];
+            assert_eq!(binding["subjects"][0]["name"], *sa, "{dir}: {name}");
+            assert_eq!(binding["subjects"][0]["namespace"], "meshgate-system");
+            assert_eq!(binding["subjects"].as_array().unwrap().len(), 1);
+        }
     }
-    // Every resource the watchers read is in a rule.
-    let rules = want["rules"].as_array().unwrap();
-    for w in super::resources::agent() {
-        assert!(
-            rules.iter().any(|r| r["apiGroups"][0] == w.group
-                && r["resources"]
-                    .as_array()
-                    .unwrap()
+    // Every resource the watchers read is in its component's rules.
+    for (role, watched) in [
+        (super::rbac::agent(), super::resources::agent()),
+        (super::rbac::discovery(), super::resources::discovery()),
+    ] {
+        let rules = role.rules.unwrap();
+        for w in watched {
+            assert!(
+                rules
                     .iter()
-                    .any(|p| p == w.plural)),
-            "{} is not granted",
-            w.plural
-        );
+                    .any(|r| r.api_groups.as_ref().unwrap()[0] == w.group
+                        && r.resources.as_ref().unwrap().iter().any(|p| p == w.plural)
+                        && r.verbs == ["list", "watch"]),
+                "{} is not granted",
+                w.plural
+            );
+        }
     }
 }
 

@@ -30,4 +30,5 @@ pub fn objects(fixture: &str, kind: &str) -> Objects {
 pub const NODES: &str = include_str!("fixtures/nodes.json");
 pub const PODS: &str = include_str!("fixtures/pods.json");
 pub const NAMESPACES: &str = include_str!("fixtures/namespaces.json");
+pub const SERVICES: &str = include_str!("fixtures/services.json");
 pub const POLICIES: &str = include_str!("fixtures/policies.json");

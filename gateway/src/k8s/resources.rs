@@ -108,3 +108,23 @@ pub fn agent() -> Vec<Watched> {
     all.extend(POLICIES);
     all
 }
+pub const SERVICES: Watched = Watched {
+    group: "",
+    version: "v1",
+    kind: "Service",
+    plural: "services",
+    namespaced: true,
+};
+pub const SERVICE_EXPORTS: Watched = Watched {
+    group: "multicluster.x-k8s.io",
+    version: "v1alpha1",
+    kind: "ServiceExport",
+    plural: "serviceexports",
+    namespaced: true,
+};
+
+/// Everything discovery (`--inventory kubernetes`) watches: the Services
+/// and MCS's ServiceExports.
+pub fn discovery() -> Vec<Watched> {
+    vec![SERVICES, SERVICE_EXPORTS]
+}
