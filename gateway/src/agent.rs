@@ -25,6 +25,7 @@ mod paths;
 mod persist;
 mod pods;
 mod services;
+mod session;
 mod sync;
 mod unreachable;
 

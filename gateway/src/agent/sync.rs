@@ -7,11 +7,16 @@
 //! talks to one; when that session breaks (connection, watch, a refused or
 //! timed-out renewal) it moves to the next at once and registers there.
 //! Backoff grows only after every replica failed in a row.
+//!
+//! The decisions (which replica, when, registering again, renewing the
+//! lease, failing over) are the state machine of [`super::session`]; this
+//! file is its shell: it performs each effect and answers with what came
+//! of it, and applies the watch stream's events.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use meshgate_discovery::client::{connect_with, explain_status, DiscoveryClient};
@@ -21,10 +26,9 @@ use tracing::{debug, info, warn};
 
 use super::ipcache;
 use super::mesh::{refresh, set_tunnel_ip};
+use super::session::{Effect, Input, Session};
 use super::Agent;
 
-const BACKOFF_START: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn this_node(agent: &Agent) -> pb::Node {
@@ -55,74 +59,214 @@ fn why(agent: &Agent, url: &str, status: &tonic::Status) -> String {
     explain_status(status, url, agent.cfg.tls.as_ref())
 }
 
-/// Runs forever: one session with discovery after another, moving to the
-/// next replica after each.
+/// Runs forever: the session's effects performed one after another, the
+/// watch stream's events applied, the agent's requests to register or
+/// report again handed to the session.
 pub async fn run(agent: Arc<Agent>) {
-    let urls = &agent.cfg.discovery;
-    let mut failover = Failover::new(urls.len());
+    let mut session = Session::new(agent.cfg.discovery.clone(), Instant::now());
+    let mut link = Link::default();
     loop {
-        let url = &urls[failover.current()];
-        let mut connected = false;
-        let result = session(&agent, url, &mut connected).await;
-        agent.mesh().discovery_connected = false;
-        let wait = failover.ended(connected);
-        if let Err(e) = result {
+        while let Some(effect) = session.poll_effect() {
+            if let Some(input) = perform(&agent, &mut link, effect).await {
+                session.handle(input, Instant::now());
+            }
+        }
+        agent.mesh().discovery_connected = session.connected();
+        let wake = session.poll_timeout();
+        tokio::select! {
+            input = next_event(&agent, &mut link) => session.handle(input, Instant::now()),
+            _ = sleep_until(wake) => session.handle_timeout(Instant::now()),
+            _ = agent.reregister.notified() => session.handle(Input::ReregisterWanted, Instant::now()),
+            _ = agent.report.notified() => session.handle(Input::ReportWanted, Instant::now()),
+        }
+    }
+}
+
+/// The connection and watch stream of the session in progress, and the
+/// node records its stream brought.
+#[derive(Default)]
+struct Link {
+    url: String,
+    client: Option<DiscoveryClient<Channel>>,
+    stream: Option<meshgate_discovery::client::WatchStream>,
+    nodes: BTreeMap<String, pb::Node>,
+    have_snapshot: bool,
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Performs one effect; what came of it, if the session waits for that.
+async fn perform(agent: &Agent, link: &mut Link, effect: Effect) -> Option<Input> {
+    match effect {
+        Effect::Connect { url } => {
+            link.url.clone_from(&url);
+            Some(match connect_with(&url, agent.cfg.tls.as_ref()).await {
+                Ok(c) => {
+                    link.client = Some(c);
+                    Input::Connected
+                }
+                Err(e) => Input::ConnectFailed(format!("{e:#}")),
+            })
+        }
+        Effect::Register => {
+            let client = link.client.as_mut()?;
+            Some(match register(agent, &link.url, client).await {
+                Ok(lease_ttl) => Input::Registered { lease_ttl },
+                Err(e) => Input::RegisterFailed(format!("{e:#}")),
+            })
+        }
+        Effect::Report => {
+            let client = link.client.as_mut()?;
+            report_endpoints(agent, &link.url, client).await;
+            None
+        }
+        Effect::Watch => {
+            let client = link.client.as_mut()?;
+            let req = pb::WatchRequest {
+                local_only: false,
+                backend_deltas: true,
+                snapshot_parts: true,
+            };
+            Some(match meshgate_discovery::client::watch(client, req).await {
+                Ok(s) => {
+                    link.stream = Some(s);
+                    link.nodes.clear();
+                    link.have_snapshot = false;
+                    Input::Watching
+                }
+                Err(s) => {
+                    Input::WatchFailed(format!("watch refused: {}", why(agent, &link.url, &s)))
+                }
+            })
+        }
+        Effect::Renew => {
+            let client = link.client.as_mut()?;
+            let req = pb::RenewRequest {
+                name: agent.cfg.node.clone(),
+                cluster: agent.cfg.cluster.clone(),
+            };
+            Some(
+                match tokio::time::timeout(CALL_TIMEOUT, client.renew(req)).await {
+                    Ok(Ok(_)) => Input::Renewed,
+                    Ok(Err(s)) if s.code() == tonic::Code::NotFound => {
+                        info!("discovery forgot this node; registering again");
+                        Input::RenewNotFound
+                    }
+                    Ok(Err(s)) => Input::RenewFailed(format!(
+                        "lease renewal failed: {}",
+                        why(agent, &link.url, &s)
+                    )),
+                    Err(_) => Input::RenewFailed("lease renewal timed out".into()),
+                },
+            )
+        }
+        Effect::EndSession {
+            url,
+            reason,
+            retry_in,
+            next,
+        } => {
+            link.client = None;
+            link.stream = None;
+            agent.mesh().discovery_connected = false;
             warn!(
                 discovery = %url,
-                error = %format!("{e:#}"),
-                next = %urls[failover.current()],
-                retry_in_ms = wait.as_millis() as u64,
+                error = %reason,
+                next = %next,
+                retry_in_ms = retry_in.as_millis() as u64,
                 "discovery unreachable; keeping the last known peers"
             );
+            None
         }
-        tokio::time::sleep(wait).await;
     }
 }
 
-/// Which discovery replica to try next and how long to wait first: the
-/// next one in order; at once (after [`BACKOFF_START`]) while some replica
-/// of this round is untried, with a backoff doubling to [`BACKOFF_MAX`]
-/// after every replica failed in a row. A session that got connected
-/// starts a new round.
-#[derive(Debug)]
-struct Failover {
-    replicas: usize,
-    current: usize,
-    failed_in_row: usize,
-    backoff: Duration,
+/// Waits for the watch stream's next message and applies it; returns only
+/// when the stream broke (or its state could not be applied). With no
+/// stream, never returns.
+async fn next_event(agent: &Agent, link: &mut Link) -> Input {
+    loop {
+        let Some(stream) = link.stream.as_mut() else {
+            return std::future::pending().await;
+        };
+        let event = match stream.message().await {
+            Ok(Some(event)) => event,
+            Ok(None) => return Input::StreamBroke("discovery closed the watch stream".into()),
+            Err(s) => {
+                return Input::StreamBroke(format!(
+                    "watch stream broke: {}",
+                    why(agent, &link.url, &s)
+                ))
+            }
+        };
+        if let Err(e) = apply(agent, link, event) {
+            return Input::StreamBroke(format!("{e:#}"));
+        }
+    }
 }
 
-impl Failover {
-    fn new(replicas: usize) -> Self {
-        Failover {
-            replicas: replicas.max(1),
-            current: 0,
-            failed_in_row: 0,
-            backoff: BACKOFF_START,
+/// Applies one watch event: the ipcache, the services, the nodes (then
+/// the peers and the datapath).
+fn apply(agent: &Agent, link: &mut Link, event: pb::WatchEvent) -> anyhow::Result<()> {
+    if let Some(e) = &event.event {
+        update_ipcache(agent, e);
+        update_services(agent, e)?;
+        if matches!(
+            e,
+            pb::watch_event::Event::Snapshot(_) | pb::watch_event::Event::MeshCidrs(_)
+        ) {
+            // Plain datapath: rare, and a few `ip` calls at most.
+            super::unreachable::sync(agent);
         }
     }
-
-    fn current(&self) -> usize {
-        self.current
+    let node_event = matches!(
+        event.event,
+        Some(pb::watch_event::Event::Snapshot(_))
+            | Some(pb::watch_event::Event::Upserted(_))
+            | Some(pb::watch_event::Event::Removed(_))
+    );
+    if !node_event {
+        super::datapath::kick(agent);
     }
-
-    /// The session with the current replica ended (`connected`: it had
-    /// registered and watched); moves on and returns the wait before the
-    /// next attempt.
-    fn ended(&mut self, connected: bool) -> Duration {
-        if connected {
-            self.backoff = BACKOFF_START;
-            self.failed_in_row = 0;
+    match event.event {
+        Some(pb::watch_event::Event::Snapshot(s)) => {
+            link.nodes = s
+                .nodes
+                .into_iter()
+                .map(|n| (format!("{}/{}", n.cluster, n.name), n))
+                .collect();
+            link.have_snapshot = true;
+            debug!(nodes = link.nodes.len(), revision = s.revision, "snapshot");
         }
-        self.failed_in_row += 1;
-        self.current = (self.current + 1) % self.replicas;
-        if !self.failed_in_row.is_multiple_of(self.replicas) {
-            return BACKOFF_START;
+        Some(pb::watch_event::Event::Upserted(u)) => {
+            if let Some(n) = u.node {
+                link.nodes.insert(format!("{}/{}", n.cluster, n.name), n);
+            }
         }
-        let wait = self.backoff;
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-        wait
+        Some(pb::watch_event::Event::Removed(r)) => {
+            link.nodes.remove(&format!("{}/{}", r.cluster, r.name));
+            info!(node = %r.name, cluster = %r.cluster, reason = r.reason, "node left");
+        }
+        // ipcache only: applied above, peers unchanged
+        Some(pb::watch_event::Event::EndpointUpserted(_))
+        | Some(pb::watch_event::Event::EndpointRemoved(_))
+        | Some(pb::watch_event::Event::IdentityAdded(_))
+        | Some(pb::watch_event::Event::ServiceUpdated(_))
+        | Some(pb::watch_event::Event::ServiceBackends(_))
+        | Some(pb::watch_event::Event::MeshCidrs(_))
+        | None => return Ok(()),
     }
+    if link.have_snapshot {
+        *agent.nodes() = Some(link.nodes.clone());
+        refresh(agent);
+        super::datapath::kick(agent);
+    }
+    Ok(())
 }
 
 async fn register(
@@ -151,7 +295,6 @@ async fn register(
     set_tunnel_ip(agent, ip)?;
     let ttl = Duration::from_millis(u64::from(resp.lease_ttl_ms.max(300)));
     info!(discovery = %url, tunnel_ip = %ip, lease_ms = ttl.as_millis() as u64, "registered with discovery");
-    report_endpoints(agent, url, client).await;
     Ok(ttl)
 }
 
@@ -222,103 +365,6 @@ fn update_services(agent: &Agent, event: &pb::watch_event::Event) -> anyhow::Res
     Ok(())
 }
 
-/// One session with the discovery at `url`; `connected` is set once it
-/// registered and watches.
-async fn session(agent: &Agent, url: &str, connected: &mut bool) -> anyhow::Result<()> {
-    let mut client = connect_with(url, agent.cfg.tls.as_ref()).await?;
-    let ttl = register(agent, url, &mut client).await?;
-    let req = pb::WatchRequest {
-        local_only: false,
-        backend_deltas: true,
-        snapshot_parts: true,
-    };
-    let mut stream = meshgate_discovery::client::watch(&mut client, req)
-        .await
-        .map_err(|s| anyhow!("watch refused: {}", why(agent, url, &s)))?;
-    agent.mesh().discovery_connected = true;
-    *connected = true;
-    let mut nodes: BTreeMap<String, pb::Node> = BTreeMap::new();
-    let mut have_snapshot = false;
-    let mut renew = tokio::time::interval(ttl / 3);
-    renew.tick().await;
-    loop {
-        tokio::select! {
-            msg = stream.message() => {
-                let event = msg
-                    .map_err(|s| anyhow!("watch stream broke: {}", why(agent, url, &s)))?
-                    .ok_or_else(|| anyhow!("discovery closed the watch stream"))?;
-                if let Some(e) = &event.event {
-                    update_ipcache(agent, e);
-                    update_services(agent, e)?;
-                    if matches!(
-                        e,
-                        pb::watch_event::Event::Snapshot(_) | pb::watch_event::Event::MeshCidrs(_)
-                    ) {
-                        // Plain datapath: rare, and a few `ip` calls at most.
-                        super::unreachable::sync(agent);
-                    }
-                }
-                let node_event = matches!(
-                    event.event,
-                    Some(pb::watch_event::Event::Snapshot(_))
-                        | Some(pb::watch_event::Event::Upserted(_))
-                        | Some(pb::watch_event::Event::Removed(_))
-                );
-                if !node_event {
-                    super::datapath::kick(agent);
-                }
-                match event.event {
-                    Some(pb::watch_event::Event::Snapshot(s)) => {
-                        nodes = s.nodes.into_iter().map(|n| (format!("{}/{}", n.cluster, n.name), n)).collect();
-                        have_snapshot = true;
-                        debug!(nodes = nodes.len(), revision = s.revision, "snapshot");
-                    }
-                    Some(pb::watch_event::Event::Upserted(u)) => {
-                        if let Some(n) = u.node {
-                            nodes.insert(format!("{}/{}", n.cluster, n.name), n);
-                        }
-                    }
-                    Some(pb::watch_event::Event::Removed(r)) => {
-                        nodes.remove(&format!("{}/{}", r.cluster, r.name));
-                        info!(node = %r.name, cluster = %r.cluster, reason = r.reason, "node left");
-                    }
-                    // ipcache only: applied above, peers unchanged
-                    Some(pb::watch_event::Event::EndpointUpserted(_))
-                    | Some(pb::watch_event::Event::EndpointRemoved(_))
-                    | Some(pb::watch_event::Event::IdentityAdded(_))
-                    | Some(pb::watch_event::Event::ServiceUpdated(_))
-                    | Some(pb::watch_event::Event::ServiceBackends(_))
-                    | Some(pb::watch_event::Event::MeshCidrs(_))
-                    | None => continue,
-                }
-                if have_snapshot {
-                    *agent.nodes() = Some(nodes.clone());
-                    refresh(agent);
-                    super::datapath::kick(agent);
-                }
-            }
-            _ = renew.tick() => {
-                let req = pb::RenewRequest { name: agent.cfg.node.clone(), cluster: agent.cfg.cluster.clone() };
-                match tokio::time::timeout(CALL_TIMEOUT, client.renew(req)).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(s)) if s.code() == tonic::Code::NotFound => {
-                        info!("discovery forgot this node; registering again");
-                        register(agent, url, &mut client).await?;
-                    }
-                    Ok(Err(s)) => return Err(anyhow!("lease renewal failed: {}", why(agent, url, &s))),
-                    Err(_) => return Err(anyhow!("lease renewal timed out")),
-                }
-            }
-            _ = agent.reregister.notified() => {
-                register(agent, url, &mut client).await?;
-            }
-            _ = agent.report.notified() => {
-                report_endpoints(agent, url, &mut client).await;
-            }
-        }
-    }
-}
-
 /// Tells discovery this node leaves, so peers drop it at once: the first
 /// replica that answers.
 pub async fn deregister(agent: &Agent) -> anyhow::Result<()> {
@@ -346,51 +392,4 @@ async fn deregister_at(agent: &Agent, url: &str) -> anyhow::Result<()> {
         .map_err(|s| anyhow!("deregistration refused: {}", why(agent, url, &s)))?;
     info!(discovery = %url, "deregistered from discovery");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ms(d: Duration) -> u128 {
-        d.as_millis()
-    }
-
-    #[test]
-    fn one_replica_backs_off_as_before() {
-        let mut f = Failover::new(1);
-        let waits: Vec<u128> = (0..7).map(|_| ms(f.ended(false))).collect();
-        assert_eq!(waits, [200, 400, 800, 1600, 3200, 5000, 5000]);
-        assert_eq!(f.current(), 0);
-        // A good session resets the backoff.
-        assert_eq!(ms(f.ended(true)), 200);
-    }
-
-    #[test]
-    fn the_next_replica_is_tried_at_once_and_a_failed_round_backs_off() {
-        let mut f = Failover::new(2);
-        assert_eq!(f.current(), 0);
-        // Replica 0 was in use and died: replica 1 at once.
-        assert_eq!(ms(f.ended(true)), 200);
-        assert_eq!(f.current(), 1);
-        // Replica 1 fails too: the round is over, back off, then replica 0.
-        assert_eq!(ms(f.ended(false)), 200);
-        assert_eq!(f.current(), 0);
-        assert_eq!(ms(f.ended(false)), 200);
-        assert_eq!(f.current(), 1);
-        assert_eq!(ms(f.ended(false)), 400);
-        assert_eq!(f.current(), 0);
-        assert_eq!(ms(f.ended(false)), 200);
-        assert_eq!(ms(f.ended(false)), 800);
-        // Connected at replica 1, then it dies: replica 0 at once, fresh backoff.
-        assert_eq!(f.current(), 0);
-        f.ended(false);
-        assert_eq!(f.current(), 1);
-        assert_eq!(ms(f.ended(true)), 200);
-        assert_eq!(f.current(), 0);
-        // Replica 0 is down as well: that round ends with the first backoff.
-        assert_eq!(ms(f.ended(false)), 200);
-        assert_eq!(ms(f.ended(false)), 200);
-        assert_eq!(ms(f.ended(false)), 400);
-    }
 }
