@@ -37,7 +37,7 @@ const PAIRS: &[(&str, &str)] = &[
 ];
 
 pub fn run() -> Result<()> {
-    let mut steps = Steps::new(12);
+    let mut steps = Steps::new(13);
     steps.step("deps", crate::deps::run)?;
     steps.step("build meshgate (release)", || {
         util::run(util::cargo().args(["build", "-p", "meshgate-gateway", "--release"]))
@@ -91,6 +91,7 @@ pub fn run() -> Result<()> {
     })?;
     steps.step("an allowed and a refused name", || fqdn_calls(&fqdn))?;
     drop(fqdn);
+    steps.step("Kubernetes manifests, rendered offline", || kubernetes(&bin))?;
     let containers_said = if containerd.is_ok() {
         "real containers joined the mesh through meshgate-cni, "
     } else {
@@ -99,8 +100,49 @@ pub fn run() -> Result<()> {
     eprintln!(
         "\ndemo done: pods reach each other across nodes, n1's underlay carried no clear pod \
          packet, {containers_said}selected pods reach the internet from their gateways' egress \
-         IPs, and pods reach by name only what their DNS policy allows"
+         IPs, pods reach by name only what their DNS policy allows, and the Kubernetes \
+         manifests render with least-privilege RBAC"
     );
+    Ok(())
+}
+
+/// What `kubectl apply -k` would create, per overlay, and what the
+/// agents and discovery may read from the API (nothing is applied: no API
+/// server runs here).
+fn kubernetes(bin: &Path) -> Result<()> {
+    for overlay in ["embedded", "etcd"] {
+        let dir = util::repo_root().join("deploy/kubernetes/overlays").join(overlay);
+        let text = output(Command::new("kubectl").arg("kustomize").arg(&dir))?;
+        let mut kinds: std::collections::BTreeMap<&str, usize> = Default::default();
+        for line in text.lines().filter_map(|l| l.strip_prefix("kind: ")) {
+            *kinds.entry(line.trim()).or_default() += 1;
+        }
+        let list: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        println!("  overlays/{overlay:<9} {}", list.join(", "));
+    }
+    let rbac = output(Command::new(bin).arg("rbac"))?;
+    println!("  ClusterRoles (list and watch only, generated from the watchers):");
+    for doc in rbac.split("\n---\n").skip(1) {
+        let role: serde_yaml::Value = serde_yaml::from_str(doc)
+            .context("meshgate rbac printed something that is not YAML")?;
+        let Some(name) = role["metadata"]["name"].as_str() else {
+            continue;
+        };
+        let resources: Vec<&str> = role["rules"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r["resources"].as_sequence().into_iter().flatten())
+            .filter_map(serde_yaml::Value::as_str)
+            .collect();
+        println!("    {name:<20} {}", resources.join(" "));
+    }
+    let crds = output(Command::new(bin).arg("crds"))?;
+    let names: Vec<&str> = crds
+        .lines()
+        .filter_map(|l| l.strip_prefix("    kind: "))
+        .collect();
+    println!("  CRDs from the Rust types (meshgate crds): {}", names.join(", "));
     Ok(())
 }
 
