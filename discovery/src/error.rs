@@ -40,21 +40,13 @@ pub enum Error {
     },
     #[error(transparent)]
     TlsFiles(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Client(#[from] meshgate_model::client::ClientError),
     #[error("{explanation} ({reason})")]
     Tls { explanation: String, reason: String },
 }
 
 /// `err` and its sources, joined with ": " (transport errors hide the cause otherwise).
 pub(crate) fn chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        let text = e.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = e.source();
-    }
-    out
+    meshgate_model::client::chain(err)
 }

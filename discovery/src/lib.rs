@@ -1,4 +1,4 @@
-//! meshgate discovery: the gRPC Discovery API, the node and endpoint registry
+//! meshgate discovery: the server of the gRPC Discovery API, the node and endpoint registry
 //! (a pure state machine), tunnel IP and security identity allocation, the
 //! embedded on-disk store, the server and a small client helper.
 //!
@@ -13,25 +13,17 @@
 //! [`cidrs`] (every cluster's pod CIDRs, checked and announced).
 
 pub mod alloc;
-pub mod certs;
-pub mod cidrs;
-pub mod client;
-pub mod endpoint;
 mod error;
 pub mod federation;
-pub mod identity;
-pub mod model;
-pub mod policy;
 pub mod registry;
 pub mod server;
-pub mod service;
 pub mod store;
-pub mod tls;
+#[cfg(test)]
+mod test_support;
+
+// The shared model, its API and client live in `meshgate-model`; they are
+// re-exported so paths inside this crate read as before.
+pub use meshgate_model::{certs, tls};
+pub use meshgate_model::{cidrs, client, endpoint, identity, model, pb, policy, service};
 
 pub use error::Error;
-
-/// Generated protobuf/gRPC types for `meshgate.discovery.v1`.
-pub mod pb {
-    #![allow(clippy::all, clippy::pedantic, clippy::unwrap_used)]
-    tonic::include_proto!("meshgate.discovery.v1");
-}

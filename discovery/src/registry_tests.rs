@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 use super::*;
 use crate::alloc::tunnel_ip;
-use crate::model::tests::{key, pb_node};
+use crate::test_support::{key, pb_node};
 
 const TTL: u64 = 1000;
 

@@ -249,9 +249,9 @@ impl Store for EmbeddedStore {
 pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::model::tests::pb_node;
     use crate::model::Node;
     use crate::registry::{Registry, RegistryConfig};
+    use crate::test_support::pb_node;
 
     /// Drives a registry through `steps` random changes (seeded):
     /// registrations, some narrowing a node's pod CIDR, endpoint reports,

@@ -10,7 +10,7 @@
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net};
-use meshgate_discovery::policy::{
+use meshgate_model::policy::{
     cilium_key, parse_label_selector, FqdnMatch, OtherDocument, Selector, NAMESPACE_LABELS_PREFIX,
     NAMESPACE_NAME_LABEL,
 };

@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-use meshgate_discovery::policy::{NAMESPACE_LABEL, NAMESPACE_NAME_LABEL};
+use meshgate_model::policy::{NAMESPACE_LABEL, NAMESPACE_NAME_LABEL};
 
 use crate::fqdn::NameMatch;
 use crate::{

@@ -6,8 +6,8 @@
 //!
 //! The L3/L4 half of the same rules (the DNS server's port 53 entries, the
 //! egress default deny a `toFQDNs` rule brings) is compiled into the policy
-//! maps by `meshgate_discovery::policy::compile`; the rules are read there
-//! too ([`Peers::Fqdns`], [`Rule::dns`](meshgate_discovery::policy::Rule)).
+//! maps by `meshgate_model::policy::compile`; the rules are read there
+//! too ([`Peers::Fqdns`], [`Rule::dns`](meshgate_model::policy::Rule)).
 //!
 //! Semantics, as Cilium: the DNS rules of every egress rule that applies to
 //! an identity are one allow list (a query matching any is allowed; no DNS
@@ -17,8 +17,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use meshgate_discovery::identity::{cluster_of, Labels};
-use meshgate_discovery::policy::{is_subject, Direction, Peers, Policy, PortProto, Scope, Verdict};
+use meshgate_model::identity::{cluster_of, Labels};
+use meshgate_model::policy::{is_subject, Direction, Peers, Policy, PortProto, Scope, Verdict};
 
 use crate::dnsproxy::state::{FqdnReach, IdentityDns};
 use crate::fqdn::NameMatch;

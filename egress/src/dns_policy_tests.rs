@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use meshgate_discovery::identity::{endpoint_labels, identity, Labels};
-use meshgate_discovery::policy::{parse_policies, Policy, Scope, PROTO_TCP, PROTO_UDP};
+use meshgate_model::identity::{endpoint_labels, identity, Labels};
+use meshgate_model::policy::{parse_policies, Policy, Scope, PROTO_TCP, PROTO_UDP};
 
 use crate::dns_policy::identity_dns;
 use crate::dnsproxy::state::{FqdnReach, IdentityDns};

@@ -1,13 +1,13 @@
 //! What can go wrong reading policy files.
 
-use meshgate_discovery::policy::PolicyError;
+use meshgate_model::policy::PolicyError;
 
 /// A policy file that cannot be read. Each names the source, the document,
 /// the policy and the field, and says what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
     /// An identity policy (or the document splitting) failed, as
-    /// `meshgate_discovery::policy` says.
+    /// `meshgate_model::policy` says.
     #[error(transparent)]
     Identity(#[from] PolicyError),
     #[error("cannot read policy file {path}: {message}")]

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use meshgate_discovery::policy::{
+use meshgate_model::policy::{
     parse_policies_report, OtherDocument, ParseOptions, Policy, PolicyWarning, EGRESS_GATEWAY_KIND,
 };
 
@@ -21,7 +21,7 @@ pub struct PolicyFile {
 /// Reads the policies of one or more YAML documents (`---` separated, or a
 /// `kind: List`), identity and egress gateway kinds mixed; `source_name`
 /// (a file name) prefixes errors. Documents are split and identity
-/// policies read by `meshgate_discovery::policy`; two egress gateway
+/// policies read by `meshgate_model::policy`; two egress gateway
 /// policies of one name are an error. Default [`ParseOptions`], the first
 /// error only ([`parse_policy_text_report`] gives them all, and warnings).
 pub fn parse_policy_text(text: &str, source_name: &str) -> Result<PolicyFile, ParseError> {

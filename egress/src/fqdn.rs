@@ -16,10 +16,10 @@
 //!   expressions over those characters.
 //!
 //! Which names and patterns are valid (and their normal form) is decided
-//! once, where policies are read: [`meshgate_discovery::policy::FqdnMatch`],
+//! once, where policies are read: [`meshgate_model::policy::FqdnMatch`],
 //! which [`NameMatch::name`] / [`NameMatch::pattern`] use too.
 
-use meshgate_discovery::policy::{FqdnError, FqdnMatch};
+use meshgate_model::policy::{FqdnError, FqdnMatch};
 use serde::{Deserialize, Serialize};
 
 /// One `matchName` or `matchPattern`, normalised: lower case, no trailing

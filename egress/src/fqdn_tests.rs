@@ -1,7 +1,7 @@
 //! Name matching, table-driven: Cilium's documented examples and the
 //! corners of its matchpattern semantics.
 
-use meshgate_discovery::policy::FqdnMatch;
+use meshgate_model::policy::FqdnMatch;
 
 use crate::fqdn::NameMatch;
 

@@ -39,10 +39,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use meshgate_discovery::identity::Labels;
-use meshgate_discovery::policy::{CLUSTER_LABEL, NAMESPACE_LABEL};
+use meshgate_model::identity::Labels;
+use meshgate_model::policy::{CLUSTER_LABEL, NAMESPACE_LABEL};
 
-pub use meshgate_discovery::model::{EgressGatewayStatus, EgressPolicyStatus, NodeAddress};
+pub use meshgate_model::model::{EgressGatewayStatus, EgressPolicyStatus, NodeAddress};
 
 use crate::{EgressIpSource, EgressPolicy, GatewaySpec};
 

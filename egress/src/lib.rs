@@ -7,7 +7,7 @@
 //!   not supported is refused with the field's path ([`ParseError`]).
 //! - [`parse_policy_text`] / [`parse_policy_file`]: one reader for policy
 //!   files mixing identity policies (`NetworkPolicy`,
-//!   `CiliumNetworkPolicy`, read by `meshgate_discovery::policy`) and
+//!   `CiliumNetworkPolicy`, read by `meshgate_model::policy`) and
 //!   egress gateway policies ([`PolicyFile`]).
 //! - [`gateways`]: the planner — policies, endpoints, nodes and gateway
 //!   health in; this node's routes, SNAT addresses and status out

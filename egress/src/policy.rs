@@ -3,8 +3,8 @@
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use meshgate_discovery::identity::Labels;
-use meshgate_discovery::policy::Selector;
+use meshgate_model::identity::Labels;
+use meshgate_model::policy::Selector;
 
 use crate::fqdn::NameMatch;
 
@@ -48,11 +48,11 @@ pub struct Destinations {
 pub struct EndpointSelector {
     /// `podSelector`, matched against the endpoint's identity labels (which
     /// hold its namespace and cluster, see
-    /// [`meshgate_discovery::policy::NAMESPACE_LABEL`] and
-    /// [`meshgate_discovery::policy::CLUSTER_LABEL`]). Absent: every pod.
+    /// [`meshgate_model::policy::NAMESPACE_LABEL`] and
+    /// [`meshgate_model::policy::CLUSTER_LABEL`]). Absent: every pod.
     pub pods: Selector,
     /// `namespaceSelector`: requirements on
-    /// [`meshgate_discovery::policy::NAMESPACE_NAME_LABEL`] only, matched
+    /// [`meshgate_model::policy::NAMESPACE_NAME_LABEL`] only, matched
     /// against the endpoint's namespace name.
     pub namespaces: Option<Selector>,
     /// `nodeSelector`: matched against the labels of the endpoint's node.
@@ -68,7 +68,7 @@ impl EndpointSelector {
         }
         if let Some(ns) = &self.namespaces {
             let ns_labels = Labels::from([(
-                meshgate_discovery::policy::NAMESPACE_NAME_LABEL.to_string(),
+                meshgate_model::policy::NAMESPACE_NAME_LABEL.to_string(),
                 namespace.to_string(),
             )]);
             if !ns.matches(&ns_labels) {
@@ -87,7 +87,7 @@ impl EndpointSelector {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GatewaySpec {
     /// `nodeSelector`, matched against node labels. Without a requirement on
-    /// [`meshgate_discovery::policy::CLUSTER_LABEL`] it picks nodes of the
+    /// [`meshgate_model::policy::CLUSTER_LABEL`] it picks nodes of the
     /// endpoint's own cluster only; with one, nodes of any cluster that
     /// match (a node's labels count its cluster under that key).
     pub nodes: Selector,

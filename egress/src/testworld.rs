@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use meshgate_discovery::identity::{endpoint_labels, Labels};
+use meshgate_model::identity::{endpoint_labels, Labels};
 
 use crate::{
     parse_policy_text, plan, EgressPlan, EgressPolicy, EndpointView, NodeAddress, NodeView, Route,

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use meshgate_discovery::pb;
+use meshgate_model::pb;
 use meshgate_tunnel::{backend, NodeKey};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
@@ -93,7 +93,7 @@ pub struct Agent {
     /// The pods' host-side interfaces (their addresses are not the node's).
     pub pod_interfaces: Mutex<std::collections::BTreeSet<String>>,
     /// This node's interface addresses as last published.
-    pub addresses: Mutex<Vec<meshgate_discovery::model::NodeAddress>>,
+    pub addresses: Mutex<Vec<meshgate_model::model::NodeAddress>>,
     /// Every address of this node but loopback's (the `host` entity).
     pub host_addresses: Mutex<std::collections::BTreeSet<std::net::Ipv4Addr>>,
     /// This node is a candidate gateway of some egress gateway policy: it
@@ -125,9 +125,7 @@ impl Agent {
         self.liveness.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn addresses(
-        &self,
-    ) -> std::sync::MutexGuard<'_, Vec<meshgate_discovery::model::NodeAddress>> {
+    pub fn addresses(&self) -> std::sync::MutexGuard<'_, Vec<meshgate_model::model::NodeAddress>> {
         self.addresses.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -264,7 +262,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     // A restart's handover: an old agent still forwarding (see handoff.rs).
     let mut standby = handoff::incoming(&cfg.state_dir);
     let (backend, fallback) = match (&cfg.encryption, &cfg.ipsec_secret) {
-        (meshgate_discovery::model::Encryption::Ipsec, Some(secret)) => {
+        (meshgate_model::model::Encryption::Ipsec, Some(secret)) => {
             let ipsec = meshgate_tunnel::ipsec::IpsecConfig {
                 me: cfg.mesh_name(),
                 underlay_ip: cfg.underlay_ip,
@@ -599,7 +597,7 @@ pub fn print_status(state_dir: &Path) -> anyhow::Result<ExitCode> {
             state_dir.display()
         )
     })?;
-    let status: meshgate_discovery::model::AgentStatus =
+    let status: meshgate_model::model::AgentStatus =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let mut out = format!(
         "node {}/{}  backend {}  tunnel {}  key {}  discovery {}  ipcache {} entries\n",

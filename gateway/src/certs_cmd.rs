@@ -1,5 +1,5 @@
 //! `meshgate certs`: makes the mesh CA and the certificates of discoveries
-//! and agents (`meshgate_discovery::certs`), for mutual TLS between them.
+//! and agents (`meshgate_model::certs`), for mutual TLS between them.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use meshgate_discovery::certs::files::{write_certs, CertRequest};
+use meshgate_model::certs::files::{write_certs, CertRequest};
 
 #[derive(Debug, Args)]
 pub struct CertsArgs {

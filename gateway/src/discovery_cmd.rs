@@ -43,7 +43,7 @@ pub struct DiscoveryArgs {
     /// How the mesh encrypts: wireguard (the default) or ipsec. Nodes that
     /// register with another are refused: a mesh mixes no encryption.
     #[arg(long, default_value = "wireguard")]
-    pub encryption: meshgate_discovery::model::Encryption,
+    pub encryption: meshgate_model::model::Encryption,
     /// Seconds after which a node that stopped renewing its lease is removed.
     #[arg(long, default_value_t = 10.0)]
     pub lease_ttl: f64,
@@ -80,8 +80,8 @@ pub struct DiscoveryArgs {
     pub client_ca: Option<PathBuf>,
 }
 
-fn parse_pod_cidr(value: &str) -> Result<ipnet::IpNet, meshgate_discovery::cidrs::CidrError> {
-    meshgate_discovery::cidrs::parse_pod_cidr(value)
+fn parse_pod_cidr(value: &str) -> Result<ipnet::IpNet, meshgate_model::cidrs::CidrError> {
+    meshgate_model::cidrs::parse_pod_cidr(value)
 }
 
 pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
@@ -97,7 +97,7 @@ pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
             args.remote_timeout
         );
     }
-    meshgate_discovery::cidrs::validate(&args.pod_cidrs)
+    meshgate_model::cidrs::validate(&args.pod_cidrs)
         .map_err(|e| anyhow::anyhow!("--pod-cidr: {e}"))?;
     if args.store == meshgate_discovery::store::StoreChoice::Embedded {
         std::fs::create_dir_all(&args.state_dir)
@@ -105,7 +105,7 @@ pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
     }
     let tls = match (&args.tls_cert, &args.tls_key, &args.client_ca) {
         (Some(cert), Some(key), Some(ca)) => Some(
-            meshgate_discovery::tls::ServerTls::from_files(cert, key, ca)
+            meshgate_model::tls::ServerTls::from_files(cert, key, ca)
                 .context("loading discovery's TLS files")?,
         ),
         _ => None,

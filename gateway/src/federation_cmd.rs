@@ -4,7 +4,7 @@
 
 use anyhow::{anyhow, Context};
 use clap::Args;
-use meshgate_discovery::pb;
+use meshgate_model::pb;
 
 #[derive(Debug, Args)]
 pub struct FederationArgs {
@@ -32,7 +32,7 @@ pub fn run(args: FederationArgs) -> anyhow::Result<()> {
                     .map_err(|s| {
                         anyhow!(
                             "federation status refused: {}",
-                            meshgate_discovery::client::explain_status(&s, &url, tls)
+                            meshgate_model::client::explain_status(&s, &url, tls)
                         )
                     })
             }

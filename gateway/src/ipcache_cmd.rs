@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use meshgate_discovery::identity::{canonical_key, reserved_name, CLUSTER_LABEL, NAMESPACE_LABEL};
+use meshgate_model::identity::{canonical_key, reserved_name, CLUSTER_LABEL, NAMESPACE_LABEL};
 
 use crate::agent::ipcache::{self, IpCache};
 

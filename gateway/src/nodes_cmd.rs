@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
-use meshgate_discovery::client::DiscoveryClient;
-use meshgate_discovery::pb;
-use meshgate_discovery::tls::ClientTls;
+use meshgate_model::client::DiscoveryClient;
+use meshgate_model::pb;
+use meshgate_model::tls::ClientTls;
 use tonic::transport::Channel;
 
 /// Asks the replicas of `--discovery` in turn (`ask` gets a client and the
@@ -28,7 +28,7 @@ where
     let mut failures = Vec::new();
     for url in &urls {
         let answer = async {
-            let client = meshgate_discovery::client::connect_with(url, tls).await?;
+            let client = meshgate_model::client::connect_with(url, tls).await?;
             tokio::time::timeout(CALL_TIMEOUT, ask(client, url.clone()))
                 .await
                 .with_context(|| format!("no answer within {} s", CALL_TIMEOUT.as_secs()))?
@@ -71,7 +71,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl DiscoveryClientArgs {
     /// The TLS settings these flags ask for (None for http://).
-    pub fn tls(&self) -> anyhow::Result<Option<meshgate_discovery::tls::ClientTls>> {
+    pub fn tls(&self) -> anyhow::Result<Option<meshgate_model::tls::ClientTls>> {
         if self.tls_ca.is_some() && self.tls_server_name.is_none() {
             bail!("--tls-ca needs --tls-server-name (discovery.<cluster>.meshgate): this command does not know the cluster");
         }
@@ -106,10 +106,9 @@ pub fn run(args: NodesArgs) -> anyhow::Result<()> {
         |mut client, url| {
             let tls = tls.as_ref();
             async move {
-                let why =
-                    |s: &tonic::Status| meshgate_discovery::client::explain_status(s, &url, tls);
+                let why = |s: &tonic::Status| meshgate_model::client::explain_status(s, &url, tls);
                 let req = pb::WatchRequest::default();
-                let mut stream = meshgate_discovery::client::watch(&mut client, req)
+                let mut stream = meshgate_model::client::watch(&mut client, req)
                     .await
                     .map_err(|s| anyhow!("watch refused: {}", why(&s)))?;
                 let first = stream

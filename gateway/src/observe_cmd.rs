@@ -135,7 +135,7 @@ fn explain(src: &Source, err: &std::io::Error, world: Option<&str>) -> anyhow::E
     };
     match std::fs::read_to_string(&status)
         .ok()
-        .and_then(|t| serde_json::from_str::<meshgate_discovery::model::AgentStatus>(&t).ok())
+        .and_then(|t| serde_json::from_str::<meshgate_model::model::AgentStatus>(&t).ok())
     {
         None => anyhow::anyhow!(
             "no agent runs with state dir {} (no {}): {start_fix}",

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Subcommand, ValueEnum};
-use meshgate_discovery::policy::{summary, L7Mode, ParseOptions, PolicyRef};
+use meshgate_model::policy::{summary, L7Mode, ParseOptions, PolicyRef};
 
 /// `--l7`: what to do with HTTP / Kafka rules.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Deserialize)]

@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, Context};
 use clap::Args;
-use meshgate_discovery::pb;
+use meshgate_model::pb;
 
 use crate::nodes_cmd::DiscoveryClientArgs;
 
@@ -69,7 +69,7 @@ pub fn run(args: ServicesArgs) -> anyhow::Result<()> {
                     .map_err(|s| {
                         anyhow!(
                             "listing services failed: {}",
-                            meshgate_discovery::client::explain_status(&s, &url, tls)
+                            meshgate_model::client::explain_status(&s, &url, tls)
                         )
                     })
             }

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use meshgate_discovery::service::{validate_all, Service};
+use meshgate_model::service::{validate_all, Service};
 
 /// Parses and checks the file's text; `what` names the file in errors.
 pub fn parse(text: &str, what: &str) -> anyhow::Result<Vec<Service>> {

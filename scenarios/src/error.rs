@@ -13,7 +13,7 @@ pub enum LabError {
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error("making the world's certificates: {0}")]
-    Certs(#[from] meshgate_discovery::certs::CertError),
+    Certs(#[from] meshgate_model::certs::CertError),
     #[error("the lab needs root (network namespaces, veth, TUN): run it as root")]
     NotRoot,
     #[error("{missing}: {fix}")]

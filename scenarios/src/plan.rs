@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use meshgate_discovery::certs::files::CertLayout;
-use meshgate_discovery::endpoint::{EndpointSpec, DEFAULT_NAMESPACE};
+use meshgate_model::certs::files::CertLayout;
+use meshgate_model::endpoint::{EndpointSpec, DEFAULT_NAMESPACE};
 use serde::{Deserialize, Serialize};
 
 use crate::scenario::{
@@ -154,7 +154,7 @@ pub struct ClusterPlan {
     /// The cluster's services, written to [`ClusterPlan::services_file`]
     /// and passed to its discovery as `--services`.
     #[serde(default)]
-    pub services: Vec<meshgate_discovery::service::Service>,
+    pub services: Vec<meshgate_model::service::Service>,
     /// Isolated: only its cluster-gateway nodes reach other clusters.
     #[serde(default)]
     pub underlay: Underlay,

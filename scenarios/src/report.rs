@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use meshgate_discovery::service::GlobalService;
+use meshgate_model::service::GlobalService;
 
 use crate::error::Result;
 use crate::plan::ClusterPlan;
@@ -298,7 +298,7 @@ fn cluster_text(rec: &WorldRecord, c: &ClusterPlan, out: &mut Vec<String>) {
 }
 
 /// One line on a node's eBPF datapath: map size, attachments, drops per reason.
-pub(crate) fn datapath_line(d: &meshgate_discovery::model::DatapathStatus) -> String {
+pub(crate) fn datapath_line(d: &meshgate_model::model::DatapathStatus) -> String {
     let drops = if d.drops.is_empty() {
         "none".to_string()
     } else {
@@ -412,7 +412,7 @@ mod tests {
 
     #[test]
     fn service_lines_count_backends_per_cluster() {
-        use meshgate_discovery::service::{Affinity, Backend};
+        use meshgate_model::service::{Affinity, Backend};
         let b = |cluster: &str, ip: &str| Backend {
             cluster: cluster.into(),
             ip: ip.parse().expect("ip"),
@@ -449,7 +449,7 @@ mod tests {
 
     #[test]
     fn datapath_line_names_drop_reasons() {
-        let mut d = meshgate_discovery::model::DatapathStatus {
+        let mut d = meshgate_model::model::DatapathStatus {
             ipcache_entries: 4,
             attachments: vec!["from_pod@pod0".into()],
             ..Default::default()
@@ -463,7 +463,7 @@ mod tests {
             datapath_line(&d),
             "datapath ebpf: ipcache 4 entries, 1 attachments (tc), drops: none"
         );
-        d.policy = Some(meshgate_discovery::model::PolicyStatus {
+        d.policy = Some(meshgate_model::model::PolicyStatus {
             entries: 12,
             selected: 3,
             applied: true,

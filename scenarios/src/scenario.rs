@@ -74,7 +74,7 @@ pub struct Scenario {
     pub dns: Option<dns::DnsSpec>,
 }
 
-pub use meshgate_discovery::model::Encryption;
+pub use meshgate_model::model::Encryption;
 
 fn is_wireguard(e: &Encryption) -> bool {
     *e == Encryption::Wireguard
@@ -166,7 +166,7 @@ pub struct Cluster {
     /// This cluster's services (the shape of discovery's `--services` file);
     /// global ones are merged across clusters.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub services: Vec<meshgate_discovery::service::Service>,
+    pub services: Vec<meshgate_model::service::Service>,
     /// How the cluster's discovery runs: one replica on the embedded store
     /// when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -91,7 +91,9 @@ pub fn run() -> Result<()> {
     })?;
     steps.step("an allowed and a refused name", || fqdn_calls(&fqdn))?;
     drop(fqdn);
-    steps.step("Kubernetes manifests, rendered offline", || kubernetes(&bin))?;
+    steps.step("Kubernetes manifests, rendered offline", || {
+        kubernetes(&bin)
+    })?;
     let containers_said = if containerd.is_ok() {
         "real containers joined the mesh through meshgate-cni, "
     } else {
@@ -111,7 +113,9 @@ pub fn run() -> Result<()> {
 /// server runs here).
 fn kubernetes(bin: &Path) -> Result<()> {
     for overlay in ["embedded", "etcd"] {
-        let dir = util::repo_root().join("deploy/kubernetes/overlays").join(overlay);
+        let dir = util::repo_root()
+            .join("deploy/kubernetes/overlays")
+            .join(overlay);
         let text = output(Command::new("kubectl").arg("kustomize").arg(&dir))?;
         let mut kinds: std::collections::BTreeMap<&str, usize> = Default::default();
         for line in text.lines().filter_map(|l| l.strip_prefix("kind: ")) {
@@ -142,7 +146,10 @@ fn kubernetes(bin: &Path) -> Result<()> {
         .lines()
         .filter_map(|l| l.strip_prefix("    kind: "))
         .collect();
-    println!("  CRDs from the Rust types (meshgate crds): {}", names.join(", "));
+    println!(
+        "  CRDs from the Rust types (meshgate crds): {}",
+        names.join(", ")
+    );
     Ok(())
 }
 

@@ -2,9 +2,9 @@
 
 use super::*;
 use crate::alloc::tunnel_ip;
-use crate::model::tests::key;
 use crate::model::{Node, RemoveReason};
 use crate::pb;
+use crate::test_support::key;
 
 fn pnode(cluster: &str, id: u8, name: &str, cidr: &str, k: u32) -> pb::Node {
     pb::Node {

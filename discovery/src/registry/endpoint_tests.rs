@@ -4,8 +4,8 @@ use std::net::IpAddr;
 
 use super::*;
 use crate::identity::identity;
-use crate::model::tests::{key, pb_node};
 use crate::pb;
+use crate::test_support::{key, pb_node};
 
 const TTL: u64 = 1000;
 

@@ -1,9 +1,9 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use crate::model::tests::pb_node;
 use crate::model::Node;
 use crate::store::tests::sample;
+use crate::test_support::pb_node;
 
 #[test]
 fn records_round_trip_and_a_change_writes_only_what_changed() {

@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used)]
 use super::*;
-use crate::model::tests::pb_node;
 use crate::model::Node;
 use crate::registry::{Registry, RegistryConfig};
+use crate::test_support::pb_node;
 
 fn registry() -> Registry {
     Registry::new(RegistryConfig {

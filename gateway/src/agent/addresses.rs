@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use meshgate_discovery::model::NodeAddress;
-use meshgate_discovery::pb;
+use meshgate_model::model::NodeAddress;
+use meshgate_model::pb;
 use meshgate_tunnel::netlink::{Netlink, MAIN_TABLE};
 use tracing::{debug, info};
 

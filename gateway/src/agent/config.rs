@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use ipnet::Ipv4Net;
-use meshgate_discovery::tls::ClientTls;
+use meshgate_model::tls::ClientTls;
 use meshgate_tunnel::BackendChoice;
 use serde::Deserialize;
 
@@ -182,7 +182,7 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     pub listen_port: u16,
     pub backend: BackendChoice,
-    pub encryption: meshgate_discovery::model::Encryption,
+    pub encryption: meshgate_model::model::Encryption,
     /// The mesh secret file (with `Encryption::Ipsec` only).
     pub ipsec_secret: Option<PathBuf>,
     pub rotate_interval: Option<Duration>,
@@ -206,7 +206,7 @@ pub struct AgentConfig {
     /// `--pod-labels` file.
     pub pod_labels: Option<PathBuf>,
     /// How they are read (`--strict-policy`, `--l7`).
-    pub policy_options: meshgate_discovery::policy::ParseOptions,
+    pub policy_options: meshgate_model::policy::ParseOptions,
     /// `--node-label`s.
     pub labels: std::collections::BTreeMap<String, String>,
     /// `--kube-apiserver` addresses.
@@ -301,21 +301,21 @@ impl AgentArgs {
             .unwrap_or_else(|| "auto".into())
             .parse()
             .map_err(anyhow::Error::msg)?;
-        let encryption: meshgate_discovery::model::Encryption = pick!(encryption)
+        let encryption: meshgate_model::model::Encryption = pick!(encryption)
             .unwrap_or_default()
             .parse()
             .map_err(|e: String| anyhow::anyhow!("--encryption: {e}"))?;
         let ipsec_secret = pick!(ipsec_secret);
         match (encryption, &ipsec_secret) {
-            (meshgate_discovery::model::Encryption::Ipsec, None) => bail!(
+            (meshgate_model::model::Encryption::Ipsec, None) => bail!(
                 "--encryption ipsec needs --ipsec-secret FILE, the mesh secret every node holds \
                  (make one with `echo \"1 aes-gcm-128 $(head -c 32 /dev/urandom | base64)\" > FILE`)"
             ),
-            (meshgate_discovery::model::Encryption::Wireguard, Some(_)) => bail!(
+            (meshgate_model::model::Encryption::Wireguard, Some(_)) => bail!(
                 "--ipsec-secret is only for --encryption ipsec (add --encryption ipsec, or leave \
                  the secret out)"
             ),
-            (meshgate_discovery::model::Encryption::Ipsec, Some(_)) if given_backend => bail!(
+            (meshgate_model::model::Encryption::Ipsec, Some(_)) if given_backend => bail!(
                 "--backend chooses the WireGuard implementation; with --encryption ipsec leave \
                  it out"
             ),
@@ -412,7 +412,7 @@ impl AgentArgs {
                  --policy (add the policy files, or leave them out)"
             );
         }
-        let policy_options = meshgate_discovery::policy::ParseOptions {
+        let policy_options = meshgate_model::policy::ParseOptions {
             strict: strict_policy,
             l7: l7.unwrap_or_default().into(),
         };
@@ -473,8 +473,8 @@ impl AgentArgs {
             backend,
             rotate_interval,
             interface: pick!(interface).unwrap_or_else(|| match encryption {
-                meshgate_discovery::model::Encryption::Wireguard => "mg-wg0".into(),
-                meshgate_discovery::model::Encryption::Ipsec => "mg-ipsec0".into(),
+                meshgate_model::model::Encryption::Wireguard => "mg-wg0".into(),
+                meshgate_model::model::Encryption::Ipsec => "mg-ipsec0".into(),
             }),
             encryption,
             ipsec_secret,
@@ -670,7 +670,7 @@ mod tests {
 
     #[test]
     fn strict_policy_and_l7_say_how_the_policy_files_are_read() {
-        use meshgate_discovery::policy::{L7Mode, ParseOptions};
+        use meshgate_model::policy::{L7Mode, ParseOptions};
         let cfg = full().resolve().unwrap();
         assert_eq!(cfg.policy_options, ParseOptions::default());
         let mut a = full();
@@ -727,7 +727,7 @@ mod tests {
         a.ipsec_secret = Some("s".into());
         let cfg = a.resolve().unwrap();
         assert_eq!(cfg.interface, "mg-ipsec0");
-        assert_eq!(cfg.encryption, meshgate_discovery::model::Encryption::Ipsec);
+        assert_eq!(cfg.encryption, meshgate_model::model::Encryption::Ipsec);
     }
 
     #[test]

@@ -33,8 +33,8 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Context};
 use ipnet::Ipv4Net;
-use meshgate_discovery::model::DatapathStatus;
 use meshgate_ebpf::{Attachment, Datapath, Hook, IpcacheEntry};
+use meshgate_model::model::DatapathStatus;
 use meshgate_tunnel::netlink::{LinkChange, LinkKind, Netlink, Rule};
 use tracing::{debug, info, warn};
 
@@ -683,7 +683,7 @@ pub fn egress_active(agent: &Agent) -> bool {
 /// `status.json`'s egress section, when egress policies are loaded. Takes
 /// the node records, then the datapath: never call it holding the mesh lock
 /// (`mesh::refresh` takes that while holding the node records).
-pub fn egress_status(agent: &Agent) -> Option<meshgate_discovery::model::EgressStatus> {
+pub fn egress_status(agent: &Agent) -> Option<meshgate_model::model::EgressStatus> {
     let ebpf = agent.datapath.get()?;
     let tunnel_of: BTreeMap<String, Ipv4Addr> = agent
         .nodes()

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use ipnet::Ipv4Net;
-use meshgate_discovery::endpoint::EndpointSpec;
-use meshgate_discovery::pb;
+use meshgate_model::endpoint::EndpointSpec;
+use meshgate_model::pb;
 use tracing::{info, warn};
 
 use super::Agent;

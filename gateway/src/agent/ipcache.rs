@@ -8,10 +8,10 @@ use std::path::Path;
 
 use anyhow::Context;
 use ipnet::Ipv4Net;
-use meshgate_discovery::endpoint::{Endpoint, Identity};
-use meshgate_discovery::identity::Labels;
-use meshgate_discovery::pb;
-use meshgate_discovery::pb::watch_event::Event;
+use meshgate_model::endpoint::{Endpoint, Identity};
+use meshgate_model::identity::Labels;
+use meshgate_model::pb;
+use meshgate_model::pb::watch_event::Event;
 use serde::{Deserialize, Serialize};
 
 pub const IPCACHE_FILE: &str = "ipcache.json";

@@ -41,7 +41,7 @@ pub struct KubeStart {
 pub async fn first_sync(
     node: &str,
     kubeconfig: Option<&Path>,
-    opts: &meshgate_discovery::policy::ParseOptions,
+    opts: &meshgate_model::policy::ParseOptions,
 ) -> anyhow::Result<KubeStart> {
     let client = crate::k8s::client(kubeconfig).await?;
     let mut inv = inventory::start(&client, node);
@@ -120,7 +120,7 @@ fn labels_of(objects: &Objects) -> BTreeMap<String, LabelEntry> {
 }
 
 /// Every policy kind's objects now, parsed.
-fn parse(feeds: &mut [Feed], opts: &meshgate_discovery::policy::ParseOptions) -> ParsedPolicies {
+fn parse(feeds: &mut [Feed], opts: &meshgate_model::policy::ParseOptions) -> ParsedPolicies {
     let all: Vec<Arc<Objects>> = feeds.iter_mut().map(seen).collect();
     let docs = inventory::policy_documents(
         resources::POLICIES

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use ipnet::Ipv4Net;
-use meshgate_discovery::model::GatewayStatus;
-use meshgate_discovery::pb;
+use meshgate_model::model::GatewayStatus;
+use meshgate_model::pb;
 use meshgate_tunnel::peers::{diff, route_diff, PeerConfig};
 use meshgate_tunnel::routes;
 use tracing::{info, warn};

@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use meshgate_discovery::model::AgentStatus;
 use meshgate_ebpf::layout::Counter;
 use meshgate_ebpf::{Maps, Reason};
+use meshgate_model::model::AgentStatus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info};
@@ -41,14 +41,14 @@ pub struct DatapathFigures {
 
 /// `meshgate_policy_warnings{kind}`: the policy files' warnings by kind
 /// (every kind, zero ones too, so an alert can watch for any).
-fn policy_warnings(o: &mut Out, p: &meshgate_discovery::model::PolicyStatus) {
+fn policy_warnings(o: &mut Out, p: &meshgate_model::model::PolicyStatus) {
     let name = "meshgate_policy_warnings";
     o.family(
         name,
         "gauge",
         "Warnings of the policy files as last read, by kind (see `meshgate policy check`).",
     );
-    for kind in meshgate_discovery::policy::WarningKind::ALL.map(|k| k.as_str()) {
+    for kind in meshgate_model::policy::WarningKind::ALL.map(|k| k.as_str()) {
         let n = p.warnings.iter().filter(|w| w.kind == kind).count();
         o.sample(name, &[("kind", kind)], n);
     }
@@ -160,7 +160,7 @@ pub fn render(status: &AgentStatus, dp: Option<&DatapathFigures>) -> String {
         "WireGuard peers configured.",
         status.peers.len(),
     );
-    let peer = |p: &meshgate_discovery::model::PeerStatus| format!("{}/{}", p.cluster, p.node);
+    let peer = |p: &meshgate_model::model::PeerStatus| format!("{}/{}", p.cluster, p.node);
     o.family(
         "meshgate_wireguard_peer_last_handshake_seconds",
         "gauge",
@@ -179,7 +179,7 @@ pub fn render(status: &AgentStatus, dp: Option<&DatapathFigures>) -> String {
         (
             "meshgate_wireguard_peer_tx_bytes_total",
             "Bytes sent to a peer through the tunnel.",
-            (|p| p.tx_bytes) as fn(&meshgate_discovery::model::PeerStatus) -> u64,
+            (|p| p.tx_bytes) as fn(&meshgate_model::model::PeerStatus) -> u64,
         ),
         (
             "meshgate_wireguard_peer_rx_bytes_total",
@@ -282,8 +282,8 @@ pub fn render(status: &AgentStatus, dp: Option<&DatapathFigures>) -> String {
 }
 
 /// Egress gateway policies: each gateway's usability and flows.
-fn egress(o: &mut Out, e: &meshgate_discovery::model::EgressStatus) {
-    type Gateway = meshgate_discovery::model::EgressGatewayStatus;
+fn egress(o: &mut Out, e: &meshgate_model::model::EgressStatus) {
+    type Gateway = meshgate_model::model::EgressGatewayStatus;
     for (name, help, get) in [
         (
             "meshgate_egress_gateway_up",
@@ -468,7 +468,7 @@ async fn answer(mut stream: TcpStream, render: Render) -> std::io::Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use meshgate_discovery::model::{DatapathStatus, PeerStatus};
+    use meshgate_model::model::{DatapathStatus, PeerStatus};
 
     fn status() -> AgentStatus {
         serde_json::from_value(serde_json::json!({
@@ -508,7 +508,7 @@ mod tests {
     fn userspace_offloads_are_exposed() {
         let mut s = status();
         assert!(!render(&s, None).contains("meshgate_userspace_offload"));
-        s.offloads = Some(meshgate_discovery::model::OffloadStatus {
+        s.offloads = Some(meshgate_model::model::OffloadStatus {
             tun_tso: true,
             tun_uso: false,
             tun_gro: true,
@@ -524,7 +524,7 @@ mod tests {
 
     #[test]
     fn egress_gateways_are_exposed_per_policy() {
-        use meshgate_discovery::model::{EgressGatewayStatus, EgressPolicyStatus, EgressStatus};
+        use meshgate_model::model::{EgressGatewayStatus, EgressPolicyStatus, EgressStatus};
         let mut s = status();
         s.egress = Some(EgressStatus {
             policies: vec![EgressPolicyStatus {
@@ -567,7 +567,7 @@ mod tests {
 
     #[test]
     fn policy_warnings_are_counted_by_kind() {
-        use meshgate_discovery::model::{PolicyStatus, PolicyWarningStatus};
+        use meshgate_model::model::{PolicyStatus, PolicyWarningStatus};
         let mut s = status();
         s.datapath = Some(DatapathStatus {
             policy: Some(PolicyStatus {

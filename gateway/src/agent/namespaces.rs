@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use meshgate_discovery::identity::Labels;
-use meshgate_discovery::pb;
-use meshgate_discovery::policy::NAMESPACE_LABELS_PREFIX;
+use meshgate_model::identity::Labels;
+use meshgate_model::pb;
+use meshgate_model::policy::NAMESPACE_LABELS_PREFIX;
 use tracing::{info, warn};
 
 use super::Agent;

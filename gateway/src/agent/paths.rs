@@ -17,8 +17,8 @@
 
 use std::collections::BTreeMap;
 
-use meshgate_discovery::model::GatewayStatus;
-use meshgate_discovery::pb;
+use meshgate_model::model::GatewayStatus;
+use meshgate_model::pb;
 use meshgate_tunnel::PeerConfig;
 
 use super::liveness::{self, Health, KEEPALIVE_MS};
@@ -35,7 +35,7 @@ pub struct Me<'a> {
     pub cluster: &'a str,
     pub gateway: bool,
     /// How this node encrypts: nodes that encrypt otherwise are not peered.
-    pub encryption: meshgate_discovery::model::Encryption,
+    pub encryption: meshgate_model::model::Encryption,
     /// A candidate gateway of some egress gateway policy: it sends every
     /// peer a keepalive each [`liveness::EGRESS_KEEPALIVE_MS`], so that
     /// they see within half a second when it dies.
@@ -78,8 +78,7 @@ pub fn plan(
         if name == me.name {
             continue;
         }
-        let theirs: meshgate_discovery::model::Encryption =
-            node.encryption.parse().unwrap_or_default();
+        let theirs: meshgate_model::model::Encryption = node.encryption.parse().unwrap_or_default();
         if theirs != me.encryption {
             out.problems.push(format!(
                 "node {name} encrypts with {theirs} but this node with {}: a mesh mixes no \

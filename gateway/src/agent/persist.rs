@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use meshgate_discovery::model::{AgentStatus, OffloadStatus, PeerStatus};
+use meshgate_model::model::{AgentStatus, OffloadStatus, PeerStatus};
 use meshgate_tunnel::PeerConfig;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
@@ -125,7 +125,7 @@ pub fn status(agent: &Agent) -> AgentStatus {
         ipsec: agent
             .backend
             .ipsec()
-            .map(|i| meshgate_discovery::model::IpsecStatus {
+            .map(|i| meshgate_model::model::IpsecStatus {
                 generation: i.generation,
                 rotating: i.rotating,
                 offload: i.offload,

@@ -22,9 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use meshgate_discovery::endpoint::EndpointSpec;
-use meshgate_discovery::identity::Labels;
-use meshgate_discovery::pb;
+use meshgate_model::endpoint::EndpointSpec;
+use meshgate_model::identity::Labels;
+use meshgate_model::pb;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};

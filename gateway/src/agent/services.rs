@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context;
-use meshgate_discovery::pb::watch_event::Event;
-use meshgate_discovery::service::{GlobalService, ServiceChange};
+use meshgate_model::pb::watch_event::Event;
+use meshgate_model::service::{GlobalService, ServiceChange};
 use serde::{Deserialize, Serialize};
 
 pub const SERVICES_FILE: &str = "services.json";
@@ -88,7 +88,7 @@ pub fn save(dir: &Path, services: &Services) -> anyhow::Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use meshgate_discovery::pb;
+    use meshgate_model::pb;
 
     fn svc(backends: &[&str]) -> pb::GlobalService {
         pb::GlobalService {

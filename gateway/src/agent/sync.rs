@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
-use meshgate_discovery::client::{connect_with, explain_status, DiscoveryClient};
-use meshgate_discovery::pb;
+use meshgate_model::client::{connect_with, explain_status, DiscoveryClient};
+use meshgate_model::pb;
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
@@ -88,7 +88,7 @@ pub async fn run(agent: Arc<Agent>) {
 struct Link {
     url: String,
     client: Option<DiscoveryClient<Channel>>,
-    stream: Option<meshgate_discovery::client::WatchStream>,
+    stream: Option<meshgate_model::client::WatchStream>,
     nodes: BTreeMap<String, pb::Node>,
     have_snapshot: bool,
 }
@@ -132,7 +132,7 @@ async fn perform(agent: &Agent, link: &mut Link, effect: Effect) -> Option<Input
                 backend_deltas: true,
                 snapshot_parts: true,
             };
-            Some(match meshgate_discovery::client::watch(client, req).await {
+            Some(match meshgate_model::client::watch(client, req).await {
                 Ok(s) => {
                     link.stream = Some(s);
                     link.nodes.clear();

@@ -9,7 +9,7 @@
 //! installed. The fields meshgate reads are typed; every rule object also
 //! keeps fields it does not type (`x-kubernetes-preserve-unknown-fields`),
 //! so the API server never prunes a field of a policy written for Cilium:
-//! the policy parser (`meshgate_discovery::policy`) then refuses or warns
+//! the policy parser (`meshgate_model::policy`) then refuses or warns
 //! about it, as it does for files, rather than a pruned field silently
 //! widening a policy. `MeshgateRemoteCluster` is ours: a federated
 //! cluster's discovery.

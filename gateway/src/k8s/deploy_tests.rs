@@ -322,7 +322,7 @@ fn agent_secret() -> tempfile::TempDir {
         force: false,
     })
     .unwrap();
-    meshgate_discovery::certs::files::write_certs(made.path(), &req).unwrap();
+    meshgate_model::certs::files::write_certs(made.path(), &req).unwrap();
     let secret = tempfile::tempdir().unwrap();
     for (from, to) in [
         ("ca.pem", "ca.crt"),

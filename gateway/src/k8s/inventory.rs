@@ -198,13 +198,13 @@ pub fn policy_documents<'a>(
 /// skipped and the others apply.
 pub struct ParsedPolicies {
     pub file: meshgate_egress::PolicyFile,
-    pub warnings: Vec<meshgate_discovery::policy::PolicyWarning>,
+    pub warnings: Vec<meshgate_model::policy::PolicyWarning>,
     pub errors: Vec<String>,
 }
 
 pub fn parse_policies(
     docs: &[PolicyDocument],
-    opts: &meshgate_discovery::policy::ParseOptions,
+    opts: &meshgate_model::policy::ParseOptions,
 ) -> ParsedPolicies {
     let mut out = ParsedPolicies {
         file: meshgate_egress::PolicyFile::default(),

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kube::runtime::watcher;
-use meshgate_discovery::service::{Protocol, Service, ServicePort};
+use meshgate_model::service::{Protocol, Service, ServicePort};
 use serde_json::Value;
 use tokio::sync::watch;
 use tracing::{info, warn};

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use meshgate_discovery::service::Service;
+use meshgate_model::service::Service;
 
 /// The lab's service range of cluster `id`.
 pub fn service_range(id: u8) -> ipnet::Ipv4Net {

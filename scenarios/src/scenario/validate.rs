@@ -145,7 +145,7 @@ pub fn validate(s: &Scenario) -> Vec<FieldError> {
                 "`backend` chooses the WireGuard implementation; with `encryption: ipsec` leave it out",
             );
         }
-        if let Err(e) = meshgate_discovery::service::validate_all(&c.services) {
+        if let Err(e) = meshgate_model::service::validate_all(&c.services) {
             errors.add(format!("{at}.services"), e.to_string());
         }
         if c.name == EXTERNAL_WORD {

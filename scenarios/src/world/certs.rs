@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use meshgate_discovery::certs::files::{write_certs, CertRequest};
+use meshgate_model::certs::files::{write_certs, CertRequest};
 
 use crate::error::Result;
 use crate::plan::{certs_dir, Plan};

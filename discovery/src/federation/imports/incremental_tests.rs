@@ -8,9 +8,9 @@
 use super::*;
 use crate::alloc::tunnel_ip;
 use crate::federation::RemoteConfig;
-use crate::model::tests::key;
 use crate::pb;
 use crate::pb::watch_event::Event as E;
+use crate::test_support::key;
 
 struct Rng(u64);
 

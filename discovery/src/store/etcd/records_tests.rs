@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use crate::model::tests::pb_node;
 use crate::store::tests::sample;
+use crate::test_support::pb_node;
 
 fn meta_of(state: &RegistryState) -> Vec<u8> {
     serde_json::to_vec(&Meta {

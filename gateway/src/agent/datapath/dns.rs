@@ -11,9 +11,9 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use meshgate_discovery::identity::{cluster_of, Labels};
-use meshgate_discovery::service::GlobalService;
 use meshgate_egress::dnsproxy::state::{FqdnEgress, IdentityDns, ProxyPolicy};
+use meshgate_model::identity::{cluster_of, Labels};
+use meshgate_model::service::GlobalService;
 use tracing::{info, warn};
 
 pub const POLICY_FILE: &str = "dnsproxy-policy.json";

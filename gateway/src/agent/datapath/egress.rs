@@ -29,9 +29,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ipnet::Ipv4Net;
-use meshgate_discovery::model::{EgressStatus, NodeAddress};
 use meshgate_ebpf::{EgressRoute, MARK_EGRESS, MARK_SNAT};
 use meshgate_egress::{EgressPlan, EgressPolicy, EndpointView, NodeView};
+use meshgate_model::model::{EgressStatus, NodeAddress};
 use meshgate_tunnel::netlink::{Netlink, Route, Rule, MAIN_TABLE};
 use tracing::{info, warn};
 
@@ -232,7 +232,7 @@ pub struct EndpointInput {
     /// `cluster/node`
     pub node: String,
     pub namespace: String,
-    pub labels: meshgate_discovery::identity::Labels,
+    pub labels: meshgate_model::identity::Labels,
 }
 
 /// The inputs of a plan, owned, from the agent's ipcache and node records.
@@ -245,7 +245,7 @@ pub struct Inputs {
 impl Inputs {
     pub fn gather(
         cache: &crate::agent::ipcache::IpCache,
-        nodes: &BTreeMap<String, meshgate_discovery::pb::Node>,
+        nodes: &BTreeMap<String, meshgate_model::pb::Node>,
     ) -> Inputs {
         let mut problems = Vec::new();
         let nodes = nodes

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use meshgate_discovery::service::{self, GlobalService, Protocol};
 use meshgate_ebpf::{Affinity, Backend, Frontend, Proto};
+use meshgate_model::service::{self, GlobalService, Protocol};
 
 /// Frontend -> affinity and backends (local first, then by address).
 pub type LbState = BTreeMap<Frontend, (Affinity, Vec<Backend>)>;
@@ -107,7 +107,7 @@ pub fn diff(applied: &LbState, desired: &LbState, prune: bool) -> LbChanges {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use meshgate_discovery::service::{Backend as SvcBackend, ServicePort};
+    use meshgate_model::service::{Backend as SvcBackend, ServicePort};
 
     fn web(vip: Option<&str>, backends: &[(&str, &str)]) -> GlobalService {
         GlobalService {

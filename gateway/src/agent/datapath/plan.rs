@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::Ipv4Net;
-use meshgate_discovery::{identity, pb};
 use meshgate_ebpf::{Attachment, Hook, IpcacheEntry};
+use meshgate_model::{identity, pb};
 
 use crate::agent::ipcache::IpCache;
 

@@ -14,7 +14,7 @@
 //!
 //! Entities and CIDR rules: the reserved identities (host, world,
 //! unmanaged, health, init, remote-node, kube-apiserver) and a CIDR identity
-//! per prefix the policies name (`meshgate_discovery::policy::cidr`) go into
+//! per prefix the policies name (`meshgate_model::policy::cidr`) go into
 //! the state beside the endpoint identities, with their labels. Each CIDR
 //! prefix, and each `--kube-apiserver` address (/32, identity 7), is a world
 //! entry of the pinned ipcache (none inside a mesh pod CIDR, where the
@@ -33,12 +33,12 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use ipnet::Ipv4Net;
-use meshgate_discovery::identity::{self, Labels};
-use meshgate_discovery::policy::cidr::{self, CidrError, CidrIdentities};
-use meshgate_discovery::policy::{
+use meshgate_ebpf::{IpcacheEntry, PolicyRule, Proto};
+use meshgate_model::identity::{self, Labels};
+use meshgate_model::policy::cidr::{self, CidrError, CidrIdentities};
+use meshgate_model::policy::{
     Compiled, Direction, Policy, PolicyDiff, PolicyEntry, PolicyState, Scope, Selection, Verdict,
 };
-use meshgate_ebpf::{IpcacheEntry, PolicyRule, Proto};
 use tracing::{info, warn};
 
 /// What the agent needs of the two policy maps and of the ipcache's world
@@ -176,7 +176,7 @@ pub fn apply(maps: &mut dyn PolicyMaps, d: &PolicyDiff) -> anyhow::Result<()> {
 /// What the policy files hold, and the warnings read with it.
 pub struct Loaded {
     pub file: meshgate_egress::PolicyFile,
-    pub warnings: Vec<meshgate_discovery::policy::PolicyWarning>,
+    pub warnings: Vec<meshgate_model::policy::PolicyWarning>,
 }
 
 /// Reads and parses every policy file (identity and egress gateway
@@ -184,7 +184,7 @@ pub struct Loaded {
 /// naming its file.
 pub fn load_files(
     files: &[PathBuf],
-    opts: &meshgate_discovery::policy::ParseOptions,
+    opts: &meshgate_model::policy::ParseOptions,
 ) -> anyhow::Result<Loaded> {
     let mut all = meshgate_egress::PolicyFile::default();
     let mut warnings = Vec::new();
@@ -221,7 +221,7 @@ pub fn load_files(
 }
 
 /// Logs each warning of the policy files, once per load.
-pub fn log_warnings(warnings: &[meshgate_discovery::policy::PolicyWarning]) {
+pub fn log_warnings(warnings: &[meshgate_model::policy::PolicyWarning]) {
     for w in warnings {
         tracing::warn!(kind = w.kind.as_str(), "policy: {w}");
     }
@@ -263,9 +263,9 @@ pub struct PolicyRuntime {
     /// dropped wherever `named` or `cidrs` change.
     extra: Option<BTreeMap<u32, Labels>>,
     /// How the files are read (`--strict-policy`, `--l7`), at a reload too.
-    options: meshgate_discovery::policy::ParseOptions,
+    options: meshgate_model::policy::ParseOptions,
     /// The warnings of the files as last read.
-    warnings: Vec<meshgate_discovery::policy::PolicyWarning>,
+    warnings: Vec<meshgate_model::policy::PolicyWarning>,
 }
 
 /// A diff as three, applied in this order around the world entries: the
@@ -319,7 +319,7 @@ impl PolicyRuntime {
             apiservers: BTreeSet::new(),
             mesh: BTreeSet::new(),
             nodes: BTreeSet::new(),
-            options: meshgate_discovery::policy::ParseOptions::default(),
+            options: meshgate_model::policy::ParseOptions::default(),
             warnings: Vec::new(),
             extra: None,
         };
@@ -331,8 +331,8 @@ impl PolicyRuntime {
     /// reload reads them the same way.
     pub fn with_options(
         mut self,
-        options: meshgate_discovery::policy::ParseOptions,
-        warnings: Vec<meshgate_discovery::policy::PolicyWarning>,
+        options: meshgate_model::policy::ParseOptions,
+        warnings: Vec<meshgate_model::policy::PolicyWarning>,
     ) -> Self {
         self.options = options;
         self.warnings = warnings;
@@ -374,9 +374,9 @@ impl PolicyRuntime {
     }
 
     /// For `status.json`.
-    pub fn status(&self) -> meshgate_discovery::model::PolicyStatus {
+    pub fn status(&self) -> meshgate_model::model::PolicyStatus {
         let (entries, selected) = self.counts();
-        meshgate_discovery::model::PolicyStatus {
+        meshgate_model::model::PolicyStatus {
             files: self.files.iter().map(|f| f.display().to_string()).collect(),
             entries,
             selected,
@@ -388,7 +388,7 @@ impl PolicyRuntime {
             warnings: self
                 .warnings
                 .iter()
-                .map(|w| meshgate_discovery::model::PolicyWarningStatus {
+                .map(|w| meshgate_model::model::PolicyWarningStatus {
                     kind: w.kind.as_str().to_string(),
                     warning: w.to_string(),
                 })
@@ -597,7 +597,7 @@ impl PolicyRuntime {
         &mut self,
         maps: &mut dyn PolicyMaps,
         identity: Vec<Policy>,
-        warnings: Vec<meshgate_discovery::policy::PolicyWarning>,
+        warnings: Vec<meshgate_model::policy::PolicyWarning>,
         refused: &[String],
     ) -> anyhow::Result<()> {
         self.replace_policies(maps, identity)?;
@@ -885,7 +885,7 @@ mod tests_support {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use meshgate_discovery::policy::{compile, parse_policies};
+    use meshgate_model::policy::{compile, parse_policies};
 
     use super::tests_support::*;
 
@@ -938,7 +938,7 @@ spec:
         assert_eq!(loaded.file.identity.len(), 1);
         assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
         assert_eq!(loaded.warnings[0].kind.as_str(), "never-matches");
-        let strict = meshgate_discovery::policy::ParseOptions {
+        let strict = meshgate_model::policy::ParseOptions {
             strict: true,
             ..Default::default()
         };
@@ -969,7 +969,7 @@ spec:
         let dir = tempfile::tempdir().unwrap();
         let f = write(dir.path(), "p.yaml", POL);
         let files = vec![f.clone()];
-        let strict = meshgate_discovery::policy::ParseOptions {
+        let strict = meshgate_model::policy::ParseOptions {
             strict: true,
             ..Default::default()
         };
@@ -1138,8 +1138,8 @@ mod cidr_tests {
     #![allow(clippy::unwrap_used)]
     use super::tests_support::*;
     use super::*;
-    use meshgate_discovery::policy::selector::{Op, Requirement};
-    use meshgate_discovery::policy::{
+    use meshgate_model::policy::selector::{Op, Requirement};
+    use meshgate_model::policy::{
         compile, Peers, PolicyKind, PolicyRef, PolicySpec, PortProto, Rule, Selector,
         CLUSTER_LABEL, NAMESPACE_LABEL,
     };

@@ -103,7 +103,7 @@ impl ServerTls {
         }
     }
 
-    pub(crate) fn config(&self) -> ServerTlsConfig {
+    pub fn config(&self) -> ServerTlsConfig {
         ServerTlsConfig::new()
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
             .client_ca_root(Certificate::from_pem(&self.client_ca_pem))

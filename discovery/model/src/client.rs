@@ -8,7 +8,9 @@ use tonic::Status;
 pub use crate::pb;
 pub use crate::pb::discovery_client::DiscoveryClient;
 pub use crate::tls::ClientTls;
-use crate::Error;
+mod error;
+use error::ClientError as Error;
+pub use error::{chain, ClientError};
 
 mod watch;
 pub use watch::{watch, PartsError, SnapshotParts, WatchStream};
@@ -60,10 +62,10 @@ pub async fn connect_with(
         }
         ep = ep
             .tls_config(tls.config())
-            .map_err(|e| Error::Config(format!("TLS settings: {}", crate::error::chain(&e))))?;
+            .map_err(|e| Error::Config(format!("TLS settings: {}", chain(&e))))?;
     }
     let channel = ep.connect().await.map_err(|e| {
-        let reason = crate::error::chain(&e);
+        let reason = chain(&e);
         match tls.and_then(|t| crate::tls::explain_failure(&reason, endpoint, t)) {
             Some(explanation) => Error::Tls {
                 explanation,
@@ -113,7 +115,7 @@ async fn probe(channel: Channel) -> Result<(), Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
         .await
-        .map_err(|e| Status::unavailable(crate::error::chain(&e)))?;
+        .map_err(|e| Status::unavailable(chain(&e)))?;
     let codec = tonic_prost::ProstCodec::<pb::WatchRequest, pb::RenewResponse>::default();
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(
         "/meshgate.discovery.v1.Discovery/ConnectionProbe",
@@ -135,7 +137,7 @@ async fn probe(channel: Channel) -> Result<(), Status> {
 /// Why the first call over a fresh TLS connection failed: the connection
 /// was closed right after the handshake, so discovery refused us.
 fn probe_error(status: &Status, endpoint: &str, tls: &ClientTls) -> Error {
-    let reason = crate::error::chain(status);
+    let reason = chain(status);
     let explanation = crate::tls::explain_failure(&reason, endpoint, tls).unwrap_or_else(|| {
         if tls.identity.is_none() {
             format!(
@@ -160,7 +162,7 @@ fn probe_error(status: &Status, endpoint: &str, tls: &ClientTls) -> Error {
 /// TLS 1.3 a refused client certificate shows on the first call, not at
 /// connect).
 pub fn explain_status(status: &Status, endpoint: &str, tls: Option<&ClientTls>) -> String {
-    let text = crate::error::chain(status);
+    let text = chain(status);
     tls.and_then(|t| crate::tls::explain_failure(&text, endpoint, t))
         .unwrap_or_else(|| status.message().to_string())
 }
