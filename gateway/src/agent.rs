@@ -166,13 +166,24 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     // With --inventory kubernetes, the API's first lists stand where the
     // files are read: nothing is set up before them.
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
     let kube = match &cfg.inventory {
-        config::Inventory::Kubernetes { kubeconfig } => Some(runtime.block_on(
-            kube_source::first_sync(&cfg.node, kubeconfig.as_deref(), &cfg.policy_options),
-        )?),
+        config::Inventory::Kubernetes { kubeconfig } => {
+            Some(runtime.block_on(kube_source::first_sync(
+                &cfg.node,
+                kubeconfig.as_deref(),
+                &cfg.policy_options,
+                &cfg.state_dir,
+                kube_source::SAVED_AFTER,
+            ))?)
+        }
         config::Inventory::Files => None,
     };
     if let Some(k) = &kube {
+        if k.from_saved {
+            info!("inventory: the last run's, until the Kubernetes API answers");
+        }
         if cfg.pod_cidr_from_node {
             cfg.pod_cidr = k.node.pod_cidr.with_context(|| {
                 format!(
@@ -478,7 +489,7 @@ async fn main_loop(
                 warn!(error = %format!("{e:#}"), "the pods' labels from the API could not be saved");
             }
         }
-        kube_source::follow(agent.clone(), k.inventory, k.node);
+        kube_source::follow(agent.clone(), k.inventory, k.node, k.saved);
     }
     pods::serve(agent.clone()).await?;
     if let Some(dir) = &agent.cfg.cni_conf_dir {

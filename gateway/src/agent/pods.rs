@@ -106,12 +106,16 @@ fn save(dir: &Path, pods: &Pods) -> anyhow::Result<()> {
 }
 
 /// The label source's entry for a pod.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LabelEntry {
     #[serde(default)]
     pub labels: Labels,
-    #[serde(default, rename = "serviceAccount")]
+    #[serde(
+        default,
+        rename = "serviceAccount",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub service_account: Option<String>,
 }
 
