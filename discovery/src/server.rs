@@ -121,6 +121,16 @@ pub async fn serve_with_listener_tls(
 /// This cluster's service definitions as they change at run time (from
 /// the Kubernetes API): each value replaces them all.
 pub type ServicesFeed = watch::Receiver<Vec<crate::service::Service>>;
+/// Remote clusters to link at run time (the Kubernetes API's
+/// MeshgateRemoteClusters), beside `--remote`: each value is all of them.
+pub type RemotesFeed = watch::Receiver<Vec<crate::federation::RemoteConfig>>;
+
+/// What a discovery takes at run time, beside its config.
+#[derive(Debug, Default)]
+pub struct Feeds {
+    pub services: Option<ServicesFeed>,
+    pub remotes: Option<RemotesFeed>,
+}
 
 /// Serves on `listener` with optional mutual TLS, keeping the state in `store`.
 pub async fn serve_on(
@@ -130,27 +140,29 @@ pub async fn serve_on(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    serve_on_with_services(cfg, tls, store, listener, None, shutdown).await
+    serve_on_with_feeds(cfg, tls, store, listener, Feeds::default(), shutdown).await
 }
 
-/// [`serve_on`], with `cfg.services` replaced by each value of `services`
-/// (when given): every watcher then gets a fresh snapshot, which drops
-/// the services no longer defined.
-pub async fn serve_on_with_services(
+/// [`serve_on`], with `cfg.services` replaced by each value of
+/// `feeds.services` (when given: every watcher then gets a fresh snapshot,
+/// which drops the services no longer defined), and the remotes of
+/// `feeds.remotes` linked beside `cfg.federation`'s.
+pub async fn serve_on_with_feeds(
     cfg: ServerConfig,
     tls: Option<ServerTls>,
     store: StoreChoice,
     listener: TcpListener,
-    services: Option<ServicesFeed>,
+    feeds: Feeds,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    let Feeds { services, remotes } = feeds;
     let addr = listener.local_addr().unwrap_or(cfg.listen);
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared::open(&cfg, &store, stop_rx)?);
     let sweeper = tokio::spawn(sweep_loop(shared.clone()));
     let definitions = services.map(|feed| tokio::spawn(services_loop(shared.clone(), feed)));
     let follower = replicas::spawn(&shared);
-    let links = federation::spawn(&shared, &cfg.federation, tls.as_ref());
+    let links = federation::spawn(&shared, &cfg.federation, tls.as_ref(), remotes);
     info!(
         %addr,
         cluster = %cfg.cluster,

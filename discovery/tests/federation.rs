@@ -486,3 +486,89 @@ async fn mesh_cidrs_are_announced_once_and_outlive_the_remote() {
     assert_eq!(cidr_list(&s.clusters), both_clusters());
     c1.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remotes_given_at_run_time_are_linked_and_unlinked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l1, a1) = bind().await;
+    let (l2, a2) = bind().await;
+    let c2 = start(dir.path(), l2, "c2", 2, &[], Duration::from_secs(60));
+    // c1 has no --remote; its remotes come from a feed (as the Kubernetes
+    // API's MeshgateRemoteClusters would give them), empty at first.
+    let (feed, rx) = tokio::sync::watch::channel(Vec::<RemoteConfig>::new());
+    let cfg = ServerConfig {
+        listen: a1,
+        cluster: "c1".into(),
+        cluster_id: 1,
+        state_dir: dir.path().join("c1"),
+        lease_ttl: Duration::from_secs(30),
+        services: Vec::new(),
+        federation: FederationConfig {
+            remotes: Vec::new(),
+            remote_timeout: Duration::from_secs(1),
+        },
+        pod_cidrs: Vec::new(),
+        encryption: Default::default(),
+    };
+    let c1 = tokio::spawn(meshgate_discovery::server::serve_on_with_feeds(
+        cfg,
+        None,
+        meshgate_discovery::store::StoreChoice::Embedded,
+        l1,
+        meshgate_discovery::server::Feeds {
+            services: None,
+            remotes: Some(rx),
+        },
+        std::future::pending(),
+    ));
+    let mut k2 = c2.client().await;
+    node_with_pod(&mut k2, "c2", 2).await;
+    let mut k1 = loop {
+        match connect(&url(a1)).await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    assert!(status(&mut k1).await.remotes.is_empty());
+    // Given: linked, and c2's node imported.
+    feed.send(vec![RemoteConfig::new("c2", url(a2))]).unwrap();
+    eventually("c1 imports c2's node", Duration::from_secs(10), || {
+        let mut k = k1.clone();
+        async move { node_names(&snapshot(&mut k, false).await) == ["c2/n1"] }
+    })
+    .await;
+    let st = status(&mut k1).await;
+    assert_eq!(st.remotes.len(), 1);
+    assert!(st.remotes[0].connected);
+    // A name this cluster serves is refused.
+    feed.send(vec![
+        RemoteConfig::new("c2", url(a2)),
+        RemoteConfig::new("c1", url(a1)),
+    ])
+    .unwrap();
+    // Taken away: unlinked, and its state expires after the remote timeout.
+    feed.send(Vec::new()).unwrap();
+    eventually(
+        "c2 unlinked and its node expired",
+        Duration::from_secs(10),
+        || {
+            let mut k = k1.clone();
+            async move {
+                let st = status(&mut k).await;
+                let unlinked = st
+                    .remotes
+                    .iter()
+                    .all(|r| !r.connected && r.last_error.contains("deleted"));
+                unlinked && snapshot(&mut k, false).await.nodes.is_empty()
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        status(&mut k1).await.remotes.len(),
+        1,
+        "c1 itself was never linked"
+    );
+    c1.abort();
+    c2.stop().await;
+}

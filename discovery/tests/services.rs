@@ -316,12 +316,15 @@ async fn service_definitions_replaced_at_run_time_reach_watchers_and_remote_clus
         pod_cidrs: Vec::new(),
         encryption: Default::default(),
     };
-    tokio::spawn(meshgate_discovery::server::serve_on_with_services(
+    tokio::spawn(meshgate_discovery::server::serve_on_with_feeds(
         cfg,
         None,
         meshgate_discovery::store::StoreChoice::Embedded,
         l2,
-        Some(rx),
+        meshgate_discovery::server::Feeds {
+            services: Some(rx),
+            remotes: None,
+        },
         std::future::pending(),
     ));
     let mut c1 = connect(&format!("http://{a1}")).await.unwrap();

@@ -166,8 +166,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     // With --inventory kubernetes, the API's first lists stand where the
     // files are read: nothing is set up before them.
-    std::fs::create_dir_all(&cfg.state_dir)
-        .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
+    // With --inventory kubernetes the state dir holds the saved inventory;
+    // otherwise it is made only once the policy files are accepted.
+    if cfg.inventory.is_kubernetes() {
+        std::fs::create_dir_all(&cfg.state_dir)
+            .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
+    }
     let kube = match &cfg.inventory {
         config::Inventory::Kubernetes { kubeconfig } => {
             Some(runtime.block_on(kube_source::first_sync(

@@ -60,8 +60,9 @@ pub struct DiscoveryArgs {
     pub services: Option<PathBuf>,
     /// Where this cluster's services come from: `files` (the default:
     /// --services) or `kubernetes`: every Service with a selector and MCS's
-    /// ServiceExports, watched from the API; a change of definitions gives
-    /// every watcher a fresh snapshot.
+    /// ServiceExports, watched from the API (a change of definitions gives
+    /// every watcher a fresh snapshot), and the remote clusters of the
+    /// MeshgateRemoteClusters, linked beside --remote at run time.
     #[arg(long, default_value = "files", value_parser = ["files", "kubernetes"])]
     pub inventory: String,
     /// With --inventory kubernetes: the kubeconfig to reach the API with
@@ -129,15 +130,20 @@ pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         // The first lists stand where the file is read: served from the start.
-        let (services, feed) = if kubernetes {
+        let (services, feeds) = if kubernetes {
             let client = crate::k8s::client(args.kubeconfig.as_deref()).await?;
-            let mut feeds = crate::k8s::services::start(&client);
-            let first = feeds.first().await;
+            let mut watched = crate::k8s::services::start(&client);
+            let (first, remotes) = watched.first().await;
             let (tx, rx) = tokio::sync::watch::channel(first.clone());
-            feeds.follow(tx);
-            (first, Some(rx))
+            let (rtx, rrx) = tokio::sync::watch::channel(remotes);
+            watched.follow(tx, rtx);
+            let feeds = meshgate_discovery::server::Feeds {
+                services: Some(rx),
+                remotes: Some(rrx),
+            };
+            (first, feeds)
         } else {
-            (services, None)
+            (services, meshgate_discovery::server::Feeds::default())
         };
         let cfg = meshgate_discovery::server::ServerConfig {
             listen: args.listen,
@@ -156,12 +162,12 @@ pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("binding {}", cfg.listen))?;
-        meshgate_discovery::server::serve_on_with_services(
+        meshgate_discovery::server::serve_on_with_feeds(
             cfg,
             tls,
             args.store,
             listener,
-            feed,
+            feeds,
             shutdown_signal(),
         )
         .await

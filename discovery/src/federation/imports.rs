@@ -172,6 +172,16 @@ impl Imports {
         }
     }
 
+    /// Adds `r` (a remote linked at run time); one already known keeps its
+    /// state and takes the new URLs.
+    pub fn add(&mut self, r: &RemoteConfig) {
+        self.remotes
+            .entry(r.name.clone())
+            .or_default()
+            .url
+            .clone_from(&r.url);
+    }
+
     /// Every remote's accepted cluster pod CIDRs, by remote name (remotes
     /// with none accepted are not listed).
     pub fn cluster_cidrs(&self) -> impl Iterator<Item = &ClusterCidrs> {

@@ -35,12 +35,16 @@ const SERVICES_INTERVAL: Duration = Duration::from_millis(50);
 /// Starts a link per remote and the expiry loop; abort them on shutdown.
 /// With TLS, each link presents this discovery's own certificate (valid
 /// as a client certificate) and checks the remote's against the mesh CA.
+/// With `feed`, the remotes it gives (from the Kubernetes API's
+/// MeshgateRemoteClusters) are linked beside the configured ones, at run
+/// time: [`remotes_loop`].
 pub(super) fn spawn(
     shared: &Arc<Shared>,
     cfg: &FederationConfig,
     tls: Option<&crate::tls::ServerTls>,
+    feed: Option<super::RemotesFeed>,
 ) -> Vec<JoinHandle<()>> {
-    if cfg.remotes.is_empty() {
+    if cfg.remotes.is_empty() && feed.is_none() {
         return Vec::new();
     }
     let mut tasks: Vec<JoinHandle<()>> = cfg
@@ -54,7 +58,76 @@ pub(super) fn spawn(
     let timeout_ms = u64::try_from(cfg.remote_timeout.as_millis()).unwrap_or(u64::MAX);
     tasks.push(tokio::spawn(expiry_loop(shared.clone(), timeout_ms)));
     tasks.push(tokio::spawn(services_loop(shared.clone())));
+    if let Some(feed) = feed {
+        let fixed: Vec<String> = cfg.remotes.iter().map(|r| r.name.clone()).collect();
+        tasks.push(tokio::spawn(remotes_loop(
+            shared.clone(),
+            feed,
+            fixed,
+            tls.cloned(),
+        )));
+    }
     tasks
+}
+
+/// Keeps a link to each remote of `feed`: a new one is linked, a changed
+/// one linked again, a removed one unlinked (its state then expires after
+/// the remote timeout, as a remote's whose link broke). Names this
+/// discovery serves, or configured with `--remote` (`fixed`), are refused.
+async fn remotes_loop(
+    shared: Arc<Shared>,
+    mut feed: super::RemotesFeed,
+    fixed: Vec<String>,
+    tls: Option<crate::tls::ServerTls>,
+) {
+    let own = shared.lock().registry.config().cluster.clone();
+    let mut links: std::collections::BTreeMap<String, (RemoteConfig, JoinHandle<()>)> =
+        std::collections::BTreeMap::new();
+    loop {
+        let wanted: Vec<RemoteConfig> = feed.borrow_and_update().clone();
+        let mut keep = std::collections::BTreeSet::new();
+        for r in wanted {
+            if r.name == own || fixed.contains(&r.name) {
+                warn!(remote = %r.name, "a MeshgateRemoteCluster names this cluster or a --remote; ignored");
+                continue;
+            }
+            keep.insert(r.name.clone());
+            if links.get(&r.name).is_some_and(|(had, _)| *had == r) {
+                continue;
+            }
+            if let Some((_, old)) = links.remove(&r.name) {
+                old.abort();
+            }
+            info!(remote = %r.name, url = %r.url, "linking a remote cluster from the Kubernetes API");
+            shared.lock().imports.add(&r);
+            let client_tls = tls.as_ref().map(|t| t.client_for(&r.name));
+            let task = tokio::spawn(link(shared.clone(), r.clone(), client_tls));
+            links.insert(r.name.clone(), (r, task));
+        }
+        let gone: Vec<String> = links
+            .keys()
+            .filter(|n| !keep.contains(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some((_, task)) = links.remove(&name) {
+                task.abort();
+            }
+            info!(remote = %name, "a remote cluster's MeshgateRemoteCluster is gone; unlinked, its state expires after the remote timeout");
+            let now = shared.now();
+            shared.lock().imports.disconnected(
+                &name,
+                "unlinked: its MeshgateRemoteCluster was deleted".into(),
+                now,
+            );
+        }
+        if feed.changed().await.is_err() {
+            break;
+        }
+    }
+    for (_, (_, task)) in links {
+        task.abort();
+    }
 }
 
 async fn link(shared: Arc<Shared>, remote: RemoteConfig, tls: Option<crate::tls::ClientTls>) {

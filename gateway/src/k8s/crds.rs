@@ -385,13 +385,11 @@ pub struct ServiceExportFields {}
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MeshgateRemoteClusterSpec {
-    /// Each discovery replica's URL (`https://HOST:PORT`), all of one scheme.
+    /// Each discovery replica's URL (`https://HOST:PORT`), all of one
+    /// scheme. Over TLS, discovery presents its own certificate and checks
+    /// the remote's against the mesh CA, as with `--remote`.
     #[schemars(length(min = 1))]
     pub discovery_urls: Vec<String>,
-    /// A Secret in discovery's namespace with `ca.crt` (the remote's CA),
-    /// and `tls.crt` / `tls.key` (this cluster's client certificate).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls_secret_name: Option<String>,
 }
 
 /// Every CRD meshgate ships, in a stable order.

@@ -123,8 +123,16 @@ pub const SERVICE_EXPORTS: Watched = Watched {
     namespaced: true,
 };
 
-/// Everything discovery (`--inventory kubernetes`) watches: the Services
-/// and MCS's ServiceExports.
+pub const MESHGATE_REMOTE_CLUSTERS: Watched = Watched {
+    group: "meshgate.io",
+    version: "v1alpha1",
+    kind: "MeshgateRemoteCluster",
+    plural: "meshgateremoteclusters",
+    namespaced: false,
+};
+
+/// Everything discovery (`--inventory kubernetes`) watches: the Services,
+/// MCS's ServiceExports and the MeshgateRemoteClusters.
 pub fn discovery() -> Vec<Watched> {
-    vec![SERVICES, SERVICE_EXPORTS]
+    vec![SERVICES, SERVICE_EXPORTS, MESHGATE_REMOTE_CLUSTERS]
 }

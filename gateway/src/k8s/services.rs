@@ -4,11 +4,14 @@
 //! (`service.cilium.io/global`, `shared`, `affinity`), exported when an MCS
 //! ServiceExport of the same namespace and name exists. A Service that
 //! meshgate cannot take is refused on its own (named, the others go on).
+//! And the MeshgateRemoteClusters: the remote clusters to link, beside
+//! `--remote`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kube::runtime::watcher;
+use meshgate_discovery::federation::RemoteConfig;
 use meshgate_model::service::{Protocol, Service, ServicePort};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -105,10 +108,40 @@ fn service(
     })
 }
 
-/// Discovery's watchers: Services and ServiceExports.
+/// Discovery's watchers: Services, ServiceExports, MeshgateRemoteClusters.
 pub struct ServiceFeeds {
     pub services: Feed,
     pub exports: Feed,
+    pub remotes: Feed,
+}
+
+/// The remote clusters of MeshgateRemoteCluster objects (named by
+/// `metadata.name`, `spec.discoveryUrls`), checked as `--remote` is; and
+/// those refused, each with why.
+pub fn remotes_of(objects: &Objects) -> (Vec<RemoteConfig>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut refused = Vec::new();
+    for (name, o) in objects.iter() {
+        let urls: Vec<&str> = o
+            .data
+            .pointer("/spec/discoveryUrls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if urls.is_empty() {
+            refused.push(format!(
+                "MeshgateRemoteCluster {name}: spec.discoveryUrls is empty"
+            ));
+            continue;
+        }
+        match format!("{name}={}", urls.join(",")).parse::<RemoteConfig>() {
+            Ok(r) => out.push(r),
+            Err(e) => refused.push(format!("MeshgateRemoteCluster {name}: {e}")),
+        }
+    }
+    (out, refused)
 }
 
 /// Starts a watcher for every resource of [`resources::discovery`].
@@ -130,23 +163,37 @@ pub fn start(client: &kube::Client) -> ServiceFeeds {
     ServiceFeeds {
         services: take(resources::SERVICES),
         exports: take(resources::SERVICE_EXPORTS),
+        remotes: take(resources::MESHGATE_REMOTE_CLUSTERS),
     }
 }
 
 impl ServiceFeeds {
-    /// Waits for both first lists; the services then.
-    pub async fn first(&mut self) -> Vec<Service> {
+    /// Waits for every first list; the services and the remote clusters then.
+    pub async fn first(&mut self) -> (Vec<Service>, Vec<RemoteConfig>) {
         let mut logged = std::time::Instant::now();
-        while self.services.borrow().is_none() || self.exports.borrow().is_none() {
+        while self.services.borrow().is_none()
+            || self.exports.borrow().is_none()
+            || self.remotes.borrow().is_none()
+        {
             if logged.elapsed() >= std::time::Duration::from_secs(10) {
                 warn!(
-                    "waiting for the Kubernetes API's first lists of Services and ServiceExports"
+                    "waiting for the Kubernetes API's first lists of Services, ServiceExports \
+                     and MeshgateRemoteClusters"
                 );
                 logged = std::time::Instant::now();
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        self.now()
+        (self.now(), self.remotes_now())
+    }
+
+    fn remotes_now(&mut self) -> Vec<RemoteConfig> {
+        let objects: Arc<Objects> = self.remotes.borrow_and_update().clone().unwrap_or_default();
+        let (remotes, refused) = remotes_of(&objects);
+        for r in &refused {
+            warn!(error = %r, "a MeshgateRemoteCluster is refused; skipped, the others are linked");
+        }
+        remotes
     }
 
     fn now(&mut self) -> Vec<Service> {
@@ -163,8 +210,27 @@ impl ServiceFeeds {
         services
     }
 
-    /// Publishes the services on `tx` at every change, from now on.
-    pub fn follow(mut self, tx: watch::Sender<Vec<Service>>) {
+    /// Publishes the services on `tx` and the remote clusters on `remotes`
+    /// at every change, from now on.
+    pub fn follow(
+        mut self,
+        tx: watch::Sender<Vec<Service>>,
+        remotes: watch::Sender<Vec<RemoteConfig>>,
+    ) {
+        let mut feed = self.remotes.clone();
+        tokio::spawn(async move {
+            while feed.changed().await.is_ok() {
+                let objects: Arc<Objects> = feed.borrow_and_update().clone().unwrap_or_default();
+                let (now, refused) = remotes_of(&objects);
+                for r in &refused {
+                    warn!(error = %r, "a MeshgateRemoteCluster is refused; skipped, the others are linked");
+                }
+                info!(remotes = now.len(), "MeshgateRemoteClusters changed");
+                if remotes.send(now).is_err() {
+                    return;
+                }
+            }
+        });
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -230,10 +296,12 @@ mod tests {
         let api = FakeApiServer::start(&resources::discovery()).await;
         api.apply_fixture(SERVICES);
         let mut feeds = start(&api.client());
-        let first = feeds.first().await;
+        let (first, remotes) = feeds.first().await;
         assert_eq!(first.len(), 2);
+        assert_eq!(remotes.len(), 1);
         let (tx, mut rx) = watch::channel(first);
-        feeds.follow(tx);
+        let (rtx, mut rrx) = watch::channel(remotes);
+        feeds.follow(tx, rtx);
         let wait = |rx: &mut watch::Receiver<Vec<Service>>,
                     what: &'static str,
                     ok: fn(&[Service]) -> bool| {
@@ -263,5 +331,29 @@ mod tests {
             "spec": {"selector": {"app": "api"}, "clusterIP": "10.96.10.30",
                      "ports": [{"port": 8080, "protocol": "TCP"}]}}));
         wait(&mut rx, "api added", |s| s.iter().any(|s| s.name == "api")).await;
+        api.delete("MeshgateRemoteCluster", "c2");
+        tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            while !rrx.borrow_and_update().is_empty() {
+                rrx.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("the deleted MeshgateRemoteCluster reaches discovery");
+    }
+
+    #[test]
+    fn remote_clusters_are_read_as_remote_flags_are_and_a_bad_one_is_refused_alone() {
+        let (r, refused) = remotes_of(&objects(SERVICES, "MeshgateRemoteCluster"));
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].name, "c2");
+        assert_eq!(
+            r[0].urls,
+            ["https://198.18.2.2:7100", "https://198.18.2.3:7100"]
+        );
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert!(refused
+            .iter()
+            .any(|e| e.starts_with("MeshgateRemoteCluster bad-scheme:")));
+        assert!(refused.iter().any(|e| e.contains("empty")));
     }
 }
