@@ -108,6 +108,17 @@ fn service(
     })
 }
 
+/// The remote clusters of the feed's MeshgateRemoteClusters now (marked
+/// seen); the refused ones logged.
+fn linked(feed: &mut Feed) -> Vec<RemoteConfig> {
+    let objects: Arc<Objects> = feed.borrow_and_update().clone().unwrap_or_default();
+    let (remotes, refused) = remotes_of(&objects);
+    for r in &refused {
+        warn!(error = %r, "a MeshgateRemoteCluster is refused; skipped, the others are linked");
+    }
+    remotes
+}
+
 /// Discovery's watchers: Services, ServiceExports, MeshgateRemoteClusters.
 pub struct ServiceFeeds {
     pub services: Feed,
@@ -188,12 +199,7 @@ impl ServiceFeeds {
     }
 
     fn remotes_now(&mut self) -> Vec<RemoteConfig> {
-        let objects: Arc<Objects> = self.remotes.borrow_and_update().clone().unwrap_or_default();
-        let (remotes, refused) = remotes_of(&objects);
-        for r in &refused {
-            warn!(error = %r, "a MeshgateRemoteCluster is refused; skipped, the others are linked");
-        }
-        remotes
+        linked(&mut self.remotes)
     }
 
     fn now(&mut self) -> Vec<Service> {
@@ -220,11 +226,7 @@ impl ServiceFeeds {
         let mut feed = self.remotes.clone();
         tokio::spawn(async move {
             while feed.changed().await.is_ok() {
-                let objects: Arc<Objects> = feed.borrow_and_update().clone().unwrap_or_default();
-                let (now, refused) = remotes_of(&objects);
-                for r in &refused {
-                    warn!(error = %r, "a MeshgateRemoteCluster is refused; skipped, the others are linked");
-                }
+                let now = linked(&mut feed);
                 info!(remotes = now.len(), "MeshgateRemoteClusters changed");
                 if remotes.send(now).is_err() {
                     return;
