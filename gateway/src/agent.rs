@@ -165,9 +165,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut cfg = args.resolve()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     // With --inventory kubernetes, the API's first lists stand where the
-    // files are read: nothing is set up before them.
-    // With --inventory kubernetes the state dir holds the saved inventory;
-    // otherwise it is made only once the policy files are accepted.
+    // files are read: nothing is set up before them. The state dir holds
+    // the saved inventory then; otherwise it is made only once the policy
+    // files are accepted.
     if cfg.inventory.is_kubernetes() {
         std::fs::create_dir_all(&cfg.state_dir)
             .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;

@@ -540,7 +540,7 @@ pub fn apply_api_policies(agent: &Agent, parsed: crate::k8s::inventory::ParsedPo
         let Some(p) = inner.policy.as_mut() else {
             return;
         };
-        match p.apply_from_api(
+        match p.apply_parsed(
             &mut inner.dp.maps,
             parsed.file.identity,
             parsed.warnings,

@@ -43,8 +43,8 @@ pub struct Saved {
     node_labels: BTreeMap<String, String>,
     pods: BTreeMap<String, LabelEntry>,
     namespaces: Namespaces,
-    /// The policy objects as documents: (source, YAML).
-    policies: Vec<(String, String)>,
+    /// The policy objects as documents.
+    policies: Vec<inventory::PolicyDocument>,
 }
 
 fn load_saved(state_dir: &Path) -> Option<Saved> {
@@ -63,21 +63,10 @@ fn save(state_dir: &Path, saved: &Saved) {
     let path = state_dir.join(SAVED_FILE);
     let written = serde_json::to_vec(saved)
         .map_err(std::io::Error::other)
-        .and_then(|bytes| super::persist::write_atomic(&path, &bytes));
+        .and_then(|bytes| super::persist::write_atomic_blocking(&path, &bytes));
     if let Err(e) = written {
         warn!(file = %path.display(), error = %e, "saving the Kubernetes inventory failed; a restart while the API server is away would wait for it");
     }
-}
-
-fn docs_of(saved: &Saved) -> Vec<inventory::PolicyDocument> {
-    saved
-        .policies
-        .iter()
-        .map(|(source, yaml)| inventory::PolicyDocument {
-            source: source.clone(),
-            yaml: yaml.clone(),
-        })
-        .collect()
 }
 
 /// What the first complete lists gave, and the watchers going on.
@@ -130,7 +119,7 @@ pub async fn first_sync(
         if started.elapsed() >= saved_after {
             if let Some(saved) = load_saved(state_dir) {
                 warn!(waiting_for = ?missing, "the Kubernetes API does not answer; starting from the inventory saved at the last run, the watchers go on trying");
-                let policies = inventory::parse_policies(&docs_of(&saved), opts);
+                let policies = inventory::parse_policies(&saved.policies, opts);
                 return Ok(KubeStart {
                     inventory: inv,
                     node: NodeFacts {
@@ -167,7 +156,7 @@ pub async fn first_sync(
         node_labels: node_facts.labels.clone(),
         pods: pods.clone(),
         namespaces: namespaces.clone(),
-        policies: docs.into_iter().map(|d| (d.source, d.yaml)).collect(),
+        policies: docs,
     };
     save(state_dir, &saved);
     info!(
@@ -288,11 +277,7 @@ pub fn follow(agent: Arc<Agent>, inv: Inventory, start_node: NodeFacts, saved: S
             }
             let docs = documents(&mut policies);
             let parsed = inventory::parse_policies(&docs, &opts);
-            {
-                let mut s = saved.lock().unwrap_or_else(|p| p.into_inner());
-                s.policies = docs.into_iter().map(|d| (d.source, d.yaml)).collect();
-                save(&agent.cfg.state_dir, &s);
-            }
+            keep(&agent, &saved, &|s| s.policies.clone_from(&docs));
             let a = agent.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 super::datapath::apply_api_policies(&a, parsed)

@@ -42,6 +42,18 @@ pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// [`write_atomic`] from code that may run on the agent's runtime: the
+/// fsyncs block, so on a multi-threaded runtime its other tasks (the watch
+/// stream that brings identities) move to another worker meanwhile.
+pub(super) fn write_atomic_blocking(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| write_atomic(path, bytes))
+        }
+        _ => write_atomic(path, bytes),
+    }
+}
+
 /// The status file is a snapshot rewritten every 500 ms, not state: it is
 /// replaced atomically but not fsync'd, which would cost a disk flush twice a
 /// second per agent for nothing a restart needs.

@@ -91,18 +91,8 @@ pub fn load(dir: &Path) -> anyhow::Result<Pods> {
 fn save(dir: &Path, pods: &Pods) -> anyhow::Result<()> {
     let path = dir.join(PODS_FILE);
     let bytes = serde_json::to_vec_pretty(pods).context("encoding the pods")?;
-    let write = || {
-        super::persist::write_atomic(&path, &bytes)
-            .with_context(|| format!("writing {}", path.display()))
-    };
-    // The fsync blocks: on the agent's runtime, its other tasks (the watch
-    // stream that brings identities) move to another worker meanwhile.
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(write)
-        }
-        _ => write(),
-    }
+    super::persist::write_atomic_blocking(&path, &bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The label source's entry for a pod.

@@ -135,7 +135,7 @@ pub fn namespace_labels(objects: &Objects) -> BTreeMap<String, BTreeMap<String, 
 }
 
 /// A policy object as a YAML document for the policy parser.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PolicyDocument {
     /// `Kind namespace/name` (or `Kind name`), which errors name.
     pub source: String,

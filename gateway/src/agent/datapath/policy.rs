@@ -583,17 +583,16 @@ impl PolicyRuntime {
                 return Err(e.context("reloading the policy files; the previous policy stays"));
             }
         };
-        self.replace_policies(maps, loaded.file.identity)?;
-        log_warnings(&loaded.warnings);
-        self.warnings = loaded.warnings;
+        self.apply_parsed(maps, loaded.file.identity, loaded.warnings, &[])?;
         Ok(loaded.file.egress)
     }
 
-    /// Policies from the Kubernetes API: `identity` replaces the set (as
-    /// [`Self::replace_policies`]); the objects that were refused
-    /// (`refused`, each naming its object) are kept for status, and the
+    /// Policies as read (from the files, or the Kubernetes API): `identity`
+    /// replaces the set (as [`Self::replace_policies`]) and `warnings` are
+    /// logged and kept; the objects that were refused (`refused`, each
+    /// naming its object, from the API) are kept for status, and the
     /// others apply.
-    pub fn apply_from_api(
+    pub fn apply_parsed(
         &mut self,
         maps: &mut dyn PolicyMaps,
         identity: Vec<Policy>,
