@@ -50,10 +50,7 @@ pub(super) fn spawn(
     let mut tasks: Vec<JoinHandle<()>> = cfg
         .remotes
         .iter()
-        .map(|r| {
-            let client_tls = tls.map(|t| t.client_for(&r.name));
-            tokio::spawn(link(shared.clone(), r.clone(), client_tls))
-        })
+        .map(|r| spawn_link(shared, r, tls))
         .collect();
     let timeout_ms = u64::try_from(cfg.remote_timeout.as_millis()).unwrap_or(u64::MAX);
     tasks.push(tokio::spawn(expiry_loop(shared.clone(), timeout_ms)));
@@ -68,6 +65,16 @@ pub(super) fn spawn(
         )));
     }
     tasks
+}
+
+/// The link to `r`; over TLS with this discovery's own certificate.
+fn spawn_link(
+    shared: &Arc<Shared>,
+    r: &RemoteConfig,
+    tls: Option<&crate::tls::ServerTls>,
+) -> JoinHandle<()> {
+    let client_tls = tls.map(|t| t.client_for(&r.name));
+    tokio::spawn(link(shared.clone(), r.clone(), client_tls))
 }
 
 /// Keeps a link to each remote of `feed`: a new one is linked, a changed
@@ -100,8 +107,7 @@ async fn remotes_loop(
             }
             info!(remote = %r.name, url = %r.url, "linking a remote cluster from the Kubernetes API");
             shared.lock().imports.add(&r);
-            let client_tls = tls.as_ref().map(|t| t.client_for(&r.name));
-            let task = tokio::spawn(link(shared.clone(), r.clone(), client_tls));
+            let task = spawn_link(&shared, &r, tls.as_ref());
             links.insert(r.name.clone(), (r, task));
         }
         let gone: Vec<String> = links
