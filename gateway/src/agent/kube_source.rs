@@ -97,22 +97,19 @@ pub async fn first_sync(
     let started = Instant::now();
     let mut logged = Instant::now();
     loop {
-        let mut missing: Vec<&str> = Vec::new();
         let feeds = [
             (resources::NODES.plural, &inv.node),
             (resources::PODS.plural, &inv.pods),
             (resources::NAMESPACES.plural, &inv.namespaces),
         ];
-        for (name, feed) in feeds.into_iter().chain(
-            resources::POLICIES
-                .iter()
-                .map(|w| w.plural)
-                .zip(inv.policies.iter()),
-        ) {
-            if feed.borrow().is_none() {
-                missing.push(name);
-            }
-        }
+        let missing = crate::k8s::watch::unlisted(
+            feeds.into_iter().chain(
+                resources::POLICIES
+                    .iter()
+                    .map(|w| w.plural)
+                    .zip(inv.policies.iter()),
+            ),
+        );
         if missing.is_empty() {
             break;
         }

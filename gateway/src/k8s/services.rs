@@ -182,15 +182,17 @@ impl ServiceFeeds {
     /// Waits for every first list; the services and the remote clusters then.
     pub async fn first(&mut self) -> (Vec<Service>, Vec<RemoteConfig>) {
         let mut logged = std::time::Instant::now();
-        while self.services.borrow().is_none()
-            || self.exports.borrow().is_none()
-            || self.remotes.borrow().is_none()
-        {
+        loop {
+            let missing = feeds::unlisted([
+                (resources::SERVICES.plural, &self.services),
+                (resources::SERVICE_EXPORTS.plural, &self.exports),
+                (resources::MESHGATE_REMOTE_CLUSTERS.plural, &self.remotes),
+            ]);
+            if missing.is_empty() {
+                break;
+            }
             if logged.elapsed() >= std::time::Duration::from_secs(10) {
-                warn!(
-                    "waiting for the Kubernetes API's first lists of Services, ServiceExports \
-                     and MeshgateRemoteClusters"
-                );
+                warn!(waiting_for = ?missing, "waiting for the Kubernetes API's first lists");
                 logged = std::time::Instant::now();
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;

@@ -55,3 +55,12 @@ pub fn spawn(client: kube::Client, what: Watched, cfg: watcher::Config) -> Feed 
     });
     rx
 }
+
+/// The names of the feeds whose first list is not complete yet.
+pub fn unlisted<'a>(feeds: impl IntoIterator<Item = (&'a str, &'a Feed)>) -> Vec<&'a str> {
+    feeds
+        .into_iter()
+        .filter(|(_, f)| f.borrow().is_none())
+        .map(|(name, _)| name)
+        .collect()
+}
