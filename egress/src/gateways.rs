@@ -42,11 +42,13 @@ use ipnet::Ipv4Net;
 use meshgate_model::identity::Labels;
 use meshgate_model::policy::{CLUSTER_LABEL, NAMESPACE_LABEL};
 
-pub use meshgate_model::model::{EgressGatewayStatus, EgressPolicyStatus, NodeAddress};
+pub use meshgate_model::model::NodeAddress;
+pub use status::{EgressGatewayStatus, EgressPolicyStatus};
 
 use crate::{EgressIpSource, EgressPolicy, GatewaySpec};
 
 mod fqdn;
+mod status;
 
 pub use fqdn::{fqdn_tag, FqdnRoutes};
 

@@ -23,7 +23,7 @@
 //! `ebpf/` (maps `mg_egress`, the routes, and `mg_egress_ct`, the
 //! connection tracking that keeps a flow on its gateway), and the agent
 //! wiring that gathers the views, calls [`plan`] and writes the maps in
-//! `gateway/src/agent/datapath/egress.rs`. FQDN destinations
+//! `gateway/agent/src/datapath/egress.rs`. FQDN destinations
 //! (`destinationFQDNs`) are planned here ([`EgressPlan::fqdn`]); the DNS
 //! proxy turns their answers into routes.
 

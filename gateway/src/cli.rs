@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::agent::AgentArgs;
 use crate::certs_cmd::CertsArgs;
+#[cfg(feature = "discovery-server")]
 use crate::discovery_cmd::DiscoveryArgs;
 use crate::federation_cmd::FederationArgs;
 use crate::lab_cmd::LabCommand;
@@ -14,6 +14,7 @@ use crate::nodes_cmd::NodesArgs;
 use crate::observe_cmd::ObserveArgs;
 use crate::policy_cmd::PolicyCommand;
 use crate::services_cmd::ServicesArgs;
+use meshgate_agent::AgentArgs;
 
 /// meshgate: encrypted multi-cluster mesh for Kubernetes nodes.
 #[derive(Debug, Parser)]
@@ -26,7 +27,15 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the discovery service of one cluster.
+    #[cfg(feature = "discovery-server")]
     Discovery(DiscoveryArgs),
+    /// Run the discovery service of one cluster (not in this build).
+    #[cfg(not(feature = "discovery-server"))]
+    #[command(disable_help_flag = true)]
+    Discovery {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run the node agent.
     Agent(Box<AgentArgs>),
     /// Build and drive lab worlds made of network namespaces.
@@ -85,20 +94,26 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        #[cfg(feature = "discovery-server")]
         Command::Discovery(args) => crate::discovery_cmd::run(args).map(|_| ExitCode::SUCCESS),
-        Command::Agent(args) => crate::agent::run(*args).map(|_| ExitCode::SUCCESS),
+        #[cfg(not(feature = "discovery-server"))]
+        Command::Discovery { .. } => anyhow::bail!(
+            "this meshgate was built without the discovery server (an agent-only build, \
+             `--no-default-features`): run `meshgate discovery` from a default build"
+        ),
+        Command::Agent(args) => meshgate_agent::run(*args).map(|_| ExitCode::SUCCESS),
         Command::Lab { command } => crate::lab_cmd::run(command),
         Command::Nodes(args) => crate::nodes_cmd::run(args).map(|_| ExitCode::SUCCESS),
         Command::Services(args) => crate::services_cmd::run(args).map(|_| ExitCode::SUCCESS),
         Command::Certs(args) => crate::certs_cmd::run(args).map(|_| ExitCode::SUCCESS),
         Command::Federation(args) => crate::federation_cmd::run(args).map(|_| ExitCode::SUCCESS),
         Command::Policy { command } => crate::policy_cmd::run(command),
-        Command::Status { state_dir } => crate::agent::print_status(&state_dir),
+        Command::Status { state_dir } => meshgate_agent::print_status(&state_dir),
         Command::Observe(args) => crate::observe_cmd::run(args),
         Command::Dnsproxy(args) => crate::dnsproxy::run(*args),
         Command::Ipcache { state_dir } => crate::ipcache_cmd::run(&state_dir),
         Command::Rbac => {
-            let yaml = crate::k8s::rbac::to_yaml(&crate::k8s::rbac::all())
+            let yaml = meshgate_k8s::rbac::to_yaml(&meshgate_k8s::rbac::all())
                 .map_err(|e| anyhow::anyhow!("encoding the ClusterRole: {e}"))?;
             #[allow(clippy::print_stdout)]
             {
@@ -117,11 +132,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn crds(out_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
     use anyhow::Context;
     let mut all = String::new();
-    for crd in crate::k8s::crds::all() {
-        let yaml = crate::k8s::crds::to_yaml(&crd).context("encoding a CRD")?;
+    for crd in meshgate_k8s::crds::all() {
+        let yaml = meshgate_k8s::crds::to_yaml(&crd).context("encoding a CRD")?;
         match out_dir {
             Some(dir) => {
-                let path = dir.join(crate::k8s::crds::file_name(&crd));
+                let path = dir.join(meshgate_k8s::crds::file_name(&crd));
                 std::fs::write(&path, &yaml)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
@@ -190,5 +205,20 @@ mod tests {
         assert!(!bin.join(".meshgate-cni.tmp").exists());
         let err = super::cni_install(&bin, Some(&dir.path().join("missing"))).unwrap_err();
         assert!(format!("{err:#}").contains("give --from"), "{err:#}");
+    }
+
+    /// The agent-only build (`--no-default-features`, run by `cargo xtask
+    /// test`) refuses `meshgate discovery` naming the build that has it.
+    #[cfg(not(feature = "discovery-server"))]
+    #[test]
+    fn an_agent_only_build_refuses_discovery_naming_the_build_that_has_it() {
+        use clap::Parser;
+        let cli = super::Cli::try_parse_from(["meshgate", "discovery", "--cluster", "c1"])
+            .expect("the subcommand still parses");
+        let err = super::run(cli).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("without the discovery server"),
+            "{err:#}"
+        );
     }
 }

@@ -131,8 +131,8 @@ pub fn run(args: DiscoveryArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         // The first lists stand where the file is read: served from the start.
         let (services, feeds) = if kubernetes {
-            let client = crate::k8s::client(args.kubeconfig.as_deref()).await?;
-            let mut watched = crate::k8s::services::start(&client);
+            let client = meshgate_k8s::client(args.kubeconfig.as_deref()).await?;
+            let mut watched = crate::discovery_kube::start(&client);
             let (first, remotes) = watched.first().await;
             let (tx, rx) = tokio::sync::watch::channel(first.clone());
             let (rtx, rrx) = tokio::sync::watch::channel(remotes);

@@ -14,7 +14,7 @@
 
 mod events;
 mod handoff;
-pub(crate) mod host;
+use meshgate_agent::dns_steering as host;
 mod metrics;
 mod mmsg;
 mod pool;
@@ -37,10 +37,7 @@ use tracing::{info, warn};
 
 pub use events::{observe_socket, DnsEvent};
 
-/// The address the proxy listens on (on `lo`) and pods' DNS is DNATed to.
-pub const LISTEN: Ipv4Addr = Ipv4Addr::new(169, 254, 53, 53);
-/// Its port.
-pub const PORT: u16 = 53;
+pub use host::{LISTEN, PORT};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RefuseArg {
@@ -170,7 +167,7 @@ async fn main(args: DnsProxyArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.metrics_addr {
         let c = core.clone();
         let render = move || metrics::render(&c);
-        crate::agent::metrics::spawn_server(addr, Arc::new(render)).await?;
+        meshgate_agent::metrics::spawn_server(addr, Arc::new(render)).await?;
     }
 
     // Until a successor has our sockets, or we are told to stop.

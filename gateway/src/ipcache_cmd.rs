@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use meshgate_model::identity::{canonical_key, reserved_name, CLUSTER_LABEL, NAMESPACE_LABEL};
 
-use crate::agent::ipcache::{self, IpCache};
+use meshgate_agent::ipcache::{self, IpCache};
 
 /// The table text (pure). The namespace and cluster labels are left out of
 /// the labels column: the ENDPOINT and CLUSTER/NODE columns show them.
@@ -73,7 +73,7 @@ pub fn run(state_dir: &Path) -> anyhow::Result<ExitCode> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::agent::ipcache::IpCacheEntry;
+    use meshgate_agent::ipcache::IpCacheEntry;
 
     #[test]
     fn table_shows_labels_without_ns_and_cluster() {

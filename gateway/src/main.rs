@@ -1,20 +1,26 @@
-//! The `meshgate` binary: parses the command line and starts the part asked for.
+//! The `meshgate` binary: parses the command line and starts the part
+//! asked for. The agent is `meshgate_agent` (gateway/agent), Kubernetes
+//! `meshgate_k8s` (gateway/k8s), discovery `meshgate_discovery`.
 
-mod agent;
 mod certs_cmd;
 mod cli;
+// It parses discovery's command lines too.
+#[cfg(all(test, feature = "discovery-server"))]
+mod deploy_tests;
+#[cfg(feature = "discovery-server")]
 mod discovery_cmd;
+#[cfg(feature = "discovery-server")]
+mod discovery_kube;
 mod dnsproxy;
 mod federation_cmd;
-mod flow;
 mod ipcache_cmd;
-mod k8s;
 mod lab_cmd;
 mod nodes_cmd;
 mod observe_cmd;
 mod observe_dns;
 mod policy_cmd;
 mod services_cmd;
+#[cfg(feature = "discovery-server")]
 mod services_file;
 
 use clap::Parser;

@@ -24,7 +24,7 @@ where
     F: FnMut(DiscoveryClient<Channel>, String) -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
-    let urls = crate::agent::config::discovery_urls(discovery)?;
+    let urls = meshgate_agent::config::discovery_urls(discovery)?;
     let mut failures = Vec::new();
     for url in &urls {
         let answer = async {
@@ -75,8 +75,8 @@ impl DiscoveryClientArgs {
         if self.tls_ca.is_some() && self.tls_server_name.is_none() {
             bail!("--tls-ca needs --tls-server-name (discovery.<cluster>.meshgate): this command does not know the cluster");
         }
-        let urls = crate::agent::config::discovery_urls(&self.discovery)?;
-        crate::agent::config::client_tls(
+        let urls = meshgate_agent::config::discovery_urls(&self.discovery)?;
+        meshgate_agent::config::client_tls(
             &urls[0],
             "",
             self.tls_ca.clone(),

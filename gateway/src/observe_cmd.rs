@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 
-use crate::agent::observe::{socket_path, Message, Request};
-use crate::flow::{self, Filter, Flow};
+use meshgate_agent::flow::{self, Filter, Flow};
+use meshgate_agent::observe::{socket_path, Message, Request};
 
 /// Filters and output of `observe`.
 #[derive(Debug, Args)]
@@ -135,7 +135,7 @@ fn explain(src: &Source, err: &std::io::Error, world: Option<&str>) -> anyhow::E
     };
     match std::fs::read_to_string(&status)
         .ok()
-        .and_then(|t| serde_json::from_str::<meshgate_model::model::AgentStatus>(&t).ok())
+        .and_then(|t| serde_json::from_str::<meshgate_agent::status::AgentStatus>(&t).ok())
     {
         None => anyhow::anyhow!(
             "no agent runs with state dir {} (no {}): {start_fix}",
@@ -383,7 +383,7 @@ fn merge(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::agent::ipcache::IpCache;
+    use meshgate_agent::ipcache::IpCache;
     use meshgate_ebpf::{FlowEvent, Point, Reason, Verdict};
 
     fn opts() -> ObserveOpts {

@@ -11,19 +11,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Subcommand, ValueEnum};
-use meshgate_model::policy::{summary, L7Mode, ParseOptions, PolicyRef};
-
-/// `--l7`: what to do with HTTP / Kafka rules.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum L7Arg {
-    /// Refuse the policy (default).
-    #[default]
-    Refuse,
-    /// Enforce the rule's L3/L4 part and warn that the L7 part is not.
-    Ignore,
-}
+use clap::Subcommand;
+use meshgate_agent::config::L7Arg;
+use meshgate_model::policy::{summary, ParseOptions, PolicyRef};
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
@@ -40,15 +30,6 @@ pub enum PolicyCommand {
         #[arg(long, value_enum, default_value_t = L7Arg::Refuse)]
         l7: L7Arg,
     },
-}
-
-impl From<L7Arg> for L7Mode {
-    fn from(a: L7Arg) -> L7Mode {
-        match a {
-            L7Arg::Refuse => L7Mode::Refuse,
-            L7Arg::Ignore => L7Mode::Ignore,
-        }
-    }
 }
 
 /// The report text and whether every file was read without error (pure
@@ -141,6 +122,7 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meshgate_model::policy::L7Mode;
 
     fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
         let p = dir.path().join(name);

@@ -1,13 +1,13 @@
 //! The agent's `status.json` (docs/contracts.md).
 //!
-//! The type is `meshgate_model::model::AgentStatus`; this module reads
+//! The type is the agent's, `meshgate_agent::status::AgentStatus`; this module reads
 //! it and formats keys.
 
 use std::path::Path;
 
 use crate::error::LabError;
 
-pub use meshgate_model::model::{AgentStatus, EgressStatus, PeerStatus};
+pub use meshgate_agent::status::{AgentStatus, EgressStatus, PeerStatus};
 
 /// Reads and parses a `status.json`.
 pub fn read(path: &Path) -> Result<AgentStatus, LabError> {

@@ -120,7 +120,7 @@ fn report(tally: &Tally, failed_steps: &[String]) {
 }
 
 fn run_steps(tally: &mut Tally, failed: &mut Vec<String>) -> Result<()> {
-    let mut steps = Steps::new(9);
+    let mut steps = Steps::new(10);
     // Each of these records its failure and lets the run go on.
     let mut keep_going = |steps: &mut Steps, name: &str, f: &mut dyn FnMut() -> Result<()>| {
         if let Err(err) = steps.step(name, f) {
@@ -143,6 +143,11 @@ fn run_steps(tally: &mut Tally, failed: &mut Vec<String>) -> Result<()> {
             "warnings",
         ]))
     });
+    keep_going(
+        &mut steps,
+        "the agent-only build links no discovery server",
+        &mut agent_only_build,
+    );
     steps.step("build meshgate (release)", || {
         util::run(util::cargo().args(["build", "-p", "meshgate-gateway", "--release"]))
     })?;
@@ -207,9 +212,71 @@ fn run_steps(tally: &mut Tally, failed: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
+/// Crates only `meshgate discovery` needs: the server and its stores.
+const SERVER_CRATES: &[&str] = &["meshgate-discovery", "etcd-client", "redb"];
+
+/// The agent's crate, and `meshgate` built without the discovery server
+/// (`--no-default-features`), link none of [`SERVER_CRATES`]; that build
+/// passes clippy and its own unit tests too.
+fn agent_only_build() -> Result<()> {
+    for args in [
+        &["-p", "meshgate-agent"][..],
+        &["-p", "meshgate-gateway", "--no-default-features"][..],
+    ] {
+        let tree = util::output(
+            util::cargo()
+                .args([
+                    "tree", "-e", "normal", "--prefix", "none", "--format", "{p}",
+                ])
+                .args(args),
+        )?;
+        let linked = server_crates_in(&tree);
+        if !linked.is_empty() {
+            bail!(
+                "`cargo tree {}` shows {}: the agent must depend on meshgate-model only, \
+                 not on the discovery server",
+                args.join(" "),
+                linked.join(", ")
+            );
+        }
+    }
+    util::run(util::cargo().args([
+        "clippy",
+        "-p",
+        "meshgate-gateway",
+        "--no-default-features",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    util::run(util::cargo().args(["test", "-p", "meshgate-gateway", "--no-default-features"]))
+}
+
+/// The [`SERVER_CRATES`] named in `cargo tree --prefix none` output.
+fn server_crates_in(tree: &str) -> Vec<String> {
+    let mut found: Vec<String> = tree
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| SERVER_CRATES.contains(name))
+        .map(str::to_owned)
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Tally;
+    use super::{server_crates_in, Tally};
+
+    #[test]
+    fn finds_server_crates_in_a_dependency_tree() {
+        let tree = "meshgate-agent v0.1.0 (/w/gateway/agent)\nmeshgate-model v0.1.0 (/w/discovery/model)\n\
+                    tonic v0.14.2\nredb v2.6.0\nmeshgate-discovery v0.1.0 (/w/discovery)\nredb v2.6.0\n";
+        assert_eq!(server_crates_in(tree), ["meshgate-discovery", "redb"]);
+        assert!(server_crates_in("meshgate-model v0.1.0\nredbx v1.0.0\n").is_empty());
+    }
 
     #[test]
     fn sums_result_lines() {

@@ -19,7 +19,7 @@
 //!   see a prefix change identity under traffic; a freed number is reused
 //!   (lowest free first) only after the agent removed its entries.
 //!
-//! The agent (`gateway/src/agent/datapath/policy.rs`) writes each prefix
+//! The agent (`gateway/agent/src/datapath/policy.rs`) writes each prefix
 //! into the ipcache with its identity; the datapath treats those entries as
 //! world addresses and never lets them apply inside a mesh pod CIDR.
 

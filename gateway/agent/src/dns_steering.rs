@@ -1,4 +1,4 @@
-//! The node's side of the steering: the proxy's address and the nft rule
+//! The node's side of the DNS steering (the proxy is `meshgate dnsproxy`): the proxy's address and the nft rule
 //! that sends pods' DNS to it.
 //!
 //! from_pod marks every pod packet `MARK_MAGIC | identity` and, with the
@@ -14,7 +14,12 @@ use anyhow::Context;
 use ipnet::Ipv4Net;
 use meshgate_tunnel::netlink::Netlink;
 
-use crate::agent::datapath::nft;
+use crate::datapath::nft;
+
+/// The address the proxy listens on (on `lo`) and pods' DNS is DNATed to.
+pub const LISTEN: Ipv4Addr = Ipv4Addr::new(169, 254, 53, 53);
+/// Its port.
+pub const PORT: u16 = 53;
 
 pub const NFT_TABLE: &str = "meshgate_dns";
 

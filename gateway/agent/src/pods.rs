@@ -31,7 +31,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
 
 use super::Agent;
-#[path = "../cni/proto.rs"]
+// The plugin (gateway/src/cni) and the agent compile the same file, so
+// the CNI plugin binary links nothing of the agent.
+#[path = "../../src/cni/proto.rs"]
 pub mod proto;
 use proto::{Answer, Pod, Request};
 

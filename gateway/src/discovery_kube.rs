@@ -17,9 +17,9 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::mirror::Objects;
-use super::resources;
-use super::watch::{self as feeds, Feed};
+use meshgate_k8s::mirror::Objects;
+use meshgate_k8s::resources;
+use meshgate_k8s::watch::{self as feeds, Feed};
 
 /// The services of `services`, exported per `exports`; and the Services
 /// refused, each with why.
@@ -258,8 +258,8 @@ impl ServiceFeeds {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::k8s::fake_apiserver::FakeApiServer;
-    use crate::k8s::fixtures::{objects, SERVICES};
+    use meshgate_k8s::fake_apiserver::FakeApiServer;
+    use meshgate_k8s::fixtures::{objects, SERVICES};
     use serde_json::json;
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use super::crds;
 
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/crds")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes/crds")
 }
 
 #[test]

@@ -6,8 +6,8 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::status::{AgentStatus, OffloadStatus, PeerStatus};
 use anyhow::Context;
-use meshgate_model::model::{AgentStatus, OffloadStatus, PeerStatus};
 use meshgate_tunnel::PeerConfig;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
@@ -134,14 +134,11 @@ pub fn status(agent: &Agent) -> AgentStatus {
         gateways: mesh.gateways.clone(),
         datapath: agent.datapath.get().map(|d| d.status()),
         egress,
-        ipsec: agent
-            .backend
-            .ipsec()
-            .map(|i| meshgate_model::model::IpsecStatus {
-                generation: i.generation,
-                rotating: i.rotating,
-                offload: i.offload,
-            }),
+        ipsec: agent.backend.ipsec().map(|i| crate::status::IpsecStatus {
+            generation: i.generation,
+            rotating: i.rotating,
+            offload: i.offload,
+        }),
         offloads: agent.backend.offloads().map(|o| OffloadStatus {
             tun_tso: o.tso,
             tun_uso: o.uso,

@@ -57,7 +57,7 @@ pub fn write(dir: &Path, conf: &serde_json::Value) -> anyhow::Result<PathBuf> {
 /// The plugin's own config reader (`meshgate-cni` is another binary).
 #[cfg(test)]
 #[allow(dead_code)]
-#[path = "../cni/config.rs"]
+#[path = "../../src/cni/config.rs"]
 mod plugin_config;
 
 #[cfg(test)]

@@ -125,7 +125,7 @@ pub struct AgentArgs {
     /// HTTP / Kafka (L7) rules in the policy files: refuse the policy (the
     /// default), or ignore the L7 part, enforce the L3/L4 part and warn.
     #[arg(long, value_enum)]
-    pub l7: Option<crate::policy_cmd::L7Arg>,
+    pub l7: Option<L7Arg>,
     /// Namespaces' labels, a YAML map `name: {key: value}` (the same file
     /// on every node of a cluster): each endpoint carries its namespace's
     /// as `io.cilium.k8s.namespace.labels.<key>`, which namespace selectors
@@ -555,6 +555,26 @@ pub fn client_tls(
     ClientTls::from_files(&ca, cert.as_deref(), key.as_deref(), server_name, cluster)
         .map(Some)
         .context("loading the TLS files for discovery")
+}
+
+/// `--l7`: what to do with HTTP / Kafka rules.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum L7Arg {
+    /// Refuse the policy (default).
+    #[default]
+    Refuse,
+    /// Enforce the rule's L3/L4 part and warn that the L7 part is not.
+    Ignore,
+}
+
+impl From<L7Arg> for meshgate_model::policy::L7Mode {
+    fn from(a: L7Arg) -> meshgate_model::policy::L7Mode {
+        match a {
+            L7Arg::Refuse => meshgate_model::policy::L7Mode::Refuse,
+            L7Arg::Ignore => meshgate_model::policy::L7Mode::Ignore,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use meshgate_model::model::GatewayStatus;
+use crate::status::GatewayStatus;
 use meshgate_model::pb;
 use meshgate_tunnel::PeerConfig;
 

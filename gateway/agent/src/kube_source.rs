@@ -1,5 +1,5 @@
 //! `--inventory kubernetes`: the agent's node, pods, namespaces and
-//! policies from the API ([`crate::k8s::inventory`]'s watchers), applied as
+//! policies from the API ([`meshgate_k8s::inventory`]'s watchers), applied as
 //! the files' are: the Node's pod CIDR and labels (labels published again
 //! when they change), the labels of the pods `meshgate-cni` adds (by
 //! `namespace/name`), the namespaces' labels, and every policy kind.
@@ -22,10 +22,10 @@ use tracing::{info, warn};
 use super::namespaces::Namespaces;
 use super::pods::LabelEntry;
 use super::Agent;
-use crate::k8s::inventory::{self, Inventory, NodeFacts, ParsedPolicies};
-use crate::k8s::mirror::Objects;
-use crate::k8s::resources;
-use crate::k8s::watch::Feed;
+use meshgate_k8s::inventory::{self, Inventory, NodeFacts, ParsedPolicies};
+use meshgate_k8s::mirror::Objects;
+use meshgate_k8s::resources;
+use meshgate_k8s::watch::Feed;
 
 /// How often the wait for the first lists says what it still waits for.
 const WAIT_LOG: Duration = Duration::from_secs(10);
@@ -92,7 +92,7 @@ pub async fn first_sync(
     state_dir: &Path,
     saved_after: Duration,
 ) -> anyhow::Result<KubeStart> {
-    let client = crate::k8s::client(kubeconfig).await?;
+    let client = meshgate_k8s::client(kubeconfig).await?;
     let mut inv = inventory::start(&client, node);
     let started = Instant::now();
     let mut logged = Instant::now();
@@ -102,7 +102,7 @@ pub async fn first_sync(
             (resources::PODS.plural, &inv.pods),
             (resources::NAMESPACES.plural, &inv.namespaces),
         ];
-        let missing = crate::k8s::watch::unlisted(
+        let missing = meshgate_k8s::watch::unlisted(
             feeds.into_iter().chain(
                 resources::POLICIES
                     .iter()
@@ -301,8 +301,8 @@ mod tests {
     //! API server can run here), through a kubeconfig as a user gives one.
 
     use super::*;
-    use crate::k8s::fake_apiserver::FakeApiServer;
-    use crate::k8s::fixtures;
+    use meshgate_k8s::fake_apiserver::FakeApiServer;
+    use meshgate_k8s::fixtures;
 
     /// A long wait: these tests never start from a saved inventory.
     const NEVER: Duration = Duration::from_secs(3600);
@@ -461,7 +461,7 @@ mod tests {
     fn a_bad_kubeconfig_is_named() {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let err = rt
-            .block_on(crate::k8s::client(Some(Path::new(
+            .block_on(meshgate_k8s::client(Some(Path::new(
                 "/nonexistent/kubeconfig",
             ))))
             .err()

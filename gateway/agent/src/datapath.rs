@@ -31,10 +31,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
+use crate::status::DatapathStatus;
 use anyhow::{bail, Context};
 use ipnet::Ipv4Net;
 use meshgate_ebpf::{Attachment, Datapath, Hook, IpcacheEntry};
-use meshgate_model::model::DatapathStatus;
 use meshgate_tunnel::netlink::{LinkChange, LinkKind, Netlink, Rule};
 use tracing::{debug, info, warn};
 
@@ -296,7 +296,7 @@ impl Ebpf {
         // proxy running, DNS fails at the proxy's address, never leaves.
         let was_on = dp.maps.config.dns_proxy().unwrap_or(false);
         if dns_proxy {
-            crate::dnsproxy::host::install(crate::dnsproxy::LISTEN, crate::dnsproxy::PORT)
+            crate::dns_steering::install(crate::dns_steering::LISTEN, crate::dns_steering::PORT)
                 .context("steering pods' DNS to the DNS proxy (--dns-proxy)")?;
         }
         dp.maps
@@ -304,7 +304,7 @@ impl Ebpf {
             .set_dns_proxy(dns_proxy)
             .context("setting DNS proxy steering in the pinned mg_config map")?;
         if was_on && !dns_proxy {
-            if let Err(e) = crate::dnsproxy::host::uninstall(crate::dnsproxy::LISTEN) {
+            if let Err(e) = crate::dns_steering::uninstall(crate::dns_steering::LISTEN) {
                 warn!(error = %format!("{e:#}"), "removing the DNS proxy's steering");
             }
         }
@@ -524,7 +524,7 @@ pub fn reload_policy(agent: &Agent) {
 /// the identity policies' difference, and the egress gateway policies).
 /// A set that is refused as a whole (more prefixes than the node has CIDR
 /// identities) keeps the previous policy.
-pub fn apply_api_policies(agent: &Agent, parsed: crate::k8s::inventory::ParsedPolicies) {
+pub fn apply_api_policies(agent: &Agent, parsed: meshgate_k8s::inventory::ParsedPolicies) {
     let Some(ebpf) = agent.datapath.get() else {
         return;
     };
@@ -683,7 +683,7 @@ pub fn egress_active(agent: &Agent) -> bool {
 /// `status.json`'s egress section, when egress policies are loaded. Takes
 /// the node records, then the datapath: never call it holding the mesh lock
 /// (`mesh::refresh` takes that while holding the node records).
-pub fn egress_status(agent: &Agent) -> Option<meshgate_model::model::EgressStatus> {
+pub fn egress_status(agent: &Agent) -> Option<crate::status::EgressStatus> {
     let ebpf = agent.datapath.get()?;
     let tunnel_of: BTreeMap<String, Ipv4Addr> = agent
         .nodes()

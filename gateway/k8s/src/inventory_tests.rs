@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used)]
 use super::*;
-use crate::k8s::fixtures::{objects, NAMESPACES, NODES, PODS, POLICIES};
+use crate::fixtures::{objects, NAMESPACES, NODES, PODS, POLICIES};
 
 #[test]
 fn the_node_gives_its_ipv4_pod_cidr_and_labels() {

@@ -323,7 +323,7 @@ async fn client(stream: UnixStream, observer: &Observer) -> std::io::Result<()> 
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::agent::ipcache::IpCache;
+    use crate::ipcache::IpCache;
     use meshgate_ebpf::{FlowEvent, Point, Reason, Verdict};
     use tokio::io::AsyncBufReadExt;
 

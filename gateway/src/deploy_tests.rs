@@ -123,7 +123,7 @@ fn every_overlay_renders_and_every_object_reads_into_its_type_with_nothing_left_
 #[test]
 fn the_crds_render_as_meshgate_crds_makes_them() {
     let rendered = render("crds");
-    let made: Vec<Value> = super::crds::all()
+    let made: Vec<Value> = meshgate_k8s::crds::all()
         .iter()
         .map(|c| serde_json::to_value(c).unwrap())
         .collect();
@@ -146,7 +146,7 @@ fn the_agent_and_discovery_may_list_and_watch_exactly_what_their_watchers_read()
     let committed = std::fs::read_to_string(deploy().join("base/clusterroles.yaml")).unwrap();
     assert_eq!(
         committed,
-        super::rbac::to_yaml(&super::rbac::all()).unwrap(),
+        meshgate_k8s::rbac::to_yaml(&meshgate_k8s::rbac::all()).unwrap(),
         "base/clusterroles.yaml is stale: run `cargo run -p meshgate-gateway --bin meshgate -- rbac > \
          deploy/kubernetes/base/clusterroles.yaml`"
     );
@@ -164,9 +164,9 @@ fn the_agent_and_discovery_may_list_and_watch_exactly_what_their_watchers_read()
             of_kind(&objects, "Role").is_empty() && of_kind(&objects, "RoleBinding").is_empty()
         );
         for (want, workload) in [
-            (super::rbac::agent(), "DaemonSet"),
+            (meshgate_k8s::rbac::agent(), "DaemonSet"),
             (
-                super::rbac::discovery(),
+                meshgate_k8s::rbac::discovery(),
                 if dir.ends_with("etcd") {
                     "Deployment"
                 } else {
@@ -195,8 +195,14 @@ fn the_agent_and_discovery_may_list_and_watch_exactly_what_their_watchers_read()
     }
     // Every resource the watchers read is in its component's rules.
     for (role, watched) in [
-        (super::rbac::agent(), super::resources::agent()),
-        (super::rbac::discovery(), super::resources::discovery()),
+        (
+            meshgate_k8s::rbac::agent(),
+            meshgate_k8s::resources::agent(),
+        ),
+        (
+            meshgate_k8s::rbac::discovery(),
+            meshgate_k8s::resources::discovery(),
+        ),
     ] {
         let rules = role.rules.unwrap();
         for w in watched {

@@ -7,9 +7,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use std::time::Instant;
 
+use crate::status::GatewayStatus;
 use anyhow::Context;
 use ipnet::Ipv4Net;
-use meshgate_model::model::GatewayStatus;
 use meshgate_model::pb;
 use meshgate_tunnel::peers::{diff, route_diff, PeerConfig};
 use meshgate_tunnel::routes;

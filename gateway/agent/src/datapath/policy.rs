@@ -374,9 +374,9 @@ impl PolicyRuntime {
     }
 
     /// For `status.json`.
-    pub fn status(&self) -> meshgate_model::model::PolicyStatus {
+    pub fn status(&self) -> crate::status::PolicyStatus {
         let (entries, selected) = self.counts();
-        meshgate_model::model::PolicyStatus {
+        crate::status::PolicyStatus {
             files: self.files.iter().map(|f| f.display().to_string()).collect(),
             entries,
             selected,
@@ -388,7 +388,7 @@ impl PolicyRuntime {
             warnings: self
                 .warnings
                 .iter()
-                .map(|w| meshgate_model::model::PolicyWarningStatus {
+                .map(|w| crate::status::PolicyWarningStatus {
                     kind: w.kind.as_str().to_string(),
                     warning: w.to_string(),
                 })

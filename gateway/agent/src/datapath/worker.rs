@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tracing::debug;
 
-use crate::agent::Agent;
+use crate::Agent;
 
 /// How often the worker syncs with no kick.
 pub const RESYNC: Duration = Duration::from_secs(1);

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use meshgate_ebpf::{identity, FlowEvent, Reason, Verdict};
 use serde::{Deserialize, Serialize};
 
-use crate::agent::ipcache::IpCache;
+use crate::ipcache::IpCache;
 
 /// One end of a flow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,7 +270,7 @@ pub fn line(f: &Flow) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::agent::ipcache::IpCacheEntry;
+    use crate::ipcache::IpCacheEntry;
     use meshgate_ebpf::Point;
 
     fn cache() -> IpCache {

@@ -27,11 +27,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use crate::status::EgressStatus;
 use anyhow::Context;
 use ipnet::Ipv4Net;
 use meshgate_ebpf::{EgressRoute, MARK_EGRESS, MARK_SNAT};
 use meshgate_egress::{EgressPlan, EgressPolicy, EndpointView, NodeView};
-use meshgate_model::model::{EgressStatus, NodeAddress};
+use meshgate_model::model::NodeAddress;
 use meshgate_tunnel::netlink::{Netlink, Route, Rule, MAIN_TABLE};
 use tracing::{info, warn};
 
@@ -244,7 +245,7 @@ pub struct Inputs {
 
 impl Inputs {
     pub fn gather(
-        cache: &crate::agent::ipcache::IpCache,
+        cache: &crate::ipcache::IpCache,
         nodes: &BTreeMap<String, meshgate_model::pb::Node>,
     ) -> Inputs {
         let mut problems = Vec::new();
@@ -633,7 +634,7 @@ pub fn status(
         .as_ref()
         .is_none_or(|(at, _)| at.elapsed() >= FLOW_RECOUNT);
     if stale {
-        let now = crate::agent::observe::clock_ns(libc::CLOCK_MONOTONIC);
+        let now = crate::observe::clock_ns(libc::CLOCK_MONOTONIC);
         let mut per_gateway: BTreeMap<Ipv4Addr, u64> = BTreeMap::new();
         if let Ok(flows) = maps.egress.flows() {
             for f in flows {

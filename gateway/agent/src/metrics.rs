@@ -12,10 +12,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::status::AgentStatus;
 use anyhow::Context;
 use meshgate_ebpf::layout::Counter;
 use meshgate_ebpf::{Maps, Reason};
-use meshgate_model::model::AgentStatus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info};
@@ -41,7 +41,7 @@ pub struct DatapathFigures {
 
 /// `meshgate_policy_warnings{kind}`: the policy files' warnings by kind
 /// (every kind, zero ones too, so an alert can watch for any).
-fn policy_warnings(o: &mut Out, p: &meshgate_model::model::PolicyStatus) {
+fn policy_warnings(o: &mut Out, p: &crate::status::PolicyStatus) {
     let name = "meshgate_policy_warnings";
     o.family(
         name,
@@ -160,7 +160,7 @@ pub fn render(status: &AgentStatus, dp: Option<&DatapathFigures>) -> String {
         "WireGuard peers configured.",
         status.peers.len(),
     );
-    let peer = |p: &meshgate_model::model::PeerStatus| format!("{}/{}", p.cluster, p.node);
+    let peer = |p: &crate::status::PeerStatus| format!("{}/{}", p.cluster, p.node);
     o.family(
         "meshgate_wireguard_peer_last_handshake_seconds",
         "gauge",
@@ -179,7 +179,7 @@ pub fn render(status: &AgentStatus, dp: Option<&DatapathFigures>) -> String {
         (
             "meshgate_wireguard_peer_tx_bytes_total",
             "Bytes sent to a peer through the tunnel.",
-            (|p| p.tx_bytes) as fn(&meshgate_model::model::PeerStatus) -> u64,
+            (|p| p.tx_bytes) as fn(&crate::status::PeerStatus) -> u64,
         ),
         (
             "meshgate_wireguard_peer_rx_bytes_total",
@@ -282,8 +282,8 @@ pub fn render(status: &AgentStatus, dp: Option<&DatapathFigures>) -> String {
 }
 
 /// Egress gateway policies: each gateway's usability and flows.
-fn egress(o: &mut Out, e: &meshgate_model::model::EgressStatus) {
-    type Gateway = meshgate_model::model::EgressGatewayStatus;
+fn egress(o: &mut Out, e: &crate::status::EgressStatus) {
+    type Gateway = crate::status::EgressGatewayStatus;
     for (name, help, get) in [
         (
             "meshgate_egress_gateway_up",
@@ -380,7 +380,7 @@ pub async fn start(agent: Arc<Agent>, observer: Option<Arc<Observer>>) -> anyhow
 }
 
 /// Serves `render`'s text on `addr` (for the DNS proxy's metrics too).
-pub(crate) async fn spawn_server(addr: SocketAddr, render: Render) -> anyhow::Result<()> {
+pub async fn spawn_server(addr: SocketAddr, render: Render) -> anyhow::Result<()> {
     let listener = bind(addr).await?;
     tokio::spawn(serve(listener, render));
     Ok(())
@@ -468,7 +468,7 @@ async fn answer(mut stream: TcpStream, render: Render) -> std::io::Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use meshgate_model::model::{DatapathStatus, PeerStatus};
+    use crate::status::{DatapathStatus, PeerStatus};
 
     fn status() -> AgentStatus {
         serde_json::from_value(serde_json::json!({
@@ -508,7 +508,7 @@ mod tests {
     fn userspace_offloads_are_exposed() {
         let mut s = status();
         assert!(!render(&s, None).contains("meshgate_userspace_offload"));
-        s.offloads = Some(meshgate_model::model::OffloadStatus {
+        s.offloads = Some(crate::status::OffloadStatus {
             tun_tso: true,
             tun_uso: false,
             tun_gro: true,
@@ -524,7 +524,7 @@ mod tests {
 
     #[test]
     fn egress_gateways_are_exposed_per_policy() {
-        use meshgate_model::model::{EgressGatewayStatus, EgressPolicyStatus, EgressStatus};
+        use crate::status::{EgressGatewayStatus, EgressPolicyStatus, EgressStatus};
         let mut s = status();
         s.egress = Some(EgressStatus {
             policies: vec![EgressPolicyStatus {
@@ -567,7 +567,7 @@ mod tests {
 
     #[test]
     fn policy_warnings_are_counted_by_kind() {
-        use meshgate_model::model::{PolicyStatus, PolicyWarningStatus};
+        use crate::status::{PolicyStatus, PolicyWarningStatus};
         let mut s = status();
         s.datapath = Some(DatapathStatus {
             policy: Some(PolicyStatus {

@@ -10,22 +10,25 @@
 
 mod addresses;
 mod cni_conf;
-pub(crate) mod config;
-pub(crate) mod datapath;
+pub mod config;
+pub mod datapath;
+pub mod dns_steering;
 mod endpoints;
+pub mod flow;
 mod handoff;
-pub(crate) mod ipcache;
+pub mod ipcache;
 mod kube_source;
 mod liveness;
 mod mesh;
-pub(crate) mod metrics;
+pub mod metrics;
 mod namespaces;
-pub(crate) mod observe;
+pub mod observe;
 mod paths;
 mod persist;
 mod pods;
 mod services;
 mod session;
+pub mod status;
 mod sync;
 mod unreachable;
 
@@ -612,7 +615,7 @@ pub fn print_status(state_dir: &Path) -> anyhow::Result<ExitCode> {
             state_dir.display()
         )
     })?;
-    let status: meshgate_model::model::AgentStatus =
+    let status: crate::status::AgentStatus =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let mut out = format!(
         "node {}/{}  backend {}  tunnel {}  key {}  discovery {}  ipcache {} entries\n",

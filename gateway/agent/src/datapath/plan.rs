@@ -9,7 +9,7 @@ use ipnet::Ipv4Net;
 use meshgate_ebpf::{Attachment, Hook, IpcacheEntry};
 use meshgate_model::{identity, pb};
 
-use crate::agent::ipcache::IpCache;
+use crate::ipcache::IpCache;
 
 /// The VXLAN (collect_md) device the mesh traffic goes through.
 pub const VXLAN_DEV: &str = "mg-vx0";
@@ -194,7 +194,7 @@ pub fn diff(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::agent::ipcache::IpCacheEntry;
+    use crate::ipcache::IpCacheEntry;
 
     fn entry(node: &str, identity: u32) -> IpCacheEntry {
         IpCacheEntry {
