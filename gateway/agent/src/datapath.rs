@@ -591,7 +591,7 @@ pub fn sync_egress(agent: &Agent) {
         .collect();
     let (peers, tunnel_ip) = {
         let mesh = agent.mesh();
-        (mesh.peers.clone(), mesh.tunnel_ip)
+        (mesh.core.peers().clone(), mesh.core.tunnel_ip())
     };
     let dead_ms = egress::EGRESS_DEAD_AFTER.as_millis() as u64;
     let alive = |peer: &str| {
@@ -632,7 +632,7 @@ pub fn sync_egress(agent: &Agent) {
             "keepalives to every peer {}",
             if gateway_of_any { "on" } else { "off" }
         );
-        super::mesh::refresh(agent);
+        super::mesh::refresh(agent, None);
     }
 }
 
@@ -739,7 +739,7 @@ pub fn sync(agent: &Agent) {
             .is_some()
             .then(|| mesh_cidrs::map_entries(&cache.mesh_cidrs, node_cidrs));
         (
-            plan::desired(&me, &cache, nodes.as_ref()),
+            plan::desired(&me, &cache, nodes.as_deref()),
             identities,
             cache.mesh_cidrs.clone(),
             mesh_map,

@@ -19,6 +19,44 @@ use tracing::{info, warn};
 
 use super::Agent;
 
+/// This node's endpoints as reported to discovery, and their pods'
+/// host-side interfaces: what [`decide`] makes of the inputs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Local {
+    /// The endpoints file's, then the CNI's pods', each with its
+    /// namespace's labels.
+    pub reported: Vec<pb::Endpoint>,
+    /// Pod IP → its veth's host side (the datapath attaches there).
+    pub interfaces: BTreeMap<Ipv4Addr, String>,
+}
+
+/// The agent's endpoints from its three sources, the same at start and on
+/// every change: the endpoints file, the pods `meshgate-cni` added, and
+/// the namespaces' labels (from the `--namespaces` file or the Kubernetes
+/// API; `None`: none). Pure. An endpoint that sets a namespace label
+/// itself is refused ([`super::namespaces::apply`]), and nothing changes.
+pub fn decide(
+    file: &FileEndpoints,
+    pods: &super::pods::Pods,
+    namespaces: Option<&super::namespaces::Namespaces>,
+) -> anyhow::Result<Local> {
+    let mut all = file.reported.clone();
+    all.extend(pods.values().map(|p| p.to_pb()));
+    let reported = match namespaces {
+        Some(ns) => super::namespaces::apply(&all, ns)?,
+        None => all,
+    };
+    let mut interfaces = file.interfaces.clone();
+    interfaces.extend(
+        pods.values()
+            .map(|p| (p.pod.ip, p.pod.host_interface.clone())),
+    );
+    Ok(Local {
+        reported,
+        interfaces,
+    })
+}
+
 /// Parses the file's text and checks every entry against this node's pod CIDR.
 pub fn parse(text: &str, pod_cidr: Ipv4Net) -> anyhow::Result<Vec<EndpointSpec>> {
     let specs: Vec<EndpointSpec> = if text.trim().is_empty() {
@@ -187,6 +225,65 @@ mod tests {
 
     fn cidr() -> Ipv4Net {
         "10.1.0.0/24".parse().unwrap()
+    }
+
+    fn pod(name: &str, ip: &str, app: &str) -> crate::pods::PodRecord {
+        crate::pods::PodRecord {
+            pod: crate::pods::proto::Pod {
+                container_id: format!("c-{name}"),
+                ifname: "eth0".into(),
+                netns: format!("/run/netns/{name}"),
+                namespace: "shop".into(),
+                name: name.into(),
+                ip: ip.parse().unwrap(),
+                host_interface: format!("veth-{name}"),
+            },
+            labels: BTreeMap::from([("app".to_string(), app.to_string())]),
+            service_account: None,
+        }
+    }
+
+    /// The one decision of what this node reports, from the file, the
+    /// CNI's pods and the namespaces, the same at start and on change.
+    #[test]
+    fn the_reported_endpoints_are_the_files_then_the_pods_with_their_namespaces_labels() {
+        let text = "- name: listed\n  namespace: shop\n  ip: 10.1.0.10\n  interface: veth-listed\n";
+        let file = FileEndpoints::of(&parse(text, cidr()).unwrap(), text.into());
+        let pods =
+            crate::pods::Pods::from([("shop/cart".to_string(), pod("cart", "10.1.0.20", "cart"))]);
+        let ns = crate::namespaces::parse("shop: {team: payments}\n").unwrap();
+
+        let local = decide(&file, &pods, Some(&ns)).unwrap();
+        let names: Vec<&str> = local.reported.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["listed", "cart"]);
+        for e in &local.reported {
+            assert_eq!(
+                e.labels["io.cilium.k8s.namespace.labels.team"], "payments",
+                "{e:?}"
+            );
+        }
+        assert_eq!(local.reported[1].labels["app"], "cart");
+        assert_eq!(
+            local.interfaces,
+            BTreeMap::from([
+                ("10.1.0.10".parse().unwrap(), "veth-listed".to_string()),
+                ("10.1.0.20".parse().unwrap(), "veth-cart".to_string()),
+            ])
+        );
+        // Without namespace labels, the endpoints are as listed.
+        let plain = decide(&file, &pods, None).unwrap();
+        assert!(plain.reported.iter().all(|e| !e
+            .labels
+            .keys()
+            .any(|k| k.starts_with("io.cilium.k8s.namespace.labels."))));
+
+        // A pod that sets a namespace label itself is refused, naming it.
+        let mut bad = pod("evil", "10.1.0.30", "x");
+        bad.labels
+            .insert("io.cilium.k8s.namespace.labels.team".into(), "x".into());
+        let pods = crate::pods::Pods::from([("shop/evil".to_string(), bad)]);
+        let e = format!("{:#}", decide(&file, &pods, Some(&ns)).unwrap_err());
+        assert!(e.contains("set it on namespace shop"), "{e}");
     }
 
     #[test]

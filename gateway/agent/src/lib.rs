@@ -20,6 +20,7 @@ pub mod ipcache;
 mod kube_source;
 mod liveness;
 mod mesh;
+mod mesh_core;
 pub mod metrics;
 mod namespaces;
 pub mod observe;
@@ -55,6 +56,8 @@ pub struct Agent {
     pub backend: Arc<dyn meshgate_tunnel::Backend>,
     pub key: Mutex<NodeKey>,
     pub mesh: Mutex<Mesh>,
+    /// Woken when the mesh core's timeout changed ([`mesh::run`]).
+    pub mesh_wake: tokio::sync::Notify,
     /// Woken when the node must register again (its key changed).
     pub reregister: tokio::sync::Notify,
     /// This node's endpoints (from `--endpoints` and the CNI, with their
@@ -86,9 +89,7 @@ pub struct Agent {
     pub services: Mutex<services::Services>,
     /// Every node record (`cluster/node`) of the last watch state; `None`
     /// until the first snapshot.
-    pub nodes: Mutex<Option<BTreeMap<String, pb::Node>>>,
-    /// Which peers are alive, from what the tunnel received.
-    pub liveness: Mutex<liveness::Liveness>,
+    pub nodes: Mutex<Option<Arc<BTreeMap<String, pb::Node>>>>,
     /// The eBPF datapath, with `--datapath ebpf`.
     /// Set once loaded, after the tunnel is back (the pinned datapath
     /// forwards meanwhile).
@@ -120,12 +121,8 @@ impl Agent {
         self.ipcache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn nodes(&self) -> std::sync::MutexGuard<'_, Option<BTreeMap<String, pb::Node>>> {
+    pub fn nodes(&self) -> std::sync::MutexGuard<'_, Option<Arc<BTreeMap<String, pb::Node>>>> {
         self.nodes.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn liveness(&self) -> std::sync::MutexGuard<'_, liveness::Liveness> {
-        self.liveness.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn addresses(&self) -> std::sync::MutexGuard<'_, Vec<meshgate_model::model::NodeAddress>> {
@@ -243,37 +240,37 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     // What the endpoints report, namespace labels included: checked
     // before anything is set up.
-    let listed: Vec<pb::Endpoint> = endpoints.iter().map(|e| e.to_pb()).collect();
     let pods = pods::still_there(pods::load(&cfg.state_dir)?);
-    let mut all = listed.clone();
-    all.extend(pods.values().map(|p| p.to_pb()));
-    let (reported, namespaces_seen, namespaces_text) = match (&cfg.namespaces, &kube) {
+    let file = endpoints::FileEndpoints::of(&endpoints, endpoints_text);
+    let (namespaces_seen, namespaces_text, what) = match (&cfg.namespaces, &kube) {
         (Some(path), _) => {
             let text = namespaces::read(path)?;
             let ns = namespaces::parse(&text)
                 .with_context(|| format!("namespaces file {}", path.display()))?;
-            let reported = namespaces::apply(&all, &ns)
-                .with_context(|| format!("namespaces file {}", path.display()))?;
-            (reported, Some(ns), Some(text))
+            (
+                Some(ns),
+                Some(text),
+                format!("namespaces file {}", path.display()),
+            )
         }
-        (None, Some(k)) => {
-            let reported = namespaces::apply(&all, &k.namespaces)
-                .context("the namespaces' labels from the Kubernetes API")?;
-            (reported, Some(k.namespaces.clone()), None)
-        }
-        (None, None) => (all, None, None),
+        (None, Some(k)) => (
+            Some(k.namespaces.clone()),
+            None,
+            "the namespaces' labels from the Kubernetes API".to_string(),
+        ),
+        (None, None) => (None, None, String::new()),
     };
+    // What the endpoints report, namespace labels included: checked
+    // before anything is set up.
+    let endpoints::Local {
+        reported,
+        interfaces,
+    } = endpoints::decide(&file, &pods, namespaces_seen.as_ref()).context(what)?;
     // The last ipcache seen, until discovery sends a fresh snapshot.
     let cache = ipcache::load(&cfg.state_dir).unwrap_or_else(|e| {
         warn!(error = %format!("{e:#}"), "ignoring the saved ipcache; discovery will resend it");
         None
     });
-    let file = endpoints::FileEndpoints::of(&endpoints, endpoints_text);
-    let mut interfaces = file.interfaces.clone();
-    interfaces.extend(
-        pods.values()
-            .map(|p| (p.pod.ip, p.pod.host_interface.clone())),
-    );
     let pod_interfaces: std::collections::BTreeSet<String> = interfaces.values().cloned().collect();
     let read_addresses = addresses::read(&pod_interfaces);
     let lock = handoff::lock_node(&cfg.state_dir, &cfg.interface, handoff::LOCK_WAIT)?;
@@ -303,7 +300,16 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let agent = Arc::new(Agent {
         backend: Arc::from(backend),
         key: Mutex::new(key),
-        mesh: Mutex::new(Mesh::default()),
+        mesh: Mutex::new(Mesh::new(
+            mesh_core::Facts {
+                name: cfg.mesh_name(),
+                cluster: cfg.cluster.clone(),
+                gateway: cfg.is_cluster_gateway(),
+                encryption: cfg.encryption,
+            },
+            std::time::Instant::now(),
+        )),
+        mesh_wake: tokio::sync::Notify::new(),
         reregister: tokio::sync::Notify::new(),
         endpoints: Mutex::new(reported),
         file_endpoints: Mutex::new(file),
@@ -316,7 +322,6 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         ipcache: Mutex::new(cache.unwrap_or_default()),
         services: Mutex::new(services::Services::default()),
         nodes: Mutex::new(None),
-        liveness: Mutex::new(liveness::Liveness::default()),
         datapath: std::sync::OnceLock::new(),
         addresses: Mutex::new(read_addresses.published),
         host_addresses: Mutex::new(read_addresses.host),
@@ -434,29 +439,20 @@ pub fn recompute_endpoints(agent: &Agent) -> anyhow::Result<bool> {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let mut all = file.reported;
-    all.extend(pods.values().map(|p| p.to_pb()));
     let ns = agent
         .namespaces
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let now = match ns {
-        Some(ns) => namespaces::apply(&all, &ns)?,
-        None => all,
-    };
-    let mut interfaces = file.interfaces;
-    interfaces.extend(
-        pods.values()
-            .map(|p| (p.pod.ip, p.pod.host_interface.clone())),
-    );
+    let local = endpoints::decide(&file, &pods, ns.as_ref())?;
     *agent
         .pod_interfaces
         .lock()
-        .unwrap_or_else(|p| p.into_inner()) = interfaces.values().cloned().collect();
+        .unwrap_or_else(|p| p.into_inner()) = local.interfaces.values().cloned().collect();
     if let Some(dp) = agent.datapath.get() {
-        dp.set_interfaces(interfaces);
+        dp.set_interfaces(local.interfaces);
     }
+    let now = local.reported;
     let mut reported = agent.endpoints.lock().unwrap_or_else(|p| p.into_inner());
     let changed = *reported != now;
     *reported = now;
@@ -509,7 +505,7 @@ async fn main_loop(
         info!(file = %path.display(), "CNI config written: pods start through meshgate-cni");
     }
     tokio::spawn(pods::watch_labels(agent.clone()));
-    tokio::spawn(gateway_loop(agent.clone()));
+    tokio::spawn(mesh::run(agent.clone()));
     let observer = observe::start(&agent)?;
     metrics::start(agent.clone(), observer).await?;
     let rotate_every = agent.cfg.rotate_interval;
@@ -549,28 +545,6 @@ async fn main_loop(
                     warn!(error = %format!("{e:#}"), "scheduled key rotation failed");
                 }
             }
-        }
-    }
-}
-
-/// Re-evaluates the cluster-gateway choices often enough that traffic
-/// moves to another gateway well within 2 s of one falling silent. Does
-/// nothing in a mesh without cluster gateways.
-async fn gateway_loop(agent: Arc<Agent>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let any = agent.cfg.is_cluster_gateway()
-            || agent.nodes().as_ref().is_some_and(|nodes| {
-                nodes
-                    .values()
-                    .any(|n| n.roles.iter().any(|r| r == paths::CLUSTER_GATEWAY))
-            });
-        if any {
-            let a = agent.clone();
-            // Applying peers takes locks and may run `ip`: off the runtime.
-            let _ = tokio::task::spawn_blocking(move || mesh::refresh(&a)).await;
         }
     }
 }

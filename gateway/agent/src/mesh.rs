@@ -1,48 +1,51 @@
-//! Keeping the tunnel's peers and routes in step with the nodes discovery
-//! reports. Deciding is pure ([`desired_peers`], `meshgate_tunnel::peers::diff`);
-//! applying goes one peer at a time, so one bad record never disturbs the rest.
+//! The shell of the mesh core ([`super::mesh_core`]): it feeds the core
+//! the node records, the tunnel's receive ages and the tunnel address,
+//! and performs what the core asks for: one peer change at a time (so one
+//! bad record never disturbs the rest), the routes, the interface address
+//! and `peers.json`. Also [`peer_of`], a node record's peer.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-
+use std::sync::Arc;
 use std::time::Instant;
 
-use crate::status::GatewayStatus;
 use anyhow::Context;
 use ipnet::Ipv4Net;
 use meshgate_model::pb;
-use meshgate_tunnel::peers::{diff, route_diff, PeerConfig};
+use meshgate_tunnel::peers::PeerConfig;
 use meshgate_tunnel::routes;
 use tracing::{info, warn};
 
-use super::paths::{plan, Me};
-use super::persist::{self, Saved};
+use super::mesh_core::{Effect, Facts, Input, MeshCore};
+use super::persist;
 use super::Agent;
 
-/// What the agent has applied.
-#[derive(Debug, Default)]
+/// What the agent has applied: the core's state, and what the other
+/// tasks keep beside it.
+#[derive(Debug)]
 pub struct Mesh {
-    pub peers: BTreeMap<String, PeerConfig>,
-    pub tunnel_ip: Option<Ipv4Addr>,
+    pub core: MeshCore,
     pub discovery_connected: bool,
     pub key_rotations: u64,
-    /// The cluster-gateway choices of the last refresh.
-    pub gateways: Vec<GatewayStatus>,
-    /// Unusable node records seen by the last refresh (logged once).
-    pub problems: Vec<String>,
-    /// The peers last asked for and when, to pace retries of failed changes.
-    pub last_attempt: Option<(BTreeMap<String, PeerConfig>, Instant)>,
     /// Plain datapath: the unreachable routes of the mesh CIDRs this agent
     /// keeps in the main table; `None` until first synced ([`super::unreachable`]).
     pub unreachable: Option<std::collections::BTreeSet<Ipv4Net>>,
 }
 
+impl Mesh {
+    pub fn new(me: Facts, now: Instant) -> Mesh {
+        Mesh {
+            core: MeshCore::new(me, now),
+            discovery_connected: false,
+            key_rotations: 0,
+            unreachable: None,
+        }
+    }
+}
+
 /// The WireGuard device's MTU (the eBPF datapath's VXLAN device is sized to
 /// fit inside it).
 pub const TUNNEL_MTU: u16 = 1420;
-
-/// How soon a peer change that failed is tried again by [`refresh`].
-const RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The peer a node record asks for, or why the record is unusable.
 pub fn peer_of(node: &pb::Node) -> Result<PeerConfig, String> {
@@ -87,151 +90,148 @@ pub fn peer_of(node: &pb::Node) -> Result<PeerConfig, String> {
     Ok(peer)
 }
 
-/// Recomputes the peers from the last node records and the peers'
-/// liveness, and applies what changed. Called on every watch event and by
-/// the gateway loop; the node records' lock is held throughout so two
-/// callers never apply out of order.
-pub fn refresh(agent: &Agent) {
-    let nodes = agent.nodes();
-    let Some(nodes) = nodes.as_ref() else {
-        return; // no snapshot yet: keep what we have
-    };
-    let now = Instant::now();
+/// Reads the tunnel's receive ages and lets the core re-plan with them
+/// (and with `nodes`, the watch state's node records, when they changed):
+/// cluster-gateway choices follow liveness, failed changes are retried.
+/// Called on every node change and whenever the core's timeout is due
+/// ([`run`]).
+pub fn refresh(agent: &Agent, nodes: Option<Arc<BTreeMap<String, pb::Node>>>) {
     let ages: BTreeMap<String, Option<u64>> = agent
         .backend
         .stats()
         .into_iter()
         .map(|s| (s.name, s.last_rx_age_ms))
         .collect();
-    let paths = {
-        let mut live = agent.liveness();
-        live.observe(now, &ages);
-        let name = agent.cfg.mesh_name();
-        let me = Me {
-            name: &name,
-            cluster: &agent.cfg.cluster,
-            gateway: agent.cfg.is_cluster_gateway(),
-            encryption: agent.cfg.encryption,
-            egress_gateway: agent
-                .egress_gateway
-                .load(std::sync::atomic::Ordering::Relaxed),
-        };
-        plan(&me, nodes, |n| live.health(n, now))
-    };
-    {
-        let mut mesh = agent.mesh();
-        if paths.problems != mesh.problems {
-            for p in &paths.problems {
-                warn!(problem = %p, "ignoring an unusable node record");
-            }
-            mesh.problems = paths.problems;
-        }
-        for g in &paths.gateways {
-            let before = mesh
-                .gateways
-                .iter()
-                .find(|o| o.cluster == g.cluster)
-                .map(|o| o.active.as_str());
-            if before != Some(g.active.as_str()) {
-                info!(cluster = %g.cluster, from = before.unwrap_or("-"), to = %g.active, "cluster gateway chosen");
-            }
-        }
-        mesh.gateways = paths.gateways;
-        if mesh.peers == paths.peers {
-            return;
-        }
-        // A change that failed is retried every RETRY, not on every tick.
-        if let Some((wanted, at)) = &mesh.last_attempt {
-            if *wanted == paths.peers && now.duration_since(*at) < RETRY {
-                return;
-            }
-        }
-        mesh.last_attempt = Some((paths.peers.clone(), now));
+    let egress_gateway = agent
+        .egress_gateway
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let now = Instant::now();
+    let mut mesh = agent.mesh();
+    let before = mesh.core.poll_timeout();
+    mesh.core.handle(Input::EgressGateway(egress_gateway), now);
+    if let Some(nodes) = nodes {
+        mesh.core.handle(Input::Nodes(nodes), now);
     }
-    reconcile(agent, paths.peers);
+    mesh.core.handle(Input::TunnelRx(ages), now);
+    if let Err(e) = drive(agent, &mut mesh) {
+        warn!(error = %format!("{e:#}"), "applying the mesh's changes");
+    }
+    if mesh.core.poll_timeout() != before {
+        agent.mesh_wake.notify_one();
+    }
+}
+
+/// Wakes the core when it asks to be ([`MeshCore::poll_timeout`]): the
+/// liveness tick while cluster gateways are in the mesh, a retry falling
+/// due. Forever.
+pub async fn run(agent: Arc<Agent>) {
+    loop {
+        let wake = agent.mesh().core.poll_timeout();
+        let due = async {
+            match wake {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = due => {}
+            // Its timeout changed: read it again.
+            _ = agent.mesh_wake.notified() => continue,
+        }
+        let a = agent.clone();
+        // Applying peers takes locks and netlink calls: off the runtime.
+        let _ = tokio::task::spawn_blocking(move || refresh(&a, None)).await;
+    }
 }
 
 /// Gives the interface its tunnel address (again, if it changed).
 pub fn set_tunnel_ip(agent: &Agent, ip: Ipv4Addr) -> anyhow::Result<()> {
-    let iface = agent.backend.interface().to_string();
     let mut mesh = agent.mesh();
-    if mesh.tunnel_ip == Some(ip) {
-        return Ok(());
+    mesh.core.handle(Input::TunnelIp(ip), Instant::now());
+    let done = drive(agent, &mut mesh);
+    if done.is_err() {
+        mesh.core.handle(Input::TunnelIpFailed(ip), Instant::now());
     }
-    routes::configure_interface(&iface, ip, TUNNEL_MTU)
-        .with_context(|| format!("giving {iface} its tunnel address {ip}"))?;
-    let old = mesh.tunnel_ip.replace(ip);
-    if old.is_some() {
-        // The source address of our routes changed with it.
-        for net in mesh.peers.values().flat_map(|p| p.allowed_ips.iter()) {
-            routes::add_route(&iface, net, Some(ip))?;
-        }
-    }
-    info!(tunnel_ip = %ip, interface = %iface, "tunnel address set");
-    Ok(())
-}
-
-/// Turns the applied peers into `desired`, one change at a time, then
-/// saves them as the last known peers.
-pub fn reconcile(agent: &Agent, desired: BTreeMap<String, PeerConfig>) {
-    let iface = agent.backend.interface().to_string();
-    let mut mesh = agent.mesh();
-    let src = mesh.tunnel_ip;
-    let (add_routes, remove_routes) = route_diff(&mesh.peers, &desired);
-    for change in diff(&mesh.peers, &desired) {
-        if let Err(e) = agent.backend.apply(&change) {
-            warn!(change = ?change, error = %e, "peer change failed; will retry on the next update");
-            continue;
-        }
-        match change {
-            meshgate_tunnel::PeerChange::Remove(old) => {
-                mesh.peers.remove(&old.name);
-            }
-            meshgate_tunnel::PeerChange::Add(new)
-            | meshgate_tunnel::PeerChange::Update { new, .. } => {
-                mesh.peers.insert(new.name.clone(), new);
-            }
-        }
-    }
-    for net in &remove_routes {
-        if let Err(e) = routes::remove_route(&iface, net) {
-            warn!(route = %net, error = %e, "removing route failed");
-        }
-    }
-    for net in &add_routes {
-        if let Err(e) = routes::add_route(&iface, net, src) {
-            warn!(route = %net, error = %e, "adding route failed");
-        }
-    }
-    let saved = Saved {
-        tunnel_ip: mesh.tunnel_ip,
-        peers: mesh.peers.clone(),
-    };
-    drop(mesh);
-    if let Err(e) = persist::save(&agent.cfg.state_dir, &saved) {
-        warn!(error = %format!("{e:#}"), "saving the last known peers failed");
-    }
+    done
 }
 
 /// Puts back what the agent knew before it restarted.
-pub fn resume(agent: &Agent, saved: Saved) -> anyhow::Result<()> {
-    if let Some(ip) = saved.tunnel_ip {
-        set_tunnel_ip(agent, ip)?;
-    }
+pub fn resume(agent: &Agent, saved: persist::Saved) -> anyhow::Result<()> {
     info!(
         peers = saved.peers.len(),
         "resuming with the last known peers"
     );
-    // The routes are still in the kernel (the interface persisted); the
-    // route diff from nothing re-asserts them, which is idempotent.
-    reconcile(agent, saved.peers);
-    Ok(())
+    let ip = saved.tunnel_ip;
+    let mut mesh = agent.mesh();
+    mesh.core.handle(Input::Resume(saved), Instant::now());
+    let done = drive(agent, &mut mesh);
+    if let (Err(_), Some(ip)) = (&done, ip) {
+        mesh.core.handle(Input::TunnelIpFailed(ip), Instant::now());
+    }
+    done
+}
+
+/// Performs the core's effects, in order, answering each peer change.
+/// Only the interface address failing is an error (registration needs
+/// it); the rest is logged and retried by the core.
+fn drive(agent: &Agent, mesh: &mut Mesh) -> anyhow::Result<()> {
+    let iface = agent.backend.interface().to_string();
+    let mut failed = None;
+    while let Some(effect) = mesh.core.poll_effect() {
+        match effect {
+            Effect::SetAddress(ip) => {
+                match routes::configure_interface(&iface, ip, TUNNEL_MTU)
+                    .with_context(|| format!("giving {iface} its tunnel address {ip}"))
+                {
+                    Ok(()) => info!(tunnel_ip = %ip, interface = %iface, "tunnel address set"),
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+            Effect::ApplyPeer(change) => {
+                let answer = match agent.backend.apply(&change) {
+                    Ok(()) => Input::PeerApplied(change),
+                    Err(e) => {
+                        warn!(change = ?change, error = %e, "peer change failed; retried shortly");
+                        Input::PeerFailed(change)
+                    }
+                };
+                mesh.core.handle(answer, Instant::now());
+            }
+            Effect::AddRoute { net, src } => {
+                if let Err(e) = routes::add_route(&iface, &net, src) {
+                    warn!(route = %net, error = %e, "adding route failed");
+                }
+            }
+            Effect::RemoveRoute(net) => {
+                if let Err(e) = routes::remove_route(&iface, &net) {
+                    warn!(route = %net, error = %e, "removing route failed");
+                }
+            }
+            Effect::Save(saved) => {
+                if let Err(e) = persist::save(&agent.cfg.state_dir, &saved) {
+                    warn!(error = %format!("{e:#}"), "saving the last known peers failed");
+                }
+            }
+            Effect::Problems(problems) => {
+                for p in &problems {
+                    warn!(problem = %p, "ignoring an unusable node record");
+                }
+            }
+            Effect::GatewayChosen { cluster, from, to } => {
+                info!(cluster = %cluster, from = from.as_deref().unwrap_or("-"), to = %to, "cluster gateway chosen");
+            }
+        }
+    }
+    failed.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::paths::{plan, Me};
 
     fn node(name: &str, key: &str, ip: &str) -> pb::Node {
         pb::Node {

@@ -18,7 +18,7 @@ const PEERS_FILE: &str = "peers.json";
 const STATUS_FILE: &str = "status.json";
 
 /// The last state the agent applied.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Saved {
     pub tunnel_ip: Option<Ipv4Addr>,
     pub peers: BTreeMap<String, PeerConfig>,
@@ -120,7 +120,11 @@ pub fn status(agent: &Agent) -> AgentStatus {
         cluster_id: cfg.cluster_id,
         backend: agent.backend.kind().to_string(),
         public_key: agent.key().public().to_base64(),
-        tunnel_ip: mesh.tunnel_ip.map(|i| i.to_string()).unwrap_or_default(),
+        tunnel_ip: mesh
+            .core
+            .tunnel_ip()
+            .map(|i| i.to_string())
+            .unwrap_or_default(),
         underlay_ip: cfg.underlay_ip.to_string(),
         listen_port: cfg.listen_port,
         pod_cidr: cfg.pod_cidr.to_string(),
@@ -131,7 +135,7 @@ pub fn status(agent: &Agent) -> AgentStatus {
         ipcache_entries,
         identities,
         services: agent.services().services.len(),
-        gateways: mesh.gateways.clone(),
+        gateways: mesh.core.gateways().to_vec(),
         datapath: agent.datapath.get().map(|d| d.status()),
         egress,
         ipsec: agent.backend.ipsec().map(|i| crate::status::IpsecStatus {

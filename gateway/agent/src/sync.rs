@@ -262,8 +262,9 @@ fn apply(agent: &Agent, link: &mut Link, event: pb::WatchEvent) -> anyhow::Resul
         | None => return Ok(()),
     }
     if link.have_snapshot {
-        *agent.nodes() = Some(link.nodes.clone());
-        refresh(agent);
+        let nodes = Arc::new(link.nodes.clone());
+        *agent.nodes() = Some(nodes.clone());
+        refresh(agent, Some(nodes));
         super::datapath::kick(agent);
     }
     Ok(())
