@@ -583,12 +583,7 @@ pub fn sync_egress(agent: &Agent) {
         };
         egress::Inputs::gather(&cache, nodes)
     };
-    let ages: BTreeMap<String, Option<u64>> = agent
-        .backend
-        .stats()
-        .into_iter()
-        .map(|s| (s.name, s.last_rx_age_ms))
-        .collect();
+    let ages = super::mesh::rx_ages(agent);
     let (peers, tunnel_ip) = {
         let mesh = agent.mesh();
         (mesh.core.peers().clone(), mesh.core.tunnel_ip())

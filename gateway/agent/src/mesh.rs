@@ -96,12 +96,7 @@ pub fn peer_of(node: &pb::Node) -> Result<PeerConfig, String> {
 /// Called on every node change and whenever the core's timeout is due
 /// ([`run`]).
 pub fn refresh(agent: &Agent, nodes: Option<Arc<BTreeMap<String, pb::Node>>>) {
-    let ages: BTreeMap<String, Option<u64>> = agent
-        .backend
-        .stats()
-        .into_iter()
-        .map(|s| (s.name, s.last_rx_age_ms))
-        .collect();
+    let ages = rx_ages(agent);
     let egress_gateway = agent
         .egress_gateway
         .load(std::sync::atomic::Ordering::Relaxed);
@@ -119,6 +114,17 @@ pub fn refresh(agent: &Agent, nodes: Option<Arc<BTreeMap<String, pb::Node>>>) {
     if mesh.core.poll_timeout() != before {
         agent.mesh_wake.notify_one();
     }
+}
+
+/// How long ago the tunnel last received from each peer (ms; `None`:
+/// never), by peer name.
+pub fn rx_ages(agent: &Agent) -> BTreeMap<String, Option<u64>> {
+    agent
+        .backend
+        .stats()
+        .into_iter()
+        .map(|s| (s.name, s.last_rx_age_ms))
+        .collect()
 }
 
 /// Wakes the core when it asks to be ([`MeshCore::poll_timeout`]): the
