@@ -74,7 +74,8 @@ pub fn up(file: &Path, opts: &UpOptions) -> Result<Summary> {
         .and_then(|()| certs::make(&rec.plan))
         .and_then(|()| ipsec::make(&rec.plan))
         .and_then(|()| start_all(&mut rec, opts))
-        .and_then(|()| wait::handshakes(&rec, opts.timeout));
+        .and_then(|()| wait::handshakes(&rec, opts.timeout))
+        .and_then(|nodes| dns::wait_answering(&rec, opts.timeout).map(|()| nodes));
     match result {
         Ok(nodes) => Ok(Summary {
             world: rec.plan.world.clone(),

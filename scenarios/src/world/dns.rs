@@ -134,3 +134,94 @@ pub(crate) fn start_proxies(rec: &mut WorldRecord, bin: &Path, timeout: Duration
     }
     Ok(())
 }
+
+/// The name the readiness query asks for: in no zone, allowed by no rule.
+const READY_NAME: &str = "lab-ready.meshgate.invalid.";
+
+/// Waits until every pod of an eBPF node gets an answer from its node's
+/// DNS proxy that is not SERVFAIL: the proxy knows the pod's identity
+/// (from the pinned ipcache and the policy file its agent writes). A pod
+/// whose first lookup came earlier would get SERVFAIL (a resolver retries;
+/// a test must not). The query's name is in no zone and allowed by no
+/// rule: it is REFUSED or answered NXDOMAIN, and writes nothing into the
+/// datapath.
+pub(crate) fn wait_answering(rec: &WorldRecord, timeout: Duration) -> Result<()> {
+    let Some(dns) = &rec.plan.dns else {
+        return Ok(());
+    };
+    let deadline = Instant::now() + timeout;
+    for c in &rec.plan.clusters {
+        if c.datapath != crate::scenario::Datapath::Ebpf {
+            continue;
+        }
+        for n in &c.nodes {
+            for p in &n.pods {
+                loop {
+                    let last = match ready_query(&p.netns, dns.cluster_ip) {
+                        Ok(rcode) if rcode != SERVFAIL => break,
+                        Ok(_) => "SERVFAIL (its identity unknown to the proxy)".to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    if Instant::now() >= deadline {
+                        return Err(LabError::Timeout {
+                            what: format!(
+                                "pod {}/{} on {}: DNS through {}:53 not answered ({last}); see {}",
+                                c.name,
+                                p.name,
+                                n.name,
+                                dns.cluster_ip,
+                                proxy_log(n).display()
+                            ),
+                            timeout,
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// RCODE 2.
+const SERVFAIL: u8 = 2;
+
+/// Sends [`READY_NAME`] from the namespace `netns` to `server`:53 and
+/// returns the answer's RCODE. On a thread of its own, which enters the
+/// namespace (setns moves only the calling thread).
+fn ready_query(netns: &str, server: std::net::Ipv4Addr) -> std::io::Result<u8> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    use std::os::fd::AsRawFd;
+    use std::str::FromStr;
+
+    let name = Name::from_str(READY_NAME).map_err(std::io::Error::other)?;
+    let id = (std::process::id() & 0xffff) as u16;
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(name, RecordType::A));
+    let query = m.to_vec().map_err(std::io::Error::other)?;
+    let path = format!("/run/netns/{netns}");
+    std::thread::scope(|s| {
+        s.spawn(|| -> std::io::Result<u8> {
+            let ns = std::fs::File::open(&path)?;
+            // SAFETY: setns on an open namespace file; it changes this
+            // (scoped, short-lived) thread's network namespace only.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            sock.set_read_timeout(Some(Duration::from_millis(500)))?;
+            sock.send_to(&query, (server, DNS_PORT))?;
+            let mut buf = [0u8; 512];
+            loop {
+                let (n, _) = sock.recv_from(&mut buf)?;
+                if n >= 4 && buf[..2] == id.to_be_bytes() {
+                    return Ok(buf[3] & 0x0f);
+                }
+            }
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the DNS readiness thread panicked")))
+    })
+}
