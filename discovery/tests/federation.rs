@@ -492,7 +492,15 @@ async fn remotes_given_at_run_time_are_linked_and_unlinked() {
     let dir = tempfile::tempdir().unwrap();
     let (l1, a1) = bind().await;
     let (l2, a2) = bind().await;
-    let c2 = start(dir.path(), l2, "c2", 2, &[], Duration::from_secs(60));
+    let c2 = start_with_cidrs(
+        dir.path(),
+        l2,
+        "c2",
+        2,
+        &[],
+        Duration::from_secs(60),
+        &["10.2.0.0/16"],
+    );
     // c1 has no --remote; its remotes come from a feed (as the Kubernetes
     // API's MeshgateRemoteClusters would give them), empty at first.
     let (feed, rx) = tokio::sync::watch::channel(Vec::<RemoteConfig>::new());
@@ -540,6 +548,12 @@ async fn remotes_given_at_run_time_are_linked_and_unlinked() {
     let st = status(&mut k1).await;
     assert_eq!(st.remotes.len(), 1);
     assert!(st.remotes[0].connected);
+    let listed = |s: &pb::Snapshot| s.clusters.iter().any(|c| c.cluster == "c2");
+    eventually("c2's pod CIDRs are listed", Duration::from_secs(10), || {
+        let mut k = k1.clone();
+        async move { listed(&snapshot(&mut k, false).await) }
+    })
+    .await;
     // A name this cluster serves is refused.
     feed.send(vec![
         RemoteConfig::new("c2", url(a2)),
@@ -564,11 +578,19 @@ async fn remotes_given_at_run_time_are_linked_and_unlinked() {
         },
     )
     .await;
-    assert_eq!(
-        status(&mut k1).await.remotes.len(),
-        1,
-        "c1 itself was never linked"
-    );
+    // Once its state expired, the unlinked remote is forgotten: it leaves
+    // the listing and the mesh's pod CIDRs (a broken link keeps both).
+    eventually(
+        "c2 forgotten, its pod CIDRs no longer listed",
+        Duration::from_secs(10),
+        || {
+            let mut k = k1.clone();
+            async move {
+                status(&mut k).await.remotes.is_empty() && !listed(&snapshot(&mut k, false).await)
+            }
+        },
+    )
+    .await;
     c1.abort();
     c2.stop().await;
 }

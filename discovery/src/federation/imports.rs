@@ -68,6 +68,9 @@ struct Remote {
     /// Kept while the remote is configured, through a broken link and its
     /// expiry: the range is still the remote's; a snapshot replaces them.
     cidrs: Option<ClusterCidrs>,
+    /// Its link was taken away (its MeshgateRemoteCluster deleted): once
+    /// its state expires it is forgotten, pod CIDRs and all.
+    unlinked: bool,
 }
 
 /// The result of [`Imports::update`]: the changes (revision 0) and the
@@ -175,11 +178,35 @@ impl Imports {
     /// Adds `r` (a remote linked at run time); one already known keeps its
     /// state and takes the new URLs.
     pub fn add(&mut self, r: &RemoteConfig) {
-        self.remotes
-            .entry(r.name.clone())
-            .or_default()
-            .url
-            .clone_from(&r.url);
+        let remote = self.remotes.entry(r.name.clone()).or_default();
+        remote.url.clone_from(&r.url);
+        remote.unlinked = false;
+    }
+
+    /// `name` is no longer linked (its MeshgateRemoteCluster was deleted):
+    /// its state is kept until it expires, as after a broken link, and then
+    /// [`Imports::forget_unlinked`] drops the remote.
+    pub fn unlink(&mut self, name: &str, error: String, now: u64) {
+        self.disconnected(name, error, now);
+        if let Some(r) = self.remotes.get_mut(name) {
+            r.unlinked = true;
+        }
+    }
+
+    /// Drops every unlinked remote whose state has expired (or that never
+    /// connected): it leaves the status listing and the mesh's pod CIDRs.
+    /// Their names.
+    pub fn forget_unlinked(&mut self) -> Vec<String> {
+        let gone: Vec<String> = self
+            .remotes
+            .iter()
+            .filter(|(_, r)| r.unlinked && !r.connected && r.broken_at.is_none())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in &gone {
+            self.remotes.remove(name);
+        }
+        gone
     }
 
     /// Every remote's accepted cluster pod CIDRs, by remote name (remotes

@@ -121,7 +121,7 @@ async fn remotes_loop(
             }
             info!(remote = %name, "a remote cluster's MeshgateRemoteCluster is gone; unlinked, its state expires after the remote timeout");
             let now = shared.now();
-            shared.lock().imports.disconnected(
+            shared.lock().imports.unlink(
                 &name,
                 "unlinked: its MeshgateRemoteCluster was deleted".into(),
                 now,
@@ -411,6 +411,15 @@ async fn expiry_loop(shared: Arc<Shared>, timeout_ms: u64) {
             );
             super::services::remote_changed(&mut core, &remote, &[]);
             publish(&shared, &mut core, &remote, events, true);
+        }
+        let forgotten = core.imports.forget_unlinked();
+        if !forgotten.is_empty() {
+            info!(remotes = ?forgotten, "unlinked remotes expired: forgotten, their pod CIDRs with them");
+            let cidrs = Event::MeshCidrs {
+                revision: 0,
+                clusters: mesh_cidrs(&core),
+            };
+            publish(&shared, &mut core, "*", vec![cidrs], false);
         }
     })
     .await;
