@@ -12,14 +12,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
+use super::mmsg::Sock;
 
 /// Sockets in the pool.
 pub const SOCKETS: usize = 8;
 
 /// One upstream socket and the queries waiting on it, by upstream ID.
 pub struct Slot<P> {
-    pub sock: Arc<UdpSocket>,
+    pub sock: Arc<Sock>,
     waiting: Mutex<HashMap<u16, (u64, P)>>,
 }
 
@@ -39,8 +39,9 @@ impl<P> UdpPool<P> {
     pub async fn new(upstream: SocketAddr) -> std::io::Result<UdpPool<P>> {
         let mut slots = Vec::with_capacity(SOCKETS);
         for _ in 0..SOCKETS {
-            let sock = UdpSocket::bind(("0.0.0.0", 0)).await?;
-            sock.connect(upstream).await?;
+            let sock = std::net::UdpSocket::bind(("0.0.0.0", 0))?;
+            sock.connect(upstream)?;
+            let sock = Sock::new(sock)?;
             slots.push(Slot {
                 sock: Arc::new(sock),
                 waiting: Mutex::default(),

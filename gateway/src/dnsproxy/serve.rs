@@ -10,7 +10,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use meshgate_egress::dnsproxy::datapath;
 use meshgate_egress::dnsproxy::decide::{servfail, Action, Decider, Learned, Question, Verdict};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::mmsg::Sock;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
@@ -40,14 +42,13 @@ impl Serving {
 
 pub fn start(core: Arc<Core>, sockets: &Sockets) -> anyhow::Result<Serving> {
     let udp = sockets.udp.try_clone()?;
-    udp.set_nonblocking(true)?;
     if let Err(e) = mmsg::set_receive_buffer(&udp, RECEIVE_BUFFER) {
         warn!(error = %e, "could not enlarge the UDP receive buffer: bursts may be dropped");
     }
     for slot in &core.pool.slots {
         let _ = mmsg::set_receive_buffer(&*slot.sock, RECEIVE_BUFFER);
     }
-    let udp = Arc::new(UdpSocket::from_std(udp)?);
+    let udp = Arc::new(Sock::new(udp)?);
     let tcp = sockets.tcp.try_clone()?;
     tcp.set_nonblocking(true)?;
     let tcp = TcpListener::from_std(tcp)?;
@@ -82,7 +83,7 @@ pub(crate) struct Waiting {
 
 /// Reads queries in batches; answers what is decided at once and forwards
 /// the rest upstream in one batch on one pool socket.
-async fn udp_loop(core: Arc<Core>, sock: Arc<UdpSocket>) {
+async fn udp_loop(core: Arc<Core>, sock: Arc<Sock>) {
     let mut batch = mmsg::RecvBatch::new(BATCH, MAX_QUERY);
     let mut replies: Vec<(SocketAddrV4, Vec<u8>)> = Vec::with_capacity(BATCH);
     let mut forwards: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
@@ -148,7 +149,7 @@ async fn udp_loop(core: Arc<Core>, sock: Arc<UdpSocket>) {
     }
 }
 
-async fn send_replies(sock: &UdpSocket, replies: &mut Vec<(SocketAddrV4, Vec<u8>)>) {
+async fn send_replies(sock: &Sock, replies: &mut Vec<(SocketAddrV4, Vec<u8>)>) {
     if replies.is_empty() {
         return;
     }
@@ -165,7 +166,7 @@ async fn send_replies(sock: &UdpSocket, replies: &mut Vec<(SocketAddrV4, Vec<u8>
 }
 
 /// Answers from the upstream on pool socket `slot`, in batches.
-async fn upstream_answers(core: Arc<Core>, client: Arc<UdpSocket>, slot: usize) {
+async fn upstream_answers(core: Arc<Core>, client: Arc<Sock>, slot: usize) {
     let sock = core.pool.slots[slot].sock.clone();
     let mut batch = mmsg::RecvBatch::new(BATCH / 4, 65535);
     let mut replies = Vec::with_capacity(BATCH / 4);
@@ -207,7 +208,7 @@ async fn upstream_answers(core: Arc<Core>, client: Arc<UdpSocket>, slot: usize) 
 }
 
 /// SERVFAIL for the queries the upstream did not answer in time.
-async fn sweep_deadlines(core: Arc<Core>, client: Arc<UdpSocket>) {
+async fn sweep_deadlines(core: Arc<Core>, client: Arc<Sock>) {
     let mut replies = Vec::new();
     loop {
         tokio::time::sleep(pool::SWEEP).await;
