@@ -298,7 +298,7 @@ fn cluster_text(rec: &WorldRecord, c: &ClusterPlan, out: &mut Vec<String>) {
 }
 
 /// One line on a node's eBPF datapath: map size, attachments, drops per reason.
-pub(crate) fn datapath_line(d: &meshgate_agent::status::DatapathStatus) -> String {
+pub(crate) fn datapath_line(d: &meshgate_agent_status::DatapathStatus) -> String {
     let drops = if d.drops.is_empty() {
         "none".to_string()
     } else {
@@ -449,7 +449,7 @@ mod tests {
 
     #[test]
     fn datapath_line_names_drop_reasons() {
-        let mut d = meshgate_agent::status::DatapathStatus {
+        let mut d = meshgate_agent_status::DatapathStatus {
             ipcache_entries: 4,
             attachments: vec!["from_pod@pod0".into()],
             ..Default::default()
@@ -463,7 +463,7 @@ mod tests {
             datapath_line(&d),
             "datapath ebpf: ipcache 4 entries, 1 attachments (tc), drops: none"
         );
-        d.policy = Some(meshgate_agent::status::PolicyStatus {
+        d.policy = Some(meshgate_agent_status::PolicyStatus {
             entries: 12,
             selected: 3,
             applied: true,

@@ -1,13 +1,14 @@
 //! The agent's `status.json` (docs/contracts.md).
 //!
-//! The type is the agent's, `meshgate_agent::status::AgentStatus`; this module reads
+//! The type is the agent's, `meshgate_agent::status::AgentStatus` (crate
+//! `meshgate-agent-status`); this module reads
 //! it and formats keys.
 
 use std::path::Path;
 
 use crate::error::LabError;
 
-pub use meshgate_agent::status::{AgentStatus, EgressStatus, PeerStatus};
+pub use meshgate_agent_status::{AgentStatus, EgressStatus, PeerStatus};
 
 /// Reads and parses a `status.json`.
 pub fn read(path: &Path) -> Result<AgentStatus, LabError> {

@@ -29,9 +29,12 @@ mod persist;
 mod pods;
 mod services;
 mod session;
-pub mod status;
 mod sync;
 mod unreachable;
+
+/// The agent's `status.json` types (their own crate, `gateway/agent/status`,
+/// so that readers such as the lab need not build the agent).
+pub use meshgate_agent_status as status;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! with its gateways (health, usable, egress IP, flows) and the egress IPs
 //! the node serves as a gateway. Only what the agent reports.
 
-use meshgate_agent::status::{EgressGatewayStatus, EgressStatus};
+use meshgate_agent_status::{EgressGatewayStatus, EgressStatus};
 
 fn gateway_text(g: &EgressGatewayStatus) -> String {
     let ip = g.egress_ip.as_deref().unwrap_or("no egress IP");
@@ -56,7 +56,7 @@ pub(crate) fn egress_lines(e: Option<&EgressStatus>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meshgate_agent::status::EgressPolicyStatus;
+    use meshgate_agent_status::EgressPolicyStatus;
 
     #[test]
     fn policies_gateways_and_serving_compactly() {

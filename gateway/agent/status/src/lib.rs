@@ -1,6 +1,9 @@
 //! The agent's `status.json` (docs/contracts.md): what the lab, the CLI
 //! and a user read of a running agent. Written by the agent
-//! (`persist.rs`), read by `meshgate_lab`.
+//! (`gateway/agent/src/persist.rs`), read by `meshgate_lab`; the agent
+//! re-exports this crate as `meshgate_agent::status`. Its own crate so
+//! that the lab, and the end-to-end tests through it, do not build the
+//! agent.
 
 use std::collections::BTreeMap;
 
