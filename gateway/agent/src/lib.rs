@@ -241,8 +241,6 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         Some(path) => endpoints::load(path, cfg.pod_cidr)?,
         None => (Vec::new(), String::new()),
     };
-    // What the endpoints report, namespace labels included: checked
-    // before anything is set up.
     let pods = pods::still_there(pods::load(&cfg.state_dir)?);
     let file = endpoints::FileEndpoints::of(&endpoints, endpoints_text);
     let (namespaces_seen, namespaces_text, what) = match (&cfg.namespaces, &kube) {

@@ -154,11 +154,7 @@ pub async fn run(agent: Arc<Agent>) {
 pub fn set_tunnel_ip(agent: &Agent, ip: Ipv4Addr) -> anyhow::Result<()> {
     let mut mesh = agent.mesh();
     mesh.core.handle(Input::TunnelIp(ip), Instant::now());
-    let done = drive(agent, &mut mesh);
-    if done.is_err() {
-        mesh.core.handle(Input::TunnelIpFailed(ip), Instant::now());
-    }
-    done
+    drive_setting(agent, &mut mesh, Some(ip))
 }
 
 /// Puts back what the agent knew before it restarted.
@@ -170,7 +166,13 @@ pub fn resume(agent: &Agent, saved: persist::Saved) -> anyhow::Result<()> {
     let ip = saved.tunnel_ip;
     let mut mesh = agent.mesh();
     mesh.core.handle(Input::Resume(saved), Instant::now());
-    let done = drive(agent, &mut mesh);
+    drive_setting(agent, &mut mesh, ip)
+}
+
+/// [`drive`] after the core was given tunnel address `ip`: if giving it to
+/// the interface failed, the core goes back to the one before.
+fn drive_setting(agent: &Agent, mesh: &mut Mesh, ip: Option<Ipv4Addr>) -> anyhow::Result<()> {
+    let done = drive(agent, mesh);
     if let (Err(_), Some(ip)) = (&done, ip) {
         mesh.core.handle(Input::TunnelIpFailed(ip), Instant::now());
     }

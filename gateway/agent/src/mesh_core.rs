@@ -122,6 +122,13 @@ pub struct MeshCore {
     last_attempt: Option<(BTreeMap<String, PeerConfig>, Instant)>,
     /// When the tunnel was last read; `None`: never.
     last_observed: Option<Instant>,
+    /// The node records name a cluster gateway (or this node is one): the
+    /// choice follows liveness, so the tunnel is read every tick.
+    gateways_in_mesh: bool,
+    /// An input changed what the plan would say, at this time: the plan is
+    /// made once, when the effects are next polled, however many inputs
+    /// came before.
+    replan_at: Option<Instant>,
     started: Instant,
     effects: VecDeque<Effect>,
     /// [`Effect::ApplyPeer`]s not answered yet.
@@ -131,6 +138,7 @@ pub struct MeshCore {
 
 impl MeshCore {
     pub fn new(me: Facts, now: Instant) -> MeshCore {
+        let gateways_in_mesh = me.gateway;
         MeshCore {
             me,
             egress_gateway: false,
@@ -143,6 +151,8 @@ impl MeshCore {
             problems: Vec::new(),
             last_attempt: None,
             last_observed: None,
+            gateways_in_mesh,
+            replan_at: None,
             started: now,
             effects: VecDeque::new(),
             awaiting: 0,
@@ -167,18 +177,22 @@ impl MeshCore {
     pub fn handle(&mut self, input: Input, now: Instant) {
         match input {
             Input::Nodes(nodes) => {
+                self.gateways_in_mesh = self.me.gateway
+                    || nodes
+                        .values()
+                        .any(|n| n.roles.iter().any(|r| r == CLUSTER_GATEWAY));
                 self.nodes = Some(nodes);
-                self.replan(now);
+                self.replan_at = Some(now);
             }
             Input::TunnelRx(ages) => {
                 self.liveness.observe(now, &ages);
                 self.last_observed = Some(now);
-                self.replan(now);
+                self.replan_at = Some(now);
             }
             Input::EgressGateway(on) => {
                 if on != self.egress_gateway {
                     self.egress_gateway = on;
-                    self.replan(now);
+                    self.replan_at = Some(now);
                 }
             }
             Input::TunnelIp(ip) => self.set_tunnel_ip(ip),
@@ -211,8 +225,15 @@ impl MeshCore {
         }
     }
 
-    /// The next thing to do, in order.
+    /// The next thing to do, in order. The plan the inputs since the last
+    /// poll call for is made here, once (and only when every change asked
+    /// for has answered).
     pub fn poll_effect(&mut self) -> Option<Effect> {
+        if self.awaiting == 0 {
+            if let Some(now) = self.replan_at.take() {
+                self.replan(now);
+            }
+        }
         self.effects.pop_front()
     }
 
@@ -224,7 +245,7 @@ impl MeshCore {
             Some((wanted, at)) if *wanted != self.applied => Some(*at + RETRY),
             _ => None,
         };
-        let tick = self.uses_liveness().then(|| {
+        let tick = self.gateways_in_mesh.then(|| {
             self.last_observed
                 .map_or(self.started, |t| t + LIVENESS_TICK)
         });
@@ -232,16 +253,6 @@ impl MeshCore {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
-    }
-
-    /// Cluster gateways are in the mesh: their choice follows liveness.
-    fn uses_liveness(&self) -> bool {
-        self.me.gateway
-            || self.nodes.as_ref().is_some_and(|nodes| {
-                nodes
-                    .values()
-                    .any(|n| n.roles.iter().any(|r| r == CLUSTER_GATEWAY))
-            })
     }
 
     fn set_tunnel_ip(&mut self, ip: Ipv4Addr) {
@@ -295,9 +306,6 @@ impl MeshCore {
             }
         }
         self.gateways = paths.gateways;
-        if self.awaiting > 0 {
-            return; // the last changes have not all answered yet
-        }
         if self.applied == paths.peers {
             self.last_attempt = None;
             return;
