@@ -17,6 +17,7 @@ mod handoff;
 use meshgate_agent::dns_steering as host;
 mod metrics;
 mod mmsg;
+mod policy_file;
 mod pool;
 mod serve;
 mod upstream;
@@ -26,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
@@ -126,7 +127,8 @@ async fn main(args: DnsProxyArgs) -> anyhow::Result<()> {
         RefuseArg::Refused => RefuseWith::Refused,
         RefuseArg::Nxdomain => RefuseWith::NxDomain,
     };
-    let policy = read_policy(&args.policy).unwrap_or_else(|e| {
+    let mut policy_file = policy_file::PolicyFile::new(&args.policy);
+    let policy = policy_file.first().unwrap_or_else(|e| {
         warn!(error = %format!("{e:#}"), "no policy yet: every query is answered SERVFAIL until the agent writes it");
         ProxyPolicy::default()
     });
@@ -161,7 +163,7 @@ async fn main(args: DnsProxyArgs) -> anyhow::Result<()> {
     }
     info!(listen = %args.listen, port = args.port, upstream = %args.upstream, "DNS proxy serving");
 
-    tokio::spawn(watch_policy(core.clone(), args.policy.clone()));
+    tokio::spawn(watch_policy(core.clone(), policy_file));
     tokio::spawn(serve::collect_expired(core.clone()));
     tokio::spawn(events::serve(core.clone(), observe_socket(&args.state_dir)));
     if let Some(addr) = args.metrics_addr {
@@ -221,27 +223,15 @@ async fn open_maps(dir: &Path) -> Maps {
     }
 }
 
-fn read_policy(path: &Path) -> anyhow::Result<ProxyPolicy> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-}
-
-/// Re-reads the policy file when it changes (the agent replaces it by rename).
-async fn watch_policy(core: Arc<Core>, path: PathBuf) {
-    let stamp = |p: &Path| -> Option<(SystemTime, u64)> {
-        let m = std::fs::metadata(p).ok()?;
-        Some((m.modified().ok()?, m.len()))
-    };
-    let mut seen = stamp(&path);
+/// Re-reads the policy file when it changes (the agent replaces it by
+/// rename), from what `file`'s first read saw.
+async fn watch_policy(core: Arc<Core>, mut file: policy_file::PolicyFile) {
     loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = stamp(&path);
-        if now == seen {
+        tokio::time::sleep(policy_file::POLL).await;
+        let Some(read) = file.changed() else {
             continue;
-        }
-        seen = now;
-        match read_policy(&path) {
+        };
+        match read {
             Ok(policy) => {
                 let mut d = core.decider.write().unwrap_or_else(|e| e.into_inner());
                 info!(
