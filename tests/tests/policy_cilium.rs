@@ -196,15 +196,24 @@ fn target_ip(world: &World, to: &str) -> String {
     }
 }
 
+/// How long a TCP probe waits for its connection: one across the lab's
+/// veths takes milliseconds once the tunnels are up, and a denied one waits
+/// all of it (an allowed probe that misses gets one retry).
+const DENIED_AFTER_MS: &str = "500";
+
 fn passes(world: &World, from: &str, ip: &str, p: Probe) -> bool {
     match p {
         Probe::Ping => world.ping("c1", from, ip, 1, "0.3").received == 1,
-        Probe::Tcp(port) => probe(world, from, &["connect", ip, &port.to_string(), "1000"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .success(),
+        Probe::Tcp(port) => probe(
+            world,
+            from,
+            &["connect", ip, &port.to_string(), DENIED_AFTER_MS],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success(),
     }
 }
 
