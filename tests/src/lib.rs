@@ -77,6 +77,11 @@ pub fn meshgate_output(args: &[&str]) -> Output {
         .expect("running meshgate")
 }
 
+/// How long the policy tests' TCP probe waits for its connection (ms): one
+/// across the lab's veths takes milliseconds once the tunnels are up, and a
+/// denied one waits all of it (an allowed probe that misses gets one retry).
+pub const TCP_PROBE_WAIT_MS: &str = "500";
+
 /// Seconds `World::up` gives `lab up` (its `--timeout`) when set; `lab up`'s
 /// own default (30 s) otherwise.
 pub const UP_TIMEOUT_ENV: &str = "MESHGATE_LAB_UP_TIMEOUT";

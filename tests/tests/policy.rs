@@ -11,7 +11,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meshgate_e2e::{meshgate, meshgate_output, wait_until, Procs, World};
+use meshgate_e2e::{meshgate, meshgate_output, wait_until, Procs, World, TCP_PROBE_WAIT_MS};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_mg-probe");
 const TCP: u8 = 6;
@@ -126,11 +126,6 @@ fn serve_everywhere(world: &World) -> Procs {
     procs
 }
 
-/// How long a TCP probe waits for its connection: one across the lab's
-/// veths takes milliseconds once the tunnels are up, and a denied one waits
-/// all of it (an allowed probe that misses gets one retry).
-const DENIED_AFTER_MS: &str = "500";
-
 /// Whether `s` gets a TCP connection to `d`:`port` with an echoed byte.
 fn tcp(
     world: &World,
@@ -142,7 +137,12 @@ fn tcp(
     probe_cmd(
         world,
         s,
-        &["connect", &ips[d.name], &port.to_string(), DENIED_AFTER_MS],
+        &[
+            "connect",
+            &ips[d.name],
+            &port.to_string(),
+            TCP_PROBE_WAIT_MS,
+        ],
     )
     .stdout(Stdio::null())
     .stderr(Stdio::null())

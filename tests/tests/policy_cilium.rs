@@ -14,7 +14,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use meshgate_e2e::{meshgate_output, wait_until, Procs, World};
+use meshgate_e2e::{meshgate_output, wait_until, Procs, World, TCP_PROBE_WAIT_MS};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_mg-probe");
 
@@ -196,18 +196,13 @@ fn target_ip(world: &World, to: &str) -> String {
     }
 }
 
-/// How long a TCP probe waits for its connection: one across the lab's
-/// veths takes milliseconds once the tunnels are up, and a denied one waits
-/// all of it (an allowed probe that misses gets one retry).
-const DENIED_AFTER_MS: &str = "500";
-
 fn passes(world: &World, from: &str, ip: &str, p: Probe) -> bool {
     match p {
         Probe::Ping => world.ping("c1", from, ip, 1, "0.3").received == 1,
         Probe::Tcp(port) => probe(
             world,
             from,
-            &["connect", ip, &port.to_string(), DENIED_AFTER_MS],
+            &["connect", ip, &port.to_string(), TCP_PROBE_WAIT_MS],
         )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
