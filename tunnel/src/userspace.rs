@@ -673,6 +673,15 @@ impl Backend for UserspaceDevice {
         if !self.shared.tun.multi_queue() {
             return false;
         }
+        // The new process's queue joins as the second and is read nothing
+        // until it takes over; the kernel would send it packets the moment
+        // it joins (by flow hash, or by the steering program the last
+        // handover left pointing at the second queue), and they would go
+        // when it steps aside at once. This queue, the only one now, is
+        // the first: every packet comes here until the new one activates.
+        if let Err(e) = self.shared.tun.steer_to_queue(0) {
+            warn!(error = %e, "cannot keep the kernel's packets on this TUN queue: a few may be dropped as the new agent attaches");
+        }
         match steer::attach(&self.shared.udp.sock, self.shared.generation) {
             Ok(()) => {
                 info!(

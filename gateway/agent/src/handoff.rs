@@ -1,7 +1,9 @@
 //! Lossless restarts of the userspace backend (issue 14): the old agent
 //! keeps forwarding until the new one holds working sessions.
 //!
-//! 1. `SIGUSR2` to the old agent: its backend starts steering datagrams by
+//! 1. `SIGUSR2` to the old agent: its backend keeps the kernel's packets on
+//!    its own TUN queue (so the new agent's queue, read nothing until step
+//!    3, is sent none as it joins) and starts steering datagrams by
 //!    session (see `meshgate_tunnel::userspace`), its async work stops
 //!    (discovery session, servers, state files: the runtime is dropped),
 //!    and it writes `handoff-old.pid`. Only its WireGuard threads run on.
