@@ -19,7 +19,9 @@ pub mod gateways;
 pub mod netns;
 mod services;
 pub mod stream;
+mod tempdir;
 mod tls;
+pub use tempdir::{tempdir, TempDir};
 pub mod vxlan;
 
 /// The `meshgate` binary under test.
@@ -89,7 +91,7 @@ pub const UP_TIMEOUT_ENV: &str = "MESHGATE_LAB_UP_TIMEOUT";
 /// A lab world, torn down on drop.
 pub struct World {
     pub name: String,
-    _dir: tempfile::TempDir,
+    _dir: TempDir,
 }
 
 impl World {
@@ -98,7 +100,7 @@ impl World {
         require_host();
         // A world of this name left by an earlier crashed run goes first.
         let _ = meshgate_output(&["lab", "down", name]);
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempdir();
         let file = dir.path().join(format!("{name}.yaml"));
         std::fs::write(&file, yaml).unwrap();
         let world = World {

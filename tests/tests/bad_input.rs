@@ -25,7 +25,7 @@ fn leftovers(world: &str) -> Vec<String> {
 fn lab_up_fails(world: &str, yaml: &str, extra: &[&str]) -> String {
     require_host();
     let _ = meshgate_output(&["lab", "down", world]);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = meshgate_e2e::tempdir();
     let file = dir.path().join(format!("{world}.yaml"));
     std::fs::write(&file, yaml).unwrap();
     let mut args = vec!["lab", "up", file.to_str().unwrap()];
@@ -93,7 +93,7 @@ fn a_lab_up_that_fails_midway_tears_down_what_it_built() {
 #[test]
 fn the_lab_refuses_to_run_without_root() {
     require_host();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = meshgate_e2e::tempdir();
     let file = dir.path().join("w.yaml");
     std::fs::write(&file, one_cluster("e2e-user", 1)).unwrap();
     std::fs::set_permissions(
@@ -118,7 +118,7 @@ fn the_lab_refuses_to_run_without_root() {
 #[test]
 fn the_kernel_backend_says_clearly_when_the_kernel_lacks_wireguard() {
     require_host();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = meshgate_e2e::tempdir();
     let out = Command::new(meshgate_bin())
         .args([
             "agent",
@@ -179,7 +179,7 @@ fn the_agent_names_a_missing_setting() {
 fn a_second_agent_on_a_node_is_refused_and_the_first_keeps_running() {
     let world = meshgate_e2e::World::up("e2e-busy", &one_cluster("e2e-busy", 2));
     let first = world.status("c1", "n1");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = meshgate_e2e::tempdir();
     let out = world.in_ns(
         &world.node_ns("c1", "n1"),
         &[

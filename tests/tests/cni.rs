@@ -204,7 +204,7 @@ fn ip_of(result: &Value) -> String {
 #[test]
 fn cni_adds_and_deletes_pods_at_run_time_with_identity_and_policy_from_the_first_packet() {
     let world = World::up("cnie", &SCENARIO.replace("NAME", "cnie"));
-    let ipam = tempfile::tempdir().unwrap();
+    let ipam = meshgate_e2e::tempdir();
     let cni = Cni::new(&world, "n1", ipam.path());
     let labels = format!(
         "/run/meshgate/lab/{}/c1/nodes/n1/pod-labels.yaml",

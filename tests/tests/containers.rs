@@ -191,7 +191,7 @@ fn containers_come_and_go_through_the_cni_plugin_encrypted_identified_and_police
         .replacen("    nodes:\n", SERVICE, 1);
     let world = World::up("ctrs", &yaml);
     let web1 = world.ip("c1/web1");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = meshgate_e2e::tempdir();
     let captures: Vec<Capture> = NODES
         .iter()
         .map(|n| {

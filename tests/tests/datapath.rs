@@ -132,7 +132,7 @@ fn pod_traffic_crosses_nodes_in_vxlan_with_the_source_identity_as_vni_inside_wir
         "the attach mode in status.json for this kernel"
     );
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = meshgate_e2e::tempdir();
     let n1 = world.node_ns("c1", "n1");
     let inner = Capture::start_immediate(&n1, "mg-wg0", dir.path().join("wg.pcap"));
     let underlay = Capture::start_immediate(&n1, "eth0", dir.path().join("ul.pcap"));
@@ -323,7 +323,7 @@ fn pods_in_two_clusters_reach_each_other_over_the_ebpf_datapath() {
     let a = world.ip("c1/n1-a");
     let b = world.ip("c2/n1-a");
     let ids = identities(&world, "c1", "n1", &[&a, &b]);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = meshgate_e2e::tempdir();
     let wg = Capture::start_immediate(
         &world.node_ns("c1", "n1"),
         "mg-wg0",
@@ -486,7 +486,7 @@ fn vxlan_sent_in_clear_on_the_underlay_does_not_reach_pods() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = meshgate_e2e::tempdir();
     let pod = Capture::start_immediate(
         &world.pod_ns("c1", "n2-a"),
         "eth0",

@@ -155,7 +155,7 @@ fn selected_pods_leave_from_the_egress_ips_and_the_rest_from_their_node() {
         Some("eg0")
     );
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = meshgate_e2e::tempdir();
     // n1's underlay carries its selected pod's traffic inside WireGuard
     // only; the gateways' egress interfaces carry no pod address.
     let n1 = Capture::start(
@@ -451,7 +451,7 @@ fn a_dead_gateway_s_flows_move_within_a_second_its_return_and_a_policy_change_mo
         policies.contains("192.0.2.0/24"),
         "the scenario's policy changed shape"
     );
-    let dir = tempfile::tempdir().unwrap();
+    let dir = meshgate_e2e::tempdir();
     let f = dir.path().join("changed.yaml");
     std::fs::write(&f, &policies).unwrap();
     meshgate_e2e::meshgate(&["lab", "policy", "--world", &world.name, f.to_str().unwrap()]);
@@ -524,7 +524,7 @@ fn isolated_yaml(name: &str) -> String {
 #[test]
 fn egress_works_through_cluster_gateways_where_underlays_are_isolated() {
     let world = World::up("egiso", &isolated_yaml("egiso"));
-    let dir = tempfile::tempdir().unwrap();
+    let dir = meshgate_e2e::tempdir();
     let n1 = Capture::start_immediate(
         &world.node_ns("c2", "n1"),
         "eth0",

@@ -23,7 +23,7 @@ fn three_clusters_reach_each_other_encrypted_with_identities_in_their_own_ranges
         .flat_map(|(c, _)| ["n1-a", "n2-a"].map(|p| (*c, p)))
         .map(|(c, p)| ((c, p), world.ip(&format!("{c}/{p}"))))
         .collect();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = meshgate_e2e::tempdir();
     let captures: Vec<Capture> = CLUSTERS
         .iter()
         .flat_map(|(c, _)| NODES.map(|n| (*c, n)))
@@ -118,7 +118,7 @@ fn a_remote_claiming_another_clusters_id_is_rejected_and_counted() {
     // c3 is replaced by a discovery (and an agent) that claim cluster ID 1.
     world.lab("stop", "c3/n1");
     world.lab("stop", "c3/discovery");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = meshgate_e2e::tempdir();
     let certs = world.certs_dir();
     let d_log = dir.path().join("rogue-discovery.log");
     let a_log = dir.path().join("rogue-agent.log");

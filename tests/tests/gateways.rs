@@ -37,7 +37,7 @@ fn every_pod_reaches_every_pod_across_isolated_clusters_through_gateways_encrypt
         .iter()
         .map(|(c, n)| ((*c, *n), world.ip(&format!("{c}/{n}-a"))))
         .collect();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = meshgate_e2e::tempdir();
     let captures: Vec<Capture> = NODES
         .iter()
         .map(|(c, n)| {
@@ -213,7 +213,7 @@ fn an_isolated_cluster_without_a_gateway_is_refused_before_anything_is_built() {
         .unwrap()
         .replace("\nname: gw\n", "\nname: gwbad\n")
         .replace("roles: [cluster-gateway]", "roles: [egress-gateway]");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = meshgate_e2e::tempdir();
     let file = dir.path().join("gateways.yaml");
     std::fs::write(&file, yaml).unwrap();
     let out = meshgate_output(&["lab", "up", file.to_str().unwrap()]);

@@ -72,7 +72,7 @@ fn kernel_backend_is_picked_and_every_pod_reaches_every_pod_with_nothing_in_clea
         .iter()
         .map(|p| (*p, world.ip(&format!("c1/{p}"))))
         .collect();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = meshgate_e2e::tempdir();
     let capture = Capture::start(
         &world.node_ns("c1", "n1"),
         "eth0",
@@ -257,7 +257,7 @@ fn ipsec_mesh(world: &World, name: &str) {
         .iter()
         .map(|p| (*p, world.ip(&format!("c1/{p}"))))
         .collect();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = meshgate_e2e::tempdir();
     let capture = Capture::start(
         &world.node_ns("c1", "n1"),
         "eth0",

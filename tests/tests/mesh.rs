@@ -42,7 +42,7 @@ fn every_pod_reaches_every_pod_and_nothing_crosses_the_underlay_in_clear() {
         .iter()
         .map(|p| (*p, world.ip(&format!("c1/{p}"))))
         .collect();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = meshgate_e2e::tempdir();
     let captures: Vec<Capture> = ["n1", "n2", "n3"]
         .iter()
         .map(|n| {

@@ -355,7 +355,7 @@ fn replies_pass_but_the_same_flow_opened_the_other_way_is_dropped() {
 
 /// Writes `text` to a temp file and runs `meshgate lab policy`.
 fn set_policy(world: &str, text: &str) -> std::process::Output {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = meshgate_e2e::tempdir();
     let f = dir.path().join("change.yaml");
     std::fs::write(&f, text).unwrap();
     meshgate_output(&["lab", "policy", "--world", world, f.to_str().unwrap()])
@@ -538,7 +538,7 @@ fn agent_with(dir: &std::path::Path, extra: &[&str]) -> String {
 
 #[test]
 fn an_agent_refuses_a_bad_policy_file_or_policy_without_the_ebpf_datapath() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = meshgate_e2e::tempdir();
     let bad = dir.path().join("bad.yaml");
     std::fs::write(
         &bad,

@@ -264,7 +264,7 @@ fn replace_policies(world: &World, name: &str, text: &str) {
             .unwrap()
             .reloads
     });
-    let dir = tempfile::tempdir().unwrap();
+    let dir = meshgate_e2e::tempdir();
     let f = dir.path().join("policies.yaml");
     std::fs::write(&f, text).unwrap();
     let out = meshgate_output(&["lab", "policy", "--world", name, f.to_str().unwrap()]);

@@ -87,7 +87,7 @@ fn strict_mode_drops_and_counts_pod_traffic_misrouted_around_the_mesh_and_off_it
         String::from_utf8_lossy(&add.stderr)
     );
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = meshgate_e2e::tempdir();
     let clear_filter = format!("host {b}");
     let cap = Capture::start_immediate(&n1, "eth0", dir.path().join("strict.pcap"));
     send_udp(&world, "c1", "n1-a", &b, 9000, 20);
@@ -244,7 +244,7 @@ fn strict_mode_guards_every_address_of_the_mesh_pod_cidrs_and_departed_nodes_nev
         route_table(&world, &n1)
     );
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = meshgate_e2e::tempdir();
     add_leaking_default_route(&world, &n1, &n2_underlay, dir.path());
 
     // 1. Misroute an address no pod holds around the mesh: dropped, counted
@@ -351,7 +351,7 @@ fn on_the_plain_datapath_a_departed_nodes_pods_never_leave_by_the_default_route(
         "n1's main table has no unreachable route for the cluster's pod CIDR: {:?}",
         unreachable()
     );
-    let dir = tempfile::tempdir().unwrap();
+    let dir = meshgate_e2e::tempdir();
     add_leaking_default_route(&world, &n1, &n2_underlay, dir.path());
 
     world.lab("stop", "c1/n2");

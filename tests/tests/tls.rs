@@ -78,7 +78,7 @@ fn refused_agent(world: &World, ns: &str, node: &str, tls: &[String], dir: &Path
 #[test]
 fn the_control_plane_is_mutual_tls() {
     let world = World::up("e2e-tls", &one_cluster("e2e-tls", 2));
-    let dir = tempfile::tempdir().unwrap();
+    let dir = meshgate_e2e::tempdir();
 
     // The world's CA signs one more certificate: an agent of cluster c2.
     let certs = world.certs_dir();

@@ -18,7 +18,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -32,7 +32,93 @@ const KERNEL_SERIES: &str = "6.1.";
 const MARKER: &str = "MESHGATE-KERNEL-LAB-EXIT";
 
 pub fn run(args: &[&str]) -> Result<()> {
+    if args == ["--prepare"] {
+        util::require_root()?;
+        let kernel = prerequisites()?;
+        eprintln!(
+            "kernel lab: ready: {} (kernel {}) and virtme-ng",
+            kernel.image.display(),
+            kernel.release
+        );
+        return Ok(());
+    }
     run_with(args, &mut |_| {})
+}
+
+/// `cargo xtask kernel-lab --prepare` running in the background while
+/// `cargo xtask test` builds and tests on the host: on a fresh machine
+/// installing qemu and Debian's kernel (two initramfs builds) and virtme-ng
+/// takes minutes that need not wait for the last step. Only a head start:
+/// the lab's step checks its prerequisites again by use, and says why when
+/// they still fail.
+pub struct Preparing {
+    child: Option<Child>,
+    log: PathBuf,
+    started: Instant,
+}
+
+impl Preparing {
+    /// Runs this binary's `kernel-lab --prepare`, its output into a log
+    /// under target/kernel-lab, shown when [`Preparing::finish`] is called.
+    pub fn start() -> Result<Self> {
+        let dir = util::target_dir().join("kernel-lab");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let log = dir.join("prepare.log");
+        let out =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out
+            .try_clone()
+            .with_context(|| format!("opening {} twice", log.display()))?;
+        let exe = std::env::current_exe().context("finding the xtask binary")?;
+        let child = Command::new(&exe)
+            .args(["kernel-lab", "--prepare"])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting `{} kernel-lab --prepare`", exe.display()))?;
+        eprintln!(
+            "kernel lab: installing its prerequisites in the background (log: {})",
+            log.display()
+        );
+        Ok(Self {
+            child: Some(child),
+            log,
+            started: Instant::now(),
+        })
+    }
+
+    /// Waits for the background run and prints its log. Its failure is
+    /// told, not returned: the lab's own check of its prerequisites decides.
+    pub fn finish(mut self) {
+        let status = self.child.take().map(|mut c| c.wait());
+        let took = self.started.elapsed().as_secs_f64();
+        let verdict = match status {
+            Some(Ok(s)) if s.success() => "done".to_owned(),
+            Some(Ok(s)) => format!("failed ({s}); the lab checks again below"),
+            Some(Err(e)) => format!("could not be waited for ({e}); the lab checks again below"),
+            None => "not running".to_owned(),
+        };
+        eprintln!(
+            "kernel lab: background preparation {verdict}, {took:.0} s after it started; its log ({}):",
+            self.log.display()
+        );
+        match std::fs::read_to_string(&self.log) {
+            Ok(text) => text.lines().for_each(|l| eprintln!("  | {l}")),
+            Err(e) => eprintln!("  (cannot read it: {e})"),
+        }
+    }
+}
+
+impl Drop for Preparing {
+    /// A run that stops early still waits for it: killing apt-get or dpkg
+    /// in the middle of an install would leave the machine half set up.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            eprintln!("kernel lab: waiting for the background preparation to end");
+            let _ = child.wait();
+        }
+    }
 }
 
 /// [`run`], handing every line of the VM's console to `on_line` too.

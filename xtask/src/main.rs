@@ -24,6 +24,9 @@ commands:
   kernel-lab [-- CMD]
                 boot Debian's 6.1 kernel in a qemu VM (TCG) and run the kernel-path
                 end-to-end tests (kernel WireGuard) there, or CMD
+  kernel-lab --prepare
+                only install what the kernel lab needs (qemu, Debian's 6.1 kernel,
+                virtme-ng)
   fuzz [--seconds N]
                 fuzz the DNS proxy's parse-and-decide path with cargo-fuzz (60 s;
                 installs nightly and cargo-fuzz when missing)

@@ -129,6 +129,13 @@ fn run_steps(tally: &mut Tally, failed: &mut Vec<String>) -> Result<()> {
         }
     };
     steps.step("deps", deps::run)?;
+    // The last step's VM needs packages of its own: install them while the
+    // host builds and tests.
+    let lab_prep = crate::kernel_lab::Preparing::start()
+        .map_err(|e| {
+            eprintln!("kernel lab: no head start ({e:#}); its step installs what it needs")
+        })
+        .ok();
     keep_going(&mut steps, "cargo fmt --check", &mut || {
         util::run(util::cargo().args(["fmt", "--all", "--", "--check"]))
             .context("formatting differs: run `cargo fmt --all`")
@@ -206,6 +213,9 @@ fn run_steps(tally: &mut Tally, failed: &mut Vec<String>) -> Result<()> {
     });
     // The kernel paths on Debian's 6.1 kernel, in a VM: never skipped; a VM
     // that cannot start fails the step with the reason.
+    if let Some(prep) = lab_prep {
+        prep.finish();
+    }
     keep_going(&mut steps, "kernel lab (Debian 6.1 in qemu)", &mut || {
         crate::kernel_lab::run_with(&[], &mut |line| tally.add_line(line))
     });
